@@ -1,0 +1,54 @@
+import type { Config } from "../config/index.ts";
+import type { Range } from "../strategies/types.ts";
+import type { Store } from "../store/types.ts";
+
+export interface ReplicaView {
+  id: string;
+  variant: string;
+  replica: number;
+  address: string;
+  /** "healthy" | "unhealthy" | "ejected" | "unknown" */
+  health: string;
+  outstanding: number;
+}
+
+/** Live traffic of one variant over the last few seconds, from the proxy's own counters. */
+export interface LiveVariantStats {
+  variant: string;
+  requestsPerSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  errorRate: number;
+  /** requests since start */
+  requests: number;
+}
+
+/** The body of GET /v1/experiment. */
+export interface ExperimentView {
+  experiment: string;
+  engine: string;
+  strategy: string;
+  control: string;
+  fallback: string;
+  allowForce: boolean;
+  listen: string;
+  startedAt: string;
+  variants: { name: string; weight: number; replicas: ReplicaView[]; requests: number; healthyReplicas: number }[];
+  ranges?: Range[];
+  counts: { exposures: number; events: number; requests: number };
+  metrics: { name: string; kind: string }[];
+}
+
+/** What the admin listener (and the dashboard routes it mounts) may use of the running gateway. */
+export interface AdminContext {
+  config: Config;
+  store: Store;
+  experimentView(): Promise<ExperimentView>;
+  liveStats(): LiveVariantStats[];
+  /** the report JSON of the spec (GET /v1/report) */
+  report(): Promise<unknown>;
+  /** throws InvalidArgumentError on unknown variants / bad sums */
+  setWeights(weights: Record<string, number>): Promise<void>;
+  /** true when the request carries the admin bearer token */
+  isAdmin(authorization: string | undefined): boolean;
+}

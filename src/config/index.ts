@@ -1,0 +1,3 @@
+export { loadConfig, parseConfig, validateConfig, expandEnv, parseHostPort } from "./load.ts";
+export type { Config, HostPort } from "./load.ts";
+export type { VariantConfig, HealthConfig, MetricConfig } from "./schema.ts";

@@ -1,0 +1,124 @@
+import { z } from "zod";
+
+const name = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a name of lowercase letters, digits and '-', starting with a letter or digit");
+const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "host:port, e.g. 127.0.0.1:8080");
+const positiveMs = z.number().int().positive();
+
+export const healthSchema = z.strictObject({
+  path: z.string().startsWith("/").default("/health"),
+  intervalMs: positiveMs.default(2000),
+  timeoutMs: positiveMs.default(1000),
+  rise: z.number().int().min(1).default(2),
+  fall: z.number().int().min(1).default(3),
+});
+
+export const variantSchema = z
+  .strictObject({
+    name,
+    weight: z.number().min(0).default(1),
+    build: z.string().min(1).optional(),
+    dockerfile: z.string().min(1).optional(),
+    image: z.string().min(1).optional(),
+    command: z.array(z.string()).min(1).optional(),
+    cwd: z.string().optional(),
+    url: z.url().optional(),
+    urls: z.array(z.url()).min(1).optional(),
+    buildArgs: z.record(z.string(), z.string()).default({}),
+    env: z.record(z.string(), z.string()).default({}),
+    replicas: z.number().int().min(1).max(64).default(1),
+    /** First port of this variant's replicas; by default ports are given out from `ports.base`. */
+    port: z.number().int().min(1).max(65535).optional(),
+    health: healthSchema.optional(),
+  });
+
+const guardrailSchema = z
+  .strictObject({
+    maxRelativeIncrease: z.number().positive().optional(),
+    maxAbsoluteIncrease: z.number().positive().optional(),
+  })
+  .refine((g) => g.maxRelativeIncrease !== undefined || g.maxAbsoluteIncrease !== undefined, {
+    message: "a guardrail needs maxRelativeIncrease or maxAbsoluteIncrease",
+  });
+
+export const metricSchema = z.discriminatedUnion("kind", [
+  z.strictObject({ name, kind: z.literal("conversion"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name, kind: z.literal("mean"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name, kind: z.literal("latency"), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name, kind: z.literal("error_rate"), guardrail: guardrailSchema.optional() }),
+]);
+
+export const configSchema = z.strictObject({
+  experiment: name,
+  listen: listen.default("127.0.0.1:8080"),
+  admin: z
+    .strictObject({
+      listen: listen.default("127.0.0.1:8081"),
+      token: z.string().optional(),
+      ingestToken: z.string().optional(),
+    })
+    .prefault({}),
+  store: z
+    .string()
+    .regex(/^(sqlite:.+|postgres(ql)?:\/\/.+)$/, "sqlite:<path> or postgres://user@host:port/db")
+    .default("sqlite:./abgate.db"),
+  engine: z.enum(["docker", "swarm", "process", "static"]),
+  network: z.enum(["host", "bridge"]).default("host"),
+  ports: z.strictObject({ base: z.number().int().min(1024).max(65000).default(9100) }).prefault({}),
+  unit: z
+    .strictObject({
+      header: z.string().min(1).toLowerCase().optional(),
+      query: z.string().min(1).optional(),
+      cookie: z.string().min(1).default("abgate_uid"),
+    })
+    .prefault({ header: "x-user-id", query: "user" }),
+  strategy: z
+    .strictObject({
+      kind: z.enum(["random", "sticky", "round-robin", "bandit"]).default("sticky"),
+      salt: z.string().optional(),
+      /** bandit: smallest share any variant keeps (0..1/n) */
+      floor: z.number().min(0).max(0.5).default(0.01),
+      /** bandit: units that must be exposed before weights start to follow the posterior */
+      burnInUnits: z.number().int().min(0).default(100),
+      /** bandit: how often weights are recomputed */
+      updateIntervalMs: positiveMs.default(10_000),
+      /** bandit: the conversion metric to optimise; defaults to the first one */
+      metric: z.string().optional(),
+    })
+    .prefault({}),
+  allowForce: z.boolean().default(false),
+  /** a variant name or "reject"; defaults to the control (the first variant) */
+  fallback: z.string().min(1).optional(),
+  limits: z
+    .strictObject({
+      maxBodyBytes: z.number().int().positive().optional(),
+      maxHeaderBytes: z.number().int().positive().default(16 * 1024),
+      headersTimeoutMs: positiveMs.default(10_000),
+      requestTimeoutMs: positiveMs.default(300_000),
+      idleTimeoutMs: positiveMs.default(60_000),
+      connectTimeoutMs: positiveMs.default(2_000),
+      responseTimeoutMs: positiveMs.default(30_000),
+      maxRetries: z.number().int().min(0).max(5).default(2),
+      /** passive ejection: consecutive connect errors / 5xx before a replica is taken out */
+      ejectAfterFailures: z.number().int().min(1).default(5),
+      ejectionMs: positiveMs.default(10_000),
+    })
+    .prefault({}),
+  variants: z.array(variantSchema).min(1, "at least one variant"),
+  metrics: z.array(metricSchema).default([]),
+  analysis: z
+    .strictObject({
+      alpha: z.number().gt(0).lt(1).default(0.05),
+      srmThreshold: z.number().gt(0).lt(1).default(0.001),
+      correction: z.enum(["holm", "bh", "none"]).default("holm"),
+      /** mixing variance of the mSPRT normal mixture, in units of the metric's variance (see stats/sequential.ts) */
+      tau2: z.number().positive().optional(),
+    })
+    .prefault({}),
+  logLevel: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
+});
+
+export type RawConfig = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+export type VariantConfig = z.output<typeof variantSchema>;
+export type HealthConfig = z.output<typeof healthSchema>;
+export type MetricConfig = z.output<typeof metricSchema>;

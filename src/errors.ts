@@ -1,0 +1,104 @@
+/**
+ * Every error abgate raises on purpose, with a stable code (ABGATE_*) so that logs, tests and users can match on
+ * it. Causes are kept in `cause` rather than flattened into the message.
+ */
+export class AbgateError extends Error {
+  readonly code: string;
+  constructor(message: string, code = "ABGATE_ERR", options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "AbgateError";
+    this.code = code;
+  }
+}
+
+/** Config file problems: the message names the key path and what was expected. Exit code 2. */
+export class ConfigError extends AbgateError {
+  readonly issues: { path: string; message: string }[];
+  constructor(issues: { path: string; message: string }[], options?: { cause?: unknown }) {
+    super(issues.map((i) => `${i.path || "(root)"}: ${i.message}`).join("\n"), "ABGATE_ERR_CONFIG", options);
+    this.name = "ConfigError";
+    this.issues = issues;
+  }
+}
+
+/** Wrong arguments to a function or command. */
+export class InvalidArgumentError extends AbgateError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, "ABGATE_ERR_INVALID_ARG", options);
+    this.name = "InvalidArgumentError";
+  }
+}
+
+/** A request body that cannot be accepted; `status` is the HTTP status to answer with. */
+export class RequestError extends AbgateError {
+  readonly status: number;
+  constructor(message: string, status = 400, code = "ABGATE_ERR_BAD_REQUEST", options?: { cause?: unknown }) {
+    super(message, code, options);
+    this.name = "RequestError";
+    this.status = status;
+  }
+}
+
+/** No Docker engine answered on the socket. */
+export class EngineUnavailableError extends AbgateError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, "ABGATE_ERR_ENGINE_UNAVAILABLE", options);
+    this.name = "EngineUnavailableError";
+  }
+}
+
+/** An image build failed; `output` holds the failing step's log. */
+export class BuildError extends AbgateError {
+  readonly output: string;
+  constructor(message: string, output: string, options?: { cause?: unknown }) {
+    super(message, "ABGATE_ERR_BUILD", options);
+    this.name = "BuildError";
+    this.output = output;
+  }
+}
+
+export class StoreError extends AbgateError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, "ABGATE_ERR_STORE", options);
+    this.name = "StoreError";
+  }
+}
+
+/**
+ * Why a proxied request failed upstream. Mapped to an HTTP status in exactly one place (`upstreamStatus`).
+ * - connect: the replica refused or the connection failed before any byte was sent (retry-safe)
+ * - reset: the connection broke after the request was (partly) sent
+ * - timeout: the replica did not answer within the response timeout
+ * - protocol: the replica answered something that is not HTTP/1.1
+ * - no_replica: the variant has no healthy replica and fallback is `reject`
+ */
+export type UpstreamFailure = "connect" | "reset" | "timeout" | "protocol" | "no_replica";
+
+export class UpstreamError extends AbgateError {
+  readonly failure: UpstreamFailure;
+  constructor(failure: UpstreamFailure, message: string, options?: { cause?: unknown }) {
+    super(message, `ABGATE_ERR_UPSTREAM_${failure.toUpperCase()}`, options);
+    this.name = "UpstreamError";
+    this.failure = failure;
+  }
+}
+
+/** The one place where upstream failures become HTTP statuses (as fastify-reply-from and HAProxy do). */
+export function upstreamStatus(failure: UpstreamFailure): 502 | 503 | 504 {
+  switch (failure) {
+    case "timeout":
+      return 504;
+    case "no_replica":
+      return 503;
+    case "connect":
+    case "reset":
+    case "protocol":
+      return 502;
+  }
+}
+
+/** Exit codes of the CLI: 0 ok, 1 failure, 2 usage or config error. */
+export function exitCodeFor(err: unknown): 1 | 2 {
+  if (err instanceof ConfigError || err instanceof InvalidArgumentError) return 2;
+  return 1;
+}

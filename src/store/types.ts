@@ -1,0 +1,111 @@
+import type { MetricConfig } from "../config/index.ts";
+
+/** One proxied request, as recorded for analysis. */
+export interface Exposure {
+  experiment: string;
+  /** ms since epoch, when the request arrived */
+  ts: number;
+  requestId: string;
+  unit: string;
+  /** variant the strategy chose */
+  assigned: string;
+  /** variant that answered (differs from `assigned` only under fallback) */
+  served: string;
+  /** replica id (`control-0`), or "" when none answered */
+  replica: string;
+  status: number;
+  latencyMs: number;
+  forced: boolean;
+}
+
+/** An outcome posted to POST /v1/events. */
+export interface OutcomeEvent {
+  experiment: string;
+  unit: string;
+  event: string;
+  value: number | null;
+  /** ms since epoch (the event's `ts`, or the time it was received) */
+  ts: number;
+  requestId: string | null;
+}
+
+export interface ProportionStats {
+  units: number;
+  conversions: number;
+}
+
+/** Sufficient statistics of a per-unit (or per-request) quantity. */
+export interface MeanStats {
+  n: number;
+  sum: number;
+  sumSquares: number;
+}
+
+export interface VariantTotals {
+  variant: string;
+  /** units whose first non-forced exposure was assigned to this variant (intention to treat) */
+  units: number;
+  /** non-forced requests assigned to this variant */
+  requests: number;
+  /** requests answered by another variant (fallback) */
+  fallbackRequests: number;
+}
+
+/**
+ * Everything the report needs, aggregated in SQL. Units are attributed to the variant of their first non-forced
+ * exposure; forced exposures are left out of every figure but `forcedRequests`.
+ */
+export interface ExperimentAggregates {
+  experiment: string;
+  variants: VariantTotals[];
+  /** units exposed (non-forced) to more than one assigned variant */
+  multiVariantUnits: number;
+  forcedRequests: number;
+  /** one entry per configured metric, in config order */
+  metrics: MetricAggregate[];
+  firstExposureTs: number | null;
+  lastExposureTs: number | null;
+}
+
+export type MetricAggregate =
+  /** units that sent the event within windowMs after their first exposure (no window: any time after) */
+  | { name: string; kind: "conversion"; byVariant: Record<string, ProportionStats> }
+  /** per exposed unit: the sum of the event's values within the window (0 for units without events) */
+  | { name: string; kind: "mean"; byVariant: Record<string, MeanStats> }
+  /** per request latency in ms, served by the assigned variant; p50/p99 are approximate */
+  | { name: string; kind: "latency"; byVariant: Record<string, MeanStats & { p50: number; p99: number }> }
+  /** per request: 1 when status >= 500 (or the request failed), else 0 */
+  | { name: string; kind: "error_rate"; byVariant: Record<string, ProportionStats> };
+
+/** One minute of one variant, for the dashboard's charts. */
+export interface MinuteBucket {
+  /** ms since epoch, start of the minute */
+  minute: number;
+  variant: string;
+  requests: number;
+  errors: number;
+  latencySumMs: number;
+  /** new units (first exposure in this minute) */
+  newUnits: number;
+  /** conversions by metric name (units converting in this minute, attributed to their first variant) */
+  conversions: Record<string, number>;
+}
+
+export interface Store {
+  /** Create or upgrade the schema (versioned migrations). */
+  init(): Promise<void>;
+  /** Append exposures; the caller batches. */
+  writeExposures(rows: Exposure[]): Promise<void>;
+  /** Append outcome events in one transaction; resolves only once they are durable (fsync'd / committed). */
+  writeEvents(rows: OutcomeEvent[]): Promise<void>;
+  /** Small key/value state per experiment (strategy ranges and weights) that must survive restarts. */
+  getState(experiment: string, key: string): Promise<string | null>;
+  setState(experiment: string, key: string, value: string): Promise<void>;
+  /** Sufficient statistics for the report. */
+  aggregate(experiment: string, variants: string[], metrics: MetricConfig[]): Promise<ExperimentAggregates>;
+  /** Per-minute series for the dashboard, from `sinceMs` on. */
+  minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]>;
+  /** Counts so far for GET /v1/experiment. */
+  counts(experiment: string): Promise<{ exposures: number; events: number }>;
+  close(): Promise<void>;
+}

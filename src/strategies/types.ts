@@ -1,0 +1,58 @@
+import type { RandomSource } from "../clock.ts";
+
+export type StrategyKind = "random" | "sticky" | "round-robin" | "bandit";
+
+/** A contiguous part of [0,1) owned by a variant (sticky/bandit). */
+export interface Range {
+  variant: string;
+  from: number;
+  to: number;
+}
+
+/** Per-variant conversion counts fed to adaptive strategies (bandit). */
+export interface ArmStats {
+  variant: string;
+  units: number;
+  conversions: number;
+}
+
+/** What a strategy persists so that assignment survives a restart (sticky ranges). */
+export interface StrategyState {
+  weights: Record<string, number>;
+  ranges?: Range[];
+}
+
+/**
+ * Picks a variant for a unit. Implementations: random, sticky, round-robin, bandit; all pass
+ * strategies/conformance.test.ts.
+ */
+export interface Strategy {
+  readonly kind: StrategyKind;
+  /** The variant for this request. `unit` is always present (the proxy makes one up when the request has none). */
+  assign(unit: string): string;
+  /** Current weights by variant name (config order). */
+  weights(): Record<string, number>;
+  /**
+   * Change weights. Throws InvalidArgumentError naming the problem for an unknown variant, a negative or
+   * non-finite weight, or weights that do not sum to a positive number. Variants left out keep their weight.
+   */
+  setWeights(weights: Record<string, number>): void;
+  /** The sticky range table (sticky, bandit), else undefined. */
+  ranges(): Range[] | undefined;
+  /** State to persist; `restore` on start gives the same assignment as before the restart. */
+  snapshot(): StrategyState;
+  /** Conversion counts so far (bandit recomputes weights from them; others ignore it). */
+  observe?(stats: ArmStats[]): void;
+}
+
+export interface StrategyOptions {
+  /** variants in config order with their weights; the first is the control */
+  variants: { name: string; weight: number }[];
+  salt: string;
+  random?: RandomSource;
+  /** a snapshot from a previous run */
+  restore?: StrategyState;
+  /** bandit */
+  floor?: number;
+  burnInUnits?: number;
+}
