@@ -20,6 +20,8 @@ export interface ArmStats {
 export interface StrategyState {
   weights: Record<string, number>;
   ranges?: Range[];
+  /** bandit: the configured weights (config or setWeights), which decide the active arms and rule during burn-in */
+  configuredWeights?: Record<string, number>;
 }
 
 /**
@@ -55,4 +57,6 @@ export interface StrategyOptions {
   /** bandit */
   floor?: number;
   burnInUnits?: number;
+  /** bandit: Monte Carlo draws per weight update (default 10,000) */
+  draws?: number;
 }

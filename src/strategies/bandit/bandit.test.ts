@@ -1,0 +1,149 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { seededRandom } from "../../clock.ts";
+import { runConformance } from "../conformance.ts";
+import { BanditStrategy } from "./bandit.ts";
+import { beta, gamma } from "./beta.ts";
+
+runConformance("bandit", (o) => new BanditStrategy({ draws: 2000, ...o }), { deterministicByUnit: true });
+
+function make(extra: Partial<ConstructorParameters<typeof BanditStrategy>[0]> = {}): BanditStrategy {
+  return new BanditStrategy({
+    variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }],
+    salt: "b",
+    random: seededRandom(11),
+    ...extra,
+  });
+}
+
+function sum(w: Record<string, number>): number {
+  return Object.values(w).reduce((a, b) => a + b, 0);
+}
+
+describe("bandit: sampling", () => {
+  test("gamma and beta draws have the right means and variances (Marsaglia–Tsang)", () => {
+    const random = seededRandom(5);
+    const n = 50_000;
+    let s = 0;
+    let s2 = 0;
+    for (let i = 0; i < n; i++) {
+      const x = gamma(3, random);
+      s += x;
+      s2 += x * x;
+    }
+    const mean = s / n;
+    assert.ok(Math.abs(mean - 3) < 0.05, `gamma mean ${mean}`);
+    assert.ok(Math.abs(s2 / n - mean * mean - 3) < 0.1, "gamma variance");
+    let b = 0;
+    for (let i = 0; i < n; i++) b += beta(2, 8, random);
+    assert.ok(Math.abs(b / n - 0.2) < 0.005, `beta mean ${b / n}`);
+  });
+});
+
+describe("bandit: Thompson sampling weights", () => {
+  test("burn-in: configured weights stay until burnInUnits units are observed", () => {
+    const s = make({ burnInUnits: 1000 });
+    s.observe([
+      { variant: "control", units: 400, conversions: 10 },
+      { variant: "treatment", units: 499, conversions: 200 },
+    ]);
+    assert.deepEqual(s.weights(), { control: 1, treatment: 1 });
+    assert.equal(s.probabilities(), undefined);
+  });
+
+  test("after burn-in the weights are the floored share of draws where each arm is best", () => {
+    const s = make({ burnInUnits: 100, floor: 0.05, draws: 10_000 });
+    s.observe([
+      { variant: "control", units: 500, conversions: 50 },
+      { variant: "treatment", units: 500, conversions: 52 },
+    ]);
+    const p = s.probabilities()!;
+    const w = s.weights();
+    assert.ok(Math.abs(sum(w) - 1) < 1e-12);
+    for (const v of ["control", "treatment"]) assert.ok(Math.abs(w[v] - (0.05 + 0.9 * p[v])) < 1e-12);
+    // P(treatment better) for Beta(53,449) vs Beta(51,451) is about 0.58 (normal approximation: z = 0.004 / 0.0191)
+    assert.ok(p.treatment > 0.5 && p.treatment < 0.66, `p = ${p.treatment}`);
+  });
+
+  test("deterministic with a seeded random source", () => {
+    const stats = [
+      { variant: "control", units: 300, conversions: 30 },
+      { variant: "treatment", units: 300, conversions: 36 },
+    ];
+    const a = make({ draws: 5000 });
+    const b = make({ draws: 5000 });
+    a.observe(stats);
+    b.observe(stats);
+    assert.deepEqual(a.weights(), b.weights());
+  });
+
+  test("a clear winner gets all but the floor; the loser keeps the floor", () => {
+    const s = make({ floor: 0.01 });
+    s.observe([
+      { variant: "control", units: 2000, conversions: 100 },
+      { variant: "treatment", units: 2000, conversions: 300 },
+    ]);
+    assert.deepEqual(s.weights(), { control: 0.01, treatment: 0.99 });
+    assert.ok(Math.abs(s.ranges()!.filter((r) => r.variant === "control").reduce((a, r) => a + r.to - r.from, 0) - 0.01) < 1e-12);
+  });
+
+  test("weight updates move only the units they must (sticky table), from the loser to the winner", () => {
+    const s = make();
+    const units = Array.from({ length: 20_000 }, (_, i) => `user-${i}`);
+    const before = units.map((u) => s.assign(u));
+    s.observe([
+      { variant: "control", units: 2000, conversions: 100 },
+      { variant: "treatment", units: 2000, conversions: 300 },
+    ]);
+    let moved = 0;
+    for (const [i, u] of units.entries()) {
+      const now = s.assign(u);
+      if (now !== before[i]) {
+        assert.equal(before[i], "control");
+        assert.equal(now, "treatment");
+        moved++;
+      }
+    }
+    // 0.49 of [0,1) moved; the hash of these ids is only roughly uniform, so allow a few percent
+    assert.ok(Math.abs(moved / units.length - 0.49) < 0.05, `moved ${moved}`);
+  });
+
+  test("a variant set to weight 0 is out of the bandit (promote/rollback), and survives restore", () => {
+    const s = new BanditStrategy({
+      variants: [{ name: "a", weight: 1 }, { name: "b", weight: 1 }, { name: "c", weight: 1 }],
+      salt: "x",
+      random: seededRandom(2),
+      draws: 2000,
+    });
+    s.setWeights({ c: 0 });
+    const stats = [
+      { variant: "a", units: 500, conversions: 50 },
+      { variant: "b", units: 500, conversions: 50 },
+      { variant: "c", units: 500, conversions: 400 },
+    ];
+    s.observe(stats);
+    assert.equal(s.weights().c, 0);
+    const r = new BanditStrategy({
+      variants: [{ name: "a", weight: 1 }, { name: "b", weight: 1 }, { name: "c", weight: 1 }],
+      salt: "x",
+      random: seededRandom(2),
+      draws: 2000,
+      restore: JSON.parse(JSON.stringify(s.snapshot())),
+    });
+    r.observe(stats);
+    assert.equal(r.weights().c, 0);
+    s.setWeights({ a: 0, b: 0, c: 1 });
+    s.observe(stats);
+    assert.deepEqual(s.weights(), { a: 0, b: 0, c: 1 });
+  });
+
+  test("floor larger than 1/k gives equal shares; unknown variants and bad counts in stats are ignored or clamped", () => {
+    const s = make({ floor: 0.6 });
+    s.observe([
+      { variant: "control", units: 500, conversions: 900 },
+      { variant: "treatment", units: 500, conversions: -3 },
+      { variant: "gone", units: 10_000, conversions: 10 },
+    ]);
+    assert.deepEqual(s.weights(), { control: 0.5, treatment: 0.5 });
+  });
+});

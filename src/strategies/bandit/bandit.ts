@@ -1,0 +1,142 @@
+import type { RandomSource } from "../../clock.ts";
+import type { ArmStats, Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
+import { FNV1A32_OFFSET, fnv1a32Update } from "../fnv.ts";
+import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
+import { restoreWeights } from "../restore.ts";
+import { RangeTable } from "../sticky/range-table.ts";
+import { restoreState, shareMap } from "../sticky/sticky.ts";
+import { beta } from "./beta.ts";
+
+const TWO_POW_32 = 4294967296;
+export const DEFAULT_FLOOR = 0.01;
+export const DEFAULT_BURN_IN_UNITS = 100;
+export const DEFAULT_DRAWS = 10_000;
+
+/**
+ * Thompson sampling (Thompson 1933) over the conversion rate of each variant, allocating traffic by the
+ * posterior probability that a variant is the best ("randomized probability matching", Scott 2010, "A modern
+ * Bayesian look at the multi-armed bandit", Applied Stochastic Models in Business and Industry 26(6)).
+ *
+ * Choices, and why:
+ * - Posterior per arm: Beta(1 + conversions, 1 + units - conversions), a uniform Beta(1,1) prior.
+ * - P(best) by Monte Carlo: `draws` (default 10,000) joint draws from the posteriors with the injected random
+ *   source; an arm's weight is the share of draws where it is the largest (first arm on exact ties). Weights are
+ *   recomputed only when `observe` is called (the gateway calls it every `updateIntervalMs`), not per request,
+ *   so the cost (draws x arms x 2 gamma draws) stays off the hot path.
+ * - Floor: every active arm gets at least `floor` (default 1%): w_i = floor + (1 - k * floor) * P(best_i) for k
+ *   active arms, so a variant that looks bad early keeps collecting data and can recover. If k * floor >= 1 the
+ *   arms get equal shares.
+ * - Burn-in: until the active arms have `burnInUnits` units in total, the configured weights stay in force; a
+ *   posterior from a handful of units would swing traffic on noise.
+ * - Active arms: the variants whose configured weight is > 0. `setWeights` changes the configured weights (and,
+ *   at once, the effective ones); setting a variant to 0 takes it out of the bandit for good (promote and rollback
+ *   rely on this), any positive value only matters during burn-in.
+ * - Units are assigned through the sticky range table (same FNV-1a bucket as `sticky`), so when the weights move
+ *   only as many units change variant as the shift requires, from shrinking to growing variants; an already-seen
+ *   unit keeps its variant while its variant's range covers its bucket.
+ */
+export class BanditStrategy implements Strategy {
+  readonly kind = "bandit" as const;
+  readonly #names: string[];
+  readonly #random: RandomSource;
+  readonly #floor: number;
+  readonly #burnInUnits: number;
+  readonly #draws: number;
+  readonly #prefix: number;
+  /** configured weights (config or setWeights): decide which arms are active, and rule during burn-in */
+  #configured: number[];
+  /** the weights in force */
+  #weights: number[];
+  readonly #table: RangeTable;
+  #probabilities: number[] | undefined;
+
+  constructor(options: StrategyOptions) {
+    const { names, weights } = validateVariants(options.variants);
+    this.#names = names;
+    this.#random = options.random ?? Math.random;
+    this.#floor = options.floor ?? DEFAULT_FLOOR;
+    this.#burnInUnits = options.burnInUnits ?? DEFAULT_BURN_IN_UNITS;
+    this.#draws = options.draws ?? DEFAULT_DRAWS;
+    this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
+    const restore = options.restore;
+    this.#configured = restore
+      ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
+      : weights;
+    const restored = restoreState(names, this.#configured, restore);
+    this.#weights = restored.weights;
+    this.#table = restored.table;
+  }
+
+  assign(unit: string): string {
+    return this.#table.lookup(fnv1a32Update(this.#prefix, unit) / TWO_POW_32);
+  }
+
+  weights(): Record<string, number> {
+    return toRecord(this.#names, this.#weights);
+  }
+
+  setWeights(weights: Record<string, number>): void {
+    this.#configured = mergeWeights(this.#names, this.#configured, weights);
+    this.#apply([...this.#configured]);
+  }
+
+  ranges(): Range[] {
+    return this.#table.ranges();
+  }
+
+  snapshot(): StrategyState {
+    return { weights: this.weights(), ranges: this.ranges(), configuredWeights: toRecord(this.#names, this.#configured) };
+  }
+
+  /**
+   * Recompute the weights from conversion counts so far (totals, not increments). Variants missing from `stats`
+   * count as no data; unknown variants are ignored (a variant removed from the config may still have history).
+   */
+  observe(stats: ArmStats[]): void {
+    const units = new Array<number>(this.#names.length).fill(0);
+    const conversions = new Array<number>(this.#names.length).fill(0);
+    for (const s of stats) {
+      const i = this.#names.indexOf(s.variant);
+      if (i < 0) continue;
+      const u = Math.max(0, Math.floor(Number(s.units) || 0));
+      units[i] = u;
+      // more conversions than units would make the Beta parameter < 1; counts come from the store, so clamp
+      conversions[i] = Math.min(u, Math.max(0, Math.floor(Number(s.conversions) || 0)));
+    }
+    const active = this.#names.map((_, i) => i).filter((i) => this.#configured[i] > 0);
+    const totalUnits = active.reduce((sum, i) => sum + units[i], 0);
+    if (totalUnits < this.#burnInUnits || active.length < 2) {
+      this.#apply([...this.#configured]);
+      return;
+    }
+    const wins = new Array<number>(this.#names.length).fill(0);
+    for (let d = 0; d < this.#draws; d++) {
+      let best = -1;
+      let bestDraw = -Infinity;
+      for (const i of active) {
+        const draw = beta(1 + conversions[i], 1 + units[i] - conversions[i], this.#random);
+        if (draw > bestDraw) {
+          bestDraw = draw;
+          best = i;
+        }
+      }
+      wins[best]++;
+    }
+    this.#probabilities = wins.map((w) => w / this.#draws);
+    const k = active.length;
+    const floor = Math.min(this.#floor, 1 / k);
+    const next = new Array<number>(this.#names.length).fill(0);
+    for (const i of active) next[i] = floor + (1 - k * floor) * this.#probabilities[i];
+    this.#apply(next);
+  }
+
+  /** The last Monte Carlo estimate of P(variant is best), by variant; undefined before the first one. */
+  probabilities(): Record<string, number> | undefined {
+    return this.#probabilities && toRecord(this.#names, this.#probabilities);
+  }
+
+  #apply(weights: number[]): void {
+    this.#weights = weights;
+    this.#table.rebalance(shareMap(this.#names, weights));
+  }
+}

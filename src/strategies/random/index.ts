@@ -1,0 +1,1 @@
+export { RandomStrategy } from "./random.ts";

@@ -1,0 +1,1 @@
+export { RoundRobinStrategy } from "./round-robin.ts";

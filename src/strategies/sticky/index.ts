@@ -1,0 +1,2 @@
+export { StickyStrategy } from "./sticky.ts";
+export { RangeTable } from "./range-table.ts";

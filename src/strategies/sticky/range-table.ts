@@ -1,0 +1,202 @@
+import { InvalidArgumentError } from "../../errors.ts";
+import type { Range } from "../types.ts";
+
+/**
+ * Shares closer than this are treated as equal. Float sums of shares drift by ~1e-16; without a tolerance a
+ * rebalance would carve slivers of 1e-17 out of ranges and fragment the table.
+ */
+const EPSILON = 1e-12;
+
+interface Segment {
+  /** null while a freed piece waits for its new owner during `rebalance` */
+  owner: string | null;
+  from: number;
+  to: number;
+}
+
+/**
+ * The sticky range table: [0,1) cut into consecutive ranges, each owned by a variant. A unit whose bucket falls in
+ * a range gets that variant.
+ *
+ * Invariants: ranges are sorted, contiguous (each `to` is the next `from`, bit for bit), cover [0,1) exactly, are
+ * non-empty, and no two adjacent ranges have the same owner (the table stays as short as it can).
+ *
+ * `rebalance` moves only what a weight change requires: a variant that shrank gives up the excess from the
+ * tail of its highest ranges, and the freed pieces go to variants that grew, preferring a neighbour of the
+ * piece (so ranges merge instead of fragmenting). The fraction of [0,1) that changes owner is therefore
+ * exactly the total variation distance between the old and new shares, sum(max(0, old_i - new_i)), which is
+ * the least any reassignment can move.
+ */
+export class RangeTable {
+  #segments: Segment[];
+  /** lookup arrays rebuilt on every change, so `lookup` is a binary search over a typed array */
+  #ends = new Float64Array(0);
+  #owners: string[] = [];
+
+  private constructor(segments: Segment[]) {
+    this.#segments = segments;
+    this.#index();
+  }
+
+  /** Consecutive ranges in the given order, sized by share (variants with share 0 get no range). */
+  static initial(names: readonly string[], shares: readonly number[]): RangeTable {
+    const segments: Segment[] = [];
+    let from = 0;
+    let cumulative = 0;
+    const last = lastPositive(shares);
+    for (let i = 0; i < names.length; i++) {
+      if (!(shares[i] > 0)) continue;
+      cumulative += shares[i];
+      // the last owner ends at exactly 1 so float rounding never leaves a gap at the top
+      const to = i === last ? 1 : Math.min(1, cumulative);
+      if (to > from) segments.push({ owner: names[i], from, to });
+      from = to;
+    }
+    return new RangeTable(merge(segments));
+  }
+
+  /** A table from a persisted list; throws InvalidArgumentError when it does not cover [0,1) contiguously. */
+  static fromRanges(ranges: readonly Range[]): RangeTable {
+    if (!Array.isArray(ranges) || ranges.length === 0) throw new InvalidArgumentError("a range table needs at least one range");
+    let expectedFrom = 0;
+    const segments: Segment[] = [];
+    for (const [i, r] of ranges.entries()) {
+      if (typeof r?.variant !== "string" || typeof r.from !== "number" || typeof r.to !== "number") {
+        throw new InvalidArgumentError(`range ${i} must be {variant: string, from: number, to: number}`);
+      }
+      if (r.from !== expectedFrom) {
+        throw new InvalidArgumentError(`range ${i} (${r.variant}) starts at ${r.from}, expected ${expectedFrom}: ranges must be contiguous from 0`);
+      }
+      if (!(r.to > r.from) || r.to > 1) {
+        throw new InvalidArgumentError(`range ${i} (${r.variant}) must satisfy from < to <= 1, got [${r.from}, ${r.to})`);
+      }
+      segments.push({ owner: r.variant, from: r.from, to: r.to });
+      expectedFrom = r.to;
+    }
+    if (expectedFrom !== 1) throw new InvalidArgumentError(`ranges must end at 1, the last ends at ${expectedFrom}`);
+    return new RangeTable(merge(segments));
+  }
+
+  /** The owner of `bucket` (in [0,1)). Binary search; allocates nothing. */
+  lookup(bucket: number): string {
+    const ends = this.#ends;
+    let lo = 0;
+    let hi = ends.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (bucket < ends[mid]) hi = mid;
+      else lo = mid + 1;
+    }
+    return this.#owners[lo];
+  }
+
+  /** A copy of the table. */
+  ranges(): Range[] {
+    return this.#segments.map((s) => ({ variant: s.owner!, from: s.from, to: s.to }));
+  }
+
+  /** Total length owned by each variant. */
+  lengths(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const s of this.#segments) out.set(s.owner!, (out.get(s.owner!) ?? 0) + (s.to - s.from));
+    return out;
+  }
+
+  /**
+   * Move ownership so that each variant owns `shares[name]` of [0,1) (owners missing from `shares` go to 0),
+   * moving the least possible fraction. `shares` must sum to 1 (within rounding).
+   */
+  rebalance(shares: ReadonlyMap<string, number>): void {
+    const current = this.lengths();
+    const segments = this.#segments.map((s) => ({ ...s }));
+
+    // 1. Variants that shrank free their excess, from their highest range downwards.
+    for (const [owner, length] of current) {
+      const target = shares.get(owner) ?? 0;
+      if (target <= 0) {
+        for (const s of segments) if (s.owner === owner) s.owner = null;
+        continue;
+      }
+      let excess = length - target;
+      if (excess <= EPSILON) continue;
+      for (let i = segments.length - 1; i >= 0 && excess > EPSILON; i--) {
+        const s = segments[i];
+        if (s.owner !== owner) continue;
+        const len = s.to - s.from;
+        if (len <= excess + EPSILON) {
+          s.owner = null;
+          excess -= len;
+        } else {
+          const cut = s.to - excess;
+          segments.splice(i + 1, 0, { owner: null, from: cut, to: s.to });
+          s.to = cut;
+          excess = 0;
+        }
+      }
+    }
+
+    // 2. Variants that grew take the freed pieces, a neighbour of the piece first.
+    const deficit = new Map<string, number>();
+    for (const [owner, target] of shares) {
+      const d = target - (current.get(owner) ?? 0);
+      if (d > EPSILON) deficit.set(owner, d);
+    }
+    const needs = (owner: string | null | undefined): owner is string => owner != null && (deficit.get(owner) ?? 0) > EPSILON;
+    const pieces = merge(segments);
+    for (let i = 0; i < pieces.length; i++) {
+      const s = pieces[i];
+      if (s.owner !== null) continue;
+      const left = i > 0 ? pieces[i - 1].owner : null;
+      const right = i + 1 < pieces.length ? pieces[i + 1].owner : null;
+      let owner: string | undefined = needs(left) ? left : needs(right) ? right : undefined;
+      if (owner === undefined) for (const [name] of deficit) if (needs(name)) { owner = name; break; }
+      if (owner === undefined) {
+        // only rounding residue is left: give it to whoever borders it (never a variant going to 0, those
+        // have no ranges left)
+        owner = left ?? right ?? firstPositive(shares);
+        s.owner = owner;
+        continue;
+      }
+      const d = deficit.get(owner)!;
+      const len = s.to - s.from;
+      if (d >= len - EPSILON) {
+        s.owner = owner;
+        deficit.set(owner, d - len);
+      } else {
+        // the first part goes to `owner`; the rest is looked at again in the next iteration
+        const cut = s.from + d;
+        pieces.splice(i, 1, { owner, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
+        deficit.set(owner, 0);
+      }
+    }
+    this.#segments = merge(pieces);
+    this.#index();
+  }
+
+  #index(): void {
+    this.#ends = Float64Array.from(this.#segments, (s) => s.to);
+    this.#owners = this.#segments.map((s) => s.owner!);
+  }
+}
+
+/** Drop empty segments and join neighbours with the same owner (null joins null). */
+function merge(segments: Segment[]): Segment[] {
+  const out: Segment[] = [];
+  for (const s of segments) {
+    if (!(s.to > s.from)) continue;
+    const prev = out[out.length - 1];
+    if (prev && prev.owner === s.owner) prev.to = s.to;
+    else out.push({ ...s });
+  }
+  return out;
+}
+
+function lastPositive(shares: readonly number[]): number {
+  for (let i = shares.length - 1; i >= 0; i--) if (shares[i] > 0) return i;
+  return -1;
+}
+
+function firstPositive(shares: ReadonlyMap<string, number>): string {
+  for (const [name, share] of shares) if (share > 0) return name;
+  throw new InvalidArgumentError("shares must have a positive entry");
+}

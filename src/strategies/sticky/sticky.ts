@@ -1,0 +1,82 @@
+import { FNV1A32_OFFSET, fnv1a32Update } from "../fnv.ts";
+import type { Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
+import { mergeWeights, toRecord, toShares, validateVariants } from "../weights.ts";
+import { RangeTable } from "./range-table.ts";
+import { restoreWeights } from "../restore.ts";
+
+const TWO_POW_32 = 4294967296;
+
+/**
+ * Deterministic assignment by hash: a unit's bucket is `fnv1a32(salt + ":" + unit) / 2^32` and its variant is the
+ * owner of the range that contains the bucket (see RangeTable). Anyone who knows the salt and the range table can
+ * predict a unit's variant; a weight change moves only the units it must, from shrinking to growing variants.
+ */
+export class StickyStrategy implements Strategy {
+  readonly kind = "sticky" as const;
+  readonly #names: string[];
+  #weights: number[];
+  readonly #table: RangeTable;
+  /** FNV state after hashing `salt + ":"`, so a request only hashes its unit */
+  readonly #prefix: number;
+
+  constructor(options: StrategyOptions) {
+    const { names, weights } = validateVariants(options.variants);
+    this.#names = names;
+    this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
+    const restored = restoreState(names, weights, options.restore);
+    this.#weights = restored.weights;
+    this.#table = restored.table;
+  }
+
+  assign(unit: string): string {
+    return this.#table.lookup(fnv1a32Update(this.#prefix, unit) / TWO_POW_32);
+  }
+
+  /** The bucket of a unit, in [0,1) (for tests and for explaining an assignment). */
+  bucket(unit: string): number {
+    return fnv1a32Update(this.#prefix, unit) / TWO_POW_32;
+  }
+
+  weights(): Record<string, number> {
+    return toRecord(this.#names, this.#weights);
+  }
+
+  setWeights(weights: Record<string, number>): void {
+    this.#weights = mergeWeights(this.#names, this.#weights, weights);
+    this.#table.rebalance(shareMap(this.#names, this.#weights));
+  }
+
+  ranges(): Range[] {
+    return this.#table.ranges();
+  }
+
+  snapshot(): StrategyState {
+    return { weights: this.weights(), ranges: this.ranges() };
+  }
+}
+
+/** Shares by name in config order. */
+export function shareMap(names: readonly string[], weights: readonly number[]): Map<string, number> {
+  const shares = toShares(weights);
+  return new Map(names.map((n, i) => [n, shares[i]]));
+}
+
+/**
+ * Weights and range table from a snapshot. The snapshot's weights win over the configured ones (they were set at
+ * run time), variants the config no longer has are dropped (their ranges move to the others), and variants new
+ * in the config keep their configured weight; the persisted table is then rebalanced, which is a no-op when
+ * nothing changed, so a restart gives exactly the assignment from before.
+ */
+export function restoreState(
+  names: readonly string[],
+  configured: readonly number[],
+  restore: StrategyState | undefined,
+): { weights: number[]; table: RangeTable } {
+  if (!restore) return { weights: [...configured], table: RangeTable.initial(names, toShares(configured)) };
+  const weights = restoreWeights(names, configured, restore);
+  const shares = shareMap(names, weights);
+  if (!restore.ranges) return { weights, table: RangeTable.initial(names, toShares(weights)) };
+  const table = RangeTable.fromRanges(restore.ranges);
+  table.rebalance(shares);
+  return { weights, table };
+}
