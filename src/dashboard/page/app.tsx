@@ -1,0 +1,616 @@
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
+import { Chart, PALETTE } from "./chart.tsx";
+import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, waldInterval } from "./format.ts";
+import { Timeline } from "./timeline.ts";
+import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
+
+const WEEK_MS = 7 * 24 * 3600_000;
+/** How often the charts ask for new minutes; a minute bucket changes slowly, the live table covers the seconds. */
+const SERIES_POLL_MS = 5_000;
+
+type Connection = "connecting" | "live" | "reconnecting";
+
+export function App() {
+  const [meta, setMeta] = useState<StreamMeta | null>(null);
+  const [live, setLive] = useState<LiveEvent | null>(null);
+  const [report, setReport] = useState<Report | null>(null);
+  const [connection, setConnection] = useState<Connection>("connecting");
+  const [failures, setFailures] = useState<Record<string, string>>({});
+  const [token, setToken] = useState<string | null>(() => loadToken());
+  const timeline = useRef(new Timeline()).current;
+  const [seriesVersion, setSeriesVersion] = useState(0);
+
+  useEffect(() => {
+    const source = new EventSource("/v1/stream");
+    const on = <T,>(event: string, fn: (data: T) => void) =>
+      source.addEventListener(event, (e) => fn(JSON.parse((e as MessageEvent<string>).data) as T));
+    source.onopen = () => setConnection("live");
+    source.onerror = () => setConnection("reconnecting");
+    on<StreamMeta>("meta", setMeta);
+    on<LiveEvent>("live", (data) => {
+      setLive(data);
+      setFailures(({ live: _gone, ...rest }) => rest);
+    });
+    on<Report>("report", (data) => {
+      setReport(data);
+      setFailures(({ report: _gone, ...rest }) => rest);
+    });
+    on<{ source: string; message: string }>("failure", (f) => setFailures((all) => ({ ...all, [f.source]: f.message })));
+    return () => source.close();
+  }, []);
+
+  useEffect(() => {
+    let stopped = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const poll = async () => {
+      try {
+        const since = timeline.resumeFromMs() ?? Date.now() - WEEK_MS;
+        timeline.merge(await fetchSeries(since));
+        setSeriesVersion((v) => v + 1);
+        setFailures(({ series: _gone, ...rest }) => rest);
+      } catch (err) {
+        setFailures((all) => ({ ...all, series: (err as Error).message }));
+      }
+      if (!stopped) timer = setTimeout(poll, SERIES_POLL_MS);
+    };
+    void poll();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }, []);
+
+  const experimentName = meta?.experiment ?? live?.experiment.experiment ?? "experiment";
+  const variants = live?.experiment.variants.map((v) => v.name) ?? meta?.variants ?? [];
+  const control = live?.experiment.control ?? meta?.control ?? variants[0] ?? "control";
+
+  return (
+    <>
+      <a class="skip" href="#controls">
+        Skip to controls
+      </a>
+      <header class="top">
+        <h1>
+          abgate <span class="experiment">{experimentName}</span>
+        </h1>
+        <ConnectionBadge connection={connection} />
+        {live && (
+          <p class="facts">
+            engine <b>{live.experiment.engine}</b> · strategy <b>{live.experiment.strategy}</b> · fallback{" "}
+            <b>{live.experiment.fallback}</b> · since <b>{fmtTime(live.experiment.startedAt)}</b> · {fmtNum(live.experiment.counts.requests)} requests,{" "}
+            {fmtNum(live.experiment.counts.exposures)} exposures, {fmtNum(live.experiment.counts.events)} events
+          </p>
+        )}
+      </header>
+      {Object.keys(failures).length > 0 && (
+        <div class="alert" role="alert">
+          {Object.entries(failures).map(([source, message]) => (
+            <p key={source}>
+              Could not refresh the {source}: {message}
+            </p>
+          ))}
+        </div>
+      )}
+      <main>
+        <Decision report={report} />
+        <section aria-labelledby="variants-h" class="card wide">
+          <h2 id="variants-h">Variants</h2>
+          <VariantsTable live={live} report={report} />
+        </section>
+        <Controls token={token} setToken={setToken} live={live} variants={variants} control={control} />
+        <section aria-labelledby="traffic-h" class="card wide">
+          <h2 id="traffic-h">Traffic</h2>
+          <TrafficCharts timeline={timeline} variants={variants} version={seriesVersion} />
+        </section>
+        <Metrics report={report} meta={meta} timeline={timeline} variants={variants} control={control} version={seriesVersion} />
+        <Guardrails report={report} />
+      </main>
+      <footer class="muted">
+        {report?.generatedAt ? `Report generated ${fmtTime(report.generatedAt)}.` : "Waiting for the first report…"} Raw data:{" "}
+        <a href="/v1/report">report JSON</a>, <a href="/v1/experiment">experiment JSON</a>.
+      </footer>
+    </>
+  );
+}
+
+function ConnectionBadge({ connection }: { connection: Connection }) {
+  const text = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…" }[connection];
+  return (
+    <p class={`badge conn-${connection}`} role="status" aria-live="polite" data-connection={connection}>
+      <span aria-hidden="true">●</span> {text}
+    </p>
+  );
+}
+
+function Decision({ report }: { report: Report | null }) {
+  const decision = report?.decision;
+  const srm = report?.srm;
+  return (
+    <section aria-labelledby="decision-h" class="card decision">
+      <h2 id="decision-h">Decision</h2>
+      {decision ? (
+        <p class={`action action-${decision.action}`} data-testid="decision">
+          <b>{decision.action}</b>
+          {decision.variant ? ` ${decision.variant}` : ""}
+        </p>
+      ) : (
+        <p class="muted">No report yet.</p>
+      )}
+      {decision?.reason && <p class="reason">{decision.reason}</p>}
+      <h3>Sample ratio</h3>
+      {srm ? (
+        srm.mismatch ? (
+          <p class="bad" data-testid="srm">
+            <b>Mismatch</b> (p = {fmtP(srm.pValue)}): traffic does not follow the weights; fix assignment before trusting any result.
+          </p>
+        ) : (
+          <p class="good" data-testid="srm">
+            OK (p = {fmtP(srm.pValue)}){srm.error ? ` — ${srm.error}` : ""}
+          </p>
+        )
+      ) : (
+        <p class="muted">—</p>
+      )}
+    </section>
+  );
+}
+
+function VariantsTable({ live, report }: { live: LiveEvent | null; report: Report | null }) {
+  if (!live) return <p class="muted">Waiting for live data…</p>;
+  const stats = new Map<string, LiveVariantStats>(live.live.map((s) => [s.variant, s]));
+  const units = new Map((report?.variants ?? []).map((v) => [v.name, v.units]));
+  const totalWeight = live.experiment.variants.reduce((sum, v) => sum + v.weight, 0);
+  return (
+    <div class="scroll">
+      <table class="variants">
+        <caption class="sr-only">Each variant's weight, replicas and live traffic</caption>
+        <thead>
+          <tr>
+            <th scope="col">Variant</th>
+            <th scope="col">Weight</th>
+            <th scope="col">Replicas</th>
+            <th scope="col" class="num">
+              Req/s
+            </th>
+            <th scope="col" class="num">
+              p50
+            </th>
+            <th scope="col" class="num">
+              p99
+            </th>
+            <th scope="col" class="num">
+              Errors
+            </th>
+            <th scope="col" class="num">
+              Requests
+            </th>
+            <th scope="col" class="num">
+              Units
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {live.experiment.variants.map((v, i) => {
+            const s = stats.get(v.name);
+            return (
+              <tr key={v.name} data-variant={v.name}>
+                <th scope="row">
+                  <span class="swatch" style={{ background: PALETTE[i % PALETTE.length] }} aria-hidden="true" />
+                  {v.name}
+                  {v.name === live.experiment.control && <span class="tag">control</span>}
+                </th>
+                <td data-testid="weight">
+                  {fmtPct(totalWeight > 0 ? v.weight / totalWeight : null, 0)} <span class="muted">({fmtNum(v.weight, 2)})</span>
+                </td>
+                <td>
+                  <span class="muted">
+                    {v.healthyReplicas}/{v.replicas.length} healthy
+                  </span>
+                  <ul class="replicas">
+                    {v.replicas.map((r) => (
+                      <li key={r.id} class={`health-${r.health}`} title={`${r.address}, ${r.outstanding} in flight`}>
+                        <span aria-hidden="true">●</span> {r.id} <span class="muted">{r.health}</span>
+                      </li>
+                    ))}
+                  </ul>
+                </td>
+                <td class="num" data-testid="rps">
+                  {fmtNum(s?.requestsPerSecond, 1)}
+                </td>
+                <td class="num">{fmtMs(s?.p50Ms)}</td>
+                <td class="num">{fmtMs(s?.p99Ms)}</td>
+                <td class="num">{fmtPct(s?.errorRate, 2)}</td>
+                <td class="num" data-testid="requests">
+                  {fmtNum(s?.requests ?? v.requests)}
+                </td>
+                <td class="num">{fmtNum(units.get(v.name))}</td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; variants: string[]; version: number }) {
+  const xs = useMemo(() => timeline.xs(), [version]);
+  const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v) })), [version, variants.join()]);
+  return (
+    <div class="charts" data-testid="traffic-charts">
+      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} />
+    </div>
+  );
+}
+
+function Metrics(props: { report: Report | null; meta: StreamMeta | null; timeline: Timeline; variants: string[]; control: string; version: number }) {
+  const { report, meta, timeline, variants, control, version } = props;
+  const alpha = meta?.alpha ?? 0.05;
+  const configured = meta?.metrics ?? [];
+  const reported = new Map((report?.metrics ?? []).map((m) => [m.name, m]));
+  const xs = useMemo(() => timeline.xs(), [version]);
+  const units = new Map((report?.variants ?? []).map((v) => [v.name, v]));
+  if (configured.length === 0 && reported.size === 0) {
+    return (
+      <section class="card wide" aria-labelledby="metrics-h">
+        <h2 id="metrics-h">Metrics</h2>
+        <p class="muted">No metrics configured.</p>
+      </section>
+    );
+  }
+  const names = configured.length ? configured : [...reported.values()].map((m) => ({ name: m.name, kind: m.kind }));
+  return (
+    <>
+      {names.map(({ name, kind }) => {
+        const m = reported.get(name);
+        const chart =
+          kind === "latency"
+            ? { title: "Mean latency per minute", yLabel: "ms", values: (v: string) => timeline.meanLatencyMs(v), format: fmtMs }
+            : kind === "error_rate"
+              ? { title: "Error rate per minute", yLabel: "errors", values: (v: string) => timeline.errorRate(v), format: (x: number | null) => fmtPct(x, 2) }
+              : { title: kind === "mean" ? "Share of units with the event, cumulative" : "Conversion rate, cumulative", yLabel: "rate", values: (v: string) => timeline.cumulativeRate(v, name), format: (x: number | null) => fmtPct(x, 1) };
+        return (
+          <section key={name} class="card wide metric" aria-labelledby={`metric-${name}-h`} data-metric={name}>
+            <h2 id={`metric-${name}-h`}>
+              {name} <span class="kind">{kind.replace("_", " ")}</span>
+            </h2>
+            <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
+            <Chart
+              title={`${name}: ${chart.title}`}
+              yLabel={chart.yLabel}
+              xs={xs}
+              series={variants.map((v) => ({ label: v, values: chart.values(v) }))}
+              format={chart.format}
+            />
+          </section>
+        );
+      })}
+    </>
+  );
+}
+
+function MetricTable(props: {
+  metric: ReportMetric | undefined;
+  kind: string;
+  variants: string[];
+  control: string;
+  alpha: number;
+  units: Map<string, { units?: number; requests?: number }>;
+}) {
+  const { metric, kind, variants, control, alpha, units } = props;
+  if (!metric) return <p class="muted">Not in the report yet.</p>;
+  if (metric.error) return <p class="bad">{metric.error}</p>;
+  const byVariant = new Map<string, Comparison>((metric.comparisons ?? []).map((c) => [c.variant, c]));
+  // Per-variant intervals exist for rates only: a proportion's variance follows from its value and its n.
+  const nOf = (v: string, given?: number) => given ?? (kind === "error_rate" ? units.get(v)?.requests : units.get(v)?.units);
+  const level = `${Math.round((1 - alpha) * 100)}%`;
+  const rows = variants.filter((v) => v === control || byVariant.has(v));
+  return (
+    <div class="scroll">
+      <table class="metric-table">
+        <caption class="sr-only">
+          {metric.name}: value per variant with its {level} interval, and each variant against {control}
+        </caption>
+        <thead>
+          <tr>
+            <th scope="col">Variant</th>
+            <th scope="col" class="num">
+              Value
+            </th>
+            <th scope="col">{level} CI</th>
+            <th scope="col" class="num">
+              Δ vs {control}
+            </th>
+            <th scope="col">Δ {level} CI</th>
+            <th scope="col" class="num">
+              Lift
+            </th>
+            <th scope="col">Lift {level} CI</th>
+            <th scope="col" class="num">
+              p (fixed)
+            </th>
+            <th scope="col" class="num">
+              p adjusted
+            </th>
+            <th scope="col" class="num">
+              p (sequential)
+            </th>
+            <th scope="col" class="num">
+              Chance to win
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((v) => {
+            const isControl = v === control;
+            const c = byVariant.get(v);
+            const value = isControl ? metric.control?.value : c?.value;
+            const n = nOf(v, isControl ? metric.control?.units : c?.units);
+            const ci = kind === "conversion" || kind === "error_rate" ? waldInterval(value, n, alpha) : null;
+            const f = (x: number | null) => fmtValue(kind, x);
+            return (
+              <tr key={v} data-variant={v} class={c?.significant ? "significant" : ""}>
+                <th scope="row">
+                  {v}
+                  {isControl && <span class="tag">control</span>}
+                  {c?.significant && <span class="tag sig">significant</span>}
+                </th>
+                <td class="num">{f(value ?? null)}</td>
+                <td>{fmtCi(ci, f)}</td>
+                {isControl ? (
+                  <td colSpan={8} class="muted">
+                    baseline
+                  </td>
+                ) : (
+                  <>
+                    <td class="num">{fmtDiff(kind, c?.absolute?.estimate)}</td>
+                    <td>{fmtCi(c?.absolute?.ci, (x) => fmtDiff(kind, x))}</td>
+                    <td class="num">{fmtSignedPct(c?.relative?.estimate)}</td>
+                    <td>{fmtCi(c?.relative?.ci, (x) => fmtSignedPct(x))}</td>
+                    <td class="num">{fmtP(c?.pValue)}</td>
+                    <td class="num">{fmtP(c?.pValueAdjusted)}</td>
+                    <td class="num">{fmtP(c?.pValueSequential)}</td>
+                    <td class="num">{fmtPct(c?.chanceToWin, 1)}</td>
+                  </>
+                )}
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+      {(metric.comparisons ?? []).filter((c) => c.error).map((c) => (
+        <p key={c.variant} class="muted">
+          {c.variant}: {c.error}
+        </p>
+      ))}
+    </div>
+  );
+}
+
+function Guardrails({ report }: { report: Report | null }) {
+  const guardrails = report?.guardrails ?? [];
+  if (guardrails.length === 0) return null;
+  return (
+    <section class="card" aria-labelledby="guardrails-h">
+      <h2 id="guardrails-h">Guardrails</h2>
+      <ul class="guardrails">
+        {guardrails.map((g) => (
+          <li key={`${g.name}-${g.variant}`} class={g.ok ? "good" : "bad"}>
+            <b>{g.ok ? "OK" : "BREACHED"}</b> {g.name} · {g.variant}
+            {g.detail ? <span class="muted"> — {g.detail}</span> : null}
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
+}
+
+function Controls(props: { token: string | null; setToken: (t: string | null) => void; live: LiveEvent | null; variants: string[]; control: string }) {
+  const { token, setToken, live, variants, control } = props;
+  const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [draft, setDraft] = useState<Record<string, string> | null>(null);
+  const [promoteTo, setPromoteTo] = useState<string>("");
+  const locked = !token;
+  const current = Object.fromEntries((live?.experiment.variants ?? []).map((v) => [v.name, v.weight]));
+  const shown = (v: string) => draft?.[v] ?? (current[v] === undefined ? "" : String(current[v]));
+
+  const run = async (what: string, action: (t: string) => Promise<unknown>) => {
+    if (!token) return;
+    setBusy(true);
+    setMessage(null);
+    try {
+      await action(token);
+      setMessage({ ok: true, text: `${what}: done.` });
+      return true;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        setToken(null);
+        saveToken(null);
+        setMessage({ ok: false, text: `${what}: the admin token was refused; enter it again.` });
+      } else {
+        setMessage({ ok: false, text: `${what} failed: ${(err as Error).message}` });
+      }
+      return false;
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const submitWeights = async (e: Event) => {
+    e.preventDefault();
+    const weights: Record<string, number> = {};
+    for (const v of variants) {
+      const n = Number(shown(v));
+      if (shown(v).trim() === "" || !Number.isFinite(n) || n < 0) {
+        setMessage({ ok: false, text: `Weight of ${v} must be a number ≥ 0.` });
+        return;
+      }
+      weights[v] = n;
+    }
+    if (Object.values(weights).every((w) => w === 0)) {
+      setMessage({ ok: false, text: "At least one weight must be above 0." });
+      return;
+    }
+    if (await run("Weights", (t) => putWeights(t, weights))) setDraft(null);
+  };
+
+  const target = promoteTo || variants.find((v) => v !== control) || variants[0] || "";
+  const disabledWhy = locked ? "controls-locked" : undefined;
+  const draftTotal = variants.reduce((sum, v) => sum + (Number(shown(v)) || 0), 0);
+
+  return (
+    <section id="controls" class="card controls" aria-labelledby="controls-h" tabIndex={-1}>
+      <h2 id="controls-h">Controls</h2>
+      <TokenForm token={token} setToken={setToken} />
+      {locked && (
+        <p id="controls-locked" class="muted">
+          Read-only: enter the admin token above to change weights, promote or roll back.
+        </p>
+      )}
+      <form class="weights" onSubmit={submitWeights} aria-label="Change weights">
+        <fieldset disabled={locked || busy}>
+          <legend>Weights</legend>
+          {variants.map((v) => (
+            <div class="field" key={v}>
+              <label for={`weight-${v}`}>{v}</label>
+              <input
+                id={`weight-${v}`}
+                name={v}
+                type="number"
+                min={0}
+                step="any"
+                inputMode="decimal"
+                value={shown(v)}
+                aria-describedby={disabledWhy}
+                onInput={(e) => setDraft({ ...Object.fromEntries(variants.map((x) => [x, shown(x)])), [v]: (e.currentTarget as HTMLInputElement).value })}
+              />
+            </div>
+          ))}
+          <p class="muted total" aria-live="polite">
+            {variants.map((v) => `${v} ${fmtPct(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null, 0)}`).join(" · ")}
+          </p>
+          <button type="submit" aria-describedby={disabledWhy}>
+            Apply weights
+          </button>
+          {draft && (
+            <button type="button" class="secondary" onClick={() => setDraft(null)}>
+              Reset
+            </button>
+          )}
+        </fieldset>
+      </form>
+      <form
+        class="promote"
+        aria-label="Promote a variant"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void run(`Promote ${target}`, (t) => promote(t, target));
+        }}
+      >
+        <fieldset disabled={locked || busy}>
+          <legend>Promote</legend>
+          <label for="promote-variant">Variant to send 100% of traffic to</label>
+          <select id="promote-variant" value={target} onChange={(e) => setPromoteTo((e.currentTarget as HTMLSelectElement).value)} aria-describedby={disabledWhy}>
+            {variants.map((v) => (
+              <option key={v} value={v}>
+                {v}
+              </option>
+            ))}
+          </select>
+          <button type="submit" aria-describedby={disabledWhy}>
+            Promote
+          </button>
+        </fieldset>
+      </form>
+      <form
+        class="rollback"
+        aria-label="Roll back"
+        onSubmit={(e) => {
+          e.preventDefault();
+          void run("Rollback", (t) => rollback(t));
+        }}
+      >
+        <fieldset disabled={locked || busy}>
+          <legend>Roll back</legend>
+          <p class="muted">Send 100% of traffic to the control, {control}.</p>
+          <button type="submit" class="danger" aria-describedby={disabledWhy}>
+            Roll back to {control}
+          </button>
+        </fieldset>
+      </form>
+      <p class={message ? (message.ok ? "good" : "bad") : ""} role="status" aria-live="polite" data-testid="control-status">
+        {message?.text ?? ""}
+      </p>
+    </section>
+  );
+}
+
+function TokenForm({ token, setToken }: { token: string | null; setToken: (t: string | null) => void }) {
+  const [value, setValue] = useState("");
+  const [state, setState] = useState<"idle" | "checking" | "rejected" | "error">("idle");
+  const [error, setError] = useState("");
+  if (token) {
+    return (
+      <div class="token unlocked">
+        <p class="good">Controls unlocked for this tab.</p>
+        <button
+          type="button"
+          class="secondary"
+          onClick={() => {
+            saveToken(null);
+            setToken(null);
+          }}
+        >
+          Forget token
+        </button>
+      </div>
+    );
+  }
+  return (
+    <form
+      class="token"
+      aria-label="Admin token"
+      onSubmit={async (e) => {
+        e.preventDefault();
+        const t = value.trim();
+        if (!t) return;
+        setState("checking");
+        try {
+          if (await checkToken(t)) {
+            saveToken(t);
+            setToken(t);
+            setValue("");
+            setState("idle");
+          } else setState("rejected");
+        } catch (err) {
+          setError((err as Error).message);
+          setState("error");
+        }
+      }}
+    >
+      <label for="admin-token">Admin token</label>
+      <input
+        id="admin-token"
+        type="password"
+        autocomplete="off"
+        spellcheck={false}
+        value={value}
+        onInput={(e) => setValue((e.currentTarget as HTMLInputElement).value)}
+        aria-describedby="token-help"
+        aria-invalid={state === "rejected"}
+      />
+      <button type="submit" disabled={state === "checking"}>
+        Unlock controls
+      </button>
+      <p id="token-help" class={state === "rejected" || state === "error" ? "bad" : "muted"} aria-live="polite">
+        {state === "rejected"
+          ? "That token was refused."
+          : state === "error"
+            ? `Could not check the token: ${error}`
+            : "Kept in this tab's session storage only, sent as an Authorization header."}
+      </p>
+    </form>
+  );
+}

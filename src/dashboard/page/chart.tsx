@@ -1,0 +1,83 @@
+import { useEffect, useRef } from "preact/hooks";
+import uPlot from "uplot";
+
+/** Colours that stay distinct for the common colour-vision deficiencies (Okabe & Ito palette). */
+export const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+
+export interface ChartProps {
+  title: string;
+  /** what the y axis measures, read by screen readers along with the latest values */
+  yLabel: string;
+  xs: number[];
+  series: { label: string; values: (number | null)[] }[];
+  format: (v: number | null) => string;
+  height?: number;
+}
+
+/**
+ * One uPlot time chart. uPlot draws a week of minutes (10k points per series) on canvas in a few milliseconds, so
+ * the chart is rebuilt only when its series change and otherwise fed with setData.
+ */
+export function Chart({ title, yLabel, xs, series, format, height = 200 }: ChartProps) {
+  const host = useRef<HTMLDivElement>(null);
+  const plot = useRef<uPlot | null>(null);
+  const labels = series.map((s) => s.label).join("\u0000");
+  const data = [xs, ...series.map((s) => s.values)] as uPlot.AlignedData;
+
+  useEffect(() => {
+    const el = host.current;
+    if (!el) return;
+    const opts: uPlot.Options = {
+      width: Math.max(200, el.clientWidth),
+      height,
+      cursor: { drag: { x: true, y: false } },
+      legend: { live: true },
+      scales: { x: { time: true } },
+      axes: [{}, { values: (_u, ticks) => ticks.map((t) => format(t)), size: 70, label: yLabel }],
+      series: [
+        { label: "time" },
+        ...series.map((s, i) => ({
+          label: s.label,
+          stroke: PALETTE[i % PALETTE.length],
+          width: 1.5,
+          spanGaps: false,
+          value: (_u: uPlot, v: number | null) => format(v),
+        })),
+      ],
+    };
+    const u = new uPlot(opts, data, el);
+    plot.current = u;
+    const resize = new ResizeObserver(() => u.setSize({ width: Math.max(200, el.clientWidth), height }));
+    resize.observe(el);
+    return () => {
+      resize.disconnect();
+      u.destroy();
+      plot.current = null;
+    };
+    // Rebuilt only when the set of series changes; data flows through the effect below.
+  }, [labels, height, yLabel]);
+
+  useEffect(() => {
+    plot.current?.setData(data);
+  });
+
+  const latest = series
+    .map((s) => {
+      for (let i = s.values.length - 1; i >= 0; i--) if (s.values[i] !== null && s.values[i] !== undefined) return `${s.label} ${format(s.values[i]!)}`;
+      return `${s.label} no data`;
+    })
+    .join(", ");
+  return (
+    <figure class="chart">
+      <figcaption>{title}</figcaption>
+      <div
+        ref={host}
+        class="chart-canvas"
+        role="img"
+        aria-label={`Chart of ${title} (${yLabel}) over ${xs.length} minutes; latest: ${latest}`}
+        data-points={xs.length}
+      />
+      {xs.length === 0 && <p class="muted chart-empty">No traffic recorded yet.</p>}
+    </figure>
+  );
+}

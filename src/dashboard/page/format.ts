@@ -1,0 +1,77 @@
+/** Display helpers: every figure on the page goes through one of these so that missing data reads "—". */
+const DASH = "—";
+
+const finite = (x: number | null | undefined): x is number => typeof x === "number" && Number.isFinite(x);
+
+export function fmtPct(x: number | null | undefined, digits = 1): string {
+  return finite(x) ? `${(x * 100).toFixed(digits)}%` : DASH;
+}
+
+/** A signed percentage, for lifts and differences. */
+export function fmtSignedPct(x: number | null | undefined, digits = 1): string {
+  return finite(x) ? `${x > 0 ? "+" : ""}${(x * 100).toFixed(digits)}%` : DASH;
+}
+
+export function fmtMs(x: number | null | undefined): string {
+  if (!finite(x)) return DASH;
+  return x >= 100 ? `${Math.round(x)} ms` : `${x.toFixed(1)} ms`;
+}
+
+export function fmtNum(x: number | null | undefined, digits = 0): string {
+  return finite(x) ? x.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : DASH;
+}
+
+/** Enough digits to compare against alpha, without pretending precision below 0.001. */
+export function fmtP(x: number | null | undefined): string {
+  if (!finite(x)) return DASH;
+  return x < 0.001 ? "< 0.001" : x.toFixed(3);
+}
+
+/** A metric value in its own unit: rates as percentages, latency in ms, means as plain numbers. */
+export function fmtValue(kind: string, x: number | null | undefined): string {
+  if (kind === "conversion" || kind === "error_rate") return fmtPct(x, 2);
+  if (kind === "latency") return fmtMs(x);
+  return fmtNum(x, 3);
+}
+
+/** A difference in the metric's own unit (percentage points for rates). */
+export function fmtDiff(kind: string, x: number | null | undefined): string {
+  if (!finite(x)) return DASH;
+  const sign = x > 0 ? "+" : "";
+  if (kind === "conversion" || kind === "error_rate") return `${sign}${(x * 100).toFixed(2)} pp`;
+  if (kind === "latency") return `${sign}${x.toFixed(1)} ms`;
+  return `${sign}${x.toFixed(3)}`;
+}
+
+export function fmtCi(ci: readonly (number | null)[] | null | undefined, f: (x: number | null) => string): string {
+  if (!ci || ci.length < 2 || !finite(ci[0]) || !finite(ci[1])) return DASH;
+  return `[${f(ci[0])}, ${f(ci[1])}]`;
+}
+
+export function fmtTime(ms: number | string | null | undefined): string {
+  if (ms === null || ms === undefined) return DASH;
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? DASH : d.toLocaleString();
+}
+
+/**
+ * The (1 − alpha) Wald interval of a proportion, p ± z·sqrt(p(1 − p)/n): the per-variant interval for rate
+ * metrics, which the report gives only for differences (Agresti & Coull 1998, eq. 1; fine for display at the
+ * sample sizes of an A/B test).
+ */
+export function waldInterval(p: number | null | undefined, n: number | null | undefined, alpha: number): [number, number] | null {
+  if (!finite(p) || !finite(n) || n <= 0) return null;
+  const z = normalQuantile(1 - alpha / 2);
+  const half = z * Math.sqrt((p * (1 - p)) / n);
+  return [Math.max(0, p - half), Math.min(1, p + half)];
+}
+
+/** Inverse standard normal CDF, Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), enough for a displayed interval. */
+export function normalQuantile(q: number): number {
+  if (q <= 0 || q >= 1) return NaN;
+  const upper = q > 0.5;
+  const pp = upper ? 1 - q : q;
+  const t = Math.sqrt(-2 * Math.log(pp));
+  const x = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
+  return upper ? x : -x;
+}

@@ -1,0 +1,96 @@
+import type { SeriesBody, VariantSeries } from "./types.ts";
+
+/**
+ * The page's copy of the per-minute series. The first fetch brings up to a week; later fetches ask only from the
+ * last minute on (that minute was still filling) and are spliced in, so a week-old experiment costs one large
+ * fetch and then a few hundred bytes every few seconds.
+ */
+export class Timeline {
+  stepMs = 60_000;
+  minutes: number[] = [];
+  variants = new Map<string, VariantSeries>();
+
+  /** Where the next incremental fetch should start (ms since epoch), or null before the first data. */
+  resumeFromMs(): number | null {
+    return this.minutes.length ? this.minutes[this.minutes.length - 1]! : null;
+  }
+
+  /** Splices a fetched body in: minutes at or after its first minute are replaced, a gap before it is zero-filled. */
+  merge(body: SeriesBody): void {
+    this.stepMs = body.stepMs;
+    for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, blank(v.name, this.minutes.length, Object.keys(v.conversions)));
+    if (body.minutes.length === 0) return;
+    const start = body.minutes[0]!;
+    let keep = this.minutes.length;
+    while (keep > 0 && this.minutes[keep - 1]! >= start) keep--;
+    const gap: number[] = [];
+    if (keep > 0) for (let m = this.minutes[keep - 1]! + this.stepMs; m < start; m += this.stepMs) gap.push(m);
+    this.minutes = this.minutes.slice(0, keep).concat(gap, body.minutes);
+    const zeros = new Array<number>(gap.length).fill(0);
+    const incoming = new Map(body.variants.map((v) => [v.name, v]));
+    for (const [name, mine] of this.variants) {
+      const theirs = incoming.get(name) ?? blank(name, body.minutes.length, Object.keys(mine.conversions));
+      const splice = (a: number[], b: number[]) => a.slice(0, keep).concat(zeros, b);
+      mine.requests = splice(mine.requests, theirs.requests);
+      mine.errors = splice(mine.errors, theirs.errors);
+      mine.latencySumMs = splice(mine.latencySumMs, theirs.latencySumMs);
+      mine.newUnits = splice(mine.newUnits, theirs.newUnits);
+      for (const metric of new Set([...Object.keys(mine.conversions), ...Object.keys(theirs.conversions)])) {
+        const a = mine.conversions[metric] ?? new Array<number>(keep).fill(0);
+        const b = theirs.conversions[metric] ?? new Array<number>(body.minutes.length).fill(0);
+        mine.conversions[metric] = splice(a, b);
+      }
+    }
+  }
+
+  /** x values for uPlot, in seconds. */
+  xs(): number[] {
+    return this.minutes.map((m) => m / 1000);
+  }
+
+  /** Requests per minute of one variant. */
+  requests(variant: string): number[] {
+    return this.variants.get(variant)?.requests ?? [];
+  }
+
+  /** Mean latency per minute; null in minutes without requests (a gap, not a zero). */
+  meanLatencyMs(variant: string): (number | null)[] {
+    const v = this.variants.get(variant);
+    return v ? v.latencySumMs.map((sum, i) => (v.requests[i]! > 0 ? sum / v.requests[i]! : null)) : [];
+  }
+
+  /** Share of failed requests per minute; null in minutes without requests. */
+  errorRate(variant: string): (number | null)[] {
+    const v = this.variants.get(variant);
+    return v ? v.errors.map((e, i) => (v.requests[i]! > 0 ? e / v.requests[i]! : null)) : [];
+  }
+
+  /**
+   * Cumulative conversions over cumulative new units, minute by minute: the running value of a conversion metric
+   * as the report would have computed it then (without the attribution window, which the buckets do not carry).
+   */
+  cumulativeRate(variant: string, metric: string): (number | null)[] {
+    const v = this.variants.get(variant);
+    const conversions = v?.conversions[metric];
+    if (!v || !conversions) return [];
+    let units = 0;
+    let converted = 0;
+    return v.newUnits.map((n, i) => {
+      units += n;
+      converted += conversions[i]!;
+      return units > 0 ? converted / units : null;
+    });
+  }
+}
+
+function blank(name: string, length: number, metrics: string[]): VariantSeries {
+  const zeros = () => new Array<number>(length).fill(0);
+  return {
+    name,
+    requests: zeros(),
+    errors: zeros(),
+    latencySumMs: zeros(),
+    newUnits: zeros(),
+    conversions: Object.fromEntries(metrics.map((m) => [m, zeros()])),
+  };
+}

@@ -1,0 +1,63 @@
+/**
+ * What the page receives. The server-side types are imported (type-only, erased by esbuild) so that a change to
+ * the admin contract breaks the page's type check instead of the page at run time. The report is `unknown` on
+ * the server, so its shape (the spec's Report JSON) is written out here with every field optional that a young
+ * experiment may not have yet.
+ */
+import type { ExperimentView, LiveVariantStats, ReplicaView } from "../../admin/context.ts";
+import type { SeriesBody, VariantSeries } from "../series.ts";
+
+export type { ExperimentView, LiveVariantStats, ReplicaView, SeriesBody, VariantSeries };
+
+export interface StreamMeta {
+  experiment: string;
+  control: string;
+  variants: string[];
+  metrics: { name: string; kind: string }[];
+  alpha: number;
+  liveIntervalMs: number;
+  reportIntervalMs: number;
+}
+
+export interface LiveEvent {
+  ts: number;
+  experiment: ExperimentView;
+  live: LiveVariantStats[];
+}
+
+export interface Interval {
+  estimate: number | null;
+  ci?: [number | null, number | null] | null;
+}
+
+export interface Comparison {
+  variant: string;
+  value?: number | null;
+  units?: number;
+  absolute?: Interval;
+  relative?: Interval;
+  pValue?: number | null;
+  pValueAdjusted?: number | null;
+  pValueSequential?: number | null;
+  chanceToWin?: number | null;
+  significant?: boolean;
+  error?: string;
+}
+
+export interface ReportMetric {
+  name: string;
+  kind: string;
+  control?: { units?: number; value?: number | null; variant?: string };
+  comparisons?: Comparison[];
+  error?: string;
+}
+
+export interface Report {
+  experiment: string;
+  generatedAt?: string;
+  variants?: { name: string; weight?: number; units?: number; requests?: number }[];
+  srm?: { pValue?: number | null; mismatch?: boolean; error?: string };
+  metrics?: ReportMetric[];
+  guardrails?: { name: string; variant: string; ok: boolean; detail?: string }[];
+  decision?: { action: string; variant?: string | null; reason?: string };
+}

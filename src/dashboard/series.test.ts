@@ -1,0 +1,88 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { validateConfig } from "../config/index.ts";
+import type { MinuteBucket } from "../store/types.ts";
+import { Timeline } from "./page/timeline.ts";
+import { toSeries } from "./series.ts";
+
+const config = validateConfig({
+  experiment: "exp",
+  engine: "static",
+  variants: [
+    { name: "control", url: "http://127.0.0.1:1" },
+    { name: "treatment", url: "http://127.0.0.1:2" },
+  ],
+  metrics: [
+    { name: "watched", kind: "conversion", event: "watched" },
+    { name: "latency", kind: "latency" },
+  ],
+});
+
+const T0 = Date.UTC(2026, 10, 28, 12, 0);
+const bucket = (minute: number, variant: string, requests: number, conversions = 0): MinuteBucket => ({
+  minute: T0 + minute * 60_000,
+  variant,
+  requests,
+  errors: requests > 5 ? 1 : 0,
+  latencySumMs: requests * 10,
+  newUnits: requests,
+  conversions: { watched: conversions },
+});
+
+test("toSeries fills minutes without buckets with zeros and keeps config order of variants", () => {
+  const body = toSeries("exp", ["control", "treatment"], config.metrics, [bucket(3, "treatment", 4, 1), bucket(0, "control", 10, 2)]);
+  assert.deepEqual(body.minutes, [0, 1, 2, 3].map((m) => T0 + m * 60_000));
+  assert.deepEqual(body.variants.map((v) => v.name), ["control", "treatment"]);
+  assert.deepEqual(body.variants[0]!.requests, [10, 0, 0, 0]);
+  assert.deepEqual(body.variants[0]!.errors, [1, 0, 0, 0]);
+  assert.deepEqual(body.variants[1]!.latencySumMs, [0, 0, 0, 40]);
+  // latency has no event, so only the conversion metric gets a column
+  assert.deepEqual(Object.keys(body.variants[1]!.conversions), ["watched"]);
+  assert.deepEqual(body.variants[1]!.conversions.watched, [0, 0, 0, 1]);
+  assert.equal(body.truncated, false);
+});
+
+test("toSeries with no buckets gives empty columns for every configured variant", () => {
+  const body = toSeries("exp", ["control", "treatment"], config.metrics, []);
+  assert.deepEqual(body.minutes, []);
+  assert.deepEqual(body.variants.map((v) => [v.name, v.requests.length]), [["control", 0], ["treatment", 0]]);
+});
+
+test("toSeries keeps only the newest maxMinutes and lists variants that are no longer configured", () => {
+  const body = toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 1), bucket(9, "old", 2)], 5);
+  assert.equal(body.truncated, true);
+  assert.deepEqual(body.minutes, [5, 6, 7, 8, 9].map((m) => T0 + m * 60_000));
+  assert.deepEqual(body.variants.map((v) => v.name), ["control", "old"]);
+  assert.deepEqual(body.variants[1]!.requests, [0, 0, 0, 0, 2]);
+});
+
+test("toSeries handles a week of minutes for two variants quickly", () => {
+  const buckets: MinuteBucket[] = [];
+  for (let m = 0; m < 7 * 24 * 60; m++) buckets.push(bucket(m, "control", 3, 1), bucket(m, "treatment", 3, 1));
+  const started = performance.now();
+  const body = toSeries("exp", ["control", "treatment"], config.metrics, buckets);
+  assert.equal(body.minutes.length, 10_080);
+  assert.ok(performance.now() - started < 500);
+});
+
+test("Timeline splices incremental fetches: the last minute is replaced, a gap is zero-filled", () => {
+  const t = new Timeline();
+  t.merge(toSeries("exp", ["control", "treatment"], config.metrics, [bucket(0, "control", 2, 1), bucket(1, "control", 3)]));
+  assert.equal(t.resumeFromMs(), T0 + 60_000);
+  // minute 1 was still filling: the next fetch brings it again with more requests, plus minute 4
+  t.merge(toSeries("exp", ["control", "treatment"], config.metrics, [bucket(1, "control", 5, 1), bucket(4, "treatment", 6, 3)]));
+  assert.deepEqual(t.minutes, [0, 1, 2, 3, 4].map((m) => T0 + m * 60_000));
+  assert.deepEqual(t.requests("control"), [2, 5, 0, 0, 0]);
+  assert.deepEqual(t.requests("treatment"), [0, 0, 0, 0, 6]);
+  assert.deepEqual(t.meanLatencyMs("treatment"), [null, null, null, null, 10]);
+  assert.deepEqual(t.errorRate("treatment"), [null, null, null, null, 1 / 6]);
+  assert.deepEqual(t.cumulativeRate("control", "watched"), [0.5, 2 / 7, 2 / 7, 2 / 7, 2 / 7]);
+  assert.deepEqual(t.xs(), t.minutes.map((m) => m / 1000));
+});
+
+test("Timeline ignores an empty fetch", () => {
+  const t = new Timeline();
+  t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 2)]));
+  t.merge(toSeries("exp", ["control"], config.metrics, []));
+  assert.deepEqual(t.requests("control"), [2]);
+});

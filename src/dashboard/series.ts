@@ -1,0 +1,108 @@
+import type { MetricConfig } from "../config/index.ts";
+import type { MinuteBucket } from "../store/types.ts";
+
+export const MINUTE_MS = 60_000;
+
+/** One variant's per-minute sums, aligned with `SeriesBody.minutes` (index i is minute i). */
+export interface VariantSeries {
+  name: string;
+  requests: number[];
+  errors: number[];
+  latencySumMs: number[];
+  newUnits: number[];
+  /** conversions by metric name (conversion and mean metrics) */
+  conversions: Record<string, number[]>;
+}
+
+/**
+ * The body of GET /v1/series: columnar so that a week of minutes (10,080 points) per variant stays a compact JSON
+ * and maps straight onto uPlot's `[xs, ...ys]` data without reshaping. Sums, not rates, so that the page can merge
+ * incremental fetches and compute cumulative rates itself.
+ */
+export interface SeriesBody {
+  experiment: string;
+  stepMs: number;
+  /** start of each minute, ms since epoch, ascending, gaps filled */
+  minutes: number[];
+  variants: VariantSeries[];
+  metrics: { name: string; kind: string }[];
+  /** true when older minutes were left out to stay within `maxMinutes` */
+  truncated: boolean;
+}
+
+/** Metric kinds whose per-minute `conversions` the store reports (units sending the metric's event). */
+const EVENT_KINDS = new Set(["conversion", "mean"]);
+
+/**
+ * Turns the store's sparse per-minute, per-variant buckets into dense columns. Minutes without a bucket between
+ * the first and the last one are filled with zeros: a minute with no bucket is a minute with no traffic, and a
+ * dense x axis keeps uPlot's index-based cursor and gaps honest. Only the newest `maxMinutes` are kept.
+ */
+export function toSeries(
+  experiment: string,
+  variantNames: readonly string[],
+  metrics: readonly MetricConfig[],
+  buckets: readonly MinuteBucket[],
+  maxMinutes = 20_160,
+): SeriesBody {
+  const eventMetrics = metrics.filter((m) => EVENT_KINDS.has(m.kind)).map((m) => m.name);
+  const body: SeriesBody = {
+    experiment,
+    stepMs: MINUTE_MS,
+    minutes: [],
+    variants: [],
+    metrics: metrics.map((m) => ({ name: m.name, kind: m.kind })),
+    truncated: false,
+  };
+  const names = [...variantNames];
+  for (const b of buckets) if (!names.includes(b.variant)) names.push(b.variant);
+  if (buckets.length === 0) {
+    body.variants = names.map((name) => emptyVariant(name, eventMetrics, 0));
+    return body;
+  }
+
+  let first = Infinity;
+  let last = -Infinity;
+  for (const b of buckets) {
+    const m = floorMinute(b.minute);
+    if (m < first) first = m;
+    if (m > last) last = m;
+  }
+  if ((last - first) / MINUTE_MS + 1 > maxMinutes) {
+    first = last - (maxMinutes - 1) * MINUTE_MS;
+    body.truncated = true;
+  }
+  const length = (last - first) / MINUTE_MS + 1;
+  body.minutes = Array.from({ length }, (_, i) => first + i * MINUTE_MS);
+  const byName = new Map(names.map((name) => [name, emptyVariant(name, eventMetrics, length)]));
+
+  for (const b of buckets) {
+    const i = (floorMinute(b.minute) - first) / MINUTE_MS;
+    if (i < 0) continue;
+    const v = byName.get(b.variant)!;
+    // The store gives one bucket per (minute, variant); adding rather than assigning keeps a duplicate harmless.
+    v.requests[i] += b.requests;
+    v.errors[i] += b.errors;
+    v.latencySumMs[i] += b.latencySumMs;
+    v.newUnits[i] += b.newUnits;
+    for (const metric of eventMetrics) v.conversions[metric]![i] += b.conversions[metric] ?? 0;
+  }
+  body.variants = [...byName.values()];
+  return body;
+}
+
+function emptyVariant(name: string, eventMetrics: readonly string[], length: number): VariantSeries {
+  const zeros = () => new Array<number>(length).fill(0);
+  return {
+    name,
+    requests: zeros(),
+    errors: zeros(),
+    latencySumMs: zeros(),
+    newUnits: zeros(),
+    conversions: Object.fromEntries(eventMetrics.map((m) => [m, zeros()])),
+  };
+}
+
+function floorMinute(ms: number): number {
+  return Math.floor(ms / MINUTE_MS) * MINUTE_MS;
+}
