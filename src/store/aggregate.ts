@@ -1,0 +1,277 @@
+import type { MetricConfig } from "../config/index.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import { histogramQuantile, MINUTE_MS, minuteOf } from "./rollup.ts";
+import type { ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats } from "./types.ts";
+
+/**
+ * The report's and the dashboard's queries, written once in the SQL both SQLite and PostgreSQL accept (`?`
+ * placeholders; the PostgreSQL store numbers them). Both stores run exactly this code, so they agree by construction
+ * and the shared conformance suite checks the dialect details.
+ *
+ * Semantics (intention to treat):
+ * - a unit belongs to the variant of its first non-forced exposure (`units` rollup); forced exposures count only
+ *   towards `forcedRequests`;
+ * - an event counts for a unit when `firstTs <= event.ts <= firstTs + windowMs` (both ends inclusive; no window:
+ *   any time at or after the first exposure). Events before the first exposure, and events of units never exposed,
+ *   do not count;
+ * - a `mean` metric is, per exposed unit, the sum of the values of its counting events; an event without a value
+ *   adds 0; units without events count as 0;
+ * - latency is over non-forced requests that the assigned variant answered itself (not fallbacks); error rate is
+ *   over all non-forced requests assigned to the variant, an error being status 0 (no answer) or >= 500.
+ */
+export type Query = (sql: string, params: unknown[]) => Promise<Record<string, unknown>[]>;
+
+/** Stands in for "no window" in `e.ts <= u.first_ts + W`: 10^15 ms is about 31,700 years. */
+const NO_WINDOW_MS = 1_000_000_000_000_000;
+
+function windowOf(m: { windowMs?: number | undefined }): number {
+  const w = m.windowMs ?? NO_WINDOW_MS;
+  // Windows are inlined into the SQL as literals (so PostgreSQL needs no parameter type inference): integers only.
+  if (!Number.isSafeInteger(w) || w < 0) throw new InvalidArgumentError(`windowMs must be a non-negative integer, got ${w}`);
+  return w;
+}
+
+const num = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v));
+
+type EventMetric = Extract<MetricConfig, { kind: "conversion" | "mean" }>;
+
+/** Sufficient statistics for the report (see the module comment for what counts). */
+export async function aggregateExperiment(
+  query: Query,
+  experiment: string,
+  variants: string[],
+  metrics: MetricConfig[],
+): Promise<ExperimentAggregates> {
+  const unitRows = await query(
+    `SELECT first_variant AS variant, COUNT(*) AS units, SUM(multi) AS multi FROM units WHERE experiment = ? GROUP BY first_variant`,
+    [experiment],
+  );
+  const reqRows = await query(
+    `SELECT variant, SUM(requests) AS requests, SUM(fallback) AS fallback, SUM(forced) AS forced, SUM(errors) AS errors,
+            SUM(latency_n) AS latency_n, SUM(latency_sum) AS latency_sum, SUM(latency_sum_sq) AS latency_sum_sq,
+            MIN(min_ts) AS min_ts, MAX(max_ts) AS max_ts
+       FROM minute_stats WHERE experiment = ? GROUP BY variant`,
+    [experiment],
+  );
+  const units = new Map<string, number>();
+  let multiVariantUnits = 0;
+  for (const r of unitRows) {
+    units.set(String(r.variant), num(r.units));
+    multiVariantUnits += num(r.multi);
+  }
+  const req = new Map<string, Record<string, unknown>>();
+  let forcedRequests = 0;
+  let firstExposureTs: number | null = null;
+  let lastExposureTs: number | null = null;
+  for (const r of reqRows) {
+    req.set(String(r.variant), r);
+    forcedRequests += num(r.forced);
+    if (r.min_ts !== null && r.min_ts !== undefined) {
+      const t = num(r.min_ts);
+      if (firstExposureTs === null || t < firstExposureTs) firstExposureTs = t;
+    }
+    if (r.max_ts !== null && r.max_ts !== undefined) {
+      const t = num(r.max_ts);
+      if (lastExposureTs === null || t > lastExposureTs) lastExposureTs = t;
+    }
+  }
+
+  const out: MetricAggregate[] = [];
+  const eventResults = await eventMetricStats(query, experiment, metrics);
+  let histByVariant: Map<string, { bucket: number; count: number }[]> | null = null;
+  for (const m of metrics) {
+    switch (m.kind) {
+      case "conversion": {
+        const byVariant: Record<string, ProportionStats> = {};
+        const res = eventResults.get(m.name)!;
+        for (const v of variants) byVariant[v] = { units: units.get(v) ?? 0, conversions: res.get(v)?.sum ?? 0 };
+        out.push({ name: m.name, kind: "conversion", byVariant });
+        break;
+      }
+      case "mean": {
+        const byVariant: Record<string, MeanStats> = {};
+        const res = eventResults.get(m.name)!;
+        for (const v of variants) {
+          const r = res.get(v);
+          byVariant[v] = { n: units.get(v) ?? 0, sum: r?.sum ?? 0, sumSquares: r?.sumSquares ?? 0 };
+        }
+        out.push({ name: m.name, kind: "mean", byVariant });
+        break;
+      }
+      case "latency": {
+        histByVariant ??= await latencyHistograms(query, experiment);
+        const byVariant: Record<string, MeanStats & { p50: number; p99: number }> = {};
+        for (const v of variants) {
+          const r = req.get(v);
+          const hist = histByVariant.get(v) ?? [];
+          byVariant[v] = {
+            n: num(r?.latency_n),
+            sum: num(r?.latency_sum),
+            sumSquares: num(r?.latency_sum_sq),
+            p50: histogramQuantile(hist, 0.5),
+            p99: histogramQuantile(hist, 0.99),
+          };
+        }
+        out.push({ name: m.name, kind: "latency", byVariant });
+        break;
+      }
+      case "error_rate": {
+        const byVariant: Record<string, ProportionStats> = {};
+        for (const v of variants) {
+          const r = req.get(v);
+          byVariant[v] = { units: num(r?.requests), conversions: num(r?.errors) };
+        }
+        out.push({ name: m.name, kind: "error_rate", byVariant });
+        break;
+      }
+    }
+  }
+
+  return {
+    experiment,
+    variants: variants.map((v) => ({
+      variant: v,
+      units: units.get(v) ?? 0,
+      requests: num(req.get(v)?.requests),
+      fallbackRequests: num(req.get(v)?.fallback),
+    })),
+    multiVariantUnits,
+    forcedRequests,
+    metrics: out,
+    firstExposureTs,
+    lastExposureTs,
+  };
+}
+
+async function latencyHistograms(query: Query, experiment: string): Promise<Map<string, { bucket: number; count: number }[]>> {
+  const rows = await query(
+    `SELECT variant, bucket, count FROM latency_hist WHERE experiment = ? ORDER BY variant, bucket`,
+    [experiment],
+  );
+  const out = new Map<string, { bucket: number; count: number }[]>();
+  for (const r of rows) {
+    const v = String(r.variant);
+    let list = out.get(v);
+    if (list === undefined) out.set(v, (list = []));
+    list.push({ bucket: num(r.bucket), count: num(r.count) });
+  }
+  return out;
+}
+
+/**
+ * One pass over the events of each event name serves every conversion and mean metric on that event: per unit the
+ * inner query computes a 0/1 flag (conversion) or a windowed sum (mean) for each metric; the outer query sums those
+ * per first variant. Result: metric name -> variant -> {sum, sumSquares} of the per-unit column.
+ */
+async function eventMetricStats(
+  query: Query,
+  experiment: string,
+  metrics: MetricConfig[],
+): Promise<Map<string, Map<string, { sum: number; sumSquares: number }>>> {
+  const byEvent = new Map<string, EventMetric[]>();
+  for (const m of metrics) {
+    if (m.kind !== "conversion" && m.kind !== "mean") continue;
+    let list = byEvent.get(m.event);
+    if (list === undefined) byEvent.set(m.event, (list = []));
+    list.push(m);
+  }
+  const result = new Map<string, Map<string, { sum: number; sumSquares: number }>>();
+  for (const [event, list] of byEvent) {
+    const inner: string[] = [];
+    const outer: string[] = [];
+    list.forEach((m, i) => {
+      const w = windowOf(m);
+      const inWindow = w === NO_WINDOW_MS ? "1 = 1" : `e.ts <= u.first_ts + ${w}`;
+      if (m.kind === "conversion") inner.push(`MAX(CASE WHEN ${inWindow} THEN 1 ELSE 0 END) AS m${i}`);
+      else inner.push(`SUM(CASE WHEN ${inWindow} THEN COALESCE(e.value, 0) ELSE 0 END) AS m${i}`);
+      outer.push(`SUM(m${i}) AS s${i}`, `SUM(m${i} * m${i}) AS q${i}`);
+    });
+    const rows = await query(
+      `SELECT variant, ${outer.join(", ")} FROM (
+         SELECT u.first_variant AS variant, ${inner.join(", ")}
+           FROM events e JOIN units u ON u.experiment = e.experiment AND u.unit = e.unit
+          WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts
+          GROUP BY e.unit, u.first_variant
+       ) pu GROUP BY variant`,
+      [experiment, event],
+    );
+    list.forEach((m, i) => {
+      const perVariant = new Map<string, { sum: number; sumSquares: number }>();
+      for (const r of rows) perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: num(r[`q${i}`]) });
+      result.set(m.name, perVariant);
+    });
+  }
+  return result;
+}
+
+/**
+ * Per-minute series from `sinceMs` on (whole minutes: the minute holding `sinceMs` is included). Request figures
+ * come from the `minute_stats` rollup; new units from the `units` rollup by first exposure; conversions are units
+ * whose first counting event falls in the minute. The conversion query only visits units with an event since
+ * `sinceMs` (index on (experiment, event, ts)), so a short range stays cheap however long the experiment ran.
+ */
+export async function minuteSeries(
+  query: Query,
+  experiment: string,
+  metrics: MetricConfig[],
+  sinceMs: number,
+): Promise<MinuteBucket[]> {
+  const since = minuteOf(sinceMs);
+  const buckets = new Map<string, MinuteBucket>();
+  const conversionMetrics = metrics.filter((m): m is Extract<MetricConfig, { kind: "conversion" }> => m.kind === "conversion");
+  const bucket = (minute: number, variant: string): MinuteBucket => {
+    const key = `${minute}\u0000${variant}`;
+    let b = buckets.get(key);
+    if (b === undefined) {
+      const conversions: Record<string, number> = {};
+      for (const m of conversionMetrics) conversions[m.name] = 0;
+      b = { minute, variant, requests: 0, errors: 0, latencySumMs: 0, newUnits: 0, conversions };
+      buckets.set(key, b);
+    }
+    return b;
+  };
+
+  const reqRows = await query(
+    `SELECT minute, variant, requests, errors, latency_sum FROM minute_stats
+      WHERE experiment = ? AND minute >= ? AND requests > 0`,
+    [experiment, since],
+  );
+  for (const r of reqRows) {
+    const b = bucket(num(r.minute), String(r.variant));
+    b.requests += num(r.requests);
+    b.errors += num(r.errors);
+    b.latencySumMs += num(r.latency_sum);
+  }
+  const unitRows = await query(
+    `SELECT (first_ts / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, first_variant AS variant, COUNT(*) AS n
+       FROM units WHERE experiment = ? AND first_ts >= ? GROUP BY 1, 2`,
+    [experiment, since],
+  );
+  for (const r of unitRows) bucket(num(r.minute), String(r.variant)).newUnits += num(r.n);
+
+  for (const m of conversionMetrics) {
+    const w = windowOf(m);
+    const rows = await query(
+      `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (
+         SELECT u.first_variant AS variant, MIN(e.ts) AS t
+           FROM (SELECT DISTINCT unit FROM events WHERE experiment = ? AND event = ? AND ts >= ?) c
+           JOIN units u ON u.experiment = ? AND u.unit = c.unit
+           JOIN events e ON e.experiment = ? AND e.event = ? AND e.unit = c.unit
+                        AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
+          GROUP BY c.unit, u.first_variant
+       ) x WHERE t >= ? GROUP BY 1, 2`,
+      [experiment, m.event, since, experiment, experiment, m.event, since],
+    );
+    for (const r of rows) bucket(num(r.minute), String(r.variant)).conversions[m.name]! += num(r.n);
+  }
+
+  return [...buckets.values()].sort((a, b) => a.minute - b.minute || (a.variant < b.variant ? -1 : a.variant > b.variant ? 1 : 0));
+}
+
+/** Counts for GET /v1/experiment, from the counters maintained on write. */
+export async function experimentCounts(query: Query, experiment: string): Promise<{ exposures: number; events: number }> {
+  const rows = await query(`SELECT exposures, events FROM counters WHERE experiment = ?`, [experiment]);
+  return { exposures: num(rows[0]?.exposures), events: num(rows[0]?.events) };
+}
+
+export { MINUTE_MS };

@@ -1,0 +1,191 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ManualClock } from "../clock.ts";
+import { ExposureBatcher, type BatcherLog } from "./batcher.ts";
+import { SqliteStore } from "./sqlite/index.ts";
+import type { Exposure } from "./types.ts";
+
+function exposure(i: number): Exposure {
+  return {
+    experiment: "exp",
+    ts: 1_700_000_000_000 + i,
+    requestId: `r${i}`,
+    unit: `u${i % 7}`,
+    assigned: i % 2 === 0 ? "control" : "treatment",
+    served: i % 2 === 0 ? "control" : "treatment",
+    replica: "control-0",
+    status: 200,
+    latencyMs: 1.5,
+    forced: false,
+  };
+}
+
+/** A store that records each write and fails while `failing` is set (the real stores cannot be made to fail on cue). */
+class RecordingStore {
+  writes: Exposure[][] = [];
+  failing = false;
+  async writeExposures(rows: Exposure[]): Promise<void> {
+    if (this.failing) throw new Error("database is locked");
+    this.writes.push(rows);
+  }
+  get rows(): Exposure[] {
+    return this.writes.flat();
+  }
+}
+
+/** Lets the promise chain of a write settle (the store's promises resolve in microtasks, not timers). */
+const settle = () => new Promise<void>((r) => setImmediate(r));
+
+const logs: Parameters<BatcherLog>[] = [];
+const log: BatcherLog = (...args) => void logs.push(args);
+
+describe("ExposureBatcher", () => {
+  it("writes nothing before 100 ms, then everything within 100 ms of the first row", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log });
+    b.push(exposure(0));
+    clock.advance(60);
+    b.push(exposure(1));
+    clock.advance(39);
+    await settle();
+    assert.equal(store.writes.length, 0);
+    clock.advance(1);
+    await settle();
+    assert.deepEqual(store.writes.map((w) => w.length), [2]);
+    assert.equal(clock.pendingTimers(), 0, "no timer left once the buffer is empty");
+  });
+
+  it("starts a write on the next tick once 1,000 rows wait, without writing inside push", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log });
+    for (let i = 0; i < 999; i++) b.push(exposure(i));
+    await settle();
+    assert.equal(store.writes.length, 0);
+    b.push(exposure(999));
+    assert.equal(store.writes.length, 0, "push itself never writes");
+    clock.advance(0);
+    await settle();
+    assert.deepEqual(store.writes.map((w) => w.length), [1000]);
+    assert.deepEqual(store.rows.map((r) => r.requestId), Array.from({ length: 1000 }, (_, i) => `r${i}`));
+  });
+
+  it("keeps rows when the store fails, retries with backoff, and writes them in order once it recovers", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { clock, log });
+    store.failing = true;
+    for (let i = 0; i < 10; i++) b.push(exposure(i));
+    clock.advance(100);
+    await settle();
+    assert.equal(b.stats().failures, 1);
+    assert.equal(b.stats().buffered, 10);
+    for (let i = 10; i < 2000; i++) b.push(exposure(i)); // a full batch must not defeat the backoff
+    clock.advance(99);
+    await settle();
+    assert.equal(b.stats().failures, 1, "first retry after 100 ms");
+    clock.advance(1);
+    await settle();
+    assert.equal(b.stats().failures, 2);
+    clock.advance(199);
+    await settle();
+    assert.equal(b.stats().failures, 2, "second retry after 200 ms");
+    store.failing = false;
+    clock.advance(1);
+    await settle();
+    assert.equal(b.stats().failures, 0);
+    assert.equal(b.stats().buffered, 0);
+    assert.deepEqual(store.rows.map((r) => r.requestId), Array.from({ length: 2000 }, (_, i) => `r${i}`));
+    assert.equal(logs.filter(([level]) => level === "error").length, 1, "one error line per failure streak");
+    assert.ok(logs.some(([level, msg]) => level === "info" && /recovered/.test(msg)));
+  });
+
+  it("bounds the buffer: drops the oldest rows and counts them", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log, maxBuffered: 1000, maxBatch: 100 });
+    store.failing = true;
+    for (let i = 0; i < 1500; i++) b.push(exposure(i));
+    clock.advance(0);
+    await settle();
+    assert.equal(b.stats().buffered, 1000);
+    assert.equal(b.stats().dropped, 500);
+    store.failing = false;
+    await b.flush();
+    assert.deepEqual(store.rows.map((r) => r.requestId), Array.from({ length: 1000 }, (_, i) => `r${i + 500}`));
+  });
+
+  it("rows pushed during a write go into the next write", async () => {
+    const clock = new ManualClock(0);
+    let release!: () => void;
+    const writes: number[] = [];
+    const slow = {
+      async writeExposures(rows: Exposure[]) {
+        writes.push(rows.length);
+        if (writes.length === 1) await new Promise<void>((r) => (release = r));
+      },
+    };
+    const b = new ExposureBatcher(slow, { clock, log });
+    b.push(exposure(0));
+    clock.advance(100);
+    await settle();
+    for (let i = 1; i <= 5; i++) b.push(exposure(i));
+    assert.equal(clock.pendingTimers(), 0, "the running drain picks them up; no timer");
+    release();
+    await settle();
+    assert.deepEqual(writes, [1, 5]);
+  });
+
+  it("close() writes what is buffered, then drops (and counts) late rows", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log });
+    for (let i = 0; i < 3; i++) b.push(exposure(i));
+    await b.close();
+    assert.equal(store.rows.length, 3);
+    b.push(exposure(3));
+    assert.equal(b.stats().dropped, 1);
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  it("close() with a failing store reports the loss instead of throwing", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { clock, log });
+    store.failing = true;
+    for (let i = 0; i < 3; i++) b.push(exposure(i));
+    await b.close();
+    assert.equal(b.stats().dropped, 3);
+    assert.ok(logs.some(([level, msg]) => level === "error" && /lost at shutdown/.test(msg)));
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  it("feeds a real SQLite store", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-batcher-"));
+    try {
+      const store = new SqliteStore(join(dir, "a.db"));
+      await store.init();
+      const clock = new ManualClock(0);
+      const b = new ExposureBatcher(store, { clock, log });
+      for (let i = 0; i < 2500; i++) b.push(exposure(i));
+      clock.advance(0);
+      await settle();
+      assert.equal((await store.counts("exp")).exposures, 2500, "one write took the 2,500 waiting rows");
+      await b.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("rejects nonsensical options", () => {
+    assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 0 }), /maxBatch must be a positive integer/);
+    assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 10, maxBuffered: 5 }), /exceeds maxBuffered/);
+  });
+});

@@ -1,0 +1,240 @@
+import { type Clock, systemClock, type TimerHandle } from "../clock.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import type { Exposure, Store } from "./types.ts";
+
+export type BatcherLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
+
+export interface ExposureBatcherOptions {
+  clock?: Clock;
+  /** a row waits at most this long before a write starts (default 100) */
+  flushIntervalMs?: number;
+  /** a write starts as soon as this many rows wait (default 1,000) */
+  maxBatch?: number;
+  /** rows kept while the store fails; beyond it the oldest are dropped and counted (default 100,000) */
+  maxBuffered?: number;
+  /** rows per `writeExposures` call when catching up on a backlog (default 10,000) */
+  maxWriteRows?: number;
+  /** longest wait between retries while the store keeps failing (default 5,000) */
+  maxRetryDelayMs?: number;
+  log?: BatcherLog;
+}
+
+export interface BatcherStats {
+  buffered: number;
+  written: number;
+  /** rows lost: pushed out of a full buffer, or still buffered when `close()` gave up */
+  dropped: number;
+  /** consecutive failed writes (0 once a write succeeds) */
+  failures: number;
+  lastError: string | null;
+}
+
+const defaultLog: BatcherLog = (level, msg, fields) => {
+  console.error(JSON.stringify({ level, component: "exposure-batcher", msg, ...fields }));
+};
+
+/**
+ * Collects exposures from the proxy and writes them to the store in batches, off the request path.
+ *
+ * `push` only stores a reference in a preallocated ring buffer and maybe arms a timer: no await, no I/O, O(1).
+ * A write starts `flushIntervalMs` after the first waiting row, or on the next timer tick once `maxBatch` rows wait
+ * (a 0 ms timer rather than an inline call, because the SQLite store writes synchronously and would otherwise run
+ * inside the proxy's request handler). One write runs at a time; rows that arrive meanwhile go in the next one.
+ *
+ * When the store fails, the rows go back to the front of the buffer and the write is retried with exponential
+ * backoff (flushIntervalMs doubling up to maxRetryDelayMs). The buffer is bounded: once full, each new row pushes
+ * out the oldest, and `stats().dropped` counts them. Errors are logged, never thrown at the proxy.
+ */
+export class ExposureBatcher {
+  readonly #store: Pick<Store, "writeExposures">;
+  readonly #clock: Clock;
+  readonly #intervalMs: number;
+  readonly #maxBatch: number;
+  readonly #cap: number;
+  readonly #maxWriteRows: number;
+  readonly #maxRetryDelayMs: number;
+  readonly #log: BatcherLog;
+
+  #buf: (Exposure | undefined)[];
+  #head = 0;
+  #size = 0;
+
+  #timer: TimerHandle | null = null;
+  /** the armed timer is the 0 ms "batch is full" one */
+  #timerIsImmediate = false;
+  #draining = false;
+  #chain: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  #written = 0;
+  #dropped = 0;
+  #failures = 0;
+  #lastError: string | null = null;
+
+  constructor(store: Pick<Store, "writeExposures">, options: ExposureBatcherOptions = {}) {
+    this.#store = store;
+    this.#clock = options.clock ?? systemClock;
+    this.#intervalMs = options.flushIntervalMs ?? 100;
+    this.#maxBatch = options.maxBatch ?? 1000;
+    this.#cap = options.maxBuffered ?? 100_000;
+    this.#maxWriteRows = options.maxWriteRows ?? 10_000;
+    this.#maxRetryDelayMs = options.maxRetryDelayMs ?? 5000;
+    this.#log = options.log ?? defaultLog;
+    for (const [k, v] of [
+      ["flushIntervalMs", this.#intervalMs],
+      ["maxBatch", this.#maxBatch],
+      ["maxBuffered", this.#cap],
+      ["maxWriteRows", this.#maxWriteRows],
+    ] as const) {
+      if (!Number.isInteger(v) || v <= 0) throw new InvalidArgumentError(`ExposureBatcher: ${k} must be a positive integer, got ${v}`);
+    }
+    if (this.#maxBatch > this.#cap) throw new InvalidArgumentError(`ExposureBatcher: maxBatch (${this.#maxBatch}) exceeds maxBuffered (${this.#cap})`);
+    this.#buf = new Array<Exposure | undefined>(this.#cap).fill(undefined);
+  }
+
+  /** Queue one exposure. Never throws, never waits. */
+  push(exposure: Exposure): void {
+    if (this.#closed) {
+      this.#dropped++;
+      return;
+    }
+    if (this.#size === this.#cap) {
+      // Full: the slot of the oldest row becomes the newest.
+      this.#buf[this.#head] = exposure;
+      this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
+      this.#dropped++;
+    } else {
+      let tail = this.#head + this.#size;
+      if (tail >= this.#cap) tail -= this.#cap;
+      this.#buf[tail] = exposure;
+      this.#size++;
+    }
+    // While a drain runs it keeps taking rows until the buffer is empty; no timer needed.
+    if (this.#draining) return;
+    if (this.#size >= this.#maxBatch) {
+      // After a failure the retry timer's backoff stands: a full batch must not turn it into a busy retry loop.
+      if (!this.#timerIsImmediate && this.#failures === 0) this.#arm(0, true);
+    } else if (this.#timer === null) {
+      this.#arm(this.#intervalMs, false);
+    }
+  }
+
+  /**
+   * Write everything buffered now (and whatever arrives while writing). Resolves when the buffer is empty or a write
+   * failed (the rows stay buffered and a retry is scheduled); never rejects.
+   */
+  flush(): Promise<void> {
+    this.#cancelTimer();
+    const run = this.#chain.then(() => this.#drain());
+    this.#chain = run;
+    return run;
+  }
+
+  /** Stop accepting rows, write what is buffered (one attempt), and report anything that could not be written. */
+  async close(): Promise<void> {
+    if (this.#closed) return this.#chain;
+    this.#closed = true;
+    await this.flush();
+    this.#cancelTimer();
+    if (this.#size > 0) {
+      this.#log("error", "exposures lost at shutdown: the store did not accept them", { rows: this.#size, error: this.#lastError });
+      this.#dropped += this.#size;
+      this.#buf.fill(undefined);
+      this.#size = 0;
+      this.#head = 0;
+    }
+  }
+
+  stats(): BatcherStats {
+    return {
+      buffered: this.#size,
+      written: this.#written,
+      dropped: this.#dropped,
+      failures: this.#failures,
+      lastError: this.#lastError,
+    };
+  }
+
+  #arm(delayMs: number, immediate: boolean): void {
+    this.#cancelTimer();
+    this.#timerIsImmediate = immediate;
+    this.#timer = this.#clock.setTimeout(() => {
+      this.#timer = null;
+      this.#timerIsImmediate = false;
+      void this.flush();
+    }, delayMs);
+  }
+
+  #cancelTimer(): void {
+    this.#timer?.cancel();
+    this.#timer = null;
+    this.#timerIsImmediate = false;
+  }
+
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#size > 0) {
+        const rows = this.#take(Math.min(this.#size, this.#maxWriteRows));
+        try {
+          await this.#store.writeExposures(rows);
+        } catch (err) {
+          this.#putBack(rows);
+          this.#failures++;
+          this.#lastError = err instanceof Error ? err.message : String(err);
+          // One line when a failure streak starts, then one per 100 attempts, so a dead database does not flood logs.
+          if (this.#failures === 1 || this.#failures % 100 === 0) {
+            this.#log("error", "cannot write exposures; keeping them for a retry", {
+              rows: rows.length,
+              buffered: this.#size,
+              failures: this.#failures,
+              dropped: this.#dropped,
+              error: this.#lastError,
+            });
+          }
+          if (!this.#closed) {
+            const delayMs = Math.min(this.#maxRetryDelayMs, this.#intervalMs * 2 ** Math.min(this.#failures - 1, 20));
+            this.#arm(delayMs, false);
+          }
+          return;
+        }
+        this.#written += rows.length;
+        if (this.#failures > 0) {
+          this.#log("info", "exposure writes recovered", { failures: this.#failures, dropped: this.#dropped });
+          this.#failures = 0;
+        }
+      }
+    } finally {
+      this.#draining = false;
+      // Rows that arrived during a write that then failed are covered by the retry timer; otherwise make sure a
+      // row pushed while draining is not left without a timer.
+      if (this.#size > 0 && this.#timer === null && !this.#closed) {
+        this.#arm(this.#size >= this.#maxBatch ? 0 : this.#intervalMs, this.#size >= this.#maxBatch);
+      }
+    }
+  }
+
+  #take(n: number): Exposure[] {
+    const rows = new Array<Exposure>(n);
+    for (let i = 0; i < n; i++) {
+      rows[i] = this.#buf[this.#head]!;
+      this.#buf[this.#head] = undefined;
+      this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
+    }
+    this.#size -= n;
+    return rows;
+  }
+
+  /** Returns failed rows to the front, oldest first out; rows that no longer fit are the oldest, so they are dropped. */
+  #putBack(rows: Exposure[]): void {
+    for (let i = rows.length - 1; i >= 0; i--) {
+      if (this.#size === this.#cap) {
+        this.#dropped += i + 1;
+        return;
+      }
+      this.#head = this.#head === 0 ? this.#cap - 1 : this.#head - 1;
+      this.#buf[this.#head] = rows[i];
+      this.#size++;
+    }
+  }
+}

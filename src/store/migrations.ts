@@ -1,0 +1,172 @@
+/**
+ * Versioned schema migrations, one numbered list for both dialects. A migration is applied at most once: its
+ * version is recorded in `schema_migrations` in the same transaction as its statements, so a crash halfway leaves
+ * the version unrecorded and the statements rolled back, and the next `init()` tries again.
+ *
+ * Never edit a migration that has shipped; add a new one with the next number.
+ *
+ * Layout, and why:
+ * - `exposures` and `events` are the raw, append-only record. `exposures` has no secondary index: it is written on
+ *   the proxy's hot path and never scanned by the report, which reads the rollups below instead.
+ * - `units` holds each unit's first non-forced exposure (time and assigned variant) and whether it was ever
+ *   assigned another variant. It is maintained on write (see rollup.ts) so intention-to-treat attribution costs one
+ *   row per unit instead of a scan of every exposure.
+ * - `minute_stats` (per experiment, minute and assigned variant) and `latency_hist` (log-spaced latency buckets)
+ *   are maintained on write as well; the report and the dashboard sum a few thousand rows instead of millions.
+ * - `events` is indexed by (experiment, event, unit, ts, value) so the window join against `units` walks events
+ *   in unit order from a covering index, and by (experiment, event, ts) for "conversions since" on the dashboard.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sqlite: string[];
+  postgres: string[];
+}
+
+export const migrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: "initial schema: raw exposures and events, unit/minute/latency rollups, state",
+    sqlite: [
+      `CREATE TABLE exposures (
+        id INTEGER PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        assigned TEXT NOT NULL,
+        served TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms REAL NOT NULL,
+        forced INTEGER NOT NULL
+      )`,
+      `CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        event TEXT NOT NULL,
+        value REAL,
+        ts INTEGER NOT NULL,
+        request_id TEXT
+      )`,
+      `CREATE INDEX events_by_unit ON events (experiment, event, unit, ts, value)`,
+      `CREATE INDEX events_by_ts ON events (experiment, event, ts)`,
+      `CREATE TABLE units (
+        experiment TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        first_ts INTEGER NOT NULL,
+        first_variant TEXT NOT NULL,
+        multi INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (experiment, unit)
+      ) WITHOUT ROWID`,
+      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts)`,
+      `CREATE TABLE minute_stats (
+        experiment TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        fallback INTEGER NOT NULL,
+        forced INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        latency_n INTEGER NOT NULL,
+        latency_sum REAL NOT NULL,
+        latency_sum_sq REAL NOT NULL,
+        min_ts INTEGER,
+        max_ts INTEGER,
+        PRIMARY KEY (experiment, minute, variant)
+      ) WITHOUT ROWID`,
+      `CREATE TABLE latency_hist (
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (experiment, variant, bucket)
+      ) WITHOUT ROWID`,
+      `CREATE TABLE counters (
+        experiment TEXT PRIMARY KEY,
+        exposures INTEGER NOT NULL,
+        events INTEGER NOT NULL
+      ) WITHOUT ROWID`,
+      `CREATE TABLE state (
+        experiment TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (experiment, key)
+      ) WITHOUT ROWID`,
+    ],
+    postgres: [
+      `CREATE TABLE exposures (
+        id BIGSERIAL PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        assigned TEXT NOT NULL,
+        served TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        forced SMALLINT NOT NULL
+      )`,
+      `CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        event TEXT NOT NULL,
+        value DOUBLE PRECISION,
+        ts BIGINT NOT NULL,
+        request_id TEXT
+      )`,
+      `CREATE INDEX events_by_unit ON events (experiment, event, unit, ts) INCLUDE (value)`,
+      `CREATE INDEX events_by_ts ON events (experiment, event, ts)`,
+      `CREATE TABLE units (
+        experiment TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        first_ts BIGINT NOT NULL,
+        first_variant TEXT NOT NULL,
+        multi SMALLINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (experiment, unit)
+      )`,
+      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts)`,
+      `CREATE TABLE minute_stats (
+        experiment TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        variant TEXT NOT NULL,
+        requests BIGINT NOT NULL,
+        fallback BIGINT NOT NULL,
+        forced BIGINT NOT NULL,
+        errors BIGINT NOT NULL,
+        latency_n BIGINT NOT NULL,
+        latency_sum DOUBLE PRECISION NOT NULL,
+        latency_sum_sq DOUBLE PRECISION NOT NULL,
+        min_ts BIGINT,
+        max_ts BIGINT,
+        PRIMARY KEY (experiment, minute, variant)
+      )`,
+      `CREATE TABLE latency_hist (
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (experiment, variant, bucket)
+      )`,
+      `CREATE TABLE counters (
+        experiment TEXT PRIMARY KEY,
+        exposures BIGINT NOT NULL,
+        events BIGINT NOT NULL
+      )`,
+      `CREATE TABLE state (
+        experiment TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (experiment, key)
+      )`,
+    ],
+  },
+];
+
+/** The schema version this build of abgate writes. */
+export const latestSchemaVersion = migrations[migrations.length - 1]!.version;

@@ -1,0 +1,1 @@
+export { PostgresStore, type PostgresStoreOptions, toPgPlaceholders } from "./postgres-store.ts";
