@@ -1,0 +1,24 @@
+import type { Config } from "../config/index.ts";
+import type { Engine, EngineOptions } from "./types.ts";
+import { StaticEngine } from "./static/index.ts";
+import { ProcessEngine, type ProcessEngineOptions } from "./process/index.ts";
+
+export type { Engine, Endpoint, EngineOptions } from "./types.ts";
+
+/** The one switch that picks an engine. Docker and swarm load lazily: dockerode is not needed for the others. */
+export async function createEngine(config: Config, options: EngineOptions & ProcessEngineOptions = {}): Promise<Engine> {
+  switch (config.engine) {
+    case "static":
+      return new StaticEngine(config);
+    case "process":
+      return new ProcessEngine(config, options);
+    case "docker": {
+      const { DockerEngine } = await import("./docker/index.ts");
+      return new DockerEngine(config, options);
+    }
+    case "swarm": {
+      const mod = (await import("./swarm/index.ts" as string)) as { SwarmEngine: new (c: Config, o: EngineOptions) => Engine };
+      return new mod.SwarmEngine(config, options);
+    }
+  }
+}

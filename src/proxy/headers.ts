@@ -1,0 +1,69 @@
+/**
+ * Hop-by-hop headers (RFC 9110 §7.6.1) are meaningful for one connection only and are never forwarded. The
+ * x-forwarded-* and x-abgate-* request headers are rewritten by abgate, so a client's own copies are dropped too.
+ */
+export const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+/** Names listed in a Connection header value, lower-cased (they are hop-by-hop as well). */
+export function connectionTokens(value: string | undefined): Set<string> | undefined {
+  if (!value) return undefined;
+  let out: Set<string> | undefined;
+  for (const t of value.split(",")) {
+    const n = t.trim().toLowerCase();
+    if (n && n !== "close" && n !== "keep-alive") (out ??= new Set()).add(n);
+  }
+  return out;
+}
+
+/** Value of `name` in a Cookie header, without allocating for headers that do not contain it. */
+export function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  let i = header.indexOf(name);
+  while (i !== -1) {
+    const before = i === 0 ? ";" : header[i - 1];
+    if ((before === ";" || before === " ") && header.charCodeAt(i + name.length) === 61 /* = */) {
+      const start = i + name.length + 1;
+      const end = header.indexOf(";", start);
+      const v = header.slice(start, end === -1 ? undefined : end).trim();
+      return v || undefined;
+    }
+    i = header.indexOf(name, i + 1);
+  }
+  return undefined;
+}
+
+/** Value of query parameter `name` in a request target, decoded; undefined when absent or empty. */
+export function queryValue(url: string, name: string): string | undefined {
+  const q = url.indexOf("?");
+  if (q === -1) return undefined;
+  let i = url.indexOf(name, q + 1);
+  while (i !== -1) {
+    const before = url.charCodeAt(i - 1);
+    if ((before === 63 /* ? */ || before === 38) /* & */ && url.charCodeAt(i + name.length) === 61) {
+      const start = i + name.length + 1;
+      let end = url.indexOf("&", start);
+      if (end === -1) end = url.length;
+      const hash = url.indexOf("#", start);
+      if (hash !== -1 && hash < end) end = hash;
+      const raw = url.slice(start, end);
+      if (!raw) return undefined;
+      try {
+        return decodeURIComponent(raw.replace(/\+/g, " "));
+      } catch {
+        return raw;
+      }
+    }
+    i = url.indexOf(name, i + 1);
+  }
+  return undefined;
+}

@@ -1,0 +1,456 @@
+import { connect, type Socket } from "node:net";
+import { UpstreamError, type UpstreamFailure } from "../errors.ts";
+import { HOP_BY_HOP } from "./headers.ts";
+
+/**
+ * The upstream half of the proxy, written by hand: pooled keep-alive sockets per replica and a small HTTP/1.1
+ * response parser. Node's ClientRequest/Agent pair (and undici) cost more per request than the whole server side;
+ * a proxy only needs status, headers and body framing, so that is all this parses. Bodies are passed through as
+ * the socket delivers them, never buffered.
+ */
+
+/** Receives one response. Every call happens at most once per exchange, except onData. */
+export interface UpstreamSink {
+  /** `headers` is a flat [name, value, ...] list without hop-by-hop headers; `contentLength` is -1 when unknown */
+  onHead(status: number, statusText: string, headers: string[], contentLength: number): void;
+  /** a body chunk; return false when the receiver is full (call `conn.resume()` when it drains) */
+  onData(chunk: Buffer): boolean;
+  onEnd(): void;
+  /** `beforeResponse`: no byte of the response had arrived; `connected`: the TCP connection had been established */
+  onError(err: UpstreamError, beforeResponse: boolean, connected: boolean): void;
+}
+
+const enum State {
+  Idle,
+  Head,
+  BodyLength,
+  BodyChunked,
+  BodyUntilClose,
+}
+
+const enum Chunk {
+  Size,
+  SizeExt,
+  SizeLf,
+  Data,
+  DataCr,
+  DataLf,
+  Trailer,
+  TrailerLf,
+  TrailerLineStart,
+}
+
+const MAX_HEAD_BYTES = 64 * 1024;
+const CRLFCRLF = Buffer.from("\r\n\r\n");
+
+export interface UpstreamPoolOptions {
+  connectTimeoutMs: number;
+  /** time without any byte from the replica while a response is awaited */
+  responseTimeoutMs: number;
+  /** idle keep-alive sockets kept per replica */
+  maxIdle?: number;
+}
+
+export class UpstreamConnection {
+  readonly socket: Socket;
+  readonly pool: UpstreamPool;
+  /** true once the socket served a previous exchange (a failure may then just be a stale keep-alive socket) */
+  reused = false;
+  #connected = false;
+  #sink: UpstreamSink | null = null;
+  #state = State.Idle;
+  #noBody = false;
+  #gotBytes = false;
+  #requestDone = false;
+  #keepAlive = true;
+  #paused = false;
+  #remaining = 0;
+  #chunkState = Chunk.Size;
+  #headParts: Buffer[] = [];
+  #headLength = 0;
+  #dead = false;
+
+  constructor(pool: UpstreamPool, host: string, port: number, opts: UpstreamPoolOptions) {
+    this.pool = pool;
+    const socket = connect({ host, port, noDelay: true });
+    this.socket = socket;
+    socket.setTimeout(opts.connectTimeoutMs);
+    socket.on("connect", () => {
+      this.#connected = true;
+      socket.setTimeout(opts.responseTimeoutMs);
+    });
+    socket.on("data", (buf: Buffer) => this.#onData(buf));
+    socket.on("timeout", () => this.#onTimeout());
+    socket.on("error", (err: NodeJS.ErrnoException) => this.#fail(this.#connected ? "reset" : "connect", err));
+    socket.on("end", () => this.#onEnd());
+    socket.on("close", () => this.#onClose());
+  }
+
+  get busy(): boolean {
+    return this.#sink !== null;
+  }
+
+  /** Start an exchange: write the request head (and maybe a first body piece); more body goes via `socket.write`. */
+  send(head: string, sink: UpstreamSink, noResponseBody: boolean, requestDone: boolean): void {
+    this.#sink = sink;
+    this.#state = State.Head;
+    this.#noBody = noResponseBody;
+    this.#gotBytes = false;
+    this.#requestDone = requestDone;
+    this.#keepAlive = true;
+    this.#paused = false;
+    this.#headParts.length = 0;
+    this.#headLength = 0;
+    this.socket.write(head, "latin1");
+  }
+
+  /** The proxy finished writing the request body. */
+  requestEnded(): void {
+    this.#requestDone = true;
+  }
+
+  pause(): void {
+    if (!this.#paused) {
+      this.#paused = true;
+      this.socket.pause();
+    }
+  }
+  resume(): void {
+    if (this.#paused) {
+      this.#paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Abandon the exchange (client went away): the socket cannot be reused mid-response. */
+  abort(): void {
+    this.#sink = null;
+    this.destroy();
+  }
+
+  destroy(): void {
+    if (this.#dead) return;
+    this.#dead = true;
+    this.pool.forget(this);
+    this.socket.destroy();
+  }
+
+  #fail(kind: UpstreamFailure, cause?: unknown): void {
+    const sink = this.#sink;
+    this.#sink = null;
+    this.destroy();
+    if (!sink) return;
+    const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+    const msg = cause instanceof Error ? cause.message : kind;
+    sink.onError(new UpstreamError(kind, `${kind}: ${msg}${code && !msg.includes(code) ? ` (${code})` : ""}`, { cause }), !this.#gotBytes, this.#connected);
+  }
+
+  #onTimeout(): void {
+    if (!this.#sink) return this.destroy(); // idle too long (or never connected while idle)
+    if (!this.#connected) return this.#fail("connect", new Error(`connect timeout to ${this.pool.address}`));
+    if (this.#paused) return; // the client is slow, not the replica: client-side timeouts handle that
+    this.#fail("timeout", new Error(`no answer from ${this.pool.address} in time`));
+  }
+
+  #onEnd(): void {
+    if (this.#sink && this.#state === State.BodyUntilClose) return this.#finish(false);
+    if (this.#sink) return this.#fail("reset", new Error(`${this.pool.address} closed the connection ${this.#gotBytes ? "mid-response" : "before answering"}`));
+    this.destroy();
+  }
+
+  #onClose(): void {
+    if (this.#sink) {
+      if (this.#state === State.BodyUntilClose) return this.#finish(false);
+      this.#fail("reset", new Error(`connection to ${this.pool.address} closed`));
+    }
+    this.#dead = true;
+    this.pool.forget(this);
+  }
+
+  #finish(reusable: boolean): void {
+    const sink = this.#sink!;
+    this.#sink = null;
+    this.#state = State.Idle;
+    if (reusable && this.#keepAlive && this.#requestDone && !this.#dead) {
+      this.reused = true;
+      this.pool.release(this);
+    } else {
+      this.destroy();
+    }
+    sink.onEnd();
+  }
+
+  #onData(buf: Buffer): void {
+    if (!this.#sink) {
+      // Bytes on an idle socket: the replica is out of step with us; never reuse it.
+      this.destroy();
+      return;
+    }
+    this.#gotBytes = true;
+    let offset = 0;
+    while (offset < buf.length && this.#sink) {
+      switch (this.#state) {
+        case State.Head:
+          offset = this.#parseHead(buf, offset);
+          if (offset < 0) return;
+          break;
+        case State.BodyLength: {
+          const n = Math.min(this.#remaining, buf.length - offset);
+          const piece = offset === 0 && n === buf.length ? buf : buf.subarray(offset, offset + n);
+          offset += n;
+          this.#remaining -= n;
+          if (!this.#sink.onData(piece)) this.pause();
+          if (this.#remaining === 0) {
+            if (offset < buf.length) this.#keepAlive = false; // more bytes than announced: do not trust the socket
+            this.#finish(true);
+            return;
+          }
+          break;
+        }
+        case State.BodyChunked:
+          offset = this.#parseChunked(buf, offset);
+          if (offset < 0) return;
+          break;
+        case State.BodyUntilClose: {
+          const piece = offset === 0 ? buf : buf.subarray(offset);
+          offset = buf.length;
+          if (!this.#sink.onData(piece)) this.pause();
+          break;
+        }
+        case State.Idle:
+          this.destroy();
+          return;
+      }
+    }
+  }
+
+  /** Returns the offset after the head, or -1 when more bytes are needed or the exchange ended. */
+  #parseHead(buf: Buffer, offset: number): number {
+    let data = offset === 0 ? buf : buf.subarray(offset);
+    let searchFrom = 0;
+    if (this.#headLength > 0) {
+      searchFrom = Math.max(0, this.#headLength - 3);
+      this.#headParts.push(data);
+      data = Buffer.concat(this.#headParts);
+      this.#headParts.length = 0;
+    }
+    const end = data.indexOf(CRLFCRLF, searchFrom);
+    if (end === -1) {
+      if (data.length > MAX_HEAD_BYTES) {
+        this.#fail("protocol", new Error(`response head from ${this.pool.address} exceeds ${MAX_HEAD_BYTES} bytes`));
+        return -1;
+      }
+      this.#headParts.push(data);
+      this.#headLength = data.length;
+      return -1;
+    }
+    this.#headLength = 0;
+    const head = data.toString("latin1", 0, end);
+    const consumed = end + 4;
+    // bytes of `buf` used: the head may have started in an earlier packet
+    const usedOfBuf = offset + consumed - (data.length - (buf.length - offset));
+
+    const lines = head.split("\r\n");
+    const statusLine = lines[0];
+    // "HTTP/1.1 200 OK"
+    if (statusLine.length < 12 || !statusLine.startsWith("HTTP/1.") || statusLine.charCodeAt(8) !== 32) {
+      this.#fail("protocol", new Error(`${this.pool.address} did not answer HTTP/1.x: ${JSON.stringify(statusLine.slice(0, 40))}`));
+      return -1;
+    }
+    const status = Number(statusLine.slice(9, 12));
+    if (!(status >= 100 && status <= 599)) {
+      this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(statusLine.slice(9, 12))}`));
+      return -1;
+    }
+    if (status < 200 && status !== 101) {
+      // 100 Continue, 103 Early Hints: interim; the real head follows.
+      return usedOfBuf;
+    }
+    const http10 = statusLine.charCodeAt(7) === 48; // "0"
+    let keepAlive = !http10;
+    let contentLength = -1;
+    let chunked = false;
+    const headers: string[] = [];
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i];
+      const colon = line.indexOf(":");
+      if (colon <= 0) {
+        this.#fail("protocol", new Error(`${this.pool.address} sent a malformed header line`));
+        return -1;
+      }
+      const name = line.slice(0, colon);
+      const value = line.slice(colon + 1).trim();
+      const lower = name.toLowerCase();
+      if (lower === "content-length") {
+        const n = Number(value);
+        if (!Number.isSafeInteger(n) || n < 0 || (contentLength !== -1 && contentLength !== n)) {
+          this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
+          return -1;
+        }
+        contentLength = n;
+        headers.push(name, value);
+        continue;
+      }
+      if (lower === "transfer-encoding") {
+        chunked = value.toLowerCase().endsWith("chunked");
+        continue;
+      }
+      if (lower === "connection") {
+        const v = value.toLowerCase();
+        if (v.includes("close")) keepAlive = false;
+        else if (v.includes("keep-alive")) keepAlive = true;
+        continue;
+      }
+      if (HOP_BY_HOP.has(lower)) continue;
+      headers.push(name, value);
+    }
+    this.#keepAlive = keepAlive;
+    const sink = this.#sink!;
+    if (chunked) contentLength = -1;
+    if (this.#noBody || status === 204 || status === 304) {
+      sink.onHead(status, statusLine.slice(13), headers, contentLength === -1 ? 0 : contentLength);
+      if (usedOfBuf < buf.length) this.#keepAlive = false;
+      if (this.#sink) this.#finish(true);
+      return -1;
+    }
+    if (chunked) {
+      this.#state = State.BodyChunked;
+      this.#chunkState = Chunk.Size;
+      this.#remaining = 0;
+    } else if (contentLength >= 0) {
+      this.#state = State.BodyLength;
+      this.#remaining = contentLength;
+    } else {
+      this.#state = State.BodyUntilClose;
+      this.#keepAlive = false;
+    }
+    sink.onHead(status, statusLine.slice(13), headers, contentLength);
+    if (!this.#sink) return -1;
+    if (this.#state === State.BodyLength && contentLength === 0) {
+      if (usedOfBuf < buf.length) this.#keepAlive = false;
+      this.#finish(true);
+      return -1;
+    }
+    return usedOfBuf;
+  }
+
+  /** Chunked transfer coding (RFC 9112 §7.1): pass the payload on, drop the framing, find the end. */
+  #parseChunked(buf: Buffer, offset: number): number {
+    const sink = this.#sink!;
+    let i = offset;
+    while (i < buf.length) {
+      switch (this.#chunkState) {
+        case Chunk.Size: {
+          const c = buf[i];
+          const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+          if (d >= 0) {
+            this.#remaining = this.#remaining * 16 + d;
+            if (this.#remaining > Number.MAX_SAFE_INTEGER / 16) return this.#chunkError("chunk size too large");
+          } else if (c === 13) this.#chunkState = Chunk.SizeLf;
+          else if (c === 59 /* ; */ || c === 32 || c === 9) this.#chunkState = Chunk.SizeExt;
+          else return this.#chunkError("bad chunk size");
+          i++;
+          break;
+        }
+        case Chunk.SizeExt:
+          if (buf[i] === 13) this.#chunkState = Chunk.SizeLf;
+          i++;
+          break;
+        case Chunk.SizeLf:
+          if (buf[i] !== 10) return this.#chunkError("bad chunk size line");
+          i++;
+          this.#chunkState = this.#remaining === 0 ? Chunk.TrailerLineStart : Chunk.Data;
+          break;
+        case Chunk.Data: {
+          const n = Math.min(this.#remaining, buf.length - i);
+          const ok = sink.onData(buf.subarray(i, i + n));
+          i += n;
+          this.#remaining -= n;
+          if (this.#remaining === 0) this.#chunkState = Chunk.DataCr;
+          if (!ok) this.pause();
+          if (!this.#sink) return -1;
+          break;
+        }
+        case Chunk.DataCr:
+          if (buf[i] !== 13) return this.#chunkError("missing CRLF after chunk");
+          this.#chunkState = Chunk.DataLf;
+          i++;
+          break;
+        case Chunk.DataLf:
+          if (buf[i] !== 10) return this.#chunkError("missing CRLF after chunk");
+          this.#chunkState = Chunk.Size;
+          i++;
+          break;
+        case Chunk.TrailerLineStart:
+          // Trailers are dropped (Node re-frames the body for the client); an empty line ends the message.
+          if (buf[i] === 13) this.#chunkState = Chunk.TrailerLf;
+          else this.#chunkState = Chunk.Trailer;
+          i++;
+          break;
+        case Chunk.Trailer:
+          if (buf[i] === 10) this.#chunkState = Chunk.TrailerLineStart;
+          i++;
+          break;
+        case Chunk.TrailerLf:
+          if (buf[i] !== 10) return this.#chunkError("bad trailer section");
+          i++;
+          if (i < buf.length) this.#keepAlive = false;
+          this.#finish(true);
+          return -1;
+      }
+    }
+    return i;
+  }
+
+  #chunkError(what: string): number {
+    this.#fail("protocol", new Error(`${this.pool.address} sent invalid chunked body: ${what}`));
+    return -1;
+  }
+}
+
+/** Keep-alive sockets to one replica. Most recently used first, so that idle surplus sockets time out. */
+export class UpstreamPool {
+  readonly host: string;
+  readonly port: number;
+  readonly address: string;
+  #idle: UpstreamConnection[] = [];
+  #opts: UpstreamPoolOptions;
+  #closed = false;
+  #maxIdle: number;
+
+  constructor(host: string, port: number, opts: UpstreamPoolOptions) {
+    this.host = host;
+    this.port = port;
+    this.address = `${host}:${port}`;
+    this.#opts = opts;
+    this.#maxIdle = opts.maxIdle ?? 512;
+  }
+
+  /** A pooled idle connection, or a new one (writes are buffered by the socket until it connects). */
+  acquire(fresh = false): UpstreamConnection {
+    if (!fresh) {
+      const c = this.#idle.pop();
+      if (c) return c;
+    }
+    return new UpstreamConnection(this, this.host, this.port, this.#opts);
+  }
+
+  release(conn: UpstreamConnection): void {
+    if (this.#closed || this.#idle.length >= this.#maxIdle) return conn.destroy();
+    this.#idle.push(conn);
+  }
+
+  forget(conn: UpstreamConnection): void {
+    const i = this.#idle.lastIndexOf(conn);
+    if (i !== -1) this.#idle.splice(i, 1);
+  }
+
+  get idleCount(): number {
+    return this.#idle.length;
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const c of this.#idle.splice(0)) c.destroy();
+  }
+}
