@@ -1,0 +1,105 @@
+import Docker from "dockerode";
+import { AbgateError, EngineUnavailableError } from "../../errors.ts";
+import type { Config } from "../../config/index.ts";
+
+/** Container labels abgate sets and selects by. */
+export const LABEL = {
+  experiment: "abgate.experiment",
+  variant: "abgate.variant",
+  replica: "abgate.replica",
+  port: "abgate.port",
+  image: "abgate.image",
+} as const;
+
+/** Where the Docker client connects: `DOCKER_HOST` when set, else the default socket. */
+export function dockerAddress(env: NodeJS.ProcessEnv = process.env): string {
+  return env.DOCKER_HOST || "/var/run/docker.sock";
+}
+
+/** A dockerode client for `DOCKER_HOST` or the default socket (docker-modem reads the environment). */
+export function createDockerClient(): Docker {
+  return new Docker();
+}
+
+/**
+ * Fail fast, with a useful message, when no engine answers: the user learns which socket was tried and how
+ * to get an engine, instead of an ECONNREFUSED from deep inside a build.
+ */
+export async function ensureReachable(docker: Docker, timeoutMs = 5_000): Promise<void> {
+  const modem = docker.modem as { socketPath?: string; host?: string; port?: number | string; protocol?: string };
+  const where = modem.socketPath ?? (modem.host ? `${modem.protocol ?? "http"}://${modem.host}:${modem.port ?? ""}` : dockerAddress());
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      docker.ping(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
+  } catch (cause) {
+    const why = (cause as Error)?.message ?? String(cause);
+    throw new EngineUnavailableError(
+      `No Docker engine answers on ${where} (${why}). Start one — \`sudo scripts/start-dockerd.sh\` ` +
+        "(installs docker.io on Debian and starts dockerd), `sudo systemctl start docker`, or Docker Desktop — " +
+        "or point DOCKER_HOST at a running engine.",
+      { cause },
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The name filter for one experiment's containers: only its label, never a name prefix. */
+export function experimentFilter(config: Pick<Config, "experiment">): { label: string[] } {
+  return { label: [`${LABEL.experiment}=${config.experiment}`] };
+}
+
+export function containerName(experiment: string, variant: string, replica: number): string {
+  return `abgate-${experiment}-${variant}-${replica}`;
+}
+
+/** Every container of the experiment (running or not), found by label. */
+export async function listExperimentContainers(docker: Docker, config: Pick<Config, "experiment">, all = true): Promise<Docker.ContainerInfo[]> {
+  return docker.listContainers({ all, filters: experimentFilter(config) });
+}
+
+/** HTTP status of a dockerode error, when it has one. */
+export function statusOf(err: unknown): number | undefined {
+  const s = (err as { statusCode?: unknown })?.statusCode;
+  return typeof s === "number" ? s : undefined;
+}
+
+/**
+ * Split Docker's multiplexed log format (8-byte frame headers: stream, 0, 0, 0, big-endian size) into text.
+ * Containers created with a TTY have no frames; their bytes are returned as they are.
+ */
+export function demuxLogs(buf: Buffer): string {
+  const parts: Buffer[] = [];
+  let i = 0;
+  while (i + 8 <= buf.length) {
+    const stream = buf[i];
+    if (stream > 2 || buf[i + 1] !== 0 || buf[i + 2] !== 0 || buf[i + 3] !== 0) return buf.toString("utf8");
+    const size = buf.readUInt32BE(i + 4);
+    parts.push(buf.subarray(i + 8, i + 8 + size));
+    i += 8 + size;
+  }
+  if (i === 0 && buf.length) return buf.toString("utf8");
+  return Buffer.concat(parts).toString("utf8");
+}
+
+/** Last lines of a container's output (stdout and stderr), or a note saying why there are none. */
+export async function tailLogs(docker: Docker, containerId: string, lines: number): Promise<string> {
+  try {
+    const raw = (await docker.getContainer(containerId).logs({ stdout: true, stderr: true, tail: lines, follow: false })) as unknown as Buffer;
+    return demuxLogs(Buffer.isBuffer(raw) ? raw : Buffer.from(String(raw))).trimEnd();
+  } catch (err) {
+    return `(logs unavailable: ${(err as Error).message})`;
+  }
+}
+
+export class ImageNotFoundError extends AbgateError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, "ABGATE_ERR_IMAGE_NOT_FOUND", options);
+    this.name = "ImageNotFoundError";
+  }
+}

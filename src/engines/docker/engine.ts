@@ -1,0 +1,447 @@
+import type Docker from "dockerode";
+import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
+import { AbgateError } from "../../errors.ts";
+import type { Config } from "../../config/index.ts";
+import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { resolveImage } from "./build.ts";
+import {
+  LABEL,
+  containerName,
+  createDockerClient,
+  ensureReachable,
+  experimentFilter,
+  listExperimentContainers,
+  statusOf,
+  tailLogs,
+} from "./client.ts";
+import { allocatePorts } from "./ports.ts";
+
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+}
+
+export interface DockerEngineOptions extends EngineOptions {
+  /** a dockerode client; by default one for DOCKER_HOST or /var/run/docker.sock */
+  docker?: Docker;
+  clock?: Clock;
+  /** delay before restarting a dead replica, doubling per consecutive death (default 500 ms .. 30 s) */
+  restartBackoff?: BackoffOptions;
+  /** delay before re-subscribing to Docker events after the stream broke (default 250 ms .. 10 s) */
+  eventsBackoff?: BackoffOptions;
+  /** this many deaths within `windowMs` count as a crash loop and are reported with the last log lines */
+  crashLoop?: { deaths: number; windowMs: number; logLines: number };
+  /** a replica that ran this long before dying starts its backoff from the beginning again */
+  stableAfterMs?: number;
+  /** seconds `docker stop` waits for SIGTERM before SIGKILL when removing replicas */
+  stopTimeoutS?: number;
+}
+
+interface Replica {
+  variant: string;
+  replica: number;
+  port: number;
+  name: string;
+  containerId?: string;
+  running: boolean;
+  /** removed outside abgate: nothing left to restart */
+  gone: boolean;
+  startedAtMs: number;
+  deathsMs: number[];
+  attempt: number;
+  crashLoopReported: boolean;
+  restartTimer?: TimerHandle;
+}
+
+const key = (variant: string, replica: number): string => `${variant}-${replica}`;
+
+/**
+ * Runs every replica of every variant as a container (host networking, one port each, labelled with the
+ * experiment) and reports their endpoints. It watches the Docker events of its experiment's containers: a
+ * replica that dies leaves the endpoint list at once and is restarted with exponential backoff; it returns
+ * to the list when it runs again (the health checker decides when it takes traffic again).
+ */
+export class DockerEngine implements Engine {
+  readonly kind = "docker" as const;
+  readonly #config: Config;
+  readonly #docker: Docker;
+  readonly #clock: Clock;
+  readonly #adopt: boolean;
+  readonly #log: NonNullable<EngineOptions["log"]>;
+  readonly #restartBackoff: BackoffOptions;
+  readonly #eventsBackoff: BackoffOptions;
+  readonly #crashLoop: { deaths: number; windowMs: number; logLines: number };
+  readonly #stableAfterMs: number;
+  readonly #stopTimeoutS: number;
+  readonly #endpoints = new EndpointSet();
+  readonly #replicas = new Map<string, Replica>();
+  #images = new Map<string, string>();
+  #stopping = false;
+  #events?: NodeJS.ReadableStream & { destroy?: () => void };
+  #eventsAttempt = 0;
+  #eventsTimer?: TimerHandle;
+  #lastEventS = 0;
+
+  constructor(config: Config, options: DockerEngineOptions = {}) {
+    this.#config = config;
+    this.#docker = options.docker ?? createDockerClient();
+    this.#clock = options.clock ?? systemClock;
+    this.#adopt = options.adopt ?? false;
+    this.#log =
+      options.log ??
+      ((level, msg, fields) => {
+        if (level !== "info") console.error(`[abgate] ${level}: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ""}`);
+      });
+    this.#restartBackoff = options.restartBackoff ?? { initialMs: 500, maxMs: 30_000 };
+    this.#eventsBackoff = options.eventsBackoff ?? { initialMs: 250, maxMs: 10_000 };
+    this.#crashLoop = options.crashLoop ?? { deaths: 5, windowMs: 60_000, logLines: 20 };
+    this.#stableAfterMs = options.stableAfterMs ?? 30_000;
+    this.#stopTimeoutS = options.stopTimeoutS ?? 2;
+  }
+
+  /** The image each variant runs (known after `start`). */
+  images(): Map<string, string> {
+    return new Map(this.#images);
+  }
+
+  async start(onProgress: (line: string) => void = () => {}): Promise<void> {
+    await ensureReachable(this.#docker);
+    this.#stopping = false;
+    if (this.#adopt) {
+      await this.#adoptRunning(onProgress);
+      this.#watchEvents();
+      return;
+    }
+    const variants = this.#config.variants;
+    // one build at a time: parallel builds on a small machine only interleave their output and take as long
+    for (const v of variants) this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+    const stale = await listExperimentContainers(this.#docker, this.#config);
+    if (stale.length) {
+      onProgress(`removing ${stale.length} stale container(s) of experiment ${this.#config.experiment}`);
+      await Promise.all(stale.map((c) => this.#remove(c.Id, 0)));
+    }
+    const ports = await allocatePorts(variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
+    for (const v of variants) {
+      ports.get(v.name)!.forEach((port, i) => {
+        this.#replicas.set(key(v.name, i), {
+          variant: v.name,
+          replica: i,
+          port,
+          name: containerName(this.#config.experiment, v.name, i),
+          running: false,
+          gone: false,
+          startedAtMs: 0,
+          deathsMs: [],
+          attempt: 0,
+          crashLoopReported: false,
+        });
+      });
+    }
+    // watch before starting, so that a replica dying during start-up is not missed
+    this.#watchEvents();
+    try {
+      await Promise.all([...this.#replicas.values()].map((r) => this.#createAndStart(r, onProgress)));
+    } catch (err) {
+      await this.stop().catch(() => {});
+      throw err;
+    }
+  }
+
+  endpoints(): Endpoint[] {
+    return this.#endpoints.get();
+  }
+
+  onChange(listener: (endpoints: Endpoint[]) => void): () => void {
+    return this.#endpoints.onChange(listener);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#eventsTimer?.cancel();
+    this.#events?.destroy?.();
+    this.#events = undefined;
+    for (const r of this.#replicas.values()) {
+      r.restartTimer?.cancel();
+      r.running = false;
+    }
+    this.#endpoints.set([]);
+    if (this.#adopt) return;
+    // by label, not by what we remember: this also removes replicas a crashed earlier run left behind
+    const containers = await listExperimentContainers(this.#docker, this.#config).catch(() => [] as Docker.ContainerInfo[]);
+    await Promise.all(containers.map((c) => this.#remove(c.Id, c.State === "running" ? this.#stopTimeoutS : 0)));
+    this.#replicas.clear();
+  }
+
+  async #remove(id: string, stopTimeoutS: number): Promise<void> {
+    const c = this.#docker.getContainer(id);
+    if (stopTimeoutS > 0) await c.stop({ t: stopTimeoutS }).catch(() => {});
+    try {
+      await c.remove({ force: true, v: true });
+    } catch (err) {
+      // 404: already gone; 409: removal already in progress
+      if (statusOf(err) !== 404 && statusOf(err) !== 409) throw err;
+    }
+  }
+
+  async #createAndStart(r: Replica, onProgress: (line: string) => void): Promise<void> {
+    const v = this.#config.variants.find((x) => x.name === r.variant)!;
+    const image = this.#images.get(v.name)!;
+    const bridge = this.#config.network === "bridge";
+    const portKey = `${r.port}/tcp`;
+    const spec: Docker.ContainerCreateOptions = {
+      name: r.name,
+      Image: image,
+      // HOST first so that the variant's env may override it; PORT last because the engine owns it
+      Env: [`HOST=${bridge ? "0.0.0.0" : "127.0.0.1"}`, ...Object.entries(v.env).map(([k, val]) => `${k}=${val}`), `PORT=${r.port}`],
+      Labels: {
+        [LABEL.experiment]: this.#config.experiment,
+        [LABEL.variant]: v.name,
+        [LABEL.replica]: String(r.replica),
+        [LABEL.port]: String(r.port),
+        [LABEL.image]: image,
+      },
+      ExposedPorts: bridge ? { [portKey]: {} } : undefined,
+      HostConfig: {
+        NetworkMode: bridge ? "bridge" : "host",
+        PortBindings: bridge ? { [portKey]: [{ HostIp: "127.0.0.1", HostPort: String(r.port) }] } : undefined,
+        // restarts are ours (with backoff and crash-loop reports), not the daemon's
+        RestartPolicy: { Name: "no" },
+      },
+      StopTimeout: this.#stopTimeoutS,
+    };
+    let container: Docker.Container;
+    try {
+      container = await this.#docker.createContainer(spec);
+    } catch (err) {
+      if (statusOf(err) !== 409) throw err;
+      // a container of that name without our label (or from a run that is still being removed): replace it
+      await this.#remove(r.name, 0);
+      container = await this.#docker.createContainer(spec);
+    }
+    r.containerId = container.id;
+    await container.start();
+    this.#markRunning(r);
+    onProgress(`[${key(r.variant, r.replica)}] started ${r.name} on 127.0.0.1:${r.port}`);
+  }
+
+  async #adoptRunning(onProgress: (line: string) => void): Promise<void> {
+    const found = await listExperimentContainers(this.#docker, this.#config);
+    for (const c of found) {
+      const variant = c.Labels[LABEL.variant];
+      const replica = Number(c.Labels[LABEL.replica]);
+      const port = Number(c.Labels[LABEL.port]);
+      if (!variant || !Number.isInteger(replica) || !Number.isInteger(port)) continue;
+      if (!this.#config.variants.some((v) => v.name === variant)) {
+        this.#log("warn", `container ${c.Names[0]} belongs to variant ${variant}, which the config does not have; ignored`);
+        continue;
+      }
+      const r: Replica = {
+        variant,
+        replica,
+        port,
+        name: c.Names[0]?.replace(/^\//, "") ?? containerName(this.#config.experiment, variant, replica),
+        containerId: c.Id,
+        running: false,
+        gone: false,
+        startedAtMs: 0,
+        deathsMs: [],
+        attempt: 0,
+        crashLoopReported: false,
+      };
+      this.#replicas.set(key(variant, replica), r);
+      if (c.State === "running") {
+        this.#markRunning(r);
+        onProgress(`[${key(variant, replica)}] found ${r.name} on 127.0.0.1:${port}`);
+      } else {
+        onProgress(`[${key(variant, replica)}] found ${r.name} (${c.State}); restarting it`);
+        this.#scheduleRestart(r);
+      }
+    }
+    if (this.#replicas.size === 0) {
+      throw new AbgateError(
+        `no containers of experiment ${this.#config.experiment} found (label ${LABEL.experiment}=${this.#config.experiment}); start them with \`abgate up\``,
+        "ABGATE_ERR_NO_REPLICAS",
+      );
+    }
+  }
+
+  #publish(): void {
+    const list: Endpoint[] = [];
+    for (const r of this.#replicas.values()) {
+      if (r.running) list.push({ id: key(r.variant, r.replica), variant: r.variant, replica: r.replica, host: "127.0.0.1", port: r.port });
+    }
+    this.#endpoints.set(list);
+  }
+
+  #markRunning(r: Replica): void {
+    if (this.#stopping || r.running) return;
+    r.running = true;
+    r.gone = false;
+    r.startedAtMs = this.#clock.now();
+    r.restartTimer?.cancel();
+    r.restartTimer = undefined;
+    this.#publish();
+  }
+
+  #onDie(r: Replica, exitCode: string | undefined): void {
+    if (this.#stopping) return;
+    const wasRunning = r.running;
+    r.running = false;
+    this.#publish();
+    if (!wasRunning && r.restartTimer) return;
+    const now = this.#clock.now();
+    if (now - r.startedAtMs >= this.#stableAfterMs) r.attempt = 0;
+    r.deathsMs = r.deathsMs.filter((t) => now - t < this.#crashLoop.windowMs);
+    r.deathsMs.push(now);
+    this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) died`, { exitCode, deathsInWindow: r.deathsMs.length });
+    if (r.deathsMs.length >= this.#crashLoop.deaths) {
+      if (!r.crashLoopReported) {
+        r.crashLoopReported = true;
+        void this.#reportCrashLoop(r);
+      }
+    } else {
+      r.crashLoopReported = false;
+    }
+    this.#scheduleRestart(r);
+  }
+
+  async #reportCrashLoop(r: Replica): Promise<void> {
+    const logs = r.containerId ? await tailLogs(this.#docker, r.containerId, this.#crashLoop.logLines) : "(no container)";
+    this.#log(
+      "error",
+      `replica ${key(r.variant, r.replica)} (${r.name}) is crash-looping: ${r.deathsMs.length} deaths within ${Math.round(this.#crashLoop.windowMs / 1000)} s; ` +
+        `last ${this.#crashLoop.logLines} log lines:\n${logs}`,
+      { variant: r.variant, replica: r.replica, logs },
+    );
+  }
+
+  /** Exponential backoff: initial * 2^attempt, capped. */
+  #backoffMs(b: BackoffOptions, attempt: number): number {
+    return Math.min(b.maxMs, b.initialMs * 2 ** Math.min(attempt, 30));
+  }
+
+  #scheduleRestart(r: Replica): void {
+    if (this.#stopping || r.gone) return;
+    r.restartTimer?.cancel();
+    const delayMs = this.#backoffMs(this.#restartBackoff, r.attempt);
+    r.attempt++;
+    r.restartTimer = this.#clock.setTimeout(() => {
+      r.restartTimer = undefined;
+      void this.#restart(r);
+    }, delayMs);
+  }
+
+  async #restart(r: Replica): Promise<void> {
+    if (this.#stopping || r.running || r.gone) return;
+    try {
+      await this.#docker.getContainer(r.containerId ?? r.name).start();
+      this.#log("info", `replica ${key(r.variant, r.replica)} restarted`, { port: r.port });
+      this.#markRunning(r);
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 304) {
+        this.#markRunning(r); // already running
+      } else if (status === 404) {
+        r.gone = true;
+        this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
+      } else {
+        this.#log("warn", `restarting replica ${key(r.variant, r.replica)} failed: ${(err as Error).message}`);
+        this.#scheduleRestart(r);
+      }
+    }
+  }
+
+  #replicaOf(attrs: Record<string, string> | undefined): Replica | undefined {
+    if (!attrs) return undefined;
+    return this.#replicas.get(key(attrs[LABEL.variant], Number(attrs[LABEL.replica])));
+  }
+
+  #watchEvents(): void {
+    if (this.#stopping || this.#events) return;
+    const opts: { filters: Record<string, string[]>; since?: number } = {
+      filters: { type: ["container"], ...experimentFilter(this.#config) },
+    };
+    if (this.#lastEventS) opts.since = this.#lastEventS;
+    this.#docker.getEvents(opts).then(
+      (stream) => {
+        if (this.#stopping) {
+          (stream as { destroy?: () => void }).destroy?.();
+          return;
+        }
+        this.#events = stream as NodeJS.ReadableStream & { destroy?: () => void };
+        let pending = "";
+        stream.on("data", (chunk: Buffer) => {
+          this.#eventsAttempt = 0;
+          pending += chunk.toString();
+          let nl: number;
+          while ((nl = pending.indexOf("\n")) >= 0) {
+            const line = pending.slice(0, nl).trim();
+            pending = pending.slice(nl + 1);
+            if (line) this.#onEvent(line);
+          }
+        });
+        const broken = (why: string): void => {
+          if (this.#events !== stream) return;
+          this.#events = undefined;
+          if (!this.#stopping) this.#resubscribe(why);
+        };
+        stream.on("error", (err: Error) => broken(err.message));
+        stream.on("end", () => broken("stream ended"));
+        stream.on("close", () => broken("stream closed"));
+        // a re-subscription may have missed changes: look at what really runs now
+        if (this.#lastEventS) void this.#reconcile();
+      },
+      (err: Error) => this.#resubscribe(err.message),
+    );
+  }
+
+  #resubscribe(why: string): void {
+    if (this.#stopping) return;
+    const delayMs = this.#backoffMs(this.#eventsBackoff, this.#eventsAttempt++);
+    this.#log("warn", `docker events stream broke (${why}); re-subscribing in ${delayMs} ms`);
+    if (!this.#lastEventS) this.#lastEventS = Math.floor(this.#clock.now() / 1000);
+    this.#eventsTimer = this.#clock.setTimeout(() => this.#watchEvents(), delayMs);
+  }
+
+  async #reconcile(): Promise<void> {
+    const list = await listExperimentContainers(this.#docker, this.#config).catch(() => undefined);
+    if (!list || this.#stopping) return;
+    for (const c of list) {
+      const r = this.#replicaOf(c.Labels);
+      if (!r) continue;
+      if (c.State === "running") this.#markRunning(r);
+      else if (r.running) this.#onDie(r, undefined);
+    }
+  }
+
+  #onEvent(line: string): void {
+    let ev: { Action?: string; status?: string; time?: number; Actor?: { ID?: string; Attributes?: Record<string, string> } };
+    try {
+      ev = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (ev.time) this.#lastEventS = ev.time;
+    const r = this.#replicaOf(ev.Actor?.Attributes);
+    if (!r || this.#stopping) return;
+    // only events of the container this engine knows under that name (a replaced one may still report)
+    if (r.containerId && ev.Actor?.ID && ev.Actor.ID !== r.containerId) return;
+    switch (ev.Action ?? ev.status) {
+      case "start":
+        this.#markRunning(r);
+        break;
+      case "die":
+        this.#onDie(r, ev.Actor?.Attributes?.exitCode);
+        break;
+      case "destroy":
+        r.gone = true;
+        r.restartTimer?.cancel();
+        if (r.running) {
+          r.running = false;
+          this.#publish();
+        }
+        this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
+        break;
+    }
+  }
+}

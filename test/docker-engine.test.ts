@@ -1,0 +1,219 @@
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import Docker from "dockerode";
+import { BuildError, EngineUnavailableError } from "../src/errors.ts";
+import { DockerEngine, LABEL, listExperimentContainers } from "../src/engines/docker/index.ts";
+import type { Endpoint } from "../src/engines/types.ts";
+import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
+
+const fast = { restartBackoff: { initialMs: 100, maxMs: 1000 }, stopTimeoutS: 1 };
+const quiet = () => {};
+
+after(removeTestImages);
+
+test("build: the image is tagged by content hash, built once, rebuilt when the context changes", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext({ ".dockerignore": "*.log\n", "notes.log": "x" });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("build");
+  const config = testConfig({ experiment, ports: { base: 19110 }, variants: [{ name: "a", build: dir, buildArgs: { BASE_IMAGE } }] });
+  const lines: string[] = [];
+  const first = new DockerEngine(config, { ...fast, log: quiet });
+  await first.start((l) => lines.push(l));
+  const image = first.images().get("a")!;
+  assert.match(image, new RegExp(`^abgate/${experiment}-a:[0-9a-f]{12}$`));
+  assert.ok(lines.some((l) => l.startsWith("[a] Step 1/")), lines.join("\n"));
+  await first.stop();
+
+  writeFileSync(join(dir, "notes.log"), "ignored by .dockerignore");
+  const again: string[] = [];
+  const second = new DockerEngine(config, { ...fast, log: quiet });
+  await second.start((l) => again.push(l));
+  assert.equal(second.images().get("a"), image);
+  assert.ok(again.some((l) => l.includes("build skipped")), again.join("\n"));
+  assert.ok(!again.some((l) => l.includes("Step 1/")));
+  await second.stop();
+
+  writeFileSync(join(dir, "model.json"), "{}");
+  const third = new DockerEngine(config, { ...fast, log: quiet });
+  await third.start(quiet);
+  assert.notEqual(third.images().get("a"), image);
+  await third.stop();
+});
+
+test("build failure: BuildError carries the failing step's output", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext(
+    {},
+    `ARG BASE_IMAGE\nFROM \${BASE_IMAGE}\nCOPY server.js /app/\nRUN ["node", "-e", "console.log('loading weights from /models/w.bin'); process.exit(3)"]\nCMD ["node", "/app/server.js"]\n`,
+  );
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({ experiment: uniqueExperiment("fail"), variants: [{ name: "broken", build: dir, buildArgs: { BASE_IMAGE } }] });
+  const engine = new DockerEngine(config, { ...fast, log: quiet });
+  await assert.rejects(engine.start(quiet), (err: unknown) => {
+    assert.ok(err instanceof BuildError, String(err));
+    assert.match(err.output, /loading weights from \/models\/w\.bin/);
+    assert.match(err.output, /RUN \["node"/);
+    assert.match(err.message, /variant broken/);
+    assert.match(err.message, /non-zero code: 3/);
+    return true;
+  });
+});
+
+test("up/stop: replicas get PORT, distinct ports, labels and host networking; stop leaves nothing", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("up");
+  const config = testConfig({
+    experiment,
+    ports: { base: 19120 },
+    variants: [
+      { name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2, env: { VARIANT: "control" } },
+      { name: "treatment", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2, env: { VARIANT: "treatment" } },
+    ],
+  });
+  const engine = new DockerEngine(config, { ...fast, log: quiet });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  const eps = engine.endpoints();
+  assert.deepEqual(eps.map((e) => e.id), ["control-0", "control-1", "treatment-0", "treatment-1"]);
+  assert.equal(new Set(eps.map((e) => e.port)).size, 4);
+  for (const e of eps) {
+    assert.ok(e.port >= 19120 && e.port < 19200, String(e.port));
+    const { body } = await waitFor(`${e.id} answers`, () => get(`http://127.0.0.1:${e.port}/health`));
+    assert.deepEqual(JSON.parse(body), { variant: e.variant, port: e.port, ok: true });
+  }
+  const info = await docker.getContainer(`abgate-${experiment}-treatment-1`).inspect();
+  assert.equal(info.HostConfig.NetworkMode, "host");
+  assert.equal(info.Config.Labels[LABEL.experiment], experiment);
+  assert.equal(info.Config.Labels[LABEL.variant], "treatment");
+  assert.equal(info.Config.Labels[LABEL.replica], "1");
+  assert.ok(info.Config.Env.includes(`PORT=${eps[3].port}`));
+  await engine.stop();
+  assert.deepEqual(engine.endpoints(), []);
+  assert.equal((await listExperimentContainers(docker, config)).length, 0);
+});
+
+test("two experiments on one host: stopping one never touches the other's containers", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const mk = (experiment: string, base: number) =>
+    testConfig({ experiment, ports: { base }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
+  // the second name starts with the first: a name-prefix filter would confuse them, a label filter does not
+  const nameA = uniqueExperiment("iso");
+  const a = mk(nameA, 19130);
+  const b = mk(`${nameA}-b`, 19135);
+  const ea = new DockerEngine(a, { ...fast, log: quiet });
+  const eb = new DockerEngine(b, { ...fast, log: quiet });
+  t.after(async () => {
+    await ea.stop();
+    await eb.stop();
+  });
+  await ea.start(quiet);
+  await eb.start(quiet);
+  // starting b removed "stale" containers of b only
+  assert.equal((await listExperimentContainers(docker, a)).length, 1);
+  await ea.stop();
+  assert.equal((await listExperimentContainers(docker, a)).length, 0);
+  const left = await listExperimentContainers(docker, b);
+  assert.equal(left.length, 1);
+  assert.equal(left[0].State, "running");
+  await waitFor("b answers", () => get(`http://127.0.0.1:${eb.endpoints()[0].port}/health`));
+});
+
+test("a replica that dies leaves the endpoints at once, is restarted with backoff and comes back", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("die");
+  const config = testConfig({ experiment, ports: { base: 19140 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
+  const logs: string[] = [];
+  const engine = new DockerEngine(config, { ...fast, log: (level, msg) => logs.push(`${level} ${msg}`) });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  const changes: Endpoint[][] = [];
+  engine.onChange((e) => changes.push(e));
+  const victim = engine.endpoints()[1];
+  await waitFor("replica up", () => get(`http://127.0.0.1:${victim.port}/health`));
+  await docker.getContainer(`abgate-${experiment}-control-1`).kill();
+  const removed = await waitFor("endpoint removed", () => changes.find((c) => !c.some((e) => e.id === "control-1")));
+  assert.deepEqual(removed.map((e) => e.id), ["control-0"]);
+  await waitFor("endpoint back", () => engine.endpoints().some((e) => e.id === "control-1"), 10_000);
+  assert.equal(engine.endpoints().find((e) => e.id === "control-1")!.port, victim.port);
+  await waitFor("restarted replica answers", () => get(`http://127.0.0.1:${victim.port}/health`));
+  assert.ok(logs.some((l) => l.startsWith("warn replica control-1") && l.includes("died")), logs.join("\n"));
+
+  // the service exiting on its own is a death too
+  const before = changes.length;
+  await get(`http://127.0.0.1:${victim.port}/crash`);
+  await waitFor("removed after crash", () => changes.slice(before).some((c) => !c.some((e) => e.id === "control-1")));
+  await waitFor("back after crash", () => engine.endpoints().some((e) => e.id === "control-1"), 10_000);
+});
+
+test("a crash-looping replica is reported with its last log lines", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({
+    experiment: uniqueExperiment("loop"),
+    ports: { base: 19150 },
+    variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, env: { CRASH_AT_START: "1" } }],
+  });
+  const errors: { msg: string; fields?: Record<string, unknown> }[] = [];
+  const engine = new DockerEngine(config, {
+    restartBackoff: { initialMs: 50, maxMs: 200 },
+    crashLoop: { deaths: 3, windowMs: 60_000, logLines: 20 },
+    stopTimeoutS: 1,
+    log: (level, msg, fields) => void (level === "error" && errors.push({ msg, fields })),
+  });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  const report = await waitFor("crash-loop report", () => errors[0], 20_000);
+  assert.match(report.msg, /control-0 .* is crash-looping: 3 deaths within 60 s/);
+  const logs = String(report.fields?.logs).split("\n");
+  assert.equal(logs.length, 20);
+  assert.equal(logs.at(-1), "fatal: cannot load model weights");
+  assert.equal(logs[0], "boot line 11");
+});
+
+test("adopt (abgate serve): finds running replicas by label and leaves them running on stop", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({ experiment: uniqueExperiment("adopt"), ports: { base: 19160 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
+  const owner = new DockerEngine(config, { ...fast, log: quiet });
+  t.after(() => owner.stop());
+  await owner.start(quiet);
+  const adopter = new DockerEngine(config, { ...fast, adopt: true, log: quiet });
+  const found: string[] = [];
+  await adopter.start((l) => found.push(l));
+  assert.deepEqual(adopter.endpoints(), owner.endpoints());
+  assert.equal(found.length, 2);
+  await adopter.stop();
+  assert.equal((await listExperimentContainers(docker, config)).filter((c) => c.State === "running").length, 2);
+  await owner.stop();
+  const nobody = new DockerEngine(config, { adopt: true, log: quiet });
+  await assert.rejects(nobody.start(quiet), /no containers of experiment/);
+});
+
+test("no engine on the socket: EngineUnavailableError names the socket and how to start one", async () => {
+  const config = testConfig({ experiment: "nowhere", variants: [{ name: "a", image: "x" }] });
+  const engine = new DockerEngine(config, { docker: new Docker({ socketPath: "/tmp/abgate-no-such.sock" }) });
+  await assert.rejects(engine.start(), (err: unknown) => {
+    assert.ok(err instanceof EngineUnavailableError);
+    assert.match(err.message, /\/tmp\/abgate-no-such\.sock/);
+    assert.match(err.message, /start-dockerd\.sh/);
+    return true;
+  });
+});
