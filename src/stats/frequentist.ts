@@ -1,0 +1,182 @@
+import { chiSquareSf, erfc, normalQuantile, studentTQuantile, studentTSf } from "./distributions.ts";
+import type { Interval, MeanSample, MeanTestResult, ProportionSample, ProportionTestResult, SrmResult, StatsErrorCode, TestOptions } from "./types.ts";
+
+const NO_INTERVAL: Interval = { estimate: null, ci: null };
+
+/** Two-sided normal p-value 2·(1 - Φ(|z|)) = erfc(|z|/√2), from the tail. */
+export function twoSidedNormalP(z: number): number {
+  return erfc(Math.abs(z) / Math.SQRT2);
+}
+
+function finiteOrNull(x: number): number | null {
+  return Number.isFinite(x) ? x : null;
+}
+
+function interval(estimate: number, halfWidth: number): Interval {
+  if (!Number.isFinite(estimate)) return NO_INTERVAL;
+  if (!Number.isFinite(halfWidth)) return { estimate, ci: null };
+  return { estimate, ci: [estimate - halfWidth, estimate + halfWidth] };
+}
+
+function validAlpha(alpha: number | undefined): number {
+  return alpha !== undefined && alpha > 0 && alpha < 1 ? alpha : 0.05;
+}
+
+function isCount(x: number): boolean {
+  return Number.isFinite(x) && x >= 0;
+}
+
+/**
+ * Two-proportion comparison of treatment against control.
+ * - z and p: pooled two-proportion z-test, z = (p_T - p_C) / √(p̄(1-p̄)(1/n_C + 1/n_T)) (e.g. Agresti,
+ *   Categorical Data Analysis, 3rd ed. §3.1.3; equivalent to Pearson's χ² on the 2×2 table).
+ * - absolute: p_T - p_C with the unpooled Wald interval ± z_{1-α/2}·√(p_C(1-p_C)/n_C + p_T(1-p_T)/n_T).
+ * - relative: p_T/p_C - 1 with its delta-method standard error √(V_T/p_C² + p_T²·V_C/p_C⁴)
+ *   (Casella & Berger, Statistical Inference, §5.5.4), normal quantile.
+ * Data problems give an `error` code and nulls (ZERO_UNITS, INVALID_INPUT, CONTROL_RATE_ZERO, ZERO_VARIANCE).
+ */
+export function proportionTest(control: ProportionSample, treatment: ProportionSample, options: TestOptions = {}): ProportionTestResult {
+  const alpha = validAlpha(options.alpha);
+  const { units: nC, conversions: cC } = control;
+  const { units: nT, conversions: cT } = treatment;
+  if (![nC, cC, nT, cT].every(isCount) || cC > nC || cT > nT) {
+    return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "INVALID_INPUT" };
+  }
+  if (nC === 0 || nT === 0) return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "ZERO_UNITS" };
+  const pC = cC / nC;
+  const pT = cT / nT;
+  const diff = pT - pC;
+  const q = normalQuantile(1 - alpha / 2);
+  const varC = (pC * (1 - pC)) / nC;
+  const varT = (pT * (1 - pT)) / nT;
+  const absolute = interval(diff, q * Math.sqrt(varC + varT));
+  let error: StatsErrorCode | undefined;
+  let relative: Interval = NO_INTERVAL;
+  if (pC > 0) relative = interval(pT / pC - 1, q * Math.sqrt(varT / (pC * pC) + (pT * pT * varC) / (pC * pC * pC * pC)));
+  else error = "CONTROL_RATE_ZERO";
+  const pooled = (cC + cT) / (nC + nT);
+  const se0 = Math.sqrt(pooled * (1 - pooled) * (1 / nC + 1 / nT));
+  if (!(se0 > 0)) {
+    // Both arms all-zero or all-one: the rates are equal and there is no evidence of a difference.
+    return { z: 0, pValue: 1, absolute, relative, error: error ?? "ZERO_VARIANCE" };
+  }
+  const z = diff / se0;
+  const result: ProportionTestResult = { z, pValue: twoSidedNormalP(z), absolute, relative };
+  if (error) result.error = error;
+  return result;
+}
+
+/** Sample mean and unbiased variance from sufficient statistics; variance clamped at 0 against rounding. */
+export function meanAndVariance(s: MeanSample): { mean: number; variance: number } {
+  const mean = s.sum / s.n;
+  const variance = s.n > 1 ? Math.max(0, (s.sumSquares - s.sum * mean) / (s.n - 1)) : 0;
+  return { mean, variance };
+}
+
+/**
+ * Welch's unequal-variance t-test of treatment against control (Welch 1947), df by Welch–Satterthwaite:
+ * df = (V_C + V_T)² / (V_C²/(n_C-1) + V_T²/(n_T-1)) with V = s²/n. The absolute interval uses the t quantile at
+ * that df; the relative lift m_T/m_C - 1 uses the delta-method standard error √(V_T/m_C² + m_T²·V_C/m_C⁴) with
+ * the same quantile. Needs n ≥ 2 in both arms (TOO_FEW_UNITS otherwise).
+ */
+export function meanTest(control: MeanSample, treatment: MeanSample, options: TestOptions = {}): MeanTestResult {
+  const alpha = validAlpha(options.alpha);
+  const empty = { t: null, df: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL };
+  const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares];
+  if (!all.every(Number.isFinite) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
+    return { ...empty, error: "INVALID_INPUT" };
+  }
+  if (control.n === 0 || treatment.n === 0) return { ...empty, error: "ZERO_UNITS" };
+  const c = meanAndVariance(control);
+  const tr = meanAndVariance(treatment);
+  const diff = tr.mean - c.mean;
+  const relativeEstimate = c.mean !== 0 ? tr.mean / c.mean - 1 : NaN;
+  if (control.n < 2 || treatment.n < 2) {
+    return {
+      ...empty,
+      absolute: { estimate: diff, ci: null },
+      relative: { estimate: finiteOrNull(relativeEstimate), ci: null },
+      error: "TOO_FEW_UNITS",
+    };
+  }
+  const vC = c.variance / control.n;
+  const vT = tr.variance / treatment.n;
+  const se = Math.sqrt(vC + vT);
+  if (!(se > 0)) {
+    const same = diff === 0;
+    return {
+      t: same ? 0 : null,
+      df: null,
+      pValue: same ? 1 : null,
+      absolute: { estimate: diff, ci: same ? [0, 0] : null },
+      relative: { estimate: finiteOrNull(relativeEstimate), ci: null },
+      error: "ZERO_VARIANCE",
+    };
+  }
+  const df = ((vC + vT) * (vC + vT)) / ((vC * vC) / (control.n - 1) + (vT * vT) / (treatment.n - 1));
+  const t = diff / se;
+  const q = studentTQuantile(1 - alpha / 2, df);
+  const absolute = interval(diff, q * se);
+  let relative: Interval = NO_INTERVAL;
+  let error: StatsErrorCode | undefined;
+  if (c.mean !== 0) {
+    const m2 = c.mean * c.mean;
+    relative = interval(relativeEstimate, q * Math.sqrt(vT / m2 + (tr.mean * tr.mean * vC) / (m2 * m2)));
+  } else error = "CONTROL_MEAN_ZERO";
+  const result: MeanTestResult = { t, df, pValue: Math.min(1, 2 * studentTSf(Math.abs(t), df)), absolute, relative };
+  if (error) result.error = error;
+  return result;
+}
+
+/**
+ * One-sided Welch test that a linear contrast D = m_T - k·m_C - c exceeds 0, i.e. H0: μ_T ≤ k·μ_C + c.
+ * Used by guardrails: k = 1 + maxRelativeIncrease (c = 0), or k = 1, c = maxAbsoluteIncrease. The variance of D is
+ * V_T + k²V_C with Welch–Satterthwaite df for that weighted sum (Satterthwaite 1946), so no delta method is needed.
+ */
+export function welchOneSidedIncrease(control: MeanSample, treatment: MeanSample, k: number, c: number): { estimate: number | null; pValue: number | null; error?: StatsErrorCode } {
+  if (control.n < 2 || treatment.n < 2) return { estimate: null, pValue: null, error: control.n === 0 || treatment.n === 0 ? "ZERO_UNITS" : "TOO_FEW_UNITS" };
+  const cm = meanAndVariance(control);
+  const tm = meanAndVariance(treatment);
+  const d = tm.mean - k * cm.mean - c;
+  const vC = (k * k * cm.variance) / control.n;
+  const vT = tm.variance / treatment.n;
+  const se = Math.sqrt(vC + vT);
+  if (!(se > 0)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
+  const df = ((vC + vT) * (vC + vT)) / ((vC * vC) / (control.n - 1) + (vT * vT) / (treatment.n - 1));
+  return { estimate: d, pValue: studentTSf(d / se, df) };
+}
+
+/**
+ * One-sided z-test that p_T - k·p_C - c exceeds 0 (unpooled variance V_T + k²V_C), for error-rate guardrails.
+ */
+export function proportionOneSidedIncrease(control: ProportionSample, treatment: ProportionSample, k: number, c: number): { estimate: number | null; pValue: number | null; error?: StatsErrorCode } {
+  if (control.units === 0 || treatment.units === 0) return { estimate: null, pValue: null, error: "ZERO_UNITS" };
+  const pC = control.conversions / control.units;
+  const pT = treatment.conversions / treatment.units;
+  const d = pT - k * pC - c;
+  const se = Math.sqrt((pT * (1 - pT)) / treatment.units + (k * k * pC * (1 - pC)) / control.units);
+  if (!(se > 0)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
+  return { estimate: d, pValue: 0.5 * erfc(d / se / Math.SQRT2) };
+}
+
+/**
+ * Sample ratio mismatch: Pearson's χ² goodness of fit of the observed units against the configured weights.
+ * Arms with weight 0 are left out (their expected count is 0); df = arms - 1; p = Q(df/2, χ²/2).
+ */
+export function srmTest(observed: number[], weights: number[]): SrmResult {
+  if (observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
+    return { chiSquare: null, df: null, pValue: null, error: "INVALID_INPUT" };
+  }
+  const arms = observed.map((o, i) => ({ o, w: weights[i]! })).filter((a) => a.w > 0);
+  if (arms.length < 2) return { chiSquare: null, df: null, pValue: null, error: "SINGLE_ARM" };
+  const total = arms.reduce((s, a) => s + a.o, 0);
+  const df = arms.length - 1;
+  if (total === 0) return { chiSquare: null, df, pValue: null, error: "ZERO_UNITS" };
+  const weightSum = arms.reduce((s, a) => s + a.w, 0);
+  let chiSquare = 0;
+  for (const a of arms) {
+    const expected = (total * a.w) / weightSum;
+    chiSquare += ((a.o - expected) * (a.o - expected)) / expected;
+  }
+  return { chiSquare, df, pValue: chiSquareSf(chiSquare, df) };
+}

@@ -1,0 +1,28 @@
+/**
+ * abgate/stats: pure functions on sufficient statistics. Nothing here reads the store, the clock or the network,
+ * and no function throws or returns NaN on data problems: results carry an `error` code instead.
+ */
+export { proportionTest, meanTest, srmTest, meanAndVariance, welchOneSidedIncrease, proportionOneSidedIncrease } from "./frequentist.ts";
+export { mixtureSprt, runningMinimum, DEFAULT_TAU2_STANDARDIZED } from "./sequential.ts";
+export { chanceToWin } from "./bayes.ts";
+export { adjustPValues } from "./multiple.ts";
+export { fixedHorizonUnits, sequentialUnits } from "./power.ts";
+export type { SampleSizeInput } from "./power.ts";
+export {
+  erf,
+  erfc,
+  normalPdf,
+  normalCdf,
+  normalSf,
+  normalQuantile,
+  logGamma,
+  logBeta,
+  incompleteBeta,
+  incompleteGamma,
+  studentTSf,
+  studentTCdf,
+  studentTPdf,
+  studentTQuantile,
+  chiSquareSf,
+} from "./distributions.ts";
+export type * from "./types.ts";
