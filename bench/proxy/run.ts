@@ -1,0 +1,278 @@
+/**
+ * Proxy throughput benchmark: abgate (exposure logging on and off) beside HAProxy, nginx and
+ * fastify + @fastify/reply-from, all proxying the same two nginx backends that answer `200 ok`.
+ * Each proxy runs alone, pinned to core 0; wrk runs on core 1 with a Lua script that gives every request a
+ * random x-user-id from a pool. Prints requests/s, p50, p99 and the ratios against the targets of issue 2.
+ *
+ * The machine's two cores are shared with other work, so one measurement can land in a burst of someone
+ * else's load. Each proxy is therefore measured in several rounds, interleaved with the others, and the table
+ * shows each proxy's best round (the one least disturbed), with every round's req/s beside it.
+ *
+ * Run through bench/proxy/run.sh (it raises the fd limit). Knobs (environment):
+ *   BENCH_DURATION   seconds measured per proxy and round (default 6, at most 10)
+ *   BENCH_ROUNDS     rounds; each proxy is measured once per round, in a rotated order (default 3)
+ *   BENCH_WARMUP     seconds of discarded load before each measurement (default 1)
+ *   BENCH_PROXIES    comma list, default "haproxy,nginx,fastify,abgate,abgate-nolog"
+ *   BENCH_CONNECTIONS wrk connections (default 64)
+ *   BENCH_BACKEND_CORE core for the backend nginx (default: unpinned)
+ */
+import { execFile } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { freePort, repoRoot, scratchDir, startAbgate, startProcess, waitForOk, waitForPort, type Managed } from "../memory/harness.ts";
+
+const run = promisify(execFile);
+const here = fileURLToPath(new URL(".", import.meta.url));
+
+const durationS = Math.min(10, Number(process.env.BENCH_DURATION ?? 6));
+const warmupS = Number(process.env.BENCH_WARMUP ?? 1);
+const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 64);
+const backendCore = process.env.BENCH_BACKEND_CORE;
+const proxyNames = (process.env.BENCH_PROXIES ?? "haproxy,nginx,fastify,abgate,abgate-nolog").split(",").map((s) => s.trim()).filter(Boolean);
+const PROXY_CORE = 0;
+/** The whole run stays under 3 minutes: rounds that would not fit are skipped. */
+const BUDGET_MS = 170_000;
+const WRK_CORE = 1;
+
+interface Result {
+  name: string;
+  rps?: number;
+  p50Ms?: number;
+  p99Ms?: number;
+  non2xx?: number;
+  socketErrors?: string;
+  error?: string;
+  /** req/s of every round, in round order */
+  rounds?: number[];
+}
+
+const dir = scratchDir("abgate-bench-proxy-");
+mkdirSync(join(dir, "tmp"), { recursive: true });
+
+/** nginx needs every temp path and its pid file out of /var so that it runs without touching the system one. */
+function nginxPreamble(name: string): string {
+  return (
+    `worker_processes 1;\ndaemon off;\npid ${dir}/${name}.pid;\nerror_log ${dir}/${name}.err warn;\n` +
+    `events { worker_connections 8192; }\n` +
+    `http {\n  access_log off;\n  keepalive_requests 10000000;\n` +
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((t) => `  ${t}_temp_path ${dir}/tmp/${t};\n`).join("")
+  );
+}
+
+async function startBackends(): Promise<{ urls: string[]; proc: Managed }> {
+  const ports = [await freePort(), await freePort()];
+  const conf = join(dir, "backends.conf");
+  writeFileSync(
+    conf,
+    nginxPreamble("backends") +
+      ports.map((p) => `  server { listen 127.0.0.1:${p}; location / { return 200 "ok"; } }\n`).join("") +
+      `}\n`,
+  );
+  const proc = startProcess("nginx", ["-p", dir, "-c", conf], { core: backendCore === undefined ? undefined : Number(backendCore) });
+  for (const p of ports) await waitForOk(p, "/", 10_000, {}, proc);
+  return { urls: ports.map((p) => `http://127.0.0.1:${p}`), proc };
+}
+
+interface Started {
+  port: number;
+  proc: Managed;
+}
+
+async function startHaproxy(backends: string[]): Promise<Started> {
+  const port = await freePort();
+  const conf = join(dir, "haproxy.cfg");
+  writeFileSync(
+    conf,
+    `global\n  nbthread 1\n  maxconn 4000\n` +
+      `defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  option forwardfor\n` +
+      `frontend fe\n  bind 127.0.0.1:${port}\n  default_backend be\n` +
+      `backend be\n  balance random\n  http-reuse always\n` +
+      backends.map((u, i) => `  server b${i} ${new URL(u).host}\n`).join(""),
+  );
+  const proc = startProcess("haproxy", ["-db", "-f", conf], { core: PROXY_CORE });
+  await waitForOk(port, "/", 10_000, { "x-user-id": "warmup" }, proc);
+  return { port, proc };
+}
+
+async function startNginxProxy(backends: string[]): Promise<Started> {
+  const port = await freePort();
+  const conf = join(dir, "nginx-proxy.conf");
+  writeFileSync(
+    conf,
+    nginxPreamble("nginx-proxy") +
+      // split_clients hashes the user id (MurmurHash2), so nginx is sticky per unit like abgate.
+      `  split_clients "\${http_x_user_id}" $pool { 50% b0; * b1; }\n` +
+      backends.map((u, i) => `  upstream b${i} { server ${new URL(u).host}; keepalive 64; }\n`).join("") +
+      `  server {\n    listen 127.0.0.1:${port};\n    location / {\n      proxy_pass http://$pool;\n` +
+      `      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n` +
+      `      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }\n  }\n}\n`,
+  );
+  const proc = startProcess("nginx", ["-p", dir, "-c", conf], { core: PROXY_CORE });
+  await waitForOk(port, "/", 10_000, { "x-user-id": "warmup" }, proc);
+  return { port, proc };
+}
+
+async function startFastify(backends: string[]): Promise<Started> {
+  const port = await freePort();
+  const proc = startProcess("node", [join(here, "fastify-proxy.mjs"), String(port), ...backends], { core: PROXY_CORE });
+  await waitForPort(port, 20_000, proc);
+  await waitForOk(port, "/", 10_000, { "x-user-id": "warmup" }, proc);
+  return { port, proc };
+}
+
+async function startAbgateProxy(backends: string[], exposures: boolean): Promise<Started> {
+  const handle = await startAbgate({ dir, backends, exposures, core: PROXY_CORE, name: exposures ? "abgate-log" : "abgate-nolog" });
+  return { port: handle.port, proc: handle };
+}
+
+/** wrk's durations come as "635.00us", "1.23ms", "2.01s", "1.00m". */
+function toMs(text: string): number {
+  const match = /^([\d.]+)(us|ms|s|m)$/.exec(text.trim());
+  if (!match) throw new Error(`unreadable wrk duration '${text}'`);
+  const value = Number(match[1]);
+  const unit = match[2];
+  return unit === "us" ? value / 1000 : unit === "ms" ? value : unit === "s" ? value * 1000 : value * 60_000;
+}
+
+async function wrk(port: number, seconds: number): Promise<Omit<Result, "name">> {
+  const { stdout } = await run(
+    "taskset",
+    ["-c", String(WRK_CORE), "wrk", "-t1", `-c${connections}`, `-d${seconds}s`, "--latency", "-s", join(here, "users.lua"), `http://127.0.0.1:${port}/`],
+    { timeout: (seconds + 15) * 1000 },
+  );
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+  const p50 = /^\s+50%\s+(\S+)/m.exec(stdout);
+  const p99 = /^\s+99%\s+(\S+)/m.exec(stdout);
+  if (!rps || !p50 || !p99) throw new Error(`unreadable wrk output:\n${stdout}`);
+  const non2xx = /Non-2xx or 3xx responses:\s+(\d+)/.exec(stdout);
+  const socketErrors = /Socket errors:\s+(.*)/.exec(stdout);
+  return {
+    rps: Number(rps[1]),
+    p50Ms: toMs(p50[1]),
+    p99Ms: toMs(p99[1]),
+    non2xx: non2xx ? Number(non2xx[1]) : 0,
+    socketErrors: socketErrors ? socketErrors[1].trim() : undefined,
+  };
+}
+
+const starters: Record<string, (backends: string[]) => Promise<Started>> = {
+  haproxy: startHaproxy,
+  nginx: startNginxProxy,
+  fastify: startFastify,
+  abgate: (b) => startAbgateProxy(b, true),
+  "abgate-nolog": (b) => startAbgateProxy(b, false),
+};
+const labels: Record<string, string> = {
+  haproxy: "haproxy (balance random)",
+  nginx: "nginx (split_clients)",
+  fastify: "fastify + @fastify/reply-from",
+  abgate: "abgate sticky, exposures ON",
+  "abgate-nolog": "abgate sticky, exposures OFF",
+};
+
+async function measure(name: string, backends: string[]): Promise<Result> {
+  const start = starters[name];
+  if (!start) return { name, error: `unknown proxy '${name}'` };
+  let started: Started | undefined;
+  try {
+    started = await start(backends);
+    if (warmupS > 0) await wrk(started.port, warmupS);
+    const result = await wrk(started.port, durationS);
+    if (started.proc.child.exitCode !== null || started.proc.child.signalCode !== null) {
+      return { name, ...result, error: `exited during the run:\n${started.proc.output()}` };
+    }
+    return { name, ...result };
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    return { name, error: message.split("\n").slice(0, 12).join("\n") };
+  } finally {
+    await started?.proc.stop();
+  }
+}
+
+function fmt(n: number | undefined, digits: number): string {
+  return n === undefined ? "-" : n.toFixed(digits);
+}
+
+function pad(text: string, width: number, right = false): string {
+  return right ? text.padStart(width) : text.padEnd(width);
+}
+
+async function main(): Promise<void> {
+  const wallStart = Date.now();
+  const abgateEntry = existsSync(join(repoRoot, "dist/cli.js")) ? "dist/cli.js (built)" : "src via tsx (no build)";
+  console.log(`proxy benchmark: ${rounds} round(s), best round shown; proxy on core ${PROXY_CORE}, wrk -t1 -c${connections} ${durationS}s (+${warmupS}s warm-up) on core ${WRK_CORE}, backends nginx ${backendCore === undefined ? "unpinned" : `on core ${backendCore}`}`);
+  console.log(`abgate runs from ${abgateEntry}; node ${process.version}; ${(await run("haproxy", ["-v"])).stdout.split("\n")[0]}`);
+  const backends = await startBackends();
+  const perProxy = new Map<string, Result[]>(proxyNames.map((n) => [n, []]));
+  try {
+    for (let round = 0; round < rounds; round++) {
+      // Rotate the order so that no proxy always runs right after the same neighbour or in the same slot.
+      const order = proxyNames.map((_, i) => proxyNames[(i + round) % proxyNames.length]);
+      for (const name of order) {
+        const previous = perProxy.get(name)!;
+        // A proxy that could not start once will not start later either; do not spend the time budget on it.
+        if (previous.length > 0 && previous.every((r) => r.rps === undefined)) continue;
+        if (Date.now() - wallStart + (warmupS + durationS + 8) * 1000 > BUDGET_MS) {
+          console.log(`  round ${round + 1}/${rounds} ${name}: skipped, the ${BUDGET_MS / 1000} s budget is nearly spent`);
+          continue;
+        }
+        const result = await measure(name, backends.urls);
+        perProxy.get(name)!.push(result);
+        console.log(`  round ${round + 1}/${rounds} ${name}: ${result.error ? `ERROR ${result.error.split("\n")[0]}` : `${fmt(result.rps, 0)} req/s, p99 ${fmt(result.p99Ms, 2)} ms`}`);
+      }
+    }
+  } finally {
+    await backends.proc.stop();
+  }
+  const results: Result[] = proxyNames.map((name) => {
+    const all = perProxy.get(name)!;
+    const ok = all.filter((r) => !r.error && r.rps !== undefined);
+    if (ok.length === 0) return all[0];
+    const best = ok.reduce((a, b) => (b.rps! > a.rps! ? b : a));
+    return { ...best, rounds: all.map((r) => r.rps ?? NaN) };
+  });
+
+  console.log("");
+  const header = `${pad("proxy", 32)} ${pad("req/s", 9, true)} ${pad("p50 ms", 8, true)} ${pad("p99 ms", 8, true)} ${pad("non-2xx", 8, true)}  ${pad("req/s each round", 24)} socket errors`;
+  console.log(header);
+  console.log("-".repeat(header.length));
+  for (const r of results) {
+    console.log(
+      `${pad(labels[r.name] ?? r.name, 32)} ${pad(fmt(r.rps, 0), 9, true)} ${pad(fmt(r.p50Ms, 2), 8, true)} ${pad(fmt(r.p99Ms, 2), 8, true)} ${pad(r.non2xx === undefined ? "-" : String(r.non2xx), 8, true)}  ${pad((r.rounds ?? []).map((v) => (Number.isNaN(v) ? "err" : v.toFixed(0))).join(" "), 24)} ${r.socketErrors ?? (r.error ? "" : "none")}`,
+    );
+  }
+  for (const r of results.filter((x) => x.error)) console.log(`\n${r.name} failed: ${r.error}`);
+
+  const by = (name: string) => results.find((r) => r.name === name && !r.error && r.rps !== undefined);
+  const abgate = by("abgate");
+  const nolog = by("abgate-nolog");
+  const haproxy = by("haproxy");
+  const fastify = by("fastify");
+  const nginx = by("nginx");
+  console.log("\nratio                                   value    target    verdict");
+  const line = (label: string, value: number | undefined, target: string, pass: ((v: number) => boolean) | undefined) => {
+    const verdict = value === undefined ? "n/a" : pass === undefined ? "(info)" : pass(value) ? "PASS" : "FAIL";
+    console.log(`${pad(label, 38)} ${pad(value === undefined ? "-" : value.toFixed(2), 7, true)}    ${pad(target, 8)}  ${verdict}`);
+  };
+  line("abgate / haproxy throughput", abgate && haproxy ? abgate.rps! / haproxy.rps! : undefined, ">= 0.50", (v) => v >= 0.5);
+  line("abgate / fastify-reply-from throughput", abgate && fastify ? abgate.rps! / fastify.rps! : undefined, ">= 2.50", (v) => v >= 2.5);
+  line("abgate p99 / haproxy p99", abgate && haproxy ? abgate.p99Ms! / haproxy.p99Ms! : undefined, "<= 2.00", (v) => v <= 2);
+  const costPct = abgate && nolog ? (1 - abgate.rps! / nolog.rps!) * 100 : undefined;
+  line("exposure logging cost (% req/s)", costPct, "<= 10%", (v) => v <= 10);
+  line("abgate / nginx throughput", abgate && nginx ? abgate.rps! / nginx.rps! : undefined, "", undefined);
+  console.log(`\nwall time ${((Date.now() - wallStart) / 1000).toFixed(0)} s`);
+}
+
+// A hard bound on the whole run, whatever hangs: the exit handler in the harness stops every child.
+const overall = setTimeout(() => {
+  console.error("proxy benchmark exceeded 3 minutes; stopping");
+  process.exit(1);
+}, 180_000);
+overall.unref();
+
+await main();
+process.exit(0);
