@@ -1,0 +1,320 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { setImmediate as tick } from "node:timers/promises";
+import { ManualClock } from "../clock.ts";
+import type { HealthConfig } from "../config/index.ts";
+import type { Endpoint } from "../engines/types.ts";
+import type { ProbeResult } from "./probe.ts";
+import { HealthTracker, type HealthChange } from "./tracker.ts";
+
+const HEALTH: HealthConfig = { path: "/health", intervalMs: 1000, timeoutMs: 300, rise: 2, fall: 3 };
+
+function ep(id: string, port = 9000): Endpoint {
+  const [variant, replica] = id.split("-");
+  return { id, variant, replica: Number(replica), host: "127.0.0.1", port };
+}
+
+/**
+ * A probe whose answers the test sets per endpoint (`answers.set(id, true | false | "hang")`), counting calls.
+ * A test double of a function: the real HTTP probe is tested against real servers in probe.test.ts.
+ */
+function scriptedProbe() {
+  const answers = new Map<string, boolean | "hang">();
+  const calls: string[] = [];
+  const probe = (e: Endpoint, _path: string, _timeoutMs: number): Promise<boolean | ProbeResult> => {
+    calls.push(e.id);
+    const a = answers.get(e.id) ?? true;
+    if (a === "hang") return new Promise(() => {});
+    return Promise.resolve(a ? true : { ok: false, error: "status 500" });
+  };
+  return { answers, calls, probe };
+}
+
+function setup(options: { ejectAfterFailures?: number; ejectionMs?: number } = {}) {
+  const clock = new ManualClock(1_000_000);
+  const p = scriptedProbe();
+  const changes: HealthChange[] = [];
+  const tracker = new HealthTracker({
+    clock,
+    probe: p.probe,
+    ejectAfterFailures: options.ejectAfterFailures ?? 3,
+    ejectionMs: options.ejectionMs ?? 10_000,
+  });
+  tracker.onChange((c) => changes.push(c));
+  /** advance the clock, then let probe promises settle */
+  const advance = async (ms: number) => {
+    clock.advance(ms);
+    await tick();
+    await tick();
+  };
+  return { clock, tracker, changes, advance, ...p };
+}
+
+describe("HealthTracker: active checks", () => {
+  test("first-check fast path: a new endpoint is unknown, checked at once, healthy after one good check", async () => {
+    const { tracker, calls, changes } = setup();
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    assert.equal(tracker.state("control-0"), "unknown");
+    assert.equal(tracker.isHealthy("control-0"), false);
+    assert.deepEqual(calls, ["control-0"]);
+    await tick();
+    assert.equal(tracker.state("control-0"), "healthy");
+    assert.equal(tracker.isHealthy("control-0"), true);
+    assert.deepEqual(changes, [
+      { id: "control-0", variant: "control", from: null, to: "unknown" },
+      { id: "control-0", variant: "control", from: "unknown", to: "healthy" },
+    ]);
+  });
+
+  test("a failed first check makes it unhealthy at once; then `rise` good checks in a row are needed", async () => {
+    const { tracker, answers, advance } = setup();
+    answers.set("control-0", false);
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    await tick();
+    assert.equal(tracker.state("control-0"), "unhealthy");
+    answers.set("control-0", true);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "unhealthy", "one success of rise=2");
+    answers.set("control-0", false);
+    await advance(1000);
+    answers.set("control-0", true);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "unhealthy", "the streak was broken");
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "healthy");
+  });
+
+  test("fall: `fall` failed checks in a row make a healthy endpoint unhealthy; a success resets the count", async () => {
+    const { tracker, answers, advance } = setup();
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    await tick();
+    answers.set("control-0", false);
+    await advance(1000);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "healthy");
+    assert.equal(tracker.snapshot()[0].consecutiveFailures, 2);
+    answers.set("control-0", true);
+    await advance(1000);
+    answers.set("control-0", false);
+    await advance(1000);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "healthy");
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "unhealthy");
+    const snap = tracker.snapshot()[0];
+    assert.equal(snap.consecutiveFailures, 3);
+    assert.equal(snap.lastError, "status 500");
+    assert.equal(snap.lastCheckMs, 1_000_000 + 6000);
+  });
+
+  test("checks run every intervalMs after the previous one finished, exactly", async () => {
+    const { tracker, calls, advance } = setup();
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    await tick();
+    await advance(999);
+    assert.equal(calls.length, 1);
+    await advance(1);
+    assert.equal(calls.length, 2);
+    // one step per check: the next check is scheduled when the previous probe's promise settles, after `advance`
+    for (let i = 0; i < 5; i++) await advance(1000);
+    assert.equal(calls.length, 7);
+  });
+
+  test("a check that does not answer within timeoutMs (clock time) fails", async () => {
+    const { tracker, answers, advance } = setup();
+    answers.set("control-0", "hang");
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    await advance(299);
+    assert.equal(tracker.state("control-0"), "unknown");
+    await advance(1);
+    assert.equal(tracker.state("control-0"), "unhealthy");
+    assert.equal(tracker.snapshot()[0].lastError, "timeout after 300 ms");
+  });
+
+  test("an endpoint whose variant has no health config is healthy at once and never probed", async () => {
+    const { tracker, calls, clock, advance } = setup();
+    tracker.setEndpoints([ep("control-0")], {});
+    assert.equal(tracker.isHealthy("control-0"), true);
+    await advance(60_000);
+    assert.deepEqual(calls, []);
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  test("a probe that throws or rejects counts as a failed check, never an unhandled error", async () => {
+    const clock = new ManualClock();
+    let mode = "throw";
+    const tracker = new HealthTracker({
+      clock,
+      ejectAfterFailures: 3,
+      ejectionMs: 1000,
+      probe: () => {
+        if (mode === "throw") throw new Error("boom");
+        return Promise.reject(new Error("rejected"));
+      },
+    });
+    tracker.setEndpoints([ep("a-0")], { a: HEALTH });
+    await tick();
+    assert.equal(tracker.state("a-0"), "unhealthy");
+    assert.equal(tracker.snapshot()[0].lastError, "boom");
+    mode = "reject";
+    clock.advance(1000);
+    await tick();
+    assert.equal(tracker.snapshot()[0].lastError, "rejected");
+    tracker.stop();
+  });
+});
+
+describe("HealthTracker: passive ejection", () => {
+  test("ejectAfterFailures consecutive failures eject for ejectionMs, then the endpoint returns", async () => {
+    const { tracker, changes, advance, clock } = setup({ ejectAfterFailures: 3, ejectionMs: 10_000 });
+    tracker.setEndpoints([ep("control-0")], {});
+    tracker.reportFailure("control-0");
+    tracker.reportFailure("control-0");
+    tracker.reportSuccess("control-0");
+    tracker.reportFailure("control-0");
+    tracker.reportFailure("control-0");
+    assert.equal(tracker.state("control-0"), "healthy", "the streak was broken by a success");
+    tracker.reportFailure("control-0", "ECONNREFUSED");
+    assert.equal(tracker.state("control-0"), "ejected");
+    assert.equal(tracker.isHealthy("control-0"), false);
+    assert.equal(tracker.snapshot()[0].ejectedUntilMs, 1_000_000 + 10_000);
+    assert.equal(tracker.snapshot()[0].lastError, "ECONNREFUSED");
+    tracker.reportFailure("control-0");
+    await advance(9_999);
+    assert.equal(tracker.state("control-0"), "ejected");
+    await advance(1);
+    assert.equal(tracker.state("control-0"), "healthy");
+    assert.equal(tracker.snapshot()[0].passiveFailures, 0);
+    assert.equal(clock.pendingTimers(), 0);
+    assert.deepEqual(
+      changes.map((c) => `${c.from}->${c.to}`),
+      ["null->healthy", "healthy->ejected", "ejected->healthy"],
+    );
+  });
+
+  test("after ejection an endpoint returns to its active state (unhealthy if its checks failed meanwhile)", async () => {
+    const { tracker, answers, advance } = setup({ ejectAfterFailures: 1, ejectionMs: 5000 });
+    tracker.setEndpoints([ep("control-0")], { control: { ...HEALTH, fall: 1 } });
+    await tick();
+    tracker.reportFailure("control-0");
+    assert.equal(tracker.state("control-0"), "ejected");
+    answers.set("control-0", false);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "ejected");
+    await advance(4000);
+    assert.equal(tracker.state("control-0"), "unhealthy");
+  });
+
+  test("reports for unknown ids are ignored", () => {
+    const { tracker } = setup();
+    tracker.reportFailure("nope");
+    tracker.reportSuccess("nope");
+    assert.equal(tracker.isHealthy("nope"), false);
+    assert.equal(tracker.state("nope"), "unknown");
+  });
+});
+
+describe("HealthTracker: endpoint changes, waiting, stopping", () => {
+  test("removed endpoints stop their loops and timers; results in flight are ignored", async () => {
+    const { tracker, answers, clock, changes, advance } = setup({ ejectAfterFailures: 1 });
+    answers.set("b-0", "hang");
+    tracker.setEndpoints([ep("a-0"), ep("b-0"), ep("c-0")], { a: HEALTH, b: HEALTH });
+    await tick();
+    tracker.reportFailure("c-0");
+    assert.ok(clock.pendingTimers() >= 3);
+    tracker.setEndpoints([], {});
+    assert.equal(clock.pendingTimers(), 0);
+    assert.equal(tracker.isHealthy("a-0"), false);
+    assert.deepEqual(tracker.snapshot(), []);
+    assert.deepEqual(
+      changes.filter((c) => c.to === null).map((c) => c.id),
+      ["a-0", "b-0", "c-0"],
+    );
+    await advance(100_000);
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  test("an endpoint whose address changed is a new endpoint (unknown, checked at once)", async () => {
+    const { tracker, calls } = setup();
+    tracker.setEndpoints([ep("a-0", 9000)], { a: HEALTH });
+    await tick();
+    assert.equal(tracker.state("a-0"), "healthy");
+    tracker.setEndpoints([ep("a-0", 9001)], { a: HEALTH });
+    assert.equal(tracker.state("a-0"), "unknown");
+    assert.equal(calls.length, 2);
+    await tick();
+    assert.equal(tracker.state("a-0"), "healthy");
+  });
+
+  test("an unchanged endpoint list changes nothing (no extra checks)", async () => {
+    const { tracker, calls, clock } = setup();
+    tracker.setEndpoints([ep("a-0")], { a: HEALTH });
+    await tick();
+    tracker.setEndpoints([ep("a-0")], { a: { ...HEALTH } });
+    assert.equal(calls.length, 1);
+    assert.equal(clock.pendingTimers(), 1);
+  });
+
+  test("dropping a variant's health config stops its checks and makes it healthy", async () => {
+    const { tracker, answers, clock } = setup();
+    answers.set("a-0", false);
+    tracker.setEndpoints([ep("a-0")], { a: HEALTH });
+    await tick();
+    assert.equal(tracker.state("a-0"), "unhealthy");
+    tracker.setEndpoints([ep("a-0")], {});
+    assert.equal(tracker.state("a-0"), "healthy");
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  test("waitHealthy resolves when all ids are healthy (including ids that appear later)", async () => {
+    const { tracker, answers, advance } = setup();
+    answers.set("a-0", false);
+    tracker.setEndpoints([ep("a-0")], { a: HEALTH, b: HEALTH });
+    await tick();
+    let done = false;
+    const wait = tracker.waitHealthy(["a-0", "b-0"], 60_000).then(() => (done = true));
+    answers.set("a-0", true);
+    await advance(1000);
+    await advance(1000);
+    assert.equal(tracker.state("a-0"), "healthy");
+    assert.equal(done, false);
+    tracker.setEndpoints([ep("a-0"), ep("b-0")], { a: HEALTH, b: HEALTH });
+    await tick();
+    await wait;
+    assert.equal(done, true);
+    await tracker.waitHealthy([], 1);
+  });
+
+  test("waitHealthy rejects after timeoutMs of clock time, naming what is not healthy and why", async () => {
+    const { tracker, answers, clock } = setup();
+    answers.set("a-0", false);
+    tracker.setEndpoints([ep("a-0"), ep("b-0")], { a: HEALTH });
+    await tick();
+    const rejected = assert.rejects(tracker.waitHealthy(["a-0", "b-0", "c-0"], 30_000), (err: Error & { code?: string }) => {
+      assert.equal(err.code, "ABGATE_ERR_HEALTH_TIMEOUT");
+      assert.match(err.message, /not healthy after 30000 ms: a-0 \(unhealthy: status 500\), c-0 \(not started\)/);
+      return true;
+    });
+    for (let i = 0; i < 30; i++) {
+      clock.advance(1000);
+      await tick();
+    }
+    await rejected;
+  });
+
+  test("stop cancels every timer, rejects waiters and ignores later results", async () => {
+    const { tracker, answers, clock, changes } = setup({ ejectAfterFailures: 1 });
+    answers.set("b-0", "hang");
+    tracker.setEndpoints([ep("a-0"), ep("b-0")], { a: HEALTH, b: HEALTH });
+    tracker.reportFailure("a-0");
+    const wait = tracker.waitHealthy(["b-0"], 60_000);
+    tracker.stop();
+    await assert.rejects(wait, /stopped/);
+    assert.equal(clock.pendingTimers(), 0);
+    const n = changes.length;
+    await tick();
+    assert.equal(changes.length, n, "the first check's result arrived after stop and was ignored");
+    tracker.setEndpoints([ep("c-0")], { c: HEALTH });
+    assert.equal(clock.pendingTimers(), 0);
+  });
+});

@@ -1,0 +1,363 @@
+import type { Clock, TimerHandle } from "../clock.ts";
+import type { HealthConfig } from "../config/index.ts";
+import type { Endpoint } from "../engines/types.ts";
+import { AbgateError, InvalidArgumentError } from "../errors.ts";
+import { httpCheck, type Probe, type ProbeResult } from "./probe.ts";
+
+/**
+ * - unknown: has active checks, none has finished yet
+ * - healthy / unhealthy: by active checks (rise/fall); always healthy without a health config
+ * - ejected: taken out by passive outlier detection for `ejectionMs`, whatever the active checks say
+ */
+export type HealthState = "healthy" | "unhealthy" | "ejected" | "unknown";
+
+export interface HealthChange {
+  id: string;
+  variant: string;
+  /** null when the endpoint was just added */
+  from: HealthState | null;
+  /** null when the endpoint was removed */
+  to: HealthState | null;
+}
+
+export interface EndpointHealth {
+  id: string;
+  variant: string;
+  state: HealthState;
+  /** consecutive failed active checks */
+  consecutiveFailures: number;
+  /** consecutive failures reported by the proxy (passive); ejection at `ejectAfterFailures` */
+  passiveFailures: number;
+  /** clock time of the last finished active check, or null */
+  lastCheckMs: number | null;
+  /** why the last failed check or passive failure failed, or null */
+  lastError: string | null;
+  /** clock time at which an ejection ends, or null */
+  ejectedUntilMs: number | null;
+}
+
+export type HealthLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
+
+export interface HealthTrackerOptions {
+  clock: Clock;
+  /** one active check; defaults to an HTTP GET (httpCheck) */
+  probe?: Probe;
+  /** passive ejection after this many consecutive failures (connect errors, 5xx) */
+  ejectAfterFailures: number;
+  /** how long an ejected endpoint stays out */
+  ejectionMs: number;
+  log?: HealthLog;
+}
+
+type ActiveState = "healthy" | "unhealthy" | "unknown";
+
+interface Entry {
+  endpoint: Endpoint;
+  config: HealthConfig | undefined;
+  active: ActiveState;
+  state: HealthState;
+  /** consecutive active results of the current kind */
+  successes: number;
+  failures: number;
+  passiveFailures: number;
+  lastCheckMs: number | null;
+  lastError: string | null;
+  ejectedUntilMs: number | null;
+  ejectionTimer: TimerHandle | null;
+  /** the next check, or the timeout of the check in flight */
+  checkTimer: TimerHandle | null;
+  /** bumped whenever a check result must be ignored (endpoint removed or replaced, config changed, stop) */
+  generation: number;
+}
+
+/**
+ * Health of every endpoint: active checks (interval, timeout, rise, fall, as HAProxy's `check inter rise fall`)
+ * and passive outlier ejection (Envoy's consecutive_5xx: after `ejectAfterFailures` consecutive failures the
+ * endpoint is out for `ejectionMs`, then returns to whatever its active state is).
+ *
+ * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished, and
+ * a check that has not answered after `timeoutMs` (clock time) counts as failed even if the probe never settles.
+ * `isHealthy` is a single map lookup, for the proxy's hot path.
+ */
+export class HealthTracker {
+  readonly #clock: Clock;
+  readonly #probe: Probe;
+  readonly #ejectAfterFailures: number;
+  readonly #ejectionMs: number;
+  readonly #log: HealthLog;
+  readonly #entries = new Map<string, Entry>();
+  /** id -> healthy, kept in step with the entries so that isHealthy does one lookup */
+  readonly #healthy = new Map<string, boolean>();
+  readonly #listeners = new Set<(change: HealthChange) => void>();
+  /** pending waitHealthy calls, rejected by stop() */
+  readonly #waiters = new Set<() => void>();
+  #stopped = false;
+
+  constructor(options: HealthTrackerOptions) {
+    if (!Number.isInteger(options.ejectAfterFailures) || options.ejectAfterFailures < 1) {
+      throw new InvalidArgumentError(`ejectAfterFailures must be an integer >= 1, got ${options.ejectAfterFailures}`);
+    }
+    if (!(options.ejectionMs > 0)) throw new InvalidArgumentError(`ejectionMs must be > 0, got ${options.ejectionMs}`);
+    this.#clock = options.clock;
+    this.#probe = options.probe ?? httpCheck;
+    this.#ejectAfterFailures = options.ejectAfterFailures;
+    this.#ejectionMs = options.ejectionMs;
+    this.#log = options.log ?? (() => {});
+  }
+
+  /**
+   * The endpoints that exist now, and the health config of each variant. New endpoints with a health config start
+   * "unknown" and are checked at once; removed ones stop their checks and timers. An endpoint whose address
+   * changed counts as new. A variant's config may change: checks pick it up from the next one on.
+   */
+  setEndpoints(endpoints: Endpoint[], healthByVariant: Record<string, HealthConfig | undefined>): void {
+    if (this.#stopped) return;
+    const next = new Map(endpoints.map((e) => [e.id, e]));
+    for (const [id, entry] of this.#entries) {
+      const e = next.get(id);
+      if (!e || e.host !== entry.endpoint.host || e.port !== entry.endpoint.port || e.variant !== entry.endpoint.variant) this.#remove(entry);
+    }
+    for (const endpoint of endpoints) {
+      const config = healthByVariant[endpoint.variant];
+      const entry = this.#entries.get(endpoint.id);
+      if (!entry) {
+        this.#add(endpoint, config);
+        continue;
+      }
+      entry.endpoint = endpoint;
+      if (sameConfig(entry.config, config)) continue;
+      const hadChecks = entry.config !== undefined;
+      entry.config = config;
+      if (!config) {
+        // no checks any more: healthy unless ejected
+        entry.generation++;
+        entry.checkTimer?.cancel();
+        entry.checkTimer = null;
+        entry.successes = entry.failures = 0;
+        this.#setActive(entry, "healthy");
+      } else if (!hadChecks) {
+        // checks start now, from the current state (it was serving traffic), with rise/fall as usual
+        this.#check(entry);
+      }
+    }
+  }
+
+  /** O(1): true when the endpoint is known, healthy by its checks and not ejected. */
+  isHealthy(id: string): boolean {
+    return this.#healthy.get(id) === true;
+  }
+
+  /** The endpoint's state; "unknown" for an id the tracker does not know. */
+  state(id: string): HealthState {
+    return this.#entries.get(id)?.state ?? "unknown";
+  }
+
+  /** A request to the endpoint went well: the passive failure streak ends. */
+  reportSuccess(id: string): void {
+    const entry = this.#entries.get(id);
+    if (entry) entry.passiveFailures = 0;
+  }
+
+  /** A request to the endpoint failed (connect error, 5xx); ejects after `ejectAfterFailures` in a row. */
+  reportFailure(id: string, error = "request failed"): void {
+    const entry = this.#entries.get(id);
+    if (!entry || this.#stopped) return;
+    entry.passiveFailures++;
+    entry.lastError = error;
+    if (entry.ejectedUntilMs !== null || entry.passiveFailures < this.#ejectAfterFailures) return;
+    entry.ejectedUntilMs = this.#clock.now() + this.#ejectionMs;
+    entry.ejectionTimer = this.#clock.setTimeout(() => this.#uneject(entry), this.#ejectionMs);
+    this.#log("warn", "replica ejected", { id, failures: entry.passiveFailures, ejectionMs: this.#ejectionMs, lastError: error });
+    this.#update(entry);
+  }
+
+  /** Every endpoint's health, in the order they were added. */
+  snapshot(): EndpointHealth[] {
+    return [...this.#entries.values()].map((e) => ({
+      id: e.endpoint.id,
+      variant: e.endpoint.variant,
+      state: e.state,
+      consecutiveFailures: e.failures,
+      passiveFailures: e.passiveFailures,
+      lastCheckMs: e.lastCheckMs,
+      lastError: e.lastError,
+      ejectedUntilMs: e.ejectedUntilMs,
+    }));
+  }
+
+  /** Called on every state change of any endpoint (including being added or removed). Returns an unsubscribe. */
+  onChange(listener: (change: HealthChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
+  }
+
+  /**
+   * Resolves once every id is healthy; rejects with code ABGATE_ERR_HEALTH_TIMEOUT after `timeoutMs` (clock time),
+   * naming the endpoints that are not, with their last error. Ids not known yet are waited for.
+   */
+  waitHealthy(ids: string[], timeoutMs: number): Promise<void> {
+    if (ids.every((id) => this.isHealthy(id))) return Promise.resolve();
+    if (this.#stopped) return Promise.reject(new AbgateError("health tracker stopped", "ABGATE_ERR_HEALTH_STOPPED"));
+    return new Promise((resolve, reject) => {
+      const finish = (err?: Error): void => {
+        unsubscribe();
+        timer.cancel();
+        this.#waiters.delete(stopWaiter);
+        if (err) reject(err);
+        else resolve();
+      };
+      const unsubscribe = this.onChange(() => {
+        if (ids.every((id) => this.isHealthy(id))) finish();
+      });
+      const timer = this.#clock.setTimeout(() => {
+        const bad = ids
+          .filter((id) => !this.isHealthy(id))
+          .map((id) => {
+            const e = this.#entries.get(id);
+            return e ? `${id} (${e.state}${e.lastError ? `: ${e.lastError}` : ""})` : `${id} (not started)`;
+          });
+        finish(new AbgateError(`not healthy after ${timeoutMs} ms: ${bad.join(", ")}`, "ABGATE_ERR_HEALTH_TIMEOUT"));
+      }, timeoutMs);
+      const stopWaiter = (): void => finish(new AbgateError("health tracker stopped", "ABGATE_ERR_HEALTH_STOPPED"));
+      this.#waiters.add(stopWaiter);
+    });
+  }
+
+  /** Stop every check and timer; pending waitHealthy calls reject. Results of checks in flight are ignored. */
+  stop(): void {
+    if (this.#stopped) return;
+    for (const w of [...this.#waiters]) w();
+    this.#stopped = true;
+    for (const entry of this.#entries.values()) this.#cancel(entry);
+  }
+
+  #add(endpoint: Endpoint, config: HealthConfig | undefined): void {
+    const entry: Entry = {
+      endpoint,
+      config,
+      active: config ? "unknown" : "healthy",
+      state: config ? "unknown" : "healthy",
+      successes: 0,
+      failures: 0,
+      passiveFailures: 0,
+      lastCheckMs: null,
+      lastError: null,
+      ejectedUntilMs: null,
+      ejectionTimer: null,
+      checkTimer: null,
+      generation: 0,
+    };
+    this.#entries.set(endpoint.id, entry);
+    this.#healthy.set(endpoint.id, entry.state === "healthy");
+    this.#emit({ id: endpoint.id, variant: endpoint.variant, from: null, to: entry.state });
+    if (config) this.#check(entry);
+  }
+
+  #remove(entry: Entry): void {
+    this.#cancel(entry);
+    this.#entries.delete(entry.endpoint.id);
+    this.#healthy.delete(entry.endpoint.id);
+    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from: entry.state, to: null });
+  }
+
+  #cancel(entry: Entry): void {
+    entry.generation++;
+    entry.checkTimer?.cancel();
+    entry.checkTimer = null;
+    entry.ejectionTimer?.cancel();
+    entry.ejectionTimer = null;
+  }
+
+  /** Run one check now; the result (or the clock timeout, whichever is first) schedules the next. */
+  #check(entry: Entry): void {
+    const config = entry.config;
+    if (!config || this.#stopped) return;
+    const generation = ++entry.generation;
+    let done = false;
+    const finish = (result: ProbeResult): void => {
+      if (done || generation !== entry.generation || this.#stopped) return;
+      done = true;
+      entry.checkTimer?.cancel();
+      this.#record(entry, result);
+      entry.checkTimer = this.#clock.setTimeout(() => {
+        entry.checkTimer = null;
+        this.#check(entry);
+      }, config.intervalMs);
+    };
+    entry.checkTimer = this.#clock.setTimeout(() => finish({ ok: false, error: `timeout after ${config.timeoutMs} ms` }), config.timeoutMs);
+    let pending: Promise<boolean | ProbeResult>;
+    try {
+      pending = this.#probe(entry.endpoint, config.path, config.timeoutMs);
+    } catch (err) {
+      pending = Promise.resolve({ ok: false, error: errorText(err) });
+    }
+    pending.then(
+      (r) => finish(typeof r === "boolean" ? (r ? { ok: true } : { ok: false, error: "check failed" }) : r),
+      (err: unknown) => finish({ ok: false, error: errorText(err) }),
+    );
+  }
+
+  #record(entry: Entry, result: ProbeResult): void {
+    const config = entry.config!;
+    entry.lastCheckMs = this.#clock.now();
+    if (result.ok) {
+      entry.successes++;
+      entry.failures = 0;
+    } else {
+      entry.failures++;
+      entry.successes = 0;
+      entry.lastError = result.error ?? "check failed";
+    }
+    // the first result decides at once, so that a fresh replica takes traffic after one good check
+    if (entry.active === "unknown") this.#setActive(entry, result.ok ? "healthy" : "unhealthy");
+    else if (entry.active === "unhealthy" && entry.successes >= config.rise) this.#setActive(entry, "healthy");
+    else if (entry.active === "healthy" && entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
+  }
+
+  #setActive(entry: Entry, active: ActiveState): void {
+    if (entry.active === active) return;
+    entry.active = active;
+    const fields = { id: entry.endpoint.id, lastError: entry.lastError };
+    if (active === "unhealthy") this.#log("warn", "replica unhealthy", fields);
+    else this.#log("info", `replica ${active}`, { id: entry.endpoint.id });
+    this.#update(entry);
+  }
+
+  #uneject(entry: Entry): void {
+    entry.ejectionTimer = null;
+    entry.ejectedUntilMs = null;
+    entry.passiveFailures = 0;
+    this.#log("info", "replica returned from ejection", { id: entry.endpoint.id, state: entry.active });
+    this.#update(entry);
+  }
+
+  /** Derive the visible state; notify when it changed. */
+  #update(entry: Entry): void {
+    const state: HealthState = entry.ejectedUntilMs !== null ? "ejected" : entry.active;
+    if (state === entry.state) return;
+    const from = entry.state;
+    entry.state = state;
+    this.#healthy.set(entry.endpoint.id, state === "healthy");
+    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state });
+  }
+
+  #emit(change: HealthChange): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l(change);
+      } catch (err) {
+        this.#log("error", "health listener threw", { error: errorText(err) });
+      }
+    }
+  }
+}
+
+function sameConfig(a: HealthConfig | undefined, b: HealthConfig | undefined): boolean {
+  if (a === b) return true;
+  if (!a || !b) return false;
+  return a.path === b.path && a.intervalMs === b.intervalMs && a.timeoutMs === b.timeoutMs && a.rise === b.rise && a.fall === b.fall;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
