@@ -1,0 +1,172 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { AbgateError, InvalidArgumentError, RequestError } from "../errors.ts";
+import type { Logger } from "../log/index.ts";
+import type { AdminContext } from "./context.ts";
+import type { GatewayMetrics } from "./metrics.ts";
+import { parseEvents } from "./events.ts";
+import { createDashboardHandler, type DashboardHandler } from "../dashboard/routes.ts";
+
+const MAX_JSON_BYTES = 16 * 1024 * 1024;
+
+export interface AdminServerContext extends AdminContext {
+  metrics: GatewayMetrics;
+  log: Logger;
+  /** true when the request may post events (ingest token, admin token, or no ingest token configured) */
+  mayIngest(authorization: string | undefined): boolean;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text), "cache-control": "no-store", ...extra });
+  res.end(text);
+}
+
+function readJson(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const ct = req.headers["content-type"];
+    if (ct && !/^application\/(.+\+)?json\b/i.test(ct)) {
+      req.resume();
+      return reject(new RequestError(`content-type must be application/json (got ${ct})`, 415, "ABGATE_ERR_MEDIA_TYPE"));
+    }
+    const declared = Number(req.headers["content-length"] ?? 0);
+    if (declared > MAX_JSON_BYTES) {
+      req.resume();
+      return reject(new RequestError(`body of ${declared} bytes exceeds ${MAX_JSON_BYTES}`, 413, "ABGATE_ERR_BODY_TOO_LARGE"));
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_JSON_BYTES) {
+        req.destroy();
+        reject(new RequestError(`body exceeds ${MAX_JSON_BYTES} bytes`, 413, "ABGATE_ERR_BODY_TOO_LARGE"));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("error", reject);
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      if (!text.trim()) return reject(new RequestError("empty body: expected JSON", 400, "ABGATE_ERR_BAD_JSON"));
+      try {
+        resolve(JSON.parse(text));
+      } catch (err) {
+        reject(new RequestError(`invalid JSON: ${(err as Error).message}`, 400, "ABGATE_ERR_BAD_JSON", { cause: err }));
+      }
+    });
+  });
+}
+
+function numberMap(body: unknown): Record<string, number> {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
+  }
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(body)) {
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new RequestError(`${k}: weight must be a finite number`, 400, "ABGATE_ERR_WEIGHTS_INVALID");
+    out[k] = v;
+  }
+  return out;
+}
+
+/**
+ * The admin listener: reads are open, changes need the admin bearer token (401 otherwise), events need the
+ * ingest token when one is configured. The dashboard's routes are mounted first.
+ */
+export function createAdminServer(ctx: AdminServerContext): { server: Server; dashboard: DashboardHandler } {
+  const dashboard = createDashboardHandler(ctx);
+  const knownEvents = new Set(ctx.config.metrics.flatMap((m) => ("event" in m ? [m.event] : [])));
+  const variants = ctx.config.variants.map((v) => v.name);
+
+  const requireAdmin = (req: IncomingMessage) => {
+    if (!ctx.isAdmin(req.headers.authorization)) throw new RequestError("this change needs the admin token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+  };
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = req.url ?? "/";
+    const path = url.split("?", 1)[0];
+    const method = req.method ?? "GET";
+    if (await dashboard(req, res)) return;
+    const allow = (methods: string) => {
+      if (!methods.split(",").includes(method)) throw new RequestError(`${method} is not allowed on ${path} (allowed: ${methods})`, 405, "ABGATE_ERR_METHOD");
+    };
+    switch (path) {
+      case "/v1/experiment":
+        allow("GET");
+        return sendJson(res, 200, await ctx.experimentView());
+      case "/v1/report":
+        allow("GET");
+        return sendJson(res, 200, await ctx.report());
+      case "/metrics":
+        allow("GET");
+        res.writeHead(200, { "content-type": ctx.metrics.registry.contentType });
+        res.end(await ctx.metrics.text());
+        return;
+      case "/healthz":
+        return sendJson(res, 200, { ok: true });
+      case "/v1/weights": {
+        allow("PUT,POST");
+        requireAdmin(req);
+        const weights = numberMap(await readJson(req));
+        await ctx.setWeights(weights);
+        ctx.log.info({ weights }, "weights changed");
+        return sendJson(res, 200, { weights: (await ctx.experimentView()).variants.map((v) => ({ name: v.name, weight: v.weight })) });
+      }
+      case "/v1/promote": {
+        allow("POST");
+        requireAdmin(req);
+        const body = (await readJson(req)) as { variant?: unknown };
+        const target = body && typeof body === "object" ? body.variant : undefined;
+        if (typeof target !== "string" || !variants.includes(target)) {
+          throw new RequestError(`variant: one of ${variants.join(", ")} (got ${JSON.stringify(target)})`, 400, "ABGATE_ERR_UNKNOWN_VARIANT");
+        }
+        await ctx.setWeights(Object.fromEntries(variants.map((v) => [v, v === target ? 100 : 0])));
+        ctx.log.info({ variant: target }, "variant promoted: all traffic to it");
+        return sendJson(res, 200, { promoted: target, weights: Object.fromEntries(variants.map((v) => [v, v === target ? 100 : 0])) });
+      }
+      case "/v1/rollback": {
+        allow("POST");
+        requireAdmin(req);
+        if (req.headers["content-length"] && req.headers["content-length"] !== "0") await readJson(req).catch(() => undefined);
+        const control = ctx.config.control;
+        await ctx.setWeights(Object.fromEntries(variants.map((v) => [v, v === control ? 100 : 0])));
+        ctx.log.info({ variant: control }, "rolled back: all traffic to the control");
+        return sendJson(res, 200, { rolledBackTo: control, weights: Object.fromEntries(variants.map((v) => [v, v === control ? 100 : 0])) });
+      }
+      case "/v1/events": {
+        allow("POST");
+        if (!ctx.mayIngest(req.headers.authorization)) throw new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+        const events = parseEvents(await readJson(req), ctx.config.experiment, knownEvents, Date.now());
+        await ctx.store.writeEvents(events);
+        const counts = new Map<string, number>();
+        for (const e of events) counts.set(e.event, (counts.get(e.event) ?? 0) + 1);
+        ctx.metrics.eventsIngested(counts);
+        return sendJson(res, 200, { accepted: events.length });
+      }
+      default:
+        throw new RequestError(`no route ${method} ${path}`, 404, "ABGATE_ERR_NOT_FOUND");
+    }
+  }
+
+  const server = createServer({ headersTimeout: 10_000, requestTimeout: 120_000, keepAliveTimeout: 5_000 }, (req, res) => {
+    route(req, res).catch((err: unknown) => {
+      let status = 500;
+      let code = "ABGATE_ERR_INTERNAL";
+      if (err instanceof RequestError) {
+        status = err.status;
+        code = err.code;
+      } else if (err instanceof InvalidArgumentError) {
+        status = 400;
+        code = err.code;
+      } else if (err instanceof AbgateError) {
+        code = err.code;
+      }
+      const message = err instanceof Error ? err.message : String(err);
+      if (status >= 500) ctx.log.error({ err, path: req.url }, "admin request failed");
+      else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
+      if (res.headersSent) return void res.destroy();
+      sendJson(res, status, { error: message, code }, status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : {});
+    });
+  });
+  return { server, dashboard };
+}

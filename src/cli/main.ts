@@ -1,0 +1,246 @@
+import { Command, CommanderError, Option } from "commander";
+import { loadConfig, type Config } from "../config/index.ts";
+import { ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
+import { startGateway, type Gateway } from "../gateway.ts";
+import { createEngine } from "../engines/index.ts";
+import { createLogger } from "../log/index.ts";
+import { openStore } from "../store/index.ts";
+import { experimentReport } from "../admin/report.ts";
+import { adminCall, adminTarget } from "./admin-client.ts";
+
+const program = new Command();
+program
+  .name("abgate")
+  .description("A/B experiments between containerised model services: build, run, route, measure, decide.")
+  .version("0.1.0")
+  .exitOverride()
+  .showHelpAfterError("(run abgate --help for usage)");
+
+const configOption = () => new Option("-c, --config <file>", "experiment config file").default("abgate.yaml");
+
+function out(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+/** Resolve when SIGINT or SIGTERM arrives (once). */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.removeListener("SIGINT", on);
+      process.removeListener("SIGTERM", on);
+      resolve(sig);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}
+
+async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>): Promise<void> {
+  const sig = await untilSignal();
+  log.info({ signal: sig }, "signal received: draining");
+  // A second signal during the drain means "now".
+  const hard = () => process.exit(1);
+  process.once("SIGINT", hard);
+  process.once("SIGTERM", hard);
+  await gw.stop();
+}
+
+program
+  .command("serve")
+  .description("serve against endpoints that already run (static, process, or containers found by label)")
+  .addOption(configOption())
+  .action(async (opts: { config: string }) => {
+    const config = loadConfig(opts.config);
+    const log = createLogger(config.logLevel, { experiment: config.experiment });
+    let engine;
+    if (config.engine === "docker" || config.engine === "swarm") {
+      engine = await createEngine(config, { adopt: true, log: (l, m, f) => log[l](f ?? {}, m) });
+      await engine.start((line) => log.info(line));
+    }
+    const gw = await startGateway(config, { log, engine, onProgress: (line) => log.info(line) });
+    out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
+    await serveUntilSignal(gw, log);
+    if (engine) await engine.stop();
+  });
+
+program
+  .command("up")
+  .description("build images, start every replica, wait until healthy, serve; Ctrl-C removes the containers")
+  .addOption(configOption())
+  .option("--wait-timeout <ms>", "how long to wait for replicas to become healthy", "120000")
+  .action(async (opts: { config: string; waitTimeout: string }) => {
+    const config = loadConfig(opts.config);
+    const log = createLogger(config.logLevel, { experiment: config.experiment });
+    const engine = await createEngine(config, { log: (l, m, f) => log[l](f ?? {}, m) });
+    const started = Date.now();
+    let gw: Gateway | undefined;
+    try {
+      await engine.start((line) => out(line));
+      gw = await startGateway(config, { log, engine });
+      const ids = engine.endpoints().map((e) => e.id);
+      out(`waiting for ${ids.length} replicas to become healthy...`);
+      await gw.health.waitHealthy(ids, Number(opts.waitTimeout));
+      out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
+    } catch (err) {
+      await gw?.stop();
+      await engine.stop();
+      throw err;
+    }
+    await serveUntilSignal(gw, log);
+    out("removing the experiment's replicas...");
+    await engine.stop();
+  });
+
+program
+  .command("down")
+  .description("remove the experiment's containers")
+  .addOption(configOption())
+  .action(async (opts: { config: string }) => {
+    const config = loadConfig(opts.config);
+    const { down } = await import("./docker-commands.ts");
+    await down(config);
+  });
+
+program
+  .command("ps")
+  .description("replicas, ports and health")
+  .addOption(configOption())
+  .action(async (opts: { config: string }) => {
+    const config = loadConfig(opts.config);
+    const { ps } = await import("./docker-commands.ts");
+    await ps(config);
+  });
+
+program
+  .command("logs <variant>")
+  .description("container logs of a variant, each line prefixed by its replica")
+  .addOption(configOption())
+  .option("-f, --follow", "keep following")
+  .option("--tail <n>", "lines from the end of each replica's log", "all")
+  .action(async (variant: string, opts: { config: string; follow?: boolean; tail: string }) => {
+    const config = loadConfig(opts.config);
+    if (!config.variants.some((v) => v.name === variant)) {
+      throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
+    }
+    const { logs } = await import("./docker-commands.ts");
+    await logs(config, variant, { follow: Boolean(opts.follow), tail: opts.tail === "all" ? undefined : Number(opts.tail) });
+  });
+
+program
+  .command("report")
+  .description("the analysis: which variant wins, how sure, what to do")
+  .addOption(configOption())
+  .option("--json", "print the report as JSON")
+  .action(async (opts: { config: string; json?: boolean }) => {
+    const config = loadConfig(opts.config);
+    const store = openStore(config.store);
+    try {
+      await store.init();
+      const saved = await store.getState(config.experiment, "strategy");
+      const weights: Record<string, number> = saved
+        ? ((JSON.parse(saved) as { weights: Record<string, number> }).weights ?? {})
+        : Object.fromEntries(config.variants.map((v) => [v.name, v.weight]));
+      const report = await experimentReport(config, store, weights, Date.now());
+      if (opts.json) out(JSON.stringify(report, null, 2));
+      else {
+        const { formatReportTable } = await import("../stats/index.ts");
+        out(formatReportTable(report as Parameters<typeof formatReportTable>[0]));
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
+function adminOptions(cmd: Command): Command {
+  return cmd
+    .addOption(configOption())
+    .option("--admin <url>", "admin API URL (default: from the config's admin.listen)")
+    .option("--token <token>", "admin token (default: $ABGATE_ADMIN_TOKEN or the config's admin.token)");
+}
+
+/** Load the config when the file exists; the admin commands can also run with --admin alone. */
+function maybeConfig(file: string, explicit: boolean): Config | undefined {
+  try {
+    return loadConfig(file);
+  } catch (err) {
+    if (!explicit && err instanceof ConfigError && /cannot read config file/.test(err.message)) return undefined;
+    throw err;
+  }
+}
+
+adminOptions(program.command("weights <assignments...>").description("set weights of a running experiment: abgate weights control=20 treatment=80")).action(
+  async (assignments: string[], opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
+    const weights: Record<string, number> = {};
+    for (const a of assignments) {
+      const m = /^([a-z0-9][a-z0-9-]*)=([0-9]+(\.[0-9]+)?)$/.exec(a);
+      if (!m) throw new InvalidArgumentError(`"${a}": expected variant=weight, e.g. control=20`);
+      weights[m[1]] = Number(m[2]);
+    }
+    const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
+    const res = (await adminCall(adminTarget(config, opts), "PUT", "/v1/weights", weights)) as { weights: { name: string; weight: number }[] };
+    out(`weights: ${res.weights.map((w) => `${w.name}=${w.weight}`).join(" ")}`);
+  },
+);
+
+adminOptions(program.command("promote <variant>").description("send all traffic to a variant")).action(
+  async (variant: string, opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
+    const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
+    await adminCall(adminTarget(config, opts), "POST", "/v1/promote", { variant });
+    out(`promoted ${variant}: it now gets all traffic`);
+  },
+);
+
+adminOptions(program.command("rollback").description("send all traffic to the control")).action(
+  async (opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
+    const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
+    const res = (await adminCall(adminTarget(config, opts), "POST", "/v1/rollback")) as { rolledBackTo: string };
+    out(`rolled back: all traffic to ${res.rolledBackTo}`);
+  },
+);
+
+program
+  .command("validate")
+  .description("check a config file")
+  .addOption(configOption())
+  .action((opts: { config: string }) => {
+    const config = loadConfig(opts.config);
+    out(
+      `ok: experiment ${config.experiment}, engine ${config.engine}, strategy ${config.strategy.kind}, ` +
+        `variants ${config.variants.map((v) => `${v.name} (weight ${v.weight}, ${v.replicas} replica${v.replicas === 1 ? "" : "s"})`).join(", ")}, ` +
+        `${config.metrics.length} metric${config.metrics.length === 1 ? "" : "s"}`,
+    );
+  });
+
+async function main(argv: string[]): Promise<number> {
+  // Late-registered commands (simulate, demo) live with the container code.
+  try {
+    const { registerDemoCommands } = (await import("./demo-commands.ts")) as { registerDemoCommands(p: Command): void };
+    registerDemoCommands(program);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ERR_MODULE_NOT_FOUND") throw err;
+  }
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // help and version exit 0; usage errors exit 2 (commander already printed the message)
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`abgate: config error\n${err.message.split("\n").map((l) => `  ${l}`).join("\n")}\n`);
+    } else {
+      const e = err as Error & { code?: string; output?: string };
+      process.stderr.write(`abgate: ${e.message}${e.output ? `\n${e.output}` : ""}\n`);
+      if (process.env.ABGATE_DEBUG) process.stderr.write(`${e.stack}\n`);
+    }
+    return exitCodeFor(err);
+  }
+}
+
+const code = await main(process.argv);
+// Commands that serve return after their drain; the rest end here. Exit explicitly so that no stray handle
+// (a keep-alive socket, a docker event stream) keeps a finished command alive.
+process.exitCode = code;
+if (process.env.ABGATE_NO_EXIT !== "1") setImmediate(() => process.exit(code));

@@ -1,0 +1,262 @@
+import type { AddressInfo } from "node:net";
+import type { Server } from "node:http";
+import { randomBytes } from "node:crypto";
+import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./clock.ts";
+import type { Config } from "./config/index.ts";
+import { createEngine } from "./engines/index.ts";
+import type { Engine } from "./engines/types.ts";
+import { HealthTracker } from "./health/index.ts";
+import { createLogger, type Logger } from "./log/index.ts";
+import { Balancer } from "./proxy/balancer.ts";
+import { LiveStats } from "./proxy/live.ts";
+import { createProxyServer } from "./proxy/server.ts";
+import { createStrategy, type Strategy, type StrategyState } from "./strategies/index.ts";
+import { ExposureBatcher, openStore } from "./store/index.ts";
+import type { Store } from "./store/types.ts";
+import { GatewayMetrics } from "./admin/metrics.ts";
+import { bearerMatches } from "./admin/auth.ts";
+import type { AdminContext, ExperimentView } from "./admin/context.ts";
+import { createAdminServer } from "./admin/server.ts";
+import { experimentReport } from "./admin/report.ts";
+
+export interface GatewayOptions {
+  /** an engine whose `start()` the caller already awaited; without one, the gateway creates and starts its own */
+  engine?: Engine;
+  store?: Store;
+  log?: Logger;
+  clock?: Clock;
+  random?: RandomSource;
+  /** record exposures (default: on, unless ABGATE_EXPOSURES=off) */
+  exposures?: boolean;
+  /** receives the generated admin token when the config has none (default: printed once on stderr) */
+  onGeneratedToken?: (token: string) => void;
+  /** progress lines while the engine starts */
+  onProgress?: (line: string) => void;
+  /** longest wait for in-flight requests on stop (default 30 s) */
+  drainTimeoutMs?: number;
+}
+
+export interface Gateway {
+  proxyUrl: string;
+  adminUrl: string;
+  adminToken: string;
+  engine: Engine;
+  store: Store;
+  strategy: Strategy;
+  health: HealthTracker;
+  /** Stop accepting, finish in-flight requests, flush exposures, stop the engine if the gateway started it. */
+  stop(): Promise<void>;
+}
+
+const STRATEGY_STATE_KEY = "strategy";
+
+function listen(server: Server, host: string, port: number): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host, port }, () => {
+      server.removeListener("error", reject);
+      resolve(server.address() as AddressInfo);
+    });
+  });
+}
+
+function urlOf(a: AddressInfo): string {
+  return `http://${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
+}
+
+/** Wire engine -> health -> balancer -> proxy, the store behind exposures and events, and the admin listener. */
+export async function startGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
+  const log = options.log ?? createLogger(config.logLevel, { experiment: config.experiment });
+  const clock = options.clock ?? systemClock;
+  const random = options.random ?? Math.random;
+  const exposuresOn = options.exposures ?? process.env.ABGATE_EXPOSURES !== "off";
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const cleanup = async () => {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch((err) => log.error({ err }, "cleanup failed"));
+  };
+
+  try {
+    const store = options.store ?? openStore(config.store);
+    if (!options.store) cleanups.push(() => store.close());
+    await store.init();
+
+    const variantNames = config.variants.map((v) => v.name);
+    const saved = await store.getState(config.experiment, STRATEGY_STATE_KEY);
+    let restore: StrategyState | undefined;
+    if (saved) {
+      try {
+        restore = JSON.parse(saved) as StrategyState;
+      } catch {
+        log.warn("saved strategy state is unreadable; starting from the configured weights");
+      }
+    }
+    const strategy = createStrategy(config.strategy.kind, {
+      variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
+      salt: config.salt,
+      random,
+      restore,
+      floor: config.strategy.floor,
+      burnInUnits: config.strategy.burnInUnits,
+    });
+    if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
+    const saveStrategy = () => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(strategy.snapshot()));
+    await saveStrategy();
+
+    const engineLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg);
+    let engine = options.engine;
+    if (!engine) {
+      engine = await createEngine(config, { log: engineLog, clock });
+      cleanups.push(() => engine!.stop());
+      await engine.start(options.onProgress);
+    }
+
+    const health = new HealthTracker({ clock, ejectAfterFailures: config.limits.ejectAfterFailures, ejectionMs: config.limits.ejectionMs, log: engineLog });
+    cleanups.push(() => health.stop());
+    const healthByVariant = Object.fromEntries(config.variants.map((v) => [v.name, v.health]));
+    const balancer = new Balancer(variantNames, random, { connectTimeoutMs: config.limits.connectTimeoutMs, responseTimeoutMs: config.limits.responseTimeoutMs }, health);
+    cleanups.push(() => balancer.close());
+    const follow = (endpoints = engine!.endpoints()) => {
+      health.setEndpoints(endpoints, healthByVariant);
+      balancer.setEndpoints(endpoints);
+    };
+    health.onChange((change) => {
+      balancer.refreshHealth();
+      if (change.from !== null && change.to !== null) log.info({ replica: change.id, from: change.from, to: change.to }, `replica ${change.id} is ${change.to}`);
+    });
+    const unfollow = engine.onChange((eps) => follow(eps));
+    cleanups.push(unfollow);
+    follow();
+
+    const live = new LiveStats(variantNames, () => clock.now());
+    const metrics = new GatewayMetrics(
+      config.experiment,
+      () => health.snapshot().map((h) => ({ variant: h.variant, replica: h.id, healthy: h.state === "healthy" })),
+      () => strategy.weights(),
+    );
+    const batcher = exposuresOn ? new ExposureBatcher(store, { clock, log: engineLog }) : null;
+    if (batcher) cleanups.push(() => batcher.close());
+
+    // Admin token: configured, or generated and shown once.
+    let adminToken = config.admin.token;
+    if (!adminToken) {
+      adminToken = randomBytes(24).toString("base64url");
+      (options.onGeneratedToken ?? ((t: string) => process.stderr.write(`abgate: no admin.token configured; generated one for this run (shown once): ${t}\n`)))(adminToken);
+    }
+    const token = adminToken;
+
+    let setWeightsChain: Promise<void> = Promise.resolve();
+    const startedAt = new Date(clock.now()).toISOString();
+    const adminCtx: AdminContext = {
+      config,
+      store,
+      liveStats: () => live.snapshot(),
+      isAdmin: (authorization) => bearerMatches(authorization, token),
+      async setWeights(weights) {
+        // Serialized, so that two quick changes persist in the order they were applied.
+        const run = setWeightsChain.then(async () => {
+          strategy.setWeights(weights);
+          await saveStrategy();
+        });
+        setWeightsChain = run.catch(() => undefined);
+        await run;
+      },
+      async experimentView(): Promise<ExperimentView> {
+        const weights = strategy.weights();
+        const liveByVariant = new Map(live.snapshot().map((l) => [l.variant, l]));
+        const counts = await store.counts(config.experiment);
+        let requests = 0;
+        return {
+          experiment: config.experiment,
+          engine: config.engine,
+          strategy: config.strategy.kind,
+          control: config.control,
+          fallback: config.fallback,
+          allowForce: config.allowForce,
+          listen: proxyUrl,
+          startedAt,
+          variants: variantNames.map((name) => {
+            const replicas = balancer.replicas(name).map((r) => ({
+              id: r.id,
+              variant: name,
+              replica: r.endpoint.replica,
+              address: `${r.endpoint.host}:${r.endpoint.port}`,
+              health: health.state(r.id),
+              outstanding: r.outstanding,
+            }));
+            const req = liveByVariant.get(name)?.requests ?? 0;
+            requests += req;
+            return { name, weight: weights[name] ?? 0, replicas, requests: req, healthyReplicas: replicas.filter((r) => r.health === "healthy").length };
+          }),
+          ranges: strategy.ranges(),
+          counts: { exposures: counts.exposures, events: counts.events, requests },
+          metrics: config.metrics.map((m) => ({ name: m.name, kind: m.kind })),
+        };
+      },
+      report: () => experimentReport(config, store, strategy.weights(), clock.now()),
+    };
+
+    const { server: proxyServer, inFlight } = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
+    const { server: adminServer, dashboard } = createAdminServer({
+      ...adminCtx,
+      metrics,
+      log,
+      mayIngest: (authorization) => !config.admin.ingestToken || bearerMatches(authorization, config.admin.ingestToken) || bearerMatches(authorization, token),
+    });
+    const proxyAddr = await listen(proxyServer, config.listen.host, config.listen.port);
+    cleanups.push(() => new Promise<void>((r) => proxyServer.close(() => r())));
+    const proxyUrl = urlOf(proxyAddr);
+    const adminAddr = await listen(adminServer, config.admin.listen.host, config.admin.listen.port);
+    cleanups.push(() => {
+      dashboard.close();
+      adminServer.closeAllConnections();
+      return new Promise<void>((r) => adminServer.close(() => r()));
+    });
+    const adminUrl = urlOf(adminAddr);
+
+    // Bandit: weights follow the posterior of the first (or chosen) conversion metric.
+    let banditTimer: TimerHandle | null = null;
+    if (strategy.observe) {
+      const metric = config.metrics.find((m) => m.name === config.strategy.metric) ?? config.metrics.find((m) => m.kind === "conversion");
+      const tick = async () => {
+        try {
+          const agg = await store.aggregate(config.experiment, variantNames, metric ? [metric] : []);
+          const m = agg.metrics[0];
+          if (m && m.kind === "conversion") {
+            strategy.observe!(variantNames.map((v) => ({ variant: v, units: m.byVariant[v]?.units ?? 0, conversions: m.byVariant[v]?.conversions ?? 0 })));
+            await saveStrategy();
+          }
+        } catch (err) {
+          log.warn({ err }, "bandit update failed");
+        }
+        banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
+      };
+      banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
+      cleanups.push(() => banditTimer?.cancel());
+    }
+
+    log.info({ proxy: proxyUrl, admin: adminUrl, engine: engine.kind, strategy: strategy.kind, weights: strategy.weights() }, "abgate is serving");
+
+    let stopping: Promise<void> | null = null;
+    const stop = () =>
+      (stopping ??= (async () => {
+        log.info({ inFlight: inFlight() }, "draining: no new connections; finishing in-flight requests");
+        // Stop accepting; idle keep-alive connections close now, busy ones after their response.
+        proxyServer.close();
+        proxyServer.closeIdleConnections();
+        const deadline = Date.now() + (options.drainTimeoutMs ?? 30_000);
+        while (inFlight() > 0 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 20));
+          proxyServer.closeIdleConnections();
+        }
+        if (inFlight() > 0) log.warn({ inFlight: inFlight() }, "drain timeout: closing remaining connections");
+        proxyServer.closeAllConnections();
+        await cleanup();
+        log.info("stopped");
+      })());
+
+    return { proxyUrl, adminUrl, adminToken: token, engine, store, strategy, health, stop };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
