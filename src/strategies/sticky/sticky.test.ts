@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { seededRandom } from "../../clock.ts";
 import { InvalidArgumentError } from "../../errors.ts";
 import { runConformance } from "../conformance.ts";
 import { fnv1a32 } from "../fnv.ts";
@@ -175,6 +176,22 @@ describe("sticky: range table under any sequence of weight changes (fast-check)"
       [{ variant: "a", from: 0, to: 0.5 }, { variant: "b", from: 0.5, to: 0.5 }, { variant: "a", from: 0.5, to: 1 }],
     ];
     for (const ranges of bad) assert.throws(() => RangeTable.fromRanges(ranges), InvalidArgumentError);
+  });
+
+  test("the table stays short over many changes (measured: at most ~5 ranges per variant)", () => {
+    const random = seededRandom(1);
+    for (const k of [2, 4, 8]) {
+      const names = Array.from({ length: k }, (_, i) => `v${i}`);
+      const s = new StickyStrategy({ variants: names.map((name) => ({ name, weight: 1 })), salt: "x" });
+      let longest = 0;
+      for (let i = 0; i < 2000; i++) {
+        const w = Object.fromEntries(names.map((n) => [n, random() < 0.2 ? 0 : Math.floor(random() * 100) + 1]));
+        w.v0 += 1;
+        s.setWeights(w);
+        longest = Math.max(longest, s.ranges().length);
+      }
+      assert.ok(longest <= 6 * k, `k=${k}: ${longest} ranges`);
+    }
   });
 
   test("the table stays compact: going back to the initial weights merges everything back", () => {
