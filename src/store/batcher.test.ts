@@ -184,6 +184,20 @@ describe("ExposureBatcher", () => {
     }
   });
 
+  it("drops malformed rows (counted, logged) instead of failing their batch forever", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { clock, log });
+    b.push(exposure(0));
+    b.push({ ...exposure(1), latencyMs: Number.NaN });
+    b.push(exposure(2));
+    await b.flush();
+    assert.deepEqual(store.rows.map((r) => r.requestId), ["r0", "r2"]);
+    assert.equal(b.stats().dropped, 1);
+    assert.ok(logs.some(([level, msg]) => level === "error" && /malformed/.test(msg)));
+  });
+
   it("rejects nonsensical options", () => {
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 0 }), /maxBatch must be a positive integer/);
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 10, maxBuffered: 5 }), /exceeds maxBuffered/);

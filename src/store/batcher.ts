@@ -1,5 +1,6 @@
 import { type Clock, systemClock, type TimerHandle } from "../clock.ts";
 import { InvalidArgumentError } from "../errors.ts";
+import { exposureProblem } from "./rollup.ts";
 import type { Exposure, Store } from "./types.ts";
 
 export type BatcherLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
@@ -175,7 +176,8 @@ export class ExposureBatcher {
     this.#draining = true;
     try {
       while (this.#size > 0) {
-        const rows = this.#take(Math.min(this.#size, this.#maxWriteRows));
+        const rows = this.#validRows(this.#take(Math.min(this.#size, this.#maxWriteRows)));
+        if (rows.length === 0) continue;
         try {
           await this.#store.writeExposures(rows);
         } catch (err) {
@@ -212,6 +214,21 @@ export class ExposureBatcher {
         this.#arm(this.#size >= this.#maxBatch ? 0 : this.#intervalMs, this.#size >= this.#maxBatch);
       }
     }
+  }
+
+  /**
+   * Drops rows no store could accept (NaN latency, a missing unit): retrying them would fail the whole batch
+   * forever. Checked here, per write, rather than in `push`, to keep the hot path free of it.
+   */
+  #validRows(rows: Exposure[]): Exposure[] {
+    let bad: Exposure[] | null = null;
+    for (const r of rows) {
+      if (exposureProblem(r) !== null) (bad ??= []).push(r);
+    }
+    if (bad === null) return rows;
+    this.#dropped += bad.length;
+    this.#log("error", "dropping malformed exposures", { rows: bad.length, problem: exposureProblem(bad[0]!) });
+    return rows.filter((r) => exposureProblem(r) === null);
   }
 
   #take(n: number): Exposure[] {

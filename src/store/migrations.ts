@@ -45,7 +45,7 @@ export const migrations: readonly Migration[] = [
         id INTEGER PRIMARY KEY,
         experiment TEXT NOT NULL,
         unit TEXT NOT NULL,
-        event TEXT NOT NULL,
+        event TEXT NOT NULL CHECK (event <> ''),
         value REAL,
         ts INTEGER NOT NULL,
         request_id TEXT
@@ -114,7 +114,7 @@ export const migrations: readonly Migration[] = [
         id BIGSERIAL PRIMARY KEY,
         experiment TEXT NOT NULL,
         unit TEXT NOT NULL,
-        event TEXT NOT NULL,
+        event TEXT NOT NULL CHECK (event <> ''),
         value DOUBLE PRECISION,
         ts BIGINT NOT NULL,
         request_id TEXT

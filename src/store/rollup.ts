@@ -92,14 +92,27 @@ export function isError(status: number): boolean {
   return status === 0 || status >= 500;
 }
 
-/** Rejects rows a database would store wrongly (NaN, fractional timestamps stored as REAL, missing strings). */
-export function checkExposure(e: Exposure, index: number): void {
+/** Why a database would store this exposure wrongly (NaN, fractional status, missing strings), or null if fine. */
+export function exposureProblem(e: Exposure): string | null {
   if (!Number.isFinite(e.ts) || !Number.isFinite(e.latencyMs) || !Number.isInteger(e.status)) {
-    throw new StoreError(`exposure ${index}: ts, latencyMs and status must be finite numbers (status an integer)`);
+    return "ts, latencyMs and status must be finite numbers (status an integer)";
   }
-  if (typeof e.experiment !== "string" || typeof e.unit !== "string" || typeof e.assigned !== "string" || typeof e.served !== "string") {
-    throw new StoreError(`exposure ${index}: experiment, unit, assigned and served must be strings`);
+  if (
+    typeof e.experiment !== "string" ||
+    typeof e.unit !== "string" ||
+    typeof e.assigned !== "string" ||
+    typeof e.served !== "string" ||
+    typeof e.requestId !== "string" ||
+    typeof e.replica !== "string"
+  ) {
+    return "experiment, requestId, unit, assigned, served and replica must be strings";
   }
+  return null;
+}
+
+export function checkExposure(e: Exposure, index: number): void {
+  const problem = exposureProblem(e);
+  if (problem !== null) throw new StoreError(`exposure ${index}: ${problem}`);
 }
 
 export function checkEvent(e: OutcomeEvent, index: number): void {

@@ -1,0 +1,360 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import type { MetricConfig } from "../config/index.ts";
+import { StoreError } from "../errors.ts";
+import type { Exposure, OutcomeEvent, Store } from "./types.ts";
+
+/** One empty database; `open()` may be called several times (reopen after close, two instances at once). */
+export interface StoreFixture {
+  open(): Store;
+  dispose(): Promise<void>;
+}
+
+export interface StoreFactory {
+  name: string;
+  /** a fresh, empty database */
+  fresh(): Promise<StoreFixture>;
+  /** runs once before the suite (start a server) and once after */
+  setup?(): Promise<void>;
+  teardown?(): Promise<void>;
+}
+
+/** A minute boundary, so the per-minute expectations below line up. */
+export const T0 = 28_333_334 * 60_000;
+const M0 = T0;
+const M1 = T0 + 60_000;
+
+function x(
+  unit: string,
+  dt: number,
+  assigned: string,
+  opts: Partial<Pick<Exposure, "served" | "status" | "latencyMs" | "forced" | "experiment">> = {},
+): Exposure {
+  return {
+    experiment: opts.experiment ?? "exp",
+    ts: T0 + dt,
+    requestId: `${unit}@${dt}`,
+    unit,
+    assigned,
+    served: opts.served ?? assigned,
+    replica: `${opts.served ?? assigned}-0`,
+    status: opts.status ?? 200,
+    latencyMs: opts.latencyMs ?? 1,
+    forced: opts.forced ?? false,
+  };
+}
+
+function ev(unit: string, event: string, dt: number, value: number | null, experiment = "exp"): OutcomeEvent {
+  return { experiment, unit, event, value, ts: T0 + dt, requestId: null };
+}
+
+/**
+ * The hand-computed data set. Expected figures are worked out in the comments; see aggregate.ts for the rules.
+ *
+ * units (first non-forced exposure):          control: u1 (T0), u4 (+4s), u3 (+5s), u6 (+8s), u7 (+9s)   = 5
+ *                                             treatment: u2 (+2s), u5 (+7s)                               = 2
+ * u3's forced treatment exposure at +3s does not count; u4's two variants arrive in one batch, later one first;
+ * u7's treatment exposure at +70s arrives first (batch 2)
+ * and its earlier control exposure at +9s later (batch 3), so u7 ends up control; u4 and u7 are multi-variant.
+ * u8 is only ever forced: no unit. Experiment "other" must never leak into "exp".
+ */
+export const batches: Exposure[][] = [
+  [
+    x("u1", 0, "control", { latencyMs: 10 }),
+    x("u2", 2_000, "treatment", { latencyMs: 30 }),
+    x("u3", 3_000, "treatment", { forced: true, latencyMs: 999 }),
+    x("u4", 6_000, "treatment", { status: 503, latencyMs: 60 }), // same batch, arrives before its earlier exposure
+    x("u4", 4_000, "control", { latencyMs: 50 }),
+    x("u3", 5_000, "control", { latencyMs: 40 }),
+    x("u1", 0, "control", { experiment: "other", latencyMs: 5 }),
+  ],
+  [
+    x("u1", 1_000, "control", { latencyMs: 20 }), // known unit, same variant, later: the unit cache skips it
+    x("u5", 7_000, "treatment", { served: "control", latencyMs: 70 }), // fallback: no latency for treatment
+    x("u6", 8_000, "control", { status: 0, latencyMs: 80 }), // no answer: an error
+    x("u7", 70_000, "treatment", { latencyMs: 100 }),
+  ],
+  [
+    x("u7", 9_000, "control", { latencyMs: 90 }),
+    x("u8", 200_000, "treatment", { forced: true, status: 500 }), // forced: not an error, not the last exposure
+  ],
+];
+
+/**
+ * watched (window 60 s):   control u1 (+30s), u4 (+64s = first + 60s exactly); not u3 (before its first
+ *                          exposure), not u7 (+69.001s, 1 ms late)                  -> control 2/5, treatment u2 1/2
+ * watched_any (no window): control u1, u4, u7 -> 3/5; treatment u2 -> 1/2
+ * minutes (mean, 60 s):    u1 5 (7 is late, 100 before exposure), u4 2 -> control n 5, sum 7, sumSq 29;
+ *                          u2 null (0) + 1.5 -> treatment n 2, sum 1.5, sumSq 2.25
+ * minutes_all (mean):      u1 5+7 = 12, u4 2, u7 4 -> control sum 18, sumSq 144+4+16 = 164; treatment 1.5, 2.25
+ * buys (no window):        u2 at +62s -> treatment 1/2, control 0/5
+ * u9 was never exposed; "other" is another experiment.
+ */
+export const events: OutcomeEvent[] = [
+  ev("u1", "watched", -1_000, 100),
+  ev("u1", "watched", 30_000, 5),
+  ev("u1", "watched", 120_000, 7),
+  ev("u2", "watched", 2_000, null),
+  ev("u2", "watched", 3_000, 1.5),
+  ev("u2", "buy", 62_000, null),
+  ev("u3", "watched", 4_000, 3),
+  ev("u4", "watched", 64_000, 2),
+  ev("u7", "watched", 69_001, 4),
+  ev("u9", "watched", 10_000, 50),
+  ev("u1", "watched", 30_000, 1000, "other"),
+];
+
+export const metrics: MetricConfig[] = [
+  { name: "watched", kind: "conversion", event: "watched", windowMs: 60_000 },
+  { name: "watched-any", kind: "conversion", event: "watched" },
+  { name: "minutes", kind: "mean", event: "watched", windowMs: 60_000 },
+  { name: "minutes-all", kind: "mean", event: "watched" },
+  { name: "buys", kind: "conversion", event: "buy" },
+  { name: "latency", kind: "latency" },
+  { name: "errors", kind: "error_rate" },
+];
+
+async function load(store: Store): Promise<void> {
+  for (const b of batches) await store.writeExposures(b);
+  await store.writeEvents(events);
+}
+
+/** Approximate quantiles: within the histogram's 1% of the exact nearest-rank value. */
+function assertNear(actual: number, expected: number, what: string): void {
+  assert.ok(Math.abs(actual - expected) <= expected * 0.011, `${what}: ${actual} is not within 1.1% of ${expected}`);
+}
+
+async function checkAggregates(store: Store): Promise<void> {
+  const agg = await store.aggregate("exp", ["control", "treatment", "ghost"], metrics);
+  assert.equal(agg.experiment, "exp");
+  assert.deepEqual(agg.variants, [
+    // control: u1 x2, u4, u3, u6, u7 (at +9s); treatment: u2, u4 (+6s), u5, u7 (+70s)
+    { variant: "control", units: 5, requests: 6, fallbackRequests: 0 },
+    { variant: "treatment", units: 2, requests: 4, fallbackRequests: 1 },
+    { variant: "ghost", units: 0, requests: 0, fallbackRequests: 0 },
+  ]);
+  assert.equal(agg.multiVariantUnits, 2);
+  assert.equal(agg.forcedRequests, 2);
+  assert.equal(agg.firstExposureTs, T0);
+  assert.equal(agg.lastExposureTs, T0 + 70_000);
+  const byName = Object.fromEntries(agg.metrics.map((m) => [m.name, m]));
+  assert.deepEqual(
+    agg.metrics.map((m) => m.name),
+    metrics.map((m) => m.name),
+    "one entry per metric, in config order",
+  );
+  assert.deepEqual(byName.watched, {
+    name: "watched",
+    kind: "conversion",
+    byVariant: {
+      control: { units: 5, conversions: 2 },
+      treatment: { units: 2, conversions: 1 },
+      ghost: { units: 0, conversions: 0 },
+    },
+  });
+  assert.deepEqual(byName["watched-any"]!.byVariant, {
+    control: { units: 5, conversions: 3 },
+    treatment: { units: 2, conversions: 1 },
+    ghost: { units: 0, conversions: 0 },
+  });
+  assert.deepEqual(byName.minutes, {
+    name: "minutes",
+    kind: "mean",
+    byVariant: {
+      control: { n: 5, sum: 7, sumSquares: 29 },
+      treatment: { n: 2, sum: 1.5, sumSquares: 2.25 },
+      ghost: { n: 0, sum: 0, sumSquares: 0 },
+    },
+  });
+  assert.deepEqual(byName["minutes-all"]!.byVariant, {
+    control: { n: 5, sum: 18, sumSquares: 164 },
+    treatment: { n: 2, sum: 1.5, sumSquares: 2.25 },
+    ghost: { n: 0, sum: 0, sumSquares: 0 },
+  });
+  assert.deepEqual(byName.buys!.byVariant, {
+    control: { units: 5, conversions: 0 },
+    treatment: { units: 2, conversions: 1 },
+    ghost: { units: 0, conversions: 0 },
+  });
+  // latency: served by the assigned variant, not forced. control 10,20,40,50,80,90; treatment 30,60,100.
+  const lat = byName.latency!;
+  assert.equal(lat.kind, "latency");
+  if (lat.kind !== "latency") return;
+  const c = lat.byVariant.control!;
+  const t = lat.byVariant.treatment!;
+  assert.deepEqual([c.n, c.sum, c.sumSquares], [6, 290, 19_100]);
+  assert.deepEqual([t.n, t.sum, t.sumSquares], [3, 190, 14_500]);
+  assertNear(c.p50, 40, "control p50"); // nearest rank 3 of 6
+  assertNear(c.p99, 90, "control p99"); // rank 6 of 6
+  assertNear(t.p50, 60, "treatment p50");
+  assertNear(t.p99, 100, "treatment p99");
+  assert.deepEqual(lat.byVariant.ghost, { n: 0, sum: 0, sumSquares: 0, p50: 0, p99: 0 });
+  // errors: control u6 (status 0) of 6; treatment u4's 503 of 4; u8's forced 500 is left out
+  assert.deepEqual(byName.errors!.byVariant, {
+    control: { units: 6, conversions: 1 },
+    treatment: { units: 4, conversions: 1 },
+    ghost: { units: 0, conversions: 0 },
+  });
+}
+
+const conv0 = { watched: 0, "watched-any": 0, buys: 0 };
+
+const allMinutes = [
+  { minute: M0, variant: "control", requests: 6, errors: 1, latencySumMs: 290, newUnits: 5, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
+  { minute: M0, variant: "treatment", requests: 3, errors: 1, latencySumMs: 90, newUnits: 2, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
+  { minute: M1, variant: "control", requests: 0, errors: 0, latencySumMs: 0, newUnits: 0, conversions: { ...conv0, watched: 1, "watched-any": 2 } },
+  { minute: M1, variant: "treatment", requests: 1, errors: 0, latencySumMs: 100, newUnits: 0, conversions: { ...conv0, buys: 1 } },
+];
+
+/** Registers the shared behaviour every Store must have, as node:test tests. */
+export function storeConformance(factory: StoreFactory): void {
+  describe(`Store conformance: ${factory.name}`, () => {
+    const fixtures: StoreFixture[] = [];
+    const stores: Store[] = [];
+    const fresh = async (): Promise<StoreFixture> => {
+      const f = await factory.fresh();
+      fixtures.push(f);
+      return f;
+    };
+    const open = async (f: StoreFixture): Promise<Store> => {
+      const s = f.open();
+      stores.push(s);
+      await s.init();
+      return s;
+    };
+    before(async () => {
+      await factory.setup?.();
+    });
+    after(async () => {
+      for (const s of stores) await s.close().catch(() => {});
+      for (const f of fixtures) await f.dispose().catch(() => {});
+      await factory.teardown?.();
+    });
+
+    it("aggregates the hand-computed data set exactly (ITT, windows, forced, multi-variant, fallback)", async () => {
+      const store = await open(await fresh());
+      await load(store);
+      await checkAggregates(store);
+      assert.deepEqual(await store.counts("exp"), { exposures: 12, events: 10 });
+      assert.deepEqual(await store.counts("other"), { exposures: 1, events: 1 });
+      assert.deepEqual(await store.counts("nobody"), { exposures: 0, events: 0 });
+    });
+
+    it("gives per-minute buckets, and 'since' counts only conversions that happened since", async () => {
+      const store = await open(await fresh());
+      await load(store);
+      assert.deepEqual(await store.minutes("exp", metrics, T0 - 3_600_000), allMinutes);
+      // From M1 on: u1's watched-any conversion (at +30s) happened before, although it has an event at +120s.
+      assert.deepEqual(await store.minutes("exp", metrics, M1 + 5), allMinutes.slice(2));
+      assert.deepEqual(await store.minutes("exp", metrics, T0 + 3_600_000), []);
+    });
+
+    it("an empty experiment aggregates to zeros and nulls", async () => {
+      const store = await open(await fresh());
+      const agg = await store.aggregate("exp", ["control", "treatment"], metrics);
+      assert.equal(agg.multiVariantUnits, 0);
+      assert.equal(agg.forcedRequests, 0);
+      assert.equal(agg.firstExposureTs, null);
+      assert.equal(agg.lastExposureTs, null);
+      assert.deepEqual(agg.variants.map((v) => v.units + v.requests + v.fallbackRequests), [0, 0]);
+      assert.equal(agg.metrics.length, metrics.length);
+      assert.deepEqual(await store.minutes("exp", metrics, 0), []);
+    });
+
+    it("keeps everything across close and reopen (exposures, events, state), and keeps aggregating correctly after", async () => {
+      const f = await fresh();
+      const first = await open(f);
+      await load(first);
+      await first.setState("exp", "ranges", '[{"variant":"control","from":0,"to":0.5}]');
+      await first.close();
+      await first.close(); // idempotent
+      const second = await open(f);
+      await checkAggregates(second);
+      assert.equal(await second.getState("exp", "ranges"), '[{"variant":"control","from":0,"to":0.5}]');
+      // A new instance starts with an empty unit cache: a later exposure of a known unit must not change its variant,
+      // and a different variant must mark it multi-variant.
+      await second.writeExposures([x("u2", 90_000, "treatment"), x("u6", 90_000, "treatment")]);
+      const agg = await second.aggregate("exp", ["control", "treatment"], metrics);
+      assert.deepEqual(agg.variants.map((v) => v.units), [5, 2]);
+      assert.equal(agg.multiVariantUnits, 3);
+    });
+
+    it("re-running migrations is safe: init twice, and two instances initialising at once", async () => {
+      const f = await fresh();
+      const a = f.open();
+      const b = f.open();
+      stores.push(a, b);
+      await Promise.all([a.init(), b.init()]);
+      await a.init();
+      await a.writeEvents([ev("u1", "watched", 0, 1)]);
+      await b.init();
+      assert.deepEqual(await b.counts("exp"), { exposures: 0, events: 1 });
+    });
+
+    it("writes an event batch all or nothing", async () => {
+      const store = await open(await fresh());
+      await store.writeExposures(batches[0]!);
+      const good = Array.from({ length: 5 }, (_, i) => ev(`u${i}`, "watched", 10 + i, i));
+      // The empty event name passes the JS checks and is refused by the database's CHECK constraint at row 4.
+      const badInDb = [...good.slice(0, 4), ev("u9", "", 20, 1), good[4]!];
+      await assert.rejects(store.writeEvents(badInDb), StoreError);
+      const badInJs = [...good.slice(0, 2), ev("u9", "watched", Number.NaN, 1)];
+      await assert.rejects(store.writeEvents(badInJs), (err: unknown) => err instanceof StoreError && /event 2: ts/.test(err.message));
+      assert.deepEqual(await store.counts("exp"), { exposures: 6, events: 0 });
+      const agg = await store.aggregate("exp", ["control", "treatment"], metrics);
+      assert.equal(agg.metrics[0]!.kind === "conversion" && agg.metrics[0]!.byVariant.control!.conversions, 0);
+      await store.writeEvents(good);
+      assert.deepEqual(await store.counts("exp"), { exposures: 6, events: 5 });
+    });
+
+    it("writes an exposure batch all or nothing", async () => {
+      const store = await open(await fresh());
+      await assert.rejects(
+        store.writeExposures([x("u1", 0, "control"), { ...x("u2", 0, "control"), latencyMs: Number.NaN }]),
+        StoreError,
+      );
+      assert.deepEqual(await store.counts("exp"), { exposures: 0, events: 0 });
+      assert.deepEqual((await store.aggregate("exp", ["control"], [])).variants[0], {
+        variant: "control",
+        units: 0,
+        requests: 0,
+        fallbackRequests: 0,
+      });
+    });
+
+    it("accepts 10,000 events in one batch (the API's maximum) and large exposure batches", async () => {
+      const store = await open(await fresh());
+      const exposures = Array.from({ length: 5000 }, (_, i) => x(`u${i % 2500}`, i, i % 2 === 0 ? "control" : "treatment"));
+      await store.writeExposures(exposures);
+      await store.writeEvents(Array.from({ length: 10_000 }, (_, i) => ev(`u${i % 2500}`, "watched", 5000 + i, 1)));
+      const agg = await store.aggregate("exp", ["control", "treatment"], [metrics[3]!]);
+      // units alternate variants by exposure index; u_k is first seen at index k: even k control, odd k treatment
+      assert.deepEqual(agg.variants.map((v) => [v.units, v.requests]), [[1250, 2500], [1250, 2500]]);
+      assert.equal(agg.multiVariantUnits, 0);
+      const m = agg.metrics[0]!;
+      assert.ok(m.kind === "mean");
+      assert.deepEqual(m.byVariant.control, { n: 1250, sum: 5000, sumSquares: 1250 * 16 });
+    });
+
+    it("stores state per experiment and key, last write wins", async () => {
+      const store = await open(await fresh());
+      assert.equal(await store.getState("exp", "weights"), null);
+      await store.setState("exp", "weights", "a");
+      await store.setState("exp", "weights", "b");
+      await store.setState("other", "weights", "c");
+      assert.equal(await store.getState("exp", "weights"), "b");
+      assert.equal(await store.getState("other", "weights"), "c");
+    });
+
+    it("refuses to be used before init() or after close()", async () => {
+      const f = await fresh();
+      const s = f.open();
+      stores.push(s);
+      await assert.rejects(s.counts("exp"), StoreError);
+      await s.init();
+      await s.close();
+      await assert.rejects(s.writeEvents([ev("u1", "watched", 0, 1)]), StoreError);
+    });
+  });
+}
+
