@@ -220,7 +220,9 @@ export async function startAbgate(options: {
   );
   const env = { ...process.env, ABGATE_EXPOSURES: options.exposures === false ? "off" : "on" };
   // ulimit in the launching shell: 5,000 client sockets plus their upstream sockets exceed the usual 1,024.
-  const shellArgs = ["-c", `ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec node bin/abgate.js serve -c "$0"`, configPath];
+  // ABGATE_BIN lets the same benchmark measure another build of the CLI (default: this checkout's bin/abgate.js).
+  const bin = process.env.ABGATE_BIN ?? "bin/abgate.js";
+  const shellArgs = ["-c", `ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec node "$1" serve -c "$0"`, configPath, bin];
   const proc = startProcess("bash", shellArgs, { core: options.core, env });
   await waitForPort(port, 30_000, proc);
   // The port answering is not enough: wait until a request is actually proxied (health checks may gate replicas).
@@ -228,7 +230,7 @@ export async function startAbgate(options: {
   return { ...proc, port, adminPort, configPath };
 }
 
-/** Bytes as MiB with one decimal. */
-export function mib(bytes: number): string {
-  return (bytes / (1024 * 1024)).toFixed(1);
+/** Bytes as MB (10^6, the unit the targets are given in) with one decimal. */
+export function mb(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
 }
