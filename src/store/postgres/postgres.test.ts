@@ -36,14 +36,16 @@ if (!installed) {
     }
   }
 
+  // One cluster for the whole file (starting one costs seconds); each test gets its own database.
+  before(async () => {
+    cluster = await startPostgres();
+  });
+  after(async () => {
+    await cluster.stop();
+  });
+
   storeConformance({
     name: "PostgreSQL (private cluster)",
-    async setup() {
-      cluster = await startPostgres();
-    },
-    async teardown() {
-      await cluster.stop();
-    },
     async fresh() {
       const db = `abgate_t${++n}`;
       await admin((c) => c.query(`CREATE DATABASE ${db}`));
@@ -56,21 +58,19 @@ if (!installed) {
   });
 
   describe("PostgresStore specifics", () => {
-    let specific: PostgresCluster;
+    let url: string;
     before(async () => {
-      specific = await startPostgres();
-    });
-    after(async () => {
-      await specific.stop();
+      await admin((c) => c.query(`CREATE DATABASE abgate_specifics`));
+      url = cluster.urlFor("abgate_specifics");
     });
 
     it("records each migration once, through openStore", async () => {
       for (let i = 0; i < 2; i++) {
-        const s = openStore(specific.url);
+        const s = openStore(url);
         await s.init();
         await s.close();
       }
-      const c = new pg.Client({ connectionString: specific.url });
+      const c = new pg.Client({ connectionString: url });
       await c.connect();
       const res = await c.query("SELECT version FROM schema_migrations ORDER BY version");
       await c.end();
