@@ -17,10 +17,11 @@
  *   BENCH_BACKEND_CORE core for the backend nginx (default: unpinned)
  */
 import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import Database from "better-sqlite3";
 import { freePort, repoRoot, scratchDir, startAbgate, startProcess, waitForOk, waitForPort, type Managed } from "../memory/harness.ts";
 
 const run = promisify(execFile);
@@ -45,6 +46,10 @@ interface Result {
   non2xx?: number;
   socketErrors?: string;
   error?: string;
+  /** requests wrk completed (warm-up included), to compare with the exposures abgate stored */
+  requests?: number;
+  /** abgate only: rows in its exposures table after it stopped (it flushes on SIGTERM) */
+  exposures?: number;
   /** req/s of every round, in round order */
   rounds?: number[];
 }
@@ -79,6 +84,22 @@ async function startBackends(): Promise<{ urls: string[]; proc: Managed }> {
 interface Started {
   port: number;
   proc: Managed;
+  /** abgate's SQLite file, read after the run to check that exposure logging did (or did not) record */
+  dbPath?: string;
+}
+
+/** Rows in abgate's exposures table; -1 when the file or table cannot be read. */
+function countExposures(dbPath: string): number {
+  try {
+    const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+    try {
+      return (db.prepare("SELECT count(*) AS n FROM exposures").get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return -1;
+  }
 }
 
 async function startHaproxy(backends: string[]): Promise<Started> {
@@ -124,8 +145,11 @@ async function startFastify(backends: string[]): Promise<Started> {
 }
 
 async function startAbgateProxy(backends: string[], exposures: boolean): Promise<Started> {
-  const handle = await startAbgate({ dir, backends, exposures, core: PROXY_CORE, name: exposures ? "abgate-log" : "abgate-nolog" });
-  return { port: handle.port, proc: handle };
+  const name = exposures ? "abgate-log" : "abgate-nolog";
+  // A fresh file per run, so that the count below is this run's alone.
+  rmSync(join(dir, `${name}.db`), { force: true });
+  const handle = await startAbgate({ dir, backends, exposures, core: PROXY_CORE, name });
+  return { port: handle.port, proc: handle, dbPath: join(dir, `${name}.db`) };
 }
 
 /** wrk's durations come as "635.00us", "1.23ms", "2.01s", "1.00m". */
@@ -144,6 +168,7 @@ async function wrk(port: number, seconds: number): Promise<Omit<Result, "name">>
     { timeout: (seconds + 15) * 1000 },
   );
   const rps = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+  const requests = /(\d+) requests in/.exec(stdout);
   const p50 = /^\s+50%\s+(\S+)/m.exec(stdout);
   const p99 = /^\s+99%\s+(\S+)/m.exec(stdout);
   if (!rps || !p50 || !p99) throw new Error(`unreadable wrk output:\n${stdout}`);
@@ -151,6 +176,7 @@ async function wrk(port: number, seconds: number): Promise<Omit<Result, "name">>
   const socketErrors = /Socket errors:\s+(.*)/.exec(stdout);
   return {
     rps: Number(rps[1]),
+    requests: requests ? Number(requests[1]) : undefined,
     p50Ms: toMs(p50[1]),
     p99Ms: toMs(p99[1]),
     non2xx: non2xx ? Number(non2xx[1]) : 0,
@@ -179,10 +205,15 @@ async function measure(name: string, backends: string[]): Promise<Result> {
   let started: Started | undefined;
   try {
     started = await start(backends);
-    if (warmupS > 0) await wrk(started.port, warmupS);
+    const warm = warmupS > 0 ? await wrk(started.port, warmupS) : undefined;
     const result = await wrk(started.port, durationS);
     if (started.proc.child.exitCode !== null || started.proc.child.signalCode !== null) {
       return { name, ...result, error: `exited during the run:\n${started.proc.output()}` };
+    }
+    result.requests = (result.requests ?? 0) + (warm?.requests ?? 0);
+    if (started.dbPath) {
+      await started.proc.stop(10_000);
+      result.exposures = countExposures(started.dbPath);
     }
     return { name, ...result };
   } catch (error) {
@@ -244,6 +275,10 @@ async function main(): Promise<void> {
     console.log(
       `${pad(labels[r.name] ?? r.name, 32)} ${pad(fmt(r.rps, 0), 9, true)} ${pad(fmt(r.p50Ms, 2), 8, true)} ${pad(fmt(r.p99Ms, 2), 8, true)} ${pad(r.non2xx === undefined ? "-" : String(r.non2xx), 8, true)}  ${pad((r.rounds ?? []).map((v) => (Number.isNaN(v) ? "err" : v.toFixed(0))).join(" "), 24)} ${r.socketErrors ?? (r.error ? "" : "none")}`,
     );
+  }
+  for (const r of results.filter((x) => x.exposures !== undefined)) {
+    // The warm-up probe before wrk adds one request; wrk's count misses requests in flight when it stops.
+    console.log(`${labels[r.name]}: ${r.exposures === -1 ? "exposures table unreadable" : `${r.exposures} exposures stored for ~${r.requests} requests`} (best round)`);
   }
   for (const r of results.filter((x) => x.error)) console.log(`\n${r.name} failed: ${r.error}`);
 
