@@ -1,0 +1,186 @@
+import { PassThrough } from "node:stream";
+import type Docker from "dockerode";
+import type { Config } from "../config/index.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers } from "../engines/docker/client.ts";
+
+/**
+ * `abgate ps`, `abgate logs` and `abgate down` for docker-engine experiments. They find the experiment's
+ * containers by label only, so they work whether or not an `abgate up` is running, and never touch another
+ * experiment's containers.
+ */
+export interface DockerCommandOptions {
+  docker?: Docker;
+  /** where lines go (default: stdout) */
+  out?: (line: string) => void;
+}
+
+const stdout = (line: string): void => void process.stdout.write(`${line}\n`);
+
+async function client(opts: DockerCommandOptions): Promise<Docker> {
+  const docker = opts.docker ?? createDockerClient();
+  await ensureReachable(docker);
+  return docker;
+}
+
+function replicaId(c: Docker.ContainerInfo): string {
+  return `${c.Labels[LABEL.variant]}-${c.Labels[LABEL.replica]}`;
+}
+
+function byReplica(a: Docker.ContainerInfo, b: Docker.ContainerInfo): number {
+  const va = a.Labels[LABEL.variant] ?? "";
+  const vb = b.Labels[LABEL.variant] ?? "";
+  return va === vb ? Number(a.Labels[LABEL.replica]) - Number(b.Labels[LABEL.replica]) : va < vb ? -1 : 1;
+}
+
+export interface PsRow {
+  replica: string;
+  variant: string;
+  container: string;
+  state: string;
+  status: string;
+  port: number;
+  image: string;
+  /** an HTTP probe of the variant's health path right now: healthy, unhealthy, or "-" when not running */
+  health: "healthy" | "unhealthy" | "-";
+}
+
+async function probe(port: number, path: string, timeoutMs: number): Promise<"healthy" | "unhealthy"> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+    await res.arrayBuffer();
+    return res.status >= 200 && res.status < 400 ? "healthy" : "unhealthy";
+  } catch {
+    return "unhealthy";
+  }
+}
+
+/** Format rows as an aligned text table. */
+export function formatPsTable(rows: PsRow[]): string {
+  const head = ["REPLICA", "CONTAINER", "PORT", "STATE", "HEALTH", "STATUS", "IMAGE"];
+  const cells = rows.map((r) => [r.replica, r.container, String(r.port), r.state, r.health, r.status, r.image]);
+  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  return [head, ...cells].map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]))).join("  ")).join("\n");
+}
+
+/** `abgate ps`: the experiment's replicas with their ports, container state and a live health probe. */
+export async function ps(config: Config, opts: DockerCommandOptions = {}): Promise<PsRow[]> {
+  const out = opts.out ?? stdout;
+  const docker = await client(opts);
+  const containers = (await listExperimentContainers(docker, config)).sort(byReplica);
+  const rows = await Promise.all(
+    containers.map(async (c): Promise<PsRow> => {
+      const variant = c.Labels[LABEL.variant] ?? "?";
+      const port = Number(c.Labels[LABEL.port]);
+      const health = config.variants.find((v) => v.name === variant)?.health;
+      return {
+        replica: replicaId(c),
+        variant,
+        container: (c.Names[0] ?? c.Id).replace(/^\//, ""),
+        state: c.State,
+        status: c.Status,
+        port,
+        image: c.Image,
+        health: c.State === "running" ? await probe(port, health?.path ?? "/health", health?.timeoutMs ?? 1000) : "-",
+      };
+    }),
+  );
+  if (rows.length === 0) out(`no containers of experiment ${config.experiment}`);
+  else out(formatPsTable(rows));
+  return rows;
+}
+
+/** `abgate down`: remove every container of the experiment (found by label), running or not. */
+export async function down(config: Config, opts: DockerCommandOptions & { stopTimeoutS?: number } = {}): Promise<number> {
+  const out = opts.out ?? stdout;
+  const docker = await client(opts);
+  const containers = await listExperimentContainers(docker, config);
+  await Promise.all(
+    containers.map(async (c) => {
+      const container = docker.getContainer(c.Id);
+      // give the service its SIGTERM first, so that it can finish what it was doing
+      if (c.State === "running") await container.stop({ t: opts.stopTimeoutS ?? 2 }).catch(() => {});
+      await container.remove({ force: true, v: true }).catch((err: { statusCode?: number }) => {
+        if (err.statusCode !== 404 && err.statusCode !== 409) throw err;
+      });
+    }),
+  );
+  out(containers.length ? `removed ${containers.length} container(s) of experiment ${config.experiment}` : `no containers of experiment ${config.experiment}`);
+  return containers.length;
+}
+
+/** Split a stream of text into lines, keeping an unfinished last line until the next chunk. */
+function lineSplitter(onLine: (line: string) => void): { push(text: string): void; end(): void } {
+  let pending = "";
+  return {
+    push(text) {
+      pending += text;
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const l of lines) onLine(l.replace(/\r$/, ""));
+    },
+    end() {
+      if (pending) onLine(pending);
+      pending = "";
+    },
+  };
+}
+
+/**
+ * `abgate logs <variant>`: each replica's output, every line prefixed by the replica (`control-1 | ...`). Without
+ * `follow`, the replicas' lines are merged in time order; with it, lines are printed as they come until the
+ * containers stop (or the command is interrupted).
+ */
+export async function logs(
+  config: Config,
+  variant: string,
+  options: { follow?: boolean; tail?: number } & DockerCommandOptions = {},
+): Promise<void> {
+  const out = options.out ?? stdout;
+  if (!config.variants.some((v) => v.name === variant)) {
+    throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
+  }
+  const docker = await client(options);
+  const containers = (await listExperimentContainers(docker, config)).filter((c) => c.Labels[LABEL.variant] === variant).sort(byReplica);
+  if (containers.length === 0) {
+    out(`no containers of variant ${variant} in experiment ${config.experiment}`);
+    return;
+  }
+  const width = Math.max(...containers.map((c) => replicaId(c).length));
+  const prefix = (c: Docker.ContainerInfo): string => `${replicaId(c).padEnd(width)} | `;
+  const tail = options.tail === undefined ? "all" : Math.max(0, Math.floor(options.tail));
+
+  if (!options.follow) {
+    const merged: { ts: string; seq: number; line: string }[] = [];
+    let seq = 0;
+    for (const c of containers) {
+      const raw = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, timestamps: true, follow: false, tail: tail as number })) as unknown as Buffer;
+      const text = demuxLogs(Buffer.isBuffer(raw) ? raw : Buffer.from(String(raw)));
+      for (const l of text.split("\n")) {
+        if (!l) continue;
+        const sp = l.indexOf(" ");
+        merged.push({ ts: l.slice(0, sp), seq: seq++, line: prefix(c) + l.slice(sp + 1).replace(/\r$/, "") });
+      }
+    }
+    // RFC 3339 timestamps with nanoseconds from the daemon sort as strings; ties keep per-replica order
+    merged.sort((a, b) => (a.ts < b.ts ? -1 : a.ts > b.ts ? 1 : a.seq - b.seq));
+    for (const m of merged) out(m.line);
+    return;
+  }
+
+  await Promise.all(
+    containers.map(async (c) => {
+      const stream = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, follow: true, tail: tail as number })) as NodeJS.ReadableStream;
+      const split = lineSplitter((l) => out(prefix(c) + l));
+      const sink = new PassThrough();
+      sink.on("data", (chunk: Buffer) => split.push(chunk.toString("utf8")));
+      docker.modem.demuxStream(stream, sink, sink);
+      await new Promise<void>((resolve) => {
+        stream.on("end", resolve);
+        stream.on("close", resolve);
+        stream.on("error", resolve);
+      });
+      split.end();
+    }),
+  );
+}
