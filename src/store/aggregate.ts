@@ -187,13 +187,15 @@ async function eventMetricStats(
       outer.push(`SUM(m${i}) AS s${i}`, `SUM(m${i} * m${i}) AS q${i}`);
     });
     const rows = await query(
+      // Grouping by the unit alone (the variant is the same on all its rows, hence MAX) lets SQLite aggregate in
+      // the covering index's order instead of sorting every event into a temporary B-tree.
       `SELECT variant, ${outer.join(", ")} FROM (
-         SELECT u.first_variant AS variant, ${inner.join(", ")}
-           FROM events e JOIN units u ON u.experiment = e.experiment AND u.unit = e.unit
+         SELECT MAX(u.first_variant) AS variant, ${inner.join(", ")}
+           FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
           WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts
-          GROUP BY e.unit, u.first_variant
+          GROUP BY e.unit
        ) pu GROUP BY variant`,
-      [experiment, event],
+      [experiment, experiment, event],
     );
     list.forEach((m, i) => {
       const perVariant = new Map<string, { sum: number; sumSquares: number }>();
@@ -207,8 +209,9 @@ async function eventMetricStats(
 /**
  * Per-minute series from `sinceMs` on (whole minutes: the minute holding `sinceMs` is included). Request figures
  * come from the `minute_stats` rollup; new units from the `units` rollup by first exposure; conversions are units
- * whose first counting event falls in the minute. The conversion query only visits units with an event since
- * `sinceMs` (index on (experiment, event, ts)), so a short range stays cheap however long the experiment ran.
+ * whose first counting event falls in the minute. For a range that starts after the first exposure, the conversion
+ * query only visits units with an event since `sinceMs` (index on (experiment, event, ts)), so the usual dashboard
+ * view of the last minutes or hours stays cheap however long the experiment has run.
  */
 export async function minuteSeries(
   query: Query,
@@ -249,19 +252,37 @@ export async function minuteSeries(
   );
   for (const r of unitRows) bucket(num(r.minute), String(r.variant)).newUnits += num(r.n);
 
+  // A range that starts before the first exposure covers every unit: one pass over the events in unit order is
+  // then cheaper than first collecting candidate units.
+  let wholeExperiment = true;
+  if (conversionMetrics.length > 0) {
+    const first = await query(`SELECT MIN(first_ts) AS t FROM units WHERE experiment = ?`, [experiment]);
+    const t = first[0]?.t;
+    wholeExperiment = t === null || t === undefined || since <= num(t);
+  }
   for (const m of conversionMetrics) {
     const w = windowOf(m);
-    const rows = await query(
-      `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (
-         SELECT u.first_variant AS variant, MIN(e.ts) AS t
-           FROM (SELECT DISTINCT unit FROM events WHERE experiment = ? AND event = ? AND ts >= ?) c
-           JOIN units u ON u.experiment = ? AND u.unit = c.unit
-           JOIN events e ON e.experiment = ? AND e.event = ? AND e.unit = c.unit
-                        AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
-          GROUP BY c.unit, u.first_variant
-       ) x WHERE t >= ? GROUP BY 1, 2`,
-      [experiment, m.event, since, experiment, experiment, m.event, since],
-    );
+    const rows = wholeExperiment
+      ? await query(
+          `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (
+             SELECT MAX(u.first_variant) AS variant, MIN(e.ts) AS t
+               FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
+              WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
+              GROUP BY e.unit
+           ) x WHERE t >= ? GROUP BY 1, 2`,
+          [experiment, experiment, m.event, since],
+        )
+      : await query(
+          `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (
+             SELECT u.first_variant AS variant, MIN(e.ts) AS t
+               FROM (SELECT DISTINCT unit FROM events WHERE experiment = ? AND event = ? AND ts >= ?) c
+               JOIN units u ON u.experiment = ? AND u.unit = c.unit
+               JOIN events e ON e.experiment = ? AND e.event = ? AND e.unit = c.unit
+                            AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
+              GROUP BY c.unit, u.first_variant
+           ) x WHERE t >= ? GROUP BY 1, 2`,
+          [experiment, m.event, since, experiment, experiment, m.event, since],
+        );
     for (const r of rows) bucket(num(r.minute), String(r.variant)).conversions[m.name]! += num(r.n);
   }
 

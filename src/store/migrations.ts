@@ -15,6 +15,7 @@
  *   are maintained on write as well; the report and the dashboard sum a few thousand rows instead of millions.
  * - `events` is indexed by (experiment, event, unit, ts, value) so the window join against `units` walks events
  *   in unit order from a covering index, and by (experiment, event, ts) for "conversions since" on the dashboard.
+ * - `units` is indexed by (experiment, first_ts, first_variant), covering "new units per minute" for the dashboard.
  */
 export interface Migration {
   version: number;
@@ -60,7 +61,7 @@ export const migrations: readonly Migration[] = [
         multi INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (experiment, unit)
       ) WITHOUT ROWID`,
-      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts)`,
+      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts, first_variant)`,
       `CREATE TABLE minute_stats (
         experiment TEXT NOT NULL,
         minute INTEGER NOT NULL,
@@ -129,7 +130,7 @@ export const migrations: readonly Migration[] = [
         multi SMALLINT NOT NULL DEFAULT 0,
         PRIMARY KEY (experiment, unit)
       )`,
-      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts)`,
+      `CREATE INDEX units_by_first_ts ON units (experiment, first_ts, first_variant)`,
       `CREATE TABLE minute_stats (
         experiment TEXT NOT NULL,
         minute BIGINT NOT NULL,
