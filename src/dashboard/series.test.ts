@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { validateConfig } from "../config/index.ts";
 import type { MinuteBucket } from "../store/types.ts";
-import { Timeline } from "./page/timeline.ts";
+import { ReportHistory, Timeline } from "./page/timeline.ts";
 import { toSeries } from "./series.ts";
 
 const config = validateConfig({
@@ -85,4 +85,23 @@ test("Timeline ignores an empty fetch", () => {
   t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 2)]));
   t.merge(toSeries("exp", ["control"], config.metrics, []));
   assert.deepEqual(t.requests("control"), [2]);
+});
+
+test("ReportHistory keeps each metric's value per variant report after report, bounded", () => {
+  const h = new ReportHistory(3);
+  const report = (c: number, t: number | null) => ({
+    experiment: "exp",
+    variants: [{ name: "control" }, { name: "treatment" }],
+    metrics: [{ name: "minutes", kind: "mean", control: { units: 10, value: c }, comparisons: [{ variant: "treatment", value: t }] }],
+  });
+  h.add(1_000, report(1, 2));
+  h.add(2_000, { experiment: "exp" });
+  h.add(3_000, report(3, null));
+  assert.deepEqual(h.xs(), [1, 2, 3]);
+  assert.deepEqual(h.values("minutes", "control"), [1, null, 3]);
+  assert.deepEqual(h.values("minutes", "treatment"), [2, null, null]);
+  h.add(4_000, report(4, 5));
+  assert.deepEqual(h.xs(), [2, 3, 4]);
+  assert.deepEqual(h.values("minutes", "treatment"), [null, null, 5]);
+  assert.deepEqual(h.values("other", "control"), [null, null, null]);
 });

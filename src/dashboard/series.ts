@@ -10,7 +10,7 @@ export interface VariantSeries {
   errors: number[];
   latencySumMs: number[];
   newUnits: number[];
-  /** conversions by metric name (conversion and mean metrics) */
+  /** conversions by conversion metric name: units whose first counting event fell in the minute */
   conversions: Record<string, number[]>;
 }
 
@@ -30,8 +30,8 @@ export interface SeriesBody {
   truncated: boolean;
 }
 
-/** Metric kinds whose per-minute `conversions` the store reports (units sending the metric's event). */
-const EVENT_KINDS = new Set(["conversion", "mean"]);
+/** Metric kinds whose per-minute `conversions` the store reports (see Store.minutes). */
+const EVENT_KINDS = new Set(["conversion"]);
 
 /**
  * Turns the store's sparse per-minute, per-variant buckets into dense columns. Minutes without a bucket between

@@ -2,7 +2,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
 import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, waldInterval } from "./format.ts";
-import { Timeline } from "./timeline.ts";
+import { ReportHistory, Timeline } from "./timeline.ts";
 import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
 
 const WEEK_MS = 7 * 24 * 3600_000;
@@ -19,6 +19,7 @@ export function App() {
   const [failures, setFailures] = useState<Record<string, string>>({});
   const [token, setToken] = useState<string | null>(() => loadToken());
   const timeline = useRef(new Timeline()).current;
+  const history = useRef(new ReportHistory()).current;
   const [seriesVersion, setSeriesVersion] = useState(0);
 
   useEffect(() => {
@@ -33,6 +34,7 @@ export function App() {
       setFailures(({ live: _gone, ...rest }) => rest);
     });
     on<Report>("report", (data) => {
+      history.add(Date.now(), data);
       setReport(data);
       setFailures(({ report: _gone, ...rest }) => rest);
     });
@@ -93,18 +95,17 @@ export function App() {
         </div>
       )}
       <main>
-        <Decision report={report} />
         <section aria-labelledby="variants-h" class="card wide">
           <h2 id="variants-h">Variants</h2>
           <VariantsTable live={live} report={report} />
         </section>
+        <Decision report={report} />
         <Controls token={token} setToken={setToken} live={live} variants={variants} control={control} />
         <section aria-labelledby="traffic-h" class="card wide">
           <h2 id="traffic-h">Traffic</h2>
           <TrafficCharts timeline={timeline} variants={variants} version={seriesVersion} />
         </section>
-        <Metrics report={report} meta={meta} timeline={timeline} variants={variants} control={control} version={seriesVersion} />
-        <Guardrails report={report} />
+        <Metrics report={report} meta={meta} timeline={timeline} history={history} variants={variants} control={control} version={seriesVersion} />
       </main>
       <footer class="muted">
         {report?.generatedAt ? `Report generated ${fmtTime(report.generatedAt)}.` : "Waiting for the first report…"} Raw data:{" "}
@@ -152,6 +153,7 @@ function Decision({ report }: { report: Report | null }) {
       ) : (
         <p class="muted">—</p>
       )}
+      <Guardrails report={report} />
     </section>
   );
 }
@@ -239,13 +241,21 @@ function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; va
   const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v) })), [version, variants.join()]);
   return (
     <div class="charts" data-testid="traffic-charts">
-      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} />
+      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} />
     </div>
   );
 }
 
-function Metrics(props: { report: Report | null; meta: StreamMeta | null; timeline: Timeline; variants: string[]; control: string; version: number }) {
-  const { report, meta, timeline, variants, control, version } = props;
+function Metrics(props: {
+  report: Report | null;
+  meta: StreamMeta | null;
+  timeline: Timeline;
+  history: ReportHistory;
+  variants: string[];
+  control: string;
+  version: number;
+}) {
+  const { report, meta, timeline, history, variants, control, version } = props;
   const alpha = meta?.alpha ?? 0.05;
   const configured = meta?.metrics ?? [];
   const reported = new Map((report?.metrics ?? []).map((m) => [m.name, m]));
@@ -264,12 +274,32 @@ function Metrics(props: { report: Report | null; meta: StreamMeta | null; timeli
     <>
       {names.map(({ name, kind }) => {
         const m = reported.get(name);
+        if (kind === "mean") {
+          // The store keeps no per-minute sums of event values, so this chart follows the report's value from
+          // the moment the page opened.
+          return (
+            <section key={name} class="card wide metric" aria-labelledby={`metric-${name}-h`} data-metric={name}>
+              <h2 id={`metric-${name}-h`}>
+                {name} <span class="kind">mean</span>
+              </h2>
+              <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
+              <Chart
+                title={`${name}: value per unit, since this page opened`}
+                yLabel="mean"
+                xs={history.xs()}
+                series={variants.map((v) => ({ label: v, values: history.values(name, v) }))}
+                format={(x) => fmtNum(x, 2)}
+                yMinMax={1}
+              />
+            </section>
+          );
+        }
         const chart =
           kind === "latency"
-            ? { title: "Mean latency per minute", yLabel: "ms", values: (v: string) => timeline.meanLatencyMs(v), format: fmtMs }
+            ? { title: "Mean latency per minute", yLabel: "ms", values: (v: string) => timeline.meanLatencyMs(v), format: fmtMs, yMinMax: 5 }
             : kind === "error_rate"
-              ? { title: "Error rate per minute", yLabel: "errors", values: (v: string) => timeline.errorRate(v), format: (x: number | null) => fmtPct(x, 2) }
-              : { title: kind === "mean" ? "Share of units with the event, cumulative" : "Conversion rate, cumulative", yLabel: "rate", values: (v: string) => timeline.cumulativeRate(v, name), format: (x: number | null) => fmtPct(x, 1) };
+              ? { title: "Error rate per minute", yLabel: "errors", values: (v: string) => timeline.errorRate(v), format: (x: number | null) => fmtPct(x, 1), yMinMax: 0.02 }
+              : { title: "Conversion rate, cumulative", yLabel: "rate", values: (v: string) => timeline.cumulativeRate(v, name), format: (x: number | null) => fmtPct(x, 1), yMinMax: 0.05 };
         return (
           <section key={name} class="card wide metric" aria-labelledby={`metric-${name}-h`} data-metric={name}>
             <h2 id={`metric-${name}-h`}>
@@ -282,6 +312,7 @@ function Metrics(props: { report: Report | null; meta: StreamMeta | null; timeli
               xs={xs}
               series={variants.map((v) => ({ label: v, values: chart.values(v) }))}
               format={chart.format}
+              yMinMax={chart.yMinMax}
             />
           </section>
         );
@@ -392,8 +423,8 @@ function Guardrails({ report }: { report: Report | null }) {
   const guardrails = report?.guardrails ?? [];
   if (guardrails.length === 0) return null;
   return (
-    <section class="card" aria-labelledby="guardrails-h">
-      <h2 id="guardrails-h">Guardrails</h2>
+    <>
+      <h3>Guardrails</h3>
       <ul class="guardrails">
         {guardrails.map((g) => (
           <li key={`${g.name}-${g.variant}`} class={g.ok ? "good" : "bad"}>
@@ -402,7 +433,7 @@ function Guardrails({ report }: { report: Report | null }) {
           </li>
         ))}
       </ul>
-    </section>
+    </>
   );
 }
 
@@ -571,7 +602,7 @@ function TokenForm({ token, setToken }: { token: string | null; setToken: (t: st
   return (
     <form
       class="token"
-      aria-label="Admin token"
+      aria-label="Enter the admin token"
       onSubmit={async (e) => {
         e.preventDefault();
         const t = value.trim();

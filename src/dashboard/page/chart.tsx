@@ -12,13 +12,18 @@ export interface ChartProps {
   series: { label: string; values: (number | null)[] }[];
   format: (v: number | null) => string;
   height?: number;
+  /** the y axis reaches at least this high, so that an all-zero series reads as zero rather than as noise */
+  yMinMax?: number;
 }
+
+/** The x axis spans at least this much, so that the first minutes of an experiment do not fill the chart. */
+const MIN_SPAN_S = 30 * 60;
 
 /**
  * One uPlot time chart. uPlot draws a week of minutes (10k points per series) on canvas in a few milliseconds, so
  * the chart is rebuilt only when its series change and otherwise fed with setData.
  */
-export function Chart({ title, yLabel, xs, series, format, height = 200 }: ChartProps) {
+export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax = 0 }: ChartProps) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const labels = series.map((s) => s.label).join("\u0000");
@@ -32,7 +37,14 @@ export function Chart({ title, yLabel, xs, series, format, height = 200 }: Chart
       height,
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },
-      scales: { x: { time: true } },
+      scales: {
+        x: {
+          time: true,
+          range: (_u, min, max) => (max - min >= MIN_SPAN_S ? [min, max] : [max - MIN_SPAN_S, max + 60]),
+        },
+        // Every quantity charted here is non-negative; starting at zero keeps differences between variants honest.
+        y: { range: (_u, _min, max) => [0, Math.max(yMinMax, (max ?? 0) * 1.1) || 1] },
+      },
       axes: [{}, { values: (_u, ticks) => ticks.map((t) => format(t)), size: 70, label: yLabel }],
       series: [
         { label: "time" },
@@ -55,7 +67,7 @@ export function Chart({ title, yLabel, xs, series, format, height = 200 }: Chart
       plot.current = null;
     };
     // Rebuilt only when the set of series changes; data flows through the effect below.
-  }, [labels, height, yLabel]);
+  }, [labels, height, yLabel, yMinMax]);
 
   useEffect(() => {
     plot.current?.setData(data);

@@ -1,4 +1,4 @@
-import type { SeriesBody, VariantSeries } from "./types.ts";
+import type { Report, SeriesBody, VariantSeries } from "./types.ts";
 
 /**
  * The page's copy of the per-minute series. The first fetch brings up to a week; later fetches ask only from the
@@ -93,4 +93,45 @@ function blank(name: string, length: number, metrics: string[]): VariantSeries {
     newUnits: zeros(),
     conversions: Object.fromEntries(metrics.map((m) => [m, zeros()])),
   };
+}
+
+/**
+ * Each metric's value per variant as the report gave it, report after report, since the page opened: the chart of
+ * metrics that the per-minute buckets cannot rebuild (means). Bounded, so a tab left open for days stays light.
+ */
+export class ReportHistory {
+  #ts: number[] = [];
+  #values = new Map<string, (number | null)[]>();
+  constructor(private readonly maxPoints = 5_000) {}
+
+  add(nowMs: number, report: Report): void {
+    const i = this.#ts.length;
+    this.#ts.push(nowMs / 1000);
+    for (const m of report.metrics ?? []) {
+      const control = report.variants?.[0]?.name;
+      if (control !== undefined) this.#set(m.name, m.control?.variant ?? control, i, m.control?.value);
+      for (const c of m.comparisons ?? []) this.#set(m.name, c.variant, i, c.value);
+    }
+    for (const column of this.#values.values()) while (column.length < this.#ts.length) column.push(null);
+    if (this.#ts.length > this.maxPoints) {
+      const drop = this.#ts.length - this.maxPoints;
+      this.#ts.splice(0, drop);
+      for (const column of this.#values.values()) column.splice(0, drop);
+    }
+  }
+
+  xs(): number[] {
+    return this.#ts.slice();
+  }
+
+  values(metric: string, variant: string): (number | null)[] {
+    return this.#values.get(`${metric}\u0000${variant}`)?.slice() ?? new Array<null>(this.#ts.length).fill(null);
+  }
+
+  #set(metric: string, variant: string, i: number, value: number | null | undefined): void {
+    const key = `${metric}\u0000${variant}`;
+    let column = this.#values.get(key);
+    if (!column) this.#values.set(key, (column = new Array<number | null>(i).fill(null)));
+    column[i] = typeof value === "number" && Number.isFinite(value) ? value : null;
+  }
 }
