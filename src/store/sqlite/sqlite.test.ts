@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -58,6 +59,44 @@ describe("SqliteStore specifics", () => {
       const t = new SqliteStore(path);
       await assert.rejects(t.init(), /newer than this abgate understands/);
       await t.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("events acknowledged by writeEvents survive SIGKILL of the writing process (no close, no checkpoint)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const storeModule = new URL("./sqlite-store.ts", import.meta.url).href;
+      // The child writes 3 batches, says "written" after the last one resolves, then keeps the store open and busy.
+      const script = `
+        const { SqliteStore } = await import(${JSON.stringify(storeModule)});
+        const s = new SqliteStore(${JSON.stringify(path)});
+        await s.init();
+        for (let b = 0; b < 3; b++) {
+          await s.writeEvents(Array.from({ length: 1000 }, (_, i) => ({
+            experiment: "exp", unit: "u" + i, event: "watched", value: b, ts: 1e12 + i, requestId: null })));
+        }
+        process.stdout.write("written\\n");
+        setInterval(() => {}, 1000);`;
+      const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on("data", (d: Buffer) => {
+          if (d.toString().includes("written")) {
+            child.kill("SIGKILL");
+            resolve();
+          }
+        });
+        child.on("exit", (code) => reject(new Error(`child exited early with ${code}`)));
+      });
+      await new Promise((r) => child.once("close", r));
+      const s = new SqliteStore(path);
+      await s.init();
+      assert.deepEqual(await s.counts("exp"), { exposures: 0, events: 3000 });
+      await s.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
