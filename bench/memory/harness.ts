@@ -3,8 +3,8 @@
  * stopped on exit, waiting for a port to answer, reading a process's resident memory, and launching abgate
  * from a generated config.
  */
-import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -179,6 +179,30 @@ export function scratchDir(prefix: string): string {
   return dir;
 }
 
+let chosenBin: { path: string; note: string } | undefined;
+
+/**
+ * Which abgate CLI the benchmarks run. ABGATE_BIN wins when set. Otherwise the sources are bundled with tsup
+ * into bench/results/abgate-build/ (git-ignored; deliberately not dist/, because bin/abgate.js prefers a dist/
+ * that exists and a stale one would change what everybody else's tests run). A failed build falls back to
+ * bin/abgate.js, which runs the sources through tsx: same code, but more memory for the loader.
+ */
+export function abgateBin(): { path: string; note: string } {
+  if (chosenBin) return chosenBin;
+  if (process.env.ABGATE_BIN) return (chosenBin = { path: process.env.ABGATE_BIN, note: `ABGATE_BIN=${process.env.ABGATE_BIN}` });
+  const outDir = join(repoRoot, "bench/results/abgate-build");
+  rmSync(outDir, { recursive: true, force: true });
+  const build = spawnSync(
+    "npx",
+    ["tsup", "src/cli/main.ts", "--no-config", "--format", "esm", "--target", "node20", "--out-dir", outDir, "--silent"],
+    { cwd: repoRoot, encoding: "utf8", timeout: 120_000 },
+  );
+  const built = join(outDir, "main.js");
+  if (build.status === 0 && existsSync(built)) return (chosenBin = { path: built, note: "bundled by tsup into bench/results/abgate-build/main.js" });
+  const firstError = `${build.stderr ?? ""}${build.stdout ?? ""}`.split("\n").find((l) => /ERROR|error/.test(l)) ?? `exit ${build.status}`;
+  return (chosenBin = { path: "bin/abgate.js", note: `bin/abgate.js through tsx (the tsup bundle failed: ${firstError.trim()})` });
+}
+
 /** How abgate was started, so callers can read its memory and stop it. */
 export interface AbgateHandle extends Managed {
   port: number;
@@ -220,8 +244,7 @@ export async function startAbgate(options: {
   );
   const env = { ...process.env, ABGATE_EXPOSURES: options.exposures === false ? "off" : "on" };
   // ulimit in the launching shell: 5,000 client sockets plus their upstream sockets exceed the usual 1,024.
-  // ABGATE_BIN lets the same benchmark measure another build of the CLI (default: this checkout's bin/abgate.js).
-  const bin = process.env.ABGATE_BIN ?? "bin/abgate.js";
+  const bin = abgateBin().path;
   const shellArgs = ["-c", `ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec node "$1" serve -c "$0"`, configPath, bin];
   const proc = startProcess("bash", shellArgs, { core: options.core, env });
   await waitForPort(port, 30_000, proc);

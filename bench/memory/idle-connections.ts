@@ -7,7 +7,7 @@
  */
 import { createServer, type Server } from "node:http";
 import { connect, type Socket } from "node:net";
-import { freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
+import { abgateBin, freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
 
 const TARGET_MB = 150;
 const connectionCount = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 5000);
@@ -69,6 +69,7 @@ function openIdle(port: number, unit: string): Promise<{ socket: Socket; status:
 
 async function main(): Promise<void> {
   const backends = [await backend(), await backend()];
+  console.log(`abgate: ${abgateBin().note}`);
   const dir = scratchDir("abgate-bench-idle-");
   const abgate = await startAbgate({ dir, backends: backends.map((b) => b.url), name: "abgate-idle" });
   console.log(`idle-connections: abgate pid ${abgate.pid} on :${abgate.port}, ${connectionCount} connections`);

@@ -7,7 +7,7 @@
  * Run through bench/memory/run.sh. Knobs: BENCH_TRANSFER_BYTES (default 1 GiB).
  */
 import { createServer, request, type IncomingMessage, type Server } from "node:http";
-import { freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
+import { abgateBin, freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
 
 const TARGET_GROWTH_MB = 50;
 const totalBytes = Number(process.env.BENCH_TRANSFER_BYTES ?? 1024 ** 3);
@@ -137,6 +137,7 @@ function download(port: number): Promise<Transfer> {
 
 async function main(): Promise<void> {
   const backends = [await backend(), await backend()];
+  console.log(`abgate: ${abgateBin().note}`);
   const dir = scratchDir("abgate-bench-upload-");
   const abgate = await startAbgate({ dir, backends: backends.map((b) => b.url), name: "abgate-upload" });
   console.log(`upload/download: abgate pid ${abgate.pid} on :${abgate.port}, ${mb(totalBytes)} MB each way`);

@@ -17,12 +17,12 @@
  *   BENCH_BACKEND_CORE core for the backend nginx (default: unpinned)
  */
 import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
-import { freePort, repoRoot, scratchDir, startAbgate, startProcess, waitForOk, waitForPort, type Managed } from "../memory/harness.ts";
+import { abgateBin, freePort, scratchDir, startAbgate, startProcess, waitForOk, waitForPort, type Managed } from "../memory/harness.ts";
 
 const run = promisify(execFile);
 const here = fileURLToPath(new URL(".", import.meta.url));
@@ -267,7 +267,7 @@ function pad(text: string, width: number, right = false): string {
 
 async function main(): Promise<void> {
   const wallStart = Date.now();
-  const abgateEntry = existsSync(join(repoRoot, "dist/cli.js")) ? "dist/cli.js (built)" : "src via tsx (no build)";
+  const abgateEntry = proxyNames.some((n) => n.startsWith("abgate")) ? abgateBin().note : "-";
   console.log(`proxy benchmark: ${rounds} round(s), best round shown; proxy on core ${PROXY_CORE}, wrk -t1 -c${connections} ${durationS}s (+${warmupS}s warm-up) on core ${WRK_CORE}, backends nginx ${backendCore === undefined ? "unpinned" : `on core ${backendCore}`}`);
   console.log(`abgate runs from ${abgateEntry}; node ${process.version}; ${(await run("haproxy", ["-v"])).stdout.split("\n")[0]}`);
   const backends = await startBackends();
