@@ -40,7 +40,11 @@ export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax
       scales: {
         x: {
           time: true,
-          range: (_u, min, max) => (max - min >= MIN_SPAN_S ? [min, max] : [max - MIN_SPAN_S, max + 60]),
+          range: (_u, min, max) => {
+            if (!Number.isFinite(max) || max === null) max = Date.now() / 1000;
+            if (!Number.isFinite(min) || min === null) min = max;
+            return max - min >= MIN_SPAN_S ? [min, max] : [max - MIN_SPAN_S, max + 60];
+          },
         },
         // Every quantity charted here is non-negative; starting at zero keeps differences between variants honest.
         y: { range: (_u, _min, max) => [0, Math.max(yMinMax, (max ?? 0) * 1.1) || 1] },
