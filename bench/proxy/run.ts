@@ -295,7 +295,7 @@ async function main(): Promise<void> {
   const results: Result[] = proxyNames.map((name) => {
     const all = perProxy.get(name)!;
     const ok = all.filter((r) => !r.error && r.rps !== undefined);
-    if (ok.length === 0) return all[0];
+    if (ok.length === 0) return all[0] ?? { name, error: "not measured (time budget)" };
     const best = ok.reduce((a, b) => (b.rps! > a.rps! ? b : a));
     return { ...best, rounds: all.map((r) => r.rps ?? NaN) };
   });
