@@ -4,6 +4,9 @@
 #   scripts/pg-cluster.sh start <dir>   initialise <dir> (created if missing), start on 127.0.0.1 and a free port
 #                                       with trust auth, print the URL (postgres://postgres@127.0.0.1:PORT/postgres)
 #   scripts/pg-cluster.sh stop <dir>    stop it and delete <dir>
+#   scripts/pg-cluster.sh crash-restart <dir>
+#                                       kill the server without a shutdown checkpoint (pg_ctl -m immediate), then
+#                                       start it again on the same port: it recovers from its WAL (durability tests)
 #
 # Debian's PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user (runuser) in a
 # directory that user owns. The socket goes in <dir> too, so nothing touches /var/run/postgresql.
@@ -51,11 +54,22 @@ case "$cmd" in
     done
     die "pg_ctl start failed: $(tail -n 5 "$dir/server.log" 2>/dev/null)"
     ;;
+  crash-restart)
+    [[ -f "$dir/port" ]] || die "$dir is not a cluster started by this script"
+    bin=$(bindir)
+    port=$(cat "$dir/port")
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || die "immediate stop failed"
+    # After a crash the server fsyncs its whole data directory before recovery; one syncfs() is much faster.
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c recovery_init_sync_method=syncfs" start >/dev/null 2>&1 \
+      || die "restart failed: $(tail -n 5 "$dir/server.log" 2>/dev/null)"
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
   stop)
     [[ -d "$dir/data" ]] || die "$dir is not a cluster started by this script"
     bin=$(bindir)
     as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
-  *) die "usage: $0 start|stop <dir>" ;;
+  *) die "usage: $0 start|stop|crash-restart <dir>" ;;
 esac

@@ -20,6 +20,8 @@ export interface PostgresCluster {
   url: string;
   /** the same server, another database */
   urlFor(database: string): string;
+  /** kill the server without a checkpoint and start it again (it replays its WAL) */
+  crashRestart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -31,6 +33,9 @@ export async function startPostgres(): Promise<PostgresCluster> {
   return {
     url,
     urlFor: (database) => url.replace(/\/[^/]*$/, `/${database}`),
+    crashRestart: async () => {
+      await run("bash", [script, "crash-restart", dir], { timeout: 90_000 });
+    },
     stop: async () => {
       await run("bash", [script, "stop", dir], { timeout: 60_000 });
     },

@@ -80,6 +80,21 @@ if (!installed) {
       );
     });
 
+    it("acknowledged events survive a server crash (immediate stop, WAL recovery)", async () => {
+      const s = new PostgresStore(url);
+      await s.init();
+      const before = (await s.counts("crash")).events;
+      await s.writeEvents(Array.from({ length: 500 }, (_, i) => ({
+        experiment: "crash", unit: `u${i}`, event: "watched", value: i, ts: 1e12 + i, requestId: null,
+      })));
+      await s.close();
+      await cluster.crashRestart();
+      const t = new PostgresStore(url);
+      await t.init();
+      assert.equal((await t.counts("crash")).events, before + 500);
+      await t.close();
+    });
+
     it("reports an unreachable server as a StoreError naming it, without the password", async () => {
       const s = new PostgresStore("postgres://someone:secret@127.0.0.1:1/nowhere");
       await assert.rejects(s.init(), (err: Error) => /cannot connect to postgres:\/\/someone@127\.0\.0\.1:1\/nowhere/.test(err.message) && !/secret/.test(err.message));
