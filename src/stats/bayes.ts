@@ -1,4 +1,4 @@
-import { logBeta } from "./distributions.ts";
+import { logBeta, normalCdf } from "./distributions.ts";
 import type { ProportionSample } from "./types.ts";
 
 /**
@@ -13,14 +13,16 @@ import type { ProportionSample } from "./types.ts";
  * i₀ = (α_Aβ_B - α_A - β_A - β_B)/(β_A+1) and < 1 after it, so the terms are unimodal. The sum starts at the
  * peak (its term from ln B, computed without cancellation by `logBeta`) and walks outwards both ways until the
  * remaining terms cannot change the total in the 16th digit. The terms fall off like a beta-binomial around its
- * mode, so the work is O(√α_B) instead of O(α_B) and stays exact at any n (10^8 units takes a few ms); accuracy is
+ * mode, so the work is O(√α_B) instead of O(α_B) and stays exact at any realistic n (10^8 units takes a few ms); accuracy is
  * that of ln B at the peak, about 1e-13 relative for small counts and 1e-8 at 10^8 units (checked against scipy quadrature).
+ * Above 1e12 units in an arm a normal approximation takes over (see `normalApproximation`).
  */
 export function chanceToWin(control: ProportionSample, treatment: ProportionSample): number | null {
   const counts = [control.units, control.conversions, treatment.units, treatment.conversions];
   if (!counts.every((c) => Number.isInteger(c) && c >= 0) || control.conversions > control.units || treatment.conversions > treatment.units) {
     return null;
   }
+  if (control.units > MAX_EXACT_UNITS || treatment.units > MAX_EXACT_UNITS) return normalApproximation(control, treatment);
   const aA = control.conversions + 1;
   const bA = control.units - control.conversions + 1;
   const aB = treatment.conversions + 1;
@@ -47,4 +49,25 @@ export function chanceToWin(control: ProportionSample, treatment: ProportionSamp
   }
   const p = Math.exp(logPeak + Math.log(sum));
   return Math.min(1, Math.max(0, p));
+}
+
+/**
+ * Beyond 1e12 units in an arm (no real experiment; the exact walk would take ~10^7 steps) each Beta posterior is
+ * replaced by the normal with its mean and variance; the error is of the order of the posteriors' skewness,
+ * below 1e-5 there.
+ */
+const MAX_EXACT_UNITS = 1e12;
+
+function normalApproximation(control: ProportionSample, treatment: ProportionSample): number {
+  const moments = (s: ProportionSample): [number, number] => {
+    const a = s.conversions + 1;
+    const b = s.units - s.conversions + 1;
+    const mean = a / (a + b);
+    return [mean, (mean * (b / (a + b))) / (a + b + 1)];
+  };
+  const [mC, vC] = moments(control);
+  const [mT, vT] = moments(treatment);
+  const se = Math.sqrt(vC + vT);
+  if (!(se > 0)) return mT > mC ? 1 : mT < mC ? 0 : 0.5;
+  return normalCdf((mT - mC) / se);
 }

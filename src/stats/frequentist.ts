@@ -74,6 +74,17 @@ export function meanAndVariance(s: MeanSample): { mean: number; variance: number
 }
 
 /**
+ * Welch–Satterthwaite degrees of freedom (V_C + V_T)² / (V_C²/(n_C-1) + V_T²/(n_T-1)), scaled by the larger variance
+ * first so that tiny variances do not underflow to 0/0.
+ */
+function welchDf(vC: number, vT: number, nC: number, nT: number): number {
+  const scale = Math.max(vC, vT);
+  const a = vC / scale;
+  const b = vT / scale;
+  return ((a + b) * (a + b)) / ((a * a) / (nC - 1) + (b * b) / (nT - 1));
+}
+
+/**
  * Welch's unequal-variance t-test of treatment against control (Welch 1947), df by Welch–Satterthwaite:
  * df = (V_C + V_T)² / (V_C²/(n_C-1) + V_T²/(n_T-1)) with V = s²/n. The absolute interval uses the t quantile at
  * that df; the relative lift m_T/m_C - 1 uses the delta-method standard error √(V_T/m_C² + m_T²·V_C/m_C⁴) with
@@ -83,7 +94,7 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
   const alpha = validAlpha(options.alpha);
   const empty = { t: null, df: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL };
   const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares];
-  if (!all.every(Number.isFinite) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
+  if (!all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
     return { ...empty, error: "INVALID_INPUT" };
   }
   if (control.n === 0 || treatment.n === 0) return { ...empty, error: "ZERO_UNITS" };
@@ -113,8 +124,12 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
       error: "ZERO_VARIANCE",
     };
   }
-  const df = ((vC + vT) * (vC + vT)) / ((vC * vC) / (control.n - 1) + (vT * vT) / (treatment.n - 1));
+  const df = welchDf(vC, vT, control.n, treatment.n);
   const t = diff / se;
+  if (!Number.isFinite(t)) {
+    // variances so small (subnormal) that diff / se overflows: as good as zero variance
+    return { ...empty, absolute: { estimate: diff, ci: null }, relative: { estimate: finiteOrNull(relativeEstimate), ci: null }, error: "ZERO_VARIANCE" };
+  }
   const q = studentTQuantile(1 - alpha / 2, df);
   const absolute = interval(diff, q * se);
   let relative: Interval = NO_INTERVAL;
@@ -142,8 +157,10 @@ export function welchOneSidedIncrease(control: MeanSample, treatment: MeanSample
   const vT = tm.variance / treatment.n;
   const se = Math.sqrt(vC + vT);
   if (!(se > 0)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
-  const df = ((vC + vT) * (vC + vT)) / ((vC * vC) / (control.n - 1) + (vT * vT) / (treatment.n - 1));
-  return { estimate: d, pValue: studentTSf(d / se, df) };
+  const df = welchDf(vC, vT, control.n, treatment.n);
+  const t = d / se;
+  if (!Number.isFinite(t)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
+  return { estimate: d, pValue: studentTSf(t, df) };
 }
 
 /**
@@ -155,7 +172,7 @@ export function proportionOneSidedIncrease(control: ProportionSample, treatment:
   const pT = treatment.conversions / treatment.units;
   const d = pT - k * pC - c;
   const se = Math.sqrt((pT * (1 - pT)) / treatment.units + (k * k * pC * (1 - pC)) / control.units);
-  if (!(se > 0)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
+  if (!(se > 0) || !Number.isFinite(d / se)) return { estimate: d, pValue: d > 0 ? 0 : 1, error: "ZERO_VARIANCE" };
   return { estimate: d, pValue: 0.5 * erfc(d / se / Math.SQRT2) };
 }
 
@@ -167,16 +184,19 @@ export function srmTest(observed: number[], weights: number[]): SrmResult {
   if (observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
     return { chiSquare: null, df: null, pValue: null, error: "INVALID_INPUT" };
   }
-  const arms = observed.map((o, i) => ({ o, w: weights[i]! })).filter((a) => a.w > 0);
+  const weightSum = weights.reduce((s, w) => s + w, 0);
+  // Shares first: a weight too small to matter next to the others counts as 0 rather than dividing by 0.
+  const arms = observed.map((o, i) => ({ o, share: weightSum > 0 ? weights[i]! / weightSum : 0 })).filter((a) => a.share > 0);
   if (arms.length < 2) return { chiSquare: null, df: null, pValue: null, error: "SINGLE_ARM" };
   const total = arms.reduce((s, a) => s + a.o, 0);
   const df = arms.length - 1;
   if (total === 0) return { chiSquare: null, df, pValue: null, error: "ZERO_UNITS" };
-  const weightSum = arms.reduce((s, a) => s + a.w, 0);
+  const shareSum = arms.reduce((s, a) => s + a.share, 0);
   let chiSquare = 0;
   for (const a of arms) {
-    const expected = (total * a.w) / weightSum;
+    const expected = (total * a.share) / shareSum;
     chiSquare += ((a.o - expected) * (a.o - expected)) / expected;
   }
+  if (!Number.isFinite(chiSquare)) return { chiSquare: null, df, pValue: 0 };
   return { chiSquare, df, pValue: chiSquareSf(chiSquare, df) };
 }

@@ -24,8 +24,11 @@ export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
   const total = varDiff + tau2;
   const logLambda = 0.5 * Math.log(varDiff / total) + (tau2 * diff * diff) / (2 * varDiff * total);
   const pValue = logLambda <= 0 ? 1 : Math.exp(-logLambda);
-  const halfWidth = Math.sqrt(((varDiff * total) / tau2) * (Math.log(total / varDiff) - 2 * Math.log(alpha)));
-  return { logLambda, pValue, ci: [diff - halfWidth, diff + halfWidth] };
+  const halfWidth = Math.sqrt(((varDiff * total) / tau2) * (Math.log(total) - Math.log(varDiff) - 2 * Math.log(alpha)));
+  const ci: [number, number] | null = Number.isFinite(halfWidth) ? [diff - halfWidth, diff + halfWidth] : null;
+  // A variance so small that Λ overflows: the evidence is beyond what a double can hold, p is 0.
+  if (!Number.isFinite(logLambda)) return { logLambda: null, pValue: 0, ci };
+  return { logLambda, pValue, ci };
 }
 
 /**
