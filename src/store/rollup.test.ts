@@ -1,0 +1,88 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { histogramQuantile, latencyBucket, latencyBucketValueMs, minuteOf, rollupExposures, UnitCache } from "./rollup.ts";
+import type { Exposure } from "./types.ts";
+
+describe("latency histogram", () => {
+  it("represents any latency from 1 µs to an hour within 2.5%", () => {
+    fc.assert(
+      fc.property(fc.double({ min: 0.001, max: 3_600_000, noNaN: true }), (ms) => {
+        const v = latencyBucketValueMs(latencyBucket(ms));
+        assert.ok(Math.abs(v - ms) <= ms * 0.025, `${ms} ms -> ${v} ms`);
+      }),
+    );
+  });
+
+  it("puts sub-microsecond, zero and nonsense latencies in bucket 0 (reported as 0)", () => {
+    for (const ms of [0, 0.0005, -1, Number.NaN]) assert.equal(latencyBucket(ms), 0);
+    assert.equal(latencyBucketValueMs(0), 0);
+  });
+
+  it("takes nearest-rank quantiles", () => {
+    const rows = [10, 20, 40, 50, 80, 90].map((ms) => ({ bucket: latencyBucket(ms), count: 1 }));
+    assert.equal(histogramQuantile(rows, 0.5), latencyBucketValueMs(latencyBucket(40)));
+    assert.equal(histogramQuantile(rows, 0.99), latencyBucketValueMs(latencyBucket(90)));
+    assert.equal(histogramQuantile(rows, 0), latencyBucketValueMs(latencyBucket(10)));
+    assert.equal(histogramQuantile([], 0.5), 0);
+  });
+});
+
+describe("rollupExposures", () => {
+  const e = (unit: string, ts: number, assigned: string, extra: Partial<Exposure> = {}): Exposure => ({
+    experiment: "exp",
+    ts,
+    requestId: "r",
+    unit,
+    assigned,
+    served: assigned,
+    replica: "",
+    status: 200,
+    latencyMs: 2,
+    forced: false,
+    ...extra,
+  });
+
+  it("folds a batch into one row per minute and variant", () => {
+    const r = rollupExposures(
+      [e("a", 60_000, "c"), e("b", 60_500, "c", { status: 502 }), e("c", 119_999, "t", { served: "c" }), e("d", 120_000, "c", { forced: true })],
+      new UnitCache(0),
+    );
+    assert.deepEqual(
+      r.minutes.map((m) => [m.minute, m.variant, m.requests, m.errors, m.fallback, m.forced, m.latencyN, m.minTs, m.maxTs]),
+      [
+        [60_000, "c", 2, 1, 0, 0, 2, 60_000, 60_500],
+        [60_000, "t", 1, 0, 1, 0, 0, 119_999, 119_999],
+        [120_000, "c", 0, 0, 0, 1, 0, null, null],
+      ],
+    );
+    assert.deepEqual(r.units.map((u) => u.unit), ["a", "b", "c"]);
+    assert.equal(r.counts.get("exp"), 4);
+    assert.equal(minuteOf(-1), -60_000);
+  });
+
+  it("skips units the cache proves unchanged, and only those", () => {
+    const cache = new UnitCache(10);
+    cache.remember("exp", "a", 1000, "c", false);
+    cache.remember("exp", "m", 1000, "c", true);
+    const r = rollupExposures(
+      [e("a", 2000, "c"), e("a", 999, "c"), e("m", 5000, "t")],
+      cache,
+    );
+    // a at 2000 in c: covered; a at 999: earlier than what the database holds -> written; m is multi already
+    assert.deepEqual(r.units.map((u) => [u.unit, u.firstTs]), [["a", 999]]);
+    const again = rollupExposures([e("a", 2000, "t")], cache);
+    assert.deepEqual(again.units.map((u) => u.unit), ["a"], "another variant must reach the database");
+  });
+
+  it("evicts the least recently written unit when full", () => {
+    const cache = new UnitCache(2);
+    cache.remember("exp", "a", 1, "c", false);
+    cache.remember("exp", "b", 1, "c", false);
+    cache.remember("exp", "a", 1, "c", false);
+    cache.remember("exp", "c", 1, "c", false);
+    assert.equal(cache.size, 2);
+    assert.ok(cache.covers("exp\u0000a", 5, "c"));
+    assert.ok(!cache.covers("exp\u0000b", 5, "c"));
+  });
+});
