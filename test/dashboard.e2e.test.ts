@@ -300,3 +300,72 @@ test("a week of per-minute data renders and updates without blocking the page", 
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("a full report renders: values with intervals, lift, p-values, chance to win, SRM and the decision", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  // The report of the spec, sent on the stream in place of the gateway's, so that every field has a known value.
+  const report = {
+    experiment: "dashboard-e2e",
+    generatedAt: new Date().toISOString(),
+    variants: [
+      { name: "control", weight: 50, units: 5012, requests: 20311 },
+      { name: "treatment", weight: 50, units: 4987, requests: 20102 },
+    ],
+    srm: { pValue: 0.0004, mismatch: true },
+    metrics: [
+      {
+        name: "watched",
+        kind: "conversion",
+        control: { units: 5012, value: 0.112 },
+        comparisons: [
+          {
+            variant: "treatment",
+            value: 0.131,
+            absolute: { estimate: 0.019, ci: [0.007, 0.031] },
+            relative: { estimate: 0.17, ci: [0.06, 0.28] },
+            pValue: 0.002,
+            pValueAdjusted: 0.004,
+            pValueSequential: 0.01,
+            chanceToWin: 0.999,
+            significant: true,
+          },
+        ],
+      },
+    ],
+    guardrails: [{ name: "latency", variant: "treatment", ok: false, detail: "p99 up 31%" }],
+    decision: { action: "promote", variant: "treatment", reason: "watched improved by 17% (p = 0.004)" },
+  };
+  const meta = {
+    experiment: "dashboard-e2e",
+    control: "control",
+    variants: ["control", "treatment"],
+    metrics: [{ name: "watched", kind: "conversion" }],
+    alpha: 0.05,
+    liveIntervalMs: 1000,
+    reportIntervalMs: 5000,
+  };
+  await page.route("**/v1/stream", (route) =>
+    route.fulfill({
+      status: 200,
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+      body: `retry: 60000\n\nevent: meta\ndata: ${JSON.stringify(meta)}\n\nevent: report\ndata: ${JSON.stringify(report)}\n\n`,
+    }),
+  );
+  await page.goto(gw.adminUrl + "/");
+  const row = page.locator('section[data-metric="watched"] tr[data-variant="treatment"]');
+  await row.waitFor();
+  const cells = await row.locator("th, td").allInnerTexts();
+  // value, its 95% Wald interval from the variant's units, Δ, its CI, lift, its CI, p, p adjusted, p sequential, chance to win
+  assert.deepEqual(cells.slice(1), ["13.10%", "[12.16%, 14.04%]", "+1.90 pp", "[+0.70 pp, +3.10 pp]", "+17.0%", "[+6.0%, +28.0%]", "0.002", "0.004", "0.010", "99.9%"]);
+  assert.match(cells[0]!, /treatment.*significant/);
+  const controlCells = await page.locator('section[data-metric="watched"] tr[data-variant="control"] td').allInnerTexts();
+  assert.deepEqual(controlCells, ["11.20%", "[10.33%, 12.07%]", "baseline"]);
+  assert.match(await page.locator('[data-testid="decision"]').innerText(), /promote treatment/i);
+  assert.match(await page.getByText("watched improved by 17%").innerText(), /p = 0\.004/);
+  assert.match(await page.locator('[data-testid="srm"]').innerText(), /Mismatch \(p < 0\.001\)/);
+  await page.getByText("BREACHED").waitFor();
+  if (process.env.DASH_REPORT_SHOT) await page.screenshot({ path: process.env.DASH_REPORT_SHOT, fullPage: true });
+  // The stream was replaced, so the live table waits; nothing else may complain.
+  assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
+  await page.close();
+});

@@ -143,11 +143,11 @@ function Decision({ report }: { report: Report | null }) {
       {srm ? (
         srm.mismatch ? (
           <p class="bad" data-testid="srm">
-            <b>Mismatch</b> (p = {fmtP(srm.pValue)}): traffic does not follow the weights; fix assignment before trusting any result.
+            <b>Mismatch</b> ({pText(srm.pValue)}): traffic does not follow the weights; fix assignment before trusting any result.
           </p>
         ) : (
           <p class="good" data-testid="srm">
-            OK (p = {fmtP(srm.pValue)}){srm.error ? ` — ${srm.error}` : ""}
+            OK ({pText(srm.pValue)}){srm.error ? ` — ${srm.error}` : ""}
           </p>
         )
       ) : (
@@ -156,6 +156,12 @@ function Decision({ report }: { report: Report | null }) {
       <Guardrails report={report} />
     </section>
   );
+}
+
+/** "p = 0.041" or "p < 0.001" */
+function pText(p: number | null | undefined): string {
+  const text = fmtP(p);
+  return text.startsWith("<") ? `p ${text}` : `p = ${text}`;
 }
 
 function VariantsTable({ live, report }: { live: LiveEvent | null; report: Report | null }) {
@@ -241,7 +247,7 @@ function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; va
   const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v) })), [version, variants.join()]);
   return (
     <div class="charts" data-testid="traffic-charts">
-      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} />
+      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} integer />
     </div>
   );
 }

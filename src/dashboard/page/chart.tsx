@@ -14,7 +14,11 @@ export interface ChartProps {
   height?: number;
   /** the y axis reaches at least this high, so that an all-zero series reads as zero rather than as noise */
   yMinMax?: number;
+  /** counts: y ticks only at whole numbers */
+  integer?: boolean;
 }
+
+const INTEGER_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7];
 
 /** The x axis spans at least this much, so that the first minutes of an experiment do not fill the chart. */
 const MIN_SPAN_S = 30 * 60;
@@ -23,7 +27,7 @@ const MIN_SPAN_S = 30 * 60;
  * One uPlot time chart. uPlot draws a week of minutes (10k points per series) on canvas in a few milliseconds, so
  * the chart is rebuilt only when its series change and otherwise fed with setData.
  */
-export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax = 0 }: ChartProps) {
+export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax = 0, integer = false }: ChartProps) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const labels = series.map((s) => s.label).join("\u0000");
@@ -49,7 +53,7 @@ export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax
         // Every quantity charted here is non-negative; starting at zero keeps differences between variants honest.
         y: { range: (_u, _min, max) => [0, Math.max(yMinMax, (max ?? 0) * 1.1) || 1] },
       },
-      axes: [{}, { values: (_u, ticks) => ticks.map((t) => format(t)), size: 70, label: yLabel }],
+      axes: [{}, { values: (_u, ticks) => ticks.map((t) => format(t)), size: 70, label: yLabel, ...(integer ? { incrs: INTEGER_INCRS } : {}) }],
       series: [
         { label: "time" },
         ...series.map((s, i) => ({
@@ -71,7 +75,7 @@ export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax
       plot.current = null;
     };
     // Rebuilt only when the set of series changes; data flows through the effect below.
-  }, [labels, height, yLabel, yMinMax]);
+  }, [labels, height, yLabel, yMinMax, integer]);
 
   useEffect(() => {
     plot.current?.setData(data);
