@@ -247,7 +247,7 @@ function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; va
   const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v) })), [version, variants.join()]);
   return (
     <div class="charts" data-testid="traffic-charts">
-      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} integer />
+      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} integer dataKey={version} />
     </div>
   );
 }
@@ -293,6 +293,7 @@ function Metrics(props: {
                 title={`${name}: value per unit, since this page opened`}
                 yLabel="mean"
                 xs={history.xs()}
+                dataKey={history.size()}
                 series={variants.map((v) => ({ label: v, values: history.values(name, v) }))}
                 format={(x) => fmtNum(x, 2)}
                 yMinMax={1}
@@ -319,6 +320,7 @@ function Metrics(props: {
               series={variants.map((v) => ({ label: v, values: chart.values(v) }))}
               format={chart.format}
               yMinMax={chart.yMinMax}
+              dataKey={version}
             />
           </section>
         );

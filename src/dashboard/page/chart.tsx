@@ -14,6 +14,8 @@ export interface ChartProps {
   height?: number;
   /** the y axis reaches at least this high, so that an all-zero series reads as zero rather than as noise */
   yMinMax?: number;
+  /** changes exactly when the data does: redrawing a week of points on every live tick would waste the page's time */
+  dataKey: unknown;
   /** counts: y ticks only at whole numbers */
   integer?: boolean;
 }
@@ -27,7 +29,7 @@ const MIN_SPAN_S = 30 * 60;
  * One uPlot time chart. uPlot draws a week of minutes (10k points per series) on canvas in a few milliseconds, so
  * the chart is rebuilt only when its series change and otherwise fed with setData.
  */
-export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax = 0, integer = false }: ChartProps) {
+export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200, yMinMax = 0, integer = false }: ChartProps) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const labels = series.map((s) => s.label).join("\u0000");
@@ -79,7 +81,7 @@ export function Chart({ title, yLabel, xs, series, format, height = 200, yMinMax
 
   useEffect(() => {
     plot.current?.setData(data);
-  });
+  }, [dataKey, labels]);
 
   const latest = series
     .map((s) => {

@@ -101,10 +101,12 @@ function blank(name: string, length: number, metrics: string[]): VariantSeries {
  */
 export class ReportHistory {
   #ts: number[] = [];
+  #added = 0;
   #values = new Map<string, (number | null)[]>();
   constructor(private readonly maxPoints = 5_000) {}
 
   add(nowMs: number, report: Report): void {
+    this.#added++;
     const i = this.#ts.length;
     this.#ts.push(nowMs / 1000);
     for (const m of report.metrics ?? []) {
@@ -122,6 +124,11 @@ export class ReportHistory {
 
   xs(): number[] {
     return this.#ts.slice();
+  }
+
+  /** reports taken in so far (grows by one per report, also once the oldest are dropped) */
+  size(): number {
+    return this.#added;
   }
 
   values(metric: string, variant: string): (number | null)[] {
