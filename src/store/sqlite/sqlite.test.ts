@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -96,6 +96,26 @@ describe("SqliteStore specifics", () => {
       const s = new SqliteStore(path);
       await s.init();
       assert.deepEqual(await s.counts("exp"), { exposures: 0, events: 3000 });
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("checkpoints the WAL from its worker thread (automatic checkpoints are off on the writer)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const s = new SqliteStore(path, { checkpointIntervalMs: 10 });
+      await s.init();
+      const before = statSync(path).size;
+      await s.writeEvents(Array.from({ length: 5000 }, (_, i) => ({
+        experiment: "exp", unit: `u${i}`, event: "watched", value: i, ts: 1e12 + i, requestId: null,
+      })));
+      // A real thread on a real interval: wait (bounded) for it to copy the WAL into the database file.
+      const deadline = Date.now() + 10_000;
+      while (statSync(path).size === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(statSync(path).size > before, "the database file grew: the checkpointer ran");
       await s.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
