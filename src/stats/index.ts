@@ -26,3 +26,20 @@ export {
   chiSquareSf,
 } from "./distributions.ts";
 export type * from "./types.ts";
+export { buildReport, SRM_MIN_UNITS_PER_VARIANT, SEQUENTIAL_MIN_UNITS_PER_VARIANT } from "./report.ts";
+export type {
+  Report,
+  ReportInput,
+  ReportOutput,
+  ReportAnalysisConfig,
+  VariantSummary,
+  SrmSummary,
+  MetricReport,
+  MetricRole,
+  Comparison,
+  GuardrailReport,
+  Decision,
+  DecisionAction,
+  DataQuality,
+} from "./report.ts";
+export { formatReportTable } from "./format.ts";

@@ -1,0 +1,580 @@
+import type { MetricConfig } from "../config/index.ts";
+import type { ExperimentAggregates, MeanStats, MetricAggregate, ProportionStats } from "../store/types.ts";
+import { chanceToWin } from "./bayes.ts";
+import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
+import { adjustPValues } from "./multiple.ts";
+import { sequentialUnits } from "./power.ts";
+import { DEFAULT_TAU2_STANDARDIZED, mixtureSprt, runningMinimum } from "./sequential.ts";
+import type { Correction, Interval } from "./types.ts";
+
+/** SRM is not judged until every arm with weight > 0 has this many units: the χ² approximation needs them. */
+export const SRM_MIN_UNITS_PER_VARIANT = 8;
+/**
+ * The mSPRT here uses the plug-in variance of each look (as Optimizely's implementation does); with a handful of
+ * units that variance is too noisy to trust, so no sequential p-value is computed below this many units per arm.
+ */
+export const SEQUENTIAL_MIN_UNITS_PER_VARIANT = 30;
+/** Power for the "units still needed" estimate. */
+export const PLANNING_POWER = 0.8;
+
+export interface ReportAnalysisConfig {
+  alpha: number;
+  srmThreshold: number;
+  correction: Correction;
+  /** mixing variance of the mSPRT in units of the metric's per-unit variance; default DEFAULT_TAU2_STANDARDIZED */
+  tau2?: number;
+}
+
+export interface ReportInput {
+  experiment: string;
+  /** config order, the first is the control; `weight` is the current weight */
+  variants: { name: string; weight: number }[];
+  aggregates: ExperimentAggregates;
+  metrics: MetricConfig[];
+  analysis: ReportAnalysisConfig;
+  /** ms since epoch */
+  now: number;
+  /** running minima of the sequential p-values from earlier reports, keyed `${metric}/${variant}` */
+  previousSequential?: Record<string, number>;
+}
+
+export interface VariantSummary {
+  name: string;
+  weight: number;
+  units: number;
+  requests: number;
+  fallbackRequests: number;
+}
+
+export interface SrmSummary {
+  pValue: number | null;
+  mismatch: boolean;
+  /** false while some arm has fewer than SRM_MIN_UNITS_PER_VARIANT units, or there is one arm */
+  judged: boolean;
+  chiSquare: number | null;
+  df: number | null;
+  threshold: number;
+  note: string;
+}
+
+export type MetricRole = "primary" | "secondary" | "guardrail";
+
+export interface Comparison {
+  variant: string;
+  units: number;
+  value: number | null;
+  absolute: Interval;
+  relative: Interval;
+  /** fixed-horizon two-sided p (pooled z-test or Welch); valid only at a horizon fixed in advance */
+  pValue: number | null;
+  /** pValue adjusted across variants and primary/secondary metrics; null for guardrail metrics */
+  pValueAdjusted: number | null;
+  /** always-valid mSPRT p-value: running minimum over every report so far */
+  pValueSequential: number | null;
+  pValueSequentialAdjusted: number | null;
+  /** always-valid (1 - alpha) interval of the absolute difference at this look */
+  sequentialCi: [number, number] | null;
+  /** P(treatment rate > control rate), Beta(1,1) priors; conversion and error-rate metrics only */
+  chanceToWin: number | null;
+  /** pValueSequentialAdjusted < alpha: the difference holds up however often the report is read */
+  significant: boolean;
+  error?: string;
+}
+
+export interface MetricReport {
+  name: string;
+  kind: MetricAggregate["kind"];
+  role: MetricRole;
+  control: { units: number; value: number | null };
+  comparisons: Comparison[];
+}
+
+export interface GuardrailReport {
+  name: string;
+  kind: MetricAggregate["kind"];
+  variant: string;
+  ok: boolean;
+  detail: string;
+  control: number | null;
+  value: number | null;
+  limit: { maxRelativeIncrease?: number; maxAbsoluteIncrease?: number };
+  /** one-sided p of "the increase exceeds the limit" (the smaller one when both limits are set) */
+  pValue: number | null;
+}
+
+export type DecisionAction = "promote" | "rollback" | "continue";
+
+export interface Decision {
+  action: DecisionAction;
+  /** promote: the winner; rollback: the control that gets all traffic; continue: null */
+  variant: string | null;
+  reason: string;
+  /** continue: more units (all variants together) the primary metric needs at the observed difference */
+  unitsNeeded?: number | null;
+}
+
+export interface DataQuality {
+  forcedRequests: number;
+  multiVariantUnits: number;
+  fallbackRequests: number;
+  firstExposureAt: string | null;
+  lastExposureAt: string | null;
+  notes: string[];
+}
+
+/** The body of GET /v1/report and `abgate report --json` (the spec's Report section, plus fields). */
+export interface Report {
+  experiment: string;
+  generatedAt: string;
+  control: string | null;
+  variants: VariantSummary[];
+  srm: SrmSummary;
+  metrics: MetricReport[];
+  guardrails: GuardrailReport[];
+  decision: Decision;
+  dataQuality: DataQuality;
+  analysis: { alpha: number; correction: Correction; srmThreshold: number; tau2: number; primaryMetric: string | null };
+}
+
+export interface ReportOutput {
+  report: Report;
+  /** running minima to pass back as `previousSequential` next time */
+  sequentialState: Record<string, number>;
+}
+
+const EMPTY_PROPORTION: ProportionStats = { units: 0, conversions: 0 };
+const EMPTY_MEAN: MeanStats = { n: 0, sum: 0, sumSquares: 0 };
+
+function finite(x: number | null | undefined): number | null {
+  return typeof x === "number" && Number.isFinite(x) ? x : null;
+}
+
+function isoOrNull(ms: number | null): string | null {
+  return ms !== null && Number.isFinite(ms) ? new Date(ms).toISOString() : null;
+}
+
+/** Deep copy with every non-finite number replaced by null: the report is JSON and must never hold NaN/Infinity. */
+function jsonSafe<T>(value: T): T {
+  if (typeof value === "number") return (Number.isFinite(value) ? value : null) as T;
+  if (Array.isArray(value)) return value.map(jsonSafe) as T;
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) if (v !== undefined) out[k] = jsonSafe(v);
+    return out as T;
+  }
+  return value;
+}
+
+/** Statistics of one metric in one arm, whatever its kind. */
+interface ArmStats {
+  units: number;
+  value: number | null;
+  proportion?: ProportionStats;
+  mean?: MeanStats;
+  variance: number;
+}
+
+function armStats(metric: MetricAggregate, variant: string): ArmStats {
+  if (metric.kind === "conversion" || metric.kind === "error_rate") {
+    const p = metric.byVariant[variant] ?? EMPTY_PROPORTION;
+    const rate = p.units > 0 ? p.conversions / p.units : null;
+    return { units: p.units, value: rate, proportion: p, variance: rate === null ? 0 : rate * (1 - rate) };
+  }
+  const raw = metric.byVariant[variant] ?? EMPTY_MEAN;
+  const m: MeanStats = { n: raw.n, sum: raw.sum, sumSquares: raw.sumSquares };
+  const mv = m.n > 0 ? meanAndVariance(m) : null;
+  return { units: m.n, value: mv ? mv.mean : null, mean: m, variance: mv ? mv.variance : 0 };
+}
+
+/** Build the report from sufficient statistics. Pure: same input, same output; never throws on data problems. */
+export function buildReport(input: ReportInput): ReportOutput {
+  const alpha = input.analysis.alpha > 0 && input.analysis.alpha < 1 ? input.analysis.alpha : 0.05;
+  const correction: Correction = input.analysis.correction ?? "holm";
+  const srmThreshold = input.analysis.srmThreshold > 0 && input.analysis.srmThreshold < 1 ? input.analysis.srmThreshold : 0.001;
+  const tau2Standardized = input.analysis.tau2 !== undefined && input.analysis.tau2 > 0 ? input.analysis.tau2 : DEFAULT_TAU2_STANDARDIZED;
+  const previous = input.previousSequential ?? {};
+  const agg = input.aggregates;
+  const names = input.variants.map((v) => v.name);
+  const control = names[0] ?? null;
+  const treatments = names.slice(1);
+  const totalsByName = new Map(agg.variants.map((v) => [v.variant, v]));
+
+  const variants: VariantSummary[] = input.variants.map((v) => {
+    const t = totalsByName.get(v.name);
+    return { name: v.name, weight: v.weight, units: t?.units ?? 0, requests: t?.requests ?? 0, fallbackRequests: t?.fallbackRequests ?? 0 };
+  });
+  const totalUnits = variants.reduce((s, v) => s + v.units, 0);
+  const totalWeight = variants.reduce((s, v) => s + Math.max(0, v.weight), 0);
+
+  const srm = srmSummary(variants, srmThreshold);
+
+  // Metrics, in config order. The aggregate list is in config order too, but match by name to be safe.
+  const aggByName = new Map(agg.metrics.map((m) => [m.name, m]));
+  const primaryName = input.metrics.find((m) => m.kind === "conversion" || m.kind === "mean")?.name ?? null;
+  const sequentialState: Record<string, number> = {};
+  for (const [k, v] of Object.entries(previous)) if (Number.isFinite(v)) sequentialState[k] = v;
+
+  const metrics: MetricReport[] = [];
+  const guardrails: GuardrailReport[] = [];
+  for (const config of input.metrics) {
+    const metric = aggByName.get(config.name) ?? emptyAggregate(config);
+    const role: MetricRole = config.name === primaryName ? "primary" : config.kind === "latency" || config.kind === "error_rate" ? "guardrail" : "secondary";
+    if (control === null) continue;
+    const c = armStats(metric, control);
+    const comparisons: Comparison[] = [];
+    for (const variant of treatments) {
+      const t = armStats(metric, variant);
+      const comparison = compare(metric, variant, c, t, alpha, tau2Standardized);
+      const key = `${config.name}/${variant}`;
+      comparison.pValueSequential = runningMinimum(previous[key], comparison.pValueSequential);
+      if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
+      comparisons.push(comparison);
+      if (config.guardrail) guardrails.push(guardrail(metric, config.guardrail, variant, c, t, alpha));
+    }
+    metrics.push({ name: config.name, kind: metric.kind, role, control: { units: c.units, value: c.value }, comparisons });
+  }
+
+  // One family for the correction: every treatment on every primary and secondary metric.
+  const family = metrics.filter((m) => m.role !== "guardrail").flatMap((m) => m.comparisons);
+  const method = correction === "none" ? "none" : correction;
+  const fixed = adjustPValues(family.map((c) => c.pValue), method);
+  const sequential = adjustPValues(family.map((c) => c.pValueSequential), method);
+  family.forEach((c, i) => {
+    c.pValueAdjusted = fixed[i] ?? null;
+    c.pValueSequentialAdjusted = sequential[i] ?? null;
+  });
+  for (const m of metrics) {
+    for (const c of m.comparisons) {
+      if (m.role === "guardrail") c.pValueSequentialAdjusted = c.pValueSequential;
+      c.significant = c.pValueSequentialAdjusted !== null && c.pValueSequentialAdjusted < alpha;
+    }
+  }
+
+  const dataQuality = dataQualityOf(agg, variants);
+  const decision = decide({ variants, control, totalUnits, totalWeight, srm, metrics, guardrails, primaryName, alpha, tau2Standardized, familySize: family.length, correction, aggregates: agg });
+
+  const report: Report = {
+    experiment: input.experiment,
+    generatedAt: new Date(input.now).toISOString(),
+    control,
+    variants,
+    srm,
+    metrics,
+    guardrails,
+    decision,
+    dataQuality,
+    analysis: { alpha, correction, srmThreshold, tau2: tau2Standardized, primaryMetric: primaryName },
+  };
+  return { report: jsonSafe(report), sequentialState };
+}
+
+function emptyAggregate(config: MetricConfig): MetricAggregate {
+  return { name: config.name, kind: config.kind, byVariant: {} } as MetricAggregate;
+}
+
+function srmSummary(variants: VariantSummary[], threshold: number): SrmSummary {
+  const weighted = variants.filter((v) => v.weight > 0);
+  const result = srmTest(
+    variants.map((v) => v.units),
+    variants.map((v) => Math.max(0, v.weight)),
+  );
+  const base = { pValue: finite(result.pValue), chiSquare: finite(result.chiSquare), df: result.df, threshold };
+  if (weighted.length < 2) return { ...base, mismatch: false, judged: false, note: "fewer than two variants with weight > 0: nothing to check" };
+  const small = weighted.filter((v) => v.units < SRM_MIN_UNITS_PER_VARIANT);
+  if (small.length > 0) {
+    return {
+      ...base,
+      mismatch: false,
+      judged: false,
+      note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
+    };
+  }
+  const mismatch = result.pValue !== null && result.pValue < threshold;
+  const zeroWeightUnits = variants.filter((v) => v.weight <= 0 && v.units > 0);
+  let note = mismatch
+    ? `units are not split as the weights say (χ² = ${fmt(result.chiSquare)}, p = ${fmtP(result.pValue)} < ${threshold})`
+    : `units match the weights (p = ${fmtP(result.pValue)})`;
+  note += "; compared with the current weights, so a weight change during the experiment shows up here too";
+  if (zeroWeightUnits.length > 0) note += `; variants at weight 0 left out: ${zeroWeightUnits.map((v) => v.name).join(", ")}`;
+  return { ...base, mismatch, judged: true, note };
+}
+
+function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, alpha: number, tau2Standardized: number): Comparison {
+  const out: Comparison = {
+    variant,
+    units: t.units,
+    value: t.value,
+    absolute: { estimate: null, ci: null },
+    relative: { estimate: null, ci: null },
+    pValue: null,
+    pValueAdjusted: null,
+    pValueSequential: null,
+    pValueSequentialAdjusted: null,
+    sequentialCi: null,
+    chanceToWin: null,
+    significant: false,
+  };
+  let pooledVariance = 0;
+  if (c.proportion && t.proportion) {
+    const r = proportionTest(c.proportion, t.proportion, { alpha });
+    Object.assign(out, { absolute: r.absolute, relative: r.relative, pValue: r.pValue });
+    if (r.error) out.error = r.error;
+    if (metric.kind === "conversion") out.chanceToWin = chanceToWin(c.proportion, t.proportion);
+    const n = c.proportion.units + t.proportion.units;
+    const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
+    pooledVariance = pooled * (1 - pooled);
+  } else if (c.mean && t.mean) {
+    const r = meanTest(c.mean, t.mean, { alpha });
+    Object.assign(out, { absolute: r.absolute, relative: r.relative, pValue: r.pValue });
+    if (r.error) out.error = r.error;
+    const dof = c.units + t.units - 2;
+    pooledVariance = dof > 0 ? ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / dof : 0;
+  }
+  // mSPRT on the absolute difference with the plug-in variance of this look (see sequential.ts).
+  if (
+    c.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT &&
+    t.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT &&
+    c.value !== null &&
+    t.value !== null &&
+    pooledVariance > 0
+  ) {
+    const s = mixtureSprt({
+      diff: t.value - c.value,
+      varDiff: c.variance / c.units + t.variance / t.units,
+      tau2: tau2Standardized * pooledVariance,
+      alpha,
+    });
+    out.pValueSequential = s.pValue;
+    out.sequentialCi = s.ci;
+  }
+  return out;
+}
+
+function guardrail(
+  metric: MetricAggregate,
+  limit: { maxRelativeIncrease?: number; maxAbsoluteIncrease?: number },
+  variant: string,
+  c: ArmStats,
+  t: ArmStats,
+  alpha: number,
+): GuardrailReport {
+  const what = metric.kind === "latency" ? "mean latency" : metric.kind === "error_rate" ? "error rate" : metric.kind === "conversion" ? "rate" : "mean";
+  const show = (x: number | null): string => (x === null ? "n/a" : metric.kind === "latency" ? `${fmt(x)} ms` : metric.kind === "mean" ? fmt(x) : fmtPct(x));
+  const base = { name: metric.name, kind: metric.kind, variant, control: c.value, value: t.value, limit: { ...limit } };
+  const tests: { label: string; pValue: number | null; estimate: number | null }[] = [];
+  const run = (k: number, add: number) =>
+    c.mean && t.mean ? welchOneSidedIncrease(c.mean, t.mean, k, add) : proportionOneSidedIncrease(c.proportion ?? EMPTY_PROPORTION, t.proportion ?? EMPTY_PROPORTION, k, add);
+  if (limit.maxRelativeIncrease !== undefined) tests.push({ label: `+${fmtPct(limit.maxRelativeIncrease)} relative`, ...run(1 + limit.maxRelativeIncrease, 0) });
+  if (limit.maxAbsoluteIncrease !== undefined) {
+    const label = metric.kind === "latency" ? `+${fmt(limit.maxAbsoluteIncrease)} ms` : metric.kind === "mean" ? `+${fmt(limit.maxAbsoluteIncrease)}` : `+${fmt(limit.maxAbsoluteIncrease * 100)} percentage points`;
+    tests.push({ label: `${label} absolute`, ...run(1, limit.maxAbsoluteIncrease) });
+  }
+  const minUnits = metric.kind === "latency" || metric.kind === "mean" ? 2 : 1;
+  if (c.units < minUnits || t.units < minUnits || c.value === null || t.value === null) {
+    return { ...base, ok: true, pValue: null, detail: `not enough data yet (${c.units} control, ${t.units} ${variant})` };
+  }
+  const valid = tests.filter((x) => x.pValue !== null);
+  const worst = valid.reduce<(typeof tests)[number] | null>((w, x) => (w === null || x.pValue! < w.pValue! ? x : w), null);
+  const change = c.value !== 0 ? ` (${fmtSignedPct(t.value / c.value - 1)})` : "";
+  const observed = `${what} ${show(t.value)} vs ${show(c.value)} for the control${change}`;
+  const limits = tests.map((x) => x.label).join(" and ");
+  if (worst && worst.pValue! < alpha) {
+    return { ...base, ok: false, pValue: worst.pValue, detail: `${observed}: significantly above the limit ${worst.label} (one-sided p = ${fmtP(worst.pValue)} < ${alpha})` };
+  }
+  const over = tests.some((x) => x.estimate !== null && x.estimate > 0);
+  const detail = over
+    ? `${observed}: above the limit ${limits}, but not significantly yet (one-sided p = ${fmtP(worst?.pValue ?? null)})`
+    : `${observed}: within the limit ${limits}`;
+  return { ...base, ok: true, pValue: worst?.pValue ?? null, detail };
+}
+
+function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): DataQuality {
+  const fallbackRequests = variants.reduce((s, v) => s + v.fallbackRequests, 0);
+  const notes: string[] = [];
+  if (agg.forcedRequests > 0) notes.push(`${agg.forcedRequests} forced requests (x-abgate-force-variant) are left out of the analysis`);
+  if (agg.multiVariantUnits > 0) {
+    notes.push(`${agg.multiVariantUnits} units were assigned to more than one variant; each counts for its first variant only (intention to treat)`);
+  }
+  if (fallbackRequests > 0) notes.push(`${fallbackRequests} requests were answered by another variant (fallback); they count for the assigned variant`);
+  return {
+    forcedRequests: agg.forcedRequests,
+    multiVariantUnits: agg.multiVariantUnits,
+    fallbackRequests,
+    firstExposureAt: isoOrNull(agg.firstExposureTs),
+    lastExposureAt: isoOrNull(agg.lastExposureTs),
+    notes,
+  };
+}
+
+interface DecisionInput {
+  variants: VariantSummary[];
+  control: string | null;
+  totalUnits: number;
+  totalWeight: number;
+  srm: SrmSummary;
+  metrics: MetricReport[];
+  guardrails: GuardrailReport[];
+  primaryName: string | null;
+  alpha: number;
+  tau2Standardized: number;
+  familySize: number;
+  correction: Correction;
+  aggregates: ExperimentAggregates;
+}
+
+/**
+ * The verdict, in this order: nothing to analyse → continue; a guardrail significantly broken → rollback (safety
+ * first, even under SRM); SRM → continue (the split itself is suspect); the primary metric (first conversion or
+ * mean metric) won by a treatment with the sequential test at alpha after correction → promote; every treatment
+ * significantly worse → rollback; otherwise continue, with the units the best treatment still needs.
+ */
+function decide(d: DecisionInput): Decision {
+  const cont = (reason: string, unitsNeeded?: number | null): Decision => ({ action: "continue", variant: null, reason, ...(unitsNeeded !== undefined ? { unitsNeeded } : {}) });
+  if (d.control === null) return cont("No variants are configured: there is nothing to analyse.");
+  if (d.variants.length < 2) return cont(`Only one variant (${d.control}) is configured: there is nothing to compare it with.`);
+  if (d.totalUnits === 0) return cont("No exposures yet: no unit has been routed to any variant, so there is nothing to analyse.");
+
+  const broken = d.guardrails.filter((g) => !g.ok);
+  if (broken.length > 0) {
+    const list = broken.map((g) => `${g.variant} breaks the ${g.name} guardrail: ${g.detail}`).join("; ");
+    return { action: "rollback", variant: d.control, reason: `Roll back to ${d.control}: ${list}.` };
+  }
+  if (d.srm.mismatch) {
+    return cont(
+      `Sample ratio mismatch: ${d.srm.note.split(";")[0]}. The split itself is suspect, so no result can be trusted; check assignment, fallback and weight changes before deciding.`,
+    );
+  }
+  if (d.primaryName === null) return cont("No conversion or mean metric is configured, so there is no primary metric to decide on.");
+  const primary = d.metrics.find((m) => m.name === d.primaryName)!;
+  const primaryAgg = d.aggregates.metrics.find((m) => m.name === d.primaryName);
+  if (!hasOutcomes(primaryAgg)) return cont(`No outcomes for the primary metric "${d.primaryName}" yet: units are being exposed, but no "${d.primaryName}" events have arrived.`);
+
+  const corrected = d.correction === "none" ? "" : `, ${d.correction}-adjusted over ${d.familySize} comparison${d.familySize === 1 ? "" : "s"}`;
+  const winners = primary.comparisons.filter((c) => c.significant && (c.absolute.estimate ?? 0) > 0);
+  if (winners.length > 0) {
+    const best = winners.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
+    const others = winners.filter((w) => w !== best).map((w) => w.variant);
+    return {
+      action: "promote",
+      variant: best.variant,
+      reason:
+        `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
+        `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
+        `Guardrails hold and the split matches the weights${d.srm.judged ? "" : " (SRM not judged yet)"}.` +
+        (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
+    };
+  }
+  const losers = primary.comparisons.filter((c) => c.significant && (c.absolute.estimate ?? 0) < 0);
+  if (losers.length > 0 && losers.length === primary.comparisons.length) {
+    return {
+      action: "rollback",
+      variant: d.control,
+      reason: `Roll back to ${d.control}: ${losers.map((c) => `${c.variant} is significantly worse on ${primary.name} (${describeValue(primary, c.value)} vs ${describeValue(primary, primary.control.value)}, always-valid p = ${fmtP(c.pValueSequentialAdjusted)})`).join("; ")}.`,
+    };
+  }
+  return continueWithEstimate(d, primary);
+}
+
+function continueWithEstimate(d: DecisionInput, primary: MetricReport): Decision {
+  const ahead = primary.comparisons.filter((c) => (c.absolute.estimate ?? 0) > 0 && !c.significant);
+  if (ahead.length === 0) {
+    return {
+      action: "continue",
+      variant: null,
+      reason: `No treatment is ahead of ${d.control} on ${primary.name} so far; keep collecting data, or stop the experiment if no difference is worth waiting for.`,
+      unitsNeeded: null,
+    };
+  }
+  const best = ahead.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
+  const needed = unitsStillNeeded(d, primary, best);
+  const lift = `${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}${describeLift(best)}`;
+  const p = best.pValueSequentialAdjusted === null ? "no sequential p-value yet" : `always-valid p = ${fmtP(best.pValueSequentialAdjusted)}`;
+  const more =
+    needed === null
+      ? "the number of units still needed cannot be estimated yet"
+      : needed === 0
+        ? "the data should be close to enough; keep going"
+        : `about ${needed.toLocaleString("en-US")} more units (all variants together) would show it with ${PLANNING_POWER * 100}% power if the difference holds`;
+  return {
+    action: "continue",
+    variant: null,
+    reason: `${best.variant} leads on ${primary.name} (${lift}) but not significantly yet (${p}, needs < ${d.alpha}); ${more}.`,
+    unitsNeeded: needed,
+  };
+}
+
+/**
+ * Units (all variants together) still needed before the mSPRT would detect the observed difference with 80% power,
+ * at alpha divided by the family size (Bonferroni, the worst case of Holm) when a correction is on.
+ */
+function unitsStillNeeded(d: DecisionInput, primary: MetricReport, best: Comparison): number | null {
+  const metric = d.aggregates.metrics.find((m) => m.name === primary.name);
+  if (!metric || d.control === null || d.totalWeight <= 0) return null;
+  const c = armStats(metric, d.control);
+  const t = armStats(metric, best.variant);
+  const wC = d.variants.find((v) => v.name === d.control)?.weight ?? 0;
+  const wT = d.variants.find((v) => v.name === best.variant)?.weight ?? 0;
+  if (wC <= 0 || wT <= 0 || best.absolute.estimate === null) return null;
+  const dof = c.units + t.units - 2;
+  const pooledVariance = dof > 0 ? ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / dof : 0;
+  const varianceControl = c.variance > 0 ? c.variance : pooledVariance;
+  const varianceTreatment = t.variance > 0 ? t.variance : pooledVariance;
+  const alpha = d.correction === "none" ? d.alpha : d.alpha / Math.max(1, d.familySize);
+  const total = sequentialUnits({
+    effect: best.absolute.estimate,
+    varianceControl,
+    varianceTreatment,
+    shareControl: wC / d.totalWeight,
+    shareTreatment: wT / d.totalWeight,
+    alpha,
+    power: PLANNING_POWER,
+    tau2: d.tau2Standardized * (pooledVariance > 0 ? pooledVariance : Math.max(varianceControl, varianceTreatment)),
+  });
+  return total === null ? null : Math.max(0, total - d.totalUnits);
+}
+
+function hasOutcomes(metric: MetricAggregate | undefined): boolean {
+  if (!metric) return false;
+  if (metric.kind === "conversion" || metric.kind === "error_rate") {
+    return Object.values(metric.byVariant).some((p) => p.conversions > 0);
+  }
+  return Object.values(metric.byVariant).some((m) => m.sum !== 0 || m.sumSquares !== 0);
+}
+
+function describeValue(metric: MetricReport, value: number | null): string {
+  if (value === null) return "n/a";
+  return metric.kind === "conversion" || metric.kind === "error_rate" ? fmtPct(value) : metric.kind === "latency" ? `${fmt(value)} ms` : fmt(value);
+}
+
+function describeLift(c: Comparison): string {
+  const r = c.relative;
+  if (r.estimate === null) return "";
+  return r.ci ? `, ${fmtSignedPct(r.estimate)} [${fmtSignedPct(r.ci[0])}, ${fmtSignedPct(r.ci[1])}]` : `, ${fmtSignedPct(r.estimate)}`;
+}
+
+/** 4 significant digits, no exponent for ordinary magnitudes. */
+export function fmt(x: number | null): string {
+  if (x === null || !Number.isFinite(x)) return "n/a";
+  if (x === 0) return "0";
+  const a = Math.abs(x);
+  if (a >= 1e6 || a < 1e-3) return x.toExponential(2);
+  return Number(x.toPrecision(4)).toString();
+}
+
+/** p-values: 3 significant digits, exponent below 1e-4. */
+export function fmtP(p: number | null): string {
+  if (p === null || !Number.isFinite(p)) return "n/a";
+  if (p === 0) return "0";
+  if (p < 1e-4) return p.toExponential(1);
+  return Number(p.toPrecision(3)).toString();
+}
+
+export function fmtPct(x: number | null): string {
+  if (x === null || !Number.isFinite(x)) return "n/a";
+  return `${Number((x * 100).toPrecision(3))}%`;
+}
+
+export function fmtSignedPct(x: number | null): string {
+  if (x === null || !Number.isFinite(x)) return "n/a";
+  return `${x >= 0 ? "+" : ""}${fmtPct(x)}`;
+}
