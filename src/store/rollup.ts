@@ -208,7 +208,7 @@ export function rollupExposures(rows: Exposure[], cache: UnitCache): ExposureRol
 export class UnitCache {
   readonly #max: number;
   #map = new Map<string, { ts: number; variant: string; multi: boolean }>();
-  constructor(maxEntries = 200_000) {
+  constructor(maxEntries = 100_000) {
     this.#max = maxEntries;
   }
   covers(key: string, ts: number, variant: string): boolean {

@@ -17,7 +17,7 @@ import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store 
 export interface PostgresStoreOptions {
   /** pool size (default 4) */
   maxConnections?: number;
-  /** units remembered to skip redundant `units` upserts (see UnitCache); 0 disables */
+  /** units remembered to skip redundant `units` upserts (see UnitCache; default 100,000, about 16 MiB); 0 disables */
   unitCacheSize?: number;
 }
 
@@ -68,7 +68,7 @@ export class PostgresStore implements Store {
 
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
-    this.#cache = new UnitCache(options.unitCacheSize ?? 200_000);
+    this.#cache = new UnitCache(options.unitCacheSize ?? 100_000);
     this.#pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 4, types });
     // An idle client that loses its server emits 'error' on the pool; without a listener that would crash the process.
     this.#pool.on("error", () => {});

@@ -19,9 +19,9 @@ import {
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 export interface SqliteStoreOptions {
-  /** units remembered to skip redundant `units` upserts (see UnitCache); 0 disables */
+  /** units remembered to skip redundant `units` upserts (see UnitCache; default 100,000, about 16 MiB); 0 disables */
   unitCacheSize?: number;
-  /** SQLite page cache in MiB (the report's joins like a warm cache) */
+  /** SQLite page cache in MiB (default 32; the report's joins like a warm cache, the proxy likes a small RSS) */
   cacheSizeMiB?: number;
   /**
    * How often a background thread checkpoints the WAL into the main file (default 1,000). 0 leaves checkpoints to
@@ -99,7 +99,7 @@ export class SqliteStore implements Store {
 
   constructor(path: string, options: SqliteStoreOptions = {}) {
     this.path = path;
-    this.#cache = new UnitCache(options.unitCacheSize ?? 200_000);
+    this.#cache = new UnitCache(options.unitCacheSize ?? 100_000);
     this.#checkpointIntervalMs = path === ":memory:" ? 0 : (options.checkpointIntervalMs ?? 1000);
     try {
       if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
@@ -108,7 +108,7 @@ export class SqliteStore implements Store {
       this.#db.pragma("synchronous = NORMAL");
       // Another process (a second abgate, `abgate report`) may hold the write lock briefly.
       this.#db.pragma("busy_timeout = 5000");
-      this.#db.pragma(`cache_size = ${-1024 * (options.cacheSizeMiB ?? 64)}`);
+      this.#db.pragma(`cache_size = ${-1024 * (options.cacheSizeMiB ?? 32)}`);
       this.#db.pragma("temp_store = MEMORY");
       // The WAL restarts from its beginning after each complete checkpoint but keeps its size; cap what it keeps.
       this.#db.pragma(`journal_size_limit = ${64 * 2 ** 20}`);
