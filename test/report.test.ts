@@ -1,6 +1,7 @@
 /** Reports built from hand-made aggregates: the decisions of issue 4 and the JSON shape of the spec. */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import type { MetricConfig } from "../src/config/index.ts";
 import type { ExperimentAggregates, MetricAggregate } from "../src/store/types.ts";
 import { adjustPValues, buildReport, formatReportTable, type Report, type ReportInput } from "../src/stats/index.ts";
@@ -313,5 +314,41 @@ describe("buildReport", () => {
     assert.match(text, /Guardrails\n\s+metric\s+variant\s+status/);
     assert.match(text, /Decision: PROMOTE treatment/);
     assert.ok(!/NaN|Infinity|undefined/.test(text), text);
+  });
+
+  it("any aggregates (fast-check): never throws, JSON clean, a known action and a reason", () => {
+    const arm = fc.record({
+      units: fc.integer({ min: 0, max: 200_000 }),
+      rate: fc.double({ min: 0, max: 1, noNaN: true }),
+      minutes: fc.tuple(fc.double({ min: 0, max: 100, noNaN: true }), fc.double({ min: 0, max: 50, noNaN: true })),
+      latency: fc.tuple(fc.double({ min: 0, max: 1000, noNaN: true }), fc.double({ min: 0, max: 500, noNaN: true })),
+      requestsPerUnit: fc.integer({ min: 0, max: 5 }),
+      errorRate: fc.double({ min: 0, max: 1, noNaN: true }),
+      weight: fc.integer({ min: 0, max: 100 }),
+    });
+    fc.assert(
+      fc.property(fc.array(arm, { minLength: 0, maxLength: 4 }), fc.constantFrom("holm", "bh", "none") as fc.Arbitrary<"holm" | "bh" | "none">, (list, correction) => {
+        const arms: Record<string, Arm> = {};
+        list.forEach((a, i) => {
+          const requests = a.units * a.requestsPerUnit;
+          arms[i === 0 ? "control" : `v${i}`] = {
+            units: a.units,
+            conversions: Math.floor(a.units * a.rate),
+            minutes: a.minutes,
+            latency: a.latency,
+            requests,
+            errors: Math.floor(requests * a.errorRate),
+          };
+        });
+        const base = input(arms, { analysis: { alpha: 0.05, srmThreshold: 0.001, correction } });
+        const { report } = buildReport({ ...base, variants: base.variants.map((v, i) => ({ ...v, weight: list[i]!.weight })) });
+        assertJsonClean(report);
+        assert.ok(["promote", "rollback", "continue"].includes(report.decision.action));
+        assert.ok(report.decision.reason.length > 10);
+        const text = formatReportTable(report);
+        assert.ok(!/NaN|Infinity|undefined/.test(text), text);
+      }),
+      { numRuns: 300 },
+    );
   });
 });

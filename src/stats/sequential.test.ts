@@ -1,0 +1,102 @@
+/**
+ * What the mSPRT is for, checked by simulation with a seeded random source: reading the report after every batch
+ * of units does not inflate false positives (the fixed-horizon p does), and the "units still needed" estimate is
+ * about right.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { seededRandom, type RandomSource } from "../clock.ts";
+import { DEFAULT_TAU2_STANDARDIZED, mixtureSprt, runningMinimum } from "./sequential.ts";
+import { proportionTest } from "./frequentist.ts";
+import { sequentialUnits } from "./power.ts";
+
+function binomialStep(random: RandomSource, n: number, p: number): number {
+  let c = 0;
+  for (let i = 0; i < n; i++) if (random() < p) c++;
+  return c;
+}
+
+interface Arm {
+  units: number;
+  conversions: number;
+}
+
+/** One experiment read after every `batch` units per arm; returns whether each test ever rejected at alpha. */
+function peekingRun(random: RandomSource, rateC: number, rateT: number, batch: number, looks: number, alpha: number) {
+  const c: Arm = { units: 0, conversions: 0 };
+  const t: Arm = { units: 0, conversions: 0 };
+  let sequential: number | null = null;
+  let fixedEver = false;
+  let firstRejection: number | null = null;
+  for (let look = 0; look < looks; look++) {
+    c.units += batch;
+    t.units += batch;
+    c.conversions += binomialStep(random, batch, rateC);
+    t.conversions += binomialStep(random, batch, rateT);
+    const pC = c.conversions / c.units;
+    const pT = t.conversions / t.units;
+    const pooled = (c.conversions + t.conversions) / (c.units + t.units);
+    if (pooled > 0 && pooled < 1) {
+      const s = mixtureSprt({ diff: pT - pC, varDiff: (pC * (1 - pC)) / c.units + (pT * (1 - pT)) / t.units, tau2: DEFAULT_TAU2_STANDARDIZED * pooled * (1 - pooled), alpha });
+      sequential = runningMinimum(sequential, s.pValue);
+      if (sequential !== null && sequential < alpha && firstRejection === null) firstRejection = c.units + t.units;
+    }
+    const f = proportionTest(c, t).pValue;
+    if (f !== null && f < alpha) fixedEver = true;
+  }
+  return { sequentialRejected: sequential !== null && sequential < alpha, fixedEver, firstRejection };
+}
+
+describe("mSPRT by simulation", () => {
+  it("under no difference, peeking 40 times keeps false positives at or below alpha (the fixed-horizon p does not)", () => {
+    const random = seededRandom(20261128);
+    const runs = 300;
+    let sequential = 0;
+    let fixed = 0;
+    for (let r = 0; r < runs; r++) {
+      const o = peekingRun(random, 0.2, 0.2, 100, 40, 0.05);
+      if (o.sequentialRejected) sequential++;
+      if (o.fixedEver) fixed++;
+    }
+    // binomial(300, 0.05) has sd ≈ 3.8: 0.05 + 3 sd ≈ 0.088
+    assert.ok(sequential / runs <= 0.088, `sequential false positive rate ${sequential / runs}`);
+    assert.ok(fixed / runs > 0.12, `peeking at the fixed-horizon p should inflate errors, got ${fixed / runs}`);
+  });
+
+  it("with a real difference, the test rejects by about the sample size sequentialUnits predicts", () => {
+    const random = seededRandom(7);
+    const rateC = 0.1;
+    const rateT = 0.13;
+    const pooled = (rateC + rateT) / 2;
+    const predicted = sequentialUnits({
+      effect: rateT - rateC,
+      varianceControl: rateC * (1 - rateC),
+      varianceTreatment: rateT * (1 - rateT),
+      shareControl: 0.5,
+      shareTreatment: 0.5,
+      tau2: DEFAULT_TAU2_STANDARDIZED * pooled * (1 - pooled),
+    })!;
+    const runs = 100;
+    let byPredicted = 0;
+    const batch = 100;
+    for (let r = 0; r < runs; r++) {
+      const o = peekingRun(random, rateC, rateT, batch, Math.ceil(predicted / (2 * batch)), 0.05);
+      if (o.firstRejection !== null && o.firstRejection <= predicted + 2 * batch) byPredicted++;
+    }
+    // the estimate asks for 80% power at N and ignores earlier crossings, so it should reach at least ~80%
+    assert.ok(byPredicted / runs >= 0.72, `rejected by ${predicted} units in ${byPredicted}/${runs} runs`);
+    assert.ok(byPredicted / runs <= 0.99, `estimate far too generous: ${byPredicted}/${runs} by ${predicted}`);
+  });
+
+  it("mixtureSprt: no evidence at a zero difference, and the interval narrows as data grows", () => {
+    const zero = mixtureSprt({ diff: 0, varDiff: 1e-4, tau2: 1e-4 });
+    assert.equal(zero.pValue, 1);
+    const wide = mixtureSprt({ diff: 0.01, varDiff: 1e-4, tau2: 1e-4 }).ci!;
+    const narrow = mixtureSprt({ diff: 0.01, varDiff: 1e-6, tau2: 1e-4 }).ci!;
+    assert.ok(narrow[1] - narrow[0] < wide[1] - wide[0]);
+    assert.deepEqual(mixtureSprt({ diff: 1, varDiff: 1, tau2: 0 }).error, "INVALID_INPUT");
+    assert.equal(runningMinimum(0.2, null), 0.2);
+    assert.equal(runningMinimum(undefined, 0.3), 0.3);
+    assert.equal(runningMinimum(0.2, 0.3), 0.2);
+  });
+});
