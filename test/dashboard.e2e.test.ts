@@ -100,6 +100,9 @@ async function openPage(): Promise<{ page: Page; errors: string[] }> {
     if (m.type() === "error") errors.push(`console: ${m.text()}`);
   });
   page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+  page.on("response", (r) => {
+    if (r.status() >= 400) errors.push(`response: ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
   page.on("requestfailed", (r) => {
     // The event stream is cut when a page closes; anything else failing is a bug.
     if (!r.url().endsWith("/v1/stream")) errors.push(`requestfailed: ${r.url()} ${r.failure()?.errorText}`);

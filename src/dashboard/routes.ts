@@ -117,6 +117,7 @@ function servePage(req: IncomingMessage, res: ServerResponse, ctx: AdminContext,
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${title}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/assets/${escapeHtml(bundle.manifest.css)}">
 <script type="module" src="/assets/${escapeHtml(bundle.manifest.js)}"></script>
 </head>

@@ -139,11 +139,18 @@ function Decision({ report }: { report: Report | null }) {
         <p class="muted">No report yet.</p>
       )}
       {decision?.reason && <p class="reason">{decision.reason}</p>}
+      {decision?.action === "continue" && typeof decision.unitsNeeded === "number" && (
+        <p class="muted">About {fmtNum(decision.unitsNeeded)} more units needed at the observed difference.</p>
+      )}
       <h3>Sample ratio</h3>
       {srm ? (
         srm.mismatch ? (
           <p class="bad" data-testid="srm">
             <b>Mismatch</b> ({pText(srm.pValue)}): traffic does not follow the weights; fix assignment before trusting any result.
+          </p>
+        ) : srm.judged === false ? (
+          <p class="muted" data-testid="srm">
+            Not judged yet{srm.note ? `: ${srm.note}` : "."}
           </p>
         ) : (
           <p class="good" data-testid="srm">
@@ -154,6 +161,16 @@ function Decision({ report }: { report: Report | null }) {
         <p class="muted">—</p>
       )}
       <Guardrails report={report} />
+      {(report?.dataQuality?.notes ?? []).length > 0 && (
+        <>
+          <h3>Data quality</h3>
+          <ul class="notes">
+            {report!.dataQuality!.notes!.map((n) => (
+              <li key={n}>{n}</li>
+            ))}
+          </ul>
+        </>
+      )}
     </section>
   );
 }
@@ -286,7 +303,7 @@ function Metrics(props: {
           return (
             <section key={name} class="card wide metric" aria-labelledby={`metric-${name}-h`} data-metric={name}>
               <h2 id={`metric-${name}-h`}>
-                {name} <span class="kind">mean</span>
+                {name} <span class="kind">mean{m?.role ? ` · ${m.role}` : ""}</span>
               </h2>
               <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
               <Chart
@@ -310,7 +327,7 @@ function Metrics(props: {
         return (
           <section key={name} class="card wide metric" aria-labelledby={`metric-${name}-h`} data-metric={name}>
             <h2 id={`metric-${name}-h`}>
-              {name} <span class="kind">{kind.replace("_", " ")}</span>
+              {name} <span class="kind">{kind.replace("_", " ")}{m?.role ? ` · ${m.role}` : ""}</span>
             </h2>
             <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
             <Chart
@@ -409,7 +426,9 @@ function MetricTable(props: {
                     <td>{fmtCi(c?.relative?.ci, (x) => fmtSignedPct(x))}</td>
                     <td class="num">{fmtP(c?.pValue)}</td>
                     <td class="num">{fmtP(c?.pValueAdjusted)}</td>
-                    <td class="num">{fmtP(c?.pValueSequential)}</td>
+                    <td class="num" title={`adjusted for multiple comparisons: ${fmtP(c?.pValueSequentialAdjusted)}`}>
+                      {fmtP(c?.pValueSequential)}
+                    </td>
                     <td class="num">{fmtPct(c?.chanceToWin, 1)}</td>
                   </>
                 )}

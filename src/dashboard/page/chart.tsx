@@ -26,6 +26,18 @@ const INTEGER_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2
 const MIN_SPAN_S = 30 * 60;
 
 /**
+ * uPlot ranges x over the data only (a single point gets a day-wide axis), so the first minutes of an experiment
+ * would stretch across the whole chart: a short series is shown in a window of at least MIN_SPAN_S instead.
+ */
+function fitX(u: uPlot): void {
+  const xs = u.data[0];
+  if (xs.length === 0) return;
+  const min = xs[0]!;
+  const max = xs[xs.length - 1]!;
+  if (max - min < MIN_SPAN_S) u.setScale("x", { min: max - MIN_SPAN_S, max: max + 60 });
+}
+
+/**
  * One uPlot time chart. uPlot draws a week of minutes (10k points per series) on canvas in a few milliseconds, so
  * the chart is rebuilt only when its series change and otherwise fed with setData.
  */
@@ -46,11 +58,8 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
       scales: {
         x: {
           time: true,
-          range: (_u, min, max) => {
-            if (!Number.isFinite(max) || max === null) max = Date.now() / 1000;
-            if (!Number.isFinite(min) || min === null) min = max;
-            return max - min >= MIN_SPAN_S ? [min, max] : [max - MIN_SPAN_S, max + 60];
-          },
+          // Used by uPlot only while there is no data; fitX handles the short series.
+          range: () => [Date.now() / 1000 - MIN_SPAN_S, Date.now() / 1000],
         },
         // Every quantity charted here is non-negative; starting at zero keeps differences between variants honest.
         y: { range: (_u, _min, max) => [0, Math.max(yMinMax, (max ?? 0) * 1.1) || 1] },
@@ -68,6 +77,7 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
       ],
     };
     const u = new uPlot(opts, data, el);
+    fitX(u);
     plot.current = u;
     const resize = new ResizeObserver(() => u.setSize({ width: Math.max(200, el.clientWidth), height }));
     resize.observe(el);
@@ -80,7 +90,10 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
   }, [labels, height, yLabel, yMinMax, integer]);
 
   useEffect(() => {
-    plot.current?.setData(data);
+    const u = plot.current;
+    if (!u) return;
+    u.setData(data);
+    fitX(u);
   }, [dataKey, labels]);
 
   const latest = series

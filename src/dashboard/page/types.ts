@@ -39,6 +39,8 @@ export interface Comparison {
   pValue?: number | null;
   pValueAdjusted?: number | null;
   pValueSequential?: number | null;
+  pValueSequentialAdjusted?: number | null;
+  sequentialCi?: [number, number] | null;
   chanceToWin?: number | null;
   significant?: boolean;
   error?: string;
@@ -47,6 +49,8 @@ export interface Comparison {
 export interface ReportMetric {
   name: string;
   kind: string;
+  /** primary | secondary | guardrail */
+  role?: string;
   control?: { units?: number; value?: number | null; variant?: string };
   comparisons?: Comparison[];
   error?: string;
@@ -56,8 +60,9 @@ export interface Report {
   experiment: string;
   generatedAt?: string;
   variants?: { name: string; weight?: number; units?: number; requests?: number }[];
-  srm?: { pValue?: number | null; mismatch?: boolean; error?: string };
+  srm?: { pValue?: number | null; mismatch?: boolean; judged?: boolean; note?: string; error?: string };
   metrics?: ReportMetric[];
   guardrails?: { name: string; variant: string; ok: boolean; detail?: string }[];
-  decision?: { action: string; variant?: string | null; reason?: string };
+  decision?: { action: string; variant?: string | null; reason?: string; unitsNeeded?: number | null };
+  dataQuality?: { notes?: string[] };
 }
