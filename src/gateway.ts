@@ -195,7 +195,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       report: () => experimentReport(config, store, strategy.weights(), clock.now()),
     };
 
-    const { server: proxyServer, inFlight } = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
+    const { server: proxyServer, inFlight, closeTunnels } = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
     const { server: adminServer, dashboard } = createAdminServer({
       ...adminCtx,
       metrics,
@@ -250,6 +250,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         }
         if (inFlight() > 0) log.warn({ inFlight: inFlight() }, "drain timeout: closing remaining connections");
         proxyServer.closeAllConnections();
+        closeTunnels();
         await cleanup();
         log.info("stopped");
       })());

@@ -329,6 +329,8 @@ export interface ProxyServer {
   server: Server;
   /** requests being proxied now */
   inFlight(): number;
+  /** cut every upgraded (WebSocket) connection; they never end by themselves */
+  closeTunnels(): void;
 }
 
 /** Decide unit, variant and forced flag for a request. Returns an error message for a bad forced variant. */
@@ -402,13 +404,20 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
     socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
   });
 
-  server.on("upgrade", (req: IncomingMessage, socket: Socket, headBytes: Buffer) => proxyUpgrade(ctx, req, socket, headBytes, nextId(), known));
+  const tunnels = new Set<Socket>();
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, headBytes: Buffer) => proxyUpgrade(ctx, req, socket, headBytes, nextId(), known, tunnels));
 
-  return { server, inFlight: () => ctx.counters.inFlight };
+  return {
+    server,
+    inFlight: () => ctx.counters.inFlight,
+    closeTunnels: () => {
+      for (const s of tunnels) s.destroy();
+    },
+  };
 }
 
 /** WebSocket (and other Upgrade) requests: one dedicated upstream connection, bytes piped both ways. */
-function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, headBytes: Buffer, requestId: string, known: Set<string>): void {
+function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, headBytes: Buffer, requestId: string, known: Set<string>, tunnels: Set<Socket>): void {
   const startMs = performance.now();
   const ts = Date.now();
   const { unit } = resolveUnit(ctx, req);
@@ -470,4 +479,14 @@ function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, h
   client.on("error", () => upstream.destroy());
   upstream.on("close", () => client.destroy());
   client.on("close", () => upstream.destroy());
+  // Either side ending its half ends the tunnel (WebSocket closes by its own handshake first); half-open
+  // tunnels would otherwise linger forever.
+  const teardown = () => {
+    client.destroySoon();
+    upstream.destroySoon();
+  };
+  client.on("end", teardown);
+  upstream.on("end", teardown);
+  tunnels.add(client);
+  client.once("close", () => tunnels.delete(client));
 }

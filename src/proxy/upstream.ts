@@ -1,6 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
-import { HOP_BY_HOP } from "./headers.ts";
+import { HOP_BY_HOP, connectionTokens } from "./headers.ts";
 
 /**
  * The upstream half of the proxy, written by hand: pooled keep-alive sockets per replica and a small HTTP/1.1
@@ -270,7 +270,8 @@ export class UpstreamConnection {
     let keepAlive = !http10;
     let contentLength = -1;
     let chunked = false;
-    const headers: string[] = [];
+    let headers: string[] = [];
+    let listed: Set<string> | undefined;
     for (let i = 1; i < lines.length; i++) {
       const line = lines[i];
       const colon = line.indexOf(":");
@@ -299,10 +300,17 @@ export class UpstreamConnection {
         const v = value.toLowerCase();
         if (v.includes("close")) keepAlive = false;
         else if (v.includes("keep-alive")) keepAlive = true;
+        listed = connectionTokens(v) ?? listed;
         continue;
       }
       if (HOP_BY_HOP.has(lower)) continue;
       headers.push(name, value);
+    }
+    if (listed) {
+      // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+      const kept: string[] = [];
+      for (let i = 0; i < headers.length; i += 2) if (!listed.has(headers[i].toLowerCase())) kept.push(headers[i], headers[i + 1]);
+      headers = kept;
     }
     this.#keepAlive = keepAlive;
     const sink = this.#sink!;

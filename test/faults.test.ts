@@ -1,0 +1,196 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { createServer } from "node:http";
+import { startBackend } from "./helpers/backends.ts";
+import { testGateway } from "./helpers/gateway.ts";
+import { rawRequest } from "./helpers/raw.ts";
+
+async function closedPortUrl(): Promise<string> {
+  const srv = createNetServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return `http://127.0.0.1:${port}`;
+}
+
+/** A TCP server that answers each connection with `reply` (or nothing, when null). */
+async function rawServer(reply: string | null): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<import("node:net").Socket>();
+  const srv = createNetServer((s) => {
+    sockets.add(s);
+    s.on("error", () => {});
+    s.once("data", () => {
+      if (reply !== null) s.end(reply);
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        srv.close(() => r());
+      }),
+  };
+}
+
+test("a replica that refuses connections: requests are retried on another replica and none fails", async () => {
+  const good = await startBackend("good");
+  const dead = await closedPortUrl();
+  const gw = await testGateway({ variants: [{ name: "control", urls: [dead, good.url] }], limits: { ejectAfterFailures: 3 } });
+  try {
+    for (let i = 0; i < 40; i++) {
+      const res = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": `u${i}` } });
+      assert.equal(res.status, 200);
+      await res.arrayBuffer();
+    }
+    assert.equal(good.requests.length, 40);
+    assert.equal(gw.health.state("control-0"), "ejected");
+  } finally {
+    await gw.close();
+    await good.close();
+  }
+});
+
+test("no reachable replica: the fallback variant answers and the exposure records both variants", async () => {
+  const control = await startBackend("control");
+  const dead = await closedPortUrl();
+  const gw = await testGateway({
+    variants: [
+      { name: "control", weight: 0, url: control.url },
+      { name: "treatment", weight: 1, url: dead },
+    ],
+  });
+  try {
+    for (let i = 0; i < 10; i++) {
+      const res = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": `u${i}` } });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("x-abgate-variant"), "control");
+      await res.arrayBuffer();
+    }
+  } finally {
+    await gw.stop();
+  }
+  const { openStore } = await import("../src/store/index.ts");
+  const store = openStore(gw.config.store);
+  await store.init();
+  const agg = await store.aggregate("test", ["control", "treatment"], []);
+  await store.close();
+  await control.close();
+  const t = agg.variants.find((v) => v.variant === "treatment")!;
+  assert.equal(t.requests, 10);
+  assert.equal(t.units, 10, "units stay with the variant they were assigned (intention to treat)");
+  assert.equal(t.fallbackRequests, 10);
+});
+
+test("fallback: reject gives 503 when a variant has no healthy replica", async () => {
+  const dead = await closedPortUrl();
+  const gw = await testGateway({ fallback: "reject", variants: [{ name: "control", url: dead }], limits: { ejectAfterFailures: 1 } });
+  try {
+    const first = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "u" } });
+    assert.equal(first.status, 502, "connect failure on the only replica");
+    const second = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "u" } });
+    assert.equal(second.status, 503, "the replica is now ejected: no healthy replica");
+    const body = (await second.json()) as { code: string };
+    assert.equal(body.code, "ABGATE_ERR_UPSTREAM_NO_REPLICA");
+  } finally {
+    await gw.close();
+  }
+});
+
+test("a replica that hangs gets 504 after the response timeout, one that answers garbage 502", async () => {
+  const hang = await rawServer(null);
+  const garbage = await rawServer("SSH-2.0-OpenSSH_9.2\r\n\r\n");
+  const gw = await testGateway({
+    allowForce: true,
+    variants: [
+      { name: "control", url: hang.url },
+      { name: "treatment", url: garbage.url },
+    ],
+    limits: { responseTimeoutMs: 300 },
+  });
+  try {
+    const t0 = Date.now();
+    const res = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "control" } });
+    assert.equal(res.status, 504);
+    assert.ok(Date.now() - t0 < 3000);
+    const bad = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
+    assert.equal(bad.status, 502);
+    assert.match(((await bad.json()) as { error: string }).error, /did not answer HTTP/);
+  } finally {
+    await gw.close();
+    await hang.close();
+    await garbage.close();
+  }
+});
+
+test("a replica that dies mid-response: the client's connection is cut, not left hanging", async () => {
+  const srv = createServer((req, res) => {
+    res.writeHead(200, { "content-length": "1000" });
+    res.write("partial");
+    setTimeout(() => res.socket?.destroy(), 20);
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}` }] });
+  try {
+    const res = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "u" } });
+    assert.equal(res.status, 200);
+    await assert.rejects(res.text());
+  } finally {
+    await gw.close();
+    srv.close();
+  }
+});
+
+test("an active health check takes a failing replica out of rotation", async () => {
+  let sick = false;
+  const flaky = await startBackend("flaky", (req, res) => {
+    res.writeHead(sick && req.url === "/health" ? 503 : 200, { "content-length": "2" });
+    res.end("ok");
+  });
+  const other = await startBackend("other");
+  const health = { path: "/health", intervalMs: 50, timeoutMs: 200, rise: 1, fall: 1 };
+  const gw = await testGateway({ variants: [{ name: "control", urls: [flaky.url, other.url], health }] });
+  try {
+    await gw.health.waitHealthy(["control-0", "control-1"], 5000);
+    sick = true;
+    const deadline = Date.now() + 5000;
+    while (gw.health.state("control-0") !== "unhealthy" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(gw.health.state("control-0"), "unhealthy");
+    const before = flaky.requests.filter((r) => r.url !== "/health").length;
+    for (let i = 0; i < 20; i++) await (await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": `u${i}` } })).arrayBuffer();
+    assert.equal(flaky.requests.filter((r) => r.url !== "/health").length, before);
+  } finally {
+    await gw.close();
+    await flaky.close();
+    await other.close();
+  }
+});
+
+test("WebSocket upgrade is proxied and bytes flow both ways", async () => {
+  const srv = createServer();
+  const upgraded = new Set<import("node:net").Socket>();
+  srv.on("upgrade", (req, socket, head: Buffer) => {
+    upgraded.add(socket);
+    socket.write("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n");
+    if (head.length) socket.write(Buffer.concat([Buffer.from("echo:"), head]));
+    socket.on("data", (d: Buffer) => socket.write(Buffer.concat([Buffer.from("echo:"), d])));
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}` }] });
+  try {
+    const reply = await rawRequest(
+      gw.proxyUrl,
+      "GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: w\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nhello",
+      300,
+    );
+    assert.match(reply, /^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    assert.match(reply, /x-abgate-variant: control\r\n/);
+    assert.match(reply, /echo:hello$/);
+  } finally {
+    await gw.close();
+    for (const s of upgraded) s.destroy();
+    srv.close();
+  }
+});

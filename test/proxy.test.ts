@@ -1,0 +1,179 @@
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { request as httpRequest, Agent } from "node:http";
+import { createHash } from "node:crypto";
+import { startBackend, type Backend } from "./helpers/backends.ts";
+import { testGateway } from "./helpers/gateway.ts";
+import { rawRequest } from "./helpers/raw.ts";
+
+let a: Backend;
+let b: Backend;
+let gw: Awaited<ReturnType<typeof testGateway>>;
+
+before(async () => {
+  a = await startBackend("a", (req, res) => {
+    const path = req.url ?? "/";
+    if (path.startsWith("/chunked")) {
+      res.writeHead(200, { "content-type": "text/plain", "x-backend": "a" });
+      res.write("one,");
+      setTimeout(() => {
+        res.write("two,");
+        res.end("three");
+      }, 20);
+      return;
+    }
+    if (path.startsWith("/hop")) {
+      res.writeHead(200, { connection: "keep-alive, x-secret", "keep-alive": "timeout=5", "x-secret": "drop-me", "proxy-authenticate": "Basic", "x-kept": "yes", "content-length": "2" });
+      res.end("ok");
+      return;
+    }
+    if (path.startsWith("/status/")) {
+      const code = Number(path.slice(8));
+      res.writeHead(code, { "content-length": "0" });
+      res.end();
+      return;
+    }
+    if (path.startsWith("/cookies")) {
+      res.setHeader("set-cookie", ["a=1", "b=2"]);
+      res.end("c");
+      return;
+    }
+    const body = JSON.stringify({ backend: "a", method: req.method, url: req.url, headers: req.headers });
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+    res.end(req.method === "HEAD" ? undefined : body);
+  });
+  b = await startBackend("b");
+  gw = await testGateway({
+    variants: [
+      { name: "control", weight: 1, url: a.url },
+      { name: "treatment", weight: 0, url: b.url },
+    ],
+    allowForce: true,
+    limits: { maxBodyBytes: 1024 * 1024, maxHeaderBytes: 4096 },
+  });
+});
+
+after(async () => {
+  await gw.close();
+  await a.close();
+  await b.close();
+});
+
+test("every method is forwarded with its body, and the response carries variant and request id", async () => {
+  for (const method of ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]) {
+    const body = method === "GET" || method === "OPTIONS" ? undefined : `payload-${method}`;
+    const res = await fetch(`${gw.proxyUrl}/echo?m=${method}`, { method, body, headers: { "x-user-id": "alice" } });
+    assert.equal(res.status, 200, method);
+    assert.equal(res.headers.get("x-abgate-variant"), "control");
+    assert.match(res.headers.get("x-abgate-request-id") ?? "", /^[A-Za-z0-9_-]+-[0-9a-z]+$/);
+    const json = (await res.json()) as { method: string; url: string };
+    assert.equal(json.method, method);
+    assert.equal(json.url, `/echo?m=${method}`);
+  }
+  const last = a.requests.filter((r) => r.method === "PATCH").at(-1)!;
+  assert.equal(last.body, "payload-PATCH".length);
+  const head = await fetch(`${gw.proxyUrl}/echo`, { method: "HEAD", headers: { "x-user-id": "alice" } });
+  assert.equal(head.status, 200);
+  assert.equal(await head.text(), "");
+});
+
+test("x-forwarded-* are set, hop-by-hop headers are dropped both ways", async () => {
+  const res = await fetch(`${gw.proxyUrl}/echo`, {
+    headers: { "x-user-id": "bob", "x-forwarded-for": "10.9.9.9", "x-abgate-variant": "forged", "proxy-authorization": "secret", te: "trailers" },
+  });
+  const { headers } = (await res.json()) as { headers: Record<string, string> };
+  assert.equal(headers["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+  assert.equal(headers["x-forwarded-proto"], "http");
+  assert.equal(headers["x-forwarded-host"], new URL(gw.proxyUrl).host);
+  assert.equal(headers["x-abgate-variant"], "control");
+  assert.equal(headers["proxy-authorization"], undefined);
+  assert.equal(headers.te, undefined);
+  assert.equal(headers["x-abgate-unit"], "bob");
+
+  const hop = await fetch(`${gw.proxyUrl}/hop`, { headers: { "x-user-id": "bob" } });
+  assert.equal(hop.headers.get("x-kept"), "yes");
+  assert.equal(hop.headers.get("x-secret"), null);
+  assert.equal(hop.headers.get("proxy-authenticate"), null);
+  // the proxy announces its own keep-alive to the client; the replica's (timeout=5) is not relayed
+  assert.notEqual(hop.headers.get("keep-alive"), "timeout=5");
+  const cookies = await fetch(`${gw.proxyUrl}/cookies`, { headers: { "x-user-id": "bob" } });
+  assert.deepEqual(cookies.headers.getSetCookie(), ["a=1", "b=2"]);
+});
+
+test("chunked responses and chunked request bodies stream through", async () => {
+  const res = await fetch(`${gw.proxyUrl}/chunked`, { headers: { "x-user-id": "carol" } });
+  assert.equal(await res.text(), "one,two,three");
+  // a chunked request body (no content-length)
+  const reply = await new Promise<string>((resolve, reject) => {
+    const req = httpRequest(`${gw.proxyUrl}/upload`, { method: "POST", headers: { "x-user-id": "carol", "transfer-encoding": "chunked" } }, (r) => {
+      let t = "";
+      r.on("data", (c) => (t += c));
+      r.on("end", () => resolve(t));
+    });
+    req.on("error", reject);
+    req.write("a".repeat(1000));
+    setTimeout(() => req.end("b".repeat(500)), 10);
+  });
+  assert.equal(a.requests.at(-1)!.body, 1500);
+  assert.match(reply, /"method":"POST"/);
+});
+
+test("keep-alive: many requests reuse one client connection", async () => {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const sockets = new Set<unknown>();
+  for (let i = 0; i < 20; i++) {
+    await new Promise<void>((resolve, reject) => {
+      const req = httpRequest(`${gw.proxyUrl}/echo`, { agent, headers: { "x-user-id": "dave" } }, (r) => {
+        sockets.add(r.socket);
+        r.resume();
+        r.on("end", () => resolve());
+      });
+      req.on("error", reject);
+      req.end();
+    });
+  }
+  agent.destroy();
+  assert.equal(sockets.size, 1);
+});
+
+test("oversized headers get 431, oversized bodies 413, malformed requests 400", async () => {
+  const big = await rawRequest(gw.proxyUrl, `GET / HTTP/1.1\r\nhost: x\r\nx-user-id: e\r\nx-big: ${"z".repeat(8000)}\r\n\r\n`);
+  assert.match(big, /^HTTP\/1\.1 431 /);
+  const tooLarge = await fetch(`${gw.proxyUrl}/upload`, { method: "POST", body: Buffer.alloc(2 * 1024 * 1024), headers: { "x-user-id": "e" } });
+  assert.equal(tooLarge.status, 413);
+  const garbage = await rawRequest(gw.proxyUrl, "THIS IS NOT HTTP\r\n\r\n");
+  assert.match(garbage, /^HTTP\/1\.1 400 /);
+});
+
+test("the unit comes from header, query or cookie; a request without one gets a cookie", async () => {
+  await fetch(`${gw.proxyUrl}/echo?user=q1`);
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], "q1");
+  await fetch(`${gw.proxyUrl}/echo`, { headers: { cookie: "other=1; abgate_uid=c1" } });
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], "c1");
+  const res = await fetch(`${gw.proxyUrl}/echo`);
+  const cookie = res.headers.get("set-cookie") ?? "";
+  assert.match(cookie, /^abgate_uid=[0-9a-f-]{36}; Path=\/; Max-Age=31536000; SameSite=Lax; HttpOnly$/);
+  const id = cookie.slice("abgate_uid=".length, cookie.indexOf(";"));
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], id);
+});
+
+test("a forced variant is honoured when allowed, and an unknown one is refused", async () => {
+  const res = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "f", "x-abgate-force-variant": "treatment" } });
+  assert.equal(res.headers.get("x-abgate-variant"), "treatment");
+  assert.equal(((await res.json()) as { backend: string }).backend, "b");
+  const bad = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "f", "x-abgate-force-variant": "nope" } });
+  assert.equal(bad.status, 400);
+  assert.match(((await bad.json()) as { error: string }).error, /unknown variant "nope"/);
+});
+
+test("status codes and large bodies pass through unchanged", async () => {
+  for (const code of [201, 204, 301, 404, 418]) {
+    const res = await fetch(`${gw.proxyUrl}/status/${code}`, { headers: { "x-user-id": "g" }, redirect: "manual" });
+    assert.equal(res.status, code);
+  }
+  const payload = Buffer.alloc(900 * 1024, 7);
+  const res = await fetch(`${gw.proxyUrl}/upload`, { method: "POST", body: payload, headers: { "x-user-id": "g" } });
+  assert.equal(res.status, 200);
+  assert.equal(a.requests.at(-1)!.body, payload.length);
+  assert.ok(createHash("sha1").update(payload).digest("hex"));
+});
