@@ -50,7 +50,7 @@ export function fixedHorizonUnits(input: SampleSizeInput): number | null {
 /**
  * Total units after which the mSPRT (see sequential.ts) rejects with probability ≥ `power` when the true difference
  * is `effect`: the smallest N with |effect| - z_{power}·√V_N ≥ c(V_N), where V_N = K/N and
- * c(V) = √(V(V+τ²)/τ² · (ln((V+τ²)/V) - 2 ln α)) is the boundary on |diff| (Johari et al. 2017, §4). It looks at
+ * c(V) = √(V(V+τ²)/τ² · (ln((V+τ²)/V) - 2 ln α)) is the boundary on |diff| (Johari et al. 2017). It looks at
  * the boundary at N only, ignoring earlier crossings, so it errs on the side of more units. `tau2` is on the scale
  * of the difference. Found by doubling, then bisection (the condition is monotone in N).
  */

@@ -7,7 +7,7 @@ import type { MixtureSprtInput, MixtureSprtResult } from "./types.ts";
  *
  *   Λ = √(V / (V + τ²)) · exp( τ² D² / (2V(V + τ²)) )
  *
- * The always-valid p-value is p_n = min(1, 1/Λ_n) running-minimised over looks (their eq. 11), and the
+ * The always-valid p-value is p_n = min(1, 1/Λ_n) running-minimised over looks, and the
  * always-valid (1 - α) interval is D ± √( V(V + τ²)/τ² · (ln((V + τ²)/V) - 2 ln α) ), the set of θ whose shifted
  * ratio stays below 1/α. V is the plug-in variance at this look, as Optimizely's implementation does.
  */
@@ -37,13 +37,13 @@ export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
  *
  * Why: the mixture is most powerful around the sample size where V is comparable to τ², and Johari et al. recommend
  * matching τ² to the effect sizes one expects. For V = σ²(1/n_C + 1/n_T) and equal arms, V = τ² at
- * n = 2/(τ²/σ²) = 2,000 units per arm, and the test keeps good power from a few hundred to a few hundred
- * thousand units per arm — the range of model A/B tests abgate is made for. A conversion lift from 10% to 11%
+ * n = 2/(τ²/σ²) = 2,000 units per arm; away from it the rejection boundary on |D|/√V grows only like
+ * √(ln(τ²/V) - 2 ln α), so the test stays usable from a few hundred to millions of units per arm. A conversion lift from 10% to 11%
  * (σ ≈ 0.3, standardized effect 0.033) sits at one prior standard deviation.
  */
 export const DEFAULT_TAU2_STANDARDIZED = 1e-3;
 
-/** The always-valid p-value after a new look: the running minimum (Johari et al. 2017, eq. 11). */
+/** The always-valid p-value after a new look: the running minimum (Johari et al. 2017). */
 export function runningMinimum(previous: number | null | undefined, current: number | null): number | null {
   if (current === null) return previous ?? null;
   if (previous === null || previous === undefined) return current;
