@@ -343,7 +343,7 @@ export function studentTPdf(t: number, df: number): number {
 }
 
 /**
- * Student's t quantile: closed forms for df = 1 (Cauchy) and df = 2 (A&S 26.7.4-style inversion); otherwise
+ * Student's t quantile: closed forms for df = 1 (Cauchy) and df = 2 (F(t) = ½ + t/(2√(2+t²)) inverted); otherwise
  * Newton's method on the tail probability from the Cornish–Fisher start (A&S 26.7.5), kept inside a bracket
  * that falls back to bisection, so it cannot diverge.
  */

@@ -2,7 +2,7 @@ import type { MixtureSprtInput, MixtureSprtResult } from "./types.ts";
 
 /**
  * Normal-mixture sequential probability ratio test (mSPRT) for one look, after Johari, Koomen, Pekelis & Walsh,
- * "Peeking at A/B Tests" (KDD 2017) and "Always Valid Inference" (Operations Research 2022), §4: with the
+ * "Peeking at A/B Tests" (KDD 2017) and "Always Valid Inference" (Operations Research 2022): with the
  * estimate D ~ N(θ, V) and the mixing distribution θ ~ N(0, τ²) under the alternative,
  *
  *   Λ = √(V / (V + τ²)) · exp( τ² D² / (2V(V + τ²)) )
