@@ -2,6 +2,7 @@
 """Reference values for abgate's statistics module, computed with scipy (and mpmath where scipy has no routine).
 
 Run once, commit the output; src/stats/*.test.ts assert that abgate agrees to >= 6 significant digits.
+Works with Debian's python3-scipy (1.10) and with newer scipy + mpmath; the committed file records which was used.
 
     python3 scripts/stats-fixtures.py > src/stats/fixtures/reference.json
 
@@ -17,12 +18,16 @@ import math
 import sys
 from fractions import Fraction
 
-import mpmath
 import numpy as np
 import scipy
 from scipy import integrate, special, stats
 
-mpmath.mp.dps = 50
+try:  # pyenv/pip python; Debian's python3-scipy comes without it
+    import mpmath
+
+    mpmath.mp.dps = 50
+except ImportError:
+    mpmath = None
 
 
 def num(x):
@@ -44,10 +49,13 @@ def distributions():
         out["normalQuantile"].append({"p": p, "value": num(stats.norm.ppf(p))})
     for df in [1, 2, 2.5, 3.7, 10, 30, 100, 1000, 1e4, 1e6, 1e8]:
         for t in [-3, 0, 0.3, 1, 2, 3, 5, 10, 30]:
-            # scipy's t.sf loses digits for huge df; mpmath's regularized incomplete beta is the reference.
-            d, tt = mpmath.mpf(df), mpmath.mpf(t)
-            tail = mpmath.betainc(d / 2, mpmath.mpf(1) / 2, 0, d / (d + tt * tt), regularized=True) / 2
-            value = tail if t >= 0 else 1 - tail
+            # mpmath's 50-digit incomplete beta is the reference when present; scipy's t.sf otherwise
+            if mpmath is not None:
+                d, tt = mpmath.mpf(df), mpmath.mpf(t)
+                tail = mpmath.betainc(d / 2, mpmath.mpf(1) / 2, 0, d / (d + tt * tt), regularized=True) / 2
+                value = tail if t >= 0 else 1 - tail
+            else:
+                value = stats.t.sf(t, df)
             out["studentTSf"].append({"t": t, "df": df, "value": num(value), "scipy": num(stats.t.sf(t, df))})
         for p in [1e-10, 0.001, 0.025, 0.1, 0.6, 0.9, 0.975, 0.995]:
             out["studentTQuantile"].append({"p": p, "df": df, "value": num(stats.t.ppf(p, df))})
@@ -57,7 +65,8 @@ def distributions():
     for x in [1e-8, 0.1, 0.5, 1, 1.5, 2, 3.7, 9.99, 10, 50.5, 1000, 1e8]:
         out["logGamma"].append({"x": x, "value": num(special.gammaln(x))})
     for a, b in [(0.5, 0.5), (1, 1), (2.5, 7), (0.5, 30), (5e7, 0.5), (1e6, 1e6), (12, 1e8), (3, 4e9)]:
-        out["logBeta"].append({"a": a, "b": b, "value": num(mpmath.log(mpmath.beta(a, b)))})
+        value = mpmath.log(mpmath.beta(a, b)) if mpmath is not None else special.betaln(a, b)
+        out["logBeta"].append({"a": a, "b": b, "value": num(value)})
     return out
 
 
@@ -213,10 +222,12 @@ def srms():
 
 # ---------------------------------------------------------------- mSPRT
 def sprt_case(diff, var_diff, tau2, alpha=0.05):
-    d, v, t = mpmath.mpf(diff), mpmath.mpf(var_diff), mpmath.mpf(tau2)
-    log_lambda = mpmath.log(mpmath.sqrt(v / (v + t))) + t * d * d / (2 * v * (v + t))
-    p = min(mpmath.mpf(1), mpmath.exp(-log_lambda))
-    half = mpmath.sqrt(v * (v + t) / t * (mpmath.log((v + t) / v) - 2 * mpmath.log(alpha)))
+    m = mpmath if mpmath is not None else math
+    f = mpmath.mpf if mpmath is not None else float
+    d, v, t = f(diff), f(var_diff), f(tau2)
+    log_lambda = m.log(m.sqrt(v / (v + t))) + t * d * d / (2 * v * (v + t))
+    p = min(f(1), m.exp(-log_lambda))
+    half = m.sqrt(v * (v + t) / t * (m.log((v + t) / v) - 2 * m.log(alpha)))
     return {"input": {"diff": diff, "varDiff": var_diff, "tau2": tau2, "alpha": alpha},
             "expected": {"logLambda": num(log_lambda), "pValue": num(p), "ci": [num(d - half), num(d + half)]}}
 
@@ -284,10 +295,26 @@ def holm(ps):
     return out
 
 
+def bh_by_hand(ps):
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: (ps[i], i))
+    out, running = [0.0] * m, 1.0
+    for j in range(m - 1, -1, -1):
+        i = order[j]
+        running = min(running, min(1.0, m * ps[i] / (j + 1)))
+        out[i] = running
+    return out
+
+
+def bh(ps):
+    if hasattr(stats, "false_discovery_control"):  # scipy >= 1.11
+        return [float(x) for x in stats.false_discovery_control(ps, method="bh")]
+    return bh_by_hand(ps)
+
+
 def adjustments():
     sets = [[0.01, 0.04, 0.03, 0.005], [0.5], [1e-15, 0.2, 0.2, 0.049, 0.051], [0.9, 0.8, 0.7], [0.0, 1.0, 0.025]]
-    return [{"pValues": ps, "holm": holm(ps), "bh": [float(x) for x in stats.false_discovery_control(ps, method="bh")]}
-            for ps in sets]
+    return [{"pValues": ps, "holm": holm(ps), "bh": bh(ps)} for ps in sets]
 
 
 # ---------------------------------------------------------------- sample size
@@ -306,7 +333,7 @@ def main():
     doc = {
         "generatedBy": "scripts/stats-fixtures.py",
         "versions": {"python": sys.version.split()[0], "scipy": scipy.__version__, "numpy": np.__version__,
-                     "mpmath": mpmath.__version__},
+                     "mpmath": mpmath.__version__ if mpmath is not None else None},
         "distributions": distributions(),
         "proportionTest": proportions(),
         "meanTest": means(),
