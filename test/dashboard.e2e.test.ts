@@ -225,6 +225,39 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     const after = await freshUnits(60, "after");
     assert.deepEqual([...after], [["treatment", 60]]);
 
+    // Roll back asks first; Escape backs out and nothing changes.
+    await page.getByRole("button", { name: "Roll back to control" }).click();
+    const confirm = page.getByRole("button", { name: "Yes, roll back to control" });
+    await confirm.waitFor();
+    assert.equal(await confirm.evaluate((el) => el === document.activeElement), true);
+    await page.keyboard.press("Escape");
+    await confirm.waitFor({ state: "detached" });
+    assert.deepEqual([...(await freshUnits(10, "escaped"))], [["treatment", 10]]);
+    // Confirmed from the keyboard, it sends new units back to the control.
+    await page.getByRole("button", { name: "Roll back to control" }).click();
+    await confirm.waitFor();
+    await page.keyboard.press("Enter");
+    await page.locator('[data-testid="control-status"]').getByText("Rollback: done.").waitFor();
+    assert.deepEqual([...(await freshUnits(20, "rolled-back"))], [["control", 20]]);
+    // And promote puts them back on the treatment, for the picture below.
+    await page.getByLabel("Variant to send 100% of traffic to").selectOption("treatment");
+    await page.getByRole("button", { name: "Promote", exact: true }).click();
+    await page.getByRole("button", { name: "Yes, promote treatment" }).click();
+    await page.locator('[data-testid="control-status"]').getByText("Promote treatment: done.").waitFor();
+    assert.deepEqual([...(await freshUnits(20, "promoted"))], [["treatment", 20]]);
+
+    // Every control has an accessible name, every table header cell a scope.
+    const unnamed = await page.evaluate(() =>
+      Array.from(document.querySelectorAll("input, select, button, textarea"))
+        .filter((el) => {
+          const labelled = (el as HTMLInputElement).labels?.length || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby");
+          return !labelled && !(el.tagName === "BUTTON" && el.textContent!.trim());
+        })
+        .map((el) => el.outerHTML.slice(0, 80)),
+    );
+    assert.deepEqual(unnamed, []);
+    assert.equal(await page.locator("table.variants th:not([scope]), table.metric-table th:not([scope])").count(), 0);
+
     // The report arrives on the stream and fills the metric tables.
     await page.locator('section[data-metric="watched"] table.metric-table tr[data-variant="treatment"]').waitFor({ timeout: 20_000 });
     await page.locator('[data-testid="decision"]').waitFor();

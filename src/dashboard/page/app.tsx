@@ -470,6 +470,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
   const [busy, setBusy] = useState(false);
   const [draft, setDraft] = useState<Record<string, string> | null>(null);
   const [promoteTo, setPromoteTo] = useState<string>("");
+  const [confirming, setConfirming] = useState<{ label: string; yes: string; act: () => void } | null>(null);
   const locked = !token;
   const current = Object.fromEntries((live?.experiment.variants ?? []).map((v) => [v.name, v.weight]));
   const shown = (v: string) => draft?.[v] ?? (current[v] === undefined ? "" : String(current[v]));
@@ -564,7 +565,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
         aria-label="Promote a variant"
         onSubmit={(e) => {
           e.preventDefault();
-          void run(`Promote ${target}`, (t) => promote(t, target));
+          setConfirming({ label: `Send all new traffic to ${target}?`, yes: `Yes, promote ${target}`, act: () => void run(`Promote ${target}`, (t) => promote(t, target)) });
         }}
       >
         <fieldset disabled={locked || busy}>
@@ -587,7 +588,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
         aria-label="Roll back"
         onSubmit={(e) => {
           e.preventDefault();
-          void run("Rollback", (t) => rollback(t));
+          setConfirming({ label: `Send all new traffic back to ${control}?`, yes: `Yes, roll back to ${control}`, act: () => void run("Rollback", (t) => rollback(t)) });
         }}
       >
         <fieldset disabled={locked || busy}>
@@ -598,10 +599,46 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
           </button>
         </fieldset>
       </form>
+      {confirming && !locked && <Confirm {...confirming} done={() => setConfirming(null)} />}
       <p class={message ? (message.ok ? "good" : "bad") : ""} role="status" aria-live="polite" data-testid="control-status">
         {message?.text ?? ""}
       </p>
     </section>
+  );
+}
+
+/**
+ * A second step for changes that move all traffic at once: one stray Enter must not promote a variant. Focus goes
+ * to the confirming button; Escape or Cancel backs out.
+ */
+function Confirm({ label, yes, act, done }: { label: string; yes: string; act: () => void; done: () => void }) {
+  const button = useRef<HTMLButtonElement>(null);
+  useEffect(() => button.current?.focus(), [label]);
+  return (
+    <div
+      class="confirm"
+      role="group"
+      aria-labelledby="confirm-label"
+      onKeyDown={(e) => {
+        if (e.key === "Escape") done();
+      }}
+    >
+      <p id="confirm-label">{label}</p>
+      <button
+        ref={button}
+        type="button"
+        class="danger"
+        onClick={() => {
+          done();
+          act();
+        }}
+      >
+        {yes}
+      </button>
+      <button type="button" class="secondary" onClick={done}>
+        Cancel
+      </button>
+    </div>
   );
 }
 

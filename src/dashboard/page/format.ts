@@ -9,7 +9,7 @@ export function fmtPct(x: number | null | undefined, digits = 1): string {
 
 /** A signed percentage, for lifts and differences. */
 export function fmtSignedPct(x: number | null | undefined, digits = 1): string {
-  return finite(x) ? `${x > 0 ? "+" : ""}${(x * 100).toFixed(digits)}%` : DASH;
+  return finite(x) ? `${signed(x * 100, digits)}%` : DASH;
 }
 
 export function fmtMs(x: number | null | undefined): string {
@@ -37,10 +37,15 @@ export function fmtValue(kind: string, x: number | null | undefined): string {
 /** A difference in the metric's own unit (percentage points for rates). */
 export function fmtDiff(kind: string, x: number | null | undefined): string {
   if (!finite(x)) return DASH;
-  const sign = x > 0 ? "+" : "";
-  if (kind === "conversion" || kind === "error_rate") return `${sign}${(x * 100).toFixed(2)} pp`;
-  if (kind === "latency") return `${sign}${x.toFixed(1)} ms`;
-  return `${sign}${x.toFixed(3)}`;
+  const [scaled, digits, unit] = kind === "conversion" || kind === "error_rate" ? [x * 100, 2, " pp"] : kind === "latency" ? [x, 1, " ms"] : [x, 3, ""];
+  return `${signed(scaled, digits)}${unit}`;
+}
+
+/** "+1.20", "-0.40", and "0.00" rather than "-0.00" for what rounds to zero. */
+function signed(x: number, digits: number): string {
+  const text = x.toFixed(digits);
+  if (Number(text) === 0) return (0).toFixed(digits);
+  return x > 0 ? `+${text}` : text;
 }
 
 export function fmtCi(ci: readonly (number | null)[] | null | undefined, f: (x: number | null) => string): string {
