@@ -21,7 +21,8 @@ import { startGateway, type Gateway } from "../src/gateway.ts";
 import { silentLogger } from "../src/log/index.ts";
 import { startBackend, type Backend } from "./helpers/backends.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
+/** Debian's Chromium; ABGATE_CHROMIUM points elsewhere (e.g. to check the skip path). */
+const CHROMIUM = process.env.ABGATE_CHROMIUM ?? "/usr/bin/chromium";
 const TOKEN = "dashboard-e2e-token";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const haveBrowser = existsSync(CHROMIUM);

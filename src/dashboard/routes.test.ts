@@ -172,6 +172,7 @@ test("assets are immutable, gzip-encoded when accepted, and revalidate by ETag",
 
   assert.equal((await get("/assets/app-OLD.js")).status, 404);
   assert.equal((await get("/assets/..%2Fmanifest.json")).status, 404);
+  assert.equal((await get("/assets/%E0%A4%A")).status, 404);
   const head = await get("/assets/app-DEF.css", {}, "HEAD");
   assert.equal(head.status, 200);
   assert.equal(head.headers["content-length"], "14");

@@ -80,7 +80,7 @@ export function createDashboardHandler(ctx: AdminContext, options: DashboardOpti
         servePage(req, res, ctx, assets());
         return true;
       case "asset":
-        serveAsset(req, res, assets(), decodeURIComponent(path.slice("/assets/".length)));
+        serveAsset(req, res, assets(), safeDecode(path.slice("/assets/".length)));
         return true;
       case "series":
         await serveSeries(req, res, ctx, url, clock);
@@ -354,6 +354,15 @@ function etagMatches(header: string | undefined, etag: string): boolean {
   if (!header) return false;
   if (header.trim() === "*") return true;
   return header.split(",").some((t) => t.trim().replace(/^W\//, "") === etag);
+}
+
+/** A malformed escape (`%E0`) names no asset; it must not become a 500. */
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }
 
 function escapeHtml(s: string): string {
