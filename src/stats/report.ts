@@ -570,8 +570,9 @@ export function fmtP(p: number | null): string {
 }
 
 export function fmtPct(x: number | null): string {
-  if (x === null || !Number.isFinite(x)) return "n/a";
-  return `${Number((x * 100).toPrecision(3))}%`;
+  if (x === null || !Number.isFinite(x * 100)) return "n/a";
+  const percent = x * 100;
+  return Math.abs(percent) >= 1e6 ? `${percent.toExponential(2)}%` : `${Number(percent.toPrecision(3))}%`;
 }
 
 export function fmtSignedPct(x: number | null): string {
