@@ -1,0 +1,61 @@
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import { DockerEngine, listExperimentContainers } from "../src/engines/docker/index.ts";
+import { down, logs, ps } from "../src/cli/docker-commands.ts";
+import { InvalidArgumentError } from "../src/errors.ts";
+import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
+
+after(removeTestImages);
+
+test("ps, logs (merged and followed, prefixed by replica) and down", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({
+    experiment: uniqueExperiment("cmd"),
+    ports: { base: 19170 },
+    variants: [
+      { name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 },
+      { name: "treatment", build: dir, buildArgs: { BASE_IMAGE } },
+    ],
+  });
+  const engine = new DockerEngine(config, { stopTimeoutS: 1, log: () => {} });
+  t.after(() => engine.stop());
+  await engine.start();
+  const ports = engine.endpoints().map((e) => e.port);
+  for (const p of ports) await waitFor(`port ${p}`, () => get(`http://127.0.0.1:${p}/health`));
+
+  const printed: string[] = [];
+  const rows = await ps(config, { docker, out: (l) => printed.push(l) });
+  assert.deepEqual(rows.map((r) => [r.replica, r.state, r.health, r.port]), [
+    ["control-0", "running", "healthy", ports[0]],
+    ["control-1", "running", "healthy", ports[1]],
+    ["treatment-0", "running", "healthy", ports[2]],
+  ]);
+  assert.match(printed[0], /^REPLICA\s+CONTAINER\s+PORT\s+STATE\s+HEALTH/);
+  assert.equal(printed[0].split("\n").length, 4);
+
+  const lines: string[] = [];
+  await logs(config, "control", { docker, out: (l) => lines.push(l) });
+  assert.deepEqual([...lines].sort(), [`control-0 | listening on ${ports[0]}`, `control-1 | listening on ${ports[1]}`]);
+  const tail: string[] = [];
+  await logs(config, "treatment", { docker, tail: 1, out: (l) => tail.push(l) });
+  assert.deepEqual(tail, [`treatment-0 | listening on ${ports[2]}`]);
+  await assert.rejects(logs(config, "nope", { docker }), InvalidArgumentError);
+
+  // follow: lines as they come, until the containers stop
+  const followed: string[] = [];
+  const following = logs(config, "control", { docker, follow: true, out: (l) => followed.push(l) });
+  await waitFor("followed lines", () => followed.length >= 2);
+  const removed: string[] = [];
+  assert.equal(await down(config, { docker, stopTimeoutS: 1, out: (l) => removed.push(l) }), 3);
+  await following;
+  assert.ok(followed.includes(`control-1 | listening on ${ports[1]}`), followed.join("\n"));
+  assert.match(removed[0], /removed 3 container/);
+  assert.equal((await listExperimentContainers(docker, config)).length, 0);
+  const empty: string[] = [];
+  await ps(config, { docker, out: (l) => empty.push(l) });
+  assert.match(empty[0], /no containers of experiment/);
+});
