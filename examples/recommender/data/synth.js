@@ -75,12 +75,18 @@ export function generate(options = {}) {
   }
   movies.forEach((mv, i) => (mv.popularity = 1 / Math.pow(ranks[i] + 1, 0.7)));
 
+  // Ids look like real ones (random, not u1, u2, ...): sticky FNV-1a hashing of short sequential strings is
+  // visibly unbalanced, which would show up as a sample-ratio mismatch that has nothing to do with the models.
+  const idRand = prng(o.seed ^ 0x5bd1e995);
+  const ids = new Set();
+  while (ids.size < o.users) ids.add(`u${Math.floor(idRand() * 2 ** 32).toString(36).padStart(7, "0")}`);
+  const idList = [...ids];
   const users = [];
   for (let u = 0; u < o.users; u++) {
     const v = new Array(G).fill(0.03);
     v[Math.floor(rand() * G)] += 1;
     if (rand() < 0.6) v[Math.floor(rand() * G)] += 0.4 + 0.4 * rand();
-    users.push({ id: `u${u + 1}`, taste: normalize(v) });
+    users.push({ id: idList[u], taste: normalize(v) });
   }
 
   const ratings = [];
