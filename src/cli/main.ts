@@ -173,7 +173,7 @@ adminOptions(program.command("weights <assignments...>").description("set weight
   async (assignments: string[], opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const weights: Record<string, number> = {};
     for (const a of assignments) {
-      const m = /^([a-z0-9][a-z0-9-]*)=([0-9]+(\.[0-9]+)?)$/.exec(a);
+      const m = /^([a-z0-9][a-z0-9_-]*)=([0-9]+(\.[0-9]+)?)$/.exec(a);
       if (!m) throw new InvalidArgumentError(`"${a}": expected variant=weight, e.g. control=20`);
       weights[m[1]] = Number(m[2]);
     }

@@ -2,6 +2,8 @@ import { z } from "zod";
 
 const name = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a name of lowercase letters, digits and '-', starting with a letter or digit");
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "host:port, e.g. 127.0.0.1:8080");
+/** variants and metrics may use '_' too (the spec's own example has `watch_minutes`) */
+const metricName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, "a name of lowercase letters, digits, '-' and '_', starting with a letter or digit");
 const positiveMs = z.number().int().positive();
 
 export const healthSchema = z.strictObject({
@@ -14,7 +16,7 @@ export const healthSchema = z.strictObject({
 
 export const variantSchema = z
   .strictObject({
-    name,
+    name: metricName,
     weight: z.number().min(0).default(1),
     build: z.string().min(1).optional(),
     dockerfile: z.string().min(1).optional(),
@@ -41,10 +43,10 @@ const guardrailSchema = z
   });
 
 export const metricSchema = z.discriminatedUnion("kind", [
-  z.strictObject({ name, kind: z.literal("conversion"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
-  z.strictObject({ name, kind: z.literal("mean"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
-  z.strictObject({ name, kind: z.literal("latency"), guardrail: guardrailSchema.optional() }),
-  z.strictObject({ name, kind: z.literal("error_rate"), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("conversion"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("mean"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("latency"), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("error_rate"), guardrail: guardrailSchema.optional() }),
 ]);
 
 export const configSchema = z.strictObject({

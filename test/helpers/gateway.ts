@@ -30,8 +30,9 @@ export async function testGateway(overrides: Record<string, unknown>, options: G
     ...gw,
     config,
     dir,
-    async close() {
-      await gw.stop();
+    async close(this: Gateway) {
+      // `this`, not the closure: a test may swap in a restarted gateway's fields
+      await this.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

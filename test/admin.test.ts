@@ -1,0 +1,175 @@
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startBackend, type Backend } from "./helpers/backends.ts";
+import { admin, testGateway } from "./helpers/gateway.ts";
+
+let a: Backend;
+let b: Backend;
+let gw: Awaited<ReturnType<typeof testGateway>>;
+
+before(async () => {
+  a = await startBackend("a");
+  b = await startBackend("b");
+  gw = await testGateway({
+    admin: { listen: "127.0.0.1:0", token: "test-admin-token", ingestToken: "ingest-token" },
+    variants: [
+      { name: "control", weight: 50, url: a.url },
+      { name: "treatment", weight: 50, url: b.url },
+    ],
+    metrics: [
+      { name: "watched", kind: "conversion", event: "watched" },
+      { name: "minutes", kind: "mean", event: "watched" },
+      { name: "latency", kind: "latency", guardrail: { maxRelativeIncrease: 0.5 } },
+    ],
+  });
+});
+
+after(async () => {
+  await gw.close();
+  await a.close();
+  await b.close();
+});
+
+const unitIds = (n: number, prefix = "") => Array.from({ length: n }, (_, i) => `${prefix}${(i * 2654435761) % 1000003}-${i}`);
+
+async function variantOf(unit: string): Promise<string> {
+  const res = await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": unit } });
+  await res.arrayBuffer();
+  return res.headers.get("x-abgate-variant")!;
+}
+
+test("changes need the admin token: 401 without it or with a wrong one", async () => {
+  for (const token of [null, "wrong", "ingest-token"]) {
+    const res = await admin(gw, "PUT", "/v1/weights", { control: 1, treatment: 1 }, token);
+    assert.equal(res.status, 401, String(token));
+    assert.match(res.headers.get("www-authenticate") ?? "", /Bearer/);
+  }
+  assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "treatment" }, null)).status, 401);
+  assert.equal((await admin(gw, "POST", "/v1/rollback", undefined, null)).status, 401);
+});
+
+test("GET /v1/experiment shows variants, weights, replicas with health, ranges and counts", async () => {
+  const res = await admin(gw, "GET", "/v1/experiment", undefined, null);
+  assert.equal(res.status, 200);
+  const view = (await res.json()) as { variants: { name: string; weight: number; replicas: { id: string; health: string }[] }[]; ranges: { variant: string; from: number; to: number }[]; counts: object };
+  assert.deepEqual(view.variants.map((v) => [v.name, v.weight]), [["control", 50], ["treatment", 50]]);
+  assert.equal(view.variants[0].replicas[0].id, "control-0");
+  assert.equal(view.variants[0].replicas[0].health, "healthy");
+  assert.deepEqual(view.ranges, [{ variant: "control", from: 0, to: 0.5 }, { variant: "treatment", from: 0.5, to: 1 }]);
+  assert.ok("exposures" in view.counts && "events" in view.counts);
+});
+
+test("a weight change moves only the units it must, and survives a restart", async () => {
+  const units = unitIds(300, "w");
+  const before = await Promise.all(units.map(variantOf));
+  const res = await admin(gw, "PUT", "/v1/weights", { control: 20, treatment: 80 });
+  assert.equal(res.status, 200);
+  const after = await Promise.all(units.map(variantOf));
+  let moved = 0;
+  for (let i = 0; i < units.length; i++) {
+    if (before[i] !== after[i]) {
+      moved++;
+      assert.equal(before[i], "control", "units only move from the shrinking variant");
+      assert.equal(after[i], "treatment");
+    }
+  }
+  const wasControl = before.filter((v) => v === "control").length;
+  assert.ok(moved > 0 && moved < wasControl, `moved ${moved} of ${wasControl}`);
+  const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { ranges: { variant: string; from: number; to: number }[] };
+  const share = (v: string) => view.ranges.filter((r) => r.variant === v).reduce((s, r) => s + r.to - r.from, 0);
+  assert.ok(Math.abs(share("treatment") - 0.8) < 1e-12);
+
+  // restart on the same store: same ranges, same assignment
+  const { startGateway } = await import("../src/gateway.ts");
+  const { silentLogger } = await import("../src/log/index.ts");
+  await gw.stop();
+  const again = await startGateway(gw.config, { log: silentLogger });
+  Object.assign(gw, again);
+  const view2 = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { ranges: unknown };
+  assert.deepEqual(view2.ranges, view.ranges);
+  const afterRestart = await Promise.all(units.map(variantOf));
+  assert.deepEqual(afterRestart, after);
+});
+
+test("bad weight changes are refused with the reason and change nothing", async () => {
+  const cases: [unknown, RegExp][] = [
+    [{ control: 1, nope: 1 }, /unknown variant "nope"/],
+    [{ control: 0, treatment: 0 }, /sum to a positive number/],
+    [{ control: -1 }, /control/],
+    [{ control: "ten" }, /finite number/],
+    [[1, 2], /object of weights/],
+  ];
+  for (const [body, re] of cases) {
+    const res = await admin(gw, "PUT", "/v1/weights", body);
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.match(((await res.json()) as { error: string }).error, re);
+  }
+  const bad = await admin(gw, "PUT", "/v1/weights", "{not json");
+  assert.equal(bad.status, 400);
+  const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  assert.deepEqual(view.variants.map((v) => v.weight), [20, 80]);
+});
+
+test("promote sends every unit to the variant, rollback to the control", async () => {
+  assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "nope" })).status, 400);
+  assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "treatment" })).status, 200);
+  for (const u of unitIds(30, "p")) assert.equal(await variantOf(u), "treatment");
+  assert.equal((await admin(gw, "POST", "/v1/rollback")).status, 200);
+  for (const u of unitIds(30, "p")) assert.equal(await variantOf(u), "control");
+});
+
+test("events: all or nothing, named index and field, accepted only with the ingest or admin token", async () => {
+  const post = (body: unknown, token: string | null = "ingest-token") => admin(gw, "POST", "/v1/events", body, token);
+  assert.equal((await post({ unit: "u1", event: "watched" }, null)).status, 401);
+  const before = await gw.store.counts("test");
+  const invalid: [unknown, RegExp][] = [
+    [[{ unit: "u1", event: "watched" }, { unit: "", event: "watched" }], /events\[1\]\.unit/],
+    [[{ unit: "u1", event: "watched", value: "x" }], /events\[0\]\.value: a finite number/],
+    [[{ unit: "u1", event: "clicked" }], /events\[0\]\.event: unknown event "clicked"/],
+    [[{ unit: "u1", event: "watched", ts: "yesterday" }], /events\[0\]\.ts/],
+    [[{ unit: "u1", event: "watched", extra: 1 }], /events\[0\]\.extra: unknown field/],
+    [[], /no events/],
+    [JSON.stringify("not an object"), /expected an object/],
+  ];
+  for (const [body, re] of invalid) {
+    const res = await post(body);
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.match(((await res.json()) as { error: string }).error, re);
+  }
+  const tooMany = await post(Array.from({ length: 10_001 }, () => ({ unit: "u", event: "watched" })));
+  assert.equal(tooMany.status, 413);
+  assert.deepEqual(await gw.store.counts("test"), before, "nothing was stored");
+
+  const ok = await post([{ unit: "u1", event: "watched", value: 42.5, ts: "2026-11-28T12:00:00Z", requestId: "r1" }, { unit: "u2", event: "watched" }]);
+  assert.equal(ok.status, 200);
+  assert.deepEqual(await ok.json(), { accepted: 2 });
+  assert.deepEqual(await (await admin(gw, "POST", "/v1/events", { unit: "u3", event: "watched" })).json(), { accepted: 1 }, "the admin token may post events too");
+  assert.equal((await gw.store.counts("test")).events, before.events + 3);
+});
+
+test("GET /metrics is Prometheus text with requests by variant and status, latency, health and events", async () => {
+  const res = await admin(gw, "GET", "/metrics", undefined, null);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /text\/plain/);
+  const text = await res.text();
+  assert.match(text, /abgate_requests_total\{variant="control",status="200",experiment="test"\} \d+/);
+  assert.match(text, /abgate_request_duration_seconds_bucket\{le="0.005",experiment="test",variant="control"\} \d+/);
+  assert.match(text, /abgate_replica_healthy\{variant="treatment",replica="treatment-0",experiment="test"\} 1/);
+  assert.match(text, /abgate_events_ingested_total\{event="watched",experiment="test"\} 3/);
+});
+
+test("GET /v1/report has the spec's shape", async () => {
+  const res = await admin(gw, "GET", "/v1/report", undefined, null);
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  assert.doesNotMatch(text, /NaN|Infinity/);
+  const report = JSON.parse(text) as Record<string, unknown>;
+  for (const key of ["experiment", "generatedAt", "variants", "srm", "metrics", "guardrails", "decision"]) assert.ok(key in report, key);
+});
+
+test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
+  assert.equal((await admin(gw, "GET", "/v1/nope")).status, 404);
+  const res = await admin(gw, "DELETE", "/v1/experiment");
+  assert.equal(res.status, 405);
+  assert.match(((await res.json()) as { error: string }).error, /allowed: GET/);
+});
