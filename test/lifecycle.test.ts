@@ -1,0 +1,125 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startBackend } from "./helpers/backends.ts";
+import { runCli, startCli } from "./helpers/cli.ts";
+import { openStore } from "../src/store/index.ts";
+
+function writeConfig(dir: string, body: string): string {
+  const file = join(dir, "abgate.yaml");
+  writeFileSync(file, body);
+  return file;
+}
+
+const ready = /proxy (http:\/\/[^,]+), admin (http:\/\/\S+)/;
+
+test("abgate validate: a good file says ok; a bad one names every key and exits 2", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const good = writeConfig(dir, "experiment: demo\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9' }\n");
+  const ok = await runCli(["validate", "-c", good]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /^ok: experiment demo, engine static/);
+  const bad = writeConfig(dir, "experiment: Demo\nengine: kubernetes\nlisten: nowhere\nvariants:\n  - { name: control, weight: -2, url: 'http://127.0.0.1:9', colour: red }\nmetrics:\n  - { name: w, kind: conversion }\n");
+  const res = await runCli(["validate", "-c", bad]);
+  assert.equal(res.code, 2);
+  for (const key of ["experiment:", "engine:", "listen:", "variants[0].weight:", "variants[0].colour: unknown key", "metrics[0].event:"]) assert.ok(res.stderr.includes(key), `${key} in:\n${res.stderr}`);
+  const missing = await runCli(["validate", "-c", join(dir, "nope.yaml")]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /cannot read config file/);
+  const usage = await runCli(["frobnicate"]);
+  assert.equal(usage.code, 2);
+  const env = writeConfig(dir, "experiment: ${EXP_NAME}\nengine: static\nvariants:\n  - { name: control, url: '${BACKEND:-http://127.0.0.1:9}' }\n");
+  const expanded = await runCli(["validate", "-c", env], { env: { EXP_NAME: "from-env" } });
+  assert.match(expanded.stdout, /experiment from-env/);
+});
+
+test("SIGTERM drains: in-flight requests finish, exposures are flushed, exit 0", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const slow = await startBackend("slow", (req, res) => setTimeout(() => res.end("done"), 800));
+  const file = writeConfig(
+    dir,
+    `experiment: drain\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: static\nlogLevel: warn\nvariants:\n  - { name: control, url: '${slow.url}' }\n`,
+  );
+  const cli = await startCli(["serve", "-c", file], ready);
+  const proxyUrl = ready.exec(cli.stdout())![1];
+  const inflight = Array.from({ length: 5 }, (_, i) => fetch(`${proxyUrl}/x`, { headers: { "x-user-id": `u${i}` } }).then(async (r) => [r.status, await r.text()]));
+  await new Promise((r) => setTimeout(r, 200));
+  cli.child.kill("SIGTERM");
+  const results = await Promise.all(inflight);
+  assert.deepEqual(results, Array.from({ length: 5 }, () => [200, "done"]));
+  assert.equal(await cli.exited, 0);
+  await assert.rejects(fetch(`${proxyUrl}/x`), "no longer accepting");
+  const store = openStore(`sqlite:${join(dir, "a.db")}`);
+  await store.init();
+  assert.equal((await store.counts("drain")).exposures, 5);
+  await store.close();
+  await slow.close();
+});
+
+test("SIGKILL right after {accepted: N}: all N events are in the store on restart", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const backend = await startBackend("b");
+  const file = writeConfig(
+    dir,
+    `experiment: durable\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: static\nlogLevel: warn\nvariants:\n  - { name: control, url: '${backend.url}' }\nmetrics:\n  - { name: watched, kind: conversion, event: watched }\n`,
+  );
+  const cli = await startCli(["serve", "-c", file], ready);
+  const adminUrl = ready.exec(cli.stdout())![2];
+  let accepted = 0;
+  for (let batch = 0; batch < 5; batch++) {
+    const events = Array.from({ length: 1000 }, (_, i) => ({ unit: `u${batch}-${i}`, event: "watched", value: i }));
+    const res = await fetch(`${adminUrl}/v1/events`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(events) });
+    accepted += ((await res.json()) as { accepted: number }).accepted;
+  }
+  cli.child.kill("SIGKILL");
+  await cli.exited;
+  assert.equal(accepted, 5000);
+  const store = openStore(`sqlite:${join(dir, "a.db")}`);
+  await store.init();
+  assert.equal((await store.counts("durable")).events, 5000);
+  await store.close();
+  await backend.close();
+});
+
+test("engine process: replicas get their PORT, a crashed one is restarted and rejoins, all stop on SIGTERM", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  writeFileSync(
+    join(dir, "server.js"),
+    `const http = require("node:http");
+     http.createServer((req, res) => {
+       if (req.url === "/crash") { res.end("bye"); setTimeout(() => process.exit(3), 10); return; }
+       res.end(JSON.stringify({ variant: process.env.ABGATE_VARIANT, port: process.env.PORT, pid: process.pid }));
+     }).listen(Number(process.env.PORT), "127.0.0.1");`,
+  );
+  const file = writeConfig(
+    dir,
+    `experiment: procs\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 23100 }\n` +
+      `allowForce: true\nvariants:\n  - { name: control, command: [node, server.js], replicas: 2, health: { path: /, intervalMs: 100, timeoutMs: 500, rise: 1, fall: 1 } }\n` +
+      `  - { name: treatment, command: [node, server.js], replicas: 1, health: { path: /, intervalMs: 100, timeoutMs: 500, rise: 1, fall: 1 } }\n`,
+  );
+  const cli = await startCli(["up", "-c", file], ready);
+  const proxyUrl = ready.exec(cli.stdout())![1];
+  const ask = async (variant: string) => (await (await fetch(`${proxyUrl}/`, { headers: { "x-user-id": "u", "x-abgate-force-variant": variant } })).json()) as { variant: string; port: string; pid: number };
+  const first = await ask("treatment");
+  assert.equal(first.variant, "treatment");
+  assert.equal(first.port, "23102");
+  await (await fetch(`${proxyUrl}/crash`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } })).text();
+  let again: { pid: number } | undefined;
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    const res = await fetch(`${proxyUrl}/`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
+    if (res.status === 200) {
+      again = (await res.json()) as { pid: number };
+      break;
+    }
+    await res.arrayBuffer();
+  }
+  assert.ok(again, "the crashed replica came back");
+  assert.notEqual(again.pid, first.pid);
+  cli.child.kill("SIGTERM");
+  assert.equal(await cli.exited, 0);
+  await assert.rejects(fetch(`http://127.0.0.1:${first.port}/`), "replica processes are gone");
+});
