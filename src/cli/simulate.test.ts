@@ -1,0 +1,98 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { generate } from "../../examples/recommender/data/synth.js";
+import { InvalidArgumentError } from "../errors.ts";
+import { simulate } from "./simulate.ts";
+
+const data = generate();
+
+/**
+ * A real HTTP server standing in for the proxy (answers /recommend with the movies best matching the user's
+ * hidden taste for users of "good", the worst for "bad") and the admin API (records POST /v1/events).
+ */
+async function fakeAbgate(opts: { failEvery?: number } = {}) {
+  const users = new Map(data.users.map((u) => [u.id, u]));
+  const posted: { auth?: string; events: { unit: string; event: string; value: number; requestId?: string }[] }[] = [];
+  let n = 0;
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url!, "http://x");
+    if (req.method === "POST" && url.pathname === "/v1/events") {
+      let body = "";
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        const events = JSON.parse(body);
+        posted.push({ auth: req.headers.authorization, events });
+        res.end(JSON.stringify({ accepted: events.length }));
+      });
+      return;
+    }
+    n++;
+    if (opts.failEvery && n % opts.failEvery === 0) {
+      res.writeHead(502).end("bad gateway");
+      return;
+    }
+    const user = users.get(String(req.headers["x-user-id"]))!;
+    assert.equal(url.searchParams.get("user"), user.id);
+    const variant = Number.parseInt(user.id.slice(1), 36) % 2 === 0 ? "good" : "bad";
+    const score = (m: (typeof data.movies)[number]) => m.genres.reduce((s, g, i) => s + g * user.taste[i], 0);
+    const ranked = [...data.movies].sort((a, b) => (variant === "good" ? score(b) - score(a) : score(a) - score(b)));
+    res.setHeader("x-abgate-variant", variant);
+    res.setHeader("x-abgate-request-id", `r${n}`);
+    res.end(JSON.stringify({ items: ranked.slice(0, Number(url.searchParams.get("k"))).map((m) => ({ id: m.id })) }));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { url, posted, close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+test("simulate: bounded requests, per-variant counts, watched events posted in batches with the token", async (t) => {
+  const fake = await fakeAbgate();
+  t.after(fake.close);
+  const progress: number[] = [];
+  const r = await simulate({
+    proxyUrl: fake.url,
+    adminUrl: fake.url,
+    token: "tok",
+    users: 400,
+    requests: 1200,
+    durationMs: 60_000,
+    concurrency: 8,
+    seed: 3,
+    batchSize: 50,
+    onProgress: (p) => progress.push(p.requests),
+  });
+  assert.equal(r.requests, 1200);
+  assert.equal(r.ok, 1200);
+  assert.equal(r.failed, 0);
+  assert.equal(r.byVariant.good.requests + r.byVariant.bad.requests, 1200);
+  assert.ok(r.byVariant.good.units + r.byVariant.bad.units <= 400);
+  // taste decides: the well-matched lists are watched more often
+  const rate = (v: string) => r.byVariant[v].watched / r.byVariant[v].requests;
+  assert.ok(rate("good") > rate("bad") * 1.3, `${rate("good")} vs ${rate("bad")}`);
+  const events = fake.posted.flatMap((p) => p.events);
+  assert.equal(events.length, r.watched);
+  assert.equal(r.eventsPosted, r.watched);
+  assert.ok(fake.posted.every((p) => p.auth === "Bearer tok" && p.events.length <= 50));
+  assert.ok(events.every((e) => e.event === "watched" && e.value > 0 && /^r\d+$/.test(e.requestId!)));
+  assert.equal(progress.at(-1), 1200);
+});
+
+test("simulate: failed requests are counted, not thrown; the time bound stops it", async (t) => {
+  const fake = await fakeAbgate({ failEvery: 10 });
+  t.after(fake.close);
+  const r = await simulate({ proxyUrl: fake.url, adminUrl: fake.url, users: 50, requests: 300, durationMs: 60_000, concurrency: 4, seed: 1 });
+  assert.equal(r.failed, 30);
+  assert.equal(r.ok, 270);
+  assert.match(r.failures[0], /502/);
+  const timed = await simulate({ proxyUrl: fake.url, adminUrl: fake.url, users: 50, requests: 10_000_000, durationMs: 300, concurrency: 2, seed: 1 });
+  assert.ok(timed.requests < 10_000_000 && timed.elapsedMs < 5_000, `${timed.requests} in ${timed.elapsedMs} ms`);
+});
+
+test("simulate: more users than the data set knows is an InvalidArgumentError", async () => {
+  await assert.rejects(
+    simulate({ proxyUrl: "http://127.0.0.1:1", adminUrl: "http://127.0.0.1:1", users: data.users.length + 1, durationMs: 10, concurrency: 1, seed: 1 }),
+    InvalidArgumentError,
+  );
+});
