@@ -51,6 +51,8 @@ function issuesOf(err: z.ZodError): { path: string; message: string }[] {
   for (const issue of err.issues) {
     if (issue.code === "unrecognized_keys") {
       for (const k of issue.keys) out.push({ path: pathOf([...issue.path, k]), message: "unknown key" });
+    } else if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) {
+      out.push({ path: pathOf(issue.path), message: `required (${issue.message.replace(/^Invalid input: /, "").replace(/, received undefined$/, "")})` });
     } else {
       out.push({ path: pathOf(issue.path), message: issue.message });
     }

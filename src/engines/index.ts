@@ -17,8 +17,8 @@ export async function createEngine(config: Config, options: EngineOptions & Proc
       return new DockerEngine(config, options);
     }
     case "swarm": {
-      const mod = (await import("./swarm/index.ts" as string)) as { SwarmEngine: new (c: Config, o: EngineOptions) => Engine };
-      return new mod.SwarmEngine(config, options);
+      const { SwarmEngine } = await import("./swarm/index.ts");
+      return new SwarmEngine(config, options);
     }
   }
 }

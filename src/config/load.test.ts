@@ -1,0 +1,63 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ConfigError } from "../errors.ts";
+import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
+
+const base = "experiment: exp\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: treatment, url: 'http://127.0.0.1:9002' }\n";
+
+function issues(text: string): string[] {
+  try {
+    parseConfig(text, "/tmp");
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    return err.issues.map((i) => `${i.path}: ${i.message}`);
+  }
+  assert.fail("expected a ConfigError");
+}
+
+test("defaults follow the spec", () => {
+  const c = parseConfig(base, "/srv/exp");
+  assert.deepEqual(c.listen, { host: "127.0.0.1", port: 8080 });
+  assert.deepEqual(c.admin.listen, { host: "127.0.0.1", port: 8081 });
+  assert.equal(c.store, "sqlite:/srv/exp/abgate.db");
+  assert.equal(c.strategy.kind, "sticky");
+  assert.equal(c.salt, "exp");
+  assert.equal(c.control, "control");
+  assert.equal(c.fallback, "control");
+  assert.deepEqual(c.unit, { header: "x-user-id", query: "user", cookie: "abgate_uid" });
+  assert.equal(c.allowForce, false);
+  assert.deepEqual(c.analysis, { alpha: 0.05, srmThreshold: 0.001, correction: "holm" });
+});
+
+test("${ENV} and ${ENV:-default} expand; $${ is literal", () => {
+  assert.equal(expandEnv("a ${X} b ${Y:-dflt} c $${Z}", { X: "1" }), "a 1 b dflt c ${Z}");
+  const c = parseConfig(base.replace("experiment: exp", "experiment: ${NAME}") + "admin: { token: '${TOK}' }\n", "/tmp", { NAME: "from-env", TOK: "" });
+  assert.equal(c.experiment, "from-env");
+  assert.equal(c.admin.token, undefined, "an empty token means none: one is generated");
+});
+
+test("every error names its key path and what was expected", () => {
+  const got = issues(
+    "experiment: Bad Name\nengine: static\nlisten: 8080\nunit: { header: x-user, colour: 1 }\nvariants:\n  - { name: control, weight: -1, url: 'http://127.0.0.1:1' }\n  - { name: control, url: 'not a url' }\nmetrics:\n  - { name: w, kind: conversion }\n  - { name: l, kind: latency, guardrail: {} }\nanalysis: { correction: bonferroni }\n",
+  );
+  const joined = got.join("\n");
+  for (const path of ["experiment:", "listen:", "unit.colour: unknown key", "variants[0].weight:", "variants[1].url:", "metrics[0].event:", "metrics[1].guardrail:", "analysis.correction:"]) {
+    assert.ok(joined.includes(path), `${path} in\n${joined}`);
+  }
+});
+
+test("semantic errors: engine sources, duplicates, weights, fallback, bandit", () => {
+  assert.match(issues(base.replace("engine: static", "engine: docker")).join(), /variants\[0\]: engine docker needs exactly one of build or image/);
+  assert.match(issues(base.replace("name: treatment", "name: control")).join(), /variants\[1\]\.name: duplicate variant name/);
+  assert.match(issues(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', weight: 0").replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: 0")).join(), /variants: weights must sum to a positive number/);
+  assert.match(issues(base + "fallback: nobody\n").join(), /fallback: "reject" or a variant name/);
+  assert.match(issues(base + "strategy: { kind: bandit }\n").join(), /strategy.kind: bandit needs a conversion metric/);
+  assert.match(issues("experiment: x\nengine: static\nvariants: []\n").join(), /variants: at least one variant/);
+  assert.match(issues("engine: static\nvariants: []\n").join(), /experiment: required/);
+  assert.match(issues("experiment: x\nengine: static\nvariants: [\n").join(), /^line \d+:/);
+});
+
+test("host:port parsing, IPv6 included", () => {
+  assert.deepEqual(parseHostPort("127.0.0.1:0"), { host: "127.0.0.1", port: 0 });
+  assert.deepEqual(parseHostPort("[::1]:8080"), { host: "::1", port: 8080 });
+});
