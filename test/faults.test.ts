@@ -170,7 +170,7 @@ test("an active health check takes a failing replica out of rotation", async () 
 
 test("WebSocket upgrade is proxied and bytes flow both ways", async () => {
   const srv = createServer();
-  const upgraded = new Set<import("node:net").Socket>();
+  const upgraded = new Set<import("node:stream").Duplex>();
   srv.on("upgrade", (req, socket, head: Buffer) => {
     upgraded.add(socket);
     socket.write("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n");
