@@ -52,7 +52,8 @@ function followBuild(stream: NodeJS.ReadableStream, onLine: (line: string) => vo
       }
       const out = msg.stream ?? msg.status;
       if (out === undefined) return;
-      for (const line of out.split(/\r?\n/)) {
+      // the classic builder paints a RUN step's stderr red with ANSI escapes: keep the text, drop the paint
+      for (const line of out.replace(/\x1b\[[0-9;]*m/g, "").split(/\r?\n/)) {
         if (!line.trim()) continue;
         if (/^Step \d+\/\d+ :/.test(line)) step = [];
         step.push(line);
@@ -131,8 +132,8 @@ export async function resolveImage(
   }
   if (result.error !== undefined) {
     const output = [...result.stepOutput, result.error].join("\n");
-    const shown = result.stepOutput.length ? `\n${result.stepOutput.map((l) => `  ${l}`).join("\n")}` : "";
-    throw new BuildError(`building variant ${variant.name} from ${variant.build} failed: ${result.error}${shown}`, output);
+    // the message stays one line; the CLI prints `output` (the failing step and what it printed) below it
+    throw new BuildError(`building variant ${variant.name} from ${variant.build} failed: ${result.error}`, output);
   }
   if (!(await imageExists(docker, tag))) {
     throw new BuildError(`building variant ${variant.name} finished without producing ${tag}`, result.stepOutput.join("\n"));
