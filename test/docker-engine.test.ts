@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Docker from "dockerode";
+import { ManualClock } from "../src/clock.ts";
 import { BuildError, EngineUnavailableError } from "../src/errors.ts";
 import { DockerEngine, LABEL, listExperimentContainers } from "../src/engines/docker/index.ts";
 import type { Endpoint } from "../src/engines/types.ts";
@@ -216,4 +217,70 @@ test("no engine on the socket: EngineUnavailableError names the socket and how t
     assert.match(err.message, /start-dockerd\.sh/);
     return true;
   });
+});
+
+test("restart backoff doubles per consecutive death, on the injected clock", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("backoff");
+  const config = testConfig({ experiment, ports: { base: 19180 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
+  const clock = new ManualClock(1_000_000);
+  const engine = new DockerEngine(config, { clock, restartBackoff: { initialMs: 500, maxMs: 30_000 }, stopTimeoutS: 1, log: quiet });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  const container = docker.getContainer(`abgate-${experiment}-control-0`);
+  const running = async () => (await container.inspect()).State.Running;
+
+  for (const delayMs of [500, 1000, 2000]) {
+    await container.kill();
+    await waitFor("endpoint removed", () => engine.endpoints().length === 0);
+    assert.equal(clock.pendingTimers(), 1);
+    clock.advance(delayMs - 1);
+    assert.equal(await running(), false, `not restarted before ${delayMs} ms`);
+    clock.advance(1);
+    await waitFor(`restarted after ${delayMs} ms`, () => engine.endpoints().length === 1);
+    assert.equal(await running(), true);
+  }
+  // a replica that stayed up long enough starts again from the first delay
+  clock.advance(30_000);
+  await container.kill();
+  await waitFor("endpoint removed", () => engine.endpoints().length === 0);
+  clock.advance(500);
+  await waitFor("restarted after 500 ms again", () => engine.endpoints().length === 1);
+});
+
+test("a broken events stream is re-subscribed, and deaths it missed are still seen", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("events");
+  const config = testConfig({ experiment, ports: { base: 19190 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
+  // the real client, with every events stream it opens kept so that the test can break one
+  const streams: NodeJS.ReadableStream[] = [];
+  const spy = Object.create(docker) as Docker;
+  spy.getEvents = (async (opts: object) => {
+    const s = await docker.getEvents(opts);
+    streams.push(s);
+    return s;
+  }) as Docker["getEvents"];
+  const warnings: string[] = [];
+  const engine = new DockerEngine(config, {
+    docker: spy,
+    ...fast,
+    eventsBackoff: { initialMs: 1000, maxMs: 1000 },
+    log: (level, msg) => void (level === "warn" && warnings.push(msg)),
+  });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  await waitFor("subscribed", () => streams.length === 1);
+  (streams[0] as unknown as { destroy(): void }).destroy();
+  // dies while nobody listens
+  await docker.getContainer(`abgate-${experiment}-control-1`).kill();
+  await waitFor("re-subscribed", () => streams.length === 2, 5_000);
+  assert.ok(warnings.some((w) => /events stream broke/.test(w)), warnings.join("\n"));
+  await waitFor("missed death noticed and the replica restarted", () => warnings.some((w) => /control-1 .* died/.test(w)), 5_000);
+  await waitFor("back", () => engine.endpoints().length === 2, 10_000);
 });
