@@ -194,3 +194,20 @@ test("WebSocket upgrade is proxied and bytes flow both ways", async () => {
     srv.close();
   }
 });
+
+test("slow clients: a request whose headers never finish is cut after headersTimeoutMs", async () => {
+  const good = await startBackend("good");
+  const gw = await testGateway({ variants: [{ name: "control", url: good.url }], limits: { headersTimeoutMs: 500 } });
+  try {
+    const t0 = Date.now();
+    const reply = await rawRequest(gw.proxyUrl, "GET / HTTP/1.1\r\nhost: x\r\nx-user-id: slow\r\n", 5000);
+    const elapsed = Date.now() - t0;
+    assert.match(reply, /^HTTP\/1\.1 408 /);
+    assert.ok(elapsed >= 400 && elapsed < 3000, `cut after ${elapsed} ms`);
+    const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": "fast" } });
+    assert.equal(res.status, 200, "other clients are unaffected");
+  } finally {
+    await gw.close();
+    await good.close();
+  }
+});
