@@ -94,6 +94,10 @@ export async function ps(config: Config, opts: DockerCommandOptions = {}): Promi
 export async function down(config: Config, opts: DockerCommandOptions & { stopTimeoutS?: number } = {}): Promise<number> {
   const out = opts.out ?? stdout;
   const docker = await client(opts);
+  // swarm would replace the task containers of a service that still exists: remove the services first
+  const services = (await docker.listServices({ filters: { label: [`${LABEL.experiment}=${config.experiment}`] } }).catch(() => [])) as unknown as { ID: string }[];
+  await Promise.all(services.map((s) => docker.getService(s.ID).remove().catch(() => {})));
+  if (services.length) out(`removed ${services.length} swarm service(s) of experiment ${config.experiment}`);
   const containers = await listExperimentContainers(docker, config);
   await Promise.all(
     containers.map(async (c) => {

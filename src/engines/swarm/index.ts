@@ -1,22 +1,286 @@
+import type Docker from "dockerode";
+import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
+import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
-import { AbgateError } from "../../errors.ts";
-import type { Endpoint, Engine, EngineOptions } from "../types.ts";
+import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { resolveImage } from "../docker/build.ts";
+import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, tailLogs } from "../docker/client.ts";
+import { allocatePorts } from "../docker/ports.ts";
+
+export interface SwarmEngineOptions extends EngineOptions {
+  docker?: Docker;
+  clock?: Clock;
+  /** swarm's own restart delay for a task that exited (default 500 ms) */
+  restartDelayMs?: number;
+  /** re-list even without events, in case one was missed (default 5 s) */
+  resyncEveryMs?: number;
+  /** delay before re-subscribing to events after the stream broke (default 250 ms .. 10 s, doubling) */
+  eventsBackoff?: { initialMs: number; maxMs: number };
+  crashLoop?: { deaths: number; windowMs: number; logLines: number };
+  /** longest wait for swarm to remove the task containers on stop (default 30 s) */
+  removeTimeoutMs?: number;
+}
 
 /**
- * `engine: swarm` is part of the config contract but not built yet: it fails at start with a clear message
- * rather than at import, so every other engine keeps working.
+ * Docker Swarm: every replica is a one-task service (`abgate-<experiment>-<variant>-<n>`) on host networking
+ * with its own PORT, so that the proxy, not the swarm's ingress, balances between replicas. Swarm restarts
+ * dead tasks itself (restart condition `any`); this engine only follows their containers: the endpoint list
+ * is the experiment's running task containers, re-listed on every Docker event of theirs (as Traefik's swarm
+ * provider does) and every few seconds. Images are built locally, so this suits a single-node swarm (or
+ * images that every node can pull).
  */
 export class SwarmEngine implements Engine {
   readonly kind = "swarm" as const;
-  constructor(_config: Config, _options: EngineOptions = {}) {}
-  async start(): Promise<void> {
-    throw new AbgateError("engine: swarm is not available in this version of abgate; use engine: docker on a single host", "ABGATE_ERR_ENGINE_UNSUPPORTED");
+  readonly #config: Config;
+  readonly #docker: Docker;
+  readonly #clock: Clock;
+  readonly #adopt: boolean;
+  readonly #log: NonNullable<EngineOptions["log"]>;
+  readonly #opts: Required<Pick<SwarmEngineOptions, "restartDelayMs" | "resyncEveryMs" | "eventsBackoff" | "crashLoop" | "removeTimeoutMs">>;
+  readonly #endpoints = new EndpointSet();
+  readonly #deaths = new Map<string, number[]>();
+  readonly #reported = new Set<string>();
+  /** containers whose `die` we saw: the daemon may still list them as running for a moment */
+  readonly #dead = new Set<string>();
+  #images = new Map<string, string>();
+  #stopping = false;
+  #events?: NodeJS.ReadableStream & { destroy?: () => void };
+  #eventsAttempt = 0;
+  #timer?: TimerHandle;
+  #resync?: TimerHandle;
+  #refreshing: Promise<void> | null = null;
+  #refreshAgain = false;
+
+  constructor(config: Config, options: SwarmEngineOptions = {}) {
+    this.#config = config;
+    this.#docker = options.docker ?? createDockerClient();
+    this.#clock = options.clock ?? systemClock;
+    this.#adopt = options.adopt ?? false;
+    this.#log = options.log ?? ((level, msg) => void (level !== "info" && console.error(`[abgate] ${level}: ${msg}`)));
+    this.#opts = {
+      restartDelayMs: options.restartDelayMs ?? 500,
+      resyncEveryMs: options.resyncEveryMs ?? 5_000,
+      eventsBackoff: options.eventsBackoff ?? { initialMs: 250, maxMs: 10_000 },
+      crashLoop: options.crashLoop ?? { deaths: 5, windowMs: 60_000, logLines: 20 },
+      removeTimeoutMs: options.removeTimeoutMs ?? 30_000,
+    };
   }
+
+  images(): Map<string, string> {
+    return new Map(this.#images);
+  }
+
+  async start(onProgress: (line: string) => void = () => {}): Promise<void> {
+    await ensureReachable(this.#docker);
+    const info = (await this.#docker.info()) as { Swarm?: { LocalNodeState?: string; ControlAvailable?: boolean } };
+    if (info.Swarm?.LocalNodeState !== "active" || !info.Swarm.ControlAvailable) {
+      throw new EngineUnavailableError(
+        `the Docker engine on ${dockerAddress()} is not a swarm manager (swarm state: ${info.Swarm?.LocalNodeState ?? "unknown"}); ` +
+          "run `docker swarm init --advertise-addr 127.0.0.1` (or use engine: docker)",
+      );
+    }
+    this.#stopping = false;
+    if (this.#adopt) {
+      const found = await this.#services();
+      if (found.length === 0) {
+        throw new AbgateError(`no swarm services of experiment ${this.#config.experiment} found; start them with \`abgate up\``, "ABGATE_ERR_NO_REPLICAS");
+      }
+      onProgress(`found ${found.length} service(s) of experiment ${this.#config.experiment}`);
+    } else {
+      for (const v of this.#config.variants) this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+      await this.#removeServices(onProgress);
+      const ports = await allocatePorts(this.#config.variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
+      for (const v of this.#config.variants) {
+        const list = ports.get(v.name)!;
+        for (let i = 0; i < list.length; i++) {
+          await this.#docker.createService(this.#serviceSpec(v.name, i, list[i]));
+          onProgress(`[${v.name}-${i}] created service ${containerName(this.#config.experiment, v.name, i)} on 127.0.0.1:${list[i]}`);
+        }
+      }
+    }
+    this.#watchEvents();
+    this.#scheduleResync();
+    // resolve once every replica's task runs (the Engine contract: started, not necessarily healthy)
+    const want = this.#adopt ? 1 : this.#config.variants.reduce((n, v) => n + v.replicas, 0);
+    const until = Date.now() + 60_000;
+    for (;;) {
+      await this.#refresh();
+      if (this.#endpoints.get().length >= want) break;
+      if (Date.now() > until) throw new AbgateError(`swarm did not start every task of experiment ${this.#config.experiment} within 60 s`, "ABGATE_ERR_SWARM");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   endpoints(): Endpoint[] {
-    return [];
+    return this.#endpoints.get();
   }
-  onChange(): () => void {
-    return () => {};
+
+  onChange(listener: (endpoints: Endpoint[]) => void): () => void {
+    return this.#endpoints.onChange(listener);
   }
-  async stop(): Promise<void> {}
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#timer?.cancel();
+    this.#resync?.cancel();
+    this.#events?.destroy?.();
+    this.#events = undefined;
+    this.#endpoints.set([]);
+    if (!this.#adopt) await this.#removeServices(() => {});
+  }
+
+  #serviceSpec(variant: string, replica: number, port: number): Docker.CreateServiceOptions {
+    const v = this.#config.variants.find((x) => x.name === variant)!;
+    const labels = {
+      [LABEL.experiment]: this.#config.experiment,
+      [LABEL.variant]: variant,
+      [LABEL.replica]: String(replica),
+      [LABEL.port]: String(port),
+    };
+    return {
+      Name: containerName(this.#config.experiment, variant, replica),
+      Labels: labels,
+      TaskTemplate: {
+        ContainerSpec: {
+          Image: this.#images.get(variant)!,
+          Env: ["HOST=127.0.0.1", ...Object.entries(v.env).map(([k, val]) => `${k}=${val}`), `PORT=${port}`],
+          Labels: labels,
+          StopGracePeriod: 2_000_000_000,
+        },
+        Networks: [{ Target: "host" }],
+        RestartPolicy: { Condition: "any", Delay: this.#opts.restartDelayMs * 1_000_000, MaxAttempts: 0 },
+      },
+      Mode: { Replicated: { Replicas: 1 } },
+    } as Docker.CreateServiceOptions;
+  }
+
+  async #services(): Promise<Docker.Service[]> {
+    return (await this.#docker.listServices({ filters: experimentFilter(this.#config) })) as unknown as Docker.Service[];
+  }
+
+  /** Remove the experiment's services and wait until swarm has removed their containers too. */
+  async #removeServices(onProgress: (line: string) => void): Promise<void> {
+    const services = (await this.#services()) as unknown as { ID: string }[];
+    if (services.length) onProgress(`removing ${services.length} service(s) of experiment ${this.#config.experiment}`);
+    await Promise.all(services.map((s) => this.#docker.getService(s.ID).remove().catch(() => {})));
+    const until = Date.now() + this.#opts.removeTimeoutMs;
+    while (Date.now() < until) {
+      const left = await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) });
+      if (left.length === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    this.#log("warn", `swarm left containers of experiment ${this.#config.experiment} behind after ${this.#opts.removeTimeoutMs} ms`);
+  }
+
+  /** Re-list running task containers into endpoints; concurrent calls coalesce into one more run. */
+  #refresh(): Promise<void> {
+    if (this.#refreshing) {
+      this.#refreshAgain = true;
+      return this.#refreshing;
+    }
+    this.#refreshing = (async () => {
+      do {
+        this.#refreshAgain = false;
+        try {
+          const running = await this.#docker.listContainers({ filters: { ...experimentFilter(this.#config), status: ["running"] } });
+          if (this.#stopping) return;
+          const list: Endpoint[] = [];
+          const seen = new Set<string>();
+          const listed = new Set(running.map((c) => c.Id));
+          for (const id of this.#dead) if (!listed.has(id)) this.#dead.delete(id);
+          for (const c of running) {
+            if (this.#dead.has(c.Id)) continue;
+            const variant = c.Labels[LABEL.variant];
+            const replica = Number(c.Labels[LABEL.replica]);
+            const port = Number(c.Labels[LABEL.port]);
+            const id = `${variant}-${replica}`;
+            // a restarting task may briefly overlap its predecessor: one endpoint per replica
+            if (!variant || seen.has(id) || !this.#config.variants.some((v) => v.name === variant)) continue;
+            seen.add(id);
+            list.push({ id, variant, replica, host: "127.0.0.1", port });
+          }
+          this.#endpoints.set(list);
+        } catch (err) {
+          this.#log("warn", `listing swarm containers failed: ${(err as Error).message}`);
+        }
+      } while (this.#refreshAgain && !this.#stopping);
+    })().finally(() => {
+      this.#refreshing = null;
+    });
+    return this.#refreshing;
+  }
+
+  #scheduleResync(): void {
+    if (this.#stopping) return;
+    this.#resync = this.#clock.setTimeout(() => {
+      void this.#refresh().finally(() => this.#scheduleResync());
+    }, this.#opts.resyncEveryMs);
+  }
+
+  #onDie(attrs: Record<string, string>, containerId: string): void {
+    const id = `${attrs[LABEL.variant]}-${attrs[LABEL.replica]}`;
+    if (containerId) this.#dead.add(containerId);
+    // out of rotation at once, before the re-list confirms it
+    this.#endpoints.set(this.#endpoints.get().filter((e) => e.id !== id));
+    const now = this.#clock.now();
+    const deaths = (this.#deaths.get(id) ?? []).filter((t) => now - t < this.#opts.crashLoop.windowMs);
+    deaths.push(now);
+    this.#deaths.set(id, deaths);
+    this.#log("warn", `replica ${id} died; swarm restarts it`, { exitCode: attrs.exitCode, deathsInWindow: deaths.length });
+    if (deaths.length >= this.#opts.crashLoop.deaths && !this.#reported.has(id)) {
+      this.#reported.add(id);
+      void tailLogs(this.#docker, containerId, this.#opts.crashLoop.logLines).then((logs) =>
+        this.#log("error", `replica ${id} is crash-looping: ${deaths.length} deaths within ${Math.round(this.#opts.crashLoop.windowMs / 1000)} s; last log lines:\n${logs}`, { logs }),
+      );
+    } else if (deaths.length < this.#opts.crashLoop.deaths) {
+      this.#reported.delete(id);
+    }
+  }
+
+  #watchEvents(): void {
+    if (this.#stopping || this.#events) return;
+    this.#docker.getEvents({ filters: { type: ["container"], ...experimentFilter(this.#config) } }).then(
+      (stream) => {
+        if (this.#stopping) return void (stream as { destroy?: () => void }).destroy?.();
+        this.#events = stream as NodeJS.ReadableStream & { destroy?: () => void };
+        let pending = "";
+        stream.on("data", (chunk: Buffer) => {
+          this.#eventsAttempt = 0;
+          pending += chunk.toString();
+          let nl: number;
+          while ((nl = pending.indexOf("\n")) >= 0) {
+            const line = pending.slice(0, nl).trim();
+            pending = pending.slice(nl + 1);
+            if (!line || this.#stopping) continue;
+            try {
+              const ev = JSON.parse(line) as { Action?: string; Actor?: { ID?: string; Attributes?: Record<string, string> } };
+              if (ev.Action === "die" && ev.Actor?.Attributes) this.#onDie(ev.Actor.Attributes, ev.Actor.ID ?? "");
+              if (ev.Action === "start" || ev.Action === "die" || ev.Action === "destroy") void this.#refresh();
+            } catch {
+              // not JSON: ignore the line
+            }
+          }
+        });
+        const broken = (why: string): void => {
+          if (this.#events !== stream) return;
+          this.#events = undefined;
+          if (this.#stopping) return;
+          const delayMs = Math.min(this.#opts.eventsBackoff.maxMs, this.#opts.eventsBackoff.initialMs * 2 ** this.#eventsAttempt++);
+          this.#log("warn", `docker events stream broke (${why}); re-subscribing in ${delayMs} ms`);
+          this.#timer = this.#clock.setTimeout(() => {
+            this.#watchEvents();
+            void this.#refresh();
+          }, delayMs);
+        };
+        stream.on("error", (err: Error) => broken(err.message));
+        stream.on("end", () => broken("stream ended"));
+        stream.on("close", () => broken("stream closed"));
+      },
+      (err: Error) => {
+        if (this.#stopping) return;
+        this.#log("warn", `subscribing to docker events failed: ${err.message}`);
+        this.#timer = this.#clock.setTimeout(() => this.#watchEvents(), this.#opts.eventsBackoff.maxMs);
+      },
+    );
+  }
 }

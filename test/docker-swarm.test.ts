@@ -1,0 +1,82 @@
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import type Docker from "dockerode";
+import { SwarmEngine } from "../src/engines/swarm/index.ts";
+import { createEngine } from "../src/engines/index.ts";
+import { listExperimentContainers } from "../src/engines/docker/index.ts";
+import { down } from "../src/cli/docker-commands.ts";
+import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
+
+let initialised = false;
+let gwbridgeBefore = true;
+let client: Docker | undefined;
+
+/** A single-node swarm for this file: joined here when the engine is not in one, and left again after. */
+async function swarm(docker: Docker): Promise<void> {
+  const info = (await docker.info()) as { Swarm?: { LocalNodeState?: string } };
+  if (info.Swarm?.LocalNodeState === "active") return;
+  gwbridgeBefore = (await docker.listNetworks({ filters: { name: ["docker_gwbridge"] } })).length > 0;
+  await docker.swarmInit({ ListenAddr: "127.0.0.1:2377", AdvertiseAddr: "127.0.0.1" });
+  initialised = true;
+}
+
+after(async () => {
+  if (initialised && client) {
+    await client.swarmLeave({ force: true }).catch(() => {});
+    // swarm init made this bridge network; leave the engine as we found it
+    if (!gwbridgeBefore) await client.getNetwork("docker_gwbridge").remove().catch(() => {});
+  }
+  await removeTestImages();
+});
+
+test("swarm: one-task services on host networking, endpoints follow the tasks, a killed task comes back, stop and down leave nothing", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  client = docker;
+  await swarm(docker);
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const experiment = uniqueExperiment("swarm");
+  const config = testConfig({
+    experiment,
+    engine: "swarm",
+    ports: { base: 19800 },
+    variants: [
+      { name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2, env: { VARIANT: "control" } },
+      { name: "treatment", build: dir, buildArgs: { BASE_IMAGE }, env: { VARIANT: "treatment" } },
+    ],
+  });
+  const engine = await createEngine(config, { log: () => {} });
+  assert.ok(engine instanceof SwarmEngine);
+  t.after(() => engine.stop());
+  await engine.start();
+  assert.deepEqual(engine.endpoints().map((e) => e.id), ["control-0", "control-1", "treatment-0"]);
+  for (const e of engine.endpoints()) {
+    const { body } = await waitFor(`${e.id} answers`, () => get(`http://127.0.0.1:${e.port}/health`));
+    assert.equal(JSON.parse(body).variant, e.variant);
+  }
+  const victim = (await listExperimentContainers(docker, config, false)).find((c) => c.Labels["abgate.replica"] === "1")!;
+  await docker.getContainer(victim.Id).kill();
+  await waitFor("control-1 out", () => !engine.endpoints().some((e) => e.id === "control-1"));
+  await waitFor("control-1 back (swarm restarted the task)", () => engine.endpoints().some((e) => e.id === "control-1"), 20_000);
+
+  // a second engine adopting the running services (abgate serve) sees the same endpoints
+  const adopter = new SwarmEngine(config, { adopt: true, log: () => {} });
+  await adopter.start();
+  await waitFor("adopter sees all", () => adopter.endpoints().length === 3);
+  await adopter.stop();
+  assert.equal((await docker.listServices({ filters: { label: [`abgate.experiment=${experiment}`] } })).length, 3);
+
+  await engine.stop();
+  assert.equal((await docker.listServices({ filters: { label: [`abgate.experiment=${experiment}`] } })).length, 0);
+  assert.equal((await listExperimentContainers(docker, config)).length, 0);
+
+  // `abgate down` removes services too (swarm would otherwise replace the containers)
+  const again = new SwarmEngine(config, { log: () => {} });
+  await again.start();
+  assert.equal(await down(config, { docker, out: () => {} }) >= 0, true);
+  await waitFor("no containers after down", async () => (await listExperimentContainers(docker, config)).length === 0, 30_000);
+  assert.equal((await docker.listServices({ filters: { label: [`abgate.experiment=${experiment}`] } })).length, 0);
+  await again.stop();
+});
