@@ -284,3 +284,24 @@ test("a broken events stream is re-subscribed, and deaths it missed are still se
   await waitFor("missed death noticed and the replica restarted", () => warnings.some((w) => /control-1 .* died/.test(w)), 5_000);
   await waitFor("back", () => engine.endpoints().length === 2, 10_000);
 });
+
+test("image: runs an existing image as it is, without building", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const built = testConfig({ experiment: uniqueExperiment("img"), ports: { base: 19195 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
+  const builder = new DockerEngine(built, { ...fast, log: quiet });
+  await builder.start(quiet);
+  const image = builder.images().get("control")!;
+  await builder.stop();
+  const config = testConfig({ experiment: uniqueExperiment("img"), ports: { base: 19195 }, variants: [{ name: "control", image, env: { VARIANT: "x" } }] });
+  const engine = new DockerEngine(config, { ...fast, log: quiet });
+  t.after(() => engine.stop());
+  const lines: string[] = [];
+  await engine.start((l) => lines.push(l));
+  assert.equal(engine.images().get("control"), image);
+  assert.ok(!lines.some((l) => /build/.test(l)), lines.join("\n"));
+  const { body } = await waitFor("answers", () => get(`http://127.0.0.1:${engine.endpoints()[0].port}/health`));
+  assert.equal(JSON.parse(body).variant, "x");
+});
