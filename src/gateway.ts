@@ -128,12 +128,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     follow();
 
     const live = new LiveStats(variantNames, () => clock.now());
+    const batcher = exposuresOn ? new ExposureBatcher(store, { clock, log: engineLog }) : null;
     const metrics = new GatewayMetrics(
       config.experiment,
       () => health.snapshot().map((h) => ({ variant: h.variant, replica: h.id, healthy: h.state === "healthy" })),
       () => strategy.weights(),
+      () => batcher?.stats().dropped ?? 0,
     );
-    const batcher = exposuresOn ? new ExposureBatcher(store, { clock, log: engineLog }) : null;
     if (batcher) cleanups.push(() => batcher.close());
 
     // Admin token: configured, or generated and shown once.

@@ -1,30 +1,70 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Registry } from "prom-client";
+
+const LATENCY_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const LATENCY_BOUNDS_MS = LATENCY_BUCKETS_S.map((s) => s * 1000);
+
+/** Per served variant: request counts by status and the latency histogram, as plain numbers. */
+class VariantCounters {
+  byStatus = new Map<number, number>();
+  buckets = new Float64Array(LATENCY_BOUNDS_MS.length + 1);
+  sumMs = 0;
+  count = 0;
+}
 
 /**
- * Prometheus metrics. Label children are cached so that the proxy's hot path does a map lookup and an add, not
- * a label-set hash per request.
+ * Prometheus metrics. The proxy's per-request path only adds to plain counters (a map lookup and a few
+ * additions); prom-client renders them at scrape time through its registry's metric interface (`name`, `get()`),
+ * so that the text format, escaping and default labels stay the library's.
  */
 export class GatewayMetrics {
   readonly registry = new Registry();
-  readonly #requests: Counter<"variant" | "status">;
-  readonly #latency: Histogram<"variant">;
   readonly #events: Counter<"event">;
   readonly #exposuresDropped: Counter;
-  #children = new Map<string, { inc(n?: number): void }>();
-  #latencyChildren = new Map<string, { observe(v: number): void }>();
+  #variants = new Map<string, VariantCounters>();
 
-  constructor(experiment: string, replicaHealth: () => { variant: string; replica: string; healthy: boolean }[], weights: () => Record<string, number>) {
+  constructor(
+    experiment: string,
+    replicaHealth: () => { variant: string; replica: string; healthy: boolean }[],
+    weights: () => Record<string, number>,
+    exposuresDropped: () => number = () => 0,
+  ) {
     this.registry.setDefaultLabels({ experiment });
-    this.#requests = new Counter({ name: "abgate_requests_total", help: "Proxied requests by served variant and status", labelNames: ["variant", "status"], registers: [this.registry] });
-    this.#latency = new Histogram({
+    const variants = this.#variants;
+    this.registry.registerMetric({
+      name: "abgate_requests_total",
+      async get() {
+        const values: { labels: Record<string, string>; value: number }[] = [];
+        for (const [variant, c] of variants) for (const [status, n] of c.byStatus) values.push({ labels: { variant, status: String(status) }, value: n });
+        return { name: "abgate_requests_total", help: "Proxied requests by served variant and status", type: "counter", values, aggregator: "sum" };
+      },
+    } as unknown as Parameters<Registry["registerMetric"]>[0]);
+    this.registry.registerMetric({
       name: "abgate_request_duration_seconds",
-      help: "Time from request to last response byte, by served variant",
-      labelNames: ["variant"],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers: [this.registry],
-    });
+      async get() {
+        const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+        for (const [variant, c] of variants) {
+          let acc = 0;
+          LATENCY_BUCKETS_S.forEach((le, i) => {
+            acc += c.buckets[i];
+            values.push({ labels: { le, variant }, value: acc, metricName: "abgate_request_duration_seconds_bucket" });
+          });
+          values.push({ labels: { le: "+Inf", variant }, value: c.count, metricName: "abgate_request_duration_seconds_bucket" });
+          values.push({ labels: { variant }, value: c.sumMs / 1000, metricName: "abgate_request_duration_seconds_sum" });
+          values.push({ labels: { variant }, value: c.count, metricName: "abgate_request_duration_seconds_count" });
+        }
+        return { name: "abgate_request_duration_seconds", help: "Time from request to last response byte, by served variant", type: "histogram", values, aggregator: "sum" };
+      },
+    } as unknown as Parameters<Registry["registerMetric"]>[0]);
     this.#events = new Counter({ name: "abgate_events_ingested_total", help: "Outcome events stored", labelNames: ["event"], registers: [this.registry] });
-    this.#exposuresDropped = new Counter({ name: "abgate_exposures_dropped_total", help: "Exposures dropped because the store could not keep up", registers: [this.registry] });
+    this.#exposuresDropped = new Counter({
+      name: "abgate_exposures_dropped_total",
+      help: "Exposures dropped because the store could not keep up",
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(exposuresDropped());
+      },
+    });
     new Gauge({
       name: "abgate_replica_healthy",
       help: "1 when the replica receives traffic",
@@ -48,27 +88,18 @@ export class GatewayMetrics {
   }
 
   request(variant: string, status: number, latencyMs: number): void {
-    const key = `${variant}\u0000${status}`;
-    let c = this.#children.get(key);
-    if (!c) {
-      c = this.#requests.labels(variant, String(status));
-      this.#children.set(key, c);
-    }
-    c.inc();
-    let h = this.#latencyChildren.get(variant);
-    if (!h) {
-      h = this.#latency.labels(variant);
-      this.#latencyChildren.set(variant, h);
-    }
-    h.observe(latencyMs / 1000);
+    let c = this.#variants.get(variant);
+    if (!c) this.#variants.set(variant, (c = new VariantCounters()));
+    c.byStatus.set(status, (c.byStatus.get(status) ?? 0) + 1);
+    let b = 0;
+    while (b < LATENCY_BOUNDS_MS.length && latencyMs > LATENCY_BOUNDS_MS[b]) b++;
+    c.buckets[b]++;
+    c.sumMs += latencyMs;
+    c.count++;
   }
 
   eventsIngested(counts: Map<string, number>): void {
     for (const [event, n] of counts) this.#events.inc({ event }, n);
-  }
-
-  exposuresDropped(n: number): void {
-    this.#exposuresDropped.inc(n);
   }
 
   text(): Promise<string> {
