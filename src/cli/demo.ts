@@ -219,6 +219,16 @@ export async function demo(opts: DemoOptions = {}): Promise<DemoResult> {
     await gateway.health.waitHealthy(ids, opts.healthTimeoutMs ?? 60_000);
     out(`  ${ids.length} replicas healthy after ${((Date.now() - started) / 1000).toFixed(1)} s; proxy ${gateway.proxyUrl}, admin ${gateway.adminUrl}`);
 
+    // Warm every replica directly (not through the proxy, so nothing is recorded): JIT compilation of a fresh
+    // Node process would otherwise land in the first requests' latency and sway the latency guardrail.
+    await Promise.all(
+      engine.endpoints().map(async (e) => {
+        for (let i = 0; i < 100; i++) {
+          await fetch(`http://${e.host}:${e.port}/recommend?user=warm-up-${i}&k=10`).then((r) => r.arrayBuffer()).catch(() => undefined);
+        }
+      }),
+    );
+
     const users = opts.users ?? 2000;
     const requests = opts.requests ?? users * 3;
     out(`\n== 2. simulate ${users} users making ${requests} requests (sticky 50/50 split; each user watches a movie with a probability set by their hidden taste)`);
