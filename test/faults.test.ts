@@ -211,3 +211,31 @@ test("slow clients: a request whose headers never finish is cut after headersTim
     await good.close();
   }
 });
+
+test("a client that leaves before the answer: the exchange is abandoned and recorded as 499", async () => {
+  let sawClose = false;
+  const slow = await startBackend("slow", (req, res) => {
+    res.on("close", () => (sawClose = true));
+    setTimeout(() => res.end("late"), 1500);
+  });
+  const gw = await testGateway({ variants: [{ name: "control", url: slow.url }] });
+  try {
+    const ac = new AbortController();
+    const pending = fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "gone" }, signal: ac.signal });
+    await new Promise((r) => setTimeout(r, 200));
+    ac.abort();
+    await assert.rejects(pending);
+    const deadline = Date.now() + 3000;
+    let text = "";
+    while (Date.now() < deadline) {
+      text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+      if (/status="499"/.test(text)) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(text, /abgate_requests_total\{variant="control",status="499",experiment="test"\} 1/);
+    assert.ok(sawClose, "the replica's connection was closed, not left to finish");
+  } finally {
+    await gw.close();
+    await slow.close();
+  }
+});

@@ -82,7 +82,7 @@ class Exchange implements UpstreamSink {
 
   start(): void {
     this.ctx.counters.inFlight++;
-    this.res.once("close", () => this.onClientClose());
+    watchClient(this);
     const { balancer, config } = this.ctx;
     if (!balancer.hasHealthy(this.assigned) && !this.fallBack()) {
       return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}`));
@@ -173,6 +173,7 @@ class Exchange implements UpstreamSink {
         socket.write(chunk);
         ok = socket.write("\r\n", "latin1");
       } else ok = socket.write(chunk);
+      conn.touch();
       if (!ok) {
         req.pause();
         socket.once("drain", () => req.resume());
@@ -220,10 +221,10 @@ class Exchange implements UpstreamSink {
     return ok;
   }
 
-  onEnd(): void {
+  onEnd(last?: Buffer): void {
     this.upstreamDone = true;
     this.release();
-    this.res.end();
+    this.res.end(last);
     this.record(this.status);
   }
 
@@ -295,6 +296,7 @@ class Exchange implements UpstreamSink {
     if (this.recorded) return;
     this.recorded = true;
     this.ctx.counters.inFlight--;
+    (this.req.socket as WatchedSocket)[ACTIVE]?.delete(this);
     const latencyMs = Math.round((performance.now() - this.startMs) * 1000) / 1000;
     const { ctx } = this;
     ctx.metrics.request(this.served, status, latencyMs);
@@ -312,6 +314,27 @@ class Exchange implements UpstreamSink {
       forced: this.forced,
     });
   }
+}
+
+const ACTIVE = Symbol("abgate.activeExchanges");
+type WatchedSocket = Socket & { [ACTIVE]?: Set<Exchange> };
+
+/**
+ * Notice clients that leave mid-exchange with one 'close' listener per connection rather than one per request:
+ * keep-alive connections carry many requests, and a listener per response is measurable on the hot path.
+ */
+function watchClient(ex: Exchange): void {
+  const socket = ex.req.socket as WatchedSocket;
+  let active = socket[ACTIVE];
+  if (!active) {
+    active = socket[ACTIVE] = new Set();
+    const set = active;
+    socket.once("close", () => {
+      for (const e of set) e.onClientClose();
+      set.clear();
+    });
+  }
+  active.add(ex);
 }
 
 /** Request ids: a per-process random prefix and a counter; unique, short, and cheap on the hot path. */

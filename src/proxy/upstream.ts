@@ -15,7 +15,8 @@ export interface UpstreamSink {
   onHead(status: number, statusText: string, headers: string[], contentLength: number): void;
   /** a body chunk; return false when the receiver is full (call `conn.resume()` when it drains) */
   onData(chunk: Buffer): boolean;
-  onEnd(): void;
+  /** the response is complete; `last` is its final body piece when it had not been passed to onData */
+  onEnd(last?: Buffer): void;
   /** `beforeResponse`: no byte of the response had arrived; `connected`: the TCP connection had been established */
   onError(err: UpstreamError, beforeResponse: boolean, connected: boolean): void;
 }
@@ -69,18 +70,20 @@ export class UpstreamConnection {
   #headParts: Buffer[] = [];
   #headLength = 0;
   #dead = false;
+  /** clock time after which the sweeper fails the exchange (connect or response timeout) */
+  deadlineMs = 0;
+  #opts: UpstreamPoolOptions;
 
   constructor(pool: UpstreamPool, host: string, port: number, opts: UpstreamPoolOptions) {
     this.pool = pool;
+    this.#opts = opts;
     const socket = connect({ host, port, noDelay: true });
     this.socket = socket;
-    socket.setTimeout(opts.connectTimeoutMs);
     socket.on("connect", () => {
       this.#connected = true;
-      socket.setTimeout(opts.responseTimeoutMs);
+      if (this.#sink) this.deadlineMs = Date.now() + opts.responseTimeoutMs;
     });
     socket.on("data", (buf: Buffer) => this.#onData(buf));
-    socket.on("timeout", () => this.#onTimeout());
     socket.on("error", (err: NodeJS.ErrnoException) => this.#fail(this.#connected ? "reset" : "connect", err));
     socket.on("end", () => this.#onEnd());
     socket.on("close", () => this.#onClose());
@@ -101,7 +104,15 @@ export class UpstreamConnection {
     this.#paused = false;
     this.#headParts.length = 0;
     this.#headLength = 0;
+    this.deadlineMs = Date.now() + (this.#connected ? this.#opts.responseTimeoutMs : this.#opts.connectTimeoutMs);
+    busy.add(this);
+    ensureSweeper();
     this.socket.write(head, "latin1");
+  }
+
+  /** Request body bytes went out: the replica is not silent, we are still talking. */
+  touch(): void {
+    if (this.#connected) this.deadlineMs = Date.now() + this.#opts.responseTimeoutMs;
   }
 
   /** The proxy finished writing the request body. */
@@ -138,6 +149,7 @@ export class UpstreamConnection {
   #fail(kind: UpstreamFailure, cause?: unknown): void {
     const sink = this.#sink;
     this.#sink = null;
+    busy.delete(this);
     this.destroy();
     if (!sink) return;
     const code = (cause as NodeJS.ErrnoException | undefined)?.code;
@@ -145,10 +157,15 @@ export class UpstreamConnection {
     sink.onError(new UpstreamError(kind, `${kind}: ${msg}${code && !msg.includes(code) ? ` (${code})` : ""}`, { cause }), !this.#gotBytes, this.#connected);
   }
 
-  #onTimeout(): void {
-    if (!this.#sink) return this.destroy(); // idle too long (or never connected while idle)
+  /** Called by the sweeper once `deadlineMs` has passed. */
+  expire(): void {
+    if (!this.#sink) return void busy.delete(this);
     if (!this.#connected) return this.#fail("connect", new Error(`connect timeout to ${this.pool.address}`));
-    if (this.#paused) return; // the client is slow, not the replica: client-side timeouts handle that
+    if (this.#paused) {
+      // the client is slow, not the replica: client-side timeouts handle that
+      this.deadlineMs = Date.now() + this.#opts.responseTimeoutMs;
+      return;
+    }
     this.#fail("timeout", new Error(`no answer from ${this.pool.address} in time`));
   }
 
@@ -167,9 +184,10 @@ export class UpstreamConnection {
     this.pool.forget(this);
   }
 
-  #finish(reusable: boolean): void {
+  #finish(reusable: boolean, last?: Buffer): void {
     const sink = this.#sink!;
     this.#sink = null;
+    busy.delete(this);
     this.#state = State.Idle;
     if (reusable && this.#keepAlive && this.#requestDone && !this.#dead) {
       this.reused = true;
@@ -177,7 +195,7 @@ export class UpstreamConnection {
     } else {
       this.destroy();
     }
-    sink.onEnd();
+    sink.onEnd(last);
   }
 
   #onData(buf: Buffer): void {
@@ -187,6 +205,7 @@ export class UpstreamConnection {
       return;
     }
     this.#gotBytes = true;
+    if (!this.#paused) this.deadlineMs = Date.now() + this.#opts.responseTimeoutMs;
     let offset = 0;
     while (offset < buf.length && this.#sink) {
       switch (this.#state) {
@@ -199,12 +218,13 @@ export class UpstreamConnection {
           const piece = offset === 0 && n === buf.length ? buf : buf.subarray(offset, offset + n);
           offset += n;
           this.#remaining -= n;
-          if (!this.#sink.onData(piece)) this.pause();
           if (this.#remaining === 0) {
             if (offset < buf.length) this.#keepAlive = false; // more bytes than announced: do not trust the socket
-            this.#finish(true);
+            // The last piece goes with the end: one write to the client instead of two.
+            this.#finish(true, piece);
             return;
           }
+          if (!this.#sink.onData(piece)) this.pause();
           break;
         }
         case State.BodyChunked:
@@ -414,6 +434,27 @@ export class UpstreamConnection {
     this.#fail("protocol", new Error(`${this.pool.address} sent invalid chunked body: ${what}`));
     return -1;
   }
+}
+
+/** Connections with an exchange in flight; the sweeper fails those past their deadline. */
+const busy = new Set<UpstreamConnection>();
+let sweeper: NodeJS.Timeout | null = null;
+/** Timeouts are checked by one coarse timer instead of a socket timer per connection, which Node would re-arm
+ * on every read and write; a timeout may fire up to this much late. */
+export const SWEEP_INTERVAL_MS = 100;
+
+function ensureSweeper(): void {
+  if (sweeper) return;
+  sweeper = setInterval(() => {
+    if (busy.size === 0) {
+      clearInterval(sweeper!);
+      sweeper = null;
+      return;
+    }
+    const now = Date.now();
+    for (const c of busy) if (now > c.deadlineMs) c.expire();
+  }, SWEEP_INTERVAL_MS);
+  sweeper.unref();
 }
 
 /** Keep-alive sockets to one replica. Most recently used first, so that idle surplus sockets time out. */
