@@ -112,7 +112,10 @@ describe("properties", () => {
 
   it("quantiles invert their CDFs", () => {
     fc.assert(
-      fc.property(fc.double({ min: -30, max: 30, noNaN: true }), (z) => {
+      // Lower tail only: for z > ~5, cdf(z) = 1 - tiny keeps too few digits of the tail in a double for any
+      // quantile to recover z (the seed-dependent failure at z = 5.99); the upper tail is the mirror image.
+      fc.property(fc.double({ min: -30, max: 30, noNaN: true }), (zAny) => {
+        const z = -Math.abs(zAny);
         const p = normalCdf(z);
         if (p > 0 && p < 1) assert.ok(Math.abs(normalQuantile(p) - z) <= 1e-9 * Math.max(1, Math.abs(z)));
       }),
