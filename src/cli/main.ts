@@ -35,8 +35,8 @@ function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>): Promise<void> {
-  const sig = await untilSignal();
+async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>, signalled = untilSignal()): Promise<void> {
+  const sig = await signalled;
   log.info({ signal: sig }, "signal received: draining");
   // A second signal during the drain means "now".
   const hard = () => process.exit(1);
@@ -52,6 +52,7 @@ program
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
+    const signalled = untilSignal();
     let engine;
     if (config.engine === "docker" || config.engine === "swarm") {
       engine = await createEngine(config, { adopt: true, log: (l, m, f) => log[l](f ?? {}, m) });
@@ -59,7 +60,7 @@ program
     }
     const gw = await startGateway(config, { log, engine, onProgress: (line) => log.info(line) });
     out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
-    await serveUntilSignal(gw, log);
+    await serveUntilSignal(gw, log, signalled);
     if (engine) await engine.stop();
   });
 
@@ -73,21 +74,29 @@ program
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     const engine = await createEngine(config, { log: (l, m, f) => log[l](f ?? {}, m) });
     const started = Date.now();
+    // Signals are caught from the first moment: Ctrl-C during a build or the health wait must still remove
+    // whatever containers were started.
+    const signalled = untilSignal();
+    const interrupted = signalled.then((sig) => {
+      throw Object.assign(new Error(`interrupted by ${sig} while starting; replicas removed`), { code: "ABGATE_ERR_INTERRUPTED" });
+    });
     let gw: Gateway | undefined;
     try {
-      await engine.start((line) => out(line));
-      gw = await startGateway(config, { log, engine });
+      await Promise.race([engine.start((line) => out(line)), interrupted]);
+      gw = await Promise.race([startGateway(config, { log, engine }), interrupted]);
       const ids = engine.endpoints().map((e) => e.id);
       out(`waiting for ${ids.length} replicas to become healthy...`);
-      await gw.health.waitHealthy(ids, Number(opts.waitTimeout));
+      await Promise.race([gw.health.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
       out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
+      interrupted.catch(() => undefined);
       await gw?.stop();
       await engine.stop();
       throw err;
     }
-    await serveUntilSignal(gw, log);
+    interrupted.catch(() => undefined);
+    await serveUntilSignal(gw, log, signalled);
     out("removing the experiment's replicas...");
     await engine.stop();
   });

@@ -61,6 +61,8 @@ class Exchange implements UpstreamSink {
   recorded = false;
   status = 0;
   waitingDrain = false;
+  /** retries after stale pooled sockets (each drops that replica's idle pool, so a few suffice) */
+  staleRetries = 0;
 
   constructor(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, unit: string, setCookie: string | undefined, assigned: string, forced: boolean, requestId: string, startMs: number) {
     this.ctx = ctx;
@@ -237,10 +239,20 @@ class Exchange implements UpstreamSink {
       replica.failing++;
       this.ctx.balancer.health.reportFailure(replica.id);
     }
-    const retryable = (err.failure === "connect" || (stale && !this.bodyStarted)) && !this.res.headersSent;
+    if (stale && !this.bodyStarted && !this.res.headersSent && this.staleRetries < 3) {
+      // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
+      // request. Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
+      // once more on a fresh connection; if the replica is really gone, that fails as a connect error.
+      this.staleRetries++;
+      this.attempts--;
+      replica.pool.dropIdle();
+      this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "stale keep-alive connection; retrying on a fresh one");
+      return this.dispatch();
+    }
+    const retryable = err.failure === "connect" && !this.res.headersSent;
     if (retryable && this.attempts <= this.ctx.config.limits.maxRetries) {
-      if (err.failure === "connect") (this.tried ??= []).push(replica);
-      this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "retrying on another connection");
+      (this.tried ??= []).push(replica);
+      this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "retrying on another replica");
       return this.dispatch();
     }
     this.upstreamDone = true;

@@ -494,6 +494,11 @@ export class UpstreamPool {
     if (i !== -1) this.#idle.splice(i, 1);
   }
 
+  /** Close every idle socket: one turned out stale (the replica restarted or died), so the others are too. */
+  dropIdle(): void {
+    for (const c of this.#idle.splice(0)) c.destroy();
+  }
+
   get idleCount(): number {
     return this.#idle.length;
   }
