@@ -93,6 +93,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const strategy = createStrategy(config.strategy.kind, {
       variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
       salt: config.salt,
+      hash: config.strategy.hash,
       random,
       restore,
       floor: config.strategy.floor,

@@ -77,6 +77,8 @@ export const configSchema = z.strictObject({
     .strictObject({
       kind: z.enum(["random", "sticky", "round-robin", "bandit"]).default("sticky"),
       salt: z.string().optional(),
+      /** sticky/bandit buckets: the spec's plain FNV-1a, or FNV-1a + fmix32 (even splits of sequential ids) */
+      hash: z.enum(["fnv1a32", "fnv1a32-fmix"]).default("fnv1a32"),
       /** bandit: smallest share any variant keeps (0..1/n) */
       floor: z.number().min(0).max(0.5).default(0.01),
       /** bandit: units that must be exposed before weights start to follow the posterior */

@@ -57,3 +57,25 @@ export function fnv1a32Update(state: number, text: string): number {
 export function stickyBucket(salt: string, unit: string): number {
   return fnv1a32(`${salt}:${unit}`) / 4294967296;
 }
+
+/**
+ * MurmurHash3's 32-bit finalizer (Austin Appleby, public domain): every input bit flips each output bit with
+ * probability about 1/2. FNV-1a alone mixes the last bytes of its input poorly, so units that differ only at the
+ * end (`user-1`, `user-2`, ...) land close together and a 50/50 split of sequential ids can come out 60/40.
+ */
+export function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/** How a unit's hash becomes its bucket: the spec's plain FNV-1a, or FNV-1a followed by fmix32. */
+export type StickyHash = "fnv1a32" | "fnv1a32-fmix";
+
+/** Bucket in [0, 1) from an FNV-1a state. */
+export function bucketOf(h: number, hash: StickyHash = "fnv1a32"): number {
+  return (hash === "fnv1a32-fmix" ? fmix32(h) : h) / 4294967296;
+}

@@ -51,6 +51,8 @@ export interface StrategyOptions {
   /** variants in config order with their weights; the first is the control */
   variants: { name: string; weight: number }[];
   salt: string;
+  /** sticky/bandit: plain FNV-1a as the spec says (default), or FNV-1a + fmix32 for sequential ids */
+  hash?: "fnv1a32" | "fnv1a32-fmix";
   random?: RandomSource;
   /** a snapshot from a previous run */
   restore?: StrategyState;

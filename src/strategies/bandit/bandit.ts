@@ -1,13 +1,12 @@
 import type { RandomSource } from "../../clock.ts";
 import type { ArmStats, Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
-import { FNV1A32_OFFSET, fnv1a32Update } from "../fnv.ts";
+import { FNV1A32_OFFSET, bucketOf, fnv1a32Update, type StickyHash } from "../fnv.ts";
 import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
 import { restoreWeights } from "../restore.ts";
 import { RangeTable } from "../sticky/range-table.ts";
 import { restoreState, shareMap } from "../sticky/sticky.ts";
 import { beta } from "./beta.ts";
 
-const TWO_POW_32 = 4294967296;
 export const DEFAULT_FLOOR = 0.01;
 export const DEFAULT_BURN_IN_UNITS = 100;
 export const DEFAULT_DRAWS = 10_000;
@@ -43,6 +42,7 @@ export class BanditStrategy implements Strategy {
   readonly #burnInUnits: number;
   readonly #draws: number;
   readonly #prefix: number;
+  #hash: StickyHash;
   /** configured weights (config or setWeights): decide which arms are active, and rule during burn-in */
   #configured: number[];
   /** the weights in force */
@@ -58,6 +58,7 @@ export class BanditStrategy implements Strategy {
     this.#burnInUnits = options.burnInUnits ?? DEFAULT_BURN_IN_UNITS;
     this.#draws = options.draws ?? DEFAULT_DRAWS;
     this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
+    this.#hash = options.hash ?? "fnv1a32";
     const restore = options.restore;
     this.#configured = restore
       ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
@@ -68,7 +69,7 @@ export class BanditStrategy implements Strategy {
   }
 
   assign(unit: string): string {
-    return this.#table.lookup(fnv1a32Update(this.#prefix, unit) / TWO_POW_32);
+    return this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
   }
 
   weights(): Record<string, number> {

@@ -1,10 +1,9 @@
-import { FNV1A32_OFFSET, fnv1a32Update } from "../fnv.ts";
+import { FNV1A32_OFFSET, bucketOf, fnv1a32Update, type StickyHash } from "../fnv.ts";
 import type { Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { mergeWeights, toRecord, toShares, validateVariants } from "../weights.ts";
 import { RangeTable } from "./range-table.ts";
 import { restoreWeights } from "../restore.ts";
 
-const TWO_POW_32 = 4294967296;
 
 /**
  * Deterministic assignment by hash: a unit's bucket is `fnv1a32(salt + ":" + unit) / 2^32` and its variant is the
@@ -18,23 +17,25 @@ export class StickyStrategy implements Strategy {
   readonly #table: RangeTable;
   /** FNV state after hashing `salt + ":"`, so a request only hashes its unit */
   readonly #prefix: number;
+  #hash: StickyHash;
 
   constructor(options: StrategyOptions) {
     const { names, weights } = validateVariants(options.variants);
     this.#names = names;
     this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
+    this.#hash = options.hash ?? "fnv1a32";
     const restored = restoreState(names, weights, options.restore);
     this.#weights = restored.weights;
     this.#table = restored.table;
   }
 
   assign(unit: string): string {
-    return this.#table.lookup(fnv1a32Update(this.#prefix, unit) / TWO_POW_32);
+    return this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
   }
 
   /** The bucket of a unit, in [0,1) (for tests and for explaining an assignment). */
   bucket(unit: string): number {
-    return fnv1a32Update(this.#prefix, unit) / TWO_POW_32;
+    return bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash);
   }
 
   weights(): Record<string, number> {
