@@ -151,7 +151,8 @@ function assertSuccess(o: Outcome, body: Buffer | string): void {
 }
 
 function assertFailure(o: Outcome, failure: string, beforeResponse: boolean, connected = true): void {
-  assert.equal(o.ends.length, 0, "no onEnd after a failure");
+  const got = o.heads[0] ? `status ${o.heads[0].status}, headers ${JSON.stringify(o.heads[0].headers).slice(0, 80)}, body ${JSON.stringify(o.body().toString("latin1").slice(0, 40))}` : "";
+  assert.equal(o.ends.length, 0, `expected onError(${failure}), but the exchange ended normally: ${got}`);
   assert.equal(o.errors.length, 1, "onError exactly once");
   const e = o.errors[0];
   assert.ok(e.err instanceof UpstreamError);

@@ -1,0 +1,132 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { connectionTokens, cookieValue, queryValue, HOP_BY_HOP } from "./headers.ts";
+
+describe("cookieValue", () => {
+  it("finds a cookie anywhere in the header", () => {
+    assert.equal(cookieValue("abgate_unit=u1", "abgate_unit"), "u1");
+    assert.equal(cookieValue("a=1; abgate_unit=u2; b=3", "abgate_unit"), "u2");
+    assert.equal(cookieValue("a=1;abgate_unit=u3", "abgate_unit"), "u3");
+    assert.equal(cookieValue("a=1; abgate_unit= u4 ", "abgate_unit"), "u4");
+  });
+
+  it("does not match names that merely end or start with the name", () => {
+    assert.equal(cookieValue("xuser=1; user=2", "user"), "2");
+    assert.equal(cookieValue("xuser=1", "user"), undefined);
+    assert.equal(cookieValue("username=1", "user"), undefined);
+    assert.equal(cookieValue("users=1; user=9", "user"), "9");
+  });
+
+  it("does not match the name inside another cookie's value", () => {
+    assert.equal(cookieValue("a=user=5; user=7", "user"), "7");
+    assert.equal(cookieValue("a=user=5", "user"), undefined);
+  });
+
+  it("is undefined for a missing header, a missing cookie or an empty value", () => {
+    assert.equal(cookieValue(undefined, "user"), undefined);
+    assert.equal(cookieValue("", "user"), undefined);
+    assert.equal(cookieValue("a=1", "user"), undefined);
+    assert.equal(cookieValue("user=; a=1", "user"), undefined);
+    assert.equal(cookieValue("user", "user"), undefined);
+  });
+
+  it("agrees with a split-and-parse reference on generated headers", () => {
+    const name = fc.constantFrom("user", "xuser", "use", "users", "a", "b");
+    const value = fc.string({ unit: fc.constantFrom(..."abc123-_.".split("")), maxLength: 6 });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(name, value), { maxLength: 6 }), fc.constantFrom("; ", ";"), fc.constantFrom("user", "a", "use"), (pairs, sep, wanted) => {
+        const header = pairs.map(([n, v]) => `${n}=${v}`).join(sep);
+        const first = pairs.find(([n]) => n === wanted);
+        assert.equal(cookieValue(header, wanted), first && first[1] ? first[1] : undefined, header);
+      }),
+      { numRuns: 300, seed: 11 },
+    );
+  });
+});
+
+describe("queryValue", () => {
+  it("reads a parameter and decodes it", () => {
+    assert.equal(queryValue("/predict?user=42", "user"), "42");
+    assert.equal(queryValue("/predict?a=1&user=a%20b&c=3", "user"), "a b");
+    assert.equal(queryValue("/p?user=a+b", "user"), "a b");
+    assert.equal(queryValue("/p?user=%2B1", "user"), "+1");
+    assert.equal(queryValue("/p?user=%C3%A9t%C3%A9", "user"), "été");
+    assert.equal(queryValue("/p?user=a%26b&x=1", "user"), "a&b");
+  });
+
+  it("stops at a fragment", () => {
+    assert.equal(queryValue("/p?user=42#frag", "user"), "42");
+    assert.equal(queryValue("/p?user=#frag", "user"), undefined);
+    assert.equal(queryValue("/p?a=1#user=2", "user"), undefined);
+  });
+
+  it("does not match names that are suffixes or prefixes of other names", () => {
+    assert.equal(queryValue("/p?xuser=1&user=2", "user"), "2");
+    assert.equal(queryValue("/p?xuser=1", "user"), undefined);
+    assert.equal(queryValue("/p?username=1&user=3", "user"), "3");
+    assert.equal(queryValue("/p?a=user%3D1", "user"), undefined);
+  });
+
+  it("ignores the path and absent or empty parameters", () => {
+    assert.equal(queryValue("/user=1/p", "user"), undefined);
+    assert.equal(queryValue("/user=1/p?x=2", "user"), undefined);
+    assert.equal(queryValue("/p?user", "user"), undefined);
+    assert.equal(queryValue("/p?user=", "user"), undefined);
+    assert.equal(queryValue("/p?user=&user=5", "user"), undefined);
+  });
+
+  it("returns the raw value when the percent-encoding is broken", () => {
+    assert.equal(queryValue("/p?user=100%", "user"), "100%");
+    assert.equal(queryValue("/p?user=%E0%A4%A", "user"), "%E0%A4%A");
+  });
+
+  it("agrees with URLSearchParams on generated query strings", () => {
+    const name = fc.constantFrom("user", "xuser", "use", "users", "a");
+    const value = fc.string({ unit: fc.constantFrom(..."ab1+ %&=é/".split("")), minLength: 1, maxLength: 6 });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(name, value), { maxLength: 5 }), fc.constantFrom("user", "a", "use"), (pairs, wanted) => {
+        const qs = new URLSearchParams(pairs).toString();
+        const url = `/predict?${qs}`;
+        const expected = new URLSearchParams(qs).get(wanted);
+        assert.equal(queryValue(url, wanted), expected || undefined, url);
+      }),
+      { numRuns: 300, seed: 12 },
+    );
+  });
+
+  it("BUG: a parameter inside the fragment is read when the fragment contains '&'", () => {
+    // headers.ts queryValue finds `&user=` after the '#' and accepts it; values are cut at '#', names are not.
+    assert.equal(queryValue("/p?a=1#x&user=2", "user"), undefined);
+  });
+});
+
+describe("connectionTokens", () => {
+  it("lists the header names of a Connection value, lower-cased and trimmed", () => {
+    assert.deepEqual(connectionTokens("Upgrade"), new Set(["upgrade"]));
+    assert.deepEqual(connectionTokens(" X-A , x-b,,X-A "), new Set(["x-a", "x-b"]));
+    assert.deepEqual(connectionTokens("keep-alive, X-Private"), new Set(["x-private"]));
+  });
+
+  it("leaves out close and keep-alive, which are options rather than header names", () => {
+    assert.equal(connectionTokens("close"), undefined);
+    assert.equal(connectionTokens("Keep-Alive"), undefined);
+    assert.equal(connectionTokens("keep-alive, CLOSE"), undefined);
+    assert.equal(connectionTokens(" , "), undefined);
+  });
+
+  it("is undefined without a value", () => {
+    assert.equal(connectionTokens(undefined), undefined);
+    assert.equal(connectionTokens(""), undefined);
+  });
+});
+
+describe("HOP_BY_HOP", () => {
+  it("holds the RFC 9110 §7.6.1 connection-specific fields", () => {
+    for (const h of ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer", "proxy-authenticate", "proxy-authorization"]) {
+      assert.ok(HOP_BY_HOP.has(h), h);
+    }
+    assert.ok(!HOP_BY_HOP.has("content-length"));
+    assert.ok(!HOP_BY_HOP.has("set-cookie"));
+  });
+});
