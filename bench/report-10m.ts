@@ -12,6 +12,8 @@
  *    dashboard, `minutes` over the whole week and over the last hour, printing seconds and the child's peak RSS.
  *
  * Target (issue 4): aggregate under 5 s, peak RSS under 500 MB.
+ * Measured 2026-11-28 on the 2-core dev machine (load ~1.5): fill 74 s (exposures 166k/s); aggregate 1.31 s;
+ * minutes over the week 1.10 s, over the last hour 0.06 s; report process peak RSS 161 MiB; file 912 MiB.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
