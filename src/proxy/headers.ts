@@ -46,6 +46,9 @@ export function cookieValue(header: string | undefined, name: string): string | 
 export function queryValue(url: string, name: string): string | undefined {
   const q = url.indexOf("?");
   if (q === -1) return undefined;
+  // Parameters end where the fragment begins.
+  const fragment = url.indexOf("#", q);
+  if (fragment !== -1) url = url.slice(0, fragment);
   let i = url.indexOf(name, q + 1);
   while (i !== -1) {
     const before = url.charCodeAt(i - 1);

@@ -495,25 +495,25 @@ describe("UpstreamConnection malformed responses", () => {
     return expectProtocol(pieces, 1);
   });
 
-  it("BUG: head larger than 64 KiB is accepted when its end arrives in the same read as the 64 KiB boundary", () => {
+  it("regression (was accepted/kept wrongly): head larger than 64 KiB is accepted when its end arrives in the same read as the 64 KiB boundary", () => {
     // upstream.ts #parseHead checks MAX_HEAD_BYTES only when "\r\n\r\n" is NOT found; a 100 KB head written at once
     // arrives as a 64 KiB read (no terminator, exactly at the limit) plus the rest (terminator found: no check).
     const head = `HTTP/1.1 200 OK\r\n${`x-filler: ${"a".repeat(1000)}\r\n`.repeat(100)}content-length: 0\r\n\r\n`;
     return expectProtocol([head]);
   });
 
-  it("BUG: content-length that is not 1*DIGIT is accepted (0x10, 1e1, empty)", async () => {
+  it("regression (was accepted/kept wrongly): content-length that is not 1*DIGIT is accepted (0x10, 1e1, empty)", async () => {
     // upstream.ts #parseHead uses Number(value): Number("0x10") = 16, Number("1e1") = 10, Number("") = 0
     await expectProtocol(["HTTP/1.1 200 OK\r\ncontent-length: 0x10\r\n\r\n0123456789abcdef"]);
     await expectProtocol(["HTTP/1.1 200 OK\r\ncontent-length: 1e1\r\n\r\n0123456789"]);
     await expectProtocol(["HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n"]);
   });
 
-  it("BUG: status code that is not three digits is accepted ('2e2' read as 200)", () =>
+  it("regression (was accepted/kept wrongly): status code that is not three digits is accepted ('2e2' read as 200)", () =>
     // upstream.ts #parseHead: Number(statusLine.slice(9, 12)) accepts "2e2"
     expectProtocol(["HTTP/1.1 2e2 OK\r\ncontent-length: 0\r\n\r\n"]));
 
-  it("BUG: chunk-size line without any hex digit is read as the last chunk", () =>
+  it("regression (was accepted/kept wrongly): chunk-size line without any hex digit is read as the last chunk", () =>
     // upstream.ts #parseChunked Chunk.Size: a CR with no digit seen moves to SizeLf with #remaining 0, so the
     // empty line "\r\n" after a chunk ends the body instead of being a framing error (chunk-size = 1*HEXDIG)
     expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n"]));
@@ -563,7 +563,7 @@ describe("UpstreamConnection header handling edge cases", () => {
     assert.equal(o.heads[0].statusText, "");
   });
 
-  it("BUG: identical duplicate Content-Length lines are both forwarded", async () => {
+  it("regression (was accepted/kept wrongly): identical duplicate Content-Length lines are both forwarded", async () => {
     // RFC 9110 §8.6 lets a recipient accept "5, 5" as 5, but then it must forward one valid Content-Length: Node's
     // own client (llhttp) rejects a response with two ("HPE_UNEXPECTED_CONTENT_LENGTH: Duplicate Content-Length").
     // upstream.ts #parseHead pushes every content-length line into `headers`.
@@ -579,7 +579,7 @@ describe("UpstreamConnection header handling edge cases", () => {
     assert.equal(o.heads[0].contentLength, -1);
   });
 
-  it("BUG: Content-Length is forwarded together with Transfer-Encoding: chunked", async () => {
+  it("regression (was accepted/kept wrongly): Content-Length is forwarded together with Transfer-Encoding: chunked", async () => {
     // RFC 9112 §6.3 (3): Transfer-Encoding overrides Content-Length and a proxy MUST remove the Content-Length before
     // forwarding. upstream.ts #parseHead pushes content-length into `headers` before it knows about chunked;
     // server.ts then writes it, so the client reads the de-chunked body with a wrong length.
@@ -589,7 +589,7 @@ describe("UpstreamConnection header handling edge cases", () => {
     assert.deepEqual(o.heads[0].headers, []);
   });
 
-  it("BUG: a later 'Connection: keep-alive' field line overrides 'Connection: close'", async () => {
+  it("regression (was accepted/kept wrongly): a later 'Connection: keep-alive' field line overrides 'Connection: close'", async () => {
     // Multiple Connection lines form one list ("close, keep-alive"): close wins (RFC 9112 §9.6). upstream.ts
     // #parseHead sets keepAlive per line, so the last line decides and the socket is pooled.
     // the replica keeps the socket open here, so that only the client's own decision is measured
@@ -598,7 +598,7 @@ describe("UpstreamConnection header handling edge cases", () => {
     assert.equal(idle, 0);
   });
 
-  it("BUG: names listed in several Connection field lines are not all removed", async () => {
+  it("regression (was accepted/kept wrongly): names listed in several Connection field lines are not all removed", async () => {
     // upstream.ts #parseHead: `listed = connectionTokens(v) ?? listed` replaces the set of the first line with the
     // second's, so x-a (listed on the first line) is forwarded.
     const { o } = await run("HTTP/1.1 200 OK\r\nconnection: x-a\r\nconnection: x-b\r\nx-a: 1\r\nx-b: 2\r\nx-c: 3\r\ncontent-length: 0\r\n\r\n");
@@ -737,7 +737,7 @@ describe("UpstreamConnection failures", () => {
     server.dropSockets();
   });
 
-  it("BUG: a chunked response that ends while the receiver is full leaves the pooled socket paused; the next exchange on it times out", async () => {
+  it("regression (was accepted/kept wrongly): a chunked response that ends while the receiver is full leaves the pooled socket paused; the next exchange on it times out", async () => {
     // upstream.ts #parseChunked calls pause() when onData returns false and then, in the same read, reaches the
     // last chunk and #finish(true) pools the socket still paused. send() resets #paused = false without
     // socket.resume(), so the next response on that socket is never read (and a later conn.resume() is a no-op).

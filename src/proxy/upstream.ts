@@ -67,6 +67,7 @@ export class UpstreamConnection {
   #paused = false;
   #remaining = 0;
   #chunkState = Chunk.Size;
+  #sizeDigits = 0;
   #headParts: Buffer[] = [];
   #headLength = 0;
   #dead = false;
@@ -188,6 +189,8 @@ export class UpstreamConnection {
     const sink = this.#sink!;
     this.#sink = null;
     busy.delete(this);
+    // The receiver may have asked for a pause on the very last piece: a pooled socket must be flowing.
+    this.resume();
     this.#state = State.Idle;
     if (reusable && this.#keepAlive && this.#requestDone && !this.#dead) {
       this.reused = true;
@@ -265,6 +268,10 @@ export class UpstreamConnection {
       return -1;
     }
     this.#headLength = 0;
+    if (end > MAX_HEAD_BYTES) {
+      this.#fail("protocol", new Error(`response head from ${this.pool.address} exceeds ${MAX_HEAD_BYTES} bytes`));
+      return -1;
+    }
     const head = data.toString("latin1", 0, end);
     const consumed = end + 4;
     // bytes of `buf` used: the head may have started in an earlier packet
@@ -277,7 +284,8 @@ export class UpstreamConnection {
       this.#fail("protocol", new Error(`${this.pool.address} did not answer HTTP/1.x: ${JSON.stringify(statusLine.slice(0, 40))}`));
       return -1;
     }
-    const status = Number(statusLine.slice(9, 12));
+    const code = statusLine.slice(9, 12);
+    const status = /^[1-5]\d\d$/.test(code) && (statusLine.length === 12 || statusLine.charCodeAt(12) === 32) ? Number(code) : NaN;
     if (!(status >= 100 && status <= 599)) {
       this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(statusLine.slice(9, 12))}`));
       return -1;
@@ -292,6 +300,7 @@ export class UpstreamConnection {
     let chunked = false;
     let headers: string[] = [];
     let listed: Set<string> | undefined;
+    let closeSeen = false;
     for (let i = 1; i < lines.length; i++) {
       const line = lines[i];
       const colon = line.indexOf(":");
@@ -303,13 +312,14 @@ export class UpstreamConnection {
       const value = line.slice(colon + 1).trim();
       const lower = name.toLowerCase();
       if (lower === "content-length") {
-        const n = Number(value);
-        if (!Number.isSafeInteger(n) || n < 0 || (contentLength !== -1 && contentLength !== n)) {
+        // RFC 9112 §6.3: 1*DIGIT; repeated identical values collapse to one, differing ones are an error.
+        const n = /^\d{1,15}$/.test(value) ? Number(value) : NaN;
+        if (!Number.isSafeInteger(n) || (contentLength !== -1 && contentLength !== n)) {
           this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
           return -1;
         }
+        if (contentLength === -1) headers.push(name, value);
         contentLength = n;
-        headers.push(name, value);
         continue;
       }
       if (lower === "transfer-encoding") {
@@ -318,13 +328,23 @@ export class UpstreamConnection {
       }
       if (lower === "connection") {
         const v = value.toLowerCase();
-        if (v.includes("close")) keepAlive = false;
+        // close wins over keep-alive, whichever line comes last
+        if (v.includes("close")) closeSeen = true;
         else if (v.includes("keep-alive")) keepAlive = true;
-        listed = connectionTokens(v) ?? listed;
+        const tokens = connectionTokens(v);
+        if (tokens) {
+          listed ??= new Set();
+          for (const t of tokens) listed.add(t);
+        }
         continue;
       }
       if (HOP_BY_HOP.has(lower)) continue;
       headers.push(name, value);
+    }
+    if (closeSeen) keepAlive = false;
+    if (chunked && contentLength !== -1) {
+      // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); relaying both would misframe the body.
+      (listed ??= new Set()).add("content-length");
     }
     if (listed) {
       // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
@@ -345,6 +365,7 @@ export class UpstreamConnection {
       this.#state = State.BodyChunked;
       this.#chunkState = Chunk.Size;
       this.#remaining = 0;
+      this.#sizeDigits = 0;
     } else if (contentLength >= 0) {
       this.#state = State.BodyLength;
       this.#remaining = contentLength;
@@ -372,9 +393,11 @@ export class UpstreamConnection {
           const c = buf[i];
           const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
           if (d >= 0) {
+            this.#sizeDigits++;
             this.#remaining = this.#remaining * 16 + d;
             if (this.#remaining > Number.MAX_SAFE_INTEGER / 16) return this.#chunkError("chunk size too large");
-          } else if (c === 13) this.#chunkState = Chunk.SizeLf;
+          } else if (this.#sizeDigits === 0) return this.#chunkError("chunk size line without a size");
+          else if (c === 13) this.#chunkState = Chunk.SizeLf;
           else if (c === 59 /* ; */ || c === 32 || c === 9) this.#chunkState = Chunk.SizeExt;
           else return this.#chunkError("bad chunk size");
           i++;
@@ -407,6 +430,7 @@ export class UpstreamConnection {
         case Chunk.DataLf:
           if (buf[i] !== 10) return this.#chunkError("missing CRLF after chunk");
           this.#chunkState = Chunk.Size;
+          this.#sizeDigits = 0;
           i++;
           break;
         case Chunk.TrailerLineStart:
