@@ -189,6 +189,9 @@ let chosenBin: { path: string; note: string } | undefined;
  */
 export function abgateBin(): { path: string; note: string } {
   if (chosenBin) return chosenBin;
+  const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: repoRoot, encoding: "utf8" }).stdout?.trim() || "?";
+  const dirty = spawnSync("git", ["status", "--porcelain", "--", "src"], { cwd: repoRoot, encoding: "utf8" }).stdout?.trim() ? " + uncommitted changes in src/" : "";
+  const source = `sources at ${head}${dirty}`;
   if (process.env.ABGATE_BIN) return (chosenBin = { path: process.env.ABGATE_BIN, note: `ABGATE_BIN=${process.env.ABGATE_BIN}` });
   const outDir = join(repoRoot, "bench/results/abgate-build");
   const built = join(outDir, "main.js");
@@ -205,7 +208,7 @@ export function abgateBin(): { path: string; note: string } {
     );
     if (build.status === 0 && existsSync(built)) {
       const extra = external.length > 0 ? ` (left external, not found: ${external.join(", ")})` : "";
-      return (chosenBin = { path: built, note: `bundled by tsup into bench/results/abgate-build/main.js${extra}` });
+      return (chosenBin = { path: built, note: `${source}, bundled by tsup into bench/results/abgate-build/main.js${extra}` });
     }
     const output = `${build.stderr ?? ""}${build.stdout ?? ""}`;
     firstError = output.split("\n").find((l) => /ERROR|error/.test(l))?.trim() ?? `exit ${build.status}`;
@@ -213,7 +216,7 @@ export function abgateBin(): { path: string; note: string } {
     if (!missing || external.includes(missing)) break;
     external.push(missing);
   }
-  return (chosenBin = { path: "bin/abgate.js", note: `bin/abgate.js through tsx (the tsup bundle failed: ${firstError})` });
+  return (chosenBin = { path: "bin/abgate.js", note: `${source}, bin/abgate.js through tsx (the tsup bundle failed: ${firstError})` });
 }
 
 /** How abgate was started, so callers can read its memory and stop it. */
