@@ -78,7 +78,21 @@ export class UpstreamConnection {
   constructor(pool: UpstreamPool, host: string, port: number, opts: UpstreamPoolOptions) {
     this.pool = pool;
     this.#opts = opts;
-    const socket = connect({ host, port, noDelay: true });
+    // Reads land in one shared buffer and reach #onData without the stream machinery (Node's `onread`): no
+    // allocation and no 'data' event per read. Whatever outlives the call (a partial head, body pieces handed to
+    // the client side, which may queue them) is copied first.
+    const socket = connect({
+      host,
+      port,
+      noDelay: true,
+      onread: {
+        buffer: READ_BUFFER,
+        callback: (n: number, buf: Uint8Array) => {
+          this.#onData((buf as Buffer).subarray(0, n));
+          return true; // pausing is explicit (pause()), never implied by this return value
+        },
+      },
+    });
     this.socket = socket;
     socket.on("connect", () => {
       this.#connected = true;
@@ -218,7 +232,7 @@ export class UpstreamConnection {
           break;
         case State.BodyLength: {
           const n = Math.min(this.#remaining, buf.length - offset);
-          const piece = offset === 0 && n === buf.length ? buf : buf.subarray(offset, offset + n);
+          const piece = Buffer.from(buf.subarray(offset, offset + n));
           offset += n;
           this.#remaining -= n;
           if (this.#remaining === 0) {
@@ -235,7 +249,7 @@ export class UpstreamConnection {
           if (offset < 0) return;
           break;
         case State.BodyUntilClose: {
-          const piece = offset === 0 ? buf : buf.subarray(offset);
+          const piece = Buffer.from(buf.subarray(offset));
           offset = buf.length;
           if (!this.#sink.onData(piece)) this.pause();
           break;
@@ -263,7 +277,7 @@ export class UpstreamConnection {
         this.#fail("protocol", new Error(`response head from ${this.pool.address} exceeds ${MAX_HEAD_BYTES} bytes`));
         return -1;
       }
-      this.#headParts.push(data);
+      this.#headParts.push(Buffer.from(data)); // the read buffer is reused: keep a copy
       this.#headLength = data.length;
       return -1;
     }
@@ -414,7 +428,7 @@ export class UpstreamConnection {
           break;
         case Chunk.Data: {
           const n = Math.min(this.#remaining, buf.length - i);
-          const ok = sink.onData(buf.subarray(i, i + n));
+          const ok = sink.onData(Buffer.from(buf.subarray(i, i + n)));
           i += n;
           this.#remaining -= n;
           if (this.#remaining === 0) this.#chunkState = Chunk.DataCr;
@@ -459,6 +473,9 @@ export class UpstreamConnection {
     return -1;
   }
 }
+
+/** The one buffer every upstream socket reads into (see `onread` in the constructor). */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 /** Connections with an exchange in flight; the sweeper fails those past their deadline. */
 const busy = new Set<UpstreamConnection>();
