@@ -1,4 +1,5 @@
-import pg from "pg";
+import { createRequire } from "node:module";
+import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
@@ -31,10 +32,19 @@ const NUMERIC_OID = 1700;
  * COUNT and BIGINT columns come back from `pg` as strings (they may exceed 2^53); every count and millisecond
  * timestamp here is far below that, so they are parsed as numbers, as are NUMERIC sums of BIGINTs.
  */
+/**
+ * `pg` is loaded when a PostgreSQL store is opened, not when abgate starts: most runs use SQLite, and every module
+ * loaded at start-up stays in the resident memory of a proxy that may hold thousands of idle connections.
+ */
+let pgLoaded: typeof pgModule | undefined;
+function pgLib(): typeof pgModule {
+  return (pgLoaded ??= createRequire(import.meta.url)("pg") as typeof pgModule);
+}
+
 const types = {
   getTypeParser(oid: number, format?: "text" | "binary") {
     if (oid === INT8_OID || oid === NUMERIC_OID) return (v: string) => Number(v);
-    return pg.types.getTypeParser(oid, format as "text");
+    return pgLib().types.getTypeParser(oid, format as "text");
   },
 };
 
@@ -61,7 +71,7 @@ function byKey<T>(key: (t: T) => string): (a: T, b: T) => number {
  */
 export class PostgresStore implements Store {
   readonly url: string;
-  #pool: pg.Pool;
+  #pool: pgModule.Pool;
   #cache: UnitCache;
   #initialised = false;
   #closed = false;
@@ -69,7 +79,7 @@ export class PostgresStore implements Store {
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
     this.#cache = new UnitCache(options.unitCacheSize ?? 100_000);
-    this.#pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 4, types });
+    this.#pool = new (pgLib().Pool)({ connectionString: url, max: options.maxConnections ?? 4, types });
     // An idle client that loses its server emits 'error' on the pool; without a listener that would crash the process.
     this.#pool.on("error", () => {});
   }
@@ -85,9 +95,9 @@ export class PostgresStore implements Store {
     }
   }
 
-  async #tx<T>(fn: (client: pg.PoolClient) => Promise<T>, what: string): Promise<T> {
+  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string): Promise<T> {
     if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
-    let client: pg.PoolClient;
+    let client: pgModule.PoolClient;
     try {
       client = await this.#pool.connect();
     } catch (err) {
