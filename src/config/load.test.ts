@@ -34,6 +34,9 @@ test("${ENV} and ${ENV:-default} expand; $${ is literal", () => {
   const c = parseConfig(base.replace("experiment: exp", "experiment: ${NAME}") + "admin: { token: '${TOK}' }\n", "/tmp", { NAME: "from-env", TOK: "" });
   assert.equal(c.experiment, "from-env");
   assert.equal(c.admin.token, undefined, "an empty token means none: one is generated");
+  const unquoted = parseConfig(base + "admin:\n  token: ${UNSET_TOKEN}\n  ingestToken: ${UNSET_TOKEN}\n", "/tmp", {});
+  assert.equal(unquoted.admin.token, undefined, "the spec's unquoted form, with the variable unset, is null in YAML: no token");
+  assert.equal(unquoted.admin.ingestToken, undefined);
 });
 
 test("every error names its key path and what was expected", () => {

@@ -55,8 +55,9 @@ export const configSchema = z.strictObject({
   admin: z
     .strictObject({
       listen: listen.default("127.0.0.1:8081"),
-      token: z.string().optional(),
-      ingestToken: z.string().optional(),
+      // `token: ${ABGATE_ADMIN_TOKEN}` with the variable unset is YAML null: that means "none", as in the spec's example
+      token: z.string().nullish(),
+      ingestToken: z.string().nullish(),
     })
     .prefault({}),
   store: z
