@@ -35,7 +35,17 @@ function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * A serving process must not die on one bad request's bug: log an unexpected exception or rejection with its
+ * stack and keep serving. (Errors that are expected are handled where they happen; this is the last line.)
+ */
+function guardServing(log: ReturnType<typeof createLogger>): void {
+  process.on("uncaughtException", (err) => log.error({ err }, "unexpected exception (kept serving)"));
+  process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection (kept serving)"));
+}
+
 async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>, signalled = untilSignal()): Promise<void> {
+  guardServing(log);
   const sig = await signalled;
   log.info({ signal: sig }, "signal received: draining");
   // A second signal during the drain means "now".
