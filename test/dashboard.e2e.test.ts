@@ -1,7 +1,8 @@
 /**
  * The dashboard in Debian's Chromium (playwright-core, never `playwright install`), against a running abgate:
  * static engine over two real HTTP backends, a SQLite store in a temp dir, simulated users sending requests
- * through the proxy and outcomes to POST /v1/events. Saves docs/dashboard.png.
+ * through the proxy and outcomes to POST /v1/events. Saves test-results/dashboard.png (docs/dashboard.png, the
+ * README's picture, with ABGATE_UPDATE_SCREENSHOT=1, so that a test run leaves the checkout clean).
  *
  *   node --import tsx --test test/dashboard.e2e.test.ts
  *
@@ -266,7 +267,7 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     // Let the charts take in the change, then keep a picture for the README.
     await page.waitForTimeout(6_000);
     mkdirSync(join(root, "docs"), { recursive: true });
-    await page.screenshot({ path: join(root, "docs/dashboard.png"), fullPage: true });
+    await page.screenshot({ path: join(root, process.env.ABGATE_UPDATE_SCREENSHOT === "1" ? "docs/dashboard.png" : "test-results/dashboard.png"), fullPage: true });
 
     assert.deepEqual(errors, []);
     await page.close();
