@@ -19,7 +19,6 @@ class VariantCounters {
 export class GatewayMetrics {
   readonly registry = new Registry();
   readonly #events: Counter<"event">;
-  readonly #exposuresDropped: Counter;
   #variants = new Map<string, VariantCounters>();
 
   constructor(
@@ -56,7 +55,7 @@ export class GatewayMetrics {
       },
     } as unknown as Parameters<Registry["registerMetric"]>[0]);
     this.#events = new Counter({ name: "abgate_events_ingested_total", help: "Outcome events stored", labelNames: ["event"], registers: [this.registry] });
-    this.#exposuresDropped = new Counter({
+    new Counter({
       name: "abgate_exposures_dropped_total",
       help: "Exposures dropped because the store could not keep up",
       registers: [this.registry],

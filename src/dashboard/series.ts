@@ -91,7 +91,8 @@ export function toSeries(
   return body;
 }
 
-function emptyVariant(name: string, eventMetrics: readonly string[], length: number): VariantSeries {
+/** A variant with no traffic yet: zeros in every column (the page uses it too). */
+export function emptyVariant(name: string, eventMetrics: readonly string[], length: number): VariantSeries {
   const zeros = () => new Array<number>(length).fill(0);
   return {
     name,

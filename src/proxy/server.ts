@@ -28,7 +28,11 @@ export interface ProxyContext {
   counters: { inFlight: number };
 }
 
-const variantSet = new WeakMap<Config, Set<string>>();
+/** The variant that serves in place of `variant` (the config's `fallback`), if it is another one and has a healthy replica. */
+function fallbackFor(ctx: ProxyContext, variant: string): string | undefined {
+  const fb = ctx.config.fallback;
+  return fb !== "reject" && fb !== variant && ctx.balancer.hasHealthy(fb) ? fb : undefined;
+}
 
 /** Status recorded for a request whose client went away before the response ended (nginx's convention). */
 const CLIENT_CLOSED = 499;
@@ -85,19 +89,17 @@ class Exchange implements UpstreamSink {
   start(): void {
     this.ctx.counters.inFlight++;
     watchClient(this);
-    const { balancer, config } = this.ctx;
-    if (!balancer.hasHealthy(this.assigned) && !this.fallBack()) {
+    if (!this.ctx.balancer.hasHealthy(this.assigned) && !this.fallBack()) {
       return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}`));
     }
     this.head = this.buildHead();
-    void config;
     this.dispatch();
   }
 
   /** Switch to the fallback variant (logged via the exposure's served variant). False when there is none. */
   fallBack(): boolean {
-    const fb = this.ctx.config.fallback;
-    if (fb === "reject" || fb === this.served || !this.ctx.balancer.hasHealthy(fb)) return false;
+    const fb = fallbackFor(this.ctx, this.served);
+    if (fb === undefined) return false;
     this.served = fb;
     this.tried = null;
     return true;
@@ -368,7 +370,7 @@ export interface ProxyServer {
   closeTunnels(): void;
 }
 
-/** Decide unit, variant and forced flag for a request. Returns an error message for a bad forced variant. */
+/** The request's unit (header, query, then cookie), or a new id with the cookie that carries it from now on. */
 function resolveUnit(ctx: ProxyContext, req: IncomingMessage): { unit: string; setCookie: string | undefined } {
   const u = ctx.config.unit;
   let unit: string | undefined;
@@ -387,9 +389,7 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
   const { config } = ctx;
   const limits = config.limits;
   const nextId = requestIds();
-  let variants = variantSet.get(config);
-  if (!variants) variantSet.set(config, (variants = new Set(config.variants.map((v) => v.name))));
-  const known = variants;
+  const known = new Set(config.variants.map((v) => v.name));
   const server = createServer(
     {
       maxHeaderSize: limits.maxHeaderBytes,
@@ -459,8 +459,7 @@ function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, h
   const force = ctx.config.allowForce ? req.headers[FORCE_HEADER] : undefined;
   const forced = typeof force === "string" && known.has(force);
   const assigned = forced ? (force as string) : ctx.strategy.assign(unit);
-  let served = assigned;
-  if (!ctx.balancer.hasHealthy(served) && ctx.config.fallback !== "reject" && ctx.balancer.hasHealthy(ctx.config.fallback)) served = ctx.config.fallback;
+  const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   const replica = ctx.balancer.pick(served);
   const record = (status: number) => {
     const latencyMs = performance.now() - startMs;

@@ -1,3 +1,4 @@
+import { emptyVariant } from "../series.ts";
 import type { Report, SeriesBody, VariantSeries } from "./types.ts";
 
 /**
@@ -18,7 +19,7 @@ export class Timeline {
   /** Splices a fetched body in: minutes at or after its first minute are replaced, a gap before it is zero-filled. */
   merge(body: SeriesBody): void {
     this.stepMs = body.stepMs;
-    for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, blank(v.name, this.minutes.length, Object.keys(v.conversions)));
+    for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, emptyVariant(v.name, Object.keys(v.conversions), this.minutes.length));
     if (body.minutes.length === 0) return;
     const start = body.minutes[0]!;
     let keep = this.minutes.length;
@@ -29,7 +30,7 @@ export class Timeline {
     const zeros = new Array<number>(gap.length).fill(0);
     const incoming = new Map(body.variants.map((v) => [v.name, v]));
     for (const [name, mine] of this.variants) {
-      const theirs = incoming.get(name) ?? blank(name, body.minutes.length, Object.keys(mine.conversions));
+      const theirs = incoming.get(name) ?? emptyVariant(name, Object.keys(mine.conversions), body.minutes.length);
       const splice = (a: number[], b: number[]) => a.slice(0, keep).concat(zeros, b);
       mine.requests = splice(mine.requests, theirs.requests);
       mine.errors = splice(mine.errors, theirs.errors);
@@ -81,18 +82,6 @@ export class Timeline {
       return units > 0 ? converted / units : null;
     });
   }
-}
-
-function blank(name: string, length: number, metrics: string[]): VariantSeries {
-  const zeros = () => new Array<number>(length).fill(0);
-  return {
-    name,
-    requests: zeros(),
-    errors: zeros(),
-    latencySumMs: zeros(),
-    newUnits: zeros(),
-    conversions: Object.fromEntries(metrics.map((m) => [m, zeros()])),
-  };
 }
 
 /**
