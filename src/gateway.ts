@@ -1,5 +1,5 @@
 import type { AddressInfo } from "node:net";
-import type { Server } from "node:http";
+import type { Server } from "node:net";
 import { randomBytes } from "node:crypto";
 import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./clock.ts";
 import type { Config } from "./config/index.ts";
@@ -197,13 +197,14 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       report: () => experimentReport(config, store, strategy.weights(), clock.now()),
     };
 
-    const { server: proxyServer, inFlight, closeTunnels } = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
+    const proxy = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
     const { server: adminServer, dashboard } = createAdminServer({
       ...adminCtx,
       metrics,
       log,
       mayIngest: (authorization) => !config.admin.ingestToken || bearerMatches(authorization, config.admin.ingestToken) || bearerMatches(authorization, token),
     });
+    const { server: proxyServer, inFlight, closeTunnels } = proxy;
     const proxyAddr = await listen(proxyServer, config.listen.host, config.listen.port);
     cleanups.push(() => new Promise<void>((r) => proxyServer.close(() => r())));
     const proxyUrl = urlOf(proxyAddr);
@@ -243,15 +244,14 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       (stopping ??= (async () => {
         log.info({ inFlight: inFlight() }, "draining: no new connections; finishing in-flight requests");
         // Stop accepting; idle keep-alive connections close now, busy ones after their response.
-        proxyServer.close();
-        proxyServer.closeIdleConnections();
+        proxy.close();
         const deadline = Date.now() + (options.drainTimeoutMs ?? 30_000);
         while (inFlight() > 0 && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, 20));
-          proxyServer.closeIdleConnections();
+          proxy.closeIdleConnections();
         }
         if (inFlight() > 0) log.warn({ inFlight: inFlight() }, "drain timeout: closing remaining connections");
-        proxyServer.closeAllConnections();
+        proxy.closeAllConnections();
         closeTunnels();
         await cleanup();
         log.info("stopped");

@@ -1,5 +1,5 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { connect, type Socket } from "node:net";
+import type { Server, Socket } from "node:net";
+import { connect } from "node:net";
 import { randomBytes, randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { Config } from "../config/index.ts";
@@ -9,6 +9,7 @@ import type { Strategy } from "../strategies/types.ts";
 import type { Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
+import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { HOP_BY_HOP, connectionTokens, cookieValue, queryValue } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
@@ -37,14 +38,107 @@ function fallbackFor(ctx: ProxyContext, variant: string): string | undefined {
 /** Status recorded for a request whose client went away before the response ended (nginx's convention). */
 const CLIENT_CLOSED = 499;
 
+/** What one pass over a request's headers finds: the values abgate acts on, and the head to send upstream. */
+interface ScannedRequest {
+  /** request line and forwarded headers, without the x-abgate-* lines and the final blank line */
+  baseHead: string;
+  unitHeader: string | undefined;
+  cookie: string | undefined;
+  force: string | undefined;
+  host: string | undefined;
+  contentLength: string | undefined;
+  chunked: boolean;
+  expect: string | undefined;
+}
+
+/**
+ * One pass over the raw header list. Hop-by-hop headers, `expect`, and the client's own x-forwarded-* and
+ * x-abgate-* are not forwarded; x-forwarded-for is extended with the client's address.
+ */
+function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: string | undefined): ScannedRequest {
+  const h = req.headers;
+  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+  let xff = "";
+  let unitHeader: string | undefined;
+  let cookie: string | undefined;
+  let force: string | undefined;
+  let host: string | undefined;
+  let contentLength: string | undefined;
+  let chunked = false;
+  let expect: string | undefined;
+  let connection: string | undefined;
+  for (let i = 0; i < h.length; i += 2) {
+    const name = h[i];
+    const value = h[i + 1];
+    const lower = name.toLowerCase();
+    switch (lower) {
+      case "host":
+        host ??= value;
+        break;
+      case "content-length":
+        contentLength = value;
+        break;
+      case "transfer-encoding":
+        chunked = true;
+        continue;
+      case "connection":
+        connection = connection === undefined ? value : `${connection}, ${value}`;
+        continue;
+      case "expect":
+        expect = value;
+        continue;
+      case "cookie":
+        cookie = cookie === undefined ? value : `${cookie}; ${value}`;
+        break;
+      default:
+        if (lower === unitHeaderName) {
+          unitHeader ??= value;
+          break;
+        }
+        if (lower.charCodeAt(0) === 120 /* x */ && (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-"))) {
+          if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${value}` : value;
+          else if (lower === FORCE_HEADER) force ??= value;
+          continue;
+        }
+        if (HOP_BY_HOP.has(lower)) continue;
+    }
+    head += `${name}: ${value}\r\n`;
+  }
+  const listed = connectionTokens(connection);
+  if (listed !== undefined) {
+    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare, so the head is rebuilt only then.
+    head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+    for (let i = 0; i < h.length; i += 2) {
+      const lower = h[i].toLowerCase();
+      if (listed.has(lower) || HOP_BY_HOP.has(lower) || lower === "expect" || lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
+      head += `${h[i]}: ${h[i + 1]}\r\n`;
+    }
+  }
+  head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
+  if (host !== undefined) head += `x-forwarded-host: ${host}\r\n`;
+  if (chunked) head += "transfer-encoding: chunked\r\n";
+  return { baseHead: head, unitHeader, cookie, force, host, contentLength, chunked, expect };
+}
+
+/** A request abgate answers itself instead of proxying, decided before the exchange's turn comes. */
+interface Refusal {
+  status: number;
+  code: string;
+  message: string;
+  /** end the connection afterwards (the request body will not be read) */
+  close: boolean;
+  /** record an exposure (a request that was assigned) */
+  record: boolean;
+}
+
 /**
  * One proxied request. A class rather than closures so that the hot path allocates one object per request, and
- * every upstream callback is a prototype method.
+ * every callback from either side is a prototype method.
  */
-class Exchange implements UpstreamSink {
+class Exchange implements UpstreamSink, ClientExchange {
   readonly ctx: ProxyContext;
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
+  readonly conn: ClientConnection;
+  readonly request: ClientRequest;
   readonly unit: string;
   readonly assigned: string;
   served: string;
@@ -53,45 +147,100 @@ class Exchange implements UpstreamSink {
   readonly startMs: number;
   readonly ts: number;
   readonly setCookie: string | undefined;
+  readonly baseHead: string;
+  readonly hasBody: boolean;
+  readonly chunkedBody: boolean;
+  readonly expectContinue: boolean;
+  /** an HTTP/1.0 request without Host: the replica's address stands in, as HTTP/1.1 upstream requires one */
+  readonly hostMissing: boolean;
+  refusal: Refusal | null = null;
   head = "";
   replica: Replica | null = null;
-  conn: UpstreamConnection | null = null;
+  upstream: UpstreamConnection | null = null;
   tried: Replica[] | null = null;
   attempts = 0;
-  hasBody: boolean;
-  chunkedBody: boolean;
+  /** request body bytes that arrived before an upstream connection could take them */
+  pendingBody: Buffer[] | null = null;
+  bodyBytes = 0;
+  /** body pieces go straight to the upstream socket */
+  bodyFlowing = false;
   bodyStarted = false;
+  requestComplete = false;
   upstreamDone = false;
   recorded = false;
+  started = false;
   status = 0;
-  waitingDrain = false;
+  /** the response head, held back to go out with the first body piece */
+  responseHead = "";
+  chunkedOut = false;
+  waitingClientDrain = false;
+  waitingUpstreamDrain = false;
   /** retries after stale pooled sockets (each drops that replica's idle pool, so a few suffice) */
   staleRetries = 0;
 
-  constructor(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, unit: string, setCookie: string | undefined, assigned: string, forced: boolean, requestId: string, startMs: number) {
+  constructor(ctx: ProxyContext, conn: ClientConnection, request: ClientRequest, scan: ScannedRequest, known: Set<string>, requestId: string, startMs: number) {
     this.ctx = ctx;
-    this.req = req;
-    this.res = res;
-    this.unit = unit;
-    this.setCookie = setCookie;
-    this.assigned = assigned;
-    this.served = assigned;
-    this.forced = forced;
+    this.conn = conn;
+    this.request = request;
     this.requestId = requestId;
     this.startMs = startMs;
     this.ts = Date.now();
-    const te = req.headers["transfer-encoding"];
-    this.chunkedBody = te !== undefined;
-    const cl = req.headers["content-length"];
-    this.hasBody = this.chunkedBody || (cl !== undefined && cl !== "0");
+    this.baseHead = scan.baseHead;
+    this.chunkedBody = scan.chunked;
+    const cl = scan.contentLength;
+    this.hasBody = scan.chunked || (cl !== undefined && cl !== "0");
+    this.expectContinue = scan.expect !== undefined && request.httpMinor === 1;
+    this.hostMissing = scan.host === undefined;
+    const { config } = ctx;
+    const u = config.unit;
+    let unit = scan.unitHeader;
+    if (!unit && u.query) unit = queryValue(request.url, u.query);
+    if (!unit) unit = cookieValue(scan.cookie, u.cookie);
+    if (unit) {
+      this.unit = unit;
+    } else {
+      this.unit = randomUUID();
+      this.setCookie = unitCookie(u.cookie, this.unit);
+    }
+    const force = config.allowForce ? scan.force : undefined;
+    if (force) {
+      this.forced = true;
+      this.assigned = force;
+      if (!known.has(force)) {
+        this.refusal = { status: 400, code: "ABGATE_ERR_UNKNOWN_VARIANT", message: `unknown variant "${force}" in ${FORCE_HEADER}`, close: false, record: false };
+      }
+    } else {
+      this.forced = false;
+      this.assigned = ctx.strategy.assign(this.unit);
+    }
+    this.served = this.assigned;
+    if (this.refusal === null) {
+      const maxBody = config.limits.maxBodyBytes;
+      if (request.httpMinor === 1 && scan.host === undefined) {
+        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
+      } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
+        this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true, record: false };
+      } else if (maxBody !== undefined && cl !== undefined && Number(cl) > maxBody) {
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true, record: true };
+      }
+    }
   }
 
   start(): void {
+    this.started = true;
+    const refusal = this.refusal;
+    if (refusal !== null) {
+      this.upstreamDone = true;
+      if (refusal.record) this.ctx.counters.inFlight++;
+      else this.recorded = true;
+      return this.respondError(refusal.status, refusal.code, refusal.message, refusal.close);
+    }
     this.ctx.counters.inFlight++;
-    watchClient(this);
     if (!this.ctx.balancer.hasHealthy(this.assigned) && !this.fallBack()) {
       return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}`));
     }
+    // The client waits for this before sending its body; the replica is not asked (the header is not forwarded).
+    if (this.expectContinue && this.hasBody && !this.requestComplete) this.conn.write("HTTP/1.1 100 Continue\r\n\r\n");
     this.head = this.buildHead();
     this.dispatch();
   }
@@ -105,29 +254,9 @@ class Exchange implements UpstreamSink {
     return true;
   }
 
-  buildHead(): string {
-    const req = this.req;
-    const raw = req.rawHeaders;
-    const extra = connectionTokens(req.headers.connection);
-    let xff = "";
-    let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i];
-      const lower = name.toLowerCase();
-      if (HOP_BY_HOP.has(lower) || lower === "expect") continue;
-      if (lower.charCodeAt(0) === 120 /* x */ && (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-"))) {
-        if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${raw[i + 1]}` : raw[i + 1];
-        continue;
-      }
-      if (extra !== undefined && extra.has(lower)) continue;
-      head += `${name}: ${raw[i + 1]}\r\n`;
-    }
-    const addr = req.socket.remoteAddress ?? "";
-    head += `x-forwarded-for: ${xff ? `${xff}, ${addr}` : addr}\r\nx-forwarded-proto: http\r\n`;
-    if (req.headers.host) head += `x-forwarded-host: ${req.headers.host}\r\n`;
-    head += `x-abgate-request-id: ${this.requestId}\r\nx-abgate-variant: ${this.served}\r\nx-abgate-unit: ${encodeURIComponent(this.unit)}\r\n`;
-    if (this.chunkedBody) head += "transfer-encoding: chunked\r\n";
-    return head + "\r\n";
+  buildHead(replica?: Replica): string {
+    const host = this.hostMissing && replica !== undefined ? `host: ${replica.pool.address}\r\n` : "";
+    return `${this.baseHead}${host}x-abgate-request-id: ${this.requestId}\r\nx-abgate-variant: ${this.served}\r\nx-abgate-unit: ${encodeURIComponent(this.unit)}\r\n\r\n`;
   }
 
   dispatch(): void {
@@ -144,53 +273,80 @@ class Exchange implements UpstreamSink {
     }
     this.attempts++;
     this.replica = replica;
+    if (this.hostMissing) this.head = this.buildHead(replica);
     replica.outstanding++;
-    const conn = replica.pool.acquire();
-    this.conn = conn;
-    conn.send(this.head, this, this.req.method === "HEAD", !this.hasBody);
+    const upstream = replica.pool.acquire();
+    this.upstream = upstream;
+    upstream.send(this.head, this, this.request.method === "HEAD", !this.hasBody);
     if (this.hasBody) {
-      // The body is read only once the connection is up: a connect failure can then be retried elsewhere.
-      if (conn.socket.connecting) conn.socket.once("connect", () => this.startBody(conn));
-      else this.startBody(conn);
+      // The body is sent only once the connection is up: a connect failure can then be retried elsewhere.
+      if (upstream.socket.connecting) upstream.socket.once("connect", () => this.startBody(upstream));
+      else this.startBody(upstream);
     }
   }
 
-  startBody(conn: UpstreamConnection): void {
-    if (this.conn !== conn || this.upstreamDone) return;
+  startBody(upstream: UpstreamConnection): void {
+    if (this.upstream !== upstream || this.upstreamDone) return;
     this.bodyStarted = true;
-    const req = this.req;
-    const socket = conn.socket;
-    const maxBody = this.ctx.config.limits.maxBodyBytes;
-    let bytes = 0;
-    req.on("data", (chunk: Buffer) => {
-      if (this.conn !== conn || this.upstreamDone) return;
-      bytes += chunk.length;
-      if (maxBody !== undefined && bytes > maxBody) {
-        conn.abort();
-        this.upstreamDone = true;
-        this.release();
-        return this.respondError(413, "ABGATE_ERR_BODY_TOO_LARGE", `request body exceeds ${maxBody} bytes`, true);
-      }
-      let ok: boolean;
-      if (this.chunkedBody) {
-        socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-        socket.write(chunk);
-        ok = socket.write("\r\n", "latin1");
-      } else ok = socket.write(chunk);
-      conn.touch();
-      if (!ok) {
-        req.pause();
-        socket.once("drain", () => req.resume());
-      }
-    });
-    req.on("end", () => {
-      if (this.conn !== conn || this.upstreamDone) return;
-      if (this.chunkedBody) socket.write("0\r\n\r\n", "latin1");
-      conn.requestEnded();
-    });
+    this.bodyFlowing = true;
+    const pending = this.pendingBody;
+    this.pendingBody = null;
+    if (pending !== null) for (const chunk of pending) this.writeBody(chunk);
+    if (this.requestComplete) this.endBody();
+    else if (!this.waitingUpstreamDrain) this.conn.resumeReading();
   }
 
-  onHead(status: number, statusText: string, headers: string[], _contentLength: number): void {
+  onBody(chunk: Buffer): void {
+    if (this.upstreamDone) return; // answered already: the rest of the body is read and dropped
+    this.bodyBytes += chunk.length;
+    const maxBody = this.ctx.config.limits.maxBodyBytes;
+    if (maxBody !== undefined && this.bodyBytes > maxBody) {
+      this.upstream?.abort();
+      this.upstreamDone = true;
+      this.release();
+      return this.respondError(413, "ABGATE_ERR_BODY_TOO_LARGE", `request body exceeds ${maxBody} bytes`, true);
+    }
+    if (!this.bodyFlowing) {
+      (this.pendingBody ??= []).push(chunk);
+      this.conn.pauseReading();
+      return;
+    }
+    this.writeBody(chunk);
+  }
+
+  writeBody(chunk: Buffer): void {
+    const upstream = this.upstream!;
+    const socket = upstream.socket;
+    let ok: boolean;
+    if (this.chunkedBody) {
+      socket.cork();
+      socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      socket.write(chunk);
+      ok = socket.write("\r\n", "latin1");
+      socket.uncork();
+    } else ok = socket.write(chunk);
+    upstream.touch();
+    if (!ok && !this.waitingUpstreamDrain) {
+      this.waitingUpstreamDrain = true;
+      this.conn.pauseReading();
+      socket.once("drain", () => {
+        this.waitingUpstreamDrain = false;
+        if (this.upstream === upstream && !this.upstreamDone) this.conn.resumeReading();
+      });
+    }
+  }
+
+  onBodyEnd(): void {
+    this.requestComplete = true;
+    if (this.bodyFlowing && !this.upstreamDone) this.endBody();
+  }
+
+  endBody(): void {
+    if (this.chunkedBody) this.upstream!.socket.write("0\r\n\r\n", "latin1");
+    this.upstream!.requestEnded();
+  }
+
+  onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
     const replica = this.replica!;
     if (status >= 500) {
       replica.failing++;
@@ -200,48 +356,92 @@ class Exchange implements UpstreamSink {
       this.ctx.balancer.health.reportSuccess(replica.id);
     }
     this.status = status;
-    headers.push("x-abgate-variant", this.served, "x-abgate-request-id", this.requestId);
-    if (this.setCookie) headers.push("set-cookie", this.setCookie);
-    const res = this.res;
-    if (res.destroyed) return;
-    try {
-      res.writeHead(status, statusText || undefined, headers);
-    } catch (err) {
-      // A header the client side refuses (invalid characters): the replica's answer cannot be relayed.
-      this.conn?.abort();
-      this.onError(new UpstreamError("protocol", `invalid response header from ${replica.id}: ${(err as Error).message}`, { cause: err }), false, true);
+    const conn = this.conn;
+    let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
+    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    head += `x-abgate-variant: ${this.served}\r\nx-abgate-request-id: ${this.requestId}\r\n`;
+    if (this.setCookie) head += `set-cookie: ${this.setCookie}\r\n`;
+    const noBody = this.request.method === "HEAD" || status === 204 || status === 304 || status < 200;
+    if (!noBody && contentLength < 0) {
+      // The replica's body ends with its chunks or its connection: re-frame it for this client.
+      if (conn.httpMinor === 1) {
+        head += "transfer-encoding: chunked\r\n";
+        this.chunkedOut = true;
+      } else conn.closing = true;
     }
+    if (conn.closing || !conn.keepAlive || conn.server.draining) {
+      conn.closing = true;
+      head += "connection: close\r\n\r\n";
+    } else head += conn.httpMinor === 0 ? "connection: keep-alive\r\n\r\n" : "\r\n";
+    this.responseHead = head;
   }
 
   onData(chunk: Buffer): boolean {
-    const ok = this.res.write(chunk);
-    if (!ok && !this.waitingDrain) {
-      this.waitingDrain = true;
-      this.res.once("drain", () => {
-        this.waitingDrain = false;
-        this.conn?.resume();
-      });
-    }
+    const conn = this.conn;
+    let ok: boolean;
+    if (this.chunkedOut) {
+      const socket = conn.socket;
+      socket.cork();
+      this.flushHead();
+      socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      socket.write(chunk);
+      ok = socket.write("\r\n", "latin1");
+      socket.uncork();
+    } else if (this.responseHead) {
+      ok = conn.writeHead(this.responseHead, chunk);
+      this.responseHead = "";
+    } else ok = conn.write(chunk);
+    if (!ok) this.waitingClientDrain = true;
     return ok;
+  }
+
+  flushHead(): void {
+    if (this.responseHead) {
+      this.conn.writeHead(this.responseHead);
+      this.responseHead = "";
+    }
+  }
+
+  onClientDrain(): void {
+    if (this.waitingClientDrain) {
+      this.waitingClientDrain = false;
+      this.upstream?.resume();
+    }
   }
 
   onEnd(last?: Buffer): void {
     this.upstreamDone = true;
     this.release();
-    this.res.end(last);
+    const conn = this.conn;
+    if (this.chunkedOut) {
+      const socket = conn.socket;
+      socket.cork();
+      this.flushHead();
+      if (last && last.length > 0) {
+        socket.write(`${last.length.toString(16)}\r\n`, "latin1");
+        socket.write(last);
+        socket.write("\r\n0\r\n\r\n", "latin1");
+      } else socket.write("0\r\n\r\n", "latin1");
+      socket.uncork();
+    } else if (this.responseHead) {
+      conn.writeHead(this.responseHead, last);
+      this.responseHead = "";
+    } else if (last) conn.write(last);
     this.record(this.status);
+    conn.responseDone(this);
   }
 
   onError(err: UpstreamError, beforeResponse: boolean, connected: boolean): void {
     const replica = this.replica!;
-    const conn = this.conn!;
+    const upstream = this.upstream!;
     this.release();
-    const stale = connected && beforeResponse && conn.reused && err.failure === "reset";
+    const stale = connected && beforeResponse && upstream.reused && err.failure === "reset";
     if (!stale && err.failure !== "protocol") {
       replica.failing++;
       this.ctx.balancer.health.reportFailure(replica.id);
     }
-    if (stale && !this.bodyStarted && !this.res.headersSent && this.staleRetries < 3) {
+    const answered = this.conn.responseStarted || this.responseHead !== "";
+    if (stale && !this.bodyStarted && !answered && this.staleRetries < 3) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
       // request. Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
       // once more on a fresh connection; if the replica is really gone, that fails as a connect error.
@@ -251,7 +451,7 @@ class Exchange implements UpstreamSink {
       this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "stale keep-alive connection; retrying on a fresh one");
       return this.dispatch();
     }
-    const retryable = err.failure === "connect" && !this.res.headersSent;
+    const retryable = err.failure === "connect" && !answered;
     if (retryable && this.attempts <= this.ctx.config.limits.maxRetries) {
       (this.tried ??= []).push(replica);
       this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "retrying on another replica");
@@ -262,9 +462,9 @@ class Exchange implements UpstreamSink {
   }
 
   release(): void {
-    if (this.replica && this.conn) {
+    if (this.replica && this.upstream) {
       this.replica.outstanding--;
-      this.conn = null;
+      this.upstream = null;
     }
   }
 
@@ -272,45 +472,55 @@ class Exchange implements UpstreamSink {
     this.upstreamDone = true;
     const status = upstreamStatus(err.failure);
     this.ctx.log.warn({ requestId: this.requestId, variant: this.served, replica: this.replica?.id, code: err.code }, err.message);
-    if (this.res.headersSent) {
+    if (this.conn.responseStarted) {
       // Mid-body: the only honest signal left is to cut the client's connection.
       this.record(this.status || status);
-      this.res.destroy(err);
+      this.conn.destroy();
       return;
     }
+    this.responseHead = "";
     this.respondError(status, err.code, err.message, false);
   }
 
   respondError(status: number, code: string, message: string, close: boolean): void {
-    const res = this.res;
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return this.record(status);
+    const conn = this.conn;
+    this.upstreamDone = true;
+    if (conn.responseStarted || conn.socket.destroyed) {
+      this.record(status);
+      return conn.destroy();
     }
     const body = JSON.stringify({ error: message, code, requestId: this.requestId, variant: this.served });
-    const headers: string[] = ["content-type", "application/json", "content-length", String(Buffer.byteLength(body)), "x-abgate-variant", this.served, "x-abgate-request-id", this.requestId];
-    if (close) headers.push("connection", "close");
-    res.writeHead(status, headers);
-    res.end(body);
+    let headers = `content-type: application/json\r\nx-abgate-request-id: ${this.requestId}\r\n`;
+    if (this.refusal === null || this.refusal.record) headers += `x-abgate-variant: ${this.served}\r\n`;
+    conn.respondNow(status, headers, body, close);
     this.record(status);
+    conn.responseDone(this);
   }
 
   onClientClose(): void {
     if (this.recorded) return;
     // The client left before the response ended: free the replica and do not reuse the half-read socket.
-    if (this.conn) {
-      this.conn.abort();
+    if (this.upstream) {
+      this.upstream.abort();
       this.release();
     }
     this.upstreamDone = true;
     this.record(CLIENT_CLOSED);
   }
 
+  onClientFault(status: number, reason: string): void {
+    if (this.upstreamDone) return this.conn.destroy();
+    if (this.upstream) {
+      this.upstream.abort();
+      this.release();
+    }
+    this.respondError(status, status === 408 ? "ABGATE_ERR_REQUEST_TIMEOUT" : "ABGATE_ERR_BAD_REQUEST", reason, true);
+  }
+
   record(status: number): void {
     if (this.recorded) return;
     this.recorded = true;
     this.ctx.counters.inFlight--;
-    (this.req.socket as WatchedSocket)[ACTIVE]?.delete(this);
     const latencyMs = Math.round((performance.now() - this.startMs) * 1000) / 1000;
     const { ctx } = this;
     ctx.metrics.request(this.served, status, latencyMs);
@@ -330,27 +540,6 @@ class Exchange implements UpstreamSink {
   }
 }
 
-const ACTIVE = Symbol("abgate.activeExchanges");
-type WatchedSocket = Socket & { [ACTIVE]?: Set<Exchange> };
-
-/**
- * Notice clients that leave mid-exchange with one 'close' listener per connection rather than one per request:
- * keep-alive connections carry many requests, and a listener per response is measurable on the hot path.
- */
-function watchClient(ex: Exchange): void {
-  const socket = ex.req.socket as WatchedSocket;
-  let active = socket[ACTIVE];
-  if (!active) {
-    active = socket[ACTIVE] = new Set();
-    const set = active;
-    socket.once("close", () => {
-      for (const e of set) e.onClientClose();
-      set.clear();
-    });
-  }
-  active.add(ex);
-}
-
 /** Request ids: a per-process random prefix and a counter; unique, short, and cheap on the hot path. */
 function requestIds(): () => string {
   const prefix = randomBytes(6).toString("base64url");
@@ -366,85 +555,42 @@ export interface ProxyServer {
   server: Server;
   /** requests being proxied now */
   inFlight(): number;
+  /** stop accepting; idle keep-alive connections close now, busy ones after their current response */
+  close(): void;
+  closeIdleConnections(): void;
+  closeAllConnections(): void;
   /** cut every upgraded (WebSocket) connection; they never end by themselves */
   closeTunnels(): void;
-}
-
-/** The request's unit (header, query, then cookie), or a new id with the cookie that carries it from now on. */
-function resolveUnit(ctx: ProxyContext, req: IncomingMessage): { unit: string; setCookie: string | undefined } {
-  const u = ctx.config.unit;
-  let unit: string | undefined;
-  if (u.header) {
-    const h = req.headers[u.header];
-    unit = Array.isArray(h) ? h[0] : h;
-  }
-  if (!unit && u.query) unit = queryValue(req.url ?? "", u.query);
-  if (!unit) unit = cookieValue(req.headers.cookie, u.cookie);
-  if (unit) return { unit, setCookie: undefined };
-  const id = randomUUID();
-  return { unit: id, setCookie: unitCookie(u.cookie, id) };
 }
 
 export function createProxyServer(ctx: ProxyContext): ProxyServer {
   const { config } = ctx;
   const limits = config.limits;
   const nextId = requestIds();
+  const unitHeaderName = config.unit.header?.toLowerCase();
+  const tunnels = new Set<Socket>();
   const known = new Set(config.variants.map((v) => v.name));
-  const server = createServer(
+  const clients = new ClientServer(
+    { maxHeaderBytes: limits.maxHeaderBytes, headersTimeoutMs: limits.headersTimeoutMs, requestTimeoutMs: limits.requestTimeoutMs, idleTimeoutMs: limits.idleTimeoutMs },
     {
-      maxHeaderSize: limits.maxHeaderBytes,
-      headersTimeout: limits.headersTimeoutMs,
-      requestTimeout: limits.requestTimeoutMs,
-      keepAliveTimeout: limits.idleTimeoutMs,
-      connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs),
-      noDelay: true,
-    },
-    (req, res) => {
-      const startMs = performance.now();
-      const requestId = nextId();
-      const { unit, setCookie } = resolveUnit(ctx, req);
-      let assigned: string;
-      let forced = false;
-      const force = config.allowForce ? req.headers[FORCE_HEADER] : undefined;
-      if (typeof force === "string" && force !== "") {
-        if (!known.has(force)) {
-          const body = JSON.stringify({ error: `unknown variant "${force}" in ${FORCE_HEADER}`, code: "ABGATE_ERR_UNKNOWN_VARIANT", requestId });
-          res.writeHead(400, ["content-type", "application/json", "content-length", String(Buffer.byteLength(body)), "x-abgate-request-id", requestId]);
-          res.end(body);
-          return;
-        }
-        assigned = force;
-        forced = true;
-      } else {
-        assigned = ctx.strategy.assign(unit);
-      }
-      const ex = new Exchange(ctx, req, res, unit, setCookie, assigned, forced, requestId, startMs);
-      const cl = req.headers["content-length"];
-      if (limits.maxBodyBytes !== undefined && cl !== undefined && Number(cl) > limits.maxBodyBytes) {
-        ctx.counters.inFlight++;
-        ex.respondError(413, "ABGATE_ERR_BODY_TOO_LARGE", `request body of ${cl} bytes exceeds ${limits.maxBodyBytes}`, true);
-        return;
-      }
-      ex.start();
+      request(conn, req) {
+        const startMs = performance.now();
+        return new Exchange(ctx, conn, req, scanRequest(req, conn.remoteAddress, unitHeaderName), known, nextId(), startMs);
+      },
+      upgrade(req, socket, head, remoteAddress) {
+        proxyUpgrade(ctx, req, socket, head, remoteAddress, nextId(), unitHeaderName, known, tunnels);
+      },
+      clientError(code, message) {
+        ctx.log.debug({ code, err: message }, "client error");
+      },
     },
   );
-
-  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
-    const code = err.code;
-    ctx.log.debug({ code, err: err.message }, "client error");
-    if (!socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) return socket.destroy();
-    const status = code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : code === "ECONNRESET" ? 0 : 400;
-    if (status === 0) return socket.destroy();
-    const reason = status === 431 ? "Request Header Fields Too Large" : status === 408 ? "Request Timeout" : "Bad Request";
-    socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-  });
-
-  const tunnels = new Set<Socket>();
-  server.on("upgrade", (req: IncomingMessage, socket: Socket, headBytes: Buffer) => proxyUpgrade(ctx, req, socket, headBytes, nextId(), known, tunnels));
-
   return {
-    server,
+    server: clients.server,
     inFlight: () => ctx.counters.inFlight,
+    close: () => clients.close(),
+    closeIdleConnections: () => clients.closeIdleConnections(),
+    closeAllConnections: () => clients.closeAllConnections(),
     closeTunnels: () => {
       for (const s of tunnels) s.destroy();
     },
@@ -452,13 +598,15 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
 }
 
 /** WebSocket (and other Upgrade) requests: one dedicated upstream connection, bytes piped both ways. */
-function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, headBytes: Buffer, requestId: string, known: Set<string>, tunnels: Set<Socket>): void {
+function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, headBytes: Buffer, remoteAddress: string, requestId: string, unitHeaderName: string | undefined, known: Set<string>, tunnels: Set<Socket>): void {
   const startMs = performance.now();
   const ts = Date.now();
-  const { unit } = resolveUnit(ctx, req);
-  const force = ctx.config.allowForce ? req.headers[FORCE_HEADER] : undefined;
-  const forced = typeof force === "string" && known.has(force);
-  const assigned = forced ? (force as string) : ctx.strategy.assign(unit);
+  const scan = scanRequest(req, remoteAddress, unitHeaderName);
+  const u = ctx.config.unit;
+  const unit = scan.unitHeader || (u.query ? queryValue(req.url, u.query) : undefined) || cookieValue(scan.cookie, u.cookie) || randomUUID();
+  const force = ctx.config.allowForce ? scan.force : undefined;
+  const forced = force !== undefined && known.has(force);
+  const assigned = forced ? force : ctx.strategy.assign(unit);
   const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   const replica = ctx.balancer.pick(served);
   const record = (status: number) => {
@@ -466,26 +614,29 @@ function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, h
     ctx.metrics.request(served, status, latencyMs);
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
+  let upstream: Socket | undefined;
+  client.on("error", () => upstream?.destroy());
   const reject = (failure: UpstreamFailure, msg: string) => {
     const status = upstreamStatus(failure);
     ctx.log.warn({ requestId, variant: served, failure }, msg);
-    client.end(`HTTP/1.1 ${status} ${status === 503 ? "Service Unavailable" : status === 504 ? "Gateway Timeout" : "Bad Gateway"}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
+    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
-  const upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
+  upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
   upstream.setTimeout(ctx.config.limits.connectTimeoutMs, () => {
     upstream.destroy();
     reject("timeout", `upgrade to ${replica.id} timed out`);
   });
+  // The upgrade keeps Connection and Upgrade: they are the point of the request.
   let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
-  const raw = req.rawHeaders;
+  const raw = req.headers;
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i].toLowerCase();
     if (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
     head += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
-  head += `x-forwarded-for: ${req.socket.remoteAddress ?? ""}\r\nx-forwarded-proto: http\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
+  head += `x-forwarded-for: ${remoteAddress}\r\nx-forwarded-proto: http\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
   upstream.write(head, "latin1");
   if (headBytes.length) upstream.write(headBytes);
   let answered = false;
@@ -510,7 +661,6 @@ function proxyUpgrade(ctx: ProxyContext, req: IncomingMessage, client: Socket, h
       reject("connect", `upgrade to ${replica.id} failed: ${err.message}`);
     } else client.destroy();
   });
-  client.on("error", () => upstream.destroy());
   upstream.on("close", () => client.destroy());
   client.on("close", () => upstream.destroy());
   // Either side ending its half ends the tunnel (WebSocket closes by its own handshake first); half-open

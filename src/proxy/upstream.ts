@@ -42,6 +42,8 @@ const enum Chunk {
 }
 
 const MAX_HEAD_BYTES = 64 * 1024;
+/** Control characters other than tab, and CR or LF outside a CRLF pair (RFC 9110 §5.5, RFC 9112 §2.2). */
+const FORBIDDEN_IN_HEAD = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 
 export interface UpstreamPoolOptions {
@@ -287,6 +289,11 @@ export class UpstreamConnection {
       return -1;
     }
     const head = data.toString("latin1", 0, end);
+    if (FORBIDDEN_IN_HEAD.test(head)) {
+      // A lone CR or LF would let the replica smuggle extra header lines (or a second response) to the client.
+      this.#fail("protocol", new Error(`${this.pool.address} sent a control character in its response head`));
+      return -1;
+    }
     const consumed = end + 4;
     // bytes of `buf` used: the head may have started in an earlier packet
     const usedOfBuf = offset + consumed - (data.length - (buf.length - offset));

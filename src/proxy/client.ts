@@ -1,0 +1,539 @@
+import { createRequire } from "node:module";
+import { STATUS_CODES } from "node:http";
+import { createServer, type Server, type Socket } from "node:net";
+
+/**
+ * The client half of the proxy: HTTP/1.1 connections parsed by Node's own parser (llhttp, through the same
+ * `HTTPParser` binding `http.Server` uses), without `IncomingMessage`/`ServerResponse`.
+ *
+ * Why: with those two objects, Node's server costs about as much per request as the whole rest of the proxy (two
+ * streams, header objects, an async resource, timers per socket). Here the parser consumes the socket natively
+ * (reads go straight from libuv into llhttp, as in `http.Server`), hands us the raw header list, and responses
+ * are written as one string plus the body. Everything HTTP-ish that `http.Server` did for us is done here:
+ * keep-alive and `Connection: close`, HTTP/1.0 clients, pipelining in order, `Expect: 100-continue`, header size
+ * (431), parse errors (400), header/request/idle timeouts (408 or a silent close), half-closed clients, upgrades.
+ */
+
+const require = createRequire(import.meta.url);
+// `_http_common` is Node's own module (stable since Node 0.x); it exposes the parser http.Server is built on.
+const { HTTPParser, methods } = require("_http_common") as { HTTPParser: HTTPParserConstructor; methods: string[] };
+
+interface HTTPParserConstructor {
+  new (): NodeHttpParser;
+  REQUEST: number;
+  kOnMessageBegin: number;
+  kOnHeaders: number;
+  kOnHeadersComplete: number;
+  kOnBody: number;
+  kOnMessageComplete: number;
+  kOnExecute: number;
+}
+
+interface NodeHttpParser {
+  [key: number]: unknown;
+  initialize(type: number, resource: object, maxHeaderSize: number, lenientFlags: number): void;
+  consume(handle: unknown): void;
+  unconsume(): void;
+  getCurrentBuffer(): Buffer;
+  finish(): Error | undefined;
+  free(): void;
+  close(): void;
+  conn: ClientConnection | null;
+}
+
+/** One parsed request head. `headers` is the raw [name, value, ...] list as the client sent it. */
+export interface ClientRequest {
+  method: string;
+  url: string;
+  headers: string[];
+  /** 0 for an HTTP/1.0 client, 1 for HTTP/1.1 */
+  httpMinor: number;
+  /** llhttp's verdict from the version and the Connection header */
+  keepAlive: boolean;
+}
+
+/** What a connection drives for one request; the proxy's Exchange implements it. */
+export interface ClientExchange {
+  readonly request: ClientRequest;
+  /** Its turn has come (pipelined requests wait for the one before them to be answered). */
+  start(): void;
+  /** a piece of the request body (a copy, owned by the receiver) */
+  onBody(chunk: Buffer): void;
+  /** the request body is complete */
+  onBodyEnd(): void;
+  /** the connection closed before the exchange ended */
+  onClientClose(): void;
+  /** the client sent something invalid, or too slowly, after the head: answer `status` if the response has not begun */
+  onClientFault(status: number, reason: string): void;
+  /** the client's socket took everything written so far (after a write returned false) */
+  onClientDrain(): void;
+}
+
+export interface ClientHandlers {
+  /**
+   * A request head arrived. The exchange must not write before its `start()`: a pipelined request's answer waits
+   * for the answers before it (refusals included, so they are answered in `start()` too).
+   */
+  request(conn: ClientConnection, req: ClientRequest): ClientExchange;
+  /** An Upgrade request: the socket now belongs to the handler; `head` holds bytes that followed the request head. */
+  upgrade(req: ClientRequest, socket: Socket, head: Buffer, remoteAddress: string): void;
+  /** A connection-level client error (parse error, timeout), for the debug log. */
+  clientError(code: string, message: string): void;
+}
+
+export interface ClientLimits {
+  maxHeaderBytes: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
+}
+
+const kOnMessageBegin = HTTPParser.kOnMessageBegin;
+const kOnHeaders = HTTPParser.kOnHeaders;
+const kOnHeadersComplete = HTTPParser.kOnHeadersComplete;
+const kOnBody = HTTPParser.kOnBody;
+const kOnMessageComplete = HTTPParser.kOnMessageComplete;
+const kOnExecute = HTTPParser.kOnExecute;
+
+const enum Deadline {
+  None,
+  /** between requests on a keep-alive connection: close silently */
+  Idle,
+  /** the request head has begun but not ended: 408 */
+  Headers,
+  /** the head is in, the body is not: 408 */
+  Body,
+}
+
+const OWNER = Symbol("abgate.clientConnection");
+type OwnedSocket = Socket & { [OWNER]?: ClientConnection; _handle?: { readStart(): number; readStop(): number; reading?: boolean } | null };
+
+/** Reason phrases for the statuses abgate writes itself. */
+export function reasonPhrase(status: number): string {
+  return STATUS_CODES[status] ?? "Unknown";
+}
+
+/**
+ * One client connection. Parser callbacks are shared functions (their `this` is the parser, which points back
+ * here), so a connection costs one object, one parser and one socket: 5,000 idle keep-alive clients stay cheap.
+ */
+export class ClientConnection {
+  readonly socket: OwnedSocket;
+  readonly server: ClientServer;
+  readonly remoteAddress: string;
+  #parser: NodeHttpParser | null;
+  /** the exchange whose response is being written (the head of the pipeline) */
+  current: ClientExchange | null = null;
+  /** pipelined exchanges that wait for `current` to be answered */
+  #queue: ClientExchange[] = [];
+  /** the exchange whose request body the parser is reading now */
+  #reading: ClientExchange | null = null;
+  /** keep-alive verdict of the request being answered; false closes the connection after its response */
+  keepAlive = true;
+  httpMinor = 1;
+  /** a response head has been written for `current` */
+  responseStarted = false;
+  /** the connection ends after the current response (Connection: close, a fatal client error, a drain) */
+  closing = false;
+  #readPaused = false;
+  /** the client half-closed its side */
+  #ended = false;
+  #headerParts: string[] | null = null;
+  #urlParts = "";
+  deadline = Deadline.None;
+  deadlineMs = 0;
+  #requestDeadlineMs = 0;
+
+  constructor(server: ClientServer, socket: OwnedSocket) {
+    this.server = server;
+    this.socket = socket;
+    this.remoteAddress = socket.remoteAddress ?? "";
+    socket[OWNER] = this;
+    socket.setNoDelay(true);
+    const parser = new HTTPParser();
+    parser.initialize(HTTPParser.REQUEST, this, server.limits.maxHeaderBytes, 0);
+    parser.conn = this;
+    parser[kOnMessageBegin] = onMessageBegin;
+    parser[kOnHeaders] = onHeaders;
+    parser[kOnHeadersComplete] = onHeadersComplete;
+    parser[kOnBody] = onBody;
+    parser[kOnMessageComplete] = onMessageComplete;
+    parser[kOnExecute] = onExecute;
+    this.#parser = parser;
+    // Reads go from libuv straight into llhttp (no 'data' events), exactly as http.Server does it.
+    parser.consume(socket._handle);
+    socket.on("error", noop); // 'close' follows; the exchanges learn of it there
+    socket.on("close", onSocketClose);
+    socket.on("end", onSocketEnd);
+    socket.on("drain", onSocketDrain);
+    // Flowing, so that EOF and errors surface as 'end' and 'close' (no data reaches the stream itself: the
+    // parser has it).
+    socket.resume();
+    this.setDeadline(Deadline.Idle, server.limits.idleTimeoutMs);
+  }
+
+  setDeadline(kind: Deadline, inMs: number): void {
+    this.deadline = kind;
+    this.deadlineMs = kind === Deadline.None ? 0 : Date.now() + inMs;
+  }
+
+  /** Stop reading from the client (request body backpressure, or pipelined requests waiting their turn). */
+  pauseReading(): void {
+    if (this.#readPaused) return;
+    this.#readPaused = true;
+    const h = this.socket._handle;
+    if (h && h.reading !== false) {
+      h.reading = false;
+      h.readStop();
+    }
+  }
+
+  resumeReading(): void {
+    if (!this.#readPaused || this.#queue.length > 0) return;
+    this.#readPaused = false;
+    const h = this.socket._handle;
+    if (h && !h.reading && !this.socket.destroyed) {
+      h.reading = true;
+      h.readStart();
+    }
+  }
+
+  /** Write a whole response head and, optionally, a body piece in one system call. */
+  writeHead(head: string, body?: Buffer): boolean {
+    this.responseStarted = true;
+    const s = this.socket;
+    if (body === undefined || body.length === 0) return s.write(head, "latin1");
+    s.cork();
+    s.write(head, "latin1");
+    const ok = s.write(body);
+    s.uncork();
+    return ok;
+  }
+
+  write(chunk: Buffer | string): boolean {
+    return typeof chunk === "string" ? this.socket.write(chunk, "latin1") : this.socket.write(chunk);
+  }
+
+  /** A short answer written by the connection itself (error or refusal), ending the connection if `close`. */
+  respondNow(status: number, headers: string, body: string, close: boolean): void {
+    if (close) this.closing = true;
+    const keep = !this.closing && this.keepAlive;
+    const head =
+      `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\n${headers}content-length: ${Buffer.byteLength(body)}\r\n` +
+      (keep ? (this.httpMinor === 0 ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n");
+    this.responseStarted = true;
+    this.socket.write(head + body, "utf8");
+  }
+
+  /** `ex` is answered: end the connection, or start the next pipelined exchange, or wait for the next request. */
+  responseDone(ex: ClientExchange): void {
+    if (this.current !== ex) return;
+    this.current = null;
+    this.responseStarted = false;
+    if (this.closing || !this.keepAlive || this.server.draining || this.#ended) {
+      this.closing = true;
+      this.#queue.length = 0;
+      this.socket.end();
+      // Unread request bytes would otherwise keep a half-closed socket open; nothing more will be answered.
+      this.socket.destroySoon();
+      return;
+    }
+    const next = this.#queue.shift();
+    if (next) this.#begin(next);
+    // Resume: the next request may come, or the rest of an answered request's body is to be read and dropped.
+    this.resumeReading();
+    if (this.current === null && this.#reading === null) this.setDeadline(Deadline.Idle, this.server.limits.idleTimeoutMs);
+  }
+
+  /** Cut the connection now (drain timeout, shutdown). */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  get idle(): boolean {
+    return this.current === null && this.#reading === null && this.deadline === Deadline.Idle;
+  }
+
+  // --- parser events (called through the shared functions below) ---
+
+  messageBegin(): void {
+    const limits = this.server.limits;
+    this.setDeadline(Deadline.Headers, limits.headersTimeoutMs);
+    this.#requestDeadlineMs = Date.now() + limits.requestTimeoutMs;
+  }
+
+  headersPart(headers: string[], url: string): void {
+    (this.#headerParts ??= []).push(...headers);
+    this.#urlParts += url;
+  }
+
+  headersComplete(major: number, minor: number, headers: string[] | undefined, method: number, url: string | undefined, upgrade: boolean, keepAlive: boolean): number {
+    if (this.closing) return 0;
+    if (this.#headerParts) {
+      headers = headers ? this.#headerParts.concat(headers) : this.#headerParts;
+      this.#headerParts = null;
+    }
+    if (this.#urlParts) {
+      url = this.#urlParts + (url ?? "");
+      this.#urlParts = "";
+    }
+    const req: ClientRequest = { method: methods[method] ?? "GET", url: url ?? "/", headers: headers ?? [], httpMinor: major === 1 ? minor : 0, keepAlive };
+    this.deadline = Deadline.Body;
+    this.deadlineMs = this.#requestDeadlineMs;
+    if (upgrade) {
+      this.#upgrade = req;
+      return 0;
+    }
+    const ex = this.server.handlers.request(this, req);
+    this.#reading = ex;
+    if (this.current !== null) {
+      // Pipelined: its answer waits for the one before it. Stop reading meanwhile, so that at most one read's
+      // worth of requests waits.
+      this.#queue.push(ex);
+      this.pauseReading();
+      return 0;
+    }
+    this.#begin(ex);
+    return 0;
+  }
+
+  #begin(ex: ClientExchange): void {
+    this.current = ex;
+    this.keepAlive = ex.request.keepAlive;
+    this.httpMinor = ex.request.httpMinor;
+    ex.start();
+  }
+
+  body(chunk: Buffer): void {
+    this.#reading?.onBody(chunk);
+  }
+
+  messageComplete(): void {
+    const ex = this.#reading;
+    this.#reading = null;
+    if (this.deadline === Deadline.Body || this.deadline === Deadline.Headers) this.setDeadline(Deadline.None, 0);
+    if (ex) ex.onBodyEnd();
+    if (this.current === null && !this.closing) {
+      // Answered inline (a refusal): wait for the next request.
+      this.setDeadline(Deadline.Idle, this.server.limits.idleTimeoutMs);
+    }
+  }
+
+  #upgrade: ClientRequest | null = null;
+
+  execute(ret: number | Error): void {
+    if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
+    const req = this.#upgrade;
+    if (req === null) return;
+    this.#upgrade = null;
+    if (req.method === "CONNECT" || this.current !== null) {
+      // abgate is not a forward proxy; and an upgrade behind a pipelined request is not worth the complexity.
+      this.closing = true;
+      if (this.current === null) this.respondNow(req.method === "CONNECT" ? 405 : 400, "", "", true);
+      else this.socket.destroy();
+      return;
+    }
+    const parser = this.#parser!;
+    const head = Buffer.from(parser.getCurrentBuffer().subarray(ret));
+    this.#release();
+    const socket = this.socket;
+    socket.removeListener("close", onSocketClose);
+    socket.removeListener("end", onSocketEnd);
+    socket.removeListener("drain", onSocketDrain);
+    this.server.forget(this);
+    this.deadline = Deadline.None;
+    // The parser no longer consumes the handle: the socket reads as a normal stream again, once someone listens.
+    (socket as { readableFlowing: boolean | null }).readableFlowing = null;
+    this.server.handlers.upgrade(req, socket, head, this.remoteAddress);
+  }
+
+  #parseError(err: Error & { code?: string }): void {
+    const code = err.code ?? "HPE_UNKNOWN";
+    this.server.handlers.clientError(code, err.message);
+    const status = code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
+    this.#fault(status, err.message);
+  }
+
+  /** A fatal client error or timeout: answer `status` if nothing is being answered yet, then end the connection. */
+  #fault(status: number, reason: string): void {
+    this.closing = true;
+    this.#queue.length = 0;
+    const reading = this.#reading;
+    this.#reading = null;
+    if (reading !== null && reading === this.current) {
+      // The exchange answers (and records) it, then ends the connection through responseDone.
+      reading.onClientFault(status, reason);
+      return;
+    }
+    if (this.current !== null) {
+      // The response of an earlier request is under way; that one finishes, then the connection ends.
+      this.pauseReading();
+      return;
+    }
+    if (this.responseStarted || !this.socket.writable) return void this.socket.destroy();
+    this.respondNow(status, "", "", true);
+    this.socket.end();
+    this.socket.destroySoon();
+  }
+
+  expire(now: number): void {
+    if (this.deadline === Deadline.None || now < this.deadlineMs) return;
+    const kind = this.deadline;
+    this.deadline = Deadline.None;
+    if (kind === Deadline.Idle) return void this.socket.destroy();
+    this.server.handlers.clientError("ERR_HTTP_REQUEST_TIMEOUT", kind === Deadline.Headers ? "request headers took too long" : "request body took too long");
+    this.#fault(408, "request timeout");
+  }
+
+  onEnd(): void {
+    this.#ended = true;
+    const err = this.#parser?.finish();
+    if (err instanceof Error || this.current !== null || this.#reading !== null) {
+      // The client stopped sending mid-request, or while waiting for its answer: like http.Server (without
+      // httpAllowHalfOpen) and nginx, take it as gone and abandon the exchange.
+      return void this.socket.destroy();
+    }
+    this.socket.end();
+    this.socket.destroySoon();
+  }
+
+  onClose(): void {
+    this.server.forget(this);
+    // Queued pipelined exchanges never started (nothing was sent or recorded for them): they just go.
+    const ex = this.current;
+    this.current = null;
+    this.#queue = [];
+    this.#reading = null;
+    ex?.onClientClose();
+    this.#release();
+  }
+
+  onDrain(): void {
+    this.current?.onClientDrain();
+  }
+
+  #release(): void {
+    const parser = this.#parser;
+    if (!parser) return;
+    this.#parser = null;
+    parser.conn = null;
+    try {
+      parser.unconsume();
+    } catch {
+      // already unconsumed (the handle closed)
+    }
+    parser.free();
+  }
+}
+
+function noop(): void {}
+
+function onMessageBegin(this: NodeHttpParser): number {
+  this.conn?.messageBegin();
+  return 0;
+}
+function onHeaders(this: NodeHttpParser, headers: string[], url: string): void {
+  this.conn?.headersPart(headers, url);
+}
+function onHeadersComplete(
+  this: NodeHttpParser,
+  major: number,
+  minor: number,
+  headers: string[] | undefined,
+  method: number,
+  url: string | undefined,
+  _statusCode: unknown,
+  _statusMessage: unknown,
+  upgrade: boolean,
+  keepAlive: boolean,
+): number {
+  return this.conn ? this.conn.headersComplete(major, minor, headers, method, url, upgrade, keepAlive) : 0;
+}
+function onBody(this: NodeHttpParser, chunk: Buffer): void {
+  this.conn?.body(chunk);
+}
+function onMessageComplete(this: NodeHttpParser): void {
+  this.conn?.messageComplete();
+}
+function onExecute(this: NodeHttpParser, ret: number | Error): void {
+  this.conn?.execute(ret);
+}
+function onSocketClose(this: OwnedSocket): void {
+  this[OWNER]?.onClose();
+}
+function onSocketEnd(this: OwnedSocket): void {
+  this[OWNER]?.onEnd();
+}
+function onSocketDrain(this: OwnedSocket): void {
+  this[OWNER]?.onDrain();
+}
+
+/** The listening side: accepts connections, runs one coarse timer for every connection's deadline. */
+export class ClientServer {
+  readonly server: Server;
+  readonly limits: ClientLimits;
+  readonly handlers: ClientHandlers;
+  readonly #connections = new Set<ClientConnection>();
+  #sweeper: NodeJS.Timeout | null = null;
+  draining = false;
+
+  constructor(limits: ClientLimits, handlers: ClientHandlers) {
+    this.limits = limits;
+    this.handlers = handlers;
+    // allowHalfOpen: a client that half-closes after its request still gets the answer.
+    this.server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket));
+    this.server.on("listening", () => this.#startSweeper());
+    this.server.on("close", () => this.#stopSweeper());
+  }
+
+  #accept(socket: Socket): void {
+    if (this.draining) return void socket.destroy();
+    const conn = new ClientConnection(this, socket as OwnedSocket);
+    this.#connections.add(conn);
+  }
+
+  forget(conn: ClientConnection): void {
+    this.#connections.delete(conn);
+  }
+
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  /**
+   * Timeouts are checked by one timer for all connections rather than a timer per socket (which Node re-arms on
+   * every read and write). It ticks at a quarter of the shortest timeout, at most once a second, so a timeout fires
+   * at most that much late.
+   */
+  #startSweeper(): void {
+    if (this.#sweeper) return;
+    const { headersTimeoutMs, requestTimeoutMs, idleTimeoutMs } = this.limits;
+    const tickMs = Math.max(10, Math.min(1000, Math.floor(Math.min(headersTimeoutMs, requestTimeoutMs, idleTimeoutMs) / 4)));
+    this.#sweeper = setInterval(() => {
+      const now = Date.now();
+      for (const c of this.#connections) if (c.deadlineMs !== 0 && now >= c.deadlineMs) c.expire(now);
+    }, tickMs);
+    this.#sweeper.unref();
+  }
+
+  #stopSweeper(): void {
+    if (this.#sweeper) clearInterval(this.#sweeper);
+    this.#sweeper = null;
+  }
+
+  /** Stop accepting; idle connections close now, busy ones after their current response. */
+  close(): void {
+    this.draining = true;
+    this.server.close();
+    this.closeIdleConnections();
+  }
+
+  closeIdleConnections(): void {
+    for (const c of this.#connections) if (c.idle) c.destroy();
+  }
+
+  closeAllConnections(): void {
+    for (const c of this.#connections) c.destroy();
+    this.#stopSweeper();
+  }
+}
