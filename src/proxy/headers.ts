@@ -17,6 +17,11 @@ export const HOP_BY_HOP = new Set([
 /** Names listed in a Connection header value, lower-cased (they are hop-by-hop as well). */
 export function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (!value) return undefined;
+  // The common values, without splitting (a replica's every keep-alive response says one of them).
+  if (value.length <= 10) {
+    const v = value.toLowerCase();
+    if (v === "keep-alive" || v === "close") return undefined;
+  }
   let out: Set<string> | undefined;
   for (const t of value.split(",")) {
     const n = t.trim().toLowerCase();
