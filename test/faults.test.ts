@@ -6,12 +6,12 @@ import { startBackend } from "./helpers/backends.ts";
 import { testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
+/**
+ * A URL nothing listens on. Port 1: below the ephemeral range, so no test server (port 0) and no outgoing
+ * connection's local port can take it while the test runs, as could happen to a port just closed.
+ */
 async function closedPortUrl(): Promise<string> {
-  const srv = createNetServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return `http://127.0.0.1:${port}`;
+  return "http://127.0.0.1:1";
 }
 
 /** A TCP server that answers each connection with `reply` (or nothing, when null). */
