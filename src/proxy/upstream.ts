@@ -54,6 +54,20 @@ export function hasBareCrOrLf(head: string): boolean {
 }
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 
+/** 1 at the index of each length of content-length, transfer-encoding, connection and the HOP_BY_HOP names. */
+const HEADER_LENGTHS_OF_INTEREST = new Uint8Array(32);
+for (const name of ["content-length", "transfer-encoding", "connection", ...HOP_BY_HOP]) HEADER_LENGTHS_OF_INTEREST[name.length] = 1;
+
+/** 1 to `maxDigits` ASCII digits and nothing else. */
+function isDigits(value: string, maxDigits: number): boolean {
+  if (value.length === 0 || value.length > maxDigits) return false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
+
 export interface UpstreamPoolOptions {
   connectTimeoutMs: number;
   /** time without any byte from the replica while a response is awaited */
@@ -313,8 +327,11 @@ export class UpstreamConnection {
       this.#fail("protocol", new Error(`${this.pool.address} did not answer HTTP/1.x: ${JSON.stringify(statusLine.slice(0, 40))}`));
       return -1;
     }
-    const code = statusLine.slice(9, 12);
-    const status = /^[1-5]\d\d$/.test(code) && (statusLine.length === 12 || statusLine.charCodeAt(12) === 32) ? Number(code) : NaN;
+    const d0 = statusLine.charCodeAt(9) - 48;
+    const d1 = statusLine.charCodeAt(10) - 48;
+    const d2 = statusLine.charCodeAt(11) - 48;
+    const status =
+      d0 >= 1 && d0 <= 5 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9 && (statusLine.length === 12 || statusLine.charCodeAt(12) === 32) ? d0 * 100 + d1 * 10 + d2 : NaN;
     if (!(status >= 100 && status <= 599)) {
       this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(statusLine.slice(9, 12))}`));
       return -1;
@@ -339,10 +356,12 @@ export class UpstreamConnection {
       }
       const name = line.slice(0, colon);
       const value = line.slice(colon + 1).trim();
-      const lower = name.toLowerCase();
+      // Only names as long as one abgate acts on need lower-casing (content-length, connection, the hop-by-hop
+      // ones): most response headers (Date, Server, Content-Type...) are passed on without it.
+      const lower = HEADER_LENGTHS_OF_INTEREST[colon] === 1 ? name.toLowerCase() : "";
       if (lower === "content-length") {
         // RFC 9112 §6.3: 1*DIGIT; repeated identical values collapse to one, differing ones are an error.
-        const n = /^\d{1,15}$/.test(value) ? Number(value) : NaN;
+        const n = isDigits(value, 15) ? Number(value) : NaN;
         if (!Number.isSafeInteger(n) || (contentLength !== -1 && contentLength !== n)) {
           this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
           return -1;
