@@ -152,7 +152,6 @@ export class ClientConnection {
     this.socket = socket;
     this.remoteAddress = socket.remoteAddress ?? "";
     socket[OWNER] = this;
-    socket.setNoDelay(true);
     const parser = new HTTPParser();
     parser.initialize(HTTPParser.REQUEST, this, server.limits.maxHeaderBytes, 0);
     parser.conn = this;

@@ -1,0 +1,142 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect, type AddressInfo, type Socket } from "node:net";
+import { ClientServer, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
+
+/** A ClientServer whose exchanges answer with the request line, after `delayMs` for paths starting /slow. */
+async function echoServer(limits: Partial<ConstructorParameters<typeof ClientServer>[0]> = {}) {
+  const seen: ClientRequest[] = [];
+  const upgrades: { req: ClientRequest; head: string }[] = [];
+  const errors: string[] = [];
+  const cs = new ClientServer(
+    { maxHeaderBytes: 1024, headersTimeoutMs: 5000, requestTimeoutMs: 5000, idleTimeoutMs: 5000, ...limits },
+    {
+      request(conn: ClientConnection, req: ClientRequest): ClientExchange {
+        seen.push(req);
+        let body = "";
+        let started = false;
+        let complete = false;
+        const answer = () => {
+          const text = `${req.method} ${req.url} ${body}`;
+          conn.respondNow(200, "", text, false);
+          conn.responseDone(ex);
+        };
+        const ex: ClientExchange = {
+          request: req,
+          start() {
+            started = true;
+            if (complete) setTimeout(answer, req.url.startsWith("/slow") ? 50 : 0);
+          },
+          onBody: (c) => (body += c.toString()),
+          onBodyEnd() {
+            complete = true;
+            if (started) setTimeout(answer, req.url.startsWith("/slow") ? 50 : 0);
+          },
+          onClientClose() {},
+          onClientFault(status) {
+            conn.respondNow(status, "", "", true);
+            conn.responseDone(ex);
+          },
+          onClientDrain() {},
+        };
+        return ex;
+      },
+      upgrade(req, socket, head) {
+        upgrades.push({ req, head: head.toString() });
+        socket.end("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+      },
+      clientError: (code) => void errors.push(code),
+    },
+  );
+  await new Promise<void>((r) => cs.server.listen(0, "127.0.0.1", r));
+  const port = (cs.server.address() as AddressInfo).port;
+  return { cs, port, seen, upgrades, errors, close: () => (cs.closeAllConnections(), new Promise<void>((r) => cs.server.close(() => r()))) };
+}
+
+/** Send `payload`, collect until the server closes the connection or `idleMs` passes. */
+function exchange(port: number, payload: string, idleMs = 300): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const s: Socket = connect(port, "127.0.0.1", () => s.write(payload));
+    let text = "";
+    let timer = setTimeout(() => finish(false), idleMs);
+    const finish = (closed: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ text, closed });
+    };
+    s.on("data", (d) => {
+      text += d.toString("latin1");
+      clearTimeout(timer);
+      timer = setTimeout(() => finish(false), idleMs);
+    });
+    s.on("error", () => {});
+    s.on("end", () => finish(true));
+  });
+}
+
+test("parse errors: garbage gets 400 and a close, oversized headers 431, CONNECT 405", async () => {
+  const srv = await echoServer();
+  try {
+    const bad = await exchange(srv.port, "NOT HTTP AT ALL\r\n\r\n");
+    assert.match(bad.text, /^HTTP\/1\.1 400 Bad Request\r\n/);
+    assert.match(bad.text, /connection: close/);
+    assert.ok(bad.closed);
+    const big = await exchange(srv.port, `GET / HTTP/1.1\r\nhost: x\r\nx-big: ${"y".repeat(2000)}\r\n\r\n`);
+    assert.match(big.text, /^HTTP\/1\.1 431 /);
+    const tunnel = await exchange(srv.port, "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n");
+    assert.match(tunnel.text, /^HTTP\/1\.1 405 /);
+    assert.deepEqual(srv.errors.slice(0, 2), ["HPE_INVALID_METHOD", "HPE_HEADER_OVERFLOW"]);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("pipelined answers keep request order; bodies reach their own exchange", async () => {
+  const srv = await echoServer();
+  try {
+    const { text } = await exchange(
+      srv.port,
+      "POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc" + "POST /fast HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\n" + "GET /last HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    const bodies = [...text.matchAll(/\r\n\r\n([^H]*)/g)].map((m) => m[1]);
+    assert.deepEqual(bodies, ["POST /slow abc", "POST /fast de", "GET /last "]);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("an upgrade hands over the socket with the bytes that followed the head", async () => {
+  const srv = await echoServer();
+  try {
+    const { text } = await exchange(srv.port, "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nearly bytes");
+    assert.match(text, /^HTTP\/1\.1 101 /);
+    assert.equal(srv.upgrades.length, 1);
+    assert.equal(srv.upgrades[0]!.req.url, "/ws");
+    assert.equal(srv.upgrades[0]!.head, "early bytes");
+    assert.equal(srv.cs.connectionCount, 0, "the upgraded socket is no longer an HTTP connection");
+  } finally {
+    await srv.close();
+  }
+});
+
+test("headers that never finish: 408 after headersTimeoutMs; a draining server closes idle connections and refuses new ones", async () => {
+  const srv = await echoServer({ headersTimeoutMs: 200 });
+  try {
+    const t0 = Date.now();
+    const slow = await exchange(srv.port, "GET / HTTP/1.1\r\nhost: x\r\n", 2000);
+    assert.match(slow.text, /^HTTP\/1\.1 408 /);
+    assert.ok(Date.now() - t0 >= 190);
+    const idle = connect(srv.port, "127.0.0.1");
+    await new Promise((r) => idle.once("connect", r));
+    const closed = new Promise((r) => idle.once("close", r));
+    await new Promise((r) => setTimeout(r, 20));
+    srv.cs.close();
+    await closed;
+    await new Promise((r) => setImmediate(r)); // the server side's own 'close' event
+    assert.equal(srv.cs.connectionCount, 0);
+    const refused = await exchange(srv.port, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").catch(() => ({ text: "", closed: true }));
+    assert.equal(refused.text, "", "no new connection is served");
+  } finally {
+    await srv.close();
+  }
+});
