@@ -38,6 +38,10 @@ class RecordingStore {
 
 /** Lets the promise chain of a write settle (the store's promises resolve in microtasks, not timers). */
 const settle = () => new Promise<void>((r) => setImmediate(r));
+/** Lets a write to the SQLite store, which yields to the event loop between its slices, finish. */
+async function settleAll(): Promise<void> {
+  for (let i = 0; i < 100; i++) await settle();
+}
 
 const logs: Parameters<BatcherLog>[] = [];
 const log: BatcherLog = (...args) => void logs.push(args);
@@ -120,7 +124,7 @@ describe("ExposureBatcher", () => {
     assert.deepEqual(store.rows.map((r) => r.requestId), Array.from({ length: 1000 }, (_, i) => `r${i + 500}`));
   });
 
-  it("rows pushed during a write go into the next write", async () => {
+  it("rows pushed during a write go into the next write, within 100 ms of the start of the one under way", async () => {
     const clock = new ManualClock(0);
     let release!: () => void;
     const writes: number[] = [];
@@ -134,11 +138,50 @@ describe("ExposureBatcher", () => {
     b.push(exposure(0));
     clock.advance(100);
     await settle();
+    clock.advance(30);
     for (let i = 1; i <= 5; i++) b.push(exposure(i));
-    assert.equal(clock.pendingTimers(), 0, "the running drain picks them up; no timer");
+    assert.equal(clock.pendingTimers(), 0, "no timer while the write runs");
     release();
     await settle();
-    assert.deepEqual(writes, [1, 5]);
+    assert.deepEqual(writes, [1], "the write took the rows that waited when it started");
+    clock.advance(69);
+    await settle();
+    assert.deepEqual(writes, [1]);
+    clock.advance(1);
+    await settle();
+    assert.deepEqual(writes, [1, 5], "100 ms after the first write started, so no row waited longer");
+  });
+
+  it("a full batch pushed during a write is written as soon as that write ends", async () => {
+    const clock = new ManualClock(0);
+    let release!: () => void;
+    const writes: number[] = [];
+    const slow = {
+      async writeExposures(rows: Exposure[]) {
+        writes.push(rows.length);
+        if (writes.length === 1) await new Promise<void>((r) => (release = r));
+      },
+    };
+    const b = new ExposureBatcher(slow, { clock, log });
+    b.push(exposure(0));
+    clock.advance(100);
+    await settle();
+    for (let i = 1; i <= 1000; i++) b.push(exposure(i));
+    release();
+    await settle();
+    clock.advance(0);
+    await settle();
+    assert.deepEqual(writes, [1, 1000]);
+  });
+
+  it("catches up on a backlog maxWriteRows at a time, and flush() writes until the buffer is empty", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log, maxWriteRows: 400 });
+    for (let i = 0; i < 1000; i++) b.push(exposure(i));
+    await b.flush();
+    assert.deepEqual(store.writes.map((w) => w.length), [400, 400, 200]);
+    assert.deepEqual(store.rows.map((r) => r.requestId), Array.from({ length: 1000 }, (_, i) => `r${i}`));
   });
 
   it("close() writes what is buffered, then drops (and counts) late rows", async () => {
@@ -171,12 +214,19 @@ describe("ExposureBatcher", () => {
     try {
       const store = new SqliteStore(join(dir, "a.db"));
       await store.init();
+      const sizes: number[] = [];
+      const write = store.writeExposures.bind(store);
+      store.writeExposures = (rows) => {
+        sizes.push(rows.length);
+        return write(rows);
+      };
       const clock = new ManualClock(0);
       const b = new ExposureBatcher(store, { clock, log });
       for (let i = 0; i < 2500; i++) b.push(exposure(i));
       clock.advance(0);
-      await settle();
-      assert.equal((await store.counts("exp")).exposures, 2500, "one write took the 2,500 waiting rows");
+      await settleAll();
+      assert.equal((await store.counts("exp")).exposures, 2500);
+      assert.deepEqual(sizes, [2000, 500], "the 2,500 waiting rows, maxWriteRows at a time");
       await b.close();
       await store.close();
     } finally {

@@ -13,7 +13,10 @@ export interface ExposureBatcherOptions {
   maxBatch?: number;
   /** rows kept while the store fails; beyond it the oldest are dropped and counted (default 100,000) */
   maxBuffered?: number;
-  /** rows per `writeExposures` call when catching up on a backlog (default 10,000) */
+  /**
+   * rows per `writeExposures` call when catching up on a backlog (default 2,000: one transaction of the SQLite store,
+   * whose commit writes every page the call filled in one go, about 0.5 ms for 2,000 rows)
+   */
   maxWriteRows?: number;
   /** longest wait between retries while the store keeps failing (default 5,000) */
   maxRetryDelayMs?: number;
@@ -39,8 +42,13 @@ const defaultLog: BatcherLog = (level, msg, fields) => {
  *
  * `push` only stores a reference in a preallocated ring buffer and maybe arms a timer: no await, no I/O, O(1).
  * A write starts `flushIntervalMs` after the first waiting row, or on the next timer tick once `maxBatch` rows wait
- * (a 0 ms timer rather than an inline call, because the SQLite store writes synchronously and would otherwise run
- * inside the proxy's request handler). One write runs at a time; rows that arrive meanwhile go in the next one.
+ * (a 0 ms timer rather than an inline call, because the SQLite store writes the first slice of a write synchronously
+ * and would otherwise run inside the proxy's request handler). One write runs at a time; rows that arrive meanwhile
+ * go in the next one.
+ *
+ * A timed write takes the rows that waited when it started; rows that arrive while it runs (the SQLite store yields
+ * to the event loop between slices of a big write) wait for the next one, whose timer counts from the start of this
+ * one, so none waits longer than flushIntervalMs and batches stay big. `flush()` writes until the buffer is empty.
  *
  * When the store fails, the rows go back to the front of the buffer and the write is retried with exponential
  * backoff (flushIntervalMs doubling up to maxRetryDelayMs). The buffer is bounded: once full, each new row pushes
@@ -78,7 +86,7 @@ export class ExposureBatcher {
     this.#intervalMs = options.flushIntervalMs ?? 100;
     this.#maxBatch = options.maxBatch ?? 1000;
     this.#cap = options.maxBuffered ?? 100_000;
-    this.#maxWriteRows = options.maxWriteRows ?? 10_000;
+    this.#maxWriteRows = options.maxWriteRows ?? 2000;
     this.#maxRetryDelayMs = options.maxRetryDelayMs ?? 5000;
     this.#log = options.log ?? defaultLog;
     for (const [k, v] of [
@@ -125,8 +133,12 @@ export class ExposureBatcher {
    * failed (the rows stay buffered and a retry is scheduled); never rejects.
    */
   flush(): Promise<void> {
+    return this.#startDrain(true);
+  }
+
+  #startDrain(untilEmpty: boolean): Promise<void> {
     this.#cancelTimer();
-    const run = this.#chain.then(() => this.#drain());
+    const run = this.#chain.then(() => this.#drain(untilEmpty));
     this.#chain = run;
     return run;
   }
@@ -162,7 +174,7 @@ export class ExposureBatcher {
     this.#timer = this.#clock.setTimeout(() => {
       this.#timer = null;
       this.#timerIsImmediate = false;
-      void this.flush();
+      void this.#startDrain(false);
     }, delayMs);
   }
 
@@ -172,11 +184,19 @@ export class ExposureBatcher {
     this.#timerIsImmediate = false;
   }
 
-  async #drain(): Promise<void> {
+  /**
+   * Writes the rows waiting now (all rows, until the buffer is empty, when `untilEmpty`), at most maxWriteRows per
+   * call. Stops at the first failure, with the failed rows back at the front.
+   */
+  async #drain(untilEmpty: boolean): Promise<void> {
     this.#draining = true;
+    const startedMs = this.#clock.now();
+    let due = this.#size;
     try {
-      while (this.#size > 0) {
-        const rows = this.#validRows(this.#take(Math.min(this.#size, this.#maxWriteRows)));
+      while (this.#size > 0 && (untilEmpty || due > 0)) {
+        const n = Math.min(this.#size, this.#maxWriteRows, untilEmpty ? Infinity : due);
+        due -= n;
+        const rows = this.#validRows(this.#take(n));
         if (rows.length === 0) continue;
         try {
           await this.#store.writeExposures(rows);
@@ -208,10 +228,12 @@ export class ExposureBatcher {
       }
     } finally {
       this.#draining = false;
-      // Rows that arrived during a write that then failed are covered by the retry timer; otherwise make sure a
-      // row pushed while draining is not left without a timer.
+      // Rows that arrived during a write that then failed are covered by the retry timer; otherwise make sure rows
+      // pushed while draining get a timer. They all arrived after the drain started, so counting their interval from
+      // then keeps the promise that a row waits at most flushIntervalMs.
       if (this.#size > 0 && this.#timer === null && !this.#closed) {
-        this.#arm(this.#size >= this.#maxBatch ? 0 : this.#intervalMs, this.#size >= this.#maxBatch);
+        if (this.#size >= this.#maxBatch) this.#arm(0, true);
+        else this.#arm(Math.max(0, startedMs + this.#intervalMs - this.#clock.now()), false);
       }
     }
   }

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { histogramQuantile, latencyBucket, latencyBucketValueMs, minuteOf, rollupExposures, UnitCache } from "./rollup.ts";
+import {
+  ExposureRollupBuilder,
+  histogramQuantile,
+  latencyBucket,
+  latencyBucketValueMs,
+  minuteOf,
+  rollupExposures,
+  UnitCache,
+} from "./rollup.ts";
 import type { Exposure } from "./types.ts";
 
 describe("latency histogram", () => {
@@ -82,7 +90,42 @@ describe("rollupExposures", () => {
     cache.remember("exp", "a", 1, "c", false);
     cache.remember("exp", "c", 1, "c", false);
     assert.equal(cache.size, 2);
-    assert.ok(cache.covers("exp\u0000a", 5, "c"));
-    assert.ok(!cache.covers("exp\u0000b", 5, "c"));
+    assert.ok(cache.covers("exp", "a", 5, "c"));
+    assert.ok(!cache.covers("exp", "b", 5, "c"));
+  });
+
+  it("remembers the earliest time it was told and turns multi once told two variants", () => {
+    const cache = new UnitCache(10);
+    cache.remember("exp", "a", 1000, "c", false);
+    cache.remember("exp", "a", 2000, "c", false);
+    assert.ok(cache.covers("exp", "a", 1500, "c"), "the database's first exposure is no later than 1000");
+    assert.ok(!cache.covers("exp", "a", 1500, "t"));
+    cache.remember("exp", "a", 3000, "t", false);
+    assert.ok(cache.covers("exp", "a", 1000, "t") && cache.covers("exp", "a", 1000, "x"), "seen in c and t: multi");
+    assert.equal(cache.size, 1);
+  });
+
+  it("gives the same rollup for a batch folded in slices as all at once", () => {
+    const row = fc.record({
+      experiment: fc.constantFrom("e1", "e2"),
+      ts: fc.integer({ min: 0, max: 300_000 }),
+      unit: fc.constantFrom("a", "b", "c", "d"),
+      assigned: fc.constantFrom("c", "t"),
+      fallback: fc.boolean(),
+      status: fc.constantFrom(200, 503, 0),
+      latencyMs: fc.double({ min: 0, max: 100, noNaN: true }),
+      forced: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(fc.array(row, { maxLength: 60 }), fc.array(fc.integer({ min: 0, max: 60 })), (raw, cuts) => {
+        const rows = raw.map((r) => e(r.unit, r.ts, r.assigned, { ...r, served: r.fallback ? "x" : r.assigned }));
+        const cache = new UnitCache(10);
+        cache.remember("e1", "a", 100_000, "c", false);
+        const b = new ExposureRollupBuilder(cache);
+        const points = [...new Set([0, ...cuts.map((c) => Math.min(c, rows.length)), rows.length])].sort((x, y) => x - y);
+        for (let k = 1; k < points.length; k++) b.add(rows, points[k - 1]!, points[k]!);
+        assert.deepEqual(b.result(), rollupExposures(rows, cache));
+      }),
+    );
   });
 });

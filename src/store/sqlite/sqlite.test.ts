@@ -5,9 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
+import fc from "fast-check";
 import { openStore } from "../index.ts";
+import { StoreError } from "../../errors.ts";
 import { storeConformance } from "../conformance.ts";
 import { latestSchemaVersion } from "../migrations.ts";
+import { isError, latencyBucket, minuteOf } from "../rollup.ts";
+import type { Exposure } from "../types.ts";
 import { SqliteStore } from "./sqlite-store.ts";
 
 const root = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
@@ -122,8 +126,279 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("stores every exposure as given, and rollups that match them, however rows are batched, with or without the unit cache", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    const t0 = 28_333_334 * 60_000;
+    const exposure = fc.record({
+      experiment: fc.constantFrom("e1", "e2"),
+      dt: fc.oneof(fc.integer({ min: 0, max: 180_000 }), fc.constantFrom(0, 0.5, 60_000, 59_999.9)),
+      unit: fc.integer({ min: 0, max: 29 }),
+      // mostly the unit's own variant, as a sticky strategy gives, so that some units stay single-variant
+      other: fc.option(fc.constantFrom("a", "b", "c"), { freq: 8 }),
+      fallback: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+      // 12 replicas: more (assigned, served, replica) triples than a chunk's dictionary holds
+      replica: fc.constantFrom("", ...Array.from({ length: 11 }, (_, i) => `r-${i}`)),
+      status: fc.constantFrom(200, 200, 404, 503, 0),
+      latencyMs: fc.oneof(fc.double({ min: 0, max: 5000, noNaN: true }), fc.constant(0)),
+      forced: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+    });
+    let run = 0;
+    try {
+      await fc.assert(
+        fc.asyncProperty(fc.array(exposure, { minLength: 1, maxLength: 300, size: "medium" }), fc.array(fc.integer({ min: 1, max: 60 }), { minLength: 1 }), async (raw, cuts) => {
+          const rows: Exposure[] = raw.map((r, i) => {
+            const assigned = r.other ?? "abc"[r.unit % 3]!;
+            return {
+            experiment: r.experiment,
+            ts: t0 + r.dt,
+            requestId: `q${i}`,
+            unit: `u${r.unit}`,
+            assigned,
+            served: r.fallback ? "c" : assigned,
+            replica: r.replica,
+            status: r.status,
+            latencyMs: r.latencyMs,
+            forced: r.forced,
+            };
+          });
+          const batches: Exposure[][] = [];
+          for (let i = 0, k = 0; i < rows.length; k++) {
+            const n = cuts[k % cuts.length]!;
+            batches.push(rows.slice(i, i + n));
+            i += n;
+          }
+          const tables: Record<string, Record<string, unknown>[]>[] = [];
+          for (const unitCacheSize of [100, 0]) {
+            const path = join(dir, `p${++run}.db`);
+            // A clock on which every slice seems to take 1 ms: slices shrink to 50 rows, so batches span several.
+            let fakeMs = 0;
+            const store = new SqliteStore(path, { unitCacheSize, checkpointIntervalMs: 0, monotonicMs: () => (fakeMs += 1) });
+            await store.init();
+            for (const b of batches) await store.writeExposures(b);
+            await store.close();
+            const db = new Database(path, { readonly: true });
+            tables.push({
+              exposures: db.prepare(`SELECT experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced,
+                                            typeof(ts) || typeof(status) || typeof(latency_ms) || typeof(forced) AS types
+                                     FROM exposures ORDER BY id`).all() as Record<string, unknown>[],
+              units: db.prepare("SELECT * FROM units ORDER BY experiment, unit").all() as Record<string, unknown>[],
+              minutes: db.prepare("SELECT * FROM minute_stats ORDER BY experiment, minute, variant").all() as Record<string, unknown>[],
+              hist: db.prepare("SELECT * FROM latency_hist ORDER BY experiment, variant, bucket").all() as Record<string, unknown>[],
+              counters: db.prepare("SELECT * FROM counters ORDER BY experiment").all() as Record<string, unknown>[],
+            });
+            db.close();
+          }
+          assert.deepEqual(tables[0]!.units, tables[1]!.units, "the unit cache changes no unit row");
+          const [got] = tables;
+          assert.deepEqual(
+            got!.exposures,
+            rows.map((e) => ({
+              experiment: e.experiment,
+              ts: Math.trunc(e.ts),
+              request_id: e.requestId,
+              unit: e.unit,
+              assigned: e.assigned,
+              served: e.served,
+              replica: e.replica,
+              status: e.status,
+              latency_ms: e.latencyMs,
+              forced: e.forced ? 1 : 0,
+              types: "integerintegerrealinteger",
+            })),
+          );
+          assert.deepEqual(got!.units, expectedUnits(rows));
+          assert.deepEqual(roundSums(got!.minutes), roundSums(expectedMinutes(rows)));
+          assert.deepEqual(got!.hist, expectedHist(rows));
+          assert.deepEqual(got!.counters, expectedCounters(rows));
+        }),
+        { numRuns: 60 },
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  describe("a big exposure write", () => {
+    const x = (i: number, experiment = "exp"): Exposure => ({
+      experiment,
+      ts: 1e12 + i,
+      requestId: `r${i}`,
+      unit: `u${i % 300}`,
+      assigned: i % 2 === 0 ? "control" : "treatment",
+      served: i % 2 === 0 ? "control" : "treatment",
+      replica: "control-0",
+      status: 200,
+      latencyMs: 1 + (i % 20) / 10,
+      forced: false,
+    });
+    const rowsOf = (n: number) => Array.from({ length: n }, (_, i) => x(i));
+    /** A clock on which every slice seems to take 1 ms, twice the default budget: slices shrink to 50 rows. */
+    const slowClock = () => {
+      let ms = 0;
+      return () => (ms += 1);
+    };
+
+    it("goes in slices, one per turn of the event loop, and its rollups only with its commit", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      try {
+        const store = new SqliteStore(join(dir, "a.db"), { monotonicMs: slowClock() });
+        await store.init();
+        let turns = 0;
+        let stop = false;
+        const tick = () => {
+          turns++;
+          if (!stop) setImmediate(tick);
+        };
+        setImmediate(tick);
+        const seen: number[] = [];
+        const write = store.writeExposures(rowsOf(2000));
+        // Reads run meanwhile and see the rollups as they were: all of the batch, or none of it.
+        while (seen.length < 5) {
+          await new Promise((r) => setImmediate(r));
+          seen.push((await store.counts("exp")).exposures);
+        }
+        await write;
+        stop = true;
+        assert.ok(turns >= 30, `2,000 rows in slices of 50 or so take many turns of the loop, took ${turns}`);
+        assert.deepEqual(seen, [0, 0, 0, 0, 0]);
+        assert.equal((await store.counts("exp")).exposures, 2000);
+        await store.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it("is all or nothing: a failure in a late slice leaves no row of the batch", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      try {
+        const path = join(dir, "a.db");
+        const store = new SqliteStore(path, { monotonicMs: slowClock() });
+        await store.init();
+        // The database refuses one row, as a full disk would refuse a page.
+        const db = new Database(path);
+        db.exec(`CREATE TRIGGER refuse BEFORE INSERT ON exposures WHEN NEW.request_id = 'r1500' BEGIN SELECT RAISE(ABORT, 'refused'); END`);
+        db.close();
+        await assert.rejects(store.writeExposures(rowsOf(2000)), (err: unknown) => err instanceof StoreError && /refused/.test(err.message));
+        assert.deepEqual(await store.counts("exp"), { exposures: 0, events: 0 });
+        assert.deepEqual((await store.aggregate("exp", ["control", "treatment"], [])).variants.map((v) => v.units), [0, 0]);
+        // The unit cache learnt nothing from the failed write: every unit still reaches the database.
+        await store.writeExposures(rowsOf(1000));
+        assert.deepEqual((await store.aggregate("exp", ["control", "treatment"], [])).variants.map((v) => v.units), [150, 150]);
+        await store.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it("holds back writes made meanwhile (events, state) until it commits, and close() until it is done", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      try {
+        const store = new SqliteStore(join(dir, "a.db"), { monotonicMs: slowClock() });
+        await store.init();
+        const order: string[] = [];
+        const exposures = store.writeExposures(rowsOf(2000)).then(() => order.push("exposures"));
+        await new Promise((r) => setImmediate(r));
+        const events = store
+          .writeEvents([{ experiment: "exp", unit: "u1", event: "watched", value: 1, ts: 1e12, requestId: null }])
+          .then(() => order.push("events"));
+        const state = store.setState("exp", "k", "v").then(() => order.push("state"));
+        const closed = store.close().then(() => order.push("closed"));
+        await Promise.all([exposures, events, state, closed]);
+        assert.deepEqual(order, ["exposures", "events", "state", "closed"]);
+        await assert.rejects(store.writeExposures(rowsOf(1)), /closed/);
+        const reopened = new SqliteStore(join(dir, "a.db"));
+        await reopened.init();
+        assert.deepEqual(await reopened.counts("exp"), { exposures: 2000, events: 1 });
+        assert.equal(await reopened.getState("exp", "k"), "v");
+        await reopened.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
   it("openStore rejects what it cannot open", () => {
     assert.throws(() => openStore("sqlite:"), /expected sqlite:<path>/);
     assert.throws(() => openStore("mysql://x"), /expected sqlite:<path> or postgres:\/\//);
   });
 });
+
+/** The rollups, worked out naively from the rows in arrival order, for the property test above. */
+function expectedUnits(rows: Exposure[]): Record<string, unknown>[] {
+  const units = new Map<string, { experiment: string; unit: string; first_ts: number; first_variant: string; variants: Set<string> }>();
+  for (const e of rows) {
+    if (e.forced) continue;
+    const key = `${e.experiment}/${e.unit}`;
+    const ts = Math.trunc(e.ts);
+    const u = units.get(key);
+    if (u === undefined) units.set(key, { experiment: e.experiment, unit: e.unit, first_ts: ts, first_variant: e.assigned, variants: new Set([e.assigned]) });
+    else {
+      u.variants.add(e.assigned);
+      // ties keep the exposure that arrived first
+      if (ts < u.first_ts) {
+        u.first_ts = ts;
+        u.first_variant = e.assigned;
+      }
+    }
+  }
+  return [...units.values()]
+    .sort((a, b) => cmp(a.experiment, b.experiment) || cmp(a.unit, b.unit))
+    .map((u) => ({ experiment: u.experiment, unit: u.unit, first_ts: u.first_ts, first_variant: u.first_variant, multi: u.variants.size > 1 ? 1 : 0 }));
+}
+
+function expectedMinutes(rows: Exposure[]): Record<string, unknown>[] {
+  const out = new Map<string, { [k: string]: string | number | null }>();
+  for (const e of rows) {
+    const ts = Math.trunc(e.ts);
+    const key = `${e.experiment}/${minuteOf(ts)}/${e.assigned}`;
+    let m = out.get(key);
+    if (m === undefined) {
+      m = { experiment: e.experiment, minute: minuteOf(ts), variant: e.assigned, requests: 0, fallback: 0, forced: 0, errors: 0, latency_n: 0, latency_sum: 0, latency_sum_sq: 0, min_ts: null, max_ts: null };
+      out.set(key, m);
+    }
+    const n = (k: string) => m![k] as number;
+    if (e.forced) {
+      m.forced = n("forced") + 1;
+      continue;
+    }
+    m.requests = n("requests") + 1;
+    if (e.served !== e.assigned) m.fallback = n("fallback") + 1;
+    else {
+      m.latency_n = n("latency_n") + 1;
+      m.latency_sum = n("latency_sum") + e.latencyMs;
+      m.latency_sum_sq = n("latency_sum_sq") + e.latencyMs * e.latencyMs;
+    }
+    if (isError(e.status)) m.errors = n("errors") + 1;
+    m.min_ts = m.min_ts === null ? ts : Math.min(n("min_ts"), ts);
+    m.max_ts = m.max_ts === null ? ts : Math.max(n("max_ts"), ts);
+  }
+  return [...out.values()].sort((a, b) => cmp(a.experiment as string, b.experiment as string) || (a.minute as number) - (b.minute as number) || cmp(a.variant as string, b.variant as string));
+}
+
+function expectedHist(rows: Exposure[]): Record<string, unknown>[] {
+  const out = new Map<string, { experiment: string; variant: string; bucket: number; count: number }>();
+  for (const e of rows) {
+    if (e.forced || e.served !== e.assigned) continue;
+    const bucket = latencyBucket(e.latencyMs);
+    const key = `${e.experiment}/${e.assigned}/${bucket}`;
+    const h = out.get(key);
+    if (h === undefined) out.set(key, { experiment: e.experiment, variant: e.assigned, bucket, count: 1 });
+    else h.count++;
+  }
+  return [...out.values()].sort((a, b) => cmp(a.experiment, b.experiment) || cmp(a.variant, b.variant) || a.bucket - b.bucket);
+}
+
+function expectedCounters(rows: Exposure[]): Record<string, unknown>[] {
+  const out = new Map<string, number>();
+  for (const e of rows) out.set(e.experiment, (out.get(e.experiment) ?? 0) + 1);
+  return [...out].sort(([a], [b]) => cmp(a, b)).map(([experiment, exposures]) => ({ experiment, exposures, events: 0 }));
+}
+
+/** Sums of doubles depend on the order they were added in: compare them to 9 significant digits. */
+function roundSums(rows: Record<string, unknown>[]): Record<string, unknown>[] {
+  return rows.map((r) => ({ ...r, latency_sum: Number((r.latency_sum as number).toPrecision(9)), latency_sum_sq: Number((r.latency_sum_sq as number).toPrecision(9)) }));
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
