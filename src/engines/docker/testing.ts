@@ -65,9 +65,13 @@ const http = require("node:http");
 const port = Number(process.env.PORT);
 if (process.env.CRASH_AT_START) {
   for (let i = 0; i < 30; i++) console.log("boot line " + i);
-  console.error("fatal: cannot load model weights");
-  process.exit(2);
-}
+  // Docker copies stdout and stderr by separate readers, so lines written to both within microseconds may be
+  // logged in either order; a real service's fatal error comes a moment after its boot lines, as here.
+  setTimeout(() => {
+    console.error("fatal: cannot load model weights");
+    process.exit(2);
+  }, 100);
+} else {
 const server = http.createServer((req, res) => {
   if (req.url === "/crash") { res.end("bye"); setTimeout(() => process.exit(1), 10); return; }
   res.setHeader("content-type", "application/json");
@@ -76,6 +80,7 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 65000;
 server.listen(port, process.env.HOST || "127.0.0.1", () => console.log("listening on " + port));
 process.on("SIGTERM", () => server.close(() => process.exit(0)));
+}
 `;
 
 /** Write a build context for TEST_SERVER (plus extra files) and return its folder. */
