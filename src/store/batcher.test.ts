@@ -47,6 +47,41 @@ const logs: Parameters<BatcherLog>[] = [];
 const log: BatcherLog = (...args) => void logs.push(args);
 
 describe("ExposureBatcher", () => {
+  it("gives the store every field exactly as pushed: fallback rows, forced rows, after a failed write and around the ring", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    const b = new ExposureBatcher(store, { clock, log, maxBatch: 3, maxBuffered: 5 });
+    const rows: Exposure[] = [];
+    for (let i = 0; i < 12; i++) {
+      const fallback = i % 3 === 1;
+      rows.push({
+        experiment: i < 6 ? "exp" : "other",
+        ts: 1_700_000_000_000 + i + 0.25,
+        requestId: `id-${i}`,
+        unit: i % 4 === 0 ? "ünït ✓" : `u${i}`,
+        assigned: i % 2 === 0 ? "control" : "treatment",
+        served: fallback ? "fallback-variant" : i % 2 === 0 ? "control" : "treatment",
+        replica: fallback ? "" : `r-${i % 3}`,
+        status: [200, 502, 499, 204][i % 4]!,
+        latencyMs: i * 1.125,
+        forced: i % 5 === 0,
+      });
+    }
+    store.failing = true;
+    for (const r of rows.slice(0, 3)) b.push(r);
+    clock.advance(0);
+    await settle();
+    store.failing = false;
+    for (const r of rows.slice(3, 5)) b.push(r);
+    await b.flush();
+    for (const r of rows.slice(5)) {
+      b.push(r);
+      if (b.stats().buffered === 3) await b.flush();
+    }
+    await b.close();
+    assert.deepEqual(store.rows, rows);
+  });
+
   it("writes nothing before 100 ms, then everything within 100 ms of the first row", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();

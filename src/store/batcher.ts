@@ -64,7 +64,7 @@ export class ExposureBatcher {
   readonly #maxRetryDelayMs: number;
   readonly #log: BatcherLog;
 
-  #buf: (Exposure | undefined)[];
+  #buf: ExposureColumns;
   #head = 0;
   #size = 0;
 
@@ -98,7 +98,7 @@ export class ExposureBatcher {
       if (!Number.isInteger(v) || v <= 0) throw new InvalidArgumentError(`ExposureBatcher: ${k} must be a positive integer, got ${v}`);
     }
     if (this.#maxBatch > this.#cap) throw new InvalidArgumentError(`ExposureBatcher: maxBatch (${this.#maxBatch}) exceeds maxBuffered (${this.#cap})`);
-    this.#buf = new Array<Exposure | undefined>(this.#cap).fill(undefined);
+    this.#buf = new ExposureColumns(this.#cap);
   }
 
   /** Queue one exposure. Never throws, never waits. */
@@ -109,13 +109,13 @@ export class ExposureBatcher {
     }
     if (this.#size === this.#cap) {
       // Full: the slot of the oldest row becomes the newest.
-      this.#buf[this.#head] = exposure;
+      this.#buf.set(this.#head, exposure);
       this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
       this.#dropped++;
     } else {
       let tail = this.#head + this.#size;
       if (tail >= this.#cap) tail -= this.#cap;
-      this.#buf[tail] = exposure;
+      this.#buf.set(tail, exposure);
       this.#size++;
     }
     // While a drain runs it keeps taking rows until the buffer is empty; no timer needed.
@@ -152,7 +152,7 @@ export class ExposureBatcher {
     if (this.#size > 0) {
       this.#log("error", "exposures lost at shutdown: the store did not accept them", { rows: this.#size, error: this.#lastError });
       this.#dropped += this.#size;
-      this.#buf.fill(undefined);
+      this.#buf.clearAll();
       this.#size = 0;
       this.#head = 0;
     }
@@ -256,8 +256,7 @@ export class ExposureBatcher {
   #take(n: number): Exposure[] {
     const rows = new Array<Exposure>(n);
     for (let i = 0; i < n; i++) {
-      rows[i] = this.#buf[this.#head]!;
-      this.#buf[this.#head] = undefined;
+      rows[i] = this.#buf.take(this.#head);
       this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
     }
     this.#size -= n;
@@ -272,8 +271,101 @@ export class ExposureBatcher {
         return;
       }
       this.#head = this.#head === 0 ? this.#cap - 1 : this.#head - 1;
-      this.#buf[this.#head] = rows[i];
+      this.#buf.set(this.#head, rows[i]!);
       this.#size++;
     }
+  }
+}
+
+/**
+ * The batcher's buffer, by column: numbers in typed arrays, the few distinct experiment, variant and replica names
+ * as indexes into a table, and only the unit and request id as strings.
+ *
+ * Why not an array of the Exposure objects: rows wait here up to flushIntervalMs, long enough to live through a
+ * young-generation GC or two, and every surviving object is copied by it. With an object and its strings per row,
+ * the scavenges of a proxy at 40,000 requests/s took 1.5 ms (median) instead of 0.5 ms with logging off, and each
+ * one holds every request in flight: the p99. Here a row leaves two small strings on the heap; the objects the
+ * store is given are made when a slice is taken and die young.
+ */
+class ExposureColumns {
+  readonly #ts: Float64Array;
+  readonly #latencyMs: Float64Array;
+  readonly #status: Float64Array;
+  readonly #forced: Uint8Array;
+  readonly #experiment: Uint32Array;
+  readonly #assigned: Uint32Array;
+  readonly #served: Uint32Array;
+  readonly #replica: Uint32Array;
+  readonly #unit: (string | undefined)[];
+  readonly #requestId: (string | undefined)[];
+  /** names by index; an index stays valid for the batcher's life (replica and variant names are few) */
+  readonly #names: string[] = [];
+  readonly #nameIds = new Map<string, number>();
+  /** per column, the last name looked up: proxies pass the same string objects (from the config) row after row */
+  readonly #lastName: (string | undefined)[] = [undefined, undefined, undefined, undefined];
+  readonly #lastId = [-1, -1, -1, -1];
+
+  constructor(capacity: number) {
+    this.#ts = new Float64Array(capacity);
+    this.#latencyMs = new Float64Array(capacity);
+    this.#status = new Float64Array(capacity);
+    this.#forced = new Uint8Array(capacity);
+    this.#experiment = new Uint32Array(capacity);
+    this.#assigned = new Uint32Array(capacity);
+    this.#served = new Uint32Array(capacity);
+    this.#replica = new Uint32Array(capacity);
+    this.#unit = new Array<string | undefined>(capacity).fill(undefined);
+    this.#requestId = new Array<string | undefined>(capacity).fill(undefined);
+  }
+
+  #id(column: number, name: string): number {
+    if (name === this.#lastName[column] && this.#lastId[column] !== -1) return this.#lastId[column]!;
+    let id = this.#nameIds.get(name);
+    if (id === undefined) {
+      id = this.#names.length;
+      this.#names.push(name);
+      this.#nameIds.set(name, id);
+    }
+    this.#lastName[column] = name;
+    this.#lastId[column] = id;
+    return id;
+  }
+
+  set(i: number, e: Exposure): void {
+    this.#ts[i] = e.ts;
+    this.#latencyMs[i] = e.latencyMs;
+    this.#status[i] = e.status;
+    this.#forced[i] = e.forced ? 1 : 0;
+    this.#experiment[i] = this.#id(0, e.experiment);
+    this.#assigned[i] = this.#id(1, e.assigned);
+    this.#served[i] = e.served === e.assigned ? this.#assigned[i]! : this.#id(2, e.served);
+    this.#replica[i] = this.#id(3, e.replica);
+    this.#unit[i] = e.unit;
+    this.#requestId[i] = e.requestId;
+  }
+
+  /** The row at `i`, as an object; its slot no longer holds the strings. */
+  take(i: number): Exposure {
+    const names = this.#names;
+    const e: Exposure = {
+      experiment: names[this.#experiment[i]!]!,
+      ts: this.#ts[i]!,
+      requestId: this.#requestId[i]!,
+      unit: this.#unit[i]!,
+      assigned: names[this.#assigned[i]!]!,
+      served: names[this.#served[i]!]!,
+      replica: names[this.#replica[i]!]!,
+      status: this.#status[i]!,
+      latencyMs: this.#latencyMs[i]!,
+      forced: this.#forced[i] === 1,
+    };
+    this.#unit[i] = undefined;
+    this.#requestId[i] = undefined;
+    return e;
+  }
+
+  clearAll(): void {
+    this.#unit.fill(undefined);
+    this.#requestId.fill(undefined);
   }
 }
