@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -120,6 +120,11 @@ describe("SqliteStore specifics", () => {
       const deadline = Date.now() + 10_000;
       while (statSync(path).size === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       assert.ok(statSync(path).size > before, "the database file grew: the checkpointer ran");
+      // It runs at the lowest CPU priority, alone: one thread of this process has nice 19, and this one has not.
+      const nice = (stat: string) => Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]);
+      const threads = readdirSync("/proc/self/task").map((tid) => nice(readFileSync(`/proc/self/task/${tid}/stat`, "utf8")));
+      assert.ok(threads.includes(19), `thread nice values: ${threads.join(",")}`);
+      assert.equal(nice(readFileSync("/proc/thread-self/stat", "utf8")), 0);
       await s.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
