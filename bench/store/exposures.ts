@@ -41,6 +41,7 @@ import { join, resolve } from "node:path";
 import { createHistogram, performance, type RecordableHistogram } from "node:perf_hooks";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import type { Exposure } from "../../src/store/types.ts";
 
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
@@ -63,18 +64,6 @@ const warmupS = Number(opts.warmup);
 const users = Number(opts.users);
 const implNames = opts.impls.split(",").map((s) => s.trim()).filter(Boolean);
 
-interface Exposure {
-  experiment: string;
-  ts: number;
-  requestId: string;
-  unit: string;
-  assigned: string;
-  served: string;
-  replica: string;
-  status: number;
-  latencyMs: number;
-  forced: boolean;
-}
 
 interface BatcherLike {
   push(e: Exposure): void;

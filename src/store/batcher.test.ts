@@ -43,6 +43,19 @@ async function settleAll(): Promise<void> {
   for (let i = 0; i < 100; i++) await settle();
 }
 
+/** A store whose first write waits for `release()`; `writes` holds the row count of each write. */
+function firstWriteHeld() {
+  const writes: number[] = [];
+  let releaseFirst: (() => void) | undefined;
+  const slow = {
+    async writeExposures(rows: Exposure[]) {
+      writes.push(rows.length);
+      if (writes.length === 1) await new Promise<void>((r) => (releaseFirst = r));
+    },
+  };
+  return { slow, writes, release: () => releaseFirst?.() };
+}
+
 const logs: Parameters<BatcherLog>[] = [];
 const log: BatcherLog = (...args) => void logs.push(args);
 
@@ -161,14 +174,7 @@ describe("ExposureBatcher", () => {
 
   it("rows pushed during a write go into the next write, within 100 ms of the start of the one under way", async () => {
     const clock = new ManualClock(0);
-    let release!: () => void;
-    const writes: number[] = [];
-    const slow = {
-      async writeExposures(rows: Exposure[]) {
-        writes.push(rows.length);
-        if (writes.length === 1) await new Promise<void>((r) => (release = r));
-      },
-    };
+    const { slow, writes, release } = firstWriteHeld();
     const b = new ExposureBatcher(slow, { clock, log });
     b.push(exposure(0));
     clock.advance(100);
@@ -189,14 +195,7 @@ describe("ExposureBatcher", () => {
 
   it("a full batch pushed during a write is written as soon as that write ends", async () => {
     const clock = new ManualClock(0);
-    let release!: () => void;
-    const writes: number[] = [];
-    const slow = {
-      async writeExposures(rows: Exposure[]) {
-        writes.push(rows.length);
-        if (writes.length === 1) await new Promise<void>((r) => (release = r));
-      },
-    };
+    const { slow, writes, release } = firstWriteHeld();
     const b = new ExposureBatcher(slow, { clock, log });
     b.push(exposure(0));
     clock.advance(100);
