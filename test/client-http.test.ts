@@ -174,3 +174,25 @@ test("a response header with a bare line feed is refused (502), not relayed", as
     evil.close();
   }
 });
+
+test("request smuggling shapes are refused with 400 before anything reaches a replica; a coded chunked body keeps its coding", async () => {
+  const before = a.requests.length;
+  for (const attack of [
+    "POST /cl-te HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /cl-cl HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 5\r\n\r\nabcde",
+    "POST /te-not-last HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "GET /folded HTTP/1.1\r\nhost: x\r\nx-folded: a\r\n  b\r\n\r\n",
+    "GET /bare-lf HTTP/1.1\nhost: x\n\n",
+  ]) {
+    const reply = await rawRequest(gw.proxyUrl, attack);
+    assert.match(reply, /^HTTP\/1\.1 400 /, attack);
+    assert.equal(count(reply, /HTTP\/1\.1 /g), 1, `one answer only: ${attack}`);
+  }
+  assert.equal(a.requests.length, before, "no replica saw any of them");
+
+  const coded = await rawRequest(gw.proxyUrl, "POST /coded HTTP/1.1\r\nhost: x\r\nx-user-id: g\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 1000);
+  assert.match(coded, /POST \/coded$/);
+  const seen = a.requests.at(-1)!;
+  assert.equal(seen.headers["transfer-encoding"], "gzip, chunked");
+  assert.equal(seen.body, 3);
+});

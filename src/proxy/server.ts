@@ -47,7 +47,8 @@ interface ScannedRequest {
   force: string | undefined;
   host: string | undefined;
   contentLength: string | undefined;
-  chunked: boolean;
+  /** the client's Transfer-Encoding (llhttp only accepts it with chunked last), undefined when none */
+  transferEncoding: string | undefined;
   expect: string | undefined;
 }
 
@@ -64,7 +65,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   let force: string | undefined;
   let host: string | undefined;
   let contentLength: string | undefined;
-  let chunked = false;
+  let transferEncoding: string | undefined;
   let expect: string | undefined;
   let connection: string | undefined;
   for (let i = 0; i < h.length; i += 2) {
@@ -79,7 +80,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
         contentLength = value;
         break;
       case "transfer-encoding":
-        chunked = true;
+        transferEncoding = transferEncoding === undefined ? value : `${transferEncoding}, ${value}`;
         continue;
       case "connection":
         connection = connection === undefined ? value : `${connection}, ${value}`;
@@ -116,8 +117,10 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   }
   head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
   if (host !== undefined) head += `x-forwarded-host: ${host}\r\n`;
-  if (chunked) head += "transfer-encoding: chunked\r\n";
-  return { baseHead: head, unitHeader, cookie, force, host, contentLength, chunked, expect };
+  // The body is re-chunked on its way up, so the framing stays chunked; any coding before it (gzip, chunked)
+  // still applies to the bytes and is passed on.
+  if (transferEncoding !== undefined) head += `transfer-encoding: ${transferEncoding}\r\n`;
+  return { baseHead: head, unitHeader, cookie, force, host, contentLength, transferEncoding, expect };
 }
 
 /** A request abgate answers itself instead of proxying, decided before the exchange's turn comes. */
@@ -186,9 +189,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.startMs = startMs;
     this.ts = Date.now();
     this.baseHead = scan.baseHead;
-    this.chunkedBody = scan.chunked;
+    this.chunkedBody = scan.transferEncoding !== undefined;
     const cl = scan.contentLength;
-    this.hasBody = scan.chunked || (cl !== undefined && cl !== "0");
+    this.hasBody = this.chunkedBody || (cl !== undefined && cl !== "0");
     this.expectContinue = scan.expect !== undefined && request.httpMinor === 1;
     this.hostMissing = scan.host === undefined;
     const { config } = ctx;
