@@ -254,7 +254,9 @@ class ExposureInsert {
 interface ExposureWriter {
   begin(): void;
   insert(rows: readonly Exposure[], from: number, to: number): void;
-  finish(roll: ExposureRollup): void;
+  /** the batch's rollup upserts, inside its transaction */
+  rollups(roll: ExposureRollup): void;
+  commit(): void;
   rollback(): void;
 }
 
@@ -327,13 +329,13 @@ function exposureWriter(db: Database.Database): ExposureWriter {
   return {
     begin: () => void begin.run(),
     insert: (rows, from, to) => exposures.run(rows, from, to),
-    finish(roll) {
+    rollups(roll) {
       units.run(roll.units);
       minutes.run(roll.minutes);
       hist.run(roll.hist);
       for (const [experiment, n] of roll.counts) count.run(experiment, n);
-      commit.run();
     },
+    commit: () => void commit.run(),
     rollback: () => {
       if (db.inTransaction) rollback.run();
     },
@@ -544,9 +546,10 @@ export class SqliteStore implements Store {
   /**
    * All or nothing, like a single transaction, but without holding the event loop for the whole batch: the rows go
    * in a slice at a time (writeSliceMs, sized by WritePacer), each slice in its own turn of the event loop, and the
-   * batch's rollups (units, minutes, latency buckets, counters) and the commit in the last. One transaction per call
-   * rather than per slice, because a commit writes every page it touched to the WAL and the rollups touch the same
-   * few dozen rows whatever the slice: with a transaction each, 200-row slices took 7-30% more CPU per row
+   * batch's rollups (units, minutes, latency buckets, counters) in the last, and the commit in a turn of its own.
+   * One transaction per call rather than per slice, because a commit writes every page it touched to the WAL and the
+   * rollups touch the same few dozen rows whatever the slice: with a transaction each, 200-row slices took 7-30% more
+   * CPU per row
    * (bench/store/exposures.ts, three runs). A failure anywhere rolls the whole call back, for the batcher to retry.
    */
   async writeExposures(rows: Exposure[]): Promise<void> {
@@ -577,8 +580,12 @@ export class SqliteStore implements Store {
       if (!pacer.finishFits(usedMs)) await nextTurn();
       const t1 = this.#now();
       const result = roll.result();
-      writer.finish(result);
+      writer.rollups(result);
       pacer.finished(this.#now() - t1);
+      // The commit in a turn of its own: it writes every page the batch touched to the WAL, a stall of its own
+      // (up to a few ms when the WAL file grows) that should not add to the rollups'.
+      await nextTurn();
+      writer.commit();
       for (const u of result.units) this.#cache.remember(u.experiment, u.unit, u.firstTs, u.firstVariant, u.multi === 1);
     } catch (err) {
       try {
