@@ -6,7 +6,8 @@
  *
  * The machine's two cores are shared with other work, so one measurement can land in a burst of someone
  * else's load. Each proxy is therefore measured in several rounds, interleaved with the others, and the table
- * shows each proxy's best round (the one least disturbed), with every round's req/s beside it.
+ * shows each proxy's best round (the one least disturbed), with every round's req/s beside it. The ratios are
+ * printed twice: from the best rounds, and as the median over rounds of ratios taken within one round.
  *
  * Run through bench/proxy/run.sh (it raises the fd limit). Knobs (environment):
  *   BENCH_DURATION   seconds measured per proxy and round (default 6, at most 10)
@@ -340,6 +341,34 @@ async function main(): Promise<void> {
   line("abgate / fastify-reply-from req/CPU-s", eff(abgate, fastify), ">= 2.50", (v) => v >= 2.5);
   const effOff = eff(abgate, nolog);
   line("exposure logging cost (% req/CPU-s)", effOff === undefined ? undefined : (1 - effOff) * 100, "<= 10%", (v) => v <= 10);
+  // Round by round: each ratio from the two proxies' measurements in the same round (abgate and abgate-nolog always
+  // run back to back), then the median over rounds. The machine's speed drifts within minutes, so a ratio of two
+  // best rounds can pair a fast minute with a slow one; this pairs neighbours instead.
+  const roundsOf = (name: string) => perProxy.get(name) ?? [];
+  const paired = (a: string, b: string, f: (x: Result, y: Result) => number | undefined): number | undefined => {
+    const xs = roundsOf(a);
+    const ys = roundsOf(b);
+    const values: number[] = [];
+    for (let i = 0; i < Math.min(xs.length, ys.length); i++) {
+      const x = xs[i]!;
+      const y = ys[i]!;
+      if (x.error || y.error || x.rps === undefined || y.rps === undefined) continue;
+      const v = f(x, y);
+      if (v !== undefined && Number.isFinite(v)) values.push(v);
+    }
+    if (values.length === 0) return undefined;
+    values.sort((m, n) => m - n);
+    const mid = values.length >> 1;
+    return values.length % 2 ? values[mid] : (values[mid - 1]! + values[mid]!) / 2;
+  };
+  console.log("\nmedian over rounds of same-round ratios  value    target    verdict");
+  line("abgate / haproxy throughput", paired("abgate", "haproxy", (x, y) => x.rps! / y.rps!), ">= 0.50", (v) => v >= 0.5);
+  line("abgate / fastify-reply-from throughput", paired("abgate", "fastify", (x, y) => x.rps! / y.rps!), ">= 2.50", (v) => v >= 2.5);
+  line("abgate p99 / haproxy p99", paired("abgate", "haproxy", (x, y) => x.p99Ms! / y.p99Ms!), "<= 2.00", (v) => v <= 2);
+  const pairedCost = paired("abgate", "abgate-nolog", (x, y) => (1 - x.rps! / y.rps!) * 100);
+  line("exposure logging cost (% req/s)", pairedCost, "<= 10%", (v) => v <= 10);
+  const pairedCpuCost = paired("abgate", "abgate-nolog", (x, y) => (x.perCpuSecond && y.perCpuSecond ? (1 - x.perCpuSecond / y.perCpuSecond) * 100 : undefined));
+  line("exposure logging cost (% req/CPU-s)", pairedCpuCost, "<= 10%", (v) => v <= 10);
   console.log(`\nwall time ${((Date.now() - wallStart) / 1000).toFixed(0)} s`);
 }
 
