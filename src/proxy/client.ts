@@ -141,6 +141,8 @@ export class ClientConnection {
   #readPaused = false;
   /** the client half-closed its side */
   #ended = false;
+  /** an Upgrade request whose head was just parsed; handed over once the parser returns (`execute`) */
+  #upgrade: ClientRequest | null = null;
   #headerParts: string[] | null = null;
   #urlParts = "";
   deadline = Deadline.None;
@@ -237,8 +239,8 @@ export class ClientConnection {
     if (this.closing || !this.keepAlive || this.server.draining || this.#ended) {
       this.closing = true;
       this.#queue.length = 0;
-      this.socket.end();
-      // Unread request bytes would otherwise keep a half-closed socket open; nothing more will be answered.
+      // destroySoon, not end: unread request bytes would otherwise keep a half-closed socket open; nothing more will
+      // be answered. (It ends our side first and destroys once the answer is flushed.)
       this.socket.destroySoon();
       return;
     }
@@ -323,8 +325,6 @@ export class ClientConnection {
     }
   }
 
-  #upgrade: ClientRequest | null = null;
-
   execute(ret: number | Error): void {
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
     const req = this.#upgrade;
@@ -376,7 +376,6 @@ export class ClientConnection {
     }
     if (this.responseStarted || !this.socket.writable) return void this.socket.destroy();
     this.respondNow(status, "", "", true);
-    this.socket.end();
     this.socket.destroySoon();
   }
 
@@ -397,7 +396,6 @@ export class ClientConnection {
       // httpAllowHalfOpen) and nginx, take it as gone and abandon the exchange.
       return void this.socket.destroy();
     }
-    this.socket.end();
     this.socket.destroySoon();
   }
 
@@ -515,7 +513,7 @@ export class ClientServer {
     const tickMs = Math.max(10, Math.min(1000, Math.floor(Math.min(headersTimeoutMs, requestTimeoutMs, idleTimeoutMs) / 4)));
     this.#sweeper = setInterval(() => {
       const now = Date.now();
-      for (const c of this.#connections) if (c.deadlineMs !== 0 && now >= c.deadlineMs) c.expire(now);
+      for (const c of this.#connections) c.expire(now);
     }, tickMs);
     this.#sweeper.unref();
   }

@@ -123,6 +123,19 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   return { baseHead: head, unitHeader, cookie, force, host, contentLength, transferEncoding, expect };
 }
 
+/**
+ * One piece of a chunked body (RFC 9112 §7.1), size line, data and `after` (the piece's CRLF, or with the last piece
+ * the CRLF and the terminating zero chunk) corked into one write. Returns the socket's backpressure verdict.
+ */
+function writeChunk(socket: Socket, chunk: Buffer, after = "\r\n"): boolean {
+  socket.cork();
+  socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+  socket.write(chunk);
+  const ok = socket.write(after, "latin1");
+  socket.uncork();
+  return ok;
+}
+
 /** A request abgate answers itself instead of proxying, decided before the exchange's turn comes. */
 interface Refusal {
   status: number;
@@ -165,13 +178,11 @@ class Exchange implements UpstreamSink, ClientExchange {
   /** request body bytes that arrived before an upstream connection could take them */
   pendingBody: Buffer[] | null = null;
   bodyBytes = 0;
-  /** body pieces go straight to the upstream socket */
+  /** body pieces go straight to the upstream socket (from then on, a stale-socket retry would resend them) */
   bodyFlowing = false;
-  bodyStarted = false;
   requestComplete = false;
   upstreamDone = false;
   recorded = false;
-  started = false;
   status = 0;
   /** the response head, held back to go out with the first body piece */
   responseHead = "";
@@ -230,7 +241,6 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 
   start(): void {
-    this.started = true;
     const refusal = this.refusal;
     if (refusal !== null) {
       this.upstreamDone = true;
@@ -290,7 +300,6 @@ class Exchange implements UpstreamSink, ClientExchange {
 
   startBody(upstream: UpstreamConnection): void {
     if (this.upstream !== upstream || this.upstreamDone) return;
-    this.bodyStarted = true;
     this.bodyFlowing = true;
     const pending = this.pendingBody;
     this.pendingBody = null;
@@ -320,14 +329,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   writeBody(chunk: Buffer): void {
     const upstream = this.upstream!;
     const socket = upstream.socket;
-    let ok: boolean;
-    if (this.chunkedBody) {
-      socket.cork();
-      socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-      socket.write(chunk);
-      ok = socket.write("\r\n", "latin1");
-      socket.uncork();
-    } else ok = socket.write(chunk);
+    const ok = this.chunkedBody ? writeChunk(socket, chunk) : socket.write(chunk);
     upstream.touch();
     if (!ok && !this.waitingUpstreamDrain) {
       this.waitingUpstreamDrain = true;
@@ -386,9 +388,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       const socket = conn.socket;
       socket.cork();
       this.flushHead();
-      socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-      socket.write(chunk);
-      ok = socket.write("\r\n", "latin1");
+      ok = writeChunk(socket, chunk);
       socket.uncork();
     } else if (this.responseHead) {
       ok = conn.writeHead(this.responseHead, chunk);
@@ -420,11 +420,8 @@ class Exchange implements UpstreamSink, ClientExchange {
       const socket = conn.socket;
       socket.cork();
       this.flushHead();
-      if (last && last.length > 0) {
-        socket.write(`${last.length.toString(16)}\r\n`, "latin1");
-        socket.write(last);
-        socket.write("\r\n0\r\n\r\n", "latin1");
-      } else socket.write("0\r\n\r\n", "latin1");
+      if (last && last.length > 0) writeChunk(socket, last, "\r\n0\r\n\r\n");
+      else socket.write("0\r\n\r\n", "latin1");
       socket.uncork();
     } else if (this.responseHead) {
       conn.writeHead(this.responseHead, last);
@@ -444,7 +441,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.ctx.balancer.health.reportFailure(replica.id);
     }
     const answered = this.conn.responseStarted || this.responseHead !== "";
-    if (stale && !this.bodyStarted && !answered && this.staleRetries < 3) {
+    if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
       // request. Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
       // once more on a fresh connection; if the replica is really gone, that fails as a connect error.
