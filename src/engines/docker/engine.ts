@@ -55,6 +55,23 @@ interface Replica {
 
 const key = (variant: string, replica: number): string => `${variant}-${replica}`;
 
+/** A replica's record before abgate has seen it run: no deaths, no restart attempts yet. */
+function newReplica(variant: string, replica: number, port: number, name: string, containerId?: string): Replica {
+  return {
+    variant,
+    replica,
+    port,
+    name,
+    containerId,
+    running: false,
+    gone: false,
+    startedAtMs: 0,
+    deathsMs: [],
+    attempt: 0,
+    crashLoopReported: false,
+  };
+}
+
 /**
  * Runs every replica of every variant as a container (host networking, one port each, labelled with the
  * experiment) and reports their endpoints. It watches the Docker events of its experiment's containers: a
@@ -123,18 +140,7 @@ export class DockerEngine implements Engine {
     const ports = await allocatePorts(variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
     for (const v of variants) {
       ports.get(v.name)!.forEach((port, i) => {
-        this.#replicas.set(key(v.name, i), {
-          variant: v.name,
-          replica: i,
-          port,
-          name: containerName(this.#config.experiment, v.name, i),
-          running: false,
-          gone: false,
-          startedAtMs: 0,
-          deathsMs: [],
-          attempt: 0,
-          crashLoopReported: false,
-        });
+        this.#replicas.set(key(v.name, i), newReplica(v.name, i, port, containerName(this.#config.experiment, v.name, i)));
       });
     }
     // watch before starting, so that a replica dying during start-up is not missed
@@ -235,19 +241,8 @@ export class DockerEngine implements Engine {
         this.#log("warn", `container ${c.Names[0]} belongs to variant ${variant}, which the config does not have; ignored`);
         continue;
       }
-      const r: Replica = {
-        variant,
-        replica,
-        port,
-        name: c.Names[0]?.replace(/^\//, "") ?? containerName(this.#config.experiment, variant, replica),
-        containerId: c.Id,
-        running: false,
-        gone: false,
-        startedAtMs: 0,
-        deathsMs: [],
-        attempt: 0,
-        crashLoopReported: false,
-      };
+      const name = c.Names[0]?.replace(/^\//, "") ?? containerName(this.#config.experiment, variant, replica);
+      const r = newReplica(variant, replica, port, name, c.Id);
       this.#replicas.set(key(variant, replica), r);
       if (c.State === "running") {
         this.#markRunning(r);
