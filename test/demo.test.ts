@@ -25,7 +25,7 @@ test("abgate demo on docker: builds, serves 2 x 2 replicas, finds the better mod
   if (!docker) return;
   const experiment = uniqueExperiment("demo");
   const lines: string[] = [];
-  const result = await demo({ engine: "docker", experiment, users: 2000, requests: 5000, durationMs: 60_000, portBase: 19500, out: (l) => lines.push(l) });
+  const result = await demo({ engine: "docker", experiment, users: 3000, requests: 7500, durationMs: 60_000, portBase: 19500, out: (l) => lines.push(l) });
   assert.equal(result.engine, "docker");
   checkStory(result, lines);
   assert.match(lines.join("\n"), /\[treatment-1\] started abgate-demo-/);
@@ -35,7 +35,7 @@ test("abgate demo on docker: builds, serves 2 x 2 replicas, finds the better mod
 
 test("abgate demo on the process engine (the fallback without Docker) tells the same story", async () => {
   const lines: string[] = [];
-  const result = await demo({ engine: "process", users: 2000, requests: 5000, durationMs: 60_000, portBase: 19550, out: (l) => lines.push(l) });
+  const result = await demo({ engine: "process", users: 3000, requests: 7500, durationMs: 60_000, portBase: 19550, out: (l) => lines.push(l) });
   assert.equal(result.engine, "process");
   checkStory(result, lines);
 });
