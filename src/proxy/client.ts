@@ -1,6 +1,7 @@
 import { createRequire } from "node:module";
 import { STATUS_CODES } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
+import { writeLatin1 } from "./direct-write.ts";
 
 /**
  * The client half of the proxy: HTTP/1.1 connections parsed by Node's own parser (llhttp, through the same
@@ -206,9 +207,9 @@ export class ClientConnection {
   writeHead(head: string, body?: Buffer): boolean {
     this.responseStarted = true;
     const s = this.socket;
-    if (body === undefined || body.length === 0) return s.write(head, "latin1");
+    if (body === undefined || body.length === 0) return writeLatin1(s, head);
     // A small body joins the head in one string: one plain write instead of cork/writev and its bookkeeping.
-    if (body.length <= SMALL_BODY_BYTES) return s.write(head + body.toString("latin1"), "latin1");
+    if (body.length <= SMALL_BODY_BYTES) return writeLatin1(s, head + body.toString("latin1"));
     s.cork();
     s.write(head, "latin1");
     const ok = s.write(body);

@@ -1,6 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
 import { HOP_BY_HOP, connectionTokens } from "./headers.ts";
+import { writeLatin1 } from "./direct-write.ts";
 
 /**
  * The upstream half of the proxy, written by hand: pooled keep-alive sockets per replica and a small HTTP/1.1
@@ -146,7 +147,7 @@ export class UpstreamConnection {
     this.deadlineMs = Date.now() + (this.#connected ? this.#opts.responseTimeoutMs : this.#opts.connectTimeoutMs);
     busy.add(this);
     ensureSweeper();
-    this.socket.write(head, "latin1");
+    writeLatin1(this.socket, head);
   }
 
   /** Request body bytes went out: the replica is not silent, we are still talking. */
