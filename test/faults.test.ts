@@ -14,10 +14,12 @@ async function closedPortUrl(): Promise<string> {
   return "http://127.0.0.1:1";
 }
 
-/** A TCP server that answers each connection with `reply` (or nothing, when null). */
-async function rawServer(reply: string | null): Promise<{ url: string; close(): Promise<void> }> {
+/** A TCP server that answers each connection with `reply` (or nothing, when null; "" closes it unanswered). */
+async function rawServer(reply: string | null): Promise<{ url: string; connections(): number; close(): Promise<void> }> {
   const sockets = new Set<import("node:net").Socket>();
+  let connections = 0;
   const srv = createNetServer((s) => {
+    connections++;
     sockets.add(s);
     s.on("error", () => {});
     s.once("data", () => {
@@ -27,6 +29,7 @@ async function rawServer(reply: string | null): Promise<{ url: string; close(): 
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
   return {
     url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    connections: () => connections,
     close: () =>
       new Promise<void>((r) => {
         for (const s of sockets) s.destroy();
@@ -50,6 +53,47 @@ test("a replica that refuses connections: requests are retried on another replic
   } finally {
     await gw.close();
     await good.close();
+  }
+});
+
+test("a replica that closes connections unanswered: bodiless idempotent requests are retried elsewhere, others get 502", async () => {
+  const good = await startBackend("good");
+  const dropper = await rawServer("");
+  // never ejected, so that it keeps being chosen
+  const gw = await testGateway({ variants: [{ name: "control", urls: [dropper.url, good.url] }], limits: { ejectAfterFailures: 1000 } });
+  const only = await testGateway({ variants: [{ name: "control", url: dropper.url }], limits: { ejectAfterFailures: 1000 } });
+  try {
+    for (const method of ["GET", "HEAD", "DELETE", "OPTIONS"]) {
+      for (let i = 0; i < 10; i++) {
+        const res = await fetch(`${gw.proxyUrl}/x`, { method, headers: { "x-user-id": `u${i}` } });
+        assert.equal(res.status, 200, `${method} ${i}`);
+        await res.arrayBuffer();
+      }
+    }
+    assert.equal(good.requests.length, 40);
+    assert.ok(dropper.connections() > 0, "the dropping replica was tried");
+
+    // A body was streamed to the replica and is gone: no retry.
+    const before = dropper.connections();
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const res = await fetch(`${gw.proxyUrl}/x`, { method: "POST", body: "payload", headers: { "x-user-id": `p${i}` } });
+      statuses.push(res.status);
+      await res.arrayBuffer();
+    }
+    const dropped = dropper.connections() - before;
+    assert.ok(dropped > 0, "some POSTs went to the dropping replica");
+    assert.equal(statuses.filter((s) => s === 502).length, dropped, statuses.join(","));
+    assert.equal(statuses.filter((s) => s === 200).length, 20 - dropped);
+    // A bodiless GET that no replica answers ends with 502 once the retries are spent, not a loop.
+    const res = await fetch(`${only.proxyUrl}/x`, { headers: { "x-user-id": "u" } });
+    assert.equal(res.status, 502);
+    await res.arrayBuffer();
+  } finally {
+    await gw.close();
+    await only.close();
+    await good.close();
+    await dropper.close();
   }
 });
 

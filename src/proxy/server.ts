@@ -451,7 +451,13 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "stale keep-alive connection; retrying on a fresh one");
       return this.dispatch();
     }
-    const retryable = err.failure === "connect" && !answered;
+    // Connect failures, and, like nginx's default proxy_next_upstream and HAProxy's retry-on empty-response, a
+    // connection the replica dropped before answering an idempotent request that has no body (nothing was sent
+    // that could not be sent again): a replica killed under load loses no request. A request with a body is not
+    // retried: its bytes were streamed, not kept.
+    const retryable =
+      !answered &&
+      (err.failure === "connect" || (err.failure === "reset" && beforeResponse && !this.hasBody && IDEMPOTENT_METHODS.has(this.request.method)));
     if (retryable && this.attempts <= this.ctx.config.limits.maxRetries) {
       (this.tried ??= []).push(replica);
       this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "retrying on another replica");
@@ -539,6 +545,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     });
   }
 }
+
+/** RFC 9110 §9.2.2: methods whose repetition has the effect of one request. */
+const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
 /** Request ids: a per-process random prefix and a counter; unique, short, and cheap on the hot path. */
 function requestIds(): () => string {
