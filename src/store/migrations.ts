@@ -167,6 +167,32 @@ export const migrations: readonly Migration[] = [
       )`,
     ],
   },
+  {
+    version: 2,
+    name: "SQLite: raw exposures packed as JSON chunks, read through an `exposures` view",
+    // Why: see ExposureChunkInsert in sqlite/sqlite-store.ts. Rows written before stay in `exposure_rows`; the view
+    // shows both, with the same columns, types and order as the table it replaces. PostgreSQL keeps a row each.
+    sqlite: [
+      `ALTER TABLE exposures RENAME TO exposure_rows`,
+      `CREATE TABLE exposure_chunks (
+        id INTEGER PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        base_ts INTEGER NOT NULL,
+        triples TEXT NOT NULL,
+        rows TEXT NOT NULL
+      )`,
+      `CREATE VIEW exposures (id, experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced) AS
+        SELECT id, experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced FROM exposure_rows
+        UNION ALL
+        SELECT c.id * 65536 + j.key + (SELECT coalesce(max(id), 0) FROM exposure_rows),
+               c.experiment, c.base_ts + (j.value ->> 0), j.value ->> 1, j.value ->> 2,
+               c.triples ->> ((j.value ->> 3) * 3), c.triples ->> ((j.value ->> 3) * 3 + 1), c.triples ->> ((j.value ->> 3) * 3 + 2),
+               j.value ->> 4, CASE typeof(j.value ->> 5) WHEN 'integer' THEN (j.value ->> 5) / 1000.0 ELSE j.value ->> 5 END,
+               j.value ->> 6
+        FROM exposure_chunks c, json_each(c.rows) j`,
+    ],
+    postgres: [],
+  },
 ];
 
 /** The schema version this build of abgate writes. */

@@ -9,7 +9,7 @@ import fc from "fast-check";
 import { openStore } from "../index.ts";
 import { StoreError } from "../../errors.ts";
 import { storeConformance } from "../conformance.ts";
-import { latestSchemaVersion } from "../migrations.ts";
+import { latestSchemaVersion, migrations } from "../migrations.ts";
 import { isError, latencyBucket, minuteOf } from "../rollup.ts";
 import type { Exposure } from "../types.ts";
 import { SqliteStore } from "./sqlite-store.ts";
@@ -45,6 +45,37 @@ describe("SqliteStore specifics", () => {
       );
       assert.equal(db.pragma("journal_mode", { simple: true }), "wal");
       db.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("keeps the rows of a version-1 database (a table of exposures) visible, in order, beside the new chunks", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const db = new Database(path);
+      db.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+      for (const sql of migrations[0]!.sqlite) db.exec(sql);
+      db.prepare(`INSERT INTO schema_migrations VALUES (1, ?, 0)`).run(migrations[0]!.name);
+      const old = db.prepare(`INSERT INTO exposures (experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced)
+                              VALUES ('exp', ?, ?, 'u1', 'control', 'control', 'control-0', 200, 1.5, 0)`);
+      for (let i = 1; i <= 3; i++) old.run(1e12 + i, `old-${i}`);
+      db.close();
+      const store = new SqliteStore(path);
+      await store.init();
+      await store.writeExposures([1, 2].map((i) => ({
+        experiment: "exp", ts: 1e12 + 10 + i, requestId: `new-${i}`, unit: "u2", assigned: "treatment", served: "treatment",
+        replica: "treatment-0", status: 200, latencyMs: 2.25, forced: false,
+      })));
+      await store.close();
+      const ro = new Database(path, { readonly: true });
+      const rows = ro.prepare(`SELECT id, request_id, ts, typeof(latency_ms) AS t FROM exposures ORDER BY id`).all() as { id: number; request_id: string; ts: number; t: string }[];
+      ro.close();
+      assert.deepEqual(rows.map((r) => r.request_id), ["old-1", "old-2", "old-3", "new-1", "new-2"]);
+      assert.deepEqual(rows.map((r) => r.ts), [1, 2, 3, 11, 12].map((d) => 1e12 + d));
+      assert.ok(rows.every((r) => r.t === "real"));
+      assert.ok(rows[3]!.id > rows[2]!.id);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -144,7 +175,12 @@ describe("SqliteStore specifics", () => {
       // 12 replicas: more (assigned, served, replica) triples than a chunk's dictionary holds
       replica: fc.constantFrom("", ...Array.from({ length: 11 }, (_, i) => `r-${i}`)),
       status: fc.constantFrom(200, 200, 404, 503, 0),
-      latencyMs: fc.oneof(fc.double({ min: 0, max: 5000, noNaN: true }), fc.constant(0)),
+      // whole µs (as the proxy records them), any double, and whole numbers too big to count in µs
+      latencyMs: fc.oneof(
+        fc.integer({ min: 0, max: 5_000_000 }).map((us) => us / 1000),
+        fc.double({ min: 0, max: 5000, noNaN: true }),
+        fc.constantFrom(0, 1e12, 1e13, 2 ** 60, 3e21, 1e-7),
+      ),
       forced: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
     });
     let run = 0;
@@ -157,7 +193,8 @@ describe("SqliteStore specifics", () => {
             experiment: r.experiment,
             ts: t0 + r.dt,
             requestId: `q${i}`,
-            unit: `u${r.unit}`,
+            // a few units that JSON must escape
+            unit: r.unit >= 27 ? ['q"u\\o', "é☃\u0001", "tab\tnl\n"][r.unit - 27]! : `u${r.unit}`,
             assigned,
             served: r.fallback ? "c" : assigned,
             replica: r.replica,
@@ -281,7 +318,7 @@ describe("SqliteStore specifics", () => {
         await store.init();
         // The database refuses one row, as a full disk would refuse a page.
         const db = new Database(path);
-        db.exec(`CREATE TRIGGER refuse BEFORE INSERT ON exposures WHEN NEW.request_id = 'r1500' BEGIN SELECT RAISE(ABORT, 'refused'); END`);
+        db.exec(`CREATE TRIGGER refuse BEFORE INSERT ON exposure_chunks WHEN NEW.rows LIKE '%"r1500"%' BEGIN SELECT RAISE(ABORT, 'refused'); END`);
         db.close();
         await assert.rejects(store.writeExposures(rowsOf(2000)), (err: unknown) => err instanceof StoreError && /refused/.test(err.message));
         assert.deepEqual(await store.counts("exp"), { exposures: 0, events: 0 });
