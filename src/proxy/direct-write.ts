@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import { getSystemErrorName } from "node:util";
 
 /**
  * Writing a string straight to a socket's libuv handle, the way `net.Socket` itself does at the bottom of
@@ -50,9 +51,11 @@ const binding = loadBinding();
 /** A direct write that libuv finished later: only a failure matters, and it ends the socket as a failed write would. */
 function onComplete(this: WriteReq, status: number): void {
   if (status < 0 && this.socket && !this.socket.destroyed) {
-    const err = new Error(`write failed (${status})`) as NodeJS.ErrnoException;
+    const code = getSystemErrorName(status);
+    const err = new Error(`write ${code}`) as NodeJS.ErrnoException;
     err.errno = status;
-    err.code = status === -32 ? "EPIPE" : status === -104 ? "ECONNRESET" : "EWRITE";
+    err.code = code;
+    err.syscall = "write";
     this.socket.destroy(err);
   }
 }

@@ -66,46 +66,23 @@ const driverPath = createRequire(import.meta.url).resolve("better-sqlite3");
 type Statement = Database.Statement<unknown[], unknown>;
 type Statements = Record<"event" | "countEvents" | "getState" | "setState", Statement>;
 
+const placeholders = (n: number) => `(${Array(n).fill("?").join(", ")})`;
+const valuesOf = (rows: number, columns: number) => Array(rows).fill(placeholders(columns)).join(", ");
+
 /**
- * Prepared statements of one shape, one per row count, each prepared on first use and kept with a parameter array
- * of its exact length. A statement run costs about a microsecond whatever it holds, which matters at thousands of
- * rows a second, so callers insert a chunk of rows per run and the remainder in one statement of its size.
+ * Upserts of rollup rows, `chunkRows` rows per statement run: one prepared statement per row count, prepared on
+ * first use and kept with a parameter array of its exact length. A statement run costs about a microsecond whatever
+ * it holds, so a chunk of rows goes in one run and the remainder in one statement of its size.
  *
  * Statements are run with spread arguments, `st.run(...params)`, not `st.run(params)`: better-sqlite3 reads an
  * array argument element by element through V8's generic property lookup, and that made binding the largest cost
  * of the row-per-exposure insert abgate had before ExposureChunkInsert; spread arguments are read straight off the
  * call frame (a third less per inserted row).
  */
-class RowStatements {
-  readonly #db: Database.Database;
-  readonly #sql: (rows: number) => string;
-  readonly #fixedParams: number;
-  readonly #paramsPerRow: number;
-  readonly #byRows: ({ st: Statement; params: unknown[] } | undefined)[] = [];
-
-  constructor(db: Database.Database, shape: { sql: (rows: number) => string; fixedParams?: number; paramsPerRow: number }) {
-    this.#db = db;
-    this.#sql = shape.sql;
-    this.#fixedParams = shape.fixedParams ?? 0;
-    this.#paramsPerRow = shape.paramsPerRow;
-  }
-
-  get(rows: number): { st: Statement; params: unknown[] } {
-    let s = this.#byRows[rows];
-    if (s === undefined) {
-      s = { st: this.#db.prepare(this.#sql(rows)), params: new Array<unknown>(this.#fixedParams + rows * this.#paramsPerRow) };
-      this.#byRows[rows] = s;
-    }
-    return s;
-  }
-}
-
-const placeholders = (n: number) => `(${Array(n).fill("?").join(", ")})`;
-const valuesOf = (rows: number, columns: number) => Array(rows).fill(placeholders(columns)).join(", ");
-
-/** Upserts of rollup rows, `chunkRows` rows per statement run. */
 class ChunkedUpsert<T> {
-  readonly #stmts: RowStatements;
+  readonly #db: Database.Database;
+  readonly #sql: { head: string; tail: string };
+  readonly #byRows: ({ st: Statement; params: unknown[] } | undefined)[] = [];
   readonly #chunkRows: number;
   readonly #columns: number;
   readonly #fill: (item: T, out: unknown[], at: number) => void;
@@ -117,7 +94,8 @@ class ChunkedUpsert<T> {
     chunkRows: number,
     fill: (item: T, out: unknown[], at: number) => void,
   ) {
-    this.#stmts = new RowStatements(db, { sql: (n) => `${sql.head} VALUES ${valuesOf(n, columns)} ${sql.tail}`, paramsPerRow: columns });
+    this.#db = db;
+    this.#sql = sql;
     this.#chunkRows = chunkRows;
     this.#columns = columns;
     this.#fill = fill;
@@ -132,7 +110,12 @@ class ChunkedUpsert<T> {
 
   #chunk(items: readonly T[], from: number): { st: Statement; params: unknown[] } {
     const n = Math.min(this.#chunkRows, items.length - from);
-    const s = this.#stmts.get(n);
+    let s = this.#byRows[n];
+    if (s === undefined) {
+      const sql = `${this.#sql.head} VALUES ${valuesOf(n, this.#columns)} ${this.#sql.tail}`;
+      s = { st: this.#db.prepare(sql), params: new Array<unknown>(n * this.#columns) };
+      this.#byRows[n] = s;
+    }
     for (let j = 0; j < n; j++) this.#fill(items[from + j]!, s.params, j * this.#columns);
     return s;
   }
@@ -156,7 +139,8 @@ const ROLLUP_CHUNK = 16;
  * Why: an exposure is written for every proxied request, on the proxy's thread, and with a row each the INSERT was
  * the largest part of logging's cost: every row a trip through the statement's VM, ten values bound (two strings
  * converted to UTF-8 and copied twice) and a B-tree cell. Building the JSON text in JS and inserting it as one value
- * took 0.5-1.3 µs less per exposure in bench/store/exposures.ts (work/ref 0.67 and 0.84 above the generator's floor).
+ * took 0.3-0.4 µs less per exposure in bench/store/exposures.ts (work/ref 0.87-0.98 above the generator's floor, five
+ * runs).
  * The price is paid by readers of the raw rows, who go through json_each (a few µs a row); abgate itself reads
  * only the rollups.
  *
@@ -241,7 +225,7 @@ const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
 /**
  * The statements of an exposure write, which the store spreads over several turns of the event loop: `begin` a
- * transaction, `insert` the rows a slice at a time, then `finish`: apply the batch's rollups and commit.
+ * transaction, `insert` the rows a slice at a time, then apply the batch's `rollups` and `commit`.
  */
 interface ExposureWriter {
   begin(): void;
@@ -398,8 +382,9 @@ function ewma(average: number, sample: number): number {
  * (A checkpoint per event batch would also be durable, but would copy pages into the main file on every request.)
  *
  * better-sqlite3 runs queries on the calling thread; the methods are async only to share the Store interface with
- * PostgreSQL. An exposure costs about 1.5 µs here in a tight loop and 3-3.5 µs in bench/store/exposures.ts, where
- * caches are cold between writes (half of it the raw insert, the rest rollups and commit), so ExposureBatcher hands
+ * PostgreSQL. An exposure costs about 3 µs in bench/store/exposures.ts, where caches are cold between writes (about
+ * a fifth of it the unit-cache lookup, a quarter to two fifths the raw chunks, the rest rollups, commit and GC), so
+ * ExposureBatcher hands
  * this store slices of a couple of hundred rows, each under a millisecond, rather than whole batches. Copying the
  * WAL back into the database file (a checkpoint, with its fsyncs) is what took 20-40 ms, every ~60 batches, when
  * SQLite did it automatically inside a commit; so automatic checkpoints are off on this connection and a worker
