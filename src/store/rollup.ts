@@ -362,12 +362,12 @@ export class UnitCache {
 }
 
 /** ON CONFLICT clauses shared by both dialects, so both stores apply exactly the same rule. */
-export const UNIT_UPSERT_SET = `
+const UNIT_UPSERT_SET = `
   multi = CASE WHEN units.multi = 1 OR excluded.multi = 1 OR excluded.first_variant <> units.first_variant THEN 1 ELSE 0 END,
   first_variant = CASE WHEN excluded.first_ts < units.first_ts THEN excluded.first_variant ELSE units.first_variant END,
   first_ts = CASE WHEN excluded.first_ts < units.first_ts THEN excluded.first_ts ELSE units.first_ts END`;
 
-export const MINUTE_UPSERT_SET = `
+const MINUTE_UPSERT_SET = `
   requests = minute_stats.requests + excluded.requests,
   fallback = minute_stats.fallback + excluded.fallback,
   forced = minute_stats.forced + excluded.forced,
@@ -382,4 +382,67 @@ export const MINUTE_UPSERT_SET = `
                 WHEN minute_stats.max_ts IS NULL OR excluded.max_ts > minute_stats.max_ts THEN excluded.max_ts
                 ELSE minute_stats.max_ts END`;
 
-export const HIST_UPSERT_SET = `count = latency_hist.count + excluded.count`;
+const HIST_UPSERT_SET = `count = latency_hist.count + excluded.count`;
+
+/**
+ * A rollup table as both stores upsert it: its columns in order, each with the delta field it takes and its
+ * PostgreSQL type (for the `unnest` arrays), the conflict key and the update, so the two stores cannot disagree on
+ * what goes where.
+ */
+export interface RollupUpsert<T> {
+  table: string;
+  columns: readonly (readonly [column: string, field: keyof T & string, postgresType: string])[];
+  /** `INSERT INTO table (columns...)` */
+  head: string;
+  /** `ON CONFLICT (key) DO UPDATE SET ...` */
+  tail: string;
+}
+
+function rollupUpsert<T>(table: string, columns: RollupUpsert<T>["columns"], key: string, set: string): RollupUpsert<T> {
+  return { table, columns, head: `INSERT INTO ${table} (${columns.map(([c]) => c).join(", ")})`, tail: `ON CONFLICT (${key}) DO UPDATE SET ${set}` };
+}
+
+export const UNIT_UPSERT = rollupUpsert<UnitDelta>(
+  "units",
+  [
+    ["experiment", "experiment", "text"],
+    ["unit", "unit", "text"],
+    ["first_ts", "firstTs", "bigint"],
+    ["first_variant", "firstVariant", "text"],
+    ["multi", "multi", "smallint"],
+  ],
+  "experiment, unit",
+  UNIT_UPSERT_SET,
+);
+
+export const MINUTE_UPSERT = rollupUpsert<MinuteDelta>(
+  "minute_stats",
+  [
+    ["experiment", "experiment", "text"],
+    ["minute", "minute", "bigint"],
+    ["variant", "variant", "text"],
+    ["requests", "requests", "bigint"],
+    ["fallback", "fallback", "bigint"],
+    ["forced", "forced", "bigint"],
+    ["errors", "errors", "bigint"],
+    ["latency_n", "latencyN", "bigint"],
+    ["latency_sum", "latencySum", "float8"],
+    ["latency_sum_sq", "latencySumSq", "float8"],
+    ["min_ts", "minTs", "bigint"],
+    ["max_ts", "maxTs", "bigint"],
+  ],
+  "experiment, minute, variant",
+  MINUTE_UPSERT_SET,
+);
+
+export const HIST_UPSERT = rollupUpsert<HistDelta>(
+  "latency_hist",
+  [
+    ["experiment", "experiment", "text"],
+    ["variant", "variant", "text"],
+    ["bucket", "bucket", "int"],
+    ["count", "count", "bigint"],
+  ],
+  "experiment, variant, bucket",
+  HIST_UPSERT_SET,
+);

@@ -7,13 +7,26 @@ import { latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
   checkExposure,
-  HIST_UPSERT_SET,
-  MINUTE_UPSERT_SET,
+  HIST_UPSERT,
+  MINUTE_UPSERT,
+  type RollupUpsert,
   rollupExposures,
-  UNIT_UPSERT_SET,
+  UNIT_UPSERT,
   UnitCache,
 } from "../rollup.ts";
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+
+/**
+ * One statement for all of a batch's rows of a rollup: each column's values as one array parameter, zipped back
+ * into rows by `unnest`.
+ */
+function unnestUpsert<T>(upsert: RollupUpsert<T>, rows: readonly T[], returning = ""): [string, unknown[][]] {
+  const arrays = upsert.columns.map(([, , type], i) => `$${i + 1}::${type}[]`).join(", ");
+  return [
+    `${upsert.head} SELECT * FROM unnest(${arrays}) ${upsert.tail} ${returning}`,
+    upsert.columns.map(([, field]) => rows.map((r) => r[field])),
+  ];
+}
 
 export interface PostgresStoreOptions {
   /** pool size (default 4) */
@@ -175,50 +188,11 @@ export class PostgresStore implements Store {
       );
       let unitRows: { experiment: string; unit: string; first_ts: number; first_variant: string; multi: number }[] = [];
       if (roll.units.length > 0) {
-        const res = await c.query(
-          `INSERT INTO units (experiment, unit, first_ts, first_variant, multi)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::smallint[])
-           ON CONFLICT (experiment, unit) DO UPDATE SET ${UNIT_UPSERT_SET}
-           RETURNING experiment, unit, first_ts, first_variant, multi`,
-          [
-            roll.units.map((u) => u.experiment),
-            roll.units.map((u) => u.unit),
-            roll.units.map((u) => u.firstTs),
-            roll.units.map((u) => u.firstVariant),
-            roll.units.map((u) => u.multi),
-          ],
-        );
+        const res = await c.query(...unnestUpsert(UNIT_UPSERT, roll.units, "RETURNING experiment, unit, first_ts, first_variant, multi"));
         unitRows = res.rows;
       }
-      await c.query(
-        `INSERT INTO minute_stats (experiment, minute, variant, requests, fallback, forced, errors, latency_n,
-                                   latency_sum, latency_sum_sq, min_ts, max_ts)
-         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-                              $8::bigint[], $9::float8[], $10::float8[], $11::bigint[], $12::bigint[])
-         ON CONFLICT (experiment, minute, variant) DO UPDATE SET ${MINUTE_UPSERT_SET}`,
-        [
-          roll.minutes.map((m) => m.experiment),
-          roll.minutes.map((m) => m.minute),
-          roll.minutes.map((m) => m.variant),
-          roll.minutes.map((m) => m.requests),
-          roll.minutes.map((m) => m.fallback),
-          roll.minutes.map((m) => m.forced),
-          roll.minutes.map((m) => m.errors),
-          roll.minutes.map((m) => m.latencyN),
-          roll.minutes.map((m) => m.latencySum),
-          roll.minutes.map((m) => m.latencySumSq),
-          roll.minutes.map((m) => m.minTs),
-          roll.minutes.map((m) => m.maxTs),
-        ],
-      );
-      if (roll.hist.length > 0) {
-        await c.query(
-          `INSERT INTO latency_hist (experiment, variant, bucket, count)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])
-           ON CONFLICT (experiment, variant, bucket) DO UPDATE SET ${HIST_UPSERT_SET}`,
-          [roll.hist.map((h) => h.experiment), roll.hist.map((h) => h.variant), roll.hist.map((h) => h.bucket), roll.hist.map((h) => h.count)],
-        );
-      }
+      await c.query(...unnestUpsert(MINUTE_UPSERT, roll.minutes));
+      if (roll.hist.length > 0) await c.query(...unnestUpsert(HIST_UPSERT, roll.hist));
       await c.query(
         `INSERT INTO counters (experiment, exposures, events) SELECT e, n, 0 FROM unnest($1::text[], $2::bigint[]) AS t(e, n)
          ON CONFLICT (experiment) DO UPDATE SET exposures = counters.exposures + excluded.exposures`,

@@ -13,9 +13,10 @@ import {
   checkExposures,
   type ExposureRollup,
   ExposureRollupBuilder,
-  HIST_UPSERT_SET,
-  MINUTE_UPSERT_SET,
-  UNIT_UPSERT_SET,
+  HIST_UPSERT,
+  MINUTE_UPSERT,
+  type RollupUpsert,
+  UNIT_UPSERT,
   UnitCache,
 } from "../rollup.ts";
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
@@ -81,24 +82,16 @@ const valuesOf = (rows: number, columns: number) => Array(rows).fill(placeholder
  */
 class ChunkedUpsert<T> {
   readonly #db: Database.Database;
-  readonly #sql: { head: string; tail: string };
+  readonly #upsert: RollupUpsert<T>;
+  readonly #fields: readonly (keyof T & string)[];
   readonly #byRows: ({ st: Statement; params: unknown[] } | undefined)[] = [];
   readonly #chunkRows: number;
-  readonly #columns: number;
-  readonly #fill: (item: T, out: unknown[], at: number) => void;
 
-  constructor(
-    db: Database.Database,
-    sql: { head: string; tail: string },
-    columns: number,
-    chunkRows: number,
-    fill: (item: T, out: unknown[], at: number) => void,
-  ) {
+  constructor(db: Database.Database, upsert: RollupUpsert<T>, chunkRows: number) {
     this.#db = db;
-    this.#sql = sql;
+    this.#upsert = upsert;
+    this.#fields = upsert.columns.map(([, field]) => field);
     this.#chunkRows = chunkRows;
-    this.#columns = columns;
-    this.#fill = fill;
   }
 
   run(items: readonly T[]): void {
@@ -110,13 +103,17 @@ class ChunkedUpsert<T> {
 
   #chunk(items: readonly T[], from: number): { st: Statement; params: unknown[] } {
     const n = Math.min(this.#chunkRows, items.length - from);
+    const fields = this.#fields;
     let s = this.#byRows[n];
     if (s === undefined) {
-      const sql = `${this.#sql.head} VALUES ${valuesOf(n, this.#columns)} ${this.#sql.tail}`;
-      s = { st: this.#db.prepare(sql), params: new Array<unknown>(n * this.#columns) };
+      const sql = `${this.#upsert.head} VALUES ${valuesOf(n, fields.length)} ${this.#upsert.tail}`;
+      s = { st: this.#db.prepare(sql), params: new Array<unknown>(n * fields.length) };
       this.#byRows[n] = s;
     }
-    for (let j = 0; j < n; j++) this.#fill(items[from + j]!, s.params, j * this.#columns);
+    for (let j = 0, at = 0; j < n; j++) {
+      const item = items[from + j]!;
+      for (const f of fields) s.params[at++] = item[f];
+    }
     return s;
   }
 }
@@ -238,62 +235,11 @@ interface ExposureWriter {
 
 function exposureWriter(db: Database.Database): ExposureWriter {
   const exposures = new ExposureChunkInsert(db);
-  const units = new ChunkedUpsert<ExposureRollup["units"][number]>(
-    db,
-    {
-      head: "INSERT INTO units (experiment, unit, first_ts, first_variant, multi)",
-      // No RETURNING (it made a new unit's upsert half again as expensive): the unit cache learns from the deltas.
-      tail: `ON CONFLICT (experiment, unit) DO UPDATE SET ${UNIT_UPSERT_SET}`,
-    },
-    5,
-    ROLLUP_CHUNK,
-    (u, out, at) => {
-      out[at] = u.experiment;
-      out[at + 1] = u.unit;
-      out[at + 2] = u.firstTs;
-      out[at + 3] = u.firstVariant;
-      out[at + 4] = u.multi;
-    },
-  );
-  const minutes = new ChunkedUpsert<ExposureRollup["minutes"][number]>(
-    db,
-    {
-      head: `INSERT INTO minute_stats (experiment, minute, variant, requests, fallback, forced, errors, latency_n,
-                                       latency_sum, latency_sum_sq, min_ts, max_ts)`,
-      tail: `ON CONFLICT (experiment, minute, variant) DO UPDATE SET ${MINUTE_UPSERT_SET}`,
-    },
-    12,
-    ROLLUP_CHUNK,
-    (m, out, at) => {
-      out[at] = m.experiment;
-      out[at + 1] = m.minute;
-      out[at + 2] = m.variant;
-      out[at + 3] = m.requests;
-      out[at + 4] = m.fallback;
-      out[at + 5] = m.forced;
-      out[at + 6] = m.errors;
-      out[at + 7] = m.latencyN;
-      out[at + 8] = m.latencySum;
-      out[at + 9] = m.latencySumSq;
-      out[at + 10] = m.minTs;
-      out[at + 11] = m.maxTs;
-    },
-  );
-  const hist = new ChunkedUpsert<ExposureRollup["hist"][number]>(
-    db,
-    {
-      head: "INSERT INTO latency_hist (experiment, variant, bucket, count)",
-      tail: `ON CONFLICT (experiment, variant, bucket) DO UPDATE SET ${HIST_UPSERT_SET}`,
-    },
-    4,
-    ROLLUP_CHUNK,
-    (h, out, at) => {
-      out[at] = h.experiment;
-      out[at + 1] = h.variant;
-      out[at + 2] = h.bucket;
-      out[at + 3] = h.count;
-    },
-  );
+  // No RETURNING on the units upsert (it made a new unit's upsert half again as expensive): the unit cache learns
+  // from the deltas.
+  const units = new ChunkedUpsert(db, UNIT_UPSERT, ROLLUP_CHUNK);
+  const minutes = new ChunkedUpsert(db, MINUTE_UPSERT, ROLLUP_CHUNK);
+  const hist = new ChunkedUpsert(db, HIST_UPSERT, ROLLUP_CHUNK);
   const count = db.prepare(
     `INSERT INTO counters (experiment, exposures, events) VALUES (?, ?, 0)
      ON CONFLICT (experiment) DO UPDATE SET exposures = counters.exposures + excluded.exposures`,
