@@ -63,11 +63,12 @@ export function registerDemoCommands(program: Command): void {
     .command("demo")
     .description("the whole story: two recommender models as containers, simulated users, a live split, a report that names the winner")
     .addOption(new Option("--engine <kind>", "engine to use").choices(["auto", "docker", "process"]).default("auto"))
-    .option("--users <n>", "simulated users", int("users"), 2000)
+    // No commander default: demo() owns it, so the command and the function cannot disagree.
+    .option("--users <n>", "simulated users (default: 3000)", int("users"))
     .option("--requests <n>", "total requests (default: 3 per user)", int("requests"))
     .option("--duration <s>", "longest simulation, in seconds", int("duration"), 90)
     .option("--port-base <n>", "first replica port", int("port-base"), 9100)
-    .action(async (opts: { engine: "auto" | "docker" | "process"; users: number; requests?: number; duration: number; portBase: number }) => {
+    .action(async (opts: { engine: "auto" | "docker" | "process"; users?: number; requests?: number; duration: number; portBase: number }) => {
       const { demo } = await import("./demo.ts");
       await demo({ engine: opts.engine, users: opts.users, requests: opts.requests, durationMs: opts.duration * 1000, portBase: opts.portBase });
     });
