@@ -35,13 +35,14 @@
  * --impls work`.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHistogram, performance, type RecordableHistogram } from "node:perf_hooks";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import type { Exposure } from "../../src/store/types.ts";
+import { refSources } from "./ref-sources.ts";
 
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
@@ -296,17 +297,6 @@ async function openImpl(name: string, src: string, storeOptions: object): Promis
  * The sources of a revision, outside the repository (tsconfig type-checks everything under bench/), with a
  * node_modules link so that `better-sqlite3` resolves from them as it does from the work tree.
  */
-function refSources(sha: string): string {
-  const refDir = join(tmpdir(), `abgate-bench-store-ref-${sha.slice(0, 12)}`);
-  if (!existsSync(join(refDir, "src"))) {
-    rmSync(refDir, { recursive: true, force: true });
-    mkdirSync(refDir, { recursive: true });
-    symlinkSync(join(repo, "node_modules"), join(refDir, "node_modules"));
-    execFileSync("sh", ["-c", `git archive ${sha} src package.json | tar -x -C '${refDir}'`], { cwd: repo });
-  }
-  return refDir;
-}
-
 /** µs (as the histograms hold them) to ms, for printing */
 function ms(us: number): string {
   return (us / 1000).toFixed(2);

@@ -141,16 +141,24 @@ const ROLLUP_CHUNK = 16;
  * The price is paid by readers of the raw rows, who go through json_each (a few µs a row); abgate itself reads
  * only the rollups.
  *
+ * The JSON is JSON.stringify's, of one reused array per row: V8 writes it in one native pass, where building it
+ * with template strings made a dozen intermediate strings per row and flattened every request id (a concatenation)
+ * to test it for characters to escape (TODO measured below).
+ *
  * Exactness: numbers are written in JS's shortest round-trip form, which SQLite 3.53 parses back to the same double
  * (checked on 10^6 values, extremes included); a latency of whole µs is written as the integer µs and divided by
- * 1000.0 in the view, the same IEEE division as in JS, any other as itself; strings are JSON-escaped,
- * lone surrogates replaced by U+FFFD first, as binding them as UTF-8 did.
+ * 1000.0 in the view, the same IEEE division as in JS, any other as itself. Strings are escaped as JSON.stringify
+ * does, lone surrogates as \uXXXX escapes, which SQLite decodes to the same bytes as binding the string (so a unit
+ * reads back from the view as it does from the `units` table, and joins on it work).
  */
 class ExposureChunkInsert {
   readonly #insert: Statement;
   readonly #assigned = new Array<string>(DICTIONARY_SIZE);
   readonly #served = new Array<string>(DICTIONARY_SIZE);
   readonly #replica = new Array<string>(DICTIONARY_SIZE);
+  /** one array per row of a chunk, reused from chunk to chunk: JSON.stringify of these is the chunk's JSON */
+  readonly #rowArrays: ChunkRow[] = Array.from({ length: EXPOSURE_CHUNK }, (): ChunkRow => [0, "", "", 0, 0, 0, 0]);
+  readonly #rows: ChunkRow[] = [];
 
   constructor(db: Database.Database) {
     this.#insert = db.prepare("INSERT INTO exposure_chunks (experiment, base_ts, triples, rows) VALUES (?, ?, ?, ?)");
@@ -170,8 +178,11 @@ class ExposureChunkInsert {
     const assigned = this.#assigned;
     const served = this.#served;
     const replica = this.#replica;
+    const pool = this.#rowArrays;
+    const out = this.#rows;
+    out.length = 0;
     let triples = 0;
-    let json = "[";
+    let plain = true;
     let i = from;
     for (; i < to; i++) {
       const e = rows[i]!;
@@ -187,19 +198,26 @@ class ExposureChunkInsert {
         triples++;
       }
       // The proxy's latencies are whole µs: written as that integer (formatting a fraction costs several times more),
-      // any other as itself, which then has a fraction, so the view tells the two apart by type.
+      // any other as itself, which then has a fraction, so the view tells the two apart by type; but a whole number
+      // of ms too big to count in µs must be written with a ".0", which only the text path below does.
       const latencyUs = Math.round(e.latencyMs * 1000);
-      const latency =
-        Number.isSafeInteger(latencyUs) && latencyUs / 1000 === e.latencyMs
-          ? latencyUs
-          : Number.isInteger(e.latencyMs) && e.latencyMs < 1e21 && e.latencyMs > -1e21
-            ? `${e.latencyMs}.0` // a whole number too big for the above: keep it REAL
-            : e.latencyMs;
-      json +=
-        `${i === from ? "[" : ",["}${dt},${jsonString(e.requestId)},${jsonString(e.unit)},${k},${e.status},${latency},` +
-        `${e.forced ? 1 : 0}]`;
+      let latency: number | string = e.latencyMs;
+      if (Number.isSafeInteger(latencyUs) && latencyUs / 1000 === e.latencyMs) latency = latencyUs;
+      else if (Number.isInteger(latency) && latency < 1e21 && latency > -1e21) {
+        latency = `${latency}.0`;
+        plain = false;
+      }
+      const a = pool[i - from]!;
+      a[0] = dt;
+      a[1] = e.requestId;
+      a[2] = e.unit;
+      a[3] = k;
+      a[4] = e.status;
+      a[5] = latency;
+      a[6] = e.forced ? 1 : 0;
+      out.push(a);
     }
-    json += "]";
+    const json = plain ? JSON.stringify(out) : chunkText(out);
     let dictionary = "[";
     for (let k = 0; k < triples; k++) {
       dictionary += `${k === 0 ? "" : ","}${jsonString(assigned[k]!)},${jsonString(served[k]!)},${jsonString(replica[k]!)}`;
@@ -209,17 +227,30 @@ class ExposureChunkInsert {
   }
 }
 
-/** A string as JSON, as SQLite would have stored it bound as UTF-8 (lone surrogates become U+FFFD). */
-function jsonString(s: string): string {
-  // Most strings (request ids, unit ids) need no escape: quoting them is cheaper than JSON.stringify.
-  if (!NEEDS_ESCAPE.test(s)) return `"${s}"`;
-  // ES2024 method, in V8 since Node 20; not yet in this project's TypeScript lib
-  return JSON.stringify((s as string & { toWellFormed(): string }).toWellFormed());
+/**
+ * A chunk's row: [ts - base_ts, request_id, unit, triple, status, latency, forced]; the latency is whole µs, ms with
+ * a fraction, or the text of a whole number of ms too big for µs, with ".0" (written as it is, by chunkText only).
+ */
+type ChunkRow = [number, string, string, number, number, number | string, number];
+
+/** The rows' JSON as JSON.stringify writes it, but for latencies given as text (whole ms too big for µs, with ".0"). */
+function chunkText(out: readonly ChunkRow[]): string {
+  let json = "[";
+  for (let j = 0; j < out.length; j++) {
+    const [dt, requestId, unit, k, status, latency, forced] = out[j]!;
+    json += `${j === 0 ? "[" : ",["}${dt},${jsonString(requestId)},${jsonString(unit)},${k},${status},${latency},${forced}]`;
+  }
+  return `${json}]`;
 }
 
-/** What JSON must escape (quote, backslash, control characters), and surrogates, which may be lone. */
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+/** A string as JSON.stringify writes it (it escapes lone surrogates). */
+function jsonString(s: string): string {
+  if (!NEEDS_ESCAPE.test(s)) return `"${s}"`;
+  return JSON.stringify(s);
+}
 
+/** What JSON.stringify escapes (quote, backslash, control characters), and surrogates, which may be lone. */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 /**
  * The statements of an exposure write, which the store spreads over several turns of the event loop: `begin` a
  * transaction, `insert` the rows a slice at a time, then apply the batch's `rollups` and `commit`.

@@ -193,8 +193,8 @@ describe("SqliteStore specifics", () => {
             experiment: r.experiment,
             ts: t0 + r.dt,
             requestId: `q${i}`,
-            // a few units that JSON must escape
-            unit: r.unit >= 27 ? ['q"u\\o', "é☃\u0001", "tab\tnl\n"][r.unit - 27]! : `u${r.unit}`,
+            // a few units that JSON must escape, one with a lone surrogate, and one with a backslash before "ud"
+            unit: r.unit >= 25 ? ["lone\ud800x", "bs\\ud83d", 'q"u\\o', "é☃\u0001", "tab\tnl\n"][r.unit - 25]! : `u${r.unit}`,
             assigned,
             served: r.fallback ? "c" : assigned,
             replica: r.replica,
@@ -238,7 +238,8 @@ describe("SqliteStore specifics", () => {
               experiment: e.experiment,
               ts: Math.trunc(e.ts),
               request_id: e.requestId,
-              unit: e.unit,
+              // what binding the string gives (a lone surrogate is not valid UTF-8 and reads back as U+FFFDs)
+              unit: bound(e.unit),
               assigned: e.assigned,
               served: e.served,
               replica: e.replica,
@@ -248,7 +249,7 @@ describe("SqliteStore specifics", () => {
               types: "integerintegerrealinteger",
             })),
           );
-          assert.deepEqual(got!.units, expectedUnits(rows));
+          assert.deepEqual(got!.units, expectedUnits(rows.map((e) => ({ ...e, unit: bound(e.unit) }))));
           assert.deepEqual(roundSums(got!.minutes), roundSums(expectedMinutes(rows)));
           assert.deepEqual(got!.hist, expectedHist(rows));
           assert.deepEqual(got!.counters, expectedCounters(rows));
@@ -444,3 +445,10 @@ function roundSums(rows: Record<string, unknown>[]): Record<string, unknown>[] {
 function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
+
+/** A string as SQLite gives it back after binding it as a parameter. */
+function bound(s: string): string {
+  const db = (bound.db ??= new Database(":memory:"));
+  return db.prepare("SELECT ?").pluck().get(s) as string;
+}
+bound.db = undefined as Database.Database | undefined;
