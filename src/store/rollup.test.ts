@@ -83,17 +83,6 @@ describe("rollupExposures", () => {
     assert.deepEqual(again.units.map((u) => u.unit), ["a"], "another variant must reach the database");
   });
 
-  it("evicts the least recently written unit when full", () => {
-    const cache = new UnitCache(2);
-    cache.remember("exp", "a", 1, "c", false);
-    cache.remember("exp", "b", 1, "c", false);
-    cache.remember("exp", "a", 1, "c", false);
-    cache.remember("exp", "c", 1, "c", false);
-    assert.equal(cache.size, 2);
-    assert.ok(cache.covers("exp", "a", 5, "c"));
-    assert.ok(!cache.covers("exp", "b", 5, "c"));
-  });
-
   it("remembers the earliest time it was told and turns multi once told two variants", () => {
     const cache = new UnitCache(10);
     cache.remember("exp", "a", 1000, "c", false);

@@ -1,5 +1,8 @@
 import { StoreError } from "../errors.ts";
 import type { Exposure, OutcomeEvent } from "./types.ts";
+import { UnitCache } from "./unit-cache.ts";
+
+export { UnitCache };
 
 /**
  * The rollups both stores maintain on write, computed in JS once per batch so that each store only applies a few
@@ -282,83 +285,6 @@ function variantGroup(groups: VariantGroup[], experiment: string, variant: strin
   const g: VariantGroup = { experiment, variant, minutes: new Map(), lastMinute: null, hist: [] };
   groups.push(g);
   return g;
-}
-
-interface UnitCacheEntry {
-  ts: number;
-  variant: string;
-  multi: boolean;
-}
-
-/**
- * Remembers, for recently seen units, what the database is known to hold (an upper bound of the first exposure time,
- * a variant it has seen, whether it is multi), so that the common case — a known unit seen again later in the same
- * variant — costs no database write at all.
- *
- * Safe with several writers on one database: the database row only ever moves its first exposure earlier and its
- * multi flag from 0 to 1, so once an entry's claims hold they hold for good, and an exposure is skipped only if it
- * is no earlier than the entry's time and its variant is one the database has seen for the unit (or the unit is
- * already multi), so applying it could not change the row. Entries come only from committed writes: either the row
- * a write returned, or the delta a write applied, which after its upsert the row is known to be no later than and
- * to have seen (its first variant, or multi). `remember` merges what it is told with what the entry knew: the
- * earlier time, and multi once two different variants are known to have been seen.
- *
- * One map per experiment, keyed by the unit itself, so a lookup hashes a string the row already has instead of
- * building `experiment + unit` per row. Eviction takes the least recently written unit of the largest experiment:
- * exact LRU for the usual one experiment per gateway, and any eviction is safe (it only costs a redundant upsert).
- */
-export class UnitCache {
-  readonly #max: number;
-  #byExperiment = new Map<string, Map<string, UnitCacheEntry>>();
-  #size = 0;
-  #lastExperiment: string | null = null;
-  #last: Map<string, UnitCacheEntry> | undefined;
-  constructor(maxEntries = 100_000) {
-    this.#max = maxEntries;
-  }
-  #units(experiment: string): Map<string, UnitCacheEntry> | undefined {
-    if (experiment !== this.#lastExperiment) {
-      this.#lastExperiment = experiment;
-      this.#last = this.#byExperiment.get(experiment);
-    }
-    return this.#last;
-  }
-  covers(experiment: string, unit: string, ts: number, variant: string): boolean {
-    const c = this.#units(experiment)?.get(unit);
-    return c !== undefined && ts >= c.ts && (c.multi || c.variant === variant);
-  }
-  remember(experiment: string, unit: string, firstTs: number, firstVariant: string, multi: boolean): void {
-    if (this.#max <= 0) return;
-    let map = this.#units(experiment);
-    if (map === undefined) {
-      map = new Map();
-      this.#byExperiment.set(experiment, map);
-      this.#last = map;
-    }
-    const known = map.get(unit);
-    let ts = firstTs;
-    if (known !== undefined) {
-      if (known.ts < ts) ts = known.ts;
-      multi ||= known.multi || known.variant !== firstVariant;
-      // Maps iterate in insertion order: delete and set again to make the unit the most recently written.
-      map.delete(unit);
-      this.#size--;
-    }
-    map.set(unit, { ts, variant: firstVariant, multi });
-    this.#size++;
-    if (this.#size > this.#max) this.#evictOne();
-  }
-  #evictOne(): void {
-    let largest: Map<string, UnitCacheEntry> | undefined;
-    for (const m of this.#byExperiment.values()) if (largest === undefined || m.size > largest.size) largest = m;
-    if (largest === undefined) return;
-    const oldest = largest.keys().next().value as string;
-    largest.delete(oldest);
-    this.#size--;
-  }
-  get size(): number {
-    return this.#size;
-  }
 }
 
 /** ON CONFLICT clauses shared by both dialects, so both stores apply exactly the same rule. */

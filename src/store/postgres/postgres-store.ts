@@ -31,7 +31,7 @@ function unnestUpsert<T>(upsert: RollupUpsert<T>, rows: readonly T[], returning 
 export interface PostgresStoreOptions {
   /** pool size (default 4) */
   maxConnections?: number;
-  /** units remembered to skip redundant `units` upserts (see UnitCache; default 100,000, about 16 MiB); 0 disables */
+  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
   unitCacheSize?: number;
 }
 

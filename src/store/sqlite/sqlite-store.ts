@@ -22,7 +22,7 @@ import {
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 export interface SqliteStoreOptions {
-  /** units remembered to skip redundant `units` upserts (see UnitCache; default 100,000, about 16 MiB); 0 disables */
+  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
   unitCacheSize?: number;
   /** SQLite page cache in MiB (default 32; the report's joins like a warm cache, the proxy likes a small RSS) */
   cacheSizeMiB?: number;

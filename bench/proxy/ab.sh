@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Same-core A/B of two abgate versions: both run AT ONCE, pinned to core 0, each loaded by its own wrk (-c64, both
+# on core 1), so that every slowdown of this shared machine hits both alike. The kernel shares core 0 between them;
+# each one's req/s and req per CPU-second then compare their costs per request. Rounds alternate which version
+# gets which port. Prints every round and the median of the per-round ratios A/B.
+#
+#   bash bench/proxy/ab.sh [-r ROUNDS] [-s SECONDS] A B
+#
+# A and B are each `work` (this work tree) or a git revision (extracted with `git archive` into
+# $TMPDIR/abgate-ab-<sha>/), optionally followed by `:off` for exposure logging off. Examples:
+#   bash bench/proxy/ab.sh work HEAD~1          # what the uncommitted change is worth
+#   bash bench/proxy/ab.sh work work:off        # what exposure logging costs
+# Both run from their sources through tsx (the same loader for both). Each is a sticky experiment over two nginx
+# backends (`return 200`), with exposures in a fresh SQLite file, under bench/proxy/users.lua (10,000 users).
+set -euo pipefail
+ROUNDS=6; SECONDS_PER_ROUND=5
+while getopts "r:s:" o; do case $o in r) ROUNDS=$OPTARG;; s) SECONDS_PER_ROUND=$OPTARG;; *) exit 2;; esac; done
+shift $((OPTIND - 1))
+[ $# -eq 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+for tool in wrk nginx taskset curl python3; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+TSX="$REPO/node_modules/tsx/dist/esm/index.mjs"
+D=$(mktemp -d "${TMPDIR:-/tmp}/abgate-ab-run-XXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
+trap cleanup EXIT INT TERM
+ulimit -n 20000
+
+# version spec -> source dir and logging switch
+src_of() {
+  local rev=${1%%:*}
+  if [ "$rev" = work ]; then echo "$REPO"; return; fi
+  local sha; sha=$(git -C "$REPO" rev-parse "$rev")
+  local dir="${TMPDIR:-/tmp}/abgate-ab-${sha:0:12}"
+  if [ ! -d "$dir/src" ]; then
+    mkdir -p "$dir"; ln -sfn "$REPO/node_modules" "$dir/node_modules"
+    git -C "$REPO" archive "$sha" src package.json | tar -x -C "$dir"
+  fi
+  echo "$dir"
+}
+logging_of() { case $1 in *:off) echo off;; *) echo on;; esac; }
+
+mkdir -p "$D/nginx"
+cat > "$D/nginx/be.conf" <<C
+worker_processes 1; daemon off; pid $D/nginx/be.pid; error_log $D/nginx/be.err warn;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 10000000; client_body_temp_path $D/nginx/cb; proxy_temp_path $D/nginx/p;
+  fastcgi_temp_path $D/nginx/f; uwsgi_temp_path $D/nginx/u; scgi_temp_path $D/nginx/s;
+  server { listen 127.0.0.1:21801; location / { return 200 "ok"; } }
+  server { listen 127.0.0.1:21802; location / { return 200 "ok"; } } }
+C
+nginx -p "$D/nginx" -c "$D/nginx/be.conf" & PIDS+=($!)
+
+start_abgate() { # name spec port
+  local dir="$D/$1"; mkdir -p "$dir"
+  cat > "$dir/abgate.yaml" <<C
+experiment: bench
+engine: static
+listen: 127.0.0.1:$3
+admin:
+  listen: 127.0.0.1:$(($3 + 1))
+  token: bench-token
+store: sqlite:$dir/abgate.db
+strategy:
+  kind: sticky
+logLevel: warn
+variants:
+  - name: v0
+    weight: 1
+    url: http://127.0.0.1:21801
+  - name: v1
+    weight: 1
+    url: http://127.0.0.1:21802
+C
+  local src; src=$(src_of "$2")
+  (cd "$src" && ABGATE_EXPOSURES=$(logging_of "$2") exec taskset -c 0 node --import "$TSX" src/cli/main.ts serve -c "$dir/abgate.yaml" >"$dir/out.log" 2>&1) &
+  echo $!
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null -H 'x-user-id: w' "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "abgate on port $1 did not start" >&2; exit 1; }
+
+A=$1; B=$2
+echo "same-core A/B: A = $A, B = $B; $ROUNDS rounds of ${SECONDS_PER_ROUND} s (+2 s warm-up), both on core 0, two wrk -c64 on core 1"
+ratios="$D/ratios"; : > "$ratios"
+for r in $(seq "$ROUNDS"); do
+  # Alternate ports and start order between the two.
+  if [ $((r % 2)) -eq 1 ]; then
+    pa=21810; pb=21820; PA=$(start_abgate a "$A" $pa); PB=$(start_abgate b "$B" $pb)
+  else
+    pa=21820; pb=21810; PB=$(start_abgate b "$B" $pb); PA=$(start_abgate a "$A" $pa)
+  fi
+  PIDS+=("$PA" "$PB")
+  wait_up $pa; wait_up $pb
+  # (the subshell execs taskset, which execs node: $! is node's pid)
+  NA=$PA; NB=$PB
+  taskset -c 1 wrk -t1 -c64 -d2s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pa/" >/dev/null &
+  WA=$!
+  taskset -c 1 wrk -t1 -c64 -d2s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pb/" >/dev/null; wait $WA
+  a0=$(cpu_ticks "$NA"); b0=$(cpu_ticks "$NB")
+  taskset -c 1 wrk -t1 -c64 -d"${SECONDS_PER_ROUND}s" -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pa/" > "$D/wa" &
+  WA=$!
+  taskset -c 1 wrk -t1 -c64 -d"${SECONDS_PER_ROUND}s" -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pb/" > "$D/wb"
+  wait $WA
+  a1=$(cpu_ticks "$NA"); b1=$(cpu_ticks "$NB")
+  kill "$PA" "$PB" 2>/dev/null || true; wait "$PA" "$PB" 2>/dev/null || true
+  python3 - "$r" "$D/wa" "$D/wb" "$a0" "$a1" "$b0" "$b1" "$SECONDS_PER_ROUND" "$ratios" <<'P'
+import re, sys
+r, wa, wb, a0, a1, b0, b1, secs, out = sys.argv[1:]
+rps = lambda f: float(re.search(r"Requests/sec:\s+([\d.]+)", open(f).read()).group(1))
+ra, rb = rps(wa), rps(wb)
+ca, cb = (float(a1) - float(a0)) / 100, (float(b1) - float(b0)) / 100
+pa, pb = ra * float(secs) / ca, rb * float(secs) / cb
+print(f"round {r}: A {ra:8.0f} req/s {pa:8.0f} req/CPU-s | B {rb:8.0f} req/s {pb:8.0f} req/CPU-s | A/B req/s {ra/rb:.3f} req/CPU-s {pa/pb:.3f}")
+open(out, "a").write(f"{ra/rb} {pa/pb}\n")
+P
+done
+python3 - "$ratios" <<'P'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+print(f"median A/B: req/s {statistics.median(r[0] for r in rows):.3f}, req per CPU-s {statistics.median(r[1] for r in rows):.3f}")
+P
