@@ -359,10 +359,12 @@ function ewma(average: number, sample: number): number {
  * (A checkpoint per event batch would also be durable, but would copy pages into the main file on every request.)
  *
  * better-sqlite3 runs queries on the calling thread; the methods are async only to share the Store interface with
- * PostgreSQL. An exposure costs about 3 µs in bench/store/exposures.ts, where caches are cold between writes (about
- * a fifth of it the unit-cache lookup, a quarter to two fifths the raw chunks, the rest rollups, commit and GC), so
- * ExposureBatcher hands
- * this store slices of a couple of hundred rows, each under a millisecond, rather than whole batches. Copying the
+ * PostgreSQL. An exposure costs about 2.4 µs in bench/store/exposures.ts, where caches are cold between writes, and
+ * 1.6 µs back to back (bench/store/write-cpu.ts). In a proxy under load it costs more: with parts stubbed out
+ * (bench/proxy/ab.sh), the whole write took about 12% of its throughput, folding rows into the rollups about 6% (the
+ * unit-cache lookup 2.5-4% of that), the raw chunks about 4.5%, the rollup upserts under 1%. A batch of 1,000 rows
+ * is thus a few ms of work, which the store does in slices of a couple of hundred rows, each under a millisecond,
+ * rather than in one stall. Copying the
  * WAL back into the database file (a checkpoint, with its fsyncs) is what took 20-40 ms, every ~60 batches, when
  * SQLite did it automatically inside a commit; so automatic checkpoints are off on this connection and a worker
  * thread with its own connection runs PASSIVE checkpoints instead, off the proxy's event loop.
