@@ -1,3 +1,5 @@
+import { FNV1A32_OFFSET, FNV1A32_PRIME, fmix32 } from "../strategies/fnv.ts";
+
 /**
  * Remembers, for recently seen units, what the database is known to hold (an upper bound of the first exposure time,
  * a variant it has seen, whether it is multi), so that the common case — a known unit seen again later in the same
@@ -123,18 +125,15 @@ const INITIAL_SLOTS = 1024;
 export function inlineHash(unit: string): number {
   const n = unit.length;
   if (n > INLINE_UNIT_CHARS) return -1;
-  let h = 0x811c9dc5;
+  // Over the characters themselves (each one byte here), not their UTF-8 bytes as fnv1a32 hashes: only this
+  // table needs to agree with itself.
+  let h = FNV1A32_OFFSET;
   for (let i = 0; i < n; i++) {
     const c = unit.charCodeAt(i);
     if (c > 0xff) return -1;
-    h = Math.imul(h ^ c, 0x01000193);
+    h = Math.imul(h ^ c, FNV1A32_PRIME);
   }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h);
 }
 
 /**

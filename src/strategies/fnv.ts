@@ -7,7 +7,7 @@
 
 /** FNV-1a 32-bit offset basis. */
 export const FNV1A32_OFFSET = 0x811c9dc5;
-const FNV1A32_PRIME = 0x01000193;
+export const FNV1A32_PRIME = 0x01000193;
 
 /** FNV-1a 32-bit hash of `text`'s UTF-8 bytes, as an unsigned integer in [0, 2^32). */
 export function fnv1a32(text: string): number {
