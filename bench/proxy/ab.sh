@@ -22,7 +22,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 TSX="$REPO/node_modules/tsx/dist/esm/index.mjs"
 D=$(mktemp -d "${TMPDIR:-/tmp}/abgate-ab-run-XXXX")
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; wait 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT INT TERM
 ulimit -n 20000
 
@@ -53,6 +53,7 @@ nginx -p "$D/nginx" -c "$D/nginx/be.conf" & PIDS+=($!)
 
 start_abgate() { # name spec port
   local dir="$D/$1"; mkdir -p "$dir"
+  rm -f "$dir"/abgate.db*
   cat > "$dir/abgate.yaml" <<C
 experiment: bench
 engine: static
@@ -102,7 +103,10 @@ for r in $(seq "$ROUNDS"); do
   taskset -c 1 wrk -t1 -c64 -d"${SECONDS_PER_ROUND}s" -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pb/" > "$D/wb"
   wait $WA
   a1=$(cpu_ticks "$NA"); b1=$(cpu_ticks "$NB")
-  kill "$PA" "$PB" 2>/dev/null || true; wait "$PA" "$PB" 2>/dev/null || true
+  # Not children of this shell (started in command substitutions): wait for them through /proc, bounded.
+  kill "$PA" "$PB" 2>/dev/null || true
+  for _ in $(seq 100); do [ -e "/proc/$PA" ] || [ -e "/proc/$PB" ] || break; sleep 0.1; done
+  kill -9 "$PA" "$PB" 2>/dev/null || true
   python3 - "$r" "$D/wa" "$D/wb" "$a0" "$a1" "$b0" "$b1" "$SECONDS_PER_ROUND" "$ratios" <<'P'
 import re, sys
 r, wa, wb, a0, a1, b0, b1, secs, out = sys.argv[1:]

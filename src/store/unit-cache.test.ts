@@ -102,6 +102,21 @@ describe("UnitCache", () => {
     assert.ok(!cache.covers("exp", "b", 5, "c"));
   });
 
+  it("keeps the units of the four experiments used last", () => {
+    const cache = new UnitCache(100);
+    const long = "z".repeat(INLINE_UNIT_CHARS + 1); // kept in the map, not a slot
+    for (const e of ["e1", "e2", "e3", "e4"]) {
+      cache.remember(e, "a", 1, "c", false);
+      cache.remember(e, long, 1, "c", false);
+    }
+    assert.ok(cache.covers("e1", "a", 5, "c") && cache.covers("e1", long, 5, "c"), "e1 is now the most recently used");
+    cache.remember("e5", "a", 1, "c", false);
+    cache.remember("e5", long, 1, "c", false);
+    assert.ok(!cache.covers("e2", "a", 5, "c") && !cache.covers("e2", long, 5, "c"), "e2, used least recently, is forgotten");
+    for (const e of ["e1", "e3", "e4", "e5"]) assert.ok(cache.covers(e, "a", 5, "c"), e);
+    assert.equal(cache.size, 4 + 4);
+  });
+
   it("does nothing with a size of 0", () => {
     const cache = new UnitCache(0);
     cache.remember("exp", "a", 1, "c", false);

@@ -35,7 +35,10 @@ export class UnitCache {
   #lastVariant: string | null = null;
   #lastVariantId = -1;
 
-  /** maxEntries: how many units to remember per experiment, about (see UnitTable); 0 disables the cache. */
+  /**
+   * maxEntries: how many units to remember per experiment, about (see UnitTable), for the last MAX_EXPERIMENTS
+   * experiments written; 0 disables the cache.
+   */
   constructor(maxEntries = 100_000) {
     this.#maxEntries = maxEntries;
   }
@@ -43,7 +46,7 @@ export class UnitCache {
   covers(experiment: string, unit: string, ts: number, variant: string): boolean {
     if (this.#maxEntries <= 0) return false;
     const h = inlineHash(unit);
-    if (h < 0) return this.#maps.get(experiment)?.covers(unit, ts, variant) ?? false;
+    if (h < 0) return this.#map(experiment, false)?.covers(unit, ts, variant) ?? false;
     const table = this.#table(experiment, false);
     if (table === undefined) return false;
     const id = this.#variantIds.get(variant);
@@ -55,9 +58,7 @@ export class UnitCache {
     if (this.#maxEntries <= 0) return;
     const h = inlineHash(unit);
     if (h < 0) {
-      let map = this.#maps.get(experiment);
-      if (map === undefined) this.#maps.set(experiment, (map = new UnitMap(this.#maxEntries)));
-      map.remember(unit, firstTs, firstVariant, multi);
+      this.#map(experiment, true)!.remember(unit, firstTs, firstVariant, multi);
       return;
     }
     this.#table(experiment, true)!.remember(unit, h, firstTs, this.#variantId(firstVariant), multi);
@@ -75,12 +76,35 @@ export class UnitCache {
     if (experiment !== this.#lastExperiment) {
       this.#lastExperiment = experiment;
       this.#lastTable = this.#tables.get(experiment);
+      if (this.#lastTable !== undefined) {
+        // Maps iterate in insertion order: set again to make this experiment the most recently used.
+        this.#tables.delete(experiment);
+        this.#tables.set(experiment, this.#lastTable);
+      }
     }
     if (this.#lastTable === undefined && create) {
+      // A gateway writes one experiment; a store shared by several keeps the tables of the last few it wrote to,
+      // so memory stays bounded (MAX_EXPERIMENTS tables of up to 16 MiB at the default size).
+      if (this.#tables.size >= MAX_EXPERIMENTS) this.#tables.delete(this.#tables.keys().next().value as string);
       this.#lastTable = new UnitTable(this.#maxEntries);
       this.#tables.set(experiment, this.#lastTable);
     }
     return this.#lastTable;
+  }
+
+  /** The map of an experiment's long units, made the most recently used (Maps iterate in insertion order). */
+  #map(experiment: string, create: boolean): UnitMap | undefined {
+    let map = this.#maps.get(experiment);
+    if (map !== undefined) {
+      this.#maps.delete(experiment);
+    } else if (create) {
+      if (this.#maps.size >= MAX_EXPERIMENTS) this.#maps.delete(this.#maps.keys().next().value as string);
+      map = new UnitMap(this.#maxEntries);
+    } else {
+      return undefined;
+    }
+    this.#maps.set(experiment, map);
+    return map;
   }
 
   #variantId(variant: string): number {
@@ -99,6 +123,8 @@ export class UnitCache {
   }
 }
 
+/** Experiments remembered at once; remembering units of one more forgets the one used least recently. */
+const MAX_EXPERIMENTS = 4;
 /** Longest unit kept in a slot: 44 characters (a UUID is 36). */
 export const INLINE_UNIT_CHARS = 44;
 const SLOT_BYTES = 64;

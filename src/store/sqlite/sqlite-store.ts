@@ -143,7 +143,8 @@ const ROLLUP_CHUNK = 16;
  *
  * The JSON is JSON.stringify's, of one reused array per row: V8 writes it in one native pass, where building it
  * with template strings made a dozen intermediate strings per row and flattened every request id (a concatenation)
- * to test it for characters to escape (TODO measured below).
+ * to test it for characters to escape: the store's CPU per row, new/old, 0.66, 0.84 and 0.85 in three runs of
+ * bench/store/write-cpu.ts (A/A runs of that harness: 1.01-1.11).
  *
  * Exactness: numbers are written in JS's shortest round-trip form, which SQLite 3.53 parses back to the same double
  * (checked on 10^6 values, extremes included); a latency of whole µs is written as the integer µs and divided by
