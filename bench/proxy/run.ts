@@ -411,10 +411,7 @@ async function main(): Promise<void> {
       const v = f(x, y);
       if (v !== undefined && Number.isFinite(v)) values.push(v);
     }
-    if (values.length === 0) return undefined;
-    values.sort((m, n) => m - n);
-    const mid = values.length >> 1;
-    return values.length % 2 ? values[mid] : (values[mid - 1]! + values[mid]!) / 2;
+    return values.length === 0 ? undefined : median(values);
   };
   console.log("\nmedian over rounds of same-round ratios  value    target    verdict");
   line("abgate / haproxy throughput", paired("abgate", "haproxy", (x, y) => x.rps! / y.rps!), ">= 0.50", (v) => v >= 0.5);

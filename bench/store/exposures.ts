@@ -34,7 +34,6 @@
  * For a CPU profile: `node --cpu-prof --cpu-prof-dir=bench/results/store-prof --import tsx bench/store/exposures.ts
  * --impls work`.
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -42,7 +41,7 @@ import { createHistogram, performance, type RecordableHistogram } from "node:per
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import type { Exposure } from "../../src/store/types.ts";
-import { refSources } from "./ref-sources.ts";
+import { refSourcesOf } from "./ref-sources.ts";
 
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
@@ -113,13 +112,10 @@ async function main(): Promise<void> {
     }
     let src = join(repo, "src");
     const [kind, sliceMs] = name.split(":");
-    if (kind === "ref" && opts["ref-dir"] !== undefined) {
-      refLabel = resolve(opts["ref-dir"]);
-      src = join(refLabel, "src");
-    } else if (kind === "ref") {
-      const sha = execFileSync("git", ["rev-parse", opts.ref], { cwd: repo, encoding: "utf8" }).trim();
-      refLabel = `${opts.ref} (${sha.slice(0, 12)})`;
-      src = join(refSources(sha), "src");
+    if (kind === "ref") {
+      const ref = refSourcesOf(opts.ref, opts["ref-dir"]);
+      refLabel = ref.label;
+      src = join(ref.dir, "src");
     } else if (kind !== "work") {
       throw new Error(`unknown implementation ${name}: expected ref, work, work:<writeSliceMs> or none`);
     }
@@ -293,10 +289,6 @@ async function openImpl(name: string, src: string, storeOptions: object): Promis
   return impl;
 }
 
-/**
- * The sources of a revision, outside the repository (tsconfig type-checks everything under bench/), with a
- * node_modules link so that `better-sqlite3` resolves from them as it does from the work tree.
- */
 /** µs (as the histograms hold them) to ms, for printing */
 function ms(us: number): string {
   return (us / 1000).toFixed(2);

@@ -7,8 +7,9 @@ import { fileURLToPath } from "node:url";
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
 /**
- * The sources of a git revision, extracted once into $TMPDIR/abgate-bench-store-ref-<sha>/ (with this repository's
- * node_modules linked), so that a benchmark can load them beside the work tree's in one process.
+ * The sources of a git revision, extracted once into $TMPDIR/abgate-bench-store-ref-<sha>/, outside the repository
+ * (tsconfig type-checks everything under bench/), with a node_modules link so that `better-sqlite3` resolves from
+ * them as it does from the work tree: a benchmark can load them beside the work tree's in one process.
  */
 export function refSources(sha: string): string {
   const refDir = join(tmpdir(), `abgate-bench-store-ref-${sha.slice(0, 12)}`);
