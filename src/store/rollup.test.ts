@@ -8,8 +8,8 @@ import {
   latencyBucketValueMs,
   minuteOf,
   rollupExposures,
-  UnitCache,
 } from "./rollup.ts";
+import { UnitCache } from "./unit-cache.ts";
 import type { Exposure } from "./types.ts";
 
 describe("latency histogram", () => {

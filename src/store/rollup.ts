@@ -1,8 +1,6 @@
 import { StoreError } from "../errors.ts";
 import type { Exposure, OutcomeEvent } from "./types.ts";
-import { UnitCache } from "./unit-cache.ts";
-
-export { UnitCache };
+import type { UnitCache } from "./unit-cache.ts";
 
 /**
  * The rollups both stores maintain on write, computed in JS once per batch so that each store only applies a few
@@ -316,7 +314,6 @@ const HIST_UPSERT_SET = `count = latency_hist.count + excluded.count`;
  * what goes where.
  */
 export interface RollupUpsert<T> {
-  table: string;
   columns: readonly (readonly [column: string, field: keyof T & string, postgresType: string])[];
   /** `INSERT INTO table (columns...)` */
   head: string;
@@ -325,7 +322,7 @@ export interface RollupUpsert<T> {
 }
 
 function rollupUpsert<T>(table: string, columns: RollupUpsert<T>["columns"], key: string, set: string): RollupUpsert<T> {
-  return { table, columns, head: `INSERT INTO ${table} (${columns.map(([c]) => c).join(", ")})`, tail: `ON CONFLICT (${key}) DO UPDATE SET ${set}` };
+  return { columns, head: `INSERT INTO ${table} (${columns.map(([c]) => c).join(", ")})`, tail: `ON CONFLICT (${key}) DO UPDATE SET ${set}` };
 }
 
 export const UNIT_UPSERT = rollupUpsert<UnitDelta>(

@@ -73,38 +73,16 @@ export class UnitCache {
   }
 
   #table(experiment: string, create: boolean): UnitTable | undefined {
-    if (experiment !== this.#lastExperiment) {
+    if (experiment !== this.#lastExperiment || (this.#lastTable === undefined && create)) {
       this.#lastExperiment = experiment;
-      this.#lastTable = this.#tables.get(experiment);
-      if (this.#lastTable !== undefined) {
-        // Maps iterate in insertion order: set again to make this experiment the most recently used.
-        this.#tables.delete(experiment);
-        this.#tables.set(experiment, this.#lastTable);
-      }
-    }
-    if (this.#lastTable === undefined && create) {
-      // A gateway writes one experiment; a store shared by several keeps the tables of the last few it wrote to,
-      // so memory stays bounded (MAX_EXPERIMENTS tables of up to 16 MiB at the default size).
-      if (this.#tables.size >= MAX_EXPERIMENTS) this.#tables.delete(this.#tables.keys().next().value as string);
-      this.#lastTable = new UnitTable(this.#maxEntries);
-      this.#tables.set(experiment, this.#lastTable);
+      this.#lastTable = recentlyUsed(this.#tables, experiment, create ? () => new UnitTable(this.#maxEntries) : null);
     }
     return this.#lastTable;
   }
 
-  /** The map of an experiment's long units, made the most recently used (Maps iterate in insertion order). */
+  /** The map of an experiment's long units. */
   #map(experiment: string, create: boolean): UnitMap | undefined {
-    let map = this.#maps.get(experiment);
-    if (map !== undefined) {
-      this.#maps.delete(experiment);
-    } else if (create) {
-      if (this.#maps.size >= MAX_EXPERIMENTS) this.#maps.delete(this.#maps.keys().next().value as string);
-      map = new UnitMap(this.#maxEntries);
-    } else {
-      return undefined;
-    }
-    this.#maps.set(experiment, map);
-    return map;
+    return recentlyUsed(this.#maps, experiment, create ? () => new UnitMap(this.#maxEntries) : null);
   }
 
   #variantId(variant: string): number {
@@ -125,6 +103,26 @@ export class UnitCache {
 
 /** Experiments remembered at once; remembering units of one more forgets the one used least recently. */
 const MAX_EXPERIMENTS = 4;
+
+/**
+ * An experiment's entry of `byExperiment`, made the most recently used (Maps iterate in insertion order), or made
+ * with `make` when it has none (and `make` is given), forgetting the least recently used past MAX_EXPERIMENTS. A
+ * gateway writes one experiment; a store shared by several keeps the structures of the last few it wrote to, so
+ * memory stays bounded (MAX_EXPERIMENTS tables of up to 16 MiB at the default size).
+ */
+function recentlyUsed<V>(byExperiment: Map<string, V>, experiment: string, make: (() => V) | null): V | undefined {
+  let value = byExperiment.get(experiment);
+  if (value !== undefined) {
+    byExperiment.delete(experiment);
+  } else if (make !== null) {
+    if (byExperiment.size >= MAX_EXPERIMENTS) byExperiment.delete(byExperiment.keys().next().value as string);
+    value = make();
+  } else {
+    return undefined;
+  }
+  byExperiment.set(experiment, value);
+  return value;
+}
 /** Longest unit kept in a slot: 44 characters (a UUID is 36). */
 export const INLINE_UNIT_CHARS = 44;
 const SLOT_BYTES = 64;

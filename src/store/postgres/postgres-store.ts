@@ -12,8 +12,8 @@ import {
   type RollupUpsert,
   rollupExposures,
   UNIT_UPSERT,
-  UnitCache,
 } from "../rollup.ts";
+import { UnitCache } from "../unit-cache.ts";
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 /**

@@ -17,8 +17,8 @@ import {
   MINUTE_UPSERT,
   type RollupUpsert,
   UNIT_UPSERT,
-  UnitCache,
 } from "../rollup.ts";
+import { UnitCache } from "../unit-cache.ts";
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 export interface SqliteStoreOptions {
@@ -219,11 +219,9 @@ class ExposureChunkInsert {
       out.push(a);
     }
     const json = plain ? JSON.stringify(out) : chunkText(out);
-    let dictionary = "[";
-    for (let k = 0; k < triples; k++) {
-      dictionary += `${k === 0 ? "" : ","}${jsonString(assigned[k]!)},${jsonString(served[k]!)},${jsonString(replica[k]!)}`;
-    }
-    this.#insert.run(experiment, baseTs, `${dictionary}]`, json);
+    const dictionary: string[] = [];
+    for (let k = 0; k < triples; k++) dictionary.push(assigned[k]!, served[k]!, replica[k]!);
+    this.#insert.run(experiment, baseTs, JSON.stringify(dictionary), json);
     return i;
   }
 }
@@ -252,6 +250,7 @@ function jsonString(s: string): string {
 
 /** What JSON.stringify escapes (quote, backslash, control characters), and surrogates, which may be lone. */
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+
 /**
  * The statements of an exposure write, which the store spreads over several turns of the event loop: `begin` a
  * transaction, `insert` the rows a slice at a time, then apply the batch's `rollups` and `commit`.
@@ -365,10 +364,10 @@ function ewma(average: number, sample: number): number {
  * (bench/proxy/ab.sh), the whole write took about 12% of its throughput, folding rows into the rollups about 6% (the
  * unit-cache lookup 2.5-4% of that), the raw chunks about 4.5%, the rollup upserts under 1%. A batch of 1,000 rows
  * is thus a few ms of work, which the store does in slices of a couple of hundred rows, each under a millisecond,
- * rather than in one stall. Copying the
- * WAL back into the database file (a checkpoint, with its fsyncs) is what took 20-40 ms, every ~60 batches, when
- * SQLite did it automatically inside a commit; so automatic checkpoints are off on this connection and a worker
- * thread with its own connection runs PASSIVE checkpoints instead, off the proxy's event loop.
+ * rather than in one stall. Copying the WAL back into the database file (a checkpoint, with its fsyncs) is what took
+ * 20-40 ms, every ~60 batches, when SQLite did it automatically inside a commit; so automatic checkpoints are off on
+ * this connection and a worker thread with its own connection runs PASSIVE checkpoints instead, off the proxy's
+ * event loop.
  */
 export class SqliteStore implements Store {
   readonly path: string;
