@@ -14,7 +14,14 @@ export const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
-/** Names listed in a Connection header value, lower-cased (they are hop-by-hop as well). */
+/**
+ * Headers a Connection header cannot make hop-by-hop: the body's framing and Host. Dropping a listed
+ * Content-Length while still relaying the body would leave its bytes unframed, for the next hop to read as another
+ * request or response (request smuggling); dropping Host would send an HTTP/1.1 request without one.
+ */
+const NEVER_CONNECTION_SCOPED = new Set(["content-length", "transfer-encoding", "host"]);
+
+/** Names listed in a Connection header value, lower-cased (they are hop-by-hop as well), less framing and Host. */
 export function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (!value) return undefined;
   // The common values, without splitting (a replica's every keep-alive response says one of them).
@@ -25,7 +32,7 @@ export function connectionTokens(value: string | undefined): Set<string> | undef
   let out: Set<string> | undefined;
   for (const t of value.split(",")) {
     const n = t.trim().toLowerCase();
-    if (n && n !== "close" && n !== "keep-alive") (out ??= new Set()).add(n);
+    if (n && n !== "close" && n !== "keep-alive" && !NEVER_CONNECTION_SCOPED.has(n)) (out ??= new Set()).add(n);
   }
   return out;
 }

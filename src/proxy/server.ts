@@ -46,6 +46,8 @@ interface ScannedRequest {
   cookie: string | undefined;
   force: string | undefined;
   host: string | undefined;
+  /** more than one Host line (RFC 9112 §3.2: answered 400) */
+  duplicateHost: boolean;
   contentLength: string | undefined;
   /** the client's Transfer-Encoding (llhttp only accepts it with chunked last), undefined when none */
   transferEncoding: string | undefined;
@@ -64,6 +66,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   let cookie: string | undefined;
   let force: string | undefined;
   let host: string | undefined;
+  let duplicateHost = false;
   let contentLength: string | undefined;
   let transferEncoding: string | undefined;
   let expect: string | undefined;
@@ -74,7 +77,8 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
     const lower = name.toLowerCase();
     switch (lower) {
       case "host":
-        host ??= value;
+        if (host === undefined) host = value;
+        else duplicateHost = true;
         break;
       case "content-length":
         contentLength = value;
@@ -120,7 +124,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   // The body is re-chunked on its way up, so the framing stays chunked; any coding before it (gzip, chunked)
   // still applies to the bytes and is passed on.
   if (transferEncoding !== undefined) head += `transfer-encoding: ${transferEncoding}\r\n`;
-  return { baseHead: head, unitHeader, cookie, force, host, contentLength, transferEncoding, expect };
+  return { baseHead: head, unitHeader, cookie, force, host, duplicateHost, contentLength, transferEncoding, expect };
 }
 
 /**
@@ -232,6 +236,8 @@ class Exchange implements UpstreamSink, ClientExchange {
       const maxBody = config.limits.maxBodyBytes;
       if (request.httpMinor === 1 && scan.host === undefined) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
+      } else if (scan.duplicateHost) {
+        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
       } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
         this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true, record: false };
       } else if (maxBody !== undefined && cl !== undefined && Number(cl) > maxBody) {
@@ -441,9 +447,10 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.ctx.balancer.health.reportFailure(replica.id);
     }
     const answered = this.conn.responseStarted || this.responseHead !== "";
-    if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3) {
+    if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3 && IDEMPOTENT_METHODS.has(this.request.method)) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
-      // request. Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
+      // request. Only for idempotent methods: the replica may have acted on the request before it dropped the
+      // connection, which a POST must not risk twice (RFC 9110 §9.2.2; Go's Transport and nginx do the same). Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
       // once more on a fresh connection; if the replica is really gone, that fails as a connect error.
       this.staleRetries++;
       this.attempts--;
@@ -637,32 +644,50 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     upstream.destroy();
     reject("timeout", `upgrade to ${replica.id} timed out`);
   });
-  // The upgrade keeps Connection and Upgrade: they are the point of the request.
+  // The upgrade keeps Connection and Upgrade: they are the point of the request. x-forwarded-* as for any request.
   let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
   const raw = req.headers;
+  let xff = "";
   for (let i = 0; i < raw.length; i += 2) {
     const lower = raw[i].toLowerCase();
+    if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${raw[i + 1]}` : raw[i + 1];
     if (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
     head += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
-  head += `x-forwarded-for: ${remoteAddress}\r\nx-forwarded-proto: http\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
+  head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
+  if (scan.host !== undefined) head += `x-forwarded-host: ${scan.host}\r\n`;
+  head += `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
   upstream.write(head, "latin1");
   if (headBytes.length) upstream.write(headBytes);
   let answered = false;
   upstream.once("data", (first: Buffer) => {
     answered = true;
-    upstream.setTimeout(0);
-    const status = Number(first.toString("latin1", 9, 12)) || 502;
-    // Mark the switch with our headers: insert them after the status line.
+    const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r]/.exec(first.toString("latin1", 0, 13));
     const eol = first.indexOf("\r\n");
-    if (eol > 0) {
-      client.write(first.subarray(0, eol + 2));
-      client.write(`x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
-      client.write(first.subarray(eol + 2));
-    } else client.write(first);
+    if (statusLine === null || eol < 0) {
+      upstream.destroy();
+      return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
+    }
+    const status = Number(statusLine[1]);
+    // Mark the answer with our headers: insert them after the status line.
+    client.write(first.subarray(0, eol + 2));
+    client.write(`x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
+    client.write(first.subarray(eol + 2));
+    record(status);
+    if (status !== 101) {
+      // Not switched (a 401, a 404, a plain 200): the replica's answer is passed on, but nothing more from the client
+      // goes to that connection, which abgate no longer frames: a tunnel opened on a refusal would carry the client's
+      // next requests to the replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's
+      // connection ends with the answer (or after the idle timeout, if the replica keeps its connection open).
+      upstream.removeAllListeners("timeout");
+      upstream.setTimeout(ctx.config.limits.idleTimeoutMs, () => upstream.destroy());
+      client.resume();
+      upstream.pipe(client);
+      return;
+    }
+    upstream.setTimeout(0);
     upstream.pipe(client);
     client.pipe(upstream);
-    record(status);
   });
   upstream.on("error", (err) => {
     if (!answered) {

@@ -345,13 +345,20 @@ export class UpstreamConnection {
     let keepAlive = !http10;
     let contentLength = -1;
     let chunked = false;
+    /** a Transfer-Encoding line was seen: the body's length is not Content-Length's, chunked or not (RFC 9112 §6.3) */
+    let transferCoded = false;
     let headers: string[] = [];
     let listed: Set<string> | undefined;
     let closeSeen = false;
     for (let i = 1; i < lines.length; i++) {
       const line = lines[i];
       const colon = line.indexOf(":");
-      if (colon <= 0) {
+      // No colon, an obs-fold continuation line (leading whitespace), or whitespace before the colon: relaying
+      // these would let the client read the fields differently from abgate (a "content-length : 5" abgate did not
+      // see as one); RFC 9112 §5.1-5.2 allow a proxy to refuse the message with a 502, as HAProxy does.
+      const first = line.charCodeAt(0);
+      const beforeColon = line.charCodeAt(colon - 1);
+      if (colon <= 0 || first === 32 || first === 9 || beforeColon === 32 || beforeColon === 9) {
         this.#fail("protocol", new Error(`${this.pool.address} sent a malformed header line`));
         return -1;
       }
@@ -372,7 +379,13 @@ export class UpstreamConnection {
         continue;
       }
       if (lower === "transfer-encoding") {
-        chunked = value.toLowerCase().endsWith("chunked");
+        const codings = value.toLowerCase();
+        chunked = codings.endsWith("chunked");
+        transferCoded = true;
+        // abgate undoes the chunking and re-frames the body itself; codings before it (gzip, chunked) still apply
+        // to the bytes, so they are passed on, and the client's framing line completes them.
+        const rest = chunked ? value.slice(0, value.length - "chunked".length).replace(/[\s,]+$/, "") : value;
+        if (rest !== "") headers.push(name, rest);
         continue;
       }
       if (lower === "connection") {
@@ -391,9 +404,10 @@ export class UpstreamConnection {
       headers.push(name, value);
     }
     if (closeSeen) keepAlive = false;
-    if (chunked && contentLength !== -1) {
+    if (transferCoded && contentLength !== -1) {
       // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); relaying both would misframe the body.
       (listed ??= new Set()).add("content-length");
+      contentLength = -1;
     }
     if (listed) {
       // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
