@@ -5,9 +5,9 @@ import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
 
 const base = "experiment: exp\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: treatment, url: 'http://127.0.0.1:9002' }\n";
 
-function issues(text: string): string[] {
+function issues(text: string, env: NodeJS.ProcessEnv = process.env): string[] {
   try {
-    parseConfig(text, "/tmp");
+    parseConfig(text, "/tmp", env);
   } catch (err) {
     assert.ok(err instanceof ConfigError);
     return err.issues.map((i) => `${i.path}: ${i.message}`);
@@ -63,4 +63,26 @@ test("semantic errors: engine sources, duplicates, weights, fallback, bandit", (
 test("host:port parsing, IPv6 included", () => {
   assert.deepEqual(parseHostPort("127.0.0.1:0"), { host: "127.0.0.1", port: 0 });
   assert.deepEqual(parseHostPort("[::1]:8080"), { host: "::1", port: 8080 });
+});
+
+test("a variable's value is data, not YAML: comments, colons and digits stay in the string", () => {
+  const tokenOf = (value: string) => parseConfig(base + "admin:\n  token: ${TOK}\n", "/tmp", { TOK: value }).admin.token;
+  for (const value of ["s3cret #2024", "0123456789", "true", "a: b", "[x", "line1\nline2", "'quoted'", "${NOT_AGAIN}"]) {
+    assert.equal(tokenOf(value), value, JSON.stringify(value));
+  }
+  const flow = parseConfig(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', env: { MODEL: ${M}, TAG: x-${M} }").replace("engine: static", "engine: static"), "/tmp", { M: "pop # ular" });
+  assert.deepEqual(flow.variants[0]!.env, { MODEL: "pop # ular", TAG: "x-pop # ular" });
+  const typed = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}") + "allowForce: ${FORCE}\nlisten: 127.0.0.1:${PORT}\n", "/tmp", { W: "3", FORCE: "true", PORT: "8089" });
+  assert.equal(typed.variants[1]!.weight, 3);
+  assert.equal(typed.allowForce, true);
+  assert.deepEqual(typed.listen, { host: "127.0.0.1", port: 8089 });
+  assert.match(issues(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}"), { W: "heavy" }).join(), /variants\[1\]\.weight:/);
+});
+
+test("validate refuses what serve would: non-http or path URLs, ports past 65535, admin on the proxy's address", () => {
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "ftp://127.0.0.1:9001")).join(), /variants\[0\]\.url: an http:\/\/ URL \(got ftp:\)/);
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "http://127.0.0.1:9001/api")).join(), /variants\[0\]\.url: an origin without path/);
+  assert.match(issues(base + "listen: 127.0.0.1:99999\n").join(), /^listen: host:port with a port from 0 to 65535/m);
+  assert.match(issues(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.1:8090' }\n").join(), /admin\.listen: an address other than listen's/);
+  assert.doesNotThrow(() => parseConfig(base + "listen: 127.0.0.1:0\nadmin: { listen: '127.0.0.1:0' }\n", "/tmp", {}));
 });

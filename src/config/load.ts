@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { parseDocument } from "yaml";
+import { isScalar, parseDocument, visit } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type VariantConfig } from "./schema.ts";
@@ -32,11 +32,7 @@ export function parseHostPort(value: string): HostPort {
 
 /** `${NAME}` and `${NAME:-default}` expand from the environment; `$${` is a literal `${`. An unset name expands to nothing. */
 export function expandEnv(text: string, env: NodeJS.ProcessEnv = process.env): string {
-  return text.replace(/\$?\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g, (whole, key: string, def?: string) => {
-    if (whole.startsWith("$$")) return whole.slice(1);
-    const v = env[key];
-    return v !== undefined && v !== "" ? v : (def ?? "");
-  });
+  return text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => (whole.startsWith("$$") ? whole.slice(1) : envValue(env, key, def)));
 }
 
 function pathOf(path: PropertyKey[]): string {
@@ -79,10 +75,25 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     if (ok.length !== 1) {
       out.push({ path: at, message: `engine ${cfg.engine} needs exactly one of ${allowed.join(" or ")} (found ${sources.join(", ") || "none"})` });
     }
+    // The static engine's own checks, here too, so that `abgate validate` says what `serve` would refuse.
+    (v.urls ?? (v.url !== undefined ? [v.url] : [])).forEach((raw, j) => {
+      const key = v.urls ? `${at}.urls[${j}]` : `${at}.url`;
+      const u = new URL(raw);
+      if (u.protocol !== "http:") out.push({ path: key, message: `an http:// URL (got ${u.protocol})` });
+      else if (u.pathname !== "/" || u.search || u.hash) out.push({ path: key, message: "an origin without path or query (http://host:port)" });
+    });
     if (v.urls && v.replicas !== 1 && v.replicas !== v.urls.length) {
       out.push({ path: `${at}.replicas`, message: `with urls the replica count is the number of urls (${v.urls.length})` });
     }
   });
+  for (const [key, value] of [["listen", cfg.listen], ["admin.listen", cfg.admin.listen]] as const) {
+    if (parseHostPort(value).port > 65535) out.push({ path: key, message: `host:port with a port from 0 to 65535 (got ${value})` });
+  }
+  const proxyAt = parseHostPort(cfg.listen);
+  const adminAt = parseHostPort(cfg.admin.listen);
+  if (proxyAt.port !== 0 && proxyAt.port === adminAt.port && proxyAt.host === adminAt.host) {
+    out.push({ path: "admin.listen", message: `an address other than listen's (both are ${cfg.listen})` });
+  }
   const total = cfg.variants.reduce((s, v) => s + v.weight, 0);
   if (!(total > 0)) out.push({ path: "variants", message: "weights must sum to a positive number" });
   if (cfg.fallback !== undefined && cfg.fallback !== "reject" && !names.has(cfg.fallback)) {
@@ -104,8 +115,9 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
 }
 
 /** Validate a config object (already parsed from YAML). Throws ConfigError naming every bad key. */
-export function validateConfig(raw: unknown, baseDir = process.cwd()): Config {
-  const parsed = configSchema.safeParse(raw ?? {});
+export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?: Map<string, string>): Config {
+  let parsed = configSchema.safeParse(raw ?? {});
+  if (!parsed.success && envPaths !== undefined && envPaths.size > 0 && typedEnvValues(parsed.error, raw, envPaths)) parsed = configSchema.safeParse(raw);
   if (!parsed.success) throw new ConfigError(issuesOf(parsed.error));
   const cfg = parsed.data;
   const problems = semanticChecks(cfg);
@@ -127,13 +139,91 @@ export function validateConfig(raw: unknown, baseDir = process.cwd()): Config {
   };
 }
 
-/** Parse YAML text (after `${ENV}` expansion) and validate it. */
+/** A whole scalar that was one `${NAME}`: its text, typed by the schema where the key expects a number or boolean. */
+class EnvValue {
+  constructor(readonly text: string) {}
+}
+
+/**
+ * Parse YAML text, expand `${ENV}` references, and validate.
+ *
+ * A variable's value is data, never YAML: it is put into the parsed document, not into the text, so a token with
+ * `#` or `: ` in it, or one made of digits, is the string it was (pasted into the text, `#2024` became a comment
+ * and `0123` a number). Each reference becomes a placeholder of plain letters before parsing (so that
+ * `{ MODEL: ${MODEL} }` still parses), then the placeholders are replaced in the parsed scalars. A scalar that was
+ * exactly one unquoted reference to an empty or unset variable is null, as the text `token: ` would be; where such a
+ * scalar meets a key that wants a number or a boolean, its text is read as one (`weight: ${W}`).
+ */
 export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env): Config {
-  const doc = parseDocument(expandEnv(text, env), { prettyErrors: true });
+  const values: string[] = [];
+  const tag = `abgateenv${Math.random().toString(36).slice(2, 10)}x`;
+  const marked = text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => {
+    if (whole.startsWith("$$")) return whole.slice(1);
+    values.push(envValue(env, key, def));
+    return `${tag}${values.length - 1}x`;
+  });
+  const doc = parseDocument(marked, { prettyErrors: true });
   if (doc.errors.length) {
-    throw new ConfigError(doc.errors.map((e) => ({ path: `line ${e.linePos?.[0].line ?? "?"}`, message: e.message.split("\n")[0] })));
+    throw new ConfigError(doc.errors.map((e) => ({ path: `line ${e.linePos?.[0].line ?? "?"}`, message: e.message.split("\n")[0].replaceAll(tag, "$env") })));
   }
-  return validateConfig(doc.toJS(), baseDir);
+  if (values.length > 0) {
+    const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
+    const whole = new RegExp(`^${tag}(\\d+)x$`);
+    visit(doc, {
+      Scalar(key, node) {
+        if (typeof node.value !== "string" || !node.value.includes(tag)) return;
+        const only = whole.exec(node.value);
+        if (only !== null && key !== "key" && node.type === "PLAIN") {
+          const value = values[Number(only[1])]!;
+          node.value = value === "" ? null : new EnvValue(value);
+        } else node.value = node.value.replace(placeholder, (_, i: string) => values[Number(i)]!);
+      },
+    });
+  }
+  const envPaths = new Map<string, string>();
+  const raw = unwrapEnv(doc.toJS(), [], envPaths);
+  return validateConfig(raw, baseDir, envPaths);
+}
+
+const ENV_REFERENCE = /\$?\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+function envValue(env: NodeJS.ProcessEnv, key: string, def: string | undefined): string {
+  const v = env[key];
+  return v !== undefined && v !== "" ? v : (def ?? "");
+}
+
+/** Replaces EnvValues by their text, noting where each was (key path -> text). */
+function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>): unknown {
+  if (value instanceof EnvValue) {
+    found.set(pathOf(path), value.text);
+    return value.text;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found));
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found);
+    return out;
+  }
+  return value;
+}
+
+/** Where the schema wanted a number or a boolean and got a variable's text, the text read as one (or undefined). */
+function typedEnvValues(err: z.ZodError, raw: unknown, envPaths: Map<string, string>): boolean {
+  let changed = false;
+  for (const issue of err.issues) {
+    if (issue.code !== "invalid_type" || (issue.expected !== "number" && issue.expected !== "boolean")) continue;
+    const text = envPaths.get(pathOf(issue.path));
+    if (text === undefined) continue;
+    let typed: number | boolean | undefined;
+    if (issue.expected === "number" && /^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$/.test(text.trim())) typed = Number(text);
+    if (issue.expected === "boolean" && (text === "true" || text === "false")) typed = text === "true";
+    if (typed === undefined) continue;
+    let parent = raw as Record<PropertyKey, unknown>;
+    for (const p of issue.path.slice(0, -1)) parent = parent[p as string] as Record<PropertyKey, unknown>;
+    parent[issue.path.at(-1) as string] = typed;
+    changed = true;
+  }
+  return changed;
 }
 
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
