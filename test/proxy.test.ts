@@ -157,6 +157,19 @@ test("the unit comes from header, query or cookie; a request without one gets a 
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], id);
 });
 
+test("a UTF-8 unit in a header or cookie is the same unit as in the query string", async () => {
+  await fetch(`${gw.proxyUrl}/echo?user=${encodeURIComponent("zoë-😀")}`);
+  const fromQuery = a.requests.at(-1)!.headers["x-abgate-unit"];
+  assert.equal(fromQuery, encodeURIComponent("zoë-😀"));
+  await rawRequest(gw.proxyUrl, Buffer.concat([Buffer.from("GET /echo HTTP/1.1\r\nhost: x\r\nx-user-id: "), Buffer.from("zoë-😀"), Buffer.from("\r\n\r\n")]));
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], fromQuery);
+  await rawRequest(gw.proxyUrl, Buffer.concat([Buffer.from("GET /echo HTTP/1.1\r\nhost: x\r\ncookie: abgate_uid="), Buffer.from("zoë-😀"), Buffer.from("\r\n\r\n")]));
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], fromQuery);
+  // Bytes that are not UTF-8 are kept as they came, one character per byte.
+  await rawRequest(gw.proxyUrl, Buffer.concat([Buffer.from("GET /echo HTTP/1.1\r\nhost: x\r\nx-user-id: a"), Buffer.from([0xff]), Buffer.from("\r\n\r\n")]));
+  assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], encodeURIComponent("a\u00ff"));
+});
+
 test("a forced variant is honoured when allowed, and an unknown one is refused", async () => {
   const res = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "f", "x-abgate-force-variant": "treatment" } });
   assert.equal(res.headers.get("x-abgate-variant"), "treatment");

@@ -211,9 +211,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.hostMissing = scan.host === undefined;
     const { config } = ctx;
     const u = config.unit;
-    let unit = scan.unitHeader;
+    let unit = headerText(scan.unitHeader);
     if (!unit && u.query) unit = queryValue(request.url, u.query);
-    if (!unit) unit = cookieValue(scan.cookie, u.cookie);
+    if (!unit) unit = headerText(cookieValue(scan.cookie, u.cookie));
     if (unit) {
       this.unit = unit;
     } else {
@@ -553,6 +553,23 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const NON_ASCII = /[\u0080-\u00ff]/;
+
+/**
+ * A unit from a header or cookie, as text. Node's parser gives header values one character per byte, so a UTF-8
+ * id ("zoë") would be stored, hashed and matched against events as other characters than the same id from the
+ * query string or in an event's JSON; its bytes are decoded as UTF-8. Bytes that are not UTF-8 stay as they came.
+ */
+function headerText(value: string | undefined): string | undefined {
+  if (value === undefined || !NON_ASCII.test(value)) return value;
+  try {
+    return utf8.decode(Buffer.from(value, "latin1"));
+  } catch {
+    return value;
+  }
+}
+
 /** RFC 9110 §9.2.2: methods whose repetition has the effect of one request. */
 const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
@@ -619,7 +636,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const ts = Date.now();
   const scan = scanRequest(req, remoteAddress, unitHeaderName);
   const u = ctx.config.unit;
-  const unit = scan.unitHeader || (u.query ? queryValue(req.url, u.query) : undefined) || cookieValue(scan.cookie, u.cookie) || randomUUID();
+  const unit = headerText(scan.unitHeader) || (u.query ? queryValue(req.url, u.query) : undefined) || headerText(cookieValue(scan.cookie, u.cookie)) || randomUUID();
   const force = ctx.config.allowForce ? scan.force : undefined;
   const forced = force !== undefined && known.has(force);
   const assigned = forced ? force : ctx.strategy.assign(unit);
