@@ -79,6 +79,8 @@ before(async () => {
         return ok(socket, "connection: content-length\r\n");
       case "/gzip-chunked":
         return socket.write("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nzz\r\n0\r\n\r\n");
+      case "/no-content":
+        return socket.write("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
       case "/upgrade-refused":
         return ok(socket, "", "no upgrade");
       case "/upgrade-garbage":
@@ -145,6 +147,9 @@ test("response heads abgate and the client could read differently are refused wi
 test("a replica's Connection header cannot strip its Content-Length; transfer codings before chunked are kept", async () => {
   const listed = await rawRequest(gw.proxyUrl, "GET /connection-lists-length HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
   assert.match(listed, /\r\ncontent-length: 2\r\n/i);
+  const noContent = await rawRequest(gw.proxyUrl, "GET /no-content HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
+  assert.match(noContent, /^HTTP\/1\.1 204/);
+  assert.doesNotMatch(noContent, /content-length/i, "a 204 carries no Content-Length");
   const gz = await rawRequest(gw.proxyUrl, "GET /gzip-chunked HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
   const codings = [...gz.slice(0, gz.indexOf("\r\n\r\n")).matchAll(/\r\ntransfer-encoding: ([^\r]*)/gi)].map((m) => m[1]).join(", ");
   assert.equal(codings, "gzip, chunked");

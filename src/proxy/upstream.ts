@@ -404,6 +404,10 @@ export class UpstreamConnection {
       headers.push(name, value);
     }
     if (closeSeen) keepAlive = false;
+    if (status === 204 && contentLength !== -1) {
+      // RFC 9110 §8.6: no Content-Length in a 204; a client could take it as the length of a body that never comes.
+      (listed ??= new Set()).add("content-length");
+    }
     if (transferCoded && contentLength !== -1) {
       // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); relaying both would misframe the body.
       (listed ??= new Set()).add("content-length");
