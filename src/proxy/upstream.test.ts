@@ -440,6 +440,29 @@ describe("UpstreamConnection keep-alive", () => {
     pool.close();
   });
 
+  it("does not reuse a socket idle longer than maxIdleMs, nor any older one", async () => {
+    const pool = new UpstreamPool(HOST, server.port, { ...POOL_OPTS, maxIdleMs: 30 });
+    const conns = [pool.acquire(), pool.acquire()];
+    const outs = conns.map((c) => {
+      server.queue.push({ segments: [Buffer.from("HTTP/1.1 204 No Content\r\n\r\n")] });
+      return exchange(c);
+    });
+    await Promise.all(outs.map((o) => o.done));
+    assert.equal(pool.idleCount, 2);
+    const reused = pool.acquire();
+    assert.ok(conns.includes(reused), "a socket idle for less than maxIdleMs is reused");
+    const stale = conns.find((c) => c !== reused)!;
+    await pause(60);
+    const fresh = pool.acquire();
+    assert.ok(!conns.includes(fresh), "a socket idle for longer is not");
+    assert.equal(pool.idleCount, 0);
+    assert.equal(stale.socket.destroyed, true, "and it is closed");
+    fresh.destroy();
+    reused.destroy();
+    pool.close();
+    server.dropSockets();
+  });
+
   it("respects maxIdle and close()", async () => {
     const pool = new UpstreamPool(HOST, server.port, { ...POOL_OPTS, maxIdle: 1 });
     const conns = [pool.acquire(), pool.acquire()];

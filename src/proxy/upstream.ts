@@ -75,6 +75,13 @@ export interface UpstreamPoolOptions {
   responseTimeoutMs: number;
   /** idle keep-alive sockets kept per replica */
   maxIdle?: number;
+  /**
+   * a pooled socket idle longer than this is not reused (default 1,000). Replicas close idle keep-alive connections
+   * on their own timers (gunicorn after 2 s, uvicorn and Node after 5 s), and a request sent as one closes may have
+   * reached the replica: only idempotent requests are sent again then, so a POST would get a 502. A new connection
+   * to a replica on this host costs far less than that risk.
+   */
+  maxIdleMs?: number;
 }
 
 export class UpstreamConnection {
@@ -82,6 +89,8 @@ export class UpstreamConnection {
   readonly pool: UpstreamPool;
   /** true once the socket served a previous exchange (a failure may then just be a stale keep-alive socket) */
   reused = false;
+  /** when it went back to the pool (Date.now()) */
+  idleSinceMs = 0;
   #connected = false;
   #sink: UpstreamSink | null = null;
   #state = State.Idle;
@@ -560,6 +569,7 @@ export class UpstreamPool {
   #opts: UpstreamPoolOptions;
   #closed = false;
   #maxIdle: number;
+  #maxIdleMs: number;
 
   constructor(host: string, port: number, opts: UpstreamPoolOptions) {
     this.host = host;
@@ -567,19 +577,26 @@ export class UpstreamPool {
     this.address = `${host}:${port}`;
     this.#opts = opts;
     this.#maxIdle = opts.maxIdle ?? 512;
+    this.#maxIdleMs = opts.maxIdleMs ?? 1000;
   }
 
   /** A pooled idle connection, or a new one (writes are buffered by the socket until it connects). */
   acquire(fresh = false): UpstreamConnection {
     if (!fresh) {
       const c = this.#idle.pop();
-      if (c) return c;
+      if (c) {
+        if (Date.now() - c.idleSinceMs <= this.#maxIdleMs) return c;
+        // The most recently used socket is too old, so every one below it is: start afresh.
+        c.destroy();
+        this.dropIdle();
+      }
     }
     return new UpstreamConnection(this, this.host, this.port, this.#opts);
   }
 
   release(conn: UpstreamConnection): void {
     if (this.#closed || this.#idle.length >= this.#maxIdle) return conn.destroy();
+    conn.idleSinceMs = Date.now();
     this.#idle.push(conn);
   }
 
