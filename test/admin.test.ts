@@ -1,5 +1,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { startBackend, type Backend } from "./helpers/backends.ts";
 import { admin, testGateway } from "./helpers/gateway.ts";
 
@@ -174,4 +175,99 @@ test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
   const res = await admin(gw, "DELETE", "/v1/experiment");
   assert.equal(res.status, 405);
   assert.match(((await res.json()) as { error: string }).error, /allowed: GET/);
+});
+
+/** POST a body of `size` bytes to the admin listener, chunked or with content-length, reading the answer and noting whether the server closed the connection afterwards. */
+function postLarge(path: string, size: number, chunked: boolean): Promise<{ status: number; headers: IncomingHttpHeaders; body: string; closed: boolean }> {
+  const body = Buffer.alloc(size, " ");
+  body.write('[{"unit": "u", "event": "watched"}');
+  body.write("]", size - 1);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${gw.adminUrl}${path}`, {
+      method: "POST",
+      agent: false,
+      headers: { "content-type": "application/json", authorization: "Bearer ingest-token", ...(chunked ? {} : { "content-length": String(size) }) },
+    });
+    req.on("error", reject);
+    req.on("response", (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (text += c));
+      res.on("end", () => {
+        const done = (closed: boolean) => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text, closed });
+        if (req.socket?.destroyed) return done(true);
+        const timer = setTimeout(() => done(false), 5_000);
+        req.socket?.once("close", () => {
+          clearTimeout(timer);
+          done(true);
+        });
+      });
+    });
+    const step = 64 * 1024;
+    let i = 0;
+    const pump = () => {
+      while (i < body.length) {
+        const ok = req.write(body.subarray(i, (i += step)));
+        if (!ok) return void req.once("drain", pump);
+      }
+      req.end();
+    };
+    pump();
+  });
+}
+
+test("an oversized body gets a JSON 413 and then a closed connection, chunked or with content-length", async () => {
+  const before = await gw.store.counts("test");
+  for (const chunked of [true, false]) {
+    const res = await postLarge("/v1/events", 17 * 1024 * 1024, chunked);
+    assert.equal(res.status, 413, `chunked=${chunked}`);
+    assert.equal(res.headers.connection, "close");
+    assert.equal((JSON.parse(res.body) as { code: string }).code, "ABGATE_ERR_BODY_TOO_LARGE");
+    assert.ok(res.closed, "the connection is closed after the answer");
+  }
+  assert.equal((await gw.store.counts("test")).events, before.events, "nothing was stored");
+  assert.equal((await admin(gw, "GET", "/healthz")).status, 200, "the listener still answers");
+});
+
+test("weights: __proto__, constructor and any other key that is not a variant get the same 400 and change nothing", async () => {
+  const before = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  const answers: { status: number; code: string; error: string }[] = [];
+  for (const body of ['{"zz": 5}', '{"__proto__": 5}', '{"constructor": 5}', '{"toString": 5, "control": 1}', '{"hasOwnProperty": 5}']) {
+    const res = await admin(gw, "PUT", "/v1/weights", body);
+    const { code, error } = (await res.json()) as { code: string; error: string };
+    answers.push({ status: res.status, code, error });
+    assert.equal(res.status, 400, body);
+    assert.match(error, /unknown variant "\w+" in weights \(known: control, treatment\)/, body);
+  }
+  assert.equal(new Set(answers.map((a) => a.code)).size, 1, "one code for every unknown key");
+  const after = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  assert.deepEqual(after.variants.map((v) => v.weight), before.variants.map((v) => v.weight));
+});
+
+test("events: a value beyond ±1e150 or a ts outside 0..8.64e15 ms is refused with its index and field, and nothing is stored", async () => {
+  const post = (body: unknown) => admin(gw, "POST", "/v1/events", body, "ingest-token");
+  const ok = { unit: "u1", event: "watched" };
+  const before = await gw.store.counts("test");
+  const invalid: [unknown, RegExp][] = [
+    [[ok, { ...ok, value: 1e200 }], /events\[1\]\.value: at most 1e\+150/],
+    [[{ ...ok, value: -1e151 }], /events\[0\]\.value/],
+    [`[${JSON.stringify(ok)}, {"unit": "u1", "event": "watched", "value": 1e300}]`, /events\[1\]\.value/],
+    [[ok, ok, { ...ok, ts: 8.7e15 }], /events\[2\]\.ts/],
+    [`[{"unit": "u1", "event": "watched", "ts": 1764331200000000000}]`, /events\[0\]\.ts: .*8640000000000000/],
+    [`[{"unit": "u1", "event": "watched", "ts": 1e300}]`, /events\[0\]\.ts/],
+    [[{ ...ok, ts: -1 }], /events\[0\]\.ts/],
+    [[{ ...ok, ts: "1969-12-31T23:59:59Z" }], /events\[0\]\.ts/],
+    [{ ...ok, ts: 8.64e15 + 1 }, /^ts: /],
+  ];
+  for (const [body, re] of invalid) {
+    const res = await post(body);
+    assert.equal(res.status, 400, JSON.stringify(body));
+    const { error, code } = (await res.json()) as { error: string; code: string };
+    assert.match(error, re);
+    assert.equal(code, "ABGATE_ERR_EVENT_INVALID");
+  }
+  assert.equal((await gw.store.counts("test")).events, before.events, "nothing was stored");
+  const edges = await post([{ ...ok, value: 1e150 }, { ...ok, value: -1e150 }, { ...ok, ts: 0 }, { ...ok, ts: 8.64e15 }, { ...ok, ts: 1764331200000.5 }]);
+  assert.equal(edges.status, 200);
+  assert.deepEqual(await edges.json(), { accepted: 5 });
 });

@@ -1,8 +1,15 @@
 import { RequestError } from "../errors.ts";
-import type { OutcomeEvent } from "../store/types.ts";
+import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
 export const MAX_EVENTS_PER_REQUEST = 10_000;
-const MAX_UNIT_LENGTH = 512;
+/**
+ * Mean metrics sum squares of per-unit sums in doubles: one value of 1e200 squares to Infinity and makes the metric
+ * unanalysable for good, since events are never deleted. A square of at most 1e300 leaves headroom (doubles reach
+ * 1.8e308) for units with many events and for the sum over units, and no real outcome comes near 1e150.
+ */
+export const MAX_ABS_VALUE = 1e150;
+/** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
+export const MAX_TS_MS = 8.64e15;
 const FIELDS = new Set(["unit", "event", "value", "ts", "requestId"]);
 
 /**
@@ -27,18 +34,24 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     for (const k of Object.keys(e)) if (!FIELDS.has(k)) throw bad(i, k, "unknown field (expected unit, event, value, ts, requestId)");
     const { unit, event, value, ts, requestId } = e;
     if (typeof unit !== "string" || unit.length === 0) throw bad(i, "unit", "a non-empty string");
-    if (unit.length > MAX_UNIT_LENGTH) throw bad(i, "unit", `at most ${MAX_UNIT_LENGTH} characters`);
+    if (unit.length > MAX_UNIT_CHARS) throw bad(i, "unit", `at most ${MAX_UNIT_CHARS} characters`);
     if (typeof event !== "string" || event.length === 0) throw bad(i, "event", "a non-empty string");
     if (!knownEvents.has(event)) {
       throw bad(i, "event", `unknown event "${event}"; the metrics use ${knownEvents.size ? [...knownEvents].map((x) => `"${x}"`).join(", ") : "no events"}`);
     }
-    if (value !== undefined && value !== null && (typeof value !== "number" || !Number.isFinite(value))) throw bad(i, "value", "a finite number");
+    if (value !== undefined && value !== null) {
+      if (typeof value !== "number" || !Number.isFinite(value)) throw bad(i, "value", "a finite number");
+      if (Math.abs(value) > MAX_ABS_VALUE) throw bad(i, "value", `at most ${MAX_ABS_VALUE} in absolute value (got ${value})`);
+    }
     let tsMs = nowMs;
     if (ts !== undefined && ts !== null) {
       if (typeof ts === "number") tsMs = ts;
       else if (typeof ts === "string" && /^\d{4}-\d{2}-\d{2}T/.test(ts)) tsMs = Date.parse(ts);
       else throw bad(i, "ts", "an ISO 8601 time like 2026-11-28T12:00:00Z, or milliseconds since the epoch");
-      if (!Number.isFinite(tsMs) || tsMs < 0) throw bad(i, "ts", "a valid time");
+      if (!Number.isFinite(tsMs)) throw bad(i, "ts", "a valid time");
+      if (tsMs < 0 || tsMs > MAX_TS_MS) throw bad(i, "ts", `a time from 1970 on, at most ${MAX_TS_MS} milliseconds since the epoch (got ${JSON.stringify(ts)})`);
+      // The stores keep whole milliseconds; truncating here too means what is parsed is what gets stored.
+      tsMs = Math.trunc(tsMs);
     }
     if (requestId !== undefined && requestId !== null && typeof requestId !== "string") throw bad(i, "requestId", "a string");
     out[i] = { experiment, unit, event, value: typeof value === "number" ? value : null, ts: tsMs, requestId: typeof requestId === "string" ? requestId : null };

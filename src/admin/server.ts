@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import { AbgateError, InvalidArgumentError, RequestError } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
 import type { AdminContext } from "./context.ts";
@@ -7,6 +8,9 @@ import { parseEvents } from "./events.ts";
 import { createDashboardHandler, type DashboardHandler } from "../dashboard/routes.ts";
 
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
+const BODY_TOO_LARGE = "ABGATE_ERR_BODY_TOO_LARGE";
+/** How long a connection whose body we refused may keep sending (discarded) after our answer, like nginx's lingering_time. */
+const LINGER_MS = 2_000;
 
 export interface AdminServerContext extends AdminContext {
   metrics: GatewayMetrics;
@@ -31,21 +35,27 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     const declared = Number(req.headers["content-length"] ?? 0);
     if (declared > MAX_JSON_BYTES) {
       req.resume();
-      return reject(new RequestError(`body of ${declared} bytes exceeds ${MAX_JSON_BYTES}`, 413, "ABGATE_ERR_BODY_TOO_LARGE"));
+      return reject(new RequestError(`body of ${declared} bytes exceeds ${MAX_JSON_BYTES}`, 413, BODY_TOO_LARGE));
     }
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
     let size = 0;
+    let tooLarge = false;
     req.on("data", (c: Buffer) => {
+      if (tooLarge) return;
       size += c.length;
       if (size > MAX_JSON_BYTES) {
-        req.destroy();
-        reject(new RequestError(`body exceeds ${MAX_JSON_BYTES} bytes`, 413, "ABGATE_ERR_BODY_TOO_LARGE"));
+        // Not req.destroy(): that resets the connection before the 413 is written. The rest is read and dropped
+        // until the answer is out, then the connection is closed (closeAfterAnswer).
+        tooLarge = true;
+        chunks = [];
+        reject(new RequestError(`body exceeds ${MAX_JSON_BYTES} bytes`, 413, BODY_TOO_LARGE));
         return;
       }
       chunks.push(c);
     });
     req.on("error", reject);
     req.on("end", () => {
+      if (tooLarge) return;
       const text = Buffer.concat(chunks).toString("utf8");
       if (!text.trim()) return reject(new RequestError("empty body: expected JSON", 400, "ABGATE_ERR_BAD_JSON"));
       try {
@@ -57,14 +67,39 @@ function readJson(req: IncomingMessage): Promise<unknown> {
   });
 }
 
-function numberMap(body: unknown): Record<string, number> {
+/**
+ * A connection whose body is left unread cannot carry another request, so the answer says `connection: close`.
+ * Node then ends it with socket.destroySoon(), which destroys the socket once our FIN is out: the kernel answers
+ * the bytes the client is still sending with a reset, which can reach the client before it has read the answer
+ * (it sees ECONNRESET, not the 413). So, as nginx's lingering close does, shut only our side, keep discarding what
+ * arrives, and destroy when the client closes too or after LINGER_MS.
+ */
+function closeAfterAnswer(req: IncomingMessage): Record<string, string> {
+  const socket = req.socket;
+  socket.destroySoon = function (this: Socket) {
+    if (this.writable) this.end();
+    const whenSent = (): void => void (this.writableFinished ? this.destroy() : this.once("finish", () => this.destroy()));
+    if (this.readableEnded) return whenSent();
+    const timer = setTimeout(() => this.destroy(), LINGER_MS);
+    this.once("close", () => clearTimeout(timer));
+    this.once("end", whenSent);
+  };
+  req.resume();
+  return { connection: "close" };
+}
+
+function numberMap(body: unknown, variants: readonly string[]): Map<string, number> {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
   }
-  const out: Record<string, number> = {};
+  // A Map, not a plain object: `out["__proto__"] = 5` sets the prototype instead of a key, so the change would be
+  // answered 200 and do nothing. Names are checked here, with the strategy's own message, so that no key depends
+  // on how a strategy reads its argument.
+  const out = new Map<string, number>();
   for (const [k, v] of Object.entries(body)) {
+    if (!variants.includes(k)) throw new InvalidArgumentError(`unknown variant ${JSON.stringify(k)} in weights (known: ${variants.join(", ")})`);
     if (typeof v !== "number" || !Number.isFinite(v)) throw new RequestError(`${k}: weight must be a finite number`, 400, "ABGATE_ERR_WEIGHTS_INVALID");
-    out[k] = v;
+    out.set(k, v);
   }
   return out;
 }
@@ -107,7 +142,7 @@ export function createAdminServer(ctx: AdminServerContext): { server: Server; da
       case "/v1/weights": {
         allow("PUT,POST");
         requireAdmin(req);
-        const weights = numberMap(await readJson(req));
+        const weights = Object.fromEntries(numberMap(await readJson(req), variants));
         await ctx.setWeights(weights);
         ctx.log.info({ weights }, "weights changed");
         return sendJson(res, 200, { weights: (await ctx.experimentView()).variants.map((v) => ({ name: v.name, weight: v.weight })) });
@@ -165,7 +200,9 @@ export function createAdminServer(ctx: AdminServerContext): { server: Server; da
       if (status >= 500) ctx.log.error({ err, path: req.url }, "admin request failed");
       else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
       if (res.headersSent) return void res.destroy();
-      sendJson(res, status, { error: message, code }, status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : {});
+      const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : {};
+      if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
+      sendJson(res, status, { error: message, code }, extra);
     });
   });
   return { server, dashboard };

@@ -1,5 +1,8 @@
 import type { MetricConfig } from "../config/index.ts";
 
+/** Longest unit id, in UTF-16 code units; the proxy refuses longer units too, so every exposed unit can report outcomes. */
+export const MAX_UNIT_CHARS = 512;
+
 /** One proxied request, as recorded for analysis. */
 export interface Exposure {
   experiment: string;
