@@ -170,6 +170,16 @@ test("a UTF-8 unit in a header or cookie is the same unit as in the query string
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], encodeURIComponent("a\u00ff"));
 });
 
+test("a unit longer than events accept is refused with 400, not recorded", async () => {
+  const long = "u".repeat(513);
+  const res = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": long } });
+  assert.equal(res.status, 400);
+  assert.match(await res.text(), /unit longer than 512 characters/);
+  const ok = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "u".repeat(512) } });
+  assert.equal(ok.status, 200);
+  await ok.text();
+});
+
 test("a forced variant is honoured when allowed, and an unknown one is refused", async () => {
   const res = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "f", "x-abgate-force-variant": "treatment" } });
   assert.equal(res.headers.get("x-abgate-variant"), "treatment");

@@ -6,7 +6,7 @@ import type { Config } from "../config/index.ts";
 import { UpstreamError, upstreamStatus, type UpstreamFailure } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
 import type { Strategy } from "../strategies/types.ts";
-import type { Exposure } from "../store/types.ts";
+import { MAX_UNIT_CHARS, type Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
@@ -236,6 +236,9 @@ class Exchange implements UpstreamSink, ClientExchange {
       const maxBody = config.limits.maxBodyBytes;
       if (request.httpMinor === 1 && scan.host === undefined) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
+      } else if (this.unit.length > MAX_UNIT_CHARS) {
+        // An outcome event for such a unit would be refused, so its exposure could never convert.
+        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `unit longer than ${MAX_UNIT_CHARS} characters`, close: false, record: false };
       } else if (scan.duplicateHost) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
       } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
@@ -655,6 +658,10 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
+  if (unit.length > MAX_UNIT_CHARS) {
+    client.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
+    return;
+  }
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
   upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
   upstream.setTimeout(ctx.config.limits.connectTimeoutMs, () => {
