@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
@@ -13,6 +14,8 @@ interface Replica {
   restarts: number;
   startedAtMs: number;
   restartTimer?: TimerHandle;
+  /** why the last spawn failed (a command that does not exist, no permission), until the next spawn */
+  spawnError?: Error;
   /** last lines of output, shown when the replica crash-loops */
   tail: string[];
 }
@@ -29,6 +32,37 @@ export interface ProcessEngineOptions extends EngineOptions {
 }
 
 const TAIL_LINES = 20;
+
+/**
+ * Whether any process of the group still runs. A killed member stays a zombie until its parent reaps it (for
+ * orphans that is init, which some container inits do late), and a zombie holds no port: it does not count.
+ */
+function groupRuns(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+  if (process.platform !== "linux") return true;
+  let pids: string[];
+  try {
+    pids = readdirSync("/proc").filter((n) => /^\d+$/.test(n));
+  } catch {
+    return true;
+  }
+  for (const pid of pids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so read after the last ")"
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(pgrp) === pgid && state !== "Z" && state !== "X") return true;
+  }
+  return false;
+}
 
 /** Local processes, one per replica, each given its PORT; crashed ones restart with exponential backoff. */
 export class ProcessEngine implements Engine {
@@ -57,8 +91,10 @@ export class ProcessEngine implements Engine {
         const port = await this.#ports.allocate(v.port !== undefined ? v.port + i : undefined);
         const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
         this.#replicas.push(r);
-        this.#spawn(r);
-        onProgress?.(`${v.name}-${i}: started ${v.command!.join(" ")} on port ${port} (pid ${r.child?.pid})`);
+        // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid
+        const err = await this.#spawn(r);
+        if (err) onProgress?.(`${v.name}-${i}: could not start ${v.command!.join(" ")}: ${err.message} (retrying with backoff)`);
+        else onProgress?.(`${v.name}-${i}: started ${v.command!.join(" ")} on port ${port} (pid ${r.child?.pid})`);
       }
     }
     this.#publish();
@@ -68,16 +104,21 @@ export class ProcessEngine implements Engine {
     this.#opts.log?.(level, msg, fields);
   }
 
-  #spawn(r: Replica): void {
+  /** Start a replica; resolves once it runs (undefined) or could not be started (the error). */
+  #spawn(r: Replica): Promise<Error | undefined> {
     const [cmd, ...args] = r.variant.command!;
     const id = `${r.variant.name}-${r.index}`;
     const child = spawn(cmd, args, {
       cwd: r.variant.cwd,
       env: { ...process.env, ...r.variant.env, PORT: String(r.port), ABGATE_VARIANT: r.variant.name, ABGATE_REPLICA: String(r.index) },
       stdio: ["ignore", "pipe", "pipe"],
+      // Its own process group, so that signals reach what the command starts too (`sh -c "a & b & wait"`,
+      // npm scripts): killing only the direct child would leave those running, holding the replica's port.
+      detached: true,
     });
     r.child = child;
     r.running = true;
+    r.spawnError = undefined;
     r.startedAtMs = this.#clock.now();
     const onData = (buf: Buffer) => {
       for (const line of buf.toString("utf8").split("\n")) {
@@ -89,29 +130,56 @@ export class ProcessEngine implements Engine {
     };
     child.stdout!.on("data", onData);
     child.stderr!.on("data", onData);
-    child.on("error", (err) => {
-      r.tail.push(`spawn error: ${err.message}`);
-      this.#exited(r, child, null, null);
+    const spawned = new Promise<Error | undefined>((resolve) => {
+      child.once("spawn", () => resolve(undefined));
+      child.on("error", (err) => {
+        // Only a failed spawn leaves no pid; later errors (a failed kill) do not mean the replica stopped
+        if (child.pid !== undefined) return;
+        r.spawnError = err;
+        r.tail.push(`spawn error: ${err.message}`);
+        this.#exited(r, child, null, null);
+        resolve(err);
+      });
     });
     child.on("exit", (code, signal) => this.#exited(r, child, code, signal));
+    return spawned;
+  }
+
+  /** Signal a replica's whole process group; false when the group is gone. */
+  #signalGroup(child: ChildProcess | undefined, signal: NodeJS.Signals): boolean {
+    if (child?.pid === undefined) return false;
+    try {
+      process.kill(-child.pid, signal);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ESRCH") return false;
+      // EPERM: the group is there but not ours to signal (a member changed its uid); nothing more to do here
+      return (err as NodeJS.ErrnoException).code === "EPERM";
+    }
   }
 
   #exited(r: Replica, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (r.child !== child || !r.running) return;
     r.running = false;
     this.#publish();
+    // stop() gives what is left of the group its grace period itself
     if (this.#stopping) return;
+    // What the replica started may outlive it and keep its port: the restart would then fail to bind. The
+    // child is then forgotten, so that no later kill aims at its pid once the system has reused it.
+    this.#signalGroup(child, "SIGKILL");
+    r.child = undefined;
     const id = `${r.variant.name}-${r.index}`;
     if (this.#clock.now() - r.startedAtMs >= this.#opts.stableAfterMs) r.restarts = 0;
     r.restarts++;
     const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
-    const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts };
+    const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
     if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping; last output:\n${r.tail.join("\n")}`, fields);
+    else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
     else this.#log("warn", `replica ${id} exited`, fields);
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
       if (!this.#stopping) {
-        this.#spawn(r);
+        void this.#spawn(r);
         this.#publish();
       }
     }, delayMs);
@@ -144,22 +212,34 @@ export class ProcessEngine implements Engine {
     return this.#set.onChange(listener);
   }
 
+  /** Signal every replica's process group, including what is left of one whose direct child already exited. */
   #killAll(signal: NodeJS.Signals): void {
     for (const r of this.#replicas) {
       r.restartTimer?.cancel();
-      if (r.running) r.child?.kill(signal);
+      this.#signalGroup(r.child, signal);
     }
   }
 
   async stop(graceMs = 5000): Promise<void> {
     this.#stopping = true;
-    const waits = this.#replicas
-      .filter((r) => r.running && r.child)
-      .map((r) => new Promise<void>((resolve) => r.child!.once("exit", () => resolve())));
+    const children = this.#replicas.filter((r) => r.child?.pid !== undefined).map((r) => ({ r, child: r.child! }));
     this.#killAll("SIGTERM");
-    const timer = setTimeout(() => this.#killAll("SIGKILL"), graceMs);
-    await Promise.all(waits);
-    clearTimeout(timer);
+    const deadline = Date.now() + graceMs;
+    // Past this, what is left cannot be killed by us (another user's process, one stuck in the kernel): waiting
+    // longer would only hang the shutdown
+    const giveUpAt = deadline + 2000;
+    let killed = false;
+    // Done when every direct child has exited (so its exit is recorded) and every group is empty: a grandchild
+    // that ignores SIGTERM would otherwise survive us.
+    for (;;) {
+      const left = children.filter(({ r, child }) => (r.child === child && r.running) || groupRuns(child.pid!));
+      if (left.length === 0 || Date.now() >= giveUpAt) break;
+      if (!killed && Date.now() >= deadline) {
+        killed = true;
+        for (const { child } of left) this.#signalGroup(child, "SIGKILL");
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
     process.removeListener("exit", this.#exitHook);
     this.#publish();
   }

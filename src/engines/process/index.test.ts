@@ -1,0 +1,170 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseConfig } from "../../config/index.ts";
+import { ProcessEngine } from "./index.ts";
+
+const CLI = fileURLToPath(new URL("../../cli/main.ts", import.meta.url));
+const ROOT = fileURLToPath(new URL("../../..", import.meta.url));
+const ENGINE = fileURLToPath(new URL("./index.ts", import.meta.url));
+
+/**
+ * A replica command whose real work runs as grandchildren of abgate (a shell wrapper that does not exec): a
+ * node process that ignores SIGTERM, so that only the SIGKILL after the grace period ends it, and a sleep.
+ * Their pids are printed (the node one once its handler is in place), to stdout, which also shows that the
+ * replica's output is still read, or appended to `file`.
+ */
+function wrapper(file?: string): string {
+  const print = file ? `require('fs').appendFileSync(${JSON.stringify(file).replaceAll('"', "'")}, 'grandchild ' + process.pid + '\\n')` : "console.log('grandchild ' + process.pid)";
+  return `node -e "process.on('SIGTERM', () => {}); ${print}; setInterval(() => {}, 1000)" & sleep 1000 & echo "grandchild $!"${file ? ` >>${file}` : ""}; wait`;
+}
+const WRAPPER = wrapper();
+
+/** `sh -c <script>` as a YAML flow sequence (JSON is YAML), so that the script's quotes need no escaping. */
+const cmd = (script: string): string => JSON.stringify(["sh", "-c", script]);
+
+function configFor(dir: string, variants: string): ReturnType<typeof parseConfig> {
+  return parseConfig(`experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24600 }\nvariants:\n${variants}`, dir, {});
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    assert.equal((err as NodeJS.ErrnoException).code, "ESRCH");
+    return false;
+  }
+  // A killed orphan is a zombie until init reaps it (late, in some containers); it no longer runs.
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
+  } catch {
+    return true;
+  }
+}
+
+async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+const grandchildren = (lines: string[]): number[] => lines.flatMap((l) => /^grandchild (\d+)$/.exec(l.trim())?.[1] ?? []).map(Number);
+
+test("process engine: stop() ends a replica's grandchildren too, with SIGKILL for one that ignores SIGTERM", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd(WRAPPER)} }\n`));
+  await engine.start();
+  const pids = await until("both grandchildren", () => {
+    const g = grandchildren(engine.tail("control-0"));
+    return g.length === 2 ? g : undefined;
+  });
+  const shell = engine.pids()["control-0"];
+  assert.ok(shell, "the wrapper runs");
+  for (const pid of pids) assert.ok(alive(pid), `grandchild ${pid} runs before stop`);
+
+  const started = Date.now();
+  await engine.stop(300);
+  assert.ok(Date.now() - started >= 250, "the grace period was given before SIGKILL");
+  for (const pid of [shell, ...pids]) assert.equal(alive(pid), false, `process ${pid} is gone once stop() returns`);
+  assert.deepEqual(engine.endpoints(), []);
+});
+
+test("process engine: a crashed replica's leftovers are killed before it restarts", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd('sleep 1000 & echo "grandchild $!"; sleep 0.3; exit 3')} }\n`), { backoffMs: 20 });
+  await engine.start();
+  try {
+    const [first] = await until("the first grandchild", () => {
+      const g = grandchildren(engine.tail("control-0"));
+      return g.length ? g : undefined;
+    });
+    await until("a restart", () => (grandchildren(engine.tail("control-0")).length >= 2 ? true : undefined));
+    await until(`grandchild ${first} of the crashed run to end`, () => (alive(first) ? undefined : true), 5_000);
+  } finally {
+    await engine.stop(1000);
+  }
+  for (const pid of grandchildren(engine.tail("control-0"))) assert.equal(alive(pid), false, `grandchild ${pid} is gone`);
+});
+
+test("process engine: a command that does not exist is reported with its error, and retried with backoff", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const logged: { level: string; msg: string; fields?: Record<string, unknown> }[] = [];
+  const progress: string[] = [];
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: [/nonexistent/abgate-no-such-binary, x] }\n`), {
+    backoffMs: 20,
+    log: (level, msg, fields) => logged.push({ level, msg, fields }),
+  });
+  await engine.start((line) => progress.push(line));
+  try {
+    assert.equal(progress.length, 1);
+    assert.match(progress[0], /^control-0: could not start \/nonexistent\/abgate-no-such-binary x: .*ENOENT/);
+    assert.doesNotMatch(progress[0], /pid/);
+    await until("three attempts", () => (logged.length >= 3 ? true : undefined));
+    assert.match(logged[0].msg, /^replica control-0 could not start: .*ENOENT/);
+    assert.deepEqual(
+      logged.slice(0, 3).map((l) => l.fields?.restarts),
+      [1, 2, 3],
+      "each failure backs off further",
+    );
+    assert.deepEqual(engine.endpoints(), []);
+  } finally {
+    await engine.stop(1000);
+  }
+});
+
+test("process engine: replicas and their grandchildren die when the process exits without stop()", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  writeFileSync(join(dir, "abgate.yaml"), `experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24600 }\nvariants:\n  - { name: control, command: ${cmd(WRAPPER)} }\n`);
+  // What a CLI command does when it is done: print, then process.exit() with the engine still running.
+  writeFileSync(
+    join(dir, "run.mts"),
+    `import { loadConfig } from ${JSON.stringify(fileURLToPath(new URL("../../config/index.ts", import.meta.url)))};
+     import { ProcessEngine } from ${JSON.stringify(ENGINE)};
+     const engine = new ProcessEngine(loadConfig(${JSON.stringify(join(dir, "abgate.yaml"))}));
+     await engine.start();
+     const deadline = Date.now() + 10_000;
+     while (engine.tail("control-0").filter((l) => l.startsWith("grandchild")).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+     console.log(JSON.stringify({ shell: engine.pids()["control-0"], lines: engine.tail("control-0") }));
+     process.exit(0);`,
+  );
+  const child = spawn(process.execPath, ["--import", "tsx", join(dir, "run.mts")], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (c) => (stdout += c));
+  child.stderr.on("data", (c) => (stderr += c));
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  assert.equal(code, 0, stderr);
+  const { shell, lines } = JSON.parse(stdout) as { shell: number; lines: string[] };
+  const pids = grandchildren(lines);
+  assert.equal(pids.length, 2, stdout);
+  for (const pid of [shell, ...pids]) await until(`process ${pid} to end`, () => (alive(pid) ? undefined : true), 5_000);
+});
+
+test("abgate up: a failed startup leaves none of a replica's grandchildren behind", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  // Never healthy (nothing listens on PORT), so `up` gives up after --wait-timeout and stops the engine
+  const file = join(dir, "abgate.yaml");
+  writeFileSync(
+    file,
+    `experiment: procs\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 24600 }\n` +
+      `variants:\n  - { name: control, command: ${cmd(wrapper(join(dir, "pids")))}, health: { path: /, intervalMs: 100, timeoutMs: 100, rise: 1, fall: 1 } }\n`,
+  );
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, "up", "-c", file, "--wait-timeout", "1500"], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (c) => (stderr += c));
+  child.stdout.resume();
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  assert.equal(code, 1, stderr);
+  assert.match(stderr, /did not become healthy|healthy/, stderr);
+  const pids = grandchildren(readFileSync(join(dir, "pids"), "utf8").split("\n"));
+  assert.equal(pids.length, 2);
+  for (const pid of pids) assert.equal(alive(pid), false, `grandchild ${pid} is gone once abgate has exited`);
+});
