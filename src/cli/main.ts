@@ -1,12 +1,12 @@
 import { Command, CommanderError, Option } from "commander";
 import { loadConfig, type Config } from "../config/index.ts";
-import { ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
+import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
 import { startGateway, type Gateway } from "../gateway.ts";
 import { createEngine } from "../engines/index.ts";
 import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
-import { adminCall, adminTarget } from "./admin-client.ts";
+import { adminCall, adminTarget, answers } from "./admin-client.ts";
 
 const program = new Command();
 program
@@ -125,11 +125,32 @@ program
   .command("ps")
   .description("replicas, ports and health")
   .addOption(configOption())
-  .action(async (opts: { config: string }) => {
+  .option("--admin <url>", "static and process engines: admin API URL of the running abgate (default: from the config's admin.listen)")
+  .action(async (opts: { config: string; admin?: string }) => {
     const config = loadConfig(opts.config);
+    if (config.engine === "static" || config.engine === "process") {
+      // No containers to find by label: process replicas exist only inside a running abgate, and only it
+      // knows their health (and that of static endpoints), so ask it rather than needing Docker.
+      const target = adminTarget(config, { admin: opts.admin });
+      const view = await adminCall(target, "GET", "/v1/experiment", answers.experiment);
+      if (view.experiment !== config.experiment) {
+        throw new AbgateError(`the abgate at ${target.adminUrl} runs experiment ${view.experiment}, not ${config.experiment}`, "ABGATE_ERR_WRONG_EXPERIMENT");
+      }
+      out(formatReplicaTable(view.variants.flatMap((v) => v.replicas)) || `no replicas of experiment ${config.experiment}`);
+      return;
+    }
     const { ps } = await import("./docker-commands.ts");
     await ps(config);
   });
+
+/** `abgate ps` for the static and process engines: the running gateway's view of each replica. */
+function formatReplicaTable(replicas: { id: string; address: string; health: string; outstanding?: number }[]): string {
+  if (replicas.length === 0) return "";
+  const head = ["REPLICA", "ADDRESS", "HEALTH", "IN-FLIGHT"];
+  const cells = replicas.map((r) => [r.id, r.address, r.health, String(r.outstanding ?? "-")]);
+  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  return [head, ...cells].map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]))).join("  ")).join("\n");
+}
 
 program
   .command("logs <variant>")
@@ -197,7 +218,7 @@ adminOptions(program.command("weights <assignments...>").description("set weight
       weights[m[1]] = Number(m[2]);
     }
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    const res = (await adminCall(adminTarget(config, opts), "PUT", "/v1/weights", weights)) as { weights: { name: string; weight: number }[] };
+    const res = await adminCall(adminTarget(config, opts), "PUT", "/v1/weights", answers.weights, weights);
     out(`weights: ${res.weights.map((w) => `${w.name}=${w.weight}`).join(" ")}`);
   },
 );
@@ -205,15 +226,15 @@ adminOptions(program.command("weights <assignments...>").description("set weight
 adminOptions(program.command("promote <variant>").description("send all traffic to a variant")).action(
   async (variant: string, opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    await adminCall(adminTarget(config, opts), "POST", "/v1/promote", { variant });
-    out(`promoted ${variant}: it now gets all traffic`);
+    const res = await adminCall(adminTarget(config, opts), "POST", "/v1/promote", answers.promote, { variant });
+    out(`promoted ${res.promoted}: it now gets all traffic`);
   },
 );
 
 adminOptions(program.command("rollback").description("send all traffic to the control")).action(
   async (opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    const res = (await adminCall(adminTarget(config, opts), "POST", "/v1/rollback")) as { rolledBackTo: string };
+    const res = await adminCall(adminTarget(config, opts), "POST", "/v1/rollback", answers.rollback);
     out(`rolled back: all traffic to ${res.rolledBackTo}`);
   },
 );

@@ -22,12 +22,26 @@ export function createDockerClient(): Docker {
 }
 
 /**
+ * The address a client really connects to, for messages. docker-modem 5 keeps `socketPath` as a function when
+ * no DOCKER_HOST is set (it picks ~/.docker/run/docker.sock or /var/run/docker.sock on first use), so it is
+ * resolved the way the modem resolves it rather than printed.
+ */
+export async function connectsTo(docker: Docker): Promise<string> {
+  const modem = docker.modem as { socketPath?: unknown; getSocketPath?: () => Promise<unknown> | undefined; host?: string; port?: number | string; protocol?: string };
+  if (modem.socketPath) {
+    const path = await Promise.resolve(typeof modem.getSocketPath === "function" ? modem.getSocketPath() : modem.socketPath).catch(() => undefined);
+    return typeof path === "string" && path ? path : dockerAddress();
+  }
+  if (modem.host) return `${modem.protocol ?? "http"}://${modem.host}:${modem.port ?? ""}`;
+  return dockerAddress();
+}
+
+/**
  * Fail fast, with a useful message, when no engine answers: the user learns which socket was tried and how
  * to get an engine, instead of an ECONNREFUSED from deep inside a build.
  */
 export async function ensureReachable(docker: Docker, timeoutMs = 5_000): Promise<void> {
-  const modem = docker.modem as { socketPath?: string; host?: string; port?: number | string; protocol?: string };
-  const where = modem.socketPath ?? (modem.host ? `${modem.protocol ?? "http"}://${modem.host}:${modem.port ?? ""}` : dockerAddress());
+  const where = await connectsTo(docker);
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([

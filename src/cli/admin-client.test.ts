@@ -1,0 +1,117 @@
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runCli, startCli } from "../../test/helpers/cli.ts";
+import { parseConfig } from "../config/index.ts";
+import { adminTarget } from "./admin-client.ts";
+
+/** Not abgate: answers every request 200 "hello", like a model behind the proxy port. */
+let hello: Server;
+let helloUrl: string;
+let abgate: { child: ChildProcess; exited: Promise<number | null> };
+let adminUrl: string;
+let proxyUrl: string;
+let configFile: string;
+
+before(async () => {
+  hello = createServer((req, res) => {
+    req.resume();
+    res.end("hello");
+  });
+  await new Promise<void>((resolve) => hello.listen(0, "127.0.0.1", resolve));
+  helloUrl = `http://127.0.0.1:${(hello.address() as AddressInfo).port}`;
+  const dir = mkdtempSync(join(tmpdir(), "abgate-admin-cli-"));
+  configFile = join(dir, "abgate.yaml");
+  writeFileSync(
+    configFile,
+    `experiment: cli\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: config-token }\nstore: sqlite:./a.db\nengine: static\nlogLevel: warn\n` +
+      `variants:\n  - { name: control, url: '${helloUrl}' }\n  - { name: treatment, url: '${helloUrl}' }\n`,
+  );
+  const ready = /proxy (http:\/\/[^,]+), admin (http:\/\/\S+)/;
+  const cli = await startCli(["serve", "-c", configFile], ready, { env: { ABGATE_ADMIN_TOKEN: "" } });
+  [, proxyUrl, adminUrl] = ready.exec(cli.stdout())!;
+  abgate = cli;
+});
+
+after(async () => {
+  abgate.child.kill("SIGTERM");
+  await abgate.exited;
+  await new Promise((resolve) => hello.close(resolve));
+});
+
+const noEnvToken = { ABGATE_ADMIN_TOKEN: "" };
+
+test("promote, rollback, weights: a server that answers 200 but is not abgate's admin API is an error naming its URL", async () => {
+  for (const target of [helloUrl, proxyUrl]) {
+    for (const args of [["promote", "treatment"], ["rollback"], ["weights", "control=20", "treatment=80"]]) {
+      const res = await runCli([...args, "--admin", target, "--token", "t"]);
+      assert.equal(res.code, 1, `${args[0]} at ${target}: ${res.stdout}${res.stderr}`);
+      assert.equal(res.stdout, "", `${args[0]} reports no success`);
+      assert.match(res.stderr, new RegExp(`^abgate: ${target.replaceAll(".", "\\.")} is not an abgate admin API: .* answered 200 with "hello"`), res.stderr);
+      assert.doesNotMatch(res.stderr, /undefined|Cannot read/);
+    }
+  }
+});
+
+test("promote, rollback, weights: the real admin API's answers are accepted and reported", async () => {
+  const env = { env: noEnvToken };
+  const weights = await runCli(["weights", "control=20", "treatment=80", "--admin", adminUrl, "--token", "config-token"], env);
+  assert.equal(weights.code, 0, weights.stderr);
+  assert.equal(weights.stdout, "weights: control=20 treatment=80\n");
+  const promote = await runCli(["promote", "treatment", "--admin", adminUrl, "--token", "config-token"], env);
+  assert.equal(promote.code, 0, promote.stderr);
+  assert.equal(promote.stdout, "promoted treatment: it now gets all traffic\n");
+  const rollback = await runCli(["rollback", "--admin", adminUrl, "--token", "config-token"], env);
+  assert.equal(rollback.code, 0, rollback.stderr);
+  assert.equal(rollback.stdout, "rolled back: all traffic to control\n");
+  const unknown = await runCli(["promote", "nope", "--admin", adminUrl, "--token", "config-token"], env);
+  assert.equal(unknown.code, 1);
+  assert.match(unknown.stderr, /POST \/v1\/promote: 400 variant: one of control, treatment/, "abgate's own errors still come through");
+});
+
+test("an empty ABGATE_ADMIN_TOKEN does not hide the config's token", async () => {
+  const config = parseConfig("experiment: cli\nengine: static\nadmin: { token: config-token }\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9' }\n", "/tmp", {});
+  assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "" }).token, "config-token");
+  assert.equal(adminTarget(config, { token: "" }, { ABGATE_ADMIN_TOKEN: "" }).token, "config-token");
+  assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "env-token" }).token, "env-token", "a set variable still wins over the config");
+  assert.equal(adminTarget(undefined, {}, { ABGATE_ADMIN_TOKEN: "" }).token, undefined);
+
+  const ok = await runCli(["rollback", "-c", configFile, "--admin", adminUrl], { env: noEnvToken });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "rolled back: all traffic to control\n");
+  const wrong = await runCli(["rollback", "-c", configFile, "--admin", adminUrl], { env: { ABGATE_ADMIN_TOKEN: "wrong" } });
+  assert.equal(wrong.code, 1);
+  assert.match(wrong.stderr, /401 .*pass --token or set ABGATE_ADMIN_TOKEN/);
+});
+
+test("--admin that is not an http(s) URL is a usage error (exit 2) naming --admin", async () => {
+  for (const bad of ["notaurl", "ftp://127.0.0.1:8081", ""]) {
+    for (const args of [["promote", "treatment"], ["rollback"], ["weights", "control=1"]]) {
+      const res = await runCli([...args, "--admin", bad], { env: noEnvToken });
+      assert.equal(res.code, 2, `${args[0]} --admin ${JSON.stringify(bad)}: ${res.stderr}`);
+      assert.match(res.stderr, /^abgate: --admin ".*": expected an http\(s\) URL/, res.stderr);
+    }
+  }
+});
+
+test("abgate ps for the static engine answers from the running abgate, without Docker", async () => {
+  const res = await runCli(["ps", "-c", configFile, "--admin", adminUrl], { env: { DOCKER_HOST: "unix:///nonexistent/docker.sock" } });
+  assert.equal(res.code, 0, res.stderr);
+  const lines = res.stdout.trimEnd().split("\n");
+  assert.match(lines[0], /^REPLICA\s+ADDRESS\s+HEALTH\s+IN-FLIGHT$/);
+  const host = helloUrl.replace("http://", "");
+  assert.match(res.stdout, new RegExp(`^control-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+\\d+$`, "m"));
+  assert.match(res.stdout, new RegExp(`^treatment-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+\\d+$`, "m"));
+
+  const notRunning = await runCli(["ps", "-c", configFile, "--admin", "http://127.0.0.1:9"]);
+  assert.equal(notRunning.code, 1);
+  assert.match(notRunning.stderr, /no abgate admin API answers at http:\/\/127\.0\.0\.1:9/);
+  const notAbgate = await runCli(["ps", "-c", configFile, "--admin", helloUrl]);
+  assert.equal(notAbgate.code, 1);
+  assert.match(notAbgate.stderr, /is not an abgate admin API/);
+});
