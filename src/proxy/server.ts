@@ -557,7 +557,6 @@ class Exchange implements UpstreamSink, ClientExchange {
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
-const NON_ASCII = /[\u0080-\u00ff]/;
 
 /**
  * A unit from a header or cookie, as text. Node's parser gives header values one character per byte, so a UTF-8
@@ -565,7 +564,15 @@ const NON_ASCII = /[\u0080-\u00ff]/;
  * query string or in an event's JSON; its bytes are decoded as UTF-8. Bytes that are not UTF-8 stay as they came.
  */
 function headerText(value: string | undefined): string | undefined {
-  if (value === undefined || !NON_ASCII.test(value)) return value;
+  if (value === undefined) return value;
+  let ascii = true;
+  for (let i = 0; i < value.length; i++) {
+    if (value.charCodeAt(i) > 127) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return value;
   try {
     return utf8.decode(Buffer.from(value, "latin1"));
   } catch {

@@ -441,7 +441,8 @@ describe("UpstreamConnection keep-alive", () => {
   });
 
   it("does not reuse a socket idle longer than maxIdleMs, nor any older one", async () => {
-    const pool = new UpstreamPool(HOST, server.port, { ...POOL_OPTS, maxIdleMs: 30 });
+    // Ages are measured to the sweeper's tick (SWEEP_INTERVAL_MS), so the limit and the wait leave room for it.
+    const pool = new UpstreamPool(HOST, server.port, { ...POOL_OPTS, maxIdleMs: 1.5 * SWEEP_INTERVAL_MS });
     const conns = [pool.acquire(), pool.acquire()];
     const outs = conns.map((c) => {
       server.queue.push({ segments: [Buffer.from("HTTP/1.1 204 No Content\r\n\r\n")] });
@@ -452,7 +453,7 @@ describe("UpstreamConnection keep-alive", () => {
     const reused = pool.acquire();
     assert.ok(conns.includes(reused), "a socket idle for less than maxIdleMs is reused");
     const stale = conns.find((c) => c !== reused)!;
-    await pause(60);
+    await pause(4 * SWEEP_INTERVAL_MS);
     const fresh = pool.acquire();
     assert.ok(!conns.includes(fresh), "a socket idle for longer is not");
     assert.equal(pool.idleCount, 0);

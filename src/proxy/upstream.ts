@@ -79,7 +79,7 @@ export interface UpstreamPoolOptions {
    * a pooled socket idle longer than this is not reused (default 1,000). Replicas close idle keep-alive connections
    * on their own timers (gunicorn after 2 s, uvicorn and Node after 5 s), and a request sent as one closes may have
    * reached the replica: only idempotent requests are sent again then, so a POST would get a 502. A new connection
-   * to a replica on this host costs far less than that risk.
+   * to a replica on this host costs far less than that risk. Ages are measured to SWEEP_INTERVAL_MS.
    */
   maxIdleMs?: number;
 }
@@ -541,6 +541,13 @@ const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 /** Connections with an exchange in flight; the sweeper fails those past their deadline. */
 const busy = new Set<UpstreamConnection>();
+/** Date.now() as of the sweeper's last tick; read while it ticks, so that pooling a socket costs no clock call */
+let tickMs = 0;
+
+/** Now, to SWEEP_INTERVAL_MS, for the pool's idle ages: the sweeper's tick under load, the real clock otherwise. */
+function idleClockMs(): number {
+  return sweeper !== null ? tickMs : Date.now();
+}
 let sweeper: NodeJS.Timeout | null = null;
 /** Timeouts are checked by one coarse timer instead of a socket timer per connection, which Node would re-arm
  * on every read and write; a timeout may fire up to this much late. */
@@ -548,13 +555,14 @@ export const SWEEP_INTERVAL_MS = 100;
 
 function ensureSweeper(): void {
   if (sweeper) return;
+  tickMs = Date.now();
   sweeper = setInterval(() => {
     if (busy.size === 0) {
       clearInterval(sweeper!);
       sweeper = null;
       return;
     }
-    const now = Date.now();
+    const now = (tickMs = Date.now());
     for (const c of busy) if (now > c.deadlineMs) c.expire();
   }, SWEEP_INTERVAL_MS);
   sweeper.unref();
@@ -585,7 +593,7 @@ export class UpstreamPool {
     if (!fresh) {
       const c = this.#idle.pop();
       if (c) {
-        if (Date.now() - c.idleSinceMs <= this.#maxIdleMs) return c;
+        if (idleClockMs() - c.idleSinceMs <= this.#maxIdleMs) return c;
         // The most recently used socket is too old, so every one below it is: start afresh.
         c.destroy();
         this.dropIdle();
@@ -596,7 +604,7 @@ export class UpstreamPool {
 
   release(conn: UpstreamConnection): void {
     if (this.#closed || this.#idle.length >= this.#maxIdle) return conn.destroy();
-    conn.idleSinceMs = Date.now();
+    conn.idleSinceMs = idleClockMs();
     this.#idle.push(conn);
   }
 
