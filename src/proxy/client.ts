@@ -174,7 +174,11 @@ export class ClientConnection {
     // Flowing, so that EOF and errors surface as 'end' and 'close' (no data reaches the stream itself: the
     // parser has it).
     socket.resume();
-    this.setDeadline(Deadline.Idle, server.limits.idleTimeoutMs);
+    // A new connection gets the header timeout to start its request, as nginx's client_header_timeout and HAProxy's
+    // timeout http-request do: the idle timeout (longer) is for waiting between requests of a kept-alive connection,
+    // and would let a client hold connections that never say anything. Still an Idle deadline: nothing to answer
+    // when it passes, and a drain closes such a connection at once.
+    this.setDeadline(Deadline.Idle, Math.min(server.limits.idleTimeoutMs, server.limits.headersTimeoutMs));
   }
 
   setDeadline(kind: Deadline, inMs: number): void {

@@ -700,6 +700,15 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
     }
     const status = Number(statusLine[1]);
+    // The same health bookkeeping as a request's answer (onHead): a 5xx counts toward ejection, anything else
+    // resets the replica's streak.
+    if (status >= 500) {
+      replica.failing++;
+      ctx.balancer.health.reportFailure(replica.id);
+    } else if (replica.failing > 0) {
+      replica.failing = 0;
+      ctx.balancer.health.reportSuccess(replica.id);
+    }
     // Mark the answer with our headers: insert them after the status line.
     client.write(first.subarray(0, eol + 2));
     client.write(`x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
@@ -722,6 +731,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   });
   upstream.on("error", (err) => {
     if (!answered) {
+      replica.failing++;
       ctx.balancer.health.reportFailure(replica.id);
       reject("connect", `upgrade to ${replica.id} failed: ${err.message}`);
     } else client.destroy();
