@@ -90,15 +90,17 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         log.warn("saved strategy state is unreadable; starting from the configured weights");
       }
     }
-    const strategy = createStrategy(config.strategy.kind, {
-      variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
-      salt: config.salt,
-      hash: config.strategy.hash,
-      random,
-      restore,
-      floor: config.strategy.floor,
-      burnInUnits: config.strategy.burnInUnits,
-    });
+    const strategyFrom = (from: StrategyState | undefined) =>
+      createStrategy(config.strategy.kind, {
+        variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
+        salt: config.salt,
+        hash: config.strategy.hash,
+        random,
+        restore: from,
+        floor: config.strategy.floor,
+        burnInUnits: config.strategy.burnInUnits,
+      });
+    const strategy = strategyFrom(restore);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
     const saveStrategy = () => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(strategy.snapshot()));
     await saveStrategy();
@@ -147,6 +149,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const token = adminToken;
 
     let setWeightsChain: Promise<void> = Promise.resolve();
+    let lastCounts = { exposures: 0, events: 0 };
     const startedAt = new Date(clock.now()).toISOString();
     const adminCtx: AdminContext = {
       config,
@@ -156,8 +159,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       async setWeights(weights) {
         // Serialized, so that two quick changes persist in the order they were applied.
         const run = setWeightsChain.then(async () => {
+          // Saved before it is applied: on a copy first (the change is deterministic given the state), so that a
+          // store that cannot save it leaves the live weights as they were, instead of a change answered with an
+          // error that takes effect anyway and is then lost at the next restart.
+          const trial = strategyFrom(strategy.snapshot());
+          trial.setWeights(weights);
+          await store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(trial.snapshot()));
           strategy.setWeights(weights);
-          await saveStrategy();
         });
         setWeightsChain = run.catch(() => undefined);
         await run;
@@ -165,7 +173,14 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       async experimentView(): Promise<ExperimentView> {
         const weights = strategy.weights();
         const liveByVariant = new Map(live.snapshot().map((l) => [l.variant, l]));
-        const counts = await store.counts(config.experiment);
+        // The view is how an operator sees replicas and health, which matter most while the database is down:
+        // then it shows the counts read last, and says why they are not current.
+        let counts: { exposures: number; events: number; storeError?: string };
+        try {
+          counts = lastCounts = await store.counts(config.experiment);
+        } catch (err) {
+          counts = { ...lastCounts, storeError: err instanceof Error ? err.message : String(err) };
+        }
         let requests = 0;
         return {
           experiment: config.experiment,
@@ -190,7 +205,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
             return { name, weight: weights[name] ?? 0, replicas, requests: req, healthyReplicas: replicas.filter((r) => r.health === "healthy").length };
           }),
           ranges: strategy.ranges(),
-          counts: { exposures: counts.exposures, events: counts.events, requests },
+          counts: { exposures: counts.exposures, events: counts.events, requests, ...(counts.storeError !== undefined ? { storeError: counts.storeError } : {}) },
           metrics: config.metrics.map((m) => ({ name: m.name, kind: m.kind })),
         };
       },

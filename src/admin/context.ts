@@ -35,7 +35,8 @@ export interface ExperimentView {
   startedAt: string;
   variants: { name: string; weight: number; replicas: ReplicaView[]; requests: number; healthyReplicas: number }[];
   ranges?: Range[];
-  counts: { exposures: number; events: number; requests: number };
+  /** storeError: the store could not be read; exposures and events are then the counts read last */
+  counts: { exposures: number; events: number; requests: number; storeError?: string };
   metrics: { name: string; kind: string }[];
 }
 

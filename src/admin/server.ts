@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { AbgateError, InvalidArgumentError, RequestError } from "../errors.ts";
+import { AbgateError, InvalidArgumentError, RequestError, StoreError } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
 import type { AdminContext } from "./context.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -195,12 +195,15 @@ export function createAdminServer(ctx: AdminServerContext): { server: Server; da
         code = err.code;
       } else if (err instanceof AbgateError) {
         code = err.code;
+        // The database is down or refused the write: a condition of the service, not of the request, which the
+        // client can retry (POST /v1/events is all or nothing, so nothing of it was stored).
+        if (err instanceof StoreError) status = 503;
       }
       const message = err instanceof Error ? err.message : String(err);
       if (status >= 500) ctx.log.error({ err, path: req.url }, "admin request failed");
       else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
       if (res.headersSent) return void res.destroy();
-      const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : {};
+      const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : status === 503 ? { "retry-after": "5" } : {};
       if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
       sendJson(res, status, { error: message, code }, extra);
     });
