@@ -170,11 +170,14 @@ test("a UTF-8 unit in a header or cookie is the same unit as in the query string
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], encodeURIComponent("a\u00ff"));
 });
 
-test("a unit longer than events accept is refused with 400, not recorded", async () => {
+test("a unit longer than events accept, or with a NUL, is refused with 400, not recorded", async () => {
   const long = "u".repeat(513);
   const res = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": long } });
   assert.equal(res.status, 400);
   assert.match(await res.text(), /unit longer than 512 characters/);
+  const nul = await fetch(`${gw.proxyUrl}/echo?user=a%00b`);
+  assert.equal(nul.status, 400);
+  assert.match(await nul.text(), /unit contains NUL/);
   const ok = await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "u".repeat(512) } });
   assert.equal(ok.status, 200);
   await ok.text();

@@ -43,3 +43,11 @@ test("one value out of range fails the whole batch, naming its index", () => {
   const batch = [...Array.from({ length: 5 }, () => ({ unit: "u", event: "watched", value: 1 })), { unit: "u", event: "watched", value: 1e200 }];
   refused(batch, /^events\[5\]\.value/);
 });
+
+test("units and request ids with NUL or an unpaired surrogate are refused (PostgreSQL cannot store them as they are)", () => {
+  refused([{ unit: "a\u0000b", event: "watched" }], /^events\[0\]\.unit: text without NUL or unpaired surrogates/);
+  refused([{ unit: "a\ud800b", event: "watched" }], /^events\[0\]\.unit: text without NUL/);
+  refused([{ unit: "\udfff", event: "watched" }], /^events\[0\]\.unit: text without NUL/);
+  refused([{ unit: "u", event: "watched", requestId: "r\u0000" }], /^events\[0\]\.requestId: a string without NUL/);
+  assert.equal(parse({ unit: "zoë-😀", event: "watched" })[0]!.unit, "zoë-😀", "pairs are fine");
+});

@@ -10,6 +10,8 @@ export const MAX_EVENTS_PER_REQUEST = 10_000;
 export const MAX_ABS_VALUE = 1e150;
 /** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
 export const MAX_TS_MS = 8.64e15;
+/** A UTF-16 surrogate that is not half of a pair (in u-mode a pair is one code point, which \p{Cs} does not match). */
+const LONE_SURROGATE = /\p{Cs}/u;
 const FIELDS = new Set(["unit", "event", "value", "ts", "requestId"]);
 
 /**
@@ -35,6 +37,9 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     const { unit, event, value, ts, requestId } = e;
     if (typeof unit !== "string" || unit.length === 0) throw bad(i, "unit", "a non-empty string");
     if (unit.length > MAX_UNIT_CHARS) throw bad(i, "unit", `at most ${MAX_UNIT_CHARS} characters`);
+    // Units the proxy can never see, and that PostgreSQL cannot store as they are (NUL is refused; lone surrogates
+    // become U+FFFD, merging distinct units): refused here rather than stored differently by each store.
+    if (unit.includes("\u0000") || LONE_SURROGATE.test(unit)) throw bad(i, "unit", "text without NUL or unpaired surrogates");
     if (typeof event !== "string" || event.length === 0) throw bad(i, "event", "a non-empty string");
     if (!knownEvents.has(event)) {
       throw bad(i, "event", `unknown event "${event}"; the metrics use ${knownEvents.size ? [...knownEvents].map((x) => `"${x}"`).join(", ") : "no events"}`);
@@ -53,7 +58,9 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
       // The stores keep whole milliseconds; truncating here too means what is parsed is what gets stored.
       tsMs = Math.trunc(tsMs);
     }
-    if (requestId !== undefined && requestId !== null && typeof requestId !== "string") throw bad(i, "requestId", "a string");
+    if (requestId !== undefined && requestId !== null && (typeof requestId !== "string" || requestId.includes("\u0000") || LONE_SURROGATE.test(requestId))) {
+      throw bad(i, "requestId", "a string without NUL or unpaired surrogates");
+    }
     out[i] = { experiment, unit, event, value: typeof value === "number" ? value : null, ts: tsMs, requestId: typeof requestId === "string" ? requestId : null };
   }
   return out;

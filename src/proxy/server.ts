@@ -239,6 +239,9 @@ class Exchange implements UpstreamSink, ClientExchange {
       } else if (this.unit.length > MAX_UNIT_CHARS) {
         // An outcome event for such a unit would be refused, so its exposure could never convert.
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `unit longer than ${MAX_UNIT_CHARS} characters`, close: false, record: false };
+      } else if (this.unit.includes("\u0000")) {
+        // ?user=a%00b: no store is asked to keep a NUL (PostgreSQL cannot), and events refuse such units too.
+        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "unit contains NUL", close: false, record: false };
       } else if (scan.duplicateHost) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
       } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
@@ -665,7 +668,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
-  if (unit.length > MAX_UNIT_CHARS) {
+  if (unit.length > MAX_UNIT_CHARS || unit.includes("\u0000")) {
     client.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     return;
   }

@@ -3,6 +3,8 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import {
   ExposureRollupBuilder,
+  exposureProblem,
+  MAX_LATENCY_MS,
   histogramQuantile,
   latencyBucket,
   latencyBucketValueMs,
@@ -116,5 +118,17 @@ describe("rollupExposures", () => {
         assert.deepEqual(b.result(), rollupExposures(rows, cache));
       }),
     );
+  });
+});
+
+describe("exposureProblem", () => {
+  const ok: Exposure = { experiment: "e", ts: 1, requestId: "r", unit: "u", assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
+  it("refuses rows no store could keep alike: NUL in unit or request id, a latency the histogram cannot bucket", () => {
+    assert.equal(exposureProblem(ok), null);
+    assert.match(exposureProblem({ ...ok, unit: "a\u0000b" }) ?? "", /NUL/);
+    assert.match(exposureProblem({ ...ok, requestId: "\u0000" }) ?? "", /NUL/);
+    assert.equal(exposureProblem({ ...ok, latencyMs: MAX_LATENCY_MS }), null);
+    assert.ok(Number.isFinite(latencyBucket(MAX_LATENCY_MS)));
+    assert.match(exposureProblem({ ...ok, latencyMs: 1e305 }) ?? "", /latencyMs must be at most/);
   });
 });

@@ -24,6 +24,9 @@ export function minuteOf(ts: number): number {
 const LATENCY_GAMMA = 1.05;
 const LOG_GAMMA = Math.log(LATENCY_GAMMA);
 
+/** Largest latency an exposure may carry (ms): well inside what the µs histogram can bucket. */
+export const MAX_LATENCY_MS = 1e300;
+
 export function latencyBucket(latencyMs: number): number {
   const us = latencyMs * 1000;
   if (!(us >= 1)) return 0;
@@ -99,6 +102,8 @@ export function exposureProblem(e: Exposure): string | null {
   if (!Number.isFinite(e.ts) || !Number.isFinite(e.latencyMs) || !Number.isInteger(e.status)) {
     return "ts, latencyMs and status must be finite numbers (status an integer)";
   }
+  // Beyond this, latency * 1000 (µs) overflows and the histogram bucket is Infinity, which PostgreSQL refuses.
+  if (e.latencyMs > MAX_LATENCY_MS) return `latencyMs must be at most ${MAX_LATENCY_MS}`;
   if (
     typeof e.experiment !== "string" ||
     typeof e.unit !== "string" ||
@@ -109,6 +114,8 @@ export function exposureProblem(e: Exposure): string | null {
   ) {
     return "experiment, requestId, unit, assigned, served and replica must be strings";
   }
+  // PostgreSQL's text cannot hold NUL: one such row would fail its batch on every retry, and block the ones after.
+  if (e.unit.includes("\u0000") || e.requestId.includes("\u0000")) return "unit and requestId must not contain NUL";
   return null;
 }
 
