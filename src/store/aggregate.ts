@@ -33,6 +33,56 @@ function windowOf(m: { windowMs?: number | undefined }): number {
 
 const num = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v));
 
+/*
+ * Sums of doubles that cannot raise on PostgreSQL. IEEE 754 arithmetic (SQLite's, and JS's) rounds an overflowing
+ * product or sum to ±Infinity and an underflowing product to 0; PostgreSQL's float8 operators, SUM's included, raise
+ * "value out of range: overflow" / "underflow" instead (float8_pl and float8_mul in src/include/utils/float.h call
+ * float_overflow_error when a result is infinite but no operand was, and float_underflow_error when a product of
+ * non-zero operands is 0). Events are never deleted, so one such row would fail every report from then on. Hence:
+ * - a square that would underflow is taken as 0 up front: |m| < 1e-160 gives 0. (1e-160)² = 1e-320 is still a
+ *   subnormal above 0, so no larger |m| squares to exactly 0, the one case PostgreSQL raises on. Squares below
+ *   1e-320 are all this drops;
+ * - terms are split at a magnitude below which their sum cannot reach DBL_MAX (~2^1024) even over 2^63 rows, and
+ *   the terms above it are summed scaled by 2^-600, which keeps them and their sum finite and normal (a row that is
+ *   already Infinity stays so, and does not raise: PostgreSQL raises only when no operand was infinite). JS scales
+ *   that sum back (`plainSum`, `sumOfSquares`): the product is Infinity exactly when the true sum overflows, as in
+ *   IEEE arithmetic. Multiplying by a power of two is exact while values stay normal, which the band limits
+ *   guarantee, so otherwise the figures are those of plain IEEE sums up to the order of the additions.
+ * Both stores run this SQL, so they still agree by construction. The literals are the shortest decimals of the
+ * exact powers of two, and both databases parse them to exactly those doubles (the tests check the results).
+ */
+/** 2^-600 */
+const SCALE = "2.409919865102884e-181";
+/** 2^600: applied twice to a scaled sum of squares, once to a scaled plain sum */
+const SCALE_BACK = 2 ** 600;
+/** 2^450: squares up to 2^900, summed over 2^63 rows, stay below 2^963; above it, (m·2^-600)² lies in (2^-300, 2^848] */
+const SQUARE_SPLIT = "2.9073548971824276e+135";
+/** 2^960: values up to it, summed over 2^63 rows, stay below 2^1023; above it, x·2^-600 lies in (2^360, 2^424] */
+const SUM_SPLIT = "9.7453140114e+288";
+/** squares of smaller magnitudes would underflow (see above) */
+const SQUARE_ZERO_BELOW = "1e-160";
+
+/**
+ * Two columns, `${alias}_lo` and `${alias}_hi`, whose combination by `plainSum` is SUM(x), without raising. (A CASE
+ * without ELSE gives NULL, which SUM skips; a column of NULLs sums to NULL, read as 0.)
+ */
+function safeSumSql(x: string, alias: string): string {
+  return `SUM(CASE WHEN ABS(${x}) <= ${SUM_SPLIT} THEN ${x} END) AS ${alias}_lo,
+          SUM(CASE WHEN ABS(${x}) > ${SUM_SPLIT} THEN ${x} * ${SCALE} END) AS ${alias}_hi`;
+}
+function plainSum(r: Record<string, unknown> | undefined, alias: string): number {
+  return num(r?.[`${alias}_lo`]) + num(r?.[`${alias}_hi`]) * SCALE_BACK;
+}
+
+/** Two columns whose combination by `sumOfSquares` is SUM(m * m), without raising. */
+function safeSumSquaresSql(m: string, alias: string): string {
+  return `SUM(CASE WHEN ABS(${m}) BETWEEN ${SQUARE_ZERO_BELOW} AND ${SQUARE_SPLIT} THEN ${m} * ${m} END) AS ${alias}_lo,
+          SUM(CASE WHEN ABS(${m}) > ${SQUARE_SPLIT} THEN (${m} * ${SCALE}) * (${m} * ${SCALE}) END) AS ${alias}_hi`;
+}
+function sumOfSquares(r: Record<string, unknown> | undefined, alias: string): number {
+  return num(r?.[`${alias}_lo`]) + num(r?.[`${alias}_hi`]) * SCALE_BACK * SCALE_BACK;
+}
+
 type EventMetric = Extract<MetricConfig, { kind: "conversion" | "mean" }>;
 
 /** Sufficient statistics for the report (see the module comment for what counts). */
@@ -48,7 +98,7 @@ export async function aggregateExperiment(
   );
   const reqRows = await query(
     `SELECT variant, SUM(requests) AS requests, SUM(fallback) AS fallback, SUM(forced) AS forced, SUM(errors) AS errors,
-            SUM(latency_n) AS latency_n, SUM(latency_sum) AS latency_sum, SUM(latency_sum_sq) AS latency_sum_sq,
+            SUM(latency_n) AS latency_n, ${safeSumSql("latency_sum", "latency_sum")}, ${safeSumSql("latency_sum_sq", "latency_sum_sq")},
             MIN(min_ts) AS min_ts, MAX(max_ts) AS max_ts
        FROM minute_stats WHERE experiment = ? GROUP BY variant`,
     [experiment],
@@ -106,8 +156,8 @@ export async function aggregateExperiment(
           const hist = histByVariant.get(v) ?? [];
           byVariant[v] = {
             n: num(r?.latency_n),
-            sum: num(r?.latency_sum),
-            sumSquares: num(r?.latency_sum_sq),
+            sum: plainSum(r, "latency_sum"),
+            sumSquares: plainSum(r, "latency_sum_sq"),
             p50: histogramQuantile(hist, 0.5),
             p99: histogramQuantile(hist, 0.99),
           };
@@ -161,7 +211,8 @@ async function latencyHistograms(query: Query, experiment: string): Promise<Map<
 /**
  * One pass over the events of each event name serves every conversion and mean metric on that event: per unit the
  * inner query computes a 0/1 flag (conversion) or a windowed sum (mean) for each metric; the outer query sums those
- * per first variant. Result: metric name -> variant -> {sum, sumSquares} of the per-unit column.
+ * per first variant. Result: metric name -> variant -> {sum, sumSquares} of the per-unit column (sumSquares for
+ * mean metrics only; 0 for conversions, whose report needs none).
  */
 async function eventMetricStats(
   query: Query,
@@ -182,9 +233,15 @@ async function eventMetricStats(
     list.forEach((m, i) => {
       const w = windowOf(m);
       const inWindow = w === NO_WINDOW_MS ? "1 = 1" : `e.ts <= u.first_ts + ${w}`;
-      if (m.kind === "conversion") inner.push(`MAX(CASE WHEN ${inWindow} THEN 1 ELSE 0 END) AS m${i}`);
-      else inner.push(`SUM(CASE WHEN ${inWindow} THEN COALESCE(e.value, 0) ELSE 0 END) AS m${i}`);
-      outer.push(`SUM(m${i}) AS s${i}`, `SUM(m${i} * m${i}) AS q${i}`);
+      // A conversion's flag needs no squares: its variance follows from the count. A mean's SUM(m) needs no guard:
+      // the API caps |value| at 1e150 (admin/events.ts), so even 2^63 events sum to under 2^562.
+      if (m.kind === "conversion") {
+        inner.push(`MAX(CASE WHEN ${inWindow} THEN 1 ELSE 0 END) AS m${i}`);
+        outer.push(`SUM(m${i}) AS s${i}`);
+      } else {
+        inner.push(`SUM(CASE WHEN ${inWindow} THEN COALESCE(e.value, 0) ELSE 0 END) AS m${i}`);
+        outer.push(`SUM(m${i}) AS s${i}`, safeSumSquaresSql(`m${i}`, `q${i}`));
+      }
     });
     const rows = await query(
       // Grouping by the unit alone (the variant is the same on all its rows, hence MAX) lets SQLite aggregate in
@@ -199,7 +256,9 @@ async function eventMetricStats(
     );
     list.forEach((m, i) => {
       const perVariant = new Map<string, { sum: number; sumSquares: number }>();
-      for (const r of rows) perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: num(r[`q${i}`]) });
+      for (const r of rows) {
+        perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: m.kind === "mean" ? sumOfSquares(r, `q${i}`) : 0 });
+      }
       result.set(m.name, perVariant);
     });
   }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { MetricConfig } from "../config/index.ts";
 import { StoreError } from "../errors.ts";
+import { meanTest } from "../stats/frequentist.ts";
 import type { Exposure, OutcomeEvent, Store } from "./types.ts";
 
 /** One empty database; `open()` may be called several times (reopen after close, two instances at once). */
@@ -334,6 +335,51 @@ export function storeConformance(factory: StoreFactory): void {
       const m = agg.metrics[0]!;
       assert.ok(m.kind === "mean");
       assert.deepEqual(m.byVariant.control, { n: 1250, sum: 5000, sumSquares: 1250 * 16 });
+    });
+
+    it("aggregates squares and sums past the double range as IEEE arithmetic does (Infinity, 0) instead of failing", async () => {
+      // PostgreSQL raises on float8 overflow and underflow where SQLite and JS round; see aggregate.ts.
+      const store = await open(await fresh());
+      await store.writeExposures([
+        x("big", 0, "control", { latencyMs: 1e154 }), // (1e154 + 1)² = 1e308: two such minute rows sum past DBL_MAX
+        x("small", 1, "control", { latencyMs: 1 }),
+        x("e150", 2, "control", { latencyMs: 2 }),
+        x("tiny", 3, "treatment", { latencyMs: 1 }),
+        x("two", 4, "treatment", { latencyMs: 2 }),
+        x("p451", 5, "treatment", { latencyMs: 3 }),
+      ]);
+      await store.writeExposures([x("big", 60_000, "control", { latencyMs: 1e154 })]); // the other minute row
+      // Two requests of the API's largest batch at its largest value: big's sum is 2e154, whose square overflows.
+      for (let k = 0; k < 2; k++) await store.writeEvents(Array.from({ length: 10_000 }, () => ev("big", "watched", 10, 1e150)));
+      await store.writeEvents([
+        ev("small", "watched", 10, 3),
+        ev("e150", "watched", 10, 1e150), // squares to a finite 1e300
+        ev("tiny", "watched", 10, 1e-200), // its square underflows to 0
+        ev("two", "watched", 10, 2),
+        // Past the split between aggregate.ts's bands: its square comes out exactly 2^902 only if the scaling by
+        // 2^-600 and back is exact in this database.
+        ev("p451", "watched", 10, 2 ** 451),
+      ]);
+      const mean: MetricConfig = { name: "minutes", kind: "mean", event: "watched" };
+      const latency: MetricConfig = { name: "latency", kind: "latency" };
+      const agg = await store.aggregate("exp", ["control", "treatment"], [mean, latency]);
+      const [m, l] = agg.metrics;
+      assert.ok(m?.kind === "mean" && l?.kind === "latency");
+      const c = m.byVariant.control!;
+      const t = m.byVariant.treatment!;
+      assert.equal(c.n, 3);
+      assert.ok(Math.abs(c.sum / 2.0001e154 - 1) < 1e-9, `control sum ${c.sum}`);
+      assert.equal(c.sumSquares, Infinity);
+      assert.deepEqual(t, { n: 3, sum: 2 ** 451, sumSquares: 2 ** 902 });
+      // What the report then does with it: that metric is flagged, the rest of the report goes on.
+      assert.equal(meanTest(c, t).error, "INVALID_INPUT");
+      assert.equal(meanTest(t, t).error, undefined);
+      const lc = l.byVariant.control!;
+      const lt = l.byVariant.treatment!;
+      assert.deepEqual([lc.n, lc.sum, lc.sumSquares], [4, 2e154, Infinity]);
+      assert.deepEqual([lt.n, lt.sum, lt.sumSquares], [3, 6, 14]);
+      assert.equal(meanTest(lc, lt).error, "INVALID_INPUT");
+      assert.deepEqual((await store.minutes("exp", [mean, latency], 0)).map((b) => b.latencySumMs), [1e154 + 3, 6, 1e154]);
     });
 
     it("stores state per experiment and key, last write wins", async () => {

@@ -1,7 +1,8 @@
 import { createRequire } from "node:module";
+import { Socket } from "node:net";
 import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
-import { StoreError } from "../../errors.ts";
+import { InvalidArgumentError, StoreError } from "../../errors.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
 import {
@@ -33,7 +34,43 @@ export interface PostgresStoreOptions {
   maxConnections?: number;
   /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
   unitCacheSize?: number;
+  /** how long opening a connection may take, TCP and start-up handshake (default 5,000 ms) */
+  connectTimeoutMs?: number;
+  /** the server's `statement_timeout` for each statement of a write (default 15,000 ms) */
+  writeTimeoutMs?: number;
+  /** the server's `statement_timeout` for each query of a read: report, dashboard, counts, state (default 60,000 ms) */
+  readTimeoutMs?: number;
 }
+
+/*
+ * Timeouts, so that a server that stops answering (hung, SIGSTOPped, behind a network partition that drops packets)
+ * fails writes and reads with a StoreError instead of leaving them, and shutdown, waiting forever.
+ * - Writes: a 2,000-row exposure batch (the batcher's largest write) took 70 ms (median; at most 100 ms) and a
+ *   10,000-event batch 160-190 ms on a local PostgreSQL 15 here, so 15 s per statement leaves a margin of over 75x
+ *   for a loaded or remote server.
+ * - Reads: the report's queries scan every event of an experiment (issue 4's target: under 5 s for 10M exposures
+ *   and 1M events), so they get 60 s each.
+ * The server enforces these (`statement_timeout`): it cancels the statement and answers an error, and the connection
+ * stays usable. The client gives up CLIENT_GRACE_MS later (pg's `query_timeout`), which only a server that answers
+ * nothing at all reaches; that connection is then in an unknown state and is discarded.
+ */
+const CONNECT_TIMEOUT_MS = 5_000;
+const WRITE_TIMEOUT_MS = 15_000;
+const READ_TIMEOUT_MS = 60_000;
+const CLIENT_GRACE_MS = 2_000;
+/**
+ * A transaction left open by a client that vanished (abgate killed, or cut off by a partition, mid-write) would hold
+ * its row locks on the rollups, blocking every other abgate's writes, until the server's TCP keepalive noticed:
+ * hours by default. Ours run their statements back to back, so a minute idle inside one means it is abandoned.
+ */
+const IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000;
+/**
+ * `close()` lets queries in flight finish for this long past their own client-side timeout, then destroys the
+ * sockets: a server that stopped answering neither answers them nor acknowledges a goodbye.
+ */
+const CLOSE_GRACE_MS = 1_000;
+/** pg's per-query `query_timeout` falls back to the pool's when 0, and Node timers hold at most 2^31 - 1 ms (24.8 days). */
+const NO_CLIENT_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** Any fixed 64-bit number: the advisory lock that serialises concurrent `init()`s of several abgate processes. */
 const MIGRATION_LOCK_ID = 0x61626761_7465n; // "abgate"
@@ -88,11 +125,38 @@ export class PostgresStore implements Store {
   #cache: UnitCache;
   #initialised = false;
   #closed = false;
+  readonly #writeTimeoutMs: number;
+  readonly #readTimeoutMs: number;
+  /** every socket the pool opened and that has not closed yet, each with a promise of its 'close' */
+  readonly #sockets = new Map<Socket, Promise<void>>();
 
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
     this.#cache = new UnitCache(options.unitCacheSize ?? 100_000);
-    this.#pool = new (pgLib().Pool)({ connectionString: url, max: options.maxConnections ?? 4, types });
+    const connectTimeoutMs = timeoutOption(options, "connectTimeoutMs", CONNECT_TIMEOUT_MS);
+    this.#writeTimeoutMs = timeoutOption(options, "writeTimeoutMs", WRITE_TIMEOUT_MS);
+    this.#readTimeoutMs = timeoutOption(options, "readTimeoutMs", READ_TIMEOUT_MS);
+    this.#pool = new (pgLib().Pool)({
+      connectionString: url,
+      max: options.maxConnections ?? 4,
+      types,
+      connectionTimeoutMillis: connectTimeoutMs,
+      // The connection's statement_timeout is the read timeout (reads go through pool.query, one statement each);
+      // write transactions lower it with SET LOCAL in the same round trip as their BEGIN. The client-side default
+      // is the writes'; reads and migrations name their own.
+      statement_timeout: this.#readTimeoutMs,
+      query_timeout: this.#writeTimeoutMs + CLIENT_GRACE_MS,
+      idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_TIMEOUT_MS,
+      // pg's own socket, made here so that close() can destroy what a hung server never closes.
+      stream: () => {
+        const socket = new Socket();
+        this.#sockets.set(socket, new Promise((resolve) => socket.once("close", () => {
+          this.#sockets.delete(socket);
+          resolve();
+        })));
+        return socket;
+      },
+    });
     // An idle client that loses its server emits 'error' on the pool; without a listener that would crash the process.
     this.#pool.on("error", () => {});
   }
@@ -108,7 +172,11 @@ export class PostgresStore implements Store {
     }
   }
 
-  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string): Promise<T> {
+  /**
+   * Runs `fn` in a transaction whose statements each get `statementTimeoutMs` on the server (0: none). On the client
+   * each query gets writeTimeoutMs + CLIENT_GRACE_MS (the pool's `query_timeout`) unless it names its own.
+   */
+  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string, statementTimeoutMs = this.#writeTimeoutMs): Promise<T> {
     if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
     let client: pgModule.PoolClient;
     try {
@@ -116,27 +184,41 @@ export class PostgresStore implements Store {
     } catch (err) {
       throw new StoreError(`cannot connect to ${this.#where} to ${what}: ${(err as Error).message}`, { cause: err });
     }
+    /** set when the connection cannot be trusted any more: release() then closes it instead of pooling it */
+    let broken: Error | undefined;
     try {
-      await client.query("BEGIN");
+      // One round trip: the simple query protocol runs both statements of the string.
+      await client.query(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
       const result = await fn(client);
       await client.query("COMMIT");
       return result;
     } catch (err) {
-      await client.query("ROLLBACK").catch(() => {});
+      // An error the server answered (pg's DatabaseError: a constraint, a statement timeout) or one of our own
+      // checks leaves the connection usable and the transaction to roll back. Anything else (no answer in time, a
+      // dropped socket) leaves it in an unknown state, mid-statement maybe, where a ROLLBACK would only queue behind
+      // that statement: the connection is closed instead, which ends the transaction on the server.
+      if (err instanceof pgLib().DatabaseError || err instanceof StoreError) {
+        await client.query("ROLLBACK").catch((e: Error) => (broken = e));
+      } else {
+        broken = err as Error;
+      }
       if (err instanceof StoreError) throw err;
-      throw new StoreError(`cannot ${what} on ${this.#where}: ${(err as Error).message}`, { cause: err });
+      throw new StoreError(`cannot ${what} on ${this.#where}: ${reason(err)}`, { cause: err });
     } finally {
-      client.release();
+      client.release(broken);
     }
   }
 
   async init(): Promise<void> {
     await this.#tx(async (c) => {
-      await c.query(`SELECT pg_advisory_xact_lock($1)`, [MIGRATION_LOCK_ID.toString()]);
-      await c.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      // No timeouts here: a migration may rewrite a big table, and a second abgate waits on this lock until the
+      // first one's migration is done. A server that hangs before init() connects fails it in connectTimeoutMs.
+      const q = (text: string, values: unknown[] = []) => c.query(withQueryTimeout(text, values, NO_CLIENT_TIMEOUT_MS));
+      await q(`SELECT pg_advisory_xact_lock($1)`, [MIGRATION_LOCK_ID.toString()]);
+      await q(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`);
-      const res = await c.query<{ version: number }>(`SELECT version FROM schema_migrations`);
-      const applied = new Set(res.rows.map((r) => r.version));
+      const res = await q(`SELECT version FROM schema_migrations`);
+      const applied = new Set(res.rows.map((r) => Number(r.version)));
       const newest = Math.max(0, ...applied);
       if (newest > latestSchemaVersion) {
         throw new StoreError(
@@ -145,10 +227,10 @@ export class PostgresStore implements Store {
       }
       for (const m of migrations) {
         if (applied.has(m.version)) continue;
-        for (const sql of m.postgres) await c.query(sql);
-        await c.query(`INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`, [m.version, m.name, Date.now()]);
+        for (const sql of m.postgres) await q(sql);
+        await q(`INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`, [m.version, m.name, Date.now()]);
       }
-    }, "migrate the schema");
+    }, "migrate the schema", 0);
     this.#initialised = true;
   }
 
@@ -249,10 +331,12 @@ export class PostgresStore implements Store {
   #query: Query = async (sql, params) => {
     this.#ready();
     try {
-      const res = await this.#pool.query(toPgPlaceholders(sql), params);
+      // The server's statement_timeout is the connection's default, the read timeout. pool.query discards a
+      // connection whose query failed, so one that timed out on the client is not reused.
+      const res = await this.#pool.query(withQueryTimeout(toPgPlaceholders(sql), params, this.#readTimeoutMs + CLIENT_GRACE_MS));
       return res.rows as Record<string, unknown>[];
     } catch (err) {
-      throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${(err as Error).message}`, { cause: err });
+      throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
     }
   };
 
@@ -268,10 +352,57 @@ export class PostgresStore implements Store {
     return experimentCounts(this.#query, experiment);
   }
 
-  /** Waits for queries in flight, then closes the pool. Idempotent. */
+  /**
+   * Waits for queries in flight (a write gets its whole timeout, so the last exposures of a shutdown are not cut
+   * short), then closes the pool. Whatever a server that stopped answering still holds open after that is
+   * destroyed, so close() returns within writeTimeoutMs plus a few seconds however the server behaves. Idempotent.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#pool.end();
+    const ended = this.#pool.end();
+    if (!(await settlesWithin(ended, this.#writeTimeoutMs + CLIENT_GRACE_MS + CLOSE_GRACE_MS))) {
+      // Queries on destroyed sockets fail at once, so their clients are released and the pool ends.
+      this.#destroySockets();
+      await settlesWithin(ended, CLOSE_GRACE_MS);
+    }
+    // pool.end() resolves once every client is released; their goodbyes (Terminate, then FIN) may still be in flight.
+    if (!(await settlesWithin(Promise.all(this.#sockets.values()), CLOSE_GRACE_MS))) this.#destroySockets();
+  }
+
+  #destroySockets(): void {
+    for (const socket of this.#sockets.keys()) socket.destroy();
+  }
+}
+
+/** pg's message, and what its client-side timeout means (its message, "Query read timeout", does not say). */
+function reason(err: unknown): string {
+  const message = (err as Error).message;
+  return message === "Query read timeout" ? "the server did not answer in time (hung or unreachable?): query read timeout" : message;
+}
+
+/** pg honours a per-query `query_timeout` (lib/client.js, `config.query_timeout`) that its types do not declare. */
+function withQueryTimeout(text: string, values: unknown[], queryTimeoutMs: number): pgModule.QueryConfig {
+  return { text, values, query_timeout: queryTimeoutMs } as pgModule.QueryConfig;
+}
+
+function timeoutOption(options: PostgresStoreOptions, key: "connectTimeoutMs" | "writeTimeoutMs" | "readTimeoutMs", fallback: number): number {
+  const v = options[key] ?? fallback;
+  if (!Number.isSafeInteger(v) || v <= 0 || v > NO_CLIENT_TIMEOUT_MS - CLIENT_GRACE_MS) {
+    throw new InvalidArgumentError(`PostgresStore: ${key} must be a positive integer of milliseconds, got ${v}`);
+  }
+  return v;
+}
+
+/** Whether `p` settles within `ms`. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
+import { StoreError } from "../../errors.ts";
 import { postgresInstalled, postgresRequired, startPostgres, type PostgresCluster } from "../../../test/helpers/postgres.ts";
 import { storeConformance } from "../conformance.ts";
 import { openStore } from "../index.ts";
@@ -25,6 +28,27 @@ if (!installed) {
 } else {
   let cluster: PostgresCluster;
   let n = 0;
+  /** postgres-store.ts's advisory lock for migrations */
+  const MIGRATION_LOCK_ID = 0x61626761_7465n;
+
+  /** The postmaster and its children (backends, checkpointer, ...), to freeze the whole server with SIGSTOP. */
+  async function clusterPids(): Promise<number[]> {
+    const dir = await admin(async (c) => (await c.query(`SHOW data_directory`)).rows[0].data_directory as string);
+    const postmaster = Number(readFileSync(`${dir}/postmaster.pid`, "utf8").split("\n")[0]);
+    const children = readdirSync("/proc")
+      .filter((d) => /^\d+$/.test(d))
+      .filter((d) => {
+        try {
+          // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after its closing parenthesis.
+          const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+          return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === postmaster;
+        } catch {
+          return false; // exited meanwhile
+        }
+      })
+      .map(Number);
+    return [postmaster, ...children];
+  }
 
   async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
     const c = new pg.Client({ connectionString: cluster.url });
@@ -99,6 +123,102 @@ if (!installed) {
       const s = new PostgresStore("postgres://someone:secret@127.0.0.1:1/nowhere");
       await assert.rejects(s.init(), (err: Error) => /cannot connect to postgres:\/\/someone@127\.0\.0\.1:1\/nowhere/.test(err.message) && !/secret/.test(err.message));
       await s.close();
+    });
+
+    it("fails writes and reads with a StoreError in bounded time when the server stops answering, and close() returns", async () => {
+      await admin((c) => c.query(`CREATE DATABASE abgate_hung`));
+      const s = new PostgresStore(cluster.urlFor("abgate_hung"), {
+        maxConnections: 3,
+        connectTimeoutMs: 500,
+        writeTimeoutMs: 500,
+        readTimeoutMs: 500,
+      });
+      await s.init();
+      // Three connections in the pool, idle: one for the write, one for the read, one left for close() to end.
+      await Promise.all(["a", "b", "c"].map((e) => s.counts(e)));
+      const pids = await clusterPids();
+      for (const pid of pids) process.kill(pid, "SIGSTOP");
+      try {
+        // The server cannot cancel anything now: these hit the client-side timeout, 500 ms + 2 s of grace.
+        const t0 = Date.now();
+        await assert.rejects(s.writeEvents([{ experiment: "x", unit: "u", event: "e", value: 1, ts: 1e12, requestId: null }]), StoreError);
+        assert.ok(Date.now() - t0 < 4_000, `write failed after ${Date.now() - t0} ms`);
+        const t1 = Date.now();
+        await assert.rejects(s.counts("x"), StoreError);
+        assert.ok(Date.now() - t1 < 4_000, `read failed after ${Date.now() - t1} ms`);
+        // The idle connection's goodbye is never acknowledged.
+        const t2 = Date.now();
+        await s.close();
+        assert.ok(Date.now() - t2 < 3_000, `close() took ${Date.now() - t2} ms`);
+      } finally {
+        for (const pid of pids) process.kill(pid, "SIGCONT");
+      }
+    });
+
+    it("fails init() within connectTimeoutMs on a server that accepts connections and never answers", async () => {
+      const sockets = new Set<Socket>();
+      const server = createServer((socket) => {
+        sockets.add(socket);
+        socket.on("error", () => {});
+      });
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      const { port } = server.address() as { port: number };
+      try {
+        const s = new PostgresStore(`postgres://postgres@127.0.0.1:${port}/silent`, { connectTimeoutMs: 300 });
+        const t0 = Date.now();
+        await assert.rejects(s.init(), (err: Error) => err instanceof StoreError && /cannot connect/.test(err.message));
+        assert.ok(Date.now() - t0 < 2_000, `init() failed after ${Date.now() - t0} ms`);
+        const t1 = Date.now();
+        await s.close();
+        assert.ok(Date.now() - t1 < 2_000, `close() took ${Date.now() - t1} ms`);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+        server.close();
+      }
+    });
+
+    it("has the server cancel a write statement that runs past writeTimeoutMs, and keeps the connection", async () => {
+      const s = new PostgresStore(`${url}?application_name=abgate_locked`, { maxConnections: 1, writeTimeoutMs: 300 });
+      await s.init();
+      const ev = { experiment: "locked", unit: "u", event: "e", value: 1, ts: 1e12, requestId: null };
+      await s.writeEvents([ev]);
+      const before = await s.counts("locked");
+      const backends = () =>
+        admin(async (c) => (await c.query(`SELECT pid FROM pg_stat_activity WHERE application_name = 'abgate_locked'`)).rows.map((r) => r.pid));
+      const backend = await backends();
+      assert.equal(backend.length, 1);
+      // Another session holds the experiment's counters row, which the write must update.
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query(`BEGIN`);
+        await holder.query(`SELECT * FROM counters WHERE experiment = 'locked' FOR UPDATE`);
+        await assert.rejects(s.writeEvents([ev]), (err: Error) => err instanceof StoreError && /statement timeout/.test(err.message));
+        await holder.query(`ROLLBACK`);
+      } finally {
+        await holder.end();
+      }
+      assert.deepEqual(await s.counts("locked"), before, "the cancelled write left nothing behind");
+      await s.writeEvents([ev]);
+      assert.equal((await s.counts("locked")).events, before.events + 1);
+      assert.deepEqual(await backends(), backend, "rolled back and pooled, not reconnected");
+      await s.close();
+    });
+
+    it("lets init() wait for another instance's migration longer than the statement timeouts", async () => {
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query(`SELECT pg_advisory_lock($1)`, [MIGRATION_LOCK_ID.toString()]);
+        const s = new PostgresStore(url, { writeTimeoutMs: 200, readTimeoutMs: 200 });
+        const init = s.init();
+        await new Promise((resolve) => setTimeout(resolve, 2_500)); // past 200 ms + 2 s of client-side grace
+        await holder.query(`SELECT pg_advisory_unlock($1)`, [MIGRATION_LOCK_ID.toString()]);
+        await init;
+        await s.close();
+      } finally {
+        await holder.end();
+      }
     });
 
     it("numbers placeholders", () => {
