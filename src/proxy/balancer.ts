@@ -52,6 +52,21 @@ export class Balancer {
     return this.#health;
   }
 
+  /** A replica failed a request (refused, reset, a 5xx): one more in its streak toward passive ejection. */
+  failed(replica: Replica): void {
+    replica.failing++;
+    this.#health.reportFailure(replica.id);
+  }
+
+  /** A replica answered with `status`: a 5xx counts as a failure, anything else ends its streak. */
+  answered(replica: Replica, status: number): void {
+    if (status >= 500) this.failed(replica);
+    else if (replica.failing > 0) {
+      replica.failing = 0;
+      this.#health.reportSuccess(replica.id);
+    }
+  }
+
   /** Follow the engine's endpoint list: keep replicas (and their warm pools) that did not change. */
   setEndpoints(endpoints: Endpoint[]): void {
     const next = new Map<string, Replica>();

@@ -234,14 +234,11 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.served = this.assigned;
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
+      const unitRefused = unitProblem(this.unit);
       if (request.httpMinor === 1 && scan.host === undefined) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
-      } else if (this.unit.length > MAX_UNIT_CHARS) {
-        // An outcome event for such a unit would be refused, so its exposure could never convert.
-        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `unit longer than ${MAX_UNIT_CHARS} characters`, close: false, record: false };
-      } else if (this.unit.includes("\u0000")) {
-        // ?user=a%00b: no store is asked to keep a NUL (PostgreSQL cannot), and events refuse such units too.
-        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "unit contains NUL", close: false, record: false };
+      } else if (unitRefused !== null) {
+        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: unitRefused, close: false, record: false };
       } else if (scan.duplicateHost) {
         this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
       } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
@@ -364,14 +361,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 
   onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
-    const replica = this.replica!;
-    if (status >= 500) {
-      replica.failing++;
-      this.ctx.balancer.health.reportFailure(replica.id);
-    } else if (replica.failing > 0) {
-      replica.failing = 0;
-      this.ctx.balancer.health.reportSuccess(replica.id);
-    }
+    this.ctx.balancer.answered(this.replica!, status);
     this.status = status;
     const conn = this.conn;
     let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
@@ -448,16 +438,14 @@ class Exchange implements UpstreamSink, ClientExchange {
     const upstream = this.upstream!;
     this.release();
     const stale = connected && beforeResponse && upstream.reused && err.failure === "reset";
-    if (!stale && err.failure !== "protocol") {
-      replica.failing++;
-      this.ctx.balancer.health.reportFailure(replica.id);
-    }
+    if (!stale && err.failure !== "protocol") this.ctx.balancer.failed(replica);
     const answered = this.conn.responseStarted || this.responseHead !== "";
     if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3 && IDEMPOTENT_METHODS.has(this.request.method)) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
       // request. Only for idempotent methods: the replica may have acted on the request before it dropped the
-      // connection, which a POST must not risk twice (RFC 9110 §9.2.2; Go's Transport and nginx do the same). Its idle siblings are just as stale (a restarted or killed replica), so drop them all and try
-      // once more on a fresh connection; if the replica is really gone, that fails as a connect error.
+      // connection, which a POST must not risk twice (RFC 9110 §9.2.2; Go's Transport and nginx do the same). Its
+      // idle siblings are just as stale (a restarted or killed replica), so drop them all and try once more on a
+      // fresh connection; if the replica is really gone, that fails as a connect error.
       this.staleRetries++;
       this.attempts--;
       replica.pool.dropIdle();
@@ -557,6 +545,14 @@ class Exchange implements UpstreamSink, ClientExchange {
       forced: this.forced,
     });
   }
+}
+
+/** Why a unit is refused (400), or null. The events API refuses such units too, so none could ever convert. */
+function unitProblem(unit: string): string | null {
+  if (unit.length > MAX_UNIT_CHARS) return `unit longer than ${MAX_UNIT_CHARS} characters`;
+  // ?user=a%00b: no store is asked to keep a NUL (PostgreSQL cannot).
+  if (unit.includes("\u0000")) return "unit contains NUL";
+  return null;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -668,7 +664,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
-  if (unit.length > MAX_UNIT_CHARS || unit.includes("\u0000")) {
+  if (unitProblem(unit) !== null) {
     client.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     return;
   }
@@ -703,15 +699,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
     }
     const status = Number(statusLine[1]);
-    // The same health bookkeeping as a request's answer (onHead): a 5xx counts toward ejection, anything else
-    // resets the replica's streak.
-    if (status >= 500) {
-      replica.failing++;
-      ctx.balancer.health.reportFailure(replica.id);
-    } else if (replica.failing > 0) {
-      replica.failing = 0;
-      ctx.balancer.health.reportSuccess(replica.id);
-    }
+    ctx.balancer.answered(replica, status);
     // Mark the answer with our headers: insert them after the status line.
     client.write(first.subarray(0, eol + 2));
     client.write(`x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
@@ -734,8 +722,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   });
   upstream.on("error", (err) => {
     if (!answered) {
-      replica.failing++;
-      ctx.balancer.health.reportFailure(replica.id);
+      ctx.balancer.failed(replica);
       reject("connect", `upgrade to ${replica.id} failed: ${err.message}`);
     } else client.destroy();
   });
