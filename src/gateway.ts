@@ -102,7 +102,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       });
     const strategy = strategyFrom(restore);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
-    const saveStrategy = () => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(strategy.snapshot()));
+    const saveStrategy = (from = strategy) => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(from.snapshot()));
     await saveStrategy();
 
     const engineLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg);
@@ -164,7 +164,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           // error that takes effect anyway and is then lost at the next restart.
           const trial = strategyFrom(strategy.snapshot());
           trial.setWeights(weights);
-          await store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(trial.snapshot()));
+          await saveStrategy(trial);
           strategy.setWeights(weights);
         });
         setWeightsChain = run.catch(() => undefined);

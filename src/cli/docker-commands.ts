@@ -3,6 +3,7 @@ import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers } from "../engines/docker/client.ts";
+import { textTable } from "./table.ts";
 
 /**
  * `abgate ps`, `abgate logs` and `abgate down` for docker-engine experiments. They find the experiment's
@@ -58,9 +59,7 @@ async function probe(port: number, path: string, timeoutMs: number): Promise<"he
 /** Format rows as an aligned text table. */
 export function formatPsTable(rows: PsRow[]): string {
   const head = ["REPLICA", "CONTAINER", "PORT", "STATE", "HEALTH", "STATUS", "IMAGE"];
-  const cells = rows.map((r) => [r.replica, r.container, String(r.port), r.state, r.health, r.status, r.image]);
-  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
-  return [head, ...cells].map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]))).join("  ")).join("\n");
+  return textTable(head, rows.map((r) => [r.replica, r.container, String(r.port), r.state, r.health, r.status, r.image]));
 }
 
 /** `abgate ps`: the experiment's replicas with their ports, container state and a live health probe. */

@@ -7,6 +7,7 @@ import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
 import { adminCall, adminTarget, answers } from "./admin-client.ts";
+import { textTable } from "./table.ts";
 
 const program = new Command();
 program
@@ -146,10 +147,7 @@ program
 /** `abgate ps` for the static and process engines: the running gateway's view of each replica. */
 function formatReplicaTable(replicas: { id: string; address: string; health: string; outstanding?: number }[]): string {
   if (replicas.length === 0) return "";
-  const head = ["REPLICA", "ADDRESS", "HEALTH", "IN-FLIGHT"];
-  const cells = replicas.map((r) => [r.id, r.address, r.health, String(r.outstanding ?? "-")]);
-  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
-  return [head, ...cells].map((c) => c.map((v, i) => (i === c.length - 1 ? v : v.padEnd(widths[i]))).join("  ")).join("\n");
+  return textTable(["REPLICA", "ADDRESS", "HEALTH", "IN-FLIGHT"], replicas.map((r) => [r.id, r.address, r.health, String(r.outstanding ?? "-")]));
 }
 
 program

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { isScalar, parseDocument, visit } from "yaml";
+import { parseDocument, visit } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type VariantConfig } from "./schema.ts";
@@ -207,7 +207,7 @@ function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, strin
   return value;
 }
 
-/** Where the schema wanted a number or a boolean and got a variable's text, the text read as one (or undefined). */
+/** Where the schema wanted a number or a boolean and got a variable's text that reads as one, puts that in `raw`; true if any. */
 function typedEnvValues(err: z.ZodError, raw: unknown, envPaths: Map<string, string>): boolean {
   let changed = false;
   for (const issue of err.issues) {
