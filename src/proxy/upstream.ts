@@ -89,7 +89,7 @@ export class UpstreamConnection {
   readonly pool: UpstreamPool;
   /** true once the socket served a previous exchange (a failure may then just be a stale keep-alive socket) */
   reused = false;
-  /** when it went back to the pool (Date.now()) */
+  /** when it went back to the pool (idleClockMs(): Date.now() to the sweeper's tick) */
   idleSinceMs = 0;
   #connected = false;
   #sink: UpstreamSink | null = null;
