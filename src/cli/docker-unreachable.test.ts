@@ -34,3 +34,20 @@ test("connectsTo: the default socket is resolved to a path, as the client resolv
     else process.env.DOCKER_HOST = saved;
   }
 });
+
+test("down and logs for the static and process engines answer without Docker", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-nocontainers-"));
+  const env = { DOCKER_HOST: `unix://${join(dir, "docker.sock")}` };
+  for (const engine of ["static", "process"] as const) {
+    const file = join(dir, `${engine}.yaml`);
+    const variant = engine === "static" ? "{ name: control, url: 'http://127.0.0.1:9' }" : "{ name: control, command: [node, server.js] }";
+    writeFileSync(file, `experiment: nc\nengine: ${engine}\nstore: sqlite:./a.db\nvariants:\n  - ${variant}\n`);
+    const down = await runCli(["down", "-c", file], { env });
+    assert.equal(down.code, 0, down.stderr);
+    assert.match(down.stdout, new RegExp(`^engine ${engine} runs no containers: nothing to remove`));
+    const logs = await runCli(["logs", "control", "-c", file], { env });
+    assert.equal(logs.code, 1, logs.stderr);
+    assert.match(logs.stderr, new RegExp(`^abgate: abgate logs shows container logs; engine ${engine} `));
+    assert.doesNotMatch(logs.stderr, /Docker engine/);
+  }
+});

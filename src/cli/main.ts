@@ -118,6 +118,12 @@ program
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
+    if (config.engine === "static" || config.engine === "process") {
+      // Nothing outlives the serving abgate: static endpoints are not abgate's, and process replicas are its
+      // children, stopped when it stops. Asking Docker would only fail on a machine without it.
+      out(`engine ${config.engine} runs no containers: nothing to remove${config.engine === "process" ? " (process replicas stop with the abgate that started them)" : ""}`);
+      return;
+    }
     const { down } = await import("./docker-commands.ts");
     await down(config);
   });
@@ -160,6 +166,14 @@ program
     const config = loadConfig(opts.config);
     if (!config.variants.some((v) => v.name === variant)) {
       throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
+    }
+    if (config.engine === "static" || config.engine === "process") {
+      throw new AbgateError(
+        config.engine === "static"
+          ? `abgate logs shows container logs; engine static proxies to endpoints abgate does not run, so their logs are wherever those services write them`
+          : `abgate logs shows container logs; engine process keeps each replica's last lines in the serving abgate, which logs them when a replica crash-loops (run the command by hand to see all its output)`,
+        "ABGATE_ERR_NO_CONTAINERS",
+      );
     }
     const { logs } = await import("./docker-commands.ts");
     await logs(config, variant, { follow: Boolean(opts.follow), tail: opts.tail === "all" ? undefined : Number(opts.tail) });
