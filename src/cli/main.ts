@@ -65,7 +65,7 @@ program
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     const signalled = untilSignal();
     let engine;
-    if (config.engine === "docker" || config.engine === "swarm") {
+    if (runsContainers(config)) {
       engine = await createEngine(config, { adopt: true, log: (l, m, f) => log[l](f ?? {}, m) });
       await engine.start((line) => log.info(line));
     }
@@ -112,13 +112,21 @@ program
     await engine.stop();
   });
 
+/**
+ * Whether the engine's replicas are containers, which `ps`, `logs` and `down` find through Docker by label and
+ * `serve` adopts; static endpoints are not abgate's, and process replicas live only inside the abgate serving them.
+ */
+function runsContainers(config: Config): boolean {
+  return config.engine === "docker" || config.engine === "swarm";
+}
+
 program
   .command("down")
   .description("remove the experiment's containers")
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
-    if (config.engine === "static" || config.engine === "process") {
+    if (!runsContainers(config)) {
       // Nothing outlives the serving abgate: static endpoints are not abgate's, and process replicas are its
       // children, stopped when it stops. Asking Docker would only fail on a machine without it.
       out(`engine ${config.engine} runs no containers: nothing to remove${config.engine === "process" ? " (process replicas stop with the abgate that started them)" : ""}`);
@@ -135,7 +143,7 @@ program
   .option("--admin <url>", "static and process engines: admin API URL of the running abgate (default: from the config's admin.listen)")
   .action(async (opts: { config: string; admin?: string }) => {
     const config = loadConfig(opts.config);
-    if (config.engine === "static" || config.engine === "process") {
+    if (!runsContainers(config)) {
       // No containers to find by label: process replicas exist only inside a running abgate, and only it
       // knows their health (and that of static endpoints), so ask it rather than needing Docker.
       const target = adminTarget(config, { admin: opts.admin });
@@ -167,7 +175,7 @@ program
     if (!config.variants.some((v) => v.name === variant)) {
       throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
     }
-    if (config.engine === "static" || config.engine === "process") {
+    if (!runsContainers(config)) {
       throw new AbgateError(
         config.engine === "static"
           ? `abgate logs shows container logs; engine static proxies to endpoints abgate does not run, so their logs are wherever those services write them`
