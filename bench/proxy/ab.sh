@@ -19,6 +19,8 @@ shift $((OPTIND - 1))
 [ $# -eq 2 ] || { sed -n '2,15p' "$0"; exit 2; }
 for tool in wrk nginx taskset curl python3; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/proxy/lib.sh
+. "$REPO/bench/proxy/lib.sh"
 TSX="$REPO/node_modules/tsx/dist/esm/index.mjs"
 D=$(mktemp -d "${TMPDIR:-/tmp}/abgate-ab-run-XXXX")
 PIDS=()
@@ -40,39 +42,12 @@ src_of() {
 }
 logging_of() { case $1 in *:off) echo off;; *) echo on;; esac; }
 
-mkdir -p "$D/nginx"
-cat > "$D/nginx/be.conf" <<C
-worker_processes 1; daemon off; pid $D/nginx/be.pid; error_log $D/nginx/be.err warn;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000; client_body_temp_path $D/nginx/cb; proxy_temp_path $D/nginx/p;
-  fastcgi_temp_path $D/nginx/f; uwsgi_temp_path $D/nginx/u; scgi_temp_path $D/nginx/s;
-  server { listen 127.0.0.1:21801; location / { return 200 "ok"; } }
-  server { listen 127.0.0.1:21802; location / { return 200 "ok"; } } }
-C
-nginx -p "$D/nginx" -c "$D/nginx/be.conf" & PIDS+=($!)
+start_backends "$D" 21801 21802
 
 start_abgate() { # name spec port
   local dir="$D/$1"; mkdir -p "$dir"
   rm -f "$dir"/abgate.db*
-  cat > "$dir/abgate.yaml" <<C
-experiment: bench
-engine: static
-listen: 127.0.0.1:$3
-admin:
-  listen: 127.0.0.1:$(($3 + 1))
-  token: bench-token
-store: sqlite:$dir/abgate.db
-strategy:
-  kind: sticky
-logLevel: warn
-variants:
-  - name: v0
-    weight: 1
-    url: http://127.0.0.1:21801
-  - name: v1
-    weight: 1
-    url: http://127.0.0.1:21802
-C
+  write_abgate_config "$dir/abgate.yaml" "$3" "$dir/abgate.db" 21801 21802
   local src; src=$(src_of "$2")
   (cd "$src" && ABGATE_EXPOSURES=$(logging_of "$2") exec taskset -c 0 node --import "$TSX" src/cli/main.ts serve -c "$dir/abgate.yaml" >"$dir/out.log" 2>&1) &
   echo $!

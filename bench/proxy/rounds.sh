@@ -19,6 +19,8 @@ shift $((OPTIND - 1))
 [ $# -ge 1 ] || { sed -n '2,15p' "$0"; exit 2; }
 for tool in wrk nginx taskset curl python3; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/proxy/lib.sh
+. "$REPO/bench/proxy/lib.sh"
 BIN=$(cd "$REPO" && node --import tsx -e 'import("./bench/memory/harness.ts").then((m) => { const b = m.abgateBin(); console.error(`abgate: ${b.note}`); console.log(b.path); })')
 D=$(mktemp -d "${TMPDIR:-/tmp}/abgate-rounds-XXXX")
 PIDS=()
@@ -26,41 +28,14 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep
 trap cleanup EXIT INT TERM
 ulimit -n 20000
 
-mkdir -p "$D/nginx"
-cat > "$D/nginx/be.conf" <<C
-worker_processes 1; daemon off; pid $D/nginx/be.pid; error_log $D/nginx/be.err warn;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000; client_body_temp_path $D/nginx/cb; proxy_temp_path $D/nginx/p;
-  fastcgi_temp_path $D/nginx/f; uwsgi_temp_path $D/nginx/u; scgi_temp_path $D/nginx/s;
-  server { listen 127.0.0.1:21831; location / { return 200 "ok"; } }
-  server { listen 127.0.0.1:21832; location / { return 200 "ok"; } } }
-C
-nginx -p "$D/nginx" -c "$D/nginx/be.conf" & PIDS+=($!)
+start_backends "$D" 21831 21832
 
 names=(); ports=(); pids=()
 port=21840
 for spec in "$@"; do
   IFS=: read -r name envs mode <<<"$spec"
   dir="$D/$name"; mkdir -p "$dir"
-  cat > "$dir/abgate.yaml" <<C
-experiment: bench
-engine: static
-listen: 127.0.0.1:$port
-admin:
-  listen: 127.0.0.1:$((port + 1))
-  token: bench-token
-store: sqlite:$dir/abgate.db
-strategy:
-  kind: sticky
-logLevel: warn
-variants:
-  - name: v0
-    weight: 1
-    url: http://127.0.0.1:21831
-  - name: v1
-    weight: 1
-    url: http://127.0.0.1:21832
-C
+  write_abgate_config "$dir/abgate.yaml" "$port" "$dir/abgate.db" 21831 21832
   (
     cd "$REPO"
     NODEFLAGS=""
