@@ -123,6 +123,7 @@ function recentlyUsed<V>(byExperiment: Map<string, V>, experiment: string, make:
   byExperiment.set(experiment, value);
   return value;
 }
+
 /** Longest unit kept in a slot: 44 characters (a UUID is 36). */
 export const INLINE_UNIT_CHARS = 44;
 const SLOT_BYTES = 64;
