@@ -372,10 +372,10 @@ function ewma(average: number, sample: number): number {
  * Why the exposure writes themselves stay on the proxy's thread: a writer thread with its own connection (batches
  * posted to it as packed columns) was measured with the proxy pinned to one core, as in bench/proxy. At nice 0 the
  * proxy's p99 got worse (median of 6 interleaved rounds, as bench/proxy/rounds.sh runs them: 6.4 ms, against 5.8 ms
- * for these slices), presumably because the kernel lets the writer finish its scheduler slice before the woken proxy thread
- * runs; at nice 19 it was worse still (p99 8.1 ms in one run); as SCHED_IDLE the writer made the proxy's own
- * scavenges 2.5 times longer (p50 2.2 ms against 0.9 ms), held up by a thread that seldom runs. Slices on this
- * thread bound each stall instead.
+ * for these slices), presumably because the kernel lets the writer finish its scheduler slice before the woken
+ * proxy thread runs; at nice 19 it was worse still (p99 8.1 ms in one run); as SCHED_IDLE the writer made the
+ * proxy's own scavenges 2.5 times longer (p50 2.2 ms against 0.9 ms), held up by a thread that seldom runs. Slices
+ * on this thread bound each stall instead.
  */
 export class SqliteStore implements Store {
   readonly path: string;
