@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { createServer } from "node:http";
 import { startBackend } from "./helpers/backends.ts";
-import { testGateway } from "./helpers/gateway.ts";
+import { admin, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
 /**
@@ -281,5 +281,100 @@ test("a client that leaves before the answer: the exchange is abandoned and reco
   } finally {
     await gw.close();
     await slow.close();
+  }
+});
+
+/** Each replica of the experiment as "id health outstanding", from the admin API. */
+async function replicaStates(gw: { adminUrl: string }): Promise<string[]> {
+  const body = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { replicas: { id: string; health: string; outstanding: number }[] }[] };
+  return body.variants.flatMap((v) => v.replicas.map((r) => `${r.id} ${r.health} ${r.outstanding}`));
+}
+
+test("a client that pauses mid-upload longer than the response timeout: the replica, still waiting for the body, is not blamed", async () => {
+  // Answers once the whole 10-byte body is in, as any replica must.
+  const replica = createNetServer((s) => {
+    s.on("error", () => {});
+    let got = "";
+    s.on("data", (d: Buffer) => {
+      got += d.toString("latin1");
+      const end = got.indexOf("\r\n\r\n");
+      if (end >= 0 && got.length - end - 4 >= 10) s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", r));
+  const gw = await testGateway({
+    variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as AddressInfo).port}` }],
+    limits: { responseTimeoutMs: 300, ejectAfterFailures: 2, ejectionMs: 60_000 },
+  });
+  try {
+    for (let k = 0; k < 2; k++) {
+      const u = new URL(gw.proxyUrl);
+      const sock = (await import("node:net")).connect(Number(u.port), u.hostname);
+      const reply = new Promise<string>((resolve) => {
+        let text = "";
+        sock.on("data", (d: Buffer) => {
+          text += d.toString("latin1");
+          if (text.endsWith("ok")) resolve(text);
+        });
+        sock.on("close", () => resolve(text));
+        sock.on("error", () => {});
+      });
+      sock.write("POST /up HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ncontent-length: 10\r\n\r\n12345");
+      // Four response timeouts, and the sweeper's ticks, pass while the client is silent.
+      await new Promise((r) => setTimeout(r, 1200));
+      sock.write("67890");
+      assert.match(await reply, /^HTTP\/1\.1 200 /, `upload ${k}`);
+      sock.destroy();
+    }
+    assert.deepEqual(await replicaStates(gw), ["control-0 healthy 0"]);
+  } finally {
+    await gw.close();
+    await new Promise((r) => replica.close(r));
+  }
+});
+
+test("a client that stops reading its response is cut after idleTimeoutMs, and the replica's connection is freed", async () => {
+  const big = 16 * 1024 * 1024;
+  let replicaClosed = false;
+  const replica = createNetServer((s) => {
+    s.on("error", () => {});
+    s.on("close", () => (replicaClosed = true));
+    s.once("data", () => {
+      s.write(`HTTP/1.1 200 OK\r\ncontent-length: ${big}\r\n\r\n`);
+      s.write(Buffer.alloc(big, 97));
+    });
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", r));
+  const gw = await testGateway({
+    variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as AddressInfo).port}` }],
+    limits: { responseTimeoutMs: 300, idleTimeoutMs: 800 },
+  });
+  try {
+    const u = new URL(gw.proxyUrl);
+    const sock = (await import("node:net")).connect(Number(u.port), u.hostname);
+    sock.on("error", () => {});
+    const t0 = Date.now();
+    sock.on("connect", () => {
+      sock.write("GET /big HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n");
+      sock.pause(); // and never read
+    });
+    await new Promise((r) => setTimeout(r, 400));
+    assert.deepEqual(await replicaStates(gw), ["control-0 healthy 1"], "the response is under way");
+    const deadline = Date.now() + 3000;
+    while (!replicaClosed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const elapsed = Date.now() - t0;
+    assert.ok(replicaClosed, "the replica's connection was closed, not left paused");
+    // idleTimeoutMs after the client's buffer filled, plus up to a sweeper tick (a quarter of it)
+    assert.ok(elapsed >= 700, `cut after ${elapsed} ms`);
+    // The client, reading again, finds its connection ended before the whole body.
+    let received = 0;
+    sock.on("data", (d: Buffer) => (received += d.length));
+    sock.resume();
+    await new Promise((resolve) => sock.on("close", resolve));
+    assert.ok(received < big, `the client got ${received} bytes of ${big}`);
+    assert.deepEqual(await replicaStates(gw), ["control-0 healthy 0"], "the replica is healthy, nothing outstanding");
+  } finally {
+    await gw.close();
+    await new Promise((r) => replica.close(r));
   }
 });

@@ -149,6 +149,13 @@ export class ClientConnection {
   deadline = Deadline.None;
   deadlineMs = 0;
   #requestDeadlineMs = 0;
+  /**
+   * While a response waits for the client to read it (its socket's buffer is full, so the replica is paused): when
+   * that wait ends the connection; 0 when not waiting. Every drain clears it, so a slow reader that keeps reading is
+   * served; like nginx's send_timeout and HAProxy's timeout client, it bounds the client's idle time, here
+   * idleTimeoutMs. Without it a client that stops reading would hold the exchange and its replica connection forever.
+   */
+  #sendDeadlineMs = 0;
 
   constructor(server: ClientServer, socket: OwnedSocket) {
     this.server = server;
@@ -219,6 +226,11 @@ export class ClientConnection {
     const ok = s.write(body);
     s.uncork();
     return ok;
+  }
+
+  /** A write to the client did not fit its socket's buffer: the response now waits for the client to read. */
+  sendBlocked(): void {
+    if (this.#sendDeadlineMs === 0) this.#sendDeadlineMs = Date.now() + this.server.limits.idleTimeoutMs;
   }
 
   write(chunk: Buffer | string): boolean {
@@ -385,6 +397,12 @@ export class ClientConnection {
   }
 
   expire(now: number): void {
+    if (this.#sendDeadlineMs !== 0 && now >= this.#sendDeadlineMs) {
+      // Nothing can be answered mid-response: cut the connection; the exchange is abandoned (and recorded as 499).
+      this.#sendDeadlineMs = 0;
+      this.server.handlers.clientError("ERR_SEND_TIMEOUT", "the client stopped reading its response");
+      return void this.socket.destroy();
+    }
     if (this.deadline === Deadline.None || now < this.deadlineMs) return;
     const kind = this.deadline;
     this.deadline = Deadline.None;
@@ -416,6 +434,7 @@ export class ClientConnection {
   }
 
   onDrain(): void {
+    this.#sendDeadlineMs = 0;
     this.current?.onClientDrain();
   }
 

@@ -396,7 +396,10 @@ class Exchange implements UpstreamSink, ClientExchange {
       ok = conn.writeHead(this.responseHead, chunk);
       this.responseHead = "";
     } else ok = conn.write(chunk);
-    if (!ok) this.waitingClientDrain = true;
+    if (!ok) {
+      this.waitingClientDrain = true;
+      conn.sendBlocked();
+    }
     return ok;
   }
 

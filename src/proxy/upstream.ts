@@ -210,8 +210,10 @@ export class UpstreamConnection {
   expire(): void {
     if (!this.#sink) return void busy.delete(this);
     if (!this.#connected) return this.#fail("connect", new Error(`connect timeout to ${this.pool.address}`));
-    if (this.#paused) {
-      // the client is slow, not the replica: client-side timeouts handle that
+    if (this.#paused || (!this.#requestDone && this.socket.writableLength === 0)) {
+      // The client is slow, not the replica: it does not read the response, or its request body is still coming and
+      // the replica has taken every byte so far. Client-side timeouts bound both (the client's send deadline, and
+      // requestTimeoutMs); a 504 here would blame, and eventually eject, a replica that is only waiting.
       this.deadlineMs = Date.now() + this.#opts.responseTimeoutMs;
       return;
     }
