@@ -2,7 +2,7 @@
 // the next hop read a message differently (RFC 9112 §3.2, §5, §6; RFC 9110 §7.6.1, §9.2.2), against real sockets.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server, type Socket } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
@@ -62,6 +62,8 @@ let backend: RawBackend;
 let gw: Awaited<ReturnType<typeof testGateway>>;
 /** POSTs the replica acted on, by path */
 const actedOn = new Map<string, number>();
+/** bytes that reached the replica right behind a refused upgrade's head (they must not) */
+const sentEarly: string[] = [];
 
 before(async () => {
   backend = await rawBackend((head, socket, body) => {
@@ -82,7 +84,10 @@ before(async () => {
       case "/no-content":
         return socket.write("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
       case "/upgrade-refused":
+        if (body) sentEarly.push(body);
         return ok(socket, "", "no upgrade");
+      case "/slow":
+        return void setTimeout(() => ok(socket, "", "slow"), 300);
       case "/upgrade-garbage":
         return socket.write("garbage, not http\r\n\r\n");
       case "/upgrade":
@@ -156,27 +161,110 @@ test("a replica's Connection header cannot strip its Content-Length; transfer co
   assert.match(gz, /\r\n\r\n2\r\nzz\r\n0\r\n\r\n$/);
 });
 
-test("an upgrade is tunnelled only after 101; a refusal ends the client's connection, garbage is a 502", async () => {
+test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client's connection, garbage is a 502", async () => {
   const up = await rawRequest(
     gw.proxyUrl,
-    "GET /upgrade HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nx-forwarded-for: 10.9.9.9\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nping",
+    "GET /upgrade HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nx-forwarded-for: 10.9.9.9\r\nconnection: upgrade\r\nupgrade: websocket\r\nproxy-authorization: Basic c2VjcmV0\r\n\r\nping",
   );
   assert.match(up, /^HTTP\/1\.1 101/);
-  assert.match(up, /echo:ping/);
+  assert.match(up, /echo:ping/, "bytes sent right behind the handshake reach the replica after its 101");
   const upHead = backend.heads.find((h) => h.startsWith("GET /upgrade "))!;
   assert.match(upHead, /\r\nx-forwarded-for: 10\.9\.9\.9, 127\.0\.0\.1\r\n/);
   assert.match(upHead, /\r\nx-forwarded-host: x\r\n/);
+  assert.match(upHead, /\r\nupgrade: websocket\r\n/i);
+  assert.doesNotMatch(upHead, /proxy-authorization/i, "hop-by-hop headers stay with abgate");
 
   const before = backend.heads.length;
   const refused = await rawRequest(
     gw.proxyUrl,
-    "GET /upgrade-refused HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: test\r\n\r\n" +
+    "GET /upgrade-refused HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n" +
       "GET /sneaked HTTP/1.1\r\nhost: x\r\nx-abgate-variant: forged\r\n\r\n",
   );
   assert.match(refused, /^HTTP\/1\.1 200/);
+  assert.match(refused, /\r\nconnection: close\r\n/i, "the client is told the connection ends with the refusal");
   assert.match(refused, /no upgrade/);
   assert.equal(backend.heads.length, before + 1, "the bytes after the refused upgrade never reached the replica");
+  assert.deepEqual(sentEarly, [], "nothing was sent behind the handshake before the replica's answer");
 
-  const garbage = await rawRequest(gw.proxyUrl, "GET /upgrade-garbage HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: test\r\n\r\n");
+  const garbage = await rawRequest(gw.proxyUrl, "GET /upgrade-garbage HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
   assert.match(garbage, /^HTTP\/1\.1 502/);
+});
+
+test("a WebSocket handshake gets a plain request's checks: a unit cookie, and 400 for two Hosts, a body, no Host", async () => {
+  const noUnit = await rawRequest(gw.proxyUrl, "GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+  assert.match(noUnit, /^HTTP\/1\.1 101/);
+  assert.match(noUnit, /\r\nset-cookie: abgate_uid=[0-9a-f-]{36}; /i, "a client with no unit gets the cookie, as for any request");
+  const before = backend.heads.length;
+  for (const [why, request] of [
+    ["two Host lines", "GET /upgrade HTTP/1.1\r\nhost: a\r\nhost: evil\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"],
+    ["a body", "GET /upgrade HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ncontent-length: 3\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nabc"],
+    ["no Host", "GET /upgrade HTTP/1.1\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"],
+  ]) {
+    assert.match(await rawRequest(gw.proxyUrl, request), /^HTTP\/1\.1 400/, why);
+  }
+  assert.equal(backend.heads.length, before, "none reached the replica");
+});
+
+test("an h2c upgrade offer is answered as a plain HTTP/1.1 request: body forwarded, Upgrade dropped, connection kept", async () => {
+  const u = new URL(gw.proxyUrl);
+  const sock = connect(Number(u.port), u.hostname);
+  let got = "";
+  sock.on("data", (d: Buffer) => (got += d.toString("latin1")));
+  const answers = async (n: number) => {
+    const deadline = Date.now() + 3000;
+    while ((got.match(/HTTP\/1\.1 /g) ?? []).length < n || !got.endsWith("}")) {
+      if (Date.now() > deadline) throw new Error(`no answer ${n}: ${JSON.stringify(got)}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  sock.write("POST /h2c HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\ncontent-length: 3\r\n\r\nabc");
+  await answers(1);
+  assert.match(got, /^HTTP\/1\.1 200/);
+  const echoed = JSON.parse(got.slice(got.indexOf("\r\n\r\n") + 4)) as { head: string; body: string };
+  assert.equal(echoed.body, "abc");
+  assert.doesNotMatch(echoed.head, /upgrade|http2-settings/i);
+  sock.write("GET /after HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
+  await answers(2);
+  assert.match(got, /GET \/after HTTP\/1\.1/, "the next request on the same connection is answered");
+  sock.destroy();
+
+  // Pipelined right behind the offer, in one packet: not parsed there, so the connection ends after the first
+  // answer (and says so), for the client to send it again; it is never left hanging.
+  const pipelined = await rawRequest(
+    gw.proxyUrl,
+    "GET /h2c-1 HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n" +
+      "GET /h2c-2 HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n",
+    2000,
+  );
+  assert.match(pipelined, /^HTTP\/1\.1 200[^]*\r\nconnection: close\r\n/i);
+});
+
+test("CONNECT is answered 405 and the connection closed", async () => {
+  const u = new URL(gw.proxyUrl);
+  const sock = connect(Number(u.port), u.hostname);
+  let got = "";
+  sock.on("data", (d: Buffer) => (got += d.toString("latin1")));
+  sock.on("error", () => {});
+  const closed = new Promise((r) => sock.on("close", r));
+  sock.write("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n");
+  // The default timeouts are long (10 s and more): only closing after the answer ends it this soon.
+  await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error("still open after 3 s")), 3000))]);
+  assert.match(got, /^HTTP\/1\.1 405 /);
+});
+
+test("a pipelined request over maxBodyBytes is refused in its turn, after the answer before it", async () => {
+  const limited = await testGateway({ variants: [{ name: "control", weight: 1, url: backend.url }], limits: { maxBodyBytes: 100 } });
+  try {
+    const big = "x".repeat(200);
+    const reply = await rawRequest(
+      limited.proxyUrl,
+      "GET /slow HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n" +
+        `POST /upload HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ntransfer-encoding: chunked\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
+      1500,
+    );
+    const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
+    assert.deepEqual(statuses, ["200", "413"], "answers in request order");
+  } finally {
+    await limited.close();
+  }
 });

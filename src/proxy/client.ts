@@ -144,6 +144,8 @@ export class ClientConnection {
   #ended = false;
   /** an Upgrade request whose head was just parsed; handed over once the parser returns (`execute`) */
   #upgrade: ClientRequest | null = null;
+  /** the request being read offered an Upgrade abgate does not tunnel (not websocket): proxied as plain HTTP */
+  #plainUpgrade = false;
   #headerParts: string[] | null = null;
   #urlParts = "";
   deadline = Deadline.None;
@@ -304,8 +306,14 @@ export class ClientConnection {
     this.deadline = Deadline.Body;
     this.deadlineMs = this.#requestDeadlineMs;
     if (upgrade) {
-      this.#upgrade = req;
-      return 0;
+      if (req.method === "CONNECT" || isWebSocketUpgrade(req.headers)) {
+        this.#upgrade = req;
+        return 0;
+      }
+      // Another protocol (h2c, which curl --http2 and Java's HttpClient offer on http:// URLs): answered over HTTP/1.1
+      // as a plain request, as nginx and Node's http.Server do (Upgrade is hop-by-hop, not forwarded). llhttp still
+      // stops after this message, expecting the other protocol; see execute().
+      this.#plainUpgrade = true;
     }
     const ex = this.server.handlers.request(this, req);
     this.#reading = ex;
@@ -344,14 +352,27 @@ export class ClientConnection {
 
   execute(ret: number | Error): void {
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
+    if (this.#plainUpgrade) {
+      // The parser goes on with the next read, but bytes after the upgrade-offering request in this read were not
+      // parsed: end the connection after its answer, so that a pipelining client sends them again.
+      const left = (this.#parser?.getCurrentBuffer().length ?? ret) - ret;
+      if (left > 0) {
+        this.#plainUpgrade = false;
+        this.closing = true;
+        this.pauseReading();
+      } else if (this.#reading === null) this.#plainUpgrade = false;
+      return;
+    }
     const req = this.#upgrade;
     if (req === null) return;
     this.#upgrade = null;
     if (req.method === "CONNECT" || this.current !== null) {
       // abgate is not a forward proxy; and an upgrade behind a pipelined request is not worth the complexity.
       this.closing = true;
-      if (this.current === null) this.respondNow(req.method === "CONNECT" ? 405 : 400, "", "", true);
-      else this.socket.destroy();
+      if (this.current === null) {
+        this.respondNow(req.method === "CONNECT" ? 405 : 400, "", "", true);
+        this.socket.destroySoon();
+      } else this.socket.destroy();
       return;
     }
     const parser = this.#parser!;
@@ -562,4 +583,12 @@ export class ClientServer {
     for (const c of this.#connections) c.destroy();
     this.#stopSweeper();
   }
+}
+
+/** Whether an upgrade request asks for WebSocket, the one protocol abgate tunnels (RFC 6455 §4.1: Upgrade: websocket). */
+function isWebSocketUpgrade(headers: string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i].toLowerCase() === "upgrade" && /(^|,)\s*websocket\s*(,|$)/i.test(headers[i + 1])) return true;
+  }
+  return false;
 }

@@ -318,10 +318,18 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 
   onBody(chunk: Buffer): void {
-    if (this.upstreamDone) return; // answered already: the rest of the body is read and dropped
+    // Answered already, or to be refused when its turn comes: the rest of the body is read and dropped.
+    if (this.upstreamDone || this.refusal !== null) return;
     this.bodyBytes += chunk.length;
     const maxBody = this.ctx.config.limits.maxBodyBytes;
     if (maxBody !== undefined && this.bodyBytes > maxBody) {
+      if (this.conn.current !== this) {
+        // Pipelined behind a request not yet answered: its 413 must wait its turn (start() gives it), or the client
+        // would pair it with the earlier request; and nothing is counted in flight for it yet.
+        this.pendingBody = null;
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body exceeds ${maxBody} bytes`, close: true, record: true };
+        return;
+      }
       this.upstream?.abort();
       this.upstreamDone = true;
       this.release();
@@ -648,9 +656,25 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const ts = Date.now();
   const scan = scanRequest(req, remoteAddress, unitHeaderName);
   const u = ctx.config.unit;
-  const unit = headerText(scan.unitHeader) || (u.query ? queryValue(req.url, u.query) : undefined) || headerText(cookieValue(scan.cookie, u.cookie)) || randomUUID();
+  const givenUnit = headerText(scan.unitHeader) || (u.query ? queryValue(req.url, u.query) : undefined) || headerText(cookieValue(scan.cookie, u.cookie));
+  const unit = givenUnit || randomUUID();
   const force = ctx.config.allowForce ? scan.force : undefined;
-  const forced = force !== undefined && known.has(force);
+  const forced = force !== undefined;
+  const refuse = (status: number, why: string) => {
+    ctx.log.debug({ requestId, err: why }, "upgrade refused");
+    const body = JSON.stringify({ error: why, code: "ABGATE_ERR_BAD_REQUEST", requestId });
+    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
+  };
+  // The checks a plain request gets (Exchange's constructor), and one of its own: the handshake has no body (one
+  // would have been read by the parser and lost, while its Content-Length went on to a replica left waiting).
+  const unitRefused = unitProblem(unit);
+  if (req.httpMinor === 1 && scan.host === undefined) return refuse(400, "HTTP/1.1 request without a Host header");
+  if (scan.duplicateHost) return refuse(400, "request with more than one Host header");
+  if (unitRefused !== null) return refuse(400, unitRefused);
+  if (forced && !known.has(force)) return refuse(400, `unknown variant "${force}" in ${FORCE_HEADER}`);
+  if (scan.transferEncoding !== undefined || (scan.contentLength !== undefined && scan.contentLength !== "0")) {
+    return refuse(400, "an upgrade request must not have a body");
+  }
   const assigned = forced ? force : ctx.strategy.assign(unit);
   const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   const replica = ctx.balancer.pick(served);
@@ -667,31 +691,21 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
-  if (unitProblem(unit) !== null) {
-    client.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
-    return;
-  }
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
   upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
-  upstream.setTimeout(ctx.config.limits.connectTimeoutMs, () => {
+  const { connectTimeoutMs, responseTimeoutMs } = ctx.config.limits;
+  const timedOut = () => {
     upstream.destroy();
     reject("timeout", `upgrade to ${replica.id} timed out`);
-  });
-  // The upgrade keeps Connection and Upgrade: they are the point of the request. x-forwarded-* as for any request.
-  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
-  const raw = req.headers;
-  let xff = "";
-  for (let i = 0; i < raw.length; i += 2) {
-    const lower = raw[i].toLowerCase();
-    if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${raw[i + 1]}` : raw[i + 1];
-    if (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
-    head += `${raw[i]}: ${raw[i + 1]}\r\n`;
-  }
-  head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
-  if (scan.host !== undefined) head += `x-forwarded-host: ${scan.host}\r\n`;
-  head += `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
+  };
+  upstream.setTimeout(connectTimeoutMs, timedOut);
+  // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request.
+  upstream.once("connect", () => upstream.setTimeout(responseTimeoutMs, timedOut));
+  // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
+  // headers that are the point of the request.
+  const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
+  const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
   upstream.write(head, "latin1");
-  if (headBytes.length) upstream.write(headBytes);
   let answered = false;
   upstream.once("data", (first: Buffer) => {
     answered = true;
@@ -703,16 +717,20 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     }
     const status = Number(statusLine[1]);
     ctx.balancer.answered(replica, status);
-    // Mark the answer with our headers: insert them after the status line.
+    // Mark the answer with our headers: insert them after the status line. A refusal (a 401, a 404, a plain 200)
+    // also says the connection ends with it: the client's later requests could not be framed on it (below).
+    const cookie = givenUnit ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
+    const close = status === 101 ? "" : "connection: close\r\n";
     client.write(first.subarray(0, eol + 2));
-    client.write(`x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
+    client.write(`${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
     client.write(first.subarray(eol + 2));
     record(status);
     if (status !== 101) {
-      // Not switched (a 401, a 404, a plain 200): the replica's answer is passed on, but nothing more from the client
-      // goes to that connection, which abgate no longer frames: a tunnel opened on a refusal would carry the client's
-      // next requests to the replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's
-      // connection ends with the answer (or after the idle timeout, if the replica keeps its connection open).
+      // Not switched: the replica's answer is passed on, but nothing more from the client goes to that connection,
+      // which abgate does not frame: a tunnel opened on a refusal would carry the client's next requests to the
+      // replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's bytes held back since the
+      // handshake (headBytes) are dropped for the same reason. The connection ends with the answer (the client was
+      // told), or after the idle timeout if the replica keeps its side open.
       upstream.removeAllListeners("timeout");
       upstream.setTimeout(ctx.config.limits.idleTimeoutMs, () => upstream.destroy());
       client.resume();
@@ -720,6 +738,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       return;
     }
     upstream.setTimeout(0);
+    // Switched: what the client sent after its handshake belongs to the new protocol, and goes first.
+    if (headBytes.length) upstream.write(headBytes);
     upstream.pipe(client);
     client.pipe(upstream);
   });
@@ -741,4 +761,10 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   upstream.on("end", teardown);
   tunnels.add(client);
   client.once("close", () => tunnels.delete(client));
+}
+
+/** The first value of a header in a raw [name, value, ...] list, by lower-case name. */
+function headerValue(raw: string[], lowerName: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if (raw[i].toLowerCase() === lowerName) return raw[i + 1];
+  return undefined;
 }
