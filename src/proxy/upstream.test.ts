@@ -384,6 +384,15 @@ describe("UpstreamConnection keep-alive", () => {
     }
   });
 
+  it("does not pool a socket whose response had both Content-Length and Transfer-Encoding", async () => {
+    const { o, pool, conn } = await once("HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    assertSuccess(o, "abc");
+    assert.equal(pool.idleCount, 0);
+    assert.equal(conn.socket.destroyed, true);
+    pool.close();
+    server.dropSockets();
+  });
+
   it("does not pool a socket that carried more bytes than the response announced", async () => {
     const { o, pool } = await once("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcEXTRA");
     assertSuccess(o, "abc");
@@ -501,6 +510,7 @@ describe("UpstreamConnection malformed responses", () => {
   }
 
   it("garbage status line", () => expectProtocol(["HELLO WORLD\r\n\r\n"]));
+  it("101 Switching Protocols, never asked for", () => expectProtocol(["HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw bytes"]));
   it("not HTTP/1.x", () => expectProtocol(["HTTP/2.0 200 OK\r\ncontent-length: 0\r\n\r\n"]));
   it("bad status code", () => expectProtocol(["HTTP/1.1 abc OK\r\ncontent-length: 0\r\n\r\n"]));
   it("status code out of range", () => expectProtocol(["HTTP/1.1 600 Nope\r\ncontent-length: 0\r\n\r\n"]));

@@ -348,7 +348,13 @@ export class UpstreamConnection {
       this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(statusLine.slice(9, 12))}`));
       return -1;
     }
-    if (status < 200 && status !== 101) {
+    if (status === 101) {
+      // abgate never asks this connection to switch protocols (WebSocket handshakes go through their own tunnel):
+      // a 101 would make the rest of the stream unframed bytes.
+      this.#fail("protocol", new Error(`${this.pool.address} switched protocols unasked`));
+      return -1;
+    }
+    if (status < 200) {
       // 100 Continue, 103 Early Hints: interim; the real head follows.
       return usedOfBuf;
     }
@@ -420,9 +426,12 @@ export class UpstreamConnection {
       (listed ??= new Set()).add("content-length");
     }
     if (transferCoded && contentLength !== -1) {
-      // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); relaying both would misframe the body.
+      // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); relaying both would misframe the body. Such a
+      // message "ought to be handled as an error" (a smuggling attempt, or a replica out of step with itself): its
+      // body is still read by Transfer-Encoding, but the connection is not used again.
       (listed ??= new Set()).add("content-length");
       contentLength = -1;
+      keepAlive = false;
     }
     if (listed) {
       // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
