@@ -118,10 +118,45 @@ export function runConformance(name: string, factory: (options: StrategyOptions)
       const s = make();
       s.setWeights({ treatment: 60 });
       const snap = s.snapshot();
-      const restored = make({ variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }], restore: snap });
+      // the kept variants' config weights are as before: the weights set at run time stay
+      const restored = make({ variants: [{ name: "control", weight: 50 }, { name: "treatment", weight: 30 }], restore: snap, onWarning: assert.fail });
       assert.deepEqual(restored.weights(), { control: 50, treatment: 60 });
       const seen = counts(restored, units(3000));
       assert.deepEqual([...seen.keys()].sort(), ["control", "treatment"]);
+    });
+
+    test("restore with the config's weights unchanged keeps the weights set at run time", () => {
+      const s = make();
+      s.setWeights({ control: 10, treatment: 10 });
+      const restored = make({ restore: JSON.parse(JSON.stringify(s.snapshot())), onWarning: assert.fail });
+      assert.deepEqual(restored.weights(), { control: 10, treatment: 10, other: 20 });
+      assert.deepEqual(restored.snapshot().configFileWeights, { control: 50, treatment: 30, other: 20 }, "the config's weights are saved");
+    });
+
+    test("restore after a config weight edit applies the config's weights, and warns", () => {
+      const s = make();
+      s.setWeights({ control: 10, treatment: 10 });
+      const snap = JSON.parse(JSON.stringify(s.snapshot()));
+      const warnings: string[] = [];
+      const edited = [{ name: "control", weight: 20 }, { name: "treatment", weight: 30 }, { name: "other", weight: 50 }];
+      const restored = make({ variants: edited, restore: snap, onWarning: (m) => warnings.push(m) });
+      assert.deepEqual(restored.weights(), { control: 20, treatment: 30, other: 50 });
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0], /^the config's weights changed since the last run \(control 50 -> 20, other 20 -> 50\): they replace the weights saved in the store \(control=10, treatment=10, other=20\)/);
+      const seen = counts(restored, units(40_000, "d"));
+      assert.ok(Math.abs((seen.get("other") ?? 0) / 40_000 - 0.5) < 0.02, `other: ${seen.get("other")}`);
+      // the next restart with this config again keeps what is set at run time from now on
+      restored.setWeights({ other: 5 });
+      const again = make({ variants: edited, restore: JSON.parse(JSON.stringify(restored.snapshot())), onWarning: assert.fail });
+      assert.deepEqual(again.weights(), { control: 20, treatment: 30, other: 5 });
+    });
+
+    test("a snapshot saved without configFileWeights (older versions) still loads, as unchanged config weights", () => {
+      const s = make();
+      s.setWeights({ treatment: 60 });
+      const { configFileWeights: _, ...old } = JSON.parse(JSON.stringify(s.snapshot()));
+      const restored = make({ variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }, { name: "other", weight: 1 }], restore: old, onWarning: assert.fail });
+      assert.deepEqual(restored.weights(), { control: 50, treatment: 60, other: 20 });
     });
 
     test("distribution follows the weights (large sample, within 5 standard errors)", () => {

@@ -22,6 +22,12 @@ export interface StrategyState {
   ranges?: Range[];
   /** bandit: the configured weights (config or setWeights), which decide the active arms and rule during burn-in */
   configuredWeights?: Record<string, number>;
+  /**
+   * The weights the config file gave when this was saved. On restore, a config whose weights differ from these was
+   * edited, and its weights replace the saved ones; when they are the same, the weights set at run time are kept.
+   * Absent in snapshots from before it was saved: treated as unchanged.
+   */
+  configFileWeights?: Record<string, number>;
 }
 
 /**
@@ -56,6 +62,8 @@ export interface StrategyOptions {
   random?: RandomSource;
   /** a snapshot from a previous run */
   restore?: StrategyState;
+  /** told when restoring replaces the saved weights by edited config weights (default: a Node process warning) */
+  onWarning?: (message: string) => void;
   /** bandit */
   floor?: number;
   burnInUnits?: number;

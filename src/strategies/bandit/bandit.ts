@@ -2,7 +2,7 @@ import type { RandomSource } from "../../clock.ts";
 import type { ArmStats, Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { FNV1A32_OFFSET, bucketOf, fnv1a32Update, type StickyHash } from "../fnv.ts";
 import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
-import { restoreWeights } from "../restore.ts";
+import { configWeightsEdited, restoreWeights } from "../restore.ts";
 import { RangeTable } from "../sticky/range-table.ts";
 import { restoreState, shareMap } from "../sticky/sticky.ts";
 import { beta } from "./beta.ts";
@@ -47,6 +47,8 @@ export class BanditStrategy implements Strategy {
   #configured: number[];
   /** the weights in force */
   #weights: number[];
+  /** the config's weights, saved in the snapshot so that a restart can tell a config edit from run-time changes */
+  readonly #configFile: number[];
   readonly #table: RangeTable;
   #probabilities: number[] | undefined;
 
@@ -60,10 +62,14 @@ export class BanditStrategy implements Strategy {
     this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
     this.#hash = options.hash ?? "fnv1a32";
     const restore = options.restore;
-    this.#configured = restore
+    this.#configFile = weights;
+    // An edited config replaces both the configured weights saved at run time and the bandit's weights in force
+    // (the next `observe` recomputes them from the data).
+    const edited = configWeightsEdited(names, weights, restore, options.onWarning);
+    this.#configured = restore && !edited
       ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
       : weights;
-    const restored = restoreState(names, this.#configured, restore);
+    const restored = restoreState(names, this.#configured, restore, edited);
     this.#weights = restored.weights;
     this.#table = restored.table;
   }
@@ -86,7 +92,7 @@ export class BanditStrategy implements Strategy {
   }
 
   snapshot(): StrategyState {
-    return { weights: this.weights(), ranges: this.ranges(), configuredWeights: toRecord(this.#names, this.#configured) };
+    return { weights: this.weights(), ranges: this.ranges(), configuredWeights: toRecord(this.#names, this.#configured), configFileWeights: toRecord(this.#names, this.#configFile) };
   }
 
   /**

@@ -1,7 +1,7 @@
 import type { RandomSource } from "../../clock.ts";
 import type { Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
-import { restoreWeights } from "../restore.ts";
+import { configWeightsEdited, restoreWeights } from "../restore.ts";
 
 /** Each request independently by weight: variant i when `random() * total` falls in its cumulative slot. */
 export class RandomStrategy implements Strategy {
@@ -9,6 +9,8 @@ export class RandomStrategy implements Strategy {
   readonly #names: string[];
   readonly #random: RandomSource;
   #weights: number[];
+  /** the config's weights, saved in the snapshot so that a restart can tell a config edit from run-time changes */
+  readonly #configFile: number[];
   /** cumulative weights of the variants with weight > 0, and their names */
   #cumulative = new Float64Array(0);
   #eligible: string[] = [];
@@ -17,7 +19,8 @@ export class RandomStrategy implements Strategy {
     const { names, weights } = validateVariants(options.variants);
     this.#names = names;
     this.#random = options.random ?? Math.random;
-    this.#weights = restoreWeights(names, weights, options.restore);
+    this.#configFile = weights;
+    this.#weights = restoreWeights(names, weights, options.restore, configWeightsEdited(names, weights, options.restore, options.onWarning));
     this.#index();
   }
 
@@ -43,7 +46,7 @@ export class RandomStrategy implements Strategy {
   }
 
   snapshot(): StrategyState {
-    return { weights: this.weights() };
+    return { weights: this.weights(), configFileWeights: toRecord(this.#names, this.#configFile) };
   }
 
   #index(): void {

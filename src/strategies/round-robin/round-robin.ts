@@ -1,6 +1,6 @@
 import type { Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
-import { restoreWeights } from "../restore.ts";
+import { configWeightsEdited, restoreWeights } from "../restore.ts";
 
 /**
  * Smooth weighted round robin, as nginx does it (ngx_http_upstream_get_peer in
@@ -16,12 +16,15 @@ export class RoundRobinStrategy implements Strategy {
   readonly kind = "round-robin" as const;
   readonly #names: string[];
   #weights: number[];
+  /** the config's weights, saved in the snapshot so that a restart can tell a config edit from run-time changes */
+  readonly #configFile: number[];
   #current: Float64Array;
 
   constructor(options: StrategyOptions) {
     const { names, weights } = validateVariants(options.variants);
     this.#names = names;
-    this.#weights = restoreWeights(names, weights, options.restore);
+    this.#configFile = weights;
+    this.#weights = restoreWeights(names, weights, options.restore, configWeightsEdited(names, weights, options.restore, options.onWarning));
     this.#current = new Float64Array(names.length);
   }
 
@@ -55,6 +58,6 @@ export class RoundRobinStrategy implements Strategy {
   }
 
   snapshot(): StrategyState {
-    return { weights: this.weights() };
+    return { weights: this.weights(), configFileWeights: toRecord(this.#names, this.#configFile) };
   }
 }

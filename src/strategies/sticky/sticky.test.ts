@@ -209,3 +209,23 @@ function normalise(w: number[]): number[] {
   const t = w.reduce((a, b) => a + b, 0);
   return w.map((x) => x / t);
 }
+
+describe("sticky: restore after a config weight edit", () => {
+  test("the saved table is rebalanced to the config's weights, moving only the units the change requires", () => {
+    const variants = (c: number, t: number) => [{ name: "control", weight: c }, { name: "treatment", weight: t }];
+    const s = new StickyStrategy({ variants: variants(50, 50), salt: "z" });
+    s.setWeights({ control: 20, treatment: 80 });
+    const before = s.ranges();
+    const warnings: string[] = [];
+    const r = new StickyStrategy({ variants: variants(90, 10), salt: "z", restore: JSON.parse(JSON.stringify(s.snapshot())), onWarning: (m) => warnings.push(m) });
+    assert.deepEqual(r.weights(), { control: 90, treatment: 10 });
+    assert.match(warnings.join(), /control 50 -> 90, treatment 50 -> 10.*range table is rebalanced/);
+    const len = lengths(r.ranges());
+    assert.ok(Math.abs(len.get("control")! - 0.9) < TOL, `control owns ${len.get("control")}`);
+    // 0.2 -> 0.9: exactly 0.7 of [0,1) moves, all from treatment to control; control's old range stays its own
+    const m = moved(before, r.ranges());
+    assert.ok(Math.abs(m.fraction - 0.7) < TOL, `moved ${m.fraction}`);
+    assert.ok(m.pairs.every(([from, to]) => from === "treatment" && to === "control"));
+    for (let i = 0; i < 2000; i++) if (s.assign(`u${i}`) === "control") assert.equal(r.assign(`u${i}`), "control");
+  });
+});

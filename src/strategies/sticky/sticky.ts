@@ -2,8 +2,7 @@ import { FNV1A32_OFFSET, bucketOf, fnv1a32Update, type StickyHash } from "../fnv
 import type { Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { mergeWeights, toRecord, toShares, validateVariants } from "../weights.ts";
 import { RangeTable } from "./range-table.ts";
-import { restoreWeights } from "../restore.ts";
-
+import { configWeightsEdited, restoreWeights } from "../restore.ts";
 
 /**
  * Deterministic assignment by hash: a unit's bucket is `fnv1a32(salt + ":" + unit) / 2^32` and its variant is the
@@ -14,6 +13,8 @@ export class StickyStrategy implements Strategy {
   readonly kind = "sticky" as const;
   readonly #names: string[];
   #weights: number[];
+  /** the config's weights, saved in the snapshot so that a restart can tell a config edit from run-time changes */
+  readonly #configFile: number[];
   readonly #table: RangeTable;
   /** FNV state after hashing `salt + ":"`, so a request only hashes its unit */
   readonly #prefix: number;
@@ -24,7 +25,9 @@ export class StickyStrategy implements Strategy {
     this.#names = names;
     this.#prefix = fnv1a32Update(FNV1A32_OFFSET, `${options.salt}:`);
     this.#hash = options.hash ?? "fnv1a32";
-    const restored = restoreState(names, weights, options.restore);
+    this.#configFile = weights;
+    const edited = configWeightsEdited(names, weights, options.restore, options.onWarning);
+    const restored = restoreState(names, weights, options.restore, edited);
     this.#weights = restored.weights;
     this.#table = restored.table;
   }
@@ -52,7 +55,7 @@ export class StickyStrategy implements Strategy {
   }
 
   snapshot(): StrategyState {
-    return { weights: this.weights(), ranges: this.ranges() };
+    return { weights: this.weights(), ranges: this.ranges(), configFileWeights: toRecord(this.#names, this.#configFile) };
   }
 }
 
@@ -64,17 +67,20 @@ export function shareMap(names: readonly string[], weights: readonly number[]): 
 
 /**
  * Weights and range table from a snapshot. The snapshot's weights win over the configured ones (they were set at
- * run time), variants the config no longer has are dropped (their ranges move to the others), and variants new
- * in the config keep their configured weight; the persisted table is then rebalanced, which is a no-op when
- * nothing changed, so a restart gives exactly the assignment from before.
+ * run time) unless the config's weights were edited since (`edited`, see configWeightsEdited), variants the config
+ * no longer has are dropped (their ranges move to the others), and variants new in the config keep their
+ * configured weight; the persisted table is then rebalanced to the weights, as a weight change at run time would
+ * be: a no-op when nothing changed, so a restart gives exactly the assignment from before, and after a config edit
+ * only the units the change requires move.
  */
 export function restoreState(
   names: readonly string[],
   configured: readonly number[],
   restore: StrategyState | undefined,
+  edited = false,
 ): { weights: number[]; table: RangeTable } {
   if (!restore) return { weights: [...configured], table: RangeTable.initial(names, toShares(configured)) };
-  const weights = restoreWeights(names, configured, restore);
+  const weights = restoreWeights(names, configured, restore, edited);
   const shares = shareMap(names, weights);
   if (!restore.ranges) return { weights, table: RangeTable.initial(names, toShares(weights)) };
   const table = RangeTable.fromRanges(restore.ranges);
