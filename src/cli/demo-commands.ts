@@ -1,6 +1,6 @@
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config/index.ts";
-import { InvalidArgumentError } from "../errors.ts";
+import { AbgateError, InvalidArgumentError } from "../errors.ts";
 
 /** `abgate simulate` and `abgate demo`, registered by main.ts (they live with the container code). */
 export function registerDemoCommands(program: Command): void {
@@ -57,6 +57,12 @@ export function registerDemoCommands(program: Command): void {
       }
       out(`done in ${(r.elapsedMs / 1000).toFixed(1)} s: ${r.ok} ok, ${r.failed} failed, ${r.eventsPosted} events posted`);
       if (r.failed) out(`first failure: ${r.failures[0]}`);
+      // A run in which nothing got through measured nothing (abgate down, wrong --proxy): a script must see
+      // that as a failure (exit 1), not as a simulation that went fine.
+      if (r.ok === 0 && total > 0) {
+        const why = r.failed > 0 ? `all ${r.failed} requests to ${proxyUrl} failed; first failure: ${r.failures[0]}` : `no request was sent to ${proxyUrl} within --duration ${opts.duration} s`;
+        throw new AbgateError(`simulate: no request succeeded (${why})`, "ABGATE_ERR_SIMULATE");
+      }
     });
 
   program

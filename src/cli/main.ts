@@ -23,16 +23,21 @@ function out(line: string): void {
   process.stdout.write(`${line}\n`);
 }
 
-/** Resolve when SIGINT or SIGTERM arrives (once). */
+/**
+ * The signals that stop a serving abgate. SIGHUP (the terminal closed, the ssh session dropped) too: its default
+ * action kills Node at once, without the `exit` event, and process replicas, which run in their own process groups
+ * so that they can be stopped as a whole, would then outlive abgate, holding their ports.
+ */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Resolve when one of STOP_SIGNALS arrives (once). */
 function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const on = (sig: NodeJS.Signals) => {
-      process.removeListener("SIGINT", on);
-      process.removeListener("SIGTERM", on);
+      for (const s of STOP_SIGNALS) process.removeListener(s, on);
       resolve(sig);
     };
-    process.on("SIGINT", on);
-    process.on("SIGTERM", on);
+    for (const s of STOP_SIGNALS) process.on(s, on);
   });
 }
 
@@ -50,9 +55,9 @@ async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger
   const sig = await signalled;
   log.info({ signal: sig }, "signal received: draining");
   // A second signal during the drain means "now".
+  // (process.exit still runs the process engine's `exit` hook, which kills the replicas.)
   const hard = () => process.exit(1);
-  process.once("SIGINT", hard);
-  process.once("SIGTERM", hard);
+  for (const s of STOP_SIGNALS) process.once(s, hard);
   await gw.stop();
 }
 

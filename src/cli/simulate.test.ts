@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer as createTcpServer, type AddressInfo } from "node:net";
+import { runCli } from "../../test/helpers/cli.ts";
 import { generate } from "../../examples/recommender/data/synth.js";
 import { InvalidArgumentError } from "../errors.ts";
 import { simulate } from "./simulate.ts";
@@ -95,4 +96,25 @@ test("simulate: more users than the data set knows is an InvalidArgumentError", 
     simulate({ proxyUrl: "http://127.0.0.1:1", adminUrl: "http://127.0.0.1:1", users: data.users.length + 1, durationMs: 10, concurrency: 1, seed: 1 }),
     InvalidArgumentError,
   );
+});
+
+test("abgate simulate: exit 1, saying why, when no request succeeded", async () => {
+  // A port that was just free: nothing listens there, so every request is refused.
+  const probe = createTcpServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const url = `http://127.0.0.1:${port}`;
+  const res = await runCli(["simulate", "--proxy", url, "--admin", url, "--users", "5", "--requests", "10", "--duration", "10", "--concurrency", "2"]);
+  assert.equal(res.code, 1, `${res.stdout}\n${res.stderr}`);
+  assert.match(res.stdout, /0 ok, 10 failed/);
+  assert.match(res.stderr, new RegExp(`^abgate: simulate: no request succeeded \\(all 10 requests to ${url} failed; first failure: `, "m"), res.stderr);
+});
+
+test("abgate simulate: exit 0 when requests got through, even if some failed", async (t) => {
+  const fake = await fakeAbgate({ failEvery: 4 });
+  t.after(fake.close);
+  const res = await runCli(["simulate", "--proxy", fake.url, "--admin", fake.url, "--users", "5", "--requests", "20", "--duration", "10", "--concurrency", "1"]);
+  assert.equal(res.code, 0, `${res.stdout}\n${res.stderr}`);
+  assert.match(res.stdout, /15 ok, 5 failed/);
 });

@@ -1,5 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runCli } from "../../test/helpers/cli.ts";
 import { ConfigError } from "../errors.ts";
 import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
 
@@ -85,4 +89,59 @@ test("validate refuses what serve would: non-http or path URLs, ports past 65535
   assert.match(issues(base + "listen: 127.0.0.1:99999\n").join(), /^listen: host:port with a port from 0 to 65535/m);
   assert.match(issues(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.1:8090' }\n").join(), /admin\.listen: an address other than listen's/);
   assert.doesNotThrow(() => parseConfig(base + "listen: 127.0.0.1:0\nadmin: { listen: '127.0.0.1:0' }\n", "/tmp", {}));
+});
+
+test("a variant's pinned port may not be the proxy's or the admin's (its replicas would fight abgate for it)", () => {
+  const proc = "experiment: exp\nengine: process\nlisten: 127.0.0.1:8090\nadmin: { listen: 127.0.0.1:8091 }\nvariants:\n  - { name: control, command: [node, s.js], port: 8090 }\n  - { name: treatment, command: [node, s.js], port: 8088, replicas: 4 }\n";
+  const got = issues(proc).join("\n");
+  assert.match(got, /^variants\[0\]\.port: a port other than listen's 8090 \(this variant's replicas would get port 8090\)$/m);
+  assert.match(got, /^variants\[1\]\.port: a port other than listen's 8090 \(this variant's replicas would get ports 8088-8091 \(one per replica\)\)$/m);
+  assert.match(got, /^variants\[1\]\.port: a port other than admin\.listen's 8091/m);
+  assert.doesNotThrow(() => parseConfig(proc.replace("port: 8090", "port: 8092").replace("port: 8088, replicas: 4", "port: 8093, replicas: 4"), "/tmp", {}));
+});
+
+test("weights whose sum overflows are refused at variants, as serve would refuse them", () => {
+  const huge = base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', weight: 1e308").replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: 1e308");
+  assert.match(issues(huge).join("\n"), /^variants: weights must sum to a finite number \(they overflow to Infinity\)/m);
+});
+
+test("a YAML alias bomb is a config error, not a crash", () => {
+  const bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n";
+  assert.match(issues(bomb).join("\n"), /^: YAML aliases \(\*name\) expand to too many nodes/m);
+  // a few aliases are fine
+  const aliased = parseConfig(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', health: &h { path: /h }").replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', health: *h"), "/tmp", {});
+  assert.equal(aliased.variants[1]!.health?.path, "/h");
+});
+
+test("url with replicas > 1 is refused (one url is one endpoint; urls lists several)", () => {
+  assert.match(issues(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', replicas: 3")).join("\n"), /^variants\[0\]\.replicas: 1 with url \(one endpoint\); list several endpoints with urls \(got 3\)$/m);
+  assert.doesNotThrow(() => parseConfig(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', replicas: 1"), "/tmp", {}));
+});
+
+test("$${ is a literal ${ inside YAML flow maps and sequences too", () => {
+  const c = parseConfig(
+    // (a function as replace's replacement: in a string, `$$` would stand for `$`)
+    base.replace("url: 'http://127.0.0.1:9001'", () => "url: 'http://127.0.0.1:9001', env: { A: $${T}, B: x-$${T}-y, C: '$${T}' }") + "metrics: [{ name: m, kind: conversion, event: $${T} }]\n",
+    "/tmp",
+    { T: "from-env" },
+  );
+  assert.deepEqual(c.variants[0]!.env, { A: "${T}", B: "x-${T}-y", C: "${T}" });
+  assert.equal(c.metrics[0]!.kind === "conversion" ? c.metrics[0]!.event : undefined, "${T}");
+});
+
+test("abgate validate exits 2 with the key path for overflowing weights, an alias bomb, url with replicas", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-validate-"));
+  const cases: [string, string, RegExp][] = [
+    ["huge", base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', weight: 1e308").replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: 1e308"), /^  variants: weights must sum to a finite number/m],
+    ["alias", "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n", /^  \(root\): YAML aliases \(\*name\) expand to too many nodes/m],
+    ["urlrep", base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', replicas: 3"), /^  variants\[0\]\.replicas: 1 with url/m],
+  ];
+  for (const [name, text, expected] of cases) {
+    const file = join(dir, `${name}.yaml`);
+    writeFileSync(file, text);
+    const res = await runCli(["validate", "-c", file]);
+    assert.equal(res.code, 2, `${name}: ${res.stdout}${res.stderr}`);
+    assert.match(res.stderr, /^abgate: config error$/m, name);
+    assert.match(res.stderr, expected, `${name}: ${res.stderr}`);
+  }
 });

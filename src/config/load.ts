@@ -85,6 +85,10 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     if (v.urls && v.replicas !== 1 && v.replicas !== v.urls.length) {
       out.push({ path: `${at}.replicas`, message: `with urls the replica count is the number of urls (${v.urls.length})` });
     }
+    // One url is one endpoint: the static engine cannot start more, so `replicas: 3` would silently run one.
+    if (v.url !== undefined && v.urls === undefined && v.replicas !== 1) {
+      out.push({ path: `${at}.replicas`, message: `1 with url (one endpoint); list several endpoints with urls (got ${v.replicas})` });
+    }
   });
   for (const [key, value] of [["listen", cfg.listen], ["admin.listen", cfg.admin.listen]] as const) {
     if (parseHostPort(value).port > 65535) out.push({ path: key, message: `host:port with a port from 0 to 65535 (got ${value})` });
@@ -94,8 +98,23 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   if (proxyAt.port !== 0 && proxyAt.port === adminAt.port && proxyAt.host === adminAt.host) {
     out.push({ path: "admin.listen", message: `an address other than listen's (both are ${cfg.listen})` });
   }
+  // Replicas of a variant with `port` get port, port+1, ...: none of them may be the proxy's or the admin's port,
+  // or the replica and abgate's own listener fight over it (the engines also keep those ports out of `ports.base`).
+  if (cfg.engine !== "static") {
+    cfg.variants.forEach((v, i) => {
+      if (v.port === undefined) return;
+      for (const [key, at] of [["listen", proxyAt], ["admin.listen", adminAt]] as const) {
+        if (at.port !== 0 && at.port >= v.port && at.port < v.port + v.replicas) {
+          const span = v.replicas === 1 ? `port ${v.port}` : `ports ${v.port}-${v.port + v.replicas - 1} (one per replica)`;
+          out.push({ path: `variants[${i}].port`, message: `a port other than ${key}'s ${at.port} (this variant's replicas would get ${span})` });
+        }
+      }
+    });
+  }
   const total = cfg.variants.reduce((s, v) => s + v.weight, 0);
   if (!(total > 0)) out.push({ path: "variants", message: "weights must sum to a positive number" });
+  // Each weight is finite, but their sum can overflow (1e308 + 1e308): the strategies would refuse it at serve time.
+  else if (!Number.isFinite(total)) out.push({ path: "variants", message: `weights must sum to a finite number (they overflow to ${total}); use smaller weights, only their ratios matter` });
   if (cfg.fallback !== undefined && cfg.fallback !== "reject" && !names.has(cfg.fallback)) {
     out.push({ path: "fallback", message: `"reject" or a variant name (got "${cfg.fallback}")` });
   }
@@ -155,11 +174,12 @@ class EnvValue {
  * scalar meets a key that wants a number or a boolean, its text is read as one (`weight: ${W}`).
  */
 export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env): Config {
-  const values: string[] = [];
+  /** what each placeholder stands for: a variable's value, or the literal `${...}` of a `$${...}` escape */
+  const values: { text: string; literal: boolean }[] = [];
   const tag = `abgateenv${Math.random().toString(36).slice(2, 10)}x`;
   const marked = text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => {
-    if (whole.startsWith("$$")) return whole.slice(1);
-    values.push(envValue(env, key, def));
+    // The escape gets a placeholder too: put back into the text, its braces would end a flow map (`{ A: $${X} }`)
+    values.push(whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false });
     return `${tag}${values.length - 1}x`;
   });
   const doc = parseDocument(marked, { prettyErrors: true });
@@ -173,15 +193,26 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       Scalar(key, node) {
         if (typeof node.value !== "string" || !node.value.includes(tag)) return;
         const only = whole.exec(node.value);
-        if (only !== null && key !== "key" && node.type === "PLAIN") {
-          const value = values[Number(only[1])]!;
-          node.value = value === "" ? null : new EnvValue(value);
-        } else node.value = node.value.replace(placeholder, (_, i: string) => values[Number(i)]!);
+        const value = only !== null ? values[Number(only[1])]! : undefined;
+        if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
+          node.value = value.text === "" ? null : new EnvValue(value.text);
+        } else node.value = node.value.replace(placeholder, (_, i: string) => values[Number(i)]!.text);
       },
     });
   }
   const envPaths = new Map<string, string>();
-  const raw = unwrapEnv(doc.toJS(), [], envPaths);
+  let js: unknown;
+  try {
+    js = doc.toJS();
+  } catch (cause) {
+    // The parse succeeded but building the values did not: yaml refuses aliases that expand too far (an
+    // "alias bomb", `*a` nested into millions of nodes). That is the file's problem, so a config error (exit 2).
+    const message = /alias/i.test((cause as Error).message)
+      ? `YAML aliases (*name) expand to too many nodes (${(cause as Error).message}); write the values out or use fewer aliases`
+      : `the YAML cannot be read: ${(cause as Error).message}`;
+    throw new ConfigError([{ path: "", message }], { cause });
+  }
+  const raw = unwrapEnv(js, [], envPaths);
   return validateConfig(raw, baseDir, envPaths);
 }
 

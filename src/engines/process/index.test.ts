@@ -168,3 +168,25 @@ test("abgate up: a failed startup leaves none of a replica's grandchildren behin
   assert.equal(pids.length, 2);
   for (const pid of pids) assert.equal(alive(pid), false, `grandchild ${pid} is gone once abgate has exited`);
 });
+
+test("process engine: replicas never get the proxy's or the admin's port, even when ports.base is one of them", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  // The engine starts before abgate binds listen and admin.listen, so those ports are free at that moment: only
+  // reserving them keeps them from the replicas.
+  const engine = new ProcessEngine(
+    parseConfig(
+      `experiment: procs\nengine: process\nstore: sqlite:./a.db\nlisten: 127.0.0.1:24700\nadmin: { listen: 127.0.0.1:24701 }\nports: { base: 24700 }\n` +
+        `variants:\n  - { name: control, command: [sleep, "1000"], replicas: 2 }\n  - { name: treatment, command: [sleep, "1000"] }\n`,
+      dir,
+      {},
+    ),
+  );
+  await engine.start();
+  try {
+    const ports = engine.endpoints().map((e) => e.port).sort();
+    assert.equal(ports.length, 3);
+    assert.ok(!ports.includes(24700) && !ports.includes(24701), `replica ports ${ports.join(", ")} exclude 24700 (listen) and 24701 (admin)`);
+  } finally {
+    await engine.stop(1000);
+  }
+});

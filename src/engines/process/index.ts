@@ -81,6 +81,9 @@ export class ProcessEngine implements Engine {
     this.#opts = { backoffMs: 250, maxBackoffMs: 30_000, stableAfterMs: 10_000, ...options };
     this.#clock = options.clock ?? systemClock;
     this.#ports = new PortAllocator(config.ports.base);
+    // The engine starts before the proxy and admin listeners bind, so their ports still look free then: without
+    // this a replica could take one (ports.base at or below listen's port) and abgate would fail to listen.
+    for (const at of [config.listen, config.admin.listen]) if (at.port !== 0) this.#ports.reserve(at.port);
   }
 
   async start(onProgress?: (line: string) => void): Promise<void> {
