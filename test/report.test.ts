@@ -286,13 +286,21 @@ describe("buildReport", () => {
     const first = buildReport(input(arms));
     const current = first.sequentialState["watched/treatment"]!;
     assert.ok(current > 0.01);
-    const { report, sequentialState } = buildReport(input(arms, { previousSequential: { "watched/treatment": 0.004, "gone/metric": 0.5 } }));
+    // an earlier look's interval [0.001, 0.03] excluded 0 on the positive side; it overlaps this look's interval
+    const previous = { "watched/treatment": 0.004, "watched/treatment#lower": 0.001, "watched/treatment#upper": 0.03, "watched/treatment#alpha": 0.05, "gone/metric": 0.5 };
+    const { report, sequentialState } = buildReport(input(arms, { previousSequential: previous }));
     assert.equal(report.metrics[0]!.comparisons[0]!.pValueSequential, 0.004);
     assert.equal(sequentialState["watched/treatment"], 0.004);
     assert.equal(sequentialState["gone/metric"], 0.5, "state of other keys is kept");
+    assert.deepEqual(report.metrics[0]!.comparisons[0]!.sequentialCi, [0.001, 0.03]);
     // watch_minutes has no spread, hence no sequential p: the family is this one comparison, and once crossed stays crossed
     assert.equal(report.metrics[0]!.comparisons[0]!.significant, true);
     assert.equal(report.decision.action, "promote");
+    // a state saved before the intersections were kept: the p loads, but its direction is unknown, so not significant
+    const old = buildReport(input(arms, { previousSequential: { "watched/treatment": 0.004 } })).report;
+    assert.equal(old.metrics[0]!.comparisons[0]!.pValueSequential, 0.004);
+    assert.equal(old.metrics[0]!.comparisons[0]!.significant, false);
+    assert.equal(old.decision.action, "continue");
   });
 
   it("counts forced requests and multi-variant units in dataQuality", () => {

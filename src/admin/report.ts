@@ -2,6 +2,16 @@ import type { Config } from "../config/index.ts";
 import type { Store } from "../store/types.ts";
 
 const SEQUENTIAL_STATE_KEY = "sequential";
+/** The weights the report last saw and since when they are known to be in force (see `weightsInForce`). */
+const REPORT_WEIGHTS_STATE_KEY = "report-weights";
+const MINUTE_MS = 60_000;
+
+interface WeightsSeen {
+  /** shares (weights divided by their sum), by variant */
+  shares: Record<string, number>;
+  /** ms since epoch from which these weights are known to be in force; null: since the start of the experiment */
+  since: number | null;
+}
 
 /**
  * The report of the spec: sufficient statistics from the store, the verdict from the stats engine. The running
@@ -18,17 +28,89 @@ export async function experimentReport(config: Config, store: Store, weights: Re
   } catch {
     previousSequential = {};
   }
+  const current = Object.fromEntries(variants.map((name) => [name, weights[name] ?? 0]));
+  const bandit = config.strategy.kind === "bandit";
+  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs);
   // Loaded on first use: the proxy starts without the statistics code.
   const { buildReport } = await import("../stats/index.ts");
   const { report, sequentialState } = buildReport({
     experiment: config.experiment,
-    variants: variants.map((name) => ({ name, weight: weights[name] ?? 0 })),
+    variants: variants.map((name) => ({ name, weight: current[name]! })),
     aggregates,
     metrics: config.metrics,
     analysis: config.analysis,
     now: nowMs,
     previousSequential,
+    strategy: config.strategy.kind,
+    ...(srmWindow ? { srmWindow } : {}),
   });
   await store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState));
   return report;
+}
+
+function sharesOf(weights: Record<string, number>): Record<string, number> | null {
+  const total = Object.values(weights).reduce((s, w) => s + (Number.isFinite(w) && w > 0 ? w : 0), 0);
+  if (!(total > 0)) return null;
+  return Object.fromEntries(Object.entries(weights).map(([k, w]) => [k, Number.isFinite(w) && w > 0 ? w / total : 0]));
+}
+
+function sameShares(a: Record<string, number>, b: Record<string, number>): boolean {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  for (const k of keys) if (Math.abs((a[k] ?? 0) - (b[k] ?? 0)) > 1e-9) return false;
+  return true;
+}
+
+/**
+ * For the SRM check under manual weight changes (ramp-ups): the units whose first exposure came after the current
+ * weights are known to have been in force, or undefined to test the cumulative units (no change seen).
+ *
+ * The store keeps no history of weights, and `PUT /v1/weights` does not record when it happened, so the report
+ * keeps its own record: the weights it last saw and the time from which they are known to hold. When the weights
+ * differ from the ones seen by the previous report (or, at the first report, from the configured ones), they changed
+ * at some unknown time before now, so only units first exposed from the next full minute on (the store counts new
+ * units per minute) are known to have been assigned under them; those are what the SRM check then tests. Units
+ * from before are left out rather than compared with weights that did not apply to them. Under sticky assignment
+ * new units hash into the current ranges, so their split follows the current weights whatever came before.
+ * Limits: changes that are undone before the report sees them (A → B → A between two reads) are not noticed; and the
+ * window starts at the first report after a change, not at the change, so a report read right after a change
+ * leaves the SRM check unjudged until each arm has a few units since. Recording the time of each change where it is
+ * made (the admin API) would give the exact window.
+ */
+async function weightsInForce(
+  config: Config,
+  store: Store,
+  weights: Record<string, number>,
+  nowMs: number,
+): Promise<{ since: number; units: Record<string, number> } | undefined> {
+  const shares = sharesOf(weights);
+  if (shares === null) return undefined;
+  let seen: WeightsSeen | null = null;
+  try {
+    const raw = await store.getState(config.experiment, REPORT_WEIGHTS_STATE_KEY);
+    if (raw) {
+      const parsed = JSON.parse(raw) as Partial<WeightsSeen>;
+      if (parsed && typeof parsed.shares === "object" && parsed.shares !== null && (parsed.since === null || typeof parsed.since === "number")) {
+        seen = { shares: parsed.shares, since: parsed.since };
+      }
+    }
+  } catch {
+    seen = null;
+  }
+  let since: number | null;
+  if (seen !== null && sameShares(seen.shares, shares)) since = seen.since;
+  else if (seen === null) {
+    const configured = sharesOf(Object.fromEntries(config.variants.map((v) => [v.name, v.weight])));
+    // First report: the configured weights are the only history there is.
+    since = configured !== null && sameShares(configured, shares) ? null : nowMs;
+  } else since = nowMs;
+  if (seen === null || seen.since !== since || !sameShares(seen.shares, shares)) {
+    await store.setState(config.experiment, REPORT_WEIGHTS_STATE_KEY, JSON.stringify({ shares, since } satisfies WeightsSeen));
+  }
+  if (since === null) return undefined;
+  // Whole minutes from `since` on: every unit counted there was first exposed after the weights were seen in force.
+  const from = Math.ceil(since / MINUTE_MS) * MINUTE_MS;
+  const buckets = await store.minutes(config.experiment, [], from);
+  const units: Record<string, number> = Object.fromEntries(config.variants.map((v) => [v.name, 0]));
+  for (const b of buckets) if (b.minute >= from && b.variant in units) units[b.variant]! += b.newUnits;
+  return { since: from, units };
 }

@@ -132,14 +132,18 @@ function variantLines(sim: SimulateResult): string[] {
 interface ReportShape {
   metrics?: { name: string; kind: string; control?: { value: number }; comparisons?: { variant: string; value: number; relative?: { estimate: number }; pValueAdjusted?: number; pValue?: number; significant?: boolean }[] }[];
   guardrails?: { name: string; variant: string; ok: boolean; detail?: string }[];
-  srm?: { pValue: number; mismatch: boolean };
+  srm?: { pValue: number | null; mismatch: boolean };
   decision?: { action: string; variant?: string; reason?: string };
 }
 
 /** A compact text report, used when the stats module has no table formatter. */
 function plainReport(report: ReportShape, control: string): string[] {
   const lines: string[] = [];
-  if (report.srm) lines.push(`sample ratio: p = ${report.srm.pValue.toPrecision(3)}${report.srm.mismatch ? "  MISMATCH" : "  ok"}`);
+  if (report.srm) {
+    // null: not judged (no units yet, or a bandit's allocation, adaptive by design)
+    const p = report.srm.pValue === null ? "not judged" : `p = ${report.srm.pValue.toPrecision(3)}`;
+    lines.push(`sample ratio: ${p}${report.srm.mismatch ? "  MISMATCH" : "  ok"}`);
+  }
   for (const m of report.metrics ?? []) {
     for (const c of m.comparisons ?? []) {
       const p = c.pValueAdjusted ?? c.pValue;

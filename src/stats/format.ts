@@ -64,7 +64,7 @@ export function formatReportTable(report: Report): string {
         fmtP(c.pValueAdjusted),
         fmtP(c.pValueSequentialAdjusted),
         c.chanceToWin === null ? "" : c.chanceToWin > 0.999 && c.chanceToWin < 1 ? ">99.9%" : c.chanceToWin < 0.001 && c.chanceToWin > 0 ? "<0.1%" : fmtPct(c.chanceToWin),
-        c.significant ? "yes" : "no",
+        c.significant ? "yes" : c.sequentialError === "NON_STATIONARY" ? "no (unstable)" : "no",
       ]);
     }
     out.push(
@@ -91,7 +91,7 @@ export function formatReportTable(report: Report): string {
   out.push(`  ${d.reason}`);
   out.push("");
   out.push(
-    `p: fixed-horizon; p adj: ${report.analysis.correction}-adjusted; p seq: always-valid (mSPRT, tau2 = ${report.analysis.tau2}·σ²), ${report.analysis.correction}-adjusted; significant: p seq < ${report.analysis.alpha}.`,
+    `p: fixed-horizon; p adj: ${report.analysis.correction}-adjusted; p seq: always-valid (mSPRT, tau2 = ${report.analysis.tau2}·σ²), ${report.analysis.correction}-adjusted; significant: p seq < ${report.analysis.alpha} and the always-valid interval, intersected over every report, excludes 0 (unstable: those intervals no longer overlap).`,
   );
   return out.join("\n") + "\n";
 }

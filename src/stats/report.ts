@@ -5,7 +5,7 @@ import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, 
 import { adjustPValues } from "./multiple.ts";
 import { sequentialUnits } from "./power.ts";
 import { DEFAULT_TAU2_STANDARDIZED, mixtureSprt, runningMinimum } from "./sequential.ts";
-import type { Correction, Interval } from "./types.ts";
+import type { Correction, Interval, StatsErrorCode } from "./types.ts";
 
 /** SRM is not judged until every arm with weight > 0 has this many units: the χ² approximation needs them. */
 export const SRM_MIN_UNITS_PER_VARIANT = 8;
@@ -34,8 +34,31 @@ export interface ReportInput {
   analysis: ReportAnalysisConfig;
   /** ms since epoch */
   now: number;
-  /** running minima of the sequential p-values from earlier reports, keyed `${metric}/${variant}` */
+  /**
+   * `sequentialState` of the previous report: running minima of the sequential p-values keyed `${metric}/${variant}`,
+   * and the running intersections of the always-valid intervals keyed `${metric}/${variant}#lower`, `#upper` and
+   * `#alpha` (lower > upper: the intersection is empty). States saved before the intersections were kept load too;
+   * their intersections start at the next look.
+   */
   previousSequential?: Record<string, number>;
+  /**
+   * The assignment strategy. Under "bandit" the weights follow the data (Thompson sampling), so cumulative units are
+   * not expected to match any fixed weights and the SRM check is skipped.
+   */
+  strategy?: string;
+  /**
+   * Units by variant (first exposure) since `since` (ms since epoch), a time from which the current weights are known
+   * to have been in force. When given, the SRM check compares these units, not the cumulative ones, with the current
+   * weights, so a weight change earlier in the experiment (a ramp-up) is not mistaken for a sample ratio mismatch.
+   */
+  srmWindow?: { since: number; units: Record<string, number> };
+}
+
+/** The running intersection of the always-valid intervals of one comparison; `ci` null: the intersection is empty. */
+interface SequentialIntervalState {
+  ci: [number, number] | null;
+  /** the level the intervals were computed at; a different alpha starts a new intersection */
+  alpha: number;
 }
 
 export interface VariantSummary {
@@ -55,6 +78,10 @@ export interface SrmSummary {
   df: number | null;
   threshold: number;
   note: string;
+  /** why the check was not judged or what it was run on: ADAPTIVE_ALLOCATION (bandit: skipped), SINCE_WEIGHT_CHANGE (units since `since` only) */
+  reason?: "ADAPTIVE_ALLOCATION" | "SINCE_WEIGHT_CHANGE";
+  /** SINCE_WEIGHT_CHANGE: the start of the units tested */
+  since?: string;
 }
 
 export type MetricRole = "primary" | "secondary" | "guardrail";
@@ -72,11 +99,20 @@ export interface Comparison {
   /** always-valid mSPRT p-value: running minimum over every report so far */
   pValueSequential: number | null;
   pValueSequentialAdjusted: number | null;
-  /** always-valid (1 - alpha) interval of the absolute difference at this look */
+  /**
+   * always-valid (1 - alpha) interval of the absolute difference: the running intersection of every look's interval
+   * (Howard, Ramdas, McAuliffe & Sekhon 2021, CI_n = ∩_{m≤n} I_m); null before the first look, or when the
+   * intersection is empty (`sequentialError` NON_STATIONARY)
+   */
   sequentialCi: [number, number] | null;
+  /** NON_STATIONARY: the always-valid intervals of different looks do not overlap, so no single effect fits them all */
+  sequentialError?: StatsErrorCode;
   /** P(treatment rate > control rate), Beta(1,1) priors; conversion and error-rate metrics only */
   chanceToWin: number | null;
-  /** pValueSequentialAdjusted < alpha: the difference holds up however often the report is read */
+  /**
+   * pValueSequentialAdjusted < alpha and the running intersection `sequentialCi` excludes 0 (its side gives the
+   * direction): the difference holds up however often the report is read
+   */
   significant: boolean;
   error?: string;
 }
@@ -138,7 +174,7 @@ export interface Report {
 
 export interface ReportOutput {
   report: Report;
-  /** running minima to pass back as `previousSequential` next time */
+  /** running minima and interval intersections to pass back as `previousSequential` next time */
   sequentialState: Record<string, number>;
 }
 
@@ -206,13 +242,14 @@ export function buildReport(input: ReportInput): ReportOutput {
   const totalUnits = variants.reduce((s, v) => s + v.units, 0);
   const totalWeight = variants.reduce((s, v) => s + Math.max(0, v.weight), 0);
 
-  const srm = srmSummary(variants, srmThreshold);
+  const srm = srmSummary(variants, srmThreshold, input.strategy === "bandit", input.srmWindow);
 
   // Metrics, in config order. The aggregate list is in config order too, but match by name to be safe.
   const aggByName = new Map(agg.metrics.map((m) => [m.name, m]));
   const primaryName = input.metrics.find((m) => m.kind === "conversion" || m.kind === "mean")?.name ?? null;
+  // Carry every finite entry over (also of metrics no longer configured); the state may come from JSON in the store.
   const sequentialState: Record<string, number> = {};
-  for (const [k, v] of Object.entries(previous)) if (Number.isFinite(v)) sequentialState[k] = v;
+  for (const [k, v] of Object.entries(previous)) if (typeof v === "number" && Number.isFinite(v)) sequentialState[k] = v;
 
   const metrics: MetricReport[] = [];
   const guardrails: GuardrailReport[] = [];
@@ -226,8 +263,21 @@ export function buildReport(input: ReportInput): ReportOutput {
       const t = armStats(metric, variant);
       const comparison = compare(metric, variant, c, t, alpha, tau2Standardized);
       const key = `${config.name}/${variant}`;
-      comparison.pValueSequential = runningMinimum(previous[key], comparison.pValueSequential);
+      const previousP = previous[key];
+      comparison.pValueSequential = runningMinimum(typeof previousP === "number" && Number.isFinite(previousP) ? previousP : null, comparison.pValueSequential);
       if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
+      // The running intersection of the always-valid intervals (Johari et al. 2017 §4; Howard et al. 2021): every
+      // look's interval covers the true difference with probability 1 - alpha simultaneously over all looks, so their
+      // intersection does too. It only shrinks: once it lies on one side of 0, the direction is settled for good, and
+      // if it becomes empty no constant difference fits every look (a novelty effect, a fix deployed mid-experiment,
+      // a drifting population): that is reported and nothing is decided on it.
+      const previousCi = readInterval(previous, key);
+      const running = intersect(previousCi !== undefined && previousCi.alpha === alpha ? previousCi : undefined, comparison.sequentialCi, alpha);
+      if (running !== undefined) {
+        writeInterval(sequentialState, key, running);
+        comparison.sequentialCi = running.ci;
+        if (running.ci === null) comparison.sequentialError = "NON_STATIONARY";
+      }
       comparisons.push(comparison);
       if (config.guardrail) guardrails.push(guardrail(metric, config.guardrail, variant, c, t, alpha));
     }
@@ -246,7 +296,12 @@ export function buildReport(input: ReportInput): ReportOutput {
   for (const m of metrics) {
     for (const c of m.comparisons) {
       if (m.role === "guardrail") c.pValueSequentialAdjusted = c.pValueSequential;
-      c.significant = c.pValueSequentialAdjusted !== null && c.pValueSequentialAdjusted < alpha;
+      // Significant only while the running intersection excludes 0. The adjusted p < alpha alone is not enough: it
+      // is a running minimum, so it remembers old evidence without its direction (a treatment significantly worse
+      // at one look could otherwise be promoted later on a positive point estimate). When p_m ≤ alpha' ≤ alpha at
+      // a look m, that look's interval excludes 0, so the intersection is on that side of 0 or empty.
+      const ci = c.sequentialCi;
+      c.significant = c.pValueSequentialAdjusted !== null && c.pValueSequentialAdjusted < alpha && ci !== null && (ci[0] > 0 || ci[1] < 0);
     }
   }
 
@@ -272,13 +327,70 @@ function emptyAggregate(config: MetricConfig): MetricAggregate {
   return { name: config.name, kind: config.kind, byVariant: {} } as MetricAggregate;
 }
 
-function srmSummary(variants: VariantSummary[], threshold: number): SrmSummary {
-  const weighted = variants.filter((v) => v.weight > 0);
+/**
+ * The saved intersection of one comparison: `${key}#lower`, `${key}#upper`, `${key}#alpha`, numbers like the rest of
+ * the state (so states saved before intersections were kept still load, and their intersection starts now).
+ * lower > upper is the empty intersection. Undefined when absent or unreadable.
+ */
+function readInterval(state: Record<string, number>, key: string): SequentialIntervalState | undefined {
+  const lower = state[`${key}#lower`];
+  const upper = state[`${key}#upper`];
+  const alpha = state[`${key}#alpha`];
+  if (typeof lower !== "number" || typeof upper !== "number" || typeof alpha !== "number") return undefined;
+  if (!Number.isFinite(lower) || !Number.isFinite(upper) || !(alpha > 0 && alpha < 1)) return undefined;
+  return { ci: lower <= upper ? [lower, upper] : null, alpha };
+}
+
+function writeInterval(state: Record<string, number>, key: string, value: SequentialIntervalState): void {
+  // An empty intersection is kept as [1, -1]: intersecting it with anything stays empty.
+  state[`${key}#lower`] = value.ci === null ? 1 : value.ci[0];
+  state[`${key}#upper`] = value.ci === null ? -1 : value.ci[1];
+  state[`${key}#alpha`] = value.alpha;
+}
+
+/** The running intersection after one more look: I_1 ∩ … ∩ I_n; a look without an interval changes nothing. */
+function intersect(previous: SequentialIntervalState | undefined, look: [number, number] | null, alpha: number): SequentialIntervalState | undefined {
+  if (look === null) return previous;
+  if (previous === undefined) return { ci: [look[0], look[1]], alpha };
+  if (previous.ci === null) return previous;
+  const lower = Math.max(previous.ci[0], look[0]);
+  const upper = Math.min(previous.ci[1], look[1]);
+  return { ci: lower <= upper ? [lower, upper] : null, alpha };
+}
+
+/**
+ * Sample ratio mismatch: Pearson's χ² of units against the current weights.
+ * - bandit: Thompson sampling moves the weights with the data, so no fixed weights describe the cumulative split
+ *   (it is adaptive by design, not a mismatch); the check is skipped and says so.
+ * - otherwise, with `window`: only units first exposed since `window.since`, when the current weights were already in
+ *   force, are tested. The report has no history of weights, and cumulative units mix every weight the experiment
+ *   ran at (a 90/10 → 50/50 ramp-up fails the test for good); units since the weights took effect do not.
+ * - without `window`: cumulative units, so a weight change during the experiment shows up as a mismatch.
+ */
+function srmSummary(variants: VariantSummary[], threshold: number, adaptive = false, window?: { since: number; units: Record<string, number> }): SrmSummary {
+  if (adaptive) {
+    return {
+      pValue: null,
+      mismatch: false,
+      judged: false,
+      chiSquare: null,
+      df: null,
+      threshold,
+      reason: "ADAPTIVE_ALLOCATION",
+      note: "not checked: the bandit strategy moves the weights with the data, so units are not expected to follow any fixed weights",
+    };
+  }
+  const useWindow = window !== undefined && Number.isFinite(window.since);
+  const counted = useWindow ? variants.map((v) => ({ ...v, units: Math.max(0, window.units[v.name] ?? 0) })) : variants;
+  const since = useWindow ? isoOrNull(window.since) : null;
+  const scope = since !== null ? ` since ${since}, when the current weights were first seen in force` : "";
+  const weighted = counted.filter((v) => v.weight > 0);
   const result = srmTest(
-    variants.map((v) => v.units),
-    variants.map((v) => Math.max(0, v.weight)),
+    counted.map((v) => v.units),
+    counted.map((v) => Math.max(0, v.weight)),
   );
-  const base = { pValue: finite(result.pValue), chiSquare: finite(result.chiSquare), df: result.df, threshold };
+  const extra = since !== null ? { reason: "SINCE_WEIGHT_CHANGE" as const, since } : {};
+  const base = { pValue: finite(result.pValue), chiSquare: finite(result.chiSquare), df: result.df, threshold, ...extra };
   if (weighted.length < 2) return { ...base, mismatch: false, judged: false, note: "fewer than two variants with weight > 0: nothing to check" };
   const small = weighted.filter((v) => v.units < SRM_MIN_UNITS_PER_VARIANT);
   if (small.length > 0) {
@@ -286,15 +398,15 @@ function srmSummary(variants: VariantSummary[], threshold: number): SrmSummary {
       ...base,
       mismatch: false,
       judged: false,
-      note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
+      note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope} (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
     };
   }
   const mismatch = result.pValue !== null && result.pValue < threshold;
-  const zeroWeightUnits = variants.filter((v) => v.weight <= 0 && v.units > 0);
+  const zeroWeightUnits = counted.filter((v) => v.weight <= 0 && v.units > 0);
   let note = mismatch
-    ? `units are not split as the weights say (χ² = ${fmt(result.chiSquare)}, p = ${fmtP(result.pValue)} < ${threshold})`
-    : `units match the weights (p = ${fmtP(result.pValue)})`;
-  note += "; compared with the current weights, so a weight change during the experiment shows up here too";
+    ? `units${scope} are not split as the weights say (χ² = ${fmt(result.chiSquare)}, p = ${fmtP(result.pValue)} < ${threshold})`
+    : `units${scope} match the weights (p = ${fmtP(result.pValue)})`;
+  if (since === null) note += "; compared with the current weights, so a weight change during the experiment shows up here too";
   if (zeroWeightUnits.length > 0) note += `; variants at weight 0 left out: ${zeroWeightUnits.map((v) => v.name).join(", ")}`;
   return { ...base, mismatch, judged: true, note };
 }
@@ -448,9 +560,18 @@ function decide(d: DecisionInput): Decision {
   const primary = d.metrics.find((m) => m.name === d.primaryName)!;
   const primaryAgg = d.aggregates.metrics.find((m) => m.name === d.primaryName);
   if (!hasOutcomes(primaryAgg)) return cont(`No outcomes for the primary metric "${d.primaryName}" yet: units are being exposed, but no "${d.primaryName}" events have arrived.`);
+  const drifting = primary.comparisons.filter((c) => c.sequentialError === "NON_STATIONARY");
+  if (drifting.length > 0) {
+    return cont(
+      `The effect on ${primary.name} is not stable over time: the always-valid intervals of earlier reports and of now do not overlap for ${drifting.map((c) => c.variant).join(", ")} (NON_STATIONARY), so no single difference describes the data. Nothing is decided; find out what changed (a novelty effect, a deployment, a shift in traffic) and restart the experiment to measure the current effect.`,
+      null,
+    );
+  }
 
   const corrected = d.correction === "none" ? "" : `, ${d.correction}-adjusted over ${d.familySize} comparison${d.familySize === 1 ? "" : "s"}`;
-  const winners = primary.comparisons.filter((c) => c.significant && (c.absolute.estimate ?? 0) > 0);
+  // The direction is the side of 0 the running intersection of the always-valid intervals lies on, not the sign of
+  // the current estimate (significance may rest on earlier looks).
+  const winners = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[0] > 0);
   if (winners.length > 0) {
     const best = winners.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
     const others = winners.filter((w) => w !== best).map((w) => w.variant);
@@ -464,7 +585,7 @@ function decide(d: DecisionInput): Decision {
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
     };
   }
-  const losers = primary.comparisons.filter((c) => c.significant && (c.absolute.estimate ?? 0) < 0);
+  const losers = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[1] < 0);
   if (losers.length > 0 && losers.length === primary.comparisons.length) {
     return {
       action: "rollback",

@@ -7,6 +7,7 @@
  * - CONTROL_RATE_ZERO / CONTROL_MEAN_ZERO: the relative lift divides by 0
  * - SINGLE_ARM: fewer than 2 arms with weight > 0
  * - INVALID_INPUT: negative counts, conversions above units, non-finite numbers, bad parameters
+ * - NON_STATIONARY: the always-valid intervals of different looks do not overlap (no constant effect fits the data)
  */
 export type StatsErrorCode =
   | "ZERO_UNITS"
@@ -15,7 +16,8 @@ export type StatsErrorCode =
   | "CONTROL_RATE_ZERO"
   | "CONTROL_MEAN_ZERO"
   | "SINGLE_ARM"
-  | "INVALID_INPUT";
+  | "INVALID_INPUT"
+  | "NON_STATIONARY";
 
 export interface ProportionSample {
   units: number;

@@ -1,0 +1,112 @@
+/**
+ * experimentReport over a real SQLite store: a ramp-up (90/10 → 50/50) is not taken for a sample ratio mismatch,
+ * a real mismatch after it still is, and the bandit strategy skips the check.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { seededRandom } from "../clock.ts";
+import { parseConfig, type Config } from "../config/index.ts";
+import { srmTest } from "../stats/frequentist.ts";
+import type { Report } from "../stats/index.ts";
+import { openStore, type Exposure, type OutcomeEvent, type Store } from "../store/index.ts";
+import { experimentReport } from "./report.ts";
+
+const START = Date.parse("2026-11-28T00:00:00Z");
+const HOUR = 3_600_000;
+
+function config(kind: string): Config {
+  return parseConfig(
+    [
+      "experiment: exp",
+      "engine: static",
+      `strategy: { kind: ${kind} }`,
+      "variants:",
+      "  - { name: control, weight: 90, url: 'http://127.0.0.1:9001' }",
+      "  - { name: treatment, weight: 10, url: 'http://127.0.0.1:9002' }",
+      "metrics:",
+      "  - { name: watched, kind: conversion, event: watched }",
+      "analysis: { alpha: 0.05, srmThreshold: 0.001, correction: holm }",
+    ].join("\n"),
+    tmpdir(),
+    {},
+  );
+}
+
+describe("experimentReport: SRM across weight changes", () => {
+  let dir: string;
+  let store: Store;
+  const random = seededRandom(1128);
+  let unit = 0;
+
+  /** `count` new units from `from`, one every `stepMs`, split by `treatmentShare`; 10% vs 13% convert. */
+  async function traffic(from: number, count: number, stepMs: number, treatmentShare: number): Promise<void> {
+    const exposures: Exposure[] = [];
+    const events: OutcomeEvent[] = [];
+    for (let i = 0; i < count; i++) {
+      const id = `u${unit++}`;
+      const variant = random() < treatmentShare ? "treatment" : "control";
+      const ts = from + i * stepMs;
+      exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 50, forced: false });
+      if (random() < (variant === "control" ? 0.1 : 0.13)) events.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 1000, requestId: null });
+    }
+    await store.writeExposures(exposures);
+    await store.writeEvents(events);
+  }
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "abgate-admin-report-"));
+    store = openStore(`sqlite:${join(dir, "abgate.db")}`);
+    await store.init();
+  });
+
+  after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a ramp-up is not a mismatch: after a weight change only units assigned under the new weights are tested", async () => {
+    const cfg = config("sticky");
+    // a day at the configured 90/10
+    await traffic(START, 2000, 40_000, 0.1);
+    const first = (await experimentReport(cfg, store, { control: 90, treatment: 10 }, START + 24 * HOUR)) as Report;
+    assert.equal(first.srm.judged, true);
+    assert.equal(first.srm.reason, undefined, "no change seen: the cumulative units are tested");
+    assert.equal(first.srm.mismatch, false, first.srm.note);
+
+    // ramp-up to 50/50; four days of traffic before the next report
+    await traffic(START + 25 * HOUR, 8000, 40_000, 0.5);
+    const second = (await experimentReport(cfg, store, { control: 50, treatment: 50 }, START + 120 * HOUR)) as Report;
+    assert.equal(second.srm.mismatch, false, second.srm.note);
+    assert.equal(second.srm.reason, "SINCE_WEIGHT_CHANGE");
+    assert.equal(second.srm.judged, false, "no unit is known yet to have been assigned under 50/50");
+    assert.equal(second.decision.action, "promote", second.decision.reason);
+
+    // more units at 50/50: now tested, against 50/50
+    await traffic(START + 121 * HOUR, 2000, 20_000, 0.5);
+    const third = (await experimentReport(cfg, store, { control: 50, treatment: 50 }, START + 135 * HOUR)) as Report;
+    assert.equal(third.srm.judged, true);
+    assert.equal(third.srm.since, new Date(START + 120 * HOUR).toISOString());
+    const minutes = await store.minutes("exp", [], START + 120 * HOUR);
+    const since = (v: string) => minutes.filter((b) => b.variant === v).reduce((s, b) => s + b.newUnits, 0);
+    assert.equal(since("control") + since("treatment"), 2000);
+    assert.equal(third.srm.pValue, srmTest([since("control"), since("treatment")], [50, 50]).pValue);
+    assert.equal(third.srm.mismatch, false);
+    assert.equal(third.decision.action, "promote", third.decision.reason);
+
+    // a real mismatch under the current weights is still caught
+    await traffic(START + 136 * HOUR, 3000, 10_000, 0.35);
+    const fourth = (await experimentReport(cfg, store, { control: 50, treatment: 50 }, START + 145 * HOUR)) as Report;
+    assert.equal(fourth.srm.mismatch, true, fourth.srm.note);
+    assert.equal(fourth.decision.action, "continue");
+  });
+
+  it("bandit: the SRM check is skipped and the report says why", async () => {
+    const report = (await experimentReport(config("bandit"), store, { control: 0.01, treatment: 0.99 }, START + 146 * HOUR)) as Report;
+    assert.equal(report.srm.pValue, null);
+    assert.equal(report.srm.reason, "ADAPTIVE_ALLOCATION");
+    assert.equal(report.srm.mismatch, false);
+  });
+});

@@ -1,0 +1,73 @@
+/**
+ * The error-rate guardrail's one-sided test of H0: p_T ≤ k·p_C + c: Farrington–Manning score test (variance at the
+ * restricted MLE). Reference values: scipy (brentq on the restricted likelihood's derivative, norm.sf), computed
+ * independently; and a seeded simulation of the type I error at the boundary of H0.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { seededRandom, type RandomSource } from "../clock.ts";
+import { proportionOneSidedIncrease, restrictedMle } from "./frequentist.ts";
+
+function close(actual: number | null | undefined, expected: number, what: string, tol = 1e-12): void {
+  assert.equal(typeof actual, "number", what);
+  assert.ok(Math.abs(actual! - expected) <= tol * Math.max(Math.abs(expected), 1e-300), `${what}: got ${actual}, reference ${expected}`);
+}
+
+const arm = (units: number, conversions: number) => ({ units, conversions });
+
+describe("proportionOneSidedIncrease: Farrington–Manning score test", () => {
+  const cases: { c: [number, number]; t: [number, number]; k: number; add: number; pC: number; pT: number; p: number }[] = [
+    { c: [5000, 0], t: [5000, 3], k: 1.2, add: 0, pC: 0.0002727340367406673, pT: 0.00032728084408880075, p: 0.05689850358959791 },
+    { c: [4000, 10], t: [4000, 60], k: 1, add: 0.01, pC: 0.0029696026906560966, pT: 0.012969602690656097, p: 0.10394387348553291 },
+    { c: [1000, 50], t: [1200, 70], k: 1.2, add: 0, pC: 0.04917683818377789, pT: 0.059012205820533466, p: 0.5621282793740163 },
+    { c: [5000, 0], t: [5000, 0], k: 1, add: 0.01, pC: 0, pT: 0.01, p: 0.9999999999994057 },
+    { c: [10000, 120], t: [9000, 95], k: 1.5, add: 0.002, pC: 0.008596944662728737, pT: 0.014895416994093106, p: 0.9999997333790486 },
+  ];
+  for (const x of cases) {
+    it(`control ${x.c[1]}/${x.c[0]}, treatment ${x.t[1]}/${x.t[0]}, H0: p_T ≤ ${x.k}·p_C + ${x.add} (scipy)`, () => {
+      const mle = restrictedMle(arm(...x.c), arm(...x.t), x.k, x.add)!;
+      close(mle.pC, x.pC, "restricted p_C", 1e-9);
+      close(mle.pT, x.pT, "restricted p_T", 1e-9);
+      close(proportionOneSidedIncrease(arm(...x.c), arm(...x.t), x.k, x.add).pValue, x.p, "p", 1e-9);
+    });
+  }
+
+  it("a control without errors no longer makes 3 errors in 5,000 'significantly' above +20% (Wald: p = 0.042)", () => {
+    const r = proportionOneSidedIncrease(arm(5000, 0), arm(5000, 3), 1.2, 0);
+    assert.ok(r.pValue! > 0.05, String(r.pValue));
+    assert.equal(r.estimate, 0.0006);
+  });
+
+  it("data problems give codes, not exceptions", () => {
+    assert.equal(proportionOneSidedIncrease(arm(0, 0), arm(10, 1), 1.2, 0).error, "ZERO_UNITS");
+    assert.equal(proportionOneSidedIncrease(arm(10, 11), arm(10, 1), 1.2, 0).error, "INVALID_INPUT");
+    assert.equal(proportionOneSidedIncrease(arm(10, 1), arm(10, 1), 0, 0).error, "INVALID_INPUT");
+    const none = proportionOneSidedIncrease(arm(100, 0), arm(100, 0), 1.2, 0);
+    assert.deepEqual([none.pValue, none.error], [1, "ZERO_VARIANCE"]);
+    assert.equal(proportionOneSidedIncrease(arm(100, 1), arm(100, 100), 1, 1.5).pValue, 1, "a limit above 100 points cannot be exceeded");
+  });
+
+  it("type I error at the boundary of H0 (treatment exactly +20%) stays at or below alpha; the Wald test gave 6.7%", () => {
+    const random = seededRandom(5);
+    // binomial by waiting times, for small rates
+    const binomial = (r: RandomSource, n: number, p: number): number => {
+      let k = 0;
+      let i = 0;
+      for (;;) {
+        i += Math.floor(Math.log(1 - r()) / Math.log(1 - p)) + 1;
+        if (i > n) return k;
+        k++;
+      }
+    };
+    const runs = 20_000;
+    let rejected = 0;
+    for (let r = 0; r < runs; r++) {
+      const c = binomial(random, 2000, 0.001);
+      const t = binomial(random, 2000, 0.0012);
+      const p = proportionOneSidedIncrease(arm(2000, c), arm(2000, t), 1.2, 0).pValue;
+      if (p !== null && p < 0.05) rejected++;
+    }
+    // binomial(20000, 0.05) has sd 0.0015: 0.05 + 3 sd ≈ 0.055
+    assert.ok(rejected / runs <= 0.055, `type I error ${rejected / runs}`);
+  });
+});
