@@ -99,6 +99,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         restore: from,
         floor: config.strategy.floor,
         burnInUnits: config.strategy.burnInUnits,
+        onWarning: (message) => log.warn(message),
       });
     const strategy = strategyFrom(restore);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
@@ -213,7 +214,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     };
 
     const proxy = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
-    const { server: adminServer, dashboard } = createAdminServer({
+    const { server: adminServer, dashboard, inFlight: adminInFlight } = createAdminServer({
       ...adminCtx,
       metrics,
       log,
@@ -224,10 +225,18 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     cleanups.push(() => new Promise<void>((r) => proxyServer.close(() => r())));
     const proxyUrl = urlOf(proxyAddr);
     const adminAddr = await listen(adminServer, config.admin.listen.host, config.admin.listen.port);
+    // Ends the dashboard's event streams (they never finish by themselves), stops accepting and closes idle
+    // connections; resolves once every connection is gone.
+    let adminClosed: Promise<void> | null = null;
+    const closeAdmin = () =>
+      (adminClosed ??= (() => {
+        dashboard.close();
+        return new Promise<void>((r) => adminServer.close(() => r()));
+      })());
     cleanups.push(() => {
-      dashboard.close();
+      const closed = closeAdmin();
       adminServer.closeAllConnections();
-      return new Promise<void>((r) => adminServer.close(() => r()));
+      return closed;
     });
     const adminUrl = urlOf(adminAddr);
 
@@ -257,16 +266,23 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     let stopping: Promise<void> | null = null;
     const stop = () =>
       (stopping ??= (async () => {
-        log.info({ inFlight: inFlight() }, "draining: no new connections; finishing in-flight requests");
-        // Stop accepting; idle keep-alive connections close now, busy ones after their response.
+        log.info({ inFlight: inFlight(), adminInFlight: adminInFlight() }, "draining: no new connections; finishing in-flight requests");
+        // Stop accepting; idle keep-alive connections close now, busy ones after their response. The admin listener
+        // drains the same way rather than being cut off: a POST /v1/events whose write has started is stored even if
+        // its connection is closed, and a client that saw no {"accepted": N} would retry it and store it twice.
         proxy.close();
+        void closeAdmin();
         const deadline = Date.now() + (options.drainTimeoutMs ?? 30_000);
-        while (inFlight() > 0 && Date.now() < deadline) {
+        while ((inFlight() > 0 || adminInFlight() > 0) && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, 20));
           proxy.closeIdleConnections();
+          adminServer.closeIdleConnections();
         }
-        if (inFlight() > 0) log.warn({ inFlight: inFlight() }, "drain timeout: closing remaining connections");
+        if (inFlight() > 0 || adminInFlight() > 0) {
+          log.warn({ inFlight: inFlight(), adminInFlight: adminInFlight() }, "drain timeout: closing remaining connections");
+        }
         proxy.closeAllConnections();
+        adminServer.closeAllConnections();
         closeTunnels();
         await cleanup();
         log.info("stopped");

@@ -1,11 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBackend } from "./helpers/backends.ts";
 import { runCli, startCli } from "./helpers/cli.ts";
 import { openStore } from "../src/store/index.ts";
+import { SqliteStore } from "../src/store/sqlite/index.ts";
+import type { OutcomeEvent } from "../src/store/types.ts";
+import { admin, testGateway } from "./helpers/gateway.ts";
 
 function writeConfig(dir: string, body: string): string {
   const file = join(dir, "abgate.yaml");
@@ -122,4 +125,70 @@ test("engine process: replicas get their PORT, a crashed one is restarted and re
   cli.child.kill("SIGTERM");
   assert.equal(await cli.exited, 0);
   await assert.rejects(fetch(`http://127.0.0.1:${first.port}/`), "replica processes are gone");
+});
+
+/** A real SQLite store whose event writes wait for `release()`: `started` resolves once one is in flight. */
+function heldEventsStore(path: string): { store: SqliteStore; started: Promise<void>; release: () => void } {
+  let writeStarted!: () => void;
+  const started = new Promise<void>((r) => (writeStarted = r));
+  let release!: () => void;
+  const go = new Promise<void>((r) => (release = r));
+  class HeldStore extends SqliteStore {
+    override async writeEvents(rows: OutcomeEvent[]): Promise<void> {
+      writeStarted();
+      await go;
+      return super.writeEvents(rows);
+    }
+  }
+  return { store: new HeldStore(path), started, release };
+}
+
+test("stop drains the admin listener: a POST /v1/events whose write is in flight gets its {accepted: N}, stored once", async () => {
+  const backend = await startBackend("b");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-drain-"));
+  const { store, started, release } = heldEventsStore(join(dir, "held.db"));
+  const gw = await testGateway({ variants: [{ name: "control", url: backend.url }] }, { store, drainTimeoutMs: 10_000 });
+  const events = Array.from({ length: 250 }, (_, i) => ({ unit: `u${i}`, event: "watched", value: i }));
+  const answer = admin(gw, "POST", "/v1/events", events).then(
+    async (r) => [r.status, await r.json()] as const,
+    (err: Error & { cause?: { code?: string } }) => ["client error", err.cause?.code ?? err.message] as const,
+  );
+  await started;
+  const stopped = gw.stop();
+  let stoppedEarly = false;
+  void stopped.then(() => (stoppedEarly = true));
+  // Long enough for a stop that cuts connections to have done so.
+  await new Promise((r) => setTimeout(r, 200));
+  await assert.rejects(fetch(`${gw.adminUrl}/healthz`), "no new admin connections while draining");
+  assert.equal(stoppedEarly, false, "stop waits for the in-flight request");
+  release();
+  assert.deepEqual(await answer, [200, { accepted: 250 }]);
+  await stopped;
+  assert.equal((await store.counts("test")).events, 250);
+  await store.close();
+  await gw.close();
+  rmSync(dir, { recursive: true, force: true });
+  await backend.close();
+});
+
+test("stop waits for admin requests no longer than the drain deadline", async () => {
+  const backend = await startBackend("b");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-drain-"));
+  const { store, started, release } = heldEventsStore(join(dir, "held.db"));
+  const gw = await testGateway({ variants: [{ name: "control", url: backend.url }] }, { store, drainTimeoutMs: 300 });
+  const answer = admin(gw, "POST", "/v1/events", [{ unit: "u", event: "watched" }]).then(
+    (r) => r.status,
+    () => "cut off",
+  );
+  await started;
+  const t0 = Date.now();
+  await gw.stop();
+  const tookMs = Date.now() - t0;
+  assert.ok(tookMs >= 250 && tookMs < 3_000, `stop took ${tookMs} ms`);
+  assert.equal(await answer, "cut off");
+  release();
+  await store.close();
+  await gw.close();
+  rmSync(dir, { recursive: true, force: true });
+  await backend.close();
 });

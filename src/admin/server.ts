@@ -103,11 +103,21 @@ function numberMap(body: unknown): Map<string, number> {
   return out;
 }
 
+export interface AdminServer {
+  server: Server;
+  dashboard: DashboardHandler;
+  /**
+   * Requests received and not yet answered (their response not closed). Stopping waits for these: a POST /v1/events
+   * cut off after its write started may still be stored, and a client that retries it would store it twice.
+   */
+  inFlight(): number;
+}
+
 /**
  * The admin listener: reads are open, changes need the admin bearer token (401 otherwise), events need the
  * ingest token when one is configured. The dashboard's routes are mounted first.
  */
-export function createAdminServer(ctx: AdminServerContext): { server: Server; dashboard: DashboardHandler } {
+export function createAdminServer(ctx: AdminServerContext): AdminServer {
   const dashboard = createDashboardHandler(ctx);
   const knownEvents = new Set(ctx.config.metrics.flatMap((m) => ("event" in m ? [m.event] : [])));
   const variants = ctx.config.variants.map((v) => v.name);
@@ -182,7 +192,11 @@ export function createAdminServer(ctx: AdminServerContext): { server: Server; da
     }
   }
 
+  let inFlight = 0;
   const server = createServer({ headersTimeout: 10_000, requestTimeout: 120_000, keepAliveTimeout: 5_000 }, (req, res) => {
+    // 'close' comes once per response: after it is sent, or when its connection is gone.
+    inFlight++;
+    res.once("close", () => inFlight--);
     route(req, res).catch((err: unknown) => {
       let status = 500;
       let code = "ABGATE_ERR_INTERNAL";
@@ -207,5 +221,5 @@ export function createAdminServer(ctx: AdminServerContext): { server: Server; da
       sendJson(res, status, { error: message, code }, extra);
     });
   });
-  return { server, dashboard };
+  return { server, dashboard, inFlight: () => inFlight };
 }
