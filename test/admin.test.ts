@@ -128,6 +128,11 @@ test("events: all or nothing, named index and field, accepted only with the inge
     [[{ unit: "u1", event: "watched", value: "x" }], /events\[0\]\.value: a finite number/],
     [[{ unit: "u1", event: "clicked" }], /events\[0\]\.event: unknown event "clicked"/],
     [[{ unit: "u1", event: "watched", ts: "yesterday" }], /events\[0\]\.ts/],
+    // Date.parse would store these as March 2, the next day, and noon in the server's own zone
+    [[{ unit: "u1", event: "watched" }, { unit: "u2", event: "watched", ts: "2026-02-30T00:00:00Z" }], /^events\[1\]\.ts: a valid time/],
+    [[{ unit: "u1", event: "watched", ts: "2026-11-28T24:00:00Z" }], /^events\[0\]\.ts: a valid time/],
+    [[{ unit: "u1", event: "watched", ts: "2026-11-28T12:00:00" }], /^events\[0\]\.ts: an ISO 8601 time with a zone/],
+    [[{ unit: "u1", event: "watched", requestId: "r".repeat(513) }], /^events\[0\]\.requestId: at most 512 characters/],
     [[{ unit: "u1", event: "watched", extra: 1 }], /events\[0\]\.extra: unknown field/],
     [[], /no events/],
     [JSON.stringify("not an object"), /expected an object/],
@@ -135,7 +140,9 @@ test("events: all or nothing, named index and field, accepted only with the inge
   for (const [body, re] of invalid) {
     const res = await post(body);
     assert.equal(res.status, 400, JSON.stringify(body));
-    assert.match(((await res.json()) as { error: string }).error, re);
+    const answer = (await res.json()) as { error: string; code: string };
+    assert.match(answer.error, re);
+    assert.equal(answer.code, "ABGATE_ERR_EVENT_INVALID");
   }
   const tooMany = await post(Array.from({ length: 10_001 }, () => ({ unit: "u", event: "watched" })));
   assert.equal(tooMany.status, 413);

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { RequestError } from "../errors.ts";
 import { MAX_UNIT_CHARS } from "../store/types.ts";
-import { MAX_ABS_VALUE, MAX_TS_MS, parseEvents } from "./events.ts";
+import { MAX_ABS_VALUE, MAX_REQUEST_ID_CHARS, MAX_TS_MS, parseEvents } from "./events.ts";
 
 const known = new Set(["watched"]);
 const NOW = 1_764_331_200_000;
@@ -50,4 +50,37 @@ test("units and request ids with NUL or an unpaired surrogate are refused (Postg
   refused([{ unit: "\udfff", event: "watched" }], /^events\[0\]\.unit: text without NUL/);
   refused([{ unit: "u", event: "watched", requestId: "r\u0000" }], /^events\[0\]\.requestId: a string without NUL/);
   assert.equal(parse({ unit: "zoë-😀", event: "watched" })[0]!.unit, "zoë-😀", "pairs are fine");
+});
+
+test("ts strings: a strict ISO 8601 date-time with a zone, read the same wherever the server runs", () => {
+  const ev = (ts: unknown) => ({ unit: "u", event: "watched", ts });
+  const noon = 1_795_867_200_000; // 2026-11-28T12:00:00Z
+  const cases: [string, number][] = [
+    ["2026-11-28T12:00:00Z", noon],
+    ["2026-11-28T12:00Z", noon],
+    ["2026-11-28T14:00:00+02:00", noon],
+    ["2026-11-28T07:00:00.5-05:00", noon + 500],
+    ["2026-11-28T12:00:00.123456789Z", noon + 123],
+    ["2026-11-29T01:45:00+13:45", noon],
+    ["2024-02-29T00:00:00Z", Date.UTC(2024, 1, 29)],
+  ];
+  assert.deepEqual(parse(cases.map(([ts]) => ev(ts))).map((e) => e.ts), cases.map(([, ms]) => ms));
+  // Date.parse moves these to real times (March 2, the next day, ...): refused, naming index and field.
+  for (const ts of ["2026-02-30T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T12:00:00Z", "2026-11-28T24:00:00Z", "2026-11-28T23:60:00Z", "2026-11-28T23:59:60Z", "2026-11-28T12:00:00+24:00", "2026-00-10T12:00:00Z"]) {
+    refused([ev(1), ev(ts)], /^events\[1\]\.ts: a valid time/);
+  }
+  // Without a zone Date.parse takes the server's local zone; other shapes are not ISO 8601 date-times.
+  for (const ts of ["2026-11-28T12:00:00", "2026-11-28T12:00:00.000", "2026-11-28", "2026-11-28 12:00:00Z", "2026-11-28T12:00:00+0200", "2026-11-28T12:00:00+02", "2026-11-28T12:00:00Z ", "2026-11-28t12:00:00z", "Sat, 28 Nov 2026 12:00:00 GMT", "+002026-11-28T12:00:00Z"]) {
+    refused([ev(1), ev(ts)], /^events\[1\]\.ts: an ISO 8601 time with a zone \(Z or ±hh:mm\)/);
+  }
+  refused(ev("2026-11-28T12:00:00"), /^ts: an ISO 8601 time with a zone/);
+  refused(ev("0070-01-01T00:00:00Z"), /^ts: a time from 1970 on/); // year 70, which Date.UTC would read as 1970
+});
+
+test("request ids: at most MAX_REQUEST_ID_CHARS characters, like units", () => {
+  assert.equal(MAX_REQUEST_ID_CHARS, 512);
+  assert.equal(parse({ unit: "u", event: "watched", requestId: "r".repeat(MAX_REQUEST_ID_CHARS) })[0]!.requestId!.length, MAX_REQUEST_ID_CHARS);
+  refused([{ unit: "u", event: "watched" }, { unit: "u", event: "watched", requestId: "r".repeat(MAX_REQUEST_ID_CHARS + 1) }], /^events\[1\]\.requestId: at most 512 characters/);
+  refused({ unit: "u", event: "watched", requestId: "r".repeat(1 << 20) }, /^requestId: at most 512 characters/);
+  refused({ unit: "u", event: "watched", requestId: 7 }, /^requestId: a string/);
 });

@@ -10,9 +10,43 @@ export const MAX_EVENTS_PER_REQUEST = 10_000;
 export const MAX_ABS_VALUE = 1e150;
 /** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
 export const MAX_TS_MS = 8.64e15;
+/** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */
+export const MAX_REQUEST_ID_CHARS = 512;
+/**
+ * An ISO 8601 date-time with a zone: `2026-11-28T12:00:00Z`, `...T12:00:00.123+02:00`, `...T12:00Z`. A zone is
+ * required: without one, Date.parse reads the time in the server's local zone, so the same event would be stored at
+ * a different time depending on where abgate runs.
+ */
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:Z|([+-])(\d{2}):(\d{2}))$/;
+const TS_EXPECTED = "an ISO 8601 time with a zone (Z or ±hh:mm) like 2026-11-28T12:00:00Z, or milliseconds since the epoch";
 /** A UTF-16 surrogate that is not half of a pair (in u-mode a pair is one code point, which \p{Cs} does not match). */
 const LONE_SURROGATE = /\p{Cs}/u;
 const FIELDS = new Set(["unit", "event", "value", "ts", "requestId"]);
+
+/**
+ * Milliseconds since the epoch of an ISO 8601 date-time with a zone (fractions of a ms truncated, as the stores keep
+ * whole ms); a string saying what is wrong otherwise. Not Date.parse: it moves impossible dates to real ones
+ * (February 30 is stored as March 2, 24:00 as the next day) and reads a time without a zone as local time. Here every
+ * field must be in range and the date must exist, checked by building it and reading it back.
+ */
+export function parseIsoTime(text: string): number | string {
+  const m = ISO_TIME.exec(text);
+  if (m === null) return TS_EXPECTED;
+  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6] ?? "0"].map(Number) as [number, number, number, number, number, number];
+  // Truncated from the digits, not via a float, so "…00.123Z" is exactly 123 ms.
+  const ms = m[7] === undefined ? 0 : Number(m[7].padEnd(3, "0").slice(0, 3));
+  const offsetMin = m[8] === undefined ? 0 : (m[8] === "-" ? -1 : 1) * (Number(m[9]) * 60 + Number(m[10]));
+  if (hour > 23 || minute > 59 || second > 59) return `a valid time (no such time of day in ${JSON.stringify(text)})`;
+  if (m[8] !== undefined && (Number(m[9]) > 23 || Number(m[10]) > 59)) return `a valid time (no such zone offset in ${JSON.stringify(text)})`;
+  // setUTCFullYear, not Date.UTC, which reads years 0 to 99 as 1900 to 1999.
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  if (date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day) {
+    return `a valid time (no such date in ${JSON.stringify(text)})`;
+  }
+  date.setUTCHours(hour, minute, second, ms);
+  return date.getTime() - offsetMin * 60_000;
+}
 
 /**
  * Validate a POST /v1/events body: one object or an array of at most 10,000. All or nothing: the first invalid
@@ -51,15 +85,22 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     let tsMs = nowMs;
     if (ts !== undefined && ts !== null) {
       if (typeof ts === "number") tsMs = ts;
-      else if (typeof ts === "string" && /^\d{4}-\d{2}-\d{2}T/.test(ts)) tsMs = Date.parse(ts);
-      else throw bad(i, "ts", "an ISO 8601 time like 2026-11-28T12:00:00Z, or milliseconds since the epoch");
+      else if (typeof ts === "string") {
+        const parsed = parseIsoTime(ts);
+        if (typeof parsed === "string") throw bad(i, "ts", parsed);
+        tsMs = parsed;
+      } else throw bad(i, "ts", TS_EXPECTED);
       if (!Number.isFinite(tsMs)) throw bad(i, "ts", "a valid time");
       if (tsMs < 0 || tsMs > MAX_TS_MS) throw bad(i, "ts", `a time from 1970 on, at most ${MAX_TS_MS} milliseconds since the epoch (got ${JSON.stringify(ts)})`);
       // The stores keep whole milliseconds; truncating here too means what is parsed is what gets stored.
       tsMs = Math.trunc(tsMs);
     }
-    if (requestId !== undefined && requestId !== null && (typeof requestId !== "string" || requestId.includes("\u0000") || LONE_SURROGATE.test(requestId))) {
-      throw bad(i, "requestId", "a string without NUL or unpaired surrogates");
+    if (requestId !== undefined && requestId !== null) {
+      const expected = "a string without NUL or unpaired surrogates";
+      if (typeof requestId !== "string") throw bad(i, "requestId", expected);
+      // Unbounded, 10,000 events with a megabyte of request id each would be stored as they are.
+      if (requestId.length > MAX_REQUEST_ID_CHARS) throw bad(i, "requestId", `at most ${MAX_REQUEST_ID_CHARS} characters (got ${requestId.length})`);
+      if (requestId.includes("\u0000") || LONE_SURROGATE.test(requestId)) throw bad(i, "requestId", expected);
     }
     out[i] = { experiment, unit, event, value: typeof value === "number" ? value : null, ts: tsMs, requestId: typeof requestId === "string" ? requestId : null };
   }

@@ -2,9 +2,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
+import { postgresInstalled, postgresRequired, startPostgres, type PostgresCluster } from "../../test/helpers/postgres.ts";
 import { ManualClock } from "../clock.ts";
 import { ExposureBatcher, type BatcherLog } from "./batcher.ts";
+import { PostgresStore } from "./postgres/index.ts";
 import { SqliteStore } from "./sqlite/index.ts";
 import type { Exposure } from "./types.ts";
 
@@ -285,5 +287,41 @@ describe("ExposureBatcher", () => {
   it("rejects nonsensical options", () => {
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 0 }), /maxBatch must be a positive integer/);
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 10, maxBuffered: 5 }), /exceeds maxBuffered/);
+  });
+});
+
+// Skipped without PostgreSQL, unless ABGATE_REQUIRE_POSTGRES=1: then starting the cluster fails the suite.
+describe("ExposureBatcher on a real PostgreSQL", { skip: postgresInstalled() || postgresRequired ? false : "PostgreSQL is not installed" }, () => {
+  let cluster: PostgresCluster;
+  before(async () => {
+    cluster = await startPostgres();
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  it("drops rows PostgreSQL would refuse or merge, so the rows behind them are written instead of retried forever", async () => {
+    const store = new PostgresStore(cluster.url);
+    await store.init();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { log, maxRetryDelayMs: 50 });
+    try {
+      // Alone, 1e154 squares to 1e308, which float8 holds; a second one in the same minute row overflows the sum.
+      b.push({ ...exposure(0), latencyMs: 1e154 });
+      await b.flush();
+      b.push({ ...exposure(1), latencyMs: 1e154 });
+      b.push({ ...exposure(2), ts: 1e300 }); // beyond bigint
+      b.push({ ...exposure(3), unit: "u\ud800" }); // these two would both be stored as "u\ufffd": one unit
+      b.push({ ...exposure(4), unit: "u\ud801" });
+      b.push({ ...exposure(5), requestId: "r\udfff" });
+      for (let i = 6; i < 16; i++) b.push(exposure(i));
+      await b.flush();
+      assert.deepEqual(b.stats(), { buffered: 0, written: 10, dropped: 6, failures: 0, lastError: null });
+      assert.equal((await store.counts("exp")).exposures, 10);
+      assert.ok(logs.some(([level, msg]) => level === "error" && /malformed/.test(msg)));
+    } finally {
+      await b.close();
+      await store.close();
+    }
   });
 });

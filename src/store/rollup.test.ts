@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
+import { StoreError } from "../errors.ts";
 import {
   ExposureRollupBuilder,
+  checkEvent,
   exposureProblem,
+  MAX_ABS_TS_MS,
   MAX_LATENCY_MS,
   histogramQuantile,
   latencyBucket,
@@ -12,7 +15,7 @@ import {
   rollupExposures,
 } from "./rollup.ts";
 import { UnitCache } from "./unit-cache.ts";
-import type { Exposure } from "./types.ts";
+import type { Exposure, OutcomeEvent } from "./types.ts";
 
 describe("latency histogram", () => {
   it("represents any latency from 1 µs to an hour within 2.5%", () => {
@@ -130,5 +133,54 @@ describe("exposureProblem", () => {
     assert.equal(exposureProblem({ ...ok, latencyMs: MAX_LATENCY_MS }), null);
     assert.ok(Number.isFinite(latencyBucket(MAX_LATENCY_MS)));
     assert.match(exposureProblem({ ...ok, latencyMs: 1e305 }) ?? "", /latencyMs must be at most/);
+  });
+});
+
+describe("exposureProblem: rows the proxy never produces that would fail a PostgreSQL batch on every retry", () => {
+  const ok: Exposure = { experiment: "e", ts: 1, requestId: "r", unit: "u", assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
+
+  it("latency: its square, and the sum of many squares in one minute row, stay finite", () => {
+    assert.equal(MAX_LATENCY_MS, 1e150);
+    for (const latencyMs of [MAX_LATENCY_MS, -MAX_LATENCY_MS]) assert.equal(exposureProblem({ ...ok, latencyMs }), null);
+    const r = rollupExposures(Array.from({ length: 2000 }, (_, i) => ({ ...ok, unit: `u${i}`, latencyMs: MAX_LATENCY_MS })), new UnitCache(0));
+    assert.ok(Number.isFinite(r.minutes[0]!.latencySumSq) && Number.isFinite(r.minutes[0]!.latencySumSq * 1e4), "room for 10,000 such batches in one minute");
+    // 1e154 squares to 1e308: finite alone, Infinity (PostgreSQL: "value out of range: overflow") once two are summed.
+    for (const latencyMs of [1e154, 1.0000001e150, 1e300, -1e200]) assert.match(exposureProblem({ ...ok, latencyMs }) ?? "", /latencyMs must be at most 1e\+150/, String(latencyMs));
+  });
+
+  it("ts: within the Date range, ±8.64e15 ms (PostgreSQL's bigint cannot hold 1e300)", () => {
+    assert.equal(MAX_ABS_TS_MS, 8.64e15);
+    for (const ts of [MAX_ABS_TS_MS, -MAX_ABS_TS_MS, 0]) assert.equal(exposureProblem({ ...ok, ts }), null);
+    for (const ts of [MAX_ABS_TS_MS + 1, -MAX_ABS_TS_MS - 1, 1e300, -1e19]) assert.match(exposureProblem({ ...ok, ts }) ?? "", /ts must be within/, String(ts));
+  });
+
+  it("status: an int PostgreSQL can store", () => {
+    assert.equal(exposureProblem({ ...ok, status: 0 }), null);
+    assert.match(exposureProblem({ ...ok, status: 2 ** 31 }) ?? "", /status must be within/);
+  });
+
+  it("units and request ids with an unpaired surrogate (PostgreSQL would store both as U+FFFD, one unit)", () => {
+    for (const unit of ["u\ud800", "u\ud801", "\udfff", "a\ud83db"]) assert.match(exposureProblem({ ...ok, unit }) ?? "", /unpaired surrogates/, JSON.stringify(unit));
+    assert.match(exposureProblem({ ...ok, requestId: "r\udc00" }) ?? "", /unpaired surrogates/);
+    assert.equal(exposureProblem({ ...ok, unit: "zoë-😀", requestId: "😀" }), null, "pairs are fine");
+  });
+});
+
+describe("checkEvent: the same holes through the Store API", () => {
+  const ok: OutcomeEvent = { experiment: "e", unit: "u", event: "watched", value: 1, ts: 1, requestId: null };
+  const refused = (e: OutcomeEvent, re: RegExp) =>
+    assert.throws(() => checkEvent(e, 3), (err: unknown) => err instanceof StoreError && err.code === "ABGATE_ERR_STORE" && /^event 3: /.test(err.message) && re.test(err.message), JSON.stringify(e));
+
+  it("accepts what POST /v1/events produces", () => {
+    for (const e of [ok, { ...ok, requestId: "r-😀", unit: "zoë", ts: MAX_ABS_TS_MS }, { ...ok, value: null, ts: -MAX_ABS_TS_MS }]) checkEvent(e, 0);
+  });
+
+  it("refuses a ts beyond ±8.64e15, and unpaired surrogates or NUL in unit, event and requestId", () => {
+    for (const ts of [MAX_ABS_TS_MS + 1, 1e300, -1e300]) refused({ ...ok, ts }, /ts must be within/);
+    refused({ ...ok, unit: "u\ud800" }, /unpaired surrogates/);
+    refused({ ...ok, event: "\udfffwatched" }, /unpaired surrogates/);
+    refused({ ...ok, requestId: "r\ud800" }, /unpaired surrogates/);
+    refused({ ...ok, event: "w\u0000" }, /NUL/);
+    refused({ ...ok, requestId: 5 as unknown as string }, /requestId a string or null/);
   });
 });

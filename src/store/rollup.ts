@@ -24,8 +24,39 @@ export function minuteOf(ts: number): number {
 const LATENCY_GAMMA = 1.05;
 const LOG_GAMMA = Math.log(LATENCY_GAMMA);
 
-/** Largest latency an exposure may carry (ms): well inside what the µs histogram can bucket. */
-export const MAX_LATENCY_MS = 1e300;
+/**
+ * Largest latency an exposure may carry (ms), the same bound as an event's |value|. The minute rollup sums squares
+ * of latencies. With 1e300 allowed, a square could be Infinity (the metric lost for good), and two latencies of 1e154
+ * in one minute row, written by separate batches, overflowed PostgreSQL's float8 addition, which raises instead of
+ * giving Infinity: that batch failed on every retry. At 1e150 a square is at most 1e300, which leaves room (doubles
+ * reach 1.8e308) for the sum of a minute's rows (over 10^8 of them) and of the minutes. No real request comes near it.
+ */
+export const MAX_LATENCY_MS = 1e150;
+
+/**
+ * Largest |ts| (ms since the epoch) a row may carry: the JS Date range (year 275760). Beyond it, a ts is nonsense
+ * (usually nanoseconds sent as ms), and past 2^63 it does not fit PostgreSQL's bigint at all, so the batch would fail
+ * on every retry. Within it, every whole ms is exact in a double (8.64e15 < 2^53).
+ */
+export const MAX_ABS_TS_MS = 8.64e15;
+
+/** Largest |status|: PostgreSQL stores it as int (32 bits). */
+const MAX_ABS_STATUS = 2 ** 31 - 1;
+
+/**
+ * String.prototype.isWellFormed (ES2024, in Node 20, missing from the ES2023 lib this project compiles against):
+ * false when the string holds a UTF-16 surrogate that is not half of a pair. PostgreSQL's driver encodes each such
+ * surrogate as U+FFFD, so two distinct units would become one; the proxy never produces them (it reads units from
+ * UTF-8 bytes). Cheap: V8 answers at once for a one-byte string, which nearly every unit is.
+ */
+function isWellFormed(s: string): boolean {
+  return (s as string & { isWellFormed(): boolean }).isWellFormed();
+}
+
+/** Text PostgreSQL keeps as it is: no NUL (text cannot hold it) and no unpaired surrogate. */
+function storableText(s: string): boolean {
+  return !s.includes("\u0000") && isWellFormed(s);
+}
 
 export function latencyBucket(latencyMs: number): number {
   const us = latencyMs * 1000;
@@ -97,13 +128,20 @@ export function isError(status: number): boolean {
   return status === 0 || status >= 500;
 }
 
-/** Why a database would store this exposure wrongly (NaN, fractional status, missing strings), or null if fine. */
+/**
+ * Why a database would store this exposure wrongly (NaN, fractional status, missing strings), or refuse it (a value
+ * out of its column's range, text PostgreSQL cannot hold), or null if fine. The batcher drops such rows: a batch
+ * with one of them would fail on every retry and block the rows after it. Runs once per exposure, that is per
+ * proxied request, so only comparisons and scans of the two short strings.
+ */
 export function exposureProblem(e: Exposure): string | null {
   if (!Number.isFinite(e.ts) || !Number.isFinite(e.latencyMs) || !Number.isInteger(e.status)) {
     return "ts, latencyMs and status must be finite numbers (status an integer)";
   }
-  // Beyond this, latency * 1000 (µs) overflows and the histogram bucket is Infinity, which PostgreSQL refuses.
-  if (e.latencyMs > MAX_LATENCY_MS) return `latencyMs must be at most ${MAX_LATENCY_MS}`;
+  if (Math.abs(e.ts) > MAX_ABS_TS_MS) return `ts must be within ±${MAX_ABS_TS_MS} ms of the epoch`;
+  // Beyond this, the square of the latency (or the sum of a few of them) overflows to Infinity.
+  if (Math.abs(e.latencyMs) > MAX_LATENCY_MS) return `latencyMs must be at most ${MAX_LATENCY_MS} in absolute value`;
+  if (Math.abs(e.status) > MAX_ABS_STATUS) return `status must be within ±${MAX_ABS_STATUS}`;
   if (
     typeof e.experiment !== "string" ||
     typeof e.unit !== "string" ||
@@ -114,8 +152,8 @@ export function exposureProblem(e: Exposure): string | null {
   ) {
     return "experiment, requestId, unit, assigned, served and replica must be strings";
   }
-  // PostgreSQL's text cannot hold NUL: one such row would fail its batch on every retry, and block the ones after.
-  if (e.unit.includes("\u0000") || e.requestId.includes("\u0000")) return "unit and requestId must not contain NUL";
+  // Units and request ids come from clients; the other strings from the config, which allows neither.
+  if (!storableText(e.unit) || !storableText(e.requestId)) return "unit and requestId must not contain NUL or unpaired surrogates";
   return null;
 }
 
@@ -124,11 +162,16 @@ export function checkExposure(e: Exposure, index: number): void {
   if (problem !== null) throw new StoreError(`exposure ${index}: ${problem}`);
 }
 
+/** The checks of `exposureProblem`, for events: POST /v1/events refuses all of these first, with a 400. */
 export function checkEvent(e: OutcomeEvent, index: number): void {
   if (!Number.isFinite(e.ts)) throw new StoreError(`event ${index}: ts must be a finite number, got ${String(e.ts)}`);
+  if (Math.abs(e.ts) > MAX_ABS_TS_MS) throw new StoreError(`event ${index}: ts must be within ±${MAX_ABS_TS_MS} ms of the epoch, got ${e.ts}`);
   if (e.value !== null && !Number.isFinite(e.value)) throw new StoreError(`event ${index}: value must be a finite number or null`);
-  if (typeof e.experiment !== "string" || typeof e.unit !== "string" || typeof e.event !== "string") {
-    throw new StoreError(`event ${index}: experiment, unit and event must be strings`);
+  if (typeof e.experiment !== "string" || typeof e.unit !== "string" || typeof e.event !== "string" || (e.requestId !== null && typeof e.requestId !== "string")) {
+    throw new StoreError(`event ${index}: experiment, unit and event must be strings, requestId a string or null`);
+  }
+  if (!storableText(e.unit) || !storableText(e.event) || (e.requestId !== null && !storableText(e.requestId))) {
+    throw new StoreError(`event ${index}: unit, event and requestId must not contain NUL or unpaired surrogates`);
   }
 }
 

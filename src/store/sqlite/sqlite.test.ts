@@ -193,8 +193,9 @@ describe("SqliteStore specifics", () => {
             experiment: r.experiment,
             ts: t0 + r.dt,
             requestId: `q${i}`,
-            // a few units that JSON must escape, one with a lone surrogate, and one with a backslash before "ud"
-            unit: r.unit >= 25 ? ["lone\ud800x", "bs\\ud83d", 'q"u\\o', "é☃\u0001", "tab\tnl\n"][r.unit - 25]! : `u${r.unit}`,
+            // a few units that JSON must escape, one with a surrogate pair, and one with a backslash before "ud"
+            // (a lone surrogate is refused by every store: PostgreSQL would store it as U+FFFD)
+            unit: r.unit >= 25 ? ["pair\ud83d\ude00x", "bs\\ud83d", 'q"u\\o', "é☃\u0001", "tab\tnl\n"][r.unit - 25]! : `u${r.unit}`,
             assigned,
             served: r.fallback ? "c" : assigned,
             replica: r.replica,
