@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseConfig } from "../../config/index.ts";
+import { alive, until } from "../../../test/helpers/processes.ts";
 import { ProcessEngine } from "./index.ts";
 
 const CLI = fileURLToPath(new URL("../../cli/main.ts", import.meta.url));
@@ -29,31 +30,6 @@ const cmd = (script: string): string => JSON.stringify(["sh", "-c", script]);
 
 function configFor(dir: string, variants: string): ReturnType<typeof parseConfig> {
   return parseConfig(`experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24600 }\nvariants:\n${variants}`, dir, {});
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    assert.equal((err as NodeJS.ErrnoException).code, "ESRCH");
-    return false;
-  }
-  // A killed orphan is a zombie until init reaps it (late, in some containers); it no longer runs.
-  try {
-    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
-  } catch {
-    return true;
-  }
-}
-
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 const grandchildren = (lines: string[]): number[] => lines.flatMap((l) => /^grandchild (\d+)$/.exec(l.trim())?.[1] ?? []).map(Number);
