@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -165,4 +165,40 @@ test("process engine: replicas never get the proxy's or the admin's port, even w
   } finally {
     await engine.stop(1000);
   }
+});
+
+test("process engine: start() lets timers run between replicas, and stop() during start() leaves none behind", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  // A command line no other process has, to count exactly these replicas in /proc.
+  const marker = `1000.${process.pid}${Date.now() % 100_000}`;
+  const config = configFor(dir, `  - { name: a, replicas: 60, command: ["sleep", "${marker}"] }`);
+  const ours = (): number[] =>
+    readdirSync("/proc")
+      .filter((d) => /^\d+$/.test(d))
+      .filter((d) => {
+        try {
+          return readFileSync(`/proc/${d}/cmdline`, "utf8") === `sleep\0${marker}\0`;
+        } catch {
+          return false;
+        }
+      })
+      .map(Number)
+      .filter(alive);
+
+  // Ctrl-C (a signal handler) and timers must not wait for every replica to start.
+  const first = new ProcessEngine(config);
+  let ticks = 0;
+  const ticker = setInterval(() => ticks++, 1);
+  await first.start();
+  clearInterval(ticker);
+  await first.stop(2000);
+  assert.ok(ticks >= 10, `timers ran ${ticks} times while 60 replicas started`);
+
+  // stop() while start() is between two replicas (polled without timers, which an old start() held up).
+  const second = new ProcessEngine(config);
+  const starting = second.start();
+  while (Object.keys(second.pids()).length < 3) await new Promise((r) => setImmediate(r));
+  await second.stop(2000);
+  await starting;
+  assert.deepEqual(await until("no replica left", () => (ours().length === 0 ? [] : undefined), 5000), []);
 });

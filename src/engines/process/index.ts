@@ -73,6 +73,8 @@ export class ProcessEngine implements Engine {
   #set = new EndpointSet();
   #replicas: Replica[] = [];
   #stopping = false;
+  /** start()'s run, which stop() lets finish (it ends at the next replica) before it collects the replicas */
+  #starting: Promise<void> | null = null;
   #ports: PortAllocator;
   #exitHook = () => this.#killAll("SIGKILL");
 
@@ -86,11 +88,20 @@ export class ProcessEngine implements Engine {
     for (const at of [config.listen, config.admin.listen]) if (at.port !== 0) this.#ports.reserve(at.port);
   }
 
-  async start(onProgress?: (line: string) => void): Promise<void> {
+  start(onProgress?: (line: string) => void): Promise<void> {
+    this.#starting = this.#start(onProgress);
+    return this.#starting;
+  }
+
+  async #start(onProgress?: (line: string) => void): Promise<void> {
     // Children must not outlive us, even when we exit without stop() (uncaught error, process.exit()).
     process.once("exit", this.#exitHook);
     for (const v of this.#config.variants) {
       for (let i = 0; i < v.replicas; i++) {
+        // A turn of the event loop per replica: port checks and spawns alone never let timers or signal handlers
+        // run (Ctrl-C went unanswered for seconds while hundreds of replicas started). And stop() may have begun.
+        await new Promise((resolve) => setImmediate(resolve));
+        if (this.#stopping) return;
         const port = await this.#ports.allocate(v.port !== undefined ? v.port + i : undefined);
         const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
         this.#replicas.push(r);
@@ -225,6 +236,8 @@ export class ProcessEngine implements Engine {
 
   async stop(graceMs = 5000): Promise<void> {
     this.#stopping = true;
+    // A replica whose spawn start() is waiting on must be in the list below, or it would outlive us.
+    await this.#starting?.catch(() => undefined);
     const children = this.#replicas.filter((r) => r.child?.pid !== undefined).map((r) => ({ r, child: r.child! }));
     this.#killAll("SIGTERM");
     const deadline = Date.now() + graceMs;
