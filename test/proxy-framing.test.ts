@@ -268,3 +268,17 @@ test("a pipelined request over maxBodyBytes is refused in its turn, after the an
     await limited.close();
   }
 });
+
+test("a request that expects 100-continue and is refused before its body ends the connection, which cannot be read on", async () => {
+  const before = backend.heads.length;
+  // A unit longer than abgate accepts: refused (400) before any 100 Continue. The client then sends no body but its
+  // next request, which a kept-alive connection would read as this request's body.
+  const reply = await rawRequest(
+    gw.proxyUrl,
+    `POST /x HTTP/1.1\r\nhost: x\r\nx-user-id: ${"u".repeat(600)}\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n`,
+    2000,
+  );
+  assert.match(reply, /^HTTP\/1\.1 400 [^]*\r\nconnection: close\r\n/i);
+  assert.doesNotMatch(reply, /100 Continue/);
+  assert.equal(backend.heads.length, before);
+});

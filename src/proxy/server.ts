@@ -185,6 +185,8 @@ class Exchange implements UpstreamSink, ClientExchange {
   /** body pieces go straight to the upstream socket (from then on, a stale-socket retry would resend them) */
   bodyFlowing = false;
   requestComplete = false;
+  /** a 100 Continue went to the client (it was told to send its body) */
+  continueSent = false;
   upstreamDone = false;
   recorded = false;
   status = 0;
@@ -262,7 +264,10 @@ class Exchange implements UpstreamSink, ClientExchange {
       return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}`));
     }
     // The client waits for this before sending its body; the replica is not asked (the header is not forwarded).
-    if (this.expectContinue && this.hasBody && !this.requestComplete) this.conn.write("HTTP/1.1 100 Continue\r\n\r\n");
+    if (this.expectContinue && this.hasBody && !this.requestComplete) {
+      this.conn.write("HTTP/1.1 100 Continue\r\n\r\n");
+      this.continueSent = true;
+    }
     this.head = this.buildHead();
     this.dispatch();
   }
@@ -503,6 +508,9 @@ class Exchange implements UpstreamSink, ClientExchange {
   respondError(status: number, code: string, message: string, close: boolean): void {
     const conn = this.conn;
     this.upstreamDone = true;
+    // Answered before its body while the client may still be waiting for 100 Continue: it may send the body or not
+    // (RFC 9110 §10.1.1), so whatever comes next cannot be read as the next request: end the connection.
+    if (this.expectContinue && this.hasBody && !this.requestComplete && !this.continueSent) close = true;
     if (conn.responseStarted || conn.socket.destroyed) {
       this.record(status);
       return conn.destroy();
