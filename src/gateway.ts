@@ -76,7 +76,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   };
 
   try {
-    const store = options.store ?? openStore(config.store);
+    // Writes run on the proxy's thread, which SQLite's wait for a lock would hold: see busyTimeoutMs.
+    const store = options.store ?? openStore(config.store, { busyTimeoutMs: 100 });
     if (!options.store) cleanups.push(() => store.close());
     await store.init();
 

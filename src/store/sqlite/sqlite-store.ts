@@ -40,6 +40,12 @@ export interface SqliteStoreOptions {
   writeSliceMs?: number;
   /** a monotonic clock in ms, to time those slices (default performance.now); tests inject one */
   monotonicMs?: () => number;
+  /**
+   * How long a write waits for another connection's write lock (default 5,000). SQLite waits by sleeping the
+   * calling thread: a gateway, whose writes run on the proxy's thread, sets it short and lets its retries wait
+   * instead (the exposure batcher backs off; an events POST gets a 503 to retry).
+   */
+  busyTimeoutMs?: number;
 }
 
 /**
@@ -450,7 +456,7 @@ export class SqliteStore implements Store {
       this.#db.pragma("journal_mode = WAL");
       this.#db.pragma("synchronous = NORMAL");
       // Another process (a second abgate, `abgate report`) may hold the write lock briefly.
-      this.#db.pragma("busy_timeout = 5000");
+      this.#db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
       this.#db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
       this.#db.pragma("temp_store = MEMORY");
       // The WAL restarts from its beginning after each complete checkpoint but keeps its size; cap what it keeps.
@@ -735,6 +741,10 @@ export class SqliteStore implements Store {
     if (worker !== null) await worker.terminate();
     try {
       if (this.#db.open) {
+        // Without waiting: TRUNCATE takes the write lock and then waits for readers of older snapshots, and
+        // another process's writer (a live gateway, when this is `abgate report`) would wait all that time. If
+        // others use the file, the WAL stays for them to checkpoint.
+        this.#db.pragma("busy_timeout = 0");
         this.#db.pragma("wal_checkpoint(TRUNCATE)");
         this.#db.close();
       }

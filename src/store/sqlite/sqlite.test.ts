@@ -262,20 +262,21 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  const x = (i: number, experiment = "exp"): Exposure => ({
+    experiment,
+    ts: 1e12 + i,
+    requestId: `r${i}`,
+    unit: `u${i % 300}`,
+    assigned: i % 2 === 0 ? "control" : "treatment",
+    served: i % 2 === 0 ? "control" : "treatment",
+    replica: "control-0",
+    status: 200,
+    latencyMs: 1 + (i % 20) / 10,
+    forced: false,
+  });
+  const rowsOf = (n: number) => Array.from({ length: n }, (_, i) => x(i));
+
   describe("a big exposure write", () => {
-    const x = (i: number, experiment = "exp"): Exposure => ({
-      experiment,
-      ts: 1e12 + i,
-      requestId: `r${i}`,
-      unit: `u${i % 300}`,
-      assigned: i % 2 === 0 ? "control" : "treatment",
-      served: i % 2 === 0 ? "control" : "treatment",
-      replica: "control-0",
-      status: 200,
-      latencyMs: 1 + (i % 20) / 10,
-      forced: false,
-    });
-    const rowsOf = (n: number) => Array.from({ length: n }, (_, i) => x(i));
     /** A clock on which every slice seems to take 1 ms, twice the default budget: slices shrink to 50 rows. */
     const slowClock = () => {
       let ms = 0;
@@ -297,7 +298,8 @@ describe("SqliteStore specifics", () => {
         await store.counts("exp"); // the reader thread is up
         const seen: number[] = [];
         let written = false;
-        const write = store.writeExposures(rowsOf(2000)).then(() => (written = true));
+        // 6,000 rows: well over 100 turns of the loop, time for several reads' round trips to the reader thread
+        const write = store.writeExposures(rowsOf(6000)).then(() => (written = true));
         // Reads run meanwhile and see the rollups as they were: all of the batch, or none of it.
         while (!written) {
           const { exposures } = await store.counts("exp");
@@ -305,10 +307,10 @@ describe("SqliteStore specifics", () => {
         }
         await write;
         stop = true;
-        assert.ok(turns >= 30, `2,000 rows in slices of 50 or so take many turns of the loop, took ${turns}`);
-        assert.ok(seen.length >= 2, `reads answered while the write ran: ${seen.length}`);
+        assert.ok(turns >= 100, `6,000 rows in slices of 50 or so take many turns of the loop, took ${turns}`);
+        assert.ok(seen.length >= 1, `reads answered while the write ran: ${seen.length}`);
         assert.deepEqual(new Set(seen), new Set([0]));
-        assert.equal((await store.counts("exp")).exposures, 2000);
+        assert.equal((await store.counts("exp")).exposures, 6000);
         await store.close();
       } finally {
         rmSync(dir, { recursive: true, force: true });
@@ -404,6 +406,51 @@ describe("SqliteStore specifics", () => {
       // On this thread the query held the loop for all of queryMs (1.4 s at a few times this size).
       assert.ok(longestGapMs < Math.max(50, queryMs / 3), `the event loop waited ${longestGapMs.toFixed(0)} ms during a ${queryMs.toFixed(0)} ms query`);
       await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("with a short busyTimeoutMs, a write blocked by another process's lock fails soon instead of holding the thread", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const store = new SqliteStore(path, { busyTimeoutMs: 100 });
+      await store.init();
+      const other = new Database(path);
+      other.exec("BEGIN IMMEDIATE");
+      const t0 = performance.now();
+      await assert.rejects(store.writeExposures(rowsOf(10)), (err: unknown) => err instanceof StoreError && /locked|busy/i.test(err.message));
+      const waitedMs = performance.now() - t0;
+      assert.ok(waitedMs < 1000, `waited ${waitedMs.toFixed(0)} ms for the lock`);
+      other.exec("COMMIT");
+      await store.writeExposures(rowsOf(10));
+      assert.equal((await store.counts("exp")).exposures, 10, "written once the lock is free");
+      other.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("close() does not wait for another connection's readers to checkpoint (a live gateway's writer would wait with it)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const store = new SqliteStore(path);
+      await store.init();
+      await store.writeExposures(rowsOf(10));
+      // A reader of the current snapshot, then more writes: a TRUNCATE checkpoint must wait for that reader.
+      const reader = new Database(path);
+      reader.exec("BEGIN");
+      reader.prepare("SELECT COUNT(*) FROM units").get();
+      await store.writeExposures(rowsOf(10));
+      const t0 = performance.now();
+      await store.close();
+      const closeMs = performance.now() - t0;
+      reader.exec("COMMIT");
+      reader.close();
+      assert.ok(closeMs < 1000, `close() took ${closeMs.toFixed(0)} ms`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
