@@ -7,6 +7,7 @@ const digest = (s: string) => createHash("sha256").update(s).digest();
  * prefix shows in the timing.
  */
 export function bearerMatches(authorization: string | undefined, token: string): boolean {
-  const given = authorization?.startsWith("Bearer ") ? authorization.slice(7).trim() : "";
+  // The scheme is case-insensitive (RFC 9110 §11.1): "bearer x" and "BEARER x" are the same credentials.
+  const given = authorization !== undefined && /^bearer +/i.test(authorization) ? authorization.replace(/^bearer +/i, "").trim() : "";
   return timingSafeEqual(digest(given), digest(token)) && given.length > 0;
 }
