@@ -145,7 +145,9 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
 
 /**
  * One-sided Welch test that a linear contrast D = m_T - k·m_C - c exceeds 0, i.e. H0: μ_T ≤ k·μ_C + c.
- * Used by guardrails: k = 1 + maxRelativeIncrease (c = 0), or k = 1, c = maxAbsoluteIncrease. The variance of D is
+ * The guardrails' fixed-horizon p (reported for information; the decision uses the always-valid
+ * `meanIncreaseSequential` in sequential.ts, since this test re-read at every report inflates false rollbacks):
+ * k = 1 + maxRelativeIncrease (c = 0), or k = 1, c = maxAbsoluteIncrease. The variance of D is
  * V_T + k²V_C with Welch–Satterthwaite df for that weighted sum (Satterthwaite 1946), so no delta method is needed.
  */
 export function welchOneSidedIncrease(control: MeanSample, treatment: MeanSample, k: number, c: number): { estimate: number | null; pValue: number | null; error?: StatsErrorCode } {
@@ -170,6 +172,7 @@ export function welchOneSidedIncrease(control: MeanSample, treatment: MeanSample
  * restricted to the boundary p_T = k·p_C + c. The unpooled Wald variance (p̂ in place of p̃) is anti-conservative
  * when an arm has few or no errors: control 0/5000 against treatment 3/5000 at k = 1.2 gave p = 0.042, while the
  * exact conditional p is (1.2/2.2)³ = 0.16; the restricted estimates put variance where H0 says it must be.
+ * Fixed-horizon: the report shows it for information and decides on the always-valid `proportionIncreaseSequential`.
  */
 export function proportionOneSidedIncrease(control: ProportionSample, treatment: ProportionSample, k: number, c: number): { estimate: number | null; pValue: number | null; error?: StatsErrorCode } {
   const counts = [control.units, control.conversions, treatment.units, treatment.conversions];

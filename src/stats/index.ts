@@ -3,7 +3,7 @@
  * and no function throws or returns NaN on data problems: results carry an `error` code instead.
  */
 export { proportionTest, meanTest, srmTest, meanAndVariance, welchOneSidedIncrease, proportionOneSidedIncrease } from "./frequentist.ts";
-export { mixtureSprt, runningMinimum, DEFAULT_TAU2_STANDARDIZED } from "./sequential.ts";
+export { mixtureSprt, runningMinimum, DEFAULT_TAU2_STANDARDIZED, oneSidedMixtureSprt, meanIncreaseSequential, proportionIncreaseSequential } from "./sequential.ts";
 export { chanceToWin } from "./bayes.ts";
 export { adjustPValues } from "./multiple.ts";
 export { fixedHorizonUnits, sequentialUnits } from "./power.ts";
@@ -26,7 +26,7 @@ export {
   chiSquareSf,
 } from "./distributions.ts";
 export type * from "./types.ts";
-export { buildReport, SRM_MIN_UNITS_PER_VARIANT, SEQUENTIAL_MIN_UNITS_PER_VARIANT } from "./report.ts";
+export { buildReport, guardrailStateKey, SRM_MIN_UNITS_PER_VARIANT, SEQUENTIAL_MIN_UNITS_PER_VARIANT } from "./report.ts";
 export type {
   Report,
   ReportInput,

@@ -89,3 +89,19 @@ export interface MixtureSprtResult {
 }
 
 export type Correction = "holm" | "bh" | "none";
+
+export interface OneSidedSprtResult {
+  /** log of the one-sided mixture likelihood ratio Λ (null when it cannot be computed or overflows) */
+  logLambda: number | null;
+  /** min(1, 1/Λ) at this look, for H0 θ ≤ 0; the always-valid p-value is the running minimum over looks */
+  pValue: number | null;
+  error?: StatsErrorCode;
+}
+
+/** One look of an always-valid guardrail test on the shifted contrast D (H0: D's mean ≤ 0). */
+export interface GuardrailSequentialResult extends OneSidedSprtResult {
+  /** the shifted contrast m_T − k·m_C − c (or p_T − k·p_C − c) */
+  estimate: number | null;
+  /** its variance at this look (plug-in for means, at the restricted MLE for rates) */
+  variance: number | null;
+}
