@@ -17,7 +17,7 @@ import { GatewayMetrics } from "./admin/metrics.ts";
 import { bearerMatches } from "./admin/auth.ts";
 import type { AdminContext, ExperimentView } from "./admin/context.ts";
 import { createAdminServer } from "./admin/server.ts";
-import { experimentReport } from "./admin/report.ts";
+import { experimentReport, recordWeightChange } from "./admin/report.ts";
 
 export interface GatewayOptions {
   /** an engine whose `start()` the caller already awaited; without one, the gateway creates and starts its own */
@@ -168,6 +168,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           trial.setWeights(weights);
           await saveStrategy(trial);
           strategy.setWeights(weights);
+          // When, for the report's SRM check (which units were assigned under these weights). The change stands
+          // without it: the report then counts from the first report that sees the new weights.
+          await recordWeightChange(store, config, strategy.weights(), clock.now()).catch((err: unknown) =>
+            log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot record the time of the weight change"),
+          );
         });
         setWeightsChain = run.catch(() => undefined);
         await run;

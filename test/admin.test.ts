@@ -63,8 +63,13 @@ test("GET /v1/experiment shows variants, weights, replicas with health, ranges a
 test("a weight change moves only the units it must, and survives a restart", async () => {
   const units = unitIds(300, "w");
   const before = await Promise.all(units.map(variantOf));
+  const changedAt = Date.now();
   const res = await admin(gw, "PUT", "/v1/weights", { control: 20, treatment: 80 });
   assert.equal(res.status, 200);
+  // when, for the report's sample-ratio check
+  const recorded = JSON.parse((await gw.store.getState("test", "report-weights"))!) as { shares: Record<string, number>; since: number };
+  assert.deepEqual(recorded.shares, { control: 0.2, treatment: 0.8 });
+  assert.ok(recorded.since >= changedAt && recorded.since <= Date.now());
   const after = await Promise.all(units.map(variantOf));
   let moved = 0;
   for (let i = 0; i < units.length; i++) {

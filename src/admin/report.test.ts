@@ -12,7 +12,7 @@ import { parseConfig, type Config } from "../config/index.ts";
 import { srmTest } from "../stats/frequentist.ts";
 import type { Report } from "../stats/index.ts";
 import { openStore, type Exposure, type OutcomeEvent, type Store } from "../store/index.ts";
-import { experimentReport } from "./report.ts";
+import { experimentReport, recordWeightChange } from "./report.ts";
 
 const START = Date.parse("2026-11-28T00:00:00Z");
 const HOUR = 3_600_000;
@@ -101,6 +101,27 @@ describe("experimentReport: SRM across weight changes", () => {
     const fourth = (await experimentReport(cfg, store, { control: 50, treatment: 50 }, START + 145 * HOUR)) as Report;
     assert.equal(fourth.srm.mismatch, true, fourth.srm.note);
     assert.equal(fourth.decision.action, "continue");
+  });
+
+  it("a weight change recorded when it is made: the next report tests the units assigned since then", async () => {
+    const own = openStore(`sqlite:${join(dir, "recorded.db")}`);
+    await own.init();
+    const cfg = config("sticky");
+    const saved = store;
+    store = own;
+    try {
+      await traffic(START, 2000, 40_000, 0.1); // at the configured 90/10, never reported on
+      await recordWeightChange(own, cfg, { control: 50, treatment: 50 }, START + 25 * HOUR);
+      await traffic(START + 25 * HOUR, 4000, 40_000, 0.5);
+      const report = (await experimentReport(cfg, own, { control: 50, treatment: 50 }, START + 72 * HOUR)) as Report;
+      assert.equal(report.srm.reason, "SINCE_WEIGHT_CHANGE");
+      assert.equal(report.srm.since, new Date(START + 25 * HOUR).toISOString());
+      assert.equal(report.srm.judged, true, "the 4,000 units since the change are tested at once");
+      assert.equal(report.srm.mismatch, false, report.srm.note);
+    } finally {
+      store = saved;
+      await own.close();
+    }
   });
 
   it("bandit: the SRM check is skipped and the report says why", async () => {

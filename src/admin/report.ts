@@ -48,6 +48,16 @@ export async function experimentReport(config: Config, store: Store, weights: Re
   return report;
 }
 
+/**
+ * Notes that `weights` took effect at `nowMs` (PUT /v1/weights, promote, rollback), so that the next report's SRM
+ * check counts units from then on, rather than from the first report that sees the new weights.
+ */
+export async function recordWeightChange(store: Store, config: Config, weights: Record<string, number>, nowMs: number): Promise<void> {
+  const shares = sharesOf(weights);
+  if (shares === null) return;
+  await store.setState(config.experiment, REPORT_WEIGHTS_STATE_KEY, JSON.stringify({ shares, since: nowMs } satisfies WeightsSeen));
+}
+
 function sharesOf(weights: Record<string, number>): Record<string, number> | null {
   const total = Object.values(weights).reduce((s, w) => s + (Number.isFinite(w) && w > 0 ? w : 0), 0);
   if (!(total > 0)) return null;
@@ -65,7 +75,8 @@ function sameShares(a: Record<string, number>, b: Record<string, number>): boole
  * weights are known to have been in force, or undefined to test the cumulative units (no change seen).
  *
  * The store keeps no history of weights, and `PUT /v1/weights` does not record when it happened, so the report
- * keeps its own record: the weights it last saw and the time from which they are known to hold. When the weights
+ * keeps its own record: the weights it last saw and the time from which they are known to hold (which the gateway
+ * sets exactly when it changes them: recordWeightChange). When the weights
  * differ from the ones seen by the previous report (or, at the first report, from the configured ones), they changed
  * at some unknown time before now, so only units first exposed from the next full minute on (the store counts new
  * units per minute) are known to have been assigned under them; those are what the SRM check then tests. Units
