@@ -212,38 +212,26 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.expectContinue = scan.expect !== undefined && request.httpMinor === 1;
     this.hostMissing = scan.host === undefined;
     const { config } = ctx;
-    const u = config.unit;
-    let unit = headerText(scan.unitHeader);
-    if (!unit && u.query) unit = queryValue(request.url, u.query);
-    if (!unit) unit = headerText(cookieValue(scan.cookie, u.cookie));
-    if (unit) {
+    const unit = givenUnit(config, request, scan);
+    if (unit !== undefined) {
       this.unit = unit;
     } else {
       this.unit = randomUUID();
-      this.setCookie = unitCookie(u.cookie, this.unit);
+      this.setCookie = unitCookie(config.unit.cookie, this.unit);
     }
-    const force = config.allowForce ? scan.force : undefined;
-    if (force) {
+    const force = forcedVariant(config, scan);
+    if (force !== undefined) {
       this.forced = true;
       this.assigned = force;
-      if (!known.has(force)) {
-        this.refusal = { status: 400, code: "ABGATE_ERR_UNKNOWN_VARIANT", message: `unknown variant "${force}" in ${FORCE_HEADER}`, close: false, record: false };
-      }
     } else {
       this.forced = false;
       this.assigned = ctx.strategy.assign(this.unit);
     }
     this.served = this.assigned;
+    this.refusal = headRefusal(request, scan, this.unit, force, known);
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
-      const unitRefused = unitProblem(this.unit);
-      if (request.httpMinor === 1 && scan.host === undefined) {
-        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
-      } else if (unitRefused !== null) {
-        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: unitRefused, close: false, record: false };
-      } else if (scan.duplicateHost) {
-        this.refusal = { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
-      } else if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
+      if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
         this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true, record: false };
       } else if (maxBody !== undefined && cl !== undefined && Number(cl) > maxBody) {
         this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true, record: true };
@@ -566,6 +554,40 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 }
 
+/** The unit a request names, in the config's order (header, query, cookie), or undefined when it names none. */
+function givenUnit(config: ProxyContext["config"], request: ClientRequest, scan: ScannedRequest): string | undefined {
+  const u = config.unit;
+  let unit = headerText(scan.unitHeader);
+  if (!unit && u.query) unit = queryValue(request.url, u.query);
+  if (!unit) unit = headerText(cookieValue(scan.cookie, u.cookie));
+  return unit || undefined;
+}
+
+/** The variant the request forces, when forcing is allowed and the header is not empty. */
+function forcedVariant(config: ProxyContext["config"], scan: ScannedRequest): string | undefined {
+  return (config.allowForce && scan.force) || undefined;
+}
+
+/**
+ * Why a request is refused on its head alone, before any replica is asked, or null: an unknown forced variant, an
+ * HTTP/1.1 request without Host or one with two, a unit no store could keep. Plain requests and WebSocket
+ * handshakes get these same checks; each adds its own after them.
+ */
+function headRefusal(request: ClientRequest, scan: ScannedRequest, unit: string, force: string | undefined, known: Set<string>): Refusal | null {
+  if (force !== undefined && !known.has(force)) {
+    return { status: 400, code: "ABGATE_ERR_UNKNOWN_VARIANT", message: `unknown variant "${force}" in ${FORCE_HEADER}`, close: false, record: false };
+  }
+  if (request.httpMinor === 1 && scan.host === undefined) {
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
+  }
+  const unitRefused = unitProblem(unit);
+  if (unitRefused !== null) return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: unitRefused, close: false, record: false };
+  if (scan.duplicateHost) {
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
+  }
+  return null;
+}
+
 /** Why a unit is refused (400), or null. The events API refuses such units too, so none could ever convert. */
 function unitProblem(unit: string): string | null {
   if (unit.length > MAX_UNIT_CHARS) return `unit longer than ${MAX_UNIT_CHARS} characters`;
@@ -664,24 +686,21 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const ts = Date.now();
   const scan = scanRequest(req, remoteAddress, unitHeaderName);
   const u = ctx.config.unit;
-  const givenUnit = headerText(scan.unitHeader) || (u.query ? queryValue(req.url, u.query) : undefined) || headerText(cookieValue(scan.cookie, u.cookie));
-  const unit = givenUnit || randomUUID();
-  const force = ctx.config.allowForce ? scan.force : undefined;
+  const given = givenUnit(ctx.config, req, scan);
+  const unit = given ?? randomUUID();
+  const force = forcedVariant(ctx.config, scan);
   const forced = force !== undefined;
-  const refuse = (status: number, why: string) => {
+  const refuse = (status: number, code: string, why: string) => {
     ctx.log.debug({ requestId, err: why }, "upgrade refused");
-    const body = JSON.stringify({ error: why, code: "ABGATE_ERR_BAD_REQUEST", requestId });
+    const body = JSON.stringify({ error: why, code, requestId });
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
   };
-  // The checks a plain request gets (Exchange's constructor), and one of its own: the handshake has no body (one
-  // would have been read by the parser and lost, while its Content-Length went on to a replica left waiting).
-  const unitRefused = unitProblem(unit);
-  if (req.httpMinor === 1 && scan.host === undefined) return refuse(400, "HTTP/1.1 request without a Host header");
-  if (scan.duplicateHost) return refuse(400, "request with more than one Host header");
-  if (unitRefused !== null) return refuse(400, unitRefused);
-  if (forced && !known.has(force)) return refuse(400, `unknown variant "${force}" in ${FORCE_HEADER}`);
+  // The checks a plain request gets, and one of its own: the handshake has no body (one would have been read by the
+  // parser and lost, while its Content-Length went on to a replica left waiting).
+  const refusal = headRefusal(req, scan, unit, force, known);
+  if (refusal !== null) return refuse(refusal.status, refusal.code, refusal.message);
   if (scan.transferEncoding !== undefined || (scan.contentLength !== undefined && scan.contentLength !== "0")) {
-    return refuse(400, "an upgrade request must not have a body");
+    return refuse(400, "ABGATE_ERR_BAD_REQUEST", "an upgrade request must not have a body");
   }
   const assigned = forced ? force : ctx.strategy.assign(unit);
   const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
@@ -727,7 +746,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     ctx.balancer.answered(replica, status);
     // Mark the answer with our headers: insert them after the status line. A refusal (a 401, a 404, a plain 200)
     // also says the connection ends with it: the client's later requests could not be framed on it (below).
-    const cookie = givenUnit ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
+    const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
     const close = status === 101 ? "" : "connection: close\r\n";
     client.write(first.subarray(0, eol + 2));
     client.write(`${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
