@@ -1,4 +1,5 @@
 import { RequestError } from "../errors.ts";
+import { MAX_ABS_TS_MS, storableText } from "../store/rollup.ts";
 import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
 export const MAX_EVENTS_PER_REQUEST = 10_000;
@@ -9,7 +10,7 @@ export const MAX_EVENTS_PER_REQUEST = 10_000;
  */
 export const MAX_ABS_VALUE = 1e150;
 /** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
-export const MAX_TS_MS = 8.64e15;
+export const MAX_TS_MS = MAX_ABS_TS_MS;
 /** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */
 export const MAX_REQUEST_ID_CHARS = 512;
 /**
@@ -19,8 +20,6 @@ export const MAX_REQUEST_ID_CHARS = 512;
  */
 const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:Z|([+-])(\d{2}):(\d{2}))$/;
 const TS_EXPECTED = "an ISO 8601 time with a zone (Z or ±hh:mm) like 2026-11-28T12:00:00Z, or milliseconds since the epoch";
-/** A UTF-16 surrogate that is not half of a pair (in u-mode a pair is one code point, which \p{Cs} does not match). */
-const LONE_SURROGATE = /\p{Cs}/u;
 const FIELDS = new Set(["unit", "event", "value", "ts", "requestId"]);
 
 /**
@@ -73,7 +72,7 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     if (unit.length > MAX_UNIT_CHARS) throw bad(i, "unit", `at most ${MAX_UNIT_CHARS} characters`);
     // Units the proxy can never see, and that PostgreSQL cannot store as they are (NUL is refused; lone surrogates
     // become U+FFFD, merging distinct units): refused here rather than stored differently by each store.
-    if (unit.includes("\u0000") || LONE_SURROGATE.test(unit)) throw bad(i, "unit", "text without NUL or unpaired surrogates");
+    if (!storableText(unit)) throw bad(i, "unit", "text without NUL or unpaired surrogates");
     if (typeof event !== "string" || event.length === 0) throw bad(i, "event", "a non-empty string");
     if (!knownEvents.has(event)) {
       throw bad(i, "event", `unknown event "${event}"; the metrics use ${knownEvents.size ? [...knownEvents].map((x) => `"${x}"`).join(", ") : "no events"}`);
@@ -100,7 +99,7 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
       if (typeof requestId !== "string") throw bad(i, "requestId", expected);
       // Unbounded, 10,000 events with a megabyte of request id each would be stored as they are.
       if (requestId.length > MAX_REQUEST_ID_CHARS) throw bad(i, "requestId", `at most ${MAX_REQUEST_ID_CHARS} characters (got ${requestId.length})`);
-      if (requestId.includes("\u0000") || LONE_SURROGATE.test(requestId)) throw bad(i, "requestId", expected);
+      if (!storableText(requestId)) throw bad(i, "requestId", expected);
     }
     out[i] = { experiment, unit, event, value: typeof value === "number" ? value : null, ts: tsMs, requestId: typeof requestId === "string" ? requestId : null };
   }

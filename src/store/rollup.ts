@@ -54,7 +54,7 @@ function isWellFormed(s: string): boolean {
 }
 
 /** Text PostgreSQL keeps as it is: no NUL (text cannot hold it) and no unpaired surrogate. */
-function storableText(s: string): boolean {
+export function storableText(s: string): boolean {
   return !s.includes("\u0000") && isWellFormed(s);
 }
 
