@@ -54,8 +54,11 @@ export async function experimentReport(config: Config, store: Store, weights: Re
  */
 export async function recordWeightChange(store: Store, config: Config, weights: Record<string, number>, nowMs: number): Promise<void> {
   const shares = sharesOf(weights);
-  if (shares === null) return;
-  await store.setState(config.experiment, REPORT_WEIGHTS_STATE_KEY, JSON.stringify({ shares, since: nowMs } satisfies WeightsSeen));
+  if (shares !== null) await saveWeightsSeen(store, config, { shares, since: nowMs });
+}
+
+function saveWeightsSeen(store: Store, config: Config, seen: WeightsSeen): Promise<void> {
+  return store.setState(config.experiment, REPORT_WEIGHTS_STATE_KEY, JSON.stringify(seen));
 }
 
 function sharesOf(weights: Record<string, number>): Record<string, number> | null {
@@ -74,18 +77,16 @@ function sameShares(a: Record<string, number>, b: Record<string, number>): boole
  * For the SRM check under manual weight changes (ramp-ups): the units whose first exposure came after the current
  * weights are known to have been in force, or undefined to test the cumulative units (no change seen).
  *
- * The store keeps no history of weights, and `PUT /v1/weights` does not record when it happened, so the report
- * keeps its own record: the weights it last saw and the time from which they are known to hold (which the gateway
- * sets exactly when it changes them: recordWeightChange). When the weights
- * differ from the ones seen by the previous report (or, at the first report, from the configured ones), they changed
- * at some unknown time before now, so only units first exposed from the next full minute on (the store counts new
- * units per minute) are known to have been assigned under them; those are what the SRM check then tests. Units
- * from before are left out rather than compared with weights that did not apply to them. Under sticky assignment
- * new units hash into the current ranges, so their split follows the current weights whatever came before.
- * Limits: changes that are undone before the report sees them (A → B → A between two reads) are not noticed; and the
- * window starts at the first report after a change, not at the change, so a report read right after a change
- * leaves the SRM check unjudged until each arm has a few units since. Recording the time of each change where it is
- * made (the admin API) would give the exact window.
+ * The store keeps no history of weights, so one state key holds the weights last known and the time from which
+ * they are known to hold: the gateway sets it when it applies a change (recordWeightChange), and this sets it when it
+ * finds weights that differ from the ones recorded (or, at the first report, from the configured ones), which
+ * changed at some unknown time before now (a config edit between runs, or a store that missed the gateway's note).
+ * Only units first exposed from the next full minute after that time on (the store counts new units per minute)
+ * are known to have been assigned under the current weights; those are what the SRM check then tests. Units from
+ * before are left out rather than compared with weights that did not apply to them. Under sticky assignment new
+ * units hash into the current ranges, so their split follows the current weights whatever came before.
+ * Limits, for changes found this way: one undone before a report sees it (A → B → A) is not noticed, and the
+ * window starts at the report, not at the change, so the check stays unjudged until each arm has a few units since.
  */
 async function weightsInForce(
   config: Config,
@@ -114,9 +115,7 @@ async function weightsInForce(
     // First report: the configured weights are the only history there is.
     since = configured !== null && sameShares(configured, shares) ? null : nowMs;
   } else since = nowMs;
-  if (seen === null || seen.since !== since || !sameShares(seen.shares, shares)) {
-    await store.setState(config.experiment, REPORT_WEIGHTS_STATE_KEY, JSON.stringify({ shares, since } satisfies WeightsSeen));
-  }
+  if (seen === null || seen.since !== since || !sameShares(seen.shares, shares)) await saveWeightsSeen(store, config, { shares, since });
   if (since === null) return undefined;
   // Whole minutes from `since` on: every unit counted there was first exposed after the weights were seen in force.
   const from = Math.ceil(since / MINUTE_MS) * MINUTE_MS;
