@@ -16,6 +16,8 @@
  *   BENCH_PROXIES    comma list, default "haproxy,nginx,fastify,abgate,abgate-nolog"
  *   BENCH_CONNECTIONS wrk connections (default 64)
  *   BENCH_BACKEND_CORE core for the backend nginx (default: unpinned)
+ *   BENCH_DELAY_MS   latency mode (bench/proxy/latency.sh): each wrk connection waits this many ms after a response,
+ *                    so every proxy gets the same moderate rate; prints latency percentiles instead of throughput
  *   BENCH_PAIRS      same-core on/off pairs for the logging cost (default 4; 0: none), BENCH_PAIR_DURATION s each (4),
  *                    after twice BENCH_WARMUP
  *
@@ -46,12 +48,15 @@ const pairDurationS = Math.min(10, Number(process.env.BENCH_PAIR_DURATION ?? 4))
 /** The whole run stays under 4 minutes: rounds and pairs that would not fit are skipped. */
 const BUDGET_MS = 230_000;
 const WRK_CORE = 1;
+const delayMs = process.env.BENCH_DELAY_MS;
 
 interface Result {
   name: string;
   rps?: number;
   p50Ms?: number;
   p99Ms?: number;
+  /** from users.lua's done() */
+  p999Ms?: number;
   non2xx?: number;
   socketErrors?: string;
   error?: string;
@@ -211,12 +216,14 @@ async function wrk(port: number, seconds: number): Promise<Omit<Result, "name">>
   const p99 = /^\s+99%\s+(\S+)/m.exec(stdout);
   if (!rps || !p50 || !p99) throw new Error(`unreadable wrk output:\n${stdout}`);
   const non2xx = /Non-2xx or 3xx responses:\s+(\d+)/.exec(stdout);
+  const p999 = /^p99\.9 (\d+)us$/m.exec(stdout);
   const socketErrors = /Socket errors:\s+(.*)/.exec(stdout);
   return {
     rps: Number(rps[1]),
     requests: requests ? Number(requests[1]) : undefined,
     p50Ms: toMs(p50[1]),
     p99Ms: toMs(p99[1]),
+    p999Ms: p999 ? Number(p999[1]) / 1000 : undefined,
     non2xx: non2xx ? Number(non2xx[1]) : 0,
     socketErrors: socketErrors ? socketErrors[1].trim() : undefined,
   };
@@ -437,5 +444,73 @@ const overall = setTimeout(() => {
 }, 240_000);
 overall.unref();
 
-await main();
+/**
+ * Latency at a rate every proxy sustains: wrk's closed loop at saturation measures queueing (64 connections over a
+ * proxy doing N req/s wait about 64/N s each, Little's law), so its p99 ratio is mostly the inverse of the
+ * throughput ratio. Here each connection pauses BENCH_DELAY_MS between requests and every proxy serves about the
+ * same rate; the percentiles are then what the proxy itself adds. Rounds rotate the order; per proxy the median of
+ * its rounds, and the ratios are medians of same-round ratios.
+ */
+async function latencyMain(): Promise<void> {
+  const wallStart = Date.now();
+  const abgateEntry = proxyNames.some((n) => n.startsWith("abgate")) ? abgateBin().note : "-";
+  console.log(`proxy latency at a fixed pace: ${rounds} round(s), median shown; proxy on core ${PROXY_CORE}, wrk -t1 -c${connections} ${durationS}s (+${warmupS}s warm-up), ${delayMs} ms between a response and the next request on each connection, on core ${WRK_CORE}`);
+  console.log(`abgate runs from ${abgateEntry}; node ${process.version}`);
+  const backends = await startBackends();
+  const perProxy = new Map<string, Result[]>(proxyNames.map((n) => [n, []]));
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const order = proxyNames.map((_, i) => proxyNames[(i + round) % proxyNames.length]);
+      for (const name of order) {
+        if (Date.now() - wallStart + (warmupS + durationS + 8) * 1000 > BUDGET_MS) {
+          console.log(`  round ${round + 1}/${rounds} ${name}: skipped, the ${BUDGET_MS / 1000} s budget is nearly spent`);
+          continue;
+        }
+        const result = await measure(name, backends.urls);
+        perProxy.get(name)!.push(result);
+        console.log(`  round ${round + 1}/${rounds} ${name}: ${result.error ? `ERROR ${result.error.split("\n")[0]}` : `${fmt(result.rps, 0)} req/s, p50 ${fmt(result.p50Ms, 3)} p99 ${fmt(result.p99Ms, 3)} p99.9 ${fmt(result.p999Ms, 3)} ms, CPU ${fmt(result.cpuShare, 2)}`}`);
+      }
+    }
+  } finally {
+    await backends.proc.stop();
+  }
+  const ok = (name: string) => (perProxy.get(name) ?? []).filter((r) => !r.error && r.rps !== undefined);
+  const med = (name: string, f: (r: Result) => number | undefined) => {
+    const xs = ok(name).map(f).filter((v): v is number => v !== undefined);
+    return xs.length ? median(xs) : undefined;
+  };
+  console.log("");
+  const header = `${pad("proxy", 32)} ${pad("req/s", 8, true)} ${pad("p50 ms", 8, true)} ${pad("p99 ms", 8, true)} ${pad("p99.9 ms", 9, true)} ${pad("CPU", 5, true)} ${pad("non-2xx", 8, true)}`;
+  console.log(header);
+  console.log("-".repeat(header.length));
+  for (const name of proxyNames) {
+    if (ok(name).length === 0) {
+      console.log(`${pad(labels[name] ?? name, 32)} ${perProxy.get(name)?.[0]?.error?.split("\n")[0] ?? "not measured"}`);
+      continue;
+    }
+    const non2xx = ok(name).reduce((n, r) => n + (r.non2xx ?? 0), 0);
+    console.log(`${pad(labels[name] ?? name, 32)} ${pad(fmt(med(name, (r) => r.rps), 0), 8, true)} ${pad(fmt(med(name, (r) => r.p50Ms), 3), 8, true)} ${pad(fmt(med(name, (r) => r.p99Ms), 3), 8, true)} ${pad(fmt(med(name, (r) => r.p999Ms), 3), 9, true)} ${pad(fmt(med(name, (r) => r.cpuShare), 2), 5, true)} ${pad(String(non2xx), 8, true)}`);
+  }
+  const sameRound = (a: string, b: string, f: (r: Result) => number | undefined): number | undefined => {
+    const xs = perProxy.get(a) ?? [];
+    const ys = perProxy.get(b) ?? [];
+    const values: number[] = [];
+    for (let i = 0; i < Math.min(xs.length, ys.length); i++) {
+      const x = f(xs[i]!);
+      const y = f(ys[i]!);
+      if (xs[i]!.error || ys[i]!.error || x === undefined || y === undefined || !(y > 0)) continue;
+      values.push(x / y);
+    }
+    return values.length ? median(values) : undefined;
+  };
+  console.log("\nmedian of same-round ratios              p50     p99   p99.9   (issue 2's target for p99: <= 2.00)");
+  for (const [a, b] of [["abgate", "haproxy"], ["abgate-nolog", "haproxy"], ["abgate", "nginx"], ["abgate", "fastify"], ["abgate", "abgate-nolog"]] as const) {
+    if (!proxyNames.includes(a) || !proxyNames.includes(b)) continue;
+    const cells = [(r: Result) => r.p50Ms, (r: Result) => r.p99Ms, (r: Result) => r.p999Ms].map((f) => pad(fmt(sameRound(a, b, f), 2), 7, true));
+    console.log(`${pad(`${a} / ${b}`, 38)} ${cells.join(" ")}`);
+  }
+  console.log(`\nwall time ${((Date.now() - wallStart) / 1000).toFixed(0)} s`);
+}
+
+await (delayMs === undefined ? main() : latencyMain());
 process.exit(0);

@@ -14,3 +14,18 @@ end
 request = function()
   return requests[math.random(poolSize)]
 end
+
+-- BENCH_DELAY_MS: each connection waits this long (whole ms, wrk's resolution) after a response before its next
+-- request, so the load is a rate the proxies all keep up with instead of as much as one can take
+-- (bench/proxy/latency.sh). Unset, the load is the usual closed loop.
+local delayMs = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if delayMs then
+  delay = function()
+    return delayMs
+  end
+end
+
+-- One more line for the driver: wrk's --latency table stops at 99%.
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %dus\n", latency:percentile(99.9)))
+end
