@@ -77,3 +77,49 @@ test("a connection that sends nothing is closed after headersTimeoutMs, not the 
     await new Promise<void>((r) => backend.close(() => r()));
   }
 });
+
+test("an open WebSocket tunnel counts as outstanding on its replica until it closes, so new ones go to the other replica", async () => {
+  // Two replicas that accept every upgrade and keep the tunnel open; each tells which one it is in a header.
+  const replicas = [0, 1].map((i) =>
+    createTcpServer((s) => {
+      s.on("error", () => {});
+      s.once("data", () => s.write(`HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nx-replica: ${i}\r\n\r\n`));
+    }),
+  );
+  const ports = await Promise.all(replicas.map((r) => new Promise<number>((resolve) => r.listen(0, "127.0.0.1", () => resolve((r.address() as { port: number }).port)))));
+  const gw = await testGateway({ variants: [{ name: "control", weight: 1, urls: ports.map((p) => `http://127.0.0.1:${p}`) }] });
+  const open: ReturnType<typeof connect>[] = [];
+  const tunnel = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const u = new URL(gw.proxyUrl);
+      const s = connect(Number(u.port), u.hostname);
+      open.push(s);
+      s.on("error", reject);
+      let got = "";
+      s.on("data", (c) => {
+        got += c.toString("latin1");
+        const m = /x-replica: (\d)/.exec(got);
+        if (got.includes("\r\n\r\n") && m) resolve(m[1]!);
+      });
+      s.write("GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    });
+  const outstanding = async () => {
+    const body = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { variants: { replicas: { outstanding: number }[] }[] };
+    return body.variants[0]!.replicas.map((r) => r.outstanding);
+  };
+  try {
+    // With one tunnel open on a replica, two choices among two always pick the other one: the tunnels alternate.
+    const got: string[] = [];
+    for (let i = 0; i < 6; i++) got.push(await tunnel());
+    assert.deepEqual([...got.slice(0, 2)].sort(), ["0", "1"]);
+    assert.deepEqual(await outstanding(), [3, 3]);
+    for (const s of open) s.destroy();
+    const deadline = Date.now() + 5_000;
+    while ((await outstanding()).some((n) => n !== 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await outstanding(), [0, 0], "closed tunnels no longer count");
+  } finally {
+    for (const s of open) s.destroy();
+    await gw.close();
+    for (const r of replicas) await new Promise<void>((resolve) => r.close(() => resolve()));
+  }
+});

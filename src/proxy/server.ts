@@ -720,6 +720,11 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
   upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
+  // The handshake and then the tunnel count as one outstanding request on the replica for as long as the upstream
+  // connection lives, so that power of two choices spreads long-lived WebSockets by how many each replica holds
+  // (HAProxy's leastconn does the same for tunnels).
+  replica.outstanding++;
+  upstream.once("close", () => replica.outstanding--);
   const { connectTimeoutMs, responseTimeoutMs } = ctx.config.limits;
   const timedOut = () => {
     upstream.destroy();
