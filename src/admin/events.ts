@@ -1,14 +1,10 @@
 import { RequestError } from "../errors.ts";
-import { MAX_ABS_TS_MS, storableText } from "../store/rollup.ts";
+import { MAX_ABS_MEASURE, MAX_ABS_TS_MS, storableText } from "../store/rollup.ts";
 import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
 export const MAX_EVENTS_PER_REQUEST = 10_000;
-/**
- * Mean metrics sum squares of per-unit sums in doubles: one value of 1e200 squares to Infinity and makes the metric
- * unanalysable for good, since events are never deleted. A square of at most 1e300 leaves headroom (doubles reach
- * 1.8e308) for units with many events and for the sum over units, and no real outcome comes near 1e150.
- */
-export const MAX_ABS_VALUE = 1e150;
+/** The store's bound on a value (why: MAX_ABS_MEASURE), checked here to name the field in the 400. */
+export const MAX_ABS_VALUE = MAX_ABS_MEASURE;
 /** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
 export const MAX_TS_MS = MAX_ABS_TS_MS;
 /** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */

@@ -341,7 +341,7 @@ export function storeConformance(factory: StoreFactory): void {
       // PostgreSQL raises on float8 overflow and underflow where SQLite and JS round; see aggregate.ts.
       const store = await open(await fresh());
       await store.writeExposures([
-        // The largest latency a store accepts (MAX_LATENCY_MS): its square, and the squares of two minute rows, stay finite.
+        // The largest latency a store accepts (MAX_ABS_MEASURE): its square, and the squares of two minute rows, stay finite.
         x("big", 0, "control", { latencyMs: 1e150 }),
         x("small", 1, "control", { latencyMs: 1 }),
         x("e150", 2, "control", { latencyMs: 2 }),

@@ -7,7 +7,7 @@ import {
   checkEvent,
   exposureProblem,
   MAX_ABS_TS_MS,
-  MAX_LATENCY_MS,
+  MAX_ABS_MEASURE,
   histogramQuantile,
   latencyBucket,
   latencyBucketValueMs,
@@ -130,8 +130,8 @@ describe("exposureProblem", () => {
     assert.equal(exposureProblem(ok), null);
     assert.match(exposureProblem({ ...ok, unit: "a\u0000b" }) ?? "", /NUL/);
     assert.match(exposureProblem({ ...ok, requestId: "\u0000" }) ?? "", /NUL/);
-    assert.equal(exposureProblem({ ...ok, latencyMs: MAX_LATENCY_MS }), null);
-    assert.ok(Number.isFinite(latencyBucket(MAX_LATENCY_MS)));
+    assert.equal(exposureProblem({ ...ok, latencyMs: MAX_ABS_MEASURE }), null);
+    assert.ok(Number.isFinite(latencyBucket(MAX_ABS_MEASURE)));
     assert.match(exposureProblem({ ...ok, latencyMs: 1e305 }) ?? "", /latencyMs must be at most/);
   });
 });
@@ -140,9 +140,9 @@ describe("exposureProblem: rows the proxy never produces that would fail a Postg
   const ok: Exposure = { experiment: "e", ts: 1, requestId: "r", unit: "u", assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
 
   it("latency: its square, and the sum of many squares in one minute row, stay finite", () => {
-    assert.equal(MAX_LATENCY_MS, 1e150);
-    for (const latencyMs of [MAX_LATENCY_MS, -MAX_LATENCY_MS]) assert.equal(exposureProblem({ ...ok, latencyMs }), null);
-    const r = rollupExposures(Array.from({ length: 2000 }, (_, i) => ({ ...ok, unit: `u${i}`, latencyMs: MAX_LATENCY_MS })), new UnitCache(0));
+    assert.equal(MAX_ABS_MEASURE, 1e150);
+    for (const latencyMs of [MAX_ABS_MEASURE, -MAX_ABS_MEASURE]) assert.equal(exposureProblem({ ...ok, latencyMs }), null);
+    const r = rollupExposures(Array.from({ length: 2000 }, (_, i) => ({ ...ok, unit: `u${i}`, latencyMs: MAX_ABS_MEASURE })), new UnitCache(0));
     assert.ok(Number.isFinite(r.minutes[0]!.latencySumSq) && Number.isFinite(r.minutes[0]!.latencySumSq * 1e4), "room for 10,000 such batches in one minute");
     // 1e154 squares to 1e308: finite alone, Infinity (PostgreSQL: "value out of range: overflow") once two are summed.
     for (const latencyMs of [1e154, 1.0000001e150, 1e300, -1e200]) assert.match(exposureProblem({ ...ok, latencyMs }) ?? "", /latencyMs must be at most 1e\+150/, String(latencyMs));
@@ -182,5 +182,10 @@ describe("checkEvent: the same holes through the Store API", () => {
     refused({ ...ok, requestId: "r\ud800" }, /unpaired surrogates/);
     refused({ ...ok, event: "w\u0000" }, /NUL/);
     refused({ ...ok, requestId: 5 as unknown as string }, /requestId a string or null/);
+  });
+
+  it("refuses a value beyond ±1e150, as it does such a latency", () => {
+    for (const value of [1.1e150, -1e151, 1e300]) refused({ ...ok, value }, /value must be at most 1e\+150/);
+    checkEvent({ ...ok, value: -1e150 }, 0);
   });
 });

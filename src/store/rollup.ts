@@ -25,13 +25,14 @@ const LATENCY_GAMMA = 1.05;
 const LOG_GAMMA = Math.log(LATENCY_GAMMA);
 
 /**
- * Largest latency an exposure may carry (ms), the same bound as an event's |value|. The minute rollup sums squares
- * of latencies. With 1e300 allowed, a square could be Infinity (the metric lost for good), and two latencies of 1e154
- * in one minute row, written by separate batches, overflowed PostgreSQL's float8 addition, which raises instead of
- * giving Infinity: that batch failed on every retry. At 1e150 a square is at most 1e300, which leaves room (doubles
- * reach 1.8e308) for the sum of a minute's rows (over 10^8 of them) and of the minutes. No real request comes near it.
+ * Largest absolute measurement the store takes: an exposure's latency (ms) and an event's value. The rollups sum
+ * squares of them (latencies per minute row; mean metrics the squares of per-unit sums of values). With 1e300
+ * allowed, a square could be Infinity (the metric lost for good, since nothing is deleted), and two latencies of
+ * 1e154 in one minute row, written by separate batches, overflowed PostgreSQL's float8 addition, which raises
+ * instead of giving Infinity: that batch failed on every retry. At 1e150 a square is at most 1e300, which leaves
+ * room (doubles reach 1.8e308) for sums over many rows, units and minutes. No real request or outcome comes near it.
  */
-export const MAX_LATENCY_MS = 1e150;
+export const MAX_ABS_MEASURE = 1e150;
 
 /**
  * Largest |ts| (ms since the epoch) a row may carry: the JS Date range (year 275760). Beyond it, a ts is nonsense
@@ -140,7 +141,7 @@ export function exposureProblem(e: Exposure): string | null {
   }
   if (Math.abs(e.ts) > MAX_ABS_TS_MS) return `ts must be within ±${MAX_ABS_TS_MS} ms of the epoch`;
   // Beyond this, the square of the latency (or the sum of a few of them) overflows to Infinity.
-  if (Math.abs(e.latencyMs) > MAX_LATENCY_MS) return `latencyMs must be at most ${MAX_LATENCY_MS} in absolute value`;
+  if (Math.abs(e.latencyMs) > MAX_ABS_MEASURE) return `latencyMs must be at most ${MAX_ABS_MEASURE} in absolute value`;
   if (Math.abs(e.status) > MAX_ABS_STATUS) return `status must be within ±${MAX_ABS_STATUS}`;
   if (
     typeof e.experiment !== "string" ||
@@ -167,6 +168,7 @@ export function checkEvent(e: OutcomeEvent, index: number): void {
   if (!Number.isFinite(e.ts)) throw new StoreError(`event ${index}: ts must be a finite number, got ${String(e.ts)}`);
   if (Math.abs(e.ts) > MAX_ABS_TS_MS) throw new StoreError(`event ${index}: ts must be within ±${MAX_ABS_TS_MS} ms of the epoch, got ${e.ts}`);
   if (e.value !== null && !Number.isFinite(e.value)) throw new StoreError(`event ${index}: value must be a finite number or null`);
+  if (e.value !== null && Math.abs(e.value) > MAX_ABS_MEASURE) throw new StoreError(`event ${index}: value must be at most ${MAX_ABS_MEASURE} in absolute value`);
   if (typeof e.experiment !== "string" || typeof e.unit !== "string" || typeof e.event !== "string" || (e.requestId !== null && typeof e.requestId !== "string")) {
     throw new StoreError(`event ${index}: experiment, unit and event must be strings, requestId a string or null`);
   }
