@@ -114,6 +114,15 @@ describe("significance and direction from the running intersection of always-val
     assert.deepEqual(junk.report.metrics[0]!.comparisons[0]!.sequentialCi, lookInterval(look.control!, look.treatment!));
   });
 
+  it("a stored p that is not a probability is ignored, for the primary metric as for guardrails", () => {
+    const look: Arms = { control: [4000, 480], treatment: [4000, 500] };
+    const fresh = buildReport(input(look, HALF)).report.metrics[0]!.comparisons[0]!.pValueSequential;
+    for (const bad of [-0.5, 1.5, Number.NEGATIVE_INFINITY]) {
+      const { report } = buildReport(input(look, HALF, { previousSequential: { "watched/treatment": bad } }));
+      assert.equal(report.metrics[0]!.comparisons[0]!.pValueSequential, fresh, String(bad));
+    }
+  });
+
   it("a different alpha starts a new intersection", () => {
     const first = buildReport(input(WORSE, HALF));
     const look2: Arms = { control: [20000, 2400], treatment: [20000, 2440] };

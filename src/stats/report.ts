@@ -273,8 +273,7 @@ export function buildReport(input: ReportInput): ReportOutput {
       const t = armStats(metric, variant);
       const comparison = compare(metric, variant, c, t, alpha, tau2Standardized);
       const key = `${config.name}/${variant}`;
-      const previousP = previous[key];
-      comparison.pValueSequential = runningMinimum(typeof previousP === "number" && Number.isFinite(previousP) ? previousP : null, comparison.pValueSequential);
+      comparison.pValueSequential = runningMinimum(storedP(previous, key), comparison.pValueSequential);
       if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
       // The running intersection of the always-valid intervals (Johari et al. 2017 §4; Howard et al. 2021): every
       // look's interval covers the true difference with probability 1 - alpha simultaneously over all looks, so their
@@ -356,6 +355,12 @@ function writeInterval(state: Record<string, number>, key: string, value: Sequen
   state[`${key}#lower`] = value.ci === null ? 1 : value.ci[0];
   state[`${key}#upper`] = value.ci === null ? -1 : value.ci[1];
   state[`${key}#alpha`] = value.alpha;
+}
+
+/** A running minimum p from the previous report's state: null unless it is a probability (a state may be hand-edited or stale). */
+function storedP(state: Readonly<Record<string, unknown>>, key: string): number | null {
+  const p = state[key];
+  return typeof p === "number" && p >= 0 && p <= 1 ? p : null;
 }
 
 /** The running intersection after one more look: I_1 ∩ … ∩ I_n; a look without an interval changes nothing. */
@@ -519,8 +524,7 @@ function guardrail(
       look = s.pValue;
     }
     const key = guardrailStateKey(metric.name, variant, kind, value);
-    const before = previous[key];
-    const running = runningMinimum(typeof before === "number" && Number.isFinite(before) && before >= 0 && before <= 1 ? before : null, look);
+    const running = runningMinimum(storedP(previous, key), look);
     if (running !== null) state[key] = running;
     const label =
       kind === "relative"
