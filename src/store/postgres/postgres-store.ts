@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
 import { Socket } from "node:net";
 import type pgModule from "pg";
@@ -58,6 +59,12 @@ const CONNECT_TIMEOUT_MS = 5_000;
 const WRITE_TIMEOUT_MS = 15_000;
 const READ_TIMEOUT_MS = 60_000;
 const CLIENT_GRACE_MS = 2_000;
+/** How long a write receipt is kept: a commit's outcome is settled within writeTimeoutMs, so an hour is ample. */
+const RECEIPT_KEEP_MS = 3_600_000;
+/** How often a write also deletes receipts older than RECEIPT_KEEP_MS (a few thousand rows a time). */
+const RECEIPT_PRUNE_INTERVAL_MS = 300_000;
+/** How often #settle asks whether the backend of a failed COMMIT is gone. */
+const SETTLE_POLL_MS = 50;
 /**
  * A transaction left open by a client that vanished (abgate killed, or cut off by a partition, mid-write) would hold
  * its row locks on the rollups, blocking every other abgate's writes, until the server's TCP keepalive noticed:
@@ -129,6 +136,8 @@ export class PostgresStore implements Store {
   readonly #readTimeoutMs: number;
   /** every socket the pool opened and that has not closed yet, each with a promise of its 'close' */
   readonly #sockets = new Map<Socket, Promise<void>>();
+  /** when this store last deleted old write receipts (0: not yet, so the first receipt write does) */
+  #prunedReceiptsAt = 0;
 
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
@@ -175,8 +184,14 @@ export class PostgresStore implements Store {
   /**
    * Runs `fn` in a transaction whose statements each get `statementTimeoutMs` on the server (0: none). On the client
    * each query gets writeTimeoutMs + CLIENT_GRACE_MS (the pool's `query_timeout`) unless it names its own.
+   *
+   * With `receipt`, the transaction also inserts a row of its own into `write_receipts`, in the COMMIT's round trip.
+   * Why: when the connection fails after COMMIT was sent, the transaction may or may not have committed, and the
+   * caller's retry would then write the rows twice (exposures counted twice; events acknowledged with an error,
+   * resent by the client, stored twice). The receipt settles it: once the old backend is gone, the receipt is
+   * there exactly when the transaction committed (see #settle).
    */
-  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string, statementTimeoutMs = this.#writeTimeoutMs): Promise<T> {
+  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string, statementTimeoutMs = this.#writeTimeoutMs, receipt = false): Promise<T> {
     if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
     let client: pgModule.PoolClient;
     try {
@@ -186,27 +201,89 @@ export class PostgresStore implements Store {
     }
     /** set when the connection cannot be trusted any more: release() then closes it instead of pooling it */
     let broken: Error | undefined;
+    // A connection that ends while checked out fails its query and also emits 'error', which the pool listens for
+    // only on idle clients: unheard, it would be an uncaught exception.
+    const onError = (err: Error) => void (broken ??= err);
+    client.on("error", onError);
+    const release = () => {
+      client.removeListener("error", onError);
+      client.release(broken);
+    };
+    /** set once COMMIT is on its way: a failure from then on leaves the outcome unknown */
+    let committing: { receiptId: string; backendPid: number } | undefined;
+    let result: T;
     try {
       // One round trip: the simple query protocol runs both statements of the string.
       await client.query(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
-      const result = await fn(client);
-      await client.query("COMMIT");
-      return result;
+      result = await fn(client);
+      if (receipt) {
+        const receiptId = randomUUID();
+        const now = Date.now();
+        const prune = now - this.#prunedReceiptsAt > RECEIPT_PRUNE_INTERVAL_MS;
+        if (prune) this.#prunedReceiptsAt = now;
+        committing = { receiptId, backendPid: (client as unknown as { processID: number }).processID };
+        // A uuid and integers only, so they can be literals: one simple query, one round trip with the COMMIT.
+        await client.query(
+          `INSERT INTO write_receipts (id, ts) VALUES ('${receiptId}', ${now}); ` +
+            (prune ? `DELETE FROM write_receipts WHERE ts < ${now - RECEIPT_KEEP_MS}; ` : "") +
+            `COMMIT`,
+        );
+      } else {
+        await client.query("COMMIT");
+      }
     } catch (err) {
       // An error the server answered (pg's DatabaseError: a constraint, a statement timeout) or one of our own
       // checks leaves the connection usable and the transaction to roll back. Anything else (no answer in time, a
       // dropped socket) leaves it in an unknown state, mid-statement maybe, where a ROLLBACK would only queue behind
       // that statement: the connection is closed instead, which ends the transaction on the server.
-      if (err instanceof pgLib().DatabaseError || err instanceof StoreError) {
+      const answered = err instanceof pgLib().DatabaseError;
+      if (answered || err instanceof StoreError) {
         await client.query("ROLLBACK").catch((e: Error) => (broken = e));
       } else {
         broken = err as Error;
       }
+      release();
       if (err instanceof StoreError) throw err;
+      if (committing !== undefined && !answered) {
+        const committed = await this.#settle(committing.receiptId, committing.backendPid);
+        if (committed === true) return result!;
+        if (committed === undefined) {
+          throw new StoreError(`cannot ${what} on ${this.#where}: the connection failed during COMMIT (${reason(err)}) and whether it committed could not be learnt`, { cause: err });
+        }
+      }
       throw new StoreError(`cannot ${what} on ${this.#where}: ${reason(err)}`, { cause: err });
-    } finally {
-      client.release(broken);
     }
+    release();
+    return result;
+  }
+
+  /**
+   * Whether the transaction that inserted receipt `receiptId` on backend `backendPid` committed: true or false once
+   * that backend has exited (until then a COMMIT it received may still complete), undefined when that could not be
+   * learnt within writeTimeoutMs. The backend exits by itself once it finds its client gone, which closing the
+   * connection made sure of; it is waited for, never terminated (its pid may already be another session's).
+   */
+  async #settle(receiptId: string, backendPid: number): Promise<boolean | undefined> {
+    const deadline = Date.now() + this.#writeTimeoutMs;
+    while (!this.#closed && Date.now() < deadline) {
+      try {
+        const res = await this.#pool.query(
+          withQueryTimeout(
+            `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) AS alive,
+                    EXISTS (SELECT 1 FROM write_receipts WHERE id = $2) AS committed`,
+            [backendPid, receiptId],
+            Math.max(1, deadline - Date.now()),
+          ),
+        );
+        const row = res.rows[0] as { alive: boolean; committed: boolean };
+        if (row.committed) return true;
+        if (!row.alive) return false;
+      } catch {
+        // unreachable for now: try again until the deadline
+      }
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_POLL_MS));
+    }
+    return undefined;
   }
 
   async init(): Promise<void> {
@@ -281,7 +358,7 @@ export class PostgresStore implements Store {
         [counts.map(([e]) => e), counts.map(([, n]) => n)],
       );
       return unitRows;
-    }, `write ${rows.length} exposures`);
+    }, `write ${rows.length} exposures`, this.#writeTimeoutMs, true);
     for (const u of written) this.#cache.remember(u.experiment, u.unit, u.first_ts, u.first_variant, u.multi === 1);
   }
 
@@ -312,7 +389,7 @@ export class PostgresStore implements Store {
          ON CONFLICT (experiment) DO UPDATE SET events = counters.events + excluded.events`,
         [sorted.map(([e]) => e), sorted.map(([, n]) => n)],
       );
-    }, `write ${rows.length} events`);
+    }, `write ${rows.length} events`, this.#writeTimeoutMs, true);
   }
 
   async getState(experiment: string, key: string): Promise<string | null> {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
-import { createServer, type Socket } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import { StoreError } from "../../errors.ts";
@@ -229,6 +229,82 @@ if (!installed) {
         await s.close();
       } finally {
         await holder.end();
+      }
+    });
+
+    /**
+     * A TCP relay in front of the cluster that can lose one COMMIT: `lose("answer")` passes the next COMMIT to the
+     * server and drops the connection before its answer comes back (it committed, the client cannot know);
+     * `lose("commit")` drops the connection instead of passing the COMMIT on (it did not commit).
+     */
+    async function commitLosingRelay(target: string) {
+      const t = new URL(target);
+      let mode: "answer" | "commit" | undefined;
+      const sockets = new Set<Socket>();
+      const server = createServer((client) => {
+        const upstream = connect(Number(t.port), t.hostname);
+        let cut = false;
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on("error", () => {});
+          s.on("close", () => (client.destroy(), upstream.destroy()));
+        }
+        upstream.on("data", (d: Buffer) => void (cut || client.write(d)));
+        client.on("data", (d: Buffer) => {
+          if (mode !== undefined && d[0] === 0x51 /* Q */ && d.includes("COMMIT")) {
+            const m = mode;
+            mode = undefined;
+            cut = true;
+            if (m === "answer") upstream.write(d);
+            // Time for the server to commit; then the client sees its connection end without an answer.
+            setTimeout(() => (client.destroy(), upstream.destroy()), m === "answer" ? 300 : 0);
+            return;
+          }
+          if (!cut) upstream.write(d);
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      const relayed = new URL(target);
+      relayed.host = `127.0.0.1:${(server.address() as { port: number }).port}`;
+      return {
+        url: relayed.toString(),
+        lose(what: "answer" | "commit") {
+          mode = what;
+        },
+        close() {
+          for (const s of sockets) s.destroy();
+          server.close();
+        },
+      };
+    }
+
+    it("a write whose COMMIT answer is lost is settled by its receipt: acknowledged once, stored once", async () => {
+      await admin((c) => c.query(`CREATE DATABASE abgate_lost_commit`));
+      const relay = await commitLosingRelay(cluster.urlFor("abgate_lost_commit"));
+      const s = new PostgresStore(relay.url, { writeTimeoutMs: 3_000 });
+      try {
+        await s.init();
+        const ev = (unit: string) => ({ experiment: "lost", unit, event: "e", value: 1, ts: 1e12, requestId: null });
+        relay.lose("answer");
+        await s.writeEvents([ev("a"), ev("b"), ev("c")]); // committed: not an error, so no client resends them
+        const x = (i: number) => ({ experiment: "lost", ts: 1e12 + i, requestId: `r${i}`, unit: `u${i}`, assigned: "control", served: "control", replica: "control-0", status: 200, latencyMs: 1, forced: false });
+        relay.lose("answer");
+        await s.writeExposures([x(1), x(2)]);
+        assert.deepEqual(await s.counts("lost"), { exposures: 2, events: 3 });
+
+        // A COMMIT that never reached the server: the write fails, nothing is stored, and a retry stores it once.
+        relay.lose("commit");
+        await assert.rejects(s.writeEvents([ev("d")]), (err: Error) => err instanceof StoreError);
+        assert.deepEqual(await s.counts("lost"), { exposures: 2, events: 3 });
+        await s.writeEvents([ev("d")]);
+        const direct = new pg.Client({ connectionString: cluster.urlFor("abgate_lost_commit") });
+        await direct.connect();
+        const rows = (await direct.query(`SELECT unit FROM events ORDER BY unit`)).rows.map((r) => r.unit as string);
+        await direct.end();
+        assert.deepEqual(rows, ["a", "b", "c", "d"]);
+      } finally {
+        await s.close();
+        relay.close();
       }
     });
 
