@@ -5,7 +5,7 @@ import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./
 import type { Config } from "./config/index.ts";
 import { createEngine } from "./engines/index.ts";
 import type { Engine } from "./engines/types.ts";
-import { HealthTracker } from "./health/index.ts";
+import { CONNECT_CHECK, HealthTracker } from "./health/index.ts";
 import { createLogger, type Logger } from "./log/index.ts";
 import { Balancer } from "./proxy/balancer.ts";
 import { LiveStats } from "./proxy/live.ts";
@@ -117,7 +117,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
     const health = new HealthTracker({ clock, ejectAfterFailures: config.limits.ejectAfterFailures, ejectionMs: config.limits.ejectionMs, log: engineLog });
     cleanups.push(() => health.stop());
-    const healthByVariant = Object.fromEntries(config.variants.map((v) => [v.name, v.health]));
+    // Replicas abgate starts are always checked, by a TCP connect when their variant names no health path; static
+    // endpoints without `health:` exist already, and are left to passive ejection (HAProxy without `check`).
+    const healthByVariant = Object.fromEntries(config.variants.map((v) => [v.name, v.health ?? (config.engine === "static" ? undefined : CONNECT_CHECK)]));
     const balancer = new Balancer(variantNames, random, { connectTimeoutMs: config.limits.connectTimeoutMs, responseTimeoutMs: config.limits.responseTimeoutMs }, health);
     cleanups.push(() => balancer.close());
     const follow = (endpoints = engine!.endpoints()) => {

@@ -127,6 +127,33 @@ test("engine process: replicas get their PORT, a crashed one is restarted and re
   await assert.rejects(fetch(`http://127.0.0.1:${first.port}/`), "replica processes are gone");
 });
 
+test("engine process without health: `up` waits until the replica accepts connections, and its first request is served", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  // A model that loads for 1.5 s before it listens.
+  writeFileSync(
+    join(dir, "server.js"),
+    `setTimeout(() => require("node:http").createServer((req, res) => res.end("ok " + process.env.PORT)).listen(Number(process.env.PORT), "127.0.0.1"), 1500);`,
+  );
+  const file = writeConfig(
+    dir,
+    `experiment: late\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 23140 }\n` +
+      `variants:\n  - { name: control, command: [node, server.js] }\n`,
+  );
+  const started = Date.now();
+  const cli = await startCli(["up", "-c", file], ready);
+  const readyAfterMs = Date.now() - started;
+  try {
+    assert.match(cli.stdout(), /all 1 replicas healthy/);
+    assert.ok(readyAfterMs >= 1500, `ready after ${readyAfterMs} ms, before the replica listened`);
+    const res = await fetch(`${ready.exec(cli.stdout())![1]}/`, { headers: { "x-user-id": "u" } });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "ok 23140");
+  } finally {
+    cli.child.kill("SIGTERM");
+    assert.equal(await cli.exited, 0);
+  }
+});
+
 /** A real SQLite store whose event writes wait for `release()`: `started` resolves once one is in flight. */
 function heldEventsStore(path: string): { store: SqliteStore; started: Promise<void>; release: () => void } {
   let writeStarted!: () => void;

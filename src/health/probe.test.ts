@@ -4,8 +4,8 @@ import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { ManualClock } from "../clock.ts";
 import type { Endpoint } from "../engines/types.ts";
-import { httpCheck, httpProbe } from "./probe.ts";
-import { HealthTracker } from "./tracker.ts";
+import { check, connectCheck, httpCheck, httpProbe } from "./probe.ts";
+import { CONNECT_CHECK, HealthTracker } from "./tracker.ts";
 
 function endpoint(port: number, id = "control-0"): Endpoint {
   return { id, variant: id.split("-")[0], replica: 0, host: "127.0.0.1", port };
@@ -110,5 +110,45 @@ describe("httpProbe / httpCheck against real servers", () => {
     tracker.stop();
     assert.equal(clock.pendingTimers(), 0);
     assert.ok(states.includes("control-0:healthy->unhealthy"));
+  });
+});
+
+describe("connectCheck: a TCP connect, for replicas whose variant names no health path", () => {
+  test("ok while the port accepts connections, ECONNREFUSED once nothing listens; no request is sent", async () => {
+    const requests: string[] = [];
+    const server = http.createServer((req, res) => {
+      requests.push(req.url ?? "");
+      res.end();
+    });
+    const port = await listen(server);
+    assert.deepEqual(await connectCheck(endpoint(port), 1000), { ok: true });
+    assert.deepEqual(await check(endpoint(port), null, 1000), { ok: true }, "the default probe connects when the path is null");
+    await close(server);
+    assert.deepEqual(await connectCheck(endpoint(port), 1000), { ok: false, error: "ECONNREFUSED" });
+    assert.deepEqual(requests, []);
+  });
+
+  test("the tracker with CONNECT_CHECK: unknown until the replica listens, then healthy", async () => {
+    const server = http.createServer((_req, res) => res.end());
+    const port = await listen(server);
+    await close(server); // nothing listens there yet
+    const clock = new ManualClock();
+    const tracker = new HealthTracker({ clock, ejectAfterFailures: 5, ejectionMs: 1000 });
+    tracker.setEndpoints([endpoint(port)], { control: CONNECT_CHECK });
+    assert.equal(tracker.state("control-0"), "unknown", "not healthy before its first check");
+    while (tracker.snapshot()[0]!.lastCheckMs === null) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(tracker.isHealthy("control-0"), false);
+    const healthy = tracker.waitHealthy(["control-0"], 60_000);
+    await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", () => resolve()));
+    // rise checks in a row: one per interval of the clock, each a real connect
+    for (let i = 0; i < CONNECT_CHECK.rise; i++) {
+      const checks = tracker.snapshot()[0]!.lastCheckMs;
+      clock.advance(CONNECT_CHECK.intervalMs);
+      while (tracker.snapshot()[0]!.lastCheckMs === checks) await new Promise((r) => setTimeout(r, 5));
+    }
+    await healthy;
+    assert.equal(tracker.state("control-0"), "healthy");
+    tracker.stop();
+    await close(server);
   });
 });

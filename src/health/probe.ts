@@ -1,4 +1,5 @@
 import http from "node:http";
+import { connect } from "node:net";
 import type { Endpoint } from "../engines/types.ts";
 
 /** The outcome of one active check; `error` says why it failed (shown in snapshots and logs). */
@@ -8,10 +9,34 @@ export interface ProbeResult {
 }
 
 /**
- * One active health check. Resolves, never rejects. May resolve a bare boolean (a simple test double) or a
- * ProbeResult with the reason of a failure.
+ * One active health check: an HTTP GET of `path`, or with `path` null a TCP connect. Resolves, never rejects. May
+ * resolve a bare boolean (a simple test double) or a ProbeResult with the reason of a failure.
  */
-export type Probe = (endpoint: Endpoint, path: string, timeoutMs: number) => Promise<boolean | ProbeResult>;
+export type Probe = (endpoint: Endpoint, path: string | null, timeoutMs: number) => Promise<boolean | ProbeResult>;
+
+/** The tracker's default probe: httpCheck for a path, connectCheck without one. */
+export function check(endpoint: Endpoint, path: string | null, timeoutMs: number): Promise<ProbeResult> {
+  return path === null ? connectCheck(endpoint, timeoutMs) : httpCheck(endpoint, path, timeoutMs);
+}
+
+/**
+ * Ok when the endpoint accepts a TCP connection within `timeoutMs` (HAProxy's plain `check`): for replicas whose
+ * variant names no health path, it tells at least whether the process listens yet. Never throws.
+ */
+export function connectCheck(endpoint: Endpoint, timeoutMs: number): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: endpoint.host, port: endpoint.port });
+    const settle = (result: ProbeResult): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => settle({ ok: false, error: `timeout after ${timeoutMs} ms` }), timeoutMs);
+    timer.unref?.();
+    socket.once("connect", () => settle({ ok: true }));
+    socket.once("error", (err: NodeJS.ErrnoException) => settle({ ok: false, error: err.code ?? err.message }));
+  });
+}
 
 /**
  * One HTTP GET of `path` on the endpoint: ok for a 2xx or 3xx status within `timeoutMs` (connect plus response

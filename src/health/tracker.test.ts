@@ -21,7 +21,7 @@ function ep(id: string, port = 9000): Endpoint {
 function scriptedProbe() {
   const answers = new Map<string, boolean | "hang">();
   const calls: string[] = [];
-  const probe = (e: Endpoint, _path: string, _timeoutMs: number): Promise<boolean | ProbeResult> => {
+  const probe = (e: Endpoint, _path: string | null, _timeoutMs: number): Promise<boolean | ProbeResult> => {
     calls.push(e.id);
     const a = answers.get(e.id) ?? true;
     if (a === "hang") return new Promise(() => {});

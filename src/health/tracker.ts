@@ -1,8 +1,19 @@
 import type { Clock, TimerHandle } from "../clock.ts";
-import type { HealthConfig } from "../config/index.ts";
+import { healthSchema, type HealthConfig } from "../config/schema.ts";
 import type { Endpoint } from "../engines/types.ts";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
-import { httpCheck, type Probe, type ProbeResult } from "./probe.ts";
+import { check, type Probe, type ProbeResult } from "./probe.ts";
+
+/** What is checked on a variant's replicas: its `health:` (a GET of `path`), or with `path` null a TCP connect. */
+export type CheckConfig = Omit<HealthConfig, "path"> & { path: string | null };
+
+/**
+ * The check of replicas that abgate starts (process, docker, swarm engines) when their variant has no `health:`:
+ * a TCP connect, with `health:`'s default interval, timeout, rise and fall. Without it such a replica counted as
+ * healthy from its first moment, before it listened: `abgate up` said all were healthy at once, and the first
+ * requests got 502s.
+ */
+export const CONNECT_CHECK: CheckConfig = { ...healthSchema.parse({}), path: null };
 
 /**
  * - unknown: has active checks, none has finished yet
@@ -53,7 +64,7 @@ type ActiveState = "healthy" | "unhealthy" | "unknown";
 
 interface Entry {
   endpoint: Endpoint;
-  config: HealthConfig | undefined;
+  config: CheckConfig | undefined;
   active: ActiveState;
   state: HealthState;
   /** consecutive active results of the current kind */
@@ -99,7 +110,7 @@ export class HealthTracker {
     }
     if (!(options.ejectionMs > 0)) throw new InvalidArgumentError(`ejectionMs must be > 0, got ${options.ejectionMs}`);
     this.#clock = options.clock;
-    this.#probe = options.probe ?? httpCheck;
+    this.#probe = options.probe ?? check;
     this.#ejectAfterFailures = options.ejectAfterFailures;
     this.#ejectionMs = options.ejectionMs;
     this.#log = options.log ?? (() => {});
@@ -110,7 +121,7 @@ export class HealthTracker {
    * "unknown" and are checked at once; removed ones stop their checks and timers. An endpoint whose address
    * changed counts as new. A variant's config may change: checks pick it up from the next one on.
    */
-  setEndpoints(endpoints: Endpoint[], healthByVariant: Record<string, HealthConfig | undefined>): void {
+  setEndpoints(endpoints: Endpoint[], healthByVariant: Record<string, CheckConfig | undefined>): void {
     if (this.#stopped) return;
     const next = new Map(endpoints.map((e) => [e.id, e]));
     for (const [id, entry] of this.#entries) {
@@ -231,7 +242,7 @@ export class HealthTracker {
     for (const entry of this.#entries.values()) this.#cancel(entry);
   }
 
-  #add(endpoint: Endpoint, config: HealthConfig | undefined): void {
+  #add(endpoint: Endpoint, config: CheckConfig | undefined): void {
     const entry: Entry = {
       endpoint,
       config,
@@ -352,7 +363,7 @@ export class HealthTracker {
   }
 }
 
-function sameConfig(a: HealthConfig | undefined, b: HealthConfig | undefined): boolean {
+function sameConfig(a: CheckConfig | undefined, b: CheckConfig | undefined): boolean {
   if (a === b) return true;
   if (!a || !b) return false;
   return a.path === b.path && a.intervalMs === b.intervalMs && a.timeoutMs === b.timeoutMs && a.rise === b.rise && a.fall === b.fall;
