@@ -10,7 +10,7 @@ import { createLogger, type Logger } from "./log/index.ts";
 import { Balancer } from "./proxy/balancer.ts";
 import { LiveStats } from "./proxy/live.ts";
 import { createProxyServer } from "./proxy/server.ts";
-import { createStrategy, type Strategy, type StrategyState } from "./strategies/index.ts";
+import { createStrategy, DEFAULT_MAX_SEEN_UNITS, type Strategy, type StrategyState } from "./strategies/index.ts";
 import { ExposureBatcher, openStore } from "./store/index.ts";
 import type { Store } from "./store/types.ts";
 import { GatewayMetrics } from "./admin/metrics.ts";
@@ -91,7 +91,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         log.warn("saved strategy state is unreadable; starting from the configured weights");
       }
     }
-    const strategyFrom = (from: StrategyState | undefined) =>
+    // The bandit keeps each seen unit in its first variant; across a restart it remembers them from the store.
+    let seenUnits: [string, string][] | undefined;
+    if (config.strategy.kind === "bandit") {
+      try {
+        seenUnits = (await store.recentUnits(config.experiment, DEFAULT_MAX_SEEN_UNITS)).map((u) => [u.unit, u.variant]);
+      } catch (err) {
+        log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot load the units seen so far; the bandit starts without them");
+      }
+    }
+    const strategyFrom = (from: StrategyState | undefined, seen?: [string, string][]) =>
       createStrategy(config.strategy.kind, {
         variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
         salt: config.salt,
@@ -100,9 +109,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         restore: from,
         floor: config.strategy.floor,
         burnInUnits: config.strategy.burnInUnits,
+        seenUnits: seen,
         onWarning: (message) => log.warn(message),
       });
-    const strategy = strategyFrom(restore);
+    const strategy = strategyFrom(restore, seenUnits);
+    seenUnits = undefined; // now the strategy's
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
     const saveStrategy = (from = strategy) => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(from.snapshot()));
     await saveStrategy();

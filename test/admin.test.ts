@@ -283,3 +283,46 @@ test("events: a value beyond ±1e150 or a ts outside 0..8.64e15 ms is refused wi
   assert.equal(edges.status, 200);
   assert.deepEqual(await edges.json(), { accepted: 5 });
 });
+
+test("bandit: units seen before a restart keep their variant when the weights then move", async () => {
+  const { startGateway } = await import("../src/gateway.ts");
+  const { validateConfig } = await import("../src/config/index.ts");
+  const { silentLogger } = await import("../src/log/index.ts");
+  const backends = await Promise.all([startBackend("control"), startBackend("treatment")]);
+  // burnInUnits out of reach: the weights in force are the configured ones, which the second run edits to 1/99
+  const raw = (control: number, treatment: number) => ({
+    experiment: "bandit",
+    strategy: { kind: "bandit", burnInUnits: 1_000_000 },
+    variants: [{ name: "control", weight: control, url: backends[0]!.url }, { name: "treatment", weight: treatment, url: backends[1]!.url }],
+  });
+  const first = await testGateway(raw(50, 50));
+  const variantOf = async (gw: { proxyUrl: string }, unit: string) => {
+    const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": unit } });
+    await res.arrayBuffer();
+    return res.headers.get("x-abgate-variant")!;
+  };
+  const units = Array.from({ length: 300 }, (_, i) => `user-${i}`);
+  try {
+    const before: string[] = [];
+    for (const u of units) before.push(await variantOf(first, u));
+    assert.ok(before.filter((v) => v === "control").length > 100);
+    await first.stop(); // flushes the exposures: the store now knows these units
+    const again = { listen: "127.0.0.1:0", admin: { listen: "127.0.0.1:0", token: "t" }, store: first.config.store, engine: "static", logLevel: "silent" };
+    const metrics = [{ name: "watched", kind: "conversion", event: "watched" }];
+    const second = await startGateway(validateConfig({ ...again, metrics, ...raw(1, 99) }, first.dir), { log: silentLogger });
+    try {
+      const after: string[] = [];
+      for (const u of units) after.push(await variantOf(second, u));
+      assert.deepEqual(after, before, "no seen unit moved");
+      const fresh: string[] = [];
+      for (let i = 0; i < 200; i++) fresh.push(await variantOf(second, `new-${i}`));
+      assert.ok(fresh.filter((v) => v === "control").length < 20, "new units follow the new weights");
+    } finally {
+      await second.stop();
+    }
+  } finally {
+    for (const b of backends) await b.close();
+    const { rmSync } = await import("node:fs");
+    rmSync(first.dir, { recursive: true, force: true });
+  }
+});

@@ -354,4 +354,12 @@ export async function experimentCounts(query: Query, experiment: string): Promis
   return { exposures: num(rows[0]?.exposures), events: num(rows[0]?.events) };
 }
 
+/** Store.recentUnits: newest first from the (experiment, first_ts) index, which covers the unit too, then reversed. */
+export async function recentUnits(query: Query, experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
+  if (!(Number.isSafeInteger(limit) && limit >= 0)) throw new InvalidArgumentError(`recentUnits: limit must be an integer >= 0, got ${limit}`);
+  if (limit === 0) return [];
+  const rows = await query(`SELECT unit, first_variant FROM units WHERE experiment = ? ORDER BY first_ts DESC, unit DESC LIMIT ?`, [experiment, limit]);
+  return rows.reverse().map((r) => ({ unit: String(r.unit), variant: String(r.first_variant) }));
+}
+
 export { MINUTE_MS };

@@ -241,6 +241,26 @@ export function storeConformance(factory: StoreFactory): void {
       assert.deepEqual(await store.counts("nobody"), { exposures: 0, events: 0 });
     });
 
+    it("recentUnits: the newest units by first exposure, oldest first, with their first assigned variant", async () => {
+      const store = await open(await fresh());
+      await store.writeExposures([
+        x("a", 1000, "control"),
+        x("b", 2000, "treatment"),
+        x("forced-only", 2500, "treatment", { forced: true }),
+        x("c", 3000, "control"),
+        x("a", 4000, "treatment"), // a second variant later: still first seen in control
+        x("elsewhere", 5000, "control", { experiment: "other" }),
+      ]);
+      assert.deepEqual(await store.recentUnits("exp", 10), [
+        { unit: "a", variant: "control" },
+        { unit: "b", variant: "treatment" },
+        { unit: "c", variant: "control" },
+      ]);
+      assert.deepEqual(await store.recentUnits("exp", 2), [{ unit: "b", variant: "treatment" }, { unit: "c", variant: "control" }]);
+      assert.deepEqual(await store.recentUnits("exp", 0), []);
+      assert.deepEqual(await store.recentUnits("nobody", 5), []);
+    });
+
     it("gives per-minute buckets, and 'since' counts only conversions that happened since", async () => {
       const store = await open(await fresh());
       await load(store);

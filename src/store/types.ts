@@ -110,5 +110,10 @@ export interface Store {
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]>;
   /** Counts so far for GET /v1/experiment. */
   counts(experiment: string): Promise<{ exposures: number; events: number }>;
+  /**
+   * The `limit` units first exposed most recently (forced requests aside), oldest first, each with the variant it
+   * was first assigned: the bandit's memory of seen units, reloaded at start.
+   */
+  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]>;
   close(): Promise<void>;
 }

@@ -7,7 +7,7 @@ import type { Strategy, StrategyKind, StrategyOptions } from "./types.ts";
 
 export type { ArmStats, Range, Strategy, StrategyKind, StrategyOptions, StrategyState } from "./types.ts";
 export { fnv1a32, fnv1a32Update, stickyBucket } from "./fnv.ts";
-export { BanditStrategy } from "./bandit/index.ts";
+export { BanditStrategy, DEFAULT_MAX_SEEN_UNITS } from "./bandit/index.ts";
 export { RandomStrategy } from "./random/index.ts";
 export { RoundRobinStrategy } from "./round-robin/index.ts";
 export { RangeTable, StickyStrategy } from "./sticky/index.ts";

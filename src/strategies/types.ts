@@ -69,4 +69,8 @@ export interface StrategyOptions {
   burnInUnits?: number;
   /** bandit: Monte Carlo draws per weight update (default 10,000) */
   draws?: number;
+  /** bandit: units assigned before (a previous run's, from the store), oldest first: they keep their variant */
+  seenUnits?: Iterable<readonly [unit: string, variant: string]>;
+  /** bandit: how many units' variants are remembered (default 1,000,000); the oldest are forgotten first */
+  maxSeenUnits?: number;
 }

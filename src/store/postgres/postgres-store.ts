@@ -4,7 +4,7 @@ import { Socket } from "node:net";
 import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
@@ -427,6 +427,10 @@ export class PostgresStore implements Store {
 
   counts(experiment: string): Promise<{ exposures: number; events: number }> {
     return experimentCounts(this.#query, experiment);
+  }
+
+  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
+    return recentUnits(this.#query, experiment, limit);
   }
 
   /**

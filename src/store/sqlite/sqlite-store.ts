@@ -6,7 +6,7 @@ import { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
@@ -714,6 +714,10 @@ export class SqliteStore implements Store {
 
   counts(experiment: string): Promise<{ exposures: number; events: number }> {
     return experimentCounts(this.#query, experiment);
+  }
+
+  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
+    return recentUnits(this.#query, experiment, limit);
   }
 
   /** Runs a checkpoint so the file is self-contained, then closes. Idempotent. */

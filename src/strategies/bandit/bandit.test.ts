@@ -87,8 +87,8 @@ describe("bandit: Thompson sampling weights", () => {
     assert.ok(Math.abs(s.ranges()!.filter((r) => r.variant === "control").reduce((a, r) => a + r.to - r.from, 0) - 0.01) < 1e-12);
   });
 
-  test("weight updates move only the units they must (sticky table), from the loser to the winner", () => {
-    const s = make();
+  test("the range table (for new and forgotten units) moves only the units it must, from the loser to the winner", () => {
+    const s = make({ maxSeenUnits: 0 }); // nothing remembered: every unit goes by the table
     const units = Array.from({ length: 20_000 }, (_, i) => `user-${i}`);
     const before = units.map((u) => s.assign(u));
     s.observe([
@@ -145,5 +145,53 @@ describe("bandit: Thompson sampling weights", () => {
       { variant: "gone", units: 10_000, conversions: 10 },
     ]);
     assert.deepEqual(s.weights(), { control: 0.5, treatment: 0.5 });
+  });
+});
+
+describe("bandit: already-seen units keep their variant", () => {
+  const ids = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}-${(i * 2654435761) >>> 0}`);
+  const clearWinner = [
+    { variant: "control", units: 1000, conversions: 50 },
+    { variant: "treatment", units: 1000, conversions: 500 },
+  ];
+
+  test("when Thompson sampling moves the weights, seen units stay and new units follow the new weights", () => {
+    const s = make({ burnInUnits: 100, floor: 0.01, draws: 2000 });
+    const seen = ids(2000, "seen");
+    const first = new Map(seen.map((u) => [u, s.assign(u)]));
+    assert.ok([...first.values()].filter((v) => v === "control").length > 800, "about half start in control");
+    s.observe(clearWinner);
+    assert.ok(s.weights().treatment! > 0.95);
+    for (const u of seen) assert.equal(s.assign(u), first.get(u), u);
+    const fresh = ids(2000, "new").map((u) => s.assign(u));
+    const inControl = fresh.filter((v) => v === "control").length;
+    assert.ok(inControl < 60, `${inControl} of 2000 new units in control at weight ${s.weights().control}`);
+  });
+
+  test("a variant switched off (weight 0: promote, rollback) no longer holds its units", () => {
+    const s = make();
+    const seen = ids(1000, "u");
+    for (const u of seen) s.assign(u);
+    s.setWeights({ control: 0 });
+    for (const u of seen) assert.equal(s.assign(u), "treatment", u);
+    s.setWeights({ control: 1 }); // back in the bandit: the moved units stay where they went
+    for (const u of seen) assert.equal(s.assign(u), "treatment", u);
+  });
+
+  test("seenUnits seeds the memory at start (a restart), and maxSeenUnits forgets the oldest first", () => {
+    // A unit whose bucket is in control's range at 50/50 but not at 1/99: it moves unless remembered.
+    const probe = make({ maxSeenUnits: 0 });
+    probe.observe(clearWinner);
+    const mover = ids(5000, "m").find((u) => make().assign(u) === "control" && probe.assign(u) === "treatment")!;
+    assert.ok(mover, "some unit moves with the range table");
+
+    const restarted = make({ seenUnits: [[mover, "control"], ["gone-variant-unit", "nope"]] });
+    restarted.observe(clearWinner);
+    assert.equal(restarted.assign(mover), "control", "remembered across the restart");
+
+    const small = make({ maxSeenUnits: 2, seenUnits: [[mover, "control"], ["b", "treatment"], ["c", "treatment"]] });
+    small.observe(clearWinner);
+    assert.equal(small.assign(mover), "treatment", "the oldest was forgotten, so it goes by the range table");
+    assert.throws(() => make({ maxSeenUnits: -1 }), /maxSeenUnits must be an integer >= 0/);
   });
 });

@@ -1,4 +1,5 @@
 import type { RandomSource } from "../../clock.ts";
+import { InvalidArgumentError } from "../../errors.ts";
 import type { ArmStats, Range, Strategy, StrategyOptions, StrategyState } from "../types.ts";
 import { FNV1A32_OFFSET, bucketOf, fnv1a32Update, type StickyHash } from "../fnv.ts";
 import { mergeWeights, toRecord, validateVariants } from "../weights.ts";
@@ -10,6 +11,8 @@ import { beta } from "./beta.ts";
 export const DEFAULT_FLOOR = 0.01;
 export const DEFAULT_BURN_IN_UNITS = 100;
 export const DEFAULT_DRAWS = 10_000;
+/** About 100 MB at most for unit ids the size of a UUID. */
+export const DEFAULT_MAX_SEEN_UNITS = 1_000_000;
 
 /**
  * Thompson sampling (Thompson 1933) over the conversion rate of each variant, allocating traffic by the
@@ -30,9 +33,13 @@ export const DEFAULT_DRAWS = 10_000;
  * - Active arms: the variants whose configured weight is > 0. `setWeights` changes the configured weights (and,
  *   at once, the effective ones); setting a variant to 0 takes it out of the bandit for good (promote and rollback
  *   rely on this), any positive value only matters during burn-in.
- * - Units are assigned through the sticky range table (same FNV-1a bucket as `sticky`), so when the weights move
- *   only as many units change variant as the shift requires, from shrinking to growing variants; an already-seen
- *   unit keeps its variant while its variant's range covers its bucket.
+ * - A new unit is assigned through the sticky range table (same FNV-1a bucket as `sticky`), which follows the
+ *   weights in force. An already-seen unit keeps the variant it was first given while the bandit moves the weights
+ *   (GrowthBook's sticky bucketing for bandits): by the range table alone, a shift from 50/50 to 1/99 moved half of
+ *   all seen units to the other arm, which made them multi-variant units and mixed two treatments in one unit's
+ *   outcomes. So the strategy remembers each unit's variant, up to `maxSeenUnits` (oldest forgotten first; a
+ *   forgotten unit goes by the range table again), seeded at start with the units the store saw (`seenUnits`).
+ *   A remembered variant whose weight is 0 (set to 0, promote, rollback) no longer holds its units.
  */
 export class BanditStrategy implements Strategy {
   readonly kind = "bandit" as const;
@@ -51,6 +58,9 @@ export class BanditStrategy implements Strategy {
   readonly #configFile: number[];
   readonly #table: RangeTable;
   #probabilities: number[] | undefined;
+  /** unit -> index of the variant it was first given, in first-seen order */
+  readonly #seen = new Map<string, number>();
+  readonly #maxSeenUnits: number;
 
   constructor(options: StrategyOptions) {
     const { names, weights } = validateVariants(options.variants);
@@ -72,10 +82,30 @@ export class BanditStrategy implements Strategy {
     const restored = restoreState(names, this.#configured, restore, edited);
     this.#weights = restored.weights;
     this.#table = restored.table;
+    this.#maxSeenUnits = options.maxSeenUnits ?? DEFAULT_MAX_SEEN_UNITS;
+    if (!(Number.isSafeInteger(this.#maxSeenUnits) && this.#maxSeenUnits >= 0)) {
+      throw new InvalidArgumentError(`maxSeenUnits must be an integer >= 0, got ${String(options.maxSeenUnits)}`);
+    }
+    for (const [unit, variant] of options.seenUnits ?? []) {
+      const i = names.indexOf(variant);
+      if (i >= 0) this.#remember(unit, i);
+    }
   }
 
   assign(unit: string): string {
-    return this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
+    const known = this.#seen.get(unit);
+    if (known !== undefined && this.#weights[known]! > 0) return this.#names[known]!;
+    const variant = this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
+    if (known !== undefined) this.#seen.delete(unit); // its variant was switched off: it moves, and is seen anew
+    this.#remember(unit, this.#names.indexOf(variant));
+    return variant;
+  }
+
+  #remember(unit: string, variant: number): void {
+    if (this.#maxSeenUnits === 0) return;
+    this.#seen.set(unit, variant);
+    // Map iterates in insertion order: the first key is the unit seen longest ago.
+    if (this.#seen.size > this.#maxSeenUnits) this.#seen.delete(this.#seen.keys().next().value!);
   }
 
   weights(): Record<string, number> {
