@@ -70,7 +70,7 @@ test("promote, rollback, weights: the real admin API's answers are accepted and 
   assert.equal(rollback.code, 0, rollback.stderr);
   assert.equal(rollback.stdout, "rolled back: all traffic to control\n");
   const unknown = await runCli(["promote", "nope", "--admin", adminUrl, "--token", "config-token"], env);
-  assert.equal(unknown.code, 1);
+  assert.equal(unknown.code, 2, "the server refused the command's argument: a usage error");
   assert.match(unknown.stderr, /POST \/v1\/promote: 400 variant: one of control, treatment/, "abgate's own errors still come through");
 });
 

@@ -101,7 +101,10 @@ export async function adminCall<T>(target: AdminTarget, method: string, path: st
     // abgate's admin API answers every failure as JSON { error, code }; anything else came from something else
     if (!isJson || !isObject(json) || typeof json.error !== "string" || typeof json.code !== "string" || !json.code.startsWith("ABGATE_")) throw notAdmin();
     const hint = res.status === 401 ? " (pass --token or set ABGATE_ADMIN_TOKEN)" : "";
-    throw new AbgateError(`${method} ${path}: ${res.status} ${json.error}${hint}`, "ABGATE_ERR_ADMIN_CALL");
+    const message = `${method} ${path}: ${res.status} ${json.error}${hint}`;
+    // A 400 refused the command's own arguments (an unknown variant, weights summing to 0): a usage error, exit 2.
+    if (res.status === 400) throw new InvalidArgumentError(message);
+    throw new AbgateError(message, "ABGATE_ERR_ADMIN_CALL");
   }
   if (!isJson || !check(json)) throw notAdmin();
   return json;
