@@ -137,9 +137,31 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       health.setEndpoints(endpoints, healthByVariant);
       balancer.setEndpoints(endpoints);
     };
+    // The SPEC's "(logged)" for fallback: one line when a variant loses its last healthy replica (its requests now go
+    // to the fallback, or get 503s) and one when it has one again, not a line per request. A variant whose replicas
+    // have not all been checked once yet is not called down: at start that would be every checked variant.
+    const variantsDown = new Set<string>();
     health.onChange((change) => {
       balancer.refreshHealth();
       if (change.from !== null && change.to !== null) log.info({ replica: change.id, from: change.from, to: change.to }, `replica ${change.id} is ${change.to}`);
+      // Endpoints added or removed are announced before the balancer has them (see follow): only state changes count.
+      if (change.from === null || change.to === null) return;
+      const variant = change.variant;
+      if (balancer.hasHealthy(variant)) {
+        if (variantsDown.delete(variant)) log.info({ variant }, `variant ${variant} has a healthy replica again and serves its own units`);
+        return;
+      }
+      const replicas = engine!.endpoints().filter((e) => e.variant === variant);
+      if (variantsDown.has(variant) || replicas.length === 0 || replicas.some((e) => health.state(e.id) === "unknown")) return;
+      variantsDown.add(variant);
+      const fallback = config.fallback;
+      const instead =
+        fallback === "reject" || fallback === variant
+          ? "its requests get 503"
+          : balancer.hasHealthy(fallback)
+            ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
+            : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
+      log.warn({ variant, fallback }, `variant ${variant} has no healthy replica: ${instead}`);
     });
     const unfollow = engine.onChange((eps) => follow(eps));
     cleanups.push(unfollow);

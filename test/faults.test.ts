@@ -378,3 +378,43 @@ test("a client that stops reading its response is cut after idleTimeoutMs, and t
     await new Promise((r) => replica.close(r));
   }
 });
+
+test("fallback is logged once when a variant loses its last healthy replica, and once when it has one again", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; variant?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const control = await startBackend("control");
+  const treatment = createServer((_req, res) => res.end("treatment"));
+  await new Promise<void>((r) => treatment.listen(0, "127.0.0.1", () => r()));
+  const port = (treatment.address() as AddressInfo).port;
+  const health = { path: "/", intervalMs: 30, timeoutMs: 500, rise: 1, fall: 1 };
+  const gw = await testGateway(
+    { fallback: "control", variants: [{ name: "control", url: control.url }, { name: "treatment", url: `http://127.0.0.1:${port}`, health }] },
+    { log },
+  );
+  const until = async (what: RegExp) => {
+    const deadline = Date.now() + 5_000;
+    while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return lines.filter((l) => what.test(l.msg));
+  };
+  try {
+    await until(/replica treatment-0 is healthy/);
+    assert.deepEqual(lines.filter((l) => /no healthy replica/.test(l.msg)), [], "not called down while starting");
+    treatment.closeAllConnections();
+    await new Promise<void>((r) => treatment.close(() => r()));
+    const down = await until(/variant treatment has no healthy replica/);
+    assert.equal(down.length, 1);
+    assert.equal(down[0]!.level, 40, "a warning");
+    assert.match(down[0]!.msg, /served by control \(fallback\)/);
+    const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
+    await res.arrayBuffer();
+    await new Promise((r) => setTimeout(r, 150)); // several failed checks more: still one line
+    assert.equal(lines.filter((l) => /variant treatment has no healthy replica/.test(l.msg)).length, 1);
+    await new Promise<void>((r) => treatment.listen(port, "127.0.0.1", () => r()));
+    assert.equal((await until(/variant treatment has a healthy replica again/)).length, 1);
+  } finally {
+    await gw.close();
+    await control.close();
+    treatment.close();
+  }
+});
