@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { seededRandom, type RandomSource } from "../clock.ts";
-import { proportionOneSidedIncrease, restrictedMle } from "./frequentist.ts";
+import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle } from "./frequentist.ts";
+import { adjustPValues } from "./multiple.ts";
+import { mixtureSprt } from "./sequential.ts";
 
 function close(actual: number | null | undefined, expected: number, what: string, tol = 1e-12): void {
   assert.equal(typeof actual, "number", what);
@@ -69,5 +71,22 @@ describe("proportionOneSidedIncrease: Farrington–Manning score test", () => {
     }
     // binomial(20000, 0.05) has sd 0.0015: 0.05 + 3 sd ≈ 0.055
     assert.ok(rejected / runs <= 0.055, `type I error ${rejected / runs}`);
+  });
+});
+
+describe("bad options are refused, not replaced by defaults", () => {
+  it("alpha outside (0, 1) gives INVALID_INPUT, where it used to be 0.05 silently", () => {
+    for (const alpha of [0, 1, 2, -0.1, Number.NaN]) {
+      assert.equal(proportionTest({ units: 100, conversions: 10 }, { units: 100, conversions: 20 }, { alpha }).error, "INVALID_INPUT", String(alpha));
+      assert.equal(meanTest({ n: 10, sum: 10, sumSquares: 20 }, { n: 10, sum: 12, sumSquares: 30 }, { alpha }).error, "INVALID_INPUT", String(alpha));
+      assert.equal(mixtureSprt({ diff: 0.1, varDiff: 0.01, tau2: 0.001, alpha }).error, "INVALID_INPUT", String(alpha));
+    }
+    assert.equal(proportionTest({ units: 100, conversions: 10 }, { units: 100, conversions: 20 }, { alpha: 0.1 }).error, undefined);
+  });
+
+  it("adjustPValues: an unknown method throws; a p that is not a probability is null and not counted", () => {
+    assert.throws(() => adjustPValues([0.01], "xyz" as "holm"), /method must be "holm", "bh" or "none", got "xyz"/);
+    assert.deepEqual(adjustPValues([0.01, 1.5, -0.2, 0.04], "holm"), [0.02, null, null, 0.04]);
+    assert.deepEqual(adjustPValues([1 + 1e-15], "none"), [1], "rounding above 1 is still a p of 1");
   });
 });

@@ -18,8 +18,10 @@ function interval(estimate: number, halfWidth: number): Interval {
   return { estimate, ci: [estimate - halfWidth, estimate + halfWidth] };
 }
 
-function validAlpha(alpha: number | undefined): number {
-  return alpha !== undefined && alpha > 0 && alpha < 1 ? alpha : 0.05;
+/** The options' alpha: 0.05 when not given, null (INVALID_INPUT) when given outside (0, 1), rather than silently 0.05. */
+export function alphaOf(alpha: number | undefined): number | null {
+  if (alpha === undefined) return 0.05;
+  return typeof alpha === "number" && alpha > 0 && alpha < 1 ? alpha : null;
 }
 
 function isCount(x: number): boolean {
@@ -36,10 +38,10 @@ function isCount(x: number): boolean {
  * Data problems give an `error` code and nulls (ZERO_UNITS, INVALID_INPUT, CONTROL_RATE_ZERO, ZERO_VARIANCE).
  */
 export function proportionTest(control: ProportionSample, treatment: ProportionSample, options: TestOptions = {}): ProportionTestResult {
-  const alpha = validAlpha(options.alpha);
+  const alpha = alphaOf(options.alpha);
   const { units: nC, conversions: cC } = control;
   const { units: nT, conversions: cT } = treatment;
-  if (![nC, cC, nT, cT].every(isCount) || cC > nC || cT > nT) {
+  if (alpha === null || ![nC, cC, nT, cT].every(isCount) || cC > nC || cT > nT) {
     return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "INVALID_INPUT" };
   }
   if (nC === 0 || nT === 0) return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "ZERO_UNITS" };
@@ -91,10 +93,10 @@ function welchDf(vC: number, vT: number, nC: number, nT: number): number {
  * the same quantile. Needs n ≥ 2 in both arms (TOO_FEW_UNITS otherwise).
  */
 export function meanTest(control: MeanSample, treatment: MeanSample, options: TestOptions = {}): MeanTestResult {
-  const alpha = validAlpha(options.alpha);
+  const alpha = alphaOf(options.alpha);
   const empty = { t: null, df: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL };
   const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares];
-  if (!all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
+  if (alpha === null || !all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
     return { ...empty, error: "INVALID_INPUT" };
   }
   if (control.n === 0 || treatment.n === 0) return { ...empty, error: "ZERO_UNITS" };

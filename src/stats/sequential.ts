@@ -1,5 +1,5 @@
 import { erfc } from "./distributions.ts";
-import { meanAndVariance, restrictedMle } from "./frequentist.ts";
+import { alphaOf, meanAndVariance, restrictedMle } from "./frequentist.ts";
 import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSprtResult, OneSidedSprtResult, ProportionSample } from "./types.ts";
 
 /**
@@ -15,8 +15,8 @@ import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSp
  */
 export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
   const { diff, varDiff, tau2 } = input;
-  const alpha = input.alpha !== undefined && input.alpha > 0 && input.alpha < 1 ? input.alpha : 0.05;
-  if (!Number.isFinite(diff) || !Number.isFinite(varDiff) || varDiff < 0 || !(tau2 > 0) || !Number.isFinite(tau2)) {
+  const alpha = alphaOf(input.alpha);
+  if (alpha === null || !Number.isFinite(diff) || !Number.isFinite(varDiff) || varDiff < 0 || !(tau2 > 0) || !Number.isFinite(tau2)) {
     return { logLambda: null, pValue: null, ci: null, error: "INVALID_INPUT" };
   }
   if (varDiff === 0) {

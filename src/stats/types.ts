@@ -6,7 +6,7 @@
  * - ZERO_VARIANCE: no spread in either arm (all 0, all 1, or constant values)
  * - CONTROL_RATE_ZERO / CONTROL_MEAN_ZERO: the relative lift divides by 0
  * - SINGLE_ARM: fewer than 2 arms with weight > 0
- * - INVALID_INPUT: negative counts, conversions above units, non-finite numbers, bad parameters
+ * - INVALID_INPUT: negative counts, conversions above units, non-finite numbers, bad parameters (alpha outside (0, 1))
  * - NON_STATIONARY: the always-valid intervals of different looks do not overlap (no constant effect fits the data)
  */
 export type StatsErrorCode =
