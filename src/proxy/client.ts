@@ -302,7 +302,14 @@ export class ClientConnection {
       url = this.#urlParts + (url ?? "");
       this.#urlParts = "";
     }
-    const req: ClientRequest = { method: methods[method] ?? "GET", url: url ?? "/", headers: headers ?? [], httpMinor: major === 1 ? minor : 0, keepAlive };
+    if (major !== 1) {
+      // llhttp reads any digit as a version: "GET / HTTP/2.0" (h2 spoken as text, or a typo) was served as 1.0.
+      // RFC 9110 §15.6.6: a server refuses a major version it does not support with 505.
+      this.pauseReading();
+      this.#fault(505, `HTTP/${major}.${minor} is not supported`);
+      return 0;
+    }
+    const req: ClientRequest = { method: methods[method] ?? "GET", url: url ?? "/", headers: headers ?? [], httpMinor: minor, keepAlive };
     this.deadline = Deadline.Body;
     this.deadlineMs = this.#requestDeadlineMs;
     if (upgrade) {
