@@ -418,3 +418,24 @@ test("fallback is logged once when a variant loses its last healthy replica, and
     treatment.close();
   }
 });
+
+test("a refused request is not assigned: it takes no turn of round-robin and leaves nothing in the bandit's memory", async () => {
+  const a = await startBackend("a");
+  const b = await startBackend("b");
+  const gw = await testGateway({ strategy: { kind: "round-robin" }, variants: [{ name: "a", url: a.url }, { name: "b", url: b.url }] });
+  const variantOf = async (unit: string) => {
+    const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": unit } });
+    await res.arrayBuffer();
+    return [res.status, res.headers.get("x-abgate-variant")] as const;
+  };
+  try {
+    assert.deepEqual(await variantOf("u1"), [200, "a"]);
+    const [status, variant] = await variantOf("x".repeat(600)); // longer than a unit may be
+    assert.deepEqual([status, variant], [400, null], "refused, and no variant named");
+    assert.deepEqual(await variantOf("u2"), [200, "b"], "the refused request took no turn");
+  } finally {
+    await gw.close();
+    await a.close();
+    await b.close();
+  }
+});

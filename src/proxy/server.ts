@@ -220,15 +220,12 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.setCookie = unitCookie(config.unit.cookie, this.unit);
     }
     const force = forcedVariant(config, scan);
-    if (force !== undefined) {
-      this.forced = true;
-      this.assigned = force;
-    } else {
-      this.forced = false;
-      this.assigned = ctx.strategy.assign(this.unit);
-    }
-    this.served = this.assigned;
     this.refusal = headRefusal(request, scan, this.unit, force, known);
+    this.forced = force !== undefined;
+    // A refused request is not assigned: the strategy never sees its unit (the bandit remembers the units it
+    // assigns, and a refused one may be 500 characters or a NUL).
+    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit) : "");
+    this.served = this.assigned;
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
       if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
@@ -503,9 +500,10 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.record(status);
       return conn.destroy();
     }
-    const body = JSON.stringify({ error: message, code, requestId: this.requestId, variant: this.served });
+    const assigned = this.refusal === null || this.refusal.record;
+    const body = JSON.stringify(assigned ? { error: message, code, requestId: this.requestId, variant: this.served } : { error: message, code, requestId: this.requestId });
     let headers = `content-type: application/json\r\nx-abgate-request-id: ${this.requestId}\r\n`;
-    if (this.refusal === null || this.refusal.record) headers += `x-abgate-variant: ${this.served}\r\n`;
+    if (assigned) headers += `x-abgate-variant: ${this.served}\r\n`;
     conn.respondNow(status, headers, body, close);
     this.record(status);
     conn.responseDone(this);
@@ -558,9 +556,18 @@ class Exchange implements UpstreamSink, ClientExchange {
 function givenUnit(config: ProxyContext["config"], request: ClientRequest, scan: ScannedRequest): string | undefined {
   const u = config.unit;
   let unit = headerText(scan.unitHeader);
-  if (!unit && u.query) unit = queryValue(request.url, u.query);
-  if (!unit) unit = headerText(cookieValue(scan.cookie, u.cookie));
+  if (!unit && u.query) unit = ownString(queryValue(request.url, u.query));
+  if (!unit) unit = ownString(headerText(cookieValue(scan.cookie, u.cookie)));
   return unit || undefined;
+}
+
+/**
+ * A copy of `s` that does not keep a longer string alive: a value cut from the request target or the Cookie line
+ * is, in V8, a slice that holds the whole line, and units are kept (the unit cache, the bandit's memory): a 30-character
+ * unit from an 8 KB Cookie header kept 8 KB. Concatenation then slice makes V8 copy the characters.
+ */
+function ownString(s: string | undefined): string | undefined {
+  return s === undefined ? undefined : (" " + s).slice(1);
 }
 
 /** The variant the request forces, when forcing is allowed and the header is not empty. */
