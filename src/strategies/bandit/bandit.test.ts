@@ -168,14 +168,39 @@ describe("bandit: already-seen units keep their variant", () => {
     assert.ok(inControl < 60, `${inControl} of 2000 new units in control at weight ${s.weights().control}`);
   });
 
-  test("a variant switched off (weight 0: promote, rollback) no longer holds its units", () => {
+  test("a variant switched off (weight 0: promote, rollback) no longer holds its units; back on, it has them again", () => {
     const s = make();
     const seen = ids(1000, "u");
-    for (const u of seen) s.assign(u);
+    const first = seen.map((u) => s.assign(u));
     s.setWeights({ control: 0 });
     for (const u of seen) assert.equal(s.assign(u), "treatment", u);
-    s.setWeights({ control: 1 }); // back in the bandit: the moved units stay where they went
-    for (const u of seen) assert.equal(s.assign(u), "treatment", u);
+    // back in the bandit: its units return, as after a restart, whose memory is the store's first variants
+    s.setWeights({ control: 1 });
+    assert.deepEqual(seen.map((u) => s.assign(u)), first);
+  });
+
+  test("with floor 0, Thompson sampling setting an arm to 0 does not release its units", () => {
+    const s = make({ burnInUnits: 100, floor: 0, draws: 2000 });
+    const seen = ids(1000, "f");
+    const first = seen.map((u) => s.assign(u));
+    s.observe(clearWinner);
+    assert.equal(s.weights().control, 0);
+    assert.deepEqual(seen.map((u) => s.assign(u)), first);
+    assert.ok(ids(500, "g").every((u) => s.assign(u) === "treatment"), "new units all go to the winner");
+  });
+
+  test("the memory is bounded by characters too: long ids are forgotten sooner", () => {
+    const s = make({ burnInUnits: 100, draws: 2000 });
+    const long = (i: number) => `${"x".repeat(500)}-${i}`;
+    const first = new Map<string, string>();
+    // 140,000 ids of ~506 characters: over 64 Mi characters in all, so the oldest are gone, the newest kept
+    for (let i = 0; i < 140_000; i++) first.set(long(i), s.assign(long(i)));
+    s.observe(clearWinner);
+    const newest = Array.from({ length: 200 }, (_, k) => long(139_999 - k));
+    for (const u of newest) assert.equal(s.assign(u), first.get(u), "recent ones are kept");
+    const oldest = Array.from({ length: 2000 }, (_, k) => long(k));
+    const moved = oldest.filter((u) => s.assign(u) !== first.get(u)).length;
+    assert.ok(moved > 500, `${moved} of the 2000 oldest moved: forgotten, they go by the table`);
   });
 
   test("seenUnits seeds the memory at start (a restart), and maxSeenUnits forgets the oldest first", () => {

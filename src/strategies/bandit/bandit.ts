@@ -11,8 +11,10 @@ import { beta } from "./beta.ts";
 export const DEFAULT_FLOOR = 0.01;
 export const DEFAULT_BURN_IN_UNITS = 100;
 export const DEFAULT_DRAWS = 10_000;
-/** About 100 MB at most for unit ids the size of a UUID. */
+/** About 100 MB for unit ids the size of a UUID (95 B each, measured). */
 export const DEFAULT_MAX_SEEN_UNITS = 1_000_000;
+/** And at most this many characters of unit ids in all (ids may be up to 512 characters): about 64-128 MB more. */
+export const MAX_SEEN_CHARS = 64 * 2 ** 20;
 
 /**
  * Thompson sampling (Thompson 1933) over the conversion rate of each variant, allocating traffic by the
@@ -39,7 +41,8 @@ export const DEFAULT_MAX_SEEN_UNITS = 1_000_000;
  *   all seen units to the other arm, which made them multi-variant units and mixed two treatments in one unit's
  *   outcomes. So the strategy remembers each unit's variant, up to `maxSeenUnits` (oldest forgotten first; a
  *   forgotten unit goes by the range table again), seeded at start with the units the store saw (`seenUnits`).
- *   A remembered variant whose weight is 0 (set to 0, promote, rollback) no longer holds its units.
+ *   While a unit's first variant is set to weight 0 (promote, rollback) it goes by the range table; it returns to
+ *   its first variant if that variant comes back, as it would after a restart.
  */
 export class BanditStrategy implements Strategy {
   readonly kind = "bandit" as const;
@@ -60,6 +63,8 @@ export class BanditStrategy implements Strategy {
   #probabilities: number[] | undefined;
   /** unit -> index of the variant it was first given, in first-seen order */
   readonly #seen = new Map<string, number>();
+  /** total length of the remembered units */
+  #seenChars = 0;
   readonly #maxSeenUnits: number;
 
   constructor(options: StrategyOptions) {
@@ -94,18 +99,26 @@ export class BanditStrategy implements Strategy {
 
   assign(unit: string): string {
     const known = this.#seen.get(unit);
-    if (known !== undefined && this.#weights[known]! > 0) return this.#names[known]!;
+    // The configured weight, not the one in force: with floor 0 Thompson sampling can set an arm to 0 by itself,
+    // which must not release its units; only setWeights (0, promote, rollback) does.
+    if (known !== undefined && this.#configured[known]! > 0) return this.#names[known]!;
     const variant = this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
-    if (known !== undefined) this.#seen.delete(unit); // its variant was switched off: it moves, and is seen anew
-    this.#remember(unit, this.#names.indexOf(variant));
+    // A unit whose first variant is switched off goes by the table but keeps its first variant in memory: it goes
+    // back when the variant does, as it would after a restart, where the memory is the store's first variants.
+    if (known === undefined) this.#remember(unit, this.#names.indexOf(variant));
     return variant;
   }
 
   #remember(unit: string, variant: number): void {
     if (this.#maxSeenUnits === 0) return;
     this.#seen.set(unit, variant);
+    this.#seenChars += unit.length;
     // Map iterates in insertion order: the first key is the unit seen longest ago.
-    if (this.#seen.size > this.#maxSeenUnits) this.#seen.delete(this.#seen.keys().next().value!);
+    while (this.#seen.size > this.#maxSeenUnits || this.#seenChars > MAX_SEEN_CHARS) {
+      const oldest = this.#seen.keys().next().value!;
+      this.#seen.delete(oldest);
+      this.#seenChars -= oldest.length;
+    }
   }
 
   weights(): Record<string, number> {
