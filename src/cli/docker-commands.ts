@@ -3,6 +3,7 @@ import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers } from "../engines/docker/client.ts";
+import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
 import { textTable } from "./table.ts";
 
 /**
@@ -42,18 +43,14 @@ export interface PsRow {
   status: string;
   port: number;
   image: string;
-  /** an HTTP probe of the variant's health path right now: healthy, unhealthy, or "-" when not running */
+  /** the gateway's check of the replica right now (health path, else a TCP connect): healthy, unhealthy, or "-" when not running */
   health: "healthy" | "unhealthy" | "-";
 }
 
-async function probe(port: number, path: string, timeoutMs: number): Promise<"healthy" | "unhealthy"> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
-    await res.arrayBuffer();
-    return res.status >= 200 && res.status < 400 ? "healthy" : "unhealthy";
-  } catch {
-    return "unhealthy";
-  }
+/** The gateway's own check of a replica: its variant's health: when given, else a TCP connect (CONNECT_CHECK). */
+async function probeReplica(variant: string, port: number, health: CheckConfig): Promise<"healthy" | "unhealthy"> {
+  const result = await check({ id: `${variant}-ps`, variant, replica: 0, host: "127.0.0.1", port }, health.path, health.timeoutMs);
+  return result.ok ? "healthy" : "unhealthy";
 }
 
 /** Format rows as an aligned text table. */
@@ -80,7 +77,7 @@ export async function ps(config: Config, opts: DockerCommandOptions = {}): Promi
         status: c.Status,
         port,
         image: c.Image,
-        health: c.State === "running" ? await probe(port, health?.path ?? "/health", health?.timeoutMs ?? 1000) : "-",
+        health: c.State === "running" ? await probeReplica(variant, port, health ?? CONNECT_CHECK) : "-",
       };
     }),
   );

@@ -66,12 +66,18 @@ describe("HealthTracker: active checks", () => {
     ]);
   });
 
-  test("a failed first check makes it unhealthy at once; then `rise` good checks in a row are needed", async () => {
-    const { tracker, answers, advance } = setup();
+  test("never healthy yet: failed checks leave it unknown (no traffic) until `fall` of them; then `rise` good ones are needed", async () => {
+    const { tracker, answers, advance, changes } = setup();
     answers.set("control-0", false);
     tracker.setEndpoints([ep("control-0")], { control: HEALTH });
     await tick();
-    assert.equal(tracker.state("control-0"), "unhealthy");
+    assert.equal(tracker.state("control-0"), "unknown", "a replica still starting is not called down");
+    assert.equal(tracker.isHealthy("control-0"), false);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "unknown");
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "unhealthy", "fall=3 failures in a row");
+    assert.deepEqual(changes.map((c) => c.to), ["unknown", "unhealthy"]);
     answers.set("control-0", true);
     await advance(1000);
     assert.equal(tracker.state("control-0"), "unhealthy", "one success of rise=2");
@@ -82,6 +88,18 @@ describe("HealthTracker: active checks", () => {
     assert.equal(tracker.state("control-0"), "unhealthy", "the streak was broken");
     await advance(1000);
     assert.equal(tracker.state("control-0"), "healthy");
+  });
+
+  test("a replica that fails its first checks while it starts is healthy at its first good one", async () => {
+    const { tracker, answers, advance, changes } = setup();
+    answers.set("control-0", false);
+    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    await tick();
+    await advance(1000);
+    answers.set("control-0", true);
+    await advance(1000);
+    assert.equal(tracker.state("control-0"), "healthy");
+    assert.deepEqual(changes.map((c) => c.to), ["unknown", "healthy"], "never reported unhealthy");
   });
 
   test("fall: `fall` failed checks in a row make a healthy endpoint unhealthy; a success resets the count", async () => {
@@ -125,10 +143,15 @@ describe("HealthTracker: active checks", () => {
     answers.set("control-0", "hang");
     tracker.setEndpoints([ep("control-0")], { control: HEALTH });
     await advance(299);
-    assert.equal(tracker.state("control-0"), "unknown");
+    assert.equal(tracker.snapshot()[0].consecutiveFailures, 0);
     await advance(1);
-    assert.equal(tracker.state("control-0"), "unhealthy");
+    assert.equal(tracker.snapshot()[0].consecutiveFailures, 1);
     assert.equal(tracker.snapshot()[0].lastError, "timeout after 300 ms");
+    for (let i = 0; i < 2; i++) {
+      await advance(1000); // the next check starts, and hangs
+      await advance(300);
+    }
+    assert.equal(tracker.state("control-0"), "unhealthy", "fall=3 timeouts");
   });
 
   test("an endpoint whose variant has no health config is healthy at once and never probed", async () => {
@@ -152,7 +175,7 @@ describe("HealthTracker: active checks", () => {
         return Promise.reject(new Error("rejected"));
       },
     });
-    tracker.setEndpoints([ep("a-0")], { a: HEALTH });
+    tracker.setEndpoints([ep("a-0")], { a: { ...HEALTH, fall: 1 } });
     await tick();
     assert.equal(tracker.state("a-0"), "unhealthy");
     assert.equal(tracker.snapshot()[0].lastError, "boom");
@@ -258,7 +281,7 @@ describe("HealthTracker: endpoint changes, waiting, stopping", () => {
   test("dropping a variant's health config stops its checks and makes it healthy", async () => {
     const { tracker, answers, clock } = setup();
     answers.set("a-0", false);
-    tracker.setEndpoints([ep("a-0")], { a: HEALTH });
+    tracker.setEndpoints([ep("a-0")], { a: { ...HEALTH, fall: 1 } });
     await tick();
     assert.equal(tracker.state("a-0"), "unhealthy");
     tracker.setEndpoints([ep("a-0")], {});

@@ -319,8 +319,13 @@ export class HealthTracker {
       entry.successes = 0;
       entry.lastError = result.error ?? "check failed";
     }
-    // the first result decides at once, so that a fresh replica takes traffic after one good check
-    if (entry.active === "unknown") this.#setActive(entry, result.ok ? "healthy" : "unhealthy");
+    // Never healthy yet (a replica starting, a model loading): one good check makes it healthy at once, so it takes
+    // traffic without waiting for `rise`; failures leave it unknown (not healthy either: no traffic) until `fall` of
+    // them in a row, so that a replica still starting is not reported down, nor its variant as falling back.
+    if (entry.active === "unknown") {
+      if (result.ok) this.#setActive(entry, "healthy");
+      else if (entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
+    }
     else if (entry.active === "unhealthy" && entry.successes >= config.rise) this.#setActive(entry, "healthy");
     else if (entry.active === "healthy" && entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
   }
