@@ -58,8 +58,9 @@ export class BuildError extends AbgateError {
 }
 
 export class StoreError extends AbgateError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, "ABGATE_ERR_STORE", options);
+  /** `code`: ABGATE_ERR_STORE, or ABGATE_ERR_STORE_OUTCOME_UNKNOWN when a write's COMMIT failed and may have committed */
+  constructor(message: string, options?: { cause?: unknown; code?: "ABGATE_ERR_STORE" | "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" }) {
+    super(message, options?.code ?? "ABGATE_ERR_STORE", options);
     this.name = "StoreError";
   }
 }

@@ -209,7 +209,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       } else if (err instanceof AbgateError) {
         code = err.code;
         // The database is down or refused the write: a condition of the service, not of the request, which the
-        // client can retry (POST /v1/events is all or nothing, so nothing of it was stored).
+        // client can retry (POST /v1/events is all or nothing, so nothing of it was stored), unless the code is
+        // ABGATE_ERR_STORE_OUTCOME_UNKNOWN: the COMMIT's answer was lost and its outcome could not be learnt.
         if (err instanceof StoreError) status = 503;
       }
       const message = err instanceof Error ? err.message : String(err);

@@ -193,16 +193,6 @@ export const migrations: readonly Migration[] = [
     ],
     postgres: [],
   },
-  {
-    version: 3,
-    name: "PostgreSQL: write receipts, to learn whether a COMMIT whose connection failed committed",
-    // Why: see PostgresStore's #tx. SQLite runs in-process: its COMMIT cannot succeed unseen.
-    sqlite: [],
-    postgres: [
-      `CREATE TABLE write_receipts (id UUID PRIMARY KEY, ts BIGINT NOT NULL)`,
-      `CREATE INDEX write_receipts_ts ON write_receipts (ts)`,
-    ],
-  },
 ];
 
 /** The schema version this build of abgate writes. */

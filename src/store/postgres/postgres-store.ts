@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
 import { Socket } from "node:net";
 import type pgModule from "pg";
@@ -59,11 +58,7 @@ const CONNECT_TIMEOUT_MS = 5_000;
 const WRITE_TIMEOUT_MS = 15_000;
 const READ_TIMEOUT_MS = 60_000;
 const CLIENT_GRACE_MS = 2_000;
-/** How long a write receipt is kept: a commit's outcome is settled within writeTimeoutMs, so an hour is ample. */
-const RECEIPT_KEEP_MS = 3_600_000;
-/** How often a write also deletes receipts older than RECEIPT_KEEP_MS (a few thousand rows a time). */
-const RECEIPT_PRUNE_INTERVAL_MS = 300_000;
-/** How often #settle asks whether the backend of a failed COMMIT is gone. */
+/** How often #settle asks for the status of a transaction whose COMMIT failed. */
 const SETTLE_POLL_MS = 50;
 /**
  * A transaction left open by a client that vanished (abgate killed, or cut off by a partition, mid-write) would hold
@@ -136,8 +131,6 @@ export class PostgresStore implements Store {
   readonly #readTimeoutMs: number;
   /** every socket the pool opened and that has not closed yet, each with a promise of its 'close' */
   readonly #sockets = new Map<Socket, Promise<void>>();
-  /** when this store last deleted old write receipts (0: not yet, so the first receipt write does) */
-  #prunedReceiptsAt = 0;
 
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
@@ -185,13 +178,13 @@ export class PostgresStore implements Store {
    * Runs `fn` in a transaction whose statements each get `statementTimeoutMs` on the server (0: none). On the client
    * each query gets writeTimeoutMs + CLIENT_GRACE_MS (the pool's `query_timeout`) unless it names its own.
    *
-   * With `receipt`, the transaction also inserts a row of its own into `write_receipts`, in the COMMIT's round trip.
-   * Why: when the connection fails after COMMIT was sent, the transaction may or may not have committed, and the
-   * caller's retry would then write the rows twice (exposures counted twice; events acknowledged with an error,
-   * resent by the client, stored twice). The receipt settles it: once the old backend is gone, the receipt is
-   * there exactly when the transaction committed (see #settle).
+   * With `settle`, the transaction's id is read in the BEGIN round trip. Why: when COMMIT fails (the connection
+   * dropped after it was sent, no answer in time, a FATAL at shutdown), the transaction may or may not have
+   * committed, and the caller's retry would then write the rows twice (exposures counted twice; events answered
+   * with an error, resent by the client, stored twice). txid_status settles it, as PostgreSQL's documentation
+   * suggests for a commit whose answer was lost (§9.27.11): see #settle.
    */
-  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string, statementTimeoutMs = this.#writeTimeoutMs, receipt = false): Promise<T> {
+  async #tx<T>(fn: (client: pgModule.PoolClient) => Promise<T>, what: string, statementTimeoutMs = this.#writeTimeoutMs, settle = false): Promise<T> {
     if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
     let client: pgModule.PoolClient;
     try {
@@ -209,46 +202,42 @@ export class PostgresStore implements Store {
       client.removeListener("error", onError);
       client.release(broken);
     };
+    /** the transaction's id (txid_current), when it is to be settled */
+    let txid: string | undefined;
     /** set once COMMIT is on its way: a failure from then on leaves the outcome unknown */
-    let committing: { receiptId: string; backendPid: number } | undefined;
+    let committing = false;
     let result: T;
     try {
-      // One round trip: the simple query protocol runs both statements of the string.
-      await client.query(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
-      result = await fn(client);
-      if (receipt) {
-        const receiptId = randomUUID();
-        const now = Date.now();
-        const prune = now - this.#prunedReceiptsAt > RECEIPT_PRUNE_INTERVAL_MS;
-        if (prune) this.#prunedReceiptsAt = now;
-        committing = { receiptId, backendPid: (client as unknown as { processID: number }).processID };
-        // A uuid and integers only, so they can be literals: one simple query, one round trip with the COMMIT.
-        await client.query(
-          `INSERT INTO write_receipts (id, ts) VALUES ('${receiptId}', ${now}); ` +
-            (prune ? `DELETE FROM write_receipts WHERE ts < ${now - RECEIPT_KEEP_MS}; ` : "") +
-            `COMMIT`,
-        );
+      // One round trip: the simple query protocol runs every statement of the string.
+      if (settle) {
+        const begun = (await client.query(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}; SELECT txid_current() AS txid`)) as unknown as pgModule.QueryResult[];
+        txid = String(begun[begun.length - 1]!.rows[0].txid);
       } else {
-        await client.query("COMMIT");
+        await client.query(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
       }
+      result = await fn(client);
+      committing = true;
+      await client.query("COMMIT");
     } catch (err) {
       // An error the server answered (pg's DatabaseError: a constraint, a statement timeout) or one of our own
       // checks leaves the connection usable and the transaction to roll back. Anything else (no answer in time, a
       // dropped socket) leaves it in an unknown state, mid-statement maybe, where a ROLLBACK would only queue behind
       // that statement: the connection is closed instead, which ends the transaction on the server.
-      const answered = err instanceof pgLib().DatabaseError;
-      if (answered || err instanceof StoreError) {
+      if (err instanceof pgLib().DatabaseError || err instanceof StoreError) {
         await client.query("ROLLBACK").catch((e: Error) => (broken = e));
       } else {
         broken = err as Error;
       }
       release();
       if (err instanceof StoreError) throw err;
-      if (committing !== undefined && !answered) {
-        const committed = await this.#settle(committing.receiptId, committing.backendPid);
-        if (committed === true) return result!;
-        if (committed === undefined) {
-          throw new StoreError(`cannot ${what} on ${this.#where}: the connection failed during COMMIT (${reason(err)}) and whether it committed could not be learnt`, { cause: err });
+      if (committing && txid !== undefined) {
+        const outcome = await this.#settle(txid);
+        if (outcome === "committed") return result!;
+        if (outcome === "unknown") {
+          throw new StoreError(`cannot ${what} on ${this.#where}: COMMIT failed (${reason(err)}) and whether it committed could not be learnt`, {
+            cause: err,
+            code: "ABGATE_ERR_STORE_OUTCOME_UNKNOWN",
+          });
         }
       }
       throw new StoreError(`cannot ${what} on ${this.#where}: ${reason(err)}`, { cause: err });
@@ -258,32 +247,26 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * Whether the transaction that inserted receipt `receiptId` on backend `backendPid` committed: true or false once
-   * that backend has exited (until then a COMMIT it received may still complete), undefined when that could not be
-   * learnt within writeTimeoutMs. The backend exits by itself once it finds its client gone, which closing the
-   * connection made sure of; it is waited for, never terminated (its pid may already be another session's).
+   * Whether transaction `txid`, whose COMMIT failed, committed: txid_status on another connection, asked until it
+   * is no longer "in progress" (the old backend may still be committing, or not yet have noticed that its client is
+   * gone, which closing the connection made sure it will). "unknown" when that is not learnt within writeTimeoutMs.
+   * The status is the cluster's, so a pooler in front (another backend answers) does not change it.
    */
-  async #settle(receiptId: string, backendPid: number): Promise<boolean | undefined> {
+  async #settle(txid: string): Promise<"committed" | "aborted" | "unknown"> {
     const deadline = Date.now() + this.#writeTimeoutMs;
     while (!this.#closed && Date.now() < deadline) {
       try {
-        const res = await this.#pool.query(
-          withQueryTimeout(
-            `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) AS alive,
-                    EXISTS (SELECT 1 FROM write_receipts WHERE id = $2) AS committed`,
-            [backendPid, receiptId],
-            Math.max(1, deadline - Date.now()),
-          ),
-        );
-        const row = res.rows[0] as { alive: boolean; committed: boolean };
-        if (row.committed) return true;
-        if (!row.alive) return false;
+        const res = await this.#pool.query(withQueryTimeout(`SELECT txid_status($1) AS status`, [txid], Math.max(1, deadline - Date.now())));
+        const status = res.rows[0]?.status as string | null | undefined;
+        if (status === "committed" || status === "aborted") return status;
+        // null: the id is older than the commit log the server keeps; impossible seconds later, but not a yes
+        if (status !== "in progress") return "unknown";
       } catch {
         // unreachable for now: try again until the deadline
       }
       await new Promise((resolve) => setTimeout(resolve, SETTLE_POLL_MS));
     }
-    return undefined;
+    return "unknown";
   }
 
   async init(): Promise<void> {

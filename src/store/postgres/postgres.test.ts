@@ -278,7 +278,7 @@ if (!installed) {
       };
     }
 
-    it("a write whose COMMIT answer is lost is settled by its receipt: acknowledged once, stored once", async () => {
+    it("a write whose COMMIT answer is lost is settled by txid_status: acknowledged once, stored once", async () => {
       await admin((c) => c.query(`CREATE DATABASE abgate_lost_commit`));
       const relay = await commitLosingRelay(cluster.urlFor("abgate_lost_commit"));
       const s = new PostgresStore(relay.url, { writeTimeoutMs: 3_000 });
