@@ -424,6 +424,11 @@ export class ClientConnection {
     this.socket.destroySoon();
   }
 
+  /** Whether a deadline of this connection has passed at `now` (expire then acts on it). */
+  pastDeadline(now: number): boolean {
+    return (this.#sendDeadlineMs !== 0 && now >= this.#sendDeadlineMs) || (this.deadline !== Deadline.None && now >= this.deadlineMs);
+  }
+
   expire(now: number): void {
     if (this.#sendDeadlineMs !== 0 && now >= this.#sendDeadlineMs) {
       // Nothing can be answered mid-response: cut the connection; the exchange is abandoned (and recorded as 499).
@@ -565,7 +570,18 @@ export class ClientServer {
     const tickMs = Math.max(10, Math.min(1000, Math.floor(Math.min(headersTimeoutMs, requestTimeoutMs, idleTimeoutMs) / 4)));
     this.#sweeper = setInterval(() => {
       const now = Date.now();
-      for (const c of this.#connections) c.expire(now);
+      let late: ClientConnection[] | null = null;
+      for (const c of this.#connections) if (c.pastDeadline(now)) (late ??= []).push(c);
+      // Timers run before sockets are read: after the loop was held up, bytes that came in time (the rest of a head,
+      // the next request on an idle connection) would be refused as late before they are read. Expire in the check
+      // phase, after this turn's reads, whatever is still past its deadline then (as upstream.ts's sweeper does).
+      if (late !== null) {
+        const due = late;
+        setImmediate(() => {
+          const after = Date.now();
+          for (const c of due) if (this.#connections.has(c)) c.expire(after);
+        });
+      }
     }, tickMs);
     this.#sweeper.unref();
   }

@@ -747,6 +747,26 @@ describe("UpstreamConnection failures", () => {
     server.dropSockets();
   });
 
+  it("an answer that came in time is not failed as late when the event loop was held up past the deadline", async () => {
+    const timeoutMs = 200;
+    server.queue.push({
+      segments: [],
+      act: (socket) => {
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        // The answer is in the client's socket buffer; now the loop stalls longer than the timeout, as a long GC
+        // or a busy core would make it, so the sweeper's timer is overdue when the loop turns again.
+        const until = Date.now() + timeoutMs + 2 * SWEEP_INTERVAL_MS;
+        while (Date.now() < until);
+      },
+    });
+    const pool = new UpstreamPool(HOST, server.port, { connectTimeoutMs: 1000, responseTimeoutMs: timeoutMs });
+    const o = exchange(pool.acquire());
+    await o.done;
+    assertSuccess(o, "ok");
+    pool.close();
+    server.dropSockets();
+  });
+
   it("a paused exchange does not time out while paused, and completes on resume", async () => {
     const timeoutMs = 200;
     const first = Buffer.alloc(1000, 1);

@@ -574,7 +574,18 @@ function ensureSweeper(): void {
       return;
     }
     const now = (tickMs = Date.now());
-    for (const c of busy) if (now > c.deadlineMs) c.expire();
+    let late: UpstreamConnection[] | null = null;
+    for (const c of busy) if (now > c.deadlineMs) (late ??= []).push(c);
+    // Node runs timers before it reads sockets: after the loop was held up (a GC, a busy core), an answer that came in
+    // time would be failed as late before it is read. The check phase comes after this turn's reads: expire what
+    // is still past its deadline then (nginx likewise handles ready events before expired timers).
+    if (late !== null) {
+      const due = late;
+      setImmediate(() => {
+        const after = Date.now();
+        for (const c of due) if (busy.has(c) && after > c.deadlineMs) c.expire();
+      });
+    }
   }, SWEEP_INTERVAL_MS);
   sweeper.unref();
 }
