@@ -95,7 +95,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     let seenUnits: [string, string][] | undefined;
     if (config.strategy.kind === "bandit") {
       try {
-        seenUnits = (await store.recentUnits(config.experiment, DEFAULT_MAX_SEEN_UNITS)).map((u) => [u.unit, u.variant]);
+        seenUnits = await store.recentUnits(config.experiment, DEFAULT_MAX_SEEN_UNITS);
       } catch (err) {
         log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot load the units seen so far; the bandit starts without them");
       }

@@ -354,12 +354,19 @@ export async function experimentCounts(query: Query, experiment: string): Promis
   return { exposures: num(rows[0]?.exposures), events: num(rows[0]?.events) };
 }
 
-/** Store.recentUnits: newest first from the (experiment, first_ts) index, which covers the unit too, then reversed. */
-export async function recentUnits(query: Query, experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
+/** Store.recentUnits' query: newest first from the (experiment, first_ts) index, which covers the unit too. */
+export const RECENT_UNITS_SQL = `SELECT unit, first_variant FROM units WHERE experiment = ? ORDER BY first_ts DESC, unit DESC LIMIT ?`;
+
+export function checkRecentUnitsLimit(limit: number): void {
   if (!(Number.isSafeInteger(limit) && limit >= 0)) throw new InvalidArgumentError(`recentUnits: limit must be an integer >= 0, got ${limit}`);
+}
+
+/** Store.recentUnits through a Query: the rows, oldest first, as [unit, variant]. */
+export async function recentUnits(query: Query, experiment: string, limit: number): Promise<[string, string][]> {
+  checkRecentUnitsLimit(limit);
   if (limit === 0) return [];
-  const rows = await query(`SELECT unit, first_variant FROM units WHERE experiment = ? ORDER BY first_ts DESC, unit DESC LIMIT ?`, [experiment, limit]);
-  return rows.reverse().map((r) => ({ unit: String(r.unit), variant: String(r.first_variant) }));
+  const rows = await query(RECENT_UNITS_SQL, [experiment, limit]);
+  return rows.reverse().map((r) => [String(r.unit), String(r.first_variant)]);
 }
 
 export { MINUTE_MS };

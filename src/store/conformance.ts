@@ -252,11 +252,11 @@ export function storeConformance(factory: StoreFactory): void {
         x("elsewhere", 5000, "control", { experiment: "other" }),
       ]);
       assert.deepEqual(await store.recentUnits("exp", 10), [
-        { unit: "a", variant: "control" },
-        { unit: "b", variant: "treatment" },
-        { unit: "c", variant: "control" },
+        ["a", "control"],
+        ["b", "treatment"],
+        ["c", "control"],
       ]);
-      assert.deepEqual(await store.recentUnits("exp", 2), [{ unit: "b", variant: "treatment" }, { unit: "c", variant: "control" }]);
+      assert.deepEqual(await store.recentUnits("exp", 2), [["b", "treatment"], ["c", "control"]]);
       assert.deepEqual(await store.recentUnits("exp", 0), []);
       assert.deepEqual(await store.recentUnits("nobody", 5), []);
     });

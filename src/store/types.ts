@@ -114,6 +114,6 @@ export interface Store {
    * The `limit` units first exposed most recently (forced requests aside), oldest first, each with the variant it
    * was first assigned: the bandit's memory of seen units, reloaded at start.
    */
-  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]>;
+  recentUnits(experiment: string, limit: number): Promise<[unit: string, variant: string][]>;
   close(): Promise<void>;
 }

@@ -412,7 +412,7 @@ export class PostgresStore implements Store {
     return experimentCounts(this.#query, experiment);
   }
 
-  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
+  recentUnits(experiment: string, limit: number): Promise<[string, string][]> {
     return recentUnits(this.#query, experiment, limit);
   }
 

@@ -6,7 +6,7 @@ import { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
+import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, type Query } from "../aggregate.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
@@ -716,8 +716,19 @@ export class SqliteStore implements Store {
     return experimentCounts(this.#query, experiment);
   }
 
-  recentUnits(experiment: string, limit: number): Promise<{ unit: string; variant: string }[]> {
-    return recentUnits(this.#query, experiment, limit);
+  /**
+   * On this thread, as raw rows: it is read at start, before the gateway listens, and through the reader thread a
+   * million units took 5.4 s and 434 MB more RSS at the peak, every row an object cloned across.
+   */
+  async recentUnits(experiment: string, limit: number): Promise<[string, string][]> {
+    this.#s();
+    checkRecentUnitsLimit(limit);
+    if (limit === 0) return [];
+    try {
+      return (this.#db.prepare(RECENT_UNITS_SQL).raw().all(experiment, limit) as [string, string][]).reverse();
+    } catch (err) {
+      throw new StoreError(`SQLite query failed on ${this.path}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** Runs a checkpoint so the file is self-contained, then closes. Idempotent. */
