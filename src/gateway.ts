@@ -133,35 +133,43 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const healthByVariant = Object.fromEntries(config.variants.map((v) => [v.name, v.health ?? (config.engine === "static" ? undefined : CONNECT_CHECK)]));
     const balancer = new Balancer(variantNames, random, { connectTimeoutMs: config.limits.connectTimeoutMs, responseTimeoutMs: config.limits.responseTimeoutMs }, health);
     cleanups.push(() => balancer.close());
+    // The SPEC's "(logged)" for fallback: one line when a variant loses its last healthy replica (its requests now go
+    // to the fallback, or get 503s), whether its replicas failed their checks or its engine removed them (a crashed
+    // process), and one when it has one again; not a line per request. A variant whose replicas have not all been
+    // checked once yet is not called down (at start that would be every checked variant), nor any while stopping.
+    const variantsDown = new Set<string>();
+    let shuttingDown = false;
+    const reviewVariants = () => {
+      if (shuttingDown) return;
+      const endpoints = engine!.endpoints();
+      for (const variant of variantNames) {
+        if (balancer.hasHealthy(variant)) {
+          if (variantsDown.delete(variant)) log.info({ variant }, `variant ${variant} has a healthy replica again and serves its own units`);
+          continue;
+        }
+        if (variantsDown.has(variant) || endpoints.some((e) => e.variant === variant && health.state(e.id) === "unknown")) continue;
+        variantsDown.add(variant);
+        const fallback = config.fallback;
+        const instead =
+          fallback === "reject" || fallback === variant
+            ? "its requests get 503"
+            : balancer.hasHealthy(fallback)
+              ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
+              : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
+        log.warn({ variant, fallback }, `variant ${variant} has no healthy replica: ${instead}`);
+      }
+    };
     const follow = (endpoints = engine!.endpoints()) => {
       health.setEndpoints(endpoints, healthByVariant);
       balancer.setEndpoints(endpoints);
+      reviewVariants();
     };
-    // The SPEC's "(logged)" for fallback: one line when a variant loses its last healthy replica (its requests now go
-    // to the fallback, or get 503s) and one when it has one again, not a line per request. A variant whose replicas
-    // have not all been checked once yet is not called down: at start that would be every checked variant.
-    const variantsDown = new Set<string>();
     health.onChange((change) => {
       balancer.refreshHealth();
-      if (change.from !== null && change.to !== null) log.info({ replica: change.id, from: change.from, to: change.to }, `replica ${change.id} is ${change.to}`);
-      // Endpoints added or removed are announced before the balancer has them (see follow): only state changes count.
+      // Endpoints added or removed are announced before the balancer has them; follow reviews the variants after.
       if (change.from === null || change.to === null) return;
-      const variant = change.variant;
-      if (balancer.hasHealthy(variant)) {
-        if (variantsDown.delete(variant)) log.info({ variant }, `variant ${variant} has a healthy replica again and serves its own units`);
-        return;
-      }
-      const replicas = engine!.endpoints().filter((e) => e.variant === variant);
-      if (variantsDown.has(variant) || replicas.length === 0 || replicas.some((e) => health.state(e.id) === "unknown")) return;
-      variantsDown.add(variant);
-      const fallback = config.fallback;
-      const instead =
-        fallback === "reject" || fallback === variant
-          ? "its requests get 503"
-          : balancer.hasHealthy(fallback)
-            ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
-            : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
-      log.warn({ variant, fallback }, `variant ${variant} has no healthy replica: ${instead}`);
+      log.info({ replica: change.id, from: change.from, to: change.to }, `replica ${change.id} is ${change.to}`);
+      reviewVariants();
     });
     const unfollow = engine.onChange((eps) => follow(eps));
     cleanups.push(unfollow);
@@ -307,6 +315,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     let stopping: Promise<void> | null = null;
     const stop = () =>
       (stopping ??= (async () => {
+        shuttingDown = true;
         log.info({ inFlight: inFlight(), adminInFlight: adminInFlight() }, "draining: no new connections; finishing in-flight requests");
         // Stop accepting; idle keep-alive connections close now, busy ones after their response. The admin listener
         // drains the same way rather than being cut off: a POST /v1/events whose write has started is stored even if

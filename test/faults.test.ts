@@ -439,3 +439,48 @@ test("a refused request is not assigned: it takes no turn of round-robin and lea
     await b.close();
   }
 });
+
+test("fallback is logged when the engine removes a variant's only replica (a crashed process), and when it is back", async () => {
+  const { pino } = await import("pino");
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const lines: { level: number; msg: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const dir = mkdtempSync(join(tmpdir(), "abgate-crash-"));
+  writeFileSync(
+    join(dir, "server.js"),
+    `require("node:http").createServer((req, res) => { res.end(process.env.ABGATE_VARIANT); if (req.url === "/crash") setTimeout(() => process.exit(3), 10); }).listen(Number(process.env.PORT), "127.0.0.1");`,
+  );
+  const gw = await testGateway(
+    {
+      engine: "process",
+      ports: { base: 23170 },
+      fallback: "control",
+      allowForce: true,
+      variants: [
+        { name: "control", command: ["node", "server.js"], cwd: dir, health: { path: "/", intervalMs: 100, timeoutMs: 500, rise: 1, fall: 5 } },
+        { name: "treatment", command: ["node", "server.js"], cwd: dir, health: { path: "/", intervalMs: 100, timeoutMs: 500, rise: 1, fall: 5 } },
+      ],
+    },
+    { log },
+  );
+  const until = async (what: RegExp) => {
+    const deadline = Date.now() + 10_000;
+    while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return lines.filter((l) => what.test(l.msg));
+  };
+  try {
+    await gw.health.waitHealthy(gw.engine.endpoints().map((e) => e.id), 10_000);
+    const res = await fetch(`${gw.proxyUrl}/crash`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
+    assert.equal(await res.text(), "treatment");
+    const down = await until(/variant treatment has no healthy replica/);
+    assert.equal(down.length, 1);
+    assert.match(down[0]!.msg, /served by control \(fallback\)/);
+    assert.equal((await until(/variant treatment has a healthy replica again/)).length, 1, "restarted by the engine, and healthy");
+  } finally {
+    await gw.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.equal(lines.filter((l) => /no healthy replica/.test(l.msg)).length, 1, "nothing more, not even while stopping");
+});
