@@ -392,11 +392,7 @@ test("fallback is logged once when a variant loses its last healthy replica, and
     { fallback: "control", variants: [{ name: "control", url: control.url }, { name: "treatment", url: `http://127.0.0.1:${port}`, health }] },
     { log },
   );
-  const until = async (what: RegExp) => {
-    const deadline = Date.now() + 5_000;
-    while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    return lines.filter((l) => what.test(l.msg));
-  };
+  const until = (what: RegExp) => logLines(lines, what, 5_000);
   try {
     await until(/replica treatment-0 is healthy/);
     assert.deepEqual(lines.filter((l) => /no healthy replica/.test(l.msg)), [], "not called down while starting");
@@ -465,11 +461,7 @@ test("fallback is logged when the engine removes a variant's only replica (a cra
     },
     { log },
   );
-  const until = async (what: RegExp) => {
-    const deadline = Date.now() + 10_000;
-    while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    return lines.filter((l) => what.test(l.msg));
-  };
+  const until = (what: RegExp) => logLines(lines, what, 10_000);
   try {
     await gw.health.waitHealthy(gw.engine.endpoints().map((e) => e.id), 10_000);
     const res = await fetch(`${gw.proxyUrl}/crash`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
@@ -484,3 +476,10 @@ test("fallback is logged when the engine removes a variant's only replica (a cra
   }
   assert.equal(lines.filter((l) => /no healthy replica/.test(l.msg)).length, 1, "nothing more, not even while stopping");
 });
+
+/** The captured log lines matching `what`, once there is one (or after `withinMs`). */
+async function logLines<L extends { msg: string }>(lines: L[], what: RegExp, withinMs: number): Promise<L[]> {
+  const deadline = Date.now() + withinMs;
+  while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  return lines.filter((l) => what.test(l.msg));
+}
