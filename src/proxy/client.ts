@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import { STATUS_CODES } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
 import { writeLatin1 } from "./direct-write.ts";
+import { expireAfterReads } from "./deadlines.ts";
 
 /**
  * The client half of the proxy: HTTP/1.1 connections parsed by Node's own parser (llhttp, through the same
@@ -572,16 +573,10 @@ export class ClientServer {
       const now = Date.now();
       let late: ClientConnection[] | null = null;
       for (const c of this.#connections) if (c.pastDeadline(now)) (late ??= []).push(c);
-      // Timers run before sockets are read: after the loop was held up, bytes that came in time (the rest of a head,
-      // the next request on an idle connection) would be refused as late before they are read. Expire in the check
-      // phase, after this turn's reads, whatever is still past its deadline then (as upstream.ts's sweeper does).
-      if (late !== null) {
-        const due = late;
-        setImmediate(() => {
-          const after = Date.now();
-          for (const c of due) if (this.#connections.has(c)) c.expire(after);
-        });
-      }
+      // expire() itself checks the deadlines again, at the time it is given
+      expireAfterReads(late, (c, after) => {
+        if (this.#connections.has(c)) c.expire(after);
+      });
     }, tickMs);
     this.#sweeper.unref();
   }

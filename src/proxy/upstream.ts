@@ -2,6 +2,7 @@ import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
 import { HOP_BY_HOP, connectionTokens } from "./headers.ts";
 import { writeLatin1 } from "./direct-write.ts";
+import { expireAfterReads } from "./deadlines.ts";
 
 /**
  * The upstream half of the proxy, written by hand: pooled keep-alive sockets per replica and a small HTTP/1.1
@@ -576,16 +577,9 @@ function ensureSweeper(): void {
     const now = (tickMs = Date.now());
     let late: UpstreamConnection[] | null = null;
     for (const c of busy) if (now > c.deadlineMs) (late ??= []).push(c);
-    // Node runs timers before it reads sockets: after the loop was held up (a GC, a busy core), an answer that came in
-    // time would be failed as late before it is read. The check phase comes after this turn's reads: expire what
-    // is still past its deadline then (nginx likewise handles ready events before expired timers).
-    if (late !== null) {
-      const due = late;
-      setImmediate(() => {
-        const after = Date.now();
-        for (const c of due) if (busy.has(c) && after > c.deadlineMs) c.expire();
-      });
-    }
+    expireAfterReads(late, (c, after) => {
+      if (busy.has(c) && after > c.deadlineMs) c.expire();
+    });
   }, SWEEP_INTERVAL_MS);
   sweeper.unref();
 }
