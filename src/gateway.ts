@@ -92,14 +92,14 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       }
     }
     // The bandit keeps each seen unit in its first variant; across a restart it remembers them from the store.
-    let seenUnits: [string, string][] | undefined;
-    if (config.strategy.kind === "bandit") {
+    const loadSeenUnits = async (): Promise<[string, string][] | undefined> => {
       try {
-        seenUnits = await store.recentUnits(config.experiment, DEFAULT_MAX_SEEN_UNITS);
+        return await store.recentUnits(config.experiment, DEFAULT_MAX_SEEN_UNITS);
       } catch (err) {
         log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot load the units seen so far; the bandit starts without them");
+        return undefined;
       }
-    }
+    };
     const strategyFrom = (from: StrategyState | undefined, seen?: [string, string][]) =>
       createStrategy(config.strategy.kind, {
         variants: config.variants.map((v) => ({ name: v.name, weight: v.weight })),
@@ -112,8 +112,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         seenUnits: seen,
         onWarning: (message) => log.warn(message),
       });
-    const strategy = strategyFrom(restore, seenUnits);
-    seenUnits = undefined; // now the strategy's
+    const strategy = strategyFrom(restore, config.strategy.kind === "bandit" ? await loadSeenUnits() : undefined);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
     const saveStrategy = (from = strategy) => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(from.snapshot()));
     await saveStrategy();

@@ -51,7 +51,7 @@ export type HealthLog = (level: "info" | "warn" | "error", msg: string, fields?:
 
 export interface HealthTrackerOptions {
   clock: Clock;
-  /** one active check; defaults to an HTTP GET (httpCheck) */
+  /** one active check; defaults to `check`: an HTTP GET of the path, or a TCP connect when the path is null */
   probe?: Probe;
   /** passive ejection after this many consecutive failures (connect errors, 5xx) */
   ejectAfterFailures: number;
