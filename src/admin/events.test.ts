@@ -2,7 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { RequestError } from "../errors.ts";
 import { MAX_UNIT_CHARS } from "../store/types.ts";
-import { MAX_ABS_VALUE, MAX_REQUEST_ID_CHARS, MAX_TS_MS, parseEvents } from "./events.ts";
+import { MAX_ABS_MEASURE as MAX_ABS_VALUE, MAX_ABS_TS_MS as MAX_TS_MS } from "../store/rollup.ts";
+import { MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
 
 const known = new Set(["watched"]);
 const NOW = 1_764_331_200_000;

@@ -3,10 +3,6 @@ import { MAX_ABS_MEASURE, MAX_ABS_TS_MS, storableText } from "../store/rollup.ts
 import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
 export const MAX_EVENTS_PER_REQUEST = 10_000;
-/** The store's bound on a value (why: MAX_ABS_MEASURE), checked here to name the field in the 400. */
-export const MAX_ABS_VALUE = MAX_ABS_MEASURE;
-/** The end of the JS Date range (year 275760): no Date can hold a later ts, which is usually nanoseconds sent as ms. */
-export const MAX_TS_MS = MAX_ABS_TS_MS;
 /** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */
 export const MAX_REQUEST_ID_CHARS = 512;
 /**
@@ -75,7 +71,8 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     }
     if (value !== undefined && value !== null) {
       if (typeof value !== "number" || !Number.isFinite(value)) throw bad(i, "value", "a finite number");
-      if (Math.abs(value) > MAX_ABS_VALUE) throw bad(i, "value", `at most ${MAX_ABS_VALUE} in absolute value (got ${value})`);
+      // The store's bound (why: MAX_ABS_MEASURE), checked here to name the field in the 400.
+      if (Math.abs(value) > MAX_ABS_MEASURE) throw bad(i, "value", `at most ${MAX_ABS_MEASURE} in absolute value (got ${value})`);
     }
     let tsMs = nowMs;
     if (ts !== undefined && ts !== null) {
@@ -86,7 +83,7 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
         tsMs = parsed;
       } else throw bad(i, "ts", TS_EXPECTED);
       if (!Number.isFinite(tsMs)) throw bad(i, "ts", "a valid time");
-      if (tsMs < 0 || tsMs > MAX_TS_MS) throw bad(i, "ts", `a time from 1970 on, at most ${MAX_TS_MS} milliseconds since the epoch (got ${JSON.stringify(ts)})`);
+      if (tsMs < 0 || tsMs > MAX_ABS_TS_MS) throw bad(i, "ts", `a time from 1970 on, at most ${MAX_ABS_TS_MS} milliseconds since the epoch (got ${JSON.stringify(ts)})`);
       // The stores keep whole milliseconds; truncating here too means what is parsed is what gets stored.
       tsMs = Math.trunc(tsMs);
     }
