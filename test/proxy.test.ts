@@ -157,6 +157,33 @@ test("the unit comes from header, query or cookie; a request without one gets a 
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], id);
 });
 
+test("the strategy is told which units the proxy made up (the bandit keeps those apart), for requests and upgrades", async () => {
+  const calls: [string, boolean | undefined][] = [];
+  const assign = gw.strategy.assign.bind(gw.strategy);
+  gw.strategy.assign = (unit, madeUp) => {
+    calls.push([unit, madeUp]);
+    return assign(unit, madeUp);
+  };
+  try {
+    await (await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "h1" } })).arrayBuffer();
+    await (await fetch(`${gw.proxyUrl}/echo?user=q1`)).arrayBuffer();
+    await (await fetch(`${gw.proxyUrl}/echo`, { headers: { cookie: "abgate_uid=c1" } })).arrayBuffer();
+    const res = await fetch(`${gw.proxyUrl}/echo`);
+    await res.arrayBuffer();
+    const made = /abgate_uid=([^;]+)/.exec(res.headers.get("set-cookie") ?? "")![1]!;
+    const upgrade = (unitHeader: string) =>
+      rawRequest(gw.proxyUrl, `GET /ws HTTP/1.1\r\nhost: x\r\n${unitHeader}connection: Upgrade\r\nupgrade: websocket\r\n\r\n`, 200);
+    await upgrade("x-user-id: w1\r\n");
+    await upgrade("");
+    assert.deepEqual(calls.slice(0, 5), [["h1", false], ["q1", false], ["c1", false], [made, true], ["w1", false]]);
+    assert.equal(calls.length, 6);
+    assert.match(calls[5]![0], /^[0-9a-f-]{36}$/);
+    assert.equal(calls[5]![1], true);
+  } finally {
+    delete (gw.strategy as { assign?: unknown }).assign;
+  }
+});
+
 test("a UTF-8 unit in a header or cookie is the same unit as in the query string", async () => {
   await fetch(`${gw.proxyUrl}/echo?user=${encodeURIComponent("zoë-😀")}`);
   const fromQuery = a.requests.at(-1)!.headers["x-abgate-unit"];

@@ -224,7 +224,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.forced = force !== undefined;
     // A refused request is not assigned: the strategy never sees its unit (the bandit remembers the units it
     // assigns, and a refused one may be 500 characters or a NUL).
-    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit) : "");
+    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit, unit === undefined) : "");
     this.served = this.assigned;
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
@@ -709,7 +709,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   if (scan.transferEncoding !== undefined || (scan.contentLength !== undefined && scan.contentLength !== "0")) {
     return refuse(400, "ABGATE_ERR_BAD_REQUEST", "an upgrade request must not have a body");
   }
-  const assigned = forced ? force : ctx.strategy.assign(unit);
+  const assigned = forced ? force : ctx.strategy.assign(unit, given === undefined);
   const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   const replica = ctx.balancer.pick(served);
   const record = (status: number) => {

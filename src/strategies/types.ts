@@ -36,8 +36,11 @@ export interface StrategyState {
  */
 export interface Strategy {
   readonly kind: StrategyKind;
-  /** The variant for this request. `unit` is always present (the proxy makes one up when the request has none). */
-  assign(unit: string): string;
+  /**
+   * The variant for this request. `unit` is always present: when the request names none, the proxy makes one up
+   * (and sets it in a cookie), and says so with `madeUp`.
+   */
+  assign(unit: string, madeUp?: boolean): string;
   /** Current weights by variant name (config order). */
   weights(): Record<string, number>;
   /**

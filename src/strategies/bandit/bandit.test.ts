@@ -219,4 +219,25 @@ describe("bandit: already-seen units keep their variant", () => {
     assert.equal(small.assign(mover), "treatment", "the oldest was forgotten, so it goes by the range table");
     assert.throws(() => make({ maxSeenUnits: -1 }), /maxSeenUnits must be an integer >= 0/);
   });
+
+  test("units the proxy made up are remembered apart: never-returning clients do not push out real users", () => {
+    const probe = make({ maxSeenUnits: 0 });
+    probe.observe(clearWinner);
+    const movers = ids(5000, "m").filter((u) => make().assign(u) === "control" && probe.assign(u) === "treatment");
+    const [user, cookie, forgotten] = movers;
+    assert.ok(forgotten, "units that move with the range table");
+
+    // maxSeenUnits 8: room for 8 units with ids, and 2 made up.
+    const s = make({ maxSeenUnits: 8 });
+    assert.equal(s.assign(user!), "control");
+    assert.equal(s.assign(cookie!, true), "control", "a made-up unit (its cookie is being set)");
+    for (const u of ids(100, "no-cookie")) s.assign(u, true); // a client that never sends the cookie back
+    assert.equal(s.assign(forgotten!, true), "control");
+    s.observe(clearWinner);
+    assert.equal(s.assign(user!), "control", "the real user was not pushed out by 100 made-up units");
+    assert.equal(s.assign(cookie!), "treatment", "a made-up unit pushed out by newer ones goes by the range table");
+    assert.equal(s.assign(forgotten!), "control", "a made-up unit that comes back with its id keeps its variant");
+    for (const u of ids(100, "no-cookie-2")) s.assign(u, true);
+    assert.equal(s.assign(forgotten!), "control", "and, back with its id, it is among the real users");
+  });
 });

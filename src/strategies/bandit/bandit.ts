@@ -15,6 +15,8 @@ export const DEFAULT_DRAWS = 10_000;
 export const DEFAULT_MAX_SEEN_UNITS = 1_000_000;
 /** And at most this many characters of unit ids in all (ids may be up to 512 characters): about 64-128 MB more. */
 export const MAX_SEEN_CHARS = 64 * 2 ** 20;
+/** Units the proxy made up (no id in the request) are remembered apart, at most a quarter as many (see `assign`). */
+const MADE_UP_SHARE = 4;
 
 /**
  * Thompson sampling (Thompson 1933) over the conversion rate of each variant, allocating traffic by the
@@ -40,7 +42,8 @@ export const MAX_SEEN_CHARS = 64 * 2 ** 20;
  *   (GrowthBook's sticky bucketing for bandits): by the range table alone, a shift from 50/50 to 1/99 moved half of
  *   all seen units to the other arm, which made them multi-variant units and mixed two treatments in one unit's
  *   outcomes. So the strategy remembers each unit's variant, up to `maxSeenUnits` (oldest forgotten first; a
- *   forgotten unit goes by the range table again), seeded at start with the units the store saw (`seenUnits`).
+ *   forgotten unit goes by the range table again; units the proxy made up are kept apart, see `assign`), seeded at
+ *   start with the units the store saw (`seenUnits`).
  *   While a unit's first variant is set to weight 0 (promote, rollback) it goes by the range table; it returns to
  *   its first variant if that variant comes back, as it would after a restart.
  */
@@ -61,11 +64,10 @@ export class BanditStrategy implements Strategy {
   readonly #configFile: number[];
   readonly #table: RangeTable;
   #probabilities: number[] | undefined;
-  /** unit -> index of the variant it was first given, in first-seen order */
-  readonly #seen = new Map<string, number>();
-  /** total length of the remembered units */
-  #seenChars = 0;
-  readonly #maxSeenUnits: number;
+  /** units that came with their id (header, query, cookie): the variant each was first given */
+  readonly #seen: UnitMemory;
+  /** units the proxy made up, until they come back with their id: then they move to `#seen` */
+  readonly #madeUp: UnitMemory;
 
   constructor(options: StrategyOptions) {
     const { names, weights } = validateVariants(options.variants);
@@ -87,38 +89,39 @@ export class BanditStrategy implements Strategy {
     const restored = restoreState(names, this.#configured, restore, edited);
     this.#weights = restored.weights;
     this.#table = restored.table;
-    this.#maxSeenUnits = options.maxSeenUnits ?? DEFAULT_MAX_SEEN_UNITS;
-    if (!(Number.isSafeInteger(this.#maxSeenUnits) && this.#maxSeenUnits >= 0)) {
+    const maxSeenUnits = options.maxSeenUnits ?? DEFAULT_MAX_SEEN_UNITS;
+    if (!(Number.isSafeInteger(maxSeenUnits) && maxSeenUnits >= 0)) {
       throw new InvalidArgumentError(`maxSeenUnits must be an integer >= 0, got ${String(options.maxSeenUnits)}`);
     }
+    this.#seen = new UnitMemory(maxSeenUnits, MAX_SEEN_CHARS);
+    this.#madeUp = new UnitMemory(Math.ceil(maxSeenUnits / MADE_UP_SHARE), MAX_SEEN_CHARS / MADE_UP_SHARE);
     for (const [unit, variant] of options.seenUnits ?? []) {
       const i = names.indexOf(variant);
-      if (i >= 0) this.#remember(unit, i);
+      if (i >= 0) this.#seen.remember(unit, i);
     }
   }
 
-  assign(unit: string): string {
-    const known = this.#seen.get(unit);
+  /**
+   * A unit the proxy made up (`madeUp`: the request named none, and it gets the id in a cookie) is remembered apart,
+   * and moves to the main memory when it comes back with its id. Clients that never send the cookie back (scripts,
+   * health probes, crawlers) make up a new unit on every request: in one memory they pushed out the real users,
+   * whose next visit then went by the range table of that day, in another arm. A made-up unit that does come back
+   * after being forgotten goes by the range table too, as it would have without the memory.
+   */
+  assign(unit: string, madeUp = false): string {
+    let known = madeUp ? undefined : this.#seen.get(unit);
+    if (known === undefined && !madeUp) {
+      known = this.#madeUp.take(unit);
+      if (known !== undefined) this.#seen.remember(unit, known);
+    }
     // The configured weight, not the one in force: with floor 0 Thompson sampling can set an arm to 0 by itself,
     // which must not release its units; only setWeights (0, promote, rollback) does.
     if (known !== undefined && this.#configured[known]! > 0) return this.#names[known]!;
     const variant = this.#table.lookup(bucketOf(fnv1a32Update(this.#prefix, unit), this.#hash));
     // A unit whose first variant is switched off goes by the table but keeps its first variant in memory: it goes
     // back when the variant does, as it would after a restart, where the memory is the store's first variants.
-    if (known === undefined) this.#remember(unit, this.#names.indexOf(variant));
+    if (known === undefined) (madeUp ? this.#madeUp : this.#seen).remember(unit, this.#names.indexOf(variant));
     return variant;
-  }
-
-  #remember(unit: string, variant: number): void {
-    if (this.#maxSeenUnits === 0) return;
-    this.#seen.set(unit, variant);
-    this.#seenChars += unit.length;
-    // Map iterates in insertion order: the first key is the unit seen longest ago.
-    while (this.#seen.size > this.#maxSeenUnits || this.#seenChars > MAX_SEEN_CHARS) {
-      const oldest = this.#seen.keys().next().value!;
-      this.#seen.delete(oldest);
-      this.#seenChars -= oldest.length;
-    }
   }
 
   weights(): Record<string, number> {
@@ -188,5 +191,46 @@ export class BanditStrategy implements Strategy {
   #apply(weights: number[]): void {
     this.#weights = weights;
     this.#table.rebalance(shareMap(this.#names, weights));
+  }
+}
+
+/** Units and the index of the variant each was first given, bounded in count and characters, oldest forgotten first. */
+class UnitMemory {
+  /** in first-seen order: a Map iterates in insertion order */
+  readonly #variants = new Map<string, number>();
+  #chars = 0;
+  readonly #maxUnits: number;
+  readonly #maxChars: number;
+
+  constructor(maxUnits: number, maxChars: number) {
+    this.#maxUnits = maxUnits;
+    this.#maxChars = maxChars;
+  }
+
+  get(unit: string): number | undefined {
+    return this.#variants.get(unit);
+  }
+
+  /** The unit's variant, forgetting the unit. */
+  take(unit: string): number | undefined {
+    const variant = this.#variants.get(unit);
+    if (variant !== undefined) {
+      this.#variants.delete(unit);
+      this.#chars -= unit.length;
+    }
+    return variant;
+  }
+
+  remember(unit: string, variant: number): void {
+    if (this.#maxUnits === 0) return;
+    const before = this.#variants.size;
+    this.#variants.set(unit, variant);
+    if (this.#variants.size === before) return;
+    this.#chars += unit.length;
+    while (this.#variants.size > this.#maxUnits || this.#chars > this.#maxChars) {
+      const oldest = this.#variants.keys().next().value!;
+      this.#variants.delete(oldest);
+      this.#chars -= oldest.length;
+    }
   }
 }
