@@ -170,6 +170,6 @@ describe("SRM under weight changes", () => {
     assert.match(bad.decision.reason, /^Sample ratio mismatch/);
     const young = buildReport(input(RAMP, HALF, { srmWindow: { since: NOW - 60_000, units: { control: 3 } } })).report;
     assert.equal(young.srm.judged, false);
-    assert.match(young.srm.note, /not judged until every variant has 8 units since .* \(control: 3, treatment: 0\)/);
+    assert.match(young.srm.note, /not judged until every variant has 8 units first exposed from .* on \(the first whole minute under the current weights\) \(control: 3, treatment: 0\)/);
   });
 });

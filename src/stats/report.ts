@@ -398,7 +398,9 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
   const useWindow = window !== undefined && Number.isFinite(window.since);
   const counted = useWindow ? variants.map((v) => ({ ...v, units: Math.max(0, window.units[v.name] ?? 0) })) : variants;
   const since = useWindow ? isoOrNull(window.since) : null;
-  const scope = since !== null ? ` since ${since}, when the current weights were first seen in force` : "";
+  // `since` is the first whole minute after the weights were first seen in force (the store counts new units per
+  // minute), so for a report made within a minute of a change it is still ahead of `generatedAt`.
+  const scope = since !== null ? ` first exposed from ${since} on (the first whole minute under the current weights)` : "";
   const weighted = counted.filter((v) => v.weight > 0);
   const result = srmTest(
     counted.map((v) => v.units),
