@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { seededRandom, type RandomSource } from "../clock.ts";
-import { DEFAULT_TAU2_STANDARDIZED, mixtureSprt, runningMinimum } from "./sequential.ts";
+import { DEFAULT_TAU2_STANDARDIZED, meanIncreaseSequential, mixtureSprt, oneSidedMixtureSprt, runningMinimum } from "./sequential.ts";
 import { proportionTest } from "./frequentist.ts";
 import { sequentialUnits } from "./power.ts";
 
@@ -98,5 +98,32 @@ describe("mSPRT by simulation", () => {
     assert.equal(runningMinimum(0.2, null), 0.2);
     assert.equal(runningMinimum(undefined, 0.3), 0.3);
     assert.equal(runningMinimum(0.2, 0.3), 0.2);
+  });
+
+  it("the metric's unit does not matter: values of 1e100 or 1e-90 give the evidence of values near 1", () => {
+    // V·(V + τ²) overflowed to Infinity (or underflowed to 0) from about 1e80 (1e-80): ln Λ was NaN, read as p = 0,
+    // which the running minimum then kept for good. One event of 1e100 rolled an experiment back.
+    const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b));
+    for (const [diff, varDiff, tau2] of [
+      [0.3, 0.09, 1e-3],
+      [-0.02, 1e-4, 1e-3],
+      [0.05, 1e-4, 1e-4],
+    ] as const) {
+      const plain = mixtureSprt({ diff, varDiff, tau2 });
+      const plainOneSided = oneSidedMixtureSprt({ diff, varDiff, tau2 });
+      for (const unit of [1e-150, 1e-90, 1e80, 1e100, 1e150]) {
+        const scaled = mixtureSprt({ diff: diff * unit, varDiff: varDiff * unit * unit, tau2: tau2 * unit * unit });
+        assert.ok(close(scaled.logLambda!, plain.logLambda!), `${unit}: ln Λ ${scaled.logLambda} against ${plain.logLambda}`);
+        assert.ok(close(scaled.pValue!, plain.pValue!));
+        assert.ok(close(scaled.ci![0] / unit, plain.ci![0]) && close(scaled.ci![1] / unit, plain.ci![1]), `${unit}: ${scaled.ci}`);
+        const oneSided = oneSidedMixtureSprt({ diff: diff * unit, varDiff: varDiff * unit * unit, tau2: tau2 * unit * unit });
+        assert.ok(close(oneSided.logLambda!, plainOneSided.logLambda!) && close(oneSided.pValue!, plainOneSided.pValue!), `${unit}: one-sided`);
+      }
+    }
+    // The guardrail's test, as the audit met it: 200 units a side, values 0-20, and one treatment unit's value 1e100.
+    const values = Array.from({ length: 200 }, (_, i) => i % 21);
+    const sample = (xs: number[]) => ({ n: xs.length, sum: xs.reduce((a, b) => a + b, 0), sumSquares: xs.reduce((a, b) => a + b * b, 0) });
+    const guard = meanIncreaseSequential(sample(values), sample([...values.slice(1), 1e100]), 1.2, 0, DEFAULT_TAU2_STANDARDIZED);
+    assert.ok(guard.pValue! > 0.05, `one huge value is no evidence of an increase: p = ${guard.pValue}`);
   });
 });

@@ -23,14 +23,33 @@ export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
     if (diff === 0) return { logLambda: 0, pValue: 1, ci: [0, 0], error: "ZERO_VARIANCE" };
     return { logLambda: null, pValue: null, ci: null, error: "ZERO_VARIANCE" };
   }
-  const total = varDiff + tau2;
-  const logLambda = 0.5 * Math.log(varDiff / total) + (tau2 * diff * diff) / (2 * varDiff * total);
-  const pValue = logLambda <= 0 ? 1 : Math.exp(-logLambda);
-  const halfWidth = Math.sqrt(((varDiff * total) / tau2) * (Math.log(total) - Math.log(varDiff) - 2 * Math.log(alpha)));
+  const { q, lnOnePlusQ, w, z } = scaleFree(diff, varDiff, tau2);
+  // ln Λ = -½ ln(1 + q) + ½ w z², and the half-width √V · √(1/w · (ln(1 + q) - 2 ln α)): the formulas above with V
+  // and τ² only as their ratio, so that metrics in large or small units (1e100, 1e-90: V·(V + τ²) leaves the double
+  // range) give the same answer as in units near 1.
+  const logLambda = -0.5 * lnOnePlusQ + 0.5 * w * z * z;
+  const halfWidth = Math.sqrt(varDiff) * Math.sqrt((q === Infinity ? 1 : (1 + q) / q) * (lnOnePlusQ - 2 * Math.log(alpha)));
   const ci: [number, number] | null = Number.isFinite(halfWidth) ? [diff - halfWidth, diff + halfWidth] : null;
-  // A variance so small that Λ overflows: the evidence is beyond what a double can hold, p is 0.
-  if (!Number.isFinite(logLambda)) return { logLambda: null, pValue: 0, ci };
-  return { logLambda, pValue, ci };
+  if (Number.isNaN(logLambda)) return { logLambda: null, pValue: null, ci: null, error: "INVALID_INPUT" };
+  // An estimate so many standard errors out that z² overflows: the evidence is beyond what a double holds, p is 0.
+  if (logLambda === Infinity) return { logLambda: null, pValue: 0, ci };
+  return { logLambda, pValue: logLambda <= 0 ? 1 : Math.exp(-logLambda), ci };
+}
+
+/**
+ * The mixture's terms as ratios of like quantities: q = τ²/V, w = τ²/(V + τ²) = q/(1 + q) and the z-score
+ * z = D/√V. V and τ² both scale with the square of the metric's unit, so these do not depend on it.
+ */
+function scaleFree(diff: number, varDiff: number, tau2: number): { q: number; lnOnePlusQ: number; w: number; z: number } {
+  const q = tau2 / varDiff;
+  // q overflows only for a V near the smallest doubles against an ordinary τ²; ln(1 + q) is then ln τ² - ln V.
+  const finite = q !== Infinity;
+  return {
+    q,
+    lnOnePlusQ: finite ? Math.log1p(q) : Math.log(tau2) - Math.log(varDiff),
+    w: finite ? q / (1 + q) : 1,
+    z: diff / Math.sqrt(varDiff),
+  };
 }
 
 /**
@@ -74,19 +93,20 @@ export function oneSidedMixtureSprt(input: { diff: number; varDiff: number; tau2
     return { logLambda: null, pValue: null, error: "INVALID_INPUT" };
   }
   if (varDiff === 0) return diff > 0 ? { logLambda: null, pValue: null, error: "ZERO_VARIANCE" } : { logLambda: null, pValue: 1, error: "ZERO_VARIANCE" };
-  const total = varDiff + tau2;
-  if (!(diff > 0)) return { logLambda: 0.5 * Math.log(varDiff / total) + Math.log(2 * phiExpSquare(diff, varDiff, tau2, total)), pValue: 1 };
-  const x = (diff * Math.sqrt(tau2)) / Math.sqrt(varDiff * total);
+  // As in mixtureSprt, in scale-free terms: ln Λ = ln 2 - ½ ln(1 + q) + ½ w z² + ln Φ(x), x = z √w = D·τ/√(V(V + τ²)).
+  const { lnOnePlusQ, w, z } = scaleFree(diff, varDiff, tau2);
+  const x = z * Math.sqrt(w);
+  if (!(diff > 0)) return { logLambda: -0.5 * lnOnePlusQ + Math.log(2 * phiExpSquare(x)), pValue: 1 };
   // ln Φ(x) for x > 0, from the upper tail: Φ(x) = 1 - erfc(x/√2)/2 ∈ (1/2, 1]
   const logPhi = Math.log1p(-0.5 * erfc(x / Math.SQRT2));
-  const logLambda = Math.LN2 + 0.5 * Math.log(varDiff / total) + (tau2 * diff * diff) / (2 * varDiff * total) + logPhi;
-  if (!Number.isFinite(logLambda)) return { logLambda: null, pValue: 0 };
+  const logLambda = Math.LN2 - 0.5 * lnOnePlusQ + 0.5 * w * z * z + logPhi;
+  if (Number.isNaN(logLambda)) return { logLambda: null, pValue: null, error: "INVALID_INPUT" };
+  if (logLambda === Infinity) return { logLambda: null, pValue: 0 };
   return { logLambda, pValue: logLambda <= 0 ? 1 : Math.exp(-logLambda) };
 }
 
 /** exp(x²/2)·Φ(x) for x = D·τ/√(V(V + τ²)) ≤ 0 (only for ln Λ when D ≤ 0, which p does not need). */
-function phiExpSquare(diff: number, varDiff: number, tau2: number, total: number): number {
-  const x = (diff * Math.sqrt(tau2)) / Math.sqrt(varDiff * total);
+function phiExpSquare(x: number): number {
   const value = Math.exp(0.5 * x * x) * 0.5 * erfc(-x / Math.SQRT2);
   // below x ≈ -38 both factors leave the double range; the Mills-ratio asymptote 1/(|x|√(2π)) is exact enough there
   return Number.isFinite(value) && value > 0 ? value : 1 / (Math.abs(x) * Math.sqrt(2 * Math.PI));
