@@ -173,3 +173,15 @@ describe("SRM under weight changes", () => {
     assert.match(young.srm.note, /not judged until every variant has 8 units first exposed from .* on \(the first whole minute under the current weights\) \(control: 3, treatment: 0\)/);
   });
 });
+
+describe("chance to win", () => {
+  it("is null for an arm without units: its posterior would be the prior, not evidence", () => {
+    const { report } = buildReport(input({ control: [388, 0], treatment: [412, 9], empty: [0, 0] }, { control: 50, treatment: 50, empty: 0 }));
+    const byVariant = Object.fromEntries(report.metrics[0]!.comparisons.map((c) => [c.variant, c]));
+    assert.ok(byVariant.treatment!.chanceToWin! > 0.99);
+    assert.equal(byVariant.empty!.chanceToWin, null);
+    assert.equal(byVariant.empty!.error, "ZERO_UNITS");
+    const none = buildReport(input({ control: [0, 0], treatment: [0, 0] }, HALF)).report;
+    assert.equal(none.metrics[0]!.comparisons[0]!.chanceToWin, null, "an experiment without units yet");
+  });
+});

@@ -448,7 +448,9 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
     const r = proportionTest(c.proportion, t.proportion, { alpha });
     Object.assign(out, { absolute: r.absolute, relative: r.relative, pValue: r.pValue });
     if (r.error) out.error = r.error;
-    if (metric.kind === "conversion") out.chanceToWin = chanceToWin(c.proportion, t.proportion);
+    // With no units in an arm its posterior is the Beta(1,1) prior: a number, but no evidence (an empty arm "won"
+    // 99.7% against 0 of 388 conversions).
+    if (metric.kind === "conversion" && c.units > 0 && t.units > 0) out.chanceToWin = chanceToWin(c.proportion, t.proportion);
     const n = c.proportion.units + t.proportion.units;
     const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
     pooledVariance = pooled * (1 - pooled);
