@@ -291,3 +291,52 @@ describe("oneSidedMixtureSprt", () => {
     assert.ok(few > 0.3, `0/5000 vs 3/5000: ${few}`);
   });
 });
+
+describe("guardrails and the split", () => {
+  // Three arms: b has five times the control's error rate, c the control's; "watched" has no difference.
+  const errors = { control: { units: 3000, conversions: 30 }, b: { units: 3000, conversions: 150 }, c: { units: 3000, conversions: 31 } };
+  const watched = { control: { units: 3000, conversions: 300 }, b: { units: 3000, conversions: 300 }, c: { units: 3000, conversions: 301 } };
+  const aggregates: ExperimentAggregates = {
+    experiment: "g",
+    variants: ["control", "b", "c"].map((variant) => ({ variant, units: 3000, requests: 3000, fallbackRequests: 0 })),
+    multiVariantUnits: 0,
+    forcedRequests: 0,
+    firstExposureTs: 0,
+    lastExposureTs: 0,
+    metrics: [
+      { name: "watched", kind: "conversion", byVariant: watched },
+      { name: "errors", kind: "error_rate", byVariant: errors },
+    ] as ExperimentAggregates["metrics"],
+  };
+  const metrics: MetricConfig[] = [
+    { name: "watched", kind: "conversion", event: "watched" },
+    { name: "errors", kind: "error_rate", guardrail: { maxAbsoluteIncrease: 0.01 } },
+  ];
+  const decision = (weights: [number, number, number]) =>
+    buildReport({
+      experiment: "g",
+      variants: ["control", "b", "c"].map((name, i) => ({ name, weight: weights[i]! })),
+      aggregates,
+      metrics,
+      analysis: { alpha: ALPHA, srmThreshold: 0.001, correction: "holm" },
+      now: 0,
+    }).report.decision;
+
+  it("a treatment that breaks a guardrail asks for a rollback, and says the others can go on without it", () => {
+    const d = decision([34, 33, 33]);
+    assert.equal(d.action, "rollback");
+    assert.match(d.reason, /b breaks the errors guardrail/);
+    assert.match(d.reason, /Or set b to weight 0 to go on with c\.$/);
+  });
+
+  it("once that treatment is at weight 0, its broken guardrail no longer decides for the others", () => {
+    const d = decision([50, 0, 50]);
+    assert.equal(d.action, "continue", d.reason);
+  });
+
+  it("with every treatment at weight 0 (rolled back), the broken guardrail still says rollback", () => {
+    const d = decision([100, 0, 0]);
+    assert.equal(d.action, "rollback");
+    assert.doesNotMatch(d.reason, /Or set/);
+  });
+});

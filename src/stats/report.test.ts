@@ -185,3 +185,11 @@ describe("chance to win", () => {
     assert.equal(none.metrics[0]!.comparisons[0]!.chanceToWin, null, "an experiment without units yet");
   });
 });
+
+describe("the decision counts the treatments in the split", () => {
+  it("every treatment in the split significantly worse is a rollback, even beside an empty variant at weight 0", () => {
+    const { report } = buildReport(input({ control: [5000, 600], treatment: [5000, 400], off: [0, 0] }, { control: 50, treatment: 50, off: 0 }));
+    assert.equal(report.decision.action, "rollback", report.decision.reason);
+    assert.match(report.decision.reason, /treatment is significantly worse/);
+  });
+});

@@ -606,7 +606,8 @@ interface DecisionInput {
  * The verdict, in this order: nothing to analyse → continue; a guardrail significantly broken → rollback (safety
  * first, even under SRM); SRM → continue (the split itself is suspect); the primary metric (first conversion or
  * mean metric) won by a treatment with the sequential test at alpha after correction → promote; every treatment
- * significantly worse → rollback; otherwise continue, with the units the best treatment still needs.
+ * significantly worse → rollback; otherwise continue, with the units the best treatment still needs. Guardrails and
+ * "every treatment worse" count only the treatments in the split (weight > 0), unless none is.
  */
 function decide(d: DecisionInput): Decision {
   const cont = (reason: string, unitsNeeded?: number | null): Decision => ({ action: "continue", variant: null, reason, ...(unitsNeeded !== undefined ? { unitsNeeded } : {}) });
@@ -614,11 +615,23 @@ function decide(d: DecisionInput): Decision {
   if (d.variants.length < 2) return cont(`Only one variant (${d.control}) is configured: there is nothing to compare it with.`);
   if (d.totalUnits === 0) return cont("No exposures yet: no unit has been routed to any variant, so there is nothing to analyse.");
 
-  const broken = d.guardrails.filter((g) => !g.ok);
+  // The treatments in the split: a variant set to weight 0 is out of it, and its results no longer decide what to do
+  // with the others (its broken guardrail would otherwise ask for a rollback for good, since the always-valid p keeps
+  // its running minimum). With every treatment off, all of them count, as before the split changed.
+  const inSplit = new Set(d.variants.filter((v) => v.name !== d.control && v.weight > 0).map((v) => v.name));
+  const decides = (variant: string) => inSplit.size === 0 || inSplit.has(variant);
+  const broken = d.guardrails.filter((g) => !g.ok && decides(g.variant));
   if (broken.length > 0) {
     const list = broken.map((g) => `${g.variant} breaks the ${g.name} guardrail: ${g.detail}`).join("; ");
-    return { action: "rollback", variant: d.control, reason: `Roll back to ${d.control}: ${list}.` };
+    const brokenVariants = new Set(broken.map((g) => g.variant));
+    const others = [...inSplit].filter((v) => !brokenVariants.has(v));
+    const alternative =
+      others.length > 0
+        ? ` Or set ${[...brokenVariants].join(" and ")} to weight 0 to go on with ${others.join(", ")}.`
+        : "";
+    return { action: "rollback", variant: d.control, reason: `Roll back to ${d.control}: ${list}.${alternative}` };
   }
+  const offAndBroken = [...new Set(d.guardrails.filter((g) => !g.ok).map((g) => g.variant))];
   if (d.srm.mismatch) {
     return cont(
       `Sample ratio mismatch: ${d.srm.note.split(";")[0]}. The split itself is suspect, so no result can be trusted; check assignment, fallback and weight changes before deciding.`,
@@ -649,12 +662,13 @@ function decide(d: DecisionInput): Decision {
       reason:
         `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
         `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
-        `Guardrails hold and the split matches the weights${d.srm.judged ? "" : " (SRM not judged yet)"}.` +
+        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""} and the split matches the weights${d.srm.judged ? "" : " (SRM not judged yet)"}.` +
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
     };
   }
-  const losers = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[1] < 0);
-  if (losers.length > 0 && losers.length === primary.comparisons.length) {
+  const deciding = primary.comparisons.filter((c) => decides(c.variant));
+  const losers = deciding.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[1] < 0);
+  if (losers.length > 0 && losers.length === deciding.length) {
     return {
       action: "rollback",
       variant: d.control,
