@@ -6,7 +6,7 @@ import { MAX_ABS_MEASURE as MAX_ABS_VALUE, MAX_ABS_TS_MS as MAX_TS_MS } from "..
 import { MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
 
 const known = new Set(["watched"]);
-const NOW = 1_764_331_200_000;
+const NOW = Date.UTC(2027, 0, 1); // after every time the tests send as valid
 const parse = (body: unknown) => parseEvents(body, "exp", known, NOW);
 
 function refused(body: unknown, re: RegExp): void {
@@ -30,13 +30,22 @@ test("values: |value| up to 1e150, beyond it refused with the index and field", 
   refused({ unit: "u", event: "watched", value: 1e151 }, /^value: /);
 });
 
-test("ts: 0..8.64e15 ms (the Date range) as a number or an ISO string, fractional ms truncated as the stores keep them", () => {
+test("ts: a number of ms or an ISO string, from 1970 to an hour ahead of the server, fractional ms truncated as the stores keep them", () => {
   const ev = (ts: unknown) => ({ unit: "u", event: "watched", ts });
-  assert.deepEqual(parse([ev(0), ev(MAX_TS_MS), ev(1764331200000.9), ev("2026-11-28T12:00:00.123Z"), ev(null)]).map((e) => e.ts), [0, 8.64e15, 1764331200000, 1795867200123, NOW]);
-  for (const ts of [8.7e15, 1764331200000000000, 1e300, MAX_TS_MS + 1, -1, -0.5, "1969-12-31T23:59:59.999Z", "0000-01-01T00:00:00Z"]) {
-    refused([ev(1), ev(ts)], /^events\[1\]\.ts: /);
+  const ahead = NOW + 3_600_000;
+  assert.deepEqual(
+    parse([ev(1e11), ev(ahead), ev(1764331200000.9), ev("2026-11-28T12:00:00.123Z"), ev("1970-01-01T00:00:00Z"), ev(null)]).map((e) => e.ts),
+    [1e11, ahead, 1764331200000, 1795867200123, 0, NOW],
+  );
+  for (const ts of [8.7e15, 1764331200000000000, 1e300, MAX_TS_MS + 1, -1, -0.5, "1969-12-31T23:59:59.999Z", "0000-01-01T00:00:00Z", 0, ahead + 1]) {
+    refused([ev(NOW), ev(ts)], /^events\[1\]\.ts: /);
   }
   refused(ev(1e300), /^ts: .*8640000000000000/);
+  // Seconds for milliseconds: the event would land in 1970, before every first exposure, and count for nothing.
+  refused(ev(1_795_867_200), /^ts: milliseconds since the epoch: 1795867200 is 1970-01-21T18:51:07\.200Z; seconds instead of milliseconds\?$/);
+  // Microseconds for milliseconds, or a time zone mistake: ahead of the server's clock.
+  refused(ev(1_795_867_200_000_000), /^ts: a time at most an hour ahead of the server's clock: .* is \d+ days ahead of 2027-01-01T00:00:00\.000Z$/);
+  refused(ev("2027-01-01T05:30:00+00:00"), /^ts: a time at most an hour ahead of the server's clock: 2027-01-01T05:30:00\.000Z is 5\.5 hours ahead/);
   for (const ts of ["2026-13-45T99:00:00Z", "9999-99-99T00:00:00Z"]) refused([ev(ts)], /^events\[0\]\.ts: a valid time/);
 });
 
@@ -68,11 +77,11 @@ test("ts strings: a strict ISO 8601 date-time with a zone, read the same whereve
   assert.deepEqual(parse(cases.map(([ts]) => ev(ts))).map((e) => e.ts), cases.map(([, ms]) => ms));
   // Date.parse moves these to real times (March 2, the next day, ...): refused, naming index and field.
   for (const ts of ["2026-02-30T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T12:00:00Z", "2026-11-28T24:00:00Z", "2026-11-28T23:60:00Z", "2026-11-28T23:59:60Z", "2026-11-28T12:00:00+24:00", "2026-00-10T12:00:00Z"]) {
-    refused([ev(1), ev(ts)], /^events\[1\]\.ts: a valid time/);
+    refused([ev(NOW), ev(ts)], /^events\[1\]\.ts: a valid time/);
   }
   // Without a zone Date.parse takes the server's local zone; other shapes are not ISO 8601 date-times.
   for (const ts of ["2026-11-28T12:00:00", "2026-11-28T12:00:00.000", "2026-11-28", "2026-11-28 12:00:00Z", "2026-11-28T12:00:00+0200", "2026-11-28T12:00:00+02", "2026-11-28T12:00:00Z ", "2026-11-28t12:00:00z", "Sat, 28 Nov 2026 12:00:00 GMT", "+002026-11-28T12:00:00Z"]) {
-    refused([ev(1), ev(ts)], /^events\[1\]\.ts: an ISO 8601 time with a zone \(Z or ±hh:mm\)/);
+    refused([ev(NOW), ev(ts)], /^events\[1\]\.ts: an ISO 8601 time with a zone \(Z or ±hh:mm\)/);
   }
   refused(ev("2026-11-28T12:00:00"), /^ts: an ISO 8601 time with a zone/);
   refused(ev("0070-01-01T00:00:00Z"), /^ts: a time from 1970 on/); // year 70, which Date.UTC would read as 1970

@@ -13,6 +13,17 @@ export const MAX_REQUEST_ID_CHARS = 512;
 const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(?:Z|([+-])(\d{2}):(\d{2}))$/;
 const TS_EXPECTED = "an ISO 8601 time with a zone (Z or ±hh:mm) like 2026-11-28T12:00:00Z, or milliseconds since the epoch";
 const FIELDS = new Set(["unit", "event", "value", "ts", "requestId"]);
+/**
+ * How far ahead of this server's clock an event's time may be: clocks drift by seconds, not hours. An event dated
+ * later (a local time sent as UTC, microseconds for milliseconds) would count for metrics without a window as if it
+ * happened now, and for windowed ones never.
+ */
+export const MAX_EVENT_AHEAD_MS = 3_600_000;
+/**
+ * Numbers below this (1973-03-03) are refused as seconds sent for milliseconds: such an event lands in 1970,
+ * before every unit's first exposure, where the analysis would drop it without a word.
+ */
+const MIN_TS_MS_NUMBER = 1e11;
 
 /**
  * Milliseconds since the epoch of an ISO 8601 date-time with a zone (fractions of a ms truncated, as the stores keep
@@ -84,6 +95,12 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
       } else throw bad(i, "ts", TS_EXPECTED);
       if (!Number.isFinite(tsMs)) throw bad(i, "ts", "a valid time");
       if (tsMs < 0 || tsMs > MAX_ABS_TS_MS) throw bad(i, "ts", `a time from 1970 on, at most ${MAX_ABS_TS_MS} milliseconds since the epoch (got ${JSON.stringify(ts)})`);
+      if (typeof ts === "number" && tsMs < MIN_TS_MS_NUMBER) {
+        throw bad(i, "ts", `milliseconds since the epoch: ${ts} is ${new Date(tsMs).toISOString()}; seconds instead of milliseconds?`);
+      }
+      if (tsMs > nowMs + MAX_EVENT_AHEAD_MS) {
+        throw bad(i, "ts", `a time at most an hour ahead of the server's clock: ${new Date(tsMs).toISOString()} is ${describeAhead(tsMs - nowMs)} ahead of ${new Date(nowMs).toISOString()}`);
+      }
       // The stores keep whole milliseconds; truncating here too means what is parsed is what gets stored.
       tsMs = Math.trunc(tsMs);
     }
@@ -97,4 +114,10 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     out[i] = { experiment, unit, event, value: typeof value === "number" ? value : null, ts: tsMs, requestId: typeof requestId === "string" ? requestId : null };
   }
   return out;
+}
+
+/** "3.5 hours", "12 days": how far ahead an event's time is, for the message refusing it. */
+function describeAhead(ms: number): string {
+  const hours = ms / 3_600_000;
+  return hours < 48 ? `${Number(hours.toFixed(1))} hours` : `${Math.round(hours / 24)} days`;
 }
