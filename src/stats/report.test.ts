@@ -193,3 +193,40 @@ describe("the decision counts the treatments in the split", () => {
     assert.match(report.decision.reason, /treatment is significantly worse/);
   });
 });
+
+describe("a metric's definition", () => {
+  it("a metric redefined (another event, window or τ²) starts its evidence afresh; an unchanged one keeps it", () => {
+    const first = buildReport(input(WORSE, HALF));
+    const key = "watched/treatment";
+    assert.ok(first.sequentialState[key]! < 0.001, "strong evidence at the first look");
+    assert.equal(typeof first.sequentialState["watched#definition"], "number");
+    const even: Arms = { control: [3000, 300], treatment: [3000, 300] };
+    const same = buildReport(input(even, HALF, { previousSequential: first.sequentialState }));
+    assert.equal(same.sequentialState[key], first.sequentialState[key], "same definition: the running minimum is kept");
+    for (const changed of [
+      [{ name: "watched", kind: "conversion", event: "clicked" }],
+      [{ name: "watched", kind: "conversion", event: "watched", windowMs: 3_600_000 }],
+    ] as MetricConfig[][]) {
+      const next = buildReport(input(even, HALF, { metrics: changed, previousSequential: first.sequentialState }));
+      assert.equal(next.report.metrics[0]!.comparisons[0]!.pValueSequential, 1, JSON.stringify(changed));
+      assert.equal(next.sequentialState[`${key}#lower`]! <= 0 && next.sequentialState[`${key}#upper`]! >= 0, true, "a fresh interval");
+    }
+    const otherTau = buildReport(input(even, HALF, { analysis: { alpha: 0.05, srmThreshold: 0.001, correction: "holm", tau2: 0.01 }, previousSequential: first.sequentialState }));
+    assert.equal(otherTau.report.metrics[0]!.comparisons[0]!.pValueSequential, 1);
+    // A state saved before definitions were kept has none: its evidence is kept, and the definition saved from now on.
+    const { ["watched#definition"]: _, ...old } = first.sequentialState;
+    const upgraded = buildReport(input(even, HALF, { previousSequential: old }));
+    assert.equal(upgraded.sequentialState[key], first.sequentialState[key]);
+  });
+
+  it("a mean metric whose events all carry 0 says so, naming the event, not the metric", () => {
+    const metrics: MetricConfig[] = [{ name: "minutes", kind: "mean", event: "watched" }];
+    const zero = { n: 100, sum: 0, sumSquares: 0 };
+    const base = input({ control: [100, 0], treatment: [100, 0] }, HALF, { metrics });
+    const { report } = buildReport({
+      ...base,
+      aggregates: { ...base.aggregates, metrics: [{ name: "minutes", kind: "mean", byVariant: { control: zero, treatment: zero } }] },
+    });
+    assert.match(report.decision.reason, /no "watched" events with a value other than 0 have been attributed to them/);
+  });
+});

@@ -1,5 +1,6 @@
 import type { MetricConfig } from "../config/index.ts";
 import type { ExperimentAggregates, MeanStats, MetricAggregate, ProportionStats } from "../store/types.ts";
+import { fnv1a32 } from "../strategies/fnv.ts";
 import { chanceToWin } from "./bayes.ts";
 import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
 import { adjustPValues } from "./multiple.ts";
@@ -38,8 +39,10 @@ export interface ReportInput {
    * `sequentialState` of the previous report: running minima of the sequential p-values keyed `${metric}/${variant}`,
    * and the running intersections of the always-valid intervals keyed `${metric}/${variant}#lower`, `#upper` and
    * `#alpha` (lower > upper: the intersection is empty), and the guardrails' running minima of their always-valid
-   * one-sided p keyed `${metric}/${variant}#guardrail-relative=${limit}` / `#guardrail-absolute=${limit}`. States saved
-   * before the intersections or the guardrail minima were kept load too; those start at the next look.
+   * one-sided p keyed `${metric}/${variant}#guardrail-relative=${limit}` / `#guardrail-absolute=${limit}`, and a
+   * fingerprint of each metric's definition keyed `${metric}#definition` (when it changes, that metric's entries are
+   * dropped). States saved before the intersections, the guardrail minima or the fingerprints were kept load too;
+   * those start at the next look.
    */
   previousSequential?: Record<string, number>;
   /**
@@ -256,7 +259,8 @@ export function buildReport(input: ReportInput): ReportOutput {
 
   // Metrics, in config order. The aggregate list is in config order too, but match by name to be safe.
   const aggByName = new Map(agg.metrics.map((m) => [m.name, m]));
-  const primaryName = input.metrics.find((m) => m.kind === "conversion" || m.kind === "mean")?.name ?? null;
+  const primaryConfig = input.metrics.find((m) => m.kind === "conversion" || m.kind === "mean");
+  const primaryName = primaryConfig?.name ?? null;
   // Carry every finite entry over (also of metrics no longer configured); the state may come from JSON in the store.
   const sequentialState: Record<string, number> = {};
   for (const [k, v] of Object.entries(previous)) if (typeof v === "number" && Number.isFinite(v)) sequentialState[k] = v;
@@ -267,20 +271,30 @@ export function buildReport(input: ReportInput): ReportOutput {
     const metric = aggByName.get(config.name) ?? emptyAggregate(config);
     const role: MetricRole = config.name === primaryName ? "primary" : config.kind === "latency" || config.kind === "error_rate" ? "guardrail" : "secondary";
     if (control === null) continue;
+    // A metric whose definition changed (kind, event, window, or the mixture's τ²) tests another hypothesis: the
+    // evidence gathered under the old one must not carry over, or a metric switched to another event would keep
+    // the old event's running minimum p and interval.
+    const definitionKey = `${config.name}#definition`;
+    const { event, windowMs } = config as { event?: string; windowMs?: number };
+    const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized]));
+    const redefined = typeof previous[definitionKey] === "number" && previous[definitionKey] !== definition;
+    const prior = redefined ? {} : previous;
+    if (redefined) for (const k of Object.keys(sequentialState)) if (k.startsWith(`${config.name}/`)) delete sequentialState[k];
+    sequentialState[definitionKey] = definition;
     const c = armStats(metric, control);
     const comparisons: Comparison[] = [];
     for (const variant of treatments) {
       const t = armStats(metric, variant);
       const comparison = compare(metric, variant, c, t, alpha, tau2Standardized);
       const key = `${config.name}/${variant}`;
-      comparison.pValueSequential = runningMinimum(storedP(previous, key), comparison.pValueSequential);
+      comparison.pValueSequential = runningMinimum(storedP(prior, key), comparison.pValueSequential);
       if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
       // The running intersection of the always-valid intervals (Johari et al. 2017 §4; Howard et al. 2021): every
       // look's interval covers the true difference with probability 1 - alpha simultaneously over all looks, so their
       // intersection does too. It only shrinks: once it lies on one side of 0, the direction is settled for good, and
       // if it becomes empty no constant difference fits every look (a novelty effect, a fix deployed mid-experiment,
       // a drifting population): that is reported and nothing is decided on it.
-      const previousCi = readInterval(previous, key);
+      const previousCi = readInterval(prior, key);
       const running = intersect(previousCi !== undefined && previousCi.alpha === alpha ? previousCi : undefined, comparison.sequentialCi, alpha);
       if (running !== undefined) {
         writeInterval(sequentialState, key, running);
@@ -288,7 +302,7 @@ export function buildReport(input: ReportInput): ReportOutput {
         if (running.ci === null) comparison.sequentialError = "NON_STATIONARY";
       }
       comparisons.push(comparison);
-      if (config.guardrail) guardrails.push(guardrail(metric, config.guardrail, variant, c, t, alpha, tau2Standardized, previous, sequentialState));
+      if (config.guardrail) guardrails.push(guardrail(metric, config.guardrail, variant, c, t, alpha, tau2Standardized, prior, sequentialState));
     }
     metrics.push({ name: config.name, kind: metric.kind, role, control: { units: c.units, value: c.value }, comparisons });
   }
@@ -315,7 +329,7 @@ export function buildReport(input: ReportInput): ReportOutput {
   }
 
   const dataQuality = dataQualityOf(agg, variants);
-  const decision = decide({ variants, control, totalUnits, totalWeight, srm, metrics, guardrails, primaryName, alpha, tau2Standardized, familySize: family.length, correction, aggregates: agg });
+  const decision = decide({ variants, control, totalUnits, totalWeight, srm, metrics, guardrails, primaryName, primaryEvent: (primaryConfig as { event?: string } | undefined)?.event ?? null, alpha, tau2Standardized, familySize: family.length, correction, aggregates: agg });
 
   const report: Report = {
     experiment: input.experiment,
@@ -595,6 +609,8 @@ interface DecisionInput {
   metrics: MetricReport[];
   guardrails: GuardrailReport[];
   primaryName: string | null;
+  /** the event the primary metric counts */
+  primaryEvent: string | null;
   alpha: number;
   tau2Standardized: number;
   familySize: number;
@@ -640,7 +656,10 @@ function decide(d: DecisionInput): Decision {
   if (d.primaryName === null) return cont("No conversion or mean metric is configured, so there is no primary metric to decide on.");
   const primary = d.metrics.find((m) => m.name === d.primaryName)!;
   const primaryAgg = d.aggregates.metrics.find((m) => m.name === d.primaryName);
-  if (!hasOutcomes(primaryAgg)) return cont(`No outcomes for the primary metric "${d.primaryName}" yet: units are being exposed, but no "${d.primaryName}" events have arrived.`);
+  if (!hasOutcomes(primaryAgg)) {
+    const what = primary.kind === "mean" ? `no "${d.primaryEvent}" events with a value other than 0` : `no "${d.primaryEvent}" events`;
+    return cont(`No outcomes for the primary metric "${d.primaryName}" yet: units are being exposed, but ${what} have been attributed to them.`);
+  }
   const drifting = primary.comparisons.filter((c) => c.sequentialError === "NON_STATIONARY");
   if (drifting.length > 0) {
     return cont(
