@@ -320,6 +320,8 @@ describe("buildReport", () => {
     assert.match(text, /Metric watched \(conversion, primary\)/);
     assert.match(text, /treatment\s+5000\s+13%\s+\+3 pp \[\+[\d.]+ pp, \+[\d.]+ pp\]\s+\+30% \[/);
     assert.match(text, /Guardrails\n\s+metric\s+variant\s+status/);
+    assert.match(text, /Metric watched \(conversion, primary\)\n\s+variant\s+units\s+value/);
+    assert.match(text, /Metric latency \(latency, guardrail\)\n\s+variant\s+requests\s+value/, "latency is per request");
     assert.match(text, /Decision: PROMOTE treatment/);
     assert.ok(!/NaN|Infinity|undefined/.test(text), text);
   });

@@ -69,7 +69,8 @@ export function formatReportTable(report: Report): string {
     }
     out.push(
       ...table(
-        ["variant", "units", "value", `difference [${confidence} CI]`, `relative [${confidence} CI]`, "p", "p adj", "p seq", "P(win)", "significant"],
+        // latency and error rate are per request: their n counts requests
+        ["variant", m.kind === "latency" || m.kind === "error_rate" ? "requests" : "units", "value", `difference [${confidence} CI]`, `relative [${confidence} CI]`, "p", "p adj", "p seq", "P(win)", "significant"],
         rows,
         [false, true, true, false, false, true, true, true, true, false],
       ).map((l) => `  ${l}`),
