@@ -312,6 +312,15 @@ describe("buildReport", () => {
     assert.match(report.dataQuality.notes.join("\n"), /17 forced requests .* left out/);
   });
 
+  it("units of a variant no longer in the config (renamed, removed) are named in a note, not dropped silently", () => {
+    const base = input(CLEAR_WIN);
+    const aggregates = { ...base.aggregates, otherVariants: [{ variant: "old-model", units: 700, requests: 2100, fallbackRequests: 0 }] };
+    const { report } = buildReport({ ...base, aggregates });
+    assert.deepEqual(report.variants.map((v) => v.name), ["control", "treatment"]);
+    assert.match(report.dataQuality.notes.join("\n"), /variants no longer in the config are left out of the analysis: old-model \(700 units, 2100 requests\)/);
+    assert.ok(!buildReport(base).report.dataQuality.notes.some((n) => n.includes("no longer in the config")));
+  });
+
   it("formatReportTable prints a readable table with the decision", () => {
     const { report } = buildReport(input(CLEAR_WIN));
     const text = formatReportTable(report);

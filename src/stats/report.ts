@@ -590,6 +590,12 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): D
     notes.push(`${agg.multiVariantUnits} units were assigned to more than one variant; each counts for its first variant only (intention to treat)`);
   }
   if (fallbackRequests > 0) notes.push(`${fallbackRequests} requests were answered by another variant (fallback); they count for the assigned variant`);
+  // A variant renamed or removed in the config: its units are still in the store, and must not vanish silently.
+  const gone = (agg.otherVariants ?? []).filter((v) => v.units > 0 || v.requests > 0);
+  if (gone.length > 0) {
+    const list = gone.map((v) => `${v.variant} (${v.units} units, ${v.requests} requests)`).join(", ");
+    notes.push(`units first assigned to variants no longer in the config are left out of the analysis: ${list}`);
+  }
   return {
     forcedRequests: agg.forcedRequests,
     multiVariantUnits: agg.multiVariantUnits,

@@ -177,14 +177,13 @@ export async function aggregateExperiment(
     }
   }
 
+  const totals = (v: string) => ({ variant: v, units: units.get(v) ?? 0, requests: num(req.get(v)?.requests), fallbackRequests: num(req.get(v)?.fallback) });
+  const named = new Set(variants);
+  const others = [...new Set([...units.keys(), ...req.keys()])].filter((v) => !named.has(v)).sort();
   return {
     experiment,
-    variants: variants.map((v) => ({
-      variant: v,
-      units: units.get(v) ?? 0,
-      requests: num(req.get(v)?.requests),
-      fallbackRequests: num(req.get(v)?.fallback),
-    })),
+    variants: variants.map(totals),
+    otherVariants: others.map(totals),
     multiVariantUnits,
     forcedRequests,
     metrics: out,

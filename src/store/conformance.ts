@@ -297,6 +297,11 @@ export function storeConformance(factory: StoreFactory): void {
       await second.writeExposures([x("u2", 90_000, "treatment"), x("u6", 90_000, "treatment")]);
       const agg = await second.aggregate("exp", ["control", "treatment"], metrics);
       assert.deepEqual(agg.variants.map((v) => v.units), [5, 2]);
+      assert.deepEqual(agg.otherVariants, []);
+      // A variant renamed in the config: its units and requests are reported apart, not lost.
+      const renamed = await second.aggregate("exp", ["control", "model-b"], metrics);
+      assert.deepEqual(renamed.variants.map((v) => v.units), [5, 0]);
+      assert.deepEqual(renamed.otherVariants, [{ variant: "treatment", units: 2, requests: 6, fallbackRequests: 1 }]);
       assert.equal(agg.multiVariantUnits, 3);
     });
 

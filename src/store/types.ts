@@ -61,6 +61,8 @@ export interface VariantTotals {
 export interface ExperimentAggregates {
   experiment: string;
   variants: VariantTotals[];
+  /** variants the store has units or requests for that the caller did not name (renamed or removed from the config) */
+  otherVariants?: VariantTotals[];
   /** units exposed (non-forced) to more than one assigned variant */
   multiVariantUnits: number;
   forcedRequests: number;
