@@ -66,3 +66,15 @@ describe("chanceToWin with a small arm against a huge one", () => {
     );
   });
 });
+
+describe("chance to win near 1", () => {
+  it("keeps the chance to lose: the small side is summed directly (mpmath: 1 - P = 5.147008907e-14)", () => {
+    const a = arm(1e7, 1e6);
+    const b = arm(1e7, 1.01e6);
+    const p = chanceToWin(a, b)!;
+    const lose = chanceToWin(b, a)!;
+    closeRel(lose, 5.147008907e-14, 1e-8, "P(b < a)");
+    assert.ok(Math.abs(1 - p - 5.147008907e-14) < 2e-16, `1 - P = ${1 - p} (was 9.4e-10)`);
+    assert.equal(p + lose, 1);
+  });
+});

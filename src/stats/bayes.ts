@@ -20,7 +20,15 @@ import type { ProportionSample } from "./types.ts";
  * takes over (see `normalApproximation`).
  */
 export function chanceToWin(control: ProportionSample, treatment: ProportionSample): number | null {
-  return chanceToWinDetail(control, treatment)?.p ?? null;
+  const detail = chanceToWinDetail(control, treatment);
+  if (detail === null) return null;
+  // A sum near 1 carries its relative error (1e-8 at 10^7 units) as an absolute one, far above a chance to lose of
+  // 5e-14: 1 - P came out 18,000 times too large. The small side, summed directly, keeps its relative precision.
+  if (detail.p > 0.5 && detail.method !== "normal") {
+    const lose = chanceToWinDetail(treatment, control);
+    if (lose !== null) return 1 - lose.p;
+  }
+  return detail.p;
 }
 
 /** How `chanceToWin` got its answer: which of the four equivalent sums (or the normal approximation), and its length. */

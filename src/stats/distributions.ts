@@ -356,8 +356,10 @@ export function studentTQuantile(p: number, df: number): number {
   const upper = p > 0.5;
   const q = upper ? 1 - p : p; // tail probability, ≤ 0.5
   let t: number;
-  if (df === 1) t = Math.tan(Math.PI * (0.5 - q));
-  else if (df === 2) t = Math.sqrt(2 / (4 * q * (1 - q)) - 2);
+  // Closed forms (Cauchy; df 2: t = (1 - 2q)/√(2q(1 - q))), written so that no difference of near-equal numbers
+  // costs digits: tan(π(1/2 - q)) lost them for a small q, and 2/(4q(1 - q)) - 2 for q near 1/2.
+  if (df === 1) t = 1 / Math.tan(Math.PI * q);
+  else if (df === 2) t = (1 - 2 * q) / Math.sqrt(2 * q * (1 - q));
   else {
     const z = -normalQuantile(q);
     const z3 = z * z * z;
@@ -377,11 +379,13 @@ export function studentTQuantile(p: number, df: number): number {
       if (f > 0) lo = Math.max(lo, t);
       else hi = Math.min(hi, t);
       let next = t + f / studentTPdf(t, df);
-      if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-      if (Math.abs(next - t) <= 1e-15 * Math.abs(next)) {
+      // Converged before the bracket test: a step under an ULP lands on a bound just set to t, and bisecting from
+      // there threw away an exact start (then Newton crawled back up a steep tail and ran out of steps).
+      if (Math.abs(next - t) <= 1e-15 * Math.abs(t)) {
         t = next;
         break;
       }
+      if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
       t = next;
     }
   }

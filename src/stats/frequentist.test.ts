@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { seededRandom, type RandomSource } from "../clock.ts";
-import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle } from "./frequentist.ts";
+import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
+import { studentTQuantile } from "./distributions.ts";
+import { meanIncreaseSequential } from "./sequential.ts";
 import { adjustPValues } from "./multiple.ts";
 import { mixtureSprt } from "./sequential.ts";
 
@@ -88,5 +90,38 @@ describe("bad options are refused, not replaced by defaults", () => {
     assert.throws(() => adjustPValues([0.01], "xyz" as "holm"), /method must be "holm", "bh" or "none", got "xyz"/);
     assert.deepEqual(adjustPValues([0.01, 1.5, -0.2, 0.04], "holm"), [0.02, null, null, 0.04]);
     assert.deepEqual(adjustPValues([1 + 1e-15], "none"), [1], "rounding above 1 is still a p of 1");
+  });
+});
+
+describe("numerical edges found by an audit (references: scipy)", () => {
+  it("sums of squares no data could give are INVALID_INPUT, not a variance of 0", () => {
+    // Σx² = 500 < (Σx)²/n = 1000: was read as a control with no variance at all (p = 0.037).
+    const impossible = { n: 10, sum: 100, sumSquares: 500 };
+    const other = { n: 10, sum: 120, sumSquares: 1500 };
+    assert.equal(meanTest(impossible, other).error, "INVALID_INPUT");
+    assert.equal(meanTest(other, impossible).error, "INVALID_INPUT");
+    assert.equal(welchOneSidedIncrease(impossible, other, 1.2, 0).error, "INVALID_INPUT");
+    assert.equal(meanIncreaseSequential(impossible, other, 1.2, 0, 1e-3).error, "INVALID_INPUT");
+    // Exactly no variance, and rounding just below it, are data.
+    assert.equal(meanTest({ n: 10, sum: 100, sumSquares: 1000 }, other).error, undefined);
+    assert.equal(meanTest({ n: 3, sum: 0.3, sumSquares: 0.03 * (1 - 1e-12) }, other).error, undefined);
+  });
+
+  it("confidence intervals at a small alpha come from the lower tail (1 - alpha/2 rounded the digits away)", () => {
+    close(proportionTest(arm(1000, 100), arm(1000, 120), { alpha: 1e-10 }).absolute.ci![1], 0.11044488302246462, "alpha 1e-10", 1e-14);
+    close(proportionTest(arm(1000, 100), arm(1000, 120), { alpha: 1e-16 }).absolute.ci![1], 0.13614829556857835, "alpha 1e-16 (was null)", 1e-14);
+    assert.ok(meanTest({ n: 50, sum: 500, sumSquares: 5200 }, { n: 50, sum: 550, sumSquares: 6300 }, { alpha: 1e-16 }).absolute.ci !== null);
+  });
+
+  it("student t quantiles: converged in the far tail at a huge df, and df 1 and 2 without cancellation", () => {
+    close(studentTQuantile(1e-120, 1e8), -23.3341068880014, "q 1e-120, df 1e8 (was -23.0963)", 1e-12);
+    close(studentTQuantile(0.50000001, 2), 2.8284271389583564e-8, "df 2 near the median (was 5% off)", 1e-7);
+    close(studentTQuantile(1e-12, 1), -318309886183.7907, "df 1 far tail", 1e-12);
+  });
+
+  it("srmTest: counts or weights beyond the doubles do not pass for evidence", () => {
+    assert.deepEqual(srmTest([1e308, 1e308], [1, 1]), { chiSquare: null, df: 1, pValue: null, error: "INVALID_INPUT" });
+    close(srmTest([10, 20], [1e308, 1e308]).pValue, srmTest([10, 20], [1, 1]).pValue!, "huge equal weights are equal weights");
+    assert.equal(proportionTest(arm(1e308, 1e307), arm(1e308, 2e307)).error, "INVALID_INPUT");
   });
 });

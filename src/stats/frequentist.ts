@@ -45,10 +45,13 @@ export function proportionTest(control: ProportionSample, treatment: ProportionS
     return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "INVALID_INPUT" };
   }
   if (nC === 0 || nT === 0) return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "ZERO_UNITS" };
+  // Beyond this the pooled rate's sums overflow (and no experiment counts 10^308 units).
+  if (nC + nT === Infinity) return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "INVALID_INPUT" };
   const pC = cC / nC;
   const pT = cT / nT;
   const diff = pT - pC;
-  const q = normalQuantile(1 - alpha / 2);
+  // From the lower tail: 1 - alpha/2 rounds away the digits a small alpha needs (and to 1 at alpha = 1e-16).
+  const q = -normalQuantile(alpha / 2);
   const varC = (pC * (1 - pC)) / nC;
   const varT = (pT * (1 - pT)) / nT;
   const absolute = interval(diff, q * Math.sqrt(varC + varT));
@@ -66,6 +69,17 @@ export function proportionTest(control: ProportionSample, treatment: ProportionS
   const result: ProportionTestResult = { z, pValue: twoSidedNormalP(z), absolute, relative };
   if (error) result.error = error;
   return result;
+}
+
+/**
+ * Sums that no data could give: Σx² below (Σx)²/n by more than rounding (Cauchy–Schwarz), which meanAndVariance
+ * would clamp to a variance of 0 and so read as certainty. The tolerance is relative: sums of 10^7 doubles carry
+ * about 1e-9 of relative error.
+ */
+export function impossibleMeanSample(s: MeanSample): boolean {
+  if (!(s.n > 0)) return false;
+  const deficit = s.sum * (s.sum / s.n) - s.sumSquares;
+  return deficit > 1e-6 * s.sumSquares;
 }
 
 /** Sample mean and unbiased variance from sufficient statistics; variance clamped at 0 against rounding. */
@@ -96,7 +110,7 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
   const alpha = alphaOf(options.alpha);
   const empty = { t: null, df: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL };
   const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares];
-  if (alpha === null || !all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0) {
+  if (alpha === null || !all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0 || impossibleMeanSample(control) || impossibleMeanSample(treatment)) {
     return { ...empty, error: "INVALID_INPUT" };
   }
   if (control.n === 0 || treatment.n === 0) return { ...empty, error: "ZERO_UNITS" };
@@ -132,7 +146,7 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
     // variances so small (subnormal) that diff / se overflows: as good as zero variance
     return { ...empty, absolute: { estimate: diff, ci: null }, relative: { estimate: finiteOrNull(relativeEstimate), ci: null }, error: "ZERO_VARIANCE" };
   }
-  const q = studentTQuantile(1 - alpha / 2, df);
+  const q = -studentTQuantile(alpha / 2, df);
   const absolute = interval(diff, q * se);
   let relative: Interval = NO_INTERVAL;
   let error: StatsErrorCode | undefined;
@@ -153,6 +167,7 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
  * V_T + k²V_C with Welch–Satterthwaite df for that weighted sum (Satterthwaite 1946), so no delta method is needed.
  */
 export function welchOneSidedIncrease(control: MeanSample, treatment: MeanSample, k: number, c: number): { estimate: number | null; pValue: number | null; error?: StatsErrorCode } {
+  if (impossibleMeanSample(control) || impossibleMeanSample(treatment)) return { estimate: null, pValue: null, error: "INVALID_INPUT" };
   if (control.n < 2 || treatment.n < 2) return { estimate: null, pValue: null, error: control.n === 0 || treatment.n === 0 ? "ZERO_UNITS" : "TOO_FEW_UNITS" };
   const cm = meanAndVariance(control);
   const tm = meanAndVariance(treatment);
@@ -246,19 +261,24 @@ export function srmTest(observed: number[], weights: number[]): SrmResult {
   if (observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
     return { chiSquare: null, df: null, pValue: null, error: "INVALID_INPUT" };
   }
-  const weightSum = weights.reduce((s, w) => s + w, 0);
+  // Weights relative to the largest, so that their sum cannot overflow (only their shares matter).
+  const maxWeight = Math.max(0, ...weights);
+  const weightSum = maxWeight > 0 ? weights.reduce((s, w) => s + w / maxWeight, 0) : 0;
   // Shares first: a weight too small to matter next to the others counts as 0 rather than dividing by 0.
-  const arms = observed.map((o, i) => ({ o, share: weightSum > 0 ? weights[i]! / weightSum : 0 })).filter((a) => a.share > 0);
+  const arms = observed.map((o, i) => ({ o, share: weightSum > 0 ? weights[i]! / maxWeight / weightSum : 0 })).filter((a) => a.share > 0);
   if (arms.length < 2) return { chiSquare: null, df: null, pValue: null, error: "SINGLE_ARM" };
   const total = arms.reduce((s, a) => s + a.o, 0);
   const df = arms.length - 1;
   if (total === 0) return { chiSquare: null, df, pValue: null, error: "ZERO_UNITS" };
+  // Counts whose total leaves the doubles: no statistic can be computed from them (it came out NaN, read as p = 0).
+  if (total === Infinity) return { chiSquare: null, df, pValue: null, error: "INVALID_INPUT" };
   const shareSum = arms.reduce((s, a) => s + a.share, 0);
   let chiSquare = 0;
   for (const a of arms) {
     const expected = (total * a.share) / shareSum;
     chiSquare += ((a.o - expected) * (a.o - expected)) / expected;
   }
+  if (Number.isNaN(chiSquare)) return { chiSquare: null, df, pValue: null, error: "INVALID_INPUT" };
   if (!Number.isFinite(chiSquare)) return { chiSquare: null, df, pValue: 0 };
   return { chiSquare, df, pValue: chiSquareSf(chiSquare, df) };
 }

@@ -42,7 +42,7 @@ export function fixedHorizonUnits(input: SampleSizeInput): number | null {
   if (!usable(input)) return null;
   const alpha = input.alpha ?? 0.05;
   const power = input.power ?? 0.8;
-  const z = normalQuantile(1 - alpha / 2) + normalQuantile(power);
+  const z = -normalQuantile(alpha / 2) + normalQuantile(power);
   const n = Math.ceil((z * z * varianceFactor(input)) / (input.effect * input.effect));
   return Number.isFinite(n) ? n : null;
 }

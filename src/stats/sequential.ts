@@ -1,5 +1,5 @@
 import { erfc } from "./distributions.ts";
-import { alphaOf, meanAndVariance, restrictedMle } from "./frequentist.ts";
+import { alphaOf, impossibleMeanSample, meanAndVariance, restrictedMle } from "./frequentist.ts";
 import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSprtResult, OneSidedSprtResult, ProportionSample } from "./types.ts";
 
 /**
@@ -122,7 +122,7 @@ function phiExpSquare(x: number): number {
 export function meanIncreaseSequential(control: MeanSample, treatment: MeanSample, k: number, c: number, tau2Standardized: number): GuardrailSequentialResult {
   const none = { estimate: null, variance: null, logLambda: null, pValue: null };
   const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares, k, c, tau2Standardized];
-  if (!all.every(Number.isFinite) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0 || !(k > 0) || !(tau2Standardized > 0)) {
+  if (!all.every(Number.isFinite) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0 || !(k > 0) || !(tau2Standardized > 0) || impossibleMeanSample(control) || impossibleMeanSample(treatment)) {
     return { ...none, error: "INVALID_INPUT" };
   }
   if (control.n < 2 || treatment.n < 2) return { ...none, error: control.n === 0 || treatment.n === 0 ? "ZERO_UNITS" : "TOO_FEW_UNITS" };

@@ -66,7 +66,7 @@ export function fmtTime(ms: number | string | null | undefined): string {
  */
 export function waldInterval(p: number | null | undefined, n: number | null | undefined, alpha: number): [number, number] | null {
   if (!finite(p) || !finite(n) || n <= 0) return null;
-  const z = normalQuantile(1 - alpha / 2);
+  const z = -normalQuantile(alpha / 2);
   const half = z * Math.sqrt((p * (1 - p)) / n);
   return [Math.max(0, p - half), Math.min(1, p + half)];
 }
