@@ -59,3 +59,48 @@ test("ps, logs (merged and followed, prefixed by replica) and down", async (t) =
   await ps(config, { docker, out: (l) => empty.push(l) });
   assert.match(empty[0], /no containers of experiment/);
 });
+
+test("up refuses to start when the experiment's listen port is taken, before it removes any container", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { createServer } = await import("node:net");
+  const { mkdtempSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { runCli } = await import("./helpers/cli.ts");
+  const dir = writeServiceContext();
+  const work = mkdtempSync(join(tmpdir(), "abgate-up-busy-"));
+  t.after(() => {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
+  });
+  const experiment = uniqueExperiment("busy");
+  const config = testConfig({ experiment, ports: { base: 19190 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }, { name: "treatment", build: dir, buildArgs: { BASE_IMAGE } }] });
+  // The running experiment: its replicas, and (standing in for its abgate) something on its listen port.
+  const engine = new DockerEngine(config, { stopTimeoutS: 1, log: () => {} });
+  t.after(() => engine.stop());
+  await engine.start();
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen({ host: "127.0.0.1", port: 0 }, resolve));
+  t.after(() => busy.close());
+  const port = (busy.address() as { port: number }).port;
+  writeFileSync(
+    join(work, "abgate.yaml"),
+    [
+      `experiment: ${experiment}`,
+      "engine: docker",
+      `listen: 127.0.0.1:${port}`,
+      "admin: { listen: 127.0.0.1:0 }",
+      `store: sqlite:${join(work, "abgate.db")}`,
+      "ports: { base: 19190 }",
+      "variants:",
+      `  - { name: control, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
+      `  - { name: treatment, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
+    ].join("\n"),
+  );
+  const res = await runCli(["up", "-c", join(work, "abgate.yaml")]);
+  assert.equal(res.code, 1, res.stderr);
+  assert.match(res.stderr, new RegExp(`listen 127\\.0\\.0\\.1:${port} is in use: is this experiment already running \\(abgate up or serve\\)\\? Nothing was started or removed\\.`));
+  const running = await listExperimentContainers(docker, config);
+  assert.deepEqual(running.map((c) => c.State), ["running", "running"], "the running experiment's replicas are untouched");
+});

@@ -88,6 +88,10 @@ program
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
+    // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
+    // are taken because the experiment already runs (another `up` or `serve`), that took its replicas away and then
+    // failed to listen.
+    await assertListenersFree(config);
     const engine = await createEngine(config, { log: (l, m, f) => log[l](f ?? {}, m) });
     const started = Date.now();
     // Signals are caught from the first moment: Ctrl-C during a build or the health wait must still remove
@@ -116,6 +120,22 @@ program
     out("removing the experiment's replicas...");
     await engine.stop();
   });
+
+/** Fails (exit 1) when the proxy's or the admin listener's address cannot be bound, naming it and the likely cause. */
+async function assertListenersFree(config: Config): Promise<void> {
+  const { createServer } = await import("node:net");
+  for (const [key, at] of [["listen", config.listen], ["admin.listen", config.admin.listen]] as const) {
+    if (at.port === 0) continue;
+    await new Promise<void>((resolve, reject) => {
+      const server = createServer();
+      server.once("error", (err: NodeJS.ErrnoException) => {
+        const why = err.code === "EADDRINUSE" ? "is in use: is this experiment already running (abgate up or serve)?" : `cannot be listened on (${err.code ?? err.message})`;
+        reject(new AbgateError(`${key} ${at.host}:${at.port} ${why} Nothing was started or removed.`, "ABGATE_ERR_LISTEN", { cause: err }));
+      });
+      server.listen({ host: at.host, port: at.port }, () => server.close(() => resolve()));
+    });
+  }
+}
 
 /**
  * Whether the engine's replicas are containers, which `ps`, `logs` and `down` find through Docker by label and
