@@ -130,6 +130,25 @@ test("two experiments on one host: stopping one never touches the other's contai
   await waitFor("b answers", () => get(`http://127.0.0.1:${eb.endpoints()[0].port}/health`));
 });
 
+test("stop while start is creating the replicas (Ctrl-C during up) leaves no container behind", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({ experiment: uniqueExperiment("race"), ports: { base: 19140 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 8 }] });
+  const engine = new DockerEngine(config, { ...fast, log: quiet });
+  t.after(() => engine.stop());
+  const starting = engine.start(quiet);
+  starting.catch(() => {});
+  // Replicas, not the image build's passing containers (they carry the image's labels too).
+  const replicas = async () => (await listExperimentContainers(docker, config)).filter((c) => c.Labels[LABEL.replica] !== undefined);
+  // Stop as soon as the first replica's container exists: the other seven are being created.
+  await waitFor("a first replica", async () => (await replicas()).length > 0, 60_000, 5);
+  await engine.stop();
+  await assert.rejects(starting, /stopped while starting/);
+  assert.deepEqual(await replicas(), [], "every container created, also after stop began, is removed");
+});
+
 test("a replica that dies leaves the endpoints at once, is restarted with backoff and comes back", async (t) => {
   const docker = await requireDocker(t);
   if (!docker) return;

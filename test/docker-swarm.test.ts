@@ -80,3 +80,23 @@ test("swarm: one-task services on host networking, endpoints follow the tasks, a
   assert.equal((await docker.listServices({ filters: { label: [`abgate.experiment=${experiment}`] } })).length, 0);
   await again.stop();
 });
+
+test("swarm: stop while start is creating the services (Ctrl-C during up) leaves no service behind", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  client = docker;
+  await swarm(docker);
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({ experiment: uniqueExperiment("swrace"), engine: "swarm", ports: { base: 19820 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 6 }] });
+  const engine = await createEngine(config, { log: () => {} });
+  t.after(() => engine.stop());
+  const services = async () => docker.listServices({ filters: { label: [`abgate.experiment=${config.experiment}`] } });
+  const starting = engine.start();
+  starting.catch(() => {});
+  // Stop as soon as the first service exists: the others are being created one after another.
+  await waitFor("a first service", async () => (await services()).length > 0, 60_000, 5);
+  await engine.stop();
+  await assert.rejects(starting, /stopped while starting/);
+  assert.deepEqual(await services(), [], "no service created after stop began is left");
+});

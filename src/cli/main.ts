@@ -102,7 +102,10 @@ program
     });
     let gw: Gateway | undefined;
     try {
-      await Promise.race([engine.start((line) => out(line)), interrupted]);
+      const starting = engine.start((line) => out(line));
+      // After an interrupt it goes on in the background until its next step sees the engine stopped, and rejects.
+      starting.catch(() => undefined);
+      await Promise.race([starting, interrupted]);
       gw = await Promise.race([startGateway(config, { log, engine }), interrupted]);
       const ids = engine.endpoints().map((e) => e.id);
       out(`waiting for ${ids.length} replicas to become healthy...`);

@@ -94,6 +94,8 @@ export class DockerEngine implements Engine {
   readonly #replicas = new Map<string, Replica>();
   #images = new Map<string, string>();
   #stopping = false;
+  /** the replicas' creation while `start` runs it (settled, never rejecting): `stop` waits for it before removing */
+  #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
   #eventsAttempt = 0;
   #eventsTimer?: TimerHandle;
@@ -131,13 +133,17 @@ export class DockerEngine implements Engine {
     }
     const variants = this.#config.variants;
     // one build at a time: parallel builds on a small machine only interleave their output and take as long
-    for (const v of variants) this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+    for (const v of variants) {
+      this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+      this.#throwIfStopped();
+    }
     const stale = await listExperimentContainers(this.#docker, this.#config);
     if (stale.length) {
       onProgress(`removing ${stale.length} stale container(s) of experiment ${this.#config.experiment}`);
       await Promise.all(stale.map((c) => this.#remove(c.Id, 0)));
     }
     const ports = await allocatePorts(variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
+    this.#throwIfStopped();
     for (const v of variants) {
       ports.get(v.name)!.forEach((port, i) => {
         this.#replicas.set(key(v.name, i), newReplica(v.name, i, port, containerName(this.#config.experiment, v.name, i)));
@@ -145,12 +151,25 @@ export class DockerEngine implements Engine {
     }
     // watch before starting, so that a replica dying during start-up is not missed
     this.#watchEvents();
+    const creating = Promise.all([...this.#replicas.values()].map((r) => this.#createAndStart(r, onProgress)));
+    this.#creating = creating.then(() => {}, () => {});
     try {
-      await Promise.all([...this.#replicas.values()].map((r) => this.#createAndStart(r, onProgress)));
+      await creating;
     } catch (err) {
       await this.stop().catch(() => {});
       throw err;
+    } finally {
+      this.#creating = null;
     }
+    this.#throwIfStopped();
+  }
+
+  /**
+   * `stop` during `start` (Ctrl-C while `up` starts): `start` goes on in the background, so at each step it checks,
+   * and creates nothing once stopped. (Otherwise containers created after `stop` listed them were left behind.)
+   */
+  #throwIfStopped(): void {
+    if (this.#stopping) throw new AbgateError(`experiment ${this.#config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
   }
 
   endpoints(): Endpoint[] {
@@ -172,6 +191,8 @@ export class DockerEngine implements Engine {
     }
     this.#endpoints.set([]);
     if (this.#adopt) return;
+    // Containers being created now would be missed by the listing below and outlive the experiment.
+    if (this.#creating) await this.#creating;
     // by label, not by what we remember: this also removes replicas a crashed earlier run left behind
     const containers = await listExperimentContainers(this.#docker, this.#config).catch(() => [] as Docker.ContainerInfo[]);
     await Promise.all(containers.map((c) => this.#remove(c.Id, c.State === "running" ? this.#stopTimeoutS : 0)));

@@ -44,6 +44,8 @@ export class SwarmEngine implements Engine {
   readonly #dead = new Set<string>();
   #images = new Map<string, string>();
   #stopping = false;
+  /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
+  #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
   #eventsAttempt = 0;
   #timer?: TimerHandle;
@@ -87,15 +89,29 @@ export class SwarmEngine implements Engine {
       }
       onProgress(`found ${found.length} service(s) of experiment ${this.#config.experiment}`);
     } else {
-      for (const v of this.#config.variants) this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+      for (const v of this.#config.variants) {
+        this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
+        this.#throwIfStopped();
+      }
       await this.#removeServices(onProgress);
       const ports = await allocatePorts(this.#config.variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
-      for (const v of this.#config.variants) {
-        const list = ports.get(v.name)!;
-        for (let i = 0; i < list.length; i++) {
-          await this.#docker.createService(this.#serviceSpec(v.name, i, list[i]));
-          onProgress(`[${v.name}-${i}] created service ${containerName(this.#config.experiment, v.name, i)} on 127.0.0.1:${list[i]}`);
+      // `stop` during `start` (Ctrl-C while `up` starts): `start` goes on in the background, so it checks before each
+      // service, and `stop` waits for the one being created before it removes them all by label.
+      const creating = (async () => {
+        for (const v of this.#config.variants) {
+          const list = ports.get(v.name)!;
+          for (let i = 0; i < list.length; i++) {
+            this.#throwIfStopped();
+            await this.#docker.createService(this.#serviceSpec(v.name, i, list[i]));
+            onProgress(`[${v.name}-${i}] created service ${containerName(this.#config.experiment, v.name, i)} on 127.0.0.1:${list[i]}`);
+          }
         }
+      })();
+      this.#creating = creating.then(() => {}, () => {});
+      try {
+        await creating;
+      } finally {
+        this.#creating = null;
       }
     }
     this.#watchEvents();
@@ -104,6 +120,7 @@ export class SwarmEngine implements Engine {
     const want = this.#adopt ? 1 : this.#config.variants.reduce((n, v) => n + v.replicas, 0);
     const until = Date.now() + 60_000;
     for (;;) {
+      this.#throwIfStopped();
       await this.#refresh();
       if (this.#endpoints.get().length >= want) break;
       if (Date.now() > until) throw new AbgateError(`swarm did not start every task of experiment ${this.#config.experiment} within 60 s`, "ABGATE_ERR_SWARM");
@@ -126,7 +143,12 @@ export class SwarmEngine implements Engine {
     this.#events?.destroy?.();
     this.#events = undefined;
     this.#endpoints.set([]);
+    if (this.#creating) await this.#creating;
     if (!this.#adopt) await this.#removeServices(() => {});
+  }
+
+  #throwIfStopped(): void {
+    if (this.#stopping) throw new AbgateError(`experiment ${this.#config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
   }
 
   #serviceSpec(variant: string, replica: number, port: number): Docker.CreateServiceOptions {
