@@ -104,3 +104,48 @@ test("up refuses to start when the experiment's listen port is taken, before it 
   const running = await listExperimentContainers(docker, config);
   assert.deepEqual(running.map((c) => c.State), ["running", "running"], "the running experiment's replicas are untouched");
 });
+
+test("up: a second Ctrl-C while the replicas stop kills them at once, and none is left behind", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { mkdtempSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { startCli } = await import("./helpers/cli.ts");
+  // A server that ignores SIGTERM, as node does as PID 1 without a handler: each stop waits out its timeout.
+  const stubborn = `require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`;
+  const dir = writeServiceContext({ "stubborn.js": stubborn }, `ARG BASE_IMAGE=node:20-slim\nFROM \${BASE_IMAGE}\nCOPY stubborn.js /app/stubborn.js\nCMD ["node", "/app/stubborn.js"]\n`);
+  const work = mkdtempSync(join(tmpdir(), "abgate-up-twice-"));
+  t.after(() => {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
+  });
+  const experiment = uniqueExperiment("twice");
+  const config = testConfig({ experiment, ports: { base: 19210 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }, { name: "treatment", build: dir, buildArgs: { BASE_IMAGE } }] });
+  t.after(() => down(config, { docker, stopTimeoutS: 0, out: () => {} }));
+  writeFileSync(
+    join(work, "abgate.yaml"),
+    [
+      `experiment: ${experiment}`,
+      "engine: docker",
+      "listen: 127.0.0.1:0",
+      "admin: { listen: 127.0.0.1:0, token: t }",
+      `store: sqlite:${join(work, "abgate.db")}`,
+      "logLevel: warn",
+      "ports: { base: 19210 }",
+      "variants:",
+      `  - { name: control, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
+      `  - { name: treatment, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
+    ].join("\n"),
+  );
+  const cli = await startCli(["up", "-c", join(work, "abgate.yaml")], /proxy http/, { timeoutMs: 120_000 });
+  cli.child.kill("SIGINT");
+  await waitFor("removal under way", () => cli.stdout().includes("removing the experiment's replicas"));
+  cli.child.kill("SIGINT");
+  const t0 = Date.now();
+  const code = await cli.exited;
+  assert.equal(code, 1, `exit ${code} after ${Date.now() - t0} ms\n${cli.stdout()}\n${cli.stderr()}`);
+  assert.match(cli.stdout(), /killing the experiment's replicas now/);
+  const left = (await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] !== undefined);
+  assert.deepEqual(left.map((c) => c.State), [], "no replica is left");
+});

@@ -50,15 +50,17 @@ function guardServing(log: ReturnType<typeof createLogger>): void {
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection (kept serving)"));
 }
 
-async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>, signalled = untilSignal()): Promise<void> {
+/**
+ * Serve until a stop signal, then drain. A second signal during the drain means "now": `hard`, by default exit 1
+ * (process.exit still runs the process engine's `exit` hook, which kills the replicas).
+ */
+async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>, signalled = untilSignal(), hard: () => void = () => process.exit(1)): Promise<void> {
   guardServing(log);
   const sig = await signalled;
   log.info({ signal: sig }, "signal received: draining");
-  // A second signal during the drain means "now".
-  // (process.exit still runs the process engine's `exit` hook, which kills the replicas.)
-  const hard = () => process.exit(1);
   for (const s of STOP_SIGNALS) process.once(s, hard);
   await gw.stop();
+  for (const s of STOP_SIGNALS) process.removeListener(s, hard);
 }
 
 program
@@ -115,14 +117,42 @@ program
     } catch (err) {
       interrupted.catch(() => undefined);
       await gw?.stop();
-      await engine.stop();
+      await removingReplicas(config, () => engine.stop());
       throw err;
     }
     interrupted.catch(() => undefined);
-    await serveUntilSignal(gw, log, signalled);
-    out("removing the experiment's replicas...");
-    await engine.stop();
+    await serveUntilSignal(gw, log, signalled, () => killReplicasAndExit(config));
+    out("removing the experiment's replicas... (press Ctrl-C again to kill them now)");
+    await removingReplicas(config, () => engine.stop());
   });
+
+/** Set once the replicas were killed on a second signal: the stop was not graceful, so abgate exits 1. */
+let killedOnSignal = false;
+
+/** Kill the experiment's replicas without waiting for them to exit on SIGTERM, then exit 1. */
+function killReplicasAndExit(config: Config): void {
+  killedOnSignal = true;
+  out("killing the experiment's replicas now...");
+  const kill = runsContainers(config) ? import("./docker-commands.ts").then(({ down }) => down(config, { stopTimeoutS: 0, out: () => {} })) : Promise.resolve(0);
+  void kill.catch(() => 0).finally(() => process.exit(1));
+}
+
+/**
+ * Runs the removal of the experiment's replicas, which waits for each to exit on SIGTERM (up to its stop timeout;
+ * a server running as PID 1 often ignores SIGTERM). A signal meanwhile (a second Ctrl-C) kills them at once and
+ * exits 1, as docker compose does; it used to exit at once and leave them all behind.
+ */
+async function removingReplicas(config: Config, remove: () => Promise<void>): Promise<void> {
+  // Only this process's own handlers are on these signals (untilSignal's, when the start was interrupted).
+  for (const s of STOP_SIGNALS) process.removeAllListeners(s);
+  const killNow = () => killReplicasAndExit(config);
+  for (const s of STOP_SIGNALS) process.once(s, killNow);
+  try {
+    await remove();
+  } finally {
+    for (const s of STOP_SIGNALS) process.removeListener(s, killNow);
+  }
+}
 
 /** Fails (exit 1) when the proxy's or the admin listener's address cannot be bound, naming it and the likely cause. */
 async function assertListenersFree(config: Config): Promise<void> {
@@ -327,7 +357,9 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const code = await main(process.argv);
+const done = await main(process.argv);
+// (the graceful removal may finish first, once the kill has made the replicas exit)
+const code = killedOnSignal && done === 0 ? 1 : done;
 // Commands that serve return after their drain; the rest end here. Exit explicitly so that no stray handle
 // (a keep-alive socket, a docker event stream) keeps a finished command alive.
 process.exitCode = code;
