@@ -86,6 +86,19 @@ test("SIGKILL right after {accepted: N}: all N events are in the store on restar
   await backend.close();
 });
 
+test("numeric options are checked before anything runs: a bad --tail or --wait-timeout is a usage error (exit 2)", async () => {
+  for (const [args, re] of [
+    [["logs", "control", "--tail", "abc"], /option '--tail <n>' argument 'abc' is invalid\. expected a whole number or "all", got "abc"/],
+    [["logs", "control", "--tail", "-2"], /argument '-2' is invalid/],
+    [["up", "--wait-timeout", "abc"], /option '--wait-timeout <ms>' argument 'abc' is invalid\. expected a whole number of at least 1/],
+    [["up", "--wait-timeout", "0"], /argument '0' is invalid/],
+  ] as const) {
+    const res = await runCli([...args, "-c", "/nonexistent/abgate.yaml"]);
+    assert.equal(res.code, 2, `${args.join(" ")}: ${res.stderr}`);
+    assert.match(res.stderr, re);
+  }
+});
+
 test("engine process: replicas get their PORT, a crashed one is restarted and rejoins, all stop on SIGTERM", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
   writeFileSync(

@@ -1,4 +1,4 @@
-import { Command, CommanderError, Option } from "commander";
+import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
 import { loadConfig, type Config } from "../config/index.ts";
 import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
 import { startGateway, type Gateway } from "../gateway.ts";
@@ -18,6 +18,14 @@ program
   .showHelpAfterError("(run abgate --help for usage)");
 
 const configOption = () => new Option("-c, --config <file>", "experiment config file").default("abgate.yaml");
+
+/** An option's value as a whole number of at least `min` (commander then reports a bad one as a usage error, exit 2). */
+function wholeNumber(min: number, also: readonly string[] = []): (value: string) => string {
+  return (value) => {
+    if (also.includes(value) || (/^\d+$/.test(value) && Number(value) >= min && Number.isSafeInteger(Number(value)))) return value;
+    throw new CommanderArgumentError(`expected a whole number${min > 0 ? ` of at least ${min}` : ""}${also.length ? ` or ${also.map((a) => `"${a}"`).join(", ")}` : ""}, got "${value}"`);
+  };
+}
 
 function out(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -86,7 +94,7 @@ program
   .command("up")
   .description("build images, start every replica, wait until healthy, serve; Ctrl-C removes the containers")
   .addOption(configOption())
-  .option("--wait-timeout <ms>", "how long to wait for replicas to become healthy", "120000")
+  .option("--wait-timeout <ms>", "how long to wait for replicas to become healthy", wholeNumber(1), "120000")
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
@@ -227,7 +235,7 @@ program
   .description("container logs of a variant, each line prefixed by its replica")
   .addOption(configOption())
   .option("-f, --follow", "keep following")
-  .option("--tail <n>", "lines from the end of each replica's log", "all")
+  .option("--tail <n>", "lines from the end of each replica's log", wholeNumber(0, ["all"]), "all")
   .action(async (variant: string, opts: { config: string; follow?: boolean; tail: string }) => {
     const config = loadConfig(opts.config);
     if (!config.variants.some((v) => v.name === variant)) {
