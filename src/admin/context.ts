@@ -16,9 +16,11 @@ export interface ReplicaView {
 export interface LiveVariantStats {
   variant: string;
   requestsPerSecond: number;
-  p50Ms: number;
-  p99Ms: number;
-  errorRate: number;
+  /** null without requests in the window: no latency was measured (0 would read as an instant answer) */
+  p50Ms: number | null;
+  p99Ms: number | null;
+  /** null without requests in the window */
+  errorRate: number | null;
   /** requests since start */
   requests: number;
 }

@@ -19,8 +19,8 @@ describe("LiveStats", () => {
   it("is all zero before any traffic, one entry per variant in order", () => {
     const { stats } = setup();
     assert.deepEqual(stats.snapshot(), [
-      { variant: "control", requestsPerSecond: 0, p50Ms: 0, p99Ms: 0, errorRate: 0, requests: 0 },
-      { variant: "treatment", requestsPerSecond: 0, p50Ms: 0, p99Ms: 0, errorRate: 0, requests: 0 },
+      { variant: "control", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
+      { variant: "treatment", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
     ]);
   });
 
@@ -51,7 +51,7 @@ describe("LiveStats", () => {
     t.at(1009 * 1000); // 1000 is exactly 9 seconds back: still in the window
     assert.equal(t.get("control").requestsPerSecond, 10 / 9);
     t.at(1010 * 1000); // now 10 seconds back: out
-    assert.deepEqual(t.get("control"), { variant: "control", requestsPerSecond: 0, p50Ms: 0, p99Ms: 0, errorRate: 0, requests: 10 });
+    assert.deepEqual(t.get("control"), { variant: "control", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 10 });
     t.at(5000 * 1000);
     assert.equal(t.get("control").requestsPerSecond, 0);
   });

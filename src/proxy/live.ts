@@ -58,7 +58,7 @@ export class LiveStats {
         for (let i = 0; i < BOUNDS.length; i++) hist[i] += s.hist[i];
       }
       const q = (p: number) => {
-        if (count === 0) return 0;
+        if (count === 0) return null;
         const target = p * count;
         let acc = 0;
         for (let i = 0; i < BOUNDS.length; i++) {
@@ -72,7 +72,7 @@ export class LiveStats {
         requestsPerSecond: count / (SLOTS - 1),
         p50Ms: q(0.5),
         p99Ms: q(0.99),
-        errorRate: count ? errors / count : 0,
+        errorRate: count ? errors / count : null,
         requests: entry.total,
       });
     }
