@@ -86,6 +86,23 @@ test("SIGKILL right after {accepted: N}: all N events are in the store on restar
   await backend.close();
 });
 
+test("validate and up name a variant whose build context or Dockerfile is missing (exit 2), before anything runs", async () => {
+  const { mkdirSync } = await import("node:fs");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  mkdirSync(join(dir, "no-dockerfile"));
+  const file = writeConfig(
+    dir,
+    "experiment: ctx\nengine: docker\nvariants:\n  - { name: control, build: ./no-dockerfile }\n  - { name: treatment, build: ./missing }\n",
+  );
+  for (const command of ["validate", "up"]) {
+    const res = await runCli([command, "-c", file]);
+    assert.equal(res.code, 2, `${command}: ${res.stdout}${res.stderr}`);
+    assert.match(res.stderr, /variants\[0\]\.build: a Dockerfile in .*no-dockerfile; there is none/);
+    assert.match(res.stderr, /variants\[1\]\.build: a folder with a Dockerfile; .*missing does not exist/);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test("numeric options are checked before anything runs: a bad --tail or --wait-timeout is a usage error (exit 2)", async () => {
   for (const [args, re] of [
     [["logs", "control", "--tail", "abc"], /option '--tail <n>' argument 'abc' is invalid\. expected a whole number or "all", got "abc"/],

@@ -98,6 +98,7 @@ program
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
+    await assertBuildContexts(config);
     // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
     // are taken because the experiment already runs (another `up` or `serve`), that took its replicas away and then
     // failed to listen.
@@ -160,6 +161,17 @@ async function removingReplicas(config: Config, remove: () => Promise<void>): Pr
   } finally {
     for (const s of STOP_SIGNALS) process.removeListener(s, killNow);
   }
+}
+
+/**
+ * A config error (exit 2) naming `variants[i].build` when a build context or its Dockerfile is missing. Not part of
+ * loading the config: `down`, `ps`, `logs` and `report` must still work after a model's folder is gone.
+ */
+async function assertBuildContexts(config: Config): Promise<void> {
+  if (!runsContainers(config)) return;
+  const { buildContextIssues } = await import("../engines/docker/context.ts");
+  const issues = buildContextIssues(config.variants);
+  if (issues.length > 0) throw new ConfigError(issues);
 }
 
 /** Fails (exit 1) when the proxy's or the admin listener's address cannot be bound, naming it and the likely cause. */
@@ -329,8 +341,9 @@ program
   .command("validate")
   .description("check a config file")
   .addOption(configOption())
-  .action((opts: { config: string }) => {
+  .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
+    await assertBuildContexts(config);
     out(
       `ok: experiment ${config.experiment}, engine ${config.engine}, strategy ${config.strategy.kind}, ` +
         `variants ${config.variants.map((v) => `${v.name} (weight ${v.weight}, ${v.replicas} replica${v.replicas === 1 ? "" : "s"})`).join(", ")}, ` +

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../../errors.ts";
 
@@ -193,6 +193,30 @@ function pack(entries: Entry[]): Buffer {
   }
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);
+}
+
+/**
+ * The variants whose build context cannot be read, as config issues naming the key (`variants[1].build`): `validate`
+ * and `up` report them before anything runs, where the build would fail only after the images before it.
+ */
+export function buildContextIssues(variants: readonly { build?: string; dockerfile?: string }[]): { path: string; message: string }[] {
+  const issues: { path: string; message: string }[] = [];
+  variants.forEach((v, i) => {
+    if (v.build === undefined) return;
+    const dockerfile = v.dockerfile ?? "Dockerfile";
+    let st;
+    try {
+      st = statSync(v.build);
+    } catch {
+      issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} does not exist` });
+      return;
+    }
+    if (!st.isDirectory()) issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} is not a folder` });
+    else if (!existsSync(join(v.build, dockerfile))) {
+      issues.push({ path: v.dockerfile === undefined ? `variants[${i}].build` : `variants[${i}].dockerfile`, message: `a ${dockerfile} in ${v.build}; there is none` });
+    }
+  });
+  return issues;
 }
 
 /**
