@@ -15,7 +15,7 @@ import { ExposureBatcher, openStore } from "./store/index.ts";
 import type { Store } from "./store/types.ts";
 import { GatewayMetrics } from "./admin/metrics.ts";
 import { bearerMatches } from "./admin/auth.ts";
-import type { AdminContext, ExperimentView } from "./admin/context.ts";
+import type { AdminContext, ExperimentView, ReplicaView } from "./admin/context.ts";
 import { createAdminServer } from "./admin/server.ts";
 import { experimentReport, recordWeightChange } from "./admin/report.ts";
 
@@ -240,8 +240,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           allowForce: config.allowForce,
           listen: proxyUrl,
           startedAt,
-          variants: variantNames.map((name) => {
-            const replicas = balancer.replicas(name).map((r) => ({
+          variants: variantNames.map((name, vi) => {
+            const replicas: ReplicaView[] = balancer.replicas(name).map((r) => ({
               id: r.id,
               variant: name,
               replica: r.endpoint.replica,
@@ -249,6 +249,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
               health: health.state(r.id),
               outstanding: r.outstanding,
             }));
+            // The engines list only replicas that run: one that crashed (or crash-loops) must still show, as down,
+            // or a variant with every replica dead reads as 0/0 instead of 0/2.
+            if (config.engine !== "static") {
+              for (let i = 0; i < config.variants[vi]!.replicas; i++) {
+                if (!replicas.some((r) => r.replica === i)) {
+                  replicas.push({ id: `${name}-${i}`, variant: name, replica: i, address: "", health: "not running", outstanding: 0 });
+                }
+              }
+              replicas.sort((a, b) => a.replica - b.replica);
+            }
             const req = liveByVariant.get(name)?.requests ?? 0;
             requests += req;
             return { name, weight: weights[name] ?? 0, replicas, requests: req, healthyReplicas: replicas.filter((r) => r.health === "healthy").length };

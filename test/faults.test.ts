@@ -436,6 +436,41 @@ test("a refused request is not assigned: it takes no turn of round-robin and lea
   }
 });
 
+test("a variant whose replicas all crash shows them as not running (0/2), not as no replicas at all", async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-dead-"));
+  writeFileSync(join(dir, "ok.js"), `require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`);
+  const gw = await testGateway({
+    engine: "process",
+    ports: { base: 23180 },
+    variants: [
+      { name: "control", command: ["node", "ok.js"], cwd: dir },
+      { name: "treatment", command: ["node", "-e", "process.exit(3)"], cwd: dir, replicas: 2 },
+    ],
+  });
+  try {
+    type View = { variants: { name: string; healthyReplicas: number; replicas: { id: string; health: string; address: string }[] }[] };
+    // Once both have exited (the engine restarts them with backoff, and they exit again).
+    let view: View;
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as View;
+      const t = view.variants.find((v) => v.name === "treatment")!;
+      if (t.replicas.length !== 2 || t.replicas.every((r) => r.health === "not running") || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const treatment = view.variants.find((v) => v.name === "treatment")!;
+    assert.deepEqual(treatment.replicas.map((r) => [r.id, r.health, r.address]), [["treatment-0", "not running", ""], ["treatment-1", "not running", ""]]);
+    assert.equal(treatment.healthyReplicas, 0);
+    assert.deepEqual(view.variants.find((v) => v.name === "control")!.replicas.map((r) => r.id), ["control-0"]);
+  } finally {
+    await gw.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("fallback is logged when the engine removes a variant's only replica (a crashed process), and when it is back", async () => {
   const { pino } = await import("pino");
   const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");

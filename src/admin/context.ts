@@ -7,7 +7,7 @@ export interface ReplicaView {
   variant: string;
   replica: number;
   address: string;
-  /** "healthy" | "unhealthy" | "ejected" | "unknown" */
+  /** "healthy" | "unhealthy" | "ejected" | "unknown", or "not running" (a replica of the config the engine does not run now) */
   health: string;
   outstanding: number;
 }

@@ -315,7 +315,7 @@ describe("HealthTracker: endpoint changes, waiting, stopping", () => {
     await tick();
     const rejected = assert.rejects(tracker.waitHealthy(["a-0", "b-0", "c-0"], 30_000), (err: Error & { code?: string }) => {
       assert.equal(err.code, "ABGATE_ERR_HEALTH_TIMEOUT");
-      assert.match(err.message, /not healthy after 30000 ms: a-0 \(unhealthy: status 500\), c-0 \(not started\)/);
+      assert.match(err.message, /not healthy after 30000 ms: a-0 \(unhealthy: status 500\), c-0 \(not running: it exited, or never started\)/);
       return true;
     });
     for (let i = 0; i < 30; i++) {

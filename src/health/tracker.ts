@@ -225,7 +225,7 @@ export class HealthTracker {
           .filter((id) => !this.isHealthy(id))
           .map((id) => {
             const e = this.#entries.get(id);
-            return e ? `${id} (${e.state}${e.lastError ? `: ${e.lastError}` : ""})` : `${id} (not started)`;
+            return e ? `${id} (${e.state}${e.lastError ? `: ${e.lastError}` : ""})` : `${id} (not running: it exited, or never started)`;
           });
         finish(new AbgateError(`not healthy after ${timeoutMs} ms: ${bad.join(", ")}`, "ABGATE_ERR_HEALTH_TIMEOUT"));
       }, timeoutMs);

@@ -234,7 +234,7 @@ function VariantsTable({ live, report }: { live: LiveEvent | null; report: Repor
                   </span>
                   <ul class="replicas">
                     {v.replicas.map((r) => (
-                      <li key={r.id} class={`health-${r.health}`} title={`${r.address}, ${r.outstanding} in flight`}>
+                      <li key={r.id} class={`health-${r.health.replace(/ /g, "-")}`} title={`${r.address}, ${r.outstanding} in flight`}>
                         <span aria-hidden="true">●</span> {r.id} <span class="muted">{r.health}</span>
                       </li>
                     ))}
