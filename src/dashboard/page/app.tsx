@@ -207,8 +207,8 @@ function VariantsTable({ live, report }: { live: LiveEvent | null; report: Repor
             <th scope="col" class="num">
               Errors
             </th>
-            <th scope="col" class="num">
-              Requests
+            <th scope="col" class="num" title="proxied by this abgate since it started; Units, like the report, count every run">
+              Requests since start
             </th>
             <th scope="col" class="num">
               Units
