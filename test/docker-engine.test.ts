@@ -149,6 +149,22 @@ test("stop while start is creating the replicas (Ctrl-C during up) leaves no con
   assert.deepEqual(await replicas(), [], "every container created, also after stop began, is removed");
 });
 
+test("ports held by another experiment's replicas (by label, even while they do not run) are not handed out", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // Another experiment's replica between two restarts: its container exists, its port 19150 is not bound.
+  const other = uniqueExperiment("held");
+  const waiting = await docker.createContainer({ Image: BASE_IMAGE, Cmd: ["true"], Labels: { [LABEL.experiment]: other, [LABEL.variant]: "control", [LABEL.replica]: "0", [LABEL.port]: "19150" } });
+  t.after(() => waiting.remove({ force: true }).catch(() => {}));
+  const config = testConfig({ experiment: uniqueExperiment("beside"), ports: { base: 19150 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
+  const engine = new DockerEngine(config, { ...fast, log: quiet });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  assert.deepEqual(engine.endpoints().map((e) => e.port), [19151, 19152]);
+});
+
 test("a replica that dies leaves the endpoints at once, is restarted with backoff and comes back", async (t) => {
   const docker = await requireDocker(t);
   if (!docker) return;

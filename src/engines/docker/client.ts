@@ -77,6 +77,24 @@ export async function listExperimentContainers(docker: Docker, config: Pick<Conf
   return docker.listContainers({ all, filters: experimentFilter(config) });
 }
 
+/**
+ * Ports that other experiments' replicas hold by label, whatever their state: a replica waiting out its restart
+ * backoff has released its port, and an experiment starting beside this one may not have bound its ports yet, so
+ * probing what listens misses both (two experiments on the default ports.base then shared ports). Containers and,
+ * on a swarm manager, services.
+ */
+export async function portsOfOtherExperiments(docker: Docker, config: Pick<Config, "experiment">): Promise<number[]> {
+  const filters = { label: [LABEL.port] };
+  const labelled: { Labels?: Record<string, string> }[] = [
+    ...(await docker.listContainers({ all: true, filters })),
+    ...((await docker.listServices({ filters }).catch(() => [])) as { Spec?: { Labels?: Record<string, string> } }[]).map((s) => ({ Labels: s.Spec?.Labels })),
+  ];
+  return labelled
+    .filter((x) => x.Labels !== undefined && x.Labels[LABEL.experiment] !== config.experiment)
+    .map((x) => Number(x.Labels![LABEL.port]))
+    .filter((p) => Number.isInteger(p) && p > 0 && p <= 65535);
+}
+
 /** HTTP status of a dockerode error, when it has one. */
 export function statusOf(err: unknown): number | undefined {
   const s = (err as { statusCode?: unknown })?.statusCode;

@@ -11,6 +11,7 @@ import {
   ensureReachable,
   experimentFilter,
   listExperimentContainers,
+  portsOfOtherExperiments,
   statusOf,
   tailLogs,
 } from "./client.ts";
@@ -142,7 +143,8 @@ export class DockerEngine implements Engine {
       onProgress(`removing ${stale.length} stale container(s) of experiment ${this.#config.experiment}`);
       await Promise.all(stale.map((c) => this.#remove(c.Id, 0)));
     }
-    const ports = await allocatePorts(variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
+    const held = await portsOfOtherExperiments(this.#docker, this.#config);
+    const ports = await allocatePorts(variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port, ...held]);
     this.#throwIfStopped();
     for (const v of variants) {
       ports.get(v.name)!.forEach((port, i) => {

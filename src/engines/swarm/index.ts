@@ -4,7 +4,7 @@ import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
-import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, tailLogs } from "../docker/client.ts";
+import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, tailLogs } from "../docker/client.ts";
 import { allocatePorts } from "../docker/ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
@@ -94,7 +94,8 @@ export class SwarmEngine implements Engine {
         this.#throwIfStopped();
       }
       await this.#removeServices(onProgress);
-      const ports = await allocatePorts(this.#config.variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port]);
+      const held = await portsOfOtherExperiments(this.#docker, this.#config);
+      const ports = await allocatePorts(this.#config.variants, this.#config.ports.base, [this.#config.listen.port, this.#config.admin.listen.port, ...held]);
       // `stop` during `start` (Ctrl-C while `up` starts): `start` goes on in the background, so it checks before each
       // service, and `stop` waits for the one being created before it removes them all by label.
       const creating = (async () => {
