@@ -5,7 +5,7 @@ import type Docker from "dockerode";
 import { SwarmEngine } from "../src/engines/swarm/index.ts";
 import { createEngine } from "../src/engines/index.ts";
 import { listExperimentContainers } from "../src/engines/docker/index.ts";
-import { down } from "../src/cli/docker-commands.ts";
+import { down, logs, ps } from "../src/cli/docker-commands.ts";
 import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
 let initialised = false;
@@ -60,6 +60,13 @@ test("swarm: one-task services on host networking, endpoints follow the tasks, a
   await docker.getContainer(victim.Id).kill();
   await waitFor("control-1 out", () => !engine.endpoints().some((e) => e.id === "control-1"));
   await waitFor("control-1 back (swarm restarted the task)", () => engine.endpoints().some((e) => e.id === "control-1"), 20_000);
+  // The killed task's container is still there beside the new one: ps and logs show each replica once, the current one.
+  assert.ok((await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] === "1" && c.Labels["abgate.variant"] === "control").length >= 2);
+  const rows = await ps(config, { docker, out: () => {} });
+  assert.deepEqual(rows.map((r) => [r.replica, r.state]), [["control-0", "running"], ["control-1", "running"], ["treatment-0", "running"]]);
+  const lines: string[] = [];
+  await logs(config, "control", { docker, out: (l) => lines.push(l) });
+  assert.deepEqual(lines.filter((l) => l.includes("listening on")).map((l) => l.split(" |")[0]).sort(), ["control-0", "control-1"], lines.join("\n"));
 
   // a second engine adopting the running services (abgate serve) sees the same endpoints
   const adopter = new SwarmEngine(config, { adopt: true, log: () => {} });

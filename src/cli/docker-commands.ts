@@ -35,6 +35,23 @@ function byReplica(a: Docker.ContainerInfo, b: Docker.ContainerInfo): number {
   return va === vb ? Number(a.Labels[LABEL.replica]) - Number(b.Labels[LABEL.replica]) : va < vb ? -1 : 1;
 }
 
+/**
+ * One container per replica: its running one, else its newest. Swarm keeps the containers of a service's failed
+ * tasks beside the current one (ps showed three control-0 rows after two crashes, logs printed all three), and an
+ * image build's passing containers carry the experiment's label but no replica.
+ */
+function currentReplicas(containers: Docker.ContainerInfo[]): Docker.ContainerInfo[] {
+  const byId = new Map<string, Docker.ContainerInfo>();
+  for (const c of containers) {
+    if (c.Labels[LABEL.replica] === undefined) continue;
+    const id = replicaId(c);
+    const kept = byId.get(id);
+    const running = (x: Docker.ContainerInfo) => (x.State === "running" ? 1 : 0);
+    if (kept === undefined || (running(c) - running(kept) || c.Created - kept.Created) > 0) byId.set(id, c);
+  }
+  return [...byId.values()].sort(byReplica);
+}
+
 export interface PsRow {
   replica: string;
   variant: string;
@@ -63,7 +80,7 @@ export function formatPsTable(rows: PsRow[]): string {
 export async function ps(config: Config, opts: DockerCommandOptions = {}): Promise<PsRow[]> {
   const out = opts.out ?? stdout;
   const docker = await client(opts);
-  const containers = (await listExperimentContainers(docker, config)).sort(byReplica);
+  const containers = currentReplicas(await listExperimentContainers(docker, config));
   const rows = await Promise.all(
     containers.map(async (c): Promise<PsRow> => {
       const variant = c.Labels[LABEL.variant] ?? "?";
@@ -141,7 +158,7 @@ export async function logs(
     throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
   }
   const docker = await client(options);
-  const containers = (await listExperimentContainers(docker, config)).filter((c) => c.Labels[LABEL.variant] === variant).sort(byReplica);
+  const containers = currentReplicas(await listExperimentContainers(docker, config)).filter((c) => c.Labels[LABEL.variant] === variant);
   if (containers.length === 0) {
     out(`no containers of variant ${variant} in experiment ${config.experiment}`);
     return;
