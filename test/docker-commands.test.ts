@@ -45,10 +45,12 @@ test("ps, logs (merged and followed, prefixed by replica) and down", async (t) =
   assert.deepEqual(tail, [`treatment-0 | listening on ${ports[2]}`]);
   await assert.rejects(logs(config, "nope", { docker }), InvalidArgumentError);
 
-  // follow: lines as they come, until the containers stop
+  // follow: lines as they come, through a restart of a crashed replica, until the containers are removed
   const followed: string[] = [];
   const following = logs(config, "control", { docker, follow: true, out: (l) => followed.push(l) });
   await waitFor("followed lines", () => followed.length >= 2);
+  await get(`http://127.0.0.1:${ports[0]}/crash`).catch(() => undefined);
+  await waitFor("control-0 followed after its restart", () => followed.filter((l) => l === `control-0 | listening on ${ports[0]}`).length === 2, 30_000);
   const removed: string[] = [];
   assert.equal(await down(config, { docker, stopTimeoutS: 1, out: (l) => removed.push(l) }), 3);
   await following;

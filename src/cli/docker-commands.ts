@@ -185,19 +185,66 @@ export async function logs(
     return;
   }
 
+  // Each replica until it is gone: a replica that stops while followed may come back (abgate restarts a crashed
+  // container, swarm starts a new task container), and its lines go on from after the last one printed. Before,
+  // the follow of a restarted replica ended silently while the others went on.
   await Promise.all(
-    containers.map(async (c) => {
-      const stream = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, follow: true, tail: tail as number })) as NodeJS.ReadableStream;
-      const split = lineSplitter((l) => out(prefix(c) + l));
-      const sink = new PassThrough();
-      sink.on("data", (chunk: Buffer) => split.push(chunk.toString("utf8")));
-      docker.modem.demuxStream(stream, sink, sink);
-      await new Promise<void>((resolve) => {
-        stream.on("end", resolve);
-        stream.on("close", resolve);
-        stream.on("error", resolve);
-      });
-      split.end();
+    containers.map(async (first) => {
+      let c: Docker.ContainerInfo | undefined = first;
+      let since: string | undefined;
+      while (c !== undefined) {
+        const last = await followOnce(docker, c, since === undefined ? { tail } : { since }, (l) => out(prefix(first) + l));
+        if (last !== undefined) since = justAfter(last);
+        if (c.State !== "running") break; // not running when followed: nothing to wait for
+        c = await nextRun(docker, config, replicaId(first), c.Created);
+      }
     }),
   );
+}
+
+/**
+ * Follows one container's output until it stops, printing each line without its timestamp; returns the timestamp
+ * of the last line (RFC 3339 with nanoseconds), if any.
+ */
+async function followOnce(docker: Docker, c: Docker.ContainerInfo, from: { tail: number | "all" } | { since: string }, print: (line: string) => void): Promise<string | undefined> {
+  const stream = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, follow: true, timestamps: true, ...from } as Docker.ContainerLogsOptions & { follow: true })) as NodeJS.ReadableStream;
+  let last: string | undefined;
+  const split = lineSplitter((l) => {
+    const sp = l.indexOf(" ");
+    last = l.slice(0, sp);
+    print(l.slice(sp + 1).replace(/\r$/, ""));
+  });
+  const sink = new PassThrough();
+  sink.on("data", (chunk: Buffer) => split.push(chunk.toString("utf8")));
+  docker.modem.demuxStream(stream, sink, sink);
+  await new Promise<void>((resolve) => {
+    stream.on("end", resolve);
+    stream.on("close", resolve);
+    stream.on("error", resolve);
+  });
+  split.end();
+  return last;
+}
+
+/** Docker's `since` for the instant 1 ns after an RFC 3339 timestamp: "seconds.nanoseconds". */
+function justAfter(timestamp: string): string | undefined {
+  const m = /^(.*T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/.exec(timestamp);
+  if (m === null) return undefined;
+  const seconds = Date.parse(`${m[1]}${m[3]}`) / 1000;
+  if (!Number.isFinite(seconds)) return undefined;
+  const nanos = Number((m[2] ?? "").padEnd(9, "0")) + 1;
+  return nanos >= 1e9 ? `${seconds + 1}.000000000` : `${seconds}.${String(nanos).padStart(9, "0")}`;
+}
+
+/**
+ * The replica's container once it runs again: the same one restarted, or a newer one (swarm). Undefined once the
+ * replica has no container left (removed: `down`, or the experiment stopped).
+ */
+async function nextRun(docker: Docker, config: Config, replica: string, afterCreated: number): Promise<Docker.ContainerInfo | undefined> {
+  for (;;) {
+    const current = currentReplicas(await listExperimentContainers(docker, config)).find((x) => replicaId(x) === replica);
+    if (current === undefined) return undefined;
+    if (current.State === "running" && current.Created >= afterCreated) return current;
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
