@@ -62,6 +62,9 @@ test("semantic errors: engine sources, duplicates, weights, fallback, bandit", (
   assert.match(issues("experiment: x\nengine: static\nvariants: []\n").join(), /variants: at least one variant/);
   assert.match(issues("engine: static\nvariants: []\n").join(), /experiment: required/);
   assert.match(issues("experiment: x\nengine: static\nvariants: [\n").join(), /^line \d+:/);
+  const swarm = "experiment: x\nengine: swarm\nnetwork: bridge\nvariants:\n  - { name: control, image: 'm:1' }\n";
+  assert.deepEqual(issues(swarm), ["network: host with engine swarm (bridge, with published ports, is for engine docker)"]);
+  assert.doesNotThrow(() => parseConfig(swarm.replace("engine: swarm", "engine: docker"), "/tmp"));
 });
 
 test("host:port parsing, IPv6 included", () => {

@@ -58,6 +58,10 @@ function issuesOf(err: z.ZodError): { path: string; message: string }[] {
 
 function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] {
   const out: { path: string; message: string }[] = [];
+  // Only the docker engine publishes ports on a bridge; swarm services run on the host's network whatever this says.
+  if (cfg.network === "bridge" && cfg.engine !== "docker") {
+    out.push({ path: "network", message: `host with engine ${cfg.engine} (bridge, with published ports, is for engine docker)` });
+  }
   const names = new Set<string>();
   cfg.variants.forEach((v: VariantConfig, i) => {
     const at = `variants[${i}]`;
