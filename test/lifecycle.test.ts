@@ -173,7 +173,7 @@ test("engine process without health: `up` waits until the replica accepts connec
   const cli = await startCli(["up", "-c", file], ready);
   const readyAfterMs = Date.now() - started;
   try {
-    assert.match(cli.stdout(), /all 1 replicas healthy/);
+    assert.match(cli.stdout(), /waiting for 1 replicas to become healthy\.\.\.\n0\/1 replicas healthy\nall 1 replicas healthy/, "progress while waiting");
     assert.ok(readyAfterMs >= 1500, `ready after ${readyAfterMs} ms, before the replica listened`);
     const res = await fetch(`${ready.exec(cli.stdout())![1]}/`, { headers: { "x-user-id": "u" } });
     assert.equal(res.status, 200);

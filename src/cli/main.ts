@@ -120,7 +120,21 @@ program
       gw = await Promise.race([startGateway(config, { log, engine }), interrupted]);
       const ids = engine.endpoints().map((e) => e.id);
       out(`waiting for ${ids.length} replicas to become healthy...`);
-      await Promise.race([gw.health.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
+      // Progress while waiting (the SPEC's long work shows progress): a line each time the count changes.
+      const health = gw.health;
+      let healthy = -1;
+      const report = () => {
+        const now = ids.filter((id) => health.isHealthy(id)).length;
+        if (now !== healthy && now < ids.length) out(`${now}/${ids.length} replicas healthy`);
+        healthy = now;
+      };
+      report();
+      const unsubscribe = health.onChange(report);
+      try {
+        await Promise.race([health.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
+      } finally {
+        unsubscribe();
+      }
       out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
