@@ -321,6 +321,12 @@ describe("buildReport", () => {
     assert.ok(!buildReport(base).report.dataQuality.notes.some((n) => n.includes("no longer in the config")));
   });
 
+  it("the table explains a statistic's error code in words", () => {
+    const { report } = buildReport(input({ control: { units: 1000, conversions: 0 }, treatment: { units: 1000, conversions: 5 } }));
+    assert.equal(report.metrics[0]!.comparisons[0]!.error, "CONTROL_RATE_ZERO");
+    assert.match(formatReportTable(report), /note: treatment: the control's rate is 0, so there is no relative lift \(CONTROL_RATE_ZERO\)/);
+  });
+
   it("formatReportTable prints a readable table with the decision", () => {
     const { report } = buildReport(input(CLEAR_WIN));
     const text = formatReportTable(report);

@@ -1,3 +1,4 @@
+import { describeStatsError } from "./error-text.ts";
 import { fmt, fmtP, fmtPct, fmtSignedPct, type Comparison, type MetricReport, type Report } from "./report.ts";
 
 /** Columns padded to their widest cell; numbers right-aligned. */
@@ -75,7 +76,7 @@ export function formatReportTable(report: Report): string {
         [false, true, true, false, false, true, true, true, true, false],
       ).map((l) => `  ${l}`),
     );
-    if (m.role !== "guardrail") for (const c of m.comparisons) if (c.error) out.push(`  note: ${c.variant}: ${c.error}`);
+    if (m.role !== "guardrail") for (const c of m.comparisons) if (c.error) out.push(`  note: ${c.variant}: ${describeStatsError(c.error)}`);
   }
   if (report.guardrails.length > 0) {
     out.push("");

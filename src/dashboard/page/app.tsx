@@ -1,6 +1,7 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
+import { describeStatsError } from "../../stats/error-text.ts";
 import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, waldInterval } from "./format.ts";
 import { ReportHistory, Timeline } from "./timeline.ts";
 import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
@@ -356,7 +357,7 @@ function MetricTable(props: {
 }) {
   const { metric, kind, variants, control, alpha, units } = props;
   if (!metric) return <p class="muted">Not in the report yet.</p>;
-  if (metric.error) return <p class="bad">{metric.error}</p>;
+  if (metric.error) return <p class="bad">{describeStatsError(metric.error)}</p>;
   const byVariant = new Map<string, Comparison>((metric.comparisons ?? []).map((c) => [c.variant, c]));
   // Per-variant intervals exist for rates only: a proportion's variance follows from its value and its n.
   const nOf = (v: string, given?: number) => given ?? (kind === "error_rate" ? units.get(v)?.requests : units.get(v)?.units);
@@ -439,7 +440,7 @@ function MetricTable(props: {
       </table>
       {(metric.comparisons ?? []).filter((c) => c.error).map((c) => (
         <p key={c.variant} class="muted">
-          {c.variant}: {c.error}
+          {c.variant}: {describeStatsError(c.error!)}
         </p>
       ))}
     </div>
