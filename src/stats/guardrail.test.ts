@@ -312,11 +312,11 @@ describe("guardrails and the split", () => {
     { name: "watched", kind: "conversion", event: "watched" },
     { name: "errors", kind: "error_rate", guardrail: { maxAbsoluteIncrease: 0.01 } },
   ];
-  const decision = (weights: [number, number, number]) =>
+  const decision = (weights: [number, number, number], agg: ExperimentAggregates = aggregates) =>
     buildReport({
       experiment: "g",
       variants: ["control", "b", "c"].map((name, i) => ({ name, weight: weights[i]! })),
-      aggregates,
+      aggregates: agg,
       metrics,
       analysis: { alpha: ALPHA, srmThreshold: 0.001, correction: "holm" },
       now: 0,
@@ -332,6 +332,16 @@ describe("guardrails and the split", () => {
   it("once that treatment is at weight 0, its broken guardrail no longer decides for the others", () => {
     const d = decision([50, 0, 50]);
     assert.equal(d.action, "continue", d.reason);
+  });
+
+  it("a treatment that broke a guardrail is never promoted, also once it is out of the split", () => {
+    // b now also wins on "watched" by far: 20% against 10%.
+    const winning = { ...watched, b: { units: 3000, conversions: 600 } };
+    const agg = { ...aggregates, metrics: [{ name: "watched", kind: "conversion", byVariant: winning }, aggregates.metrics[1]!] } as ExperimentAggregates;
+    assert.equal(decision([34, 33, 33], agg).action, "rollback");
+    const d = decision([50, 0, 50], agg);
+    assert.notEqual(d.action, "promote", d.reason);
+    assert.doesNotMatch(d.reason, /^b /);
   });
 
   it("with every treatment at weight 0 (rolled back), the broken guardrail still says rollback", () => {

@@ -677,7 +677,9 @@ function decide(d: DecisionInput): Decision {
   const corrected = d.correction === "none" ? "" : `, ${d.correction}-adjusted over ${d.familySize} comparison${d.familySize === 1 ? "" : "s"}`;
   // The direction is the side of 0 the running intersection of the always-valid intervals lies on, not the sign of
   // the current estimate (significance may rest on earlier looks).
-  const winners = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[0] > 0);
+  // A treatment that broke a guardrail is never recommended, even when it is out of the split (weight 0).
+  const guardBroken = new Set(offAndBroken);
+  const winners = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[0] > 0 && !guardBroken.has(c.variant));
   if (winners.length > 0) {
     const best = winners.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
     const others = winners.filter((w) => w !== best).map((w) => w.variant);
@@ -700,11 +702,11 @@ function decide(d: DecisionInput): Decision {
       reason: `Roll back to ${d.control}: ${losers.map((c) => `${c.variant} is significantly worse on ${primary.name} (${describeValue(primary, c.value)} vs ${describeValue(primary, primary.control.value)}, always-valid p = ${fmtP(c.pValueSequentialAdjusted)})`).join("; ")}.`,
     };
   }
-  return continueWithEstimate(d, primary);
+  return continueWithEstimate(d, primary, guardBroken);
 }
 
-function continueWithEstimate(d: DecisionInput, primary: MetricReport): Decision {
-  const ahead = primary.comparisons.filter((c) => (c.absolute.estimate ?? 0) > 0 && !c.significant);
+function continueWithEstimate(d: DecisionInput, primary: MetricReport, guardBroken: ReadonlySet<string>): Decision {
+  const ahead = primary.comparisons.filter((c) => (c.absolute.estimate ?? 0) > 0 && !c.significant && !guardBroken.has(c.variant));
   if (ahead.length === 0) {
     return {
       action: "continue",
