@@ -46,6 +46,7 @@ test("ts: a number of ms or an ISO string, from 1970 to an hour ahead of the ser
   // Microseconds for milliseconds, or a time zone mistake: ahead of the server's clock.
   refused(ev(1_795_867_200_000_000), /^ts: a time at most an hour ahead of the server's clock: .* is \d+ days ahead of 2027-01-01T00:00:00\.000Z$/);
   refused(ev("2027-01-01T05:30:00+00:00"), /^ts: a time at most an hour ahead of the server's clock: 2027-01-01T05:30:00\.000Z is 5\.5 hours ahead/);
+  refused(ev(ahead + 1), /is 61 minutes ahead/); // just past the hour: not "1 hours"
   for (const ts of ["2026-13-45T99:00:00Z", "9999-99-99T00:00:00Z"]) refused([ev(ts)], /^events\[0\]\.ts: a valid time/);
 });
 

@@ -116,8 +116,10 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
   return out;
 }
 
-/** "3.5 hours", "12 days": how far ahead an event's time is, for the message refusing it. */
+/** "61 minutes", "3.5 hours", "12 days": how far ahead an event's time is (rounded up), for the message refusing it. */
 function describeAhead(ms: number): string {
-  const hours = ms / 3_600_000;
-  return hours < 48 ? `${Number(hours.toFixed(1))} hours` : `${Math.round(hours / 24)} days`;
+  const minutes = Math.ceil(ms / 60_000);
+  if (minutes < 120) return `${minutes} minutes`;
+  const hours = Math.ceil(ms / 360_000) / 10;
+  return hours < 48 ? `${hours} hours` : `${Math.ceil(hours / 24)} days`;
 }
