@@ -105,9 +105,10 @@ test("validate and up name a variant whose build context or Dockerfile is missin
 
 test("numeric options are checked before anything runs: a bad --tail or --wait-timeout is a usage error (exit 2)", async () => {
   for (const [args, re] of [
-    [["logs", "control", "--tail", "abc"], /option '--tail <n>' argument 'abc' is invalid\. expected a whole number or "all", got "abc"/],
+    [["logs", "control", "--tail", "abc"], /option '--tail <n>' argument 'abc' is invalid\. expected a whole number from 0 to 2147483647 or "all", got "abc"/],
     [["logs", "control", "--tail", "-2"], /argument '-2' is invalid/],
-    [["up", "--wait-timeout", "abc"], /option '--wait-timeout <ms>' argument 'abc' is invalid\. expected a whole number of at least 1/],
+    [["up", "--wait-timeout", "abc"], /option '--wait-timeout <ms>' argument 'abc' is invalid\. expected a whole number from 1 to 2147483647/],
+    [["up", "--wait-timeout", "3000000000"], /argument '3000000000' is invalid/], // a timer fires such a delay after 1 ms
     [["up", "--wait-timeout", "0"], /argument '0' is invalid/],
   ] as const) {
     const res = await runCli([...args, "-c", "/nonexistent/abgate.yaml"]);

@@ -36,18 +36,20 @@ function byReplica(a: Docker.ContainerInfo, b: Docker.ContainerInfo): number {
 }
 
 /**
- * One container per replica: its running one, else its newest. Swarm keeps the containers of a service's failed
- * tasks beside the current one (ps showed three control-0 rows after two crashes, logs printed all three), and an
- * image build's passing containers carry the experiment's label but no replica.
+ * One container per replica: its running one, else (`newest`) its newest, or (`output`) its newest that has run,
+ * whose output says why it stopped: in a crash loop swarm's newest task container has often only been created.
+ * Swarm keeps the containers of a service's failed tasks beside the current one (ps showed three control-0 rows
+ * after two crashes, logs printed all three), and an image build's passing containers carry the experiment's label
+ * but no replica.
  */
-function currentReplicas(containers: Docker.ContainerInfo[]): Docker.ContainerInfo[] {
+function currentReplicas(containers: Docker.ContainerInfo[], prefer: "newest" | "output" = "newest"): Docker.ContainerInfo[] {
   const byId = new Map<string, Docker.ContainerInfo>();
+  const rank = (x: Docker.ContainerInfo) => (x.State === "running" ? 2 : prefer === "output" && (x.State === "exited" || x.State === "dead") ? 1 : 0);
   for (const c of containers) {
     if (c.Labels[LABEL.replica] === undefined) continue;
     const id = replicaId(c);
     const kept = byId.get(id);
-    const running = (x: Docker.ContainerInfo) => (x.State === "running" ? 1 : 0);
-    if (kept === undefined || (running(c) - running(kept) || c.Created - kept.Created) > 0) byId.set(id, c);
+    if (kept === undefined || (rank(c) - rank(kept) || c.Created - kept.Created) > 0) byId.set(id, c);
   }
   return [...byId.values()].sort(byReplica);
 }
@@ -158,7 +160,7 @@ export async function logs(
     throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
   }
   const docker = await client(options);
-  const containers = currentReplicas(await listExperimentContainers(docker, config)).filter((c) => c.Labels[LABEL.variant] === variant);
+  const containers = currentReplicas(await listExperimentContainers(docker, config), "output").filter((c) => c.Labels[LABEL.variant] === variant);
   if (containers.length === 0) {
     out(`no containers of variant ${variant} in experiment ${config.experiment}`);
     return;
@@ -237,14 +239,22 @@ function justAfter(timestamp: string): string | undefined {
 }
 
 /**
+ * How long a follow waits for a stopped replica to run again: past abgate's longest restart backoff (30 s). A
+ * replica nothing restarts (no abgate serving it) would otherwise keep the command waiting in silence.
+ */
+const RESTART_WAIT_MS = 45_000;
+
+/**
  * The replica's container once it runs again: the same one restarted, or a newer one (swarm). Undefined once the
- * replica has no container left (removed: `down`, or the experiment stopped).
+ * replica has no container left (removed: `down`, or the experiment stopped), or none ran within RESTART_WAIT_MS.
  */
 async function nextRun(docker: Docker, config: Config, replica: string, afterCreated: number): Promise<Docker.ContainerInfo | undefined> {
-  for (;;) {
+  const until = Date.now() + RESTART_WAIT_MS;
+  while (Date.now() < until) {
     const current = currentReplicas(await listExperimentContainers(docker, config)).find((x) => replicaId(x) === replica);
     if (current === undefined) return undefined;
     if (current.State === "running" && current.Created >= afterCreated) return current;
     await new Promise((r) => setTimeout(r, 250));
   }
+  return undefined;
 }

@@ -19,11 +19,14 @@ program
 
 const configOption = () => new Option("-c, --config <file>", "experiment config file").default("abgate.yaml");
 
-/** An option's value as a whole number of at least `min` (commander then reports a bad one as a usage error, exit 2). */
-function wholeNumber(min: number, also: readonly string[] = []): (value: string) => string {
+/**
+ * An option's value as a whole number from `min` to `max` (commander then reports a bad one as a usage error, exit
+ * 2). A timer's longest delay is 2^31 - 1 ms: Node fires a longer one after 1 ms.
+ */
+function wholeNumber(min: number, also: readonly string[] = [], max = 2 ** 31 - 1): (value: string) => string {
   return (value) => {
-    if (also.includes(value) || (/^\d+$/.test(value) && Number(value) >= min && Number.isSafeInteger(Number(value)))) return value;
-    throw new CommanderArgumentError(`expected a whole number${min > 0 ? ` of at least ${min}` : ""}${also.length ? ` or ${also.map((a) => `"${a}"`).join(", ")}` : ""}, got "${value}"`);
+    if (also.includes(value) || (/^\d+$/.test(value) && Number(value) >= min && Number(value) <= max)) return value;
+    throw new CommanderArgumentError(`expected a whole number from ${min} to ${max}${also.length ? ` or ${also.map((a) => `"${a}"`).join(", ")}` : ""}, got "${value}"`);
   };
 }
 
@@ -139,8 +142,11 @@ program
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
       interrupted.catch(() => undefined);
-      await gw?.stop();
-      await removingReplicas(config, () => engine.stop());
+      // (the gateway's stop too: a second Ctrl-C during it must kill the replicas, not leave them)
+      await removingReplicas(config, async () => {
+        await gw?.stop();
+        await engine.stop();
+      });
       throw err;
     }
     interrupted.catch(() => undefined);

@@ -105,6 +105,8 @@ describe("numerical edges found by an audit (references: scipy)", () => {
     // Exactly no variance, and rounding just below it, are data.
     assert.equal(meanTest({ n: 10, sum: 100, sumSquares: 1000 }, other).error, undefined);
     assert.equal(meanTest({ n: 3, sum: 0.3, sumSquares: 0.03 * (1 - 1e-12) }, other).error, undefined);
+    // Values under 1e-160, whose squares the stores drop: a sum of squares of 0 beside a tiny sum is data.
+    assert.notEqual(meanTest({ n: 1000, sum: 1e-158, sumSquares: 0 }, other).error, "INVALID_INPUT");
   });
 
   it("confidence intervals at a small alpha come from the lower tail (1 - alpha/2 rounded the digits away)", () => {

@@ -79,7 +79,9 @@ export function proportionTest(control: ProportionSample, treatment: ProportionS
 export function impossibleMeanSample(s: MeanSample): boolean {
   if (!(s.n > 0)) return false;
   const deficit = s.sum * (s.sum / s.n) - s.sumSquares;
-  return deficit > 1e-6 * s.sumSquares;
+  // The floor: the stores drop squares below about 1e-320 (values under 1e-160), so sums of such values have a sum
+  // of squares of 0.
+  return deficit > 1e-6 * s.sumSquares && deficit > 1e-290;
 }
 
 /** Sample mean and unbiased variance from sufficient statistics; variance clamped at 0 against rounding. */

@@ -153,15 +153,19 @@ export class DockerEngine implements Engine {
     }
     // watch before starting, so that a replica dying during start-up is not missed
     this.#watchEvents();
-    const creating = Promise.all([...this.#replicas.values()].map((r) => this.#createAndStart(r, onProgress)));
-    this.#creating = creating.then(() => {}, () => {});
+    // Every creation settles before this goes on: with Promise.all, the first failure let `stop` list the
+    // containers while the others were still being created, and those then ran on.
+    const creating = Promise.allSettled([...this.#replicas.values()].map((r) => this.#createAndStart(r, onProgress)));
+    this.#creating = creating.then(() => {});
+    let failed: PromiseRejectedResult | undefined;
     try {
-      await creating;
-    } catch (err) {
-      await this.stop().catch(() => {});
-      throw err;
+      failed = (await creating).find((r): r is PromiseRejectedResult => r.status === "rejected");
     } finally {
       this.#creating = null;
+    }
+    if (failed !== undefined) {
+      await this.stop().catch(() => {});
+      throw failed.reason;
     }
     this.#throwIfStopped();
   }
