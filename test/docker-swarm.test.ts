@@ -60,13 +60,21 @@ test("swarm: one-task services on host networking, endpoints follow the tasks, a
   await docker.getContainer(victim.Id).kill();
   await waitFor("control-1 out", () => !engine.endpoints().some((e) => e.id === "control-1"));
   await waitFor("control-1 back (swarm restarted the task)", () => engine.endpoints().some((e) => e.id === "control-1"), 20_000);
-  // The killed task's container is still there beside the new one: ps and logs show each replica once, the current one.
+  // The killed task's container is still there beside the new one: ps and logs show each replica once, the current one
+  // (once it answers, it has printed its line).
+  const port1 = engine.endpoints().find((e) => e.id === "control-1")!.port;
+  await waitFor("the new control-1 answers", () => get(`http://127.0.0.1:${port1}/health`));
   assert.ok((await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] === "1" && c.Labels["abgate.variant"] === "control").length >= 2);
   const rows = await ps(config, { docker, out: () => {} });
   assert.deepEqual(rows.map((r) => [r.replica, r.state]), [["control-0", "running"], ["control-1", "running"], ["treatment-0", "running"]]);
-  const lines: string[] = [];
-  await logs(config, "control", { docker, out: (l) => lines.push(l) });
-  assert.deepEqual(lines.filter((l) => l.includes("listening on")).map((l) => l.split(" |")[0]).sort(), ["control-0", "control-1"], lines.join("\n"));
+  // (the daemon copies a container's output asynchronously: ask again until the new container's line is in)
+  const listening = async () => {
+    const lines: string[] = [];
+    await logs(config, "control", { docker, out: (l) => lines.push(l) });
+    return lines.filter((l) => l.includes("listening on")).map((l) => l.split(" |")[0]);
+  };
+  await waitFor("control-1's new container's line", async () => (await listening()).includes("control-1"), 5_000);
+  assert.deepEqual((await listening()).sort(), ["control-0", "control-1"], "one line each: the killed task's container is left out");
 
   // a second engine adopting the running services (abgate serve) sees the same endpoints
   const adopter = new SwarmEngine(config, { adopt: true, log: () => {} });
