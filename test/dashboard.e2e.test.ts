@@ -235,9 +235,11 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     await page.keyboard.press("Escape");
     await confirm.waitFor({ state: "detached" });
     assert.deepEqual([...(await freshUnits(10, "escaped"))], [["treatment", 10]]);
-    // Confirmed from the keyboard, it sends new units back to the control.
+    // Confirmed from the keyboard, it sends new units back to the control. (The page moves focus to the confirm
+    // button once it has rendered it; on a loaded machine Enter could come first and land on the button opening it.)
     await page.getByRole("button", { name: "Roll back to control" }).click();
     await confirm.waitFor();
+    await page.waitForFunction((el) => el === document.activeElement, await confirm.elementHandle());
     await page.keyboard.press("Enter");
     await page.locator('[data-testid="control-status"]').getByText("Rollback: done.").waitFor();
     assert.deepEqual([...(await freshUnits(20, "rolled-back"))], [["control", 20]]);

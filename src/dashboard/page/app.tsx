@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
 import { describeStatsError } from "../../stats/error-text.ts";
@@ -614,7 +614,9 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
  */
 function Confirm({ label, yes, act, done }: { label: string; yes: string; act: () => void; done: () => void }) {
   const button = useRef<HTMLButtonElement>(null);
-  useEffect(() => button.current?.focus(), [label]);
+  // A layout effect: focus lands before the browser paints the prompt. After paint (useEffect), an Enter typed at
+  // once on a busy machine went to the button that opened it, and the prompt then waited for ever.
+  useLayoutEffect(() => button.current?.focus(), [label]);
   return (
     <div
       class="confirm"
