@@ -62,45 +62,62 @@ test("ps, logs (merged and followed, prefixed by replica) and down", async (t) =
   assert.match(empty[0], /no containers of experiment/);
 });
 
-test("up refuses to start when the experiment's listen port is taken, before it removes any container", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const { createServer } = await import("node:net");
+/**
+ * For tests that run the CLI's `up`: a build context (TEST_SERVER, or `files` and `dockerfile`), a work folder with
+ * an abgate.yaml of two variants built from it, and the matching config; both folders are removed after the test.
+ */
+async function upExperiment(
+  t: import("node:test").TestContext,
+  prefix: string,
+  portsBase: number,
+  listenPort: number,
+  context: { files?: Record<string, string>; dockerfile?: string } = {},
+): Promise<{ file: string; config: ReturnType<typeof testConfig>; experiment: string }> {
   const { mkdtempSync, writeFileSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
   const { join } = await import("node:path");
-  const { runCli } = await import("./helpers/cli.ts");
-  const dir = writeServiceContext();
-  const work = mkdtempSync(join(tmpdir(), "abgate-up-busy-"));
+  const dir = writeServiceContext(context.files, context.dockerfile);
+  const work = mkdtempSync(join(tmpdir(), `abgate-${prefix}-`));
   t.after(() => {
     rmSync(dir, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });
   });
-  const experiment = uniqueExperiment("busy");
-  const config = testConfig({ experiment, ports: { base: 19190 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }, { name: "treatment", build: dir, buildArgs: { BASE_IMAGE } }] });
-  // The running experiment: its replicas, and (standing in for its abgate) something on its listen port.
-  const engine = new DockerEngine(config, { stopTimeoutS: 1, log: () => {} });
-  t.after(() => engine.stop());
-  await engine.start();
+  const experiment = uniqueExperiment(prefix);
+  const variants = ["control", "treatment"].map((name) => ({ name, build: dir, buildArgs: { BASE_IMAGE } }));
+  const config = testConfig({ experiment, ports: { base: portsBase }, variants });
+  const file = join(work, "abgate.yaml");
+  writeFileSync(
+    file,
+    [
+      `experiment: ${experiment}`,
+      "engine: docker",
+      `listen: 127.0.0.1:${listenPort}`,
+      "admin: { listen: 127.0.0.1:0, token: t }",
+      `store: sqlite:${join(work, "abgate.db")}`,
+      "logLevel: warn",
+      `ports: { base: ${portsBase} }`,
+      "variants:",
+      ...variants.map((v) => `  - { name: ${v.name}, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`),
+    ].join("\n"),
+  );
+  return { file, config, experiment };
+}
+
+test("up refuses to start when the experiment's listen port is taken, before it removes any container", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { createServer } = await import("node:net");
+  const { runCli } = await import("./helpers/cli.ts");
+  // Something on the listen port (standing in for the running experiment's abgate), and the experiment's replicas.
   const busy = createServer();
   await new Promise<void>((resolve) => busy.listen({ host: "127.0.0.1", port: 0 }, resolve));
   t.after(() => busy.close());
   const port = (busy.address() as { port: number }).port;
-  writeFileSync(
-    join(work, "abgate.yaml"),
-    [
-      `experiment: ${experiment}`,
-      "engine: docker",
-      `listen: 127.0.0.1:${port}`,
-      "admin: { listen: 127.0.0.1:0 }",
-      `store: sqlite:${join(work, "abgate.db")}`,
-      "ports: { base: 19190 }",
-      "variants:",
-      `  - { name: control, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
-      `  - { name: treatment, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
-    ].join("\n"),
-  );
-  const res = await runCli(["up", "-c", join(work, "abgate.yaml")]);
+  const { file, config } = await upExperiment(t, "busy", 19190, port);
+  const engine = new DockerEngine(config, { stopTimeoutS: 1, log: () => {} });
+  t.after(() => engine.stop());
+  await engine.start();
+  const res = await runCli(["up", "-c", file]);
   assert.equal(res.code, 1, res.stderr);
   assert.match(res.stderr, new RegExp(`listen 127\\.0\\.0\\.1:${port} is in use: is this experiment already running \\(abgate up or serve\\)\\? Nothing was started or removed\\.`));
   const running = await listExperimentContainers(docker, config);
@@ -110,37 +127,15 @@ test("up refuses to start when the experiment's listen port is taken, before it 
 test("up: a second Ctrl-C while the replicas stop kills them at once, and none is left behind", async (t) => {
   const docker = await requireDocker(t);
   if (!docker) return;
-  const { mkdtempSync, writeFileSync } = await import("node:fs");
-  const { tmpdir } = await import("node:os");
-  const { join } = await import("node:path");
   const { startCli } = await import("./helpers/cli.ts");
   // A server that ignores SIGTERM, as node does as PID 1 without a handler: each stop waits out its timeout.
   const stubborn = `require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`;
-  const dir = writeServiceContext({ "stubborn.js": stubborn }, `ARG BASE_IMAGE=node:20-slim\nFROM \${BASE_IMAGE}\nCOPY stubborn.js /app/stubborn.js\nCMD ["node", "/app/stubborn.js"]\n`);
-  const work = mkdtempSync(join(tmpdir(), "abgate-up-twice-"));
-  t.after(() => {
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(work, { recursive: true, force: true });
+  const { file, config } = await upExperiment(t, "twice", 19210, 0, {
+    files: { "stubborn.js": stubborn },
+    dockerfile: `ARG BASE_IMAGE=node:20-slim\nFROM \${BASE_IMAGE}\nCOPY stubborn.js /app/stubborn.js\nCMD ["node", "/app/stubborn.js"]\n`,
   });
-  const experiment = uniqueExperiment("twice");
-  const config = testConfig({ experiment, ports: { base: 19210 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }, { name: "treatment", build: dir, buildArgs: { BASE_IMAGE } }] });
   t.after(() => down(config, { docker, stopTimeoutS: 0, out: () => {} }));
-  writeFileSync(
-    join(work, "abgate.yaml"),
-    [
-      `experiment: ${experiment}`,
-      "engine: docker",
-      "listen: 127.0.0.1:0",
-      "admin: { listen: 127.0.0.1:0, token: t }",
-      `store: sqlite:${join(work, "abgate.db")}`,
-      "logLevel: warn",
-      "ports: { base: 19210 }",
-      "variants:",
-      `  - { name: control, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
-      `  - { name: treatment, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`,
-    ].join("\n"),
-  );
-  const cli = await startCli(["up", "-c", join(work, "abgate.yaml")], /proxy http/, { timeoutMs: 120_000 });
+  const cli = await startCli(["up", "-c", file], /proxy http/, { timeoutMs: 120_000 });
   cli.child.kill("SIGINT");
   await waitFor("removal under way", () => cli.stdout().includes("removing the experiment's replicas"));
   cli.child.kill("SIGINT");
@@ -148,6 +143,8 @@ test("up: a second Ctrl-C while the replicas stop kills them at once, and none i
   const code = await cli.exited;
   assert.equal(code, 1, `exit ${code} after ${Date.now() - t0} ms\n${cli.stdout()}\n${cli.stderr()}`);
   assert.match(cli.stdout(), /killing the experiment's replicas now/);
-  const left = (await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] !== undefined);
-  assert.deepEqual(left.map((c) => c.State), [], "no replica is left");
+  // (a removal the daemon had already begun may still be finishing: "removing")
+  const left = async () => (await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] !== undefined);
+  await waitFor("no replica left", async () => (await left()).length === 0, 10_000).catch(() => undefined);
+  assert.deepEqual((await left()).map((c) => c.State), [], "no replica is left");
 });
