@@ -21,6 +21,17 @@ async function swarm(docker: Docker): Promise<void> {
   initialised = true;
 }
 
+/** A swarm test's start: Docker (or a skip), the swarm joined, and a build context removed after the test. */
+async function swarmTest(t: import("node:test").TestContext): Promise<{ docker: Docker; dir: string } | undefined> {
+  const docker = await requireDocker(t);
+  if (!docker) return undefined;
+  client = docker;
+  await swarm(docker);
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return { docker, dir };
+}
+
 after(async () => {
   if (initialised && client) {
     await client.swarmLeave({ force: true }).catch(() => {});
@@ -31,12 +42,9 @@ after(async () => {
 });
 
 test("swarm: one-task services on host networking, endpoints follow the tasks, a killed task comes back, stop and down leave nothing", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  client = docker;
-  await swarm(docker);
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const experiment = uniqueExperiment("swarm");
   const config = testConfig({
     experiment,
@@ -97,12 +105,9 @@ test("swarm: one-task services on host networking, endpoints follow the tasks, a
 });
 
 test("swarm: stop while start is creating the services (Ctrl-C during up) leaves no service behind", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  client = docker;
-  await swarm(docker);
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const config = testConfig({ experiment: uniqueExperiment("swrace"), engine: "swarm", ports: { base: 19820 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 6 }] });
   const engine = await createEngine(config, { log: () => {} });
   t.after(() => engine.stop());
