@@ -3,7 +3,7 @@ import type { Server } from "node:net";
 import { randomBytes } from "node:crypto";
 import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./clock.ts";
 import type { Config } from "./config/index.ts";
-import { createEngine } from "./engines/index.ts";
+import { configuredReplicas, createEngine } from "./engines/index.ts";
 import type { Engine } from "./engines/types.ts";
 import { CONNECT_CHECK, HealthTracker } from "./health/index.ts";
 import { createLogger, type Logger } from "./log/index.ts";
@@ -176,9 +176,15 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
     const live = new LiveStats(variantNames, () => clock.now());
     const batcher = exposuresOn ? new ExposureBatcher(store, { clock, log: engineLog }) : null;
+    const configured = configuredReplicas(config);
     const metrics = new GatewayMetrics(
       config.experiment,
-      () => health.snapshot().map((h) => ({ variant: h.variant, replica: h.id, healthy: h.state === "healthy" })),
+      () => {
+        const known = health.snapshot().map((h) => ({ variant: h.variant, replica: h.id, healthy: h.state === "healthy" }));
+        // A replica that does not run has no health entry: it is 0, not absent, so that an alert on 0 fires.
+        for (const c of configured) if (!known.some((k) => k.replica === c.id)) known.push({ variant: c.variant, replica: c.id, healthy: false });
+        return known;
+      },
       () => strategy.weights(),
       () => batcher?.stats().dropped ?? 0,
     );
@@ -240,7 +246,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           allowForce: config.allowForce,
           listen: proxyUrl,
           startedAt,
-          variants: variantNames.map((name, vi) => {
+          variants: variantNames.map((name) => {
             const replicas: ReplicaView[] = balancer.replicas(name).map((r) => ({
               id: r.id,
               variant: name,
@@ -251,14 +257,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
             }));
             // The engines list only replicas that run: one that crashed (or crash-loops) must still show, as down,
             // or a variant with every replica dead reads as 0/0 instead of 0/2.
-            if (config.engine !== "static") {
-              for (let i = 0; i < config.variants[vi]!.replicas; i++) {
-                if (!replicas.some((r) => r.replica === i)) {
-                  replicas.push({ id: `${name}-${i}`, variant: name, replica: i, address: "", health: "not running", outstanding: 0 });
-                }
+            for (const c of configured) {
+              if (c.variant === name && !replicas.some((r) => r.replica === c.replica)) {
+                replicas.push({ id: c.id, variant: name, replica: c.replica, address: "", health: "not running", outstanding: 0 });
               }
-              replicas.sort((a, b) => a.replica - b.replica);
             }
+            replicas.sort((a, b) => a.replica - b.replica);
             const req = liveByVariant.get(name)?.requests ?? 0;
             requests += req;
             return { name, weight: weights[name] ?? 0, replicas, requests: req, healthyReplicas: replicas.filter((r) => r.health === "healthy").length };

@@ -465,6 +465,9 @@ test("a variant whose replicas all crash shows them as not running (0/2), not as
     assert.deepEqual(treatment.replicas.map((r) => [r.id, r.health, r.address]), [["treatment-0", "not running", ""], ["treatment-1", "not running", ""]]);
     assert.equal(treatment.healthyReplicas, 0);
     assert.deepEqual(view.variants.find((v) => v.name === "control")!.replicas.map((r) => r.id), ["control-0"]);
+    // The health metric has them too, at 0: an alert on 0 must fire for replicas that do not run.
+    const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+    for (const id of ["treatment-0", "treatment-1"]) assert.match(metrics, new RegExp(`abgate_replica_healthy\\{[^}]*replica="${id}"[^}]*\\} 0`), metrics);
   } finally {
     await gw.close();
     rmSync(dir, { recursive: true, force: true });

@@ -158,6 +158,21 @@ test("engine process: replicas get their PORT, a crashed one is restarted and re
   await assert.rejects(fetch(`http://127.0.0.1:${first.port}/`), "replica processes are gone");
 });
 
+test("up waits for every replica of the config: a variant whose command cannot start fails the wait, named", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  writeFileSync(join(dir, "server.js"), `require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`);
+  const file = writeConfig(
+    dir,
+    `experiment: missing\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: error\nports: { base: 23160 }\n` +
+      `variants:\n  - { name: control, command: [node, server.js], replicas: 2 }\n  - { name: treatment, command: [/nonexistent/model-server], replicas: 2 }\n`,
+  );
+  const res = await runCli(["up", "-c", file, "--wait-timeout", "3000"], { timeoutMs: 30_000 });
+  assert.equal(res.code, 1, res.stdout + res.stderr);
+  assert.match(res.stdout, /waiting for 4 replicas to become healthy/);
+  assert.match(res.stderr, /not healthy after 3000 ms: .*treatment-0 \(not running: it exited, or never started\), treatment-1 \(not running/);
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test("engine process without health: `up` waits until the replica accepts connections, and its first request is served", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
   // A model that loads for 1.5 s before it listens.

@@ -2,7 +2,7 @@ import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError
 import { loadConfig, type Config } from "../config/index.ts";
 import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
 import { startGateway, type Gateway } from "../gateway.ts";
-import { createEngine } from "../engines/index.ts";
+import { configuredReplicas, createEngine } from "../engines/index.ts";
 import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
@@ -121,7 +121,9 @@ program
       starting.catch(() => undefined);
       await Promise.race([starting, interrupted]);
       gw = await Promise.race([startGateway(config, { log, engine }), interrupted]);
-      const ids = engine.endpoints().map((e) => e.id);
+      // Every replica of the config, not only those running now: a variant whose command is missing, or a replica
+      // between two crashes, made the wait pass with "all 2 replicas healthy" out of 4.
+      const ids = [...new Set([...engine.endpoints().map((e) => e.id), ...configuredReplicas(config).map((r) => r.id)])];
       out(`waiting for ${ids.length} replicas to become healthy...`);
       // Progress while waiting (the SPEC's long work shows progress): a line each time the count changes.
       const health = gw.health;

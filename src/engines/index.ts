@@ -22,3 +22,13 @@ export async function createEngine(config: Config, options: EngineOptions & Proc
     }
   }
 }
+
+/**
+ * The replicas a config asks for, by the id every engine gives them (`variant-i`), for the engines that start
+ * replicas. An engine lists only those that run; these also name the ones that crashed or never started, for the
+ * health wait, the experiment view and the health metric. Static endpoints are the config itself: none here.
+ */
+export function configuredReplicas(config: Config): { id: string; variant: string; replica: number }[] {
+  if (config.engine === "static") return [];
+  return config.variants.flatMap((v) => Array.from({ length: v.replicas }, (_, i) => ({ id: `${v.name}-${i}`, variant: v.name, replica: i })));
+}
