@@ -86,7 +86,7 @@ test("SIGKILL right after {accepted: N}: all N events are in the store on restar
   await backend.close();
 });
 
-test("validate and up name a variant whose build context or Dockerfile is missing (exit 2), before anything runs", async () => {
+test("validate and up name a variant whose build context, Dockerfile or cwd is missing (exit 2), before anything runs", async () => {
   const { mkdirSync } = await import("node:fs");
   const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
   mkdirSync(join(dir, "no-dockerfile"));
@@ -99,6 +99,13 @@ test("validate and up name a variant whose build context or Dockerfile is missin
     assert.equal(res.code, 2, `${command}: ${res.stdout}${res.stderr}`);
     assert.match(res.stderr, /variants\[0\]\.build: a Dockerfile in .*no-dockerfile; there is none/);
     assert.match(res.stderr, /variants\[1\]\.build: a folder with a Dockerfile; .*missing does not exist/);
+  }
+  // A process replica's cwd: spawn said "spawn node ENOENT", as if node were missing.
+  const procs = writeConfig(dir, "experiment: ctx\nengine: process\nvariants:\n  - { name: control, command: [node, s.js], cwd: ./nowhere }\n");
+  for (const command of ["validate", "up", "serve"]) {
+    const res = await runCli([command, "-c", procs]);
+    assert.equal(res.code, 2, `${command}: ${res.stdout}${res.stderr}`);
+    assert.match(res.stderr, /variants\[0\]\.cwd: an existing folder; .*nowhere is not one/);
   }
   rmSync(dir, { recursive: true, force: true });
 });

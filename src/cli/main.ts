@@ -80,6 +80,8 @@ program
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
+    // (serve builds nothing: it adopts containers that run)
+    await assertLocalPaths(config, { builds: false });
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     const signalled = untilSignal();
     let engine;
@@ -101,7 +103,7 @@ program
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
-    await assertBuildContexts(config);
+    await assertLocalPaths(config);
     // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
     // are taken because the experiment already runs (another `up` or `serve`), that took its replicas away and then
     // failed to listen.
@@ -186,13 +188,25 @@ async function removingReplicas(config: Config, remove: () => Promise<void>): Pr
 }
 
 /**
- * A config error (exit 2) naming `variants[i].build` when a build context or its Dockerfile is missing. Not part of
- * loading the config: `down`, `ps`, `logs` and `report` must still work after a model's folder is gone.
+ * A config error (exit 2) naming the key when a folder the replicas need is missing: a build context or its
+ * Dockerfile (`variants[i].build`), or a process replica's working folder (`variants[i].cwd`, which spawn reported
+ * as the command missing: "spawn node ENOENT"). Not part of loading the config: `down`, `ps`, `logs` and `report`
+ * must still work after a model's folder is gone.
  */
-async function assertBuildContexts(config: Config): Promise<void> {
-  if (!runsContainers(config)) return;
-  const { buildContextIssues } = await import("../engines/docker/context.ts");
-  const issues = buildContextIssues(config.variants);
+async function assertLocalPaths(config: Config, { builds = true } = {}): Promise<void> {
+  const issues: { path: string; message: string }[] = [];
+  if (builds && runsContainers(config)) {
+    const { buildContextIssues } = await import("../engines/docker/context.ts");
+    issues.push(...buildContextIssues(config.variants));
+  }
+  if (config.engine === "process") {
+    const { statSync } = await import("node:fs");
+    config.variants.forEach((v, i) => {
+      if (v.cwd !== undefined && !statSync(v.cwd, { throwIfNoEntry: false })?.isDirectory()) {
+        issues.push({ path: `variants[${i}].cwd`, message: `an existing folder; ${v.cwd} is not one` });
+      }
+    });
+  }
   if (issues.length > 0) throw new ConfigError(issues);
 }
 
@@ -365,7 +379,7 @@ program
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
-    await assertBuildContexts(config);
+    await assertLocalPaths(config);
     out(
       `ok: experiment ${config.experiment}, engine ${config.engine}, strategy ${config.strategy.kind}, ` +
         `variants ${config.variants.map((v) => `${v.name} (weight ${v.weight}, ${v.replicas} replica${v.replicas === 1 ? "" : "s"})`).join(", ")}, ` +
