@@ -186,7 +186,16 @@ test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
   assert.equal((await admin(gw, "GET", "/v1/nope")).status, 404);
   const res = await admin(gw, "DELETE", "/v1/experiment");
   assert.equal(res.status, 405);
-  assert.match(((await res.json()) as { error: string }).error, /allowed: GET/);
+  assert.equal(res.headers.get("allow"), "GET, HEAD", "RFC 9110: a 405 names the allowed methods");
+  assert.match(((await res.json()) as { error: string }).error, /allowed: GET, HEAD/);
+  const post = await admin(gw, "POST", "/metrics");
+  assert.equal(post.status, 405);
+  assert.equal(post.headers.get("allow"), "GET, HEAD");
+  const weights = await admin(gw, "DELETE", "/v1/weights");
+  assert.equal(weights.headers.get("allow"), "PUT, POST");
+  const head = await fetch(`${gw.adminUrl}/metrics`, { method: "HEAD" });
+  assert.equal(head.status, 200, "HEAD where GET is");
+  assert.equal(await head.text(), "");
 });
 
 /** POST a body of `size` bytes to the admin listener, chunked or with content-length, reading the answer and noting whether the server closed the connection afterwards. */

@@ -132,7 +132,12 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const method = req.method ?? "GET";
     if (await dashboard(req, res)) return;
     const allow = (methods: string) => {
-      if (!methods.split(",").includes(method)) throw new RequestError(`${method} is not allowed on ${path} (allowed: ${methods})`, 405, "ABGATE_ERR_METHOD");
+      // HEAD wherever GET is (Node sends a HEAD answer's headers without its body), as the dashboard's routes do.
+      const allowed = methods.split(",").flatMap((m) => (m === "GET" ? ["GET", "HEAD"] : [m]));
+      if (!allowed.includes(method)) {
+        // RFC 9110 §15.5.6: a 405 names the allowed methods in Allow.
+        throw Object.assign(new RequestError(`${method} is not allowed on ${path} (allowed: ${allowed.join(", ")})`, 405, "ABGATE_ERR_METHOD"), { allow: allowed.join(", ") });
+      }
     };
     switch (path) {
       case "/v1/experiment":
@@ -218,6 +223,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
       if (res.headersSent) return void res.destroy();
       const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : status === 503 ? { "retry-after": "5" } : {};
+      const allowHeader = (err as { allow?: unknown }).allow;
+      if (status === 405 && typeof allowHeader === "string") extra.allow = allowHeader;
       if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
       sendJson(res, status, { error: message, code }, extra);
     });

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config/index.ts";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
@@ -27,13 +28,15 @@ export function registerDemoCommands(program: Command): void {
     .action(async (opts: { config: string; proxy?: string; admin?: string; token?: string; users: number; requests?: number; duration: number; concurrency: number; seed: number; dataDir?: string }) => {
       let proxyUrl = opts.proxy;
       let adminUrl = opts.admin;
-      let token = opts.token ?? process.env.ABGATE_INGEST_TOKEN ?? process.env.ABGATE_ADMIN_TOKEN;
-      if (!proxyUrl || !adminUrl) {
+      // An empty value means "not set", as for the admin commands (a blank CI variable must not hide the config's).
+      let token = opts.token || process.env.ABGATE_INGEST_TOKEN || process.env.ABGATE_ADMIN_TOKEN || undefined;
+      // With --proxy and --admin given, the config is still read for its token, when there is a config file.
+      if (!proxyUrl || !adminUrl || (token === undefined && existsSync(opts.config))) {
         const config = loadConfig(opts.config);
         const url = (h: { host: string; port: number }) => `http://${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`;
         proxyUrl ??= url(config.listen);
         adminUrl ??= url(config.admin.listen);
-        token ??= config.admin.ingestToken ?? config.admin.token;
+        token ??= config.admin.ingestToken || config.admin.token || undefined;
       }
       const { simulate } = await import("./simulate.ts");
       const total = opts.requests ?? opts.users * 3;

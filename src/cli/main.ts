@@ -241,9 +241,12 @@ program
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
     if (!runsContainers(config)) {
-      // Nothing outlives the serving abgate: static endpoints are not abgate's, and process replicas are its
-      // children, stopped when it stops. Asking Docker would only fail on a machine without it.
-      out(`engine ${config.engine} runs no containers: nothing to remove${config.engine === "process" ? " (process replicas stop with the abgate that started them)" : ""}`);
+      // Static endpoints are not abgate's, and process replicas are its children, stopped when it stops, but for a
+      // SIGKILL of abgate, which nothing can catch. Asking Docker would only fail on a machine without it.
+      out(
+        `engine ${config.engine} runs no containers: nothing to remove` +
+          (config.engine === "process" ? " (process replicas stop with the abgate that started them; after a kill -9 of it they run on, each in its own process group)" : ""),
+      );
       return;
     }
     const { down } = await import("./docker-commands.ts");
