@@ -202,3 +202,18 @@ test("process engine: start() lets timers run between replicas, and stop() durin
   await starting;
   assert.deepEqual(await until("no replica left", () => (ours().length === 0 ? [] : undefined), 5000), []);
 });
+
+test("process engine: a replica's output tail joins lines split across pipe reads, and cuts very long ones", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  // 100,016 characters in one line: the pipe hands them over in reads of 64 KiB, which made two tail entries.
+  writeFileSync(join(dir, "long.js"), `process.stdout.write("x".repeat(100016) + "\\nélan\\n", () => setInterval(() => {}, 1000));`);
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: [node, long.js] }\n`));
+  await engine.start();
+  try {
+    const tail = await until("both lines", () => (engine.tail("control-0").includes("élan") ? engine.tail("control-0") : undefined));
+    assert.deepEqual(tail.map((l) => l.length), [4097, 4], "one line, cut to 4,096 characters and an ellipsis, then the next");
+    assert.equal(tail[0], `${"x".repeat(4096)}…`);
+  } finally {
+    await engine.stop();
+  }
+});

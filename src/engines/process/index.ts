@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
+import { StringDecoder } from "node:string_decoder";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
@@ -32,6 +33,26 @@ export interface ProcessEngineOptions extends EngineOptions {
 }
 
 const TAIL_LINES = 20;
+/** A longer line is kept cut to this many characters, with "…" (a replica may print megabytes without a newline). */
+const MAX_LINE_CHARS = 4096;
+
+/**
+ * A stream's chunks as whole lines: a line split over two chunks (a pipe hands over 64 KiB at a time), or a UTF-8
+ * character split over two, is joined before `onLine` sees it. Of a chunk with many lines only the last `last` are
+ * handed on: the rest would only be pushed out of the tail again (a chatty replica cost the proxy's thread a third
+ * of its time that way).
+ */
+function lineReader(onLine: (line: string) => void, last: number): (chunk: Buffer) => void {
+  const decoder = new StringDecoder("utf8");
+  /** the unfinished last line, kept to MAX_LINE_CHARS + 1 characters (one more marks it as cut) */
+  let partial = "";
+  const cut = (line: string) => (line.length > MAX_LINE_CHARS ? `${line.slice(0, MAX_LINE_CHARS)}…` : line);
+  return (chunk) => {
+    const lines = (partial + decoder.write(chunk)).split("\n");
+    partial = lines.pop()!.slice(0, MAX_LINE_CHARS + 1);
+    for (let i = Math.max(0, lines.length - last); i < lines.length; i++) onLine(cut(lines[i]!));
+  };
+}
 
 /**
  * Whether any process of the group still runs. A killed member stays a zombie until its parent reaps it (for
@@ -134,16 +155,14 @@ export class ProcessEngine implements Engine {
     r.running = true;
     r.spawnError = undefined;
     r.startedAtMs = this.#clock.now();
-    const onData = (buf: Buffer) => {
-      for (const line of buf.toString("utf8").split("\n")) {
-        if (!line) continue;
-        r.tail.push(line);
-        if (r.tail.length > TAIL_LINES) r.tail.shift();
-        if (this.#opts.echoOutput) process.stderr.write(`[${id}] ${line}\n`);
-      }
+    const keep = (line: string) => {
+      if (!line) return;
+      r.tail.push(line);
+      if (r.tail.length > TAIL_LINES) r.tail.shift();
+      if (this.#opts.echoOutput) process.stderr.write(`[${id}] ${line}\n`);
     };
-    child.stdout!.on("data", onData);
-    child.stderr!.on("data", onData);
+    child.stdout!.on("data", lineReader(keep, this.#opts.echoOutput ? Infinity : TAIL_LINES));
+    child.stderr!.on("data", lineReader(keep, this.#opts.echoOutput ? Infinity : TAIL_LINES));
     const spawned = new Promise<Error | undefined>((resolve) => {
       child.once("spawn", () => resolve(undefined));
       child.on("error", (err) => {
