@@ -87,7 +87,9 @@ test("a variable's value is data, not YAML: comments, colons and digits stay in 
 });
 
 test("validate refuses what serve would: non-http or path URLs, ports past 65535, admin on the proxy's address", () => {
-  assert.match(issues(base.replace("http://127.0.0.1:9001", "ftp://127.0.0.1:9001")).join(), /variants\[0\]\.url: an http:\/\/ URL \(got ftp:\)/);
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "ftp://127.0.0.1:9001")).join(), /variants\[0\]\.url: an http:\/\/ URL \(got "ftp:\/\/127\.0\.0\.1:9001"\)/);
+  // No scheme: URL reads "localhost:" as one; the message shows what was written.
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "localhost:24302")).join(), /variants\[0\]\.url: an http:\/\/ URL \(got "localhost:24302"\)/);
   assert.match(issues(base.replace("http://127.0.0.1:9001", "http://127.0.0.1:9001/api")).join(), /variants\[0\]\.url: an origin without path/);
   assert.match(issues(base + "listen: 127.0.0.1:99999\n").join(), /^listen: host:port with a port from 0 to 65535/m);
   assert.match(issues(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.1:8090' }\n").join(), /admin\.listen: an address other than listen's/);
@@ -147,4 +149,11 @@ test("abgate validate exits 2 with the key path for overflowing weights, an alia
     assert.match(res.stderr, /^abgate: config error$/m, name);
     assert.match(res.stderr, expected, `${name}: ${res.stderr}`);
   }
+});
+
+test("errors a newcomer meets say what is wrong: an empty variable by name, a duplicate key by its line, replicas of urls", () => {
+  assert.deepEqual(issues(base + "listen: ${NU_LISTEN}\n", {}), ["listen: Invalid input: expected string, received null (it is ${NU_LISTEN}, which is empty or not set)"]);
+  assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: Map keys must be unique: experiment: again']);
+  const urls = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "urls: ['http://127.0.0.1:9002', 'http://127.0.0.1:9003']"), "/tmp", {});
+  assert.deepEqual(urls.variants.map((v) => v.replicas), [1, 2], "one replica per url, as the static engine runs them");
 });

@@ -83,7 +83,7 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     (v.urls ?? (v.url !== undefined ? [v.url] : [])).forEach((raw, j) => {
       const key = v.urls ? `${at}.urls[${j}]` : `${at}.url`;
       const u = new URL(raw);
-      if (u.protocol !== "http:") out.push({ path: key, message: `an http:// URL (got ${u.protocol})` });
+      if (u.protocol !== "http:") out.push({ path: key, message: `an http:// URL (got ${JSON.stringify(raw)})` });
       else if (u.pathname !== "/" || u.search || u.hash) out.push({ path: key, message: "an origin without path or query (http://host:port)" });
     });
     if (v.urls && v.replicas !== 1 && v.replicas !== v.urls.length) {
@@ -152,6 +152,8 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
     store: cfg.store.startsWith("sqlite:") ? `sqlite:${resolve(baseDir, cfg.store.slice("sqlite:".length))}` : cfg.store,
     variants: cfg.variants.map((v) => ({
       ...v,
+      // with urls, one replica per url (semanticChecks allows only 1, the default, or that number)
+      replicas: v.urls !== undefined ? v.urls.length : v.replicas,
       build: v.build !== undefined ? resolve(baseDir, v.build) : undefined,
       cwd: v.cwd !== undefined ? resolve(baseDir, v.cwd) : v.command ? baseDir : undefined,
     })),
@@ -164,7 +166,11 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
 
 /** A whole scalar that was one `${NAME}`: its text, typed by the schema where the key expects a number or boolean. */
 class EnvValue {
-  constructor(readonly text: string) {}
+  /** `name`: the variable, to name it when its value (empty: null) is what the schema refuses */
+  constructor(
+    readonly text: string,
+    readonly name?: string,
+  ) {}
 }
 
 /**
@@ -179,16 +185,25 @@ class EnvValue {
  */
 export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env): Config {
   /** what each placeholder stands for: a variable's value, or the literal `${...}` of a `$${...}` escape */
-  const values: { text: string; literal: boolean }[] = [];
+  const values: { text: string; literal: boolean; name?: string }[] = [];
   const tag = `abgateenv${Math.random().toString(36).slice(2, 10)}x`;
   const marked = text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => {
     // The escape gets a placeholder too: put back into the text, its braces would end a flow map (`{ A: $${X} }`)
-    values.push(whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false });
+    values.push(whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false, name: key });
     return `${tag}${values.length - 1}x`;
   });
   const doc = parseDocument(marked, { prettyErrors: true });
   if (doc.errors.length) {
-    throw new ConfigError(doc.errors.map((e) => ({ path: `line ${e.linePos?.[0].line ?? "?"}`, message: e.message.split("\n")[0].replaceAll(tag, "$env") })));
+    const lines = text.split("\n");
+    throw new ConfigError(
+      doc.errors.map((e) => {
+        const line = e.linePos?.[0].line;
+        // yaml's first line ends "at line 6, column 1:" before a code frame: say the line's text instead.
+        const what = e.message.split("\n")[0]!.replaceAll(tag, "$env").replace(/ at line \d+, column \d+:?$/, "");
+        const source = line !== undefined ? lines[line - 1]?.trim() : undefined;
+        return { path: `line ${line ?? "?"}`, message: source ? `${what}: ${source}` : what };
+      }),
+    );
   }
   if (values.length > 0) {
     const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
@@ -199,7 +214,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
         const only = whole.exec(node.value);
         const value = only !== null ? values[Number(only[1])]! : undefined;
         if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
-          node.value = value.text === "" ? null : new EnvValue(value.text);
+          node.value = new EnvValue(value.text, value.name);
         } else node.value = node.value.replace(placeholder, (_, i: string) => values[Number(i)]!.text);
       },
     });
@@ -216,8 +231,18 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       : `the YAML cannot be read: ${(cause as Error).message}`;
     throw new ConfigError([{ path: "", message }], { cause });
   }
-  const raw = unwrapEnv(js, [], envPaths);
-  return validateConfig(raw, baseDir, envPaths);
+  const emptyVars = new Map<string, string>();
+  const raw = unwrapEnv(js, [], envPaths, emptyVars);
+  try {
+    return validateConfig(raw, baseDir, envPaths);
+  } catch (err) {
+    // "listen: expected string, received null" does not say why: name the variable that was empty or unset.
+    if (!(err instanceof ConfigError) || emptyVars.size === 0) throw err;
+    throw new ConfigError(
+      err.issues.map((i) => (emptyVars.has(i.path) ? { ...i, message: `${i.message} (it is \${${emptyVars.get(i.path)}}, which is empty or not set)` } : i)),
+      { cause: err },
+    );
+  }
 }
 
 const ENV_REFERENCE = /\$?\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
@@ -228,15 +253,20 @@ function envValue(env: NodeJS.ProcessEnv, key: string, def: string | undefined):
 }
 
 /** Replaces EnvValues by their text, noting where each was (key path -> text). */
-function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>): unknown {
+function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>): unknown {
   if (value instanceof EnvValue) {
+    // An empty or unset variable is null, as the text `token: ` would be.
+    if (value.text === "") {
+      if (value.name !== undefined) empty.set(pathOf(path), value.name);
+      return null;
+    }
     found.set(pathOf(path), value.text);
     return value.text;
   }
-  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found));
+  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found, empty));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found);
+    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found, empty);
     return out;
   }
   return value;
