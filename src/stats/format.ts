@@ -23,7 +23,8 @@ function absolute(metric: MetricReport, c: Comparison): string {
   const a = c.absolute;
   if (a.estimate === null) return "n/a";
   const proportion = metric.kind === "conversion" || metric.kind === "error_rate";
-  const show = (x: number) => (proportion ? `${x >= 0 ? "+" : ""}${fmt(x * 100)} pp` : `${x >= 0 ? "+" : ""}${fmt(x)}`);
+  const unit = metric.kind === "latency" ? " ms" : "";
+  const show = (x: number) => (proportion ? `${x >= 0 ? "+" : ""}${fmt(x * 100)} pp` : `${x >= 0 ? "+" : ""}${fmt(x)}${unit}`);
   return a.ci ? `${show(a.estimate)} [${show(a.ci[0])}, ${show(a.ci[1])}]` : show(a.estimate);
 }
 

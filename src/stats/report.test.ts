@@ -144,6 +144,7 @@ describe("SRM under weight changes", () => {
     assert.equal(report.srm.reason, "ADAPTIVE_ALLOCATION");
     assert.match(report.srm.note, /bandit/);
     assert.equal(report.decision.action, "promote", report.decision.reason);
+    assert.match(report.decision.reason, /Guardrails hold; the split is not checked under the bandit's moving weights\./, "not 'SRM not judged yet', as if it would be");
     // other strategies still check the cumulative split
     assert.equal(buildReport(input(BANDIT, { control: 0.01, treatment: 0.99 }, { strategy: "sticky" })).report.srm.mismatch, true);
   });

@@ -585,7 +585,7 @@ function guardrail(
 function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): DataQuality {
   const fallbackRequests = variants.reduce((s, v) => s + v.fallbackRequests, 0);
   const notes: string[] = [];
-  if (agg.forcedRequests > 0) notes.push(`${agg.forcedRequests} forced requests (x-abgate-force-variant) are left out of the analysis`);
+  if (agg.forcedRequests > 0) notes.push(`${agg.forcedRequests} forced request${agg.forcedRequests === 1 ? "" : "s"} (x-abgate-force-variant) ${agg.forcedRequests === 1 ? "is" : "are"} left out of the analysis`);
   if (agg.multiVariantUnits > 0) {
     notes.push(`${agg.multiVariantUnits} units were assigned to more than one variant; each counts for its first variant only (intention to treat)`);
   }
@@ -689,7 +689,7 @@ function decide(d: DecisionInput): Decision {
       reason:
         `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
         `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
-        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""} and the split matches the weights${d.srm.judged ? "" : " (SRM not judged yet)"}.` +
+        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""}${d.srm.reason === "ADAPTIVE_ALLOCATION" ? "; the split is not checked under the bandit's moving weights" : d.srm.judged ? " and the split matches the weights" : " (the split is not judged yet)"}.` +
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
     };
   }
