@@ -157,6 +157,7 @@ program
     await serveUntilSignal(gw, log, signalled, () => killReplicasAndExit(config));
     out("removing the experiment's replicas... (press Ctrl-C again to kill them now)");
     await removingReplicas(config, () => engine.stop());
+    out("removed; abgate stopped");
   });
 
 /** Set once the replicas were killed on a second signal: the stop was not graceful, so abgate exits 1. */
