@@ -223,7 +223,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
       if (res.headersSent) return void res.destroy();
       const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : status === 503 ? { "retry-after": "5" } : {};
-      const allowHeader = (err as { allow?: unknown }).allow;
+      const allowHeader = (err as { allow?: unknown } | null | undefined)?.allow;
       if (status === 405 && typeof allowHeader === "string") extra.allow = allowHeader;
       if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
       sendJson(res, status, { error: message, code }, extra);

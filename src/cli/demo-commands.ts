@@ -1,4 +1,3 @@
-import { existsSync } from "node:fs";
 import { Option, type Command } from "commander";
 import { loadConfig } from "../config/index.ts";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
@@ -30,8 +29,9 @@ export function registerDemoCommands(program: Command): void {
       let adminUrl = opts.admin;
       // An empty value means "not set", as for the admin commands (a blank CI variable must not hide the config's).
       let token = opts.token || process.env.ABGATE_INGEST_TOKEN || process.env.ABGATE_ADMIN_TOKEN || undefined;
-      // With --proxy and --admin given, the config is still read for its token, when there is a config file.
-      if (!proxyUrl || !adminUrl || (token === undefined && existsSync(opts.config))) {
+      // With --proxy and --admin both given the config is not read: it may be another gateway's, and its token must
+      // not be sent to these URLs.
+      if (!proxyUrl || !adminUrl) {
         const config = loadConfig(opts.config);
         const url = (h: { host: string; port: number }) => `http://${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`;
         proxyUrl ??= url(config.listen);

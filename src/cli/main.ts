@@ -157,7 +157,7 @@ program
     await serveUntilSignal(gw, log, signalled, () => killReplicasAndExit(config));
     out("removing the experiment's replicas... (press Ctrl-C again to kill them now)");
     await removingReplicas(config, () => engine.stop());
-    out("removed; abgate stopped");
+    if (!killedOnSignal) out("removed; abgate stopped");
   });
 
 /** Set once the replicas were killed on a second signal: the stop was not graceful, so abgate exits 1. */
@@ -202,10 +202,15 @@ async function assertLocalPaths(config: Config, { builds = true } = {}): Promise
   }
   if (config.engine === "process") {
     const { statSync } = await import("node:fs");
-    config.variants.forEach((v, i) => {
-      if (v.cwd !== undefined && !statSync(v.cwd, { throwIfNoEntry: false })?.isDirectory()) {
-        issues.push({ path: `variants[${i}].cwd`, message: `an existing folder; ${v.cwd} is not one` });
+    const isFolder = (path: string) => {
+      try {
+        return statSync(path).isDirectory();
+      } catch {
+        return false; // missing, a file on the way (ENOTDIR), no permission
       }
+    };
+    config.variants.forEach((v, i) => {
+      if (v.cwd !== undefined && !isFolder(v.cwd)) issues.push({ path: `variants[${i}].cwd`, message: `an existing folder; ${v.cwd} is not one` });
     });
   }
   if (issues.length > 0) throw new ConfigError(issues);
@@ -246,7 +251,7 @@ program
       // SIGKILL of abgate, which nothing can catch. Asking Docker would only fail on a machine without it.
       out(
         `engine ${config.engine} runs no containers: nothing to remove` +
-          (config.engine === "process" ? " (process replicas stop with the abgate that started them; after a kill -9 of it they run on, each in its own process group)" : ""),
+          (config.engine === "process" ? " (process replicas stop with the abgate that started them; after a kill -9 of it they may run on, each in its own process group)" : ""),
       );
       return;
     }

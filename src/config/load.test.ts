@@ -153,7 +153,9 @@ test("abgate validate exits 2 with the key path for overflowing weights, an alia
 
 test("errors a newcomer meets say what is wrong: an empty variable by name, a duplicate key by its line, replicas of urls", () => {
   assert.deepEqual(issues(base + "listen: ${NU_LISTEN}\n", {}), ["listen: Invalid input: expected string, received null (it is ${NU_LISTEN}, which is empty or not set)"]);
-  assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: Map keys must be unique: experiment: again']);
+  assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: Map keys must be unique: "experiment"']);
+  // Other YAML errors do not echo the line: it may hold a token.
+  assert.deepEqual(issues('experiment: x\nadmin: { token: "hunter2-secret }\nengine: static\n').filter((i) => i.includes("hunter2")), []);
   const urls = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "urls: ['http://127.0.0.1:9002', 'http://127.0.0.1:9003']"), "/tmp", {});
   assert.deepEqual(urls.variants.map((v) => v.replicas), [1, 2], "one replica per url, as the static engine runs them");
 });

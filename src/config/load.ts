@@ -198,10 +198,11 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     throw new ConfigError(
       doc.errors.map((e) => {
         const line = e.linePos?.[0].line;
-        // yaml's first line ends "at line 6, column 1:" before a code frame: say the line's text instead.
+        // yaml's first line ends "at line 6, column 1:" before a code frame, which is not shown (the line may hold
+        // a token). A duplicate key is named: the text before its colon.
         const what = e.message.split("\n")[0]!.replaceAll(tag, "$env").replace(/ at line \d+, column \d+:?$/, "");
-        const source = line !== undefined ? lines[line - 1]?.trim() : undefined;
-        return { path: `line ${line ?? "?"}`, message: source ? `${what}: ${source}` : what };
+        const key = e.code === "DUPLICATE_KEY" && line !== undefined ? /^\s*(?:-\s+)?([^:#]+?)\s*:/.exec(lines[line - 1] ?? "")?.[1] : undefined;
+        return { path: `line ${line ?? "?"}`, message: key !== undefined ? `${what}: ${JSON.stringify(key)}` : what };
       }),
     );
   }

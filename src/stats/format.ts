@@ -50,7 +50,8 @@ export function formatReportTable(report: Report): string {
   out.push("");
   out.push(`Sample ratio: ${report.srm.mismatch ? "MISMATCH — " : ""}${report.srm.note}`);
   const dq = report.dataQuality;
-  out.push(`Data quality: ${dq.forcedRequests} forced requests, ${dq.multiVariantUnits} units in several variants, ${dq.fallbackRequests} fallback requests`);
+  const count = (n: number, what: string, plural = `${what}s`) => `${n} ${n === 1 ? what : plural}`;
+  out.push(`Data quality: ${count(dq.forcedRequests, "forced request")}, ${count(dq.multiVariantUnits, "unit")} in several variants, ${count(dq.fallbackRequests, "fallback request")}`);
   for (const m of report.metrics) {
     out.push("");
     out.push(`Metric ${m.name} (${m.kind}, ${m.role})`);

@@ -689,7 +689,7 @@ function decide(d: DecisionInput): Decision {
       reason:
         `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
         `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
-        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""}${d.srm.reason === "ADAPTIVE_ALLOCATION" ? "; the split is not checked under the bandit's moving weights" : d.srm.judged ? " and the split matches the weights" : " (the split is not judged yet)"}.` +
+        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""}${d.srm.reason === "ADAPTIVE_ALLOCATION" ? "; the split is not checked under the bandit's moving weights" : d.srm.judged ? " and the split matches the weights" : d.variants.filter((v) => v.weight > 0).length < 2 ? " (one variant takes all traffic: no split to check)" : " (the split is not judged yet)"}.` +
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
     };
   }

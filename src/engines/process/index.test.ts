@@ -217,3 +217,16 @@ test("process engine: a replica's output tail joins lines split across pipe read
     await engine.stop();
   }
 });
+
+test("process engine: a replica's last line without a newline reaches its tail (what the crash-loop report shows)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  writeFileSync(join(dir, "fatal.js"), `process.stderr.write("\\n\\nfatal: cannot load model /models/m.bin"); process.exit(1);`);
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: [node, fatal.js] }\n`), { log: () => {} });
+  await engine.start();
+  try {
+    await until("the line in the tail", () => (engine.tail("control-0").includes("fatal: cannot load model /models/m.bin") ? true : undefined));
+    assert.deepEqual(engine.tail("control-0").filter((l) => l.startsWith("fatal")).length >= 1, true);
+  } finally {
+    await engine.stop();
+  }
+});

@@ -33,6 +33,8 @@ export interface ProcessEngineOptions extends EngineOptions {
 }
 
 const TAIL_LINES = 20;
+/** How long after a replica's exit its output may still be read before the exit is handled. */
+const OUTPUT_GRACE_MS = 100;
 /** A longer line is kept cut to this many characters, with "…" (a replica may print megabytes without a newline). */
 const MAX_LINE_CHARS = 4096;
 
@@ -42,16 +44,22 @@ const MAX_LINE_CHARS = 4096;
  * handed on: the rest would only be pushed out of the tail again (a chatty replica cost the proxy's thread a third
  * of its time that way).
  */
-function lineReader(onLine: (line: string) => void, last: number): (chunk: Buffer) => void {
+function readLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void, last: number): void {
   const decoder = new StringDecoder("utf8");
   /** the unfinished last line, kept to MAX_LINE_CHARS + 1 characters (one more marks it as cut) */
   let partial = "";
   const cut = (line: string) => (line.length > MAX_LINE_CHARS ? `${line.slice(0, MAX_LINE_CHARS)}…` : line);
-  return (chunk) => {
+  stream.on("data", (chunk: Buffer) => {
     const lines = (partial + decoder.write(chunk)).split("\n");
     partial = lines.pop()!.slice(0, MAX_LINE_CHARS + 1);
-    for (let i = Math.max(0, lines.length - last); i < lines.length; i++) onLine(cut(lines[i]!));
-  };
+    const kept = lines.filter((l) => l !== "");
+    for (let i = Math.max(0, kept.length - last); i < kept.length; i++) onLine(cut(kept[i]!));
+  });
+  // A last line without a newline is often the one that matters: "fatal: cannot load model" before exit(1).
+  stream.on("end", () => {
+    const rest = (partial + decoder.end()).slice(0, MAX_LINE_CHARS + 1);
+    if (rest !== "") onLine(cut(rest));
+  });
 }
 
 /**
@@ -161,8 +169,8 @@ export class ProcessEngine implements Engine {
       if (r.tail.length > TAIL_LINES) r.tail.shift();
       if (this.#opts.echoOutput) process.stderr.write(`[${id}] ${line}\n`);
     };
-    child.stdout!.on("data", lineReader(keep, this.#opts.echoOutput ? Infinity : TAIL_LINES));
-    child.stderr!.on("data", lineReader(keep, this.#opts.echoOutput ? Infinity : TAIL_LINES));
+    readLines(child.stdout!, keep, this.#opts.echoOutput ? Infinity : TAIL_LINES);
+    readLines(child.stderr!, keep, this.#opts.echoOutput ? Infinity : TAIL_LINES);
     const spawned = new Promise<Error | undefined>((resolve) => {
       child.once("spawn", () => resolve(undefined));
       child.on("error", (err) => {
@@ -174,7 +182,13 @@ export class ProcessEngine implements Engine {
         resolve(err);
       });
     });
-    child.on("exit", (code, signal) => this.#exited(r, child, code, signal));
+    // 'exit' can come before the last of the output has been read; wait for both streams' end (which a grandchild
+    // holding them open may delay: at most OUTPUT_GRACE_MS), so that the crash report has the last line.
+    const ended = [child.stdout!, child.stderr!].map((s) => new Promise<void>((resolve) => (s.readableEnded ? resolve() : s.once("close", resolve))));
+    child.on("exit", (code, signal) => {
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, OUTPUT_GRACE_MS).unref());
+      void Promise.race([Promise.all(ended), grace]).then(() => this.#exited(r, child, code, signal));
+    });
     return spawned;
   }
 
