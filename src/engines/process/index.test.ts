@@ -230,3 +230,27 @@ test("process engine: a replica's last line without a newline reaches its tail (
     await engine.stop();
   }
 });
+
+test("process engine: replicas inherit abgate's environment but not its admin or ingest token", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  writeFileSync(
+    join(dir, "env.js"),
+    `const e = process.env; console.log(JSON.stringify({ a: e.ABGATE_ADMIN_TOKEN, i: e.ABGATE_INGEST_TOKEN, s: e.MY_SECRET, k: e.KEEP_ME, m: e.MODEL })); setInterval(() => {}, 1000);`,
+  );
+  const saved = { ...process.env };
+  Object.assign(process.env, { ABGATE_ADMIN_TOKEN: "admin-tok", ABGATE_INGEST_TOKEN: "ingest-tok", MY_SECRET: "s3cret", KEEP_ME: "yes" });
+  const config = parseConfig(
+    `experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24640 }\nadmin: { token: s3cret }\nvariants:\n  - { name: control, command: [node, env.js], env: { MODEL: m1 } }\n`,
+    dir,
+    {},
+  );
+  const engine = new ProcessEngine(config);
+  try {
+    await engine.start();
+    const line = await until("the replica's env", () => engine.tail("control-0").find((l) => l.startsWith("{")));
+    assert.deepEqual(JSON.parse(line), { k: "yes", m: "m1" }, "tokens by name and the admin token by value are not passed on");
+  } finally {
+    process.env = saved;
+    await engine.stop();
+  }
+});

@@ -33,6 +33,21 @@ export interface ProcessEngineOptions extends EngineOptions {
 }
 
 const TAIL_LINES = 20;
+/**
+ * abgate's environment, as a replica inherits it, without abgate's own secrets: the admin and ingest tokens, by
+ * their usual names and by value (a config may take them from any variable). A model server has no use for the
+ * token that changes the experiment's weights. A variant's `env:` can still pass anything on explicitly.
+ */
+function inheritedEnv(config: Config): NodeJS.ProcessEnv {
+  const secrets = new Set([config.admin.token, config.admin.ingestToken].filter((t): t is string => typeof t === "string" && t !== ""));
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k === "ABGATE_ADMIN_TOKEN" || k === "ABGATE_INGEST_TOKEN" || (v !== undefined && secrets.has(v))) continue;
+    env[k] = v;
+  }
+  return env;
+}
+
 /** How long after a replica's exit its output may still be read before the exit is handled. */
 const OUTPUT_GRACE_MS = 100;
 /** A longer line is kept cut to this many characters, with "…" (a replica may print megabytes without a newline). */
@@ -153,7 +168,7 @@ export class ProcessEngine implements Engine {
     const id = `${r.variant.name}-${r.index}`;
     const child = spawn(cmd, args, {
       cwd: r.variant.cwd,
-      env: { ...process.env, ...r.variant.env, PORT: String(r.port), ABGATE_VARIANT: r.variant.name, ABGATE_REPLICA: String(r.index) },
+      env: { ...inheritedEnv(this.#config), ...r.variant.env, PORT: String(r.port), ABGATE_VARIANT: r.variant.name, ABGATE_REPLICA: String(r.index) },
       stdio: ["ignore", "pipe", "pipe"],
       // Its own process group, so that signals reach what the command starts too (`sh -c "a & b & wait"`,
       // npm scripts): killing only the direct child would leave those running, holding the replica's port.
