@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBackend } from "./helpers/backends.ts";
@@ -178,47 +178,6 @@ test("up waits for every replica of the config: a variant whose command cannot s
   assert.match(res.stdout, /waiting for 4 replicas to become healthy/);
   assert.match(res.stderr, /not healthy after 3000 ms: .*treatment-0 \(not running: it exited, or never started\), treatment-1 \(not running/);
   rmSync(dir, { recursive: true, force: true });
-});
-
-test("engine process: replicas a kill -9 of abgate left running are stopped by down, and by the next up", async () => {
-  const { alive } = await import("./helpers/processes.ts");
-  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
-  writeFileSync(
-    join(dir, "server.js"),
-    `require("node:fs").writeFileSync(__dirname + "/pid-" + process.env.PORT, String(process.pid));
-     require("node:http").createServer((q, s) => s.end("ok " + process.pid)).listen(Number(process.env.PORT), "127.0.0.1");`,
-  );
-  const file = writeConfig(
-    dir,
-    `experiment: orphans\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 23170 }\n` +
-      `variants:\n  - { name: control, command: [node, server.js] }\n`,
-  );
-  const pidOf = () => Number(readFileSync(join(dir, "pid-23170"), "utf8"));
-  try {
-    // kill -9 of abgate: its replica runs on, holding port 23170.
-    let cli = await startCli(["up", "-c", file], ready);
-    const first = pidOf();
-    cli.child.kill("SIGKILL");
-    await cli.exited;
-    assert.equal(alive(first), true, "a kill -9 leaves the replica running (no exit hook runs)");
-    const down = await runCli(["down", "-c", file]);
-    assert.equal(down.code, 0, down.stderr);
-    assert.match(down.stdout, /stopped 1 process replica that a killed abgate of experiment orphans had left running/);
-    assert.equal(alive(first), false);
-    // Again, and this time the next up stops it and takes the same port back.
-    cli = await startCli(["up", "-c", file], ready);
-    const second = pidOf();
-    cli.child.kill("SIGKILL");
-    await cli.exited;
-    cli = await startCli(["up", "-c", file], ready);
-    assert.match(cli.stdout(), /stopped 1 replica that a killed abgate of this experiment had left running/);
-    assert.equal(alive(second), false);
-    assert.notEqual(pidOf(), second, "a new replica on port 23170");
-    cli.child.kill("SIGTERM");
-    assert.equal(await cli.exited, 0);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 });
 
 test("engine process without health: `up` waits until the replica accepts connections, and its first request is served", async () => {

@@ -249,18 +249,10 @@ program
     if (!runsContainers(config)) {
       // Static endpoints are not abgate's, and process replicas are its children, stopped when it stops, but for a
       // SIGKILL of abgate, which nothing can catch. Asking Docker would only fail on a machine without it.
-      if (config.engine === "process") {
-        // Replicas stop with the abgate that started them, but for a kill -9 of it: those it recorded are stopped here.
-        const { stopLeftoverReplicas } = await import("../engines/process/index.ts");
-        const stopped = await stopLeftoverReplicas(config);
-        out(
-          stopped > 0
-            ? `stopped ${stopped} process replica${stopped === 1 ? "" : "s"} that a killed abgate of experiment ${config.experiment} had left running`
-            : "engine process runs no containers: nothing to remove (process replicas stop with the abgate that started them)",
-        );
-        return;
-      }
-      out(`engine ${config.engine} runs no containers: nothing to remove`);
+      out(
+        `engine ${config.engine} runs no containers: nothing to remove` +
+          (config.engine === "process" ? " (process replicas stop with the abgate that started them; after a kill -9 of it they may run on, each in its own process group)" : ""),
+      );
       return;
     }
     const { down } = await import("./docker-commands.ts");

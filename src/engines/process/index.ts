@@ -1,8 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { readdirSync, readFileSync } from "node:fs";
 import { StringDecoder } from "node:string_decoder";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
@@ -111,55 +108,6 @@ function groupRuns(pgid: number): boolean {
   return false;
 }
 
-/**
- * A record of the experiment's running replica groups, so that replicas a killed abgate left running (kill -9: no
- * exit hook runs, and each replica has its own process group) are stopped by the next `up`, `serve` or `down` of
- * the same config, instead of holding their ports while new replicas start beside them on other ports. Linux only
- * (it identifies a process by its start time in /proc, so that a reused pid is never signalled).
- */
-function recordFile(config: Config): string {
-  const where = createHash("sha256").update(config.baseDir).digest("hex").slice(0, 12);
-  return join(tmpdir(), `abgate-${process.getuid?.() ?? "user"}`, `${config.experiment}-${where}.replicas.json`);
-}
-
-/** The start time of a process (clock ticks since boot, /proc/<pid>/stat field 22), or undefined when it is gone. */
-function startTimeOf(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Stops the replica groups a previous abgate of this config recorded and left running; returns how many. Each is
- * given SIGTERM, then SIGKILL after `graceMs`.
- */
-export async function stopLeftoverReplicas(config: Config, graceMs = 2000): Promise<number> {
-  if (process.platform !== "linux") return 0;
-  let recorded: { pgid: number; startTime: string }[];
-  try {
-    recorded = JSON.parse(readFileSync(recordFile(config), "utf8")) as { pgid: number; startTime: string }[];
-  } catch {
-    return 0;
-  }
-  const left = recorded.filter((g) => Number.isInteger(g.pgid) && g.pgid > 1 && startTimeOf(g.pgid) === g.startTime && groupRuns(g.pgid));
-  const signal = (pgid: number, sig: NodeJS.Signals) => {
-    try {
-      process.kill(-pgid, sig);
-    } catch {
-      // gone, or not ours
-    }
-  };
-  for (const g of left) signal(g.pgid, "SIGTERM");
-  const deadline = Date.now() + graceMs;
-  while (left.some((g) => groupRuns(g.pgid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-  for (const g of left) if (groupRuns(g.pgid)) signal(g.pgid, "SIGKILL");
-  rmSync(recordFile(config), { force: true });
-  return left.length;
-}
-
 /** Local processes, one per replica, each given its PORT; crashed ones restart with exponential backoff. */
 export class ProcessEngine implements Engine {
   readonly kind = "process" as const;
@@ -172,11 +120,7 @@ export class ProcessEngine implements Engine {
   /** start()'s run, which stop() lets finish (it ends at the next replica) before it collects the replicas */
   #starting: Promise<void> | null = null;
   #ports: PortAllocator;
-  #exitHook = () => {
-    this.#killAll("SIGKILL");
-    // (killed with their groups: nothing is left for the next start to stop)
-    if (process.platform === "linux") rmSync(recordFile(this.#config), { force: true });
-  };
+  #exitHook = () => this.#killAll("SIGKILL");
 
   constructor(config: Config, options: ProcessEngineOptions = {}) {
     this.#config = config;
@@ -194,8 +138,6 @@ export class ProcessEngine implements Engine {
   }
 
   async #start(onProgress?: (line: string) => void): Promise<void> {
-    const leftover = await stopLeftoverReplicas(this.#config);
-    if (leftover > 0) onProgress?.(`stopped ${leftover} replica${leftover === 1 ? "" : "s"} that a killed abgate of this experiment had left running`);
     // Children must not outlive us, even when we exit without stop() (uncaught error, process.exit()).
     process.once("exit", this.#exitHook);
     for (const v of this.#config.variants) {
@@ -211,7 +153,6 @@ export class ProcessEngine implements Engine {
         const err = await this.#spawn(r);
         if (err) onProgress?.(`${v.name}-${i}: could not start ${v.command!.join(" ")}: ${err.message} (retrying with backoff)`);
         else onProgress?.(`${v.name}-${i}: started ${v.command!.join(" ")} on port ${port} (pid ${r.child?.pid})`);
-        this.#record();
       }
     }
     this.#publish();
@@ -266,26 +207,6 @@ export class ProcessEngine implements Engine {
     return spawned;
   }
 
-  /** Writes the record of this engine's running replica groups (see recordFile); none: the record is removed. */
-  #record(): void {
-    if (process.platform !== "linux") return;
-    const groups = this.#replicas.flatMap((r) => {
-      const pid = r.child?.pid;
-      const startTime = pid !== undefined && r.running ? startTimeOf(pid) : undefined;
-      return startTime !== undefined ? [{ pgid: pid!, startTime }] : [];
-    });
-    try {
-      const file = recordFile(this.#config);
-      if (groups.length === 0) rmSync(file, { force: true });
-      else {
-        mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-        writeFileSync(file, JSON.stringify(groups));
-      }
-    } catch {
-      // a record we cannot write only loses the clean-up after a kill -9
-    }
-  }
-
   /** Signal a replica's whole process group; false when the group is gone. */
   #signalGroup(child: ChildProcess | undefined, signal: NodeJS.Signals): boolean {
     if (child?.pid === undefined) return false;
@@ -320,7 +241,7 @@ export class ProcessEngine implements Engine {
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
       if (!this.#stopping) {
-        void this.#spawn(r).then(() => this.#record());
+        void this.#spawn(r);
         this.#publish();
       }
     }, delayMs);
@@ -385,6 +306,5 @@ export class ProcessEngine implements Engine {
     }
     process.removeListener("exit", this.#exitHook);
     this.#publish();
-    this.#record();
   }
 }
