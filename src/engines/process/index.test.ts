@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseConfig } from "../../config/index.ts";
 import { alive, until } from "../../../test/helpers/processes.ts";
-import { ProcessEngine } from "./index.ts";
+import { inheritedEnv, ProcessEngine } from "./index.ts";
 
 const CLI = fileURLToPath(new URL("../../cli/main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../..", import.meta.url));
@@ -237,10 +237,10 @@ test("process engine: replicas inherit abgate's environment but not its admin or
     join(dir, "env.js"),
     `const e = process.env; console.log(JSON.stringify({ a: e.ABGATE_ADMIN_TOKEN, i: e.ABGATE_INGEST_TOKEN, s: e.MY_SECRET, k: e.KEEP_ME, m: e.MODEL })); setInterval(() => {}, 1000);`,
   );
-  const saved = { ...process.env };
-  Object.assign(process.env, { ABGATE_ADMIN_TOKEN: "admin-tok", ABGATE_INGEST_TOKEN: "ingest-tok", MY_SECRET: "s3cret", KEEP_ME: "yes" });
+  const added = { ABGATE_ADMIN_TOKEN: "admin-tok", ABGATE_INGEST_TOKEN: "ingest-tok", MY_SECRET: "s3cret-long-enough", KEEP_ME: "yes" };
+  Object.assign(process.env, added);
   const config = parseConfig(
-    `experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24640 }\nadmin: { token: s3cret }\nvariants:\n  - { name: control, command: [node, env.js], env: { MODEL: m1 } }\n`,
+    `experiment: procs\nengine: process\nstore: sqlite:./a.db\nports: { base: 24640 }\nadmin: { token: s3cret-long-enough }\nvariants:\n  - { name: control, command: [node, env.js], env: { MODEL: m1 } }\n`,
     dir,
     {},
   );
@@ -250,7 +250,17 @@ test("process engine: replicas inherit abgate's environment but not its admin or
     const line = await until("the replica's env", () => engine.tail("control-0").find((l) => l.startsWith("{")));
     assert.deepEqual(JSON.parse(line), { k: "yes", m: "m1" }, "tokens by name and the admin token by value are not passed on");
   } finally {
-    process.env = saved;
+    for (const k of Object.keys(added)) delete process.env[k];
     await engine.stop();
+  }
+});
+
+test("process engine: a short token is not looked for by value (token: \"1\" stripped CI=1 and the like)", () => {
+  process.env.ABGATE_TEST_FLAG = "1";
+  try {
+    const config = parseConfig(`experiment: procs\nengine: process\nadmin: { token: "1" }\nvariants:\n  - { name: control, command: [node, x.js] }\n`, "/tmp", {});
+    assert.equal(inheritedEnv(config).ABGATE_TEST_FLAG, "1");
+  } finally {
+    delete process.env.ABGATE_TEST_FLAG;
   }
 });

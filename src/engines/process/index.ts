@@ -35,11 +35,12 @@ export interface ProcessEngineOptions extends EngineOptions {
 const TAIL_LINES = 20;
 /**
  * abgate's environment, as a replica inherits it, without abgate's own secrets: the admin and ingest tokens, by
- * their usual names and by value (a config may take them from any variable). A model server has no use for the
+ * their usual names and (when at least MIN_SECRET_CHARS long) by value, as a config may take them from any variable. A model server has no use for the
  * token that changes the experiment's weights. A variant's `env:` can still pass anything on explicitly.
  */
-function inheritedEnv(config: Config): NodeJS.ProcessEnv {
-  const secrets = new Set([config.admin.token, config.admin.ingestToken].filter((t): t is string => typeof t === "string" && t !== ""));
+export function inheritedEnv(config: Config): NodeJS.ProcessEnv {
+  // By value only for tokens long enough to be secrets: `token: "1"` stripped PYTHONUNBUFFERED=1, CI=1 and the like.
+  const secrets = new Set([config.admin.token, config.admin.ingestToken].filter((t): t is string => typeof t === "string" && t.length >= MIN_SECRET_CHARS));
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (k === "ABGATE_ADMIN_TOKEN" || k === "ABGATE_INGEST_TOKEN" || (v !== undefined && secrets.has(v))) continue;
@@ -47,6 +48,9 @@ function inheritedEnv(config: Config): NodeJS.ProcessEnv {
   }
   return env;
 }
+
+/** Tokens at least this long are also recognised by value in the environment replicas inherit. */
+const MIN_SECRET_CHARS = 12;
 
 /** How long after a replica's exit its output may still be read before the exit is handled. */
 const OUTPUT_GRACE_MS = 100;
