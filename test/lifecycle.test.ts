@@ -180,6 +180,26 @@ test("up waits for every replica of the config: a variant whose command cannot s
   rmSync(dir, { recursive: true, force: true });
 });
 
+test("serve refuses a listen address in use before it starts any process replica", async () => {
+  const { createServer } = await import("node:net");
+  const { existsSync } = await import("node:fs");
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen({ host: "127.0.0.1", port: 0 }, resolve));
+  const port = (busy.address() as { port: number }).port;
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  try {
+    writeFileSync(join(dir, "server.js"), `require("node:fs").writeFileSync(__dirname + "/started", "yes");`);
+    const file = writeConfig(dir, `experiment: busy\nlisten: 127.0.0.1:${port}\nadmin: { listen: 127.0.0.1:0 }\nstore: sqlite:./a.db\nengine: process\nports: { base: 23190 }\nvariants:\n  - { name: control, command: [node, server.js] }\n`);
+    const res = await runCli(["serve", "-c", file]);
+    assert.equal(res.code, 1, res.stderr);
+    assert.match(res.stderr, new RegExp(`listen 127\\.0\\.0\\.1:${port} is in use: is this experiment already running`));
+    assert.equal(existsSync(join(dir, "started")), false, "no replica was started");
+  } finally {
+    busy.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("engine process without health: `up` waits until the replica accepts connections, and its first request is served", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
   // A model that loads for 1.5 s before it listens.

@@ -82,6 +82,8 @@ program
     const config = loadConfig(opts.config);
     // (serve builds nothing: it adopts containers that run)
     await assertLocalPaths(config, { builds: false });
+    // Before any replica is started (process engine) or adopted: a second serve of a running experiment.
+    await assertListenersFree(config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     const signalled = untilSignal();
     let engine;
