@@ -2,7 +2,7 @@ import { PassThrough } from "node:stream";
 import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers } from "../engines/docker/client.ts";
+import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, statusOf } from "../engines/docker/client.ts";
 import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
 import { textTable } from "./table.ts";
 
@@ -209,7 +209,19 @@ export async function logs(
  * of the last line (RFC 3339 with nanoseconds), if any.
  */
 async function followOnce(docker: Docker, c: Docker.ContainerInfo, from: { tail: number | "all" } | { since: string }, print: (line: string) => void): Promise<string | undefined> {
-  const stream = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, follow: true, timestamps: true, ...from } as Docker.ContainerLogsOptions & { follow: true })) as NodeJS.ReadableStream;
+  let stream: NodeJS.ReadableStream;
+  try {
+    stream = (await docker.getContainer(c.Id).logs({ stdout: true, stderr: true, follow: true, timestamps: true, ...from } as Docker.ContainerLogsOptions & { follow: true })) as NodeJS.ReadableStream;
+  } catch (err) {
+    // Listed as running a moment ago, and now gone (404) or being removed (409: "dead or marked for removal",
+    // as when down runs): nothing more to follow from it. The caller looks again after a pause.
+    const status = statusOf(err);
+    if (status === 404 || status === 409) {
+      await new Promise((r) => setTimeout(r, 250));
+      return undefined;
+    }
+    throw err;
+  }
   let last: string | undefined;
   const split = lineSplitter((l) => {
     const sp = l.indexOf(" ");
