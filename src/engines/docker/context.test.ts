@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../../errors.ts";
-import { isIgnored, parseDockerignore, readBuildContext } from "./context.ts";
+import { buildContextIssues, isIgnored, parseDockerignore, readBuildContext } from "./context.ts";
 
 function tree(files: Record<string, string>): string {
   const dir = mkdtempSync(join(tmpdir(), "abgate-ctx-"));
@@ -72,4 +72,20 @@ test("missing context or Dockerfile is an InvalidArgumentError", (t) => {
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   assert.throws(() => readBuildContext(join(dir, "nope")), InvalidArgumentError);
   assert.throws(() => readBuildContext(dir), /no Dockerfile/);
+});
+
+test("validate's check of a build context agrees with the build's: Dockerfile names as Docker reads them, symlinked folders", (t) => {
+  const dir = tree({ "sub/Dockerfile.prod": "FROM x\n", Dockerfile: "FROM x\n" });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // A Windows-style or "./" Dockerfile path: the build reads it as sub/Dockerfile.prod, so validate must too.
+  for (const dockerfile of ["sub\\Dockerfile.prod", "./sub/Dockerfile.prod"]) {
+    assert.doesNotThrow(() => readBuildContext(dir, { dockerfile }));
+    assert.deepEqual(buildContextIssues([{ build: dir, dockerfile }]), [], dockerfile);
+  }
+  // A symlink to the folder: the build refuses it, and validate says so.
+  const link = `${dir}-link`;
+  symlinkSync(dir, link);
+  t.after(() => rmSync(link, { force: true }));
+  assert.throws(() => readBuildContext(link), /is not a directory/);
+  assert.deepEqual(buildContextIssues([{ build: link }]).map((i) => i.path), ["variants[0].build"]);
 });

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { InvalidArgumentError } from "../../errors.ts";
 
@@ -195,6 +195,31 @@ function pack(entries: Entry[]): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The Dockerfile's path in the context as Docker names it (forward slashes, no leading "./"). */
+function dockerfileIn(dockerfile: string | undefined): string {
+  return (dockerfile ?? "Dockerfile").replace(/\\/g, "/").replace(/^\.\//, "");
+}
+
+/**
+ * Why a build context cannot be read, or null: the one check behind both `readBuildContext` (when it builds) and
+ * `buildContextIssues` (`validate` and `up`, before anything runs), so that the two cannot disagree.
+ */
+function contextProblem(dir: string, dockerfile: string): { kind: "missing" | "not-folder" | "no-dockerfile"; cause?: unknown } | null {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch (cause) {
+    return { kind: "missing", cause };
+  }
+  if (!st.isDirectory()) return { kind: "not-folder" };
+  try {
+    lstatSync(join(dir, dockerfile));
+  } catch (cause) {
+    return { kind: "no-dockerfile", cause };
+  }
+  return null;
+}
+
 /**
  * The variants whose build context cannot be read, as config issues naming the key (`variants[1].build`): `validate`
  * and `up` report them before anything runs, where the build would fail only after the images before it.
@@ -203,16 +228,11 @@ export function buildContextIssues(variants: readonly { build?: string; dockerfi
   const issues: { path: string; message: string }[] = [];
   variants.forEach((v, i) => {
     if (v.build === undefined) return;
-    const dockerfile = v.dockerfile ?? "Dockerfile";
-    let st;
-    try {
-      st = statSync(v.build);
-    } catch {
-      issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} does not exist` });
-      return;
-    }
-    if (!st.isDirectory()) issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} is not a folder` });
-    else if (!existsSync(join(v.build, dockerfile))) {
+    const dockerfile = dockerfileIn(v.dockerfile);
+    const problem = contextProblem(v.build, dockerfile);
+    if (problem?.kind === "missing") issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} does not exist` });
+    else if (problem?.kind === "not-folder") issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} is not a folder` });
+    else if (problem?.kind === "no-dockerfile") {
       issues.push({ path: v.dockerfile === undefined ? `variants[${i}].build` : `variants[${i}].dockerfile`, message: `a ${dockerfile} in ${v.build}; there is none` });
     }
   });
@@ -225,19 +245,11 @@ export function buildContextIssues(variants: readonly { build?: string; dockerfi
  * Dockerfile is missing.
  */
 export function readBuildContext(dir: string, opts: { dockerfile?: string; buildArgs?: Record<string, string> } = {}): BuildContext {
-  const dockerfile = (opts.dockerfile ?? "Dockerfile").replace(/\\/g, "/").replace(/^\.\//, "");
-  let st;
-  try {
-    st = lstatSync(dir);
-  } catch (cause) {
-    throw new InvalidArgumentError(`build context ${dir} does not exist`, { cause });
-  }
-  if (!st.isDirectory()) throw new InvalidArgumentError(`build context ${dir} is not a directory`);
-  try {
-    lstatSync(join(dir, dockerfile));
-  } catch (cause) {
-    throw new InvalidArgumentError(`no ${dockerfile} in build context ${dir}`, { cause });
-  }
+  const dockerfile = dockerfileIn(opts.dockerfile);
+  const problem = contextProblem(dir, dockerfile);
+  if (problem?.kind === "missing") throw new InvalidArgumentError(`build context ${dir} does not exist`, { cause: problem.cause });
+  if (problem?.kind === "not-folder") throw new InvalidArgumentError(`build context ${dir} is not a directory`);
+  if (problem?.kind === "no-dockerfile") throw new InvalidArgumentError(`no ${dockerfile} in build context ${dir}`, { cause: problem.cause });
   let ignoreText = "";
   try {
     ignoreText = readFileSync(join(dir, ".dockerignore"), "utf8");
