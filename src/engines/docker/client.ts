@@ -95,6 +95,14 @@ export async function portsOfOtherExperiments(docker: Docker, config: Pick<Confi
     .filter((p) => Number.isInteger(p) && p > 0 && p <= 65535);
 }
 
+/**
+ * What `start` throws at its next step once `stop` has begun (Ctrl-C while `up` starts): `start` goes on in the
+ * background, and must create nothing more. The docker and swarm engines both throw it.
+ */
+export function stoppedWhileStarting(config: Pick<Config, "experiment">): AbgateError {
+  return new AbgateError(`experiment ${config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
+}
+
 /** HTTP status of a dockerode error, when it has one. */
 export function statusOf(err: unknown): number | undefined {
   const s = (err as { statusCode?: unknown })?.statusCode;

@@ -13,6 +13,7 @@ import {
   listExperimentContainers,
   portsOfOtherExperiments,
   statusOf,
+  stoppedWhileStarting,
   tailLogs,
 } from "./client.ts";
 import { allocatePorts } from "./ports.ts";
@@ -175,7 +176,7 @@ export class DockerEngine implements Engine {
    * and creates nothing once stopped. (Otherwise containers created after `stop` listed them were left behind.)
    */
   #throwIfStopped(): void {
-    if (this.#stopping) throw new AbgateError(`experiment ${this.#config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
+    if (this.#stopping) throw stoppedWhileStarting(this.#config);
   }
 
   endpoints(): Endpoint[] {

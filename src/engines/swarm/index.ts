@@ -4,7 +4,7 @@ import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
-import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, tailLogs } from "../docker/client.ts";
+import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
 import { allocatePorts } from "../docker/ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
@@ -148,8 +148,9 @@ export class SwarmEngine implements Engine {
     if (!this.#adopt) await this.#removeServices(() => {});
   }
 
+  /** `stop` during `start`: see stoppedWhileStarting. */
   #throwIfStopped(): void {
-    if (this.#stopping) throw new AbgateError(`experiment ${this.#config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
+    if (this.#stopping) throw stoppedWhileStarting(this.#config);
   }
 
   #serviceSpec(variant: string, replica: number, port: number): Docker.CreateServiceOptions {
