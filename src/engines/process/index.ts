@@ -35,8 +35,9 @@ export interface ProcessEngineOptions extends EngineOptions {
 const TAIL_LINES = 20;
 /**
  * abgate's environment, as a replica inherits it, without abgate's own secrets: the admin and ingest tokens, by
- * their usual names and (when at least MIN_SECRET_CHARS long) by value, as a config may take them from any variable. A model server has no use for the
- * token that changes the experiment's weights. A variant's `env:` can still pass anything on explicitly.
+ * their usual names and (when at least MIN_SECRET_CHARS long) by value, as a config may take them from any
+ * variable. A model server has no use for the token that changes the experiment's weights. A variant's `env:` can
+ * still pass anything on explicitly.
  */
 export function inheritedEnv(config: Config): NodeJS.ProcessEnv {
   // By value only for tokens long enough to be secrets: `token: "1"` stripped PYTHONUNBUFFERED=1, CI=1 and the like.
@@ -182,8 +183,8 @@ export class ProcessEngine implements Engine {
     r.running = true;
     r.spawnError = undefined;
     r.startedAtMs = this.#clock.now();
+    // (readLines hands on no empty line)
     const keep = (line: string) => {
-      if (!line) return;
       r.tail.push(line);
       if (r.tail.length > TAIL_LINES) r.tail.shift();
       if (this.#opts.echoOutput) process.stderr.write(`[${id}] ${line}\n`);
