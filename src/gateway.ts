@@ -176,13 +176,19 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
     const live = new LiveStats(variantNames, () => clock.now());
     const batcher = exposuresOn ? new ExposureBatcher(store, { clock, log: engineLog }) : null;
+    // The engines list only replicas that run. One that crashed, crash-loops or never started has no health entry
+    // and no endpoint, but must still show: as 0 in the health metric (an alert on 0 must fire) and as "not running"
+    // in the experiment view (or a variant with every replica dead reads 0/0 instead of 0/2).
     const configured = configuredReplicas(config);
+    const notRunning = (running: Iterable<string>) => {
+      const ids = new Set(running);
+      return configured.filter((c) => !ids.has(c.id));
+    };
     const metrics = new GatewayMetrics(
       config.experiment,
       () => {
         const known = health.snapshot().map((h) => ({ variant: h.variant, replica: h.id, healthy: h.state === "healthy" }));
-        // A replica that does not run has no health entry: it is 0, not absent, so that an alert on 0 fires.
-        for (const c of configured) if (!known.some((k) => k.replica === c.id)) known.push({ variant: c.variant, replica: c.id, healthy: false });
+        for (const c of notRunning(known.map((k) => k.replica))) known.push({ variant: c.variant, replica: c.id, healthy: false });
         return known;
       },
       () => strategy.weights(),
@@ -255,12 +261,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
               health: health.state(r.id),
               outstanding: r.outstanding,
             }));
-            // The engines list only replicas that run: one that crashed (or crash-loops) must still show, as down,
-            // or a variant with every replica dead reads as 0/0 instead of 0/2.
-            for (const c of configured) {
-              if (c.variant === name && !replicas.some((r) => r.replica === c.replica)) {
-                replicas.push({ id: c.id, variant: name, replica: c.replica, address: "", health: "not running", outstanding: 0 });
-              }
+            for (const c of notRunning(replicas.map((r) => r.id))) {
+              if (c.variant === name) replicas.push({ id: c.id, variant: name, replica: c.replica, address: "", health: "not running", outstanding: 0 });
             }
             replicas.sort((a, b) => a.replica - b.replica);
             const req = liveByVariant.get(name)?.requests ?? 0;
