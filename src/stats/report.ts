@@ -653,7 +653,9 @@ function decide(d: DecisionInput): Decision {
         : "";
     return { action: "rollback", variant: d.control, reason: `Roll back to ${d.control}: ${list}.${alternative}` };
   }
-  const offAndBroken = [...new Set(d.guardrails.filter((g) => !g.ok).map((g) => g.variant))];
+  // Past the check above, every variant that broke a guardrail is out of the split (weight 0). It is never
+  // recommended, and a promotion's reason names it.
+  const guardBroken = new Set(d.guardrails.filter((g) => !g.ok).map((g) => g.variant));
   if (d.srm.mismatch) {
     return cont(
       `Sample ratio mismatch: ${d.srm.note.split(";")[0]}. The split itself is suspect, so no result can be trusted; check assignment, fallback and weight changes before deciding.`,
@@ -677,8 +679,6 @@ function decide(d: DecisionInput): Decision {
   const corrected = d.correction === "none" ? "" : `, ${d.correction}-adjusted over ${d.familySize} comparison${d.familySize === 1 ? "" : "s"}`;
   // The direction is the side of 0 the running intersection of the always-valid intervals lies on, not the sign of
   // the current estimate (significance may rest on earlier looks).
-  // A treatment that broke a guardrail is never recommended, even when it is out of the split (weight 0).
-  const guardBroken = new Set(offAndBroken);
   const winners = primary.comparisons.filter((c) => c.significant && c.sequentialCi !== null && c.sequentialCi[0] > 0 && !guardBroken.has(c.variant));
   if (winners.length > 0) {
     const best = winners.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
@@ -689,7 +689,7 @@ function decide(d: DecisionInput): Decision {
       reason:
         `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
         `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
-        `Guardrails hold${offAndBroken.length > 0 ? ` for the variants in the split (${offAndBroken.join(", ")}, at weight 0, broke one)` : ""}${d.srm.reason === "ADAPTIVE_ALLOCATION" ? "; the split is not checked under the bandit's moving weights" : d.srm.judged ? " and the split matches the weights" : d.variants.filter((v) => v.weight > 0).length < 2 ? " (one variant takes all traffic: no split to check)" : " (the split is not judged yet)"}.` +
+        `Guardrails hold${guardBroken.size > 0 ? ` for the variants in the split (${[...guardBroken].join(", ")}, at weight 0, broke one)` : ""}${splitClause(d)}.` +
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
     };
   }
@@ -703,6 +703,14 @@ function decide(d: DecisionInput): Decision {
     };
   }
   return continueWithEstimate(d, primary, guardBroken);
+}
+
+/** What a promotion's reason says of the split, after "Guardrails hold". */
+function splitClause(d: DecisionInput): string {
+  if (d.srm.reason === "ADAPTIVE_ALLOCATION") return "; the split is not checked under the bandit's moving weights";
+  if (d.srm.judged) return " and the split matches the weights";
+  if (d.variants.filter((v) => v.weight > 0).length < 2) return " (one variant takes all traffic: no split to check)";
+  return " (the split is not judged yet)";
 }
 
 function continueWithEstimate(d: DecisionInput, primary: MetricReport, guardBroken: ReadonlySet<string>): Decision {
