@@ -1,4 +1,4 @@
-import { after, test } from "node:test";
+import { after, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -13,6 +13,15 @@ const fast = { restartBackoff: { initialMs: 100, maxMs: 1000 }, stopTimeoutS: 1 
 const quiet = () => {};
 
 after(removeTestImages);
+
+/** A Docker test's start: Docker (or a skip, which CI makes a failure) and a build context removed after the test. */
+async function dockerTest(t: TestContext): Promise<{ docker: Docker; dir: string } | undefined> {
+  const docker = await requireDocker(t);
+  if (!docker) return undefined;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return { docker, dir };
+}
 
 test("build: the image is tagged by content hash, built once, rebuilt when the context changes", async (t) => {
   const docker = await requireDocker(t);
@@ -66,10 +75,9 @@ test("build failure: BuildError carries the failing step's output", async (t) =>
 });
 
 test("up/stop: replicas get PORT, distinct ports, labels and host networking; stop leaves nothing", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const experiment = uniqueExperiment("up");
   const config = testConfig({
     experiment,
@@ -102,10 +110,9 @@ test("up/stop: replicas get PORT, distinct ports, labels and host networking; st
 });
 
 test("two experiments on one host: stopping one never touches the other's containers", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const mk = (experiment: string, base: number) =>
     testConfig({ experiment, ports: { base }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
   // the second name starts with the first: a name-prefix filter would confuse them, a label filter does not
@@ -131,10 +138,9 @@ test("two experiments on one host: stopping one never touches the other's contai
 });
 
 test("stop while start is creating the replicas (Ctrl-C during up) leaves no container behind", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const config = testConfig({ experiment: uniqueExperiment("race"), ports: { base: 19140 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 8 }] });
   const engine = new DockerEngine(config, { ...fast, log: quiet });
   t.after(() => engine.stop());
@@ -150,10 +156,9 @@ test("stop while start is creating the replicas (Ctrl-C during up) leaves no con
 });
 
 test("ports held by another experiment's replicas (by label, even while they do not run) are not handed out", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   // Another experiment's replica between two restarts: its container exists, its port 19150 is not bound.
   const other = uniqueExperiment("held");
   const waiting = await docker.createContainer({ Image: BASE_IMAGE, Cmd: ["true"], Labels: { [LABEL.experiment]: other, [LABEL.variant]: "control", [LABEL.replica]: "0", [LABEL.port]: "19150" } });
@@ -166,10 +171,9 @@ test("ports held by another experiment's replicas (by label, even while they do 
 });
 
 test("a replica that dies leaves the endpoints at once, is restarted with backoff and comes back", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const experiment = uniqueExperiment("die");
   const config = testConfig({ experiment, ports: { base: 19140 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
   const logs: string[] = [];
@@ -196,10 +200,9 @@ test("a replica that dies leaves the endpoints at once, is restarted with backof
 });
 
 test("a crash-looping replica is reported with its last log lines", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { dir } = ready;
   const config = testConfig({
     experiment: uniqueExperiment("loop"),
     ports: { base: 19150 },
@@ -225,10 +228,9 @@ test("a crash-looping replica is reported with its last log lines", async (t) =>
 });
 
 test("adopt (abgate serve): finds running replicas by label and leaves them running on stop", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const config = testConfig({ experiment: uniqueExperiment("adopt"), ports: { base: 19160 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
   const owner = new DockerEngine(config, { ...fast, log: quiet });
   t.after(() => owner.stop());
@@ -257,10 +259,9 @@ test("no engine on the socket: EngineUnavailableError names the socket and how t
 });
 
 test("restart backoff doubles per consecutive death, on the injected clock", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const experiment = uniqueExperiment("backoff");
   const config = testConfig({ experiment, ports: { base: 19180 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
   const clock = new ManualClock(1_000_000);
@@ -289,10 +290,9 @@ test("restart backoff doubles per consecutive death, on the injected clock", asy
 });
 
 test("a broken events stream is re-subscribed, and deaths it missed are still seen", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const experiment = uniqueExperiment("events");
   const config = testConfig({ experiment, ports: { base: 19190 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
   // the real client, with every events stream it opens kept so that the test can break one
@@ -323,10 +323,9 @@ test("a broken events stream is re-subscribed, and deaths it missed are still se
 });
 
 test("image: runs an existing image as it is, without building", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { dir } = ready;
   const built = testConfig({ experiment: uniqueExperiment("img"), ports: { base: 19195 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
   const builder = new DockerEngine(built, { ...fast, log: quiet });
   await builder.start(quiet);
