@@ -249,11 +249,11 @@ program
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
     if (!runsContainers(config)) {
-      // Static endpoints are not abgate's, and process replicas are its children, stopped when it stops, but for a
-      // SIGKILL of abgate, which nothing can catch. Asking Docker would only fail on a machine without it.
+      // Static endpoints are not abgate's, and process replicas are its children, stopped when it stops (even by a
+      // SIGKILL: see ProcessReaper). Asking Docker would only fail on a machine without it.
       out(
         `engine ${config.engine} runs no containers: nothing to remove` +
-          (config.engine === "process" ? " (process replicas stop with the abgate that started them; after a kill -9 of it they may run on, each in its own process group)" : ""),
+          (config.engine === "process" ? " (process replicas stop with the abgate that started them, even after a kill -9 of it)" : ""),
       );
       return;
     }

@@ -5,6 +5,7 @@ import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { PortAllocator } from "../ports.ts";
+import { ProcessReaper } from "./reaper.ts";
 
 interface Replica {
   variant: VariantConfig;
@@ -126,6 +127,8 @@ export class ProcessEngine implements Engine {
   #starting: Promise<void> | null = null;
   #ports: PortAllocator;
   #exitHook = () => this.#killAll("SIGKILL");
+  /** signals the replicas' groups if abgate dies without running any of its own code (kill -9) */
+  readonly #reaper = new ProcessReaper((msg) => this.#log("warn", msg));
 
   constructor(config: Config, options: ProcessEngineOptions = {}) {
     this.#config = config;
@@ -182,6 +185,8 @@ export class ProcessEngine implements Engine {
     r.child = child;
     r.running = true;
     r.spawnError = undefined;
+    // The pid is known now, when the spawn worked: listed before anything else can happen to us.
+    if (child.pid !== undefined) this.#reaper.add(child.pid);
     r.startedAtMs = this.#clock.now();
     // (readLines hands on no empty line)
     const keep = (line: string) => {
@@ -234,6 +239,7 @@ export class ProcessEngine implements Engine {
     // What the replica started may outlive it and keep its port: the restart would then fail to bind. The
     // child is then forgotten, so that no later kill aims at its pid once the system has reused it.
     this.#signalGroup(child, "SIGKILL");
+    if (child.pid !== undefined) this.#reaper.remove(child.pid);
     r.child = undefined;
     const id = `${r.variant.name}-${r.index}`;
     if (this.#clock.now() - r.startedAtMs >= this.#opts.stableAfterMs) r.restarts = 0;
@@ -310,6 +316,8 @@ export class ProcessEngine implements Engine {
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
     process.removeListener("exit", this.#exitHook);
+    for (const { child } of children) if (!groupRuns(child.pid!)) this.#reaper.remove(child.pid!);
+    this.#reaper.close();
     this.#publish();
   }
 }
