@@ -148,3 +148,18 @@ test("up: a second Ctrl-C while the replicas stop kills them at once, and none i
   await waitFor("no replica left", async () => (await left()).length === 0, 10_000).catch(() => undefined);
   assert.deepEqual((await left()).map((c) => c.State), [], "no replica is left");
 });
+
+test("up stops by itself, exit 0, when abgate down removes its containers, instead of answering 503s", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { startCli } = await import("./helpers/cli.ts");
+  const { file, config, experiment } = await upExperiment(t, "downed", 19230, 0);
+  t.after(() => down(config, { docker, stopTimeoutS: 0, out: () => {} }));
+  const cli = await startCli(["up", "-c", file], /proxy http/, { timeoutMs: 120_000 });
+  assert.equal(await down(config, { docker, stopTimeoutS: 1, out: () => {} }), 2);
+  const code = await Promise.race([cli.exited, new Promise((r) => setTimeout(() => r("still running after 15 s"), 15_000))]);
+  if (code !== 0) cli.child.kill("SIGKILL");
+  assert.equal(code, 0, `${cli.stdout()}\n${cli.stderr()}`);
+  assert.match(cli.stderr(), new RegExp(`every container of experiment ${experiment} was removed outside abgate \\(abgate down\\?\\): draining and stopping`));
+  assert.match(cli.stdout(), /the experiment's replicas were removed outside abgate; abgate stopped/);
+});

@@ -98,7 +98,12 @@ test("swarm: one-task services on host networking, endpoints follow the tasks, a
   // `abgate down` removes services too (swarm would otherwise replace the containers)
   const again = new SwarmEngine(config, { log: () => {} });
   await again.start();
+  let removed: string | undefined;
+  again.onRemoved((why) => (removed = why));
   assert.equal(await down(config, { docker, out: () => {} }) >= 0, true);
+  // (what makes a running `up` stop instead of answering 503s)
+  await waitFor("the engine to see its services removed", () => removed !== undefined, 15_000);
+  assert.equal(removed, `every service of experiment ${experiment} was removed outside abgate (abgate down?)`);
   await waitFor("no containers after down", async () => (await listExperimentContainers(docker, config)).length === 0, 30_000);
   assert.equal((await docker.listServices({ filters: { label: [`abgate.experiment=${experiment}`] } })).length, 0);
   await again.stop();

@@ -3,6 +3,7 @@ import { loadConfig, type Config } from "../config/index.ts";
 import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
 import { startGateway, type Gateway } from "../gateway.ts";
 import { configuredReplicas, createEngine } from "../engines/index.ts";
+import type { Engine } from "../engines/types.ts";
 import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
@@ -65,13 +66,23 @@ function guardServing(log: ReturnType<typeof createLogger>): void {
  * Serve until a stop signal, then drain. A second signal during the drain means "now": `hard`, by default exit 1
  * (process.exit still runs the process engine's `exit` hook, which kills the replicas).
  */
-async function serveUntilSignal(gw: Gateway, log: ReturnType<typeof createLogger>, signalled = untilSignal(), hard: () => void = () => process.exit(1)): Promise<void> {
+async function serveUntilSignal(
+  gw: Gateway,
+  log: ReturnType<typeof createLogger>,
+  { signalled = untilSignal(), hard = () => process.exit(1), engine }: { signalled?: Promise<NodeJS.Signals>; hard?: () => void; engine?: Engine } = {},
+): Promise<"signal" | "removed"> {
   guardServing(log);
-  const sig = await signalled;
-  log.info({ signal: sig }, "signal received: draining");
+  // The replicas removed from outside (`abgate down` in another terminal): serving on would only answer 503s.
+  let unsubscribe = () => {};
+  const removed = new Promise<string>((resolve) => (unsubscribe = engine?.onRemoved?.(resolve) ?? unsubscribe));
+  const why = await Promise.race([signalled.then((sig) => ({ sig })), removed.then((reason) => ({ reason }))]);
+  unsubscribe();
+  if ("sig" in why) log.info({ signal: why.sig }, "signal received: draining");
+  else log.warn(`${why.reason}: draining and stopping`);
   for (const s of STOP_SIGNALS) process.once(s, hard);
   await gw.stop();
   for (const s of STOP_SIGNALS) process.removeListener(s, hard);
+  return "sig" in why ? "signal" : "removed";
 }
 
 program
@@ -93,7 +104,7 @@ program
     }
     const gw = await startGateway(config, { log, engine, onProgress: (line) => log.info(line) });
     out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
-    await serveUntilSignal(gw, log, signalled);
+    await serveUntilSignal(gw, log, { signalled, engine });
     if (engine) await engine.stop();
   });
 
@@ -156,7 +167,12 @@ program
       throw err;
     }
     interrupted.catch(() => undefined);
-    await serveUntilSignal(gw, log, signalled, () => killReplicasAndExit(config));
+    const stoppedBy = await serveUntilSignal(gw, log, { signalled, hard: () => killReplicasAndExit(config), engine });
+    if (stoppedBy === "removed") {
+      await engine.stop();
+      out("the experiment's replicas were removed outside abgate; abgate stopped");
+      return;
+    }
     out("removing the experiment's replicas... (press Ctrl-C again to kill them now)");
     await removingReplicas(config, () => engine.stop());
     if (!killedOnSignal) out("removed; abgate stopped");

@@ -29,6 +29,12 @@ export interface Engine {
   onChange(listener: (endpoints: Endpoint[]) => void): () => void;
   /** Stop what this engine started (process, docker up); engines that only found endpoints just stop watching. */
   stop(): Promise<void>;
+  /**
+   * Called once when every replica was removed from outside abgate (`abgate down`, `docker rm`), which the engine
+   * does not undo: nothing is left to serve, and `up` stops as docker compose's does. Engines whose replicas only
+   * abgate can remove (process, static) have none. Returns an unsubscribe function.
+   */
+  onRemoved?(listener: (why: string) => void): () => void;
 }
 
 export type EngineFactory = (config: Config, options?: EngineOptions) => Engine;

@@ -102,6 +102,8 @@ export class DockerEngine implements Engine {
   #eventsAttempt = 0;
   #eventsTimer?: TimerHandle;
   #lastEventS = 0;
+  readonly #removedListeners = new Set<(why: string) => void>();
+  #removedReported = false;
 
   constructor(config: Config, options: DockerEngineOptions = {}) {
     this.#config = config;
@@ -185,6 +187,26 @@ export class DockerEngine implements Engine {
 
   onChange(listener: (endpoints: Endpoint[]) => void): () => void {
     return this.#endpoints.onChange(listener);
+  }
+
+  onRemoved(listener: (why: string) => void): () => void {
+    this.#removedListeners.add(listener);
+    return () => void this.#removedListeners.delete(listener);
+  }
+
+  /** A replica whose container was removed outside abgate: it is not restarted; once every one is, say so. */
+  #markGone(r: Replica): void {
+    r.gone = true;
+    r.restartTimer?.cancel();
+    if (r.running) {
+      r.running = false;
+      this.#publish();
+    }
+    this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
+    if (this.#removedReported || this.#stopping || [...this.#replicas.values()].some((x) => !x.gone)) return;
+    this.#removedReported = true;
+    const why = `every container of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
+    for (const l of this.#removedListeners) l(why);
   }
 
   async stop(): Promise<void> {
@@ -365,8 +387,7 @@ export class DockerEngine implements Engine {
       if (status === 304) {
         this.#markRunning(r); // already running
       } else if (status === 404) {
-        r.gone = true;
-        this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
+        this.#markGone(r);
       } else {
         this.#log("warn", `restarting replica ${key(r.variant, r.replica)} failed: ${(err as Error).message}`);
         this.#scheduleRestart(r);
@@ -457,13 +478,7 @@ export class DockerEngine implements Engine {
         this.#onDie(r, ev.Actor?.Attributes?.exitCode);
         break;
       case "destroy":
-        r.gone = true;
-        r.restartTimer?.cancel();
-        if (r.running) {
-          r.running = false;
-          this.#publish();
-        }
-        this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
+        this.#markGone(r);
         break;
     }
   }

@@ -52,6 +52,10 @@ export class SwarmEngine implements Engine {
   #resync?: TimerHandle;
   #refreshing: Promise<void> | null = null;
   #refreshAgain = false;
+  /** set once start has seen every task run: from then on, no services at all means they were removed */
+  #started = false;
+  readonly #removedListeners = new Set<(why: string) => void>();
+  #removedReported = false;
 
   constructor(config: Config, options: SwarmEngineOptions = {}) {
     this.#config = config;
@@ -127,6 +131,23 @@ export class SwarmEngine implements Engine {
       if (Date.now() > until) throw new AbgateError(`swarm did not start every task of experiment ${this.#config.experiment} within 60 s`, "ABGATE_ERR_SWARM");
       await new Promise((r) => setTimeout(r, 100));
     }
+    this.#started = true;
+  }
+
+  onRemoved(listener: (why: string) => void): () => void {
+    this.#removedListeners.add(listener);
+    return () => void this.#removedListeners.delete(listener);
+  }
+
+  /** With no task running, whether the services are gone too (`abgate down`): swarm brings nothing back then. */
+  async #checkRemoved(): Promise<void> {
+    if (!this.#started || this.#removedReported || this.#stopping) return;
+    const services = await this.#services().catch(() => undefined);
+    if (services === undefined || services.length > 0 || this.#stopping || this.#removedReported) return;
+    this.#removedReported = true;
+    const why = `every service of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
+    this.#log("warn", why);
+    for (const l of this.#removedListeners) l(why);
   }
 
   endpoints(): Endpoint[] {
@@ -224,6 +245,7 @@ export class SwarmEngine implements Engine {
             list.push({ id, variant, replica, host: "127.0.0.1", port });
           }
           this.#endpoints.set(list);
+          if (list.length === 0) await this.#checkRemoved();
         } catch (err) {
           this.#log("warn", `listing swarm containers failed: ${(err as Error).message}`);
         }
