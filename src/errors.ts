@@ -57,6 +57,20 @@ export class BuildError extends AbgateError {
   }
 }
 
+/**
+ * A variant's fixed `port:` (port + i for replica i) is taken: in use, or reserved for abgate's listeners or another
+ * experiment's replicas. A fixed port is a promise to whoever reaches the replica there, so it is never moved.
+ */
+export class PortTakenError extends AbgateError {
+  constructor(variantIndex: number, replica: string, port: number, why: string) {
+    super(
+      `variants[${variantIndex}].port: replica ${replica} needs port ${port}, which ${why}; free it, or leave port: out to let abgate choose`,
+      "ABGATE_ERR_PORT_TAKEN",
+    );
+    this.name = "PortTakenError";
+  }
+}
+
 export class StoreError extends AbgateError {
   /** `code`: ABGATE_ERR_STORE, or ABGATE_ERR_STORE_OUTCOME_UNKNOWN when a write's COMMIT failed and may have committed */
   constructor(message: string, options?: { cause?: unknown; code?: "ABGATE_ERR_STORE" | "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" }) {

@@ -105,6 +105,14 @@ test("a variant's pinned port may not be the proxy's or the admin's (its replica
   assert.doesNotThrow(() => parseConfig(proc.replace("port: 8090", "port: 8092").replace("port: 8088, replicas: 4", "port: 8093, replicas: 4"), "/tmp", {}));
 });
 
+test("variants' pinned ports may not overlap each other, nor run past 65535", () => {
+  const proc = "experiment: exp\nengine: process\nvariants:\n  - { name: control, command: [node, s.js], port: 9000, replicas: 3 }\n  - { name: treatment, command: [node, s.js], port: 9002 }\n  - { name: big, command: [node, s.js], port: 65535, replicas: 2 }\n";
+  const got = issues(proc).join("\n");
+  assert.match(got, /^variants\[1\]\.port: ports apart from variants\[0\]'s \(control's replicas get 9000 up to 9002; these get 9002 up to 9002\)$/m);
+  assert.match(got, /^variants\[2\]\.port: a port that leaves room for 2 replicas \(one port each\) up to 65535; the last would get 65536$/m);
+  assert.doesNotThrow(() => parseConfig(proc.replace("port: 9002 }", "port: 9003 }").replace("port: 65535, replicas: 2", "port: 65534, replicas: 2"), "/tmp", {}));
+});
+
 test("weights whose sum overflows are refused at variants, as serve would refuse them", () => {
   const huge = base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', weight: 1e308").replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: 1e308");
   assert.match(issues(huge).join("\n"), /^variants: weights must sum to a finite number \(they overflow to Infinity\)/m);

@@ -113,6 +113,10 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
           out.push({ path: `variants[${i}].port`, message: `a port other than ${key}'s ${at.port} (this variant's replicas would get ${span})` });
         }
       }
+      const last = v.port + v.replicas - 1;
+      if (last > 65535) out.push({ path: `variants[${i}].port`, message: `a port that leaves room for ${v.replicas} replicas (one port each) up to 65535; the last would get ${last}` });
+      const other = cfg.variants.findIndex((w, j) => j < i && w.port !== undefined && w.port <= last && v.port! <= w.port + w.replicas - 1);
+      if (other >= 0) out.push({ path: `variants[${i}].port`, message: `ports apart from variants[${other}]'s (${cfg.variants[other]!.name}'s replicas get ${cfg.variants[other]!.port} up to ${cfg.variants[other]!.port! + cfg.variants[other]!.replicas - 1}; these get ${v.port} up to ${last})` });
     });
   }
   const total = cfg.variants.reduce((s, v) => s + v.weight, 0);

@@ -1,4 +1,5 @@
 import { createServer } from "node:net";
+import { AbgateError, PortTakenError } from "../errors.ts";
 
 /** True when nothing listens on host:port (we can bind it). */
 export function portFree(port: number, host = "127.0.0.1"): Promise<boolean> {
@@ -10,8 +11,8 @@ export function portFree(port: number, host = "127.0.0.1"): Promise<boolean> {
 }
 
 /**
- * Hands out ports for replicas: a variant's own `port` upward, else from `base` upward, skipping ports in use
- * and ports already handed out in this run.
+ * Hands out ports for replicas from `base` upward, skipping ports in use, reserved, or already handed out in this
+ * run. A variant's fixed `port:` is claimed exactly (`claim`), never moved: see PortTakenError.
  */
 export class PortAllocator {
   #next: number;
@@ -19,23 +20,26 @@ export class PortAllocator {
   constructor(base: number) {
     this.#next = base;
   }
+  /** Keeps `port` from being handed out (abgate's listeners; variants' fixed ports, claimed later). */
   reserve(port: number): void {
     this.#taken.add(port);
   }
-  release(port: number): void {
-    this.#taken.delete(port);
+  /** Exactly `port`, which the caller reserved: it must be free now. */
+  async claim(port: number, variantIndex: number, replica: string): Promise<number> {
+    if (!(await portFree(port))) throw new PortTakenError(variantIndex, replica, port, "is in use");
+    return port;
   }
-  async allocate(preferred?: number): Promise<number> {
-    let p = preferred ?? this.#next;
+  async allocate(): Promise<number> {
+    let p = this.#next;
     for (let tries = 0; tries < 2000; tries++, p++) {
       if (p > 65535) p = 1024;
       if (this.#taken.has(p)) continue;
       if (await portFree(p)) {
         this.#taken.add(p);
-        if (preferred === undefined) this.#next = p + 1;
+        this.#next = p + 1;
         return p;
       }
     }
-    throw new Error(`no free port found from ${preferred ?? this.#next}`);
+    throw new AbgateError(`no free port found from ${this.#next}`, "ABGATE_ERR_PORT_TAKEN");
   }
 }

@@ -264,3 +264,29 @@ test("process engine: a short token is not looked for by value (token: \"1\" str
     delete process.env.ABGATE_TEST_FLAG;
   }
 });
+
+test("process engine: a fixed port is claimed exactly; taken, the start fails naming the key instead of moving it", async () => {
+  const { createServer } = await import("node:net");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  // A variant without `port` listed first, from base upward, must leave the pinned variant's port alone.
+  const variants = `  - { name: control, command: [sleep, "1000"] }\n  - { name: treatment, command: [sleep, "1000"], port: 24600 }\n`;
+  const engine = new ProcessEngine(configFor(dir, variants));
+  await engine.start();
+  try {
+    assert.deepEqual(engine.endpoints().map((e) => [e.id, e.port]), [["control-0", 24601], ["treatment-0", 24600]]);
+  } finally {
+    await engine.stop(100);
+  }
+  const busy = createServer();
+  await new Promise<void>((resolve) => busy.listen({ host: "127.0.0.1", port: 24600 }, resolve));
+  const blocked = new ProcessEngine(configFor(dir, variants));
+  try {
+    await assert.rejects(blocked.start(), {
+      code: "ABGATE_ERR_PORT_TAKEN",
+      message: "variants[1].port: replica treatment-0 needs port 24600, which is in use; free it, or leave port: out to let abgate choose",
+    });
+  } finally {
+    await blocked.stop(100);
+    busy.close();
+  }
+});

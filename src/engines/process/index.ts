@@ -138,6 +138,8 @@ export class ProcessEngine implements Engine {
     // The engine starts before the proxy and admin listeners bind, so their ports still look free then: without
     // this a replica could take one (ports.base at or below listen's port) and abgate would fail to listen.
     for (const at of [config.listen, config.admin.listen]) if (at.port !== 0) this.#ports.reserve(at.port);
+    // A variant's fixed ports are its own: one listed earlier without `port` must not take them from base upward.
+    for (const v of config.variants) for (let i = 0; v.port !== undefined && i < v.replicas; i++) this.#ports.reserve(v.port + i);
   }
 
   start(onProgress?: (line: string) => void): Promise<void> {
@@ -154,7 +156,7 @@ export class ProcessEngine implements Engine {
         // run (Ctrl-C went unanswered for seconds while hundreds of replicas started). And stop() may have begun.
         await new Promise((resolve) => setImmediate(resolve));
         if (this.#stopping) return;
-        const port = await this.#ports.allocate(v.port !== undefined ? v.port + i : undefined);
+        const port = v.port !== undefined ? await this.#ports.claim(v.port + i, this.#config.variants.indexOf(v), `${v.name}-${i}`) : await this.#ports.allocate();
         const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
         this.#replicas.push(r);
         // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid
