@@ -317,12 +317,14 @@ program
       throw new InvalidArgumentError(`unknown variant "${variant}" (the config has ${config.variants.map((v) => v.name).join(", ")})`);
     }
     if (!runsContainers(config)) {
-      throw new AbgateError(
+      // Nothing to show, as docker's "no containers of variant" is, and as `down` says "nothing to remove": exit 0.
+      // The reason goes to stderr, so that `abgate logs control > file` holds only log lines.
+      process.stderr.write(
         config.engine === "static"
-          ? `abgate logs shows container logs; engine static proxies to endpoints abgate does not run, so their logs are wherever those services write them`
-          : `abgate logs shows container logs; engine process keeps each replica's last lines in the serving abgate, which logs them when a replica crash-loops (run the command by hand to see all its output)`,
-        "ABGATE_ERR_NO_CONTAINERS",
+          ? `abgate logs shows container logs; engine static proxies to endpoints abgate does not run, so their logs are wherever those services write them\n`
+          : `abgate logs shows container logs; engine process keeps each replica's last lines in the serving abgate, which logs them when a replica crash-loops (run the command by hand to see all its output)\n`,
       );
+      return;
     }
     const { logs } = await import("./docker-commands.ts");
     await logs(config, variant, { follow: Boolean(opts.follow), tail: opts.tail === "all" ? undefined : Number(opts.tail) });
