@@ -183,12 +183,14 @@ test("GET /v1/series answers dense columns from store.minutes and validates sinc
   const r = await get(`/v1/series?sinceMs=${T0}`);
   assert.equal(r.status, 200);
   const body = JSON.parse(r.body.toString());
-  assert.deepEqual(body.minutes, [T0, T0 + 60_000, T0 + 120_000]);
+  // up to the injected clock's minute (T0 + 5 min): the minutes since the last bucket had no traffic
+  assert.deepEqual(body.minutes, [0, 1, 2, 3, 4, 5].map((m) => T0 + m * 60_000));
+  assert.equal(Math.floor(clock.now() / 60_000) * 60_000, T0 + 5 * 60_000);
   assert.deepEqual(body.variants.map((v: { name: string; requests: number[] }) => [v.name, v.requests]), [
-    ["control", [600, 0, 0]],
-    ["treatment", [0, 0, 700]],
+    ["control", [600, 0, 0, 0, 0, 0]],
+    ["treatment", [0, 0, 700, 0, 0, 0]],
   ]);
-  assert.deepEqual(body.variants[1].conversions, { watched: [0, 0, 9] });
+  assert.deepEqual(body.variants[1].conversions, { watched: [0, 0, 9, 0, 0, 0] });
   assert.equal(minutesCalls.at(-1), T0);
 
   // without sinceMs: the last week, by the injected clock

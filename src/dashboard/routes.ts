@@ -180,7 +180,7 @@ async function serveSeries(req: IncomingMessage, res: ServerResponse, ctx: Admin
     sendJson(res, 500, { error: `could not read the per-minute series: ${(err as Error).message}`, code: "ABGATE_ERR_STORE" });
     return;
   }
-  const body = toSeries(experiment, variants.map((v) => v.name), metrics, buckets);
+  const body = toSeries(experiment, variants.map((v) => v.name), metrics, buckets, { nowMs: clock.now() });
   const json = Buffer.from(JSON.stringify(body));
   const headers: Record<string, string> = {
     "content-type": "application/json; charset=utf-8",

@@ -42,6 +42,17 @@ test("toSeries fills minutes without buckets with zeros and keeps config order o
   assert.equal(body.truncated, false);
 });
 
+test("toSeries runs the zeros on to the current minute, so a chart shows traffic that stopped as a drop to zero", () => {
+  const buckets = [bucket(0, "control", 10), bucket(1, "control", 12)];
+  const body = toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 + 4 * 60_000 + 30_000 });
+  assert.deepEqual(body.minutes, [0, 1, 2, 3, 4].map((m) => T0 + m * 60_000));
+  assert.deepEqual(body.variants[0]!.requests, [10, 12, 0, 0, 0]);
+  // A clock behind the newest bucket (events stamped by another machine) cuts nothing off.
+  assert.deepEqual(toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 }).variants[0]!.requests, [10, 12]);
+  // No traffic yet: nothing to draw, now or not.
+  assert.deepEqual(toSeries("exp", ["control"], config.metrics, [], { nowMs: T0 }).minutes, []);
+});
+
 test("toSeries with no buckets gives empty columns for every configured variant", () => {
   const body = toSeries("exp", ["control", "treatment"], config.metrics, []);
   assert.deepEqual(body.minutes, []);
@@ -49,7 +60,7 @@ test("toSeries with no buckets gives empty columns for every configured variant"
 });
 
 test("toSeries keeps only the newest maxMinutes and lists variants that are no longer configured", () => {
-  const body = toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 1), bucket(9, "old", 2)], 5);
+  const body = toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 1), bucket(9, "old", 2)], { maxMinutes: 5 });
   assert.equal(body.truncated, true);
   assert.deepEqual(body.minutes, [5, 6, 7, 8, 9].map((m) => T0 + m * 60_000));
   assert.deepEqual(body.variants.map((v) => v.name), ["control", "old"]);
@@ -85,6 +96,19 @@ test("Timeline ignores an empty fetch", () => {
   t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 2)]));
   t.merge(toSeries("exp", ["control"], config.metrics, []));
   assert.deepEqual(t.requests("control"), [2]);
+});
+
+test("Timeline runs on to the server's clock with zeros when no bucket came since, so the chart drops to zero", () => {
+  const t = new Timeline();
+  t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 2, 1), bucket(1, "control", 3)], { nowMs: T0 + 60_000 }));
+  assert.deepEqual(t.requests("control"), [2, 3]);
+  // the resumed fetch from minute 1 finds nothing: traffic stopped
+  t.merge(toSeries("exp", ["control"], config.metrics, [], { nowMs: T0 + 3 * 60_000 + 5_000 }));
+  assert.deepEqual(t.minutes, [0, 1, 2, 3].map((m) => T0 + m * 60_000));
+  assert.deepEqual(t.requests("control"), [2, 3, 0, 0]);
+  assert.deepEqual(t.meanLatencyMs("control"), [10, 10, null, null]);
+  assert.deepEqual(t.cumulativeRate("control", "watched"), [0.5, 0.2, 0.2, 0.2]);
+  assert.equal(t.resumeFromMs(), T0 + 3 * 60_000);
 });
 
 test("ReportHistory keeps each metric's value per variant report after report, bounded", () => {

@@ -28,22 +28,25 @@ export interface SeriesBody {
   metrics: { name: string; kind: string }[];
   /** true when older minutes were left out to stay within `maxMinutes` */
   truncated: boolean;
+  /** the server's clock when it answered: minutes up to this one without a bucket had no traffic */
+  nowMs?: number;
 }
 
 /** Metric kinds whose per-minute `conversions` the store reports (see Store.minutes). */
 const EVENT_KINDS = new Set(["conversion"]);
 
 /**
- * Turns the store's sparse per-minute, per-variant buckets into dense columns. Minutes without a bucket between
- * the first and the last one are filled with zeros: a minute with no bucket is a minute with no traffic, and a
- * dense x axis keeps uPlot's index-based cursor and gaps honest. Only the newest `maxMinutes` are kept.
+ * Turns the store's sparse per-minute, per-variant buckets into dense columns. Minutes without a bucket from the
+ * first one up to the current minute (`nowMs`) are filled with zeros: a minute with no bucket is a minute with no
+ * traffic, and a dense x axis keeps uPlot's index-based cursor and gaps honest. Without the minutes after the last
+ * bucket, traffic that stopped looked like traffic going on at its last rate. Only the newest `maxMinutes` are kept.
  */
 export function toSeries(
   experiment: string,
   variantNames: readonly string[],
   metrics: readonly MetricConfig[],
   buckets: readonly MinuteBucket[],
-  maxMinutes = 20_160,
+  { maxMinutes = 20_160, nowMs }: { maxMinutes?: number; nowMs?: number } = {},
 ): SeriesBody {
   const eventMetrics = metrics.filter((m) => EVENT_KINDS.has(m.kind)).map((m) => m.name);
   const body: SeriesBody = {
@@ -53,6 +56,7 @@ export function toSeries(
     variants: [],
     metrics: metrics.map((m) => ({ name: m.name, kind: m.kind })),
     truncated: false,
+    ...(nowMs !== undefined ? { nowMs } : {}),
   };
   const names = [...variantNames];
   for (const b of buckets) if (!names.includes(b.variant)) names.push(b.variant);
@@ -68,6 +72,7 @@ export function toSeries(
     if (m < first) first = m;
     if (m > last) last = m;
   }
+  if (nowMs !== undefined && floorMinute(nowMs) > last) last = floorMinute(nowMs);
   if ((last - first) / MINUTE_MS + 1 > maxMinutes) {
     first = last - (maxMinutes - 1) * MINUTE_MS;
     body.truncated = true;

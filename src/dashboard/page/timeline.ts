@@ -16,10 +16,23 @@ export class Timeline {
     return this.minutes.length ? this.minutes[this.minutes.length - 1]! : null;
   }
 
-  /** Splices a fetched body in: minutes at or after its first minute are replaced, a gap before it is zero-filled. */
+  /**
+   * Splices a fetched body in: minutes at or after its first minute are replaced, a gap before it is zero-filled,
+   * and so are the minutes after the last one up to the server's `nowMs` (no bucket since: no traffic since).
+   */
   merge(body: SeriesBody): void {
     this.stepMs = body.stepMs;
     for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, emptyVariant(v.name, Object.keys(v.conversions), this.minutes.length));
+    this.#splice(body);
+    if (body.nowMs !== undefined && this.minutes.length > 0) {
+      const nowMinute = Math.floor(body.nowMs / this.stepMs) * this.stepMs;
+      const after: number[] = [];
+      for (let m = this.minutes[this.minutes.length - 1]! + this.stepMs; m <= nowMinute; m += this.stepMs) after.push(m);
+      if (after.length > 0) this.#splice({ ...body, minutes: after, variants: [] });
+    }
+  }
+
+  #splice(body: SeriesBody): void {
     if (body.minutes.length === 0) return;
     const start = body.minutes[0]!;
     let keep = this.minutes.length;
