@@ -409,3 +409,33 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
   await page.close();
 });
+
+test("while the event stream is down, the variants table says it is not live, dated, and greys out; it recovers", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  const view = await (await fetch(`${gw.adminUrl}/v1/experiment`)).json();
+  const asOf = Date.UTC(2026, 10, 29, 9, 30);
+  const meta = { experiment: "dashboard-e2e", control: "control", variants: ["control", "treatment"], metrics: [], alpha: 0.05, liveIntervalMs: 1000, reportIntervalMs: 5000 };
+  let streams = 0;
+  // The first stream sends one live event and ends (as when abgate stops); the browser retries after 1.5 s and
+  // then gets the real stream.
+  await page.route("**/v1/stream", (route) => {
+    if (streams++ > 0) return route.continue();
+    return route.fulfill({
+      status: 200,
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+      body: `retry: 1500\n\nevent: meta\ndata: ${JSON.stringify(meta)}\n\nevent: live\ndata: ${JSON.stringify({ ts: asOf, experiment: view, live: [] })}\n\n`,
+    });
+  });
+  await page.goto(gw.adminUrl + "/");
+  const note = page.locator('[data-testid="stale"]');
+  await note.waitFor();
+  assert.equal(await note.innerText(), `Not live: as of ${await page.evaluate((ms) => new Date(ms).toLocaleString(), asOf)}. Health, rates and counts are from then, until abgate answers again.`);
+  assert.equal(await page.locator("[data-connection]").getAttribute("data-connection"), "reconnecting");
+  assert.equal(await page.locator('[data-stale="true"] table.variants').count(), 1);
+  // Back: the real stream answers, the note goes.
+  await page.locator('[data-connection="live"]').waitFor({ timeout: 20_000 });
+  await note.waitFor({ state: "detached" });
+  assert.equal(await page.locator('[data-stale="true"]').count(), 0);
+  assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
+  await page.close();
+});

@@ -98,7 +98,7 @@ export function App() {
       <main>
         <section aria-labelledby="variants-h" class="card wide">
           <h2 id="variants-h">Variants</h2>
-          <VariantsTable live={live} report={report} />
+          <VariantsTable live={live} report={report} stale={connection !== "live"} />
         </section>
         <Decision report={report} />
         <Controls token={token} setToken={setToken} live={live} variants={variants} control={control} />
@@ -182,13 +182,22 @@ function pText(p: number | null | undefined): string {
   return text.startsWith("<") ? `p ${text}` : `p = ${text}`;
 }
 
-function VariantsTable({ live, report }: { live: LiveEvent | null; report: Report | null }) {
+/**
+ * `stale`: the event stream is down (abgate stopped or unreachable). The last numbers stay on screen, greyed and
+ * dated, rather than passing for the present: a replica shown healthy may be gone by now.
+ */
+function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report: Report | null; stale: boolean }) {
   if (!live) return <p class="muted">Waiting for live data…</p>;
   const stats = new Map<string, LiveVariantStats>(live.live.map((s) => [s.variant, s]));
   const units = new Map((report?.variants ?? []).map((v) => [v.name, v.units]));
   const totalWeight = live.experiment.variants.reduce((sum, v) => sum + v.weight, 0);
   return (
-    <div class="scroll">
+    <div class={stale ? "scroll stale" : "scroll"} data-stale={stale ? "true" : undefined}>
+      {stale && (
+        <p class="stale-note" data-testid="stale">
+          Not live: as of {fmtTime(live.ts)}. Health, rates and counts are from then, until abgate answers again.
+        </p>
+      )}
       <table class="variants">
         <caption class="sr-only">Each variant's weight, replicas and live traffic</caption>
         <thead>
