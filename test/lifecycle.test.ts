@@ -86,36 +86,42 @@ test("SIGKILL right after {accepted: N}: all N events are in the store on restar
   await backend.close();
 });
 
-test("SIGKILL of abgate: its process replicas, and what their commands started, stop too", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
-  // The server runs under a shell, as npm scripts and `sh -c` commands do: a grandchild of abgate.
-  writeFileSync(
-    join(dir, "server.js"),
-    `require("node:fs").writeFileSync(__dirname + "/pid-" + process.env.PORT, String(process.pid));
-     require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`,
-  );
-  const file = writeConfig(
-    dir,
-    `experiment: orphans\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 23210 }\n` +
-      `variants:\n  - { name: control, command: [sh, -c, "node server.js & wait"], replicas: 2 }\n`,
-  );
-  const cli = await startCli(["serve", "-c", file], ready);
-  const { readFileSync, existsSync } = await import("node:fs");
-  const { alive, until } = await import("./helpers/processes.ts");
-  const pids = await until("both replicas' pids", () => {
-    const files = [23210, 23211].map((port) => join(dir, `pid-${port}`));
-    return files.every((f) => existsSync(f) && readFileSync(f, "utf8") !== "") ? files.map((f) => Number(readFileSync(f, "utf8"))) : undefined;
+for (const [what, port, kill] of [
+  ["abgate alone", 23210, (pid: number) => process.kill(pid, "SIGKILL")],
+  // as a supervisor or a cancelled CI job does: the reaper must not die with abgate
+  ["abgate's whole process group", 23220, (pid: number) => process.kill(-pid, "SIGKILL")],
+] as const) {
+  test(`SIGKILL of ${what}: its process replicas, and what their commands started, stop too`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+    // The server runs under a shell, as npm scripts and `sh -c` commands do: a grandchild of abgate.
+    writeFileSync(
+      join(dir, "server.js"),
+      `require("node:fs").writeFileSync(__dirname + "/pid-" + process.env.PORT, String(process.pid));
+       require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`,
+    );
+    const file = writeConfig(
+      dir,
+      `experiment: orphans\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: ${port} }\n` +
+        `variants:\n  - { name: control, command: [sh, -c, "node server.js & wait"], replicas: 2 }\n`,
+    );
+    const cli = await startCli(["serve", "-c", file], ready, { detached: true });
+    const { readFileSync, existsSync } = await import("node:fs");
+    const { alive, until } = await import("./helpers/processes.ts");
+    const pids = await until("both replicas' pids", () => {
+      const files = [port, port + 1].map((p) => join(dir, `pid-${p}`));
+      return files.every((f) => existsSync(f) && readFileSync(f, "utf8") !== "") ? files.map((f) => Number(readFileSync(f, "utf8"))) : undefined;
+    });
+    assert.ok(pids.every(alive));
+    kill(cli.child.pid!);
+    await cli.exited;
+    try {
+      await until("the replicas' end", () => (pids.some(alive) ? undefined : true), 8000);
+    } finally {
+      for (const pid of pids) if (alive(pid)) process.kill(pid, "SIGKILL");
+    }
+    rmSync(dir, { recursive: true, force: true });
   });
-  assert.ok(pids.every(alive));
-  cli.child.kill("SIGKILL");
-  await cli.exited;
-  try {
-    await until("the replicas' end", () => (pids.some(alive) ? undefined : true), 8000);
-  } finally {
-    for (const pid of pids) if (alive(pid)) process.kill(pid, "SIGKILL");
-  }
-  rmSync(dir, { recursive: true, force: true });
-});
+}
 
 test("validate and up name a variant whose build context, Dockerfile or cwd is missing (exit 2), before anything runs", async () => {
   const { mkdirSync } = await import("node:fs");

@@ -37,8 +37,8 @@ function out(line: string): void {
 
 /**
  * The signals that stop a serving abgate. SIGHUP (the terminal closed, the ssh session dropped) too: its default
- * action kills Node at once, without the `exit` event, and process replicas, which run in their own process groups
- * so that they can be stopped as a whole, would then outlive abgate, holding their ports.
+ * action kills Node at once, without the `exit` event or a drain (process replicas would then be stopped only by
+ * the reaper, without their requests finishing).
  */
 const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 

@@ -20,10 +20,17 @@ export function runCli(args: string[], opts: { cwd?: string; env?: NodeJS.Proces
   });
 }
 
-/** Start a long-running CLI command; resolves once stdout contains `readyPattern`. */
-export function startCli(args: string[], readyPattern: RegExp, opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ child: ChildProcess; stdout: () => string; stderr: () => string; exited: Promise<number | null> }> {
+/**
+ * Start a long-running CLI command; resolves once stdout contains `readyPattern`. `detached`: in a process group of
+ * its own, as a shell's job or a supervisor's child is, which `process.kill(-child.pid, signal)` then signals whole.
+ */
+export function startCli(
+  args: string[],
+  readyPattern: RegExp,
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; detached?: boolean } = {},
+): Promise<{ child: ChildProcess; stdout: () => string; stderr: () => string; exited: Promise<number | null> }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ["ignore", "pipe", "pipe"], detached: opts.detached });
     let stdout = "";
     let stderr = "";
     const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));

@@ -5,7 +5,8 @@ import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { PortAllocator } from "../ports.ts";
-import { ProcessReaper } from "./reaper.ts";
+import { resolveCommand } from "./command.ts";
+import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
 
 interface Replica {
   variant: VariantConfig;
@@ -126,7 +127,11 @@ export class ProcessEngine implements Engine {
   /** start()'s run, which stop() lets finish (it ends at the next replica) before it collects the replicas */
   #starting: Promise<void> | null = null;
   #ports: PortAllocator;
-  #exitHook = () => this.#killAll("SIGKILL");
+  #exitHook = () => {
+    this.#killAll("SIGKILL");
+    // Killed for certain: off the reaper's list, which would otherwise signal those groups again (or a reused id).
+    for (const r of this.#replicas) if (r.child?.pid !== undefined) this.#reaper.remove(r.child.pid);
+  };
   /** signals the replicas' groups if abgate dies without running any of its own code (kill -9) */
   readonly #reaper = new ProcessReaper((msg) => this.#log("warn", msg));
 
@@ -176,10 +181,15 @@ export class ProcessEngine implements Engine {
   #spawn(r: Replica): Promise<Error | undefined> {
     const [cmd, ...args] = r.variant.command!;
     const id = `${r.variant.name}-${r.index}`;
-    const child = spawn(cmd, args, {
+    const env: NodeJS.ProcessEnv = { ...inheritedEnv(this.#config), ...r.variant.env, PORT: String(r.port), ABGATE_VARIANT: r.variant.name, ABGATE_REPLICA: String(r.index) };
+    const cwd = r.variant.cwd ?? process.cwd();
+    // Through the registering shell when there is a reaper to register with (see REGISTER_AND_EXEC); a command
+    // that cannot be found is spawned as it is, so that its failure is spawn's own error (ENOENT), as without.
+    const pipe = resolveCommand(cmd, cwd, env.PATH) !== undefined ? this.#reaper.pipe() : null;
+    const child = spawn(pipe ? "/bin/sh" : cmd, pipe ? ["-c", REGISTER_AND_EXEC, "abgate-replica", cmd, ...args] : args, {
       cwd: r.variant.cwd,
-      env: { ...inheritedEnv(this.#config), ...r.variant.env, PORT: String(r.port), ABGATE_VARIANT: r.variant.name, ABGATE_REPLICA: String(r.index) },
-      stdio: ["ignore", "pipe", "pipe"],
+      env,
+      stdio: pipe ? ["ignore", "pipe", "pipe", pipe] : ["ignore", "pipe", "pipe"],
       // Its own process group, so that signals reach what the command starts too (`sh -c "a & b & wait"`,
       // npm scripts): killing only the direct child would leave those running, holding the replica's port.
       detached: true,

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { alive, until } from "../../../test/helpers/processes.ts";
-import { ProcessReaper } from "./reaper.ts";
+import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
 
 /** A process group of its own: a shell leader and a sleeping child, as `sh -c "server & wait"` makes. */
 function group(ignoreTerm = false): { leader: ChildProcess; pids: () => number[] } {
@@ -70,5 +70,58 @@ test("a clean close with nothing listed ends the reaper at once, and the reaper 
   reaper.close();
   await until("the reaper's exit", () => (alive(reaperPid) ? undefined : true), 2000);
   assert.ok(g.pids().every(alive));
+  process.kill(-g.leader.pid!, "SIGKILL");
+});
+
+test("a replica started through REGISTER_AND_EXEC is on the list before its command runs, without add()", async () => {
+  const reaper = new ProcessReaper(() => {}, 3000);
+  const pipe = reaper.pipe()!;
+  const reaperPid = reaper.pid!;
+  // The command prints which fds it holds: fd 3 (the pipe) must be closed, or the reaper would never see its end.
+  const child = spawn("/bin/sh", ["-c", REGISTER_AND_EXEC, "abgate-replica", "sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '; echo; exec sleep 600"], {
+    detached: true,
+    stdio: ["ignore", "pipe", "ignore", pipe],
+  });
+  let out = "";
+  child.stdout!.on("data", (b: Buffer) => (out += b));
+  await until("the command's line", () => (out.includes("\n") ? true : undefined));
+  const fds = out.trim().split(" ");
+  assert.ok(fds.includes("1") && !fds.includes("3"), `the command holds no pipe to the reaper (its fds: ${fds.join(", ")})`);
+  reaper.close();
+  await until("the self-registered replica's end", () => (alive(child.pid!) ? undefined : true), 5000);
+  await until("the reaper's exit", () => (alive(reaperPid) ? undefined : true), 5000);
+});
+
+test("with the reaper gone, a replica still starts, and its command gets the default SIGPIPE", async () => {
+  const reaper = new ProcessReaper(() => {}, 3000);
+  const pipe = reaper.pipe()!;
+  process.kill(reaper.pid!, "SIGKILL");
+  await until("the reaper's end", () => (alive(reaper.pid ?? 0) ? undefined : true));
+  // SigIgn bit 13 (SIGPIPE): 0 for the command, whatever the wrapper did for its own write
+  const child = spawn("/bin/sh", ["-c", REGISTER_AND_EXEC, "abgate-replica", "sh", "-c", "grep SigIgn /proc/$$/status"], { stdio: ["ignore", "pipe", "ignore", pipe] });
+  let out = "";
+  child.stdout!.on("data", (b: Buffer) => (out += b));
+  const code = await new Promise((resolve) => child.on("close", resolve));
+  assert.equal(code, 0);
+  const mask = BigInt(`0x${/SigIgn:\s*([0-9a-f]+)/.exec(out)![1]}`);
+  assert.equal(mask & (1n << 12n), 0n, out);
+});
+
+test("the reaper's list: added twice counts once, removed is removed, thousands stay fast, junk lines are ignored", async () => {
+  const reaper = new ProcessReaper(() => {}, 3000);
+  const g = group();
+  await started(g);
+  const reaperPid = reaper.pid ?? (reaper.pipe(), reaper.pid!);
+  for (let i = 0; i < 3000; i++) reaper.add(4_000_000 + i); // beyond pid_max: nothing to signal
+  reaper.add(g.leader.pid!);
+  reaper.add(g.leader.pid!);
+  reaper.pipe()!.write("junk\n+\n-x1\n+1 2\n");
+  for (let i = 0; i < 3000; i++) reaper.remove(4_000_000 + i);
+  reaper.remove(g.leader.pid!);
+  const t0 = Date.now();
+  reaper.close();
+  await until("the reaper's exit", () => (alive(reaperPid) ? undefined : true), 5000);
+  assert.ok(Date.now() - t0 < 3000, `${Date.now() - t0} ms to read 6,000 lines`);
+  assert.ok(g.pids().every(alive), "removed once, though added twice");
   process.kill(-g.leader.pid!, "SIGKILL");
 });
