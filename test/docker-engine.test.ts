@@ -341,3 +341,30 @@ test("image: runs an existing image as it is, without building", async (t) => {
   const { body } = await waitFor("answers", () => get(`http://127.0.0.1:${engine.endpoints()[0].port}/health`));
   assert.equal(JSON.parse(body).variant, "x");
 });
+
+test("containers removed while the events stream is down are seen as removed, and told to a listener that comes later", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const { down } = await import("../src/cli/docker-commands.ts");
+  const experiment = uniqueExperiment("gone");
+  const config = testConfig({ experiment, ports: { base: 19240 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
+  // The real client, but the re-subscription asks for no replay (the daemon's is bounded: a destroy may be lost).
+  const streams: NodeJS.ReadableStream[] = [];
+  const spy = Object.create(docker) as Docker;
+  spy.getEvents = (async (opts: { since?: number }) => {
+    const s = await docker.getEvents({ ...opts, since: undefined });
+    streams.push(s);
+    return s;
+  }) as Docker["getEvents"];
+  const engine = new DockerEngine(config, { docker: spy, ...fast, eventsBackoff: { initialMs: 1000, maxMs: 1000 }, log: quiet });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  await waitFor("subscribed", () => streams.length === 1);
+  (streams[0] as unknown as { destroy(): void }).destroy();
+  assert.equal(await down(config, { docker, stopTimeoutS: 0, out: quiet }), 2);
+  await waitFor("re-subscribed and reconciled", () => streams.length === 2 && engine.endpoints().length === 0, 10_000);
+  // `up` subscribes only once it serves, after its health wait
+  const why = await new Promise<string>((resolve) => engine.onRemoved(resolve));
+  assert.equal(why, `every container of experiment ${experiment} was removed outside abgate (abgate down?)`);
+});

@@ -30,9 +30,10 @@ export interface Engine {
   /** Stop what this engine started (process, docker up); engines that only found endpoints just stop watching. */
   stop(): Promise<void>;
   /**
-   * Called once when every replica was removed from outside abgate (`abgate down`, `docker rm`), which the engine
-   * does not undo: nothing is left to serve, and `up` stops as docker compose's does. Engines whose replicas only
-   * abgate can remove (process, static) have none. Returns an unsubscribe function.
+   * Called (at most once) when every replica was removed from outside abgate (`abgate down`, `docker rm`), which
+   * the engine does not undo: nothing is left to serve, and `up` stops as docker compose's does. A listener that
+   * subscribes after that is told at once. Engines whose replicas only abgate can remove (process, static) have
+   * none. Returns an unsubscribe function.
    */
   onRemoved?(listener: (why: string) => void): () => void;
 }

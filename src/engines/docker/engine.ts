@@ -103,7 +103,8 @@ export class DockerEngine implements Engine {
   #eventsTimer?: TimerHandle;
   #lastEventS = 0;
   readonly #removedListeners = new Set<(why: string) => void>();
-  #removedReported = false;
+  /** why every replica is gone, once it is: told to listeners that subscribe later too */
+  #removed: string | null = null;
 
   constructor(config: Config, options: DockerEngineOptions = {}) {
     this.#config = config;
@@ -190,6 +191,12 @@ export class DockerEngine implements Engine {
   }
 
   onRemoved(listener: (why: string) => void): () => void {
+    // `up` subscribes only once it serves: a removal during its health wait must still reach it.
+    if (this.#removed !== null) {
+      const why = this.#removed;
+      queueMicrotask(() => listener(why));
+      return () => {};
+    }
     this.#removedListeners.add(listener);
     return () => void this.#removedListeners.delete(listener);
   }
@@ -203,10 +210,9 @@ export class DockerEngine implements Engine {
       this.#publish();
     }
     this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
-    if (this.#removedReported || this.#stopping || [...this.#replicas.values()].some((x) => !x.gone)) return;
-    this.#removedReported = true;
-    const why = `every container of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
-    for (const l of this.#removedListeners) l(why);
+    if (this.#removed !== null || this.#stopping || [...this.#replicas.values()].some((x) => !x.gone)) return;
+    this.#removed = `every container of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
+    for (const l of this.#removedListeners) l(this.#removed);
   }
 
   async stop(): Promise<void> {
@@ -450,12 +456,17 @@ export class DockerEngine implements Engine {
   async #reconcile(): Promise<void> {
     const list = await listExperimentContainers(this.#docker, this.#config).catch(() => undefined);
     if (!list || this.#stopping) return;
+    const listed = new Set<Replica>();
     for (const c of list) {
       const r = this.#replicaOf(c.Labels);
       if (!r) continue;
+      listed.add(r);
       if (c.State === "running") this.#markRunning(r);
       else if (r.running) this.#onDie(r, undefined);
     }
+    // Removed while the events stream was down: the daemon's replay of missed events is bounded, so a destroy may
+    // not come. (A replica never created has no container to miss.)
+    for (const r of this.#replicas.values()) if (!listed.has(r) && !r.gone && r.containerId !== undefined) this.#markGone(r);
   }
 
   #onEvent(line: string): void {

@@ -55,7 +55,8 @@ export class SwarmEngine implements Engine {
   /** set once start has seen every task run: from then on, no services at all means they were removed */
   #started = false;
   readonly #removedListeners = new Set<(why: string) => void>();
-  #removedReported = false;
+  /** why every replica is gone, once it is: told to listeners that subscribe later too */
+  #removed: string | null = null;
 
   constructor(config: Config, options: SwarmEngineOptions = {}) {
     this.#config = config;
@@ -135,19 +136,24 @@ export class SwarmEngine implements Engine {
   }
 
   onRemoved(listener: (why: string) => void): () => void {
+    // `up` subscribes only once it serves: a removal during its health wait must still reach it.
+    if (this.#removed !== null) {
+      const why = this.#removed;
+      queueMicrotask(() => listener(why));
+      return () => {};
+    }
     this.#removedListeners.add(listener);
     return () => void this.#removedListeners.delete(listener);
   }
 
   /** With no task running, whether the services are gone too (`abgate down`): swarm brings nothing back then. */
   async #checkRemoved(): Promise<void> {
-    if (!this.#started || this.#removedReported || this.#stopping) return;
+    if (!this.#started || this.#removed !== null || this.#stopping) return;
     const services = await this.#services().catch(() => undefined);
-    if (services === undefined || services.length > 0 || this.#stopping || this.#removedReported) return;
-    this.#removedReported = true;
-    const why = `every service of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
-    this.#log("warn", why);
-    for (const l of this.#removedListeners) l(why);
+    if (services === undefined || services.length > 0 || this.#stopping || this.#removed !== null) return;
+    this.#removed = `every service of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
+    this.#log("warn", this.#removed);
+    for (const l of this.#removedListeners) l(this.#removed);
   }
 
   endpoints(): Endpoint[] {
