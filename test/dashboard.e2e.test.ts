@@ -439,3 +439,40 @@ test("while the event stream is down, the variants table says it is not live, da
   assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
   await page.close();
 });
+
+test("a stream that goes silent without closing is called not live after a few live intervals, and replaced", { skip, timeout: 60_000 }, async () => {
+  const { createServer } = await import("node:http");
+  const { page, errors } = await openPage();
+  const view = await (await fetch(`${gw.adminUrl}/v1/experiment`)).json();
+  const asOf = Date.UTC(2026, 10, 29, 9, 45);
+  const meta = { experiment: "dashboard-e2e", control: "control", variants: ["control", "treatment"], metrics: [], alpha: 0.05, liveIntervalMs: 1000, reportIntervalMs: 5000 };
+  // A stream that sends one live event and then nothing, holding the connection open (a wedged host).
+  const silent = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    res.write(`event: meta\ndata: ${JSON.stringify(meta)}\n\nevent: live\ndata: ${JSON.stringify({ ts: asOf, experiment: view, live: [] })}\n\n`);
+  });
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const silentUrl = `http://127.0.0.1:${(silent.address() as { port: number }).port}/v1/stream`;
+  let streams = 0;
+  await page.route("**/v1/stream", (route) => (streams++ === 0 ? route.continue({ url: silentUrl }) : route.continue()));
+  try {
+    await page.goto(gw.adminUrl + "/");
+    await page.locator('[data-connection="live"]').waitFor();
+    const openedAt = Date.now();
+    const note = page.locator('[data-testid="stale"]');
+    // (read at once: the new stream may make the page live again within milliseconds)
+    const text = await (await page.waitForFunction(() => document.querySelector('[data-testid="stale"]')?.textContent ?? null, null, { timeout: 15_000, polling: 50 })).jsonValue();
+    const silentForMs = Date.now() - openedAt;
+    assert.ok(silentForMs >= 4_000, `called stale after ${silentForMs} ms of silence (5 s expected)`);
+    assert.match(String(text), /^Not live: as of /);
+    // the page opened a new stream, which the real gateway answers
+    await page.locator('[data-connection="live"]').waitFor({ timeout: 20_000 });
+    await note.waitFor({ state: "detached" });
+    assert.equal(streams, 2);
+    assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
+  } finally {
+    await page.close();
+    silent.closeAllConnections();
+    silent.close();
+  }
+});

@@ -79,7 +79,7 @@ test("toSeries handles a week of minutes for two variants quickly", () => {
 test("Timeline splices incremental fetches: the last minute is replaced, a gap is zero-filled", () => {
   const t = new Timeline();
   t.merge(toSeries("exp", ["control", "treatment"], config.metrics, [bucket(0, "control", 2, 1), bucket(1, "control", 3)]));
-  assert.equal(t.resumeFromMs(), T0 + 60_000);
+  assert.equal(t.resumeFromMs(), T0, "the last three minutes are fetched again");
   // minute 1 was still filling: the next fetch brings it again with more requests, plus minute 4
   t.merge(toSeries("exp", ["control", "treatment"], config.metrics, [bucket(1, "control", 5, 1), bucket(4, "treatment", 6, 3)]));
   assert.deepEqual(t.minutes, [0, 1, 2, 3, 4].map((m) => T0 + m * 60_000));
@@ -108,7 +108,25 @@ test("Timeline runs on to the server's clock with zeros when no bucket came sinc
   assert.deepEqual(t.requests("control"), [2, 3, 0, 0]);
   assert.deepEqual(t.meanLatencyMs("control"), [10, 10, null, null]);
   assert.deepEqual(t.cumulativeRate("control", "watched"), [0.5, 0.2, 0.2, 0.2]);
-  assert.equal(t.resumeFromMs(), T0 + 3 * 60_000);
+  assert.equal(t.resumeFromMs(), T0 + 60_000);
+});
+
+test("Timeline: rows a minute gets after the next minute began still reach the chart", () => {
+  const t = new Timeline();
+  // polled at 10:00:59, then at 10:01:00.2 (before the store's last batch for minute 0), then at 10:01:05
+  t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 60)], { nowMs: T0 + 59_000 }));
+  t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 60), bucket(1, "control", 1)], { nowMs: T0 + 60_200 }));
+  const since = t.resumeFromMs()!;
+  assert.ok(since <= T0, "minute 0 is asked for again");
+  const store = [bucket(0, "control", 70), bucket(1, "control", 90)].filter((b) => b.minute >= since);
+  t.merge(toSeries("exp", ["control"], config.metrics, store, { nowMs: T0 + 65_000 }));
+  assert.deepEqual(t.requests("control"), [70, 90]);
+});
+
+test("toSeries zero-fills towards now only as far as maxMinutes allows: minutes with data are never cut for it", () => {
+  const body = toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 500)], { maxMinutes: 10, nowMs: T0 + 30 * 60_000 });
+  assert.equal(body.truncated, false);
+  assert.deepEqual(body.variants[0]!.requests, [500, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 });
 
 test("ReportHistory keeps each metric's value per variant report after report, bounded", () => {

@@ -72,7 +72,8 @@ export function toSeries(
     if (m < first) first = m;
     if (m > last) last = m;
   }
-  if (nowMs !== undefined && floorMinute(nowMs) > last) last = floorMinute(nowMs);
+  // (not so far that it would truncate minutes with data: a page polling after weeks asleep still gets them)
+  if (nowMs !== undefined && floorMinute(nowMs) > last) last = Math.min(floorMinute(nowMs), first + (maxMinutes - 1) * MINUTE_MS);
   if ((last - first) / MINUTE_MS + 1 > maxMinutes) {
     first = last - (maxMinutes - 1) * MINUTE_MS;
     body.truncated = true;

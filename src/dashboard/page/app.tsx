@@ -11,6 +11,8 @@ const WEEK_MS = 7 * 24 * 3600_000;
 const SERIES_POLL_MS = 5_000;
 
 type Connection = "connecting" | "live" | "reconnecting";
+/** Silence on the event stream past this (or three live intervals, if longer) means it is not live. */
+const MIN_STALE_AFTER_MS = 5_000;
 
 export function App() {
   const [meta, setMeta] = useState<StreamMeta | null>(null);
@@ -24,23 +26,49 @@ export function App() {
   const [seriesVersion, setSeriesVersion] = useState(0);
 
   useEffect(() => {
-    const source = new EventSource("/v1/stream");
-    const on = <T,>(event: string, fn: (data: T) => void) =>
-      source.addEventListener(event, (e) => fn(JSON.parse((e as MessageEvent<string>).data) as T));
-    source.onopen = () => setConnection("live");
-    source.onerror = () => setConnection("reconnecting");
-    on<StreamMeta>("meta", setMeta);
-    on<LiveEvent>("live", (data) => {
-      setLive(data);
-      setFailures(({ live: _gone, ...rest }) => rest);
-    });
-    on<Report>("report", (data) => {
-      history.add(Date.now(), data);
-      setReport(data);
-      setFailures(({ report: _gone, ...rest }) => rest);
-    });
-    on<{ source: string; message: string }>("failure", (f) => setFailures((all) => ({ ...all, [f.source]: f.message })));
-    return () => source.close();
+    let source: EventSource | null = null;
+    // A stream can also go silent without closing (a dropped network, a wedged host), which EventSource never
+    // notices: with no event for this long the page calls itself not live and opens a new stream.
+    let staleAfterMs = MIN_STALE_AFTER_MS;
+    let lastEventAtMs = Date.now();
+    const open = () => {
+      source?.close();
+      const s = new EventSource("/v1/stream");
+      source = s;
+      const on = <T,>(event: string, fn: (data: T) => void) =>
+        s.addEventListener(event, (e) => {
+          lastEventAtMs = Date.now();
+          fn(JSON.parse((e as MessageEvent<string>).data) as T);
+        });
+      // Live only once live numbers arrive: an open stream alone does not make the table current.
+      s.onerror = () => setConnection("reconnecting");
+      on<StreamMeta>("meta", (m) => {
+        staleAfterMs = Math.max(MIN_STALE_AFTER_MS, 3 * m.liveIntervalMs);
+        setMeta(m);
+      });
+      on<LiveEvent>("live", (data) => {
+        setConnection("live");
+        setLive(data);
+        setFailures(({ live: _gone, ...rest }) => rest);
+      });
+      on<Report>("report", (data) => {
+        history.add(Date.now(), data);
+        setReport(data);
+        setFailures(({ report: _gone, ...rest }) => rest);
+      });
+      on<{ source: string; message: string }>("failure", (f) => setFailures((all) => ({ ...all, [f.source]: f.message })));
+    };
+    open();
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastEventAtMs <= staleAfterMs) return;
+      setConnection("reconnecting");
+      lastEventAtMs = Date.now();
+      open();
+    }, 1000);
+    return () => {
+      clearInterval(watchdog);
+      source?.close();
+    };
   }, []);
 
   useEffect(() => {

@@ -1,6 +1,9 @@
 import { emptyVariant } from "../series.ts";
 import type { Report, SeriesBody, VariantSeries } from "./types.ts";
 
+/** Minutes fetched again on every poll (see resumeFromMs). */
+const REFETCH_MINUTES = 3;
+
 /**
  * The page's copy of the per-minute series. The first fetch brings up to a week; later fetches ask only from the
  * last minute on (that minute was still filling) and are spliced in, so a week-old experiment costs one large
@@ -11,9 +14,15 @@ export class Timeline {
   minutes: number[] = [];
   variants = new Map<string, VariantSeries>();
 
-  /** Where the next incremental fetch should start (ms since epoch), or null before the first data. */
+  /**
+   * Where the next incremental fetch should start (ms since epoch), or null before the first data: the last
+   * REFETCH_MINUTES minutes again, because a minute's rows keep arriving after it ends (the store's batches,
+   * requests that finish later); with the series zero-filled up to the server's now, the last minute alone missed
+   * them for good.
+   */
   resumeFromMs(): number | null {
-    return this.minutes.length ? this.minutes[this.minutes.length - 1]! : null;
+    if (this.minutes.length === 0) return null;
+    return this.minutes[Math.max(0, this.minutes.length - REFETCH_MINUTES)]!;
   }
 
   /**
