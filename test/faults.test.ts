@@ -128,6 +128,47 @@ test("no reachable replica: the fallback variant answers and the exposure record
   assert.equal(t.fallbackRequests, 10);
 });
 
+test("a request the variant's replica got and dropped is that variant's 502, not served again by the fallback", async () => {
+  const control = await startBackend("control");
+  // A treatment that crashes on one input: it reads the request, then drops the connection unanswered.
+  const crashy = createNetServer((s) => {
+    s.on("error", () => {});
+    s.on("data", (d) => (String(d).includes("item=bad") ? s.destroy() : s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")));
+  });
+  await new Promise<void>((r) => crashy.listen(0, "127.0.0.1", r));
+  const treatment = `http://127.0.0.1:${(crashy.address() as AddressInfo).port}`;
+  const gw = await testGateway({
+    fallback: "control",
+    variants: [
+      { name: "control", weight: 0, url: control.url },
+      { name: "treatment", weight: 1, url: treatment },
+    ],
+    limits: { ejectAfterFailures: 1000 },
+  });
+  try {
+    const ask = async (item: string) => {
+      const res = await fetch(`${gw.proxyUrl}/rec?item=${item}`, { headers: { "x-user-id": "u1" } });
+      await res.arrayBuffer();
+      return [res.status, res.headers.get("x-abgate-variant")];
+    };
+    assert.deepEqual(await ask("ok"), [200, "treatment"]);
+    assert.deepEqual(await ask("bad"), [502, "treatment"]);
+    assert.equal(control.requests.length, 0, "the control never ran the treatment's request");
+  } finally {
+    await gw.stop();
+    await control.close();
+    crashy.close();
+  }
+  const { default: Database } = await import("better-sqlite3");
+  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
+  const rows = db.prepare("SELECT assigned, served, status FROM exposures ORDER BY ts").all();
+  db.close();
+  assert.deepEqual(rows, [
+    { assigned: "treatment", served: "treatment", status: 200 },
+    { assigned: "treatment", served: "treatment", status: 502 },
+  ]);
+});
+
 test("fallback: reject gives 503 when a variant has no healthy replica", async () => {
   const dead = await closedPortUrl();
   const gw = await testGateway({ fallback: "reject", variants: [{ name: "control", url: dead }], limits: { ejectAfterFailures: 1 } });

@@ -179,6 +179,8 @@ class Exchange implements UpstreamSink, ClientExchange {
   upstream: UpstreamConnection | null = null;
   tried: Replica[] | null = null;
   attempts = 0;
+  /** a replica of the served variant got the request (it failed after connecting): no fallback then */
+  delivered = false;
   /** request body bytes that arrived before an upstream connection could take them */
   pendingBody: Buffer[] | null = null;
   bodyBytes = 0;
@@ -276,11 +278,14 @@ class Exchange implements UpstreamSink, ClientExchange {
     let replica = balancer.pick(this.served, this.tried ?? undefined);
     if (!replica) {
       // Every replica of the variant failed to connect: they are down, whatever health said. Nothing was sent,
-      // so the fallback variant can take the request.
-      if (this.served === this.assigned && this.fallBack()) {
+      // so the fallback variant can take the request. Not once a replica of the variant got the request and dropped
+      // it: the request ran (or crashed it) there, so it is that variant's failure to report, not the fallback's
+      // to serve a second time, which hid input-specific crashes from the error rate.
+      if (this.served === this.assigned && !this.delivered && this.fallBack()) {
         this.head = this.buildHead();
         replica = balancer.pick(this.served);
       }
+      if (!replica && this.delivered) return this.fail(new UpstreamError("reset", `variant ${this.served}'s replicas closed the connection without answering`));
       if (!replica) return this.fail(new UpstreamError(this.tried ? "connect" : "no_replica", `no healthy replica of variant ${this.served} could take the request`));
     }
     this.attempts++;
@@ -461,6 +466,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       !answered &&
       (err.failure === "connect" || (err.failure === "reset" && beforeResponse && !this.hasBody && IDEMPOTENT_METHODS.has(this.request.method)));
     if (retryable && this.attempts <= this.ctx.config.limits.maxRetries) {
+      if (err.failure !== "connect") this.delivered = true;
       (this.tried ??= []).push(replica);
       this.ctx.log.debug({ requestId: this.requestId, replica: replica.id, err: err.message }, "retrying on another replica");
       return this.dispatch();
