@@ -88,6 +88,15 @@ before(async () => {
         return ok(socket, "", "no upgrade");
       case "/slow":
         return void setTimeout(() => ok(socket, "", "slow"), 300);
+      case "/upgrade-split":
+        // the 101's status line cut across two TCP segments
+        socket.write("HTTP/1.1 101 Swit");
+        return void setTimeout(() => socket.write("ching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nhello"), 30);
+      case "/upgrade-hints":
+        // an interim 103 Early Hints before the 101
+        return socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nhello");
+      case "/upgrade-silent":
+        return;
       case "/upgrade-garbage":
         return socket.write("garbage, not http\r\n\r\n");
       case "/upgrade":
@@ -199,6 +208,24 @@ test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client
 
   const garbage = await rawRequest(gw.proxyUrl, "GET /upgrade-garbage HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
   assert.match(garbage, /^HTTP\/1\.1 502/);
+});
+
+test("an upgrade's answer may come in pieces and after interim 1xx heads; a timeout is one 504 and one exposure", async () => {
+  const handshake = (path: string) => `GET ${path} HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`;
+  for (const path of ["/upgrade-split", "/upgrade-hints"]) {
+    const answer = await rawRequest(gw.proxyUrl, handshake(path), 300);
+    assert.match(answer, /^HTTP\/1\.1 101 Switching Protocols\r\n/, path);
+    assert.match(answer, /\r\nx-abgate-variant: control\r\n/, path);
+    assert.match(answer, /\r\n\r\nhello$/, path);
+  }
+  const slow = await testGateway({ variants: [{ name: "control", url: backend.url }], limits: { responseTimeoutMs: 300 } });
+  try {
+    assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-silent"), 1500), /^HTTP\/1\.1 504 /);
+    const metrics = await (await fetch(`${slow.adminUrl}/metrics`)).text();
+    assert.match(metrics, /^abgate_requests_total\{[^}]*status="504"[^}]*\} 1$/m);
+  } finally {
+    await slow.close();
+  }
 });
 
 test("a WebSocket handshake gets a plain request's checks: a unit cookie, and 400 for two Hosts, a body, no Host", async () => {

@@ -12,6 +12,7 @@ import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { HOP_BY_HOP, connectionTokens, cookieValue, queryValue } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
+import { MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
 
 export const FORCE_HEADER = "x-abgate-force-variant";
@@ -725,7 +726,11 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   };
   let upstream: Socket | undefined;
   client.on("error", () => upstream?.destroy());
+  let settled = false;
   const reject = (failure: UpstreamFailure, msg: string) => {
+    // Once: a timeout and an error of the same connection are one failure, one answer and one exposure.
+    if (settled) return;
+    settled = true;
     const status = upstreamStatus(failure);
     ctx.log.warn({ requestId, variant: served, failure }, msg);
     client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
@@ -744,23 +749,47 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     reject("timeout", `upgrade to ${replica.id} timed out`);
   };
   upstream.setTimeout(connectTimeoutMs, timedOut);
-  // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request.
-  upstream.once("connect", () => upstream.setTimeout(responseTimeoutMs, timedOut));
+  // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request. (Without a
+  // callback: each one given is another 'timeout' listener.)
+  upstream.once("connect", () => upstream.setTimeout(responseTimeoutMs));
   // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
   // headers that are the point of the request.
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
   const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
   upstream.write(head, "latin1");
   let answered = false;
-  upstream.once("data", (first: Buffer) => {
-    answered = true;
-    const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r]/.exec(first.toString("latin1", 0, 13));
-    const eol = first.indexOf("\r\n");
-    if (statusLine === null || eol < 0) {
-      upstream.destroy();
-      return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
+  // The answer's head may come in several reads, and after interim 1xx heads (100, 103), which are dropped.
+  let pending: Buffer | null = null;
+  const onData = (chunk: Buffer) => {
+    let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
+    pending = null;
+    let end: number;
+    for (;;) {
+      const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r]/.exec(first.toString("latin1", 0, 13));
+      if (statusLine === null && first.length >= 13) {
+        upstream.removeListener("data", onData);
+        upstream.destroy();
+        return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
+      }
+      end = first.indexOf("\r\n\r\n");
+      if (statusLine === null || end < 0) {
+        if (first.length > MAX_HEAD_BYTES) {
+          upstream.removeListener("data", onData);
+          upstream.destroy();
+          return reject("protocol", `${replica.id} answered an upgrade request with a head over ${MAX_HEAD_BYTES} bytes`);
+        }
+        pending = first;
+        return;
+      }
+      const code = Number(statusLine[1]);
+      if (code >= 200 || code === 101) break;
+      first = first.subarray(end + 4);
+      if (first.length === 0) return;
     }
-    const status = Number(statusLine[1]);
+    upstream.removeListener("data", onData);
+    answered = true;
+    const eol = first.indexOf("\r\n");
+    const status = Number(first.toString("latin1", 9, 12));
     ctx.balancer.answered(replica, status);
     // Mark the answer with our headers: insert them after the status line. A refusal (a 401, a 404, a plain 200)
     // also says the connection ends with it: the client's later requests could not be framed on it (below).
@@ -787,7 +816,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     if (headBytes.length) upstream.write(headBytes);
     upstream.pipe(client);
     client.pipe(upstream);
-  });
+  };
+  upstream.on("data", onData);
   upstream.on("error", (err) => {
     if (!answered) {
       ctx.balancer.failed(replica);

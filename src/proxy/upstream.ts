@@ -43,7 +43,7 @@ const enum Chunk {
   TrailerLineStart,
 }
 
-const MAX_HEAD_BYTES = 64 * 1024;
+export const MAX_HEAD_BYTES = 64 * 1024;
 
 /**
  * A CR or LF outside a CRLF pair (RFC 9112 §2.2). Relayed, it would be a line break to some clients: header
