@@ -510,6 +510,16 @@ describe("UpstreamConnection malformed responses", () => {
   }
 
   it("garbage status line", () => expectProtocol(["HELLO WORLD\r\n\r\n"]));
+  it("a NUL in a field value, a field name or the reason phrase (RFC 9110 §5.5)", async () => {
+    await expectProtocol(["HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 0\r\n\r\n"]);
+    await expectProtocol(["HTTP/1.1 200 OK\r\nx a\x00: 1\r\ncontent-length: 0\r\n\r\n"]);
+    await expectProtocol(["HTTP/1.1 200 O\x00K\r\ncontent-length: 0\r\n\r\n"]);
+  });
+  it("transfer-encoding with chunked before another coding, or twice (RFC 9112 §6.1)", async () => {
+    await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, identity\r\nconnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
+    await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
+  });
+  it("a lone CR in a head", () => expectProtocol(["HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 0\r\n\r\n"]));
   it("101 Switching Protocols, never asked for", () => expectProtocol(["HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw bytes"]));
   it("not HTTP/1.x", () => expectProtocol(["HTTP/2.0 200 OK\r\ncontent-length: 0\r\n\r\n"]));
   it("bad status code", () => expectProtocol(["HTTP/1.1 abc OK\r\ncontent-length: 0\r\n\r\n"]));
@@ -590,6 +600,19 @@ describe("UpstreamConnection header handling edge cases", () => {
     assert.equal(idle, 1);
   });
 
+  it("a head whose lines end in a lone LF is read as nginx reads it (RFC 9112 §2.2), and passed on with CRLFs", async () => {
+    for (const raw of ["HTTP/1.1 200 OK\ncontent-length: 2\nx-a: 1\n\nok", "HTTP/1.1 200 OK\r\ncontent-length: 2\nx-a: 1\r\n\nok", "HTTP/1.1 200 OK\ncontent-length: 2\n\r\nok"]) {
+      const { o, idle } = await run(raw);
+      assertSuccess(o, "ok");
+      assert.equal(o.heads[0].status, 200);
+      assert.deepEqual(o.heads[0].headers.slice(-2), raw.includes("x-a") ? ["x-a", "1"] : ["content-length", "2"]);
+      assert.equal(idle, 1, JSON.stringify(raw));
+    }
+    // a body that holds a CRLFCRLF does not make the head run on into it
+    const { o } = await run("HTTP/1.1 200 OK\ncontent-length: 6\n\nab\r\n\r\n");
+    assertSuccess(o, "ab\r\n\r\n");
+  });
+
   it("a status line without reason phrase is fine", async () => {
     const { o } = await run("HTTP/1.1 200\r\ncontent-length: 1\r\n\r\nx");
     assertSuccess(o, "x");
@@ -605,6 +628,12 @@ describe("UpstreamConnection header handling edge cases", () => {
     assertSuccess(o, "hi");
     assert.equal(o.heads[0].contentLength, 2);
     assert.equal(o.heads[0].headers.filter((h, i) => i % 2 === 0 && h.toLowerCase() === "content-length").length, 1);
+  });
+
+  it("transfer-encoding 'xchunked' is a coding of its own: the body runs to the close", async () => {
+    const { o } = await run("HTTP/1.1 200 OK\r\ntransfer-encoding: xchunked\r\n\r\nclose-delimited", true);
+    assertSuccess(o, "close-delimited");
+    assert.deepEqual(o.heads[0].headers, ["transfer-encoding", "xchunked"]);
   });
 
   it("transfer-encoding 'gzip, chunked' is chunked", async () => {

@@ -56,6 +56,19 @@ export function hasBareCrOrLf(head: string): boolean {
 }
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 
+/**
+ * Where a head whose lines end in LF (or a mix of CRLF and LF) ends: `end` before its last line's end, `consumed`
+ * after the blank line. Null when there is no blank line yet.
+ */
+function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } | null {
+  for (let i = data.indexOf(10); i !== -1; i = data.indexOf(10, i + 1)) {
+    let next = i + 1;
+    if (data[next] === 13) next++;
+    if (data[next] === 10) return { end: i > 0 && data[i - 1] === 13 ? i - 1 : i, consumed: next + 1 };
+  }
+  return null;
+}
+
 /** 1 at the index of each length of content-length, transfer-encoding, connection and the HOP_BY_HOP names. */
 const HEADER_LENGTHS_OF_INTEREST = new Uint8Array(32);
 for (const name of ["content-length", "transfer-encoding", "connection", ...HOP_BY_HOP]) HEADER_LENGTHS_OF_INTEREST[name.length] = 1;
@@ -308,7 +321,25 @@ export class UpstreamConnection {
       data = Buffer.concat(this.#headParts);
       this.#headParts.length = 0;
     }
-    const end = data.indexOf(CRLFCRLF, searchFrom);
+    let end = data.indexOf(CRLFCRLF, searchFrom);
+    let consumed = end + 4;
+    let head = "";
+    let malformed = false;
+    if (end !== -1 && end <= MAX_HEAD_BYTES) {
+      head = data.toString("latin1", 0, end);
+      malformed = hasBareCrOrLf(head);
+    }
+    if (end === -1 || malformed) {
+      // RFC 9112 §2.2: a recipient may take a lone LF for a line end, as nginx does; abgate passes the head on with
+      // CRLFs. Sought only when the usual end is missing or comes after a lone LF, so well-formed heads pay nothing.
+      const lf = bareLfHeadEnd(data);
+      if (lf !== null && (end === -1 || lf.end < end) && lf.end <= MAX_HEAD_BYTES) {
+        end = lf.end;
+        consumed = lf.consumed;
+        head = data.toString("latin1", 0, end).replace(/\r?\n/g, "\r\n");
+        malformed = hasBareCrOrLf(head);
+      }
+    }
     if (end === -1) {
       if (data.length > MAX_HEAD_BYTES) {
         this.#fail("protocol", new Error(`response head from ${this.pool.address} exceeds ${MAX_HEAD_BYTES} bytes`));
@@ -323,13 +354,12 @@ export class UpstreamConnection {
       this.#fail("protocol", new Error(`response head from ${this.pool.address} exceeds ${MAX_HEAD_BYTES} bytes`));
       return -1;
     }
-    const head = data.toString("latin1", 0, end);
-    if (hasBareCrOrLf(head)) {
-      // A lone CR or LF would let the replica smuggle extra header lines (or a second response) to the client.
+    // A lone CR would let the replica smuggle extra header lines (or a second response) to the client; a NUL is
+    // one of the characters a recipient MUST refuse or replace (RFC 9110 §5.5), and clients choke on it.
+    if (malformed || head.indexOf("\0") !== -1) {
       this.#fail("protocol", new Error(`${this.pool.address} sent a control character in its response head`));
       return -1;
     }
-    const consumed = end + 4;
     // bytes of `buf` used: the head may have started in an earlier packet
     const usedOfBuf = offset + consumed - (data.length - (buf.length - offset));
 
@@ -397,12 +427,19 @@ export class UpstreamConnection {
         continue;
       }
       if (lower === "transfer-encoding") {
-        const codings = value.toLowerCase();
-        chunked = codings.endsWith("chunked");
+        // A list of codings, by token: "xchunked" is not chunked (it is close-delimited, RFC 9112 §6.3), and chunked
+        // anywhere but last (or twice) is not a framing a recipient can trust (§6.1): 502, as nginx answers.
+        const codings = value.split(",").map((c) => c.trim().toLowerCase()).filter((c) => c !== "");
+        const chunkedAt = codings.indexOf("chunked");
+        if (chunkedAt !== -1 && chunkedAt !== codings.length - 1) {
+          this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${value}": chunked must be the last coding`));
+          return -1;
+        }
+        chunked = chunkedAt !== -1;
         transferCoded = true;
         // abgate undoes the chunking and re-frames the body itself; codings before it (gzip, chunked) still apply
         // to the bytes, so they are passed on, and the client's framing line completes them.
-        const rest = chunked ? value.slice(0, value.length - "chunked".length).replace(/[\s,]+$/, "") : value;
+        const rest = chunked ? codings.slice(0, -1).join(", ") : value;
         if (rest !== "") headers.push(name, rest);
         continue;
       }
