@@ -88,6 +88,8 @@ before(async () => {
         return ok(socket, "", "no upgrade");
       case "/slow":
         return void setTimeout(() => ok(socket, "", "slow"), 300);
+      case "/own-abgate-headers":
+        return ok(socket, "X-Abgate-Variant: treatment\r\nx-abgate-request-id: forged\r\nx-abgate-other: kept\r\n");
       case "/upgrade-split":
         // the 101's status line cut across two TCP segments
         socket.write("HTTP/1.1 101 Swit");
@@ -208,6 +210,30 @@ test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client
 
   const garbage = await rawRequest(gw.proxyUrl, "GET /upgrade-garbage HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
   assert.match(garbage, /^HTTP\/1\.1 502/);
+});
+
+test("an absolute-form target goes on as origin-form, with its authority as Host (RFC 9112 §3.2.2)", async () => {
+  for (const [target, path, host] of [
+    ["http://other.example/p/../q?x=1#frag", "/p/../q?x=1", "other.example"],
+    ["http://user:pw@other.example:8080?y=2", "/?y=2", "other.example:8080"],
+    ["HTTPS://Other.Example", "/", "Other.Example"],
+  ]) {
+    const answer = await rawRequest(gw.proxyUrl, `GET ${target} HTTP/1.1\r\nhost: a\r\nx-user-id: u1\r\nconnection: close\r\n\r\n`);
+    const { head } = JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)) as { head: string };
+    assert.ok(head.startsWith(`GET ${path} HTTP/1.1\r\n`), head);
+    assert.match(head, new RegExp(`\r\nhost: ${host.replace(".", "\\.")}\r\n`), head);
+    assert.doesNotMatch(head, /\r\nhost: a\r\n/i, head);
+    assert.match(head, new RegExp(`\r\nx-forwarded-host: ${host.replace(".", "\\.")}\r\n`), head);
+  }
+});
+
+test("a replica's own x-abgate-variant and x-abgate-request-id are replaced by abgate's, not sent beside them", async () => {
+  const res = await fetch(`${gw.proxyUrl}/own-abgate-headers`, { headers: { "x-user-id": "u1" } });
+  await res.arrayBuffer();
+  assert.equal(res.headers.get("x-abgate-variant"), "control");
+  assert.notEqual(res.headers.get("x-abgate-request-id"), "forged");
+  assert.doesNotMatch(res.headers.get("x-abgate-request-id")!, /,/, "one value, not two joined");
+  assert.equal(res.headers.get("x-abgate-other"), "kept");
 });
 
 test("an upgrade's answer may come in pieces and after interim 1xx heads; a timeout is one 504 and one exposure", async () => {

@@ -61,7 +61,14 @@ interface ScannedRequest {
  */
 function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: string | undefined): ScannedRequest {
   const h = req.headers;
-  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+  let target = req.url;
+  /** the authority of an absolute-form target, which replaces Host (RFC 9112 §3.2.2) */
+  let authority: string | undefined;
+  if (target.charCodeAt(0) !== 47 /* / */ && target !== "*") {
+    const absolute = originForm(target);
+    if (absolute !== undefined) ({ target, authority } = absolute);
+  }
+  let head = `${req.method} ${target} HTTP/1.1\r\n`;
   let xff = "";
   let unitHeader: string | undefined;
   let cookie: string | undefined;
@@ -80,6 +87,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
       case "host":
         if (host === undefined) host = value;
         else duplicateHost = true;
+        if (authority !== undefined) continue;
         break;
       case "content-length":
         contentLength = value;
@@ -113,12 +121,17 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   const listed = connectionTokens(connection);
   if (listed !== undefined) {
     // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare, so the head is rebuilt only then.
-    head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+    head = `${req.method} ${target} HTTP/1.1\r\n`;
     for (let i = 0; i < h.length; i += 2) {
       const lower = h[i].toLowerCase();
       if (listed.has(lower) || HOP_BY_HOP.has(lower) || lower === "expect" || lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
+      if (lower === "host" && authority !== undefined) continue;
       head += `${h[i]}: ${h[i + 1]}\r\n`;
     }
+  }
+  if (authority !== undefined) {
+    head += `host: ${authority}\r\n`;
+    host = authority;
   }
   head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
   if (host !== undefined) head += `x-forwarded-host: ${host}\r\n`;
@@ -126,6 +139,21 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   // still applies to the bytes and is passed on.
   if (transferEncoding !== undefined) head += `transfer-encoding: ${transferEncoding}\r\n`;
   return { baseHead: head, unitHeader, cookie, force, host, duplicateHost, contentLength, transferEncoding, expect };
+}
+
+/**
+ * An absolute-form request target (`GET http://example.com/p?q HTTP/1.1`, as clients talking to a forward proxy
+ * send) as origin-form and its authority: replicas are origin servers, many of which do not take absolute-form, and
+ * the authority, not the Host line, names the host (RFC 9112 §3.2.2; nginx does the same). Undefined for anything
+ * that is not an http(s) URL, which is forwarded as it came.
+ */
+function originForm(target: string): { target: string; authority: string } | undefined {
+  // By hand rather than with URL: the path goes on exactly as the client wrote it (URL would resolve "..", and
+  // re-encode characters).
+  const m = /^https?:\/\/(?:[^/?#@]*@)?([^/?#@]+)([^#]*)/i.exec(target);
+  if (m === null) return undefined;
+  const rest = m[2]!;
+  return { target: rest.startsWith("/") ? rest : `/${rest}`, authority: m[1]! };
 }
 
 /**
@@ -369,7 +397,12 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.status = status;
     const conn = this.conn;
     let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
-    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i];
+      // The replica's own copies of the two headers abgate sets would contradict them (by length first: cheap).
+      if ((name.length === 16 || name.length === 19) && ABGATE_RESPONSE_HEADERS.has(name.toLowerCase())) continue;
+      head += `${name}: ${headers[i + 1]}\r\n`;
+    }
     head += `x-abgate-variant: ${this.served}\r\nx-abgate-request-id: ${this.requestId}\r\n`;
     if (this.setCookie) head += `set-cookie: ${this.setCookie}\r\n`;
     const noBody = this.request.method === "HEAD" || status === 204 || status === 304 || status < 200;
@@ -837,6 +870,9 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   tunnels.add(client);
   client.once("close", () => tunnels.delete(client));
 }
+
+/** The headers abgate sets on every answer (16 and 19 characters long). */
+const ABGATE_RESPONSE_HEADERS = new Set(["x-abgate-variant", "x-abgate-request-id"]);
 
 /** The first value of a header in a raw [name, value, ...] list, by lower-case name. */
 function headerValue(raw: string[], lowerName: string): string | undefined {
