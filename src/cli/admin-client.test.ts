@@ -20,6 +20,7 @@ let configFile: string;
 
 before(async () => {
   hello = createServer((req, res) => {
+    if (req.headers.authorization !== undefined) tokensSeen.push(req.headers.authorization);
     req.resume();
     res.end("hello");
   });
@@ -45,6 +46,8 @@ after(async () => {
 });
 
 const noEnvToken = { ABGATE_ADMIN_TOKEN: "" };
+/** Authorization headers that reached the hello server (a model behind the proxy must never see the admin token) */
+const tokensSeen: string[] = [];
 
 test("promote, rollback, weights: a server that answers 200 but is not abgate's admin API is an error naming its URL", async () => {
   for (const target of [helloUrl, proxyUrl]) {
@@ -55,6 +58,38 @@ test("promote, rollback, weights: a server that answers 200 but is not abgate's 
       assert.match(res.stderr, new RegExp(`^abgate: ${target.replaceAll(".", "\\.")} is not an abgate admin API: .* answered 200 with "hello"`), res.stderr);
       assert.doesNotMatch(res.stderr, /undefined|Cannot read/);
     }
+  }
+  assert.deepEqual(tokensSeen, [], "the admin token is sent only once an abgate admin API answered");
+});
+
+test("promote, rollback, weights refuse an abgate that runs another experiment, and change nothing", async () => {
+  const other = join(mkdtempSync(join(tmpdir(), "abgate-admin-cli-")), "other.yaml");
+  writeFileSync(other, `experiment: other\nengine: static\nadmin: { token: config-token }\nvariants:\n  - { name: control, url: '${helloUrl}' }\n  - { name: treatment, url: '${helloUrl}' }\n`);
+  const before = await (await fetch(`${adminUrl}/v1/experiment`)).json();
+  for (const args of [["promote", "treatment"], ["rollback"], ["weights", "control=10", "treatment=90"]]) {
+    const res = await runCli([...args, "-c", other, "--admin", adminUrl], { env: noEnvToken });
+    assert.equal(res.code, 1, `${args[0]}: ${res.stdout}${res.stderr}`);
+    assert.match(res.stderr, new RegExp(`the abgate at ${adminUrl.replaceAll(".", "\\.")} runs experiment cli, not other: nothing was changed`));
+  }
+  assert.deepEqual(await (await fetch(`${adminUrl}/v1/experiment`)).json().then((v) => v.variants.map((x: { weight: number }) => x.weight)), before.variants.map((x: { weight: number }) => x.weight));
+});
+
+test("promote warns when the promoted variant has no healthy replica: the fallback serves its traffic", async () => {
+  const { testGateway } = await import("../../test/helpers/gateway.ts");
+  const health = { intervalMs: 50, timeoutMs: 200, rise: 1, fall: 1 };
+  const gw = await testGateway({ variants: [{ name: "control", url: helloUrl, health }, { name: "treatment", url: "http://127.0.0.1:1", health }] });
+  try {
+    const deadline = Date.now() + 5000;
+    while (gw.health.isHealthy("treatment-0") || gw.health.state("treatment-0") === "unknown") {
+      if (Date.now() > deadline) throw new Error("treatment-0 was never found down");
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    const res = await runCli(["promote", "treatment", "--admin", gw.adminUrl, "--token", "test-admin-token"], { env: noEnvToken });
+    assert.equal(res.code, 0, res.stderr);
+    assert.equal(res.stdout, "promoted treatment: it now gets all traffic\n");
+    assert.match(res.stderr, /^abgate: warning: treatment has no healthy replica \(treatment-0 \S+\); its requests are served by the fallback \(control\) until one is$/m);
+  } finally {
+    await gw.close();
   }
 });
 

@@ -34,18 +34,20 @@ export type AnswerCheck<T> = (json: unknown) => json is T;
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 const isNumberMap = (v: unknown): v is Record<string, number> => isObject(v) && Object.values(v).every((n) => typeof n === "number");
 
+/** What the CLI reads of GET /v1/experiment. */
+export interface ExperimentAnswer {
+  experiment: string;
+  engine: string;
+  fallback?: string;
+  variants: { name: string; weight: number; replicas: { id: string; address: string; health: string; outstanding: number }[] }[];
+}
+
 export const answers = {
   weights: (j: unknown): j is { weights: { name: string; weight: number }[] } =>
     isObject(j) && Array.isArray(j.weights) && j.weights.every((w) => isObject(w) && typeof w.name === "string" && typeof w.weight === "number"),
   promote: (j: unknown): j is { promoted: string; weights: Record<string, number> } => isObject(j) && typeof j.promoted === "string" && isNumberMap(j.weights),
   rollback: (j: unknown): j is { rolledBackTo: string; weights: Record<string, number> } => isObject(j) && typeof j.rolledBackTo === "string" && isNumberMap(j.weights),
-  experiment: (
-    j: unknown,
-  ): j is {
-    experiment: string;
-    engine: string;
-    variants: { name: string; weight: number; replicas: { id: string; address: string; health: string; outstanding: number }[] }[];
-  } =>
+  experiment: (j: unknown): j is ExperimentAnswer =>
     isObject(j) &&
     typeof j.experiment === "string" &&
     typeof j.engine === "string" &&

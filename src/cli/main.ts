@@ -7,7 +7,7 @@ import type { Engine } from "../engines/types.ts";
 import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
-import { adminCall, adminTarget, answers } from "./admin-client.ts";
+import { adminCall, adminTarget, answers, type AdminTarget, type ExperimentAnswer } from "./admin-client.ts";
 import { textTable } from "./table.ts";
 
 const program = new Command();
@@ -287,11 +287,7 @@ program
     if (!runsContainers(config)) {
       // No containers to find by label: process replicas exist only inside a running abgate, and only it
       // knows their health (and that of static endpoints), so ask it rather than needing Docker.
-      const target = adminTarget(config, { admin: opts.admin });
-      const view = await adminCall(target, "GET", "/v1/experiment", answers.experiment);
-      if (view.experiment !== config.experiment) {
-        throw new AbgateError(`the abgate at ${target.adminUrl} runs experiment ${view.experiment}, not ${config.experiment}`, "ABGATE_ERR_WRONG_EXPERIMENT");
-      }
+      const view = await runningExperiment(adminTarget(config, { admin: opts.admin }), config);
       out(formatReplicaTable(view.variants.flatMap((v) => v.replicas)) || `no replicas of experiment ${config.experiment}`);
       return;
     }
@@ -363,6 +359,19 @@ function adminOptions(cmd: Command): Command {
 }
 
 /** Load the config when the file exists; the admin commands can also run with --admin alone. */
+/**
+ * The running abgate's view of its experiment, read (without the token) before anything is changed: it shows that
+ * what answers is an abgate admin API, not a model behind the proxy's port that the token would be sent to, and
+ * that it runs the config's experiment, not another one a mistyped --admin or a shared port leads to.
+ */
+async function runningExperiment(target: AdminTarget, config: Config | undefined): Promise<ExperimentAnswer> {
+  const view = await adminCall({ adminUrl: target.adminUrl }, "GET", "/v1/experiment", answers.experiment);
+  if (config !== undefined && view.experiment !== config.experiment) {
+    throw new AbgateError(`the abgate at ${target.adminUrl} runs experiment ${view.experiment}, not ${config.experiment}: nothing was changed`, "ABGATE_ERR_WRONG_EXPERIMENT");
+  }
+  return view;
+}
+
 function maybeConfig(file: string, explicit: boolean): Config | undefined {
   try {
     return loadConfig(file);
@@ -381,7 +390,9 @@ adminOptions(program.command("weights <assignments...>").description("set weight
       weights[m[1]] = Number(m[2]);
     }
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    const res = await adminCall(adminTarget(config, opts), "PUT", "/v1/weights", answers.weights, weights);
+    const target = adminTarget(config, opts);
+    await runningExperiment(target, config);
+    const res = await adminCall(target, "PUT", "/v1/weights", answers.weights, weights);
     out(`weights: ${res.weights.map((w) => `${w.name}=${w.weight}`).join(" ")}`);
   },
 );
@@ -389,15 +400,27 @@ adminOptions(program.command("weights <assignments...>").description("set weight
 adminOptions(program.command("promote <variant>").description("send all traffic to a variant")).action(
   async (variant: string, opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    const res = await adminCall(adminTarget(config, opts), "POST", "/v1/promote", answers.promote, { variant });
+    const target = adminTarget(config, opts);
+    const view = await runningExperiment(target, config);
+    const res = await adminCall(target, "POST", "/v1/promote", answers.promote, { variant });
     out(`promoted ${res.promoted}: it now gets all traffic`);
+    // As Flagger would refuse to: say so when what now gets all traffic cannot serve it.
+    const promoted = view.variants.find((v) => v.name === res.promoted);
+    if (promoted !== undefined && !promoted.replicas.some((r) => r.health === "healthy")) {
+      process.stderr.write(
+        `abgate: warning: ${res.promoted} has no healthy replica (${promoted.replicas.length ? promoted.replicas.map((r) => `${r.id} ${r.health}`).join(", ") : "none"}); ` +
+          `its requests are served by the fallback (${view.fallback ?? "see fallback:"}) until one is\n`,
+      );
+    }
   },
 );
 
 adminOptions(program.command("rollback").description("send all traffic to the control")).action(
   async (opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
-    const res = await adminCall(adminTarget(config, opts), "POST", "/v1/rollback", answers.rollback);
+    const target = adminTarget(config, opts);
+    await runningExperiment(target, config);
+    const res = await adminCall(target, "POST", "/v1/rollback", answers.rollback);
     out(`rolled back: all traffic to ${res.rolledBackTo}`);
   },
 );
