@@ -137,12 +137,20 @@ test("validate and up name a variant whose build context, Dockerfile or cwd is m
     assert.match(res.stderr, /variants\[0\]\.build: a Dockerfile in .*no-dockerfile; there is none/);
     assert.match(res.stderr, /variants\[1\]\.build: a folder with a Dockerfile; .*missing does not exist/);
   }
-  // A process replica's cwd: spawn said "spawn node ENOENT", as if node were missing.
-  const procs = writeConfig(dir, "experiment: ctx\nengine: process\nvariants:\n  - { name: control, command: [node, s.js], cwd: ./nowhere }\n");
+  // A process replica's cwd: spawn said "spawn node ENOENT", as if node were missing. A command that cannot run:
+  // up waited out its whole health timeout.
+  const procs = writeConfig(
+    dir,
+    "experiment: ctx\nengine: process\nvariants:\n  - { name: control, command: [node, s.js], cwd: ./nowhere }\n" +
+      "  - { name: treatment, command: [/nonexistent/model-server] }\n  - { name: other, command: [no-such-model-server, --port, '1'] }\n  - { name: fine, command: [node, s.js] }\n",
+  );
   for (const command of ["validate", "up", "serve"]) {
     const res = await runCli([command, "-c", procs]);
     assert.equal(res.code, 2, `${command}: ${res.stdout}${res.stderr}`);
     assert.match(res.stderr, /variants\[0\]\.cwd: an existing folder; .*nowhere is not one/);
+    assert.match(res.stderr, /variants\[1\]\.command: a command that can run; there is no executable file \/nonexistent\/model-server \(from /);
+    assert.match(res.stderr, /variants\[2\]\.command: a command that can run; there is no executable no-such-model-server in PATH/);
+    assert.doesNotMatch(res.stderr, /variants\[3\]/);
   }
   rmSync(dir, { recursive: true, force: true });
 });
@@ -208,7 +216,7 @@ test("up waits for every replica of the config: a variant whose command cannot s
   const file = writeConfig(
     dir,
     `experiment: missing\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: error\nports: { base: 23160 }\n` +
-      `variants:\n  - { name: control, command: [node, server.js], replicas: 2 }\n  - { name: treatment, command: [/nonexistent/model-server], replicas: 2 }\n`,
+      `variants:\n  - { name: control, command: [node, server.js], replicas: 2 }\n  - { name: treatment, command: [node, -e, "process.exit(3)"], replicas: 2 }\n`,
   );
   const res = await runCli(["up", "-c", file, "--wait-timeout", "3000"], { timeoutMs: 30_000 });
   assert.equal(res.code, 1, res.stdout + res.stderr);

@@ -227,8 +227,19 @@ async function assertLocalPaths(config: Config, { builds = true } = {}): Promise
         return false; // missing, a file on the way (ENOTDIR), no permission
       }
     };
+    const { resolveCommand } = await import("../engines/process/command.ts");
     config.variants.forEach((v, i) => {
-      if (v.cwd !== undefined && !isFolder(v.cwd)) issues.push({ path: `variants[${i}].cwd`, message: `an existing folder; ${v.cwd} is not one` });
+      if (v.cwd !== undefined && !isFolder(v.cwd)) {
+        issues.push({ path: `variants[${i}].cwd`, message: `an existing folder; ${v.cwd} is not one` });
+        return;
+      }
+      // A command that cannot run made `up` wait out its whole health timeout (120 s) for replicas that never start.
+      const command = v.command?.[0];
+      const path = v.env.PATH ?? process.env.PATH;
+      if (command !== undefined && resolveCommand(command, v.cwd ?? process.cwd(), path) === undefined) {
+        const where = command.includes("/") ? `no executable file ${command}${v.cwd ? ` (from ${v.cwd})` : ""}` : `no executable ${command} in PATH`;
+        issues.push({ path: `variants[${i}].command`, message: `a command that can run; there is ${where}` });
+      }
     });
   }
   if (issues.length > 0) throw new ConfigError(issues);
