@@ -337,3 +337,32 @@ test("stop waits for admin requests no longer than the drain deadline", async ()
   rmSync(dir, { recursive: true, force: true });
   await backend.close();
 });
+
+test("a closed stdout (abgate up | head -1) does not crash abgate: it serves on and drains on SIGTERM", async () => {
+  const { spawn } = await import("node:child_process");
+  const { CLI } = await import("./helpers/cli.ts");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const backend = await startBackend("b");
+  const file = writeConfig(
+    dir,
+    `experiment: piped\nlisten: 127.0.0.1:23240\nadmin: { listen: 127.0.0.1:23241, token: t }\nstore: sqlite:./a.db\nengine: static\nlogLevel: info\nvariants:\n  - { name: control, url: '${backend.url}' }\n`,
+  );
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, "serve", "-c", file], { stdio: ["ignore", "pipe", "pipe"] });
+  // the reader goes away at once, as `head -1` does after its line
+  child.stdout.destroy();
+  let stderr = "";
+  child.stderr.on("data", (c) => (stderr += c));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  let served = false;
+  const deadline = Date.now() + 20_000;
+  while (!served && Date.now() < deadline) {
+    served = await fetch("http://127.0.0.1:23240/x", { headers: { "x-user-id": "u" } }).then((r) => r.status === 200, () => false);
+    if (!served) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(served, `abgate served after its stdout closed\n${stderr}`);
+  child.kill("SIGTERM");
+  assert.equal(await exited, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|unexpected exception/);
+  await backend.close();
+  rmSync(dir, { recursive: true, force: true });
+});

@@ -477,6 +477,15 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// `abgate up | head -1`: once the reader is gone, every later line fails with EPIPE, which crashed the command with
+// a stack trace (or, once serving, logged one per line). The lines have nowhere to go; the work goes on, as with
+// stdout sent to /dev/null.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+  });
+}
+
 const done = await main(process.argv);
 // (the graceful removal may finish first, once the kill has made the replicas exit)
 const code = killedOnSignal && done === 0 ? 1 : done;
