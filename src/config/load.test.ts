@@ -94,6 +94,11 @@ test("validate refuses what serve would: non-http or path URLs, ports past 65535
   assert.match(issues(base + "listen: 127.0.0.1:99999\n").join(), /^listen: host:port with a port from 0 to 65535/m);
   assert.match(issues(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.1:8090' }\n").join(), /admin\.listen: an address other than listen's/);
   assert.doesNotThrow(() => parseConfig(base + "listen: 127.0.0.1:0\nadmin: { listen: '127.0.0.1:0' }\n", "/tmp", {}));
+  // the same port under another spelling of the address: a wildcard takes it everywhere, localhost is 127.0.0.1
+  for (const admin of ["0.0.0.0:8090", "localhost:8090", "'[::]:8090'"]) {
+    assert.match(issues(base + `listen: 127.0.0.1:8090\nadmin: { listen: ${admin} }\n`).join(), /admin\.listen: a port other than listen's: .* cannot both be listened on/, admin);
+  }
+  assert.doesNotThrow(() => parseConfig(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.2:8090' }\n", "/tmp", {}));
 });
 
 test("a variant's pinned port may not be the proxy's or the admin's (its replicas would fight abgate for it)", () => {

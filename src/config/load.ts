@@ -99,8 +99,11 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   }
   const proxyAt = parseHostPort(cfg.listen);
   const adminAt = parseHostPort(cfg.admin.listen);
-  if (proxyAt.port !== 0 && proxyAt.port === adminAt.port && proxyAt.host === adminAt.host) {
-    out.push({ path: "admin.listen", message: `an address other than listen's (both are ${cfg.listen})` });
+  if (proxyAt.port !== 0 && proxyAt.port === adminAt.port && listenersClash(proxyAt.host, adminAt.host)) {
+    out.push({
+      path: "admin.listen",
+      message: proxyAt.host === adminAt.host ? `an address other than listen's (both are ${cfg.listen})` : `a port other than listen's: ${cfg.admin.listen} and ${cfg.listen} cannot both be listened on`,
+    });
   }
   // Replicas of a variant with `port` get port, port+1, ...: none of them may be the proxy's or the admin's port,
   // or the replica and abgate's own listener fight over it (the engines also keep those ports out of `ports.base`).
@@ -139,6 +142,17 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     out.push({ path: "strategy.kind", message: "bandit needs a conversion metric in metrics" });
   }
   return out;
+}
+
+/**
+ * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
+ * address), or two names of the same loopback address.
+ */
+function listenersClash(a: string, b: string): boolean {
+  const canonical = (h: string) => (h === "localhost" ? "127.0.0.1" : h.replace(/^\[|\]$/g, ""));
+  const [x, y] = [canonical(a), canonical(b)];
+  const wildcard = (h: string) => h === "0.0.0.0" || h === "::";
+  return x === y || wildcard(x) || wildcard(y);
 }
 
 /** Validate a config object (already parsed from YAML). Throws ConfigError naming every bad key. */
