@@ -366,3 +366,20 @@ test("a closed stdout (abgate up | head -1) does not crash abgate: it serves on 
   await backend.close();
   rmSync(dir, { recursive: true, force: true });
 });
+
+test("report: a store that does not exist is an error, not a new empty one; an existing one is reported", async () => {
+  const { existsSync } = await import("node:fs");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const file = writeConfig(dir, "experiment: rep\nengine: static\nstore: sqlite:./typo/abgate.db\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9' }\n");
+  const missing = await runCli(["report", "-c", file]);
+  assert.equal(missing.code, 1, missing.stderr);
+  assert.match(missing.stderr, /^abgate: no SQLite store at .*typo\/abgate\.db: abgate up or serve creates it when it starts \(is the config's store: right\?\)/);
+  assert.equal(existsSync(join(dir, "typo")), false, "nothing was created");
+  const store = openStore(`sqlite:${join(dir, "typo", "abgate.db")}`);
+  await store.init();
+  await store.close();
+  const empty = await runCli(["report", "-c", file]);
+  assert.equal(empty.code, 0, empty.stderr);
+  assert.match(empty.stdout, /rep/);
+  rmSync(dir, { recursive: true, force: true });
+});

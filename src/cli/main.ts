@@ -344,6 +344,14 @@ program
   .option("--json", "print the report as JSON")
   .action(async (opts: { config: string; json?: boolean }) => {
     const config = loadConfig(opts.config);
+    if (config.store.startsWith("sqlite:")) {
+      // Opening would create it (folders included): a typo in store: then read as "No exposures yet".
+      const { existsSync } = await import("node:fs");
+      const path = config.store.slice("sqlite:".length);
+      if (path !== ":memory:" && !existsSync(path)) {
+        throw new AbgateError(`no SQLite store at ${path}: abgate up or serve creates it when it starts (is the config's store: right?)`, "ABGATE_ERR_NO_STORE");
+      }
+    }
     const store = openStore(config.store);
     try {
       await store.init();
