@@ -383,3 +383,18 @@ test("report: a store that does not exist is an error, not a new empty one; an e
   assert.match(empty.stdout, /rep/);
   rmSync(dir, { recursive: true, force: true });
 });
+
+test("up and serve open the store before they start anything: a store that is not a database starts no replica", async () => {
+  const { existsSync } = await import("node:fs");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  writeFileSync(join(dir, "server.js"), `require("node:fs").writeFileSync(__dirname + "/started", "yes");`);
+  writeFileSync(join(dir, "not-a-db"), "these are my notes, not a database ".repeat(100));
+  const file = writeConfig(dir, `experiment: badstore\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nstore: sqlite:./not-a-db\nengine: process\nports: { base: 23250 }\nvariants:\n  - { name: control, command: [node, server.js] }\n`);
+  for (const command of ["up", "serve"]) {
+    const res = await runCli([command, "-c", file]);
+    assert.equal(res.code, 1, `${command}: ${res.stdout}${res.stderr}`);
+    assert.match(res.stderr, /not-a-db.*(file is not a database|not a database)/, res.stderr);
+    assert.equal(existsSync(join(dir, "started")), false, `${command} started no replica`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});

@@ -95,6 +95,7 @@ program
     await assertLocalPaths(config, { builds: false });
     // Before any replica is started (process engine) or adopted: a second serve of a running experiment.
     await assertListenersFree(config);
+    await assertStoreOpens(config);
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     const signalled = untilSignal();
     let engine;
@@ -121,6 +122,7 @@ program
     // are taken because the experiment already runs (another `up` or `serve`), that took its replicas away and then
     // failed to listen.
     await assertListenersFree(config);
+    await assertStoreOpens(config);
     const engine = await createEngine(config, { log: (l, m, f) => log[l](f ?? {}, m) });
     const started = Date.now();
     // Signals are caught from the first moment: Ctrl-C during a build or the health wait must still remove
@@ -243,6 +245,19 @@ async function assertLocalPaths(config: Config, { builds = true } = {}): Promise
     });
   }
   if (issues.length > 0) throw new ConfigError(issues);
+}
+
+/**
+ * Opens (and migrates) the store before any image is built or replica started: a store: that is not a database,
+ * or a PostgreSQL that refuses, failed only once the replicas ran, leaving them to be stopped again.
+ */
+async function assertStoreOpens(config: Config): Promise<void> {
+  const store = openStore(config.store);
+  try {
+    await store.init();
+  } finally {
+    await store.close().catch(() => {});
+  }
 }
 
 /** Fails (exit 1) when the proxy's or the admin listener's address cannot be bound, naming it and the likely cause. */

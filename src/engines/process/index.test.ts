@@ -280,11 +280,13 @@ test("process engine: a fixed port is claimed exactly; taken, the start fails na
   const busy = createServer();
   await new Promise<void>((resolve) => busy.listen({ host: "127.0.0.1", port: 24600 }, resolve));
   const blocked = new ProcessEngine(configFor(dir, variants));
+  const progress: string[] = [];
   try {
-    await assert.rejects(blocked.start(), {
+    await assert.rejects(blocked.start((line) => progress.push(line)), {
       code: "ABGATE_ERR_PORT_TAKEN",
       message: "variants[1].port: replica treatment-0 needs port 24600, which is in use; free it, or leave port: out to let abgate choose",
     });
+    assert.deepEqual(progress, [], "no replica was started (control, listed first, neither)");
   } finally {
     await blocked.stop(100);
     busy.close();

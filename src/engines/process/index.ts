@@ -155,13 +155,18 @@ export class ProcessEngine implements Engine {
   async #start(onProgress?: (line: string) => void): Promise<void> {
     // Children must not outlive us, even when we exit without stop() (uncaught error, process.exit()).
     process.once("exit", this.#exitHook);
+    // Every fixed port is checked before any replica starts: a taken one fails the start with nothing to undo.
+    const fixed = new Map<string, number>();
+    for (const [index, v] of this.#config.variants.entries()) {
+      for (let i = 0; v.port !== undefined && i < v.replicas; i++) fixed.set(`${v.name}-${i}`, await this.#ports.claim(v.port + i, index, `${v.name}-${i}`));
+    }
     for (const v of this.#config.variants) {
       for (let i = 0; i < v.replicas; i++) {
         // A turn of the event loop per replica: port checks and spawns alone never let timers or signal handlers
         // run (Ctrl-C went unanswered for seconds while hundreds of replicas started). And stop() may have begun.
         await new Promise((resolve) => setImmediate(resolve));
         if (this.#stopping) return;
-        const port = v.port !== undefined ? await this.#ports.claim(v.port + i, this.#config.variants.indexOf(v), `${v.name}-${i}`) : await this.#ports.allocate();
+        const port = fixed.get(`${v.name}-${i}`) ?? (await this.#ports.allocate());
         const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
         this.#replicas.push(r);
         // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid
