@@ -395,6 +395,7 @@ test("up and serve open the store before they start anything: a store that is no
     assert.equal(res.code, 1, `${command}: ${res.stdout}${res.stderr}`);
     assert.match(res.stderr, /not-a-db.*(file is not a database|not a database)/, res.stderr);
     assert.equal(existsSync(join(dir, "started")), false, `${command} started no replica`);
+    assert.doesNotMatch(res.stdout, /control-0: started/, `${command} started no replica`);
   }
   rmSync(dir, { recursive: true, force: true });
 });
