@@ -9,6 +9,9 @@ import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
 
 const base = "experiment: exp\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: treatment, url: 'http://127.0.0.1:9002' }\n";
 
+/** The same two variants as local processes (for keys only those take, such as env). */
+const processBase = "experiment: exp\nengine: process\nvariants:\n  - { name: control, command: [node, a.js] }\n  - { name: treatment, command: [node, b.js] }\n";
+
 function issues(text: string, env: NodeJS.ProcessEnv = process.env): string[] {
   try {
     parseConfig(text, "/tmp", env);
@@ -77,7 +80,7 @@ test("a variable's value is data, not YAML: comments, colons and digits stay in 
   for (const value of ["s3cret #2024", "0123456789", "true", "a: b", "[x", "line1\nline2", "'quoted'", "${NOT_AGAIN}"]) {
     assert.equal(tokenOf(value), value, JSON.stringify(value));
   }
-  const flow = parseConfig(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', env: { MODEL: ${M}, TAG: x-${M} }").replace("engine: static", "engine: static"), "/tmp", { M: "pop # ular" });
+  const flow = parseConfig(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { MODEL: ${M}, TAG: x-${M} }"), "/tmp", { M: "pop # ular" });
   assert.deepEqual(flow.variants[0]!.env, { MODEL: "pop # ular", TAG: "x-pop # ular" });
   const typed = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}") + "allowForce: ${FORCE}\nlisten: 127.0.0.1:${PORT}\n", "/tmp", { W: "3", FORCE: "true", PORT: "8089" });
   assert.equal(typed.variants[1]!.weight, 3);
@@ -110,6 +113,24 @@ test("a variant's pinned port may not be the proxy's or the admin's (its replica
   assert.doesNotThrow(() => parseConfig(proc.replace("port: 8090", "port: 8092").replace("port: 8088, replicas: 4", "port: 8093, replicas: 4"), "/tmp", {}));
 });
 
+test("a variant key another engine reads is refused, naming the engine it is for", () => {
+  const got = issues(
+    "experiment: exp\nengine: process\nvariants:\n" +
+      "  - { name: control, command: [node, a.js], url: 'http://127.0.0.1:9001', buildArgs: { A: b }, dockerfile: D }\n" +
+      "  - { name: treatment, command: [node, b.js], image: img }\n",
+  ).join("\n");
+  assert.match(got, /^variants\[0\]\.url: not used by engine process \(it is for engine static\)$/m);
+  assert.match(got, /^variants\[0\]\.buildArgs: not used by engine process \(it is for engine docker or swarm\)$/m);
+  assert.match(got, /^variants\[0\]\.dockerfile: not used by engine process/m);
+  assert.match(got, /^variants\[1\]\.image: not used by engine process/m);
+  const statics = issues(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', port: 9100, cwd: ., env: { A: b }")).join("\n");
+  assert.match(statics, /^variants\[0\]\.port: not used by engine static \(it is for engine docker or swarm or process\)$/m);
+  assert.match(statics, /^variants\[0\]\.cwd: not used by engine static \(it is for engine process\)$/m);
+  assert.match(statics, /^variants\[0\]\.env: not used by engine static/m);
+  // with no single source, the one message lists what was found
+  assert.deepEqual(issues("experiment: exp\nengine: process\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n"), ["variants[0]: engine process needs exactly one of command (found url)"]);
+});
+
 test("variants' pinned ports may not overlap each other, nor run past 65535", () => {
   const proc = "experiment: exp\nengine: process\nvariants:\n  - { name: control, command: [node, s.js], port: 9000, replicas: 3 }\n  - { name: treatment, command: [node, s.js], port: 9002 }\n  - { name: big, command: [node, s.js], port: 65535, replicas: 2 }\n";
   const got = issues(proc).join("\n");
@@ -139,7 +160,7 @@ test("url with replicas > 1 is refused (one url is one endpoint; urls lists seve
 test("$${ is a literal ${ inside YAML flow maps and sequences too", () => {
   const c = parseConfig(
     // (a function as replace's replacement: in a string, `$$` would stand for `$`)
-    base.replace("url: 'http://127.0.0.1:9001'", () => "url: 'http://127.0.0.1:9001', env: { A: $${T}, B: x-$${T}-y, C: '$${T}' }") + "metrics: [{ name: m, kind: conversion, event: $${T} }]\n",
+    processBase.replace("command: [node, a.js]", () => "command: [node, a.js], env: { A: $${T}, B: x-$${T}-y, C: '$${T}' }") + "metrics: [{ name: m, kind: conversion, event: $${T} }]\n",
     "/tmp",
     { T: "from-env" },
   );

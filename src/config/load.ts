@@ -79,6 +79,17 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     if (ok.length !== 1) {
       out.push({ path: at, message: `engine ${cfg.engine} needs exactly one of ${allowed.join(" or ")} (found ${sources.join(", ") || "none"})` });
     }
+    // Keys another engine reads are refused, not silently ignored: a `cwd:` or `url:` left from an engine change
+    // would otherwise look as if it were in effect.
+    const present = (key: (typeof ENGINE_KEYS)[number][0]) =>
+      key === "buildArgs" || key === "env" ? Object.keys(v[key]).length > 0 : v[key] !== undefined;
+    for (const [key, engines] of ENGINE_KEYS) {
+      // (with no single source, the message above already lists the sources found)
+      const source = (sources as readonly string[]).includes(key);
+      if (!(engines as readonly string[]).includes(cfg.engine) && present(key) && (ok.length === 1 || !source)) {
+        out.push({ path: `${at}.${key}`, message: `not used by engine ${cfg.engine} (it is for engine ${engines.join(" or ")})` });
+      }
+    }
     // The static engine's own checks, here too, so that `abgate validate` says what `serve` would refuse.
     (v.urls ?? (v.url !== undefined ? [v.url] : [])).forEach((raw, j) => {
       const key = v.urls ? `${at}.urls[${j}]` : `${at}.url`;
@@ -143,6 +154,20 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   }
   return out;
 }
+
+/** The variant keys that only some engines read. */
+const ENGINE_KEYS = [
+  ["build", ["docker", "swarm"]],
+  ["image", ["docker", "swarm"]],
+  ["dockerfile", ["docker", "swarm"]],
+  ["buildArgs", ["docker", "swarm"]],
+  ["command", ["process"]],
+  ["cwd", ["process"]],
+  ["url", ["static"]],
+  ["urls", ["static"]],
+  ["env", ["docker", "swarm", "process"]],
+  ["port", ["docker", "swarm", "process"]],
+] as const satisfies readonly (readonly [keyof VariantConfig, readonly string[]])[];
 
 /**
  * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
