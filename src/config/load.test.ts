@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCli } from "../../test/helpers/cli.ts";
 import { ConfigError } from "../errors.ts";
-import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
+import { expandEnv, parseConfig, parseHostPort, unsetVariables } from "./load.ts";
 
 const base = "experiment: exp\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: treatment, url: 'http://127.0.0.1:9002' }\n";
 
@@ -192,4 +192,20 @@ test("errors a newcomer meets say what is wrong: an empty variable by name, a du
   assert.deepEqual(issues('experiment: x\nadmin: { token: "hunter2-secret }\nengine: static\n').filter((i) => i.includes("hunter2")), []);
   const urls = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "urls: ['http://127.0.0.1:9002', 'http://127.0.0.1:9003']"), "/tmp", {});
   assert.deepEqual(urls.variants.map((v) => v.replicas), [1, 2], "one replica per url, as the static engine runs them");
+});
+
+test("YAML merge keys share settings between variants; top-level x- keys hold their anchors", () => {
+  const c = parseConfig(
+    "experiment: exp\nengine: process\nx-model: &model { replicas: 2, env: { MODEL: pop } }\nvariants:\n" +
+      "  - { <<: *model, name: control, command: [node, a.js] }\n  - { <<: *model, name: treatment, command: [node, b.js], replicas: 3 }\n",
+    "/tmp",
+    {},
+  );
+  assert.deepEqual(c.variants.map((v) => [v.name, v.replicas, v.env]), [["control", 2, { MODEL: "pop" }], ["treatment", 3, { MODEL: "pop" }]]);
+  assert.match(issues("experiment: exp\nmodel: 1\n" + base.slice("experiment: exp\n".length)).join(), /^model: unknown key$/m, "other unknown keys are still refused");
+});
+
+test("unsetVariables names the variables used without a default that are not set (empty ones are set)", () => {
+  const text = "a: ${UNSET_A}\nb: ${SET_B}\nc: ${UNSET_C:-x}\nd: $${UNSET_D}\ne: ${EMPTY_E}\nf: ${UNSET_A}\n";
+  assert.deepEqual(unsetVariables(text, { SET_B: "b", EMPTY_E: "" }), ["UNSET_A"]);
 });

@@ -235,7 +235,8 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     values.push(whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false, name: key });
     return `${tag}${values.length - 1}x`;
   });
-  const doc = parseDocument(marked, { prettyErrors: true });
+  // merge: YAML merge keys (`<<: *defaults`), which docker compose files use to share a variant's settings
+  const doc = parseDocument(marked, { prettyErrors: true, merge: true });
   if (doc.errors.length) {
     const lines = text.split("\n");
     throw new ConfigError(
@@ -277,6 +278,10 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   }
   const emptyVars = new Map<string, string>();
   const raw = unwrapEnv(js, [], envPaths, emptyVars);
+  // Top-level keys starting with x- hold YAML anchors for merge keys, as docker compose's extension fields do.
+  if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
+    for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
+  }
   try {
     return validateConfig(raw, baseDir, envPaths);
   } catch (err) {
@@ -342,5 +347,19 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   } catch (cause) {
     throw new ConfigError([{ path: "", message: `cannot read config file ${file}: ${(cause as Error).message}` }], { cause });
   }
-  return parseConfig(text, dirname(resolve(file)), env);
+  const config = parseConfig(text, dirname(resolve(file)), env);
+  // As docker compose warns: an unset variable reads as empty, which is seldom what was meant (a token, a tag).
+  for (const name of unsetVariables(text, env)) {
+    process.stderr.write(`abgate: warning: \${${name}} in ${file} is not set, so it reads as empty (write \${${name}:-value} for a default)\n`);
+  }
+  return config;
+}
+
+/** Variables the text refers to without a default that `env` does not set (an escaped `$${...}` is no reference). */
+export function unsetVariables(text: string, env: NodeJS.ProcessEnv): string[] {
+  const names = new Set<string>();
+  for (const [whole, key, def] of text.matchAll(ENV_REFERENCE)) {
+    if (!whole.startsWith("$$") && def === undefined && env[key!] === undefined) names.add(key!);
+  }
+  return [...names];
 }
