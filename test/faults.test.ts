@@ -223,9 +223,15 @@ test("a replica that dies mid-response: the client's connection is cut, not left
     assert.equal(res.status, 200);
     await assert.rejects(res.text());
   } finally {
-    await gw.close();
+    await gw.stop();
     srv.close();
   }
+  // recorded as the failure it was, for the error rate, not as the 200 it began with
+  const { default: Database } = await import("better-sqlite3");
+  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
+  assert.deepEqual(db.prepare("SELECT status FROM exposures").all(), [{ status: 502 }]);
+  db.close();
+  await gw.close();
 });
 
 test("an active health check takes a failing replica out of rotation", async () => {

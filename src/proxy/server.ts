@@ -521,8 +521,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     const status = upstreamStatus(err.failure);
     this.ctx.log.warn({ requestId: this.requestId, variant: this.served, replica: this.replica?.id, code: err.code }, err.message);
     if (this.conn.responseStarted) {
-      // Mid-body: the only honest signal left is to cut the client's connection.
-      this.record(this.status || status);
+      // Mid-body: the only honest signal left is to cut the client's connection. The exposure says the request
+      // failed (the status the client would have had), not the 200 it began with, which hid truncated answers
+      // from the error rate.
+      this.record(status);
       this.conn.destroy();
       return;
     }
