@@ -321,6 +321,13 @@ describe("buildReport", () => {
     assert.ok(!buildReport(base).report.dataQuality.notes.some((n) => n.includes("no longer in the config")));
   });
 
+  it("a store holding nothing of the experiment but exposures of others says which, in a note", () => {
+    const base = input(CLEAR_WIN);
+    const aggregates = { ...base.aggregates, otherExperiments: ["recsys-v1", "recsys-v2"] };
+    const { report } = buildReport({ ...base, aggregates });
+    assert.match(report.dataQuality.notes.join("\n"), /this store has no exposures of experiment \S+, but has some of recsys-v1, recsys-v2: is the config's experiment: \(or store:\) the one meant\?/);
+  });
+
   it("the table explains a statistic's error code in words", () => {
     const { report } = buildReport(input({ control: { units: 1000, conversions: 0 }, treatment: { units: 1000, conversions: 5 } }));
     assert.equal(report.metrics[0]!.comparisons[0]!.error, "CONTROL_RATE_ZERO");

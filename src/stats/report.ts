@@ -596,6 +596,10 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): D
     const list = gone.map((v) => `${v.variant} (${v.units} units, ${v.requests} requests)`).join(", ");
     notes.push(`units first assigned to variants no longer in the config are left out of the analysis: ${list}`);
   }
+  const elsewhere = agg.otherExperiments ?? [];
+  if (elsewhere.length > 0) {
+    notes.push(`this store has no exposures of experiment ${agg.experiment}, but has some of ${elsewhere.join(", ")}: is the config's experiment: (or store:) the one meant?`);
+  }
   return {
     forcedRequests: agg.forcedRequests,
     multiVariantUnits: agg.multiVariantUnits,

@@ -302,6 +302,9 @@ export function storeConformance(factory: StoreFactory): void {
       const renamed = await second.aggregate("exp", ["control", "model-b"], metrics);
       assert.deepEqual(renamed.variants.map((v) => v.units), [5, 0]);
       assert.deepEqual(renamed.otherVariants, [{ variant: "treatment", units: 2, requests: 6, fallbackRequests: 1 }]);
+      // An experiment the store has nothing of (renamed in the config): the store says which it does hold.
+      assert.deepEqual((await second.aggregate("exp-renamed", ["control"], metrics)).otherExperiments, ["exp", "other"]);
+      assert.deepEqual(agg.otherExperiments, []);
       assert.equal(agg.multiVariantUnits, 3);
     });
 
