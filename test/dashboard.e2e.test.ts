@@ -454,7 +454,12 @@ test("a stream that goes silent without closing is called not live after a few l
   await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
   const silentUrl = `http://127.0.0.1:${(silent.address() as { port: number }).port}/v1/stream`;
   let streams = 0;
-  await page.route("**/v1/stream", (route) => (streams++ === 0 ? route.continue({ url: silentUrl }) : route.continue()));
+  // (the real stream answers its first live numbers at once: held back a second, so that the note can be seen)
+  await page.route("**/v1/stream", async (route) => {
+    if (streams++ === 0) return route.continue({ url: silentUrl });
+    await new Promise((r) => setTimeout(r, 1000));
+    return route.continue();
+  });
   try {
     await page.goto(gw.adminUrl + "/");
     await page.locator('[data-connection="live"]').waitFor();
