@@ -68,3 +68,29 @@ export class EndpointSet {
     return () => void this.#listeners.delete(listener);
   }
 }
+
+/**
+ * An engine's onRemoved: fired once, and told to listeners that subscribe later too (`up` subscribes only once it
+ * serves, so a removal during its health wait must still reach it).
+ */
+export class RemovalSignal {
+  #why: string | null = null;
+  #listeners = new Set<(why: string) => void>();
+  get fired(): boolean {
+    return this.#why !== null;
+  }
+  fire(why: string): void {
+    if (this.#why !== null) return;
+    this.#why = why;
+    for (const l of this.#listeners) l(why);
+  }
+  on(listener: (why: string) => void): () => void {
+    const why = this.#why;
+    if (why !== null) {
+      queueMicrotask(() => listener(why));
+      return () => {};
+    }
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
+  }
+}

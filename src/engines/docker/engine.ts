@@ -2,7 +2,7 @@ import type Docker from "dockerode";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import { AbgateError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
-import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "./build.ts";
 import {
   LABEL,
@@ -102,9 +102,7 @@ export class DockerEngine implements Engine {
   #eventsAttempt = 0;
   #eventsTimer?: TimerHandle;
   #lastEventS = 0;
-  readonly #removedListeners = new Set<(why: string) => void>();
-  /** why every replica is gone, once it is: told to listeners that subscribe later too */
-  #removed: string | null = null;
+  readonly #removed = new RemovalSignal();
 
   constructor(config: Config, options: DockerEngineOptions = {}) {
     this.#config = config;
@@ -191,14 +189,7 @@ export class DockerEngine implements Engine {
   }
 
   onRemoved(listener: (why: string) => void): () => void {
-    // `up` subscribes only once it serves: a removal during its health wait must still reach it.
-    if (this.#removed !== null) {
-      const why = this.#removed;
-      queueMicrotask(() => listener(why));
-      return () => {};
-    }
-    this.#removedListeners.add(listener);
-    return () => void this.#removedListeners.delete(listener);
+    return this.#removed.on(listener);
   }
 
   /** A replica whose container was removed outside abgate: it is not restarted; once every one is, say so. */
@@ -210,9 +201,8 @@ export class DockerEngine implements Engine {
       this.#publish();
     }
     this.#log("warn", `replica ${key(r.variant, r.replica)} (${r.name}) was removed outside abgate; not restarting it`);
-    if (this.#removed !== null || this.#stopping || [...this.#replicas.values()].some((x) => !x.gone)) return;
-    this.#removed = `every container of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
-    for (const l of this.#removedListeners) l(this.#removed);
+    if (this.#stopping || [...this.#replicas.values()].some((x) => !x.gone)) return;
+    this.#removed.fire(`every container of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`);
   }
 
   async stop(): Promise<void> {

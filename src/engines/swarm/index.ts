@@ -2,7 +2,7 @@ import type Docker from "dockerode";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
-import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
 import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
 import { allocatePorts } from "../docker/ports.ts";
@@ -54,9 +54,7 @@ export class SwarmEngine implements Engine {
   #refreshAgain = false;
   /** set once start has seen every task run: from then on, no services at all means they were removed */
   #started = false;
-  readonly #removedListeners = new Set<(why: string) => void>();
-  /** why every replica is gone, once it is: told to listeners that subscribe later too */
-  #removed: string | null = null;
+  readonly #removed = new RemovalSignal();
 
   constructor(config: Config, options: SwarmEngineOptions = {}) {
     this.#config = config;
@@ -136,24 +134,17 @@ export class SwarmEngine implements Engine {
   }
 
   onRemoved(listener: (why: string) => void): () => void {
-    // `up` subscribes only once it serves: a removal during its health wait must still reach it.
-    if (this.#removed !== null) {
-      const why = this.#removed;
-      queueMicrotask(() => listener(why));
-      return () => {};
-    }
-    this.#removedListeners.add(listener);
-    return () => void this.#removedListeners.delete(listener);
+    return this.#removed.on(listener);
   }
 
   /** With no task running, whether the services are gone too (`abgate down`): swarm brings nothing back then. */
   async #checkRemoved(): Promise<void> {
-    if (!this.#started || this.#removed !== null || this.#stopping) return;
+    if (!this.#started || this.#removed.fired || this.#stopping) return;
     const services = await this.#services().catch(() => undefined);
-    if (services === undefined || services.length > 0 || this.#stopping || this.#removed !== null) return;
-    this.#removed = `every service of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
-    this.#log("warn", this.#removed);
-    for (const l of this.#removedListeners) l(this.#removed);
+    if (services === undefined || services.length > 0 || this.#stopping || this.#removed.fired) return;
+    const why = `every service of experiment ${this.#config.experiment} was removed outside abgate (abgate down?)`;
+    this.#log("warn", why);
+    this.#removed.fire(why);
   }
 
   endpoints(): Endpoint[] {
