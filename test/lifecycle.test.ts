@@ -216,12 +216,16 @@ test("up waits for every replica of the config: a variant whose command cannot s
   const file = writeConfig(
     dir,
     `experiment: missing\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: error\nports: { base: 23160 }\n` +
-      `variants:\n  - { name: control, command: [node, server.js], replicas: 2 }\n  - { name: treatment, command: [node, -e, "process.exit(3)"], replicas: 2 }\n`,
+      `variants:\n  - { name: control, command: [node, server.js], replicas: 2 }\n  - { name: treatment, command: [node, -e, "console.error('fatal: cannot load model'); process.exit(3)"], replicas: 2 }\n`,
   );
   const res = await runCli(["up", "-c", file, "--wait-timeout", "3000"], { timeoutMs: 30_000 });
   assert.equal(res.code, 1, res.stdout + res.stderr);
   assert.match(res.stdout, /waiting for 4 replicas to become healthy/);
   assert.match(res.stderr, /not healthy after 3000 ms: .*treatment-0 \(not running: it exited, or never started\), treatment-1 \(not running/);
+  // and how they ended, with their last words
+  assert.match(res.stderr, /\n {2}treatment-0: exited with code 3 after \d+\.\d s; last output: fatal: cannot load model\n/);
+  assert.match(res.stderr, /\n {2}treatment-1: exited with code 3 after/);
+  assert.doesNotMatch(res.stderr, /control-0:/);
   rmSync(dir, { recursive: true, force: true });
 });
 

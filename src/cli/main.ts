@@ -161,6 +161,14 @@ program
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
       interrupted.catch(() => undefined);
+      // Not healthy in time: say how the replicas that do not run ended (read before they are stopped).
+      if ((err as AbgateError).code === "ABGATE_ERR_HEALTH_TIMEOUT" && engine.lastExit) {
+        const ended = configuredReplicas(config).flatMap((r) => {
+          const how = gw?.health.isHealthy(r.id) ? undefined : engine.lastExit!(r.id);
+          return how !== undefined ? [`  ${r.id}: ${how}`] : [];
+        });
+        if (ended.length > 0) (err as Error).message += `\n${ended.join("\n")}`;
+      }
       // (the gateway's stop too: a second Ctrl-C during it must kill the replicas, not leave them)
       await removingReplicas(config, async () => {
         await gw?.stop();

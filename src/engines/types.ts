@@ -36,6 +36,8 @@ export interface Engine {
    * none. Returns an unsubscribe function.
    */
   onRemoved?(listener: (why: string) => void): () => void;
+  /** How a replica's last run ended (exit code, last output line), for error messages; optional. */
+  lastExit?(id: string): string | undefined;
 }
 
 export type EngineFactory = (config: Config, options?: EngineOptions) => Engine;

@@ -21,6 +21,8 @@ interface Replica {
   spawnError?: Error;
   /** last lines of output, shown when the replica crash-loops */
   tail: string[];
+  /** how its last run ended (code or signal, and how long it ran) */
+  lastExit?: string;
 }
 
 export interface ProcessEngineOptions extends EngineOptions {
@@ -259,7 +261,11 @@ export class ProcessEngine implements Engine {
     if (child.pid !== undefined) this.#reaper.remove(child.pid);
     r.child = undefined;
     const id = `${r.variant.name}-${r.index}`;
-    if (this.#clock.now() - r.startedAtMs >= this.#opts.stableAfterMs) r.restarts = 0;
+    const ranMs = this.#clock.now() - r.startedAtMs;
+    r.lastExit = r.spawnError
+      ? `could not start: ${r.spawnError.message}`
+      : `${signal ? `killed by ${signal}` : `exited with code ${code}`} after ${(ranMs / 1000).toFixed(1)} s`;
+    if (ranMs >= this.#opts.stableAfterMs) r.restarts = 0;
     r.restarts++;
     const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
@@ -281,6 +287,18 @@ export class ProcessEngine implements Engine {
         .filter((r) => r.running)
         .map((r) => ({ id: `${r.variant.name}-${r.index}`, variant: r.variant.name, replica: r.index, host: "127.0.0.1", port: r.port })),
     );
+  }
+
+  /**
+   * How a replica's last run ended, for `up`'s health-wait failure, and its last line of output (a model's "cannot
+   * load weights" is usually there); also while a crash-looping replica is between two runs. Undefined before it
+   * ever ended.
+   */
+  lastExit(id: string): string | undefined {
+    const r = this.#replicas.find((x) => `${x.variant.name}-${x.index}` === id);
+    if (r === undefined || r.lastExit === undefined) return undefined;
+    const last = r.tail.at(-1);
+    return last !== undefined ? `${r.lastExit}; last output: ${last}` : r.lastExit;
   }
 
   /** Last output lines of a replica (for crash reports and tests). */
