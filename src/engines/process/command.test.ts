@@ -21,6 +21,7 @@ test("resolveCommand finds commands as execvp does: paths against the cwd, names
   for (const missing of ["./bin/plain", "./bin/folder", "./bin/nope", "plain", "folder", ""]) {
     assert.equal(resolveCommand(missing, dir, join(dir, "bin")), undefined, missing);
   }
-  assert.equal(resolveCommand("model", dir, undefined), undefined);
+  // no PATH at all: the system's default path, as execvp and spawn search
+  assert.equal(resolveCommand("sh", dir, undefined), "/bin/sh");
   assert.ok(resolveCommand("node", "/", process.env.PATH)?.endsWith("/node"));
 });

@@ -292,3 +292,28 @@ test("process engine: a fixed port is claimed exactly; taken, the start fails na
     busy.close();
   }
 });
+
+test("process engine: a replica gets every variable, also names a shell would drop, and the variant's own", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  writeFileSync(join(dir, "env.js"), `require("node:fs").writeFileSync(__dirname + "/seen-" + process.env.PORT, JSON.stringify(process.env));`);
+  const variants = `  - { name: control, command: [node, env.js], env: { spring.profiles.active: prod, my-var: x, PLAIN: p } }\n`;
+  process.env["BASH_FUNC_module%%"] = "() {  echo module load cuda\n}";
+  const engine = new ProcessEngine(configFor(dir, variants));
+  try {
+    await engine.start();
+    const seen = await until("the replica's environment", () => {
+      try {
+        return JSON.parse(readFileSync(join(dir, "seen-24600"), "utf8")) as Record<string, string>;
+      } catch {
+        return undefined;
+      }
+    });
+    assert.equal(seen["spring.profiles.active"], "prod");
+    assert.equal(seen["my-var"], "x");
+    assert.equal(seen.PLAIN, "p");
+    assert.equal(seen["BASH_FUNC_module%%"], "() {  echo module load cuda\n}");
+  } finally {
+    delete process.env["BASH_FUNC_module%%"];
+    await engine.stop(500);
+  }
+});
