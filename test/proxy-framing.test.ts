@@ -99,6 +99,14 @@ before(async () => {
         return socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\n\r\nhello");
       case "/upgrade-silent":
         return;
+      case "/upgrade-lf":
+        // lines ending in a lone LF, and the replica's own copies of abgate's headers
+        return socket.write("HTTP/1.1 101 Switching Protocols\nconnection: upgrade\nupgrade: test\nx-abgate-variant: forged\n\nhello");
+      case "/upgrade-partial-close":
+        socket.write("HTTP/1.1 101 Swit");
+        return void setTimeout(() => socket.destroy(), 20);
+      case "/upgrade-close":
+        return socket.destroy();
       case "/upgrade-garbage":
         return socket.write("garbage, not http\r\n\r\n");
       case "/upgrade":
@@ -244,11 +252,21 @@ test("an upgrade's answer may come in pieces and after interim 1xx heads; a time
     assert.match(answer, /\r\nx-abgate-variant: control\r\n/, path);
     assert.match(answer, /\r\n\r\nhello$/, path);
   }
-  const slow = await testGateway({ variants: [{ name: "control", url: backend.url }], limits: { responseTimeoutMs: 300 } });
+  const lf = await rawRequest(gw.proxyUrl, handshake("/upgrade-lf"), 300);
+  assert.match(lf, /^HTTP\/1\.1 101 Switching Protocols\r\n/);
+  assert.match(lf, /\r\nupgrade: test\r\n/, "passed on with CRLFs");
+  assert.match(lf, /\r\nx-abgate-variant: control\r\n/);
+  assert.doesNotMatch(lf, /forged/, "the replica's own x-abgate-variant is dropped");
+  assert.match(lf, /\r\n\r\nhello$/);
+  const slow = await testGateway({ variants: [{ name: "control", url: backend.url }], limits: { responseTimeoutMs: 300, ejectAfterFailures: 1000 } });
   try {
     assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-silent"), 1500), /^HTTP\/1\.1 504 /);
+    // closed before the head was complete, or without a byte: a 502 for the client and an exposure, not silence
+    assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-partial-close"), 1000), /^HTTP\/1\.1 502 /);
+    assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-close"), 1000), /^HTTP\/1\.1 502 /);
     const metrics = await (await fetch(`${slow.adminUrl}/metrics`)).text();
     assert.match(metrics, /^abgate_requests_total\{[^}]*status="504"[^}]*\} 1$/m);
+    assert.match(metrics, /^abgate_requests_total\{[^}]*status="502"[^}]*\} 2$/m);
   } finally {
     await slow.close();
   }

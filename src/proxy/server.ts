@@ -12,7 +12,7 @@ import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { HOP_BY_HOP, connectionTokens, cookieValue, queryValue } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
-import { MAX_HEAD_BYTES } from "./upstream.ts";
+import { bareLfHeadEnd, MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
 
 export const FORCE_HEADER = "x-abgate-force-variant";
@@ -798,16 +798,17 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const onData = (chunk: Buffer) => {
     let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
     pending = null;
-    let end: number;
+    let head: string;
+    let rest: Buffer;
     for (;;) {
-      const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r]/.exec(first.toString("latin1", 0, 13));
+      const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r\n]/.exec(first.toString("latin1", 0, 13));
       if (statusLine === null && first.length >= 13) {
         upstream.removeListener("data", onData);
         upstream.destroy();
         return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
       }
-      end = first.indexOf("\r\n\r\n");
-      if (statusLine === null || end < 0) {
+      const at = statusLine === null ? null : headEnd(first);
+      if (at === null) {
         if (first.length > MAX_HEAD_BYTES) {
           upstream.removeListener("data", onData);
           upstream.destroy();
@@ -816,23 +817,29 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
         pending = first;
         return;
       }
-      const code = Number(statusLine[1]);
-      if (code >= 200 || code === 101) break;
-      first = first.subarray(end + 4);
+      const code = Number(statusLine![1]);
+      if (code >= 200 || code === 101) {
+        // (lines ending in a lone LF are read as the upstream parser reads them, and passed on with CRLFs)
+        head = first.toString("latin1", 0, at.end).replace(/\r?\n/g, "\r\n");
+        rest = first.subarray(at.consumed);
+        break;
+      }
+      first = first.subarray(at.consumed);
       if (first.length === 0) return;
     }
     upstream.removeListener("data", onData);
     answered = true;
-    const eol = first.indexOf("\r\n");
-    const status = Number(first.toString("latin1", 9, 12));
+    const status = Number(head.slice(9, 12));
     ctx.balancer.answered(replica, status);
-    // Mark the answer with our headers: insert them after the status line. A refusal (a 401, a 404, a plain 200)
-    // also says the connection ends with it: the client's later requests could not be framed on it (below).
+    // Mark the answer with our headers, after the status line, in place of the replica's own. A refusal (a 401, a
+    // 404, a plain 200) also says the connection ends with it: the client's later requests could not be framed on
+    // it (below).
     const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
     const close = status === 101 ? "" : "connection: close\r\n";
-    client.write(first.subarray(0, eol + 2));
-    client.write(`${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n`, "latin1");
-    client.write(first.subarray(eol + 2));
+    const [statusLine, ...fields] = head.split("\r\n");
+    const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
+    client.write(`${statusLine}\r\n${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n${kept.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    if (rest.length > 0) client.write(rest);
     record(status);
     if (status !== 101) {
       // Not switched: the replica's answer is passed on, but nothing more from the client goes to that connection,
@@ -859,7 +866,20 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       reject("connect", `upgrade to ${replica.id} failed: ${err.message}`);
     } else client.destroy();
   });
-  upstream.on("close", () => client.destroy());
+  // A replica that closes before its answer's head is complete failed the handshake: a 502 and an exposure, as a
+  // plain request gets, not a client cut off without a status. (Once rejected, the client's 502 is on its way: it
+  // ends by itself.)
+  const closedUnanswered = (): boolean => {
+    if (answered) return false;
+    if (!settled) {
+      ctx.balancer.failed(replica);
+      reject("reset", `${replica.id} closed the connection without answering the upgrade`);
+    }
+    return true;
+  };
+  upstream.on("close", () => {
+    if (!closedUnanswered()) client.destroy();
+  });
   client.on("close", () => upstream.destroy());
   // Either side ending its half ends the tunnel (WebSocket closes by its own handshake first); half-open
   // tunnels would otherwise linger forever.
@@ -868,9 +888,20 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     upstream.destroySoon();
   };
   client.on("end", teardown);
-  upstream.on("end", teardown);
+  upstream.on("end", () => {
+    if (closedUnanswered()) upstream.destroy();
+    else teardown();
+  });
   tunnels.add(client);
   client.once("close", () => tunnels.delete(client));
+}
+
+/** Where a response head ends: at its CRLFCRLF, or, with lines ending in a lone LF, at its blank line. */
+function headEnd(data: Buffer): { end: number; consumed: number } | null {
+  const end = data.indexOf("\r\n\r\n");
+  const lf = bareLfHeadEnd(data);
+  if (lf !== null && (end === -1 || lf.end < end)) return lf;
+  return end === -1 ? null : { end, consumed: end + 4 };
 }
 
 /** The headers abgate sets on every answer (16 and 19 characters long). */

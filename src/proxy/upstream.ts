@@ -60,7 +60,7 @@ const CRLFCRLF = Buffer.from("\r\n\r\n");
  * Where a head whose lines end in LF (or a mix of CRLF and LF) ends: `end` before its last line's end, `consumed`
  * after the blank line. Null when there is no blank line yet.
  */
-function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } | null {
+export function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } | null {
   for (let i = data.indexOf(10); i !== -1; i = data.indexOf(10, i + 1)) {
     let next = i + 1;
     if (data[next] === 13) next++;
