@@ -515,9 +515,11 @@ describe("UpstreamConnection malformed responses", () => {
     await expectProtocol(["HTTP/1.1 200 OK\r\nx a\x00: 1\r\ncontent-length: 0\r\n\r\n"]);
     await expectProtocol(["HTTP/1.1 200 O\x00K\r\ncontent-length: 0\r\n\r\n"]);
   });
-  it("transfer-encoding with chunked before another coding, or twice (RFC 9112 §6.1)", async () => {
+  it("transfer-encoding with chunked before another coding, or twice (RFC 9112 §6.1), on one line or several", async () => {
     await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, identity\r\nconnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
     await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
+    await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
+    await expectProtocol(["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"]);
   });
   it("a lone CR in a head", () => expectProtocol(["HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 0\r\n\r\n"]));
   it("101 Switching Protocols, never asked for", () => expectProtocol(["HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw bytes"]));
@@ -608,9 +610,24 @@ describe("UpstreamConnection header handling edge cases", () => {
       assert.deepEqual(o.heads[0].headers.slice(-2), raw.includes("x-a") ? ["x-a", "1"] : ["content-length", "2"]);
       assert.equal(idle, 1, JSON.stringify(raw));
     }
-    // a body that holds a CRLFCRLF does not make the head run on into it
+    // a body that holds a CRLFCRLF does not make the head run on into it, even one past the head size limit
     const { o } = await run("HTTP/1.1 200 OK\ncontent-length: 6\n\nab\r\n\r\n");
     assertSuccess(o, "ab\r\n\r\n");
+    // (the head in two reads, the second bringing the body too)
+    const big = `${"y".repeat(63 * 1024)}\r\n\r\nzz`;
+    server.queue.push({ segments: [Buffer.from(`HTTP/1.1 200 OK\nx-fill: ${"a".repeat(3000)}\n`), Buffer.from(`content-length: ${big.length}\n\n${big}`)], gapMs: 20 });
+    const pool = new UpstreamPool(HOST, server.port, POOL_OPTS);
+    const far = exchange(pool.acquire());
+    await far.done;
+    assertSuccess(far, big);
+    pool.close();
+    server.dropSockets();
+  });
+
+  it("transfer-encoding on two lines 'gzip' then 'chunked' is one list: chunked, gzip passed on", async () => {
+    const { o } = await run("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+    assertSuccess(o, "hi");
+    assert.deepEqual(o.heads[0].headers, ["transfer-encoding", "gzip"]);
   });
 
   it("a status line without reason phrase is fine", async () => {

@@ -329,7 +329,7 @@ export class UpstreamConnection {
       head = data.toString("latin1", 0, end);
       malformed = hasBareCrOrLf(head);
     }
-    if (end === -1 || malformed) {
+    if (end === -1 || malformed || end > MAX_HEAD_BYTES) {
       // RFC 9112 §2.2: a recipient may take a lone LF for a line end, as nginx does; abgate passes the head on with
       // CRLFs. Sought only when the usual end is missing or comes after a lone LF, so well-formed heads pay nothing.
       const lf = bareLfHeadEnd(data);
@@ -395,6 +395,9 @@ export class UpstreamConnection {
     let chunked = false;
     /** a Transfer-Encoding line was seen: the body's length is not Content-Length's, chunked or not (RFC 9112 §6.3) */
     let transferCoded = false;
+    /** the Transfer-Encoding lines' values, joined, and the first line's name as written */
+    let transferCodings: string | undefined;
+    let transferName: string | undefined;
     let headers: string[] = [];
     let listed: Set<string> | undefined;
     let closeSeen = false;
@@ -427,20 +430,9 @@ export class UpstreamConnection {
         continue;
       }
       if (lower === "transfer-encoding") {
-        // A list of codings, by token: "xchunked" is not chunked (it is close-delimited, RFC 9112 §6.3), and chunked
-        // anywhere but last (or twice) is not a framing a recipient can trust (§6.1): 502, as nginx answers.
-        const codings = value.split(",").map((c) => c.trim().toLowerCase()).filter((c) => c !== "");
-        const chunkedAt = codings.indexOf("chunked");
-        if (chunkedAt !== -1 && chunkedAt !== codings.length - 1) {
-          this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${value}": chunked must be the last coding`));
-          return -1;
-        }
-        chunked = chunkedAt !== -1;
-        transferCoded = true;
-        // abgate undoes the chunking and re-frames the body itself; codings before it (gzip, chunked) still apply
-        // to the bytes, so they are passed on, and the client's framing line completes them.
-        const rest = chunked ? codings.slice(0, -1).join(", ") : value;
-        if (rest !== "") headers.push(name, rest);
+        // Several lines are one list (RFC 9110 §5.3), judged once the head is read.
+        transferCodings = transferCodings === undefined ? value : `${transferCodings}, ${value}`;
+        transferName ??= name;
         continue;
       }
       if (lower === "connection") {
@@ -457,6 +449,22 @@ export class UpstreamConnection {
       }
       if (HOP_BY_HOP.has(lower)) continue;
       headers.push(name, value);
+    }
+    if (transferCodings !== undefined) {
+      // By token: "xchunked" is not chunked (it is close-delimited, RFC 9112 §6.3), and chunked anywhere but last, or
+      // twice, is not a framing a recipient can trust (§6.1): 502, as nginx answers.
+      const codings = transferCodings.split(",").map((c) => c.trim().toLowerCase()).filter((c) => c !== "");
+      const chunkedAt = codings.indexOf("chunked");
+      if (chunkedAt !== -1 && chunkedAt !== codings.length - 1) {
+        this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${transferCodings}": chunked must be the last coding, once`));
+        return -1;
+      }
+      chunked = chunkedAt !== -1;
+      transferCoded = true;
+      // abgate undoes the chunking and re-frames the body itself; codings before it (gzip) still apply to the
+      // bytes, so they are passed on, and the client's framing line completes them.
+      const rest = chunked ? codings.slice(0, -1).join(", ") : transferCodings;
+      if (rest !== "") headers.push(transferName!, rest);
     }
     if (closeSeen) keepAlive = false;
     if (status === 204 && contentLength !== -1) {
