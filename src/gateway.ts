@@ -149,12 +149,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         if (variantsDown.has(variant) || endpoints.some((e) => e.variant === variant && health.state(e.id) === "unknown")) continue;
         variantsDown.add(variant);
         const fallback = config.fallback;
-        const instead =
-          fallback === "reject" || fallback === variant
-            ? "its requests get 503"
-            : balancer.hasHealthy(fallback)
-              ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
-              : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
+        const instead = fallbackOutcome(variant, fallback, balancer.hasHealthy(fallback));
         log.warn({ variant, fallback }, `variant ${variant} has no healthy replica: ${instead}`);
       }
     };
@@ -358,4 +353,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     await cleanup();
     throw err;
   }
+}
+
+/** What happens to the requests of a variant without a healthy replica, in words (the log's, the CLI's). */
+export function fallbackOutcome(variant: string, fallback: string, fallbackHealthy: boolean): string {
+  if (fallback === "reject" || fallback === variant) return "its requests get 503";
+  return fallbackHealthy
+    ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
+    : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
 }

@@ -1,7 +1,7 @@
 import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
 import { loadConfig, type Config } from "../config/index.ts";
 import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
-import { startGateway, type Gateway } from "../gateway.ts";
+import { fallbackOutcome, startGateway, type Gateway } from "../gateway.ts";
 import { configuredReplicas, createEngine } from "../engines/index.ts";
 import type { Engine } from "../engines/types.ts";
 import { createLogger } from "../log/index.ts";
@@ -448,11 +448,11 @@ adminOptions(program.command("promote <variant>").description("send all traffic 
     out(`promoted ${res.promoted}: it now gets all traffic`);
     // As Flagger would refuse to: say so when what now gets all traffic cannot serve it.
     const promoted = view.variants.find((v) => v.name === res.promoted);
-    if (promoted !== undefined && !promoted.replicas.some((r) => r.health === "healthy")) {
-      process.stderr.write(
-        `abgate: warning: ${res.promoted} has no healthy replica (${promoted.replicas.length ? promoted.replicas.map((r) => `${r.id} ${r.health}`).join(", ") : "none"}); ` +
-          `its requests are served by the fallback (${view.fallback ?? "see fallback:"}) until one is\n`,
-      );
+    const healthy = (name: string | undefined) => view.variants.some((v) => v.name === name && v.replicas.some((r) => r.health === "healthy"));
+    if (promoted !== undefined && !healthy(promoted.name)) {
+      const replicas = promoted.replicas.length ? promoted.replicas.map((r) => `${r.id} ${r.health}`).join(", ") : "none";
+      const fallback = view.fallback ?? "reject";
+      process.stderr.write(`abgate: warning: ${res.promoted} has no healthy replica (${replicas}): until one is, ${fallbackOutcome(res.promoted, fallback, healthy(fallback))}\n`);
     }
   },
 );
