@@ -225,6 +225,7 @@ test("an absolute-form target goes on as origin-form, with its authority as Host
     ["http://other.example/p/../q?x=1#frag", "/p/../q?x=1", "other.example"],
     ["http://user:pw@other.example:8080?y=2", "/?y=2", "other.example:8080"],
     ["HTTPS://Other.Example", "/", "Other.Example"],
+    ["http://a@b@other.example/x", "/x", "other.example"],
   ]) {
     const answer = await rawRequest(gw.proxyUrl, `GET ${target} HTTP/1.1\r\nhost: a\r\nx-user-id: u1\r\nconnection: close\r\n\r\n`);
     const { head } = JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)) as { head: string };
@@ -233,6 +234,10 @@ test("an absolute-form target goes on as origin-form, with its authority as Host
     assert.doesNotMatch(head, /\r\nhost: a\r\n/i, head);
     assert.match(head, new RegExp(`\r\nx-forwarded-host: ${host.replace(".", "\\.")}\r\n`), head);
   }
+  const options = await rawRequest(gw.proxyUrl, "OPTIONS http://other.example HTTP/1.1\r\nhost: a\r\nx-user-id: u1\r\nconnection: close\r\n\r\n");
+  assert.ok(JSON.parse(options.slice(options.indexOf("\r\n\r\n") + 4)).head.startsWith("OPTIONS * HTTP/1.1\r\n"));
+  // HTTP/1.1 without a Host line is still a 400, whatever the target says
+  assert.match(await rawRequest(gw.proxyUrl, "GET http://other.example/ HTTP/1.1\r\nx-user-id: u1\r\n\r\n"), /^HTTP\/1\.1 400 /);
 });
 
 test("a replica's own x-abgate-variant and x-abgate-request-id are replaced by abgate's, not sent beside them", async () => {

@@ -102,6 +102,8 @@ test("validate refuses what serve would: non-http or path URLs, ports past 65535
     assert.match(issues(base + `listen: 127.0.0.1:8090\nadmin: { listen: ${admin} }\n`).join(), /admin\.listen: a port other than listen's: .* cannot both be listened on/, admin);
   }
   assert.doesNotThrow(() => parseConfig(base + "listen: 127.0.0.1:8090\nadmin: { listen: '127.0.0.2:8090' }\n", "/tmp", {}));
+  // an IPv4 wildcard leaves IPv6 addresses free
+  assert.doesNotThrow(() => parseConfig(base + "listen: 0.0.0.0:8090\nadmin: { listen: '[::1]:8090' }\n", "/tmp", {}));
 });
 
 test("a variant's pinned port may not be the proxy's or the admin's (its replicas would fight abgate for it)", () => {

@@ -176,8 +176,10 @@ const ENGINE_KEYS = [
 function listenersClash(a: string, b: string): boolean {
   const canonical = (h: string) => (h === "localhost" ? "127.0.0.1" : h.replace(/^\[|\]$/g, ""));
   const [x, y] = [canonical(a), canonical(b)];
-  const wildcard = (h: string) => h === "0.0.0.0" || h === "::";
-  return x === y || wildcard(x) || wildcard(y);
+  const v6 = (h: string) => h.includes(":");
+  // `::` takes the port on every address (IPv4 too, unless the host sets bindv6only); 0.0.0.0 on every IPv4 one.
+  if (x === y || x === "::" || y === "::") return true;
+  return (x === "0.0.0.0" && !v6(y)) || (y === "0.0.0.0" && !v6(x));
 }
 
 /** Validate a config object (already parsed from YAML). Throws ConfigError naming every bad key. */

@@ -65,7 +65,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   /** the authority of an absolute-form target, which replaces Host (RFC 9112 §3.2.2) */
   let authority: string | undefined;
   if (target.charCodeAt(0) !== 47 /* / */ && target !== "*") {
-    const absolute = originForm(target);
+    const absolute = originForm(req.method, target);
     if (absolute !== undefined) ({ target, authority } = absolute);
   }
   let head = `${req.method} ${target} HTTP/1.1\r\n`;
@@ -129,12 +129,11 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
       head += `${h[i]}: ${h[i + 1]}\r\n`;
     }
   }
-  if (authority !== undefined) {
-    head += `host: ${authority}\r\n`;
-    host = authority;
-  }
+  // (`host` stays the client's Host line, whose absence on HTTP/1.1 is still a 400, RFC 9112 §3.2)
+  if (authority !== undefined) head += `host: ${authority}\r\n`;
   head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
-  if (host !== undefined) head += `x-forwarded-host: ${host}\r\n`;
+  const forwardedHost = authority ?? host;
+  if (forwardedHost !== undefined) head += `x-forwarded-host: ${forwardedHost}\r\n`;
   // The body is re-chunked on its way up, so the framing stays chunked; any coding before it (gzip, chunked)
   // still applies to the bytes and is passed on.
   if (transferEncoding !== undefined) head += `transfer-encoding: ${transferEncoding}\r\n`;
@@ -147,12 +146,15 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
  * the authority, not the Host line, names the host (RFC 9112 §3.2.2; nginx does the same). Undefined for anything
  * that is not an http(s) URL, which is forwarded as it came.
  */
-function originForm(target: string): { target: string; authority: string } | undefined {
+function originForm(method: string, target: string): { target: string; authority: string } | undefined {
   // By hand rather than with URL: the path goes on exactly as the client wrote it (URL would resolve "..", and
   // re-encode characters).
-  const m = /^https?:\/\/(?:[^/?#@]*@)?([^/?#@]+)([^#]*)/i.exec(target);
+  // (userinfo runs to the last "@" before the path, as WHATWG URL reads it)
+  const m = /^https?:\/\/(?:[^/?#]*@)?([^/?#@]+)([^#]*)/i.exec(target);
   if (m === null) return undefined;
   const rest = m[2]!;
+  // RFC 9112 §3.2.4: an OPTIONS for the server itself, absolute-form with an empty path, is `*` in origin-form terms
+  if (method === "OPTIONS" && rest === "") return { target: "*", authority: m[1]! };
   return { target: rest.startsWith("/") ? rest : `/${rest}`, authority: m[1]! };
 }
 
