@@ -177,12 +177,14 @@ export async function aggregateExperiment(
     }
   }
 
-  // Nothing of this experiment: say what the store does hold, since the likeliest cause is a renamed experiment or
-  // another experiment's store (asked only then: one lookup in the small counters table).
-  const otherExperiments =
-    units.size === 0 && req.size === 0
-      ? (await query(`SELECT experiment FROM counters WHERE experiment <> ? AND exposures > 0 ORDER BY experiment LIMIT 10`, [experiment])).map((r) => String(r.experiment))
-      : [];
+  // Nothing of this experiment, and it never ran here (a gateway saves its strategy's state when it starts): say
+  // what the store does hold, since the likeliest cause is a renamed experiment or another experiment's store.
+  // (An experiment that runs but has no exposures yet is not told so. Asked only then: two small lookups.)
+  const neverRan =
+    units.size === 0 && req.size === 0 && (await query(`SELECT experiment FROM state WHERE experiment = ? LIMIT 1`, [experiment])).length === 0;
+  const otherExperiments = neverRan
+    ? (await query(`SELECT experiment FROM counters WHERE experiment <> ? AND exposures > 0 ORDER BY experiment LIMIT 10`, [experiment])).map((r) => String(r.experiment))
+    : [];
   const totals = (v: string) => ({ variant: v, units: units.get(v) ?? 0, requests: num(req.get(v)?.requests), fallbackRequests: num(req.get(v)?.fallback) });
   const named = new Set(variants);
   const others = [...new Set([...units.keys(), ...req.keys()])].filter((v) => !named.has(v)).sort();

@@ -305,6 +305,9 @@ export function storeConformance(factory: StoreFactory): void {
       // An experiment the store has nothing of (renamed in the config): the store says which it does hold.
       assert.deepEqual((await second.aggregate("exp-renamed", ["control"], metrics)).otherExperiments, ["exp", "other"]);
       assert.deepEqual(agg.otherExperiments, []);
+      // ...but not of one that runs (its gateway saved state) and has no exposure yet
+      await second.setState("exp-new", "strategy", "{}");
+      assert.deepEqual((await second.aggregate("exp-new", ["control"], metrics)).otherExperiments, []);
       assert.equal(agg.multiVariantUnits, 3);
     });
 

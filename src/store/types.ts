@@ -63,7 +63,7 @@ export interface ExperimentAggregates {
   variants: VariantTotals[];
   /** variants the store has units or requests for that the caller did not name (renamed or removed from the config) */
   otherVariants?: VariantTotals[];
-  /** when the store holds nothing of this experiment: experiments it has exposures of (at most 10) */
+  /** when the store holds nothing of this experiment, which never ran on it: experiments it has exposures of (at most 10) */
   otherExperiments?: string[];
   /** units exposed (non-forced) to more than one assigned variant */
   multiVariantUnits: number;

@@ -31,6 +31,8 @@ export function App() {
     // notices: with no event for this long the page calls itself not live and opens a new stream.
     let staleAfterMs = MIN_STALE_AFTER_MS;
     let lastEventAtMs = Date.now();
+    /** the newest live numbers' time (the server's clock): a new stream replays the last ones, maybe old */
+    let newestLiveTs = -Infinity;
     const open = () => {
       source?.close();
       const s = new EventSource("/v1/stream");
@@ -47,7 +49,12 @@ export function App() {
         setMeta(m);
       });
       on<LiveEvent>("live", (data) => {
-        setConnection("live");
+        // Live only on numbers newer than those shown: a reconnect to a server whose live loop is stuck (a store
+        // read hanging) replays the same frame, which would otherwise pass for live every few seconds.
+        if (data.ts > newestLiveTs) {
+          newestLiveTs = data.ts;
+          setConnection("live");
+        }
         setLive(data);
         setFailures(({ live: _gone, ...rest }) => rest);
       });

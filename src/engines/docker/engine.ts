@@ -444,6 +444,9 @@ export class DockerEngine implements Engine {
   }
 
   async #reconcile(): Promise<void> {
+    // Only replicas whose container existed before the listing can be missing from it: one whose creation returns
+    // meanwhile is not gone.
+    const created = [...this.#replicas.values()].filter((r) => r.containerId !== undefined);
     const list = await listExperimentContainers(this.#docker, this.#config).catch(() => undefined);
     if (!list || this.#stopping) return;
     const listed = new Set<Replica>();
@@ -456,7 +459,7 @@ export class DockerEngine implements Engine {
     }
     // Removed while the events stream was down: the daemon's replay of missed events is bounded, so a destroy may
     // not come. (A replica never created has no container to miss.)
-    for (const r of this.#replicas.values()) if (!listed.has(r) && !r.gone && r.containerId !== undefined) this.#markGone(r);
+    for (const r of created) if (!listed.has(r) && !r.gone) this.#markGone(r);
   }
 
   #onEvent(line: string): void {
