@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCli } from "../../test/helpers/cli.ts";
 import { ConfigError } from "../errors.ts";
-import { expandEnv, parseConfig, parseHostPort, unsetVariables } from "./load.ts";
+import { expandEnv, parseConfig, parseHostPort } from "./load.ts";
 
 const base = "experiment: exp\nengine: static\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: treatment, url: 'http://127.0.0.1:9002' }\n";
 
@@ -207,7 +207,12 @@ test("YAML merge keys share settings between variants; top-level x- keys hold th
   assert.match(issues("experiment: exp\nmodel: 1\n" + base.slice("experiment: exp\n".length)).join(), /^model: unknown key$/m, "other unknown keys are still refused");
 });
 
-test("unsetVariables names the variables used without a default that are not set (empty ones are set)", () => {
-  const text = "a: ${UNSET_A}\nb: ${SET_B}\nc: ${UNSET_C:-x}\nd: $${UNSET_D}\ne: ${EMPTY_E}\nf: ${UNSET_A}\n";
-  assert.deepEqual(unsetVariables(text, { SET_B: "b", EMPTY_E: "" }), ["UNSET_A"]);
+test("a variable used without a default that is not set is warned about once; not in comments, not for tokens", () => {
+  const text =
+    "experiment: e-${UNSET_A}\nengine: static\n# a comment: ${UNSET_COMMENT}\nadmin: { token: '${UNSET_TOKEN}', ingestToken: ${UNSET_INGEST} }\n" +
+    "variants:\n  - { name: control, url: 'http://127.0.0.1:9001', weight: ${SET_B} }\n  - { name: t${UNSET_A}, url: '${U:-http://127.0.0.1:9002}' }\n" +
+    "metrics: [{ name: m, kind: conversion, event: $${UNSET_D}x${EMPTY_E} }]\n";
+  const warned: string[] = [];
+  parseConfig(text, "/tmp", { SET_B: "1", EMPTY_E: "" }, (name) => warned.push(name));
+  assert.deepEqual(warned, ["UNSET_A"]);
 });

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { parseDocument, visit } from "yaml";
+import { isPair, isScalar, parseDocument, visit } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type VariantConfig } from "./schema.ts";
@@ -228,13 +228,15 @@ class EnvValue {
  * exactly one unquoted reference to an empty or unset variable is null, as the text `token: ` would be; where such a
  * scalar meets a key that wants a number or a boolean, its text is read as one (`weight: ${W}`).
  */
-export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env): Config {
+export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env, warnUnset?: (name: string) => void): Config {
   /** what each placeholder stands for: a variable's value, or the literal `${...}` of a `$${...}` escape */
-  const values: { text: string; literal: boolean; name?: string }[] = [];
+  const values: { text: string; literal: boolean; name?: string; unset?: boolean }[] = [];
   const tag = `abgateenv${Math.random().toString(36).slice(2, 10)}x`;
   const marked = text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => {
     // The escape gets a placeholder too: put back into the text, its braces would end a flow map (`{ A: $${X} }`)
-    values.push(whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false, name: key });
+    values.push(
+      whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false, name: key, unset: def === undefined && env[key] === undefined },
+    );
     return `${tag}${values.length - 1}x`;
   });
   // merge: YAML merge keys (`<<: *defaults`), which docker compose files use to share a variant's settings
@@ -252,12 +254,21 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       }),
     );
   }
+  /** variables used without a default that are not set: as docker compose does, said once each (`warnUnset`) */
+  const unset = new Set<string>();
   if (values.length > 0) {
     const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
     const whole = new RegExp(`^${tag}(\\d+)x$`);
     visit(doc, {
-      Scalar(key, node) {
+      Scalar(key, node, path) {
         if (typeof node.value !== "string" || !node.value.includes(tag)) return;
+        // (only references in the document's values count, not those in comments; and not the tokens', whose
+        // unset variable is the documented way to have one generated, or none)
+        const parent = path[path.length - 1];
+        const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
+        if (field !== "token" && field !== "ingestToken") {
+          for (const [, i] of node.value.matchAll(placeholder)) if (values[Number(i)]!.unset) unset.add(values[Number(i)]!.name!);
+        }
         const only = whole.exec(node.value);
         const value = only !== null ? values[Number(only[1])]! : undefined;
         if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
@@ -266,6 +277,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       },
     });
   }
+  for (const name of unset) warnUnset?.(name);
   const envPaths = new Map<string, string>();
   let js: unknown;
   try {
@@ -349,19 +361,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   } catch (cause) {
     throw new ConfigError([{ path: "", message: `cannot read config file ${file}: ${(cause as Error).message}` }], { cause });
   }
-  const config = parseConfig(text, dirname(resolve(file)), env);
-  // As docker compose warns: an unset variable reads as empty, which is seldom what was meant (a token, a tag).
-  for (const name of unsetVariables(text, env)) {
+  return parseConfig(text, dirname(resolve(file)), env, (name) => {
     process.stderr.write(`abgate: warning: \${${name}} in ${file} is not set, so it reads as empty (write \${${name}:-value} for a default)\n`);
-  }
-  return config;
-}
-
-/** Variables the text refers to without a default that `env` does not set (an escaped `$${...}` is no reference). */
-export function unsetVariables(text: string, env: NodeJS.ProcessEnv): string[] {
-  const names = new Set<string>();
-  for (const [whole, key, def] of text.matchAll(ENV_REFERENCE)) {
-    if (!whole.startsWith("$$") && def === undefined && env[key!] === undefined) names.add(key!);
-  }
-  return [...names];
+  });
 }
