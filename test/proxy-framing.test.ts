@@ -107,6 +107,8 @@ before(async () => {
         return void setTimeout(() => socket.destroy(), 20);
       case "/upgrade-close":
         return socket.destroy();
+      case "/upgrade-folded":
+        return socket.write("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: test\r\nx-abgate-variant: forged\r\n  x-injected: 1\r\n\r\n");
       case "/upgrade-garbage":
         return socket.write("garbage, not http\r\n\r\n");
       case "/upgrade":
@@ -236,6 +238,11 @@ test("an absolute-form target goes on as origin-form, with its authority as Host
   }
   const options = await rawRequest(gw.proxyUrl, "OPTIONS http://other.example HTTP/1.1\r\nhost: a\r\nx-user-id: u1\r\nconnection: close\r\n\r\n");
   assert.ok(JSON.parse(options.slice(options.indexOf("\r\n\r\n") + 4)).head.startsWith("OPTIONS * HTTP/1.1\r\n"));
+  // HTTP/1.0 without a Host line: the authority is its one Host line (no replica address beside it)
+  const old = await rawRequest(gw.proxyUrl, "GET http://other.example/p HTTP/1.0\r\nx-user-id: u1\r\n\r\n");
+  const oldHead = (JSON.parse(old.slice(old.indexOf("\r\n\r\n") + 4)) as { head: string }).head;
+  assert.equal(oldHead.match(/\r\nhost: /gi)?.length, 1, oldHead);
+  assert.match(oldHead, /\r\nhost: other\.example\r\n/);
   // HTTP/1.1 without a Host line is still a 400, whatever the target says
   assert.match(await rawRequest(gw.proxyUrl, "GET http://other.example/ HTTP/1.1\r\nx-user-id: u1\r\n\r\n"), /^HTTP\/1\.1 400 /);
 });
@@ -269,9 +276,34 @@ test("an upgrade's answer may come in pieces and after interim 1xx heads; a time
     // closed before the head was complete, or without a byte: a 502 for the client and an exposure, not silence
     assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-partial-close"), 1000), /^HTTP\/1\.1 502 /);
     assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-close"), 1000), /^HTTP\/1\.1 502 /);
+    // a folded line (which would continue abgate's own header) is refused as the upstream parser refuses it
+    assert.match(await rawRequest(slow.proxyUrl, handshake("/upgrade-folded"), 1000), /^HTTP\/1\.1 502 /);
     const metrics = await (await fetch(`${slow.adminUrl}/metrics`)).text();
     assert.match(metrics, /^abgate_requests_total\{[^}]*status="504"[^}]*\} 1$/m);
-    assert.match(metrics, /^abgate_requests_total\{[^}]*status="502"[^}]*\} 2$/m);
+    assert.match(metrics, /^abgate_requests_total\{[^}]*status="502"[^}]*\} 3$/m);
+  } finally {
+    await slow.close();
+  }
+});
+
+test("a client that leaves during an upgrade's handshake is a 499, and does not count against the replica", async () => {
+  const handshake = `GET /upgrade-silent HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`;
+  const slow = await testGateway({ variants: [{ name: "control", url: backend.url }], limits: { responseTimeoutMs: 5000, ejectAfterFailures: 2 } });
+  try {
+    for (let i = 0; i < 4; i++) {
+      const sock = connect({ host: "127.0.0.1", port: Number(new URL(slow.proxyUrl).port) });
+      await new Promise<void>((resolve) => sock.once("connect", resolve));
+      sock.write(handshake);
+      await new Promise((r) => setTimeout(r, 100));
+      sock.destroy();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const metrics = await (await fetch(`${slow.adminUrl}/metrics`)).text();
+    assert.match(metrics, /^abgate_requests_total\{[^}]*status="499"[^}]*\} 4$/m);
+    assert.doesNotMatch(metrics, /status="502"/);
+    const res = await fetch(`${slow.proxyUrl}/after`, { headers: { "x-user-id": "u1" } });
+    assert.equal(res.status, 200, "the replica was not ejected");
+    await res.arrayBuffer();
   } finally {
     await slow.close();
   }

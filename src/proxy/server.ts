@@ -12,7 +12,7 @@ import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { HOP_BY_HOP, connectionTokens, cookieValue, queryValue } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
-import { bareLfHeadEnd, MAX_HEAD_BYTES } from "./upstream.ts";
+import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
 
 export const FORCE_HEADER = "x-abgate-force-variant";
@@ -49,6 +49,8 @@ interface ScannedRequest {
   host: string | undefined;
   /** more than one Host line (RFC 9112 §3.2: answered 400) */
   duplicateHost: boolean;
+  /** an absolute-form target's authority, already sent as the Host line */
+  authority: string | undefined;
   contentLength: string | undefined;
   /** the client's Transfer-Encoding (llhttp only accepts it with chunked last), undefined when none */
   transferEncoding: string | undefined;
@@ -137,7 +139,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   // The body is re-chunked on its way up, so the framing stays chunked; any coding before it (gzip, chunked)
   // still applies to the bytes and is passed on.
   if (transferEncoding !== undefined) head += `transfer-encoding: ${transferEncoding}\r\n`;
-  return { baseHead: head, unitHeader, cookie, force, host, duplicateHost, contentLength, transferEncoding, expect };
+  return { baseHead: head, unitHeader, cookie, force, host, duplicateHost, authority, contentLength, transferEncoding, expect };
 }
 
 /**
@@ -243,7 +245,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     const cl = scan.contentLength;
     this.hasBody = this.chunkedBody || (cl !== undefined && cl !== "0");
     this.expectContinue = scan.expect !== undefined && request.httpMinor === 1;
-    this.hostMissing = scan.host === undefined;
+    this.hostMissing = scan.host === undefined && scan.authority === undefined;
     const { config } = ctx;
     const unit = givenUnit(config, request, scan);
     if (unit !== undefined) {
@@ -762,7 +764,13 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
   let upstream: Socket | undefined;
-  client.on("error", () => upstream?.destroy());
+  client.on("error", () => {
+    if (upstream !== undefined && !answered && !settled) {
+      settled = true;
+      record(CLIENT_CLOSED);
+    }
+    upstream?.destroy();
+  });
   let settled = false;
   const reject = (failure: UpstreamFailure, msg: string) => {
     // Once: a timeout and an error of the same connection are one failure, one answer and one exposure.
@@ -821,9 +829,15 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       }
       const code = Number(statusLine![1]);
       if (code >= 200 || code === 101) {
-        // (lines ending in a lone LF are read as the upstream parser reads them, and passed on with CRLFs)
+        // (lines ending in a lone LF are read as the upstream parser reads them, and passed on with CRLFs; what it
+        // refuses, a lone CR, a NUL or a folded line, is refused here too)
         head = first.toString("latin1", 0, at.end).replace(/\r?\n/g, "\r\n");
         rest = first.subarray(at.consumed);
+        if (hasBareCrOrLf(head) || head.includes("\0") || /\r\n[ \t]/.test(head)) {
+          upstream.removeListener("data", onData);
+          upstream.destroy();
+          return reject("protocol", `${replica.id} answered an upgrade request with a malformed head`);
+        }
         break;
       }
       first = first.subarray(at.consumed);
@@ -882,14 +896,28 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   upstream.on("close", () => {
     if (!closedUnanswered()) client.destroy();
   });
-  client.on("close", () => upstream.destroy());
+  // A client that leaves before the answer (a tab closed mid-handshake) is its own doing, recorded as a plain
+  // request's would be (499), not a failure of the replica: that ejected healthy replicas.
+  const clientLeft = () => {
+    if (answered || settled) return;
+    settled = true;
+    record(CLIENT_CLOSED);
+  };
+  client.on("close", () => {
+    clientLeft();
+    upstream.destroy();
+  });
   // Either side ending its half ends the tunnel (WebSocket closes by its own handshake first); half-open
   // tunnels would otherwise linger forever.
   const teardown = () => {
     client.destroySoon();
     upstream.destroySoon();
   };
-  client.on("end", teardown);
+  client.on("end", () => {
+    // (before the teardown, which ends the upstream side: its close must not read as the replica's failure)
+    clientLeft();
+    teardown();
+  });
   upstream.on("end", () => {
     if (closedUnanswered()) upstream.destroy();
     else teardown();

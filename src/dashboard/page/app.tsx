@@ -31,8 +31,8 @@ export function App() {
     // notices: with no event for this long the page calls itself not live and opens a new stream.
     let staleAfterMs = MIN_STALE_AFTER_MS;
     let lastEventAtMs = Date.now();
-    /** the newest live numbers' time (the server's clock): a new stream replays the last ones, maybe old */
-    let newestLiveTs = -Infinity;
+    /** the last live numbers' time (the server's clock): a new stream replays the last ones, maybe old */
+    let lastLiveTs = -Infinity;
     const open = () => {
       source?.close();
       const s = new EventSource("/v1/stream");
@@ -49,10 +49,11 @@ export function App() {
         setMeta(m);
       });
       on<LiveEvent>("live", (data) => {
-        // Live only on numbers newer than those shown: a reconnect to a server whose live loop is stuck (a store
-        // read hanging) replays the same frame, which would otherwise pass for live every few seconds.
-        if (data.ts > newestLiveTs) {
-          newestLiveTs = data.ts;
+        // Live only on other numbers than those shown: a reconnect to a server whose live loop is stuck (a store
+        // read hanging) replays the same frame, which would otherwise pass for live every few seconds. (Not "newer":
+        // a server clock stepped back would keep the page from ever being live again.)
+        if (data.ts !== lastLiveTs) {
+          lastLiveTs = data.ts;
           setConnection("live");
         }
         setLive(data);

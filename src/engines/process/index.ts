@@ -56,6 +56,11 @@ export function inheritedEnv(config: Config): NodeJS.ProcessEnv {
 
 /** An environment variable name a POSIX shell passes on to what it execs. */
 const SHELL_SAFE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/**
+ * Variables dash sets itself, whatever it was given. (PWD too, but to the replica's real working folder, which is
+ * what a replica should see: a direct spawn passes on abgate's own.)
+ */
+const SHELL_SET_NAMES = new Set(["IFS", "OPTIND", "PPID"]);
 
 /** Tokens at least this long are also recognised by value in the environment replicas inherit. */
 const MIN_SECRET_CHARS = 12;
@@ -196,9 +201,9 @@ export class ProcessEngine implements Engine {
     // Through the registering shell when there is a reaper to register with (see REGISTER_AND_EXEC); a command
     // that cannot be found is spawned as it is, so that its failure is spawn's own error (ENOENT), as without. So
     // is a replica whose environment a POSIX shell would not pass on whole (dash drops names that are not shell
-    // identifiers, such as spring.profiles.active or BASH_FUNC_module%%, and resets IFS): abgate then lists it
-    // itself once spawn returns, which leaves only spawn's own moment unguarded.
-    const wrappable = resolveCommand(cmd, cwd, env.PATH) !== undefined && Object.keys(env).every((k) => SHELL_SAFE_NAME.test(k) && k !== "IFS");
+    // identifiers, such as spring.profiles.active or BASH_FUNC_module%%, and resets IFS, OPTIND and PPID): abgate
+    // then lists it itself once spawn returns, which leaves only spawn's own moment unguarded.
+    const wrappable = resolveCommand(cmd, cwd, env.PATH) !== undefined && Object.keys(env).every((k) => SHELL_SAFE_NAME.test(k) && !SHELL_SET_NAMES.has(k));
     const pipe = wrappable ? this.#reaper.pipe() : null;
     const child = spawn(pipe ? "/bin/sh" : cmd, pipe ? ["-c", REGISTER_AND_EXEC, "abgate-replica", cmd, ...args] : args, {
       cwd: r.variant.cwd,
