@@ -248,16 +248,18 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           listen: proxyUrl,
           startedAt,
           variants: variantNames.map((name) => {
+            const checks = healthByVariant[name] !== undefined ? "active" : "passive";
             const replicas: ReplicaView[] = balancer.replicas(name).map((r) => ({
               id: r.id,
               variant: name,
               replica: r.endpoint.replica,
               address: `${r.endpoint.host}:${r.endpoint.port}`,
               health: health.state(r.id),
+              checks,
               outstanding: r.outstanding,
             }));
             for (const c of notRunning(replicas.map((r) => r.id))) {
-              if (c.variant === name) replicas.push({ id: c.id, variant: name, replica: c.replica, address: "", health: "not running", outstanding: 0 });
+              if (c.variant === name) replicas.push({ id: c.id, variant: name, replica: c.replica, address: "", health: "not running", checks, outstanding: 0 });
             }
             replicas.sort((a, b) => a.replica - b.replica);
             const req = liveByVariant.get(name)?.requests ?? 0;

@@ -9,6 +9,11 @@ export interface ReplicaView {
   address: string;
   /** "healthy" | "unhealthy" | "ejected" | "unknown", or "not running" (a replica of the config the engine does not run now) */
   health: string;
+  /**
+   * "active": abgate checks it (its variant's `health:`, or a TCP check of a replica abgate runs); "passive": only
+   * failed requests can take it out (a static URL without `health:`), so "healthy" means "not failing requests"
+   */
+  checks: "active" | "passive";
   outstanding: number;
 }
 

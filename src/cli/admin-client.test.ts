@@ -144,10 +144,11 @@ test("abgate ps for the static engine answers from the running abgate, without D
   const res = await runCli(["ps", "-c", configFile, "--admin", adminUrl], { env: { DOCKER_HOST: "unix:///nonexistent/docker.sock" } });
   assert.equal(res.code, 0, res.stderr);
   const lines = res.stdout.trimEnd().split("\n");
-  assert.match(lines[0], /^REPLICA\s+ADDRESS\s+HEALTH\s+IN-FLIGHT$/);
+  assert.match(lines[0], /^REPLICA\s+ADDRESS\s+HEALTH\s+CHECKS\s+IN-FLIGHT$/);
   const host = helloUrl.replace("http://", "");
-  assert.match(res.stdout, new RegExp(`^control-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+\\d+$`, "m"));
-  assert.match(res.stdout, new RegExp(`^treatment-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+\\d+$`, "m"));
+  // static URLs without health: are only checked passively, which the table says
+  assert.match(res.stdout, new RegExp(`^control-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+passive\\s+\\d+$`, "m"));
+  assert.match(res.stdout, new RegExp(`^treatment-0\\s+${host.replaceAll(".", "\\.")}\\s+\\S+\\s+passive\\s+\\d+$`, "m"));
 
   const notRunning = await runCli(["ps", "-c", configFile, "--admin", "http://127.0.0.1:9"]);
   assert.equal(notRunning.code, 1);

@@ -39,7 +39,7 @@ export interface ExperimentAnswer {
   experiment: string;
   engine: string;
   fallback?: string;
-  variants: { name: string; weight: number; replicas: { id: string; address: string; health: string; outstanding: number }[] }[];
+  variants: { name: string; weight: number; replicas: { id: string; address: string; health: string; checks?: string; outstanding: number }[] }[];
 }
 
 export const answers = {

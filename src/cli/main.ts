@@ -330,9 +330,10 @@ program
   });
 
 /** `abgate ps` for the static and process engines: the running gateway's view of each replica. */
-function formatReplicaTable(replicas: { id: string; address: string; health: string; outstanding?: number }[]): string {
+function formatReplicaTable(replicas: { id: string; address: string; health: string; checks?: string; outstanding?: number }[]): string {
   if (replicas.length === 0) return "";
-  return textTable(["REPLICA", "ADDRESS", "HEALTH", "IN-FLIGHT"], replicas.map((r) => [r.id, r.address, r.health, String(r.outstanding ?? "-")]));
+  // CHECKS passive: a static URL without health:, "healthy" until requests to it fail (an older abgate: "-")
+  return textTable(["REPLICA", "ADDRESS", "HEALTH", "CHECKS", "IN-FLIGHT"], replicas.map((r) => [r.id, r.address, r.health, r.checks ?? "-", String(r.outstanding ?? "-")]));
 }
 
 program

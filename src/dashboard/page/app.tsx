@@ -281,7 +281,11 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                   <ul class="replicas">
                     {v.replicas.map((r) => (
                       <li key={r.id} class={`health-${r.health.replace(/ /g, "-")}`} title={`${r.address}, ${r.outstanding} in flight`}>
-                        <span aria-hidden="true">●</span> {r.id} <span class="muted">{r.health}</span>
+                        <span aria-hidden="true">●</span> {r.id}{" "}
+                        <span class="muted">
+                          {r.health}
+                          {r.checks === "passive" ? " (not checked: only failed requests take it out)" : ""}
+                        </span>
                       </li>
                     ))}
                   </ul>
