@@ -401,7 +401,6 @@ function adminOptions(cmd: Command): Command {
     .option("--token <token>", "admin token (default: $ABGATE_ADMIN_TOKEN or the config's admin.token)");
 }
 
-/** Load the config when the file exists; the admin commands can also run with --admin alone. */
 /**
  * The running abgate's view of its experiment, read (without the token) before anything is changed: it shows that
  * what answers is an abgate admin API, not a model behind the proxy's port that the token would be sent to, and
@@ -415,6 +414,7 @@ async function runningExperiment(target: AdminTarget, config: Config | undefined
   return view;
 }
 
+/** Load the config when the file exists; the admin commands can also run with --admin alone. */
 function maybeConfig(file: string, explicit: boolean): Config | undefined {
   try {
     return loadConfig(file);
