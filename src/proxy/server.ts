@@ -764,14 +764,22 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
   let upstream: Socket | undefined;
+  /** the replica's answer began (from then on the tunnel, or the refusal, is passed on as it comes) */
+  let answered = false;
+  /** the exchange was answered by abgate and recorded: a failure, or the client gone */
+  let settled = false;
+  // A client that leaves before the answer (a tab closed mid-handshake) is its own doing, recorded as a plain
+  // request's would be (499), not a failure of the replica: that ejected healthy replicas.
+  const clientLeft = () => {
+    if (answered || settled) return;
+    settled = true;
+    record(CLIENT_CLOSED);
+  };
   client.on("error", () => {
-    if (upstream !== undefined && !answered && !settled) {
-      settled = true;
-      record(CLIENT_CLOSED);
-    }
+    // (before a replica is asked there is nothing to record: the upgrade was refused, or its 503 recorded)
+    if (upstream !== undefined) clientLeft();
     upstream?.destroy();
   });
-  let settled = false;
   const reject = (failure: UpstreamFailure, msg: string) => {
     // Once: a timeout and an error of the same connection are one failure, one answer and one exposure.
     if (settled) return;
@@ -802,9 +810,13 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
   const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
   upstream.write(head, "latin1");
-  let answered = false;
   // The answer's head may come in several reads, and after interim 1xx heads (100, 103), which are dropped.
   let pending: Buffer | null = null;
+  const refuseAnswer = (what: string) => {
+    upstream.removeListener("data", onData);
+    upstream.destroy();
+    reject("protocol", `${replica.id} answered an upgrade request with ${what}`);
+  };
   const onData = (chunk: Buffer) => {
     let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
     pending = null;
@@ -812,18 +824,10 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     let rest: Buffer;
     for (;;) {
       const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r\n]/.exec(first.toString("latin1", 0, 13));
-      if (statusLine === null && first.length >= 13) {
-        upstream.removeListener("data", onData);
-        upstream.destroy();
-        return reject("protocol", `${replica.id} answered an upgrade request with something other than an HTTP status line`);
-      }
+      if (statusLine === null && first.length >= 13) return refuseAnswer("something other than an HTTP status line");
       const at = statusLine === null ? null : headEnd(first);
       if (at === null) {
-        if (first.length > MAX_HEAD_BYTES) {
-          upstream.removeListener("data", onData);
-          upstream.destroy();
-          return reject("protocol", `${replica.id} answered an upgrade request with a head over ${MAX_HEAD_BYTES} bytes`);
-        }
+        if (first.length > MAX_HEAD_BYTES) return refuseAnswer(`a head over ${MAX_HEAD_BYTES} bytes`);
         pending = first;
         return;
       }
@@ -833,11 +837,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
         // refuses, a lone CR, a NUL or a folded line, is refused here too)
         head = first.toString("latin1", 0, at.end).replace(/\r?\n/g, "\r\n");
         rest = first.subarray(at.consumed);
-        if (hasBareCrOrLf(head) || head.includes("\0") || /\r\n[ \t]/.test(head)) {
-          upstream.removeListener("data", onData);
-          upstream.destroy();
-          return reject("protocol", `${replica.id} answered an upgrade request with a malformed head`);
-        }
+        if (hasBareCrOrLf(head) || head.includes("\0") || /\r\n[ \t]/.test(head)) return refuseAnswer("a malformed head");
         break;
       }
       first = first.subarray(at.consumed);
@@ -896,13 +896,6 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   upstream.on("close", () => {
     if (!closedUnanswered()) client.destroy();
   });
-  // A client that leaves before the answer (a tab closed mid-handshake) is its own doing, recorded as a plain
-  // request's would be (499), not a failure of the replica: that ejected healthy replicas.
-  const clientLeft = () => {
-    if (answered || settled) return;
-    settled = true;
-    record(CLIENT_CLOSED);
-  };
   client.on("close", () => {
     clientLeft();
     upstream.destroy();
