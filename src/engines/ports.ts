@@ -20,13 +20,14 @@ export class PortAllocator {
   constructor(base: number) {
     this.#next = base;
   }
-  /** Keeps `port` from being handed out (abgate's listeners; variants' fixed ports, claimed later). */
+  /** Keeps `port` from being handed out (abgate's listeners). */
   reserve(port: number): void {
     this.#taken.add(port);
   }
-  /** Exactly `port`, which the caller reserved: it must be free now. */
+  /** Exactly `port` (a variant's fixed one), which must be free now; it is not handed out again. */
   async claim(port: number, variantIndex: number, replica: string): Promise<number> {
     if (!(await portFree(port))) throw new PortTakenError(variantIndex, replica, port, "is in use");
+    this.#taken.add(port);
     return port;
   }
   async allocate(): Promise<number> {

@@ -153,8 +153,6 @@ export class ProcessEngine implements Engine {
     // The engine starts before the proxy and admin listeners bind, so their ports still look free then: without
     // this a replica could take one (ports.base at or below listen's port) and abgate would fail to listen.
     for (const at of [config.listen, config.admin.listen]) if (at.port !== 0) this.#ports.reserve(at.port);
-    // A variant's fixed ports are its own: one listed earlier without `port` must not take them from base upward.
-    for (const v of config.variants) for (let i = 0; v.port !== undefined && i < v.replicas; i++) this.#ports.reserve(v.port + i);
   }
 
   start(onProgress?: (line: string) => void): Promise<void> {
@@ -165,7 +163,8 @@ export class ProcessEngine implements Engine {
   async #start(onProgress?: (line: string) => void): Promise<void> {
     // Children must not outlive us, even when we exit without stop() (uncaught error, process.exit()).
     process.once("exit", this.#exitHook);
-    // Every fixed port is checked before any replica starts: a taken one fails the start with nothing to undo.
+    // Every fixed port is claimed before any replica starts: a taken one fails the start with nothing to undo, and
+    // a variant listed earlier without `port` cannot then take one from base upward.
     const fixed = new Map<string, number>();
     for (const [index, v] of this.#config.variants.entries()) {
       for (let i = 0; v.port !== undefined && i < v.replicas; i++) fixed.set(`${v.name}-${i}`, await this.#ports.claim(v.port + i, index, `${v.name}-${i}`));
