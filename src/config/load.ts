@@ -67,15 +67,10 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     const at = `variants[${i}]`;
     if (names.has(v.name)) out.push({ path: `${at}.name`, message: `duplicate variant name "${v.name}"` });
     names.add(v.name);
-    const sources = (["build", "image", "command", "url", "urls"] as const).filter((k) => v[k] !== undefined);
-    const wanted: Record<string, readonly string[]> = {
-      docker: ["build", "image"],
-      swarm: ["build", "image"],
-      process: ["command"],
-      static: ["url", "urls"],
-    };
-    const allowed = wanted[cfg.engine];
-    const ok = sources.filter((s) => allowed.includes(s));
+    // What a replica runs from: which key each engine takes follows from ENGINE_KEYS.
+    const sources = SOURCE_KEYS.filter((k) => v[k] !== undefined);
+    const allowed = SOURCE_KEYS.filter((k) => readBy(k, cfg.engine));
+    const ok = sources.filter((s) => readBy(s, cfg.engine));
     if (ok.length !== 1) {
       out.push({ path: at, message: `engine ${cfg.engine} needs exactly one of ${allowed.join(" or ")} (found ${sources.join(", ") || "none"})` });
     }
@@ -86,7 +81,7 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     for (const [key, engines] of ENGINE_KEYS) {
       // (with no single source, the message above already lists the sources found)
       const source = (sources as readonly string[]).includes(key);
-      if (!(engines as readonly string[]).includes(cfg.engine) && present(key) && (ok.length === 1 || !source)) {
+      if (!readBy(key, cfg.engine) && present(key) && (ok.length === 1 || !source)) {
         out.push({ path: `${at}.${key}`, message: `not used by engine ${cfg.engine} (it is for engine ${engines.join(" or ")})` });
       }
     }
@@ -168,6 +163,14 @@ const ENGINE_KEYS = [
   ["env", ["docker", "swarm", "process"]],
   ["port", ["docker", "swarm", "process"]],
 ] as const satisfies readonly (readonly [keyof VariantConfig, readonly string[]])[];
+
+/** The keys that say what a replica runs from, one of which each variant needs (the one its engine reads). */
+const SOURCE_KEYS = ["build", "image", "command", "url", "urls"] as const;
+
+/** Whether `engine` reads a variant's `key`. */
+function readBy(key: (typeof ENGINE_KEYS)[number][0], engine: string): boolean {
+  return (ENGINE_KEYS.find(([k]) => k === key)![1] as readonly string[]).includes(engine);
+}
 
 /**
  * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
