@@ -34,10 +34,9 @@ export class Timeline {
     for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, emptyVariant(v.name, Object.keys(v.conversions), this.minutes.length));
     this.#splice(body);
     if (body.nowMs !== undefined && this.minutes.length > 0) {
+      // An empty minute `now`: the splice zero-fills the gap up to it, as for any fetched minute.
       const nowMinute = Math.floor(body.nowMs / this.stepMs) * this.stepMs;
-      const after: number[] = [];
-      for (let m = this.minutes[this.minutes.length - 1]! + this.stepMs; m <= nowMinute; m += this.stepMs) after.push(m);
-      if (after.length > 0) this.#splice({ ...body, minutes: after, variants: [] });
+      if (nowMinute > this.minutes[this.minutes.length - 1]!) this.#splice({ ...body, minutes: [nowMinute], variants: [] });
     }
   }
 
