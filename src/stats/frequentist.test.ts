@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { seededRandom, type RandomSource } from "../clock.ts";
-import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
+import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle, srmTest, symmetricCi, welchOneSidedIncrease } from "./frequentist.ts";
 import { studentTQuantile } from "./distributions.ts";
 import { meanIncreaseSequential } from "./sequential.ts";
 import { adjustPValues } from "./multiple.ts";
@@ -125,5 +125,12 @@ describe("numerical edges found by an audit (references: scipy)", () => {
     assert.deepEqual(srmTest([1e308, 1e308], [1, 1]), { chiSquare: null, df: 1, pValue: null, error: "INVALID_INPUT" });
     close(srmTest([10, 20], [1e308, 1e308]).pValue, srmTest([10, 20], [1, 1]).pValue!, "huge equal weights are equal weights");
     assert.equal(proportionTest(arm(1e308, 1e307), arm(1e308, 2e307)).error, "INVALID_INPUT");
+  });
+
+  it("symmetricCi: an interval with an end beyond the doubles is null, not infinite", () => {
+    assert.deepEqual(symmetricCi(1, 0.5), [0.5, 1.5]);
+    assert.equal(symmetricCi(-1e308, 1e308), null, "the lower end overflows");
+    assert.equal(symmetricCi(1e308, 1e308), null, "the upper end overflows");
+    assert.equal(symmetricCi(0, Infinity), null);
   });
 });

@@ -12,10 +12,19 @@ function finiteOrNull(x: number): number | null {
   return Number.isFinite(x) ? x : null;
 }
 
+/**
+ * center ± halfWidth, or null unless both ends are finite: a finite half-width beside a huge center can still
+ * overflow an end (a property test found -Infinity there), and JSON has no infinities.
+ */
+export function symmetricCi(center: number, halfWidth: number): [number, number] | null {
+  const lower = center - halfWidth;
+  const upper = center + halfWidth;
+  return Number.isFinite(lower) && Number.isFinite(upper) ? [lower, upper] : null;
+}
+
 function interval(estimate: number, halfWidth: number): Interval {
   if (!Number.isFinite(estimate)) return NO_INTERVAL;
-  if (!Number.isFinite(halfWidth)) return { estimate, ci: null };
-  return { estimate, ci: [estimate - halfWidth, estimate + halfWidth] };
+  return { estimate, ci: symmetricCi(estimate, halfWidth) };
 }
 
 /** The options' alpha: 0.05 when not given, null (INVALID_INPUT) when given outside (0, 1), rather than silently 0.05. */

@@ -88,6 +88,12 @@ describe("mSPRT by simulation", () => {
     assert.ok(byPredicted / runs <= 0.99, `estimate far too generous: ${byPredicted}/${runs} by ${predicted}`);
   });
 
+  it("mixtureSprt: an interval whose end would overflow a double is null, not infinite (a property-test counterexample)", () => {
+    const r = mixtureSprt({ diff: -5.293757016178272e302, varDiff: 1.7976931348621163e308, tau2: 1483, alpha: 9.4e-323 });
+    assert.equal(r.ci, null);
+    assert.ok(Number.isFinite(r.pValue));
+  });
+
   it("mixtureSprt: no evidence at a zero difference, and the interval narrows as data grows", () => {
     const zero = mixtureSprt({ diff: 0, varDiff: 1e-4, tau2: 1e-4 });
     assert.equal(zero.pValue, 1);

@@ -1,5 +1,5 @@
 import { erfc } from "./distributions.ts";
-import { alphaOf, impossibleMeanSample, meanAndVariance, restrictedMle } from "./frequentist.ts";
+import { alphaOf, impossibleMeanSample, meanAndVariance, restrictedMle, symmetricCi } from "./frequentist.ts";
 import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSprtResult, OneSidedSprtResult, ProportionSample } from "./types.ts";
 
 /**
@@ -29,7 +29,7 @@ export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
   // range) give the same answer as in units near 1.
   const logLambda = -0.5 * lnOnePlusQ + 0.5 * w * z * z;
   const halfWidth = Math.sqrt(varDiff) * Math.sqrt((q === Infinity ? 1 : (1 + q) / q) * (lnOnePlusQ - 2 * Math.log(alpha)));
-  const ci: [number, number] | null = Number.isFinite(halfWidth) ? [diff - halfWidth, diff + halfWidth] : null;
+  const ci = symmetricCi(diff, halfWidth);
   if (Number.isNaN(logLambda)) return { logLambda: null, pValue: null, ci: null, error: "INVALID_INPUT" };
   // An estimate so many standard errors out that z² overflows: the evidence is beyond what a double holds, p is 0.
   if (logLambda === Infinity) return { logLambda: null, pValue: 0, ci };
