@@ -182,6 +182,17 @@ test("GET /v1/report has the spec's shape", async () => {
   for (const key of ["experiment", "generatedAt", "variants", "srm", "metrics", "guardrails", "decision"]) assert.ok(key in report, key);
 });
 
+test("GET /v1/report counts the units that sent events without ever being exposed, and says so", async () => {
+  type Quality = { unexposedEventUnits: Record<string, number>; notes: string[] };
+  const quality = async () => ((await (await admin(gw, "GET", "/v1/report", undefined, null)).json()) as { dataQuality: Quality }).dataQuality;
+  const before = await quality();
+  const sent = await admin(gw, "POST", "/v1/events", [{ unit: "nobody-exposed-me", event: "watched" }, { unit: "nobody-exposed-me", event: "watched" }]);
+  assert.deepEqual(await sent.json(), { accepted: 2 });
+  const after = await quality();
+  assert.equal(after.unexposedEventUnits.watched, (before.unexposedEventUnits.watched ?? 0) + 1, "one unit, however many events");
+  assert.ok(after.notes.some((n) => /sent "watched" events but (was|were) never exposed/.test(n)), after.notes.join("\n"));
+});
+
 test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
   assert.equal((await admin(gw, "GET", "/v1/nope")).status, 404);
   const res = await admin(gw, "DELETE", "/v1/experiment");

@@ -231,3 +231,43 @@ describe("a metric's definition", () => {
     assert.match(report.decision.reason, /no "watched" events with a value other than 0 have been attributed to them/);
   });
 });
+
+describe("events of units that were never exposed", () => {
+  const metrics: MetricConfig[] = [
+    { name: "watched", kind: "conversion", event: "watched" },
+    { name: "watched-1h", kind: "conversion", event: "watched", windowMs: 3_600_000 },
+    { name: "minutes", kind: "mean", event: "played" },
+  ];
+  function withUnexposed(watched: number, played: number | undefined): ReportInput {
+    const base = input({ control: [1000, 100], treatment: [1000, 110] }, HALF);
+    const zero = { n: 1000, sum: 0, sumSquares: 0 };
+    const conv = base.aggregates.metrics[0]!;
+    return {
+      ...base,
+      metrics,
+      aggregates: {
+        ...base.aggregates,
+        metrics: [
+          { ...conv, unexposedUnits: watched },
+          { ...conv, name: "watched-1h", unexposedUnits: watched },
+          { name: "minutes", kind: "mean", byVariant: { control: zero, treatment: zero }, ...(played === undefined ? {} : { unexposedUnits: played }) },
+        ],
+      },
+    };
+  }
+
+  it("counts them once per event in dataQuality, and says so in a note, since their events count nowhere", () => {
+    const { report } = buildReport(withUnexposed(40, 1));
+    assert.deepEqual(report.dataQuality.unexposedEventUnits, { watched: 40, played: 1 });
+    const notes = report.dataQuality.notes.filter((n) => n.includes("never exposed"));
+    assert.equal(notes.length, 2, notes.join("\n"));
+    assert.match(notes[0]!, /^40 units sent "watched" events but were never exposed .*count nowhere/);
+    assert.match(notes[1]!, /^1 unit sent "played" events but was never exposed/);
+  });
+
+  it("says nothing when every unit with events was exposed, and leaves out events a store did not count", () => {
+    const { report } = buildReport(withUnexposed(0, undefined));
+    assert.deepEqual(report.dataQuality.unexposedEventUnits, { watched: 0 });
+    assert.ok(!report.dataQuality.notes.some((n) => n.includes("never exposed")), report.dataQuality.notes.join("\n"));
+  });
+});

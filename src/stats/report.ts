@@ -166,6 +166,11 @@ export interface DataQuality {
   forcedRequests: number;
   multiVariantUnits: number;
   fallbackRequests: number;
+  /**
+   * by event name (of the configured metrics): units that sent it but have no non-forced exposure, so their events
+   * count nowhere; usually events sent with another unit id than the proxy's
+   */
+  unexposedEventUnits: Record<string, number>;
   firstExposureAt: string | null;
   lastExposureAt: string | null;
   notes: string[];
@@ -328,7 +333,7 @@ export function buildReport(input: ReportInput): ReportOutput {
     }
   }
 
-  const dataQuality = dataQualityOf(agg, variants);
+  const dataQuality = dataQualityOf(agg, variants, input.metrics);
   const decision = decide({ variants, control, totalUnits, totalWeight, srm, metrics, guardrails, primaryName, primaryEvent: (primaryConfig as { event?: string } | undefined)?.event ?? null, alpha, tau2Standardized, familySize: family.length, correction, aggregates: agg });
 
   const report: Report = {
@@ -582,7 +587,18 @@ function guardrail(
   return { ...base, ok: true, ...pValues, detail };
 }
 
-function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): DataQuality {
+/** Each configured event once (metrics on one event share its count), in config order; stores that do not count give none. */
+function unexposedByEvent(agg: ExperimentAggregates, metrics: readonly MetricConfig[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of metrics) {
+    if (m.kind !== "conversion" && m.kind !== "mean") continue;
+    const a = agg.metrics.find((x) => x.name === m.name);
+    if ((a?.kind === "conversion" || a?.kind === "mean") && a.unexposedUnits !== undefined) out[m.event] ??= a.unexposedUnits;
+  }
+  return out;
+}
+
+function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[], metrics: readonly MetricConfig[]): DataQuality {
   const fallbackRequests = variants.reduce((s, v) => s + v.fallbackRequests, 0);
   const notes: string[] = [];
   if (agg.forcedRequests > 0) notes.push(`${agg.forcedRequests} forced request${agg.forcedRequests === 1 ? "" : "s"} (x-abgate-force-variant) ${agg.forcedRequests === 1 ? "is" : "are"} left out of the analysis`);
@@ -596,6 +612,13 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): D
     const list = gone.map((v) => `${v.variant} (${v.units} units, ${v.requests} requests)`).join(", ");
     notes.push(`units first assigned to variants no longer in the config are left out of the analysis: ${list}`);
   }
+  const unexposedEventUnits = unexposedByEvent(agg, metrics);
+  for (const [event, n] of Object.entries(unexposedEventUnits)) {
+    if (n === 0) continue;
+    notes.push(
+      `${n} unit${n === 1 ? "" : "s"} sent "${event}" events but ${n === 1 ? "was" : "were"} never exposed (forced requests aside), so ${n === 1 ? "its" : "their"} events count nowhere: do the events carry the unit the proxy assigns by?`,
+    );
+  }
   const elsewhere = agg.otherExperiments ?? [];
   if (elsewhere.length > 0) {
     notes.push(`this store has no exposures of experiment ${agg.experiment}, but has some of ${elsewhere.join(", ")}: is the config's experiment: (or store:) the one meant?`);
@@ -604,6 +627,7 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[]): D
     forcedRequests: agg.forcedRequests,
     multiVariantUnits: agg.multiVariantUnits,
     fallbackRequests,
+    unexposedEventUnits,
     firstExposureAt: isoOrNull(agg.firstExposureTs),
     lastExposureAt: isoOrNull(agg.lastExposureTs),
     notes,

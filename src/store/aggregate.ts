@@ -134,18 +134,18 @@ export async function aggregateExperiment(
       case "conversion": {
         const byVariant: Record<string, ProportionStats> = {};
         const res = eventResults.get(m.name)!;
-        for (const v of variants) byVariant[v] = { units: units.get(v) ?? 0, conversions: res.get(v)?.sum ?? 0 };
-        out.push({ name: m.name, kind: "conversion", byVariant });
+        for (const v of variants) byVariant[v] = { units: units.get(v) ?? 0, conversions: res.byVariant.get(v)?.sum ?? 0 };
+        out.push({ name: m.name, kind: "conversion", byVariant, unexposedUnits: res.unexposedUnits });
         break;
       }
       case "mean": {
         const byVariant: Record<string, MeanStats> = {};
         const res = eventResults.get(m.name)!;
         for (const v of variants) {
-          const r = res.get(v);
+          const r = res.byVariant.get(v);
           byVariant[v] = { n: units.get(v) ?? 0, sum: r?.sum ?? 0, sumSquares: r?.sumSquares ?? 0 };
         }
-        out.push({ name: m.name, kind: "mean", byVariant });
+        out.push({ name: m.name, kind: "mean", byVariant, unexposedUnits: res.unexposedUnits });
         break;
       }
       case "latency": {
@@ -216,6 +216,12 @@ async function latencyHistograms(query: Query, experiment: string): Promise<Map<
   return out;
 }
 
+interface EventMetricStats {
+  byVariant: Map<string, { sum: number; sumSquares: number }>;
+  /** units that sent the metric's event but have no non-forced exposure */
+  unexposedUnits: number;
+}
+
 /**
  * One pass over the events of each event name serves every conversion and mean metric on that event: per unit the
  * inner query computes a 0/1 flag (conversion) or a windowed sum (mean) for each metric; the outer query sums those
@@ -226,7 +232,7 @@ async function eventMetricStats(
   query: Query,
   experiment: string,
   metrics: MetricConfig[],
-): Promise<Map<string, Map<string, { sum: number; sumSquares: number }>>> {
+): Promise<Map<string, EventMetricStats>> {
   const byEvent = new Map<string, EventMetric[]>();
   for (const m of metrics) {
     if (m.kind !== "conversion" && m.kind !== "mean") continue;
@@ -234,13 +240,13 @@ async function eventMetricStats(
     if (list === undefined) byEvent.set(m.event, (list = []));
     list.push(m);
   }
-  const result = new Map<string, Map<string, { sum: number; sumSquares: number }>>();
+  const result = new Map<string, EventMetricStats>();
   for (const [event, list] of byEvent) {
     const inner: string[] = [];
     const outer: string[] = [];
     list.forEach((m, i) => {
       const w = windowOf(m);
-      const inWindow = w === NO_WINDOW_MS ? "1 = 1" : `e.ts <= u.first_ts + ${w}`;
+      const inWindow = w === NO_WINDOW_MS ? "e.ts >= u.first_ts" : `e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}`;
       // A conversion's flag needs no squares: its variance follows from the count. A mean's SUM(m) needs no guard:
       // the API caps |value| at 1e150 (admin/events.ts), so even 2^63 events sum to under 2^562.
       if (m.kind === "conversion") {
@@ -253,21 +259,26 @@ async function eventMetricStats(
     });
     const rows = await query(
       // Grouping by the unit alone (the variant is the same on all its rows, hence MAX) lets SQLite aggregate in
-      // the covering index's order instead of sorting every event into a temporary B-tree.
-      `SELECT variant, ${outer.join(", ")} FROM (
+      // the covering index's order instead of sorting every event into a temporary B-tree. The LEFT JOIN keeps the
+      // units that were never exposed, as one row of variant NULL: each of their columns is 0 (e.ts >= NULL is not
+      // true), and its count is what dataQuality reports. It visits no more events than the inner join did, which
+      // had to look every event's unit up too.
+      `SELECT variant, COUNT(*) AS units, ${outer.join(", ")} FROM (
          SELECT MAX(u.first_variant) AS variant, ${inner.join(", ")}
-           FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
-          WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts
+           FROM events e LEFT JOIN units u ON u.experiment = ? AND u.unit = e.unit
+          WHERE e.experiment = ? AND e.event = ?
           GROUP BY e.unit
        ) pu GROUP BY variant`,
       [experiment, experiment, event],
     );
+    const unexposed = num(rows.find((r) => r.variant === null || r.variant === undefined)?.units);
     list.forEach((m, i) => {
       const perVariant = new Map<string, { sum: number; sumSquares: number }>();
       for (const r of rows) {
+        if (r.variant === null || r.variant === undefined) continue;
         perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: m.kind === "mean" ? sumOfSquares(r, `q${i}`) : 0 });
       }
-      result.set(m.name, perVariant);
+      result.set(m.name, { byVariant: perVariant, unexposedUnits: unexposed });
     });
   }
   return result;

@@ -89,7 +89,8 @@ export const batches: Exposure[][] = [
  *                          u2 null (0) + 1.5 -> treatment n 2, sum 1.5, sumSq 2.25
  * minutes_all (mean):      u1 5+7 = 12, u4 2, u7 4 -> control sum 18, sumSq 144+4+16 = 164; treatment 1.5, 2.25
  * buys (no window):        u2 at +62s -> treatment 1/2, control 0/5
- * u9 was never exposed; "other" is another experiment.
+ * u9 was never exposed, u8 only forced: both count as units that sent the event unexposed (watched: u9; buy: u8);
+ * "other" is another experiment.
  */
 export const events: OutcomeEvent[] = [
   ev("u1", "watched", -1_000, 100),
@@ -102,6 +103,8 @@ export const events: OutcomeEvent[] = [
   ev("u4", "watched", 64_000, 2),
   ev("u7", "watched", 69_001, 4),
   ev("u9", "watched", 10_000, 50),
+  ev("u9", "watched", 11_000, 1),
+  ev("u8", "buy", 300_000, null),
   ev("u1", "watched", 30_000, 1000, "other"),
 ];
 
@@ -152,6 +155,7 @@ async function checkAggregates(store: Store): Promise<void> {
       treatment: { units: 2, conversions: 1 },
       ghost: { units: 0, conversions: 0 },
     },
+    unexposedUnits: 1,
   });
   assert.deepEqual(byName["watched-any"]!.byVariant, {
     control: { units: 5, conversions: 3 },
@@ -166,6 +170,7 @@ async function checkAggregates(store: Store): Promise<void> {
       treatment: { n: 2, sum: 1.5, sumSquares: 2.25 },
       ghost: { n: 0, sum: 0, sumSquares: 0 },
     },
+    unexposedUnits: 1,
   });
   assert.deepEqual(byName["minutes-all"]!.byVariant, {
     control: { n: 5, sum: 18, sumSquares: 164 },
@@ -177,6 +182,10 @@ async function checkAggregates(store: Store): Promise<void> {
     treatment: { units: 2, conversions: 1 },
     ghost: { units: 0, conversions: 0 },
   });
+  for (const [name, n] of [["watched-any", 1], ["minutes-all", 1], ["buys", 1]] as const) {
+    const m = byName[name]!;
+    assert.equal(m.kind === "conversion" || m.kind === "mean" ? m.unexposedUnits : undefined, n, `${name}: units with the event, never exposed`);
+  }
   // latency: served by the assigned variant, not forced. control 10,20,40,50,80,90; treatment 30,60,100.
   const lat = byName.latency!;
   assert.equal(lat.kind, "latency");
@@ -236,7 +245,7 @@ export function storeConformance(factory: StoreFactory): void {
       const store = await open(await fresh());
       await load(store);
       await checkAggregates(store);
-      assert.deepEqual(await store.counts("exp"), { exposures: 12, events: 10 });
+      assert.deepEqual(await store.counts("exp"), { exposures: 12, events: 12 });
       assert.deepEqual(await store.counts("other"), { exposures: 1, events: 1 });
       assert.deepEqual(await store.counts("nobody"), { exposures: 0, events: 0 });
     });
