@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { MetricConfig } from "../config/index.ts";
+import type { MetricAggregate } from "../store/types.ts";
 import { srmTest } from "./frequentist.ts";
 import { buildReport, type ReportInput } from "./report.ts";
 import { DEFAULT_TAU2_STANDARDIZED, mixtureSprt } from "./sequential.ts";
@@ -241,7 +242,7 @@ describe("events of units that were never exposed", () => {
   function withUnexposed(watched: number, played: number | undefined): ReportInput {
     const base = input({ control: [1000, 100], treatment: [1000, 110] }, HALF);
     const zero = { n: 1000, sum: 0, sumSquares: 0 };
-    const conv = base.aggregates.metrics[0]!;
+    const conv = base.aggregates.metrics[0] as Extract<MetricAggregate, { kind: "conversion" }>;
     return {
       ...base,
       metrics,
