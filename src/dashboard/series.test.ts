@@ -91,6 +91,29 @@ test("Timeline splices incremental fetches: the last minute is replaced, a gap i
   assert.deepEqual(t.xs(), t.minutes.map((m) => m / 1000));
 });
 
+test("Timeline keeps the newest maxMinutes, and its cumulative rates go on over the minutes it dropped", () => {
+  const t = new Timeline(4);
+  const all = new Timeline();
+  const fetches = [
+    [bucket(0, "control", 2, 1), bucket(1, "control", 3, 1)],
+    [bucket(1, "control", 3, 1), bucket(2, "control", 4), bucket(3, "treatment", 5, 2)],
+    [bucket(3, "treatment", 5, 2), bucket(5, "control", 10, 5), bucket(6, "control", 1)],
+  ];
+  for (const f of fetches) {
+    t.merge(toSeries("exp", ["control", "treatment"], config.metrics, f));
+    all.merge(toSeries("exp", ["control", "treatment"], config.metrics, f));
+  }
+  assert.deepEqual(t.minutes, [3, 4, 5, 6].map((m) => T0 + m * 60_000));
+  assert.equal(all.minutes.length, 7);
+  for (const v of ["control", "treatment"]) {
+    assert.deepEqual(t.requests(v), all.requests(v).slice(3), v);
+    assert.deepEqual(t.meanLatencyMs(v), all.meanLatencyMs(v).slice(3), v);
+    assert.deepEqual(t.cumulativeRate(v, "watched"), all.cumulativeRate(v, "watched").slice(3), v);
+  }
+  assert.deepEqual(t.cumulativeRate("control", "watched"), [2 / 9, 2 / 9, 7 / 19, 7 / 20]);
+  assert.equal(t.resumeFromMs(), T0 + 4 * 60_000);
+});
+
 test("Timeline ignores an empty fetch", () => {
   const t = new Timeline();
   t.merge(toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 2)]));

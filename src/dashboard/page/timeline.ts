@@ -13,6 +13,14 @@ export class Timeline {
   stepMs = 60_000;
   minutes: number[] = [];
   variants = new Map<string, VariantSeries>();
+  /**
+   * Per variant, new units and conversions (by metric) of the minutes dropped off the front, so the cumulative
+   * rates go on from where they were rather than restart at the first minute kept.
+   */
+  #dropped = new Map<string, { newUnits: number; conversions: Record<string, number> }>();
+
+  /** `maxMinutes`: the newest minutes kept (default a week, as much as the first fetch brings) */
+  constructor(private readonly maxMinutes = 7 * 24 * 60) {}
 
   /**
    * Where the next incremental fetch should start (ms since epoch), or null before the first data: the last
@@ -37,6 +45,24 @@ export class Timeline {
       // An empty minute `now`: the splice zero-fills the gap up to it, as for any fetched minute.
       const nowMinute = Math.floor(body.nowMs / this.stepMs) * this.stepMs;
       if (nowMinute > this.minutes[this.minutes.length - 1]!) this.#splice({ ...body, minutes: [nowMinute], variants: [] });
+    }
+    this.#trim();
+  }
+
+  /** Drops the minutes beyond maxMinutes off the front: a tab left open for weeks stays as light as on its first day. */
+  #trim(): void {
+    const drop = this.minutes.length - this.maxMinutes;
+    if (drop <= 0) return;
+    this.minutes.splice(0, drop);
+    const sum = (a: number[]) => a.splice(0, drop).reduce((s, x) => s + x, 0);
+    for (const [name, v] of this.variants) {
+      let carried = this.#dropped.get(name);
+      if (carried === undefined) this.#dropped.set(name, (carried = { newUnits: 0, conversions: {} }));
+      v.requests.splice(0, drop);
+      v.errors.splice(0, drop);
+      v.latencySumMs.splice(0, drop);
+      carried.newUnits += sum(v.newUnits);
+      for (const [metric, column] of Object.entries(v.conversions)) carried.conversions[metric] = (carried.conversions[metric] ?? 0) + sum(column);
     }
   }
 
@@ -95,8 +121,9 @@ export class Timeline {
     const v = this.variants.get(variant);
     const conversions = v?.conversions[metric];
     if (!v || !conversions) return [];
-    let units = 0;
-    let converted = 0;
+    const carried = this.#dropped.get(variant);
+    let units = carried?.newUnits ?? 0;
+    let converted = carried?.conversions[metric] ?? 0;
     return v.newUnits.map((n, i) => {
       units += n;
       converted += conversions[i]!;
