@@ -16,7 +16,7 @@ import {
   stoppedWhileStarting,
   tailLogs,
 } from "./client.ts";
-import { allocatePorts } from "./ports.ts";
+import { allocatePorts } from "../ports.ts";
 
 export interface BackoffOptions {
   initialMs: number;

@@ -2,4 +2,3 @@ export { DockerEngine, type DockerEngineOptions, type BackoffOptions } from "./e
 export { resolveImage, imageTag, imageExists } from "./build.ts";
 export { readBuildContext, parseDockerignore, isIgnored } from "./context.ts";
 export { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, listExperimentContainers, demuxLogs } from "./client.ts";
-export { allocatePorts, portIsFree } from "./ports.ts";

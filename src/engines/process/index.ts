@@ -136,7 +136,6 @@ export class ProcessEngine implements Engine {
   #stopping = false;
   /** start()'s run, which stop() lets finish (it ends at the next replica) before it collects the replicas */
   #starting: Promise<void> | null = null;
-  #ports: PortAllocator;
   #exitHook = () => {
     this.#killAll("SIGKILL");
     // Killed for certain: off the reaper's list, which would otherwise signal those groups again (or a reused id).
@@ -149,10 +148,6 @@ export class ProcessEngine implements Engine {
     this.#config = config;
     this.#opts = { backoffMs: 250, maxBackoffMs: 30_000, stableAfterMs: 10_000, ...options };
     this.#clock = options.clock ?? systemClock;
-    this.#ports = new PortAllocator(config.ports.base);
-    // The engine starts before the proxy and admin listeners bind, so their ports still look free then: without
-    // this a replica could take one (ports.base at or below listen's port) and abgate would fail to listen.
-    for (const at of [config.listen, config.admin.listen]) if (at.port !== 0) this.#ports.reserve(at.port);
   }
 
   start(onProgress?: (line: string) => void): Promise<void> {
@@ -163,19 +158,21 @@ export class ProcessEngine implements Engine {
   async #start(onProgress?: (line: string) => void): Promise<void> {
     // Children must not outlive us, even when we exit without stop() (uncaught error, process.exit()).
     process.once("exit", this.#exitHook);
+    // The engine starts before the proxy and admin listeners bind, so their ports still look free then: without
+    // reserving them a replica could take one (ports.base at or below listen's port) and abgate would fail to listen.
+    const reserved = [this.#config.listen, this.#config.admin.listen].filter((at) => at.port !== 0).map((at) => at.port);
+    const ports = new PortAllocator(this.#config.ports.base, { reserved });
     // Every fixed port is claimed before any replica starts: a taken one fails the start with nothing to undo, and
-    // a variant listed earlier without `port` cannot then take one from base upward.
-    const fixed = new Map<string, number>();
-    for (const [index, v] of this.#config.variants.entries()) {
-      for (let i = 0; v.port !== undefined && i < v.replicas; i++) fixed.set(`${v.name}-${i}`, await this.#ports.claim(v.port + i, index, `${v.name}-${i}`));
-    }
+    // a variant listed earlier without `port` cannot then take one from base upward. The others are taken one by
+    // one, as their replica starts; a replica that restarts keeps its port.
+    const fixed = await ports.claimFixed(this.#config.variants);
     for (const v of this.#config.variants) {
       for (let i = 0; i < v.replicas; i++) {
         // A turn of the event loop per replica: port checks and spawns alone never let timers or signal handlers
         // run (Ctrl-C went unanswered for seconds while hundreds of replicas started). And stop() may have begun.
         await new Promise((resolve) => setImmediate(resolve));
         if (this.#stopping) return;
-        const port = fixed.get(`${v.name}-${i}`) ?? (await this.#ports.allocate());
+        const port = fixed.get(v.name)?.[i] ?? (await ports.allocate(`${v.name}-${i}`));
         const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
         this.#replicas.push(r);
         // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid

@@ -5,7 +5,7 @@ import type { Config } from "../../config/index.ts";
 import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
 import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
-import { allocatePorts } from "../docker/ports.ts";
+import { allocatePorts } from "../ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
   docker?: Docker;
