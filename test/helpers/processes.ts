@@ -2,6 +2,8 @@ import { readFileSync } from "node:fs";
 
 /** Whether `pid` still runs. A killed orphan is a zombie until init reaps it (late, in some containers): that no longer runs. */
 export function alive(pid: number): boolean {
+  // kill(0 or -n, 0) asks about process groups, our own for 0: always "alive"
+  if (!(Number.isInteger(pid) && pid > 0)) throw new Error(`alive: not a process id: ${pid}`);
   try {
     process.kill(pid, 0);
   } catch (err) {

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { alive, until } from "../../../test/helpers/processes.ts";
 import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
 
@@ -77,15 +77,12 @@ test("a replica started through REGISTER_AND_EXEC is on the list before its comm
   const reaper = new ProcessReaper(() => {}, 3000);
   const pipe = reaper.pipe()!;
   const reaperPid = reaper.pid!;
-  // The command prints which fds it holds: fd 3 (the pipe) must be closed, or the reaper would never see its end.
-  const child = spawn("/bin/sh", ["-c", REGISTER_AND_EXEC, "abgate-replica", "sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '; echo; exec sleep 600"], {
-    detached: true,
-    stdio: ["ignore", "pipe", "ignore", pipe],
-  });
-  let out = "";
-  child.stdout!.on("data", (b: Buffer) => (out += b));
-  await until("the command's line", () => (out.includes("\n") ? true : undefined));
-  const fds = out.trim().split(" ");
+  // Once the command runs (exec keeps the pid), fd 3 (the pipe) must be closed, or the reaper would never see its end.
+  // (Read from outside: a shell listing its own fds shows those of its pipelines too.)
+  const child = spawn("/bin/sh", ["-c", REGISTER_AND_EXEC, "abgate-replica", "sleep", "600"], { detached: true, stdio: ["ignore", "pipe", "ignore", pipe] });
+  const command = () => readFileSync(`/proc/${child.pid}/cmdline`, "utf8").split("\0")[0];
+  await until("the command's start", () => (command() === "sleep" ? true : undefined));
+  const fds = readdirSync(`/proc/${child.pid}/fd`);
   assert.ok(fds.includes("1") && !fds.includes("3"), `the command holds no pipe to the reaper (its fds: ${fds.join(", ")})`);
   reaper.close();
   await until("the self-registered replica's end", () => (alive(child.pid!) ? undefined : true), 5000);
@@ -95,8 +92,15 @@ test("a replica started through REGISTER_AND_EXEC is on the list before its comm
 test("with the reaper gone, a replica still starts, and its command gets the default SIGPIPE", async () => {
   const reaper = new ProcessReaper(() => {}, 3000);
   const pipe = reaper.pipe()!;
-  process.kill(reaper.pid!, "SIGKILL");
-  await until("the reaper's end", () => (alive(reaper.pid ?? 0) ? undefined : true));
+  const reaperPid = reaper.pid!;
+  process.kill(reaperPid, "SIGKILL");
+  // Waited for without yielding to the event loop, so that the replica starts before Node has seen the exit, as when
+  // the reaper dies unnoticed: once the exit is seen, the pipe is closed (and pipe() gives none, for a plain start).
+  const deadline = Date.now() + 10_000;
+  while (alive(reaperPid)) {
+    assert.ok(Date.now() < deadline, "the reaper did not die");
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+  }
   // SigIgn bit 13 (SIGPIPE): 0 for the command, whatever the wrapper did for its own write
   const child = spawn("/bin/sh", ["-c", REGISTER_AND_EXEC, "abgate-replica", "sh", "-c", "grep SigIgn /proc/$$/status"], { stdio: ["ignore", "pipe", "ignore", pipe] });
   let out = "";
