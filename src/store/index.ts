@@ -12,7 +12,8 @@ export { latestSchemaVersion } from "./migrations.ts";
 /**
  * Opens (but does not initialise: call `init()`) the store a config's `store:` names:
  * `sqlite:<path>` (relative to the working directory; `sqlite::memory:` for a throwaway database) or
- * `postgres://user@host:port/db` (`postgresql://` too).
+ * `postgres://user@host:port/db` (`postgresql://` too). `readOnly: true` only reads an existing store: no migration,
+ * no checkpoint, writes refused (see SqliteStoreOptions and PostgresStoreOptions).
  */
 export function openStore(url: string, options: SqliteStoreOptions & PostgresStoreOptions = {}): Store {
   if (url.startsWith("sqlite:")) {

@@ -1,3 +1,5 @@
+import { StoreError } from "../errors.ts";
+
 /**
  * Versioned schema migrations, one numbered list for both dialects. A migration is applied at most once: its
  * version is recorded in `schema_migrations` in the same transaction as its statements, so a crash halfway leaves
@@ -197,3 +199,22 @@ export const migrations: readonly Migration[] = [
 
 /** The schema version this build of abgate writes. */
 export const latestSchemaVersion = migrations[migrations.length - 1]!.version;
+
+/**
+ * For a store opened read-only, which cannot migrate: refuses a schema that is not exactly this abgate's, given
+ * the versions recorded in `schema_migrations` (none: no such table). `where` names the store in messages.
+ */
+export function checkSchemaReadOnly(where: string, applied: ReadonlySet<number>): void {
+  const newest = Math.max(0, ...applied);
+  if (newest > latestSchemaVersion) {
+    throw new StoreError(`${where} has schema version ${newest}, newer than this abgate understands (${latestSchemaVersion}); upgrade abgate`);
+  }
+  if (migrations.every((m) => applied.has(m.version))) return;
+  if (applied.size === 0) {
+    throw new StoreError(`${where} has no abgate schema: it is not an abgate store, or one never opened by abgate up or serve, which create the schema when they start`);
+  }
+  throw new StoreError(
+    `${where} has schema version ${newest}, older than this abgate's (${latestSchemaVersion}): it needs migrating, which a read-only open does not do. ` +
+      `Open it writable once: abgate report --writable, or abgate up or serve, which migrate it when they start`,
+  );
+}

@@ -4,7 +4,7 @@ import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
-import { latestSchemaVersion, migrations } from "../migrations.ts";
+import { checkSchemaReadOnly, latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
   checkExposure,
@@ -40,6 +40,11 @@ export interface PostgresStoreOptions {
   writeTimeoutMs?: number;
   /** the server's `statement_timeout` for each query of a read: report, dashboard, counts, state (default 60,000 ms) */
   readTimeoutMs?: number;
+  /**
+   * Only read (`abgate report`): init() runs no migration (so a role with SELECT rights alone will do; an older
+   * schema is an error that says to open it writable once) and every write is refused with a StoreError.
+   */
+  readOnly?: boolean;
 }
 
 /*
@@ -123,6 +128,8 @@ function byKey<T>(key: (t: T) => string): (a: T, b: T) => number {
  */
 export class PostgresStore implements Store {
   readonly url: string;
+  /** opened with `readOnly`: no migration, writes refused */
+  readonly readOnly: boolean;
   #pool: pgModule.Pool;
   #cache: UnitCache;
   #initialised = false;
@@ -134,6 +141,7 @@ export class PostgresStore implements Store {
 
   constructor(url: string, options: PostgresStoreOptions = {}) {
     this.url = url;
+    this.readOnly = options.readOnly ?? false;
     this.#cache = new UnitCache(options.unitCacheSize ?? 100_000);
     const connectTimeoutMs = timeoutOption(options, "connectTimeoutMs", CONNECT_TIMEOUT_MS);
     this.#writeTimeoutMs = timeoutOption(options, "writeTimeoutMs", WRITE_TIMEOUT_MS);
@@ -270,6 +278,7 @@ export class PostgresStore implements Store {
   }
 
   async init(): Promise<void> {
+    if (this.readOnly) return this.#checkSchema();
     await this.#tx(async (c) => {
       // No timeouts here: a migration may rewrite a big table, and a second abgate waits on this lock until the
       // first one's migration is done. A server that hangs before init() connects fails it in connectTimeoutMs.
@@ -294,12 +303,33 @@ export class PostgresStore implements Store {
     this.#initialised = true;
   }
 
+  /** A read-only store's init: no migration (nor the lock and CREATE TABLE it takes), only the version check. */
+  async #checkSchema(): Promise<void> {
+    if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
+    let applied: Set<number>;
+    try {
+      const q = (text: string) => this.#pool.query(withQueryTimeout(text, [], this.#readTimeoutMs + CLIENT_GRACE_MS));
+      const present = (await q(`SELECT to_regclass('schema_migrations') IS NOT NULL AS present`)).rows[0]?.present === true;
+      applied = new Set(present ? (await q(`SELECT version FROM schema_migrations`)).rows.map((r) => Number(r.version)) : []);
+    } catch (err) {
+      throw new StoreError(`cannot read the schema version of ${this.#where}: ${reason(err)}`, { cause: err });
+    }
+    checkSchemaReadOnly(this.#where, applied);
+    this.#initialised = true;
+  }
+
+  /** Refuses a write to a read-only store (before the server would, with a message that says why). */
+  #writable(what: string): void {
+    if (this.readOnly) throw new StoreError(`PostgreSQL store ${this.#where} is open read-only: cannot ${what}`);
+  }
+
   #ready(): void {
     if (this.#closed) throw new StoreError(`PostgreSQL store ${this.#where} is closed`);
     if (!this.#initialised) throw new StoreError(`PostgreSQL store ${this.#where} is not initialised: call init() first`);
   }
 
   async writeExposures(rows: Exposure[]): Promise<void> {
+    this.#writable(`write ${rows.length} exposures`);
     if (rows.length === 0) return;
     this.#ready();
     rows.forEach(checkExposure);
@@ -346,6 +376,7 @@ export class PostgresStore implements Store {
   }
 
   async writeEvents(rows: OutcomeEvent[]): Promise<void> {
+    this.#writable(`write ${rows.length} events`);
     if (rows.length === 0) return;
     this.#ready();
     rows.forEach(checkEvent);
@@ -381,6 +412,7 @@ export class PostgresStore implements Store {
   }
 
   async setState(experiment: string, key: string, value: string): Promise<void> {
+    this.#writable(`save state ${experiment}/${key}`);
     await this.#query(
       `INSERT INTO state (experiment, key, value, updated_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (experiment, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,

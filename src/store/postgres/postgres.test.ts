@@ -308,6 +308,48 @@ if (!installed) {
       }
     });
 
+    it("readOnly: reads with SELECT rights alone (init() migrates nothing), refuses writes, and refuses a schema it would have to migrate", async () => {
+      await admin((c) => c.query(`CREATE DATABASE abgate_readonly`));
+      const owner = cluster.urlFor("abgate_readonly");
+      const s = new PostgresStore(owner);
+      await s.init();
+      await s.writeEvents([{ experiment: "exp", unit: "u1", event: "watched", value: 1, ts: 1e12, requestId: null }]);
+      await s.setState("exp", "strategy", "{}");
+      await s.close();
+      const c = new pg.Client({ connectionString: owner });
+      await c.connect();
+      try {
+        await c.query(`DROP ROLE IF EXISTS abgate_reader`);
+        await c.query(`CREATE ROLE abgate_reader LOGIN`);
+        await c.query(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO abgate_reader`);
+        const reader = owner.replace("postgres@", "abgate_reader@");
+        // A writable open needs more than SELECT: its migration's CREATE TABLE IF NOT EXISTS is refused.
+        const writable = new PostgresStore(reader);
+        await assert.rejects(writable.init(), /permission denied/);
+        await writable.close();
+        const ro = openStore(reader, { readOnly: true });
+        await ro.init();
+        assert.deepEqual(await ro.counts("exp"), { exposures: 0, events: 1 });
+        assert.equal(await ro.getState("exp", "strategy"), "{}");
+        const refused = (err: unknown) => err instanceof StoreError && /open read-only: cannot/.test(err.message);
+        await assert.rejects(ro.writeEvents([{ experiment: "exp", unit: "u2", event: "watched", value: 1, ts: 1e12, requestId: null }]), refused);
+        await assert.rejects(ro.writeExposures([]), refused);
+        await assert.rejects(ro.setState("exp", "strategy", "{}"), refused);
+        await ro.close();
+        // an older schema (the last migration's record removed) is not migrated: an error says how to
+        await c.query(`DELETE FROM schema_migrations WHERE version = $1`, [latestSchemaVersion]);
+        const old = new PostgresStore(reader, { readOnly: true });
+        await assert.rejects(old.init(), (err: unknown) => err instanceof StoreError && /older than this abgate's .*Open it writable once/.test(err.message));
+        await old.close();
+        const versions = await c.query(`SELECT version FROM schema_migrations`);
+        assert.equal(versions.rows.length, latestSchemaVersion - 1, "nothing was migrated");
+      } finally {
+        await c.query(`DROP OWNED BY abgate_reader`);
+        await c.query(`DROP ROLE abgate_reader`);
+        await c.end();
+      }
+    });
+
     it("numbers placeholders", () => {
       assert.equal(toPgPlaceholders("a = ? AND b = ? OR c = ?"), "a = $1 AND b = $2 OR c = $3");
     });

@@ -1,13 +1,14 @@
-import { mkdirSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
 import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, type Query } from "../aggregate.ts";
-import { latestSchemaVersion, migrations } from "../migrations.ts";
+import { checkSchemaReadOnly, latestSchemaVersion, migrations } from "../migrations.ts";
 import {
   checkEvent,
   checkExposures,
@@ -46,6 +47,13 @@ export interface SqliteStoreOptions {
    * instead (the exposure batcher backs off; an events POST gets a 503 to retry).
    */
   busyTimeoutMs?: number;
+  /**
+   * Open an existing store only to read it (`abgate report`): the file is opened read-only, no migration runs (an
+   * older schema is an error that says to open it writable once), no checkpoint is run or started, and every write
+   * is refused with a StoreError. The file and its -wal are left as they were; see `openReadOnly` for the -wal and
+   * -shm files SQLite itself needs.
+   */
+  readOnly?: boolean;
 }
 
 /**
@@ -79,7 +87,7 @@ const driverPath = createRequire(import.meta.url).resolve("better-sqlite3");
 const READER = `
 const { parentPort, workerData } = require("node:worker_threads");
 const Database = require(workerData.driver);
-const db = new Database(workerData.path);
+const db = new Database(workerData.path, workerData.readOnly ? { readonly: true, fileMustExist: true } : {});
 db.pragma("busy_timeout = 5000");
 db.pragma("query_only = ON");
 db.pragma("cache_size = " + -1024 * workerData.cacheSizeMiB);
@@ -388,6 +396,110 @@ function ewma(average: number, sample: number): number {
 }
 
 /**
+ * Opens the store at `path` read-only, for a reader that must not change it: a copy on a read-only mount, a file
+ * it may not write, or a live gateway's store. The connection never writes the file or its -wal (SQLite opens the
+ * file O_RDONLY and a read-only connection neither commits nor checkpoints), but reading a WAL-mode database takes
+ * its -wal and -shm files (https://www.sqlite.org/wal.html, "Read-Only Databases"): SQLite uses them where they
+ * exist, a private copy of the -shm's index where it may not write that, and creates them where they are missing
+ * and it may write the folder (an empty -wal and a -shm, which it leaves behind, as every SQLite reader does, for
+ * the next writer to use). That takes part in SQLite's locking, so a report on a live gateway's store reads a
+ * consistent snapshot.
+ *
+ * Where they are missing and the folder is not writable (a read-only mount, another user's folder), SQLite cannot
+ * open the file at all. Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
+ * checkpointed it; and no writer has it open, or it would have a -wal), and it is read as `immutable`: no locks, no
+ * -wal or -shm. (Immutable means the file must not change meanwhile: a writer that another user starts on it during
+ * the read would go unseen, and could make that read inconsistent. On a read-only mount none can.) That takes an
+ * SQLite URI filename, and better-sqlite3 enables those for the whole process, from its first connection on, only
+ * with SQLITE_USE_URI=1 in the environment: this sets it then (where it is unset; `abgate report` opens no SQLite
+ * connection before), and if this process opened SQLite before without it, the open fails and the error says what
+ * to do. If the -wal does hold commits, they cannot be read without a -shm: that is an error saying what to copy.
+ *
+ * Returns the name to open (also the reader thread's) and the connection. Throws StoreError.
+ */
+function openReadOnly(path: string): { name: string; db: Database.Database } {
+  if (path === ":memory:") {
+    throw new StoreError(`an in-memory SQLite store (sqlite::memory:) is new and empty in every process: there is nothing to open read-only`);
+  }
+  let isFile: boolean;
+  try {
+    isFile = statSync(path).isFile();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new StoreError(`no SQLite store at ${path} (a read-only open does not create one)`, { cause: err });
+    throw new StoreError(`cannot open SQLite store ${path} read-only: ${(err as Error).message}`, { cause: err });
+  }
+  if (!isFile) throw new StoreError(`cannot open SQLite store ${path} read-only: it is not a file`);
+  const immutable = needsImmutable(path);
+  let name = path;
+  if (immutable) {
+    process.env.SQLITE_USE_URI ??= "1";
+    name = `${pathToFileURL(resolve(path)).href}?immutable=1`;
+  }
+  try {
+    return { name, db: new Database(name, { readonly: true, fileMustExist: true }) };
+  } catch (err) {
+    if (immutable) {
+      throw new StoreError(
+        `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, which SQLite may not create in ${dirname(path)}; ` +
+          `such a store is read as immutable, through an SQLite URI filename, and that failed (${(err as Error).message}): URI filenames are off in a ` +
+          `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. Copy the store (the file alone will do) to a writable folder and read it there`,
+        { cause: err },
+      );
+    }
+    throw new StoreError(`cannot open SQLite store ${path} read-only: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * Whether SQLite can read `path` (read-only) only as immutable: a WAL-mode file whose -wal or -shm is missing, in a
+ * folder this process may not write. Throws StoreError when it cannot read it at all: its -wal holds commits but
+ * its -shm is missing.
+ */
+function needsImmutable(path: string): boolean {
+  if (!walModeFile(path)) return false;
+  const walBytes = sizeOrNull(`${path}-wal`);
+  const shmBytes = sizeOrNull(`${path}-shm`);
+  if (walBytes !== null && shmBytes !== null) return false;
+  try {
+    accessSync(dirname(path), fsConstants.W_OK);
+    return false;
+  } catch {
+    // not writable: SQLite cannot create the missing file
+  }
+  if (walBytes !== null && walBytes > 0) {
+    throw new StoreError(
+      `cannot open SQLite store ${path} read-only: its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, ` +
+        `and ${path}-shm is missing and cannot be created in ${dirname(path)}, which is not writable: ` +
+        `copy the store's -shm file along with it and its -wal, or read it where the folder is writable`,
+    );
+  }
+  return true;
+}
+
+/** Whether the file's header says WAL mode (file format versions 2 at offsets 18 and 19); false for anything else. */
+function walModeFile(path: string): boolean {
+  const header = Buffer.alloc(20);
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    if (readSync(fd, header, 0, 20, 0) < 20) return false;
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  return header.toString("latin1", 0, 16) === "SQLite format 3\u0000" && header[18] === 2 && header[19] === 2;
+}
+
+function sizeOrNull(path: string): number | null {
+  try {
+    return statSync(path).size;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * The default store: one SQLite file in WAL mode through better-sqlite3.
  *
  * Durability: the connection runs with `synchronous = NORMAL`, under which a WAL commit survives a crash of the
@@ -419,7 +531,11 @@ function ewma(average: number, sample: number): number {
  */
 export class SqliteStore implements Store {
   readonly path: string;
+  /** opened with `readOnly`: no migration, no checkpoint, writes refused */
+  readonly readOnly: boolean;
   #db: Database.Database;
+  /** the name the connections open: the path, or an `immutable` URI for a read-only store (see openReadOnly) */
+  #openName: string;
   #cache: UnitCache;
   #closed = false;
   #stmts: Statements | null = null;
@@ -450,6 +566,24 @@ export class SqliteStore implements Store {
     this.#checkpointIntervalMs = path === ":memory:" ? 0 : (options.checkpointIntervalMs ?? 1000);
     this.#readInThread = path === ":memory:";
     this.#cacheSizeMiB = options.cacheSizeMiB ?? 32;
+    this.readOnly = options.readOnly ?? false;
+    this.#openName = path;
+    if (this.readOnly) {
+      this.#checkpointIntervalMs = 0;
+      const { name, db } = openReadOnly(path);
+      this.#openName = name;
+      this.#db = db;
+      try {
+        db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
+        db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
+        db.pragma("temp_store = MEMORY");
+        db.pragma("query_only = ON");
+      } catch (err) {
+        db.close();
+        throw new StoreError(`cannot open SQLite store ${path} read-only: ${(err as Error).message}`, { cause: err });
+      }
+      return;
+    }
     try {
       if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
       this.#db = new Database(path);
@@ -466,9 +600,17 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Applies pending migrations in one IMMEDIATE transaction, so two processes starting at once do not race. */
+  /**
+   * Applies pending migrations in one IMMEDIATE transaction, so two processes starting at once do not race. A
+   * read-only store only checks that the file has this abgate's schema.
+   */
   async init(): Promise<void> {
     this.#open();
+    if (this.readOnly) {
+      this.#checkSchema();
+      this.#prepare();
+      return;
+    }
     try {
       const db = this.#db;
       db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -497,6 +639,24 @@ export class SqliteStore implements Store {
     this.#startCheckpointer();
   }
 
+  /** A read-only store's init: it cannot migrate, so the file's schema must be exactly this abgate's. */
+  #checkSchema(): void {
+    const db = this.#db;
+    let applied: Set<number>;
+    try {
+      const table = db.prepare(`SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_migrations'`).get();
+      const rows = table === undefined ? [] : (db.prepare(`SELECT version FROM schema_migrations`).all() as { version: number }[]);
+      applied = new Set(rows.map((r) => r.version));
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      const hint = code === "SQLITE_CANTOPEN" || code === "SQLITE_READONLY_DIRECTORY"
+        ? " (reading a WAL-mode store takes its -wal and -shm files, or a folder where SQLite may create them)"
+        : "";
+      throw new StoreError(`cannot read SQLite store ${this.path} read-only: ${(err as Error).message}${hint}`, { cause: err });
+    }
+    checkSchemaReadOnly(this.path, applied);
+  }
+
   #startCheckpointer(): void {
     if (this.#checkpointIntervalMs <= 0 || this.#checkpointer !== null) return;
     this.#db.pragma("wal_autocheckpoint = 0");
@@ -518,6 +678,12 @@ export class SqliteStore implements Store {
 
   #open(): void {
     if (this.#closed) throw new StoreError(`SQLite store ${this.path} is closed`);
+  }
+
+  /** Refuses a write to a read-only store (before SQLite would, with a message that says why). */
+  #writable(what: string): void {
+    this.#open();
+    if (this.readOnly) throw new StoreError(`SQLite store ${this.path} is open read-only: cannot ${what}`);
   }
 
   #prepare(): void {
@@ -567,6 +733,7 @@ export class SqliteStore implements Store {
    * (bench/store/exposures.ts, three runs). A failure anywhere rolls the whole call back, for the batcher to retry.
    */
   async writeExposures(rows: Exposure[]): Promise<void> {
+    this.#writable(`write ${rows.length} exposures`);
     if (rows.length === 0) return;
     this.#s();
     checkExposures(rows);
@@ -612,6 +779,7 @@ export class SqliteStore implements Store {
   }
 
   async writeEvents(rows: OutcomeEvent[]): Promise<void> {
+    this.#writable(`write ${rows.length} events`);
     if (rows.length === 0) return;
     this.#s();
     rows.forEach(checkEvent);
@@ -643,6 +811,7 @@ export class SqliteStore implements Store {
   }
 
   async setState(experiment: string, key: string, value: string): Promise<void> {
+    this.#writable(`save state ${experiment}/${key}`);
     this.#s();
     return this.#serial(() => {
       try {
@@ -675,7 +844,10 @@ export class SqliteStore implements Store {
 
   #readerThread(): Worker {
     if (this.#reader !== null) return this.#reader;
-    const reader = new Worker(READER, { eval: true, workerData: { driver: driverPath, path: this.path, cacheSizeMiB: this.#cacheSizeMiB } });
+    const reader = new Worker(READER, {
+      eval: true,
+      workerData: { driver: driverPath, path: this.#openName, readOnly: this.readOnly, cacheSizeMiB: this.#cacheSizeMiB },
+    });
     reader.unref();
     reader.on("message", (m: { id: number; rows?: Record<string, unknown>[]; error?: string }) => {
       const pending = this.#pendingQueries.get(m.id);
@@ -731,7 +903,7 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Runs a checkpoint so the file is self-contained, then closes. Idempotent. */
+  /** Runs a checkpoint so the file is self-contained (not read-only), then closes. Idempotent. */
   close(): Promise<void> {
     // After the writes queued before it (an exposure write may be between two slices of its transaction); calls
     // made after it are refused.
@@ -756,11 +928,13 @@ export class SqliteStore implements Store {
     if (worker !== null) await worker.terminate();
     try {
       if (this.#db.open) {
-        // Without waiting: TRUNCATE takes the write lock and then waits for readers of older snapshots, and
-        // another process's writer (a live gateway, when this is `abgate report`) would wait all that time. If
-        // others use the file, the WAL stays for them to checkpoint.
-        this.#db.pragma("busy_timeout = 0");
-        this.#db.pragma("wal_checkpoint(TRUNCATE)");
+        // A read-only store leaves the WAL as it found it (it cannot checkpoint anyway). Otherwise without waiting:
+        // TRUNCATE takes the write lock and then waits for readers of older snapshots, and another process's writer
+        // (a live gateway) would wait all that time. If others use the file, the WAL stays for them to checkpoint.
+        if (!this.readOnly) {
+          this.#db.pragma("busy_timeout = 0");
+          this.#db.pragma("wal_checkpoint(TRUNCATE)");
+        }
         this.#db.close();
       }
     } catch (err) {

@@ -1,0 +1,320 @@
+/**
+ * SqliteStore with `readOnly`, on real files: it reads what a writable store wrote (committed rows still in the WAL
+ * too), changes neither the file nor its -wal, runs no migration and refuses every write; an older, newer or missing
+ * schema, a missing file and a folder it may not write are each a StoreError that says what to do. The tests run as
+ * root, which file modes do not stop: the refusals are the connection's own, and the unwritable folder is read by a
+ * child process that runs as nobody (see test/helpers/unwritable.ts).
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import Database from "better-sqlite3";
+import { unprivileged, unwritableFolder } from "../../../test/helpers/unwritable.ts";
+import { StoreError } from "../../errors.ts";
+import { openStore } from "../index.ts";
+import { latestSchemaVersion, migrations } from "../migrations.ts";
+import type { Exposure, OutcomeEvent } from "../types.ts";
+import { SqliteStore } from "./sqlite-store.ts";
+
+const T0 = 1_700_000_000_000;
+const METRICS = [{ name: "watched", kind: "conversion" as const, event: "watched", windowMs: 3_600_000 }];
+
+function exposures(from: number, n: number): Exposure[] {
+  return Array.from({ length: n }, (_, i): Exposure => {
+    const k = from + i;
+    const v = k % 2 ? "control" : "treatment";
+    return { experiment: "exp", ts: T0 + k * 1000, requestId: `r${k}`, unit: `u${k}`, assigned: v, served: v, replica: `${v}-0`, status: 200, latencyMs: 5, forced: false };
+  });
+}
+
+function events(from: number, n: number): OutcomeEvent[] {
+  return Array.from({ length: n }, (_, i) => ({ experiment: "exp", unit: `u${from + i}`, event: "watched", value: 1, ts: T0 + (from + i) * 1000 + 500, requestId: null }));
+}
+
+/** Each file of `dir` with a hash of its bytes ("" for the -shm, which readers write by design: it is no data). */
+function snapshot(dir: string): Record<string, string> {
+  return Object.fromEntries(
+    readdirSync(dir).sort().map((f) => [f, f.endsWith("-shm") ? "" : createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")]),
+  );
+}
+
+/**
+ * That `after` has what `before` had, byte for byte (the -shm aside), and nothing more than what SQLite makes to
+ * read a WAL-mode file in a writable folder where they were missing: an empty -wal and a -shm.
+ */
+function assertUnchanged(after: Record<string, string>, before: Record<string, string>): void {
+  const EMPTY = createHash("sha256").digest("hex");
+  for (const [f, hash] of Object.entries(before)) assert.equal(after[f], hash, `${f} is unchanged`);
+  for (const [f, hash] of Object.entries(after)) {
+    if (f in before) continue;
+    assert.ok(f.endsWith("-shm") || (f.endsWith("-wal") && hash === EMPTY), `${f} (${hash}) is new`);
+  }
+}
+
+/** A store with 100 exposures and 30 events, closed: the file alone holds them (the close checkpointed and removed the WAL). */
+async function closedStore(path: string): Promise<void> {
+  const s = new SqliteStore(path);
+  await s.init();
+  await s.writeExposures(exposures(0, 100));
+  await s.writeEvents(events(0, 30));
+  await s.setState("exp", "strategy", '{"weights":{"control":1,"treatment":1}}');
+  await s.close();
+}
+
+/**
+ * A store still open for writing, as a live gateway's is: the first 100 exposures and 30 events checkpointed into
+ * the file, 50 more exposures and 10 more events committed in the WAL only (no checkpointer, and too few pages for
+ * an automatic checkpoint).
+ */
+async function liveStore(path: string): Promise<SqliteStore> {
+  await closedStore(path);
+  const s = new SqliteStore(path, { checkpointIntervalMs: 0 });
+  await s.init();
+  await s.writeExposures(exposures(100, 50));
+  await s.writeEvents(events(100, 10));
+  return s;
+}
+
+/** A version-1 database, as an abgate before migration 2 left it. */
+function versionOneStore(path: string): void {
+  const db = new Database(path);
+  db.pragma("journal_mode = WAL");
+  db.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+  for (const sql of migrations[0]!.sqlite) db.exec(sql);
+  db.prepare(`INSERT INTO schema_migrations VALUES (1, ?, 0)`).run(migrations[0]!.name);
+  db.close();
+}
+
+describe("SqliteStore readOnly", () => {
+  let root: string;
+  let n = 0;
+  const fresh = () => {
+    const dir = join(root, `t${++n}`);
+    mkdirSync(dir);
+    return dir;
+  };
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), "abgate-sqlite-ro-"));
+    chmodSync(root, 0o755); // for the child that runs as nobody
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it("reads a live store, commits still in its WAL included, and leaves the file and its -wal byte for byte as they were", async () => {
+    const dir = fresh();
+    const path = join(dir, "a.db");
+    const live = await liveStore(path);
+    try {
+      const before = snapshot(dir);
+      assert.deepEqual(Object.keys(before), ["a.db", "a.db-shm", "a.db-wal"]);
+      const ro = openStore(`sqlite:${path}`, { readOnly: true });
+      await ro.init();
+      // the report's reads: through the reader thread (aggregate, minutes, counts) and on this thread (state, units)
+      assert.deepEqual(await ro.counts("exp"), { exposures: 150, events: 40 });
+      assert.deepEqual(await ro.aggregate("exp", ["control", "treatment"], METRICS), await live.aggregate("exp", ["control", "treatment"], METRICS));
+      assert.deepEqual(await ro.minutes("exp", METRICS, 0), await live.minutes("exp", METRICS, 0));
+      assert.equal(await ro.getState("exp", "strategy"), '{"weights":{"control":1,"treatment":1}}');
+      assert.deepEqual(await ro.recentUnits("exp", 2), [["u148", "treatment"], ["u149", "control"]]);
+      await ro.close();
+      assert.deepEqual(snapshot(dir), before, "no checkpoint, no write: the file and the -wal are unchanged, and no file came or went");
+      // the writer goes on as before
+      await live.writeExposures(exposures(150, 1));
+      assert.equal((await live.counts("exp")).exposures, 151);
+    } finally {
+      await live.close();
+    }
+  });
+
+  it("refuses every write with a StoreError, and the file keeps what it had", async () => {
+    const dir = fresh();
+    const path = join(dir, "a.db");
+    await closedStore(path);
+    const before = snapshot(dir)["a.db"];
+    const ro = new SqliteStore(path, { readOnly: true });
+    await ro.init();
+    assert.equal(ro.readOnly, true);
+    const refused = (err: unknown) => err instanceof StoreError && /open read-only: cannot/.test(err.message);
+    await assert.rejects(ro.writeExposures(exposures(500, 3)), refused);
+    await assert.rejects(ro.writeExposures([]), refused);
+    await assert.rejects(ro.writeEvents(events(500, 3)), refused);
+    await assert.rejects(ro.setState("exp", "strategy", "{}"), refused);
+    assert.deepEqual(await ro.counts("exp"), { exposures: 100, events: 30 });
+    assert.equal(await ro.getState("exp", "strategy"), '{"weights":{"control":1,"treatment":1}}');
+    await ro.close();
+    await ro.close();
+    assert.equal(snapshot(dir)["a.db"], before);
+  });
+
+  it("does not migrate an older schema: a StoreError says to open it writable once, and the file stays at its version", async () => {
+    const dir = fresh();
+    const path = join(dir, "a.db");
+    versionOneStore(path);
+    const before = snapshot(dir);
+    const ro = new SqliteStore(path, { readOnly: true });
+    await assert.rejects(ro.init(), (err: unknown) => {
+      assert.ok(err instanceof StoreError);
+      assert.match(err.message, new RegExp(`schema version 1, older than this abgate's \\(${latestSchemaVersion}\\): it needs migrating, which a read-only open does not do`));
+      assert.match(err.message, /abgate report --writable, or abgate up or serve/);
+      return true;
+    });
+    await ro.close();
+    assertUnchanged(snapshot(dir), before);
+    const db = new Database(path, { readonly: true });
+    assert.deepEqual(db.prepare(`SELECT version FROM schema_migrations`).pluck().all(), [1]);
+    assert.equal(db.prepare(`SELECT type FROM sqlite_schema WHERE name = 'exposures'`).pluck().get(), "table", "migration 2 did not run");
+    db.close();
+    // a writable open migrates it, and then it reads
+    const rw = new SqliteStore(path);
+    await rw.init();
+    await rw.close();
+    const again = new SqliteStore(path, { readOnly: true });
+    await again.init();
+    assert.deepEqual(await again.counts("exp"), { exposures: 0, events: 0 });
+    await again.close();
+  });
+
+  it("refuses a newer schema, one that is not abgate's, and a file that is not a database", async () => {
+    const dir = fresh();
+    const newer = join(dir, "newer.db");
+    await closedStore(newer);
+    const db = new Database(newer);
+    db.prepare("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)").run(latestSchemaVersion + 1);
+    db.close();
+    const other = join(dir, "other.db");
+    const o = new Database(other);
+    o.exec("CREATE TABLE notes (text TEXT)");
+    o.close();
+    const notDb = join(dir, "notes.txt");
+    writeFileSync(notDb, "these are my notes, not a database ".repeat(100));
+    const before = snapshot(dir);
+    for (const [path, message] of [
+      [newer, /newer than this abgate understands/],
+      [other, /has no abgate schema: it is not an abgate store/],
+      [notDb, /SQLite store .*notes\.txt read-only: file is not a database/],
+    ] as const) {
+      const opened = async () => {
+        const s = new SqliteStore(path, { readOnly: true });
+        try {
+          await s.init();
+        } finally {
+          await s.close();
+        }
+      };
+      await assert.rejects(opened(), (err: unknown) => err instanceof StoreError && message.test(err.message), path);
+    }
+    assertUnchanged(snapshot(dir), before);
+  });
+
+  it("a store that does not exist is a StoreError, and nothing is created (file or folder)", () => {
+    const dir = fresh();
+    for (const path of [join(dir, "nope.db"), join(dir, "typo", "nope.db")]) {
+      assert.throws(() => openStore(`sqlite:${path}`, { readOnly: true }), (err: unknown) => err instanceof StoreError && /^no SQLite store at .*nope\.db/.test(err.message));
+    }
+    assert.deepEqual(readdirSync(dir), []);
+    assert.throws(() => openStore(`sqlite:${dir}`, { readOnly: true }), (err: unknown) => err instanceof StoreError && /it is not a file/.test(err.message));
+    assert.throws(() => openStore("sqlite::memory:", { readOnly: true }), (err: unknown) => err instanceof StoreError && /in-memory/.test(err.message));
+  });
+
+  describe("in a folder it may not write", () => {
+    const as = unprivileged();
+    const skip = as === undefined ? "running as root, and user nobody cannot read this checkout" : false;
+    const storeModule = new URL("./sqlite-store.ts", import.meta.url).href;
+
+    /** Opens `path` read-only in a child process that may not write its folder; what it read, or its error. */
+    async function readAsOther(dir: string, path: string, env: NodeJS.ProcessEnv = { SQLITE_USE_URI: undefined }): Promise<{ counts?: unknown; aggregate?: unknown; state?: unknown; error?: string; name?: string }> {
+      for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
+      // A file, not -e: a worker thread (the store's reader) would take --input-type=module for its own code.
+      const script = join(root, `child-${++n}.mts`);
+      writeFileSync(script, `
+        const { SqliteStore } = await import(${JSON.stringify(storeModule)});
+        try {
+          const s = new SqliteStore(${JSON.stringify(path)}, { readOnly: true });
+          await s.init();
+          const out = { counts: await s.counts("exp"), aggregate: await s.aggregate("exp", ["control", "treatment"], ${JSON.stringify(METRICS)}), state: await s.getState("exp", "strategy") };
+          await s.close();
+          process.stdout.write(JSON.stringify(out));
+        } catch (err) {
+          process.stdout.write(JSON.stringify({ error: err.message, name: err.name }));
+        }`);
+      chmodSync(script, 0o644);
+      return unwritableFolder(dir, () => new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, ["--import", "tsx", script], { ...as, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        let err = "";
+        child.stdout.on("data", (d: Buffer) => (out += d));
+        child.stderr.on("data", (d: Buffer) => (err += d));
+        child.on("error", reject);
+        child.on("close", (code) => {
+          try {
+            resolve(JSON.parse(out));
+          } catch {
+            reject(new Error(`child exited ${code}: ${out}\n${err}`));
+          }
+        });
+      }));
+    }
+
+    it("without -wal and -shm: reads the file as immutable, and creates nothing", { skip }, async () => {
+      const dir = fresh();
+      const path = join(dir, "a.db");
+      await closedStore(path);
+      const expected = new SqliteStore(path, { readOnly: true });
+      await expected.init();
+      const aggregate = await expected.aggregate("exp", ["control", "treatment"], METRICS);
+      await expected.close();
+      // (that read, in a writable folder, made the -wal and -shm SQLite reads a WAL-mode database with; as a copy
+      // of the file alone would have neither, remove them)
+      rmSync(`${path}-wal`, { force: true });
+      rmSync(`${path}-shm`, { force: true });
+      const before = snapshot(dir);
+      assert.deepEqual(Object.keys(before), ["a.db"]);
+      const read = await readAsOther(dir, path);
+      assert.equal(read.error, undefined, read.error);
+      assert.deepEqual(read.counts, { exposures: 100, events: 30 });
+      assert.deepEqual(read.aggregate, JSON.parse(JSON.stringify(aggregate)));
+      assert.equal(read.state, '{"weights":{"control":1,"treatment":1}}');
+      assert.deepEqual(snapshot(dir), before);
+      // Without URI filenames (SQLITE_USE_URI=0) it cannot: a StoreError that says what to do instead.
+      const refused = await readAsOther(dir, path, { SQLITE_USE_URI: "0" });
+      assert.equal(refused.name, "StoreError");
+      assert.match(refused.error!, /in WAL mode without its -wal and -shm files, which SQLite may not create in .*; such a store is read as immutable, .*Copy the store \(the file alone will do\) to a writable folder/);
+      assert.deepEqual(snapshot(dir), before);
+    });
+
+    it("with the -wal and -shm of a live store: reads its WAL's commits too, and changes neither file", { skip }, async () => {
+      const dir = fresh();
+      const live = await liveStore(join(dir, "live.db"));
+      const copy = fresh();
+      try {
+        for (const suffix of ["", "-wal", "-shm"]) copyFileSync(join(dir, `live.db${suffix}`), join(copy, `a.db${suffix}`));
+      } finally {
+        await live.close();
+      }
+      const before = snapshot(copy);
+      const read = await readAsOther(copy, join(copy, "a.db"));
+      assert.equal(read.error, undefined, read.error);
+      assert.deepEqual(read.counts, { exposures: 150, events: 40 });
+      assert.deepEqual(snapshot(copy), before);
+    });
+
+    it("with a -wal that holds commits but no -shm: a StoreError that says what to copy, and nothing created", { skip }, async () => {
+      const dir = fresh();
+      const live = await liveStore(join(dir, "live.db"));
+      const copy = fresh();
+      try {
+        for (const suffix of ["", "-wal"]) copyFileSync(join(dir, `live.db${suffix}`), join(copy, `a.db${suffix}`));
+      } finally {
+        await live.close();
+      }
+      const before = snapshot(copy);
+      const read = await readAsOther(copy, join(copy, "a.db"));
+      assert.equal(read.name, "StoreError");
+      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing and cannot be created in .*, which is not writable: copy the store's -shm file along with it/);
+      assert.deepEqual(snapshot(copy), before);
+      assert.equal(existsSync(join(copy, "a.db-shm")), false);
+    });
+  });
+});
