@@ -17,8 +17,19 @@ interface WeightsSeen {
  * The report of the spec: sufficient statistics from the store, the verdict from the stats engine. The running
  * minimum of the sequential p-values is kept in the store, so that the always-valid p-value survives restarts
  * and `abgate report` run from the command line sees the same history as GET /v1/report.
+ *
+ * `save: false` (a store opened read-only: `abgate report`) reads that history and the weights last seen but
+ * records neither: the report is the same, and later reports just do not see its minima (GET /v1/report and the
+ * dashboard of a running gateway, which see the same data, record theirs), nor when it first saw weights that
+ * differ from those recorded (each such report then starts the SRM window at its own time).
  */
-export async function experimentReport(config: Config, store: Store, weights: Record<string, number>, nowMs: number): Promise<unknown> {
+export async function experimentReport(
+  config: Config,
+  store: Store,
+  weights: Record<string, number>,
+  nowMs: number,
+  { save = true }: { save?: boolean } = {},
+): Promise<unknown> {
   const variants = config.variants.map((v) => v.name);
   const aggregates = await store.aggregate(config.experiment, variants, config.metrics);
   const saved = await store.getState(config.experiment, SEQUENTIAL_STATE_KEY);
@@ -30,7 +41,7 @@ export async function experimentReport(config: Config, store: Store, weights: Re
   }
   const current = Object.fromEntries(variants.map((name) => [name, weights[name] ?? 0]));
   const bandit = config.strategy.kind === "bandit";
-  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs);
+  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save);
   // Loaded on first use: the proxy starts without the statistics code.
   const { buildReport } = await import("../stats/index.ts");
   const { report, sequentialState } = buildReport({
@@ -44,7 +55,7 @@ export async function experimentReport(config: Config, store: Store, weights: Re
     strategy: config.strategy.kind,
     ...(srmWindow ? { srmWindow } : {}),
   });
-  await store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState));
+  if (save) await store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState));
   return report;
 }
 
@@ -93,6 +104,7 @@ async function weightsInForce(
   store: Store,
   weights: Record<string, number>,
   nowMs: number,
+  save: boolean,
 ): Promise<{ since: number; units: Record<string, number> } | undefined> {
   const shares = sharesOf(weights);
   if (shares === null) return undefined;
@@ -115,7 +127,7 @@ async function weightsInForce(
     // First report: the configured weights are the only history there is.
     since = configured !== null && sameShares(configured, shares) ? null : nowMs;
   } else since = nowMs;
-  if (seen === null || seen.since !== since || !sameShares(seen.shares, shares)) await saveWeightsSeen(store, config, { shares, since });
+  if (save && (seen === null || seen.since !== since || !sameShares(seen.shares, shares))) await saveWeightsSeen(store, config, { shares, since });
   if (since === null) return undefined;
   // Whole minutes from `since` on: every unit counted there was first exposed after the weights were seen in force.
   const from = Math.ceil(since / MINUTE_MS) * MINUTE_MS;

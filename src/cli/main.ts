@@ -366,24 +366,29 @@ program
   .description("the analysis: which variant wins, how sure, what to do")
   .addOption(configOption())
   .option("--json", "print the report as JSON")
-  .action(async (opts: { config: string; json?: boolean }) => {
+  .option("--writable", "open the store writable: migrate an older schema, and record the report's state (sequential p-values, weights seen) as GET /v1/report does")
+  .action(async (opts: { config: string; json?: boolean; writable?: boolean }) => {
     const config = loadConfig(opts.config);
     if (config.store.startsWith("sqlite:")) {
-      // Opening would create it (folders included): a typo in store: then read as "No exposures yet".
+      // A writable open (--writable) would create it, folders included: a typo in store: then read as "No exposures
+      // yet". (A read-only open refuses it too, but this says where a store comes from.)
       const { existsSync } = await import("node:fs");
       const path = config.store.slice("sqlite:".length);
       if (path !== ":memory:" && !existsSync(path)) {
         throw new AbgateError(`no SQLite store at ${path}: abgate up or serve creates it when it starts (is the config's store: right?)`, "ABGATE_ERR_NO_STORE");
       }
     }
-    const store = openStore(config.store);
+    // Read-only unless asked: the store may be a copy on a read-only mount, a file this user may only read, or a
+    // PostgreSQL role with SELECT rights alone, and a report should not change what it reads (no migration, no
+    // checkpoint, no state saved; see experimentReport for what not saving its state means).
+    const store = openStore(config.store, { readOnly: !opts.writable });
     try {
       await store.init();
       const saved = await store.getState(config.experiment, "strategy");
       const weights: Record<string, number> = saved
         ? ((JSON.parse(saved) as { weights: Record<string, number> }).weights ?? {})
         : Object.fromEntries(config.variants.map((v) => [v.name, v.weight]));
-      const report = await experimentReport(config, store, weights, Date.now());
+      const report = await experimentReport(config, store, weights, Date.now(), { save: Boolean(opts.writable) });
       if (opts.json) out(JSON.stringify(report, null, 2));
       else {
         const { formatReportTable } = await import("../stats/index.ts");
