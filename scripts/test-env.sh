@@ -32,7 +32,7 @@ fi
 echo "== docker engine"
 bash scripts/start-dockerd.sh
 
-export ABGATE_REQUIRE_DOCKER=1 ABGATE_REQUIRE_POSTGRES=1 ABGATE_REQUIRE_BROWSER=1
+export ABGATE_REQUIRE_DOCKER=1 ABGATE_REQUIRE_POSTGRES=1 ABGATE_REQUIRE_BROWSER=1 ABGATE_REQUIRE_UNPRIVILEGED=1
 if [ $# -eq 0 ]; then set -- npm test; fi
 echo "== $*"
 exec "$@"

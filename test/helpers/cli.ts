@@ -6,10 +6,12 @@ export const CLI = fileURLToPath(new URL("../../src/cli/main.ts", import.meta.ur
 /** Run the CLI from source (through tsx) to completion. */
 export function runCli(
   args: string[],
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; uid?: number; gid?: number } = {},
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; uid?: number; gid?: number; prefix?: string[] } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    // prefix: a command that runs the CLI's command line (setpriv, see helpers/unwritable.ts)
+    const argv = [...(opts.prefix ?? []), process.execPath, "--import", "tsx", CLI, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), {
       cwd: opts.cwd,
       env: { ...process.env, ...opts.env },
       stdio: ["ignore", "pipe", "pipe"],

@@ -5,16 +5,43 @@ import { fileURLToPath } from "node:url";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const NOBODY = 65534;
 
+/** How to start a child that may not write a folder whose mode is r-x for all: as `uid`/`gid`, behind `prefix`. */
+export interface Unprivileged {
+  uid?: number;
+  gid?: number;
+  /** a command that runs the child's command line (empty: run it directly) */
+  prefix: string[];
+}
+
 /**
  * Who a child process runs as so that it may not write a folder whose mode is r-x for all (see `unwritableFolder`):
- * the current user, or, as root (which file modes do not stop, and which the tests run as), nobody. undefined: as
- * root, when nobody cannot run this checkout's TypeScript (a checkout in a folder only root may read).
+ * the current user; as root (which file modes do not stop, and which the tests run as), user nobody when it can
+ * run this checkout's TypeScript, else root without the capabilities that override file modes (setpriv), which
+ * still reads a checkout it owns, however private its folder. undefined when neither works; with
+ * ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead, as a skipped test would pass.
  */
-export function unprivileged(): { uid?: number; gid?: number } | undefined {
-  if (process.getuid?.() !== 0) return {};
-  const as = { uid: NOBODY, gid: NOBODY };
-  const probe = spawnSync(process.execPath, ["--import", "tsx", "-e", ""], { cwd: ROOT, ...as, stdio: "ignore", timeout: 30_000 });
-  return probe.status === 0 ? as : undefined;
+export function unprivileged(): Unprivileged | undefined {
+  if (process.getuid?.() !== 0) return { prefix: [] };
+  const runs = (as: Unprivileged) => {
+    const argv = [...as.prefix, process.execPath, "--import", "tsx", "-e", ""];
+    return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
+  };
+  for (const as of [
+    { uid: NOBODY, gid: NOBODY, prefix: [] },
+    { prefix: ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] },
+  ]) {
+    if (runs(as)) return as;
+  }
+  if (process.env.ABGATE_REQUIRE_UNPRIVILEGED === "1") {
+    throw new Error("ABGATE_REQUIRE_UNPRIVILEGED=1, but neither user nobody nor setpriv (util-linux) can run this checkout's code");
+  }
+  return undefined;
+}
+
+/** The argv of `argv` run as `as` (its prefix first). */
+export function unprivilegedArgv(as: Unprivileged, argv: string[]): [string, string[]] {
+  const all = [...as.prefix, ...argv];
+  return [all[0]!, all.slice(1)];
 }
 
 /** Runs `fn` while `dir` is r-x for all (files can be read, none made or removed), then makes it writable again. */

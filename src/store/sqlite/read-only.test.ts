@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { unprivileged, unwritableFolder } from "../../../test/helpers/unwritable.ts";
+import { unprivileged, unprivilegedArgv, unwritableFolder } from "../../../test/helpers/unwritable.ts";
 import { StoreError } from "../../errors.ts";
 import { openStore } from "../index.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
@@ -220,7 +220,7 @@ describe("SqliteStore readOnly", () => {
 
   describe("in a folder it may not write", () => {
     const as = unprivileged();
-    const skip = as === undefined ? "running as root, and user nobody cannot read this checkout" : false;
+    const skip = as === undefined ? "running as root, and neither user nobody nor setpriv can run this checkout's code" : false;
     const storeModule = new URL("./sqlite-store.ts", import.meta.url).href;
 
     /** Opens `path` read-only in a child process that may not write its folder; what it read, or its error. */
@@ -241,7 +241,8 @@ describe("SqliteStore readOnly", () => {
         }`);
       chmodSync(script, 0o644);
       return unwritableFolder(dir, () => new Promise((resolve, reject) => {
-        const child = spawn(process.execPath, ["--import", "tsx", script], { ...as, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+        const [file, args] = unprivilegedArgv(as!, [process.execPath, "--import", "tsx", script]);
+        const child = spawn(file, args, { uid: as!.uid, gid: as!.gid, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
         let err = "";
         child.stdout.on("data", (d: Buffer) => (out += d));
