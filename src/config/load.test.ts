@@ -27,6 +27,7 @@ test("defaults follow the spec", () => {
   assert.deepEqual(c.listen, { host: "127.0.0.1", port: 8080 });
   assert.deepEqual(c.admin.listen, { host: "127.0.0.1", port: 8081 });
   assert.equal(c.store, "sqlite:/srv/exp/abgate.db");
+  assert.equal(parseConfig(`${base}store: "sqlite::memory:"\n`, "/srv/exp").store, "sqlite::memory:", "a throwaway database, not a file named :memory:");
   assert.equal(c.strategy.kind, "sticky");
   assert.equal(c.salt, "exp");
   assert.equal(c.control, "control");

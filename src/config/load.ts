@@ -197,7 +197,8 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
     ...cfg,
     listen: parseHostPort(cfg.listen),
     admin: { ...cfg.admin, listen: parseHostPort(cfg.admin.listen), token: cfg.admin.token || undefined, ingestToken: cfg.admin.ingestToken || undefined },
-    store: cfg.store.startsWith("sqlite:") ? `sqlite:${resolve(baseDir, cfg.store.slice("sqlite:".length))}` : cfg.store,
+    // (sqlite::memory: is SQLite's name for a throwaway database, not a file beside the config)
+    store: cfg.store.startsWith("sqlite:") && cfg.store !== "sqlite::memory:" ? `sqlite:${resolve(baseDir, cfg.store.slice("sqlite:".length))}` : cfg.store,
     variants: cfg.variants.map((v) => ({
       ...v,
       // with urls, one replica per url (semanticChecks allows only 1, the default, or that number)
