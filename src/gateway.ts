@@ -77,7 +77,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   try {
     // Writes run on the proxy's thread, which SQLite's wait for a lock would hold: see busyTimeoutMs.
-    const store = options.store ?? openStore(config.store, { busyTimeoutMs: 100 });
+    const store = options.store ?? openStore(config.store, { busyTimeoutMs: 100, closeCheckpointWaitMs: 3000 });
     if (!options.store) cleanups.push(() => store.close());
     await store.init();
 

@@ -48,6 +48,13 @@ export interface SqliteStoreOptions {
    */
   busyTimeoutMs?: number;
   /**
+   * How long `close()` keeps trying to copy the WAL into the file (default 0: one try). The copy must wait for
+   * other processes' reads of older snapshots to end; a gateway sets a few seconds, so that a report reading the
+   * file while it stops (read-only, it cannot finish the copy after the gateway is gone) does not leave commits
+   * in the -wal alone, where a copy of the file without it would miss them.
+   */
+  closeCheckpointWaitMs?: number;
+  /**
    * Open an existing store only to read it (`abgate report`): the file is opened read-only, no migration runs (an
    * older schema is an error that says to open it writable once), no checkpoint is run or started, and every write
    * is refused with a StoreError. The file and its -wal are left as they were; see `openReadOnly` for the -wal and
@@ -542,6 +549,7 @@ export class SqliteStore implements Store {
   #exposures: ExposureWriter | null = null;
   #checkpointer: Worker | null = null;
   #checkpointIntervalMs: number;
+  readonly #closeCheckpointWaitMs: number;
   /** started on the first query (a proxy never asked for a report does not pay for the thread); null: not yet */
   #reader: Worker | null = null;
   /** queries run on this thread instead: an in-memory database (a second connection would see another one), or
@@ -566,6 +574,7 @@ export class SqliteStore implements Store {
     this.#checkpointIntervalMs = path === ":memory:" ? 0 : (options.checkpointIntervalMs ?? 1000);
     this.#readInThread = path === ":memory:";
     this.#cacheSizeMiB = options.cacheSizeMiB ?? 32;
+    this.#closeCheckpointWaitMs = options.closeCheckpointWaitMs ?? 0;
     this.readOnly = options.readOnly ?? false;
     this.#openName = path;
     if (this.readOnly) {
@@ -928,12 +937,18 @@ export class SqliteStore implements Store {
     if (worker !== null) await worker.terminate();
     try {
       if (this.#db.open) {
-        // A read-only store leaves the WAL as it found it (it cannot checkpoint anyway). Otherwise without waiting:
-        // TRUNCATE takes the write lock and then waits for readers of older snapshots, and another process's writer
-        // (a live gateway) would wait all that time. If others use the file, the WAL stays for them to checkpoint.
+        // A read-only store leaves the WAL as it found it (it cannot checkpoint anyway). Otherwise without a busy
+        // wait: TRUNCATE takes the write lock and then waits for readers of older snapshots, and another process's
+        // writer (a live gateway) would wait all that time; closeCheckpointWaitMs retries instead. If others still
+        // use the file, the WAL stays for them to checkpoint.
         if (!this.readOnly) {
           this.#db.pragma("busy_timeout = 0");
-          this.#db.pragma("wal_checkpoint(TRUNCATE)");
+          // Tries that find readers return at once (busy = 1) rather than hold the write lock, so a live
+          // gateway's writes go on between them.
+          const deadline = Date.now() + this.#closeCheckpointWaitMs;
+          while ((this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[])[0]?.busy === 1 && Date.now() < deadline) {
+            await new Promise((r) => setTimeout(r, 25));
+          }
         }
         this.#db.close();
       }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -451,6 +451,50 @@ describe("SqliteStore specifics", () => {
       reader.exec("COMMIT");
       reader.close();
       assert.ok(closeMs < 1000, `close() took ${closeMs.toFixed(0)} ms`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("close() with closeCheckpointWaitMs (a gateway) waits for another process's read to end, so the file alone holds every commit", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      /** exposures in a copy of the file alone, as read by someone given just abgate.db */
+      const inFileAlone = (path: string) => {
+        const copy = join(dir, `copy-${Math.random().toString(36).slice(2)}.db`);
+        copyFileSync(path, copy);
+        const db = new Database(copy, { readonly: true });
+        try {
+          return (db.prepare("SELECT exposures FROM counters WHERE experiment = 'exp'").get() as { exposures: number }).exposures;
+        } catch (err) {
+          return (err as Error).message; // a file checkpointed only in part may not read at all ("malformed")
+        } finally {
+          db.close();
+        }
+      };
+      for (const waitMs of [0, 3000]) {
+        const path = join(dir, `wait-${waitMs}.db`);
+        const store = new SqliteStore(path, { checkpointIntervalMs: 0, closeCheckpointWaitMs: waitMs });
+        await store.init();
+        await store.writeExposures(rowsOf(10));
+        // abgate report's read-only connection, in the middle of a read when the gateway stops
+        const report = new Database(path, { readonly: true });
+        report.exec("BEGIN");
+        report.prepare("SELECT COUNT(*) FROM units").get();
+        await store.writeExposures(rowsOf(10));
+        const done = setTimeout(() => report.exec("COMMIT"), 200);
+        const t0 = performance.now();
+        await store.close();
+        const closeMs = performance.now() - t0;
+        clearTimeout(done);
+        if (report.inTransaction) report.exec("COMMIT");
+        report.close();
+        if (waitMs === 0) assert.notEqual(inFileAlone(path), 20, "one try: the last commits stay in the -wal (what the option is for)");
+        else {
+          assert.equal(inFileAlone(path), 20, "every commit in the file");
+          assert.ok(closeMs >= 150 && closeMs < 2000, `close() took ${closeMs.toFixed(0)} ms, until the read ended`);
+        }
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
