@@ -54,13 +54,13 @@ test("allocatePorts and PortAllocator: up to 65535 and no further, never wrappin
   const isFree = async (port: number) => (probed.push(port), port !== 65534);
   await assert.rejects(allocatePorts([{ name: "a", replicas: 3 }], 65533, [], isFree), {
     code: "ABGATE_ERR_PORT_TAKEN",
-    message: "no free port at or above 65536 for replica a-2",
+    message: "no free port for replica a-2: every port from ports.base (65533) to 65535 is in use, reserved or another replica's; set a lower ports.base",
   });
   assert.deepEqual(probed, [65533, 65534, 65535]);
 
   probed.length = 0;
   const ports = new PortAllocator(65534, { reserved: [65535], isFree });
-  await assert.rejects(ports.allocate("b-0"), { code: "ABGATE_ERR_PORT_TAKEN", message: "no free port at or above 65534 for replica b-0" });
+  await assert.rejects(ports.allocate("b-0"), { code: "ABGATE_ERR_PORT_TAKEN", message: /^no free port for replica b-0: every port from ports\.base \(65534\) to 65535/ });
   assert.deepEqual(probed, [65534], "65535 is reserved, and nothing below base is tried");
   // The last port itself is handed out
   assert.deepEqual([...(await allocatePorts([{ name: "c", replicas: 1 }], 65535, [], async () => true))], [["c", [65535]]]);

@@ -45,9 +45,11 @@ export class PortAllocator {
   readonly #reserved: Set<number>;
   readonly #taken = new Set<number>();
   readonly #isFree: PortProbe;
+  readonly #base: number;
   #next: number;
 
   constructor(base: number, options: { reserved?: Iterable<number>; isFree?: PortProbe } = {}) {
+    this.#base = base;
     this.#next = base;
     this.#reserved = new Set(options.reserved);
     this.#isFree = options.isFree ?? portIsFree;
@@ -86,7 +88,12 @@ export class PortAllocator {
   async allocate(replica: string): Promise<number> {
     let p = this.#next;
     while (p <= LAST_PORT && (this.#taken.has(p) || this.#reserved.has(p) || !(await this.#isFree(p)))) p++;
-    if (p > LAST_PORT) throw new AbgateError(`no free port at or above ${this.#next} for replica ${replica}`, "ABGATE_ERR_PORT_TAKEN");
+    if (p > LAST_PORT) {
+      throw new AbgateError(
+        `no free port for replica ${replica}: every port from ports.base (${this.#base}) to ${LAST_PORT} is in use, reserved or another replica's; set a lower ports.base`,
+        "ABGATE_ERR_PORT_TAKEN",
+      );
+    }
     this.#taken.add(p);
     this.#next = p + 1;
     return p;
