@@ -1,5 +1,7 @@
 import { spawnSync } from "node:child_process";
-import { chmodSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -22,15 +24,24 @@ export interface Unprivileged {
  */
 export function unprivileged(): Unprivileged | undefined {
   if (process.getuid?.() !== 0) return { prefix: [] };
+  // It must run this checkout's TypeScript, and fail to make a file in an r-x folder.
+  const folder = mkdtempSync(join(tmpdir(), "abgate-unwritable-"));
+  chmodSync(folder, 0o555);
+  const probe = `try { require("node:fs").writeFileSync(${JSON.stringify(join(folder, "probe"))}, ""); process.exit(3); } catch { process.exit(0); }`;
   const runs = (as: Unprivileged) => {
-    const argv = [...as.prefix, process.execPath, "--import", "tsx", "-e", ""];
+    const argv = [...as.prefix, process.execPath, "--import", "tsx", "-e", probe];
     return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
   };
-  for (const as of [
-    { uid: NOBODY, gid: NOBODY, prefix: [] },
-    { prefix: ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] },
-  ]) {
-    if (runs(as)) return as;
+  try {
+    for (const as of [
+      { uid: NOBODY, gid: NOBODY, prefix: [] },
+      { prefix: ["setpriv", "--inh-caps", "-all", "--ambient-caps", "-all", "--bounding-set", "-dac_override,-dac_read_search", "--"] },
+    ]) {
+      if (runs(as)) return as;
+    }
+  } finally {
+    chmodSync(folder, 0o755);
+    rmSync(folder, { recursive: true, force: true });
   }
   if (process.env.ABGATE_REQUIRE_UNPRIVILEGED === "1") {
     throw new Error("ABGATE_REQUIRE_UNPRIVILEGED=1, but neither user nobody nor setpriv (util-linux) can run this checkout's code");
