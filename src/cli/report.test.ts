@@ -4,38 +4,20 @@
  * folder it may not write is read without a file made there. Real SQLite files, the CLI run as a process.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { runCli } from "../../test/helpers/cli.ts";
 import { unprivileged, unwritableFolder } from "../../test/helpers/unwritable.ts";
-import { latestSchemaVersion, migrations } from "../store/migrations.ts";
+import { latestSchemaVersion } from "../store/migrations.ts";
 import { SqliteStore } from "../store/sqlite/index.ts";
-import type { Exposure, OutcomeEvent } from "../store/types.ts";
+import { snapshot, storeRows, tempFolders, versionOneStore } from "../../test/helpers/store-files.ts";
 
 const T0 = Date.now() - 3_600_000;
 
-function exposures(from: number, n: number): Exposure[] {
-  return Array.from({ length: n }, (_, i): Exposure => {
-    const k = from + i;
-    const v = k % 2 ? "control" : "treatment";
-    return { experiment: "rep", ts: T0 + k * 1000, requestId: `r${k}`, unit: `u${k}`, assigned: v, served: v, replica: `${v}-0`, status: 200, latencyMs: 5, forced: false };
-  });
-}
+const { exposures, events } = storeRows("rep", T0);
 
-function events(from: number, n: number): OutcomeEvent[] {
-  return Array.from({ length: n }, (_, i) => ({ experiment: "rep", unit: `u${from + i}`, event: "watched", value: 1, ts: T0 + (from + i) * 1000 + 500, requestId: null }));
-}
-
-/** Each file of `dir` with a hash of its bytes; the -shm, which readers write by design, without one. */
-function snapshot(dir: string): Record<string, string> {
-  return Object.fromEntries(
-    readdirSync(dir).sort().map((f) => [f, f.endsWith("-shm") ? "" : createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")]),
-  );
-}
 
 function writeConfig(dir: string): string {
   const file = join(dir, "abgate.yaml");
@@ -66,18 +48,7 @@ async function closedStore(path: string): Promise<void> {
 }
 
 describe("abgate report opens the store read-only", () => {
-  let root: string;
-  let n = 0;
-  const fresh = () => {
-    const dir = join(root, `t${++n}`);
-    mkdirSync(dir);
-    return dir;
-  };
-  before(() => {
-    root = mkdtempSync(join(tmpdir(), "abgate-cli-report-"));
-    chmodSync(root, 0o755); // for the CLI run as nobody
-  });
-  after(() => rmSync(root, { recursive: true, force: true }));
+  const { fresh } = tempFolders("abgate-cli-report-");
 
   it("on a live gateway's store: reports its WAL's commits too, leaves the file and its -wal as they were and records no state; --writable does", async () => {
     const dir = fresh();
@@ -109,12 +80,7 @@ describe("abgate report opens the store read-only", () => {
     const dir = fresh();
     const file = writeConfig(dir);
     const path = join(dir, "a.db");
-    const db = new Database(path);
-    db.pragma("journal_mode = WAL");
-    db.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
-    for (const sql of migrations[0]!.sqlite) db.exec(sql);
-    db.prepare(`INSERT INTO schema_migrations VALUES (1, ?, 0)`).run(migrations[0]!.name);
-    db.close();
+    versionOneStore(path);
     const before = snapshot(dir)["a.db"];
     const res = await runCli(["report", "-c", file]);
     assert.equal(res.code, 1, res.stdout);

@@ -8,39 +8,22 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, copyFileSync, existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { unprivileged, unprivilegedArgv, unwritableFolder } from "../../../test/helpers/unwritable.ts";
 import { StoreError } from "../../errors.ts";
 import { openStore } from "../index.ts";
-import { latestSchemaVersion, migrations } from "../migrations.ts";
-import type { Exposure, OutcomeEvent } from "../types.ts";
+import { latestSchemaVersion } from "../migrations.ts";
 import { SqliteStore } from "./sqlite-store.ts";
+import { snapshot, storeRows, tempFolders, versionOneStore } from "../../../test/helpers/store-files.ts";
 
 const T0 = 1_700_000_000_000;
 const METRICS = [{ name: "watched", kind: "conversion" as const, event: "watched", windowMs: 3_600_000 }];
 
-function exposures(from: number, n: number): Exposure[] {
-  return Array.from({ length: n }, (_, i): Exposure => {
-    const k = from + i;
-    const v = k % 2 ? "control" : "treatment";
-    return { experiment: "exp", ts: T0 + k * 1000, requestId: `r${k}`, unit: `u${k}`, assigned: v, served: v, replica: `${v}-0`, status: 200, latencyMs: 5, forced: false };
-  });
-}
+const { exposures, events } = storeRows("exp", T0);
 
-function events(from: number, n: number): OutcomeEvent[] {
-  return Array.from({ length: n }, (_, i) => ({ experiment: "exp", unit: `u${from + i}`, event: "watched", value: 1, ts: T0 + (from + i) * 1000 + 500, requestId: null }));
-}
-
-/** Each file of `dir` with a hash of its bytes ("" for the -shm, which readers write by design: it is no data). */
-function snapshot(dir: string): Record<string, string> {
-  return Object.fromEntries(
-    readdirSync(dir).sort().map((f) => [f, f.endsWith("-shm") ? "" : createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")]),
-  );
-}
 
 /**
  * That `after` has what `before` had, byte for byte (the -shm aside), and nothing more than what SQLite makes to
@@ -79,29 +62,8 @@ async function liveStore(path: string): Promise<SqliteStore> {
   return s;
 }
 
-/** A version-1 database, as an abgate before migration 2 left it. */
-function versionOneStore(path: string): void {
-  const db = new Database(path);
-  db.pragma("journal_mode = WAL");
-  db.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
-  for (const sql of migrations[0]!.sqlite) db.exec(sql);
-  db.prepare(`INSERT INTO schema_migrations VALUES (1, ?, 0)`).run(migrations[0]!.name);
-  db.close();
-}
-
 describe("SqliteStore readOnly", () => {
-  let root: string;
-  let n = 0;
-  const fresh = () => {
-    const dir = join(root, `t${++n}`);
-    mkdirSync(dir);
-    return dir;
-  };
-  before(() => {
-    root = mkdtempSync(join(tmpdir(), "abgate-sqlite-ro-"));
-    chmodSync(root, 0o755); // for the child that runs as nobody
-  });
-  after(() => rmSync(root, { recursive: true, force: true }));
+  const { fresh } = tempFolders("abgate-sqlite-ro-");
 
   it("reads a live store, commits still in its WAL included, and leaves the file and its -wal byte for byte as they were", async () => {
     const dir = fresh();
@@ -227,7 +189,7 @@ describe("SqliteStore readOnly", () => {
     async function readAsOther(dir: string, path: string, env: NodeJS.ProcessEnv = { SQLITE_USE_URI: undefined }): Promise<{ counts?: unknown; aggregate?: unknown; state?: unknown; error?: string; name?: string }> {
       for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
       // A file, not -e: a worker thread (the store's reader) would take --input-type=module for its own code.
-      const script = join(root, `child-${++n}.mts`);
+      const script = join(fresh(), "child.mts");
       writeFileSync(script, `
         const { SqliteStore } = await import(${JSON.stringify(storeModule)});
         try {
