@@ -102,7 +102,7 @@ describe("abgate report opens the store read-only", () => {
   });
 
   const as = unprivileged();
-  it("on a copy in a folder it may not write (the file alone): reports it and makes no file there", { skip: as === undefined ? "running as root, and neither user nobody nor setpriv can run this checkout's code" : false }, async () => {
+  it("on a copy in a folder it may not write (the file alone): reports it and makes no file there", { skip: as === undefined ? "running as root, and neither setpriv nor user nobody can run this checkout's code unprivileged" : false }, async () => {
     const dir = fresh();
     const file = writeConfig(dir);
     const path = join(dir, "a.db");

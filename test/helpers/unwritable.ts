@@ -13,17 +13,20 @@ export interface Unprivileged {
   gid?: number;
   /** a command that runs the child's command line (empty: run it directly) */
   prefix: string[];
+  /** the child runs as another user than root (the tests' files' owner) */
+  otherUser: boolean;
 }
 
 /**
  * Who a child process runs as so that it may not write a folder whose mode is r-x for all (see `unwritableFolder`):
- * the current user; as root (which file modes do not stop, and which the tests run as), user nobody when it can
- * run this checkout's TypeScript, else root without the capabilities that override file modes (setpriv), which
- * still reads a checkout it owns, however private its folder. undefined when neither works; with
- * ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead, as a skipped test would pass.
+ * the current user; as root (which file modes do not stop, and which the tests run as), user nobody keeping only
+ * the capability to read and search any file (setpriv, from util-linux: it reads this checkout wherever it is, and
+ * writes by file modes alone), else plain nobody, else root without the capabilities that override file modes.
+ * undefined when none works; with ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead,
+ * as a skipped test would pass.
  */
 export function unprivileged(): Unprivileged | undefined {
-  if (process.getuid?.() !== 0) return { prefix: [] };
+  if (process.getuid?.() !== 0) return { prefix: [], otherUser: true };
   // It must run this checkout's TypeScript, and fail to make a file in an r-x folder.
   const folder = mkdtempSync(join(tmpdir(), "abgate-unwritable-"));
   chmodSync(folder, 0o555);
@@ -32,10 +35,15 @@ export function unprivileged(): Unprivileged | undefined {
     const argv = [...as.prefix, process.execPath, "--import", "tsx", "-e", probe];
     return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
   };
+  const noCaps = ["--inh-caps", "-all", "--ambient-caps", "-all"];
   try {
     for (const as of [
-      { uid: NOBODY, gid: NOBODY, prefix: [] },
-      { prefix: ["setpriv", "--inh-caps", "-all", "--ambient-caps", "-all", "--bounding-set", "-dac_override,-dac_read_search", "--"] },
+      {
+        prefix: ["setpriv", "--reuid", String(NOBODY), "--regid", String(NOBODY), "--clear-groups", "--inh-caps", "+dac_read_search", "--ambient-caps", "+dac_read_search", "--"],
+        otherUser: true,
+      },
+      { uid: NOBODY, gid: NOBODY, prefix: [], otherUser: true },
+      { prefix: ["setpriv", ...noCaps, "--bounding-set", "-dac_override,-dac_read_search", "--"], otherUser: false },
     ]) {
       if (runs(as)) return as;
     }
@@ -44,7 +52,7 @@ export function unprivileged(): Unprivileged | undefined {
     rmSync(folder, { recursive: true, force: true });
   }
   if (process.env.ABGATE_REQUIRE_UNPRIVILEGED === "1") {
-    throw new Error("ABGATE_REQUIRE_UNPRIVILEGED=1, but neither user nobody nor setpriv (util-linux) can run this checkout's code");
+    throw new Error("ABGATE_REQUIRE_UNPRIVILEGED=1, but neither setpriv (util-linux) nor user nobody can run this checkout's code unprivileged");
   }
   return undefined;
 }

@@ -62,6 +62,16 @@ async function liveStore(path: string): Promise<SqliteStore> {
   return s;
 }
 
+/** Runs `fn` while `dir` may be written by anyone (as a shared folder), then makes it 0755 again. */
+async function writableByAll<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  chmodSync(dir, 0o777);
+  try {
+    return await fn();
+  } finally {
+    chmodSync(dir, 0o755);
+  }
+}
+
 describe("SqliteStore readOnly", () => {
   const { fresh } = tempFolders("abgate-sqlite-ro-");
 
@@ -182,11 +192,16 @@ describe("SqliteStore readOnly", () => {
 
   describe("in a folder it may not write", () => {
     const as = unprivileged();
-    const skip = as === undefined ? "running as root, and neither user nobody nor setpriv can run this checkout's code" : false;
+    const skip = as === undefined ? "running as root, and neither setpriv nor user nobody can run this checkout's code unprivileged" : false;
     const storeModule = new URL("./sqlite-store.ts", import.meta.url).href;
 
     /** Opens `path` read-only in a child process that may not write its folder; what it read, or its error. */
-    async function readAsOther(dir: string, path: string, env: NodeJS.ProcessEnv = { SQLITE_USE_URI: undefined }): Promise<{ counts?: unknown; aggregate?: unknown; state?: unknown; error?: string; name?: string }> {
+    async function readAsOther(
+      dir: string,
+      path: string,
+      env: NodeJS.ProcessEnv = { SQLITE_USE_URI: undefined },
+      folder: "unwritable" | "writable by all" = "unwritable",
+    ): Promise<{ counts?: unknown; aggregate?: unknown; state?: unknown; error?: string; name?: string }> {
       for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
       // A file, not -e: a worker thread (the store's reader) would take --input-type=module for its own code.
       const script = join(fresh(), "child.mts");
@@ -202,7 +217,8 @@ describe("SqliteStore readOnly", () => {
           process.stdout.write(JSON.stringify({ error: err.message, name: err.name }));
         }`);
       chmodSync(script, 0o644);
-      return unwritableFolder(dir, () => new Promise((resolve, reject) => {
+      const inFolder = folder === "unwritable" ? unwritableFolder : writableByAll;
+      return inFolder(dir, () => new Promise((resolve, reject) => {
         const [file, args] = unprivilegedArgv(as!, [process.execPath, "--import", "tsx", script]);
         const child = spawn(file, args, { uid: as!.uid, gid: as!.gid, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
@@ -243,8 +259,25 @@ describe("SqliteStore readOnly", () => {
       // Without URI filenames (SQLITE_USE_URI=0) it cannot: a StoreError that says what to do instead.
       const refused = await readAsOther(dir, path, { SQLITE_USE_URI: "0" });
       assert.equal(refused.name, "StoreError");
-      assert.match(refused.error!, /in WAL mode without its -wal and -shm files, which SQLite may not create in .*; such a store is read as immutable, .*Copy the store \(the file alone will do\) to a writable folder/);
+      assert.match(refused.error!, /in WAL mode without its -wal and -shm files, which are not to be made in .*; such a store is read as immutable, .*Copy the store \(the file alone will do\) to a writable folder/);
       assert.deepEqual(snapshot(dir), before);
+    });
+
+    it("another user's store, in a folder that user may write: read as immutable, so that no -wal or -shm of that user's keeps the owner from writing it", { skip: skip || (as?.otherUser ? false : "the child does not run as another user") }, async () => {
+      const dir = fresh();
+      const path = join(dir, "a.db");
+      await closedStore(path);
+      const before = snapshot(dir);
+      assert.deepEqual(Object.keys(before), ["a.db"]);
+      const read = await readAsOther(dir, path, undefined, "writable by all");
+      assert.equal(read.error, undefined, read.error);
+      assert.deepEqual(read.counts, { exposures: 100, events: 30 });
+      assert.deepEqual(snapshot(dir), before, "no file made");
+      const owner = new SqliteStore(path);
+      await owner.init();
+      await owner.writeExposures(exposures(100, 1));
+      assert.equal((await owner.counts("exp")).exposures, 101, "the owner writes it as before");
+      await owner.close();
     });
 
     it("with the -wal and -shm of a live store: reads its WAL's commits too, and changes neither file", { skip }, async () => {
@@ -275,7 +308,7 @@ describe("SqliteStore readOnly", () => {
       const before = snapshot(copy);
       const read = await readAsOther(copy, join(copy, "a.db"));
       assert.equal(read.name, "StoreError");
-      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing and cannot be created in .*, which is not writable: copy the store's -shm file along with it/);
+      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing and is not to be made \((.* is not writable|this user does not own the store, .*)\): copy the store's -shm file along with it/);
       assert.deepEqual(snapshot(copy), before);
       assert.equal(existsSync(join(copy, "a.db-shm")), false);
     });

@@ -413,7 +413,8 @@ function ewma(average: number, sample: number): number {
  * consistent snapshot.
  *
  * Where they are missing and the folder is not writable (a read-only mount, another user's folder), SQLite cannot
- * open the file at all. Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
+ * open the file at all; where they are missing and the store is another user's, the files SQLite made would be this
+ * user's, and would keep the store's owner from writing it (see needsImmutable). Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
  * checkpointed it; and no writer has it open, or it would have a -wal), and it is read as `immutable`: no locks, no
  * -wal or -shm. (Immutable means the file must not change meanwhile: a writer that another user starts on it during
  * the read would go unseen, and could make that read inconsistent. On a read-only mount none can.) That takes an
@@ -447,7 +448,7 @@ function openReadOnly(path: string): { name: string; db: Database.Database } {
   } catch (err) {
     if (immutable) {
       throw new StoreError(
-        `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, which SQLite may not create in ${dirname(path)}; ` +
+        `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, which are not to be made in ${dirname(path)}; ` +
           `such a store is read as immutable, through an SQLite URI filename, and that failed (${(err as Error).message}): URI filenames are off in a ` +
           `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. Copy the store (the file alone will do) to a writable folder and read it there`,
         { cause: err },
@@ -458,29 +459,41 @@ function openReadOnly(path: string): { name: string; db: Database.Database } {
 }
 
 /**
- * Whether SQLite can read `path` (read-only) only as immutable: a WAL-mode file whose -wal or -shm is missing, in a
- * folder this process may not write. Throws StoreError when it cannot read it at all: its -wal holds commits but
- * its -shm is missing.
+ * Whether `path` is to be read (read-only) as immutable: a WAL-mode file whose -wal or -shm is missing, which SQLite
+ * would create, where this process may not (a folder it cannot write) or should not: another user's store, whose
+ * -wal and -shm would then be this user's, and its owner's gateway could no longer open it for writing. Throws
+ * StoreError when it cannot be read at all: its -wal holds commits but its -shm is missing.
  */
 function needsImmutable(path: string): boolean {
   if (!walModeFile(path)) return false;
   const walBytes = sizeOrNull(`${path}-wal`);
   const shmBytes = sizeOrNull(`${path}-shm`);
   if (walBytes !== null && shmBytes !== null) return false;
-  try {
-    accessSync(dirname(path), fsConstants.W_OK);
-    return false;
-  } catch {
-    // not writable: SQLite cannot create the missing file
-  }
+  const why = othersStore(path) ? "this user does not own the store, and files it made there would keep its owner from writing it" : folderReadOnly(path);
+  if (why === undefined) return false;
   if (walBytes !== null && walBytes > 0) {
     throw new StoreError(
       `cannot open SQLite store ${path} read-only: its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, ` +
-        `and ${path}-shm is missing and cannot be created in ${dirname(path)}, which is not writable: ` +
-        `copy the store's -shm file along with it and its -wal, or read it where the folder is writable`,
+        `and ${path}-shm is missing and is not to be made (${why}): copy the store's -shm file along with it and its -wal, or read it as the store's owner`,
     );
   }
   return true;
+}
+
+/** Whether another user owns `path` (root reads any as itself: SQLite gives the files it makes to the store's owner). */
+function othersStore(path: string): boolean {
+  const uid = process.getuid?.();
+  return uid !== undefined && uid !== 0 && statSync(path).uid !== uid;
+}
+
+/** Why SQLite cannot make files beside `path` (its folder is not writable), or undefined when it can. */
+function folderReadOnly(path: string): string | undefined {
+  try {
+    accessSync(dirname(path), fsConstants.W_OK);
+    return undefined;
+  } catch {
+    return `${dirname(path)} is not writable`;
+  }
 }
 
 /** Whether the file's header says WAL mode (file format versions 2 at offsets 18 and 19); false for anything else. */
