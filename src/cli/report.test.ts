@@ -8,7 +8,7 @@ import { chmodSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { runCli } from "../../test/helpers/cli.ts";
+import { CLI, runCli } from "../../test/helpers/cli.ts";
 import { unprivileged, unwritableFolder } from "../../test/helpers/unwritable.ts";
 import { latestSchemaVersion } from "../store/migrations.ts";
 import { SqliteStore } from "../store/sqlite/index.ts";
@@ -101,7 +101,7 @@ describe("abgate report opens the store read-only", () => {
     assert.match(again.stdout, /rep/);
   });
 
-  const as = unprivileged();
+  const as = unprivileged([process.execPath, "--import", "tsx", CLI, "--version"]);
   it("on a copy in a folder it may not write (the file alone): reports it and makes no file there", { skip: as === undefined ? "running as root, and neither setpriv nor user nobody can run this checkout's code unprivileged" : false }, async () => {
     const dir = fresh();
     const file = writeConfig(dir);

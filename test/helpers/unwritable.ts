@@ -25,16 +25,18 @@ export interface Unprivileged {
  * undefined when none works; with ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead,
  * as a skipped test would pass.
  */
-export function unprivileged(): Unprivileged | undefined {
+export function unprivileged(mustRun: string[] = [process.execPath, "--import", "tsx", "-e", ""]): Unprivileged | undefined {
   if (process.getuid?.() !== 0) return { prefix: [], otherUser: true };
-  // It must run this checkout's TypeScript, and fail to make a file in an r-x folder.
+  // It must run `mustRun` (this checkout's code: tsx, for one, looks for package.json with access(2), which for
+  // another user than root ignores the capability to read any file), and fail to make a file in an r-x folder.
   const folder = mkdtempSync(join(tmpdir(), "abgate-unwritable-"));
   chmodSync(folder, 0o555);
-  const probe = `try { require("node:fs").writeFileSync(${JSON.stringify(join(folder, "probe"))}, ""); process.exit(3); } catch { process.exit(0); }`;
-  const runs = (as: Unprivileged) => {
-    const argv = [...as.prefix, process.execPath, "--import", "tsx", "-e", probe];
-    return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
-  };
+  const write = `try { require("node:fs").writeFileSync(${JSON.stringify(join(folder, "probe"))}, ""); process.exit(3); } catch { process.exit(0); }`;
+  const runs = (as: Unprivileged) =>
+    [mustRun, [process.execPath, "-e", write]].every((command) => {
+      const argv = [...as.prefix, ...command];
+      return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
+    });
   const noCaps = ["--inh-caps", "-all", "--ambient-caps", "-all"];
   try {
     for (const as of [
