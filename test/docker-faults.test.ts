@@ -7,6 +7,7 @@ import Database from "better-sqlite3";
 import { DockerEngine, listExperimentContainers } from "../src/engines/docker/index.ts";
 import { startGateway, type Gateway } from "../src/gateway.ts";
 import { createLogger } from "../src/log/index.ts";
+import { stickyBucket } from "../src/strategies/fnv.ts";
 import { BASE_IMAGE, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
 after(removeTestImages);
@@ -158,7 +159,12 @@ test("every replica of a variant killed: the fallback serves its units and the e
   const db = new Database(config.store.slice("sqlite:".length), { readonly: true });
   t.after(() => db.close());
   const treatmentUnits = (db.prepare("SELECT DISTINCT unit FROM exposures WHERE experiment = ? AND assigned = 'treatment'").all(config.experiment) as { unit: string }[]).map((r) => r.unit);
-  assert.ok(treatmentUnits.length > 20 && treatmentUnits.length < 80, String(treatmentUnits.length));
+  // Exactly the units the spec's bucket rule gives the treatment. (Not a count near half: plain FNV-1a splits
+  // sequential ids u0..u99 unevenly, outside 20-80 for one salt in 40.)
+  const controlShare = config.variants[0]!.weight / (config.variants[0]!.weight + config.variants[1]!.weight);
+  const expectedTreatment = [...traffic.byUnit.keys()].filter((u) => stickyBucket(config.salt, u) >= controlShare).sort();
+  assert.deepEqual([...treatmentUnits].sort(), expectedTreatment);
+  assert.ok(treatmentUnits.length > 0, "the treatment has units");
   // the treatment's units were served by the control while it was down, and by the treatment before and after
   const fellBack = treatmentUnits.filter((u) => traffic.byUnit.get(u)!.some((s) => s.variant === "control"));
   assert.ok(fellBack.length > 0, "some treatment units were served by the fallback");

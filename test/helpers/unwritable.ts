@@ -19,13 +19,17 @@ export interface Unprivileged {
 
 /**
  * Who a child process runs as so that it may not write a folder whose mode is r-x for all (see `unwritableFolder`):
- * the current user; as root (which file modes do not stop, and which the tests run as), user nobody keeping only
- * the capability to read and search any file (setpriv, from util-linux: it reads this checkout wherever it is, and
- * writes by file modes alone), else plain nobody, else root without the capabilities that override file modes.
- * undefined when none works; with ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead,
- * as a skipped test would pass.
+ * the current user; as root (which file modes do not stop, and which the tests run as), preferably (setpriv, from
+ * util-linux) effective user nobody, with real user root and the one capability to read and search any file: the
+ * files it makes are nobody's, its writes obey file modes, and it reads this checkout wherever it is, also through
+ * access(2), which takes the real user's capabilities (tsx and better-sqlite3's loader look files up with it).
+ * Else plain nobody, else root without the capabilities that override file modes. undefined when none works; with
+ * ABGATE_REQUIRE_UNPRIVILEGED=1 (scripts/test-env.sh, so CI) that throws instead, as a skipped test would pass.
+ * `mustRun`: what the child must be able to run (default: open an SQLite database through this checkout's driver).
  */
-export function unprivileged(mustRun: string[] = [process.execPath, "--import", "tsx", "-e", ""]): Unprivileged | undefined {
+export function unprivileged(
+  mustRun: string[] = [process.execPath, "--import", "tsx", "-e", `new (require("better-sqlite3"))(":memory:").close()`],
+): Unprivileged | undefined {
   if (process.getuid?.() !== 0) return { prefix: [], otherUser: true };
   // It must run `mustRun` (this checkout's code: tsx, for one, looks for package.json with access(2), which for
   // another user than root ignores the capability to read any file), and fail to make a file in an r-x folder.
@@ -41,7 +45,10 @@ export function unprivileged(mustRun: string[] = [process.execPath, "--import", 
   try {
     for (const as of [
       {
-        prefix: ["setpriv", "--reuid", String(NOBODY), "--regid", String(NOBODY), "--clear-groups", "--inh-caps", "+dac_read_search", "--ambient-caps", "+dac_read_search", "--"],
+        prefix: [
+          "setpriv", "--ruid", "0", "--euid", String(NOBODY), "--rgid", "0", "--egid", String(NOBODY), "--clear-groups",
+          "--inh-caps", "-all,+dac_read_search", "--ambient-caps", "-all,+dac_read_search", "--bounding-set", "-all,+dac_read_search", "--",
+        ],
         otherUser: true,
       },
       { uid: NOBODY, gid: NOBODY, prefix: [], otherUser: true },

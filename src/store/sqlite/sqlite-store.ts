@@ -480,9 +480,12 @@ function needsImmutable(path: string): boolean {
   return true;
 }
 
-/** Whether another user owns `path` (root reads any as itself: SQLite gives the files it makes to the store's owner). */
+/**
+ * Whether another user owns `path` than the one files this process makes belong to, its effective user (root reads
+ * any as itself: SQLite gives the files it makes to the store's owner).
+ */
 function othersStore(path: string): boolean {
-  const uid = process.getuid?.();
+  const uid = process.geteuid?.();
   return uid !== undefined && uid !== 0 && statSync(path).uid !== uid;
 }
 
