@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const NOBODY = 65534;
+export const NOBODY = 65534;
 
 /** How to start a child that may not write a folder whose mode is r-x for all: as `uid`/`gid`, behind `prefix`. */
 export interface Unprivileged {
@@ -41,7 +41,8 @@ export function unprivileged(
       const argv = [...as.prefix, ...command];
       return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
     });
-  const noCaps = ["--inh-caps", "-all", "--ambient-caps", "-all"];
+  // (dropping the inheritable set drops the ambient one too, and needs no --ambient-caps, which older setpriv lacks)
+  const noCaps = ["--inh-caps", "-all"];
   try {
     for (const as of [
       {

@@ -8,11 +8,11 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, existsSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { unprivileged, unprivilegedArgv, unwritableFolder } from "../../../test/helpers/unwritable.ts";
+import { NOBODY, unprivileged, unprivilegedArgv, unwritableFolder } from "../../../test/helpers/unwritable.ts";
 import { StoreError } from "../../errors.ts";
 import { openStore } from "../index.ts";
 import { latestSchemaVersion } from "../migrations.ts";
@@ -193,16 +193,28 @@ describe("SqliteStore readOnly", () => {
   describe("in a folder it may not write", () => {
     const as = unprivileged();
     const skip = as === undefined ? "running as root, and neither setpriv nor user nobody can run this checkout's code unprivileged" : false;
+    const otherSkip = skip || (as?.otherUser ? false : "the child does not run as another user");
     const storeModule = new URL("./sqlite-store.ts", import.meta.url).href;
 
     /** Opens `path` read-only in a child process that may not write its folder; what it read, or its error. */
+    /**
+     * `folder`: the child may not write it, or anyone may; `owner`: whose the files in `dir` are, root's (the tests')
+     * or the child's; `during`: runs after the child opened the store and before it reads.
+     */
     async function readAsOther(
       dir: string,
       path: string,
-      env: NodeJS.ProcessEnv = { SQLITE_USE_URI: undefined },
-      folder: "unwritable" | "writable by all" = "unwritable",
+      { env = { SQLITE_USE_URI: undefined }, folder = "unwritable", owner = "root", during }: {
+        env?: NodeJS.ProcessEnv;
+        folder?: "unwritable" | "writable by all";
+        owner?: "root" | "the child";
+        during?: () => Promise<void>;
+      } = {},
     ): Promise<{ counts?: unknown; aggregate?: unknown; state?: unknown; error?: string; name?: string }> {
-      for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
+      for (const f of readdirSync(dir)) {
+        chmodSync(join(dir, f), 0o644);
+        if (owner === "the child" && as!.otherUser && process.getuid?.() === 0) chownSync(join(dir, f), NOBODY, NOBODY);
+      }
       // A file, not -e: a worker thread (the store's reader) would take --input-type=module for its own code.
       const script = join(fresh(), "child.mts");
       writeFileSync(script, `
@@ -210,6 +222,10 @@ describe("SqliteStore readOnly", () => {
         try {
           const s = new SqliteStore(${JSON.stringify(path)}, { readOnly: true });
           await s.init();
+          if (process.env.PAUSE_AFTER_OPEN) {
+            process.stderr.write("opened\\n");
+            await new Promise((resolve) => process.stdin.once("data", resolve));
+          }
           const out = { counts: await s.counts("exp"), aggregate: await s.aggregate("exp", ["control", "treatment"], ${JSON.stringify(METRICS)}), state: await s.getState("exp", "strategy") };
           await s.close();
           process.stdout.write(JSON.stringify(out));
@@ -220,11 +236,19 @@ describe("SqliteStore readOnly", () => {
       const inFolder = folder === "unwritable" ? unwritableFolder : writableByAll;
       return inFolder(dir, () => new Promise((resolve, reject) => {
         const [file, args] = unprivilegedArgv(as!, [process.execPath, "--import", "tsx", script]);
-        const child = spawn(file, args, { uid: as!.uid, gid: as!.gid, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+        const pause = during === undefined ? {} : { PAUSE_AFTER_OPEN: "1" };
+        const child = spawn(file, args, { uid: as!.uid, gid: as!.gid, env: { ...process.env, ...env, ...pause }, stdio: [during === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
         let out = "";
         let err = "";
-        child.stdout.on("data", (d: Buffer) => (out += d));
-        child.stderr.on("data", (d: Buffer) => (err += d));
+        child.stdout!.on("data", (d: Buffer) => (out += d));
+        child.stderr!.on("data", (d: Buffer) => {
+          err += d;
+          if (during !== undefined && err.includes("opened\n")) {
+            err = err.replace("opened\n", "");
+            // (end, not write: an open stdin would keep the child alive)
+            during().then(() => child.stdin!.end("go\n"), reject);
+          }
+        });
         child.on("error", reject);
         child.on("close", (code) => {
           try {
@@ -250,34 +274,69 @@ describe("SqliteStore readOnly", () => {
       rmSync(`${path}-shm`, { force: true });
       const before = snapshot(dir);
       assert.deepEqual(Object.keys(before), ["a.db"]);
-      const read = await readAsOther(dir, path);
+      const read = await readAsOther(dir, path, { owner: "the child" });
       assert.equal(read.error, undefined, read.error);
       assert.deepEqual(read.counts, { exposures: 100, events: 30 });
       assert.deepEqual(read.aggregate, JSON.parse(JSON.stringify(aggregate)));
       assert.equal(read.state, '{"weights":{"control":1,"treatment":1}}');
       assert.deepEqual(snapshot(dir), before);
       // Without URI filenames (SQLITE_USE_URI=0) it cannot: a StoreError that says what to do instead.
-      const refused = await readAsOther(dir, path, { SQLITE_USE_URI: "0" });
+      const refused = await readAsOther(dir, path, { env: { SQLITE_USE_URI: "0" }, owner: "the child" });
       assert.equal(refused.name, "StoreError");
-      assert.match(refused.error!, /in WAL mode without its -wal and -shm files, which are not to be made in .*; such a store is read as immutable, .*Copy the store \(the file alone will do\) to a writable folder/);
+      assert.match(refused.error!, /in WAL mode without its -wal and -shm files, and SQLite must not make them \(.* is not writable\); such a store is read as immutable, .*Copy the store \(the file alone will do\) to a writable folder/);
       assert.deepEqual(snapshot(dir), before);
     });
 
-    it("another user's store, in a folder that user may write: read as immutable, so that no -wal or -shm of that user's keeps the owner from writing it", { skip: skip || (as?.otherUser ? false : "the child does not run as another user") }, async () => {
+    it("another user's store, in a folder that user may write: read as immutable, so that no -wal or -shm of that user's keeps the owner from writing it", { skip: otherSkip }, async () => {
       const dir = fresh();
       const path = join(dir, "a.db");
       await closedStore(path);
       const before = snapshot(dir);
       assert.deepEqual(Object.keys(before), ["a.db"]);
-      const read = await readAsOther(dir, path, undefined, "writable by all");
+      const read = await readAsOther(dir, path, { folder: "writable by all" });
       assert.equal(read.error, undefined, read.error);
       assert.deepEqual(read.counts, { exposures: 100, events: 30 });
       assert.deepEqual(snapshot(dir), before, "no file made");
-      const owner = new SqliteStore(path);
-      await owner.init();
-      await owner.writeExposures(exposures(100, 1));
-      assert.equal((await owner.counts("exp")).exposures, 101, "the owner writes it as before");
-      await owner.close();
+      const refused = await readAsOther(dir, path, { env: { SQLITE_USE_URI: "0" }, folder: "writable by all" });
+      assert.match(refused.error!, /SQLite must not make them \(this user does not own the store, .*Read it as the store's owner, or copy it/);
+    });
+
+    it("another user's live store through a symlink: the -wal and -shm are looked for beside the file it points to", { skip: otherSkip }, async () => {
+      const dir = fresh();
+      const live = await liveStore(join(dir, "live.db"));
+      try {
+        const links = fresh();
+        symlinkSync(join(dir, "live.db"), join(links, "a.db"));
+        const before = snapshot(dir);
+        const read = await readAsOther(links, join(links, "a.db"), { folder: "writable by all" });
+        assert.equal(read.error, undefined, read.error);
+        assert.deepEqual(read.counts, { exposures: 150, events: 40 }, "the commits in the WAL too");
+        assert.deepEqual(snapshot(dir), before);
+        assert.deepEqual(readdirSync(links), ["a.db"], "no file made beside the link");
+      } finally {
+        await live.close();
+      }
+    });
+
+    it("a store read as immutable that a gateway starts on meanwhile: an error to read it again, not a mix of old and new pages", { skip: otherSkip }, async () => {
+      const dir = fresh();
+      const path = join(dir, "a.db");
+      await closedStore(path);
+      let gateway: SqliteStore | undefined;
+      try {
+        const read = await readAsOther(dir, path, {
+          folder: "writable by all",
+          during: async () => {
+            gateway = new SqliteStore(path, { checkpointIntervalMs: 0 });
+            await gateway.init();
+            await gateway.writeExposures(exposures(100, 50));
+          },
+        });
+        assert.equal(read.name, "StoreError");
+        assert.match(read.error!, /changed while it was read \(a gateway started on it or wrote it\): read it again/);
+      } finally {
+        await gateway?.close();
+      }
     });
 
     it("with the -wal and -shm of a live store: reads its WAL's commits too, and changes neither file", { skip }, async () => {
@@ -306,9 +365,9 @@ describe("SqliteStore readOnly", () => {
         await live.close();
       }
       const before = snapshot(copy);
-      const read = await readAsOther(copy, join(copy, "a.db"));
+      const read = await readAsOther(copy, join(copy, "a.db"), { owner: "the child" });
       assert.equal(read.name, "StoreError");
-      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing and is not to be made \((.* is not writable|this user does not own the store, .*)\): copy the store's -shm file along with it/);
+      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing, which SQLite must not make \(.* is not writable\)\. Copy the store's -shm along with it and its -wal, or: Copy the store/);
       assert.deepEqual(snapshot(copy), before);
       assert.equal(existsSync(join(copy, "a.db-shm")), false);
     });

@@ -1,6 +1,6 @@
-import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, existsSync, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, resolve } from "node:path";
+import { dirname } from "node:path";
 import { pathToFileURL } from "node:url";
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
@@ -414,7 +414,7 @@ function ewma(average: number, sample: number): number {
  *
  * Where they are missing and the folder is not writable (a read-only mount, another user's folder), SQLite cannot
  * open the file at all; where they are missing and the store is another user's, the files SQLite made would be this
- * user's, and would keep the store's owner from writing it (see needsImmutable). Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
+ * user's, and would keep the store's owner from writing it (see immutableReason). Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
  * checkpointed it; and no writer has it open, or it would have a -wal), and it is read as `immutable`: no locks, no
  * -wal or -shm. (Immutable means the file must not change meanwhile: a writer that another user starts on it during
  * the read would go unseen, and could make that read inconsistent. On a read-only mount none can.) That takes an
@@ -425,32 +425,43 @@ function ewma(average: number, sample: number): number {
  *
  * Returns the name to open (also the reader thread's) and the connection. Throws StoreError.
  */
-function openReadOnly(path: string): { name: string; db: Database.Database } {
+function openReadOnly(path: string): { name: string; db: Database.Database; unchanged: (() => boolean) | null } {
   if (path === ":memory:") {
     throw new StoreError(`an in-memory SQLite store (sqlite::memory:) is new and empty in every process: there is nothing to open read-only`);
   }
-  let isFile: boolean;
+  let real: string;
   try {
-    isFile = statSync(path).isFile();
+    // SQLite keeps the -wal and -shm beside the file a link points to: look for them there, and at its owner.
+    real = realpathSync(path);
+    if (!statSync(real).isFile()) throw new StoreError(`cannot open SQLite store ${path} read-only: it is not a file`);
   } catch (err) {
+    if (err instanceof StoreError) throw err;
     if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new StoreError(`no SQLite store at ${path} (a read-only open does not create one)`, { cause: err });
     throw new StoreError(`cannot open SQLite store ${path} read-only: ${(err as Error).message}`, { cause: err });
   }
-  if (!isFile) throw new StoreError(`cannot open SQLite store ${path} read-only: it is not a file`);
-  const immutable = needsImmutable(path);
+  const immutable = immutableReason(real);
   let name = path;
-  if (immutable) {
+  let unchanged: (() => boolean) | null = null;
+  if (immutable !== undefined) {
     process.env.SQLITE_USE_URI ??= "1";
-    name = `${pathToFileURL(resolve(path)).href}?immutable=1`;
+    name = `${pathToFileURL(real).href}?immutable=1`;
+    // Immutable reads take no locks: a gateway that starts on the store meanwhile (its -wal appears) or changes
+    // the file would go unseen, so every read checks that neither happened (SqliteStore's #query).
+    const stamp = (): string => {
+      const st = statSync(real, { throwIfNoEntry: false });
+      return `${st?.size}:${st?.mtimeMs}:${existsSync(`${real}-wal`)}`;
+    };
+    const atOpen = stamp();
+    unchanged = () => stamp() === atOpen;
   }
   try {
-    return { name, db: new Database(name, { readonly: true, fileMustExist: true }) };
+    return { name, db: new Database(name, { readonly: true, fileMustExist: true }), unchanged };
   } catch (err) {
-    if (immutable) {
+    if (immutable !== undefined) {
       throw new StoreError(
-        `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, which are not to be made in ${dirname(path)}; ` +
+        `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, and SQLite must not make them (${immutable.why}); ` +
           `such a store is read as immutable, through an SQLite URI filename, and that failed (${(err as Error).message}): URI filenames are off in a ` +
-          `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. Copy the store (the file alone will do) to a writable folder and read it there`,
+          `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. ${immutable.instead}`,
         { cause: err },
       );
     }
@@ -459,25 +470,28 @@ function openReadOnly(path: string): { name: string; db: Database.Database } {
 }
 
 /**
- * Whether `path` is to be read (read-only) as immutable: a WAL-mode file whose -wal or -shm is missing, which SQLite
- * would create, where this process may not (a folder it cannot write) or should not: another user's store, whose
- * -wal and -shm would then be this user's, and its owner's gateway could no longer open it for writing. Throws
- * StoreError when it cannot be read at all: its -wal holds commits but its -shm is missing.
+ * Why `path` (a real path) is to be read (read-only) as immutable, and what to do instead, or undefined when not:
+ * a WAL-mode file whose -wal or -shm is missing, which SQLite would create, where this process may not (a folder it
+ * cannot write) or should not: another user's store, whose -wal and -shm would then be this user's, and its owner's
+ * gateway could no longer open it for writing. Throws StoreError when it cannot be read at all: its -wal holds
+ * commits but its -shm is missing.
  */
-function needsImmutable(path: string): boolean {
-  if (!walModeFile(path)) return false;
+function immutableReason(path: string): { why: string; instead: string } | undefined {
+  if (!walModeFile(path)) return undefined;
   const walBytes = sizeOrNull(`${path}-wal`);
   const shmBytes = sizeOrNull(`${path}-shm`);
-  if (walBytes !== null && shmBytes !== null) return false;
-  const why = othersStore(path) ? "this user does not own the store, and files it made there would keep its owner from writing it" : folderReadOnly(path);
-  if (why === undefined) return false;
+  if (walBytes !== null && shmBytes !== null) return undefined;
+  const reason = othersStore(path)
+    ? { why: "this user does not own the store, and files it made there would keep its owner from writing it", instead: "Read it as the store's owner, or copy it (with its -wal and -shm, if any) to a folder of your own" }
+    : folderReadOnly(path);
+  if (reason === undefined) return undefined;
   if (walBytes !== null && walBytes > 0) {
     throw new StoreError(
       `cannot open SQLite store ${path} read-only: its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, ` +
-        `and ${path}-shm is missing and is not to be made (${why}): copy the store's -shm file along with it and its -wal, or read it as the store's owner`,
+        `and ${path}-shm is missing, which SQLite must not make (${reason.why}). Copy the store's -shm along with it and its -wal, or: ${reason.instead}`,
     );
   }
-  return true;
+  return reason;
 }
 
 /**
@@ -490,12 +504,12 @@ function othersStore(path: string): boolean {
 }
 
 /** Why SQLite cannot make files beside `path` (its folder is not writable), or undefined when it can. */
-function folderReadOnly(path: string): string | undefined {
+function folderReadOnly(path: string): { why: string; instead: string } | undefined {
   try {
     accessSync(dirname(path), fsConstants.W_OK);
     return undefined;
   } catch {
-    return `${dirname(path)} is not writable`;
+    return { why: `${dirname(path)} is not writable`, instead: "Copy the store (the file alone will do) to a writable folder and read it there" };
   }
 }
 
@@ -566,6 +580,8 @@ export class SqliteStore implements Store {
   #checkpointer: Worker | null = null;
   #checkpointIntervalMs: number;
   readonly #closeCheckpointWaitMs: number;
+  /** a store read as immutable: whether it is as it was when opened (see openReadOnly); null otherwise */
+  #unchanged: (() => boolean) | null = null;
   /** started on the first query (a proxy never asked for a report does not pay for the thread); null: not yet */
   #reader: Worker | null = null;
   /** queries run on this thread instead: an in-memory database (a second connection would see another one), or
@@ -595,8 +611,9 @@ export class SqliteStore implements Store {
     this.#openName = path;
     if (this.readOnly) {
       this.#checkpointIntervalMs = 0;
-      const { name, db } = openReadOnly(path);
+      const { name, db, unchanged } = openReadOnly(path);
       this.#openName = name;
+      this.#unchanged = unchanged;
       this.#db = db;
       try {
         db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
@@ -831,7 +848,7 @@ export class SqliteStore implements Store {
   }
 
   async getState(experiment: string, key: string): Promise<string | null> {
-    const row = this.#s().getState.get(experiment, key) as { value: string } | undefined;
+    const row = await this.#readUnchanged(() => this.#s().getState.get(experiment, key) as { value: string } | undefined);
     return row?.value ?? null;
   }
 
@@ -848,7 +865,28 @@ export class SqliteStore implements Store {
     });
   }
 
-  #query: Query = async (sql, params) => {
+  #query: Query = (sql, params) => this.#readUnchanged(() => this.#run(sql, params));
+
+  /**
+   * A read of a store opened as immutable (see openReadOnly), which fails if the store changed since it was opened:
+   * such a read takes no locks, so it may have seen a mix of old and new pages, or fail on them as "malformed".
+   */
+  async #readUnchanged<T>(read: () => T | Promise<T>): Promise<T> {
+    const unchanged = this.#unchanged;
+    if (unchanged === null) return read();
+    const changed = (cause?: unknown) =>
+      new StoreError(`SQLite store ${this.path} changed while it was read (a gateway started on it or wrote it): read it again`, { cause });
+    let out: T;
+    try {
+      out = await read();
+    } catch (err) {
+      throw unchanged() ? err : changed(err);
+    }
+    if (!unchanged()) throw changed();
+    return out;
+  }
+
+  #run: Query = async (sql, params) => {
     this.#s();
     const reader = this.#readInThread ? null : this.#readerThread();
     if (reader === null) {
@@ -961,9 +999,13 @@ export class SqliteStore implements Store {
           this.#db.pragma("busy_timeout = 0");
           // Tries that find readers return at once (busy = 1) rather than hold the write lock, so a live
           // gateway's writes go on between them.
-          const deadline = Date.now() + this.#closeCheckpointWaitMs;
-          while ((this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[])[0]?.busy === 1 && Date.now() < deadline) {
-            await new Promise((r) => setTimeout(r, 25));
+          // Done when every frame is in the file (checkpointed = log), even if a reader of the newest snapshot still
+          // keeps the truncation (busy) from happening.
+          const deadline = performance.now() + this.#closeCheckpointWaitMs;
+          for (;;) {
+            const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number; log: number; checkpointed: number }[];
+            if (r === undefined || r.busy === 0 || r.checkpointed === r.log || performance.now() >= deadline) break;
+            await new Promise((resolve) => setTimeout(resolve, 25));
           }
         }
         this.#db.close();
