@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, chownSync, copyFileSync, existsSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, existsSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
@@ -298,7 +298,7 @@ describe("SqliteStore readOnly", () => {
       assert.deepEqual(read.counts, { exposures: 100, events: 30 });
       assert.deepEqual(snapshot(dir), before, "no file made");
       const refused = await readAsOther(dir, path, { env: { SQLITE_USE_URI: "0" }, folder: "writable by all" });
-      assert.match(refused.error!, /SQLite must not make them \(this user does not own the store, .*Read it as the store's owner, or copy it/);
+      assert.match(refused.error!, /SQLite must not make them \(this user does not own the store, .*Read it as the store's owner, or copy the store \(the file alone will do\) to a folder of your own/);
     });
 
     it("another user's live store through a symlink: the -wal and -shm are looked for beside the file it points to", { skip: otherSkip }, async () => {
@@ -318,6 +318,24 @@ describe("SqliteStore readOnly", () => {
       }
     });
 
+    it("a store read as immutable that its owner reads meanwhile (an empty -wal and a -shm appear): no error, nothing changed", { skip: otherSkip }, async () => {
+      const dir = fresh();
+      const path = join(dir, "a.db");
+      await closedStore(path);
+      const read = await readAsOther(dir, path, {
+        folder: "writable by all",
+        during: async () => {
+          const owner = new SqliteStore(path, { readOnly: true });
+          await owner.init();
+          assert.deepEqual(await owner.counts("exp"), { exposures: 100, events: 30 });
+          await owner.close();
+          assert.equal(statSync(`${path}-wal`).size, 0, "the owner's read left an empty -wal");
+        },
+      });
+      assert.equal(read.error, undefined, read.error);
+      assert.deepEqual(read.counts, { exposures: 100, events: 30 });
+    });
+
     it("a store read as immutable that a gateway starts on meanwhile: an error to read it again, not a mix of old and new pages", { skip: otherSkip }, async () => {
       const dir = fresh();
       const path = join(dir, "a.db");
@@ -333,7 +351,7 @@ describe("SqliteStore readOnly", () => {
           },
         });
         assert.equal(read.name, "StoreError");
-        assert.match(read.error!, /changed while it was read \(a gateway started on it or wrote it\): read it again/);
+        assert.match(read.error!, /changed while it was read \(it was written, replaced or removed\): read it again/);
       } finally {
         await gateway?.close();
       }
@@ -367,7 +385,7 @@ describe("SqliteStore readOnly", () => {
       const before = snapshot(copy);
       const read = await readAsOther(copy, join(copy, "a.db"), { owner: "the child" });
       assert.equal(read.name, "StoreError");
-      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing, which SQLite must not make \(.* is not writable\)\. Copy the store's -shm along with it and its -wal, or: Copy the store/);
+      assert.match(read.error!, /its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, and .*a\.db-shm is missing, which SQLite must not make \(.* is not writable\)\. Copy the store with its -wal to a writable folder and read it there/);
       assert.deepEqual(snapshot(copy), before);
       assert.equal(existsSync(join(copy, "a.db-shm")), false);
     });

@@ -1,4 +1,4 @@
-import { accessSync, closeSync, constants as fsConstants, existsSync, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -439,19 +439,25 @@ function openReadOnly(path: string): { name: string; db: Database.Database; unch
     if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new StoreError(`no SQLite store at ${path} (a read-only open does not create one)`, { cause: err });
     throw new StoreError(`cannot open SQLite store ${path} read-only: ${(err as Error).message}`, { cause: err });
   }
+  // Immutable reads take no locks: a gateway that commits to the store meanwhile (its -wal grows) or changes the
+  // file would go unseen, so every read checks that neither happened (SqliteStore's #readUnchanged). Taken before
+  // the checks below, so that a -wal that grows between them and the open counts too. A -wal that is missing or
+  // empty holds no commit: another reader may make an empty one.
+  const stamp = (): string => {
+    try {
+      const st = statSync(real, { throwIfNoEntry: false });
+      return `${st?.size}:${st?.mtimeMs}:${sizeOrNull(`${real}-wal`) ?? 0}`;
+    } catch {
+      return "unreadable";
+    }
+  };
+  const atOpen = stamp();
   const immutable = immutableReason(real);
   let name = path;
   let unchanged: (() => boolean) | null = null;
   if (immutable !== undefined) {
     process.env.SQLITE_USE_URI ??= "1";
     name = `${pathToFileURL(real).href}?immutable=1`;
-    // Immutable reads take no locks: a gateway that starts on the store meanwhile (its -wal appears) or changes
-    // the file would go unseen, so every read checks that neither happened (SqliteStore's #query).
-    const stamp = (): string => {
-      const st = statSync(real, { throwIfNoEntry: false });
-      return `${st?.size}:${st?.mtimeMs}:${existsSync(`${real}-wal`)}`;
-    };
-    const atOpen = stamp();
     unchanged = () => stamp() === atOpen;
   }
   try {
@@ -461,7 +467,8 @@ function openReadOnly(path: string): { name: string; db: Database.Database; unch
       throw new StoreError(
         `cannot open SQLite store ${path} read-only: it is in WAL mode without its -wal and -shm files, and SQLite must not make them (${immutable.why}); ` +
           `such a store is read as immutable, through an SQLite URI filename, and that failed (${(err as Error).message}): URI filenames are off in a ` +
-          `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. ${immutable.instead}`,
+          `process unless SQLITE_USE_URI=1 is set before it first opens SQLite. ${immutable.otherUser ? "Read it as the store's owner, or copy" : "Copy"} ` +
+          `the store (the file alone will do) to ${immutable.copyTo} and read it there`,
         { cause: err },
       );
     }
@@ -476,22 +483,30 @@ function openReadOnly(path: string): { name: string; db: Database.Database; unch
  * gateway could no longer open it for writing. Throws StoreError when it cannot be read at all: its -wal holds
  * commits but its -shm is missing.
  */
-function immutableReason(path: string): { why: string; instead: string } | undefined {
+function immutableReason(path: string): ImmutableReason | undefined {
   if (!walModeFile(path)) return undefined;
   const walBytes = sizeOrNull(`${path}-wal`);
   const shmBytes = sizeOrNull(`${path}-shm`);
   if (walBytes !== null && shmBytes !== null) return undefined;
-  const reason = othersStore(path)
-    ? { why: "this user does not own the store, and files it made there would keep its owner from writing it", instead: "Read it as the store's owner, or copy it (with its -wal and -shm, if any) to a folder of your own" }
+  const reason: ImmutableReason | undefined = othersStore(path)
+    ? { why: "this user does not own the store, and files it made there would keep its owner from writing it", otherUser: true, copyTo: "a folder of your own" }
     : folderReadOnly(path);
   if (reason === undefined) return undefined;
   if (walBytes !== null && walBytes > 0) {
     throw new StoreError(
       `cannot open SQLite store ${path} read-only: its -wal holds commits not yet in the file, which SQLite reads only through a -shm file, ` +
-        `and ${path}-shm is missing, which SQLite must not make (${reason.why}). Copy the store's -shm along with it and its -wal, or: ${reason.instead}`,
+        `and ${path}-shm is missing, which SQLite must not make (${reason.why}). ${reason.otherUser ? "Read it as the store's owner, or copy" : "Copy"} ` +
+        `the store with its -wal to ${reason.copyTo} and read it there (SQLite then makes the -shm)`,
     );
   }
   return reason;
+}
+
+/** Why a store is read as immutable, and where a copy of it could be read as usual. */
+interface ImmutableReason {
+  why: string;
+  otherUser: boolean;
+  copyTo: string;
 }
 
 /**
@@ -504,12 +519,12 @@ function othersStore(path: string): boolean {
 }
 
 /** Why SQLite cannot make files beside `path` (its folder is not writable), or undefined when it can. */
-function folderReadOnly(path: string): { why: string; instead: string } | undefined {
+function folderReadOnly(path: string): ImmutableReason | undefined {
   try {
     accessSync(dirname(path), fsConstants.W_OK);
     return undefined;
   } catch {
-    return { why: `${dirname(path)} is not writable`, instead: "Copy the store (the file alone will do) to a writable folder and read it there" };
+    return { why: `${dirname(path)} is not writable`, otherUser: false, copyTo: "a writable folder" };
   }
 }
 
@@ -875,7 +890,7 @@ export class SqliteStore implements Store {
     const unchanged = this.#unchanged;
     if (unchanged === null) return read();
     const changed = (cause?: unknown) =>
-      new StoreError(`SQLite store ${this.path} changed while it was read (a gateway started on it or wrote it): read it again`, { cause });
+      new StoreError(`SQLite store ${this.path} changed while it was read (it was written, replaced or removed): read it again`, { cause });
     let out: T;
     try {
       out = await read();
@@ -1004,7 +1019,7 @@ export class SqliteStore implements Store {
           const deadline = performance.now() + this.#closeCheckpointWaitMs;
           for (;;) {
             const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number; log: number; checkpointed: number }[];
-            if (r === undefined || r.busy === 0 || r.checkpointed === r.log || performance.now() >= deadline) break;
+            if (r === undefined || r.busy === 0 || (r.log >= 0 && r.checkpointed === r.log) || performance.now() >= deadline) break;
             await new Promise((resolve) => setTimeout(resolve, 25));
           }
         }
