@@ -38,11 +38,9 @@ export function unprivileged(
   const write = `try { require("node:fs").writeFileSync(${JSON.stringify(join(folder, "probe"))}, ""); process.exit(3); } catch { process.exit(0); }`;
   const runs = (as: Unprivileged) =>
     [mustRun, [process.execPath, "-e", write]].every((command) => {
-      const argv = [...as.prefix, ...command];
-      return spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
+      const [file, args] = unprivilegedArgv(as, command);
+      return spawnSync(file, args, { cwd: ROOT, uid: as.uid, gid: as.gid, stdio: "ignore", timeout: 30_000 }).status === 0;
     });
-  // (dropping the inheritable set drops the ambient one too, and needs no --ambient-caps, which older setpriv lacks)
-  const noCaps = ["--inh-caps", "-all"];
   try {
     for (const as of [
       {
@@ -53,7 +51,8 @@ export function unprivileged(
         otherUser: true,
       },
       { uid: NOBODY, gid: NOBODY, prefix: [], otherUser: true },
-      { prefix: ["setpriv", ...noCaps, "--bounding-set", "-dac_override,-dac_read_search", "--"], otherUser: false },
+      // (dropping the inheritable set drops the ambient one too, and needs no --ambient-caps, which older setpriv lacks)
+      { prefix: ["setpriv", "--inh-caps", "-all", "--bounding-set", "-dac_override,-dac_read_search", "--"], otherUser: false },
     ]) {
       if (runs(as)) return as;
     }
@@ -73,9 +72,18 @@ export function unprivilegedArgv(as: Unprivileged, argv: string[]): [string, str
   return [all[0]!, all.slice(1)];
 }
 
-/** Runs `fn` while `dir` is r-x for all (files can be read, none made or removed), then makes it writable again. */
-export async function unwritableFolder<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  chmodSync(dir, 0o555);
+/** Runs `fn` while `dir` is r-x for all (files can be read, none made or removed), then makes it 0755 again. */
+export function unwritableFolder<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  return inFolderMode(dir, 0o555, fn);
+}
+
+/** Runs `fn` while `dir` may be written by anyone (as a shared folder), then makes it 0755 again. */
+export function writableByAll<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  return inFolderMode(dir, 0o777, fn);
+}
+
+async function inFolderMode<T>(dir: string, mode: number, fn: () => Promise<T>): Promise<T> {
+  chmodSync(dir, mode);
   try {
     return await fn();
   } finally {

@@ -12,7 +12,7 @@ import { chmodSync, chownSync, copyFileSync, existsSync, readdirSync, rmSync, st
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { NOBODY, unprivileged, unprivilegedArgv, unwritableFolder } from "../../../test/helpers/unwritable.ts";
+import { NOBODY, unprivileged, unprivilegedArgv, unwritableFolder, writableByAll } from "../../../test/helpers/unwritable.ts";
 import { StoreError } from "../../errors.ts";
 import { openStore } from "../index.ts";
 import { latestSchemaVersion } from "../migrations.ts";
@@ -60,16 +60,6 @@ async function liveStore(path: string): Promise<SqliteStore> {
   await s.writeExposures(exposures(100, 50));
   await s.writeEvents(events(100, 10));
   return s;
-}
-
-/** Runs `fn` while `dir` may be written by anyone (as a shared folder), then makes it 0755 again. */
-async function writableByAll<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  chmodSync(dir, 0o777);
-  try {
-    return await fn();
-  } finally {
-    chmodSync(dir, 0o755);
-  }
 }
 
 describe("SqliteStore readOnly", () => {

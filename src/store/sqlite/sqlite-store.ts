@@ -414,10 +414,11 @@ function ewma(average: number, sample: number): number {
  *
  * Where they are missing and the folder is not writable (a read-only mount, another user's folder), SQLite cannot
  * open the file at all; where they are missing and the store is another user's, the files SQLite made would be this
- * user's, and would keep the store's owner from writing it (see immutableReason). Then, if the -wal is missing or empty, the file holds every commit (the last writer to close
- * checkpointed it; and no writer has it open, or it would have a -wal), and it is read as `immutable`: no locks, no
- * -wal or -shm. (Immutable means the file must not change meanwhile: a writer that another user starts on it during
- * the read would go unseen, and could make that read inconsistent. On a read-only mount none can.) That takes an
+ * user's, and would keep the store's owner from writing it (see immutableReason). Then, if the -wal is missing or
+ * empty, the file holds every commit (the last writer to close checkpointed it; and no writer has it open, or it
+ * would have a -wal), and it is read as `immutable`: no locks, no -wal or -shm. Immutable means the file must not
+ * change meanwhile, which nothing enforces: a gateway may start on it during the read. So every read of it checks
+ * (`unchanged`) that the file and its -wal are as they were at the open, and fails otherwise. That takes an
  * SQLite URI filename, and better-sqlite3 enables those for the whole process, from its first connection on, only
  * with SQLITE_USE_URI=1 in the environment: this sets it then (where it is unset; `abgate report` opens no SQLite
  * connection before), and if this process opened SQLite before without it, the open fails and the error says what
@@ -631,9 +632,7 @@ export class SqliteStore implements Store {
       this.#unchanged = unchanged;
       this.#db = db;
       try {
-        db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
-        db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
-        db.pragma("temp_store = MEMORY");
+        this.#tune(options);
         db.pragma("query_only = ON");
       } catch (err) {
         db.close();
@@ -646,15 +645,20 @@ export class SqliteStore implements Store {
       this.#db = new Database(path);
       this.#db.pragma("journal_mode = WAL");
       this.#db.pragma("synchronous = NORMAL");
-      // Another process (a second abgate, `abgate report`) may hold the write lock briefly.
-      this.#db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
-      this.#db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
-      this.#db.pragma("temp_store = MEMORY");
+      this.#tune(options);
       // The WAL restarts from its beginning after each complete checkpoint but keeps its size; cap what it keeps.
       this.#db.pragma(`journal_size_limit = ${64 * 2 ** 20}`);
     } catch (err) {
       throw new StoreError(`cannot open SQLite store ${path}: ${(err as Error).message}`, { cause: err });
     }
+  }
+
+  /** What every connection of this store sets, read-only or not. */
+  #tune(options: SqliteStoreOptions): void {
+    // Another process (a second abgate, `abgate report --writable`) may hold the write lock briefly.
+    this.#db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
+    this.#db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
+    this.#db.pragma("temp_store = MEMORY");
   }
 
   /**
@@ -1012,10 +1016,9 @@ export class SqliteStore implements Store {
         // use the file, the WAL stays for them to checkpoint.
         if (!this.readOnly) {
           this.#db.pragma("busy_timeout = 0");
-          // Tries that find readers return at once (busy = 1) rather than hold the write lock, so a live
-          // gateway's writes go on between them.
-          // Done when every frame is in the file (checkpointed = log), even if a reader of the newest snapshot still
-          // keeps the truncation (busy) from happening.
+          // Tries that find readers return at once (busy = 1) rather than hold the write lock, so a live gateway's
+          // writes go on between them. Done when every frame is in the file (checkpointed = log), even if a reader
+          // of the newest snapshot still keeps the truncation from happening.
           const deadline = performance.now() + this.#closeCheckpointWaitMs;
           for (;;) {
             const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number; log: number; checkpointed: number }[];
