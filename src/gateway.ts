@@ -49,6 +49,11 @@ export interface Gateway {
 }
 
 const STRATEGY_STATE_KEY = "strategy";
+/**
+ * How long a stopping gateway waits for other readers of its SQLite store (an `abgate report` mid-read) so that its
+ * last checkpoint can copy every commit into the file: a read-only report cannot finish that copy afterwards.
+ */
+const CLOSE_CHECKPOINT_WAIT_MS = 3000;
 
 function listen(server: Server, host: string, port: number): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
@@ -77,7 +82,22 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   try {
     // Writes run on the proxy's thread, which SQLite's wait for a lock would hold: see busyTimeoutMs.
-    const store = options.store ?? openStore(config.store, { busyTimeoutMs: 100, closeCheckpointWaitMs: 3000 });
+    const store =
+      options.store ??
+      openStore(config.store, {
+        busyTimeoutMs: 100,
+        closeCheckpointWaitMs: CLOSE_CHECKPOINT_WAIT_MS,
+        onCloseCheckpoint: (event) => {
+          if (event.kind === "waiting") {
+            log.info({ store: config.store, waitMs: event.waitMs }, "another reader has the store open (abgate report?): waiting for it, so that the file holds every commit");
+          } else {
+            log.warn(
+              { store: config.store, waitedMs: event.waitedMs, framesLeft: event.framesLeft },
+              "the store's last commits are still in its -wal file, because another connection kept it: copy the -wal along with the file (the next gateway to open it folds them in)",
+            );
+          }
+        },
+      });
     if (!options.store) cleanups.push(() => store.close());
     await store.init();
 

@@ -403,3 +403,44 @@ test("up and serve open the store before they start anything: a store that is no
   }
   rmSync(dir, { recursive: true, force: true });
 });
+
+test("stop says when it waits for a report reading the store, so that a pause of seconds does not look hung", async () => {
+  const { pino } = await import("pino");
+  const { default: Database } = await import("better-sqlite3");
+  const lines: { level: number; msg: string; waitMs?: number }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const backend = await startBackend("control");
+  const gw = await testGateway({ variants: [{ name: "control", url: backend.url }] }, { log });
+  const path = gw.config.store.slice("sqlite:".length);
+  let sent = 0;
+  /** n more requests, and until the store holds their exposures */
+  const exposures = async (n: number) => {
+    for (let i = 0; i < n; i++) await (await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `u${sent++}` } })).arrayBuffer();
+    for (;;) {
+      const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { exposures: number } };
+      if (view.counts.exposures >= sent) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  let report: InstanceType<typeof Database> | null = null;
+  try {
+    await exposures(5);
+    // abgate report, in the middle of a read of an older snapshot when the gateway stops
+    report = new Database(path, { readonly: true });
+    report.exec("BEGIN");
+    report.prepare("SELECT COUNT(*) FROM units").get();
+    await exposures(5);
+    const reader = report;
+    setTimeout(() => reader.exec("COMMIT"), 300);
+    await gw.close();
+    const said = lines.filter((l) => /another reader has the store open/.test(l.msg));
+    assert.equal(said.length, 1, JSON.stringify(lines.map((l) => l.msg)));
+    assert.equal(said[0]!.level, 30, "info: waiting is normal");
+    assert.equal(said[0]!.waitMs, 3000);
+    assert.deepEqual(lines.filter((l) => /still in its -wal/.test(l.msg)), [], "the read ended in time: nothing left behind");
+  } finally {
+    if (report?.inTransaction) report.exec("COMMIT");
+    report?.close();
+    await backend.close();
+  }
+});

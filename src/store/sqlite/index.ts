@@ -1,1 +1,1 @@
-export { SqliteStore, type SqliteStoreOptions } from "./sqlite-store.ts";
+export { SqliteStore, type SqliteStoreOptions, type CloseCheckpointEvent } from "./sqlite-store.ts";

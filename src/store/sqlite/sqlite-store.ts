@@ -22,6 +22,11 @@ import {
 import { UnitCache } from "../unit-cache.ts";
 import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
+/** What `close()` tells `onCloseCheckpoint` about its last checkpoint. */
+export type CloseCheckpointEvent =
+  | { kind: "waiting"; waitMs: number }
+  | { kind: "incomplete"; waitedMs: number; framesLeft: number | null };
+
 export interface SqliteStoreOptions {
   /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
   unitCacheSize?: number;
@@ -54,6 +59,12 @@ export interface SqliteStoreOptions {
    * in the -wal alone, where a copy of the file without it would miss them.
    */
   closeCheckpointWaitMs?: number;
+  /**
+   * Told when `close()` starts waiting for other readers (`"waiting"`, once) and when it stops with commits still
+   * only in the -wal (`"incomplete"`: its wait ran out, or another connection keeps the file): the store has no
+   * logger of its own, and a stop that pauses for seconds with nothing said looks hung. A gateway logs both.
+   */
+  onCloseCheckpoint?: (event: CloseCheckpointEvent) => void;
   /**
    * Open an existing store only to read it (`abgate report`): the file is opened read-only, no migration runs (an
    * older schema is an error that says to open it writable once), no checkpoint is run or started, and every write
@@ -596,6 +607,7 @@ export class SqliteStore implements Store {
   #checkpointer: Worker | null = null;
   #checkpointIntervalMs: number;
   readonly #closeCheckpointWaitMs: number;
+  readonly #onCloseCheckpoint: ((event: CloseCheckpointEvent) => void) | undefined;
   /** a store read as immutable: whether it is as it was when opened (see openReadOnly); null otherwise */
   #unchanged: (() => boolean) | null = null;
   /** started on the first query (a proxy never asked for a report does not pay for the thread); null: not yet */
@@ -623,6 +635,7 @@ export class SqliteStore implements Store {
     this.#readInThread = path === ":memory:";
     this.#cacheSizeMiB = options.cacheSizeMiB ?? 32;
     this.#closeCheckpointWaitMs = options.closeCheckpointWaitMs ?? 0;
+    this.#onCloseCheckpoint = options.onCloseCheckpoint;
     this.readOnly = options.readOnly ?? false;
     this.#openName = path;
     if (this.readOnly) {
@@ -1019,10 +1032,21 @@ export class SqliteStore implements Store {
           // Tries that find readers return at once (busy = 1) rather than hold the write lock, so a live gateway's
           // writes go on between them. Done when every frame is in the file (checkpointed = log), even if a reader
           // of the newest snapshot still keeps the truncation from happening.
-          const deadline = performance.now() + this.#closeCheckpointWaitMs;
-          for (;;) {
+          const startedMs = performance.now();
+          const deadline = startedMs + this.#closeCheckpointWaitMs;
+          for (let tries = 1; ; tries++) {
             const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number; log: number; checkpointed: number }[];
-            if (r === undefined || r.busy === 0 || (r.log >= 0 && r.checkpointed === r.log) || performance.now() >= deadline) break;
+            if (r === undefined || r.busy === 0 || (r.log >= 0 && r.checkpointed === r.log)) break;
+            if (performance.now() >= deadline) {
+              // log = -1: another connection holds the lock the checkpoint needs; what it left is then unknown.
+              this.#onCloseCheckpoint?.({
+                kind: "incomplete",
+                waitedMs: Math.round(performance.now() - startedMs),
+                framesLeft: r.log >= 0 ? r.log - Math.max(r.checkpointed, 0) : null,
+              });
+              break;
+            }
+            if (tries === 1) this.#onCloseCheckpoint?.({ kind: "waiting", waitMs: this.#closeCheckpointWaitMs });
             await new Promise((resolve) => setTimeout(resolve, 25));
           }
         }

@@ -12,7 +12,7 @@ import { storeConformance } from "../conformance.ts";
 import { latestSchemaVersion, migrations } from "../migrations.ts";
 import { isError, latencyBucket, minuteOf } from "../rollup.ts";
 import type { Exposure } from "../types.ts";
-import { SqliteStore } from "./sqlite-store.ts";
+import { SqliteStore, type CloseCheckpointEvent } from "./sqlite-store.ts";
 
 const root = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
 let n = 0;
@@ -474,7 +474,8 @@ describe("SqliteStore specifics", () => {
       };
       for (const waitMs of [0, 3000]) {
         const path = join(dir, `wait-${waitMs}.db`);
-        const store = new SqliteStore(path, { checkpointIntervalMs: 0, closeCheckpointWaitMs: waitMs });
+        const told: CloseCheckpointEvent[] = [];
+        const store = new SqliteStore(path, { checkpointIntervalMs: 0, closeCheckpointWaitMs: waitMs, onCloseCheckpoint: (e) => told.push(e) });
         await store.init();
         await store.writeExposures(rowsOf(10));
         // abgate report's read-only connection, in the middle of a read when the gateway stops
@@ -489,9 +490,14 @@ describe("SqliteStore specifics", () => {
         clearTimeout(done);
         if (report.inTransaction) report.exec("COMMIT");
         report.close();
-        if (waitMs === 0) assert.notEqual(inFileAlone(path), 20, "one try: the last commits stay in the -wal (what the option is for)");
-        else {
+        if (waitMs === 0) {
+          assert.notEqual(inFileAlone(path), 20, "one try: the last commits stay in the -wal (what the option is for)");
+          assert.equal(told.length, 1, JSON.stringify(told));
+          const [e] = told;
+          assert.ok(e?.kind === "incomplete" && e.framesLeft !== null && e.framesLeft > 0, `told that commits are left in the -wal: ${JSON.stringify(told)}`);
+        } else {
           assert.equal(inFileAlone(path), 20, "every commit in the file");
+          assert.deepEqual(told, [{ kind: "waiting", waitMs: 3000 }], "told once that it waits, and not that anything was left");
           assert.ok(closeMs >= 150 && closeMs < 2000, `close() took ${closeMs.toFixed(0)} ms, until the read ended`);
         }
       }
