@@ -3,7 +3,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { testGateway } from "./helpers/gateway.ts";
+import { admin, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
 /** A replica written on raw TCP: `answer` gets each request head (and whatever body bytes came with it). */
@@ -191,6 +191,15 @@ test("a replica's Connection header cannot strip its Content-Length; transfer co
   const codings = [...gz.slice(0, gz.indexOf("\r\n\r\n")).matchAll(/\r\ntransfer-encoding: ([^\r]*)/gi)].map((m) => m[1]).join(", ");
   assert.equal(codings, "gzip, chunked");
   assert.match(gz, /\r\n\r\n2\r\nzz\r\n0\r\n\r\n$/);
+  // An HTTP/1.0 client knows no transfer codings (RFC 9112 §6.1): it would take the gzip bytes for the resource.
+  const gz10 = await rawRequest(gw.proxyUrl, "GET /gzip-chunked HTTP/1.0\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
+  assert.match(gz10, /^HTTP\/1\.1 502/);
+  assert.match(gz10, /HTTP\/1\.0 client cannot read/);
+  const head10 = await rawRequest(gw.proxyUrl, "HEAD /gzip-chunked HTTP/1.0\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
+  assert.match(head10, /^HTTP\/1\.1 200/, "a bodiless answer is passed on");
+  assert.doesNotMatch(head10, /transfer-encoding/i, "without the coding");
+  const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { replicas: { health: string }[] }[] };
+  assert.deepEqual(view.variants.flatMap((v) => v.replicas.map((r) => r.health)).filter((h) => h !== "healthy"), [], "the replica answered well: not held against it");
 });
 
 test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client's connection, garbage is a 502", async () => {

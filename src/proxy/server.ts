@@ -396,6 +396,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.upstream!.requestEnded();
   }
 
+  get http10Client(): boolean {
+    return this.conn.httpMinor === 0;
+  }
+
   onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
     this.ctx.balancer.answered(this.replica!, status);
     this.status = status;
