@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type AddressInfo, type Socket } from "node:net";
-import { ClientServer, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
+import { ClientServer, parserPool, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 
 /** A ClientServer whose exchanges answer with the request line, after `delayMs` for paths starting /slow. */
 async function echoServer(limits: Partial<ConstructorParameters<typeof ClientServer>[0]> = {}) {
@@ -137,6 +137,49 @@ test("headers that never finish: 408 after headersTimeoutMs; a draining server c
     const refused = await exchange(srv.port, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").catch(() => ({ text: "", closed: true }));
     assert.equal(refused.text, "", "no new connection is served");
   } finally {
+    await srv.close();
+  }
+});
+
+test("parsers of ended connections are reused, and closed beyond the pool's size: a parser is C++ memory only close() frees", async () => {
+  const srv = await echoServer();
+  const max = parserPool.max;
+  /** one keep-alive request answered; the connection stays open */
+  const open = (path: string) =>
+    new Promise<Socket>((resolve, reject) => {
+      const s = connect(srv.port, "127.0.0.1", () => s.write(`GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`));
+      s.once("data", () => resolve(s));
+      s.once("error", reject);
+    });
+  const until = async (what: () => boolean, label: string) => {
+    for (let i = 0; !what(); i++) {
+      assert.ok(i < 200, label);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  try {
+    for (const p of parserPool.free.splice(0)) p.close();
+    parserPool.max = 3;
+    const created = parserPool.created;
+    const closed = parserPool.closed;
+    const sockets = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => open(`/c${i}`)));
+    assert.equal(parserPool.created, created + 6, "six connections at once: six parsers");
+    for (const s of sockets) s.destroy();
+    await until(() => srv.cs.connectionCount === 0 && parserPool.closed === closed + 3, "the server saw every close");
+    assert.equal(parserPool.free.length, 3, "three kept for the next connections, three deleted");
+    // A connection that ends in the middle of a head leaves its parser mid-message: the next one starts afresh.
+    const partial = connect(srv.port, "127.0.0.1", () => partial.write("POST /partial HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\nx-half: "));
+    await until(() => srv.cs.connectionCount === 1, "the partial connection is in");
+    await new Promise((r) => setTimeout(r, 20));
+    partial.destroy();
+    await until(() => srv.cs.connectionCount === 0, "the partial connection is gone");
+    for (let i = 0; i < 20; i++) (await open(`/again${i}`)).destroy();
+    await until(() => srv.cs.connectionCount === 0, "closed again");
+    assert.equal(parserPool.created, created + 6, "twenty connections one after another took parsers from the pool");
+    assert.deepEqual(srv.seen.slice(-20).map((r) => r.url), Array.from({ length: 20 }, (_, i) => `/again${i}`), "reused parsers read each request afresh");
+    assert.deepEqual(srv.errors, [], "no parse errors");
+  } finally {
+    parserPool.max = max;
     await srv.close();
   }
 });
