@@ -91,10 +91,13 @@ export type UpstreamFailure = "connect" | "reset" | "timeout" | "protocol" | "no
 
 export class UpstreamError extends AbgateError {
   readonly failure: UpstreamFailure;
-  constructor(failure: UpstreamFailure, message: string, options?: { cause?: unknown }) {
+  /** the replica's answer was fine, only this client cannot be sent it: not held against the replica's health */
+  readonly clientOnly: boolean;
+  constructor(failure: UpstreamFailure, message: string, options?: { cause?: unknown; clientOnly?: boolean }) {
     super(message, `ABGATE_ERR_UPSTREAM_${failure.toUpperCase()}`, options);
     this.name = "UpstreamError";
     this.failure = failure;
+    this.clientOnly = options?.clientOnly ?? false;
   }
 }
 

@@ -161,3 +161,81 @@ test("a request head that arrived in time is served, not 408'd, when the event l
     await new Promise<void>((r) => backend.close(() => r()));
   }
 });
+
+test("a replica whose answers are not HTTP, or are cut short, is ejected like one answering 5xx; an answer only an HTTP/1.0 client cannot take is not held against it", async () => {
+  const { rawRequest } = await import("./helpers/raw.ts");
+  const { admin } = await import("./helpers/gateway.ts");
+  // A raw replica: what it answers depends on the path.
+  const replica = createTcpServer((socket) => {
+    socket.on("error", () => {});
+    socket.once("data", (d) => {
+      const path = /^\S+ (\S+)/.exec(d.toString("latin1"))?.[1];
+      if (path === "/garbage") socket.end("NOT HTTP AT ALL\r\n\r\n");
+      else if (path === "/cut") socket.write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b", () => socket.destroy());
+      else if (path === "/gzip") socket.end("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n2\r\nzz\r\n0\r\n\r\n");
+      else socket.end("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+    });
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(replica.address() as { port: number }).port}`;
+  const healthOf = async (gw: { adminUrl: string }) =>
+    ((await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { replicas: { health: string }[] }[] }).variants[0]!.replicas[0]!.health;
+  try {
+    for (const path of ["/garbage", "/cut"]) {
+      const gw = await testGateway({ variants: [{ name: "control", url }], limits: { ejectAfterFailures: 3, ejectionMs: 60_000 } });
+      try {
+        for (let i = 0; i < 3; i++) {
+          assert.equal(await healthOf(gw), "healthy", `${path}: healthy after ${i} failures`);
+          const res = await rawRequest(gw.proxyUrl, `GET ${path} HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n`, 300);
+          // garbage: a 502; cut short: the client's connection is cut after the head (the only honest signal left)
+          if (path === "/garbage") assert.match(res, /^HTTP\/1\.1 502/);
+          else assert.match(res, /^HTTP\/1\.1 200[^]*only ten b$/);
+        }
+        assert.equal(await healthOf(gw), "ejected", `${path}: three in a row eject it`);
+      } finally {
+        await gw.close();
+      }
+    }
+    const gw = await testGateway({ variants: [{ name: "control", url }], limits: { ejectAfterFailures: 1, ejectionMs: 60_000 } });
+    try {
+      assert.match(await rawRequest(gw.proxyUrl, "GET /gzip HTTP/1.0\r\nhost: x\r\nx-user-id: u\r\n\r\n", 300), /^HTTP\/1\.1 502/);
+      assert.equal(await healthOf(gw), "healthy", "with ejection at the first failure: still healthy");
+      assert.equal((await fetch(`${gw.proxyUrl}/gzip`, { headers: { "x-user-id": "u" } })).headers.get("transfer-encoding"), "gzip, chunked");
+    } finally {
+      await gw.close();
+    }
+  } finally {
+    await new Promise<void>((r) => replica.close(() => r()));
+  }
+});
+
+test("an upgrade whose replica refuses the connection is retried on another replica of the variant, as a plain request is", async () => {
+  const dead = await freePort();
+  const live = createTcpServer((s) => {
+    s.on("error", () => {});
+    s.once("data", () => s.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"));
+  });
+  await new Promise<void>((r) => live.listen(0, "127.0.0.1", () => r()));
+  const livePort = (live.address() as { port: number }).port;
+  const gw = await testGateway({
+    variants: [{ name: "control", urls: [`http://127.0.0.1:${dead}`, `http://127.0.0.1:${livePort}`] }],
+    limits: { ejectAfterFailures: 100 },
+  });
+  const outstanding = async () => {
+    const body = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { variants: { replicas: { outstanding: number }[] }[] };
+    return body.variants[0]!.replicas.map((r) => r.outstanding);
+  };
+  try {
+    // Power of two choices sends about half of them to the dead replica first.
+    for (let i = 0; i < 12; i++) assert.match(await upgrade(gw.proxyUrl), /^HTTP\/1\.1 101/, `upgrade ${i}`);
+    const deadline = Date.now() + 5_000;
+    while ((await outstanding()).some((n) => n !== 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await outstanding(), [0, 0], "the failed attempts hold nothing");
+    // With the live one gone too, the retry fails as the first attempt did: one 502.
+    await new Promise<void>((r) => live.close(() => r()));
+    assert.match(await upgrade(gw.proxyUrl), /^HTTP\/1\.1 502/);
+  } finally {
+    await gw.close();
+    live.close();
+  }
+});

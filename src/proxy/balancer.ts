@@ -52,19 +52,27 @@ export class Balancer {
     return this.#health;
   }
 
-  /** A replica failed a request (refused, reset, a 5xx): one more in its streak toward passive ejection. */
+  /**
+   * A replica failed a request (refused, reset, timed out, a 5xx, an answer that is not HTTP or is cut short): one
+   * more in its streak toward passive ejection.
+   */
   failed(replica: Replica): void {
     replica.failing++;
     this.#health.reportFailure(replica.id);
   }
 
-  /** A replica answered with `status`: a 5xx counts as a failure, anything else ends its streak. */
-  answered(replica: Replica, status: number): void {
-    if (status >= 500) this.failed(replica);
-    else if (replica.failing > 0) {
+  /** A replica served a request whole, with a status under 500: its streak of failures ends. */
+  succeeded(replica: Replica): void {
+    if (replica.failing > 0) {
       replica.failing = 0;
       this.#health.reportSuccess(replica.id);
     }
+  }
+
+  /** A replica's answer is complete with `status` (an upgrade's handshake): a 5xx counts as a failure. */
+  answered(replica: Replica, status: number): void {
+    if (status >= 500) this.failed(replica);
+    else this.succeeded(replica);
   }
 
   /** Follow the engine's endpoint list: keep replicas (and their warm pools) that did not change. */

@@ -401,7 +401,9 @@ class Exchange implements UpstreamSink, ClientExchange {
   }
 
   onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
-    this.ctx.balancer.answered(this.replica!, status);
+    // A 5xx counts against the replica now; a success only once the body is whole (onEnd): a replica that cuts off
+    // every body must not end its failure streak with each head.
+    if (status >= 500) this.ctx.balancer.failed(this.replica!);
     this.status = status;
     const conn = this.conn;
     let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
@@ -465,6 +467,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   onEnd(last?: Buffer): void {
     this.upstreamDone = true;
     this.release();
+    if (this.status < 500) this.ctx.balancer.succeeded(this.replica!);
     const conn = this.conn;
     if (this.chunkedOut) {
       const socket = conn.socket;
@@ -486,7 +489,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     const upstream = this.upstream!;
     this.release();
     const stale = connected && beforeResponse && upstream.reused && err.failure === "reset";
-    if (!stale && err.failure !== "protocol") this.ctx.balancer.failed(replica);
+    // An answer that is not HTTP, or is cut short, counts as the replica's failure as a 5xx does; one that only this
+    // client cannot be sent (clientOnly) does not.
+    if (!stale && !err.clientOnly) this.ctx.balancer.failed(replica);
     const answered = this.conn.responseStarted || this.responseHead !== "";
     if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3 && IDEMPOTENT_METHODS.has(this.request.method)) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
@@ -761,12 +766,13 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   }
   const assigned = forced ? force : ctx.strategy.assign(unit, given === undefined);
   const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
-  const replica = ctx.balancer.pick(served);
+  let replica = ctx.balancer.pick(served);
   const record = (status: number) => {
     const latencyMs = performance.now() - startMs;
     ctx.metrics.request(served, status, latencyMs);
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
+  /** the connection to the replica that has the handshake now */
   let upstream: Socket | undefined;
   /** the replica's answer began (from then on the tunnel, or the refusal, is passed on as it comes) */
   let answered = false;
@@ -794,133 +800,163 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     record(status);
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
-  upstream = connect({ host: replica.endpoint.host, port: replica.endpoint.port, noDelay: true });
-  // The handshake and then the tunnel count as one outstanding request on the replica for as long as the upstream
-  // connection lives, so that power of two choices spreads long-lived WebSockets by how many each replica holds
-  // (HAProxy's leastconn does the same for tunnels).
-  replica.outstanding++;
-  upstream.once("close", () => replica.outstanding--);
-  const { connectTimeoutMs, responseTimeoutMs } = ctx.config.limits;
-  const timedOut = () => {
-    upstream.destroy();
-    reject("timeout", `upgrade to ${replica.id} timed out`);
-  };
-  upstream.setTimeout(connectTimeoutMs, timedOut);
-  // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request. (Without a
-  // callback: each one given is another 'timeout' listener.)
-  upstream.once("connect", () => upstream.setTimeout(responseTimeoutMs));
+  const { connectTimeoutMs, responseTimeoutMs, maxRetries } = ctx.config.limits;
   // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
   // headers that are the point of the request.
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
   const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
-  upstream.write(head, "latin1");
-  // The answer's head may come in several reads, and after interim 1xx heads (100, 103), which are dropped.
-  let pending: Buffer | null = null;
-  const refuseAnswer = (what: string) => {
-    upstream.removeListener("data", onData);
-    upstream.destroy();
-    reject("protocol", `${replica.id} answered an upgrade request with ${what}`);
-  };
-  const onData = (chunk: Buffer) => {
-    let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
-    pending = null;
-    let head: string;
-    let rest: Buffer;
-    for (;;) {
-      const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r\n]/.exec(first.toString("latin1", 0, 13));
-      if (statusLine === null && first.length >= 13) return refuseAnswer("something other than an HTTP status line");
-      const at = statusLine === null ? null : headEnd(first);
-      if (at === null) {
-        if (first.length > MAX_HEAD_BYTES) return refuseAnswer(`a head over ${MAX_HEAD_BYTES} bytes`);
-        pending = first;
+  /** replicas whose connection failed before the handshake was sent */
+  const tried: Replica[] = [];
+
+  const attempt = (target: Replica): void => {
+    const socket = connect({ host: target.endpoint.host, port: target.endpoint.port, noDelay: true });
+    upstream = socket;
+    let connected = false;
+    // The handshake and then the tunnel count as one outstanding request on the replica for as long as the upstream
+    // connection lives, so that power of two choices spreads long-lived WebSockets by how many each replica holds
+    // (HAProxy's leastconn does the same for tunnels).
+    target.outstanding++;
+    const done = () => target.outstanding--;
+    socket.once("close", done);
+    const timedOut = () => {
+      socket.destroy();
+      if (!settled) ctx.balancer.failed(target);
+      reject("timeout", `upgrade to ${target.id} timed out`);
+    };
+    socket.setTimeout(connectTimeoutMs, timedOut);
+    // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request. (Without a
+    // callback: each one given is another 'timeout' listener.)
+    socket.once("connect", () => {
+      connected = true;
+      socket.setTimeout(responseTimeoutMs);
+    });
+    socket.write(head, "latin1");
+    // The answer's head may come in several reads, and after interim 1xx heads (100, 103), which are dropped.
+    let pending: Buffer | null = null;
+    const refuseAnswer = (what: string) => {
+      socket.removeListener("data", onData);
+      socket.destroy();
+      if (!settled) ctx.balancer.failed(target);
+      reject("protocol", `${target.id} answered an upgrade request with ${what}`);
+    };
+    const onData = (chunk: Buffer) => {
+      let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
+      pending = null;
+      let head: string;
+      let rest: Buffer;
+      for (;;) {
+        const statusLine = /^HTTP\/1\.[01] ([1-5]\d\d)[ \r\n]/.exec(first.toString("latin1", 0, 13));
+        if (statusLine === null && first.length >= 13) return refuseAnswer("something other than an HTTP status line");
+        const at = statusLine === null ? null : headEnd(first);
+        if (at === null) {
+          if (first.length > MAX_HEAD_BYTES) return refuseAnswer(`a head over ${MAX_HEAD_BYTES} bytes`);
+          pending = first;
+          return;
+        }
+        const code = Number(statusLine![1]);
+        if (code >= 200 || code === 101) {
+          // (lines ending in a lone LF are read as the upstream parser reads them, and passed on with CRLFs; what it
+          // refuses, a lone CR, a NUL or a folded line, is refused here too)
+          head = first.toString("latin1", 0, at.end).replace(/\r?\n/g, "\r\n");
+          rest = first.subarray(at.consumed);
+          if (hasBareCrOrLf(head) || head.includes("\0") || /\r\n[ \t]/.test(head)) return refuseAnswer("a malformed head");
+          break;
+        }
+        first = first.subarray(at.consumed);
+        if (first.length === 0) return;
+      }
+      socket.removeListener("data", onData);
+      answered = true;
+      const status = Number(head.slice(9, 12));
+      ctx.balancer.answered(target, status);
+      // Mark the answer with our headers, after the status line, in place of the replica's own. A refusal (a 401, a
+      // 404, a plain 200) also says the connection ends with it: the client's later requests could not be framed on
+      // it (below).
+      const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
+      const close = status === 101 ? "" : "connection: close\r\n";
+      const [statusLine, ...fields] = head.split("\r\n");
+      const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
+      client.write(`${statusLine}\r\n${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n${kept.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+      if (rest.length > 0) client.write(rest);
+      record(status);
+      if (status !== 101) {
+        // Not switched: the replica's answer is passed on, but nothing more from the client goes to that connection,
+        // which abgate does not frame: a tunnel opened on a refusal would carry the client's next requests to the
+        // replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's bytes held back since the
+        // handshake (headBytes) are dropped for the same reason. The connection ends with the answer (the client was
+        // told), or after the idle timeout if the replica keeps its side open.
+        socket.removeAllListeners("timeout");
+        socket.setTimeout(ctx.config.limits.idleTimeoutMs, () => socket.destroy());
+        client.resume();
+        socket.pipe(client);
         return;
       }
-      const code = Number(statusLine![1]);
-      if (code >= 200 || code === 101) {
-        // (lines ending in a lone LF are read as the upstream parser reads them, and passed on with CRLFs; what it
-        // refuses, a lone CR, a NUL or a folded line, is refused here too)
-        head = first.toString("latin1", 0, at.end).replace(/\r?\n/g, "\r\n");
-        rest = first.subarray(at.consumed);
-        if (hasBareCrOrLf(head) || head.includes("\0") || /\r\n[ \t]/.test(head)) return refuseAnswer("a malformed head");
-        break;
+      socket.setTimeout(0);
+      // Switched: what the client sent after its handshake belongs to the new protocol, and goes first.
+      if (headBytes.length) socket.write(headBytes);
+      socket.pipe(client);
+      client.pipe(socket);
+    };
+    socket.on("data", onData);
+    socket.on("error", (err) => {
+      if (answered) return client.destroy();
+      ctx.balancer.failed(target);
+      if (settled) return;
+      // Not connected: nothing was sent, so another replica of the variant may take the handshake, as a plain
+      // request's connect failure is retried (the SPEC's rule, within limits.maxRetries).
+      if (!connected) {
+        tried.push(target);
+        const next = tried.length <= maxRetries ? ctx.balancer.pick(served, tried) : undefined;
+        if (next !== undefined) {
+          socket.removeAllListeners();
+          socket.on("error", () => {});
+          socket.destroy();
+          done();
+          ctx.log.debug({ requestId, replica: target.id, err: err.message }, "retrying the upgrade on another replica");
+          replica = next;
+          return attempt(next);
+        }
       }
-      first = first.subarray(at.consumed);
-      if (first.length === 0) return;
-    }
-    upstream.removeListener("data", onData);
-    answered = true;
-    const status = Number(head.slice(9, 12));
-    ctx.balancer.answered(replica, status);
-    // Mark the answer with our headers, after the status line, in place of the replica's own. A refusal (a 401, a
-    // 404, a plain 200) also says the connection ends with it: the client's later requests could not be framed on
-    // it (below).
-    const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
-    const close = status === 101 ? "" : "connection: close\r\n";
-    const [statusLine, ...fields] = head.split("\r\n");
-    const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
-    client.write(`${statusLine}\r\n${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n${kept.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
-    if (rest.length > 0) client.write(rest);
-    record(status);
-    if (status !== 101) {
-      // Not switched: the replica's answer is passed on, but nothing more from the client goes to that connection,
-      // which abgate does not frame: a tunnel opened on a refusal would carry the client's next requests to the
-      // replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's bytes held back since the
-      // handshake (headBytes) are dropped for the same reason. The connection ends with the answer (the client was
-      // told), or after the idle timeout if the replica keeps its side open.
-      upstream.removeAllListeners("timeout");
-      upstream.setTimeout(ctx.config.limits.idleTimeoutMs, () => upstream.destroy());
-      client.resume();
-      upstream.pipe(client);
-      return;
-    }
-    upstream.setTimeout(0);
-    // Switched: what the client sent after its handshake belongs to the new protocol, and goes first.
-    if (headBytes.length) upstream.write(headBytes);
-    upstream.pipe(client);
-    client.pipe(upstream);
+      reject("connect", `upgrade to ${target.id} failed: ${err.message}`);
+    });
+    // A replica that closes before its answer's head is complete failed the handshake: a 502 and an exposure, as a
+    // plain request gets, not a client cut off without a status. (Once rejected, the client's 502 is on its way: it
+    // ends by itself.)
+    const closedUnanswered = (): boolean => {
+      if (answered) return false;
+      if (!settled) {
+        ctx.balancer.failed(target);
+        reject("reset", `${target.id} closed the connection without answering the upgrade`);
+      }
+      return true;
+    };
+    socket.on("close", () => {
+      if (!closedUnanswered()) client.destroy();
+    });
+    socket.on("end", () => {
+      if (closedUnanswered()) socket.destroy();
+      else teardown();
+    });
   };
-  upstream.on("data", onData);
-  upstream.on("error", (err) => {
-    if (!answered) {
-      ctx.balancer.failed(replica);
-      reject("connect", `upgrade to ${replica.id} failed: ${err.message}`);
-    } else client.destroy();
-  });
-  // A replica that closes before its answer's head is complete failed the handshake: a 502 and an exposure, as a
-  // plain request gets, not a client cut off without a status. (Once rejected, the client's 502 is on its way: it
-  // ends by itself.)
-  const closedUnanswered = (): boolean => {
-    if (answered) return false;
-    if (!settled) {
-      ctx.balancer.failed(replica);
-      reject("reset", `${replica.id} closed the connection without answering the upgrade`);
-    }
-    return true;
-  };
-  upstream.on("close", () => {
-    if (!closedUnanswered()) client.destroy();
-  });
+
   client.on("close", () => {
     clientLeft();
-    upstream.destroy();
+    upstream?.destroy();
   });
   // Either side ending its half ends the tunnel (WebSocket closes by its own handshake first); half-open
   // tunnels would otherwise linger forever.
   const teardown = () => {
     client.destroySoon();
-    upstream.destroySoon();
+    upstream?.destroySoon();
   };
   client.on("end", () => {
     // (before the teardown, which ends the upstream side: its close must not read as the replica's failure)
     clientLeft();
     teardown();
   });
-  upstream.on("end", () => {
-    if (closedUnanswered()) upstream.destroy();
-    else teardown();
-  });
   tunnels.add(client);
   client.once("close", () => tunnels.delete(client));
+  attempt(replica);
 }
 
 /** Where a response head ends: at its CRLFCRLF, or, with lines ending in a lone LF, at its blank line. */

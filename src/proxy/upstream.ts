@@ -211,7 +211,7 @@ export class UpstreamConnection {
     this.socket.destroy();
   }
 
-  #fail(kind: UpstreamFailure, cause?: unknown): void {
+  #fail(kind: UpstreamFailure, cause?: unknown, clientOnly = false): void {
     const sink = this.#sink;
     this.#sink = null;
     busy.delete(this);
@@ -219,7 +219,7 @@ export class UpstreamConnection {
     if (!sink) return;
     const code = (cause as NodeJS.ErrnoException | undefined)?.code;
     const msg = cause instanceof Error ? cause.message : kind;
-    sink.onError(new UpstreamError(kind, `${kind}: ${msg}${code && !msg.includes(code) ? ` (${code})` : ""}`, { cause }), !this.#gotBytes, this.#connected);
+    sink.onError(new UpstreamError(kind, `${kind}: ${msg}${code && !msg.includes(code) ? ` (${code})` : ""}`, { cause, clientOnly }), !this.#gotBytes, this.#connected);
   }
 
   /** Called by the sweeper once `deadlineMs` has passed. */
@@ -471,7 +471,7 @@ export class UpstreamConnection {
         // coding would reach it as a body it takes for the resource itself. abgate does not decode codings; nginx
         // answers 502 to any coding but chunked, for every client. A bodiless answer just loses the header.
         if (!this.#noBody && status !== 204 && status !== 304) {
-          this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${transferCodings}", which an HTTP/1.0 client cannot read`));
+          this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${transferCodings}", which an HTTP/1.0 client cannot read`), true);
           return -1;
         }
       } else if (rest !== "") headers.push(transferName!, rest);
