@@ -568,3 +568,34 @@ async function logLines<L extends { msg: string }>(lines: L[], what: RegExp, wit
   while (!lines.some((l) => what.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   return lines.filter((l) => what.test(l.msg));
 }
+
+test("a request without a unit that abgate answers itself (a dead replica) still gets its cookie, so its retry is the same unit", async () => {
+  const probe = createNetServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+  const dead = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${dead}` }] });
+  try {
+    const plain = await rawRequest(gw.proxyUrl, "GET / HTTP/1.1\r\nhost: x\r\n\r\n", 300);
+    const upgrade = await rawRequest(gw.proxyUrl, "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", 300);
+    const units: string[] = [];
+    for (const [what, res] of [["request", plain], ["upgrade", upgrade]] as const) {
+      assert.match(res, /^HTTP\/1\.1 502 /, what);
+      const unit = /\r\nset-cookie: abgate_uid=([0-9a-f-]{36});/i.exec(res)?.[1];
+      assert.ok(unit, `${what}: a cookie with the unit in\n${res}`);
+      units.push(unit);
+    }
+    // ...the unit its exposure was recorded under
+    for (let i = 0; ; i++) {
+      const seen = (await gw.store.recentUnits("test", 10)).map(([unit]) => unit);
+      if (units.every((u) => seen.includes(u))) break;
+      assert.ok(i < 100, `exposures under ${units.join(", ")}; the store has ${seen.join(", ")}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const refused = await rawRequest(gw.proxyUrl, "GET / HTTP/1.1\r\nhost: x\r\nx-abgate-force-variant: nope\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", 300);
+    assert.match(refused, /^HTTP\/1\.1 400 /);
+    assert.doesNotMatch(refused, /set-cookie/i, "a refused request is not assigned: no unit to keep");
+  } finally {
+    await gw.close();
+  }
+});

@@ -559,6 +559,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     const body = JSON.stringify(assigned ? { error: message, code, requestId: this.requestId, variant: this.served } : { error: message, code, requestId: this.requestId });
     let headers = `content-type: application/json\r\nx-abgate-request-id: ${this.requestId}\r\n`;
     if (assigned) headers += `x-abgate-variant: ${this.served}\r\n`;
+    // The exposure is recorded under the unit abgate made up: the client keeps it for its retry, which would
+    // otherwise count as one more new unit.
+    if (assigned && this.setCookie) headers += `set-cookie: ${this.setCookie}\r\n`;
     conn.respondNow(status, headers, body, close);
     this.record(status);
     conn.responseDone(this);
@@ -796,7 +799,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     settled = true;
     const status = upstreamStatus(failure);
     ctx.log.warn({ requestId, variant: served, failure }, msg);
-    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\nx-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
+    const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
+    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
