@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Memory benchmarks: 5,000 idle keep-alive connections, then a 1 GiB upload and download through abgate.
+# Memory benchmarks: 5,000 idle keep-alive connections, a 1 GiB upload and download through abgate, then
+# connection churn (one request per connection, round after round).
 # Everything listens on 127.0.0.1 (ports 21000-21999); every process started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,7 +10,7 @@ driver_pid=""
 cleanup() { [ -n "$driver_pid" ] && kill "$driver_pid" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 status=0
-for script in idle-connections upload; do
+for script in idle-connections upload churn; do
   timeout 250 node --import tsx "bench/memory/$script.ts" &
   driver_pid=$!
   wait "$driver_pid" || status=$?
