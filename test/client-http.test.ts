@@ -196,3 +196,30 @@ test("request smuggling shapes are refused with 400 before anything reaches a re
   assert.equal(seen.headers["transfer-encoding"], "gzip, chunked");
   assert.equal(seen.body, 3);
 });
+
+test("a chunked body's trailers stay with it, not on the next request; abgate's own answers to HEAD have no body; HTTP/1.0 with Transfer-Encoding is closed after", async () => {
+  const before = a.requests.length;
+  const trailed = await rawRequest(
+    gw.proxyUrl,
+    "POST /a HTTP/1.1\r\nhost: x\r\nx-user-id: alice\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-user-id: victim\r\nx-injected: 1\r\n\r\n" +
+      "GET /b HTTP/1.1\r\nhost: x\r\nx-user-id: bob\r\nconnection: close\r\n\r\n",
+    1000,
+  );
+  assert.equal(count(trailed, /HTTP\/1\.1 200 /g), 2, trailed);
+  const [first, second] = a.requests.slice(before);
+  assert.deepEqual([first?.url, first?.body], ["/a", 3]);
+  assert.equal(second?.url, "/b", "not /a/b: the trailers' parts did not start the next request");
+  assert.equal(second?.headers["x-user-id"], "bob");
+  assert.equal(second?.headers["x-injected"], undefined);
+
+  // RFC 9110 §9.3.2: with a body, the next answer would be read as this one's end
+  const head = await rawRequest(gw.proxyUrl, "HEAD /?user=a%00b HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\nhost: x\r\nx-user-id: n\r\nconnection: close\r\n\r\n", 1000);
+  assert.match(head, /^HTTP\/1\.1 400 [^]*?\r\ncontent-length: [1-9]\d*\r\n(?:[^\r]+\r\n)*\r\nHTTP\/1\.1 200 /, head);
+  assert.match(head, /GET \/next$/);
+
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: the connection ends after it
+  const ten = open(gw.proxyUrl);
+  ten.sock.write("POST /ten HTTP/1.0\r\nhost: x\r\nx-user-id: u\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  await ten.closed;
+  assert.match(ten.text(), /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n[^]*POST \/ten$/);
+});

@@ -285,7 +285,9 @@ export class ClientConnection {
       `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\n${headers}content-length: ${Buffer.byteLength(body)}\r\n` +
       (keep ? (this.httpMinor === 0 ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n");
     this.responseStarted = true;
-    this.socket.write(head + body, "utf8");
+    // RFC 9110 §9.3.2: no content in an answer to HEAD (its Content-Length says what a GET would get); the client
+    // would read the body as the start of the next answer.
+    this.socket.write(this.current?.request.method === "HEAD" ? head : head + body, "utf8");
   }
 
   /** `ex` is answered: end the connection, or start the next pipelined exchange, or wait for the next request. */
@@ -385,6 +387,10 @@ export class ClientConnection {
   }
 
   messageComplete(): void {
+    // Trailer fields of a chunked body reach headersPart just before this: they belong to no next request (which
+    // would start with them) and are not forwarded (RFC 9110 §6.5.1 lets a recipient discard them).
+    this.#headerParts = null;
+    this.#urlParts = "";
     const ex = this.#reading;
     this.#reading = null;
     if (this.deadline === Deadline.Body || this.deadline === Deadline.Headers) this.setDeadline(Deadline.None, 0);
@@ -457,7 +463,9 @@ export class ClientConnection {
       this.pauseReading();
       return;
     }
-    if (this.responseStarted || !this.socket.writable) return void this.socket.destroy();
+    // Already ending (a refusal on the head, which llhttp may find again right after): that answer goes out first.
+    if (!this.socket.writable) return;
+    if (this.responseStarted) return void this.socket.destroy();
     this.respondNow(status, "", "", true);
     this.socket.destroySoon();
   }
