@@ -118,6 +118,18 @@ test("bad weight changes are refused with the reason and change nothing", async 
 
 test("promote sends every unit to the variant, rollback to the control", async () => {
   assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "nope" })).status, 400);
+  // Whatever the value, a 400 that names the key, not a 500 (stringifying 20,000 nested arrays overflowed the stack).
+  for (const [body, got] of [
+    [`{"variant":${"[".repeat(20_000)}${"]".repeat(20_000)}}`, "an array"],
+    [JSON.stringify({ variant: "x".repeat(1000) }), `"${"x".repeat(60)}…"`],
+    [JSON.stringify({ variant: { a: 1 } }), "an object"],
+    ["{}", "nothing"],
+  ]) {
+    const res = await admin(gw, "POST", "/v1/promote", body);
+    assert.equal(res.status, 400);
+    const { error } = (await res.json()) as { error: string };
+    assert.ok(error.startsWith("variant: one of control, treatment") && error.endsWith(`(got ${got})`), error);
+  }
   assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "treatment" })).status, 200);
   for (const u of unitIds(30, "p")) assert.equal(await variantOf(u), "treatment");
   assert.equal((await admin(gw, "POST", "/v1/rollback")).status, 200);

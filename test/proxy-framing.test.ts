@@ -2,6 +2,7 @@
 // the next hop read a message differently (RFC 9112 §3.2, §5, §6; RFC 9110 §7.6.1, §9.2.2), against real sockets.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { admin, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
@@ -409,4 +410,55 @@ test("a request that expects 100-continue and is refused before its body ends th
   assert.match(reply, /^HTTP\/1\.1 400 [^]*\r\nconnection: close\r\n/i);
   assert.doesNotMatch(reply, /100 Continue/);
   assert.equal(backend.heads.length, before);
+});
+
+test("a request whose last transfer coding is not chunked gets 400 and never reaches a replica, even over a pooled connection", async () => {
+  // a pooled connection to the replica, on which a head would go out at once
+  assert.match(await rawRequest(gw.proxyUrl, "GET /warm HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n"), /^HTTP\/1\.1 200/);
+  for (const coding of ["gzip", "xchunked", "chunked, gzip"]) {
+    const before = backend.heads.length;
+    const res = await rawRequest(gw.proxyUrl, `DELETE /refused HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ntransfer-encoding: ${coding}\r\n\r\n`);
+    assert.match(res, /^HTTP\/1\.1 400 /, coding);
+    assert.equal((res.match(/HTTP\/1\.1 /g) ?? []).length, 1, `one answer: ${res}`);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(backend.heads.slice(before), [], `${coding}: nothing reached the replica`);
+  }
+});
+
+test("a refused WebSocket handshake whose body is still coming is read off and closed, and does not hold a stop", async () => {
+  const u = new URL(gw.proxyUrl);
+  const handshake = "GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 200000\r\n\r\n";
+  const fds = () => readdirSync("/proc/self/fd").length;
+  const fdsBefore = fds();
+  for (let i = 0; i < 20; i++) {
+    const sock = connect(Number(u.port), u.hostname);
+    let got = "";
+    sock.on("data", (d: Buffer) => (got += d.toString("latin1")));
+    sock.on("error", () => {});
+    const closed = new Promise<void>((r) => sock.on("close", () => r()));
+    sock.write(handshake);
+    sock.write(Buffer.alloc(200_000, 0x61));
+    sock.end();
+    await closed;
+    assert.match(got, /^HTTP\/1\.1 400 /);
+  }
+  // abgate's side of each is closed too (it runs in this process): no file descriptor left behind
+  for (let i = 0; fds() > fdsBefore + 2; i++) {
+    assert.ok(i < 100, `${fds() - fdsBefore} file descriptors more than before`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+
+  // One that stays open and silent: a stop cuts it instead of waiting for it forever.
+  const { testGateway: start } = await import("./helpers/gateway.ts");
+  const other = await start({ variants: [{ name: "control", url: backend.url }] });
+  const held = connect(Number(new URL(other.proxyUrl).port), "127.0.0.1");
+  held.on("error", () => {});
+  await new Promise<void>((r) => held.on("connect", () => r()));
+  held.write(handshake);
+  held.write(Buffer.alloc(100_000, 0x61));
+  await new Promise((r) => setTimeout(r, 200));
+  const s0 = Date.now();
+  await other.close();
+  assert.ok(Date.now() - s0 < 3000, `stopped in ${Date.now() - s0} ms`);
+  held.destroy();
 });

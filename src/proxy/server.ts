@@ -242,6 +242,8 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.ts = Date.now();
     this.baseHead = scan.baseHead;
     this.chunkedBody = scan.transferEncoding !== undefined;
+    // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: close after it.
+    if (this.chunkedBody && request.httpMinor === 0) request.keepAlive = false;
     const cl = scan.contentLength;
     this.hasBody = this.chunkedBody || (cl !== undefined && cl !== "0");
     this.expectContinue = scan.expect !== undefined && request.httpMinor === 1;
@@ -650,7 +652,18 @@ function headRefusal(request: ClientRequest, scan: ScannedRequest, unit: string,
   if (scan.duplicateHost) {
     return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
   }
+  if (scan.transferEncoding !== undefined && !chunkedLast(scan.transferEncoding)) {
+    // RFC 9112 §6.1: the body's length cannot be known: 400 and close. llhttp finds it too, but only after the head
+    // was handed over, and the exchange would already have sent it to a replica.
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `transfer-encoding "${scan.transferEncoding}" does not end with chunked`, close: true, record: false };
+  }
   return null;
+}
+
+/** Whether a Transfer-Encoding list's last coding is chunked (by token: "xchunked" is not). */
+function chunkedLast(codings: string): boolean {
+  const comma = codings.lastIndexOf(",");
+  return codings.slice(comma + 1).trim().toLowerCase() === "chunked";
 }
 
 /** Why a unit is refused (400), or null. The events API refuses such units too, so none could ever convert. */
@@ -755,10 +768,13 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const unit = given ?? randomUUID();
   const force = forcedVariant(ctx.config, scan);
   const forced = force !== undefined;
+  // Counted from the start, so that a stop cuts it whatever it is doing: a refused handshake's socket too.
+  tunnels.add(client);
+  client.once("close", () => tunnels.delete(client));
   const refuse = (status: number, code: string, why: string) => {
     ctx.log.debug({ requestId, err: why }, "upgrade refused");
     const body = JSON.stringify({ error: why, code, requestId });
-    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
+    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
   };
   // The checks a plain request gets, and one of its own: the handshake has no body (one would have been read by the
   // parser and lost, while its Content-Length went on to a replica left waiting).
@@ -800,7 +816,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     const status = upstreamStatus(failure);
     ctx.log.warn({ requestId, variant: served, failure }, msg);
     const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
-    client.end(`HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
+    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
@@ -958,9 +974,28 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     clientLeft();
     teardown();
   });
-  tunnels.add(client);
-  client.once("close", () => tunnels.delete(client));
   attempt(replica);
+}
+
+/** How long a refused handshake's client may go on sending before its connection is cut (nginx's lingering_timeout). */
+const LINGER_IDLE_MS = 5_000;
+/** ...and at most in all (nginx's lingering_time). */
+const LINGER_MAX_MS = 30_000;
+
+/**
+ * Answer and end a connection whose client may still be sending (a handshake refused with its body on the way): its
+ * bytes are read and dropped, so that its FIN is seen and the socket closes, and it is cut after LINGER_IDLE_MS of
+ * silence or LINGER_MAX_MS in all. Not read, such a socket never closed: a file descriptor for good, and a stop that
+ * waited for it forever. Not cut at once either: unread bytes make the kernel reset the connection, which can lose the
+ * answer before the client reads it.
+ */
+function lingeringEnd(client: Socket, answer: string): void {
+  client.end(answer, "utf8");
+  client.resume();
+  client.setTimeout(LINGER_IDLE_MS, () => client.destroy());
+  const cap = setTimeout(() => client.destroy(), LINGER_MAX_MS);
+  cap.unref();
+  client.once("close", () => clearTimeout(cap));
 }
 
 /** Where a response head ends: at its CRLFCRLF, or, with lines ending in a lone LF, at its blank line. */
