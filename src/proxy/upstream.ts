@@ -72,6 +72,19 @@ export function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } |
 }
 
 /** 1 at the index of each length of content-length, transfer-encoding, connection and the HOP_BY_HOP names. */
+/** 1 at the char codes a token may hold (RFC 9110 §5.6.2: tchar). */
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
+
+/** Whether s[0, end) is a token: whitespace (obs-fold, a space before the colon) and control characters are not. */
+function isTokenUpTo(s: string, end: number): boolean {
+  for (let i = 0; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 127 || TCHAR[c] === 0) return false;
+  }
+  return true;
+}
+
 const HEADER_LENGTHS_OF_INTEREST = new Uint8Array(32);
 for (const name of ["content-length", "transfer-encoding", "connection", ...HOP_BY_HOP]) HEADER_LENGTHS_OF_INTEREST[name.length] = 1;
 
@@ -409,9 +422,9 @@ export class UpstreamConnection {
       // No colon, an obs-fold continuation line (leading whitespace), or whitespace before the colon: relaying
       // these would let the client read the fields differently from abgate (a "content-length : 5" abgate did not
       // see as one); RFC 9112 §5.1-5.2 allow a proxy to refuse the message with a 502, as HAProxy does.
-      const first = line.charCodeAt(0);
-      const beforeColon = line.charCodeAt(colon - 1);
-      if (colon <= 0 || first === 32 || first === 9 || beforeColon === 32 || beforeColon === 9) {
+      // A name is a token (RFC 9110 §5.1): one with a space, a control character or a separator ("Content-Ty pe",
+      // "Content-Length\v") would reach the client as abgate did not read it; clients refuse it or, worse, guess.
+      if (colon <= 0 || !isTokenUpTo(line, colon)) {
         this.#fail("protocol", new Error(`${this.pool.address} sent a malformed header line`));
         return -1;
       }
