@@ -76,6 +76,9 @@ before(async () => {
         return socket.destroy();
       case "/obs-fold":
         return socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\tx-folded: 2\r\n\r\nok");
+      case "/cut-chunked":
+        socket.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        return void setTimeout(() => socket.destroy(), 50);
       case "/space-in-name":
         return socket.write("HTTP/1.1 200 OK\r\ncontent-ty pe: text/plain\r\ncontent-length: 2\r\n\r\nok");
       case "/control-in-name":
@@ -219,6 +222,7 @@ test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client
   const upHead = backend.heads.find((h) => h.startsWith("GET /upgrade "))!;
   assert.match(upHead, /\r\nx-forwarded-for: 10\.9\.9\.9, 127\.0\.0\.1\r\n/);
   assert.match(upHead, /\r\nx-forwarded-host: x\r\n/);
+  assert.match(upHead, /\r\nx-abgate-unit: u1(\r\n|$)/, "the unit, as a plain request carries it");
   assert.match(upHead, /\r\nupgrade: websocket\r\n/i);
   assert.doesNotMatch(upHead, /proxy-authorization/i, "hop-by-hop headers stay with abgate");
 
@@ -467,4 +471,21 @@ test("a refused WebSocket handshake whose body is still coming is read off and c
   await other.close();
   assert.ok(Date.now() - s0 < 3000, `stopped in ${Date.now() - s0} ms`);
   held.destroy();
+});
+
+test("an answer cut off mid-body ends the client's connection with a reset, so that a close-delimited body does not look whole", async () => {
+  const u = new URL(gw.proxyUrl);
+  for (const version of ["1.0", "1.1"]) {
+    const sock = connect(Number(u.port), u.hostname);
+    let got = "";
+    sock.on("data", (d: Buffer) => (got += d.toString("latin1")));
+    const ending = new Promise<string>((resolve) => {
+      sock.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      sock.on("end", () => resolve("FIN"));
+    });
+    sock.write(`GET /cut-chunked HTTP/${version}\r\nhost: x\r\nx-user-id: u1\r\n\r\n`);
+    assert.equal(await ending, "ECONNRESET", `HTTP/${version}: ${JSON.stringify(got)}`);
+    assert.match(got, /^HTTP\/1\.1 200 [^]*hello/);
+    sock.destroy();
+  }
 });

@@ -315,6 +315,12 @@ export class ClientConnection {
     this.socket.destroy();
   }
 
+  /** Cut the connection with a TCP reset: an answer broken off mid-body, which a FIN would end as if whole. */
+  reset(): void {
+    if (this.socket.destroyed) return;
+    this.socket.resetAndDestroy();
+  }
+
   get idle(): boolean {
     return this.current === null && this.#reading === null && this.deadline === Deadline.Idle;
   }

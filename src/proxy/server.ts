@@ -538,9 +538,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     if (this.conn.responseStarted) {
       // Mid-body: the only honest signal left is to cut the client's connection. The exposure says the request
       // failed (the status the client would have had), not the 200 it began with, which hid truncated answers
-      // from the error rate.
+      // from the error rate. A reset, not a FIN: a close-delimited body (HTTP/1.0, or a replica's own) would
+      // otherwise end as if whole.
       this.record(status);
-      this.conn.destroy();
+      this.conn.reset();
       return;
     }
     this.responseHead = "";
@@ -824,7 +825,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
   // headers that are the point of the request.
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
-  const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\n\r\n`;
+  const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
   /** replicas whose connection failed before the handshake was sent */
   const tried: Replica[] = [];
 
