@@ -223,3 +223,16 @@ test("a chunked body's trailers stay with it, not on the next request; abgate's 
   await ten.closed;
   assert.match(ten.text(), /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n[^]*POST \/ten$/);
 });
+
+test("a Host value that no host and port could be is refused with 400 before any replica sees it (RFC 9112 §3.2)", async () => {
+  const before = a.requests.length;
+  for (const host of ["a b@@", "evil.example/path", "x\"y", "bad\\host", "é.example"]) {
+    const res = await rawRequest(gw.proxyUrl, Buffer.from(`GET /h HTTP/1.1\r\nhost: ${host}\r\nx-user-id: h\r\n\r\n`, "utf8"));
+    assert.match(res, /^HTTP\/1\.1 400 [^]*invalid Host header/, host);
+  }
+  assert.equal(a.requests.length, before, "no replica saw any of them");
+  for (const host of ["example.com", "example.com:8080", "127.0.0.1:9", "[::1]:80", "xn--bcher-kva.example", ""]) {
+    const res = await rawRequest(gw.proxyUrl, `GET /h HTTP/1.1\r\nhost: ${host}\r\nx-user-id: h\r\nconnection: close\r\n\r\n`);
+    assert.match(res, /^HTTP\/1\.1 200 /, JSON.stringify(host));
+  }
+});

@@ -653,12 +653,30 @@ function headRefusal(request: ClientRequest, scan: ScannedRequest, unit: string,
   if (scan.duplicateHost) {
     return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
   }
+  if (scan.host !== undefined && !hostChars(scan.host)) {
+    // RFC 9112 §3.2: a Host with an invalid value MUST get a 400. It would go on to the replica and into
+    // x-forwarded-host, where an application building URLs from it would take "evil.example/" or "a b@c" as given.
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "invalid Host header", close: true, record: false };
+  }
   if (scan.transferEncoding !== undefined && !chunkedLast(scan.transferEncoding)) {
     // RFC 9112 §6.1: the body's length cannot be known: 400 and close. llhttp finds it too, but only after the head
     // was handed over, and the exchange would already have sent it to a replica.
     return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `transfer-encoding "${scan.transferEncoding}" does not end with chunked`, close: true, record: false };
   }
   return null;
+}
+
+/** 1 at the char codes a Host value may hold: RFC 3986's reg-name (unreserved, sub-delims, "%"), ":" and "[]". */
+const HOST_CHARS = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]") HOST_CHARS[c.charCodeAt(0)] = 1;
+
+/** Whether a Host value holds only characters a host and port may have (not its full grammar: cheap, per request). */
+function hostChars(host: string): boolean {
+  for (let i = 0; i < host.length; i++) {
+    const c = host.charCodeAt(i);
+    if (c > 127 || HOST_CHARS[c] === 0) return false;
+  }
+  return true;
 }
 
 /** Whether a Transfer-Encoding list's last coding is chunked (by token: "xchunked" is not). */
