@@ -591,7 +591,9 @@ export class ClientServer {
   constructor(limits: ClientLimits, handlers: ClientHandlers) {
     this.limits = limits;
     this.handlers = handlers;
-    // allowHalfOpen: a client that half-closes after its request still gets the answer.
+    // allowHalfOpen: the connection itself decides what a client's half-close means (onEnd): between requests, the
+    // end once any answer is written; mid-request or while waiting for its answer, a client gone, as nginx and
+    // http.Server take it.
     this.server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket));
     this.server.on("listening", () => this.#startSweeper());
     this.server.on("close", () => this.#stopSweeper());
