@@ -425,7 +425,8 @@ test("a request that expects 100-continue and is refused before its body ends th
 test("a request whose last transfer coding is not chunked gets 400 and never reaches a replica, even over a pooled connection", async () => {
   // a pooled connection to the replica, on which a head would go out at once
   assert.match(await rawRequest(gw.proxyUrl, "GET /warm HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n"), /^HTTP\/1\.1 200/);
-  for (const coding of ["gzip", "xchunked", "chunked, gzip"]) {
+  // (a tab after chunked: llhttp refuses it after the head, and Node trims it from the value abgate sees)
+  for (const coding of ["gzip", "xchunked", "chunked, gzip", "chunked\t", "gzip, chunked \t"]) {
     const before = backend.heads.length;
     const res = await rawRequest(gw.proxyUrl, `DELETE /refused HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ntransfer-encoding: ${coding}\r\n\r\n`);
     assert.match(res, /^HTTP\/1\.1 400 /, coding);

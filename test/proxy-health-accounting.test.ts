@@ -172,6 +172,7 @@ test("a replica whose answers are not HTTP, or are cut short, is ejected like on
       const path = /^\S+ (\S+)/.exec(d.toString("latin1"))?.[1];
       if (path === "/garbage") socket.end("NOT HTTP AT ALL\r\n\r\n");
       else if (path === "/cut") socket.write("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b", () => socket.destroy());
+      else if (path === "/503-cut") socket.write("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100\r\n\r\nbusy", () => socket.destroy());
       else if (path === "/gzip") socket.end("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n2\r\nzz\r\n0\r\n\r\n");
       else socket.end("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
     });
@@ -203,6 +204,16 @@ test("a replica whose answers are not HTTP, or are cut short, is ejected like on
       assert.equal((await fetch(`${gw.proxyUrl}/gzip`, { headers: { "x-user-id": "u" } })).headers.get("transfer-encoding"), "gzip, chunked");
     } finally {
       await gw.close();
+    }
+    // A 5xx whose body is then cut off is one failure, not two.
+    const twice = await testGateway({ variants: [{ name: "control", url }], limits: { ejectAfterFailures: 2, ejectionMs: 60_000 } });
+    try {
+      await rawRequest(twice.proxyUrl, "GET /503-cut HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n", 300);
+      assert.equal(await healthOf(twice), "healthy", "one failure of two allowed");
+      await rawRequest(twice.proxyUrl, "GET /503-cut HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\n\r\n", 300);
+      assert.equal(await healthOf(twice), "ejected", "the second ejects it");
+    } finally {
+      await twice.close();
     }
   } finally {
     await new Promise<void>((r) => replica.close(() => r()));

@@ -69,6 +69,12 @@ export interface ClientExchange {
   onClientFault(status: number, reason: string): void;
   /** the client's socket took everything written so far (after a write returned false) */
   onClientDrain(): void;
+  /**
+   * Start only once llhttp has judged the whole head, not from its head callback: it checks Transfer-Encoding after
+   * that callback, and a request it then refuses must not have reached a replica ("chunked\t", whose tab Node trims
+   * from the value the exchange sees).
+   */
+  readonly startAfterHead?: boolean;
 }
 
 export interface ClientHandlers {
@@ -186,6 +192,8 @@ export class ClientConnection {
   #readPaused = false;
   /** the client half-closed its side */
   #ended = false;
+  /** an exchange whose head llhttp has not finished judging (see ClientExchange.startAfterHead) */
+  #startAfterHead: ClientExchange | null = null;
   /** an Upgrade request whose head was just parsed; handed over once the parser returns (`execute`) */
   #upgrade: ClientRequest | null = null;
   /** the request being read offered an Upgrade abgate does not tunnel (not websocket): proxied as plain HTTP */
@@ -370,11 +378,15 @@ export class ClientConnection {
     }
     const ex = this.server.handlers.request(this, req);
     this.#reading = ex;
-    if (this.current !== null) {
+    if (this.current !== null || this.#startAfterHead !== null) {
       // Pipelined: its answer waits for the one before it. Stop reading meanwhile, so that at most one read's
       // worth of requests waits.
       this.#queue.push(ex);
       this.pauseReading();
+      return 0;
+    }
+    if (ex.startAfterHead === true) {
+      this.#startAfterHead = ex;
       return 0;
     }
     this.#begin(ex);
@@ -408,7 +420,10 @@ export class ClientConnection {
   }
 
   execute(ret: number | Error): void {
+    const waiting = this.#startAfterHead;
+    this.#startAfterHead = null;
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
+    if (waiting !== null) this.#begin(waiting);
     if (this.#plainUpgrade) {
       // The parser goes on with the next read, but bytes after the upgrade-offering request in this read were not
       // parsed: end the connection after its answer, so that a pipelining client sends them again.
@@ -469,8 +484,12 @@ export class ClientConnection {
       this.pauseReading();
       return;
     }
-    // Already ending (a refusal on the head, which llhttp may find again right after): that answer goes out first.
-    if (!this.socket.writable) return;
+    // Already ending (a refusal on the head, which llhttp may find again right after): that answer goes out first;
+    // unless this is a timeout, when a client that stopped reading would keep the ending from ever finishing.
+    if (!this.socket.writable) {
+      if (status === 408) this.socket.destroy();
+      return;
+    }
     if (this.responseStarted) return void this.socket.destroy();
     this.respondNow(status, "", "", true);
     this.socket.destroySoon();

@@ -225,6 +225,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   upstreamDone = false;
   recorded = false;
   status = 0;
+  readonly startAfterHead: boolean;
   /** the response head, held back to go out with the first body piece */
   responseHead = "";
   chunkedOut = false;
@@ -242,6 +243,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.ts = Date.now();
     this.baseHead = scan.baseHead;
     this.chunkedBody = scan.transferEncoding !== undefined;
+    this.startAfterHead = this.chunkedBody;
     // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: close after it.
     if (this.chunkedBody && request.httpMinor === 0) request.keepAlive = false;
     const cl = scan.contentLength;
@@ -493,7 +495,8 @@ class Exchange implements UpstreamSink, ClientExchange {
     const stale = connected && beforeResponse && upstream.reused && err.failure === "reset";
     // An answer that is not HTTP, or is cut short, counts as the replica's failure as a 5xx does; one that only this
     // client cannot be sent (clientOnly) does not.
-    if (!stale && !err.clientOnly) this.ctx.balancer.failed(replica);
+    // (A 5xx was counted at its head: once is enough when its body then fails too.)
+    if (!stale && !err.clientOnly && this.status < 500) this.ctx.balancer.failed(replica);
     const answered = this.conn.responseStarted || this.responseHead !== "";
     if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3 && IDEMPOTENT_METHODS.has(this.request.method)) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
@@ -556,7 +559,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     if (this.expectContinue && this.hasBody && !this.requestComplete && !this.continueSent) close = true;
     if (conn.responseStarted || conn.socket.destroyed) {
       this.record(status);
-      return conn.destroy();
+      return conn.reset();
     }
     const assigned = this.refusal === null || this.refusal.record;
     const body = JSON.stringify(assigned ? { error: message, code, requestId: this.requestId, variant: this.served } : { error: message, code, requestId: this.requestId });
@@ -679,10 +682,10 @@ function hostChars(host: string): boolean {
   return true;
 }
 
-/** Whether a Transfer-Encoding list's last coding is chunked (by token: "xchunked" is not). */
+/** Whether a Transfer-Encoding list's last coding is chunked (by token: "xchunked" is not; empty elements do not count). */
 function chunkedLast(codings: string): boolean {
-  const comma = codings.lastIndexOf(",");
-  return codings.slice(comma + 1).trim().toLowerCase() === "chunked";
+  const list = codings.split(",").map((c) => c.trim()).filter((c) => c !== "");
+  return list.at(-1)?.toLowerCase() === "chunked";
 }
 
 /** Why a unit is refused (400), or null. The events API refuses such units too, so none could ever convert. */
