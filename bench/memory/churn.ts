@@ -11,7 +11,7 @@
  */
 import { createServer, type Server } from "node:http";
 import { connect } from "node:net";
-import { abgateBin, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
+import { abgateBin, freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
 
 const requestsPerRound = Number(process.env.BENCH_CHURN_REQUESTS ?? 20_000);
 const ROUNDS = Number(process.env.BENCH_CHURN_ROUNDS ?? 4);
@@ -32,8 +32,8 @@ async function backend(): Promise<{ server: Server; url: string }> {
     res.writeHead(200, { "content-type": "text/plain", "content-length": "2" });
     res.end("ok");
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
   return { server, url: `http://127.0.0.1:${port}` };
 }
 
