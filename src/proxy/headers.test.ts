@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { connectionTokens, cookieValue, queryValue, HOP_BY_HOP } from "./headers.ts";
+import { asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, HOP_BY_HOP, TCHAR } from "./headers.ts";
 
 describe("cookieValue", () => {
   it("finds a cookie anywhere in the header", () => {
@@ -128,5 +128,18 @@ describe("HOP_BY_HOP", () => {
     }
     assert.ok(!HOP_BY_HOP.has("content-length"));
     assert.ok(!HOP_BY_HOP.has("set-cookie"));
+  });
+});
+
+describe("onlyFrom", () => {
+  it("takes the characters of the set, up to `end`, and nothing else, nothing beyond ASCII", () => {
+    assert.equal(onlyFrom(TCHAR, "Content-Type"), true);
+    assert.equal(onlyFrom(TCHAR, "Content-Ty pe"), false);
+    assert.equal(onlyFrom(TCHAR, "Content-Length\v"), false);
+    assert.equal(onlyFrom(TCHAR, "x-a: b c", 3), true, "only the name before the colon");
+    assert.equal(onlyFrom(TCHAR, "naïve"), false);
+    assert.equal(onlyFrom(asciiSet("ab"), ""), true);
+    assert.equal(onlyFrom(asciiSet("ab"), "abba"), true);
+    assert.equal(onlyFrom(asciiSet("ab"), "abc"), false);
   });
 });

@@ -82,3 +82,22 @@ export function queryValue(url: string, name: string): string | undefined {
   }
   return undefined;
 }
+
+/** A set of ASCII characters as a lookup table (1 at each one's code), for `onlyFrom`. */
+export function asciiSet(chars: string): Uint8Array {
+  const set = new Uint8Array(128);
+  for (let i = 0; i < chars.length; i++) set[chars.charCodeAt(i)] = 1;
+  return set;
+}
+
+/** Whether s[0, end) holds only characters of `set`: a table lookup each, cheap enough for every request. */
+export function onlyFrom(set: Uint8Array, s: string, end = s.length): boolean {
+  for (let i = 0; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 127 || set[c] === 0) return false;
+  }
+  return true;
+}
+
+/** RFC 9110 §5.6.2: the characters of a token (tchar), such as a field name. */
+export const TCHAR = asciiSet("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");

@@ -1,6 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
-import { HOP_BY_HOP, connectionTokens } from "./headers.ts";
+import { HOP_BY_HOP, TCHAR, connectionTokens, onlyFrom } from "./headers.ts";
 import { writeLatin1 } from "./direct-write.ts";
 import { expireAfterReads } from "./deadlines.ts";
 
@@ -72,19 +72,6 @@ export function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } |
 }
 
 /** 1 at the index of each length of content-length, transfer-encoding, connection and the HOP_BY_HOP names. */
-/** 1 at the char codes a token may hold (RFC 9110 §5.6.2: tchar). */
-const TCHAR = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
-
-/** Whether s[0, end) is a token: whitespace (obs-fold, a space before the colon) and control characters are not. */
-function isTokenUpTo(s: string, end: number): boolean {
-  for (let i = 0; i < end; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 127 || TCHAR[c] === 0) return false;
-  }
-  return true;
-}
-
 const HEADER_LENGTHS_OF_INTEREST = new Uint8Array(32);
 for (const name of ["content-length", "transfer-encoding", "connection", ...HOP_BY_HOP]) HEADER_LENGTHS_OF_INTEREST[name.length] = 1;
 
@@ -424,7 +411,7 @@ export class UpstreamConnection {
       // see as one); RFC 9112 §5.1-5.2 allow a proxy to refuse the message with a 502, as HAProxy does.
       // A name is a token (RFC 9110 §5.1): one with a space, a control character or a separator ("Content-Ty pe",
       // "Content-Length\v") would reach the client as abgate did not read it; clients refuse it or, worse, guess.
-      if (colon <= 0 || !isTokenUpTo(line, colon)) {
+      if (colon <= 0 || !onlyFrom(TCHAR, line, colon)) {
         this.#fail("protocol", new Error(`${this.pool.address} sent a malformed header line`));
         return -1;
       }
