@@ -783,6 +783,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const unit = given ?? randomUUID();
   const force = forcedVariant(ctx.config, scan);
   const forced = force !== undefined;
+  // A made-up unit goes back with every answer to an assigned handshake, the replica's or abgate's own.
+  const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
   // Counted from the start, so that a stop cuts it whatever it is doing: a refused handshake's socket too.
   tunnels.add(client);
   client.once("close", () => tunnels.delete(client));
@@ -830,7 +832,6 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     settled = true;
     const status = upstreamStatus(failure);
     ctx.log.warn({ requestId, variant: served, failure }, msg);
-    const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
     lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
@@ -853,10 +854,15 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     target.outstanding++;
     const done = () => target.outstanding--;
     socket.once("close", done);
+    /** This attempt failed: once, against the replica's health and with the client's answer. */
+    const failAttempt = (failure: UpstreamFailure, msg: string) => {
+      if (settled) return;
+      ctx.balancer.failed(target);
+      reject(failure, msg);
+    };
     const timedOut = () => {
       socket.destroy();
-      if (!settled) ctx.balancer.failed(target);
-      reject("timeout", `upgrade to ${target.id} timed out`);
+      failAttempt("timeout", `upgrade to ${target.id} timed out`);
     };
     socket.setTimeout(connectTimeoutMs, timedOut);
     // Connected: the replica has responseTimeoutMs to answer the handshake, as it has for any request. (Without a
@@ -871,8 +877,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     const refuseAnswer = (what: string) => {
       socket.removeListener("data", onData);
       socket.destroy();
-      if (!settled) ctx.balancer.failed(target);
-      reject("protocol", `${target.id} answered an upgrade request with ${what}`);
+      failAttempt("protocol", `${target.id} answered an upgrade request with ${what}`);
     };
     const onData = (chunk: Buffer) => {
       let first = pending === null ? chunk : Buffer.concat([pending, chunk]);
@@ -907,7 +912,6 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       // Mark the answer with our headers, after the status line, in place of the replica's own. A refusal (a 401, a
       // 404, a plain 200) also says the connection ends with it: the client's later requests could not be framed on
       // it (below).
-      const cookie = given !== undefined ? "" : `set-cookie: ${unitCookie(u.cookie, unit)}\r\n`;
       const close = status === 101 ? "" : "connection: close\r\n";
       const [statusLine, ...fields] = head.split("\r\n");
       const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
@@ -959,10 +963,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     // ends by itself.)
     const closedUnanswered = (): boolean => {
       if (answered) return false;
-      if (!settled) {
-        ctx.balancer.failed(target);
-        reject("reset", `${target.id} closed the connection without answering the upgrade`);
-      }
+      failAttempt("reset", `${target.id} closed the connection without answering the upgrade`);
       return true;
     };
     socket.on("close", () => {
