@@ -225,7 +225,6 @@ class Exchange implements UpstreamSink, ClientExchange {
   upstreamDone = false;
   recorded = false;
   status = 0;
-  readonly startAfterHead: boolean;
   /** the response head, held back to go out with the first body piece */
   responseHead = "";
   chunkedOut = false;
@@ -243,7 +242,6 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.ts = Date.now();
     this.baseHead = scan.baseHead;
     this.chunkedBody = scan.transferEncoding !== undefined;
-    this.startAfterHead = this.chunkedBody;
     // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: close after it.
     if (this.chunkedBody && request.httpMinor === 0) request.keepAlive = false;
     const cl = scan.contentLength;
@@ -398,6 +396,11 @@ class Exchange implements UpstreamSink, ClientExchange {
   endBody(): void {
     if (this.chunkedBody) this.upstream!.socket.write("0\r\n\r\n", "latin1");
     this.upstream!.requestEnded();
+  }
+
+  /** With Transfer-Encoding, llhttp judges the head after its callback (see ClientExchange.startAfterHead). */
+  get startAfterHead(): boolean {
+    return this.chunkedBody;
   }
 
   get http10Client(): boolean {

@@ -466,15 +466,16 @@ export class UpstreamConnection {
       // abgate undoes the chunking and re-frames the body itself; codings before it (gzip) still apply to the
       // bytes, so they are passed on, and the client's framing line completes them.
       const rest = chunked ? codings.slice(0, -1).join(", ") : transferCodings;
-      if (rest !== "" && this.#sink!.http10Client === true) {
-        // An HTTP/1.0 client knows no Transfer-Encoding (RFC 9112 §6.1: a server MUST NOT send it one), so a gzip
-        // coding would reach it as a body it takes for the resource itself. abgate does not decode codings; nginx
-        // answers 502 to any coding but chunked, for every client. A bodiless answer just loses the header.
-        if (!this.#noBody && status !== 204 && status !== 304) {
+      if (rest !== "") {
+        if (this.#sink!.http10Client !== true) headers.push(transferName!, rest);
+        else if (!this.#noBody && status !== 204 && status !== 304) {
+          // An HTTP/1.0 client knows no Transfer-Encoding (RFC 9112 §6.1: a server MUST NOT send it one), so a gzip
+          // coding would reach it as a body it takes for the resource itself. abgate does not decode codings; nginx
+          // answers 502 to any coding but chunked, for every client. A bodiless answer just loses the header.
           this.#fail("protocol", new Error(`${this.pool.address} sent transfer-encoding "${transferCodings}", which an HTTP/1.0 client cannot read`), true);
           return -1;
         }
-      } else if (rest !== "") headers.push(transferName!, rest);
+      }
     }
     if (closeSeen) keepAlive = false;
     if (status === 204 && contentLength !== -1) {
