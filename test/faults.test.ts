@@ -570,11 +570,7 @@ async function logLines<L extends { msg: string }>(lines: L[], what: RegExp, wit
 }
 
 test("a request without a unit that abgate answers itself (a dead replica) still gets its cookie, so its retry is the same unit", async () => {
-  const probe = createNetServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-  const dead = (probe.address() as AddressInfo).port;
-  await new Promise<void>((r) => probe.close(() => r()));
-  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${dead}` }] });
+  const gw = await testGateway({ variants: [{ name: "control", url: await closedPortUrl() }] });
   try {
     const plain = await rawRequest(gw.proxyUrl, "GET / HTTP/1.1\r\nhost: x\r\n\r\n", 300);
     const upgrade = await rawRequest(gw.proxyUrl, "GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", 300);

@@ -16,6 +16,12 @@ function freePort(): Promise<number> {
   });
 }
 
+/** The first variant's replicas, as GET /v1/experiment shows them. */
+async function replicasOf(gw: { adminUrl: string }): Promise<{ health: string; outstanding: number }[]> {
+  const body = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { variants: { replicas: { health: string; outstanding: number }[] }[] };
+  return body.variants[0]!.replicas;
+}
+
 function upgrade(url: string): Promise<string> {
   const u = new URL(url);
   return new Promise((resolve) => {
@@ -103,10 +109,7 @@ test("an open WebSocket tunnel counts as outstanding on its replica until it clo
       });
       s.write("GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
     });
-  const outstanding = async () => {
-    const body = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { variants: { replicas: { outstanding: number }[] }[] };
-    return body.variants[0]!.replicas.map((r) => r.outstanding);
-  };
+  const outstanding = async () => (await replicasOf(gw)).map((r) => r.outstanding);
   try {
     // With one tunnel open on a replica, two choices among two always pick the other one: the tunnels alternate.
     const got: string[] = [];
@@ -164,7 +167,6 @@ test("a request head that arrived in time is served, not 408'd, when the event l
 
 test("a replica whose answers are not HTTP, or are cut short, is ejected like one answering 5xx; an answer only an HTTP/1.0 client cannot take is not held against it", async () => {
   const { rawRequest } = await import("./helpers/raw.ts");
-  const { admin } = await import("./helpers/gateway.ts");
   // A raw replica: what it answers depends on the path.
   const replica = createTcpServer((socket) => {
     socket.on("error", () => {});
@@ -179,8 +181,7 @@ test("a replica whose answers are not HTTP, or are cut short, is ejected like on
   });
   await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
   const url = `http://127.0.0.1:${(replica.address() as { port: number }).port}`;
-  const healthOf = async (gw: { adminUrl: string }) =>
-    ((await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { replicas: { health: string }[] }[] }).variants[0]!.replicas[0]!.health;
+  const healthOf = async (gw: { adminUrl: string }) => (await replicasOf(gw))[0]!.health;
   try {
     for (const path of ["/garbage", "/cut"]) {
       const gw = await testGateway({ variants: [{ name: "control", url }], limits: { ejectAfterFailures: 3, ejectionMs: 60_000 } });
@@ -232,10 +233,7 @@ test("an upgrade whose replica refuses the connection is retried on another repl
     variants: [{ name: "control", urls: [`http://127.0.0.1:${dead}`, `http://127.0.0.1:${livePort}`] }],
     limits: { ejectAfterFailures: 100 },
   });
-  const outstanding = async () => {
-    const body = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { variants: { replicas: { outstanding: number }[] }[] };
-    return body.variants[0]!.replicas.map((r) => r.outstanding);
-  };
+  const outstanding = async () => (await replicasOf(gw)).map((r) => r.outstanding);
   try {
     // Power of two choices sends about half of them to the dead replica first.
     for (let i = 0; i < 12; i++) assert.match(await upgrade(gw.proxyUrl), /^HTTP\/1\.1 101/, `upgrade ${i}`);
