@@ -9,9 +9,8 @@
  *
  * Run through bench/memory/run.sh.
  */
-import { createServer, type Server } from "node:http";
 import { connect } from "node:net";
-import { abgateBin, freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
+import { abgateBin, mb, okBackend, rssBytes, scratchDir, startAbgate } from "./harness.ts";
 
 const requestsPerRound = Number(process.env.BENCH_CHURN_REQUESTS ?? 20_000);
 const ROUNDS = Number(process.env.BENCH_CHURN_ROUNDS ?? 4);
@@ -25,17 +24,6 @@ const overall = setTimeout(() => {
   process.exit(1);
 }, OVERALL_LIMIT_MS);
 overall.unref();
-
-async function backend(): Promise<{ server: Server; url: string }> {
-  const server = createServer((req, res) => {
-    req.resume();
-    res.writeHead(200, { "content-type": "text/plain", "content-length": "2" });
-    res.end("ok");
-  });
-  const port = await freePort();
-  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
-  return { server, url: `http://127.0.0.1:${port}` };
-}
 
 /** One request on a new connection that abgate closes after answering; resolves with the status (0 on error). */
 function oneShot(port: number, unit: string): Promise<number> {
@@ -65,7 +53,7 @@ async function round(port: number, tag: string, count: number): Promise<{ ok: nu
 }
 
 async function main(): Promise<void> {
-  const backends = [await backend(), await backend()];
+  const backends = [await okBackend(), await okBackend()];
   console.log(`abgate: ${abgateBin().note}`);
   // Exposure logging off: the store's page cache (up to 32 MiB) fills as its file grows, which would hide what the
   // connections leave behind.

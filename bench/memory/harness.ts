@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,6 +36,20 @@ export async function freePort(): Promise<number> {
   }
   throw new Error(`no free port in ${PORT_MIN}-${PORT_MAX}`);
 }
+
+/** A backend on a port of the bench range that answers every request 200 "ok" (its body read and dropped). */
+export async function okBackend(): Promise<{ server: HttpServer; url: string }> {
+  const port = await freePort();
+  const server = createHttpServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { "content-type": "text/plain", "content-length": "2" });
+    res.end("ok");
+  });
+  server.keepAliveTimeout = 120_000;
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  return { server, url: `http://127.0.0.1:${port}` };
+}
+
 
 const children = new Set<ChildProcess>();
 

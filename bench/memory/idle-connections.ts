@@ -5,9 +5,8 @@
  *
  * Run through bench/memory/run.sh (it raises the fd limit). Knobs: BENCH_IDLE_CONNECTIONS (default 5000).
  */
-import { createServer, type Server } from "node:http";
 import { connect, type Socket } from "node:net";
-import { abgateBin, freePort, mb, rssBytes, scratchDir, startAbgate } from "./harness.ts";
+import { abgateBin, mb, okBackend, rssBytes, scratchDir, startAbgate } from "./harness.ts";
 
 const TARGET_MB = 150;
 const connectionCount = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 5000);
@@ -19,18 +18,6 @@ const overall = setTimeout(() => {
   process.exit(1);
 }, OVERALL_LIMIT_MS);
 overall.unref();
-
-async function backend(): Promise<{ server: Server; url: string }> {
-  const port = await freePort();
-  const server = createServer((req, res) => {
-    req.resume();
-    res.writeHead(200, { "content-type": "text/plain", "content-length": "2" });
-    res.end("ok");
-  });
-  server.keepAliveTimeout = 120_000;
-  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
-  return { server, url: `http://127.0.0.1:${port}` };
-}
 
 /**
  * Opens one connection, sends one keep-alive request and resolves with the socket once the whole response
@@ -68,7 +55,7 @@ function openIdle(port: number, unit: string): Promise<{ socket: Socket; status:
 }
 
 async function main(): Promise<void> {
-  const backends = [await backend(), await backend()];
+  const backends = [await okBackend(), await okBackend()];
   console.log(`abgate: ${abgateBin().note}`);
   const dir = scratchDir("abgate-bench-idle-");
   const abgate = await startAbgate({ dir, backends: backends.map((b) => b.url), name: "abgate-idle" });
