@@ -7,6 +7,7 @@ import { configuredReplicas, createEngine } from "./engines/index.ts";
 import type { Engine } from "./engines/types.ts";
 import { CONNECT_CHECK, HealthTracker } from "./health/index.ts";
 import { createLogger, type Logger } from "./log/index.ts";
+import { LogThrottle } from "./log/throttle.ts";
 import { Balancer } from "./proxy/balancer.ts";
 import { LiveStats } from "./proxy/live.ts";
 import { createProxyServer } from "./proxy/server.ts";
@@ -294,11 +295,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       report: () => experimentReport(config, store, strategy.weights(), clock.now()),
     };
 
-    const proxy = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, counters: { inFlight: 0 } });
+    const throttledLog = new LogThrottle(log, { clock });
+    const proxy = createProxyServer({ config, strategy, balancer, exposures: batcher, live, metrics, log, throttledLog, counters: { inFlight: 0 } });
     const { server: adminServer, dashboard, inFlight: adminInFlight } = createAdminServer({
       ...adminCtx,
       metrics,
       log,
+      throttledLog,
       mayIngest: (authorization) => !config.admin.ingestToken || bearerMatches(authorization, config.admin.ingestToken) || bearerMatches(authorization, token),
     });
     const { server: proxyServer, inFlight, closeTunnels } = proxy;
@@ -366,6 +369,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         proxy.closeAllConnections();
         adminServer.closeAllConnections();
         closeTunnels();
+        throttledLog.flush();
         await cleanup();
         log.info("stopped");
       })());

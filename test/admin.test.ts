@@ -183,6 +183,7 @@ test("GET /metrics is Prometheus text with requests by variant and status, laten
   assert.match(text, /abgate_replica_healthy\{variant="treatment",replica="treatment-0",experiment="test"\} 1/);
   assert.match(text, /abgate_events_ingested_total\{event="watched",experiment="test"\} 3/);
   assert.match(text, /abgate_exposures_dropped_total\{experiment="test"\} 0/);
+  assert.match(text, /abgate_log_lines_dropped_total\{experiment="test"\} 0/);
 });
 
 test("GET /v1/report has the spec's shape", async () => {

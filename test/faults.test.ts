@@ -595,3 +595,37 @@ test("a request without a unit that abgate answers itself (a dead replica) still
     await gw.close();
   }
 });
+
+test("a dead variant under load logs a burst of lines a second and counts the rest, instead of a line per request", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; suppressed?: number; code?: string; variant?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const gw = await testGateway({ variants: [{ name: "control", url: await closedPortUrl() }] }, { log });
+  const started = Date.now();
+  const requests = 400;
+  try {
+    let failed = 0;
+    for (let i = 0; i < requests / 20; i++) {
+      const answers = await Promise.all(Array.from({ length: 20 }, (_, j) => fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `u${i}-${j}` } })));
+      for (const res of answers) {
+        await res.arrayBuffer();
+        if (res.status >= 500) failed++;
+      }
+    }
+    assert.equal(failed, requests);
+    // Invalid events: refused one by one, logged the same way.
+    for (let i = 0; i < 40; i++) assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "", event: "x" }])).status, 400);
+  } finally {
+    await gw.close();
+  }
+  const seconds = Math.ceil((Date.now() - started) / 1000);
+  const failures = lines.filter((l) => l.code?.startsWith("ABGATE_ERR_UPSTREAM_"));
+  const inFull = failures.filter((l) => l.suppressed === undefined);
+  const counted = failures.reduce((n, l) => n + (l.suppressed ?? 0), 0);
+  assert.equal(inFull.length + counted, requests, "every failure is a line or is counted in one (the stop logs the counts still due)");
+  assert.ok(inFull.length <= 10 * 2 * (seconds + 1), `${inFull.length} lines in full over ${seconds} s`);
+  assert.ok(failures.some((l) => l.suppressed !== undefined && /and \d+ more like it within 1 s/.test(l.msg)));
+  const refusedEvents = lines.filter((l) => (l as { status?: number }).status === 400);
+  assert.equal(refusedEvents.filter((l) => l.suppressed === undefined).length + refusedEvents.reduce((n, l) => n + (l.suppressed ?? 0), 0), 40);
+  assert.ok(refusedEvents.length < 40);
+});

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry } from "prom-client";
+import { logLinesDropped } from "../log/index.ts";
 
 const LATENCY_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const LATENCY_BOUNDS_MS = LATENCY_BUCKETS_S.map((s) => s * 1000);
@@ -62,6 +63,15 @@ export class GatewayMetrics {
       collect() {
         this.reset();
         this.inc(exposuresDropped());
+      },
+    });
+    new Counter({
+      name: "abgate_log_lines_dropped_total",
+      help: "Log lines dropped because stderr was not read as fast as they were written",
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(logLinesDropped());
       },
     });
     new Gauge({

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from "node:net";
 import { AbgateError, InvalidArgumentError, RequestError, StoreError } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
+import type { LogThrottle } from "../log/throttle.ts";
 import type { AdminContext } from "./context.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { parseEvents } from "./events.ts";
@@ -15,6 +16,8 @@ const LINGER_MS = 2_000;
 export interface AdminServerContext extends AdminContext {
   metrics: GatewayMetrics;
   log: Logger;
+  /** failed requests' lines, a burst of each kind per second and then a count (see LogThrottle) */
+  throttledLog: LogThrottle;
   /** true when the request may post events (ingest token, admin token, or no ingest token configured) */
   mayIngest(authorization: string | undefined): boolean;
 }
@@ -219,8 +222,9 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         if (err instanceof StoreError) status = 503;
       }
       const message = err instanceof Error ? err.message : String(err);
-      if (status >= 500) ctx.log.error({ err, path: req.url }, "admin request failed");
-      else ctx.log.info({ status, code, path: req.url, method: req.method }, message);
+      // Keyed by what failed, not by the path: a path is the client's to vary.
+      if (status >= 500) ctx.throttledLog.error(`${status} ${code}`, { err, path: req.url }, "admin request failed");
+      else ctx.throttledLog.info(`${status} ${code}`, { status, code, path: req.url, method: req.method }, message);
       if (res.headersSent) return void res.destroy();
       const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : status === 503 ? { "retry-after": "5" } : {};
       const allowHeader = (err as { allow?: unknown } | null | undefined)?.allow;

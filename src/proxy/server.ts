@@ -5,6 +5,7 @@ import { performance } from "node:perf_hooks";
 import type { Config } from "../config/index.ts";
 import { UpstreamError, upstreamStatus, type UpstreamFailure } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
+import type { LogThrottle } from "../log/throttle.ts";
 import type { Strategy } from "../strategies/types.ts";
 import { MAX_UNIT_CHARS, type Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
@@ -26,6 +27,8 @@ export interface ProxyContext {
   live: LiveStats;
   metrics: GatewayMetrics;
   log: Logger;
+  /** the per-request failure lines, a burst of each kind per second and then a count (see LogThrottle) */
+  throttledLog: LogThrottle;
   /** requests between arrival and their exposure record (what a drain waits for) */
   counters: { inFlight: number };
 }
@@ -540,7 +543,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   fail(err: UpstreamError): void {
     this.upstreamDone = true;
     const status = upstreamStatus(err.failure);
-    this.ctx.log.warn({ requestId: this.requestId, variant: this.served, replica: this.replica?.id, code: err.code }, err.message);
+    this.ctx.throttledLog.warn(`${err.code} ${this.served} ${this.replica?.id ?? ""}`, { requestId: this.requestId, variant: this.served, replica: this.replica?.id, code: err.code }, err.message);
     if (this.conn.responseStarted) {
       // Mid-body: the only honest signal left is to cut the client's connection. The exposure says the request
       // failed (the status the client would have had), not the 200 it began with, which hid truncated answers
@@ -834,7 +837,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     if (settled) return;
     settled = true;
     const status = upstreamStatus(failure);
-    ctx.log.warn({ requestId, variant: served, failure }, msg);
+    ctx.throttledLog.warn(`upgrade ${failure} ${served}`, { requestId, variant: served, failure }, msg);
     lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
