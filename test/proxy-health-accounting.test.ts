@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { connect, createServer as createTcpServer } from "node:net";
+import { startUnacceptingListener } from "./helpers/backends.ts";
 import { testGateway } from "./helpers/gateway.ts";
 
 /** A free port on 127.0.0.1: listened on, then closed, so that connecting to it is refused until it is reused. */
@@ -22,16 +23,34 @@ async function replicasOf(gw: { adminUrl: string }): Promise<{ health: string; o
   return body.variants[0]!.replicas;
 }
 
-function upgrade(url: string): Promise<string> {
+/** An upgrade's answer: its status line, or with `whole`, its head. */
+function upgrade(url: string, unit = "u", whole = false): Promise<string> {
   const u = new URL(url);
   return new Promise((resolve) => {
     const s = connect(Number(u.port), u.hostname);
     let got = "";
     s.on("data", (c) => (got += c.toString("latin1")));
-    s.on("close", () => resolve(got.split("\r\n")[0]!));
+    s.on("close", () => resolve(whole ? got.split("\r\n\r\n")[0]! : got.split("\r\n")[0]!));
     s.on("error", () => {});
-    s.write("GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    s.write(`GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: ${unit}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`);
   });
+}
+
+/** A replica that answers "ok" to requests and accepts every upgrade (and closes: the tests only need the answer). */
+async function upgradingReplica(): Promise<{ url: string; close(): void }> {
+  const server = createHttpServer((_req, res) => res.end("ok"));
+  server.on("upgrade", (_req, s: import("node:net").Socket) => {
+    s.on("error", () => {});
+    s.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    close: () => {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
 }
 
 test("failed upgrades count toward ejection like failed requests, and a success resets the streak", async () => {
@@ -247,4 +266,53 @@ test("an upgrade whose replica refuses the connection is retried on another repl
     await gw.close();
     live.close();
   }
+});
+
+test("a connection not made within connectTimeoutMs is retried on another replica, for a request and for an upgrade", async () => {
+  const stuck = await startUnacceptingListener();
+  const live = await upgradingReplica();
+  const gw = await testGateway({
+    variants: [{ name: "control", urls: [stuck.url, live.url] }],
+    limits: { ejectAfterFailures: 1000, connectTimeoutMs: 150 },
+  });
+  try {
+    // Power of two choices sends about half of them to the stuck replica first: each of those waits 150 ms.
+    for (let i = 0; i < 8; i++) assert.match(await upgrade(gw.proxyUrl, `u${i}`), /^HTTP\/1\.1 101/, `upgrade ${i}`);
+    for (let i = 0; i < 8; i++) {
+      const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `u${i}` } });
+      assert.equal(res.status, 200, `request ${i}`);
+      assert.equal(await res.text(), "ok");
+    }
+  } finally {
+    await gw.close();
+    stuck.close();
+    live.close();
+  }
+});
+
+test("an upgrade that no replica of its variant takes goes to the fallback variant, as a request does", async () => {
+  const live = await upgradingReplica();
+  const dead = await freePort();
+  const gw = await testGateway({
+    fallback: "control",
+    variants: [
+      { name: "control", weight: 0, url: live.url },
+      { name: "treatment", weight: 1, url: `http://127.0.0.1:${dead}` },
+    ],
+    limits: { ejectAfterFailures: 1000 },
+  });
+  try {
+    const head = await upgrade(gw.proxyUrl, "u1", true);
+    assert.match(head, /^HTTP\/1\.1 101/);
+    assert.match(head, /\r\nx-abgate-variant: control\r\n/);
+  } finally {
+    await gw.stop();
+    live.close();
+  }
+  const { default: Database } = await import("better-sqlite3");
+  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
+  const rows = db.prepare("SELECT assigned, served, replica, status FROM exposures").all();
+  db.close();
+  await gw.close();
+  assert.deepEqual(rows, [{ assigned: "treatment", served: "control", replica: "control-0", status: 101 }]);
 });

@@ -807,7 +807,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     return refuse(400, "ABGATE_ERR_BAD_REQUEST", "an upgrade request must not have a body");
   }
   const assigned = forced ? force : ctx.strategy.assign(unit, given === undefined);
-  const served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
+  let served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   let replica = ctx.balancer.pick(served);
   const record = (status: number) => {
     const latencyMs = performance.now() - startMs;
@@ -846,11 +846,32 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
   // headers that are the point of the request.
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
-  const head = `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${served}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
-  /** replicas whose connection failed before the handshake was sent */
+  const headFor = (variant: string) =>
+    `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
+  let head = headFor(served);
+  /** replicas of the serving variant whose connection failed before the handshake was sent */
   const tried: Replica[] = [];
+  let attempts = 0;
+  /**
+   * The next replica for a handshake whose connection failed before it was sent (refused, or not made within
+   * connectTimeoutMs), as for a plain request (within limits.maxRetries): another of the variant's, or once it has
+   * none left, the fallback variant's. Undefined when there is none.
+   */
+  const nextReplica = (failed: Replica): Replica | undefined => {
+    tried.push(failed);
+    if (attempts > maxRetries) return undefined;
+    const next = ctx.balancer.pick(served, tried);
+    if (next !== undefined || served !== assigned) return next;
+    const fb = fallbackFor(ctx, served);
+    if (fb === undefined) return undefined;
+    served = fb;
+    head = headFor(fb);
+    tried.length = 0;
+    return ctx.balancer.pick(fb);
+  };
 
   const attempt = (target: Replica): void => {
+    attempts++;
     const socket = connect({ host: target.endpoint.host, port: target.endpoint.port, noDelay: true });
     upstream = socket;
     let connected = false;
@@ -866,7 +887,29 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       ctx.balancer.failed(target);
       reject(failure, msg);
     };
+    /** Not connected, so nothing was sent: the next replica takes the handshake, if there is one. */
+    const retried = (why: string): boolean => {
+      const next = nextReplica(target);
+      if (next === undefined) return false;
+      socket.removeAllListeners();
+      socket.on("error", () => {});
+      socket.destroy();
+      done();
+      ctx.log.debug({ requestId, replica: target.id, err: why }, "retrying the upgrade on another replica");
+      replica = next;
+      attempt(next);
+      return true;
+    };
     const timedOut = () => {
+      if (settled) return void socket.destroy();
+      if (!connected) {
+        // As a plain request's connect timeout: a connect failure (502), retried elsewhere.
+        const why = `no connection to ${target.id} within ${connectTimeoutMs} ms`;
+        ctx.balancer.failed(target);
+        if (retried(why)) return;
+        socket.destroy();
+        return reject("connect", `upgrade failed: ${why}`);
+      }
       socket.destroy();
       failAttempt("timeout", `upgrade to ${target.id} timed out`);
     };
@@ -947,21 +990,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       if (answered) return client.destroy();
       ctx.balancer.failed(target);
       if (settled) return;
-      // Not connected: nothing was sent, so another replica of the variant may take the handshake, as a plain
-      // request's connect failure is retried (the SPEC's rule, within limits.maxRetries).
-      if (!connected) {
-        tried.push(target);
-        const next = tried.length <= maxRetries ? ctx.balancer.pick(served, tried) : undefined;
-        if (next !== undefined) {
-          socket.removeAllListeners();
-          socket.on("error", () => {});
-          socket.destroy();
-          done();
-          ctx.log.debug({ requestId, replica: target.id, err: err.message }, "retrying the upgrade on another replica");
-          replica = next;
-          return attempt(next);
-        }
-      }
+      // Not connected: nothing was sent, so another replica may take the handshake (the SPEC's rule for requests).
+      if (!connected && retried(err.message)) return;
       reject("connect", `upgrade to ${target.id} failed: ${err.message}`);
     });
     // A replica that closes before its answer's head is complete failed the handshake: a 502 and an exposure, as a
