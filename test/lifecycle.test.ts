@@ -342,6 +342,34 @@ test("stop waits for admin requests no longer than the drain deadline", async ()
   await backend.close();
 });
 
+test("an answer still coming at the drain deadline is cut with a reset, so an HTTP/1.0 client cannot take it for a whole one", async () => {
+  const { createServer, connect } = await import("node:net");
+  // A replica that begins a chunked answer and stops: an HTTP/1.0 client gets it close-delimited.
+  const replica = createServer((s) => {
+    s.on("error", () => {});
+    s.once("data", () => s.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"));
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }] }, { drainTimeoutMs: 300 });
+  const u = new URL(gw.proxyUrl);
+  const client = connect(Number(u.port), u.hostname);
+  let got = "";
+  client.on("data", (c) => (got += c.toString("latin1")));
+  const ended = new Promise<string>((resolve) => {
+    client.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    client.on("end", () => resolve("FIN"));
+  });
+  client.write("GET / HTTP/1.0\r\nhost: x\r\nx-user-id: u\r\n\r\n");
+  const deadline = Date.now() + 5_000;
+  while (!got.includes("hello") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.match(got, /^HTTP\/1\.1 200 [^]*\r\n\r\nhello$/);
+  await gw.stop();
+  assert.equal(await ended, "ECONNRESET");
+  client.destroy();
+  replica.close();
+  await gw.close();
+});
+
 test("a closed stdout (abgate up | head -1) does not crash abgate: it serves on and drains on SIGTERM", async () => {
   const { spawn } = await import("node:child_process");
   const { CLI } = await import("./helpers/cli.ts");

@@ -669,8 +669,12 @@ export class ClientServer {
     for (const c of this.#connections) if (c.idle) c.destroy();
   }
 
+  /** Cut every connection (the drain deadline): idle ones with a FIN, busy ones with a reset (an answer cut off). */
   closeAllConnections(): void {
-    for (const c of this.#connections) c.destroy();
+    for (const c of this.#connections) {
+      if (c.idle) c.destroy();
+      else c.reset();
+    }
     this.#stopSweeper();
   }
 }
