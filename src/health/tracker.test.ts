@@ -5,7 +5,7 @@ import { ManualClock } from "../clock.ts";
 import type { HealthConfig } from "../config/index.ts";
 import type { Endpoint } from "../engines/types.ts";
 import type { ProbeResult } from "./probe.ts";
-import { HealthTracker, type HealthChange } from "./tracker.ts";
+import { HealthTracker, STARTING_INTERVAL_MS, type HealthChange } from "./tracker.ts";
 
 const HEALTH: HealthConfig = { path: "/health", intervalMs: 1000, timeoutMs: 300, rise: 2, fall: 3 };
 
@@ -41,11 +41,16 @@ function setup(options: { ejectAfterFailures?: number; ejectionMs?: number } = {
     ejectionMs: options.ejectionMs ?? 10_000,
   });
   tracker.onChange((c) => changes.push(c));
-  /** advance the clock, then let probe promises settle */
+  /**
+   * Advance the clock in steps of 100 ms, letting probe promises settle after each (a probe answers as soon as it is
+   * asked; checks of a starting replica come every STARTING_INTERVAL_MS).
+   */
   const advance = async (ms: number) => {
-    clock.advance(ms);
-    await tick();
-    await tick();
+    for (let left = ms; left > 0; left -= 100) {
+      clock.advance(Math.min(100, left));
+      await tick();
+      await tick();
+    }
   };
   return { clock, tracker, changes, advance, ...p };
 }
@@ -100,6 +105,35 @@ describe("HealthTracker: active checks", () => {
     await advance(1000);
     assert.equal(tracker.state("control-0"), "healthy");
     assert.deepEqual(changes.map((c) => c.to), ["unknown", "healthy"], "never reported unhealthy");
+  });
+
+  test("a starting replica is checked every STARTING_INTERVAL_MS, not intervalMs, and called unhealthy no sooner", async () => {
+    const { tracker, answers, advance, calls, clock } = setup();
+    const slow = { ...HEALTH, intervalMs: 10_000 };
+    answers.set("control-0", false);
+    tracker.setEndpoints([ep("control-0")], { control: slow });
+    await tick();
+    await advance(1000);
+    assert.equal(calls.length, 1 + 1000 / STARTING_INTERVAL_MS);
+    // It listens now: healthy at the next check, not 10 s after the first.
+    answers.set("control-0", true);
+    await advance(STARTING_INTERVAL_MS);
+    assert.equal(tracker.state("control-0"), "healthy");
+    // Healthy: back to intervalMs.
+    const before = calls.length;
+    await advance(10_000);
+    assert.equal(calls.length, before + 1);
+
+    // One that never listens: unknown until its failures span fall = 3 checks at intervalMs (20 s).
+    answers.set("control-1", false);
+    tracker.setEndpoints([ep("control-0"), ep("control-1", 9001)], { control: slow });
+    const added = clock.now();
+    await tick();
+    await advance(20_000 - STARTING_INTERVAL_MS);
+    assert.equal(tracker.state("control-1"), "unknown");
+    await advance(STARTING_INTERVAL_MS);
+    assert.equal(tracker.state("control-1"), "unhealthy");
+    assert.equal(clock.now() - added, 20_000);
   });
 
   test("fall: `fall` failed checks in a row make a healthy endpoint unhealthy; a success resets the count", async () => {

@@ -62,11 +62,22 @@ export interface HealthTrackerOptions {
 
 type ActiveState = "healthy" | "unhealthy" | "unknown";
 
+/**
+ * How often a replica that has never passed a check yet (one starting) is checked, when its `intervalMs` is longer:
+ * its first check runs as it is spawned, before it listens, and at `intervalMs` alone it then sat out of rotation for
+ * a whole interval (10 s with `intervalMs: 10000`) after it was ready, at every start and every restart. HAProxy's
+ * `fastinter` and Docker's `start_interval` do the same. It is called unhealthy no sooner than before: only once its
+ * failures span the `fall` checks at `intervalMs` that would have said so.
+ */
+export const STARTING_INTERVAL_MS = 200;
+
 interface Entry {
   endpoint: Endpoint;
   config: CheckConfig | undefined;
   active: ActiveState;
   state: HealthState;
+  /** clock time of the first failed check since it was added, while it has never been healthy (unknown); or null */
+  startFailingMs: number | null;
   /** consecutive active results of the current kind */
   successes: number;
   failures: number;
@@ -248,6 +259,7 @@ export class HealthTracker {
       config,
       active: config ? "unknown" : "healthy",
       state: config ? "unknown" : "healthy",
+      startFailingMs: null,
       successes: 0,
       failures: 0,
       passiveFailures: 0,
@@ -290,10 +302,13 @@ export class HealthTracker {
       done = true;
       entry.checkTimer?.cancel();
       this.#record(entry, result);
-      entry.checkTimer = this.#clock.setTimeout(() => {
-        entry.checkTimer = null;
-        this.#check(entry);
-      }, config.intervalMs);
+      entry.checkTimer = this.#clock.setTimeout(
+        () => {
+          entry.checkTimer = null;
+          this.#check(entry);
+        },
+        entry.active === "unknown" ? Math.min(config.intervalMs, STARTING_INTERVAL_MS) : config.intervalMs,
+      );
     };
     entry.checkTimer = this.#clock.setTimeout(() => finish({ ok: false, error: `timeout after ${config.timeoutMs} ms` }), config.timeoutMs);
     let pending: Promise<boolean | ProbeResult>;
@@ -321,10 +336,15 @@ export class HealthTracker {
     }
     // Never healthy yet (a replica starting, a model loading): one good check makes it healthy at once, so it takes
     // traffic without waiting for `rise`; failures leave it unknown (not healthy either: no traffic) until `fall` of
-    // them in a row, so that a replica still starting is not reported down, nor its variant as falling back.
+    // them in a row, over the time `fall` checks at intervalMs take (it is checked more often meanwhile: see
+    // STARTING_INTERVAL_MS), so that a replica still starting is not reported down, nor its variant as falling back.
     if (entry.active === "unknown") {
       if (result.ok) this.#setActive(entry, "healthy");
-      else if (entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
+      else {
+        const now = entry.lastCheckMs;
+        entry.startFailingMs ??= now;
+        if (entry.failures >= config.fall && now - entry.startFailingMs >= (config.fall - 1) * config.intervalMs) this.#setActive(entry, "unhealthy");
+      }
     }
     else if (entry.active === "unhealthy" && entry.successes >= config.rise) this.#setActive(entry, "healthy");
     else if (entry.active === "healthy" && entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
