@@ -77,10 +77,12 @@ test("host:port parsing, IPv6 included", () => {
 });
 
 test("a variable's value is data, not YAML: comments, colons and digits stay in the string", () => {
-  const tokenOf = (value: string) => parseConfig(base + "admin:\n  token: ${TOK}\n", "/tmp", { TOK: value }).admin.token;
+  const saltOf = (value: string) => parseConfig(base + "strategy:\n  salt: ${SALT}\n", "/tmp", { SALT: value }).salt;
   for (const value of ["s3cret #2024", "0123456789", "true", "a: b", "[x", "line1\nline2", "'quoted'", "${NOT_AGAIN}"]) {
-    assert.equal(tokenOf(value), value, JSON.stringify(value));
+    assert.equal(saltOf(value), value, JSON.stringify(value));
   }
+  const tokenOf = (value: string) => parseConfig(base + "admin:\n  token: ${TOK}\n", "/tmp", { TOK: value }).admin.token;
+  for (const value of ["s3cret#2024", "0123456789", "true", "a:b", "[x", "'quoted'"]) assert.equal(tokenOf(value), value, JSON.stringify(value));
   const flow = parseConfig(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { MODEL: ${M}, TAG: x-${M} }"), "/tmp", { M: "pop # ular" });
   assert.deepEqual(flow.variants[0]!.env, { MODEL: "pop # ular", TAG: "x-pop # ular" });
   const typed = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}") + "allowForce: ${FORCE}\nlisten: 127.0.0.1:${PORT}\n", "/tmp", { W: "3", FORCE: "true", PORT: "8089" });
@@ -190,7 +192,7 @@ test("abgate validate exits 2 with the key path for overflowing weights, an alia
 
 test("errors a newcomer meets say what is wrong: an empty variable by name, a duplicate key by its line, replicas of urls", () => {
   assert.deepEqual(issues(base + "listen: ${NU_LISTEN}\n", {}), ["listen: Invalid input: expected string, received null (it is ${NU_LISTEN}, which is empty or not set)"]);
-  assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: Map keys must be unique: "experiment"']);
+  assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: duplicate key "experiment" (a key may appear once in a mapping)']);
   // Other YAML errors do not echo the line: it may hold a token.
   assert.deepEqual(issues('experiment: x\nadmin: { token: "hunter2-secret }\nengine: static\n').filter((i) => i.includes("hunter2")), []);
   const urls = parseConfig(base.replace("url: 'http://127.0.0.1:9002'", "urls: ['http://127.0.0.1:9002', 'http://127.0.0.1:9003']"), "/tmp", {});
@@ -216,4 +218,78 @@ test("a variable used without a default that is not set is warned about once; no
   const warned: string[] = [];
   parseConfig(text, "/tmp", { SET_B: "1", EMPTY_E: "" }, (name) => warned.push(name));
   assert.deepEqual(warned, ["UNSET_A"]);
+});
+
+test("values that would misbehave at run time are refused by name: long timers, header and cookie names, health paths, env, tokens, store and url", () => {
+  const one = (text: string, env: NodeJS.ProcessEnv = {}) => issues(text, env).join("\n");
+  // Node turns a timer past 2^31 - 1 ms into 1 ms.
+  assert.match(one(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', health: { intervalMs: 3000000000 }")), /^variants\[0\]\.health\.intervalMs: at most 2147483647 ms/);
+  assert.match(one(`${base}limits: { ejectionMs: 3000000000 }\n`), /^limits\.ejectionMs: at most 2147483647/);
+  assert.match(one(`${base}strategy: { kind: bandit, updateIntervalMs: 3000000000 }\nmetrics: [{ name: w, kind: conversion, event: w }]\n`), /^strategy\.updateIntervalMs: at most/);
+  assert.doesNotThrow(() => parseConfig(`${base}limits: { ejectionMs: 2147483647 }\n`, "/tmp", {}));
+  // A cookie or header name that is not a token forges header lines, or is never sent back.
+  assert.match(one(`${base}unit: { cookie: "a;b=c" }\n`), /^unit\.cookie: a cookie name:/);
+  assert.match(one(`${base}unit: { cookie: "x\\r\\nSet-Cookie: evil=1" }\n`), /^unit\.cookie: a cookie name:/);
+  assert.match(one(`${base}unit: { header: "x user" }\n`), /^unit\.header: a header name:/);
+  assert.match(one(base.replace("url: 'http://127.0.0.1:9001'", "url: 'http://127.0.0.1:9001', health: { path: '/he alth' }")), /^variants\[0\]\.health\.path: a path starting with \//);
+  assert.match(one(base.replace("url: 'http://127.0.0.1:9001'", 'url: \'http://127.0.0.1:9001\', health: { path: "/h\\r\\nX-Evil: 1" }')), /^variants\[0\]\.health\.path:/);
+  // env: a name with '=' sets another variable; NUL cannot be passed; PORT is abgate's.
+  assert.match(one(processBase.replace("command: [node, a.js]", 'command: [node, a.js], env: { "A=B": x }')), /^variants\[0\]\.env\.A=B: an environment variable name/);
+  assert.match(one(processBase.replace("command: [node, a.js]", 'command: [node, a.js], env: { "": x }')), /^variants\[0\]\.env\.: an environment variable name/);
+  assert.match(one(processBase.replace("command: [node, a.js]", 'command: [node, a.js], env: { A: "x\\0y" }')), /^variants\[0\]\.env\.A: a value without NUL/);
+  assert.match(one(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { PORT: '9000' }")), /^variants\[0\]\.env\.PORT: not set here/);
+  // A token a client cannot send: a trailing space (clients trim it), non-ASCII.
+  assert.match(one(`${base}admin: { token: \${T} }\n`, { T: "secret " }), /^admin\.token: visible ASCII characters only/);
+  assert.match(one(`${base}admin: { ingestToken: "tökén" }\n`), /^admin\.ingestToken: visible ASCII/);
+  assert.doesNotMatch(one(`${base}admin: { token: \${T} }\n`, { T: "secret " }), /secret/, "the message does not show the token");
+  assert.match(one(`${base}store: "postgresql://u:p@[::1:5432/db"\n`), /^store: postgres:\/\/user:password@host:port\/database, a valid URL/);
+  assert.match(one(`${base}store: "postgres://u@127.0.0.1:99999/db"\n`), /^store: postgres:\/\//);
+  assert.match(one(base.replace("http://127.0.0.1:9001", "http://user:pw@127.0.0.1:9001")), /^variants\[0\]\.url: an origin without user or password/);
+  // Two names that mean something else, and a bandit floor that makes it an equal split.
+  assert.match(one(base.replace("name: treatment", "name: reject")), /^variants\[1\]\.name: a name other than "reject"/);
+  assert.match(one(`${base}strategy: { kind: bandit, floor: 0.5 }\nmetrics: [{ name: w, kind: conversion, event: w }]\n`.replace("variants:\n", "variants:\n  - { name: third, url: 'http://127.0.0.1:9003' }\n")), /^strategy\.floor: at most 1\/3 with 3 variants/);
+});
+
+test("${...} forms: compose's defaults and required variables work; others are refused, never kept as literal text", () => {
+  const salt = (ref: string, env: NodeJS.ProcessEnv) => parseConfig(`${base}strategy: { salt: "${ref}" }\n`, "/tmp", env).salt;
+  assert.equal(salt("${S-dflt}", {}), "dflt");
+  assert.equal(salt("${S-dflt}", { S: "" }), "", "'-' only when unset");
+  assert.equal(salt("${S:-dflt}", { S: "" }), "dflt");
+  assert.equal(salt("${S:?needed}", { S: "x" }), "x");
+  assert.deepEqual(issues(`${base}admin: { token: "\${ABGATE_T:?set it to the admin token}" }\n`, {}), ["line 6 (token): ${ABGATE_T} is not set: set it to the admin token"]);
+  assert.deepEqual(issues(`${base}admin: { token: "\${ABGATE_T:?}" }\n`, { ABGATE_T: "" }), ["line 6 (token): ${ABGATE_T} is empty (it must be)"]);
+  assert.deepEqual(issues(`${base}admin: { token: "\${ABGATE_T?}" }\n`, {}), ["line 6 (token): ${ABGATE_T} is not set (it must be)"]);
+  assert.doesNotThrow(() => parseConfig(`${base}admin: { token: "\${ABGATE_T?}" }\n`, "/tmp", { ABGATE_T: "" }));
+  // in a comment a reference is not used: nothing is required
+  assert.doesNotThrow(() => parseConfig(`${base}# token: \${ABGATE_T:?must be set}\n`, "/tmp", {}));
+  for (const form of ["${A:-${B}}", "${A:+x}", "${not a name}", "${}", "x${"]) {
+    const found = issues(`${base}strategy: { salt: "${form}" }\n`, { A: "a", B: "b" });
+    assert.equal(found.length, 1, form);
+    assert.match(found[0]!, /^line 6: "\$\{.*is not a reference abgate expands/, form);
+  }
+  assert.equal(salt("$${A:+x}", {}), "${A:+x}", "escaped: literal");
+});
+
+test("duplicate keys are named with their line, in block and flow mappings; a big file is parsed in linear time", () => {
+  assert.deepEqual(issues(base.replace("url: 'http://127.0.0.1:9002' }", "url: 'http://127.0.0.1:9002', url: 'http://127.0.0.1:9003' }")), ['line 5: duplicate key "url" (a key may appear once in a mapping)']);
+  const keys = Array.from({ length: 40_000 }, (_, i) => `x-k${i}: ${i}`).join("\n");
+  const t0 = performance.now();
+  parseConfig(`${base}${keys}\n`, "/tmp", {});
+  const ms = performance.now() - t0;
+  assert.ok(ms < 3_000, `40,000 keys took ${ms.toFixed(0)} ms`);
+});
+
+test("a config file past 1 MiB, or an endless one, is refused without reading it all", async () => {
+  const { loadConfig, MAX_CONFIG_BYTES } = await import("./load.ts");
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cfg-"));
+  const big = join(dir, "big.yaml");
+  writeFileSync(big, base + `# ${"x".repeat(MAX_CONFIG_BYTES)}\n`);
+  assert.throws(() => loadConfig(big), (err: unknown) => err instanceof ConfigError && /larger than 1 MiB: is it the config\?/.test(err.message));
+  assert.throws(() => loadConfig("/dev/zero"), (err: unknown) => err instanceof ConfigError && /larger than 1 MiB/.test(err.message));
+});
+
+test("YAML problems say which: an alias without anchor, one document only, nesting too deep", () => {
+  assert.deepEqual(issues(`${base}logLevel: *nope\n`), [": the YAML cannot be read: Unresolved alias (the anchor must be set before the alias): nope"]);
+  assert.deepEqual(issues(`${base}---\nfoo: 1\n`), ["line 6: a config is one YAML document: this is the start of a second one (---)"]);
+  assert.deepEqual(issues(`${base}x-deep: ${"[".repeat(5000)}${"]".repeat(5000)}\n`), ["line 6: the YAML is nested too deeply"]);
 });

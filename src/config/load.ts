@@ -1,6 +1,6 @@
-import { readFileSync } from "node:fs";
+import { closeSync, openSync, readSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { isPair, isScalar, parseDocument, visit } from "yaml";
+import { isPair, isScalar, parseDocument, type Scalar, visit } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type VariantConfig } from "./schema.ts";
@@ -30,9 +30,17 @@ export function parseHostPort(value: string): HostPort {
   return { host, port: Number(value.slice(i + 1)) };
 }
 
-/** `${NAME}` and `${NAME:-default}` expand from the environment; `$${` is a literal `${`. An unset name expands to nothing. */
+/**
+ * Expands the references of ENV_REFERENCE from the environment; `$${` is a literal `${`. An unset name expands to
+ * nothing. Throws ConfigError for a `?` reference whose variable is missing.
+ */
 export function expandEnv(text: string, env: NodeJS.ProcessEnv = process.env): string {
-  return text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => (whole.startsWith("$$") ? whole.slice(1) : envValue(env, key, def)));
+  return text.replace(ENV_REFERENCE, (whole, key: string, op?: string, def?: string) => {
+    if (whole.startsWith("$$")) return whole.slice(1);
+    const v = envValue(env, key, op, def);
+    if (typeof v !== "string") throw new ConfigError([{ path: "", message: v.error }]);
+    return v;
+  });
 }
 
 function pathOf(path: PropertyKey[]): string {
@@ -47,6 +55,9 @@ function issuesOf(err: z.ZodError): { path: string; message: string }[] {
   for (const issue of err.issues) {
     if (issue.code === "unrecognized_keys") {
       for (const k of issue.keys) out.push({ path: pathOf([...issue.path, k]), message: "unknown key" });
+    } else if (issue.code === "invalid_key") {
+      // (a record's key refused by its schema: say why, not just "Invalid key in record")
+      out.push({ path: pathOf(issue.path), message: issue.issues[0]?.message ?? issue.message });
     } else if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) {
       out.push({ path: pathOf(issue.path), message: `required (${issue.message.replace(/^Invalid input: /, "").replace(/, received undefined$/, "")})` });
     } else {
@@ -66,7 +77,10 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   cfg.variants.forEach((v: VariantConfig, i) => {
     const at = `variants[${i}]`;
     if (names.has(v.name)) out.push({ path: `${at}.name`, message: `duplicate variant name "${v.name}"` });
+    // `fallback: reject` means "answer 503": a variant of that name could never be the fallback.
+    if (v.name === "reject") out.push({ path: `${at}.name`, message: `a name other than "reject", which fallback uses to mean "answer 503"` });
     names.add(v.name);
+    if (Object.hasOwn(v.env, "PORT")) out.push({ path: `${at}.env.PORT`, message: "not set here: abgate gives each replica its own port in PORT (set variants[].port to choose the first)" });
     // What a replica runs from: which key each engine takes follows from ENGINE_KEYS.
     const sources = SOURCE_KEYS.filter((k) => v[k] !== undefined);
     const allowed = SOURCE_KEYS.filter((k) => readBy(k, cfg.engine));
@@ -91,6 +105,8 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
       const u = new URL(raw);
       if (u.protocol !== "http:") out.push({ path: key, message: `an http:// URL (got ${JSON.stringify(raw)})` });
       else if (u.pathname !== "/" || u.search || u.hash) out.push({ path: key, message: "an origin without path or query (http://host:port)" });
+      // (they would be dropped: the proxy forwards the client's own authorization, and adds none)
+      else if (u.username || u.password) out.push({ path: key, message: "an origin without user or password (http://host:port): abgate does not send credentials to replicas" });
     });
     if (v.urls && v.replicas !== 1 && v.replicas !== v.urls.length) {
       out.push({ path: `${at}.replicas`, message: `with urls the replica count is the number of urls (${v.urls.length})` });
@@ -143,6 +159,17 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   if (cfg.strategy.metric !== undefined) {
     const m = cfg.metrics.find((x) => x.name === cfg.strategy.metric);
     if (!m || m.kind !== "conversion") out.push({ path: "strategy.metric", message: "the name of a conversion metric" });
+  }
+  // Past 1/n every variant keeps the floor and the bandit is a fixed equal split.
+  if (cfg.strategy.kind === "bandit" && cfg.strategy.floor > 1 / cfg.variants.length) {
+    out.push({ path: "strategy.floor", message: `at most 1/${cfg.variants.length} with ${cfg.variants.length} variants (got ${cfg.strategy.floor}: every variant would keep it, an equal split)` });
+  }
+  if (cfg.store.startsWith("postgres")) {
+    try {
+      new URL(cfg.store);
+    } catch {
+      out.push({ path: "store", message: "postgres://user:password@host:port/database, a valid URL (percent-encode special characters in the password)" });
+    }
   }
   if (cfg.strategy.kind === "bandit" && !cfg.metrics.some((m) => m.kind === "conversion")) {
     out.push({ path: "strategy.kind", message: "bandit needs a conversion metric in metrics" });
@@ -234,44 +261,86 @@ class EnvValue {
  */
 export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env, warnUnset?: (name: string) => void): Config {
   /** what each placeholder stands for: a variable's value, or the literal `${...}` of a `$${...}` escape */
-  const values: { text: string; literal: boolean; name?: string; unset?: boolean }[] = [];
+  const values: { text: string; literal: boolean; name?: string; unset?: boolean; error?: string }[] = [];
   const tag = `abgateenv${Math.random().toString(36).slice(2, 10)}x`;
-  const marked = text.replace(ENV_REFERENCE, (whole, key: string, def?: string) => {
+  const marked = text.replace(ENV_REFERENCE, (whole, key: string, op?: string, def?: string) => {
     // The escape gets a placeholder too: put back into the text, its braces would end a flow map (`{ A: $${X} }`)
-    values.push(
-      whole.startsWith("$$") ? { text: whole.slice(1), literal: true } : { text: envValue(env, key, def), literal: false, name: key, unset: def === undefined && env[key] === undefined },
-    );
+    if (whole.startsWith("$$")) values.push({ text: whole.slice(1), literal: true });
+    else {
+      const v = envValue(env, key, op, def);
+      values.push(typeof v === "string" ? { text: v, literal: false, name: key, unset: op === undefined && env[key] === undefined } : { text: "", literal: false, name: key, error: v.error });
+    }
     return `${tag}${values.length - 1}x`;
   });
   // merge: YAML merge keys (`<<: *defaults`), which docker compose files use to share a variant's settings
-  const doc = parseDocument(marked, { prettyErrors: true, merge: true });
+  // uniqueKeys off: yaml's own check compares every key with every other (80,000 keys took 68 s); keys are checked
+  // below, in linear time, and named.
+  const doc = parseDocument(marked, { prettyErrors: true, merge: true, uniqueKeys: false });
   if (doc.errors.length) {
-    const lines = text.split("\n");
     throw new ConfigError(
       doc.errors.map((e) => {
         const line = e.linePos?.[0].line;
         // yaml's first line ends "at line 6, column 1:" before a code frame, which is not shown (the line may hold
-        // a token). A duplicate key is named: the text before its colon.
-        const what = e.message.split("\n")[0]!.replaceAll(tag, "$env").replace(/ at line \d+, column \d+:?$/, "");
-        const key = e.code === "DUPLICATE_KEY" && line !== undefined ? /^\s*(?:-\s+)?([^:#]+?)\s*:/.exec(lines[line - 1] ?? "")?.[1] : undefined;
-        return { path: `line ${line ?? "?"}`, message: key !== undefined ? `${what}: ${JSON.stringify(key)}` : what };
-      }),
+        // a token).
+        const what = e.message
+          .split("\n")[0]!
+          .replaceAll(tag, "$env")
+          .replace(/ at line \d+, column \d+:?$/, "")
+          .replace(/^Source contains multiple documents.*/, "a config is one YAML document: this is the start of a second one (---)")
+          .replace(/^Maximum call stack size exceeded$/, "the YAML is nested too deeply");
+        return { path: `line ${line ?? "?"}`, message: what };
+      }).filter((issue, i, all) => all.findIndex((o) => o.path === issue.path && o.message === issue.message) === i),
     );
   }
+  const lineOf = (node: { range?: [number, number, number] | null }) => (node.range ? `line ${marked.slice(0, node.range[0]).split("\n").length}` : "(root)");
+  const duplicates: { path: string; message: string }[] = [];
+  visit(doc, {
+    Map(_, map) {
+      const seen = new Set<string>();
+      for (const pair of map.items) {
+        const key = isScalar(pair.key) ? pair.key.value : undefined;
+        if ((typeof key !== "string" && typeof key !== "number") || key === "<<") continue;
+        const text = String(key).replace(new RegExp(`${tag}\\d+x`, "g"), "${…}");
+        if (seen.has(text)) duplicates.push({ path: lineOf(pair.key as Scalar), message: `duplicate key ${JSON.stringify(text)} (a key may appear once in a mapping)` });
+        seen.add(text);
+      }
+    },
+  });
+  if (duplicates.length > 0) throw new ConfigError(duplicates);
   /** variables used without a default that are not set: as docker compose does, said once each (`warnUnset`) */
   const unset = new Set<string>();
-  if (values.length > 0) {
+  /** references in values that cannot be expanded: a `?` one whose variable is missing, a form abgate does not read */
+  const refused: { path: string; message: string }[] = [];
+  {
     const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
     const whole = new RegExp(`^${tag}(\\d+)x$`);
     visit(doc, {
       Scalar(key, node, path) {
-        if (typeof node.value !== "string" || !node.value.includes(tag)) return;
+        if (typeof node.value !== "string") return;
+        // What is left of a `${` once every reference and escape is a placeholder is a form this does not expand
+        // (`${A:+x}`, `${A:-${B}}`, `${not a name}`): kept as text, a token or a salt would silently be that text.
+        const left = /(?:^|[^$])(\$\{)/d.exec(node.value);
+        if (left !== null) {
+          const from = left.indices![1]![0];
+          let shown = node.value.slice(from, from + 40);
+          if (shown.includes(tag)) shown = shown.slice(0, shown.indexOf(tag));
+          refused.push({
+            path: lineOf(node),
+            message: `${JSON.stringify(shown)}... is not a reference abgate expands: write \${NAME}, \${NAME:-default}, \${NAME-default}, \${NAME:?message} or \${NAME?message} (NAME: letters, digits and _, no nesting), or $\${ for a literal \${`,
+          });
+          return;
+        }
+        if (!node.value.includes(tag)) return;
         // (only references in the document's values count, not those in comments; and not the tokens', whose
         // unset variable is the documented way to have one generated, or none)
         const parent = path[path.length - 1];
         const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
         if (field !== "token" && field !== "ingestToken") {
           for (const [, i] of node.value.matchAll(placeholder)) if (values[Number(i)]!.unset) unset.add(values[Number(i)]!.name!);
+        }
+        for (const [, i] of node.value.matchAll(placeholder)) {
+          const error = values[Number(i)]!.error;
+          if (error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: error });
         }
         const only = whole.exec(node.value);
         const value = only !== null ? values[Number(only[1])]! : undefined;
@@ -281,6 +350,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       },
     });
   }
+  if (refused.length > 0) throw new ConfigError(refused);
   for (const name of unset) warnUnset?.(name);
   const envPaths = new Map<string, string>();
   let js: unknown;
@@ -289,9 +359,12 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   } catch (cause) {
     // The parse succeeded but building the values did not: yaml refuses aliases that expand too far (an
     // "alias bomb", `*a` nested into millions of nodes). That is the file's problem, so a config error (exit 2).
-    const message = /alias/i.test((cause as Error).message)
-      ? `YAML aliases (*name) expand to too many nodes (${(cause as Error).message}); write the values out or use fewer aliases`
-      : `the YAML cannot be read: ${(cause as Error).message}`;
+    const why = (cause as Error).message;
+    const message = /excessive alias/i.test(why)
+      ? `YAML aliases (*name) expand to too many nodes (${why}); write the values out or use fewer aliases`
+      : /Maximum call stack/.test(why)
+        ? "the YAML is nested too deeply"
+        : `the YAML cannot be read: ${why}`;
     throw new ConfigError([{ path: "", message }], { cause });
   }
   const emptyVars = new Map<string, string>();
@@ -312,11 +385,22 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   }
 }
 
-const ENV_REFERENCE = /\$?\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+/**
+ * The references docker compose reads: `${NAME}`; `${NAME:-default}` (when unset or empty) and `${NAME-default}`
+ * (when unset); `${NAME:?message}` and `${NAME?message}`, an error when unset or empty, or unset. With `$$` in front,
+ * a literal, whatever it holds up to its `}`. A default holds no reference (no nesting): `${A:-${B}}` is left over, and refused, not half expanded.
+ */
+const ENV_REFERENCE = /\$\$\{[^}\n]*\}?|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^}$\n]|\$(?!\{))*))?\}/g;
 
-function envValue(env: NodeJS.ProcessEnv, key: string, def: string | undefined): string {
+/** A variable's text, as the reference's operator says; or why it has none (a `?` reference). */
+function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, def: string | undefined): string | { error: string } {
   const v = env[key];
-  return v !== undefined && v !== "" ? v : (def ?? "");
+  const missing = op === "-" || op === "?" ? v === undefined : v === undefined || v === "";
+  if (!missing) return v ?? "";
+  if (op === ":?" || op === "?") {
+    return { error: `\${${key}} is ${v === undefined ? "not set" : "empty"}${def ? `: ${def}` : " (it must be)"}` };
+  }
+  return def ?? "";
 }
 
 /** Replaces EnvValues by their text, noting where each was (key path -> text). */
@@ -358,14 +442,38 @@ function typedEnvValues(err: z.ZodError, raw: unknown, envPaths: Map<string, str
   return changed;
 }
 
+/** Far beyond any experiment's config; it bounds what a wrong `-c` (a log file, /dev/zero) reads and parses. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readUpTo(file, MAX_CONFIG_BYTES);
   } catch (cause) {
+    if (cause instanceof ConfigError) throw cause;
     throw new ConfigError([{ path: "", message: `cannot read config file ${file}: ${(cause as Error).message}` }], { cause });
   }
   return parseConfig(text, dirname(resolve(file)), env, (name) => {
     process.stderr.write(`abgate: warning: \${${name}} in ${file} is not set, so it reads as empty (write \${${name}:-value} for a default)\n`);
   });
+}
+
+/** The file's text, read in pieces (it may be a pipe: `-c /dev/stdin`); a ConfigError past `maxBytes`. */
+function readUpTo(file: string, maxBytes: number): string {
+  const fd = openSync(file, "r");
+  try {
+    const buf = Buffer.alloc(maxBytes + 1);
+    let got = 0;
+    for (;;) {
+      const n = readSync(fd, buf, got, buf.length - got, null);
+      if (n === 0) break;
+      got += n;
+      if (got > maxBytes) {
+        throw new ConfigError([{ path: "", message: `config file ${file} is larger than ${maxBytes / 1024 / 1024} MiB: is it the config?` }]);
+      }
+    }
+    return buf.toString("utf8", 0, got);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -5,11 +5,23 @@ const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "host:p
 /** variants and metrics may use '_' too (the spec's own example has `watch_minutes`) */
 const metricName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, "a name of lowercase letters, digits, '-' and '_', starting with a letter or digit");
 const positiveMs = z.number().int().positive();
+/**
+ * A duration abgate sets a timer for. Node's timers take at most 2^31 - 1 ms and turn anything longer into 1 ms
+ * (with a TimeoutOverflowWarning): `intervalMs: 3000000000` checked a replica every few ms instead of monthly.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+const timerMs = positiveMs.max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24.8 days: the longest timer Node.js can set)`);
+/** RFC 9110 §5.6.2's token: a header or cookie name (anything else in one splits or forges a header line). */
+const token = (what: string) => z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, `${what}: letters, digits and !#$%&'*+-.^_\`|~, without spaces`);
 
 export const healthSchema = z.strictObject({
-  path: z.string().startsWith("/").default("/health"),
-  intervalMs: positiveMs.default(2000),
-  timeoutMs: positiveMs.default(1000),
+  // (a request target: no spaces or control characters, which could not be sent, or would forge header lines)
+  path: z
+    .string()
+    .regex(/^\/[\x21-\x7e]*$/, "a path starting with / without spaces or control characters (percent-encode them)")
+    .default("/health"),
+  intervalMs: timerMs.default(2000),
+  timeoutMs: timerMs.default(1000),
   rise: z.number().int().min(1).default(2),
   fall: z.number().int().min(1).default(3),
 });
@@ -26,7 +38,13 @@ export const variantSchema = z
     url: z.url().optional(),
     urls: z.array(z.url()).min(1).optional(),
     buildArgs: z.record(z.string(), z.string()).default({}),
-    env: z.record(z.string(), z.string()).default({}),
+    // (a name with '=' would set another variable than it says; NUL cannot be passed to a process at all)
+    env: z
+      .record(
+        z.string().regex(/^[^=\0]+$/, "an environment variable name: not empty, without '=' or NUL"),
+        z.string().regex(/^[^\0]*$/, "a value without NUL characters"),
+      )
+      .default({}),
     replicas: z.number().int().min(1).max(64).default(1),
     /** First port of this variant's replicas; by default ports are given out from `ports.base`. */
     port: z.number().int().min(1).max(65535).optional(),
@@ -49,6 +67,12 @@ export const metricSchema = z.discriminatedUnion("kind", [
   z.strictObject({ name: metricName, kind: z.literal("error_rate"), guardrail: guardrailSchema.optional() }),
 ]);
 
+/**
+ * What a client can send after `Bearer `: visible ASCII. A token with a space at its end, or non-ASCII, was accepted
+ * and could never be matched (clients trim the header, and cannot send non-ASCII in one).
+ */
+const bearerToken = z.string().regex(/^([\x21-\x7e]+)?$/, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
+
 export const configSchema = z.strictObject({
   experiment: name,
   listen: listen.default("127.0.0.1:8080"),
@@ -56,8 +80,8 @@ export const configSchema = z.strictObject({
     .strictObject({
       listen: listen.default("127.0.0.1:8081"),
       // `token: ${ABGATE_ADMIN_TOKEN}` with the variable unset is YAML null: that means "none", as in the spec's example
-      token: z.string().nullish(),
-      ingestToken: z.string().nullish(),
+      token: bearerToken.nullish(),
+      ingestToken: bearerToken.nullish(),
     })
     .prefault({}),
   store: z
@@ -69,9 +93,9 @@ export const configSchema = z.strictObject({
   ports: z.strictObject({ base: z.number().int().min(1024).max(65000).default(9100) }).prefault({}),
   unit: z
     .strictObject({
-      header: z.string().min(1).toLowerCase().optional(),
+      header: token("a header name").toLowerCase().optional(),
       query: z.string().min(1).optional(),
-      cookie: z.string().min(1).default("abgate_uid"),
+      cookie: token("a cookie name").default("abgate_uid"),
     })
     .prefault({ header: "x-user-id", query: "user" }),
   strategy: z
@@ -85,7 +109,7 @@ export const configSchema = z.strictObject({
       /** bandit: units that must be exposed before weights start to follow the posterior */
       burnInUnits: z.number().int().min(0).default(100),
       /** bandit: how often weights are recomputed */
-      updateIntervalMs: positiveMs.default(10_000),
+      updateIntervalMs: timerMs.default(10_000),
       /** bandit: the conversion metric to optimise; defaults to the first one */
       metric: z.string().optional(),
     })
@@ -97,15 +121,15 @@ export const configSchema = z.strictObject({
     .strictObject({
       maxBodyBytes: z.number().int().positive().optional(),
       maxHeaderBytes: z.number().int().positive().default(16 * 1024),
-      headersTimeoutMs: positiveMs.default(10_000),
-      requestTimeoutMs: positiveMs.default(300_000),
-      idleTimeoutMs: positiveMs.default(60_000),
-      connectTimeoutMs: positiveMs.default(2_000),
-      responseTimeoutMs: positiveMs.default(30_000),
+      headersTimeoutMs: timerMs.default(10_000),
+      requestTimeoutMs: timerMs.default(300_000),
+      idleTimeoutMs: timerMs.default(60_000),
+      connectTimeoutMs: timerMs.default(2_000),
+      responseTimeoutMs: timerMs.default(30_000),
       maxRetries: z.number().int().min(0).max(5).default(2),
       /** passive ejection: consecutive connect errors / 5xx before a replica is taken out */
       ejectAfterFailures: z.number().int().min(1).default(5),
-      ejectionMs: positiveMs.default(10_000),
+      ejectionMs: timerMs.default(10_000),
     })
     .prefault({}),
   variants: z.array(variantSchema).min(1, "at least one variant"),
