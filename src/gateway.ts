@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./clock.ts";
 import type { Config } from "./config/index.ts";
 import { configuredReplicas, createEngine } from "./engines/index.ts";
-import type { Engine } from "./engines/types.ts";
+import type { Endpoint, Engine } from "./engines/types.ts";
 import { CONNECT_CHECK, HealthTracker } from "./health/index.ts";
 import { createLogger, type Logger } from "./log/index.ts";
 import { LogThrottle } from "./log/throttle.ts";
@@ -157,8 +157,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     // to the fallback, or get 503s), whether its replicas failed their checks or its engine removed them (a crashed
     // process), and one when it has one again; not a line per request. A variant whose replicas have not all been
     // checked once yet is not called down (at start that would be every checked variant), nor any while stopping.
-    const variantsDown = new Set<string>();
+    // A variant down maps to what its line said happens to its requests: when that changes (its fallback goes down
+    // or comes back), another line says so. The fallback is not judged while its own replicas are unchecked (at
+    // start, every checked variant's are): that said "503" for requests the fallback then served.
+    const variantsDown = new Map<string, string>();
     let shuttingDown = false;
+    const unchecked = (endpoints: Endpoint[], variant: string) => endpoints.some((e) => e.variant === variant && health.state(e.id) === "unknown");
     const reviewVariants = () => {
       if (shuttingDown) return;
       const endpoints = engine!.endpoints();
@@ -167,11 +171,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           if (variantsDown.delete(variant)) log.info({ variant }, `variant ${variant} has a healthy replica again and serves its own units`);
           continue;
         }
-        if (variantsDown.has(variant) || endpoints.some((e) => e.variant === variant && health.state(e.id) === "unknown")) continue;
-        variantsDown.add(variant);
         const fallback = config.fallback;
+        if (unchecked(endpoints, variant) || (fallback !== variant && fallback !== "reject" && !balancer.hasHealthy(fallback) && unchecked(endpoints, fallback))) continue;
         const instead = fallbackOutcome(variant, fallback, balancer.hasHealthy(fallback));
-        log.warn({ variant, fallback }, `variant ${variant} has no healthy replica: ${instead}`);
+        const said = variantsDown.get(variant);
+        if (said === instead) continue;
+        variantsDown.set(variant, instead);
+        log.warn({ variant, fallback }, `variant ${variant} ${said === undefined ? "has" : "still has"} no healthy replica: ${instead}`);
       }
     };
     const follow = (endpoints = engine!.endpoints()) => {

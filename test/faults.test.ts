@@ -629,3 +629,51 @@ test("a dead variant under load logs a burst of lines a second and counts the re
   assert.equal(refusedEvents.filter((l) => l.suppressed === undefined).length + refusedEvents.reduce((n, l) => n + (l.suppressed ?? 0), 0), 40);
   assert.ok(refusedEvents.length < 40);
 });
+
+test("a down variant's line waits for its fallback's first check, and a new line says when the fallback goes down or comes back", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; variant?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  // The control's first check is slow to answer (a replica starting); the treatment's replica is not there at all.
+  let controlUp = true;
+  let firstCheck = true;
+  const control = createServer((req, res) => {
+    if (!controlUp) return void res.writeHead(500).end();
+    if (req.url === "/health" && firstCheck) {
+      firstCheck = false;
+      return void setTimeout(() => res.end("ok"), 300);
+    }
+    res.end("control");
+  });
+  await new Promise<void>((r) => control.listen(0, "127.0.0.1", () => r()));
+  const health = { path: "/health", intervalMs: 30, timeoutMs: 1000, rise: 1, fall: 1 };
+  const gw = await testGateway(
+    {
+      fallback: "control",
+      variants: [
+        { name: "control", url: `http://127.0.0.1:${(control.address() as AddressInfo).port}`, health },
+        { name: "treatment", url: await closedPortUrl(), health },
+      ],
+    },
+    { log },
+  );
+  const down = () => lines.filter((l) => /variant treatment (still )?has no healthy replica/.test(l.msg)).map((l) => l.msg.replace(/ \(fallback\).*/, ""));
+  try {
+    await logLines(lines, /variant treatment has no healthy replica/, 5_000);
+    assert.deepEqual(down(), ["variant treatment has no healthy replica: its requests are served by control"]);
+    controlUp = false;
+    await logLines(lines, /still has no healthy replica: its requests get 503/, 5_000);
+    controlUp = true;
+    const deadline = Date.now() + 5_000;
+    while (down().length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(down(), [
+      "variant treatment has no healthy replica: its requests are served by control",
+      "variant treatment still has no healthy replica: its requests get 503 (the fallback control has no healthy replica either)",
+      "variant treatment still has no healthy replica: its requests are served by control",
+    ]);
+  } finally {
+    await gw.close();
+    control.closeAllConnections();
+    control.close();
+  }
+});
