@@ -189,7 +189,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       balancer.refreshHealth();
       // Endpoints added or removed are announced before the balancer has them; follow reviews the variants after.
       if (change.from === null || change.to === null) return;
-      log.info({ replica: change.id, from: change.from, to: change.to }, `replica ${change.id} is ${change.to}`);
+      // The one line per change (the tracker says nothing itself): why, when it is out.
+      const out = change.to === "unhealthy" || change.to === "ejected";
+      const why = out && change.lastError ? `: ${change.lastError}` : "";
+      const detail = change.to === "ejected" ? ` for ${config.limits.ejectionMs} ms, after ${config.limits.ejectAfterFailures} failed requests in a row` : "";
+      log[out ? "warn" : "info"]({ replica: change.id, from: change.from, to: change.to, ...(out ? { lastError: change.lastError } : {}) }, `replica ${change.id} is ${change.to}${detail}${why}`);
       reviewVariants();
     });
     const unfollow = engine.onChange((eps) => follow(eps));

@@ -677,3 +677,42 @@ test("a down variant's line waits for its fallback's first check, and a new line
     control.close();
   }
 });
+
+test("each health change is one line, saying why a replica is out: its failed requests, or its failed check", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; lastError?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  let checksFail = false;
+  const replica = createServer((req, res) => {
+    if (req.url === "/health") return void res.writeHead(checksFail ? 503 : 200).end();
+    res.writeHead(req.url === "/boom" ? 500 : 200).end("x");
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
+  const health = { path: "/health", intervalMs: 30, timeoutMs: 1000, rise: 1, fall: 1 };
+  const gw = await testGateway(
+    { variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as AddressInfo).port}`, health }], limits: { ejectAfterFailures: 2, ejectionMs: 200 } },
+    { log },
+  );
+  const about = () => lines.filter((l) => /replica/.test(l.msg) && !/variant/.test(l.msg)).map((l) => [l.level, l.msg]);
+  try {
+    await logLines(lines, /replica control-0 is healthy/, 5_000);
+    for (let i = 0; i < 2; i++) await (await fetch(`${gw.proxyUrl}/boom`, { headers: { "x-user-id": "u" } })).arrayBuffer();
+    await logLines(lines, /is ejected/, 5_000);
+    await logLines(lines, /is healthy/, 5_000).then(async () => {
+      const deadline = Date.now() + 5_000;
+      while (about().length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    });
+    checksFail = true;
+    await logLines(lines, /is unhealthy/, 5_000);
+    assert.deepEqual(about(), [
+      [30, "replica control-0 is healthy"],
+      [40, "replica control-0 is ejected for 200 ms, after 2 failed requests in a row: answered 500"],
+      [30, "replica control-0 is healthy"],
+      [40, "replica control-0 is unhealthy: status 503"],
+    ]);
+  } finally {
+    await gw.close();
+    replica.closeAllConnections();
+    replica.close();
+  }
+});

@@ -29,6 +29,8 @@ export interface HealthChange {
   from: HealthState | null;
   /** null when the endpoint was removed */
   to: HealthState | null;
+  /** why its last failed check or request failed (said with a change to unhealthy or ejected), or null */
+  lastError?: string | null;
 }
 
 export interface EndpointHealth {
@@ -189,7 +191,6 @@ export class HealthTracker {
     if (entry.ejectedUntilMs !== null || entry.passiveFailures < this.#ejectAfterFailures) return;
     entry.ejectedUntilMs = this.#clock.now() + this.#ejectionMs;
     entry.ejectionTimer = this.#clock.setTimeout(() => this.#uneject(entry), this.#ejectionMs);
-    this.#log("warn", "replica ejected", { id, failures: entry.passiveFailures, ejectionMs: this.#ejectionMs, lastError: error });
     this.#update(entry);
   }
 
@@ -353,9 +354,6 @@ export class HealthTracker {
   #setActive(entry: Entry, active: ActiveState): void {
     if (entry.active === active) return;
     entry.active = active;
-    const fields = { id: entry.endpoint.id, lastError: entry.lastError };
-    if (active === "unhealthy") this.#log("warn", "replica unhealthy", fields);
-    else this.#log("info", `replica ${active}`, { id: entry.endpoint.id });
     this.#update(entry);
   }
 
@@ -363,7 +361,6 @@ export class HealthTracker {
     entry.ejectionTimer = null;
     entry.ejectedUntilMs = null;
     entry.passiveFailures = 0;
-    this.#log("info", "replica returned from ejection", { id: entry.endpoint.id, state: entry.active });
     this.#update(entry);
   }
 
@@ -374,7 +371,7 @@ export class HealthTracker {
     const from = entry.state;
     entry.state = state;
     this.#healthy.set(entry.endpoint.id, state === "healthy");
-    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state });
+    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, lastError: entry.lastError });
   }
 
   #emit(change: HealthChange): void {

@@ -6,7 +6,7 @@ import { UpstreamPool, type UpstreamPoolOptions } from "./upstream.ts";
 export interface HealthView {
   isHealthy(id: string): boolean;
   reportSuccess(id: string): void;
-  reportFailure(id: string): void;
+  reportFailure(id: string, error?: string): void;
 }
 
 /** One replica as the proxy tracks it: its socket pool and how many requests it has in flight. */
@@ -56,9 +56,9 @@ export class Balancer {
    * A replica failed a request (refused, reset, timed out, a 5xx, an answer that is not HTTP or is cut short): one
    * more in its streak toward passive ejection.
    */
-  failed(replica: Replica): void {
+  failed(replica: Replica, why: string): void {
     replica.failing++;
-    this.#health.reportFailure(replica.id);
+    this.#health.reportFailure(replica.id, why);
   }
 
   /** A replica served a request whole, with a status under 500: its streak of failures ends. */
@@ -71,7 +71,7 @@ export class Balancer {
 
   /** A replica's answer is complete with `status` (an upgrade's handshake): a 5xx counts as a failure. */
   answered(replica: Replica, status: number): void {
-    if (status >= 500) this.failed(replica);
+    if (status >= 500) this.failed(replica, `answered ${status}`);
     else this.succeeded(replica);
   }
 

@@ -413,7 +413,7 @@ class Exchange implements UpstreamSink, ClientExchange {
   onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
     // A 5xx counts against the replica now; a success only once the body is whole (onEnd): a replica that cuts off
     // every body must not end its failure streak with each head.
-    if (status >= 500) this.ctx.balancer.failed(this.replica!);
+    if (status >= 500) this.ctx.balancer.failed(this.replica!, `answered ${status}`);
     this.status = status;
     const conn = this.conn;
     let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
@@ -502,7 +502,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     // An answer that is not HTTP, or is cut short, counts as the replica's failure as a 5xx does; one that only this
     // client cannot be sent (clientOnly) does not.
     // (A 5xx was counted at its head: once is enough when its body then fails too.)
-    if (!stale && !err.clientOnly && this.status < 500) this.ctx.balancer.failed(replica);
+    if (!stale && !err.clientOnly && this.status < 500) this.ctx.balancer.failed(replica, err.message);
     const answered = this.conn.responseStarted || this.responseHead !== "";
     if (stale && !this.bodyFlowing && !answered && this.staleRetries < 3 && IDEMPOTENT_METHODS.has(this.request.method)) {
       // A pooled keep-alive socket the replica had already closed: not the replica's fault and not a retry of the
@@ -884,7 +884,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     /** This attempt failed: once, against the replica's health and with the client's answer. */
     const failAttempt = (failure: UpstreamFailure, msg: string) => {
       if (settled) return;
-      ctx.balancer.failed(target);
+      ctx.balancer.failed(target, msg);
       reject(failure, msg);
     };
     /** Not connected, so nothing was sent: the next replica takes the handshake, if there is one. */
@@ -905,7 +905,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       if (!connected) {
         // As a plain request's connect timeout: a connect failure (502), retried elsewhere.
         const why = `no connection to ${target.id} within ${connectTimeoutMs} ms`;
-        ctx.balancer.failed(target);
+        ctx.balancer.failed(target, why);
         if (retried(why)) return;
         socket.destroy();
         return reject("connect", `upgrade failed: ${why}`);
@@ -988,7 +988,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     socket.on("data", onData);
     socket.on("error", (err) => {
       if (answered) return client.destroy();
-      ctx.balancer.failed(target);
+      ctx.balancer.failed(target, err.message);
       if (settled) return;
       // Not connected: nothing was sent, so another replica may take the handshake (the SPEC's rule for requests).
       if (!connected && retried(err.message)) return;
