@@ -317,3 +317,25 @@ test("process engine: a replica gets every variable, also names a shell would dr
     await engine.stop(500);
   }
 });
+
+test("process engine: each exit is logged with how it ended and the replica's last lines; a replica killed at stop is named", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const logged: { level: string; msg: string }[] = [];
+  const engine = new ProcessEngine(
+    configFor(dir, `  - { name: control, command: ${cmd("echo loading; echo 'fatal: no weights' >&2; exit 3")} }\n  - { name: treatment, command: ${cmd("trap '' TERM; echo up; sleep 1000 & wait; wait")} }\n`),
+    { backoffMs: 60_000, log: (level, msg) => logged.push({ level, msg }) },
+  );
+  await engine.start();
+  try {
+    await until("the control's exit", () => (logged.some((l) => /control-0/.test(l.msg)) ? true : undefined));
+    const exit = logged.find((l) => /control-0/.test(l.msg))!;
+    assert.equal(exit.level, "warn");
+    assert.match(exit.msg, /^replica control-0 exited with code 3 after \d+\.\d s; last output:\n(loading\nfatal: no weights|fatal: no weights\nloading)$/);
+  } finally {
+    await engine.stop(300);
+  }
+  assert.ok(
+    logged.some((l) => l.level === "warn" && l.msg === "treatment-0 did not stop within 300 ms of SIGTERM: killing it (SIGKILL)"),
+    JSON.stringify(logged),
+  );
+});

@@ -279,7 +279,12 @@ export class ProcessEngine implements Engine {
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
     if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping; last output:\n${r.tail.join("\n")}`, fields);
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
-    else this.#log("warn", `replica ${id} exited`, fields);
+    else {
+      // What it said last is usually why (a stack trace's message, "cannot load weights"): a replica that crashes
+      // now and then never reaches the crash-loop line that shows its output.
+      const last = r.tail.slice(-3);
+      this.#log("warn", `replica ${id} ${r.lastExit}${last.length ? `; last output:\n${last.join("\n")}` : " (no output)"}`, fields);
+    }
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
       if (!this.#stopping) {
@@ -354,6 +359,8 @@ export class ProcessEngine implements Engine {
       if (left.length === 0 || Date.now() >= giveUpAt) break;
       if (!killed && Date.now() >= deadline) {
         killed = true;
+        const ids = left.map(({ r }) => `${r.variant.name}-${r.index}`);
+        this.#log("warn", `${ids.join(", ")} did not stop within ${graceMs} ms of SIGTERM: killing ${ids.length === 1 ? "it" : "them"} (SIGKILL)`, { replicas: ids });
         for (const { child } of left) this.#signalGroup(child, "SIGKILL");
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
