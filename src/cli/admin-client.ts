@@ -1,3 +1,5 @@
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
 import type { Config } from "../config/index.ts";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
 
@@ -69,24 +71,100 @@ function snippet(text: string): string {
   return JSON.stringify(one.length > 80 ? `${one.slice(0, 80)}…` : one);
 }
 
+/** How long one admin call may take in all (connecting, waiting for the answer, reading it), by default. */
+export const ADMIN_CALL_TIMEOUT_MS = 30_000;
+
+export interface AdminCallOptions {
+  /** the whole call's deadline (default ADMIN_CALL_TIMEOUT_MS) */
+  timeoutMs?: number;
+}
+
+const seconds = (ms: number): string => `${ms / 1000} s`;
+
+/**
+ * Sends one request and reads its whole answer, failing with a message that names the request (method and URL) and
+ * what went wrong: nothing listens (connection refused), something listens but does not answer, or an answer that
+ * stalls. node:http rather than fetch: fetch says only "fetch failed" or "The operation was aborted due to timeout",
+ * and cannot tell whether the connection was made when its timeout fired.
+ */
+function send(url: URL, method: string, headers: Record<string, string>, body: string | undefined, adminUrl: string, timeoutMs: number): Promise<{ status: number; text: string }> {
+  const call = `${method} ${url.href}`;
+  // Where the call is when it fails: the message depends on it.
+  let phase: "connecting" | "waiting" | "reading" = "connecting";
+  let status = 0;
+  let received = 0;
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const finish = (err: Error | undefined, answer?: { status: number; text: string }) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err) {
+        req.destroy();
+        reject(err);
+      } else resolve(answer!);
+    };
+    // A new connection per call (agent: false): the CLI makes one or two, and a kept-alive socket would only hold
+    // the process (or a test's server.close()) open.
+    const req = (url.protocol === "https:" ? httpsRequest : httpRequest)(url, {
+      method,
+      agent: false,
+      headers: { accept: "application/json", ...headers, ...(body !== undefined ? { "content-length": String(Buffer.byteLength(body)) } : {}) },
+    });
+    const timer = setTimeout(() => {
+      // (once the answer's status came, a change answered 2xx was made: only a call without one leaves that open)
+      const changeUnknown = method === "GET" ? "" : `; whether the change was made is unknown (GET ${new URL("/v1/experiment", adminUrl).href} shows the weights)`;
+      const why =
+        phase === "connecting"
+          ? `could not connect within ${seconds(timeoutMs)} (nothing answered the connection attempt: is the host up, or a firewall dropping packets?)`
+          : phase === "waiting"
+            ? `something listens at ${adminUrl} but did not answer within ${seconds(timeoutMs)} (is it abgate's admin API? check --admin or the config's admin.listen)${changeUnknown}`
+            : `the answer (${status}) stalled: ${received} bytes of its body read, not complete after ${seconds(timeoutMs)}`;
+      finish(new AbgateError(`${call}: ${why}`, "ABGATE_ERR_ADMIN_TIMEOUT"));
+    }, timeoutMs);
+    req.on("socket", (socket) => {
+      if (!socket.connecting) phase = "waiting";
+      else socket.once("connect", () => (phase = "waiting"));
+    });
+    req.on("error", (cause: NodeJS.ErrnoException) => {
+      if (cause.code === "ECONNREFUSED") {
+        finish(new AbgateError(`no abgate admin API answers at ${adminUrl}: nothing listens there (${call}: connection refused; is \`abgate serve\` or \`abgate up\` running?)`, "ABGATE_ERR_ADMIN_UNREACHABLE", { cause }));
+      } else if (cause.code === "ENOTFOUND" || cause.code === "EAI_AGAIN") {
+        finish(new AbgateError(`no abgate admin API answers at ${adminUrl}: its host ${url.hostname} does not resolve (${call}: ${cause.code})`, "ABGATE_ERR_ADMIN_UNREACHABLE", { cause }));
+      } else if (phase === "connecting") {
+        finish(new AbgateError(`no abgate admin API answers at ${adminUrl}: ${call} could not connect (${cause.code ?? cause.message})`, "ABGATE_ERR_ADMIN_UNREACHABLE", { cause }));
+      } else {
+        finish(new AbgateError(`${call}: the connection failed before an answer came (${cause.code ?? cause.message})`, "ABGATE_ERR_ADMIN_CALL", { cause }));
+      }
+    });
+    req.on("response", (res: IncomingMessage) => {
+      phase = "reading";
+      status = res.statusCode ?? 0;
+      const chunks: Buffer[] = [];
+      res.on("data", (chunk: Buffer) => {
+        received += chunk.length;
+        chunks.push(chunk);
+      });
+      res.on("error", () => {}); // (reported by 'close' below, as an answer cut short)
+      res.on("end", () => finish(undefined, { status, text: Buffer.concat(chunks).toString("utf8") }));
+      res.on("close", () => {
+        if (!res.complete) finish(new AbgateError(`${call}: the connection closed after ${received} bytes of the answer (${status}), before its end`, "ABGATE_ERR_ADMIN_CALL"));
+      });
+    });
+    req.end(body);
+  });
+}
+
 /**
  * One call to a running abgate's admin API; errors carry the server's message. Something else listening on
  * the address (the proxy port, another service) also answers HTTP, so an answer counts only when it has the
  * shape `check` expects: otherwise the command would report a change that never happened.
  */
-export async function adminCall<T>(target: AdminTarget, method: string, path: string, check: AnswerCheck<T>, body?: unknown): Promise<T> {
-  let res: Response;
-  try {
-    res = await fetch(new URL(path, target.adminUrl), {
-      method,
-      headers: { "content-type": "application/json", ...(target.token ? { authorization: `Bearer ${target.token}` } : {}) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(30_000),
-    });
-  } catch (cause) {
-    throw new AbgateError(`no abgate admin API answers at ${target.adminUrl} (is \`abgate serve\` or \`abgate up\` running?)`, "ABGATE_ERR_ADMIN_UNREACHABLE", { cause });
-  }
-  const text = await res.text();
+export async function adminCall<T>(target: AdminTarget, method: string, path: string, check: AnswerCheck<T>, body?: unknown, options: AdminCallOptions = {}): Promise<T> {
+  const headers: Record<string, string> = { "content-type": "application/json", ...(target.token ? { authorization: `Bearer ${target.token}` } : {}) };
+  const res = await send(new URL(path, target.adminUrl), method, headers, body === undefined ? undefined : JSON.stringify(body), target.adminUrl, options.timeoutMs ?? ADMIN_CALL_TIMEOUT_MS);
+  const ok = res.status >= 200 && res.status < 300;
+  const text = res.text;
   let json: unknown;
   let isJson = true;
   try {
@@ -99,7 +177,7 @@ export async function adminCall<T>(target: AdminTarget, method: string, path: st
       `${target.adminUrl} is not an abgate admin API: ${method} ${path} answered ${res.status} with ${snippet(text)} (check --admin or the config's admin.listen)`,
       "ABGATE_ERR_NOT_ADMIN_API",
     );
-  if (!res.ok) {
+  if (!ok) {
     // abgate's admin API answers every failure as JSON { error, code }; anything else came from something else
     if (!isJson || !isObject(json) || typeof json.error !== "string" || typeof json.code !== "string" || !json.code.startsWith("ABGATE_")) throw notAdmin();
     const hint = res.status === 401 ? " (pass --token or set ABGATE_ADMIN_TOKEN)" : "";
