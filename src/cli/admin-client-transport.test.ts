@@ -77,3 +77,62 @@ test("nothing listening (connection refused) is told apart, at once, naming the 
   );
   assert.ok(ms < 2_000, `refused is known at once, not after the deadline: ${ms} ms`);
 });
+
+/** Answers 200 with `total` bytes of non-JSON, chunked, as fast as the client reads; counts what it could send. */
+async function endless(total: number, headers: Record<string, string> = {}) {
+  const state = { written: 0 };
+  const server = await listening(
+    createHttpServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain", ...headers });
+      const chunk = Buffer.alloc(64 * 1024, "x");
+      const more = (): void => {
+        while (state.written < total && !res.destroyed) {
+          state.written += chunk.length;
+          if (!res.write(chunk)) return void res.once("drain", more);
+        }
+        if (state.written >= total) res.end();
+      };
+      more();
+    }),
+  );
+  return { ...server, state };
+}
+
+test("a 300 MB answer is refused once it passes the cap (8 MiB by default), without reading the rest", { timeout: 20_000 }, async (t) => {
+  const server = await endless(300 * 1024 * 1024);
+  t.after(server.close);
+  const { err } = await failure(adminCall({ adminUrl: server.url }, "GET", "/v1/experiment", answers.experiment));
+  assert.equal(err.code, "ABGATE_ERR_ADMIN_ANSWER_TOO_LARGE");
+  assert.equal(
+    err.message,
+    `GET ${server.url}/v1/experiment: the answer (200) is larger than 8 MiB (stopped reading there), far more than abgate's admin API sends: refused, the rest not read (check --admin or the config's admin.listen)`,
+  );
+  // what the server got out before the connection was cut: the cap plus what socket buffers hold, not 300 MB
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(server.state.written < 32 * 1024 * 1024, `${server.state.written} bytes sent`);
+});
+
+test("an answer whose content-length is over the cap is refused at once, naming the size; one under it is read", { timeout: 10_000 }, async (t) => {
+  // declares 300 MB, sends 64 KiB, then stalls: refused from its headers, not after the deadline
+  const declared = 300 * 1024 * 1024;
+  const server = await listening(
+    createHttpServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": declared });
+      res.write(Buffer.alloc(64 * 1024, " "));
+    }),
+  );
+  t.after(server.close);
+  const started = Date.now();
+  const { err } = await failure(adminCall({ adminUrl: server.url }, "GET", "/v1/experiment", answers.experiment, undefined, { timeoutMs: 5_000, maxAnswerBytes: 1024 * 1024 }));
+  assert.equal(err.code, "ABGATE_ERR_ADMIN_ANSWER_TOO_LARGE");
+  assert.match(err.message, new RegExp(`^GET ${server.url.replaceAll(".", "\\.")}/v1/experiment: the answer \\(200\\) is larger than 1 MiB \\(content-length: ${declared} bytes\\)`));
+  assert.ok(Date.now() - started < 2_000);
+
+  // the cap is a limit, not a size: an abgate-shaped answer of just under it goes through
+  const view = { experiment: "x", engine: "static", variants: [{ name: "control", weight: 1, replicas: [] }], padding: "" };
+  view.padding = "p".repeat(2048 - JSON.stringify(view).length);
+  const exact = await listening(createHttpServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(view))));
+  t.after(exact.close);
+  assert.equal((await adminCall({ adminUrl: exact.url }, "GET", "/v1/experiment", answers.experiment, undefined, { maxAnswerBytes: 2048 })).experiment, "x");
+  await assert.rejects(adminCall({ adminUrl: exact.url }, "GET", "/v1/experiment", answers.experiment, undefined, { maxAnswerBytes: 2047 }), /is larger than 2047 bytes/);
+});

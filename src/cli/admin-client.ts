@@ -74,12 +74,23 @@ function snippet(text: string): string {
 /** How long one admin call may take in all (connecting, waiting for the answer, reading it), by default. */
 export const ADMIN_CALL_TIMEOUT_MS = 30_000;
 
+/**
+ * The most of an answer adminCall reads. The largest answers of abgate's admin API are GET /v1/experiment and
+ * GET /v1/report: about 200 KB each for 20 variants of 64 replicas and 20 metrics, so this leaves room 40 times
+ * over, and still stops a wrong --admin (a model, a file server) from being read whole.
+ */
+export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+
 export interface AdminCallOptions {
   /** the whole call's deadline (default ADMIN_CALL_TIMEOUT_MS) */
   timeoutMs?: number;
+  /** larger answers are refused, the rest left unread (default MAX_ANSWER_BYTES) */
+  maxAnswerBytes?: number;
 }
 
 const seconds = (ms: number): string => `${ms / 1000} s`;
+const MiB = 1024 * 1024;
+const size = (bytes: number): string => (bytes % MiB === 0 ? `${bytes / MiB} MiB` : `${bytes} bytes`);
 
 /**
  * Sends one request and reads its whole answer, failing with a message that names the request (method and URL) and
@@ -87,7 +98,14 @@ const seconds = (ms: number): string => `${ms / 1000} s`;
  * stalls. node:http rather than fetch: fetch says only "fetch failed" or "The operation was aborted due to timeout",
  * and cannot tell whether the connection was made when its timeout fired.
  */
-function send(url: URL, method: string, headers: Record<string, string>, body: string | undefined, adminUrl: string, timeoutMs: number): Promise<{ status: number; text: string }> {
+function send(
+  url: URL,
+  method: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  adminUrl: string,
+  { timeoutMs, maxAnswerBytes }: Required<AdminCallOptions>,
+): Promise<{ status: number; text: string }> {
   const call = `${method} ${url.href}`;
   // Where the call is when it fails: the message depends on it.
   let phase: "connecting" | "waiting" | "reading" = "connecting";
@@ -140,9 +158,17 @@ function send(url: URL, method: string, headers: Record<string, string>, body: s
     req.on("response", (res: IncomingMessage) => {
       phase = "reading";
       status = res.statusCode ?? 0;
+      const tooLarge = (what: string) =>
+        new AbgateError(
+          `${call}: the answer (${status}) is larger than ${size(maxAnswerBytes)} (${what}), far more than abgate's admin API sends: refused, the rest not read (check --admin or the config's admin.listen)`,
+          "ABGATE_ERR_ADMIN_ANSWER_TOO_LARGE",
+        );
+      const declared = Number(res.headers["content-length"]);
+      if (declared > maxAnswerBytes) return finish(tooLarge(`content-length: ${declared} bytes`));
       const chunks: Buffer[] = [];
       res.on("data", (chunk: Buffer) => {
         received += chunk.length;
+        if (received > maxAnswerBytes) return finish(tooLarge("stopped reading there"));
         chunks.push(chunk);
       });
       res.on("error", () => {}); // (reported by 'close' below, as an answer cut short)
@@ -162,7 +188,10 @@ function send(url: URL, method: string, headers: Record<string, string>, body: s
  */
 export async function adminCall<T>(target: AdminTarget, method: string, path: string, check: AnswerCheck<T>, body?: unknown, options: AdminCallOptions = {}): Promise<T> {
   const headers: Record<string, string> = { "content-type": "application/json", ...(target.token ? { authorization: `Bearer ${target.token}` } : {}) };
-  const res = await send(new URL(path, target.adminUrl), method, headers, body === undefined ? undefined : JSON.stringify(body), target.adminUrl, options.timeoutMs ?? ADMIN_CALL_TIMEOUT_MS);
+  const res = await send(new URL(path, target.adminUrl), method, headers, body === undefined ? undefined : JSON.stringify(body), target.adminUrl, {
+    timeoutMs: options.timeoutMs ?? ADMIN_CALL_TIMEOUT_MS,
+    maxAnswerBytes: options.maxAnswerBytes ?? MAX_ANSWER_BYTES,
+  });
   const ok = res.status >= 200 && res.status < 300;
   const text = res.text;
   let json: unknown;
