@@ -130,6 +130,18 @@ test("an empty ABGATE_ADMIN_TOKEN does not hide the config's token", async () =>
   assert.match(wrong.stderr, /401 .*pass --token or set ABGATE_ADMIN_TOKEN/);
 });
 
+test("weights: a variant given twice is a usage error (exit 2) naming it, and nothing is changed", async () => {
+  const weightsNow = async () => ((await (await fetch(`${adminUrl}/v1/experiment`)).json()) as { variants: { name: string; weight: number }[] }).variants.map((v) => `${v.name}=${v.weight}`);
+  const before = await weightsNow();
+  for (const args of [["control=5", "control=7"], ["control=5", "treatment=95", "control=5"]]) {
+    const res = await runCli(["weights", ...args, "--admin", adminUrl, "--token", "config-token"], { env: noEnvToken });
+    assert.equal(res.code, 2, `${args.join(" ")}: ${res.stdout}${res.stderr}`);
+    assert.equal(res.stdout, "");
+    assert.match(res.stderr, /^abgate: variant control is given twice \(control=5 and control=[57]\): give each variant once$/m, res.stderr);
+  }
+  assert.deepEqual(await weightsNow(), before);
+});
+
 test("--admin that is not an http(s) URL is a usage error (exit 2) naming --admin", async () => {
   for (const bad of ["notaurl", "ftp://127.0.0.1:8081", ""]) {
     for (const args of [["promote", "treatment"], ["rollback"], ["weights", "control=1"]]) {

@@ -432,9 +432,14 @@ function maybeConfig(file: string, explicit: boolean): Config | undefined {
 adminOptions(program.command("weights <assignments...>").description("set weights of a running experiment: abgate weights control=20 treatment=80")).action(
   async (assignments: string[], opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const weights: Record<string, number> = {};
+    const given = new Map<string, string>();
     for (const a of assignments) {
       const m = /^([a-z0-9][a-z0-9_-]*)=([0-9]+(\.[0-9]+)?)$/.exec(a);
       if (!m) throw new InvalidArgumentError(`"${a}": expected variant=weight, e.g. control=20`);
+      // The last one won silently: `control=5 ... control=7` is a slip, and which was meant only the user knows.
+      const before = given.get(m[1]);
+      if (before !== undefined) throw new InvalidArgumentError(`variant ${m[1]} is given twice (${before} and ${a}): give each variant once`);
+      given.set(m[1], a);
       weights[m[1]] = Number(m[2]);
     }
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
