@@ -45,7 +45,7 @@ async function fakeAbgate(opts: { failEvery?: number } = {}) {
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { url, posted, close: () => new Promise<void>((r) => server.close(() => r())) };
+  return { url, posted, requests: () => n, close: () => new Promise<void>((r) => server.close(() => r())) };
 }
 
 test("simulate: bounded requests, per-variant counts, watched events posted in batches with the token", async (t) => {
@@ -96,6 +96,30 @@ test("simulate: more users than the data set knows is an InvalidArgumentError", 
     simulate({ proxyUrl: "http://127.0.0.1:1", adminUrl: "http://127.0.0.1:1", users: data.users.length + 1, durationMs: 10, concurrency: 1, seed: 1 }),
     InvalidArgumentError,
   );
+});
+
+test("simulate: concurrency below 1, or not whole, is an InvalidArgumentError, before any request", async (t) => {
+  const fake = await fakeAbgate();
+  t.after(fake.close);
+  for (const concurrency of [0, -1, 1.5]) {
+    await assert.rejects(
+      simulate({ proxyUrl: fake.url, adminUrl: fake.url, users: 5, requests: 5, durationMs: 1_000, concurrency, seed: 1 }),
+      (err: Error) => err instanceof InvalidArgumentError && err.message === `concurrency must be a positive integer (got ${concurrency})`,
+    );
+  }
+  assert.equal(fake.requests(), 0);
+});
+
+test("abgate simulate --concurrency 0 is a usage error (exit 2), like --users 0, and sends nothing", async (t) => {
+  const fake = await fakeAbgate();
+  t.after(fake.close);
+  for (const [option, name] of [["--concurrency", "concurrency"], ["--users", "users"]]) {
+    const res = await runCli(["simulate", "--proxy", fake.url, "--admin", fake.url, "--users", "5", "--requests", "10", "--duration", "10", option, "0"]);
+    assert.equal(res.code, 2, `${option} 0: ${res.stdout}\n${res.stderr}`);
+    assert.equal(res.stdout, "", "nothing ran");
+    assert.equal(fake.requests(), 0);
+    assert.match(res.stderr, new RegExp(`^abgate: ${name} must be a positive integer \\(got 0\\)`), res.stderr);
+  }
 });
 
 test("abgate simulate: exit 1, saying why, when no request succeeded", async () => {

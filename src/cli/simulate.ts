@@ -19,7 +19,7 @@ export interface SimulateOptions {
   requests?: number;
   /** stop issuing requests after this long, whatever the count */
   durationMs: number;
-  /** requests in flight at once */
+  /** requests in flight at once: a whole number from 1 */
   concurrency: number;
   seed: number;
   /** read users.csv and movies.csv written by data/generate.ts instead of generating the default data set */
@@ -96,13 +96,14 @@ export function readDataDir(dir: string): { users: User[]; movies: Movie[] } {
 
 /** Run the simulation. Never throws for failed requests (they are counted); throws for bad options. */
 export async function simulate(opts: SimulateOptions): Promise<SimulateResult> {
+  // Refused like --users: 0 ran, as 1 (requests in flight were floored to 1 and a fraction rounded down).
+  if (!Number.isInteger(opts.concurrency) || opts.concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer (got ${opts.concurrency})`);
   const data = opts.dataDir ? readDataDir(opts.dataDir) : generate({ seed: DEFAULTS.seed });
   if (!Number.isInteger(opts.users) || opts.users < 1) throw new InvalidArgumentError(`users must be a positive integer (got ${opts.users})`);
   if (opts.users > data.users.length) {
     throw new InvalidArgumentError(`users must be at most ${data.users.length}, the users the models know (got ${opts.users})`);
   }
   const totalRequests = opts.requests ?? opts.users * 3;
-  const concurrency = Math.max(1, Math.floor(opts.concurrency));
   const k = opts.k ?? 10;
   const batchSize = opts.batchSize ?? 500;
   const rand = prng(opts.seed);
@@ -200,7 +201,7 @@ export async function simulate(opts: SimulateOptions): Promise<SimulateResult> {
   const every = opts.progressEveryMs ?? 1000;
   const ticker = opts.onProgress ? setInterval(() => opts.onProgress!(snapshot()), every) : undefined;
   try {
-    await Promise.all(Array.from({ length: Math.min(concurrency, totalRequests) }, worker));
+    await Promise.all(Array.from({ length: Math.min(opts.concurrency, totalRequests) }, worker));
     await flush();
   } finally {
     if (ticker) clearInterval(ticker);
