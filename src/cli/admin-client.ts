@@ -19,6 +19,14 @@ export function adminTarget(config: Config | undefined, opts: { admin?: string; 
 
 /** A mistyped --admin is the user's to fix, not an unreachable server: say so, with the usage exit code. */
 function checkAdminUrl(value: string): void {
+  checkHttpUrl("--admin", value, "abgate's admin API", "http://127.0.0.1:8081");
+}
+
+/**
+ * Throws InvalidArgumentError (exit 2) naming `option` unless `value` is an http(s) URL with a host: a mistyped URL
+ * otherwise failed only at its first request, as an unreachable server (exit 1).
+ */
+export function checkHttpUrl(option: string, value: string, of: string, example: string): void {
   let url: URL | undefined;
   try {
     url = new URL(value);
@@ -26,7 +34,7 @@ function checkAdminUrl(value: string): void {
     url = undefined;
   }
   if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
-    throw new InvalidArgumentError(`--admin ${JSON.stringify(value)}: expected an http(s) URL of abgate's admin API, e.g. http://127.0.0.1:8081`);
+    throw new InvalidArgumentError(`${option} ${JSON.stringify(value)}: expected an http(s) URL of ${of}, e.g. ${example}`);
   }
 }
 

@@ -122,6 +122,22 @@ test("abgate simulate --concurrency 0 is a usage error (exit 2), like --users 0,
   }
 });
 
+test("abgate simulate: --proxy or --admin that is not an http(s) URL is a usage error (exit 2) naming it, as for the admin commands", async (t) => {
+  const fake = await fakeAbgate();
+  t.after(fake.close);
+  // (not "": the command reads an empty --proxy as not given, and takes the config's address instead)
+  for (const bad of ["nonsense", "ftp://127.0.0.1:8080", "http://"]) {
+    for (const [option, of] of [["--proxy", "abgate's proxy"], ["--admin", "abgate's admin API"]]) {
+      const urls = { "--proxy": fake.url, "--admin": fake.url, [option]: bad };
+      const res = await runCli(["simulate", "--proxy", urls["--proxy"], "--admin", urls["--admin"], "--users", "5", "--requests", "10", "--duration", "10"]);
+      assert.equal(res.code, 2, `${option} ${JSON.stringify(bad)}: ${res.stdout}\n${res.stderr}`);
+      assert.equal(res.stdout, "", "nothing ran");
+      assert.equal(res.stderr, `abgate: ${option} ${JSON.stringify(bad)}: expected an http(s) URL of ${of}, e.g. http://127.0.0.1:${option === "--proxy" ? 8080 : 8081}\n`);
+    }
+  }
+  assert.equal(fake.requests(), 0);
+});
+
 test("abgate simulate: exit 1, saying why, when no request succeeded", async () => {
   // A port that was just free: nothing listens there, so every request is refused.
   const probe = createTcpServer();

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
+import { checkHttpUrl } from "./admin-client.ts";
 import { DEFAULTS, generate, prng, watch, type Movie, type User } from "../../examples/recommender/data/synth.js";
 
 /**
@@ -9,7 +10,9 @@ import { DEFAULTS, generate, prng, watch, type Movie, type User } from "../../ex
  * one movie, which is posted to the admin API as a `watched` outcome event with the minutes as its value.
  */
 export interface SimulateOptions {
+  /** an http(s) URL, checked as `abgate simulate --proxy` (the errors name its options) */
   proxyUrl: string;
+  /** an http(s) URL, checked as `abgate simulate --admin` */
   adminUrl: string;
   /** bearer token for POST /v1/events (the admin or the ingest token) */
   token?: string;
@@ -96,6 +99,9 @@ export function readDataDir(dir: string): { users: User[]; movies: Movie[] } {
 
 /** Run the simulation. Never throws for failed requests (they are counted); throws for bad options. */
 export async function simulate(opts: SimulateOptions): Promise<SimulateResult> {
+  // As the admin commands check --admin: a mistyped URL failed only as every request failing (exit 1).
+  checkHttpUrl("--proxy", opts.proxyUrl, "abgate's proxy", "http://127.0.0.1:8080");
+  checkHttpUrl("--admin", opts.adminUrl, "abgate's admin API", "http://127.0.0.1:8081");
   // Refused like --users: 0 ran, as 1 (requests in flight were floored to 1 and a fraction rounded down).
   if (!Number.isInteger(opts.concurrency) || opts.concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer (got ${opts.concurrency})`);
   const data = opts.dataDir ? readDataDir(opts.dataDir) : generate({ seed: DEFAULTS.seed });
