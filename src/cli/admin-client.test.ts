@@ -99,6 +99,33 @@ test("promote warns when the promoted variant has no healthy replica, saying wha
   }
 });
 
+test("rollback and weights warn as promote does when a variant that now gets traffic has no healthy replica", async () => {
+  const { testGateway } = await import("../../test/helpers/gateway.ts");
+  const health = { intervalMs: 50, timeoutMs: 200, rise: 1, fall: 1 };
+  const gw = await testGateway({ fallback: "treatment", variants: [{ name: "control", url: "http://127.0.0.1:1", health }, { name: "treatment", url: helloUrl, health }] });
+  try {
+    const deadline = Date.now() + 5000;
+    while (gw.health.state("control-0") !== "unhealthy" || !gw.health.isHealthy("treatment-0")) {
+      if (Date.now() > deadline) throw new Error("control-0 was never found down");
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    const cli = (...args: string[]) => runCli([...args, "--admin", gw.adminUrl, "--token", "test-admin-token"], { env: noEnvToken });
+    const warning = /^abgate: warning: control has no healthy replica \(control-0 unhealthy\): until one is, its requests are served by treatment \(fallback\)/m;
+    const rollback = await cli("rollback");
+    assert.equal(rollback.code, 0, rollback.stderr);
+    assert.match(rollback.stderr, warning);
+    const both = await cli("weights", "control=1", "treatment=1");
+    assert.equal(both.code, 0, both.stderr);
+    assert.match(both.stderr, warning);
+    assert.doesNotMatch(both.stderr, /treatment has no healthy replica/);
+    const treatmentOnly = await cli("weights", "control=0", "treatment=1");
+    assert.equal(treatmentOnly.code, 0, treatmentOnly.stderr);
+    assert.equal(treatmentOnly.stderr, "");
+  } finally {
+    await gw.close();
+  }
+});
+
 test("promote, rollback, weights: the real admin API's answers are accepted and reported", async () => {
   const env = { env: noEnvToken };
   const weights = await runCli(["weights", "control=20", "treatment=80", "--admin", adminUrl, "--token", "config-token"], env);

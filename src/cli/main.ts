@@ -444,9 +444,10 @@ adminOptions(program.command("weights <assignments...>").description("set weight
     }
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
     const target = adminTarget(config, opts);
-    await runningExperiment(target, config);
+    const view = await runningExperiment(target, config);
     const res = await adminCall(target, "PUT", "/v1/weights", answers.weights, weights);
     out(`weights: ${res.weights.map((w) => `${w.name}=${w.weight}`).join(" ")}`);
+    warnUnservable(view, res.weights.filter((w) => w.weight > 0).map((w) => w.name));
   },
 );
 
@@ -457,24 +458,33 @@ adminOptions(program.command("promote <variant>").description("send all traffic 
     const view = await runningExperiment(target, config);
     const res = await adminCall(target, "POST", "/v1/promote", answers.promote, { variant });
     out(`promoted ${res.promoted}: it now gets all traffic`);
-    // As Flagger would refuse to: say so when what now gets all traffic cannot serve it.
-    const promoted = view.variants.find((v) => v.name === res.promoted);
-    const healthy = (name: string | undefined) => view.variants.some((v) => v.name === name && v.replicas.some((r) => r.health === "healthy"));
-    if (promoted !== undefined && !healthy(promoted.name)) {
-      const replicas = promoted.replicas.length ? promoted.replicas.map((r) => `${r.id} ${r.health}`).join(", ") : "none";
-      const fallback = view.fallback ?? "reject";
-      process.stderr.write(`abgate: warning: ${res.promoted} has no healthy replica (${replicas}): until one is, ${fallbackOutcome(res.promoted, fallback, healthy(fallback))}\n`);
-    }
+    warnUnservable(view, [res.promoted]);
   },
 );
+
+/**
+ * As Flagger would refuse to: say so when a variant that now gets traffic (by promote, rollback or weights) has no
+ * healthy replica to serve it, and what happens to its requests meanwhile.
+ */
+function warnUnservable(view: ExperimentAnswer, variants: string[]): void {
+  const healthy = (name: string | undefined) => view.variants.some((v) => v.name === name && v.replicas.some((r) => r.health === "healthy"));
+  for (const name of variants) {
+    const variant = view.variants.find((v) => v.name === name);
+    if (variant === undefined || healthy(name)) continue;
+    const replicas = variant.replicas.length ? variant.replicas.map((r) => `${r.id} ${r.health}`).join(", ") : "none";
+    const fallback = view.fallback ?? "reject";
+    process.stderr.write(`abgate: warning: ${name} has no healthy replica (${replicas}): until one is, ${fallbackOutcome(name, fallback, healthy(fallback))}\n`);
+  }
+}
 
 adminOptions(program.command("rollback").description("send all traffic to the control")).action(
   async (opts: { config: string; admin?: string; token?: string }, cmd: Command) => {
     const config = maybeConfig(opts.config, cmd.getOptionValueSource("config") === "cli");
     const target = adminTarget(config, opts);
-    await runningExperiment(target, config);
+    const view = await runningExperiment(target, config);
     const res = await adminCall(target, "POST", "/v1/rollback", answers.rollback);
     out(`rolled back: all traffic to ${res.rolledBackTo}`);
+    warnUnservable(view, [res.rolledBackTo]);
   },
 );
 
