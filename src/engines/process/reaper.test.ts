@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { alive, until } from "../../../test/helpers/processes.ts";
-import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
+import { MAX_REAPER_RESTARTS, ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
 
 /** A process group of its own: a shell leader and a sleeping child, as `sh -c "server & wait"` makes. */
 function group(ignoreTerm = false): { leader: ChildProcess; pids: () => number[] } {
@@ -139,4 +139,30 @@ test("the reaper's list: added twice counts once, removed is removed, thousands 
   assert.ok(Date.now() - t0 < 3000, `${Date.now() - t0} ms to read 6,000 lines`);
   assert.ok(g.pids().every(alive), "removed once, though added twice");
   process.kill(-g.leader.pid!, "SIGKILL");
+});
+
+test("a reaper killed on its own is replaced, with its list, a few times; then abgate says it gave up", async () => {
+  const logged: string[] = [];
+  const reaper = new ProcessReaper((msg) => logged.push(msg), 3000);
+  const listed = group();
+  await started(listed);
+  reaper.add(listed.leader.pid!);
+  const first = reaper.pid!;
+  process.kill(first, "SIGKILL");
+  const second = await until("a new reaper", () => (reaper.pid !== undefined && reaper.pid !== first ? reaper.pid : undefined), 5000);
+  assert.match(logged[0]!, /^the process reaper exited \(SIGKILL\); another took over its list of 1 replica group$/);
+  // The new reaper has the list: closing its pipe ends the group.
+  reaper.close();
+  await until("the listed group's end", () => (listed.pids().every((p) => !alive(p)) ? true : undefined), 5000);
+  await until("the second reaper's exit", () => (alive(second) ? undefined : true), 5000);
+
+  const doomed = new ProcessReaper((msg) => logged.push(msg), 3000);
+  doomed.add(999_999_999);
+  for (let i = 0; i <= MAX_REAPER_RESTARTS; i++) {
+    const pid = await until("a reaper", () => doomed.pid, 5000);
+    process.kill(pid, "SIGKILL");
+    await until("its replacement or the end", () => (doomed.pid !== pid ? true : undefined), 5000);
+  }
+  assert.equal(doomed.pid, undefined);
+  assert.match(logged.at(-1)!, new RegExp(`^the process reaper failed \\(it exited \\(SIGKILL\\), ${MAX_REAPER_RESTARTS} times\\): replicas will outlive abgate`));
 });

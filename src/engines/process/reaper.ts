@@ -66,11 +66,21 @@ export const REGISTER_AND_EXEC = `trap '' PIPE; printf '+%s\\n' "$$" >&3 2>/dev/
  * unrelated process can only be signalled in the moment between a group's last process being reaped and its id's
  * removal reaching the reaper.
  */
+/** How many times a reaper that died is replaced before abgate gives up on it (something keeps killing it). */
+export const MAX_REAPER_RESTARTS = 3;
+
 export class ProcessReaper {
   readonly #log: (msg: string) => void;
   readonly #graceTenths: number;
   #child: ChildProcess | null = null;
   #broken = false;
+  /**
+   * The groups added and not removed: a reaper that dies (kill -9 of it alone) takes its list along, so its
+   * replacement is given them again. (Groups a replica registered itself have been added by the engine once it
+   * had their pid.)
+   */
+  readonly #groups = new Set<number>();
+  #restarts = 0;
 
   constructor(log: (msg: string) => void = () => {}, graceMs = 5000) {
     this.#log = log;
@@ -83,6 +93,7 @@ export class ProcessReaper {
   }
 
   add(pgid: number): void {
+    this.#groups.add(pgid);
     this.#send(`+${pgid}\n`);
   }
 
@@ -96,6 +107,7 @@ export class ProcessReaper {
   }
 
   remove(pgid: number): void {
+    this.#groups.delete(pgid);
     if (this.#child !== null) this.#send(`-${pgid}\n`);
   }
 
@@ -131,8 +143,16 @@ export class ProcessReaper {
     child.unref();
     (child.stdin as unknown as { unref?: () => void }).unref?.();
     child.stdin.on("error", (err) => this.#fail(err.message));
-    child.on("exit", () => {
-      if (this.#child === child) this.#fail("it exited");
+    child.on("exit", (code, signal) => {
+      if (this.#child !== child) return;
+      // Not closed by us: killed on its own. Another one takes over the list, a few times.
+      if (this.#restarts >= MAX_REAPER_RESTARTS) return this.#fail(`it exited (${signal ?? `code ${code}`}), ${MAX_REAPER_RESTARTS} times`);
+      this.#restarts++;
+      this.#child = null;
+      const next = this.#start();
+      if (next === null) return;
+      for (const pgid of this.#groups) next.stdin!.write(`+${pgid}\n`);
+      this.#log(`the process reaper exited (${signal ?? `code ${code}`}); another took over its list of ${this.#groups.size} replica group${this.#groups.size === 1 ? "" : "s"}`);
     });
     this.#child = child;
     return child;
