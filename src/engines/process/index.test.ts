@@ -339,3 +339,28 @@ test("process engine: each exit is logged with how it ended and the replica's la
     JSON.stringify(logged),
   );
 });
+
+test("process engine: a restart whose port a daemon of the old run still holds is warned about", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const pidFile = join(dir, "daemon.pid");
+  const logged: { level: string; msg: string }[] = [];
+  // The replica starts a server in a session of its own (out of its process group), then exits.
+  const daemon = `require('http').createServer((q, s) => s.end('stray')).listen(Number(process.env.PORT), () => require('fs').writeFileSync(${JSON.stringify(pidFile).replaceAll('"', "'")}, String(process.pid)))`;
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd(`setsid node -e "${daemon}" & sleep 0.5; exit 1`)} }\n`), {
+    backoffMs: 20,
+    log: (level, msg) => logged.push({ level, msg }),
+  });
+  await engine.start();
+  try {
+    const warning = await until("the warning", () => logged.find((l) => /still in use after its process group ended/.test(l.msg)), 10_000);
+    assert.equal(warning.level, "warn");
+    assert.match(warning.msg, /^port \d+ of replica control-0 is still in use after its process group ended: a process it started outside its group \(a daemon, setsid\) holds it/);
+  } finally {
+    await engine.stop(300);
+    try {
+      process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
+    } catch {
+      // (gone already)
+    }
+  }
+});

@@ -4,7 +4,7 @@ import { StringDecoder } from "node:string_decoder";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
 import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
-import { PortAllocator } from "../ports.ts";
+import { PortAllocator, portIsFree } from "../ports.ts";
 import { resolveCommand } from "./command.ts";
 import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
 
@@ -287,10 +287,18 @@ export class ProcessEngine implements Engine {
     }
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
-      if (!this.#stopping) {
+      if (this.#stopping) return;
+      // Its whole group was killed at its exit: a port still held is held by a process that left the group (a
+      // daemon: setsid, a double fork), which abgate neither stops nor sees, and which its health checks then find
+      // "healthy" while the restarted replica cannot bind.
+      void portIsFree(r.port).then((free) => {
+        if (this.#stopping || r.restartTimer !== undefined || r.running) return;
+        if (!free) {
+          this.#log("warn", `port ${r.port} of replica ${id} is still in use after its process group ended: a process it started outside its group (a daemon, setsid) holds it, and may answer its requests; stop that process`, { replica: id, port: r.port });
+        }
         void this.#spawn(r);
         this.#publish();
-      }
+      });
     }, delayMs);
   }
 
