@@ -29,7 +29,7 @@ export interface HealthChange {
   from: HealthState | null;
   /** null when the endpoint was removed */
   to: HealthState | null;
-  /** why its last failed check or request failed (said with a change to unhealthy or ejected), or null */
+  /** with a change to unhealthy or ejected: why its last failed check or request failed */
   lastError?: string | null;
 }
 
@@ -371,7 +371,8 @@ export class HealthTracker {
     const from = entry.state;
     entry.state = state;
     this.#healthy.set(entry.endpoint.id, state === "healthy");
-    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, lastError: entry.lastError });
+    const out = state === "unhealthy" || state === "ejected";
+    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, ...(out ? { lastError: entry.lastError } : {}) });
   }
 
   #emit(change: HealthChange): void {
