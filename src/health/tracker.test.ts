@@ -136,6 +136,30 @@ describe("HealthTracker: active checks", () => {
     assert.equal(clock.now() - added, 20_000);
   });
 
+  test("a starting replica whose checks time out is called unhealthy no sooner than checks at intervalMs would, and up at once when ready", async () => {
+    const { tracker, answers, advance, clock } = setup();
+    const health = { ...HEALTH, intervalMs: 2000, timeoutMs: 1000, fall: 3 };
+    answers.set("control-0", "hang");
+    const t0 = clock.now();
+    tracker.setEndpoints([ep("control-0")], { control: health });
+    // At intervalMs: checks 0-1000, 3000-4000, 6000-7000, the third failure at 7 s.
+    await advance(7000);
+    assert.equal(tracker.state("control-0"), "unknown");
+    await advance(2000);
+    assert.equal(tracker.state("control-0"), "unhealthy");
+
+    // One that answers once it is ready at 5 s: never called down, healthy at the first check after.
+    answers.set("control-1", "hang");
+    tracker.setEndpoints([ep("control-0"), ep("control-1", 9001)], { control: health });
+    const added = clock.now();
+    await advance(5000);
+    answers.set("control-1", true);
+    await advance(1000);
+    assert.equal(tracker.state("control-1"), "healthy");
+    assert.ok(clock.now() - added <= 6000);
+    assert.ok(t0 < added);
+  });
+
   test("fall: `fall` failed checks in a row make a healthy endpoint unhealthy; a success resets the count", async () => {
     const { tracker, answers, advance } = setup();
     tracker.setEndpoints([ep("control-0")], { control: HEALTH });
@@ -181,10 +205,11 @@ describe("HealthTracker: active checks", () => {
     await advance(1);
     assert.equal(tracker.snapshot()[0].consecutiveFailures, 1);
     assert.equal(tracker.snapshot()[0].lastError, "timeout after 300 ms");
-    for (let i = 0; i < 2; i++) {
-      await advance(1000); // the next check starts, and hangs
-      await advance(300);
-    }
+    // Starting, it is checked every 200 ms, but only failures as far apart as checks at intervalMs count toward
+    // fall: those of the checks from 1500 to 1800 and from 3000 to 3300.
+    await advance(2999);
+    assert.equal(tracker.state("control-0"), "unknown");
+    await advance(1);
     assert.equal(tracker.state("control-0"), "unhealthy", "fall=3 timeouts");
   });
 

@@ -78,8 +78,14 @@ interface Entry {
   config: CheckConfig | undefined;
   active: ActiveState;
   state: HealthState;
-  /** clock time of the first failed check since it was added, while it has never been healthy (unknown); or null */
-  startFailingMs: number | null;
+  /**
+   * While it has never been healthy (unknown): the failed checks that count toward `fall`, those at least intervalMs
+   * apart as the checks at intervalMs were (from the end of one to the start of the next), and when the last ended.
+   */
+  startFailures: number;
+  lastCountedEndMs: number;
+  /** clock time the check in flight (or the last one) started */
+  checkStartMs: number;
   /** consecutive active results of the current kind */
   successes: number;
   failures: number;
@@ -99,7 +105,8 @@ interface Entry {
  * and passive outlier ejection (Envoy's consecutive_5xx: after `ejectAfterFailures` consecutive failures the
  * endpoint is out for `ejectionMs`, then returns to whatever its active state is).
  *
- * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished, and
+ * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished (a
+ * replica never healthy yet: STARTING_INTERVAL_MS after, when that is shorter), and
  * a check that has not answered after `timeoutMs` (clock time) counts as failed even if the probe never settles.
  * `isHealthy` is a single map lookup, for the proxy's hot path.
  */
@@ -260,7 +267,9 @@ export class HealthTracker {
       config,
       active: config ? "unknown" : "healthy",
       state: config ? "unknown" : "healthy",
-      startFailingMs: null,
+      startFailures: 0,
+      lastCountedEndMs: 0,
+      checkStartMs: 0,
       successes: 0,
       failures: 0,
       passiveFailures: 0,
@@ -297,6 +306,7 @@ export class HealthTracker {
     const config = entry.config;
     if (!config || this.#stopped) return;
     const generation = ++entry.generation;
+    entry.checkStartMs = this.#clock.now();
     let done = false;
     const finish = (result: ProbeResult): void => {
       if (done || generation !== entry.generation || this.#stopped) return;
@@ -342,9 +352,12 @@ export class HealthTracker {
     if (entry.active === "unknown") {
       if (result.ok) this.#setActive(entry, "healthy");
       else {
-        const now = entry.lastCheckMs;
-        entry.startFailingMs ??= now;
-        if (entry.failures >= config.fall && now - entry.startFailingMs >= (config.fall - 1) * config.intervalMs) this.#setActive(entry, "unhealthy");
+        // Counted as the checks at intervalMs would have come, timeouts included: no sooner than they would say so.
+        if (entry.startFailures === 0 || entry.checkStartMs - entry.lastCountedEndMs >= config.intervalMs) {
+          entry.startFailures++;
+          entry.lastCountedEndMs = entry.lastCheckMs;
+        }
+        if (entry.startFailures >= config.fall) this.#setActive(entry, "unhealthy");
       }
     }
     else if (entry.active === "unhealthy" && entry.successes >= config.rise) this.#setActive(entry, "healthy");
