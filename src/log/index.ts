@@ -23,16 +23,28 @@ export function logLinesDropped(): number {
 export function createLogger(level: LogLevel = "info", bindings: Record<string, unknown> = {}): Logger {
   const destination = pino.destination({ fd: 2, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
   const logger = pino({ level, base: { ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  /** dropped since the last notice that got through */
   let droppedSinceNotice = 0;
+  /** the notice is being written: a drop now is the notice's own */
+  let noticing = false;
+  let noticeDropped = false;
+  const notice = () => {
+    noticing = true;
+    noticeDropped = false;
+    logger.warn({ dropped: droppedSinceNotice }, `${droppedSinceNotice} log lines dropped: stderr was not read as fast as abgate wrote to it`);
+    noticing = false;
+    // Still full: the count stands, and is tried again a second later (a paused pipe may stay paused a while).
+    if (noticeDropped) setTimeout(notice, DROP_NOTICE_DELAY_MS).unref();
+    else droppedSinceNotice = 0;
+  };
+  // (sonic-boom emits 'drop' inside write(), so within the logger call that wrote the line)
   destination.on("drop", () => {
+    if (noticing) {
+      noticeDropped = true;
+      return;
+    }
     droppedLines++;
-    if (droppedSinceNotice++ > 0) return;
-    setTimeout(() => {
-      const n = droppedSinceNotice;
-      droppedSinceNotice = 0;
-      // If this line is dropped too, the metric still counts them all.
-      logger.warn({ dropped: n }, `${n} log lines dropped: stderr was not read as fast as abgate wrote to it`);
-    }, DROP_NOTICE_DELAY_MS).unref();
+    if (droppedSinceNotice++ === 0) setTimeout(notice, DROP_NOTICE_DELAY_MS).unref();
   });
   return logger;
 }
