@@ -268,10 +268,22 @@ test("${...} forms: compose's defaults and required variables work; others are r
     assert.match(found[0]!, /^line 6: "\$\{.*is not a reference abgate expands/, form);
   }
   assert.equal(salt("$${A:+x}", {}), "${A:+x}", "escaped: literal");
+  // An escape without its }: literal text as it was, and the flow map around it still parses.
+  const open = parseConfig(processBase.replace("command: [node, a.js]", () => 'command: [node, a.js], env: { A: "$${X", B: y }'), "/tmp", {});
+  assert.deepEqual(open.variants[0]!.env, { A: "$${X", B: "y" });
+  // The message shows the reference's start, not the rest of the value: a token written into the file.
+  const leaked = issues(`${base}admin: { token: 'Zq8\${!secretsecret' }\n`).join();
+  assert.match(leaked, /"\$\{"\.\.\. is not a reference/);
+  assert.doesNotMatch(leaked, /secret/);
 });
 
 test("duplicate keys are named with their line, in block and flow mappings; a big file is parsed in linear time", () => {
   assert.deepEqual(issues(base.replace("url: 'http://127.0.0.1:9002' }", "url: 'http://127.0.0.1:9002', url: 'http://127.0.0.1:9003' }")), ['line 5: duplicate key "url" (a key may appear once in a mapping)']);
+  // Keys are compared as they expand.
+  const withEnvKeys = (env: NodeJS.ProcessEnv) => processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { ${K1}: x, ${K2}: y }") + `# ${JSON.stringify(env)}\n`;
+  assert.deepEqual(parseConfig(withEnvKeys({}), "/tmp", { K1: "A", K2: "B" }).variants[0]!.env, { A: "x", B: "y" });
+  assert.deepEqual(issues(withEnvKeys({}), { K1: "A", K2: "A" }), ['line 4: duplicate key "A" (a key may appear once in a mapping)']);
+  assert.deepEqual(parseConfig(processBase.replace("command: [node, a.js]", () => "command: [node, a.js], env: { $${A}: x, $${B}: y }"), "/tmp", {}).variants[0]!.env, { "${A}": "x", "${B}": "y" });
   const keys = Array.from({ length: 40_000 }, (_, i) => `x-k${i}: ${i}`).join("\n");
   const t0 = performance.now();
   parseConfig(`${base}${keys}\n`, "/tmp", {});

@@ -300,7 +300,8 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       for (const pair of map.items) {
         const key = isScalar(pair.key) ? pair.key.value : undefined;
         if ((typeof key !== "string" && typeof key !== "number") || key === "<<") continue;
-        const text = String(key).replace(new RegExp(`${tag}\\d+x`, "g"), "${…}");
+        // (compared as they expand: `${K1}` and `${K2}` are two keys unless both variables hold the same name)
+        const text = String(key).replace(new RegExp(`${tag}(\\d+)x`, "g"), (_, i: string) => values[Number(i)]!.text);
         if (seen.has(text)) duplicates.push({ path: lineOf(pair.key as Scalar), message: `duplicate key ${JSON.stringify(text)} (a key may appear once in a mapping)` });
         seen.add(text);
       }
@@ -321,9 +322,9 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
         // (`${A:+x}`, `${A:-${B}}`, `${not a name}`): kept as text, a token or a salt would silently be that text.
         const left = /(?:^|[^$])(\$\{)/d.exec(node.value);
         if (left !== null) {
+          // (only `${` and the name after it: the value may be a token written into the file)
           const from = left.indices![1]![0];
-          let shown = node.value.slice(from, from + 40);
-          if (shown.includes(tag)) shown = shown.slice(0, shown.indexOf(tag));
+          const shown = /^\$\{[A-Za-z0-9_]{0,40}/.exec(node.value.slice(from))![0];
           refused.push({
             path: lineOf(node),
             message: `${JSON.stringify(shown)}... is not a reference abgate expands: write \${NAME}, \${NAME:-default}, \${NAME-default}, \${NAME:?message} or \${NAME?message} (NAME: letters, digits and _, no nesting), or $\${ for a literal \${`,
@@ -388,9 +389,10 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
 /**
  * The references docker compose reads: `${NAME}`; `${NAME:-default}` (when unset or empty) and `${NAME-default}`
  * (when unset); `${NAME:?message}` and `${NAME?message}`, an error when unset or empty, or unset. With `$$` in front,
- * a literal, whatever it holds up to its `}`. A default holds no reference (no nesting): `${A:-${B}}` is left over, and refused, not half expanded.
+ * a literal, whatever it holds up to its `}` (no space, quote, comma or brace: it must not end a quoted string or a
+ * flow map). A default holds no reference (no nesting): `${A:-${B}}` is left over, and refused, not half expanded.
  */
-const ENV_REFERENCE = /\$\$\{[^}\n]*\}?|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^}$\n]|\$(?!\{))*))?\}/g;
+const ENV_REFERENCE = /\$\$\{[^}\s"',{]*\}|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^}$\n]|\$(?!\{))*))?\}/g;
 
 /** A variable's text, as the reference's operator says; or why it has none (a `?` reference). */
 function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, def: string | undefined): string | { error: string } {

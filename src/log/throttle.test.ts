@@ -73,7 +73,7 @@ describe("LogThrottle", () => {
     assert.equal(clock.pendingTimers(), 0);
   });
 
-  it("flush() logs the counts still due and leaves no timer", () => {
+  it("flush() logs the counts still due, leaves no timer, and lets every later line through", () => {
     const clock = new ManualClock(0);
     const { log, lines } = capture();
     const t = new LogThrottle(log, { clock, burst: 1, intervalMs: 1000 });
@@ -91,6 +91,14 @@ describe("LogThrottle", () => {
     assert.equal(clock.pendingTimers(), 0);
     clock.advance(2000);
     assert.equal(lines.length, 2);
+    // After it (the gateway stopping), lines are logged as they come: no window could end in time.
+    t.warn("k", { n: 4 }, "x");
+    t.warn("k", { n: 5 }, "x");
+    assert.deepEqual(
+      lines.slice(2).map((l) => l.n),
+      [4, 5],
+    );
+    assert.equal(clock.pendingTimers(), 0);
   });
 
   it("at level debug logs every line; below the line's level, none, and keeps no window", () => {

@@ -40,6 +40,8 @@ export class LogThrottle {
   readonly #intervalMs: number;
   /** keys are few (failure codes × variants, admin statuses × codes), so windows are kept, not evicted */
   readonly #windows = new Map<string, Window>();
+  /** flushed: the gateway is stopping, and a line held back now could be lost with the process */
+  #flushed = false;
 
   constructor(log: Logger, options: LogThrottleOptions = {}) {
     this.#log = log;
@@ -63,7 +65,7 @@ export class LogThrottle {
   #line(level: Level, key: string, fields: Record<string, unknown>, msg: string): void {
     const log = this.#log;
     if (!log.isLevelEnabled(level)) return;
-    if (log.isLevelEnabled("debug")) {
+    if (this.#flushed || log.isLevelEnabled("debug")) {
       log[level](fields, msg);
       return;
     }
@@ -102,10 +104,12 @@ export class LogThrottle {
     this.#log[w.level]({ ...w.fields, suppressed: n }, `${w.msg} (and ${n} more like it within ${this.#intervalMs / 1000} s, not logged one by one; the fields are the last one's)`);
   }
 
-  /** Logs the summaries still due (the gateway calls this as it stops, so that no count is lost). */
+  /**
+   * Logs the summaries still due, and every later line as it comes: the gateway calls this as it stops, and the
+   * process may end before a window would.
+   */
   flush(): void {
-    for (const w of this.#windows.values()) {
-      this.#summarize(w);
-    }
+    this.#flushed = true;
+    for (const w of this.#windows.values()) this.#summarize(w);
   }
 }

@@ -364,3 +364,21 @@ test("process engine: a restart whose port a daemon of the old run still holds i
     }
   }
 });
+
+test("process engine: a run that printed nothing is logged as such, not with an earlier run's lines", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const marker = join(dir, "ran");
+  const logged: string[] = [];
+  // The first run prints and exits; the next ones exit silently.
+  const script = `if [ -e ${marker} ]; then exit 4; fi; touch ${marker}; echo first-run-output; exit 3`;
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd(script)} }\n`), { backoffMs: 20, log: (_level, msg) => logged.push(msg) });
+  await engine.start();
+  try {
+    await until("two exits", () => (logged.filter((m) => /^replica control-0 exited/.test(m)).length >= 2 ? true : undefined), 10_000);
+  } finally {
+    await engine.stop(300);
+  }
+  const exits = logged.filter((m) => /^replica control-0 exited/.test(m));
+  assert.match(exits[0]!, /^replica control-0 exited with code 3 after \d+\.\d s; last output:\nfirst-run-output$/);
+  assert.match(exits[1]!, /^replica control-0 exited with code 4 after \d+\.\d s \(no output\)$/);
+});

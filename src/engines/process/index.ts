@@ -21,6 +21,8 @@ interface Replica {
   spawnError?: Error;
   /** last lines of output, shown when the replica crash-loops */
   tail: string[];
+  /** lines of output of the current (or last) run: its exit line shows only this run's */
+  runLines: number;
   /** how its last run ended (code or signal, and how long it ran) */
   lastExit?: string;
 }
@@ -173,7 +175,7 @@ export class ProcessEngine implements Engine {
         await new Promise((resolve) => setImmediate(resolve));
         if (this.#stopping) return;
         const port = fixed.get(v.name)?.[i] ?? (await ports.allocate(`${v.name}-${i}`));
-        const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [] };
+        const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [], runLines: 0 };
         this.#replicas.push(r);
         // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid
         const err = await this.#spawn(r);
@@ -216,7 +218,9 @@ export class ProcessEngine implements Engine {
     if (child.pid !== undefined) this.#reaper.add(child.pid);
     r.startedAtMs = this.#clock.now();
     // (readLines hands on no empty line)
+    r.runLines = 0;
     const keep = (line: string) => {
+      r.runLines++;
       r.tail.push(line);
       if (r.tail.length > TAIL_LINES) r.tail.shift();
       if (this.#opts.echoOutput) process.stderr.write(`[${id}] ${line}\n`);
@@ -282,7 +286,7 @@ export class ProcessEngine implements Engine {
     else {
       // What it said last is usually why (a stack trace's message, "cannot load weights"): a replica that crashes
       // now and then never reaches the crash-loop line that shows its output.
-      const last = r.tail.slice(-3);
+      const last = r.runLines === 0 ? [] : r.tail.slice(-Math.min(3, r.runLines));
       this.#log("warn", `replica ${id} ${r.lastExit}${last.length ? `; last output:\n${last.join("\n")}` : " (no output)"}`, fields);
     }
     r.restartTimer = this.#clock.setTimeout(() => {
