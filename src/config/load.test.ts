@@ -89,7 +89,7 @@ test("a variable's value is data, not YAML: comments, colons and digits stay in 
   assert.equal(typed.variants[1]!.weight, 3);
   assert.equal(typed.allowForce, true);
   assert.deepEqual(typed.listen, { host: "127.0.0.1", port: 8089 });
-  assert.match(issues(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}"), { W: "heavy" }).join(), /variants\[1\]\.weight:/);
+  assert.match(issues(base.replace("url: 'http://127.0.0.1:9002'", "url: 'http://127.0.0.1:9002', weight: ${W}"), { W: "heavy" }).join(), /variants\[1\]\.weight: .* \(it is the value of \$\{W\}\)$/);
 });
 
 test("validate refuses what serve would: non-http or path URLs, ports past 65535, admin on the proxy's address", () => {

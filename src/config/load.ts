@@ -369,7 +369,9 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     throw new ConfigError([{ path: "", message }], { cause });
   }
   const emptyVars = new Map<string, string>();
-  const raw = unwrapEnv(js, [], envPaths, emptyVars);
+  /** key path -> the variable whose value the key is (named when the schema refuses it) */
+  const fromVars = new Map<string, string>();
+  const raw = unwrapEnv(js, [], envPaths, emptyVars, fromVars);
   // Top-level keys starting with x- hold YAML anchors for merge keys, as docker compose's extension fields do.
   if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
     for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
@@ -377,10 +379,17 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   try {
     return validateConfig(raw, baseDir, envPaths);
   } catch (err) {
-    // "listen: expected string, received null" does not say why: name the variable that was empty or unset.
-    if (!(err instanceof ConfigError) || emptyVars.size === 0) throw err;
+    // "listen: expected string, received null" does not say why: name the variable that was empty or unset, or
+    // whose value was refused (not the value: it may be a token).
+    if (!(err instanceof ConfigError) || (emptyVars.size === 0 && fromVars.size === 0)) throw err;
     throw new ConfigError(
-      err.issues.map((i) => (emptyVars.has(i.path) ? { ...i, message: `${i.message} (it is \${${emptyVars.get(i.path)}}, which is empty or not set)` } : i)),
+      err.issues.map((i) =>
+        emptyVars.has(i.path)
+          ? { ...i, message: `${i.message} (it is \${${emptyVars.get(i.path)}}, which is empty or not set)` }
+          : fromVars.has(i.path)
+            ? { ...i, message: `${i.message} (it is the value of \${${fromVars.get(i.path)}})` }
+            : i,
+      ),
       { cause: err },
     );
   }
@@ -406,7 +415,7 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
 }
 
 /** Replaces EnvValues by their text, noting where each was (key path -> text). */
-function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>): unknown {
+function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>): unknown {
   if (value instanceof EnvValue) {
     // An empty or unset variable is null, as the text `token: ` would be.
     if (value.text === "") {
@@ -414,12 +423,13 @@ function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, strin
       return null;
     }
     found.set(pathOf(path), value.text);
+    if (value.name !== undefined) from.set(pathOf(path), value.name);
     return value.text;
   }
-  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found, empty));
+  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found, empty, from));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found, empty);
+    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found, empty, from);
     return out;
   }
   return value;
