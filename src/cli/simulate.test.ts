@@ -29,6 +29,7 @@ async function fakeAbgate(opts: { failEvery?: number } = {}) {
       });
       return;
     }
+    if (req.url!.split("?")[0] !== "/recommend") return void res.writeHead(404).end(`no ${req.url}`);
     n++;
     if (opts.failEvery && n % opts.failEvery === 0) {
       res.writeHead(502).end("bad gateway");
@@ -89,6 +90,14 @@ test("simulate: failed requests are counted, not thrown; the time bound stops it
   assert.match(r.failures[0], /502/);
   const timed = await simulate({ proxyUrl: fake.url, adminUrl: fake.url, users: 50, requests: 10_000_000, durationMs: 300, concurrency: 2, seed: 1 });
   assert.ok(timed.requests < 10_000_000 && timed.elapsedMs < 5_000, `${timed.requests} in ${timed.elapsedMs} ms`);
+});
+
+test("simulate: a --proxy ending in / asks for /recommend, not //recommend", async (t) => {
+  const fake = await fakeAbgate();
+  t.after(fake.close);
+  const r = await simulate({ proxyUrl: `${fake.url}/`, adminUrl: fake.url, users: 20, requests: 40, durationMs: 60_000, concurrency: 2, seed: 1 });
+  assert.equal(r.failed, 0, r.failures[0]);
+  assert.equal(r.ok, 40);
 });
 
 test("simulate: more users than the data set knows is an InvalidArgumentError", async () => {

@@ -163,7 +163,7 @@ export async function simulate(opts: SimulateOptions): Promise<SimulateResult> {
       let res: Response;
       let body: { items?: { id: string }[] };
       try {
-        res = await fetch(`${opts.proxyUrl}/recommend?user=${encodeURIComponent(user.id)}&k=${k}`, {
+        res = await fetch(`${opts.proxyUrl.replace(/\/+$/, "")}/recommend?user=${encodeURIComponent(user.id)}&k=${k}`, {
           headers: { "x-user-id": user.id },
           signal: AbortSignal.timeout(10_000),
         });
