@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { runCli, startCli } from "../../test/helpers/cli.ts";
 import { parseConfig } from "../config/index.ts";
 import { adminTarget } from "./admin-client.ts";
+import { InvalidArgumentError } from "../errors.ts";
 
 /** Not abgate: answers every request 200 "hello", like a model behind the proxy port. */
 let hello: Server;
@@ -148,6 +149,11 @@ test("an empty ABGATE_ADMIN_TOKEN does not hide the config's token", async () =>
   assert.equal(adminTarget(config, { token: "" }, { ABGATE_ADMIN_TOKEN: "" }).token, "config-token");
   assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "env-token" }).token, "env-token", "a set variable still wins over the config");
   assert.equal(adminTarget(undefined, {}, { ABGATE_ADMIN_TOKEN: "" }).token, undefined);
+  // A secret file's newline is no part of the token (the server and the config loader drop it too); what cannot be
+  // sent in a header is a usage error naming where the token came from, not "no admin API answers".
+  assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "env-token\n" }).token, "env-token");
+  assert.throws(() => adminTarget(config, { token: "tökén" }, {}), (err: unknown) => err instanceof InvalidArgumentError && /the admin token \(--token\) has spaces or characters that are not ASCII/.test(err.message));
+  assert.throws(() => adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "a b" }), /ABGATE_ADMIN_TOKEN/);
 
   const ok = await runCli(["rollback", "-c", configFile, "--admin", adminUrl], { env: noEnvToken });
   assert.equal(ok.code, 0, ok.stderr);

@@ -14,7 +14,12 @@ export function adminTarget(config: Config | undefined, opts: { admin?: string; 
   const adminUrl = opts.admin ?? `http://${host.includes(":") ? `[${host}]` : host}:${config?.admin.listen.port ?? 8081}`;
   // An empty value means "not set", as in the config loader: `ABGATE_ADMIN_TOKEN= abgate promote ...` (or a
   // CI variable that exists but is blank) must not hide the config's token and turn into a 401.
-  return { adminUrl, token: opts.token || env.ABGATE_ADMIN_TOKEN || config?.admin.token || undefined };
+  // Spaces and line ends around it (a secret file's newline) are no part of it, as the config loader and the server
+  // read it; what is left must be sendable in a header.
+  const [from, given] = opts.token ? ["--token", opts.token] : env.ABGATE_ADMIN_TOKEN ? ["ABGATE_ADMIN_TOKEN", env.ABGATE_ADMIN_TOKEN] : ["admin.token", config?.admin.token ?? ""];
+  const token = given.trim();
+  if (!/^[\x21-\x7e]*$/.test(token)) throw new InvalidArgumentError(`the admin token (${from}) has spaces or characters that are not ASCII inside it, which cannot be sent in an HTTP header`);
+  return { adminUrl, token: token || undefined };
 }
 
 /** A mistyped --admin is the user's to fix, not an unreachable server: say so, with the usage exit code. */

@@ -238,10 +238,11 @@ test("values that would misbehave at run time are refused by name: long timers, 
   assert.match(one(processBase.replace("command: [node, a.js]", 'command: [node, a.js], env: { "": x }')), /^variants\[0\]\.env\.: an environment variable name/);
   assert.match(one(processBase.replace("command: [node, a.js]", 'command: [node, a.js], env: { A: "x\\0y" }')), /^variants\[0\]\.env\.A: a value without NUL/);
   assert.match(one(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { PORT: '9000' }")), /^variants\[0\]\.env\.PORT: not set here/);
-  // A token a client cannot send: a trailing space (clients trim it), non-ASCII.
-  assert.match(one(`${base}admin: { token: \${T} }\n`, { T: "secret " }), /^admin\.token: visible ASCII characters only/);
+  // A token a client cannot send: a space inside it, non-ASCII.
+  assert.match(one(`${base}admin: { token: \${T} }\n`, { T: "sec ret" }), /^admin\.token: visible ASCII characters only/);
+  assert.equal(parseConfig(`${base}admin: { token: \${T} }\n`, "/tmp", { T: "secret \n" }).admin.token, "secret", "a secret file's newline is dropped");
   assert.match(one(`${base}admin: { ingestToken: "tökén" }\n`), /^admin\.ingestToken: visible ASCII/);
-  assert.doesNotMatch(one(`${base}admin: { token: \${T} }\n`, { T: "secret " }), /secret/, "the message does not show the token");
+  assert.doesNotMatch(one(`${base}admin: { token: \${T} }\n`, { T: "sec ret" }), /sec/, "the message does not show the token");
   assert.match(one(`${base}store: "postgresql://u:p@[::1:5432/db"\n`), /^store: postgres:\/\/user:password@host:port\/database, a valid URL/);
   assert.match(one(`${base}store: "postgres://u@127.0.0.1:99999/db"\n`), /^store: postgres:\/\//);
   assert.match(one(base.replace("http://127.0.0.1:9001", "http://user:pw@127.0.0.1:9001")), /^variants\[0\]\.url: an origin without user or password/);

@@ -68,10 +68,14 @@ export const metricSchema = z.discriminatedUnion("kind", [
 ]);
 
 /**
- * What a client can send after `Bearer `: visible ASCII. A token with a space at its end, or non-ASCII, was accepted
- * and could never be matched (clients trim the header, and cannot send non-ASCII in one).
+ * What a client can send after `Bearer `: visible ASCII. A token with a space inside, or non-ASCII, was accepted and
+ * could never be matched (clients cannot send non-ASCII in a header); one around it is dropped.
  */
-const bearerToken = z.string().regex(/^([\x21-\x7e]+)?$/, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
+const bearerToken = z
+  .string()
+  // (spaces and line ends around it, as a secret file's last newline, are never sent: a client's header loses them)
+  .trim()
+  .regex(/^([\x21-\x7e]+)?$/, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
 
 export const configSchema = z.strictObject({
   experiment: name,
