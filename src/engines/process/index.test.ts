@@ -375,6 +375,8 @@ test("process engine: a run that printed nothing is logged as such, not with an 
   await engine.start();
   try {
     await until("two exits", () => (logged.filter((m) => /^replica control-0 exited/.test(m)).length >= 2 ? true : undefined), 10_000);
+    // (what up's health timeout quotes: the last run's own words, here none)
+    assert.match(engine.lastExit("control-0")!, /^exited with code 4 after \d+\.\d s$/);
   } finally {
     await engine.stop(300);
   }

@@ -23,6 +23,8 @@ interface Replica {
   tail: string[];
   /** lines of output of the current (or last) run: its exit line shows only this run's */
   runLines: number;
+  /** the last line the run that ended last printed (undefined: none), for lastExit */
+  lastExitOutput?: string;
   /** how its last run ended (code or signal, and how long it ran) */
   lastExit?: string;
 }
@@ -277,6 +279,7 @@ export class ProcessEngine implements Engine {
     r.lastExit = r.spawnError
       ? `could not start: ${r.spawnError.message}`
       : `${signal ? `killed by ${signal}` : `exited with code ${code}`} after ${(ranMs / 1000).toFixed(1)} s`;
+    r.lastExitOutput = r.runLines > 0 ? r.tail.at(-1) : undefined;
     if (ranMs >= this.#opts.stableAfterMs) r.restarts = 0;
     r.restarts++;
     const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
@@ -322,8 +325,7 @@ export class ProcessEngine implements Engine {
   lastExit(id: string): string | undefined {
     const r = this.#replicas.find((x) => `${x.variant.name}-${x.index}` === id);
     if (r === undefined || r.lastExit === undefined) return undefined;
-    const last = r.tail.at(-1);
-    return last !== undefined ? `${r.lastExit}; last output: ${last}` : r.lastExit;
+    return r.lastExitOutput !== undefined ? `${r.lastExit}; last output: ${r.lastExitOutput}` : r.lastExit;
   }
 
   /** Last output lines of a replica (for crash reports and tests). */
