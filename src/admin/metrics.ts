@@ -56,24 +56,19 @@ export class GatewayMetrics {
       },
     } as unknown as Parameters<Registry["registerMetric"]>[0]);
     this.#events = new Counter({ name: "abgate_events_ingested_total", help: "Outcome events stored", labelNames: ["event"], registers: [this.registry] });
-    new Counter({
-      name: "abgate_exposures_dropped_total",
-      help: "Exposures dropped because the store could not keep up",
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(exposuresDropped());
-      },
-    });
-    new Counter({
-      name: "abgate_log_lines_dropped_total",
-      help: "Log lines dropped because stderr was not read as fast as they were written",
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        this.inc(logLinesDropped());
-      },
-    });
+    // Counters kept elsewhere, read at scrape time.
+    const countedBy = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    countedBy("abgate_exposures_dropped_total", "Exposures dropped because the store could not keep up", exposuresDropped);
+    countedBy("abgate_log_lines_dropped_total", "Log lines dropped because stderr was not read as fast as they were written", logLinesDropped);
     new Gauge({
       name: "abgate_replica_healthy",
       help: "1 when the replica receives traffic",
