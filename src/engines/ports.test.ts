@@ -4,7 +4,8 @@ import { createServer, type Server } from "node:net";
 import { networkInterfaces } from "node:os";
 import { PortAllocator, allocatePorts, portIsFree } from "./ports.ts";
 
-// The tests with real sockets listen on ports 47300-47399 only.
+// The tests with real sockets listen on ports 31300-31399 only: below the kernel's ephemeral range (32768 up), so that
+// no outgoing connection of a busy machine holds one (47300, in that range, was found taken under load).
 
 const freeExcept = (...busy: number[]) => async (port: number) => !busy.includes(port);
 
@@ -78,7 +79,7 @@ test("portIsFree: a listener on any address takes the port, so that a replica bi
     ["::1", "::1"],
     ...(external ? [[`${external} (this host's)`, external] as [string, string]] : []),
   ];
-  let port = 47300;
+  let port = 31300;
   for (const [name, host, ipv6Only] of cases) {
     const p = port++;
     assert.equal(await portIsFree(p), true, `${p} is free before the test`);
@@ -100,22 +101,22 @@ test("portIsFree: a listener on any address takes the port, so that a replica bi
 });
 
 test("allocatePorts with the real probe: ports something listens on are skipped, and a fixed one is an error", async () => {
-  const busy = await listenOn("127.0.0.1", 47323);
-  const busy6 = await listenOn("::1", 47325);
+  const busy = await listenOn("127.0.0.1", 31323);
+  const busy6 = await listenOn("::1", 31325);
   try {
     const ports = await allocatePorts(
       [
         { name: "a", replicas: 3 },
-        { name: "b", replicas: 1, port: 47322 },
+        { name: "b", replicas: 1, port: 31322 },
       ],
-      47320,
-      [47321],
+      31320,
+      [31321],
     );
-    // 47321 reserved, 47322 b's, 47323 in use (127.0.0.1), 47325 in use (::1, where the host has IPv6)
-    assert.deepEqual([...ports], [["a", [47320, 47324, busy6 ? 47326 : 47325]], ["b", [47322]]]);
-    await assert.rejects(allocatePorts([{ name: "a", replicas: 2, port: 47322 }], 47320), {
+    // 31321 reserved, 31322 b's, 31323 in use (127.0.0.1), 31325 in use (::1, where the host has IPv6)
+    assert.deepEqual([...ports], [["a", [31320, 31324, busy6 ? 31326 : 31325]], ["b", [31322]]]);
+    await assert.rejects(allocatePorts([{ name: "a", replicas: 2, port: 31322 }], 31320), {
       name: "PortTakenError",
-      message: "variants[0].port: replica a-1 needs port 47323, which is in use; free it, or leave port: out to let abgate choose",
+      message: "variants[0].port: replica a-1 needs port 31323, which is in use; free it, or leave port: out to let abgate choose",
     });
   } finally {
     await close(busy);
@@ -124,28 +125,28 @@ test("allocatePorts with the real probe: ports something listens on are skipped,
 });
 
 test("PortAllocator one replica at a time (the process engine): fixed ports first, then from base past reserved, claimed and busy ones", async () => {
-  const busy = await listenOn("0.0.0.0", 47342);
+  const busy = await listenOn("0.0.0.0", 31342);
   try {
-    const ports = new PortAllocator(47340, { reserved: [47341] });
+    const ports = new PortAllocator(31340, { reserved: [31341] });
     const fixed = await ports.claimFixed([
       { name: "a", replicas: 2 },
-      { name: "b", replicas: 2, port: 47343 },
+      { name: "b", replicas: 2, port: 31343 },
     ]);
-    assert.deepEqual([...fixed], [["b", [47343, 47344]]]);
+    assert.deepEqual([...fixed], [["b", [31343, 31344]]]);
     // Each call goes on where the last one ended
-    assert.equal(await ports.allocate("a-0"), 47340);
-    assert.equal(await ports.allocate("a-1"), 47345);
+    assert.equal(await ports.allocate("a-0"), 31340);
+    assert.equal(await ports.allocate("a-1"), 31345);
     // Claims exactly, with each reason
     const taken = (why: string, port: number) => `variants[2].port: replica c-0 needs port ${port}, which ${why}; free it, or leave port: out to let abgate choose`;
-    await assert.rejects(ports.claim(47342, 2, "c-0"), { name: "PortTakenError", code: "ABGATE_ERR_PORT_TAKEN", message: taken("is in use", 47342) });
-    await assert.rejects(ports.claim(47341, 2, "c-0"), {
-      message: taken("is reserved (for abgate's listeners, or by another experiment's replicas)", 47341),
+    await assert.rejects(ports.claim(31342, 2, "c-0"), { name: "PortTakenError", code: "ABGATE_ERR_PORT_TAKEN", message: taken("is in use", 31342) });
+    await assert.rejects(ports.claim(31341, 2, "c-0"), {
+      message: taken("is reserved (for abgate's listeners, or by another experiment's replicas)", 31341),
     });
-    await assert.rejects(ports.claim(47343, 2, "c-0"), { message: taken("another variant's replicas get too", 47343) });
-    await assert.rejects(ports.claim(47345, 2, "c-0"), { message: taken("another variant's replicas get too", 47345) });
+    await assert.rejects(ports.claim(31343, 2, "c-0"), { message: taken("another variant's replicas get too", 31343) });
+    await assert.rejects(ports.claim(31345, 2, "c-0"), { message: taken("another variant's replicas get too", 31345) });
     // A free port claimed is not handed out after
-    assert.equal(await ports.claim(47346, 2, "c-0"), 47346);
-    assert.equal(await ports.allocate("d-0"), 47347);
+    assert.equal(await ports.claim(31346, 2, "c-0"), 31346);
+    assert.equal(await ports.allocate("d-0"), 31347);
   } finally {
     await close(busy);
   }
