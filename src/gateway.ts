@@ -379,6 +379,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         proxy.closeAllConnections();
         adminServer.closeAllConnections();
         closeTunnels();
+        // What was cut records itself as its socket closes, a moment later: wait for that (briefly), or the store
+        // would be closed first and those exposures lost.
+        const recordedBy = Date.now() + 1000;
+        while (inFlight() > 0 && Date.now() < recordedBy) await new Promise((r) => setTimeout(r, 5));
         throttledLog.flush();
         await cleanup();
         log.info("stopped");

@@ -370,6 +370,47 @@ test("an answer still coming at the drain deadline is cut with a reset, so an HT
   await gw.close();
 });
 
+test("requests and handshakes still waiting at the drain deadline are drained first, then cut, and each is recorded", async () => {
+  const { createServer, connect } = await import("node:net");
+  // A replica that reads requests and never answers.
+  const held = new Set<import("node:net").Socket>();
+  const replica = createServer((s) => {
+    held.add(s);
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }], limits: { responseTimeoutMs: 60_000 } }, { drainTimeoutMs: 300 });
+  const u = new URL(gw.proxyUrl);
+  const send = (text: string) => {
+    const c = connect(Number(u.port), u.hostname);
+    c.on("error", () => {});
+    c.write(text);
+    return c;
+  };
+  const clients = [
+    send("GET /slow HTTP/1.1\r\nhost: x\r\nx-user-id: plain\r\n\r\n"),
+    send("GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: socket\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+  ];
+  const deadline = Date.now() + 5_000;
+  while (held.size < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(held.size, 2, "both reached the replica");
+  const t0 = Date.now();
+  await gw.stop();
+  assert.ok(Date.now() - t0 >= 250, `the handshake was waited for too (stop took ${Date.now() - t0} ms)`);
+  for (const c of clients) c.destroy();
+  for (const s of held) s.destroy();
+  replica.close();
+  const { default: Database } = await import("better-sqlite3");
+  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
+  const rows = db.prepare("SELECT unit, status FROM exposures ORDER BY unit").all();
+  db.close();
+  await gw.close();
+  assert.deepEqual(rows, [
+    { unit: "plain", status: 499 },
+    { unit: "socket", status: 499 },
+  ]);
+});
+
 test("a closed stdout (abgate up | head -1) does not crash abgate: it serves on and drains on SIGTERM", async () => {
   const { spawn } = await import("node:child_process");
   const { CLI } = await import("./helpers/cli.ts");

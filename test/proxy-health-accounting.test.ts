@@ -305,6 +305,9 @@ test("an upgrade that no replica of its variant takes goes to the fallback varia
     const head = await upgrade(gw.proxyUrl, "u1", true);
     assert.match(head, /^HTTP\/1\.1 101/);
     assert.match(head, /\r\nx-abgate-variant: control\r\n/);
+    // counted where plain requests are (the view's live counts, by served variant)
+    const view = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { counts: { requests: number } };
+    assert.equal(view.counts.requests, 1);
   } finally {
     await gw.stop();
     live.close();

@@ -809,9 +809,17 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const assigned = forced ? force : ctx.strategy.assign(unit, given === undefined);
   let served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
   let replica = ctx.balancer.pick(served);
+  // In flight from here until its answer (or failure) is recorded, as a plain request is: a stop drains it, and a
+  // stop that cuts it still records it. (A tunnel, once switched, is not: it may last for hours.)
+  ctx.counters.inFlight++;
+  let recorded = false;
   const record = (status: number) => {
+    if (recorded) return;
+    recorded = true;
+    ctx.counters.inFlight--;
     const latencyMs = performance.now() - startMs;
     ctx.metrics.request(served, status, latencyMs);
+    ctx.live.record(served, latencyMs, status >= 500);
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
   /** the connection to the replica that has the handshake now */
@@ -992,7 +1000,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       if (settled) return;
       // Not connected: nothing was sent, so another replica may take the handshake (the SPEC's rule for requests).
       if (!connected && retried(err.message)) return;
-      reject("connect", `upgrade to ${target.id} failed: ${err.message}`);
+      reject(connected ? "reset" : "connect", `upgrade to ${target.id} failed: ${err.message}`);
     });
     // A replica that closes before its answer's head is complete failed the handshake: a 502 and an exposure, as a
     // plain request gets, not a client cut off without a status. (Once rejected, the client's 502 is on its way: it
