@@ -5,7 +5,7 @@ import { ManualClock } from "../clock.ts";
 import type { HealthConfig } from "../config/index.ts";
 import type { Endpoint } from "../engines/types.ts";
 import type { ProbeResult } from "./probe.ts";
-import { HealthTracker, STARTING_INTERVAL_MS, type HealthChange } from "./tracker.ts";
+import { HealthTracker, NEVER_HEALTHY_INTERVAL_MS, STARTING_INTERVAL_MS, type HealthChange } from "./tracker.ts";
 
 const HEALTH: HealthConfig = { path: "/health", intervalMs: 1000, timeoutMs: 300, rise: 2, fall: 3 };
 
@@ -71,27 +71,39 @@ describe("HealthTracker: active checks", () => {
     ]);
   });
 
-  test("never healthy yet: failed checks leave it unknown (no traffic) until `fall` of them; then `rise` good ones are needed", async () => {
-    const { tracker, answers, advance, changes } = setup();
+  test("never healthy yet: failed checks leave it unknown (no traffic) until `fall` of them; called unhealthy, it is still up at its first pass; once it was healthy, `rise` good ones are needed", async () => {
+    const { tracker, answers, advance, changes, calls } = setup();
+    const slow = { ...HEALTH, intervalMs: 10_000 };
     answers.set("control-0", false);
-    tracker.setEndpoints([ep("control-0")], { control: HEALTH });
+    tracker.setEndpoints([ep("control-0")], { control: slow });
     await tick();
     assert.equal(tracker.state("control-0"), "unknown", "a replica still starting is not called down");
     assert.equal(tracker.isHealthy("control-0"), false);
-    await advance(1000);
+    await advance(19_000);
     assert.equal(tracker.state("control-0"), "unknown");
     await advance(1000);
-    assert.equal(tracker.state("control-0"), "unhealthy", "fall=3 failures in a row");
+    assert.equal(tracker.state("control-0"), "unhealthy", "fall=3 failures as far apart as checks at intervalMs");
     assert.deepEqual(changes.map((c) => c.to), ["unknown", "unhealthy"]);
+    // Still starting (never passed): checked every NEVER_HEALTHY_INTERVAL_MS, and up at its first pass.
+    const before = calls.length;
+    await advance(3 * NEVER_HEALTHY_INTERVAL_MS);
+    assert.equal(calls.length, before + 3);
     answers.set("control-0", true);
-    await advance(1000);
+    await advance(NEVER_HEALTHY_INTERVAL_MS);
+    assert.equal(tracker.state("control-0"), "healthy", "its first pass");
+    // Healthy once: from now on the usual rules, at intervalMs.
+    answers.set("control-0", false);
+    await advance(30_000);
+    assert.equal(tracker.state("control-0"), "unhealthy");
+    answers.set("control-0", true);
+    await advance(10_000);
     assert.equal(tracker.state("control-0"), "unhealthy", "one success of rise=2");
     answers.set("control-0", false);
-    await advance(1000);
+    await advance(10_000);
     answers.set("control-0", true);
-    await advance(1000);
+    await advance(10_000);
     assert.equal(tracker.state("control-0"), "unhealthy", "the streak was broken");
-    await advance(1000);
+    await advance(10_000);
     assert.equal(tracker.state("control-0"), "healthy");
   });
 

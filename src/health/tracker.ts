@@ -72,6 +72,12 @@ type ActiveState = "healthy" | "unhealthy" | "unknown";
  * failures span the `fall` checks at `intervalMs` that would have said so.
  */
 export const STARTING_INTERVAL_MS = 200;
+/**
+ * How often one that was called unhealthy before it ever passed (still starting after `fall` checks: a model that
+ * loads for a minute) is checked, when `intervalMs` is longer; it too is up at its first pass, not after `rise` at
+ * `intervalMs` (16.9 s after it answered, with intervalMs 10000 and rise 2).
+ */
+export const NEVER_HEALTHY_INTERVAL_MS = 1000;
 
 interface Entry {
   endpoint: Endpoint;
@@ -86,6 +92,8 @@ interface Entry {
   lastCountedEndMs: number;
   /** clock time the check in flight (or the last one) started */
   checkStartMs: number;
+  /** it has passed a check (or has no checks): until then it is starting, and up at its first pass */
+  everHealthy: boolean;
   /** consecutive active results of the current kind */
   successes: number;
   failures: number;
@@ -270,6 +278,7 @@ export class HealthTracker {
       startFailures: 0,
       lastCountedEndMs: 0,
       checkStartMs: 0,
+      everHealthy: !config,
       successes: 0,
       failures: 0,
       passiveFailures: 0,
@@ -318,7 +327,11 @@ export class HealthTracker {
           entry.checkTimer = null;
           this.#check(entry);
         },
-        entry.active === "unknown" ? Math.min(config.intervalMs, STARTING_INTERVAL_MS) : config.intervalMs,
+        entry.active === "unknown"
+          ? Math.min(config.intervalMs, STARTING_INTERVAL_MS)
+          : entry.everHealthy
+            ? config.intervalMs
+            : Math.min(config.intervalMs, NEVER_HEALTHY_INTERVAL_MS),
       );
     };
     entry.checkTimer = this.#clock.setTimeout(() => finish({ ok: false, error: `timeout after ${config.timeoutMs} ms` }), config.timeoutMs);
@@ -360,13 +373,14 @@ export class HealthTracker {
         if (entry.startFailures >= config.fall) this.#setActive(entry, "unhealthy");
       }
     }
-    else if (entry.active === "unhealthy" && entry.successes >= config.rise) this.#setActive(entry, "healthy");
+    else if (entry.active === "unhealthy" && (entry.successes >= config.rise || (result.ok && !entry.everHealthy))) this.#setActive(entry, "healthy");
     else if (entry.active === "healthy" && entry.failures >= config.fall) this.#setActive(entry, "unhealthy");
   }
 
   #setActive(entry: Entry, active: ActiveState): void {
     if (entry.active === active) return;
     entry.active = active;
+    if (active === "healthy") entry.everHealthy = true;
     this.#update(entry);
   }
 
