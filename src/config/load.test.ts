@@ -306,3 +306,9 @@ test("YAML problems say which: an alias without anchor, one document only, nesti
   assert.deepEqual(issues(`${base}---\nfoo: 1\n`), ["line 6: a config is one YAML document: this is the start of a second one (---)"]);
   assert.deepEqual(issues(`${base}x-deep: ${"[".repeat(5000)}${"]".repeat(5000)}\n`), ["line 6: the YAML is nested too deeply"]);
 });
+
+test("env and buildArgs values may be written as numbers or booleans, as docker compose takes them", () => {
+  const c = parseConfig(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { WORKERS: 4, DEBUG: true, RATIO: 0.5 }"), "/tmp", {});
+  assert.deepEqual(c.variants[0]!.env, { WORKERS: "4", DEBUG: "true", RATIO: "0.5" });
+  assert.match(issues(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { A: [1] }")).join(), /^variants\[0\]\.env\.A:/);
+});

@@ -26,6 +26,9 @@ export const healthSchema = z.strictObject({
   fall: z.number().int().min(1).default(3),
 });
 
+/** An env or build-arg value: text, or a number or boolean written as one (`WORKERS: 4`), as docker compose takes. */
+const scalarText = z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v));
+
 export const variantSchema = z
   .strictObject({
     name: metricName,
@@ -37,12 +40,12 @@ export const variantSchema = z
     cwd: z.string().optional(),
     url: z.url().optional(),
     urls: z.array(z.url()).min(1).optional(),
-    buildArgs: z.record(z.string(), z.string()).default({}),
+    buildArgs: z.record(z.string(), scalarText).default({}),
     // (a name with '=' would set another variable than it says; NUL cannot be passed to a process at all)
     env: z
       .record(
         z.string().regex(/^[^=\0]+$/, "an environment variable name: not empty, without '=' or NUL"),
-        z.string().regex(/^[^\0]*$/, "a value without NUL characters"),
+        scalarText.pipe(z.string().regex(/^[^\0]*$/, "a value without NUL characters")),
       )
       .default({}),
     replicas: z.number().int().min(1).max(64).default(1),
