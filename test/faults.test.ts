@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { createServer } from "node:http";
 import { startBackend } from "./helpers/backends.ts";
-import { admin, testGateway } from "./helpers/gateway.ts";
+import { admin, selectFromStore, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
 /**
@@ -159,10 +159,7 @@ test("a request the variant's replica got and dropped is that variant's 502, not
     await control.close();
     crashy.close();
   }
-  const { default: Database } = await import("better-sqlite3");
-  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
-  const rows = db.prepare("SELECT assigned, served, status FROM exposures ORDER BY ts").all();
-  db.close();
+  const rows = selectFromStore(gw, "SELECT assigned, served, status FROM exposures ORDER BY ts");
   assert.deepEqual(rows, [
     { assigned: "treatment", served: "treatment", status: 200 },
     { assigned: "treatment", served: "treatment", status: 502 },
@@ -227,10 +224,7 @@ test("a replica that dies mid-response: the client's connection is cut, not left
     srv.close();
   }
   // recorded as the failure it was, for the error rate, not as the 200 it began with
-  const { default: Database } = await import("better-sqlite3");
-  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
-  assert.deepEqual(db.prepare("SELECT status FROM exposures").all(), [{ status: 502 }]);
-  db.close();
+  assert.deepEqual(selectFromStore(gw, "SELECT status FROM exposures"), [{ status: 502 }]);
   await gw.close();
 });
 

@@ -8,7 +8,7 @@ import { runCli, startCli } from "./helpers/cli.ts";
 import { openStore } from "../src/store/index.ts";
 import { SqliteStore } from "../src/store/sqlite/index.ts";
 import type { OutcomeEvent } from "../src/store/types.ts";
-import { admin, testGateway } from "./helpers/gateway.ts";
+import { admin, selectFromStore, testGateway } from "./helpers/gateway.ts";
 
 function writeConfig(dir: string, body: string): string {
   const file = join(dir, "abgate.yaml");
@@ -400,10 +400,7 @@ test("requests and handshakes still waiting at the drain deadline are drained fi
   for (const c of clients) c.destroy();
   for (const s of held) s.destroy();
   replica.close();
-  const { default: Database } = await import("better-sqlite3");
-  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
-  const rows = db.prepare("SELECT unit, status FROM exposures ORDER BY unit").all();
-  db.close();
+  const rows = selectFromStore(gw, "SELECT unit, status FROM exposures ORDER BY unit");
   await gw.close();
   assert.deepEqual(rows, [
     { unit: "plain", status: 499 },

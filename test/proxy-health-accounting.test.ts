@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { connect, createServer as createTcpServer } from "node:net";
 import { startUnacceptingListener } from "./helpers/backends.ts";
-import { testGateway } from "./helpers/gateway.ts";
+import { selectFromStore, testGateway } from "./helpers/gateway.ts";
 
 /** A free port on 127.0.0.1: listened on, then closed, so that connecting to it is refused until it is reused. */
 function freePort(): Promise<number> {
@@ -312,10 +312,7 @@ test("an upgrade that no replica of its variant takes goes to the fallback varia
     await gw.stop();
     live.close();
   }
-  const { default: Database } = await import("better-sqlite3");
-  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
-  const rows = db.prepare("SELECT assigned, served, replica, status FROM exposures").all();
-  db.close();
+  const rows = selectFromStore(gw, "SELECT assigned, served, replica, status FROM exposures");
   await gw.close();
   assert.deepEqual(rows, [{ assigned: "treatment", served: "control", replica: "control-0", status: 101 }]);
 });

@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from "node:fs";
+import Database from "better-sqlite3";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { validateConfig, type Config } from "../../src/config/index.ts";
@@ -6,6 +7,16 @@ import { startGateway, type Gateway, type GatewayOptions } from "../../src/gatew
 import { silentLogger } from "../../src/log/index.ts";
 
 export const TOKEN = "test-admin-token";
+
+/** What `sql` selects from a (stopped) test gateway's SQLite store, such as rows of its `exposures` view. */
+export function selectFromStore(gw: { config: Config }, sql: string): unknown[] {
+  const db = new Database(gw.config.store.slice("sqlite:".length), { readonly: true });
+  try {
+    return db.prepare(sql).all();
+  } finally {
+    db.close();
+  }
+}
 
 /** A config for tests: loopback, port 0 everywhere, a SQLite file in a fresh temp dir. */
 export function testConfig(overrides: Record<string, unknown>): { config: Config; dir: string } {
