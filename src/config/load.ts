@@ -277,6 +277,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   // below, in linear time, and named.
   const doc = parseDocument(marked, { prettyErrors: true, merge: true, uniqueKeys: false });
   if (doc.errors.length) {
+    const said = new Set<string>();
     throw new ConfigError(
       doc.errors.map((e) => {
         const line = e.linePos?.[0].line;
@@ -289,9 +290,18 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
           .replace(/^Source contains multiple documents.*/, "a config is one YAML document: this is the start of a second one (---)")
           .replace(/^Maximum call stack size exceeded$/, "the YAML is nested too deeply");
         return { path: `line ${line ?? "?"}`, message: what };
-      }).filter((issue, i, all) => all.findIndex((o) => o.path === issue.path && o.message === issue.message) === i),
+      }).filter((issue) => {
+        // (nesting too deep says so once per level: one line of each is enough)
+        const key = `${issue.path}\n${issue.message}`;
+        if (said.has(key)) return false;
+        said.add(key);
+        return true;
+      }),
     );
   }
+  const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
+  /** a scalar's text with its placeholders replaced by what they stand for */
+  const expanded = (text: string) => text.replace(placeholder, (_, i: string) => values[Number(i)]!.text);
   const lineOf = (node: { range?: [number, number, number] | null }) => (node.range ? `line ${marked.slice(0, node.range[0]).split("\n").length}` : "(root)");
   const duplicates: { path: string; message: string }[] = [];
   visit(doc, {
@@ -301,7 +311,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
         const key = isScalar(pair.key) ? pair.key.value : undefined;
         if ((typeof key !== "string" && typeof key !== "number") || key === "<<") continue;
         // (compared as they expand: `${K1}` and `${K2}` are two keys unless both variables hold the same name)
-        const text = String(key).replace(new RegExp(`${tag}(\\d+)x`, "g"), (_, i: string) => values[Number(i)]!.text);
+        const text = expanded(String(key));
         if (seen.has(text)) duplicates.push({ path: lineOf(pair.key as Scalar), message: `duplicate key ${JSON.stringify(text)} (a key may appear once in a mapping)` });
         seen.add(text);
       }
@@ -312,45 +322,41 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   const unset = new Set<string>();
   /** references in values that cannot be expanded: a `?` one whose variable is missing, a form abgate does not read */
   const refused: { path: string; message: string }[] = [];
-  {
-    const placeholder = new RegExp(`${tag}(\\d+)x`, "g");
-    const whole = new RegExp(`^${tag}(\\d+)x$`);
-    visit(doc, {
-      Scalar(key, node, path) {
-        if (typeof node.value !== "string") return;
-        // What is left of a `${` once every reference and escape is a placeholder is a form this does not expand
-        // (`${A:+x}`, `${A:-${B}}`, `${not a name}`): kept as text, a token or a salt would silently be that text.
-        const left = /(?:^|[^$])(\$\{)/d.exec(node.value);
-        if (left !== null) {
-          // (only `${` and the name after it: the value may be a token written into the file)
-          const from = left.indices![1]![0];
-          const shown = /^\$\{[A-Za-z0-9_]{0,40}/.exec(node.value.slice(from))![0];
-          refused.push({
-            path: lineOf(node),
-            message: `${JSON.stringify(shown)}... is not a reference abgate expands: write \${NAME}, \${NAME:-default}, \${NAME-default}, \${NAME:?message} or \${NAME?message} (NAME: letters, digits and _, no nesting), or $\${ for a literal \${`,
-          });
-          return;
-        }
-        if (!node.value.includes(tag)) return;
-        // (only references in the document's values count, not those in comments; and not the tokens', whose
-        // unset variable is the documented way to have one generated, or none)
-        const parent = path[path.length - 1];
-        const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
-        if (field !== "token" && field !== "ingestToken") {
-          for (const [, i] of node.value.matchAll(placeholder)) if (values[Number(i)]!.unset) unset.add(values[Number(i)]!.name!);
-        }
-        for (const [, i] of node.value.matchAll(placeholder)) {
-          const error = values[Number(i)]!.error;
-          if (error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: error });
-        }
-        const only = whole.exec(node.value);
-        const value = only !== null ? values[Number(only[1])]! : undefined;
-        if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
-          node.value = new EnvValue(value.text, value.name);
-        } else node.value = node.value.replace(placeholder, (_, i: string) => values[Number(i)]!.text);
-      },
-    });
-  }
+  const whole = new RegExp(`^${tag}(\\d+)x$`);
+  visit(doc, {
+    Scalar(key, node, path) {
+      if (typeof node.value !== "string") return;
+      // What is left of a `${` once every reference and escape is a placeholder is a form this does not expand
+      // (`${A:+x}`, `${A:-${B}}`, `${not a name}`): kept as text, a token or a salt would silently be that text.
+      const left = /(?:^|[^$])(\$\{)/d.exec(node.value);
+      if (left !== null) {
+        // (only `${` and the name after it: the value may be a token written into the file)
+        const from = left.indices![1]![0];
+        const shown = /^\$\{[A-Za-z0-9_]{0,40}/.exec(node.value.slice(from))![0];
+        refused.push({
+          path: lineOf(node),
+          message: `${JSON.stringify(shown)}... is not a reference abgate expands: write \${NAME}, \${NAME:-default}, \${NAME-default}, \${NAME:?message} or \${NAME?message} (NAME: letters, digits and _, no nesting), or $\${ for a literal \${`,
+        });
+        return;
+      }
+      if (!node.value.includes(tag)) return;
+      // (only references in the document's values count, not those in comments; and not the tokens', whose
+      // unset variable is the documented way to have one generated, or none)
+      const parent = path[path.length - 1];
+      const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
+      const counted = field !== "token" && field !== "ingestToken";
+      for (const [, i] of node.value.matchAll(placeholder)) {
+        const v = values[Number(i)]!;
+        if (v.unset && counted) unset.add(v.name!);
+        if (v.error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: v.error });
+      }
+      const only = whole.exec(node.value);
+      const value = only !== null ? values[Number(only[1])]! : undefined;
+      if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
+        node.value = new EnvValue(value.text, value.name);
+      } else node.value = expanded(node.value);
+    },
+  });
   if (refused.length > 0) throw new ConfigError(refused);
   for (const name of unset) warnUnset?.(name);
   const envPaths = new Map<string, string>();
