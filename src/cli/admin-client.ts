@@ -1,6 +1,6 @@
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
-import type { Config } from "../config/index.ts";
+import { SENDABLE_TOKEN, type Config } from "../config/index.ts";
 import { AbgateError, InvalidArgumentError } from "../errors.ts";
 
 export interface AdminTarget {
@@ -18,7 +18,7 @@ export function adminTarget(config: Config | undefined, opts: { admin?: string; 
   // read it; what is left must be sendable in a header.
   const [from, given] = opts.token ? ["--token", opts.token] : env.ABGATE_ADMIN_TOKEN ? ["ABGATE_ADMIN_TOKEN", env.ABGATE_ADMIN_TOKEN] : ["admin.token", config?.admin.token ?? ""];
   const token = given.trim();
-  if (!/^[\x21-\x7e]*$/.test(token)) throw new InvalidArgumentError(`the admin token (${from}) has spaces or characters that are not ASCII inside it, which cannot be sent in an HTTP header`);
+  if (!SENDABLE_TOKEN.test(token)) throw new InvalidArgumentError(`the admin token (${from}) has spaces or characters that are not ASCII inside it, which cannot be sent in an HTTP header`);
   return { adminUrl, token: token || undefined };
 }
 

@@ -72,13 +72,15 @@ export const metricSchema = z.discriminatedUnion("kind", [
 
 /**
  * What a client can send after `Bearer `: visible ASCII. A token with a space inside, or non-ASCII, was accepted and
- * could never be matched (clients cannot send non-ASCII in a header); one around it is dropped.
+ * could never be matched (clients cannot send non-ASCII in a header); one around it is dropped. The CLI checks the
+ * token it sends with the same pattern.
  */
+export const SENDABLE_TOKEN = /^[\x21-\x7e]*$/;
 const bearerToken = z
   .string()
   // (spaces and line ends around it, as a secret file's last newline, are never sent: a client's header loses them)
   .trim()
-  .regex(/^([\x21-\x7e]+)?$/, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
+  .regex(SENDABLE_TOKEN, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
 
 export const configSchema = z.strictObject({
   experiment: name,
