@@ -279,19 +279,17 @@ export class ProcessEngine implements Engine {
     r.lastExit = r.spawnError
       ? `could not start: ${r.spawnError.message}`
       : `${signal ? `killed by ${signal}` : `exited with code ${code}`} after ${(ranMs / 1000).toFixed(1)} s`;
-    r.lastExitOutput = r.runLines > 0 ? r.tail.at(-1) : undefined;
+    // What this run said last is usually why (a stack trace's message, "cannot load weights"); not an earlier run's.
+    const runTail = r.runLines === 0 ? [] : r.tail.slice(-Math.min(3, r.runLines));
+    r.lastExitOutput = runTail.at(-1);
     if (ranMs >= this.#opts.stableAfterMs) r.restarts = 0;
     r.restarts++;
     const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
     if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping; last output:\n${r.tail.join("\n")}`, fields);
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
-    else {
-      // What it said last is usually why (a stack trace's message, "cannot load weights"): a replica that crashes
-      // now and then never reaches the crash-loop line that shows its output.
-      const last = r.runLines === 0 ? [] : r.tail.slice(-Math.min(3, r.runLines));
-      this.#log("warn", `replica ${id} ${r.lastExit}${last.length ? `; last output:\n${last.join("\n")}` : " (no output)"}`, fields);
-    }
+    // (with its own output: a replica that crashes now and then never reaches the crash-loop line that shows it)
+    else this.#log("warn", `replica ${id} ${r.lastExit}${runTail.length ? `; last output:\n${runTail.join("\n")}` : " (no output)"}`, fields);
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
       if (this.#stopping) return;

@@ -49,6 +49,9 @@ for g in $groups; do kill -KILL -$g 2>/dev/null; done
  */
 export const REGISTER_AND_EXEC = `trap '' PIPE; printf '+%s\\n' "$$" >&3 2>/dev/null; trap - PIPE; exec 3>&-; exec "$@"`;
 
+/** How many times a reaper that died is replaced before abgate gives up on it (something keeps killing it). */
+export const MAX_REAPER_RESTARTS = 3;
+
 /**
  * Keeps a process engine's replicas from outliving abgate. They run in process groups of their own (so that a stop
  * reaches what their command starts), which also means nothing stops them when abgate is killed without its exit
@@ -66,9 +69,6 @@ export const REGISTER_AND_EXEC = `trap '' PIPE; printf '+%s\\n' "$$" >&3 2>/dev/
  * unrelated process can only be signalled in the moment between a group's last process being reaped and its id's
  * removal reaching the reaper.
  */
-/** How many times a reaper that died is replaced before abgate gives up on it (something keeps killing it). */
-export const MAX_REAPER_RESTARTS = 3;
-
 export class ProcessReaper {
   readonly #log: (msg: string) => void;
   readonly #graceTenths: number;
