@@ -113,8 +113,8 @@ interface Entry {
  * and passive outlier ejection (Envoy's consecutive_5xx: after `ejectAfterFailures` consecutive failures the
  * endpoint is out for `ejectionMs`, then returns to whatever its active state is).
  *
- * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished (a
- * replica never healthy yet: STARTING_INTERVAL_MS after, when that is shorter), and
+ * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished (sooner
+ * for a replica never healthy yet: see nextCheckInMs), and
  * a check that has not answered after `timeoutMs` (clock time) counts as failed even if the probe never settles.
  * `isHealthy` is a single map lookup, for the proxy's hot path.
  */
@@ -322,17 +322,10 @@ export class HealthTracker {
       done = true;
       entry.checkTimer?.cancel();
       this.#record(entry, result);
-      entry.checkTimer = this.#clock.setTimeout(
-        () => {
-          entry.checkTimer = null;
-          this.#check(entry);
-        },
-        entry.active === "unknown"
-          ? Math.min(config.intervalMs, STARTING_INTERVAL_MS)
-          : entry.everHealthy
-            ? config.intervalMs
-            : Math.min(config.intervalMs, NEVER_HEALTHY_INTERVAL_MS),
-      );
+      entry.checkTimer = this.#clock.setTimeout(() => {
+        entry.checkTimer = null;
+        this.#check(entry);
+      }, nextCheckInMs(entry, config));
     };
     entry.checkTimer = this.#clock.setTimeout(() => finish({ ok: false, error: `timeout after ${config.timeoutMs} ms` }), config.timeoutMs);
     let pending: Promise<boolean | ProbeResult>;
@@ -411,6 +404,12 @@ export class HealthTracker {
       }
     }
   }
+}
+
+/** When the next check is due after one finished: sooner for a replica that has never passed one (it is starting). */
+function nextCheckInMs(entry: Entry, config: CheckConfig): number {
+  if (entry.everHealthy) return config.intervalMs;
+  return Math.min(config.intervalMs, entry.active === "unknown" ? STARTING_INTERVAL_MS : NEVER_HEALTHY_INTERVAL_MS);
 }
 
 function sameConfig(a: CheckConfig | undefined, b: CheckConfig | undefined): boolean {
