@@ -33,6 +33,14 @@ export interface ProxyContext {
   counters: { inFlight: number };
 }
 
+/**
+ * The end of every head abgate forwards to a replica, a request's or a handshake's: what it tells the replica of the
+ * request (its id, the variant serving it, its unit), and the blank line.
+ */
+function forwardedFields(requestId: string, variant: string, unit: string): string {
+  return `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
+}
+
 /** The variant that serves in place of `variant` (the config's `fallback`), if it is another one and has a healthy replica. */
 function fallbackFor(ctx: ProxyContext, variant: string): string | undefined {
   const fb = ctx.config.fallback;
@@ -308,7 +316,7 @@ class Exchange implements UpstreamSink, ClientExchange {
 
   buildHead(replica?: Replica): string {
     const host = this.hostMissing && replica !== undefined ? `host: ${replica.pool.address}\r\n` : "";
-    return `${this.baseHead}${host}x-abgate-request-id: ${this.requestId}\r\nx-abgate-variant: ${this.served}\r\nx-abgate-unit: ${encodeURIComponent(this.unit)}\r\n\r\n`;
+    return `${this.baseHead}${host}${forwardedFields(this.requestId, this.served, this.unit)}`;
   }
 
   dispatch(): void {
@@ -854,8 +862,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   // The forwarded head is a plain request's (hop-by-hop headers dropped, x-forwarded-* set), with back the two
   // headers that are the point of the request.
   const upgradeTo = headerValue(req.headers, "upgrade") ?? "websocket";
-  const headFor = (variant: string) =>
-    `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\nx-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
+  const headFor = (variant: string) => `${scan.baseHead}connection: upgrade\r\nupgrade: ${upgradeTo}\r\n${forwardedFields(requestId, variant, unit)}`;
   let head = headFor(served);
   /** replicas of the serving variant whose connection failed before the handshake was sent */
   const tried: Replica[] = [];
