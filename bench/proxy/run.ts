@@ -15,7 +15,8 @@
  *   BENCH_WARMUP     seconds of discarded load before each measurement (default 1)
  *   BENCH_PROXIES    comma list, default "haproxy,nginx,fastify,abgate,abgate-nolog"
  *   BENCH_CONNECTIONS wrk connections (default 64)
- *   BENCH_BACKEND_CORE core for the backend nginx (default: unpinned)
+ *   BENCH_BACKEND_CORE core for the backend nginx (default 1, wrk's core; "none": left to the scheduler, which then
+ *                    often runs it on core 0 beside the proxy being measured)
  *   BENCH_DELAY_MS   latency mode (bench/proxy/latency.sh): each wrk connection waits this many ms after a response,
  *                    so every proxy gets the same moderate rate; prints latency percentiles instead of throughput
  *   BENCH_PAIRS      same-core on/off pairs for the logging cost (default 4; 0: none), BENCH_PAIR_DURATION s each (4),
@@ -40,7 +41,9 @@ const durationS = Math.min(10, Number(process.env.BENCH_DURATION ?? 6));
 const warmupS = Number(process.env.BENCH_WARMUP ?? 1);
 const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 64);
-const backendCore = process.env.BENCH_BACKEND_CORE;
+// On wrk's core by default: left to the scheduler, the backend nginx often woke on core 0 (the proxy's writes wake
+// it there) and took a quarter of the core from the proxy being measured, more in some rounds than in others.
+const backendCore = process.env.BENCH_BACKEND_CORE === "none" ? undefined : Number(process.env.BENCH_BACKEND_CORE ?? 1);
 const proxyNames = (process.env.BENCH_PROXIES ?? "haproxy,nginx,fastify,abgate,abgate-nolog").split(",").map((s) => s.trim()).filter(Boolean);
 const PROXY_CORE = 0;
 const pairs = Math.max(0, Number(process.env.BENCH_PAIRS ?? 4));
@@ -72,6 +75,22 @@ interface Result {
   perCpuSecond?: number;
   /** req/s of every round, in round order */
   rounds?: number[];
+  /** share of wrk's core that was busy (any process) during the measurement: near 1, wrk or the backends may have been the limit */
+  wrkCoreBusy?: number;
+}
+
+/** Busy and total jiffies of one core, from /proc/stat (busy: everything but idle and iowait). */
+function coreTicks(core: number): { busy: number; total: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n").find((l) => l.startsWith(`cpu${core} `));
+  if (!line) return { busy: 0, total: 0 };
+  const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = v.reduce((a, b) => a + b, 0);
+  return { busy: total - v[3]! - v[4]!, total };
+}
+
+function busyShare(before: { busy: number; total: number }, after: { busy: number; total: number }): number | undefined {
+  const total = after.total - before.total;
+  return total > 0 ? (after.busy - before.busy) / total : undefined;
 }
 
 const dir = scratchDir("abgate-bench-proxy-");
@@ -96,7 +115,7 @@ async function startBackends(): Promise<{ urls: string[]; proc: Managed }> {
       ports.map((p) => `  server { listen 127.0.0.1:${p}; location / { return 200 "ok"; } }\n`).join("") +
       `}\n`,
   );
-  const proc = startProcess("nginx", ["-p", dir, "-c", conf], { core: backendCore === undefined ? undefined : Number(backendCore) });
+  const proc = startProcess("nginx", ["-p", dir, "-c", conf], { core: backendCore });
   for (const p of ports) await waitForOk(p, "/", 10_000, {}, proc);
   return { urls: ports.map((p) => `http://127.0.0.1:${p}`), proc };
 }
@@ -252,8 +271,10 @@ async function measure(name: string, backends: string[]): Promise<Result> {
     started = await start(backends);
     const warm = warmupS > 0 ? await wrk(started.port, warmupS) : undefined;
     const cpuBefore = groupCpuSeconds(started.proc.pid);
+    const wrkCoreBefore = coreTicks(WRK_CORE);
     const result = await wrk(started.port, durationS);
     const cpuSeconds = groupCpuSeconds(started.proc.pid) - cpuBefore;
+    result.wrkCoreBusy = busyShare(wrkCoreBefore, coreTicks(WRK_CORE));
     result.cpuShare = cpuSeconds / durationS;
     result.perCpuSecond = result.requests && cpuSeconds > 0 ? result.requests / cpuSeconds : undefined;
     if (started.proc.child.exitCode !== null || started.proc.child.signalCode !== null) {
@@ -277,6 +298,8 @@ interface SameCorePair {
   /** req/s with logging on over req/s with it off, both measured at once */
   rpsRatio?: number;
   perCpuRatio?: number;
+  /** as Result's: two wrk share that core here */
+  wrkCoreBusy?: number;
   error?: string;
 }
 
@@ -290,11 +313,13 @@ async function sameCorePair(backends: string[], onFirst: boolean): Promise<SameC
     // exposures cost a units upsert each) before the measurement as a proxy warmed up alone.
     if (warmupS > 0) await Promise.all([wrk(on.port, 2 * warmupS), wrk(off.port, 2 * warmupS)]);
     const before = [groupCpuSeconds(on.proc.pid), groupCpuSeconds(off.proc.pid)];
+    const wrkCoreBefore = coreTicks(WRK_CORE);
     const [rOn, rOff] = await Promise.all([wrk(on.port, pairDurationS), wrk(off.port, pairDurationS)]);
+    const wrkCoreBusy = busyShare(wrkCoreBefore, coreTicks(WRK_CORE));
     const cpuOn = groupCpuSeconds(on.proc.pid) - before[0]!;
     const cpuOff = groupCpuSeconds(off.proc.pid) - before[1]!;
     if (!rOn.requests || !rOff.requests || !(cpuOn > 0) || !(cpuOff > 0)) return { error: "no requests or no CPU time measured" };
-    return { rpsRatio: rOn.rps! / rOff.rps!, perCpuRatio: rOn.requests / cpuOn / (rOff.requests / cpuOff) };
+    return { rpsRatio: rOn.rps! / rOff.rps!, perCpuRatio: rOn.requests / cpuOn / (rOff.requests / cpuOff), wrkCoreBusy };
   } catch (error) {
     return { error: error instanceof Error ? error.message : String(error) };
   } finally {
@@ -319,7 +344,7 @@ function pad(text: string, width: number, right = false): string {
 async function main(): Promise<void> {
   const wallStart = Date.now();
   const abgateEntry = proxyNames.some((n) => n.startsWith("abgate")) ? abgateBin().note : "-";
-  console.log(`proxy benchmark: ${rounds} round(s), best round shown; proxy on core ${PROXY_CORE}, wrk -t1 -c${connections} ${durationS}s (+${warmupS}s warm-up) on core ${WRK_CORE}, backends nginx ${backendCore === undefined ? "unpinned" : `on core ${backendCore}`}`);
+  console.log(`proxy benchmark: ${rounds} round(s), best round shown; proxy on core ${PROXY_CORE}, wrk -t1 -c${connections} ${durationS}s (+${warmupS}s warm-up) on core ${WRK_CORE}, backends nginx ${backendCore === undefined ? "unpinned (BENCH_BACKEND_CORE=none)" : `on core ${backendCore}`}`);
   console.log(`abgate runs from ${abgateEntry}; node ${process.version}; ${(await run("haproxy", ["-v"])).stdout.split("\n")[0]}`);
   const backends = await startBackends();
   const perProxy = new Map<string, Result[]>(proxyNames.map((n) => [n, []]));
@@ -349,7 +374,7 @@ async function main(): Promise<void> {
         }
         const pair = await sameCorePair(backends.urls, i % 2 === 0);
         sameCore.push(pair);
-        console.log(`  same-core pair ${i + 1}/${pairs}: ${pair.error ? `ERROR ${pair.error.split("\n")[0]}` : `ON/OFF req/s ${fmt(pair.rpsRatio, 3)}, req/CPU-s ${fmt(pair.perCpuRatio, 3)}`}`);
+        console.log(`  same-core pair ${i + 1}/${pairs}: ${pair.error ? `ERROR ${pair.error.split("\n")[0]}` : `ON/OFF req/s ${fmt(pair.rpsRatio, 3)}, req/CPU-s ${fmt(pair.perCpuRatio, 3)}, wrk core busy ${fmt(pair.wrkCoreBusy, 2)}`}`);
       }
     }
   } finally {
@@ -364,17 +389,21 @@ async function main(): Promise<void> {
   });
 
   console.log("");
-  const header = `${pad("proxy", 32)} ${pad("req/s", 9, true)} ${pad("p50 ms", 8, true)} ${pad("p99 ms", 8, true)} ${pad("non-2xx", 8, true)} ${pad("CPU", 5, true)} ${pad("req/CPU-s", 9, true)}  ${pad("req/s each round", 24)} socket errors`;
+  const header = `${pad("proxy", 32)} ${pad("req/s", 9, true)} ${pad("p50 ms", 8, true)} ${pad("p99 ms", 8, true)} ${pad("non-2xx", 8, true)} ${pad("CPU", 5, true)} ${pad("req/CPU-s", 9, true)} ${pad("wrk core", 8, true)}  ${pad("req/s each round", 24)} socket errors`;
   console.log(header);
   console.log("-".repeat(header.length));
   for (const r of results) {
     console.log(
-      `${pad(labels[r.name] ?? r.name, 32)} ${pad(fmt(r.rps, 0), 9, true)} ${pad(fmt(r.p50Ms, 2), 8, true)} ${pad(fmt(r.p99Ms, 2), 8, true)} ${pad(r.non2xx === undefined ? "-" : String(r.non2xx), 8, true)} ${pad(fmt(r.cpuShare, 2), 5, true)} ${pad(fmt(r.perCpuSecond, 0), 9, true)}  ${pad((r.rounds ?? []).map((v) => (Number.isNaN(v) ? "err" : v.toFixed(0))).join(" "), 24)} ${r.socketErrors ?? (r.error ? "" : "none")}`,
+      `${pad(labels[r.name] ?? r.name, 32)} ${pad(fmt(r.rps, 0), 9, true)} ${pad(fmt(r.p50Ms, 2), 8, true)} ${pad(fmt(r.p99Ms, 2), 8, true)} ${pad(r.non2xx === undefined ? "-" : String(r.non2xx), 8, true)} ${pad(fmt(r.cpuShare, 2), 5, true)} ${pad(fmt(r.perCpuSecond, 0), 9, true)} ${pad(fmt(r.wrkCoreBusy, 2), 8, true)}  ${pad((r.rounds ?? []).map((v) => (Number.isNaN(v) ? "err" : v.toFixed(0))).join(" "), 24)} ${r.socketErrors ?? (r.error ? "" : "none")}`,
     );
   }
   for (const r of results.filter((x) => x.exposures !== undefined)) {
     // The warm-up probe before wrk adds one request; wrk's count misses requests in flight when it stops.
     console.log(`${labels[r.name]}: ${r.exposures === -1 ? "exposures table unreadable" : `${r.exposures} exposures stored for ~${r.requestsWithWarmup} requests`} (best round)`);
+  }
+  const saturated = results.filter((r) => r.wrkCoreBusy !== undefined && r.wrkCoreBusy >= 0.97);
+  if (saturated.length > 0) {
+    console.log(`wrk's core (shared with the backends) was busy throughout for ${saturated.map((r) => r.name).join(", ")}: the load side may have limited them, so their req/s are lower bounds`);
   }
   for (const r of results.filter((x) => x.error)) console.log(`\n${r.name} failed: ${r.error}`);
 
