@@ -146,7 +146,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       await engine.start(options.onProgress);
     }
 
-    const health = new HealthTracker({ clock, ejectAfterFailures: config.limits.ejectAfterFailures, ejectionMs: config.limits.ejectionMs, log: engineLog });
+    const health = new HealthTracker({
+      clock,
+      ejectAfterFailures: config.limits.ejectAfterFailures,
+      ejectionMs: config.limits.ejectionMs,
+      maxEjectionMs: config.limits.maxEjectionMs,
+      log: engineLog,
+    });
     cleanups.push(() => health.stop());
     // Replicas abgate starts are always checked, by a TCP connect when their variant names no health path; static
     // endpoints without `health:` exist already, and are left to passive ejection (HAProxy without `check`).
@@ -192,7 +198,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       // The one line per change (the tracker says nothing itself): why, when it is out.
       const out = change.to === "unhealthy" || change.to === "ejected";
       const why = out && change.lastError ? `: ${change.lastError}` : "";
-      const detail = change.to === "ejected" ? ` for ${config.limits.ejectionMs} ms, after ${config.limits.ejectAfterFailures} failed requests in a row` : "";
+      const again = (change.ejections ?? 1) > 1 ? ` (ejection ${change.ejections} in a row: each lasts longer)` : "";
+      const detail = change.to === "ejected" ? ` for ${Math.round(change.ejectionMs ?? 0)} ms${again}, after ${config.limits.ejectAfterFailures} failed requests in a row` : "";
       log[out ? "warn" : "info"]({ replica: change.id, from: change.from, to: change.to, ...(out ? { lastError: change.lastError } : {}) }, `replica ${change.id} is ${change.to}${detail}${why}`);
       reviewVariants();
     });

@@ -227,6 +227,8 @@ test("values that would misbehave at run time are refused by name: long timers, 
   assert.match(one(`${base}limits: { ejectionMs: 3000000000 }\n`), /^limits\.ejectionMs: at most 2147483647/);
   assert.match(one(`${base}strategy: { kind: bandit, updateIntervalMs: 3000000000 }\nmetrics: [{ name: w, kind: conversion, event: w }]\n`), /^strategy\.updateIntervalMs: at most/);
   assert.doesNotThrow(() => parseConfig(`${base}limits: { ejectionMs: 2147483647 }\n`, "/tmp", {}));
+  assert.match(one(`${base}limits: { ejectionMs: 5000, maxEjectionMs: 4000 }\n`), /^limits\.maxEjectionMs: at least limits\.ejectionMs \(5000\)/);
+  assert.equal(parseConfig(`${base}limits: { ejectionMs: 5000, maxEjectionMs: 5000 }\n`, "/tmp", {}).limits.maxEjectionMs, 5000);
   // A cookie or header name that is not a token forges header lines, or is never sent back.
   assert.match(one(`${base}unit: { cookie: "a;b=c" }\n`), /^unit\.cookie: a cookie name:/);
   assert.match(one(`${base}unit: { cookie: "x\\r\\nSet-Cookie: evil=1" }\n`), /^unit\.cookie: a cookie name:/);

@@ -73,6 +73,9 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   if (cfg.network === "bridge" && cfg.engine !== "docker") {
     out.push({ path: "network", message: `host with engine ${cfg.engine} (bridge, with published ports, is for engine docker)` });
   }
+  if (cfg.limits.maxEjectionMs !== undefined && cfg.limits.maxEjectionMs < cfg.limits.ejectionMs) {
+    out.push({ path: "limits.maxEjectionMs", message: `at least limits.ejectionMs (${cfg.limits.ejectionMs}): it bounds how long ejections in a row grow` });
+  }
   const names = new Set<string>();
   cfg.variants.forEach((v: VariantConfig, i) => {
     const at = `variants[${i}]`;

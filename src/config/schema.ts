@@ -139,6 +139,8 @@ export const configSchema = z.strictObject({
       /** passive ejection: consecutive connect errors / 5xx before a replica is taken out */
       ejectAfterFailures: z.number().int().min(1).default(5),
       ejectionMs: timerMs.default(10_000),
+      /** each ejection in a row lasts ejectionMs longer, up to this (default: 300,000 or ejectionMs if longer) */
+      maxEjectionMs: timerMs.optional(),
     })
     .prefault({}),
   variants: z.array(variantSchema).min(1, "at least one variant"),

@@ -30,7 +30,7 @@ function scriptedProbe() {
   return { answers, calls, probe };
 }
 
-function setup(options: { ejectAfterFailures?: number; ejectionMs?: number } = {}) {
+function setup(options: { ejectAfterFailures?: number; ejectionMs?: number; maxEjectionMs?: number } = {}) {
   const clock = new ManualClock(1_000_000);
   const p = scriptedProbe();
   const changes: HealthChange[] = [];
@@ -39,6 +39,7 @@ function setup(options: { ejectAfterFailures?: number; ejectionMs?: number } = {
     probe: p.probe,
     ejectAfterFailures: options.ejectAfterFailures ?? 3,
     ejectionMs: options.ejectionMs ?? 10_000,
+    maxEjectionMs: options.maxEjectionMs,
   });
   tracker.onChange((c) => changes.push(c));
   /**
@@ -297,6 +298,54 @@ describe("HealthTracker: passive ejection", () => {
     assert.equal(tracker.state("control-0"), "ejected");
     await advance(4000);
     assert.equal(tracker.state("control-0"), "unhealthy");
+  });
+
+  test("ejected again soon after it came back, an endpoint stays out ejectionMs longer each time, up to maxEjectionMs; each ejectionMs back takes one off", async () => {
+    const { tracker, changes, advance, clock } = setup({ ejectAfterFailures: 2, ejectionMs: 1000, maxEjectionMs: 3500 });
+    tracker.setEndpoints([ep("control-0")], {});
+    const ejectAndReturn = async (): Promise<number> => {
+      const start = clock.now();
+      tracker.reportFailure("control-0", "answered 500");
+      tracker.reportFailure("control-0", "answered 500");
+      assert.equal(tracker.state("control-0"), "ejected");
+      while (tracker.state("control-0") === "ejected") await advance(100);
+      return clock.now() - start;
+    };
+    // at once after each return: 1, 2, 3 times ejectionMs, then the 3,500 ms bound
+    assert.deepEqual([await ejectAndReturn(), await ejectAndReturn(), await ejectAndReturn(), await ejectAndReturn(), await ejectAndReturn()], [1000, 2000, 3000, 3500, 3500]);
+    const ejections = changes.filter((c) => c.to === "ejected");
+    assert.deepEqual(
+      ejections.map((c) => [c.ejectionMs, c.ejections, c.lastError]),
+      [
+        [1000, 1, "answered 500"],
+        [2000, 2, "answered 500"],
+        [3000, 3, "answered 500"],
+        [3500, 4, "answered 500"],
+        [3500, 4, "answered 500"],
+      ],
+    );
+    // Back for 2.5 ejectionMs: two off the count of 4 (the bound's), so the next lasts 3 × ejectionMs.
+    await advance(2500);
+    assert.equal(await ejectAndReturn(), 3000);
+    // Back for long: the first ejection's length again.
+    await advance(60_000);
+    assert.equal(await ejectAndReturn(), 1000);
+    assert.equal(clock.pendingTimers(), 0);
+    tracker.stop();
+  });
+
+  test("maxEjectionMs defaults to 300,000 ms (Envoy's max_ejection_time), or ejectionMs when that is longer; below ejectionMs it is refused", () => {
+    const { tracker, changes } = setup({ ejectAfterFailures: 1, ejectionMs: 200_000 });
+    tracker.setEndpoints([ep("control-0")], {});
+    tracker.reportFailure("control-0");
+    assert.equal(changes.at(-1)!.ejectionMs, 200_000);
+    tracker.stop();
+    const long = setup({ ejectAfterFailures: 1, ejectionMs: 400_000 });
+    long.tracker.setEndpoints([ep("control-0")], {});
+    long.tracker.reportFailure("control-0");
+    assert.equal(long.changes.at(-1)!.ejectionMs, 400_000);
+    long.tracker.stop();
+    assert.throws(() => setup({ ejectionMs: 1000, maxEjectionMs: 999 }), /maxEjectionMs must be at least ejectionMs \(1000\), got 999/);
   });
 
   test("reports for unknown ids are ignored", () => {

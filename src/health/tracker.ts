@@ -18,7 +18,8 @@ export const CONNECT_CHECK: CheckConfig = { ...healthSchema.parse({}), path: nul
 /**
  * - unknown: has active checks, none has finished yet
  * - healthy / unhealthy: by active checks (rise/fall); always healthy without a health config
- * - ejected: taken out by passive outlier detection for `ejectionMs`, whatever the active checks say
+ * - ejected: taken out by passive outlier detection (for `ejectionMs` times its ejections in a row, at most
+ *   `maxEjectionMs`), whatever the active checks say
  */
 export type HealthState = "healthy" | "unhealthy" | "ejected" | "unknown";
 
@@ -31,6 +32,9 @@ export interface HealthChange {
   to: HealthState | null;
   /** with a change to unhealthy or ejected: why its last failed check or request failed */
   lastError?: string | null;
+  /** with a change to ejected: for how long, and how many ejections in a row this one makes (1: the first) */
+  ejectionMs?: number;
+  ejections?: number;
 }
 
 export interface EndpointHealth {
@@ -57,8 +61,10 @@ export interface HealthTrackerOptions {
   probe?: Probe;
   /** passive ejection after this many consecutive failures (connect errors, 5xx) */
   ejectAfterFailures: number;
-  /** how long an ejected endpoint stays out */
+  /** how long an ejected endpoint stays out the first time; each ejection in a row lasts this much longer */
   ejectionMs: number;
+  /** the longest ejection (default: 300,000 ms or ejectionMs, whichever is longer) */
+  maxEjectionMs?: number;
   log?: HealthLog;
 }
 
@@ -78,6 +84,8 @@ export const STARTING_INTERVAL_MS = 200;
  * `intervalMs` (16.9 s after it answered, with intervalMs 10000 and rise 2).
  */
 export const NEVER_HEALTHY_INTERVAL_MS = 1000;
+/** Envoy's default max_ejection_time. */
+export const DEFAULT_MAX_EJECTION_MS = 300_000;
 
 interface Entry {
   endpoint: Endpoint;
@@ -102,6 +110,9 @@ interface Entry {
   lastError: string | null;
   ejectedUntilMs: number | null;
   ejectionTimer: TimerHandle | null;
+  /** ejections in a row (see reportFailure), and when the last one ended */
+  ejections: number;
+  unejectedAtMs: number;
   /** the next check, or the timeout of the check in flight */
   checkTimer: TimerHandle | null;
   /** bumped whenever a check result must be ignored (endpoint removed or replaced, config changed, stop) */
@@ -111,7 +122,7 @@ interface Entry {
 /**
  * Health of every endpoint: active checks (interval, timeout, rise, fall, as HAProxy's `check inter rise fall`)
  * and passive outlier ejection (Envoy's consecutive_5xx: after `ejectAfterFailures` consecutive failures the
- * endpoint is out for `ejectionMs`, then returns to whatever its active state is).
+ * endpoint is out for a while, then returns to whatever its active state is; see reportFailure for how long).
  *
  * Scheduling runs on the injected clock: the next check is due `intervalMs` after the previous one finished (sooner
  * for a replica never healthy yet: see nextCheckInMs), and
@@ -123,6 +134,7 @@ export class HealthTracker {
   readonly #probe: Probe;
   readonly #ejectAfterFailures: number;
   readonly #ejectionMs: number;
+  readonly #maxEjectionMs: number;
   readonly #log: HealthLog;
   readonly #entries = new Map<string, Entry>();
   /** id -> healthy, kept in step with the entries so that isHealthy does one lookup */
@@ -141,6 +153,10 @@ export class HealthTracker {
     this.#probe = options.probe ?? check;
     this.#ejectAfterFailures = options.ejectAfterFailures;
     this.#ejectionMs = options.ejectionMs;
+    this.#maxEjectionMs = options.maxEjectionMs ?? Math.max(DEFAULT_MAX_EJECTION_MS, options.ejectionMs);
+    if (!(this.#maxEjectionMs >= this.#ejectionMs)) {
+      throw new InvalidArgumentError(`maxEjectionMs must be at least ejectionMs (${this.#ejectionMs}), got ${options.maxEjectionMs}`);
+    }
     this.#log = options.log ?? (() => {});
   }
 
@@ -197,15 +213,28 @@ export class HealthTracker {
     if (entry) entry.passiveFailures = 0;
   }
 
-  /** A request to the endpoint failed (connect error, 5xx); ejects after `ejectAfterFailures` in a row. */
+  /**
+   * A request to the endpoint failed (connect error, 5xx); ejects after `ejectAfterFailures` in a row.
+   *
+   * As Envoy's outlier detection does, an endpoint ejected again soon after it came back stays out longer each time:
+   * `ejectionMs` times its ejections in a row, at most `maxEjectionMs`; the count falls by one for each `ejectionMs`
+   * it has been back since its last ejection. A replica that keeps failing (a model that crashes on every request)
+   * then fails `ejectAfterFailures` users' requests every few minutes, instead of every `ejectionMs`, and the log
+   * says so at that pace.
+   */
   reportFailure(id: string, error = "request failed"): void {
     const entry = this.#entries.get(id);
     if (!entry || this.#stopped) return;
     entry.passiveFailures++;
     entry.lastError = error;
     if (entry.ejectedUntilMs !== null || entry.passiveFailures < this.#ejectAfterFailures) return;
-    entry.ejectedUntilMs = this.#clock.now() + this.#ejectionMs;
-    entry.ejectionTimer = this.#clock.setTimeout(() => this.#uneject(entry), this.#ejectionMs);
+    const now = this.#clock.now();
+    const backFor = Math.floor((now - entry.unejectedAtMs) / this.#ejectionMs);
+    const most = Math.ceil(this.#maxEjectionMs / this.#ejectionMs);
+    entry.ejections = Math.min(most, Math.max(0, entry.ejections - backFor) + 1);
+    const ms = Math.min(this.#ejectionMs * entry.ejections, this.#maxEjectionMs);
+    entry.ejectedUntilMs = now + ms;
+    entry.ejectionTimer = this.#clock.setTimeout(() => this.#uneject(entry), ms);
     this.#update(entry);
   }
 
@@ -286,6 +315,8 @@ export class HealthTracker {
       lastError: null,
       ejectedUntilMs: null,
       ejectionTimer: null,
+      ejections: 0,
+      unejectedAtMs: 0,
       checkTimer: null,
       generation: 0,
     };
@@ -380,6 +411,7 @@ export class HealthTracker {
   #uneject(entry: Entry): void {
     entry.ejectionTimer = null;
     entry.ejectedUntilMs = null;
+    entry.unejectedAtMs = this.#clock.now();
     entry.passiveFailures = 0;
     this.#update(entry);
   }
@@ -392,7 +424,8 @@ export class HealthTracker {
     entry.state = state;
     this.#healthy.set(entry.endpoint.id, state === "healthy");
     const out = state === "unhealthy" || state === "ejected";
-    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, ...(out ? { lastError: entry.lastError } : {}) });
+    const ejection = state === "ejected" ? { ejectionMs: entry.ejectedUntilMs! - this.#clock.now(), ejections: entry.ejections } : {};
+    this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, ...(out ? { lastError: entry.lastError } : {}), ...ejection });
   }
 
   #emit(change: HealthChange): void {
