@@ -134,6 +134,12 @@ test("a variant key another engine reads is refused, naming the engine it is for
   assert.match(statics, /^variants\[0\]\.env: not used by engine static/m);
   // with no single source, the one message lists what was found
   assert.deepEqual(issues("experiment: exp\nengine: process\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n"), ["variants[0]: engine process needs exactly one of command (found url)"]);
+  // command is a list (no shell splits a string); numbers in it are their text, as in env
+  assert.deepEqual(issues(processBase.replace("command: [node, a.js]", "command: node a.js")), [
+    `variants[0].command: a list of the program and its arguments, such as [node, server.js] (a string is not split; for a shell line write [sh, -c, "..."])`,
+  ]);
+  assert.deepEqual(issues(processBase.replace("command: [node, a.js]", "command: []")), ["variants[0].command: a list with the program first, such as [node, server.js]"]);
+  assert.deepEqual(parseConfig(processBase.replace("command: [node, a.js]", "command: [server, --workers, 4, --debug, true]"), "/tmp", {}).variants[0].command, ["server", "--workers", "4", "--debug", "true"]);
 });
 
 test("variants' pinned ports may not overlap each other, nor run past 65535", () => {

@@ -36,7 +36,17 @@ export const variantSchema = z
     build: z.string().min(1).optional(),
     dockerfile: z.string().min(1).optional(),
     image: z.string().min(1).optional(),
-    command: z.array(z.string()).min(1).optional(),
+    // A list, as Kubernetes' command is: abgate runs no shell, so a string would need rules for splitting and quoting.
+    // Numbers and booleans in it are their text, as in env (`[server, --workers, 4]`).
+    command: z
+      .array(scalarText, {
+        error: (issue) =>
+          issue.input === undefined
+            ? undefined
+            : `a list of the program and its arguments, such as [node, server.js] (a string is not split; for a shell line write [sh, -c, "..."])`,
+      })
+      .min(1, "a list with the program first, such as [node, server.js]")
+      .optional(),
     cwd: z.string().optional(),
     url: z.url().optional(),
     urls: z.array(z.url()).min(1).optional(),
