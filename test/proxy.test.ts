@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { request as httpRequest, Agent } from "node:http";
 import { createHash } from "node:crypto";
 import { startBackend, type Backend } from "./helpers/backends.ts";
-import { testGateway } from "./helpers/gateway.ts";
+import { selectFromStore, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
 let a: Backend;
@@ -155,6 +155,31 @@ test("the unit comes from header, query or cookie; a request without one gets a 
   assert.match(cookie, /^abgate_uid=[0-9a-f-]{36}; Path=\/; Max-Age=31536000; SameSite=Lax; HttpOnly$/);
   const id = cookie.slice("abgate_uid=".length, cookie.indexOf(";"));
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], id);
+});
+
+test("a request refused on its head (417, 413 by its content-length) is not assigned: the strategy never sees its unit, and no exposure records it", async () => {
+  const calls: string[] = [];
+  const assign = gw.strategy.assign.bind(gw.strategy);
+  gw.strategy.assign = (unit, madeUp) => {
+    calls.push(unit);
+    return assign(unit, madeUp);
+  };
+  try {
+    const expect = await rawRequest(gw.proxyUrl, "GET /echo HTTP/1.1\r\nhost: x\r\nx-user-id: refused-417\r\nexpect: bogus\r\n\r\n");
+    assert.match(expect, /^HTTP\/1\.1 417 /);
+    const big = await rawRequest(gw.proxyUrl, `POST /upload HTTP/1.1\r\nhost: x\r\nx-user-id: refused-413\r\ncontent-length: ${2 * 1024 * 1024}\r\n\r\n`);
+    assert.match(big, /^HTTP\/1\.1 413 /);
+    for (const answer of [expect, big]) assert.doesNotMatch(answer, /x-abgate-variant/i);
+    await (await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": "served" } })).arrayBuffer();
+    assert.deepEqual(calls, ["served"]);
+    // (the batcher writes within 100 ms; the refused requests came first)
+    const query = "SELECT unit FROM exposures WHERE unit LIKE 'refused-%' OR unit = 'served'";
+    for (let i = 0; i < 100 && selectFromStore(gw, query).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    const rows = selectFromStore(gw, query) as { unit: string }[];
+    assert.deepEqual(rows.map((r) => r.unit), ["served"]);
+  } finally {
+    gw.strategy.assign = assign;
+  }
 });
 
 test("the strategy is told which units the proxy made up (the bandit keeps those apart), for requests and upgrades", async () => {

@@ -269,19 +269,20 @@ class Exchange implements UpstreamSink, ClientExchange {
     }
     const force = forcedVariant(config, scan);
     this.refusal = headRefusal(request, scan, this.unit, force, known);
-    this.forced = force !== undefined;
-    // A refused request is not assigned: the strategy never sees its unit (the bandit remembers the units it
-    // assigns, and a refused one may be 500 characters or a NUL).
-    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit, unit === undefined) : "");
-    this.served = this.assigned;
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
       if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
         this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true, record: false };
       } else if (maxBody !== undefined && cl !== undefined && Number(cl) > maxBody) {
-        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true, record: true };
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true, record: false };
       }
     }
+    this.forced = force !== undefined;
+    // A request refused on its head alone is not assigned, and no exposure records it: no variant sees it. The
+    // strategy never sees its unit either: round-robin would give its turn to nobody, the bandit would remember a
+    // unit that was never exposed (and a refused one may be 500 characters or a NUL).
+    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit, unit === undefined) : "");
+    this.served = this.assigned;
   }
 
   start(): void {
