@@ -343,6 +343,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
     // Bandit: weights follow the posterior of the first (or chosen) conversion metric.
     let banditTimer: TimerHandle | null = null;
+    let banditStopped = false;
     if (strategy.observe) {
       const metric = config.metrics.find((m) => m.name === config.strategy.metric) ?? config.metrics.find((m) => m.kind === "conversion");
       const tick = async () => {
@@ -356,10 +357,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         } catch (err) {
           log.warn({ err }, "bandit update failed");
         }
-        banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
+        // (an update in flight when the gateway stops must not schedule another, on a closed store)
+        if (!banditStopped) banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
       };
-      banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
-      cleanups.push(() => banditTimer?.cancel());
+      // The first update at once: the weights restored from the store are the last run's, and until an update has
+      // counts, a weight change (PUT /v1/weights) can only apply the configured weights.
+      void tick();
+      cleanups.push(() => {
+        banditStopped = true;
+        banditTimer?.cancel();
+      });
     }
 
     log.info({ proxy: proxyUrl, admin: adminUrl, engine: engine.kind, strategy: strategy.kind, weights: strategy.weights() }, "abgate is serving");

@@ -241,3 +241,54 @@ describe("bandit: already-seen units keep their variant", () => {
     assert.equal(s.assign(forgotten!), "control", "and, back with its id, it is among the real users");
   });
 });
+
+describe("bandit: weight changes and new arms", () => {
+  const clearWinner = [
+    { variant: "control", units: 500, conversions: 10 },
+    { variant: "treatment", units: 500, conversions: 100 },
+  ];
+
+  test("after burn-in, a PUT of the weights recomputes from the last counts at once: one that changes nothing keeps the split, a 0 takes the arm out", () => {
+    const s = make({ variants: [{ name: "control", weight: 50 }, { name: "treatment", weight: 50 }, { name: "other", weight: 50 }], burnInUnits: 100, floor: 0.05 });
+    s.observe([...clearWinner, { variant: "other", units: 500, conversions: 10 }]);
+    const before = s.weights();
+    assert.ok(before.treatment! > 0.85, JSON.stringify(before));
+    s.setWeights({ other: 50 });
+    const same = s.weights();
+    assert.ok(same.treatment! > 0.85 && Math.abs(same.control! - before.control!) < 0.01, `a change of nothing moved the split: ${JSON.stringify(same)}`);
+    s.setWeights({ other: 0 });
+    const without = s.weights();
+    assert.equal(without.other, 0);
+    assert.ok(without.treatment! > 0.9 && without.control! >= 0.05, JSON.stringify(without));
+    // The range table follows the weights in force.
+    const owned = (v: string) => s.ranges().filter((r) => r.variant === v).reduce((a, r) => a + r.to - r.from, 0);
+    assert.ok(Math.abs(owned("treatment") - without.treatment!) < 1e-9);
+  });
+
+  test("before any counts, a PUT of the weights applies the configured weights (burn-in)", () => {
+    const s = make({ burnInUnits: 100 });
+    s.setWeights({ control: 3 });
+    assert.deepEqual(s.weights(), { control: 3, treatment: 1 });
+  });
+
+  test("a variant new in the config since the saved state starts at its configured share, not on another scale", () => {
+    const s = make({ burnInUnits: 100, floor: 0.05 });
+    s.observe(clearWinner);
+    const saved = JSON.parse(JSON.stringify(s.snapshot()));
+    const restored = make({
+      variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }, { name: "fourth", weight: 1 }],
+      burnInUnits: 100,
+      floor: 0.05,
+      restore: saved,
+      onWarning: assert.fail,
+    });
+    const w = restored.weights();
+    assert.ok(Math.abs(w.fourth! - 1 / 3) < 1e-9, JSON.stringify(w));
+    // the known arms keep their proportions in the rest
+    assert.ok(Math.abs(w.treatment! / w.control! - saved.weights.treatment / saved.weights.control) < 1e-9);
+    assert.ok(Math.abs(sum(w) - 1) < 1e-9);
+    let fourth = 0;
+    for (let i = 0; i < 3000; i++) if (restored.assign(`new-${i}`) === "fourth") fourth++;
+    assert.ok(Math.abs(fourth / 3000 - 1 / 3) < 0.05, `fourth got ${fourth} of 3000`);
+  });
+});

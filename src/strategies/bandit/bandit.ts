@@ -34,9 +34,16 @@ const MADE_UP_SHARE = 4;
  *   arms get equal shares.
  * - Burn-in: until the active arms have `burnInUnits` units in total, the configured weights stay in force; a
  *   posterior from a handful of units would swing traffic on noise.
- * - Active arms: the variants whose configured weight is > 0. `setWeights` changes the configured weights (and,
- *   at once, the effective ones); setting a variant to 0 takes it out of the bandit for good (promote and rollback
- *   rely on this), any positive value only matters during burn-in.
+ * - Active arms: the variants whose configured weight is > 0. `setWeights` changes the configured weights, and the
+ *   weights in force are recomputed at once from the last counts `observe` saw (before any, they are the configured
+ *   ones): setting a variant to 0 takes it out of the bandit for good (promote and rollback rely on this), any
+ *   positive value only matters during burn-in. (Applying the configured weights until the next update put a
+ *   bandit at 5/95 back to 50/50 for a whole interval on any PUT /v1/weights, even one that changed nothing, and
+ *   gave every new unit of that interval its variant for good.)
+ * - A variant new in the config since the saved state (a new arm) starts, until the next update, with its
+ *   configured share of the active arms' configured weights; the arms known before share the rest as they did. (The
+ *   saved weights in force are shares that sum to 1, the configured ones any numbers: mixed as they were, a new arm
+ *   at weight 50 took 98% of new units.)
  * - A new unit is assigned through the sticky range table (same FNV-1a bucket as `sticky`), which follows the
  *   weights in force. An already-seen unit keeps the variant it was first given while the bandit moves the weights
  *   (GrowthBook's sticky bucketing for bandits): by the range table alone, a shift from 50/50 to 1/99 moved half of
@@ -64,6 +71,8 @@ export class BanditStrategy implements Strategy {
   readonly #configFile: number[];
   readonly #table: RangeTable;
   #probabilities: number[] | undefined;
+  /** the counts of the last `observe`, to recompute the weights when the configured ones change */
+  #lastStats: ArmStats[] | undefined;
   /** units that came with their id (header, query, cookie): the variant each was first given */
   readonly #seen: UnitMemory;
   /** units the proxy made up, until they come back with their id: then they move to `#seen` */
@@ -86,7 +95,7 @@ export class BanditStrategy implements Strategy {
     this.#configured = restore && !edited
       ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
       : weights;
-    const restored = restoreState(names, this.#configured, restore, edited);
+    const restored = restoreState(names, this.#configured, restore && !edited ? withNewArms(names, this.#configured, restore) : restore, edited);
     this.#weights = restored.weights;
     this.#table = restored.table;
     const maxSeenUnits = options.maxSeenUnits ?? DEFAULT_MAX_SEEN_UNITS;
@@ -130,7 +139,8 @@ export class BanditStrategy implements Strategy {
 
   setWeights(weights: Record<string, number>): void {
     this.#configured = mergeWeights(this.#names, this.#configured, weights);
-    this.#apply([...this.#configured]);
+    if (this.#lastStats) this.observe(this.#lastStats);
+    else this.#apply([...this.#configured]);
   }
 
   ranges(): Range[] {
@@ -146,6 +156,7 @@ export class BanditStrategy implements Strategy {
    * count as no data; unknown variants are ignored (a variant removed from the config may still have history).
    */
   observe(stats: ArmStats[]): void {
+    this.#lastStats = stats;
     const units = new Array<number>(this.#names.length).fill(0);
     const conversions = new Array<number>(this.#names.length).fill(0);
     for (const s of stats) {
@@ -192,6 +203,27 @@ export class BanditStrategy implements Strategy {
     this.#weights = weights;
     this.#table.rebalance(shareMap(this.#names, weights));
   }
+}
+
+/**
+ * A snapshot whose weights in force also cover the active variants it does not name (new in the config): each gets
+ * its configured weight's share of all active configured weights, and the variants the snapshot names share the
+ * rest in proportion to their saved weights. Without new active variants, or without saved weight to scale, the
+ * snapshot as it is.
+ */
+function withNewArms(names: readonly string[], configured: readonly number[], restore: StrategyState): StrategyState {
+  const saved = restore.weights;
+  const isNew = names.map((name, i) => configured[i]! > 0 && !Object.hasOwn(saved, name));
+  const activeTotal = configured.reduce((sum, w) => sum + (w > 0 ? w : 0), 0);
+  const newShare = names.reduce((sum, _, i) => sum + (isNew[i] ? configured[i]! / activeTotal : 0), 0);
+  const knownTotal = names.reduce((sum, name, i) => sum + (isNew[i] || !Object.hasOwn(saved, name) ? 0 : Math.max(0, Number(saved[name]) || 0)), 0);
+  if (newShare === 0 || !(knownTotal > 0)) return restore;
+  const weights: Record<string, number> = {};
+  names.forEach((name, i) => {
+    if (isNew[i]) weights[name] = configured[i]! / activeTotal;
+    else if (Object.hasOwn(saved, name)) weights[name] = ((Math.max(0, Number(saved[name]) || 0)) / knownTotal) * (1 - newShare);
+  });
+  return { ...restore, weights };
 }
 
 /** Units and the index of the variant each was first given, bounded in count and characters, oldest forgotten first. */
