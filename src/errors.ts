@@ -120,3 +120,14 @@ export function exitCodeFor(err: unknown): 1 | 2 {
   if (err instanceof ConfigError || err instanceof InvalidArgumentError) return 2;
   return 1;
 }
+
+/**
+ * A value from a request, as an error message shows it: a string quoted and cut at 60 characters, anything else by
+ * its kind. (JSON.stringify of it overflowed the stack on 20,000 nested arrays, a 500, and echoed any size.)
+ */
+export function shown(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
+  if (value === null || typeof value === "number" || typeof value === "boolean") return String(value);
+  if (value === undefined) return "nothing";
+  return Array.isArray(value) ? "an array" : `a${typeof value === "object" ? "n object" : ` ${typeof value}`}`;
+}

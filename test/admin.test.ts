@@ -161,6 +161,16 @@ test("events: all or nothing, named index and field, accepted only with the inge
     assert.match(answer.error, re);
     assert.equal(answer.code, "ABGATE_ERR_EVENT_INVALID");
   }
+  // What the client sent is echoed cut short: a 15 MB field name or event name gave a 15 MB answer and log line.
+  for (const body of [{ unit: "u1", event: "watched", ["k".repeat(1_000_000)]: 1 }, { unit: "u1", event: "w".repeat(1_000_000) }]) {
+    const res = await post(body);
+    assert.equal(res.status, 400);
+    const text = await res.text();
+    assert.ok(text.length < 400, `a ${text.length}-character answer`);
+  }
+  const longWeight = await admin(gw, "PUT", "/v1/weights", { ["v".repeat(1_000_000)]: 1 });
+  assert.equal(longWeight.status, 400);
+  assert.ok((await longWeight.text()).length < 400);
   const tooMany = await post(Array.from({ length: 10_001 }, () => ({ unit: "u", event: "watched" })));
   assert.equal(tooMany.status, 413);
   // (exposures of earlier requests may still be flushing; only events matter here)
@@ -359,5 +369,57 @@ test("bandit: units seen before a restart keep their variant when the weights th
     for (const b of backends) await b.close();
     const { rmSync } = await import("node:fs");
     rmSync(first.dir, { recursive: true, force: true });
+  }
+});
+
+test("a change posted by a page of another site (Origin, Sec-Fetch-Site) is refused with 403 and stores nothing; programs and the listener's own pages are not affected", async () => {
+  const adminHost = new URL(gw.adminUrl).host;
+  const before = await gw.store.counts("test");
+  const weightsBefore = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  // As a browser sends them cross-site without a preflight: no content type ("simple" request), no token needed.
+  const send = (path: string, headers: Record<string, string>, token: string | null = null) =>
+    fetch(`${gw.adminUrl}${path}`, {
+      method: path === "/v1/weights" ? "PUT" : "POST",
+      headers: { ...headers, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: new Blob([path === "/v1/weights" ? '{"control":1,"treatment":99}' : '{"unit":"csrf","event":"watched"}']),
+    });
+  for (const headers of [{ origin: "http://evil.example" }, { origin: "null" }, { origin: `http://127.0.0.1:1` }, { "sec-fetch-site": "cross-site" }, { "sec-fetch-site": "same-site" }]) {
+    const res = await send("/v1/events", headers, "ingest-token");
+    assert.equal(res.status, 403, JSON.stringify(headers));
+    assert.equal(((await res.json()) as { code: string }).code, "ABGATE_ERR_CROSS_SITE");
+  }
+  assert.equal((await send("/v1/weights", { origin: "http://evil.example" }, "test-admin-token")).status, 403);
+  assert.equal((await gw.store.counts("test")).events, before.events, "nothing was stored");
+  const weightsAfter = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  assert.deepEqual(weightsAfter.variants.map((v) => v.weight), weightsBefore.variants.map((v) => v.weight));
+  // The listener's own origin, a same-origin fetch, and a program that sends no Origin are accepted.
+  for (const headers of [{ origin: `http://${adminHost}` }, { "sec-fetch-site": "same-origin", origin: `http://${adminHost}` }, {}]) {
+    assert.equal((await send("/v1/events", headers, "ingest-token")).status, 200, JSON.stringify(headers));
+  }
+  // Reads stay open to any origin.
+  assert.equal((await fetch(`${gw.adminUrl}/v1/experiment`, { headers: { origin: "http://evil.example" } })).status, 200);
+});
+
+test("a client that closes the connection in the middle of its body is logged at info as a client abort, not as a server error", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; code?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const own = await testGateway({ admin: { listen: "127.0.0.1:0", token: "test-admin-token" }, variants: [{ name: "control", url: a.url }], metrics: [{ name: "watched", kind: "conversion", event: "watched" }] }, { log });
+  try {
+    const { port } = new URL(own.adminUrl);
+    const { connect } = await import("node:net");
+    const socket = connect(Number(port), "127.0.0.1");
+    await new Promise<void>((r) => socket.once("connect", () => r()));
+    socket.write("POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"unit\":");
+    await new Promise((r) => setTimeout(r, 100));
+    socket.destroy();
+    const deadline = Date.now() + 3000;
+    while (!lines.some((l) => /closed the connection/.test(l.msg)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const abort = lines.find((l) => /closed the connection/.test(l.msg));
+    assert.ok(abort, JSON.stringify(lines));
+    assert.equal(abort.level, 30);
+    assert.ok(!lines.some((l) => l.level >= 50), JSON.stringify(lines.filter((l) => l.level >= 50)));
+  } finally {
+    await own.close();
   }
 });

@@ -1,4 +1,4 @@
-import { RequestError } from "../errors.ts";
+import { RequestError, shown } from "../errors.ts";
 import { MAX_ABS_MEASURE, MAX_ABS_TS_MS, storableText } from "../store/rollup.ts";
 import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
@@ -69,7 +69,8 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     if (e === null || typeof e !== "object" || Array.isArray(e)) {
       throw new RequestError(`${Array.isArray(body) ? `events[${i}]` : "body"}: expected an object like {"unit": "u1", "event": "watched"}`, 400, "ABGATE_ERR_EVENT_INVALID");
     }
-    for (const k of Object.keys(e)) if (!FIELDS.has(k)) throw bad(i, k, "unknown field (expected unit, event, value, ts, requestId)");
+    // (the field is the client's: shown cut short, as every value echoed back is)
+    for (const k of Object.keys(e)) if (!FIELDS.has(k)) throw bad(i, k.length > 60 ? `${k.slice(0, 60)}…` : k, "unknown field (expected unit, event, value, ts, requestId)");
     const { unit, event, value, ts, requestId } = e;
     if (typeof unit !== "string" || unit.length === 0) throw bad(i, "unit", "a non-empty string");
     if (unit.length > MAX_UNIT_CHARS) throw bad(i, "unit", `at most ${MAX_UNIT_CHARS} characters`);
@@ -78,7 +79,7 @@ export function parseEvents(body: unknown, experiment: string, knownEvents: Set<
     if (!storableText(unit)) throw bad(i, "unit", "text without NUL or unpaired surrogates");
     if (typeof event !== "string" || event.length === 0) throw bad(i, "event", "a non-empty string");
     if (!knownEvents.has(event)) {
-      throw bad(i, "event", `unknown event "${event}"; the metrics use ${knownEvents.size ? [...knownEvents].map((x) => `"${x}"`).join(", ") : "no events"}`);
+      throw bad(i, "event", `unknown event ${shown(event)}; the metrics use ${knownEvents.size ? [...knownEvents].map((x) => `"${x}"`).join(", ") : "no events"}`);
     }
     if (value !== undefined && value !== null) {
       if (typeof value !== "number" || !Number.isFinite(value)) throw bad(i, "value", "a finite number");

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { AbgateError, InvalidArgumentError, RequestError, StoreError } from "../errors.ts";
+import { AbgateError, InvalidArgumentError, RequestError, shown, StoreError } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
 import type { LogThrottle } from "../log/throttle.ts";
 import type { AdminContext } from "./context.ts";
@@ -56,7 +56,8 @@ function readJson(req: IncomingMessage): Promise<unknown> {
       }
       chunks.push(c);
     });
-    req.on("error", reject);
+    // A client gone before its body ended is the client's doing (nginx's 499), not a failure of this server.
+    req.on("error", (err) => reject(new RequestError("the client closed the connection before its body ended", 499, "ABGATE_ERR_CLIENT_CLOSED", { cause: err })));
     req.on("end", () => {
       if (tooLarge) return;
       const text = Buffer.concat(chunks).toString("utf8");
@@ -91,6 +92,27 @@ function closeAfterAnswer(req: IncomingMessage): Record<string, string> {
   return { connection: "close" };
 }
 
+/**
+ * The site a browser says sent this request, when it is not this listener's own: a page elsewhere posting here
+ * (cross-site request forgery). Events need no token unless `ingestToken` is set, and a body sent with no
+ * content type is a "simple" request that a browser sends cross-origin without asking first, so any page the
+ * operator opened could post outcomes. Browsers name the page's origin in Origin on every POST and PUT, and say
+ * cross-site or same-site (another port of the same host) in Sec-Fetch-Site; curl, SDKs and services send neither,
+ * so they are not affected.
+ */
+function crossSiteOrigin(req: IncomingMessage): string | undefined {
+  const site = req.headers["sec-fetch-site"];
+  const origin = req.headers.origin;
+  if (site === "cross-site" || site === "same-site") return origin ?? site;
+  if (origin === undefined) return undefined;
+  try {
+    if (new URL(origin).host === req.headers.host) return undefined;
+  } catch {
+    // "null" (a sandboxed frame, a file: page) or garbage: not this listener
+  }
+  return origin;
+}
+
 function numberMap(body: unknown): Map<string, number> {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
@@ -100,7 +122,7 @@ function numberMap(body: unknown): Map<string, number> {
   // mergeWeights then refuses as an unknown variant like any other.
   const out = new Map<string, number>();
   for (const [k, v] of Object.entries(body)) {
-    if (typeof v !== "number" || !Number.isFinite(v)) throw new RequestError(`${k}: weight must be a finite number`, 400, "ABGATE_ERR_WEIGHTS_INVALID");
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new RequestError(`${shown(k)}: weight must be a finite number`, 400, "ABGATE_ERR_WEIGHTS_INVALID");
     out.set(k, v);
   }
   return out;
@@ -134,6 +156,12 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const path = url.split("?", 1)[0];
     const method = req.method ?? "GET";
     if (await dashboard(req, res)) return;
+    if (method !== "GET" && method !== "HEAD") {
+      const foreign = crossSiteOrigin(req);
+      if (foreign !== undefined) {
+        throw new RequestError(`a change from a page of another site (${shown(foreign)}) is refused: browsers may not post to this listener for other sites`, 403, "ABGATE_ERR_CROSS_SITE");
+      }
+    }
     const allow = (methods: string) => {
       // HEAD wherever GET is (Node sends a HEAD answer's headers without its body), as the dashboard's routes do.
       const allowed = methods.split(",").flatMap((m) => (m === "GET" ? ["GET", "HEAD"] : [m]));
@@ -234,15 +262,4 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     });
   });
   return { server, dashboard, inFlight: () => inFlight };
-}
-
-/**
- * A value from a request, as an error message shows it: a string quoted and cut at 60 characters, anything else by
- * its kind. (JSON.stringify of it overflowed the stack on 20,000 nested arrays, a 500, and echoed any size.)
- */
-function shown(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
-  if (value === null || typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === undefined) return "nothing";
-  return Array.isArray(value) ? "an array" : `a${typeof value === "object" ? "n object" : ` ${typeof value}`}`;
 }

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError, shown } from "../errors.ts";
 
 /**
  * Weight bookkeeping shared by every strategy: validation with clear messages, merging a partial update, and
@@ -36,7 +36,7 @@ export function mergeWeights(names: readonly string[], current: readonly number[
   const next = [...current];
   for (const [name, weight] of Object.entries(update)) {
     const i = names.indexOf(name);
-    if (i < 0) throw new InvalidArgumentError(`unknown variant "${name}" in weights (known: ${names.join(", ")})`);
+    if (i < 0) throw new InvalidArgumentError(`unknown variant ${shown(name)} in weights (known: ${names.join(", ")})`);
     checkWeight(name, weight);
     next[i] = weight;
   }
@@ -60,7 +60,7 @@ export function toShares(weights: readonly number[]): number[] {
 function checkWeight(name: string, weight: unknown): asserts weight is number {
   if (typeof weight !== "number" || !Number.isFinite(weight) || weight < 0) {
     throw new InvalidArgumentError(
-      `weight of variant "${name}" must be a finite number >= 0, got ${typeof weight === "number" ? String(weight) : JSON.stringify(weight) ?? typeof weight}`,
+      `weight of variant "${name}" must be a finite number >= 0, got ${shown(weight)}`,
     );
   }
 }
