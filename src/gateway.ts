@@ -309,7 +309,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           metrics: config.metrics.map((m) => ({ name: m.name, kind: m.kind })),
         };
       },
-      report: () => experimentReport(config, store, strategy.weights(), clock.now()),
+      report: () =>
+        experimentReport(config, store, strategy.weights(), clock.now(), {
+          onSaveError: (err) =>
+            throttledLog.warn("report-save", { err: err instanceof Error ? err.message : String(err) }, "the report is answered, but what it records for later reports (sequential p-value minima, weights seen) could not be saved"),
+        }),
     };
 
     const throttledLog = new LogThrottle(log, { clock });

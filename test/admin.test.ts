@@ -383,7 +383,7 @@ test("a change posted by a page of another site (Origin, Sec-Fetch-Site) is refu
       headers: { ...headers, ...(token ? { authorization: `Bearer ${token}` } : {}) },
       body: new Blob([path === "/v1/weights" ? '{"control":1,"treatment":99}' : '{"unit":"csrf","event":"watched"}']),
     });
-  for (const headers of [{ origin: "http://evil.example" }, { origin: "null" }, { origin: `http://127.0.0.1:1` }, { "sec-fetch-site": "cross-site" }, { "sec-fetch-site": "same-site" }]) {
+  for (const headers of <Record<string, string>[]>[{ origin: "http://evil.example" }, { origin: "null" }, { origin: `http://127.0.0.1:1` }, { "sec-fetch-site": "cross-site" }, { "sec-fetch-site": "same-site" }]) {
     const res = await send("/v1/events", headers, "ingest-token");
     assert.equal(res.status, 403, JSON.stringify(headers));
     assert.equal(((await res.json()) as { code: string }).code, "ABGATE_ERR_CROSS_SITE");
@@ -393,7 +393,7 @@ test("a change posted by a page of another site (Origin, Sec-Fetch-Site) is refu
   const weightsAfter = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
   assert.deepEqual(weightsAfter.variants.map((v) => v.weight), weightsBefore.variants.map((v) => v.weight));
   // The listener's own origin, a same-origin fetch, and a program that sends no Origin are accepted.
-  for (const headers of [{ origin: `http://${adminHost}` }, { "sec-fetch-site": "same-origin", origin: `http://${adminHost}` }, {}]) {
+  for (const headers of <Record<string, string>[]>[{ origin: `http://${adminHost}` }, { "sec-fetch-site": "same-origin", origin: `http://${adminHost}` }, {}]) {
     assert.equal((await send("/v1/events", headers, "ingest-token")).status, 200, JSON.stringify(headers));
   }
   // Reads stay open to any origin.
@@ -420,6 +420,28 @@ test("a client that closes the connection in the middle of its body is logged at
     assert.equal(abort.level, 30);
     assert.ok(!lines.some((l) => l.level >= 50), JSON.stringify(lines.filter((l) => l.level >= 50)));
   } finally {
+    await own.close();
+  }
+});
+
+test("GET /v1/report is answered while another process holds the store's write lock: only what it records for later reports waits, with a warning", async () => {
+  const { pino } = await import("pino");
+  const { default: Database } = await import("better-sqlite3");
+  const lines: { level: number; msg: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const own = await testGateway({ variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] }, { log });
+  const locker = new Database(own.config.store.slice("sqlite:".length));
+  try {
+    await (await fetch(`${own.proxyUrl}/x`, { headers: { "x-user-id": "r1" } })).arrayBuffer();
+    locker.exec("BEGIN IMMEDIATE");
+    const res = await admin(own, "GET", "/v1/report");
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(((await res.json()) as { experiment: string }).experiment, "test");
+    assert.ok(lines.some((l) => l.level === 40 && /could not be saved/.test(l.msg)), JSON.stringify(lines.slice(-3)));
+    locker.exec("ROLLBACK");
+    assert.equal((await admin(own, "GET", "/v1/report")).status, 200);
+  } finally {
+    locker.close();
     await own.close();
   }
 });

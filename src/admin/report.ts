@@ -28,8 +28,18 @@ export async function experimentReport(
   store: Store,
   weights: Record<string, number>,
   nowMs: number,
-  { save = true }: { save?: boolean } = {},
+  { save = true, onSaveError }: { save?: boolean; onSaveError?: (err: unknown) => void } = {},
 ): Promise<unknown> {
+  // What the report records is for later reports; a store that cannot be written just now (another process holds
+  // its write lock) should not cost this one its answer, when the caller says how to note the failure.
+  const record = async (write: () => Promise<void>) => {
+    if (!onSaveError) return write();
+    try {
+      await write();
+    } catch (err) {
+      onSaveError(err);
+    }
+  };
   const variants = config.variants.map((v) => v.name);
   const aggregates = await store.aggregate(config.experiment, variants, config.metrics);
   const saved = await store.getState(config.experiment, SEQUENTIAL_STATE_KEY);
@@ -41,7 +51,7 @@ export async function experimentReport(
   }
   const current = Object.fromEntries(variants.map((name) => [name, weights[name] ?? 0]));
   const bandit = config.strategy.kind === "bandit";
-  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save);
+  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save, record);
   // Loaded on first use: the proxy starts without the statistics code.
   const { buildReport } = await import("../stats/index.ts");
   const { report, sequentialState } = buildReport({
@@ -55,7 +65,7 @@ export async function experimentReport(
     strategy: config.strategy.kind,
     ...(srmWindow ? { srmWindow } : {}),
   });
-  if (save) await store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState));
+  if (save) await record(() => store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState)));
   return report;
 }
 
@@ -105,6 +115,7 @@ async function weightsInForce(
   weights: Record<string, number>,
   nowMs: number,
   save: boolean,
+  record: (write: () => Promise<void>) => Promise<void>,
 ): Promise<{ since: number; units: Record<string, number> } | undefined> {
   const shares = sharesOf(weights);
   if (shares === null) return undefined;
@@ -127,7 +138,7 @@ async function weightsInForce(
     // First report: the configured weights are the only history there is.
     since = configured !== null && sameShares(configured, shares) ? null : nowMs;
   } else since = nowMs;
-  if (save && (seen === null || seen.since !== since || !sameShares(seen.shares, shares))) await saveWeightsSeen(store, config, { shares, since });
+  if (save && (seen === null || seen.since !== since || !sameShares(seen.shares, shares))) await record(() => saveWeightsSeen(store, config, { shares, since }));
   if (since === null) return undefined;
   // Whole minutes from `since` on: every unit counted there was first exposed after the weights were seen in force.
   const from = Math.ceil(since / MINUTE_MS) * MINUTE_MS;
