@@ -135,7 +135,15 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       });
     const strategy = strategyFrom(restore, config.strategy.kind === "bandit" ? await loadSeenUnits() : undefined);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
-    const saveStrategy = (from = strategy) => store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(from.snapshot()));
+    // A strategy without a range table (random, round-robin) saves the one a sticky or bandit run left, so that a
+    // switch back finds it (the SPEC: the table survives restarts); saved over, it was rebuilt from scratch, and a
+    // fragmented table's units moved (48.6% of them in the audit's case) with no weight change and no warning.
+    const keptRanges = Array.isArray(restore?.ranges) ? restore.ranges : undefined;
+    const saveStrategy = (from = strategy) => {
+      const snapshot = from.snapshot();
+      if (snapshot.ranges === undefined && keptRanges !== undefined) snapshot.ranges = keptRanges;
+      return store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(snapshot));
+    };
     await saveStrategy();
 
     const engineLog = (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg);

@@ -445,3 +445,31 @@ test("GET /v1/report is answered while another process holds the store's write l
     await own.close();
   }
 });
+
+test("a run with a strategy that has no range table (random, round-robin) keeps the sticky table for the next sticky run", async () => {
+  const { startGateway } = await import("../src/gateway.ts");
+  const { silentLogger } = await import("../src/log/index.ts");
+  const { testConfig } = await import("./helpers/gateway.ts");
+  const variants = [
+    { name: "control", weight: 50, url: a.url },
+    { name: "treatment", weight: 50, url: b.url },
+  ];
+  const { config } = testConfig({ variants, strategy: { kind: "sticky" } });
+  const ranges = async (g: { adminUrl: string }) => ((await (await admin(g, "GET", "/v1/experiment")).json()) as { ranges?: unknown }).ranges;
+  let g = await startGateway(config, { log: silentLogger });
+  // 50/50 -> 20/80 -> 60/40 leaves treatment two ranges: a table the configured weights alone would not rebuild
+  for (const w of [{ control: 20, treatment: 80 }, { control: 60, treatment: 40 }]) assert.equal((await admin(g, "PUT", "/v1/weights", w)).status, 200);
+  const table = await ranges(g);
+  assert.ok(Array.isArray(table) && table.length > 2, JSON.stringify(table));
+  await g.stop();
+  for (const kind of ["random", "round-robin"]) {
+    g = await startGateway({ ...config, strategy: { ...config.strategy, kind: kind as "random" } }, { log: silentLogger });
+    await g.stop();
+  }
+  g = await startGateway(config, { log: silentLogger });
+  try {
+    assert.deepEqual(await ranges(g), table);
+  } finally {
+    await g.stop();
+  }
+});
