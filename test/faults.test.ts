@@ -430,7 +430,7 @@ test("fallback is logged once when a variant loses its last healthy replica, and
   const port = (treatment.address() as AddressInfo).port;
   const health = { path: "/", intervalMs: 30, timeoutMs: 500, rise: 1, fall: 1 };
   const gw = await testGateway(
-    { fallback: "control", variants: [{ name: "control", url: control.url }, { name: "treatment", url: `http://127.0.0.1:${port}`, health }] },
+    { fallback: "control", allowForce: true, variants: [{ name: "control", url: control.url }, { name: "treatment", url: `http://127.0.0.1:${port}`, health }] },
     { log },
   );
   const until = (what: RegExp) => logLines(lines, what, 5_000);
@@ -443,8 +443,10 @@ test("fallback is logged once when a variant loses its last healthy replica, and
     assert.equal(down.length, 1);
     assert.equal(down[0]!.level, 40, "a warning");
     assert.match(down[0]!.msg, /served by control \(fallback\)/);
+    // A forced request asks for that variant: no fallback, a 503 that says why (and the unforced ones fall back).
     const res = await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": "u", "x-abgate-force-variant": "treatment" } });
-    await res.arrayBuffer();
+    assert.equal(res.status, 503);
+    assert.match(((await res.json()) as { error: string }).error, /no healthy replica of variant treatment \(forced: no fallback\)/);
     await new Promise((r) => setTimeout(r, 150)); // several failed checks more: still one line
     assert.equal(lines.filter((l) => /variant treatment has no healthy replica/.test(l.msg)).length, 1);
     await new Promise<void>((r) => treatment.listen(port, "127.0.0.1", () => r()));

@@ -41,10 +41,15 @@ function forwardedFields(requestId: string, variant: string, unit: string): stri
   return `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
 }
 
-/** The variant that serves in place of `variant` (the config's `fallback`), if it is another one and has a healthy replica. */
-function fallbackFor(ctx: ProxyContext, variant: string): string | undefined {
+/**
+ * The variant that serves in place of `variant` (the config's `fallback`), if it is another one and has a healthy
+ * replica. Never for a forced request: whoever forces a variant (QA, a test of the new model) asks for that one, and
+ * a 200 from the control would pass their check against the wrong model; they get the 503, as Envoy's header
+ * routing to a subset with no healthy host gives.
+ */
+function fallbackFor(ctx: ProxyContext, variant: string, forced: boolean): string | undefined {
   const fb = ctx.config.fallback;
-  return fb !== "reject" && fb !== variant && ctx.balancer.hasHealthy(fb) ? fb : undefined;
+  return !forced && fb !== "reject" && fb !== variant && ctx.balancer.hasHealthy(fb) ? fb : undefined;
 }
 
 /** Status recorded for a request whose client went away before the response ended (nginx's convention). */
@@ -295,7 +300,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     }
     this.ctx.counters.inFlight++;
     if (!this.ctx.balancer.hasHealthy(this.assigned) && !this.fallBack()) {
-      return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}`));
+      return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}${this.forced ? " (forced: no fallback)" : ""}`));
     }
     // The client waits for this before sending its body; the replica is not asked (the header is not forwarded).
     if (this.expectContinue && this.hasBody && !this.requestComplete) {
@@ -308,7 +313,7 @@ class Exchange implements UpstreamSink, ClientExchange {
 
   /** Switch to the fallback variant (logged via the exposure's served variant). False when there is none. */
   fallBack(): boolean {
-    const fb = fallbackFor(this.ctx, this.served);
+    const fb = fallbackFor(this.ctx, this.served, this.forced);
     if (fb === undefined) return false;
     this.served = fb;
     this.tried = null;
@@ -816,7 +821,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     return refuse(400, "ABGATE_ERR_BAD_REQUEST", "an upgrade request must not have a body");
   }
   const assigned = forced ? force : ctx.strategy.assign(unit, given === undefined);
-  let served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned) ?? assigned);
+  let served = ctx.balancer.hasHealthy(assigned) ? assigned : (fallbackFor(ctx, assigned, forced) ?? assigned);
   let replica = ctx.balancer.pick(served);
   // In flight from here until its answer (or failure) is recorded, as a plain request is: a stop drains it, and a
   // stop that cuts it still records it. (A tunnel, once switched, is not: it may last for hours.)
@@ -878,7 +883,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     if (attempts > maxRetries) return undefined;
     const next = ctx.balancer.pick(served, tried);
     if (next !== undefined || served !== assigned) return next;
-    const fb = fallbackFor(ctx, served);
+    const fb = fallbackFor(ctx, served, forced);
     if (fb === undefined) return undefined;
     served = fb;
     head = headFor(fb);
