@@ -11,6 +11,13 @@ describe("cookieValue", () => {
     assert.equal(cookieValue("a=1; abgate_unit= u4 ", "abgate_unit"), "u4");
   });
 
+  it("drops the double quotes around a quoted value (RFC 6265), as applications' cookie parsers do", () => {
+    assert.equal(cookieValue('abgate_unit="C"', "abgate_unit"), "C");
+    assert.equal(cookieValue('a=1; abgate_unit="u 2"; b=3', "abgate_unit"), "u 2");
+    assert.equal(cookieValue('abgate_unit=""', "abgate_unit"), undefined);
+    assert.equal(cookieValue('abgate_unit="x', "abgate_unit"), '"x', "an unpaired quote is part of the value");
+  });
+
   it("does not match names that merely end or start with the name", () => {
     assert.equal(cookieValue("xuser=1; user=2", "user"), "2");
     assert.equal(cookieValue("xuser=1", "user"), undefined);

@@ -46,7 +46,10 @@ export function cookieValue(header: string | undefined, name: string): string | 
     if ((before === ";" || before === " ") && header.charCodeAt(i + name.length) === 61 /* = */) {
       const start = i + name.length + 1;
       const end = header.indexOf(";", start);
-      const v = header.slice(start, end === -1 ? undefined : end).trim();
+      let v = header.slice(start, end === -1 ? undefined : end).trim();
+      // RFC 6265 §4.1.1: a value may be in double quotes, which are not part of it; the application's cookie parser
+      // (npm cookie, Go's net/http, Python's http.cookies) drops them, and its events must name the same unit.
+      if (v.length >= 2 && v.charCodeAt(0) === 34 && v.charCodeAt(v.length - 1) === 34) v = v.slice(1, -1);
       return v || undefined;
     }
     i = header.indexOf(name, i + 1);
