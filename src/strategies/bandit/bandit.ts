@@ -95,7 +95,7 @@ export class BanditStrategy implements Strategy {
     this.#configured = restore && !edited
       ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
       : weights;
-    const restored = restoreState(names, this.#configured, restore && !edited ? withNewArms(names, this.#configured, restore) : restore, edited);
+    const restored = restoreState(names, this.#configured, restore && !edited ? withNewArms(names, this.#configured, restore) : restore, edited, weights);
     this.#weights = restored.weights;
     this.#table = restored.table;
     const maxSeenUnits = options.maxSeenUnits ?? DEFAULT_MAX_SEEN_UNITS;

@@ -21,21 +21,35 @@ interface Segment {
  * Invariants: ranges are sorted, contiguous (each `to` is the next `from`, bit for bit), cover [0,1) exactly, are
  * non-empty, and no two adjacent ranges have the same owner (the table stays as short as it can).
  *
- * `rebalance` moves only what a weight change requires: a variant that shrank gives up the excess from the
- * tail of its highest ranges, and the freed pieces go to variants that grew, preferring a neighbour of the
- * piece (so ranges merge instead of fragmenting). The fraction of [0,1) that changes owner is therefore
- * exactly the total variation distance between the old and new shares, sum(max(0, old_i - new_i)), which is
- * the least any reassignment can move.
+ * `rebalance` moves only what a weight change requires: a variant that shrank gives up its excess, and the freed
+ * pieces go to variants that grew. The fraction of [0,1) that changes owner is therefore exactly the total
+ * variation distance between the old and new shares, sum(max(0, old_i - new_i)), which is the least any
+ * reassignment can move.
+ *
+ * Which pieces move is free within that bound, and is chosen so that going back to earlier weights brings units
+ * back: each point of [0,1) has a home, its owner in the table the config's weights lay out (`home`). A variant that
+ * shrinks gives up first what it holds of a growing variant's home, then what it holds of another's, and its own
+ * home last, each from the top down; a freed piece goes first to its home, if that grew, then to a neighbour (so
+ * ranges merge instead of fragmenting). Without it, a variant gave up the top of its highest range whatever it had
+ * borrowed: pausing a variant (weight 0) and resuming it at the same weight left 17% of all units in another variant
+ * than before, each of them now exposed to two.
  */
 export class RangeTable {
   #segments: Segment[];
   /** lookup arrays rebuilt on every change, so `lookup` is a binary search over a typed array */
   #ends = new Float64Array(0);
   #owners: string[] = [];
+  /** where each point of [0,1) belongs: the layout of the config's weights; null: none known (pieces have no home) */
+  #home: Segment[] | null = null;
 
   private constructor(segments: Segment[]) {
     this.#segments = segments;
     this.#index();
+  }
+
+  /** Sets the home layout (see the class comment): consecutive ranges in config order, sized by the config's shares. */
+  setHome(names: readonly string[], shares: readonly number[]): void {
+    this.#home = shares.some((x) => x > 0) ? RangeTable.initial(names, shares).#segments.map((x) => ({ ...x })) : null;
   }
 
   /** Consecutive ranges in the given order, sized by share (variants with share 0 get no range). */
@@ -108,9 +122,18 @@ export class RangeTable {
    */
   rebalance(shares: ReadonlyMap<string, number>): void {
     const current = this.lengths();
-    const segments = this.#segments.map((s) => ({ ...s }));
+    // Cut at the home's boundaries, so that each piece has one home (merge() joins them again at the end).
+    const segments = splitAt(this.#segments, this.#home);
+    const homeOf = (s: Segment): string | null => (this.#home === null ? null : homeAt(this.#home, s.from));
+    const deficit = new Map<string, number>();
+    for (const [owner, target] of shares) {
+      const d = target - (current.get(owner) ?? 0);
+      if (d > EPSILON) deficit.set(owner, d);
+    }
+    const needs = (owner: string | null | undefined): owner is string => owner != null && (deficit.get(owner) ?? 0) > EPSILON;
 
-    // 1. Variants that shrank free their excess, from their highest range downwards.
+    // 1. Variants that shrank free their excess: what they hold of a growing variant's home first, then of another
+    //    variant's home, then their own; each from the top down.
     for (const [owner, length] of current) {
       const target = shares.get(owner) ?? 0;
       if (target <= 0) {
@@ -119,30 +142,45 @@ export class RangeTable {
       }
       let excess = length - target;
       if (excess <= EPSILON) continue;
-      for (let i = segments.length - 1; i >= 0 && excess > EPSILON; i--) {
-        const s = segments[i];
-        if (s.owner !== owner) continue;
+      const rank = (s: Segment): number => {
+        const home = homeOf(s);
+        return home === null || home === owner ? 2 : needs(home) ? 0 : 1;
+      };
+      const order = segments.filter((s) => s.owner === owner).sort((a, b) => rank(a) - rank(b) || b.from - a.from);
+      for (const s of order) {
+        if (excess <= EPSILON) break;
         const len = s.to - s.from;
         if (len <= excess + EPSILON) {
           s.owner = null;
           excess -= len;
         } else {
           const cut = s.to - excess;
-          segments.splice(i + 1, 0, { owner: null, from: cut, to: s.to });
+          segments.splice(segments.indexOf(s) + 1, 0, { owner: null, from: cut, to: s.to });
           s.to = cut;
           excess = 0;
         }
       }
     }
 
-    // 2. Variants that grew take the freed pieces, a neighbour of the piece first.
-    const deficit = new Map<string, number>();
-    for (const [owner, target] of shares) {
-      const d = target - (current.get(owner) ?? 0);
-      if (d > EPSILON) deficit.set(owner, d);
+    // 2. Variants that grew take the freed pieces: a piece goes home first, if its home grew (from the piece's
+    //    start, which borders the home's other pieces when it was freed whole), then to a neighbour.
+    const pieces = mergeWithin(segments, homeOf);
+    if (this.#home !== null) {
+      for (let i = 0; i < pieces.length; i++) {
+        const s = pieces[i]!;
+        const home = s.owner === null ? homeOf(s) : null;
+        if (!needs(home)) continue;
+        const d = deficit.get(home)!;
+        if (d >= s.to - s.from - EPSILON) {
+          s.owner = home;
+          deficit.set(home, d - (s.to - s.from));
+        } else {
+          const cut = s.from + d;
+          pieces.splice(i, 1, { owner: home, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
+          deficit.set(home, 0);
+        }
+      }
     }
-    const needs = (owner: string | null | undefined): owner is string => owner != null && (deficit.get(owner) ?? 0) > EPSILON;
-    const pieces = merge(segments);
     for (let i = 0; i < pieces.length; i++) {
       const s = pieces[i];
       if (s.owner !== null) continue;
@@ -177,6 +215,43 @@ export class RangeTable {
     this.#ends = Float64Array.from(this.#segments, (s) => s.to);
     this.#owners = this.#segments.map((s) => s.owner!);
   }
+}
+
+/** The segments cut at every boundary of `home` (copies; `home` null: just copies). */
+function splitAt(segments: readonly Segment[], home: readonly Segment[] | null): Segment[] {
+  if (home === null) return segments.map((s) => ({ ...s }));
+  const out: Segment[] = [];
+  let h = 0;
+  for (const s of segments) {
+    let from = s.from;
+    while (h < home.length && home[h]!.to <= from) h++;
+    for (let k = h; k < home.length && home[k]!.to < s.to; k++) {
+      if (home[k]!.to > from) {
+        out.push({ owner: s.owner, from, to: home[k]!.to });
+        from = home[k]!.to;
+      }
+    }
+    out.push({ owner: s.owner, from, to: s.to });
+  }
+  return out;
+}
+
+/** The home owner of point `x` of [0,1). */
+function homeAt(home: readonly Segment[], x: number): string | null {
+  for (const h of home) if (x < h.to) return h.owner;
+  return home[home.length - 1]?.owner ?? null;
+}
+
+/** As merge(), but freed (null) pieces join only within one home, so that each still has one. */
+function mergeWithin(segments: Segment[], homeOf: (s: Segment) => string | null): Segment[] {
+  const out: Segment[] = [];
+  for (const s of segments) {
+    if (!(s.to > s.from)) continue;
+    const prev = out[out.length - 1];
+    if (prev && prev.owner === s.owner && (s.owner !== null || homeOf(prev) === homeOf(s))) prev.to = s.to;
+    else out.push({ ...s });
+  }
+  return out;
 }
 
 /** Drop empty segments and join neighbours with the same owner (null joins null). */

@@ -205,6 +205,71 @@ describe("sticky: range table under any sequence of weight changes (fast-check)"
   });
 });
 
+describe("sticky: going back to earlier weights brings units back", () => {
+  const three = () => new StickyStrategy({ variants: [{ name: "control", weight: 50 }, { name: "treatment", weight: 30 }, { name: "other", weight: 20 }], salt: "recommender-v2" });
+
+  test("pausing a variant (weight 0) and resuming it at its weight gives back exactly the table from before", () => {
+    const s = three();
+    const initial = s.ranges();
+    s.setWeights({ treatment: 0 });
+    s.setWeights({ treatment: 30 });
+    assert.deepEqual(s.ranges(), initial);
+  });
+
+  test("a sequence of changes that ends at the config's weights ends at the config's table (the audit's 50/30/20 sequence)", () => {
+    const s = three();
+    const initial = s.ranges();
+    for (const w of [{ control: 20, treatment: 60, other: 20 }, { control: 20, treatment: 20, other: 60 }, { control: 60, treatment: 20, other: 20 }, { control: 50, treatment: 30, other: 20 }]) s.setWeights(w);
+    assert.deepEqual(s.ranges(), initial);
+  });
+
+  test("pausing any variant and resuming it gives back the table, whatever the config's weights", () => {
+    fc.assert(
+      fc.property(weightVector, fc.integer({ min: 0, max: 3 }), (initial, paused) => {
+        const others = initial.map((w, i) => (i === paused ? 0 : w));
+        fc.pre(initial[paused]! > 0 && others.some((w) => w > 0));
+        const s = new StickyStrategy({ variants: NAMES.map((name, i) => ({ name, weight: initial[i] })), salt: "h" });
+        const home = s.ranges();
+        s.setWeights({ [NAMES[paused]!]: 0 });
+        s.setWeights({ [NAMES[paused]!]: initial[paused]! });
+        assert.ok(moved(home, s.ranges()).fraction < TOL, `${moved(home, s.ranges()).fraction} of [0,1) is not back home`);
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  test("random changes, then the config's weights again: most of [0,1) is back home (moves stay minimal, so not all can be)", () => {
+    // A variant whose weight is back where it was may still hold another's home; taking it back would move more
+    // than the change requires. Measured over these 2,000 sequences: 7.2% of [0,1) not home on average, 61% of them
+    // wholly home; giving up the top of the highest range instead left 36.6% not home, 17% wholly home.
+    const random = seededRandom(7);
+    const weights = () => NAMES.map((_, i) => (random() < 0.25 ? 0 : Math.floor(random() * 100) + 1) + (i === 0 ? 1 : 0));
+    let notHome = 0;
+    const n = 2000;
+    for (let k = 0; k < n; k++) {
+      const initial = weights();
+      const s = new StickyStrategy({ variants: NAMES.map((name, i) => ({ name, weight: initial[i]! })), salt: "h" });
+      const home = s.ranges();
+      for (let j = 1 + Math.floor(random() * 6); j > 0; j--) {
+        const change = weights();
+        s.setWeights(Object.fromEntries(NAMES.map((name, i) => [name, change[i]!])));
+      }
+      s.setWeights(Object.fromEntries(NAMES.map((name, i) => [name, initial[i]!])));
+      notHome += moved(home, s.ranges()).fraction;
+    }
+    assert.ok(notHome / n < 0.1, `${notHome / n} of [0,1) not home on average`);
+  });
+
+  test("the home survives a restart: resuming after a restart with the variant paused gives back the table from before", () => {
+    const s = three();
+    const initial = s.ranges();
+    s.setWeights({ treatment: 0 });
+    const again = new StickyStrategy({ variants: [{ name: "control", weight: 50 }, { name: "treatment", weight: 30 }, { name: "other", weight: 20 }], salt: "recommender-v2", restore: JSON.parse(JSON.stringify(s.snapshot())) });
+    again.setWeights({ treatment: 30 });
+    assert.deepEqual(again.ranges(), initial);
+  });
+});
+
 function normalise(w: number[]): number[] {
   const t = w.reduce((a, b) => a + b, 0);
   return w.map((x) => x / t);

@@ -78,12 +78,18 @@ export function restoreState(
   configured: readonly number[],
   restore: StrategyState | undefined,
   edited = false,
+  /** the config file's weights, whose layout is every point's home (see RangeTable) */
+  home: readonly number[] = configured,
 ): { weights: number[]; table: RangeTable } {
-  if (!restore) return { weights: [...configured], table: RangeTable.initial(names, toShares(configured)) };
+  const withHome = (table: RangeTable) => {
+    table.setHome(names, toShares(home));
+    return table;
+  };
+  if (!restore) return { weights: [...configured], table: withHome(RangeTable.initial(names, toShares(configured))) };
   const weights = restoreWeights(names, configured, restore, edited);
   const shares = shareMap(names, weights);
-  if (!restore.ranges) return { weights, table: RangeTable.initial(names, toShares(weights)) };
-  const table = RangeTable.fromRanges(restore.ranges);
+  if (!restore.ranges) return { weights, table: withHome(RangeTable.initial(names, toShares(weights))) };
+  const table = withHome(RangeTable.fromRanges(restore.ranges));
   table.rebalance(shares);
   return { weights, table };
 }
