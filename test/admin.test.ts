@@ -173,6 +173,7 @@ test("events: all or nothing, named index and field, accepted only with the inge
   assert.ok((await longWeight.text()).length < 400);
   const tooMany = await post(Array.from({ length: 10_001 }, () => ({ unit: "u", event: "watched" })));
   assert.equal(tooMany.status, 413);
+  assert.match(((await tooMany.json()) as { error: string }).error, /^more than 10000 events in one request/, "refused before parsing");
   // (exposures of earlier requests may still be flushing; only events matter here)
   assert.equal((await gw.store.counts("test")).events, before.events, "nothing was stored");
 

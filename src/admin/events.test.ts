@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { RequestError } from "../errors.ts";
 import { MAX_UNIT_CHARS } from "../store/types.ts";
 import { MAX_ABS_MEASURE as MAX_ABS_VALUE, MAX_ABS_TS_MS as MAX_TS_MS } from "../store/rollup.ts";
-import { MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
+import { hasMoreItemsThan, MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
 
 const known = new Set(["watched"]);
 const NOW = Date.UTC(2027, 0, 1); // after every time the tests send as valid
@@ -94,4 +94,21 @@ test("request ids: at most MAX_REQUEST_ID_CHARS characters, like units", () => {
   refused([{ unit: "u", event: "watched" }, { unit: "u", event: "watched", requestId: "r".repeat(MAX_REQUEST_ID_CHARS + 1) }], /^events\[1\]\.requestId: at most 512 characters/);
   refused({ unit: "u", event: "watched", requestId: "r".repeat(1 << 20) }, /^requestId: at most 512 characters/);
   refused({ unit: "u", event: "watched", requestId: 7 }, /^requestId: a string/);
+});
+
+test("hasMoreItemsThan counts an array's own items without parsing: commas in strings and nested values do not count", () => {
+  const count = (text: string, max: number) => hasMoreItemsThan(Buffer.from(text), max);
+  assert.equal(count("[1,2,3]", 3), false);
+  assert.equal(count("[1,2,3,4]", 3), true);
+  assert.equal(count(' \n [{"unit":"a,b,c","event":"x"},{"unit":"\\",\\",","event":"[,]"}]', 2), false, "commas in strings, escaped quotes");
+  assert.equal(count('[{"a":[1,2,3,4,5]},{"b":{"c":1,"d":2}}]', 2), false, "commas in nested values");
+  assert.equal(count('[{"a":[1,2,3,4,5]},{"b":{"c":1,"d":2}}]', 1), true);
+  assert.equal(count('[{"a":1},{"b":2},{"c":3}]', 2), true);
+  assert.equal(count('{"unit":"u","event":"x"}', 0), false, "one object is one event");
+  assert.equal(count("not json", 0), false);
+  // the junk that held the event loop a second: refused after max commas
+  const junk = Buffer.from(`[${"0,".repeat(8_000_000)}0]`);
+  const t0 = performance.now();
+  assert.equal(hasMoreItemsThan(junk, 10_000), true);
+  assert.ok(performance.now() - t0 < 50, `${performance.now() - t0} ms`);
 });

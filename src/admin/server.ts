@@ -5,7 +5,7 @@ import type { Logger } from "../log/index.ts";
 import type { LogThrottle } from "../log/throttle.ts";
 import type { AdminContext } from "./context.ts";
 import type { GatewayMetrics } from "./metrics.ts";
-import { parseEvents } from "./events.ts";
+import { hasMoreItemsThan, MAX_EVENTS_PER_REQUEST, parseEvents } from "./events.ts";
 import { createDashboardHandler, type DashboardHandler } from "../dashboard/routes.ts";
 
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
@@ -28,7 +28,8 @@ function sendJson(res: ServerResponse, status: number, body: unknown, extra: Rec
   res.end(text);
 }
 
-function readJson(req: IncomingMessage): Promise<unknown> {
+/** `tooMany`: refuses a body with 413 before it is parsed (see hasMoreItemsThan), with its message. */
+function readJson(req: IncomingMessage, tooMany?: { test: (body: Buffer) => boolean; message: string }): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const ct = req.headers["content-type"];
     if (ct && !/^application\/(.+\+)?json\b/i.test(ct)) {
@@ -60,7 +61,9 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     req.on("error", (err) => reject(new RequestError("the client closed the connection before its body ended", 499, "ABGATE_ERR_CLIENT_CLOSED", { cause: err })));
     req.on("end", () => {
       if (tooLarge) return;
-      const text = Buffer.concat(chunks).toString("utf8");
+      const body = Buffer.concat(chunks);
+      if (tooMany?.test(body)) return reject(new RequestError(tooMany.message, 413, "ABGATE_ERR_EVENT_INVALID"));
+      const text = body.toString("utf8");
       if (!text.trim()) return reject(new RequestError("empty body: expected JSON", 400, "ABGATE_ERR_BAD_JSON"));
       try {
         resolve(JSON.parse(text));
@@ -216,7 +219,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       case "/v1/events": {
         allow("POST");
         if (!ctx.mayIngest(req.headers.authorization)) throw new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
-        const events = parseEvents(await readJson(req), ctx.config.experiment, knownEvents, Date.now());
+        const tooMany = { test: (body: Buffer) => hasMoreItemsThan(body, MAX_EVENTS_PER_REQUEST), message: `more than ${MAX_EVENTS_PER_REQUEST} events in one request; at most ${MAX_EVENTS_PER_REQUEST}` };
+        const events = parseEvents(await readJson(req, tooMany), ctx.config.experiment, knownEvents, Date.now());
         await ctx.store.writeEvents(events);
         const counts = new Map<string, number>();
         for (const e of events) counts.set(e.event, (counts.get(e.event) ?? 0) + 1);
