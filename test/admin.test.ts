@@ -228,6 +228,9 @@ test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
   assert.equal(post.headers.get("allow"), "GET, HEAD");
   const weights = await admin(gw, "DELETE", "/v1/weights");
   assert.equal(weights.headers.get("allow"), "PUT, POST");
+  const health = await admin(gw, "POST", "/healthz");
+  assert.equal(health.status, 405, "/healthz too");
+  assert.equal(health.headers.get("allow"), "GET, HEAD");
   const head = await fetch(`${gw.adminUrl}/metrics`, { method: "HEAD" });
   assert.equal(head.status, 200, "HEAD where GET is");
   assert.equal(await head.text(), "");

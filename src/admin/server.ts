@@ -186,6 +186,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         res.end(await ctx.metrics.text());
         return;
       case "/healthz":
+        allow("GET");
         return sendJson(res, 200, { ok: true });
       case "/v1/weights": {
         allow("PUT,POST");
