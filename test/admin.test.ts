@@ -217,6 +217,20 @@ test("GET /v1/report counts the units that sent events without ever being expose
   assert.ok(after.notes.some((n) => /sent "watched" events but (was|were) never exposed/.test(n)), after.notes.join("\n"));
 });
 
+test("GET /v1/report counts the units whose events came before their first exposure (a client clock behind the server's), and says so", async () => {
+  type Quality = { earlyEventUnits: Record<string, number>; notes: string[] };
+  const quality = async () => ((await (await admin(gw, "GET", "/v1/report", undefined, null)).json()) as { dataQuality: Quality }).dataQuality;
+  const before = await quality();
+  await (await fetch(`${gw.proxyUrl}/x`, { headers: { "x-user-id": "skewed-clock" } })).arrayBuffer();
+  // (the exposure is written within 100 ms)
+  await new Promise((r) => setTimeout(r, 300));
+  const sent = await admin(gw, "POST", "/v1/events", [{ unit: "skewed-clock", event: "watched", ts: Date.now() - 5000 }]);
+  assert.deepEqual(await sent.json(), { accepted: 1 });
+  const after = await quality();
+  assert.equal(after.earlyEventUnits.watched, (before.earlyEventUnits.watched ?? 0) + 1);
+  assert.ok(after.notes.some((n) => /sent "watched" events before (its|their) first exposure; those events count nowhere/.test(n)), after.notes.join("\n"));
+});
+
 test("unknown routes give 404, wrong methods 405, both as JSON", async () => {
   assert.equal((await admin(gw, "GET", "/v1/nope")).status, 404);
   const res = await admin(gw, "DELETE", "/v1/experiment");

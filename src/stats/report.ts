@@ -171,6 +171,11 @@ export interface DataQuality {
    * count nowhere; usually events sent with another unit id than the proxy's
    */
   unexposedEventUnits: Record<string, number>;
+  /**
+   * by event name: exposed units that sent it before their first exposure; those events count nowhere (a conversion
+   * counts from the first exposure on). Usually events whose `ts` comes from a client clock behind the server's.
+   */
+  earlyEventUnits: Record<string, number>;
   firstExposureAt: string | null;
   lastExposureAt: string | null;
   notes: string[];
@@ -588,12 +593,12 @@ function guardrail(
 }
 
 /** Each configured event once (metrics on one event share its count), in config order; stores that do not count give none. */
-function unexposedByEvent(agg: ExperimentAggregates, metrics: readonly MetricConfig[]): Record<string, number> {
+function countByEvent(agg: ExperimentAggregates, metrics: readonly MetricConfig[], which: "unexposedUnits" | "earlyEventUnits"): Record<string, number> {
   const out: Record<string, number> = {};
   for (const m of metrics) {
     if (m.kind !== "conversion" && m.kind !== "mean") continue;
     const a = agg.metrics.find((x) => x.name === m.name);
-    if ((a?.kind === "conversion" || a?.kind === "mean") && a.unexposedUnits !== undefined) out[m.event] ??= a.unexposedUnits;
+    if ((a?.kind === "conversion" || a?.kind === "mean") && a[which] !== undefined) out[m.event] ??= a[which];
   }
   return out;
 }
@@ -612,11 +617,18 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[], me
     const list = gone.map((v) => `${v.variant} (${v.units} units, ${v.requests} requests)`).join(", ");
     notes.push(`units first assigned to variants no longer in the config are left out of the analysis: ${list}`);
   }
-  const unexposedEventUnits = unexposedByEvent(agg, metrics);
+  const unexposedEventUnits = countByEvent(agg, metrics, "unexposedUnits");
   for (const [event, n] of Object.entries(unexposedEventUnits)) {
     if (n === 0) continue;
     notes.push(
       `${n} unit${n === 1 ? "" : "s"} sent "${event}" events but ${n === 1 ? "was" : "were"} never exposed (forced requests aside), so ${n === 1 ? "its" : "their"} events count nowhere: do the events carry the unit the proxy assigns by?`,
+    );
+  }
+  const earlyEventUnits = countByEvent(agg, metrics, "earlyEventUnits");
+  for (const [event, n] of Object.entries(earlyEventUnits)) {
+    if (n === 0) continue;
+    notes.push(
+      `${n} unit${n === 1 ? "" : "s"} sent "${event}" events before ${n === 1 ? "its" : "their"} first exposure; those events count nowhere (a unit converts from its first exposure on): if the events carry a ts from the client, is its clock behind the server's?`,
     );
   }
   const elsewhere = agg.otherExperiments ?? [];
@@ -628,6 +640,7 @@ function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[], me
     multiVariantUnits: agg.multiVariantUnits,
     fallbackRequests,
     unexposedEventUnits,
+    earlyEventUnits,
     firstExposureAt: isoOrNull(agg.firstExposureTs),
     lastExposureAt: isoOrNull(agg.lastExposureTs),
     notes,

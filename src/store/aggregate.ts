@@ -135,7 +135,7 @@ export async function aggregateExperiment(
         const byVariant: Record<string, ProportionStats> = {};
         const res = eventResults.get(m.name)!;
         for (const v of variants) byVariant[v] = { units: units.get(v) ?? 0, conversions: res.byVariant.get(v)?.sum ?? 0 };
-        out.push({ name: m.name, kind: "conversion", byVariant, unexposedUnits: res.unexposedUnits });
+        out.push({ name: m.name, kind: "conversion", byVariant, unexposedUnits: res.unexposedUnits, earlyEventUnits: res.earlyEventUnits });
         break;
       }
       case "mean": {
@@ -145,7 +145,7 @@ export async function aggregateExperiment(
           const r = res.byVariant.get(v);
           byVariant[v] = { n: units.get(v) ?? 0, sum: r?.sum ?? 0, sumSquares: r?.sumSquares ?? 0 };
         }
-        out.push({ name: m.name, kind: "mean", byVariant, unexposedUnits: res.unexposedUnits });
+        out.push({ name: m.name, kind: "mean", byVariant, unexposedUnits: res.unexposedUnits, earlyEventUnits: res.earlyEventUnits });
         break;
       }
       case "latency": {
@@ -220,6 +220,8 @@ interface EventMetricStats {
   byVariant: Map<string, { sum: number; sumSquares: number }>;
   /** units that sent the metric's event but have no non-forced exposure */
   unexposedUnits: number;
+  /** exposed units that sent the event before their first exposure: those events count nowhere */
+  earlyEventUnits: number;
 }
 
 /**
@@ -263,8 +265,8 @@ async function eventMetricStats(
       // units that were never exposed, as one row of variant NULL: each of their columns is 0 (e.ts >= NULL is not
       // true), and its count is what dataQuality reports. It visits no more events than the inner join did, which
       // had to look every event's unit up too.
-      `SELECT variant, COUNT(*) AS units, ${outer.join(", ")} FROM (
-         SELECT MAX(u.first_variant) AS variant, ${inner.join(", ")}
+      `SELECT variant, COUNT(*) AS units, SUM(early) AS early_units, ${outer.join(", ")} FROM (
+         SELECT MAX(u.first_variant) AS variant, MAX(CASE WHEN e.ts < u.first_ts THEN 1 ELSE 0 END) AS early, ${inner.join(", ")}
            FROM events e LEFT JOIN units u ON u.experiment = ? AND u.unit = e.unit
           WHERE e.experiment = ? AND e.event = ?
           GROUP BY e.unit
@@ -272,13 +274,15 @@ async function eventMetricStats(
       [experiment, experiment, event],
     );
     const unexposed = num(rows.find((r) => r.variant === null || r.variant === undefined)?.units);
+    // (a client clock behind the server's, when events carry their own ts: each such unit may lose a conversion)
+    const early = rows.reduce((sum, r) => sum + (r.variant === null || r.variant === undefined ? 0 : num(r.early_units)), 0);
     list.forEach((m, i) => {
       const perVariant = new Map<string, { sum: number; sumSquares: number }>();
       for (const r of rows) {
         if (r.variant === null || r.variant === undefined) continue;
         perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: m.kind === "mean" ? sumOfSquares(r, `q${i}`) : 0 });
       }
-      result.set(m.name, { byVariant: perVariant, unexposedUnits: unexposed });
+      result.set(m.name, { byVariant: perVariant, unexposedUnits: unexposed, earlyEventUnits: early });
     });
   }
   return result;

@@ -156,6 +156,8 @@ async function checkAggregates(store: Store): Promise<void> {
       ghost: { units: 0, conversions: 0 },
     },
     unexposedUnits: 1,
+    // u1 (-1s) and u3 (4s, before its first non-forced exposure at 5s)
+    earlyEventUnits: 2,
   });
   assert.deepEqual(byName["watched-any"]!.byVariant, {
     control: { units: 5, conversions: 3 },
@@ -171,6 +173,7 @@ async function checkAggregates(store: Store): Promise<void> {
       ghost: { n: 0, sum: 0, sumSquares: 0 },
     },
     unexposedUnits: 1,
+    earlyEventUnits: 2,
   });
   assert.deepEqual(byName["minutes-all"]!.byVariant, {
     control: { n: 5, sum: 18, sumSquares: 164 },
@@ -185,6 +188,7 @@ async function checkAggregates(store: Store): Promise<void> {
   for (const [name, n] of [["watched-any", 1], ["minutes-all", 1], ["buys", 1]] as const) {
     const m = byName[name]!;
     assert.equal(m.kind === "conversion" || m.kind === "mean" ? m.unexposedUnits : undefined, n, `${name}: units with the event, never exposed`);
+    assert.equal(m.kind === "conversion" || m.kind === "mean" ? m.earlyEventUnits : undefined, name === "buys" ? 0 : 2, `${name}: units with the event before their first exposure`);
   }
   // latency: served by the assigned variant, not forced. control 10,20,40,50,80,90; treatment 30,60,100.
   const lat = byName.latency!;

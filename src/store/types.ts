@@ -75,12 +75,13 @@ export interface ExperimentAggregates {
 }
 
 /** Conversion and mean aggregates also carry `unexposedUnits`: units that sent the metric's event but have no non-forced
- * exposure, whose events count nowhere (the stores always set it). */
+ * exposure, whose events count nowhere; and `earlyEventUnits`: exposed units that sent it before their first
+ * exposure, whose early events count nowhere (the stores always set both). */
 export type MetricAggregate =
   /** units that sent the event within windowMs after their first exposure (no window: any time after) */
-  | { name: string; kind: "conversion"; byVariant: Record<string, ProportionStats>; unexposedUnits?: number }
+  | { name: string; kind: "conversion"; byVariant: Record<string, ProportionStats>; unexposedUnits?: number; earlyEventUnits?: number }
   /** per exposed unit: the sum of the event's values within the window (0 for units without events) */
-  | { name: string; kind: "mean"; byVariant: Record<string, MeanStats>; unexposedUnits?: number }
+  | { name: string; kind: "mean"; byVariant: Record<string, MeanStats>; unexposedUnits?: number; earlyEventUnits?: number }
   /** per request latency in ms, served by the assigned variant; p50/p99 are approximate */
   | { name: string; kind: "latency"; byVariant: Record<string, MeanStats & { p50: number; p99: number }> }
   /** per request: 1 when status >= 500 (or the request failed), else 0 */
