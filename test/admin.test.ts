@@ -491,3 +491,39 @@ test("a run with a strategy that has no range table (random, round-robin) keeps 
     await g.stop();
   }
 });
+
+test("Expect: 100-continue: a request without the token is answered 401 at once, without the 100, so its body is never sent; one with it gets the 100", async () => {
+  const { connect } = await import("node:net");
+  const { port } = new URL(gw.adminUrl);
+  const open = async (head: string) => {
+    const socket = connect(Number(port), "127.0.0.1");
+    await new Promise<void>((r) => socket.once("connect", () => r()));
+    const got = { text: "" };
+    socket.setEncoding("latin1");
+    socket.on("data", (d: string) => (got.text += d));
+    socket.write(head);
+    return { socket, got };
+  };
+  const answer = async (got: { text: string }) => {
+    const deadline = Date.now() + 3000;
+    while (!got.text.includes("\r\n\r\n") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const text = got.text;
+    got.text = "";
+    return text;
+  };
+  const body = JSON.stringify({ control: 50, treatment: 50 });
+  const head = (auth: string) => `PUT /v1/weights HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nexpect: 100-continue\r\n${auth}\r\n`;
+  const refused = await open(head(""));
+  const refusedText = await answer(refused.got);
+  assert.match(refusedText, /^HTTP\/1\.1 401 /, refusedText);
+  assert.match(refusedText, /connection: close/i);
+  refused.socket.destroy();
+  const events = await open(`POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 40\r\nexpect: 100-continue\r\n\r\n`);
+  assert.match(await answer(events.got), /^HTTP\/1\.1 401 /, "events need the ingest token here");
+  events.socket.destroy();
+  const allowed = await open(head("authorization: Bearer test-admin-token\r\n"));
+  assert.match(await answer(allowed.got), /^HTTP\/1\.1 100 Continue\r\n\r\n/);
+  allowed.socket.write(body);
+  assert.match(await answer(allowed.got), /^HTTP\/1\.1 200 /);
+  allowed.socket.destroy();
+});

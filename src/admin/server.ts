@@ -116,6 +116,9 @@ function crossSiteOrigin(req: IncomingMessage): string | undefined {
   return origin;
 }
 
+/** The routes that change the experiment, which need the admin token. */
+const ADMIN_CHANGES = new Set(["/v1/weights", "/v1/promote", "/v1/rollback"]);
+
 function numberMap(body: unknown): Map<string, number> {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
@@ -234,7 +237,20 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
   }
 
   let inFlight = 0;
-  const server = createServer({ headersTimeout: 10_000, requestTimeout: 120_000, keepAliveTimeout: 5_000 }, (req, res) => {
+  const server = createServer({ headersTimeout: 10_000, requestTimeout: 120_000, keepAliveTimeout: 5_000 }, (req, res) => handle(req, res));
+  // Expect: 100-continue: Node says "continue" to every such request unless told otherwise, so a client without the
+  // token sent its whole body (up to 16 MiB) to be refused. A request that will be refused for its token is answered
+  // at once, without the 100, and its connection closed (the client may send the body anyway, RFC 9110 §10.1.1).
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? "/").split("?", 1)[0];
+    const auth = req.headers.authorization;
+    const refused = path === "/v1/events" ? !ctx.mayIngest(auth) : ADMIN_CHANGES.has(path ?? "") && !ctx.isAdmin(auth);
+    if (refused) res.shouldKeepAlive = false;
+    else res.writeContinue();
+    handle(req, res);
+  });
+
+  function handle(req: IncomingMessage, res: ServerResponse): void {
     // 'close' comes once per response: after it is sent, or when its connection is gone.
     inFlight++;
     res.once("close", () => inFlight--);
@@ -265,6 +281,6 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
       sendJson(res, status, { error: message, code }, extra);
     });
-  });
+  }
   return { server, dashboard, inFlight: () => inFlight };
 }
