@@ -99,17 +99,25 @@ function closeAfterAnswer(req: IncomingMessage): Record<string, string> {
  * The site a browser says sent this request, when it is not this listener's own: a page elsewhere posting here
  * (cross-site request forgery). Events need no token unless `ingestToken` is set, and a body sent with no
  * content type is a "simple" request that a browser sends cross-origin without asking first, so any page the
- * operator opened could post outcomes. Browsers name the page's origin in Origin on every POST and PUT, and say
- * cross-site or same-site (another port of the same host) in Sec-Fetch-Site; curl, SDKs and services send neither,
- * so they are not affected.
+ * operator opened could post outcomes. The rule is Go's CrossOriginProtection (net/http, 1.25):
+ * - a request with an Authorization header is not a simple request (a browser asks first, and this listener allows
+ *   no other origin), so it is not checked: the dashboard's own changes carry the token, behind a proxy too;
+ * - Sec-Fetch-Site, when the browser sends it, decides: same-origin or none pass, cross-site and same-site (another
+ *   port of the host) do not;
+ * - else an Origin must name this listener's host (as the Host header does, case aside, default port aside);
+ * - no Origin: not a browser's cross-origin request (curl, SDKs, services), which passes.
  */
 function crossSiteOrigin(req: IncomingMessage): string | undefined {
+  if (req.headers.authorization !== undefined) return undefined;
   const site = req.headers["sec-fetch-site"];
   const origin = req.headers.origin;
-  if (site === "cross-site" || site === "same-site") return origin ?? site;
+  if (site !== undefined) return site === "same-origin" || site === "none" ? undefined : (origin ?? site);
   if (origin === undefined) return undefined;
   try {
-    if (new URL(origin).host === req.headers.host) return undefined;
+    const host = req.headers.host;
+    const from = new URL(origin);
+    // (read with the origin's scheme, so that its default port is dropped from both, and both are lower case)
+    if (host !== undefined && from.host === new URL(`${from.protocol}//${host}`).host) return undefined;
   } catch {
     // "null" (a sandboxed frame, a file: page) or garbage: not this listener
   }
