@@ -393,7 +393,7 @@ test("bandit: units seen before a restart keep their variant when the weights th
 test("a change posted by a page of another site (Origin, Sec-Fetch-Site) is refused with 403 and stores nothing; programs and the listener's own pages are not affected", async () => {
   const adminHost = new URL(gw.adminUrl).host;
   const before = await gw.store.counts("test");
-  const weightsBefore = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  const weightsBefore = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { name: string; weight: number }[] };
   // As a browser sends them cross-site without a preflight: no content type ("simple" request), no token needed.
   const send = (path: string, headers: Record<string, string>, token: string | null = null) =>
     fetch(`${gw.adminUrl}${path}`, {
@@ -419,7 +419,7 @@ test("a change posted by a page of another site (Origin, Sec-Fetch-Site) is refu
   // With a token the request is not a simple one (a browser asks first, and no other origin is allowed): not checked.
   assert.equal((await send("/v1/weights", { origin: "http://evil.example" }, "test-admin-token")).status, 200);
   assert.equal((await send("/v1/weights", { origin: "http://evil.example" })).status, 403, "without one it is");
-  await admin(gw, "PUT", "/v1/weights", { control: 50, treatment: 50 });
+  await admin(gw, "PUT", "/v1/weights", Object.fromEntries(weightsBefore.variants.map((v) => [v.name, v.weight])));
   assert.equal((await gw.store.counts("test")).events, before.events, "nothing was stored");
   const weightsAfter = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
   assert.deepEqual(weightsAfter.variants.map((v) => v.weight), weightsBefore.variants.map((v) => v.weight));

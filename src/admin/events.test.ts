@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { RequestError } from "../errors.ts";
 import { MAX_UNIT_CHARS } from "../store/types.ts";
 import { MAX_ABS_MEASURE as MAX_ABS_VALUE, MAX_ABS_TS_MS as MAX_TS_MS } from "../store/rollup.ts";
-import { hasMoreItemsThan, MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
+import { eventsBodyProblem, MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
 
 const known = new Set(["watched"]);
 const NOW = Date.UTC(2027, 0, 1); // after every time the tests send as valid
@@ -96,19 +96,25 @@ test("request ids: at most MAX_REQUEST_ID_CHARS characters, like units", () => {
   refused({ unit: "u", event: "watched", requestId: 7 }, /^requestId: a string/);
 });
 
-test("hasMoreItemsThan counts an array's own items without parsing: commas in strings and nested values do not count", () => {
-  const count = (text: string, max: number) => hasMoreItemsThan(Buffer.from(text), max);
-  assert.equal(count("[1,2,3]", 3), false);
-  assert.equal(count("[1,2,3,4]", 3), true);
-  assert.equal(count(' \n [{"unit":"a,b,c","event":"x"},{"unit":"\\",\\",","event":"[,]"}]', 2), false, "commas in strings, escaped quotes");
-  assert.equal(count('[{"a":[1,2,3,4,5]},{"b":{"c":1,"d":2}}]', 2), false, "commas in nested values");
-  assert.equal(count('[{"a":[1,2,3,4,5]},{"b":{"c":1,"d":2}}]', 1), true);
-  assert.equal(count('[{"a":1},{"b":2},{"c":3}]', 2), true);
-  assert.equal(count('{"unit":"u","event":"x"}', 0), false, "one object is one event");
-  assert.equal(count("not json", 0), false);
-  // the junk that held the event loop a second: refused after max commas
-  const junk = Buffer.from(`[${"0,".repeat(8_000_000)}0]`);
-  const t0 = performance.now();
-  assert.equal(hasMoreItemsThan(junk, 10_000), true);
-  assert.ok(performance.now() - t0 < 50, `${performance.now() - t0} ms`);
+test("eventsBodyProblem refuses, without parsing, more items than allowed, nested values and more fields than an event has", () => {
+  const problem = (text: string, max = 3) => eventsBodyProblem(Buffer.from(text), max);
+  assert.equal(problem("[1,2,3]"), undefined);
+  assert.deepEqual(problem("[1,2,3,4]"), { status: 413, message: "more than 3 events in one request; at most 3" });
+  // commas in strings (escaped quotes too) and between an event's fields are not items
+  assert.equal(problem(' \n [{"unit":"a,b,c","event":"x"},{"unit":"\\",\\",","event":"[,]","value":1,"ts":2,"requestId":"r"}]', 2), undefined);
+  assert.equal(problem('[{"unit":"u","event":"x"},{"unit":"v","event":"y"},{"unit":"w","event":"z"}]', 2)?.status, 413);
+  assert.equal(problem('{"unit":"u","event":"x","value":1,"ts":2,"requestId":"r"}', 0), undefined, "one object is one event");
+  // what no events body holds: nested values, more fields than an event has
+  assert.deepEqual(problem('[{"unit":"u","event":"x"},{"value":[0,0]}]'), { status: 400, message: "events[1]: an event's fields are strings, numbers or null (found a nested array)" });
+  assert.deepEqual(problem("[[0,0]]"), { status: 400, message: "events[0]: an event's fields are strings, numbers or null (found a nested array)" });
+  assert.deepEqual(problem('{"unit":"u","event":"x","value":{"a":1}}'), { status: 400, message: "body: an event's fields are strings, numbers or null (found a nested object)" });
+  assert.deepEqual(problem('[{"a":0,"a":0,"a":0,"a":0,"a":0,"a":0}]'), { status: 400, message: "events[0]: more fields than an event has (unit, event, value, ts, requestId)" });
+  assert.equal(problem("not json"), undefined);
+  // the bodies that held the event loop for 0.5-1 s each: refused after a few bytes or 10,000 commas
+  for (const junk of [`[${"0,".repeat(8_000_000)}0]`, `[[${"0,".repeat(7_000_000)}0]]`, `{"unit":"u","event":"w","value":[${"0,".repeat(7_000_000)}0]}`, `[{${'"a":0,'.repeat(1_400_000)}"a":0}]`]) {
+    const bytes = Buffer.from(junk);
+    const t0 = performance.now();
+    assert.ok(eventsBodyProblem(bytes, 10_000) !== undefined, junk.slice(0, 30));
+    assert.ok(performance.now() - t0 < 50, `${performance.now() - t0} ms`);
+  }
 });

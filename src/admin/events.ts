@@ -4,31 +4,52 @@ import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
 export const MAX_EVENTS_PER_REQUEST = 10_000;
 
+/** Fields an event has (unit, event, value, ts, requestId): an object with more commas than this between its own fields is no event. */
+const MAX_EVENT_COMMAS = 4;
+
 /**
- * Whether the JSON text `body` is an array of more than `max` items, found without parsing it: one pass over the
- * bytes counting the commas between the array's own items (not those in strings or nested values), stopping at
- * the first one too many. JSON.parse of a 16 MiB array of eight million zeros held the event loop, and with it
- * every proxied request, for about a second before the count was refused; this refuses it after 10,000 commas.
+ * What is wrong with the JSON text `body` as a POST /v1/events body, found without parsing it: an array of more than
+ * `maxItems` items (413), or an event with a nested array or object or with more fields than an event has (400).
+ * Undefined when none of that is found (JSON.parse and parseEvents then judge it). One pass over the bytes, stopping
+ * at the first problem. JSON.parse of a 16 MiB body of eight million numbers held the event loop, and with it every
+ * proxied request, for about a second before the events were refused, whether the numbers were the array's items,
+ * an array nested in an event, or a field repeated a million times; an events body has none of those shapes.
  */
-export function hasMoreItemsThan(body: Buffer, max: number): boolean {
+export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400 | 413; message: string } | undefined {
   let i = 0;
   while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
-  if (body[i] !== 0x5b /* [ */) return false;
+  const first = body[i];
+  if (first !== 0x5b /* [ */ && first !== 0x7b /* { */) return undefined;
+  // depth at which an event's fields are: 2 in an array of events, 1 in a single event
+  const eventDepth = first === 0x5b ? 2 : 1;
+  const where = () => (first === 0x5b ? `events[${items}]` : "body");
   let depth = 0;
   let inString = false;
-  let commas = 0;
+  let items = 0;
+  let fieldCommas = 0;
   for (; i < body.length; i++) {
     const c = body[i]!;
     if (inString) {
       if (c === 0x5c /* \ */) i++;
       else if (c === 0x22 /* " */) inString = false;
     } else if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b /* { */) depth++;
-    else if (c === 0x5d || c === 0x7d /* } */) {
-      if (--depth === 0) return false;
-    } else if (c === 0x2c /* , */ && depth === 1 && ++commas >= max) return true;
+    else if (c === 0x5b || c === 0x7b /* { */) {
+      depth++;
+      // (an event is an object: an array in the events' place is nested too deep as well)
+      if (depth > eventDepth || (depth === eventDepth && c === 0x5b)) return { status: 400, message: `${where()}: an event's fields are strings, numbers or null (found a nested ${c === 0x5b ? "array" : "object"})` };
+      if (depth === eventDepth) fieldCommas = 0;
+    } else if (c === 0x5d || c === 0x7d /* } */) {
+      if (--depth === 0) return undefined;
+    } else if (c === 0x2c /* , */) {
+      if (depth === eventDepth && ++fieldCommas > MAX_EVENT_COMMAS) {
+        return { status: 400, message: `${where()}: more fields than an event has (unit, event, value, ts, requestId)` };
+      }
+      if (depth === 1 && first === 0x5b && ++items >= maxItems) {
+        return { status: 413, message: `more than ${maxItems} events in one request; at most ${maxItems}` };
+      }
+    }
   }
-  return false;
+  return undefined;
 }
 /** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */
 export const MAX_REQUEST_ID_CHARS = 512;

@@ -5,7 +5,7 @@ import type { Logger } from "../log/index.ts";
 import type { LogThrottle } from "../log/throttle.ts";
 import type { AdminContext } from "./context.ts";
 import type { GatewayMetrics } from "./metrics.ts";
-import { hasMoreItemsThan, MAX_EVENTS_PER_REQUEST, parseEvents } from "./events.ts";
+import { eventsBodyProblem, MAX_EVENTS_PER_REQUEST, parseEvents } from "./events.ts";
 import { createDashboardHandler, type DashboardHandler } from "../dashboard/routes.ts";
 
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
@@ -28,8 +28,8 @@ function sendJson(res: ServerResponse, status: number, body: unknown, extra: Rec
   res.end(text);
 }
 
-/** `tooMany`: refuses a body with 413 before it is parsed (see hasMoreItemsThan), with its message. */
-function readJson(req: IncomingMessage, tooMany?: { test: (body: Buffer) => boolean; message: string }): Promise<unknown> {
+/** `check`: what makes a body refused before it is parsed (see eventsBodyProblem). */
+function readJson(req: IncomingMessage, check?: (body: Buffer) => { status: number; message: string } | undefined): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const ct = req.headers["content-type"];
     if (ct && !/^application\/(.+\+)?json\b/i.test(ct)) {
@@ -62,7 +62,8 @@ function readJson(req: IncomingMessage, tooMany?: { test: (body: Buffer) => bool
     req.on("end", () => {
       if (tooLarge) return;
       const body = Buffer.concat(chunks);
-      if (tooMany?.test(body)) return reject(new RequestError(tooMany.message, 413, "ABGATE_ERR_EVENT_INVALID"));
+      const problem = check?.(body);
+      if (problem) return reject(new RequestError(problem.message, problem.status, "ABGATE_ERR_EVENT_INVALID"));
       const text = body.toString("utf8");
       if (!text.trim()) return reject(new RequestError("empty body: expected JSON", 400, "ABGATE_ERR_BAD_JSON"));
       try {
@@ -231,8 +232,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       case "/v1/events": {
         allow("POST");
         if (!ctx.mayIngest(req.headers.authorization)) throw new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
-        const tooMany = { test: (body: Buffer) => hasMoreItemsThan(body, MAX_EVENTS_PER_REQUEST), message: `more than ${MAX_EVENTS_PER_REQUEST} events in one request; at most ${MAX_EVENTS_PER_REQUEST}` };
-        const events = parseEvents(await readJson(req, tooMany), ctx.config.experiment, knownEvents, Date.now());
+        const body = await readJson(req, (bytes) => eventsBodyProblem(bytes, MAX_EVENTS_PER_REQUEST));
+        const events = parseEvents(body, ctx.config.experiment, knownEvents, Date.now());
         await ctx.store.writeEvents(events);
         const counts = new Map<string, number>();
         for (const e of events) counts.set(e.event, (counts.get(e.event) ?? 0) + 1);
