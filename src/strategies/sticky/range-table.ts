@@ -28,8 +28,8 @@ interface Segment {
  *
  * Which pieces move is free within that bound, and is chosen so that going back to earlier weights brings units
  * back: each point of [0,1) has a home, its owner in the table the config's weights lay out (`home`). A variant that
- * shrinks gives up first what it holds of a growing variant's home, then what it holds of another's, and its own
- * home last, each from the top down; a freed piece goes first to its home, if that grew, then to a neighbour (so
+ * shrinks gives up first what it holds of a growing variant's home (from the bottom up), then what it holds of
+ * another's, and its own home last (each from the top down); a freed piece goes first to its home, if that grew, then to a neighbour (so
  * ranges merge instead of fragmenting). Without it, a variant gave up the top of its highest range whatever it had
  * borrowed: pausing a variant (weight 0) and resuming it at the same weight left 17% of all units in another variant
  * than before, each of them now exposed to two.
@@ -132,8 +132,8 @@ export class RangeTable {
     }
     const needs = (owner: string | null | undefined): owner is string => owner != null && (deficit.get(owner) ?? 0) > EPSILON;
 
-    // 1. Variants that shrank free their excess: what they hold of a growing variant's home first, then of another
-    //    variant's home, then their own; each from the top down.
+    // 1. Variants that shrank free their excess: what they hold of a growing variant's home first (from the bottom
+    //    up), then of another variant's home, then their own (from the top down).
     for (const [owner, length] of current) {
       const target = shares.get(owner) ?? 0;
       if (target <= 0) {
@@ -146,13 +146,20 @@ export class RangeTable {
         const home = homeOf(s);
         return home === null || home === owner ? 2 : needs(home) ? 0 : 1;
       };
-      const order = segments.filter((s) => s.owner === owner).sort((a, b) => rank(a) - rank(b) || b.from - a.from);
+      // A growing variant's home is given back from the bottom up: the bottom of its home is what it kept longest
+      // (it was freed last, from the top down), so what it gets back borders what it still has.
+      const order = segments.filter((s) => s.owner === owner).sort((a, b) => rank(a) - rank(b) || (rank(a) === 0 ? a.from - b.from : b.from - a.from));
       for (const s of order) {
         if (excess <= EPSILON) break;
         const len = s.to - s.from;
         if (len <= excess + EPSILON) {
           s.owner = null;
           excess -= len;
+        } else if (rank(s) === 0) {
+          const cut = s.from + excess;
+          segments.splice(segments.indexOf(s), 0, { owner: null, from: s.from, to: cut });
+          s.from = cut;
+          excess = 0;
         } else {
           const cut = s.to - excess;
           segments.splice(segments.indexOf(s) + 1, 0, { owner: null, from: cut, to: s.to });

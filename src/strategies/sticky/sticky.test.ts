@@ -260,6 +260,40 @@ describe("sticky: going back to earlier weights brings units back", () => {
     assert.ok(notHome / n < 0.1, `${notHome / n} of [0,1) not home on average`);
   });
 
+  test("a ramp (50/50 to 90/10), then a pause and a resume of the treatment, gives back the ramped table", () => {
+    const s = new StickyStrategy({ variants: [{ name: "control", weight: 50 }, { name: "treatment", weight: 50 }], salt: "x" });
+    s.setWeights({ control: 90, treatment: 10 });
+    const ramped = s.ranges();
+    s.setWeights({ treatment: 0 });
+    s.setWeights({ treatment: 10 });
+    assert.deepEqual(s.ranges(), ramped);
+  });
+
+  test("one random change, then a pause and a resume: most tables come back whole, and little moves otherwise", () => {
+    // Measured over these 2,000 cases: 579 not restored, 6.0% of [0,1) moved on average; giving back a growing
+    // variant's home from the top down: 1,574 and 12.5%; the table before homes: 1,984 and 37.9%.
+    const random = seededRandom(3);
+    const weights = () => NAMES.map((_, i) => (random() < 0.2 ? 0 : Math.floor(random() * 100) + 1) + (i === 0 ? 1 : 0));
+    let notRestored = 0;
+    let movedSum = 0;
+    const n = 2000;
+    for (let k = 0; k < n; k++) {
+      const initial = weights();
+      const s = new StickyStrategy({ variants: NAMES.map((name, i) => ({ name, weight: initial[i]! })), salt: "h" });
+      const change = weights();
+      s.setWeights(Object.fromEntries(NAMES.map((name, i) => [name, change[i]!])));
+      const v = NAMES.findIndex((_, i) => change[i]! > 0 && change.some((x, j) => j !== i && x > 0));
+      if (v < 0) continue;
+      const before = s.ranges();
+      s.setWeights({ [NAMES[v]!]: 0 });
+      s.setWeights({ [NAMES[v]!]: change[v]! });
+      const m = moved(before, s.ranges()).fraction;
+      movedSum += m;
+      if (m > TOL) notRestored++;
+    }
+    assert.ok(notRestored < 0.35 * n && movedSum / n < 0.08, `${notRestored} not restored, ${movedSum / n} moved on average`);
+  });
+
   test("the home survives a restart: resuming after a restart with the variant paused gives back the table from before", () => {
     const s = three();
     const initial = s.ranges();
