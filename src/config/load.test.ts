@@ -140,6 +140,10 @@ test("a variant key another engine reads is refused, naming the engine it is for
   ]);
   assert.deepEqual(issues(processBase.replace("command: [node, a.js]", "command: []")), ["variants[0].command: a list with the program first, such as [node, server.js]"]);
   assert.deepEqual(parseConfig(processBase.replace("command: [node, a.js]", "command: [server, --workers, 4, --debug, true]"), "/tmp", {}).variants[0].command, ["server", "--workers", "4", "--debug", "true"]);
+  // as written, not as YAML's number printed again
+  const written = parseConfig(processBase.replace("command: [node, a.js]", "command: [server, 1.10, 0x1F, 007, 1e3, 12345678901234567890], env: { V: 1.10, W: 007 }"), "/tmp", {}).variants[0];
+  assert.deepEqual(written.command, ["server", "1.10", "0x1F", "007", "1e3", "12345678901234567890"]);
+  assert.deepEqual([written.env.V, written.env.W], ["1.10", "007"]);
 });
 
 test("variants' pinned ports may not overlap each other, nor run past 65535", () => {

@@ -243,6 +243,11 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
   };
 }
 
+/** Whether a scalar with these ancestors is in a variant's command, env or buildArgs (text for the program). */
+function inProgramText(path: readonly unknown[]): boolean {
+  return path.some((p) => isPair(p) && isScalar(p.key) && (p.key.value === "command" || p.key.value === "env" || p.key.value === "buildArgs"));
+}
+
 /** A whole scalar that was one `${NAME}`: its text, typed by the schema where the key expects a number or boolean. */
 class EnvValue {
   /** `name`: the variable, to name it when its value (empty: null) is what the schema refuses */
@@ -328,6 +333,12 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   const whole = new RegExp(`^${tag}(\\d+)x$`);
   visit(doc, {
     Scalar(key, node, path) {
+      // A number in a command's arguments, env or buildArgs is text for the program: the text written, not YAML's
+      // number printed again (`1.10` was "1.1", `0x1F` "31", `007` "7").
+      if (typeof node.value === "number" && key !== "key" && node.type === "PLAIN" && typeof node.source === "string" && inProgramText(path)) {
+        node.value = node.source;
+        return;
+      }
       if (typeof node.value !== "string") return;
       // What is left of a `${` once every reference and escape is a placeholder is a form this does not expand
       // (`${A:+x}`, `${A:-${B}}`, `${not a name}`): kept as text, a token or a salt would silently be that text.
