@@ -356,6 +356,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     // Bandit: weights follow the posterior of the first (or chosen) conversion metric.
     let banditTimer: TimerHandle | null = null;
     let banditStopped = false;
+    /** the update in flight, which a stop waits for before the store closes */
+    let banditUpdate: Promise<void> = Promise.resolve();
     if (strategy.observe) {
       const metric = config.metrics.find((m) => m.name === config.strategy.metric) ?? config.metrics.find((m) => m.kind === "conversion");
       const tick = async () => {
@@ -370,14 +372,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           log.warn({ err }, "bandit update failed");
         }
         // (an update in flight when the gateway stops must not schedule another, on a closed store)
-        if (!banditStopped) banditTimer = clock.setTimeout(() => void tick(), config.strategy.updateIntervalMs);
+        if (!banditStopped) banditTimer = clock.setTimeout(run, config.strategy.updateIntervalMs);
       };
+      const run = () => void (banditUpdate = tick());
       // The first update at once: the weights restored from the store are the last run's, and until an update has
       // counts, a weight change (PUT /v1/weights) can only apply the configured weights.
-      void tick();
-      cleanups.push(() => {
+      run();
+      cleanups.push(async () => {
         banditStopped = true;
         banditTimer?.cancel();
+        await banditUpdate;
       });
     }
 

@@ -547,3 +547,14 @@ test("Expect: 100-continue: a request without the token is answered 401 at once,
   assert.match(await answer(allowed.got), /^HTTP\/1\.1 200 /);
   allowed.socket.destroy();
 });
+
+test("bandit: the first update runs at start, and a stop right after waits for it instead of failing it on the closed store", async () => {
+  const { pino } = await import("pino");
+  for (let i = 0; i < 3; i++) {
+    const lines: { level: number; msg: string }[] = [];
+    const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const own = await testGateway({ experiment: "bandit-stop", strategy: { kind: "bandit" }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] }, { log });
+    await own.close();
+    assert.deepEqual(lines.filter((l) => /bandit update failed/.test(l.msg)), []);
+  }
+});

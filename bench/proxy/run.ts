@@ -43,7 +43,9 @@ const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 64);
 // On wrk's core by default: left to the scheduler, the backend nginx often woke on core 0 (the proxy's writes wake
 // it there) and took a quarter of the core from the proxy being measured, more in some rounds than in others.
-const backendCore = process.env.BENCH_BACKEND_CORE === "none" ? undefined : Number(process.env.BENCH_BACKEND_CORE ?? 1);
+const backendCoreText = process.env.BENCH_BACKEND_CORE || "1";
+const backendCore = backendCoreText === "none" ? undefined : Number(backendCoreText);
+if (backendCore !== undefined && !Number.isInteger(backendCore)) throw new Error(`BENCH_BACKEND_CORE: a core number or none, got ${backendCoreText}`);
 const proxyNames = (process.env.BENCH_PROXIES ?? "haproxy,nginx,fastify,abgate,abgate-nolog").split(",").map((s) => s.trim()).filter(Boolean);
 const PROXY_CORE = 0;
 const pairs = Math.max(0, Number(process.env.BENCH_PAIRS ?? 4));
@@ -403,7 +405,7 @@ async function main(): Promise<void> {
   }
   const saturated = results.filter((r) => r.wrkCoreBusy !== undefined && r.wrkCoreBusy >= 0.97);
   if (saturated.length > 0) {
-    console.log(`wrk's core (shared with the backends) was busy throughout for ${saturated.map((r) => r.name).join(", ")}: the load side may have limited them, so their req/s are lower bounds`);
+    console.log(`wrk's core${backendCore === WRK_CORE ? " (shared with the backends)" : ""} was busy throughout for ${saturated.map((r) => r.name).join(", ")}: the load side may have limited them, so their req/s are lower bounds`);
   }
   for (const r of results.filter((x) => x.error)) console.log(`\n${r.name} failed: ${r.error}`);
 

@@ -334,11 +334,16 @@ describe("HealthTracker: passive ejection", () => {
     tracker.stop();
   });
 
-  test("maxEjectionMs defaults to 300,000 ms (Envoy's max_ejection_time), or ejectionMs when that is longer; below ejectionMs it is refused", () => {
-    const { tracker, changes } = setup({ ejectAfterFailures: 1, ejectionMs: 200_000 });
+  test("maxEjectionMs defaults to 300,000 ms (Envoy's max_ejection_time), or ejectionMs when that is longer; below ejectionMs it is refused", async () => {
+    const { tracker, changes, clock } = setup({ ejectAfterFailures: 1, ejectionMs: 200_000 });
     tracker.setEndpoints([ep("control-0")], {});
     tracker.reportFailure("control-0");
     assert.equal(changes.at(-1)!.ejectionMs, 200_000);
+    clock.advance(200_000);
+    await tick();
+    assert.equal(tracker.state("control-0"), "healthy");
+    tracker.reportFailure("control-0");
+    assert.equal(changes.at(-1)!.ejectionMs, 300_000, "the second, 400,000 by the count, is bounded by the default");
     tracker.stop();
     const long = setup({ ejectAfterFailures: 1, ejectionMs: 400_000 });
     long.tracker.setEndpoints([ep("control-0")], {});

@@ -73,6 +73,8 @@ export class BanditStrategy implements Strategy {
   #probabilities: number[] | undefined;
   /** the counts of the last `observe`, to recompute the weights when the configured ones change */
   #lastStats: ArmStats[] | undefined;
+  /** the active arms #probabilities were drawn for, as a key */
+  #drawnFor = "";
   /** units that came with their id (header, query, cookie): the variant each was first given */
   readonly #seen: UnitMemory;
   /** units the proxy made up, until they come back with their id: then they move to `#seen` */
@@ -139,7 +141,10 @@ export class BanditStrategy implements Strategy {
 
   setWeights(weights: Record<string, number>): void {
     this.#configured = mergeWeights(this.#names, this.#configured, weights);
-    if (this.#lastStats) this.observe(this.#lastStats);
+    // The same arms as the last draw: its P(best) stands (drawing again would move the weights by Monte Carlo noise
+    // on a change of nothing); other arms: drawn again from the last counts.
+    if (this.#probabilities !== undefined && this.#activeKey() === this.#drawnFor) this.#applyProbabilities();
+    else if (this.#lastStats) this.observe(this.#lastStats);
     else this.#apply([...this.#configured]);
   }
 
@@ -187,10 +192,22 @@ export class BanditStrategy implements Strategy {
       wins[best]++;
     }
     this.#probabilities = wins.map((w) => w / this.#draws);
+    this.#drawnFor = this.#activeKey();
+    this.#applyProbabilities();
+  }
+
+  /** The arms whose configured weight is > 0, as a key. */
+  #activeKey(): string {
+    return this.#configured.map((w) => (w > 0 ? "1" : "0")).join("");
+  }
+
+  /** The weights in force from the last P(best): floored shares of the active arms. */
+  #applyProbabilities(): void {
+    const active = this.#names.map((_, i) => i).filter((i) => this.#configured[i] > 0);
     const k = active.length;
     const floor = Math.min(this.#floor, 1 / k);
     const next = new Array<number>(this.#names.length).fill(0);
-    for (const i of active) next[i] = floor + (1 - k * floor) * this.#probabilities[i];
+    for (const i of active) next[i] = floor + (1 - k * floor) * this.#probabilities![i]!;
     this.#apply(next);
   }
 
