@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -346,7 +346,12 @@ test("process engine: a restart whose port a daemon of the old run still holds i
   const logged: { level: string; msg: string }[] = [];
   // The replica starts a server in a session of its own (out of its process group), then exits.
   const daemon = `require('http').createServer((q, s) => s.end('stray')).listen(Number(process.env.PORT), () => require('fs').writeFileSync(${JSON.stringify(pidFile).replaceAll('"', "'")}, String(process.pid)))`;
-  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd(`setsid node -e "${daemon}" & sleep 0.5; exit 1`)} }\n`), {
+  // Only the first run starts it, with no stdio of the replica's: a daemon started by a later run could still be
+  // starting when the test kills the first, then listen and outlive the test, holding the engine's output pipe open
+  // (a CI run's test file then never ended: all its tests passed, and it timed out after 300 s).
+  const marker = join(dir, "started");
+  const once = `[ -e ${marker} ] || { touch ${marker}; setsid node -e "${daemon}" </dev/null >/dev/null 2>&1 & }; sleep 0.5; exit 1`;
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd(once)} }\n`), {
     backoffMs: 20,
     log: (level, msg) => logged.push({ level, msg }),
   });
@@ -357,6 +362,8 @@ test("process engine: a restart whose port a daemon of the old run still holds i
     assert.match(warning.msg, /^port \d+ of replica control-0 is still in use after its process group ended: a process it started outside its group \(a daemon, setsid\) holds it/);
   } finally {
     await engine.stop(300);
+    // (the warning comes once the daemon listens, after it wrote its pid)
+    await until("the daemon's pid", () => existsSync(pidFile) || undefined, 5_000).catch(() => undefined);
     try {
       process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
     } catch {
