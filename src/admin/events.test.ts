@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { RequestError } from "../errors.ts";
 import { MAX_UNIT_CHARS } from "../store/types.ts";
 import { MAX_ABS_MEASURE as MAX_ABS_VALUE, MAX_ABS_TS_MS as MAX_TS_MS } from "../store/rollup.ts";
-import { eventsBodyProblem, MAX_REQUEST_ID_CHARS, parseEvents } from "./events.ts";
+import { eventsBodyProblem, MAX_REQUEST_ID_CHARS, parseEvents, parseEventsInSlices } from "./events.ts";
 
 const known = new Set(["watched"]);
 const NOW = Date.UTC(2027, 0, 1); // after every time the tests send as valid
@@ -117,4 +117,20 @@ test("eventsBodyProblem refuses, without parsing, more items than allowed, neste
     assert.ok(eventsBodyProblem(bytes, 10_000) !== undefined, junk.slice(0, 30));
     assert.ok(performance.now() - t0 < 50, `${performance.now() - t0} ms`);
   }
+});
+
+test("parseEventsInSlices gives parseEvents' result and first error, and lets the event loop turn between slices", async () => {
+  const known = new Set(["watched"]);
+  const batch = Array.from({ length: 10_000 }, (_, i) => ({ unit: `u${i}`, event: "watched", value: i, ts: 1_700_000_000_000 + i }));
+  let turns = 0;
+  const ticker = setInterval(() => turns++, 0);
+  try {
+    assert.deepEqual(await parseEventsInSlices(batch, "exp", known, 1_800_000_000_000), parseEvents(batch, "exp", known, 1_800_000_000_000));
+  } finally {
+    clearInterval(ticker);
+  }
+  assert.ok(turns > 0, "the loop turned while 10,000 events were validated");
+  const broken = batch.map((e, i) => (i === 7_777 ? { ...e, value: "x" } : e));
+  await assert.rejects(parseEventsInSlices(broken, "exp", known, 1_800_000_000_000), /^RequestError: events\[7777\]\.value: a finite number$/);
+  assert.throws(() => parseEvents(broken, "exp", known, 1_800_000_000_000), /^RequestError: events\[7777\]\.value: a finite number$/);
 });

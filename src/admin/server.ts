@@ -5,7 +5,7 @@ import type { Logger } from "../log/index.ts";
 import type { LogThrottle } from "../log/throttle.ts";
 import type { AdminContext } from "./context.ts";
 import type { GatewayMetrics } from "./metrics.ts";
-import { eventsBodyProblem, MAX_EVENTS_PER_REQUEST, parseEvents } from "./events.ts";
+import { eventsBodyProblem, MAX_EVENTS_PER_REQUEST, parseEventsInSlices } from "./events.ts";
 import { createDashboardHandler, type DashboardHandler } from "../dashboard/routes.ts";
 
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
@@ -233,7 +233,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         allow("POST");
         if (!ctx.mayIngest(req.headers.authorization)) throw new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
         const body = await readJson(req, (bytes) => eventsBodyProblem(bytes, MAX_EVENTS_PER_REQUEST));
-        const events = parseEvents(body, ctx.config.experiment, knownEvents, Date.now());
+        const events = await parseEventsInSlices(body, ctx.config.experiment, knownEvents, Date.now());
         await ctx.store.writeEvents(events);
         const counts = new Map<string, number>();
         for (const e of events) counts.set(e.event, (counts.get(e.event) ?? 0) + 1);
