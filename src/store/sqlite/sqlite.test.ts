@@ -317,6 +317,38 @@ describe("SqliteStore specifics", () => {
       }
     });
 
+    it("an events batch too goes in slices, all or nothing: a failure in a late slice leaves no event, and the counter as it was", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      try {
+        const path = join(dir, "a.db");
+        const store = new SqliteStore(path);
+        await store.init();
+        const events = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ experiment: "exp", unit: `${tag}${i}`, event: "watched", value: i, ts: 1_700_000_000_000 + i, requestId: null }));
+        let turns = 0;
+        let stop = false;
+        const tick = () => {
+          turns++;
+          if (!stop) setImmediate(tick);
+        };
+        setImmediate(tick);
+        await store.writeEvents(events(10_000, "ok"));
+        stop = true;
+        assert.ok(turns >= 20, `10,000 events in slices of 250 take many turns of the loop, took ${turns}`);
+        assert.equal((await store.counts("exp")).events, 10_000);
+        const db = new Database(path);
+        db.exec(`CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.unit = 'bad9000' BEGIN SELECT RAISE(ABORT, 'refused'); END`);
+        db.close();
+        await assert.rejects(store.writeEvents(events(10_000, "bad")), (err: unknown) => err instanceof StoreError && /refused/.test(err.message));
+        assert.equal((await store.counts("exp")).events, 10_000, "nothing of the failed batch");
+        const check = new Database(path, { readonly: true });
+        assert.equal((check.prepare("SELECT count(*) AS n FROM events WHERE unit LIKE 'bad%'").get() as { n: number }).n, 0);
+        check.close();
+        await store.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it("is all or nothing: a failure in a late slice leaves no row of the batch", async () => {
       const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
       try {
