@@ -276,6 +276,23 @@ describe("SqliteStore specifics", () => {
   });
   const rowsOf = (n: number) => Array.from({ length: n }, (_, i) => x(i));
 
+  /** Counts the turns of the event loop from now until stop(), which returns the count. */
+  const countTurns = () => {
+    let turns = 0;
+    let stopped = false;
+    const tick = () => {
+      turns++;
+      if (!stopped) setImmediate(tick);
+    };
+    setImmediate(tick);
+    return {
+      stop: () => {
+        stopped = true;
+        return turns;
+      },
+    };
+  };
+
   describe("a big exposure write", () => {
     /** A clock on which every slice seems to take 1 ms, twice the default budget: slices shrink to 50 rows. */
     const slowClock = () => {
@@ -288,13 +305,7 @@ describe("SqliteStore specifics", () => {
       try {
         const store = new SqliteStore(join(dir, "a.db"), { monotonicMs: slowClock() });
         await store.init();
-        let turns = 0;
-        let stop = false;
-        const tick = () => {
-          turns++;
-          if (!stop) setImmediate(tick);
-        };
-        setImmediate(tick);
+        const loop = countTurns();
         await store.counts("exp"); // the reader thread is up
         const seen: number[] = [];
         let written = false;
@@ -306,7 +317,7 @@ describe("SqliteStore specifics", () => {
           if (!written) seen.push(exposures);
         }
         await write;
-        stop = true;
+        const turns = loop.stop();
         assert.ok(turns >= 100, `6,000 rows in slices of 50 or so take many turns of the loop, took ${turns}`);
         assert.ok(seen.length >= 1, `reads answered while the write ran: ${seen.length}`);
         assert.deepEqual(new Set(seen), new Set([0]));
@@ -324,15 +335,9 @@ describe("SqliteStore specifics", () => {
         const store = new SqliteStore(path);
         await store.init();
         const events = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ experiment: "exp", unit: `${tag}${i}`, event: "watched", value: i, ts: 1_700_000_000_000 + i, requestId: null }));
-        let turns = 0;
-        let stop = false;
-        const tick = () => {
-          turns++;
-          if (!stop) setImmediate(tick);
-        };
-        setImmediate(tick);
+        const loop = countTurns();
         await store.writeEvents(events(10_000, "ok"));
-        stop = true;
+        const turns = loop.stop();
         assert.ok(turns >= 20, `10,000 events in slices of 250 take many turns of the loop, took ${turns}`);
         assert.equal((await store.counts("exp")).events, 10_000);
         const db = new Database(path);
