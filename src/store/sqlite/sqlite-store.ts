@@ -131,7 +131,7 @@ interface PendingQuery {
 }
 
 type Statement = Database.Statement<unknown[], unknown>;
-type Statements = Record<"event" | "countEvents" | "getState" | "setState" | "begin" | "commit" | "rollback", Statement>;
+type Statements = Record<"event" | "countEvents" | "getState" | "setState", Statement>;
 
 const placeholders = (n: number) => `(${Array(n).fill("?").join(", ")})`;
 const valuesOf = (rows: number, columns: number) => Array(rows).fill(placeholders(columns)).join(", ");
@@ -317,20 +317,39 @@ function jsonString(s: string): string {
 /** What JSON.stringify escapes (quote, backslash, control characters), and surrogates, which may be lone. */
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
+/** A write transaction that the store spreads over several turns of the event loop (exposures, events). */
+interface WriteTransaction {
+  begin(): void;
+  commit(): void;
+  /** (nothing to undo when the failure ended the transaction already) */
+  rollback(): void;
+}
+
+function writeTransaction(db: Database.Database): WriteTransaction {
+  // IMMEDIATE: take the write lock now, so that a busy database fails the write before any row is inserted.
+  const begin = db.prepare("BEGIN IMMEDIATE");
+  const commit = db.prepare("COMMIT");
+  const rollback = db.prepare("ROLLBACK");
+  return {
+    begin: () => void begin.run(),
+    commit: () => void commit.run(),
+    rollback: () => {
+      if (db.inTransaction) rollback.run();
+    },
+  };
+}
+
 /**
  * The statements of an exposure write, which the store spreads over several turns of the event loop: `begin` a
  * transaction, `insert` the rows a slice at a time, then apply the batch's `rollups` and `commit`.
  */
-interface ExposureWriter {
-  begin(): void;
+interface ExposureWriter extends WriteTransaction {
   insert(rows: readonly Exposure[], from: number, to: number): void;
   /** the batch's rollup upserts, inside its transaction */
   rollups(roll: ExposureRollup): void;
-  commit(): void;
-  rollback(): void;
 }
 
-function exposureWriter(db: Database.Database): ExposureWriter {
+function exposureWriter(db: Database.Database, transaction: WriteTransaction): ExposureWriter {
   const exposures = new ExposureChunkInsert(db);
   // No RETURNING on the units upsert (it made a new unit's upsert half again as expensive): the unit cache learns
   // from the deltas.
@@ -341,22 +360,14 @@ function exposureWriter(db: Database.Database): ExposureWriter {
     `INSERT INTO counters (experiment, exposures, events) VALUES (?, ?, 0)
      ON CONFLICT (experiment) DO UPDATE SET exposures = counters.exposures + excluded.exposures`,
   );
-  // IMMEDIATE: take the write lock now, so that a busy database fails the write before any row is inserted.
-  const begin = db.prepare("BEGIN IMMEDIATE");
-  const commit = db.prepare("COMMIT");
-  const rollback = db.prepare("ROLLBACK");
   return {
-    begin: () => void begin.run(),
+    ...transaction,
     insert: (rows, from, to) => exposures.run(rows, from, to),
     rollups(roll) {
       units.run(roll.units);
       minutes.run(roll.minutes);
       hist.run(roll.hist);
       for (const [experiment, n] of roll.counts) count.run(experiment, n);
-    },
-    commit: () => void commit.run(),
-    rollback: () => {
-      if (db.inTransaction) rollback.run();
     },
   };
 }
@@ -605,6 +616,7 @@ export class SqliteStore implements Store {
   #cache: UnitCache;
   #closed = false;
   #stmts: Statements | null = null;
+  #transaction: WriteTransaction | null = null;
   #exposures: ExposureWriter | null = null;
   #checkpointer: Worker | null = null;
   #checkpointIntervalMs: number;
@@ -764,7 +776,8 @@ export class SqliteStore implements Store {
 
   #prepare(): void {
     const db = this.#db;
-    this.#exposures = exposureWriter(db);
+    this.#transaction = writeTransaction(db);
+    this.#exposures = exposureWriter(db, this.#transaction);
     this.#stmts = {
       event: db.prepare(
         `INSERT INTO events (experiment, unit, event, value, ts, request_id) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -774,9 +787,6 @@ export class SqliteStore implements Store {
          ON CONFLICT (experiment) DO UPDATE SET events = counters.events + excluded.events`,
       ),
       getState: db.prepare(`SELECT value FROM state WHERE experiment = ? AND key = ?`),
-      begin: db.prepare("BEGIN IMMEDIATE"),
-      commit: db.prepare("COMMIT"),
-      rollback: db.prepare("ROLLBACK"),
       setState: db.prepare(
         `INSERT INTO state (experiment, key, value, updated_at) VALUES (?, ?, ?, ?)
          ON CONFLICT (experiment, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
@@ -872,12 +882,13 @@ export class SqliteStore implements Store {
    */
   async #writeEvents(rows: OutcomeEvent[]): Promise<void> {
     const s = this.#s();
+    const transaction = this.#transaction!;
     const counts = new Map<string, number>();
     for (const e of rows) counts.set(e.experiment, (counts.get(e.experiment) ?? 0) + 1);
     try {
       this.#db.pragma("synchronous = FULL");
       try {
-        s.begin.run();
+        transaction.begin();
         try {
           for (let i = 0; i < rows.length; i += EVENT_SLICE_ROWS) {
             if (i > 0) await nextTurn();
@@ -887,9 +898,9 @@ export class SqliteStore implements Store {
             }
           }
           for (const [experiment, n] of counts) s.countEvents.run(experiment, n);
-          s.commit.run();
+          transaction.commit();
         } catch (err) {
-          if (this.#db.inTransaction) s.rollback.run();
+          transaction.rollback();
           throw err;
         }
       } finally {
