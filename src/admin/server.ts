@@ -125,9 +125,6 @@ function crossSiteOrigin(req: IncomingMessage): string | undefined {
   return origin;
 }
 
-/** The routes that change the experiment, which need the admin token. */
-const ADMIN_CHANGES = new Set(["/v1/weights", "/v1/promote", "/v1/rollback"]);
-
 function numberMap(body: unknown): Map<string, number> {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
@@ -162,8 +159,17 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
   const knownEvents = new Set(ctx.config.metrics.flatMap((m) => ("event" in m ? [m.event] : [])));
   const variants = ctx.config.variants.map((v) => v.name);
 
-  const requireAdmin = (req: IncomingMessage) => {
-    if (!ctx.isAdmin(req.headers.authorization)) throw new RequestError("this change needs the admin token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+  /** Why `path` refuses a request with this Authorization header (401), or undefined: one rule for the routes and for Expect: 100-continue. */
+  const tokenRefusal = (path: string, authorization: string | undefined): RequestError | undefined => {
+    if (path === "/v1/events") {
+      return ctx.mayIngest(authorization) ? undefined : new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+    }
+    if (path !== "/v1/weights" && path !== "/v1/promote" && path !== "/v1/rollback") return undefined;
+    return ctx.isAdmin(authorization) ? undefined : new RequestError("this change needs the admin token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+  };
+  const requireToken = (path: string, req: IncomingMessage) => {
+    const refusal = tokenRefusal(path, req.headers.authorization);
+    if (refusal) throw refusal;
   };
 
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -202,7 +208,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         return sendJson(res, 200, { ok: true });
       case "/v1/weights": {
         allow("PUT,POST");
-        requireAdmin(req);
+        requireToken(path, req);
         const weights = Object.fromEntries(numberMap(await readJson(req)));
         await ctx.setWeights(weights);
         ctx.log.info({ weights }, "weights changed");
@@ -210,7 +216,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       }
       case "/v1/promote": {
         allow("POST");
-        requireAdmin(req);
+        requireToken(path, req);
         const body = (await readJson(req)) as { variant?: unknown };
         const target = body && typeof body === "object" ? body.variant : undefined;
         if (typeof target !== "string" || !variants.includes(target)) {
@@ -222,7 +228,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       }
       case "/v1/rollback": {
         allow("POST");
-        requireAdmin(req);
+        requireToken(path, req);
         if (req.headers["content-length"] && req.headers["content-length"] !== "0") await readJson(req).catch(() => undefined);
         const control = ctx.config.control;
         await ctx.setWeights(Object.fromEntries(variants.map((v) => [v, v === control ? 100 : 0])));
@@ -231,7 +237,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       }
       case "/v1/events": {
         allow("POST");
-        if (!ctx.mayIngest(req.headers.authorization)) throw new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+        requireToken(path, req);
         const body = await readJson(req, (bytes) => eventsBodyProblem(bytes, MAX_EVENTS_PER_REQUEST));
         const events = await parseEventsInSlices(body, ctx.config.experiment, knownEvents, Date.now());
         await ctx.store.writeEvents(events);
@@ -251,9 +257,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
   // token sent its whole body (up to 16 MiB) to be refused. A request that will be refused for its token is answered
   // at once, without the 100, and its connection closed (the client may send the body anyway, RFC 9110 §10.1.1).
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? "/").split("?", 1)[0];
-    const auth = req.headers.authorization;
-    const refused = path === "/v1/events" ? !ctx.mayIngest(auth) : ADMIN_CHANGES.has(path ?? "") && !ctx.isAdmin(auth);
+    const refused = tokenRefusal((req.url ?? "/").split("?", 1)[0]!, req.headers.authorization) !== undefined;
     if (refused) res.shouldKeepAlive = false;
     else res.writeContinue();
     handle(req, res);
