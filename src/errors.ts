@@ -126,8 +126,13 @@ export function exitCodeFor(err: unknown): 1 | 2 {
  * its kind. (JSON.stringify of it overflowed the stack on 20,000 nested arrays, a 500, and echoed any size.)
  */
 export function shown(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
+  if (typeof value === "string") return JSON.stringify(cut(value));
   if (value === null || typeof value === "number" || typeof value === "boolean") return String(value);
   if (value === undefined) return "nothing";
   return Array.isArray(value) ? "an array" : `a${typeof value === "object" ? "n object" : ` ${typeof value}`}`;
+}
+
+/** Text from a request cut at 60 characters for an error message, with an ellipsis when cut. */
+export function cut(text: string): string {
+  return text.length > 60 ? `${text.slice(0, 60)}…` : text;
 }

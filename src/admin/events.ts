@@ -1,4 +1,4 @@
-import { RequestError, shown } from "../errors.ts";
+import { cut, RequestError, shown } from "../errors.ts";
 import { MAX_ABS_MEASURE, MAX_ABS_TS_MS, storableText } from "../store/rollup.ts";
 import { MAX_UNIT_CHARS, type OutcomeEvent } from "../store/types.ts";
 
@@ -142,7 +142,7 @@ function eventReader(body: unknown, experiment: string, knownEvents: Set<string>
       throw new RequestError(`${Array.isArray(body) ? `events[${i}]` : "body"}: expected an object like {"unit": "u1", "event": "watched"}`, 400, "ABGATE_ERR_EVENT_INVALID");
     }
     // (the field is the client's: shown cut short, as every value echoed back is)
-    for (const k of Object.keys(e)) if (!FIELDS.has(k)) throw bad(i, k.length > 60 ? `${k.slice(0, 60)}…` : k, "unknown field (expected unit, event, value, ts, requestId)");
+    for (const k of Object.keys(e)) if (!FIELDS.has(k)) throw bad(i, cut(k), "unknown field (expected unit, event, value, ts, requestId)");
     const { unit, event, value, ts, requestId } = e;
     if (typeof unit !== "string" || unit.length === 0) throw bad(i, "unit", "a non-empty string");
     if (unit.length > MAX_UNIT_CHARS) throw bad(i, "unit", `at most ${MAX_UNIT_CHARS} characters`);
