@@ -29,8 +29,8 @@ interface Segment {
  * Which pieces move is free within that bound, and is chosen so that going back to earlier weights brings units
  * back: each point of [0,1) has a home, its owner in the table the config's weights lay out (`home`). A variant that
  * shrinks gives up first what it holds of a growing variant's home (from the bottom up), then what it holds of
- * another's, and its own home last (each from the top down); a freed piece goes first to its home, if that grew, then to a neighbour (so
- * ranges merge instead of fragmenting). Without it, a variant gave up the top of its highest range whatever it had
+ * another's, and its own home last (each from the top down); a freed piece goes first to its home, if that grew,
+ * then to a neighbour (so ranges merge instead of fragmenting). Without it, a variant gave up the top of its highest range whatever it had
  * borrowed: pausing a variant (weight 0) and resuming it at the same weight left 17% of all units in another variant
  * than before, each of them now exposed to two.
  */
@@ -171,21 +171,25 @@ export class RangeTable {
 
     // 2. Variants that grew take the freed pieces: a piece goes home first, if its home grew (from the piece's
     //    start, which borders the home's other pieces when it was freed whole), then to a neighbour.
-    const pieces = mergeWithin(segments, homeOf);
+    const pieces = merge(segments, homeOf);
+    /** Gives the free piece at `i` to `owner`, or its first part, as much as owner's deficit; the rest stays free. */
+    const give = (i: number, owner: string): void => {
+      const s = pieces[i]!;
+      const d = deficit.get(owner)!;
+      const len = s.to - s.from;
+      if (d >= len - EPSILON) {
+        s.owner = owner;
+        deficit.set(owner, d - len);
+      } else {
+        const cut = s.from + d;
+        pieces.splice(i, 1, { owner, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
+        deficit.set(owner, 0);
+      }
+    };
     if (this.#home !== null) {
       for (let i = 0; i < pieces.length; i++) {
-        const s = pieces[i]!;
-        const home = s.owner === null ? homeOf(s) : null;
-        if (!needs(home)) continue;
-        const d = deficit.get(home)!;
-        if (d >= s.to - s.from - EPSILON) {
-          s.owner = home;
-          deficit.set(home, d - (s.to - s.from));
-        } else {
-          const cut = s.from + d;
-          pieces.splice(i, 1, { owner: home, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
-          deficit.set(home, 0);
-        }
+        const home = pieces[i]!.owner === null ? homeOf(pieces[i]!) : null;
+        if (needs(home)) give(i, home);
       }
     }
     for (let i = 0; i < pieces.length; i++) {
@@ -202,17 +206,8 @@ export class RangeTable {
         s.owner = owner;
         continue;
       }
-      const d = deficit.get(owner)!;
-      const len = s.to - s.from;
-      if (d >= len - EPSILON) {
-        s.owner = owner;
-        deficit.set(owner, d - len);
-      } else {
-        // the first part goes to `owner`; the rest is looked at again in the next iteration
-        const cut = s.from + d;
-        pieces.splice(i, 1, { owner, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
-        deficit.set(owner, 0);
-      }
+      // (a rest left free is looked at again in the next iteration)
+      give(i, owner);
     }
     this.#segments = merge(pieces);
     this.#index();
@@ -249,25 +244,16 @@ function homeAt(home: readonly Segment[], x: number): string | null {
   return home[home.length - 1]?.owner ?? null;
 }
 
-/** As merge(), but freed (null) pieces join only within one home, so that each still has one. */
-function mergeWithin(segments: Segment[], homeOf: (s: Segment) => string | null): Segment[] {
+/**
+ * Drop empty segments and join neighbours with the same owner. Free (null) pieces join only within one home when
+ * `homeOf` tells the homes, so that each still has one.
+ */
+function merge(segments: Segment[], homeOf?: (s: Segment) => string | null): Segment[] {
   const out: Segment[] = [];
   for (const s of segments) {
     if (!(s.to > s.from)) continue;
     const prev = out[out.length - 1];
-    if (prev && prev.owner === s.owner && (s.owner !== null || homeOf(prev) === homeOf(s))) prev.to = s.to;
-    else out.push({ ...s });
-  }
-  return out;
-}
-
-/** Drop empty segments and join neighbours with the same owner (null joins null). */
-function merge(segments: Segment[]): Segment[] {
-  const out: Segment[] = [];
-  for (const s of segments) {
-    if (!(s.to > s.from)) continue;
-    const prev = out[out.length - 1];
-    if (prev && prev.owner === s.owner) prev.to = s.to;
+    if (prev && prev.owner === s.owner && (s.owner !== null || homeOf === undefined || homeOf(prev) === homeOf(s))) prev.to = s.to;
     else out.push({ ...s });
   }
   return out;
