@@ -230,15 +230,18 @@ export class BanditStrategy implements Strategy {
  */
 function withNewArms(names: readonly string[], configured: readonly number[], restore: StrategyState): StrategyState {
   const saved = restore.weights;
-  const isNew = names.map((name, i) => configured[i]! > 0 && !Object.hasOwn(saved, name));
+  /** a saved weight in force, as a number >= 0 (undefined: not saved, a new or inactive variant) */
+  const savedWeight = (name: string) => (Object.hasOwn(saved, name) ? Math.max(0, Number(saved[name]) || 0) : undefined);
+  const isNew = names.map((name, i) => configured[i]! > 0 && savedWeight(name) === undefined);
   const activeTotal = configured.reduce((sum, w) => sum + (w > 0 ? w : 0), 0);
   const newShare = names.reduce((sum, _, i) => sum + (isNew[i] ? configured[i]! / activeTotal : 0), 0);
-  const knownTotal = names.reduce((sum, name, i) => sum + (isNew[i] || !Object.hasOwn(saved, name) ? 0 : Math.max(0, Number(saved[name]) || 0)), 0);
+  const knownTotal = names.reduce((sum, name) => sum + (savedWeight(name) ?? 0), 0);
   if (newShare === 0 || !(knownTotal > 0)) return restore;
   const weights: Record<string, number> = {};
   names.forEach((name, i) => {
+    const w = savedWeight(name);
     if (isNew[i]) weights[name] = configured[i]! / activeTotal;
-    else if (Object.hasOwn(saved, name)) weights[name] = ((Math.max(0, Number(saved[name]) || 0)) / knownTotal) * (1 - newShare);
+    else if (w !== undefined) weights[name] = (w / knownTotal) * (1 - newShare);
   });
   return { ...restore, weights };
 }
