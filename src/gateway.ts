@@ -331,7 +331,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       metrics,
       log,
       throttledLog,
-      mayIngest: (authorization) => !config.admin.ingestToken || bearerMatches(authorization, config.admin.ingestToken) || bearerMatches(authorization, token),
+      isIngestToken: (authorization) => config.admin.ingestToken !== undefined && bearerMatches(authorization, config.admin.ingestToken),
     });
     const { server: proxyServer, inFlight, closeTunnels } = proxy;
     const proxyAddr = await listen(proxyServer, config.listen.host, config.listen.port);

@@ -1,6 +1,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import { gzipSync } from "node:zlib";
 import { startBackend, type Backend } from "./helpers/backends.ts";
 import { admin, testGateway } from "./helpers/gateway.ts";
 
@@ -39,14 +40,69 @@ async function variantOf(unit: string): Promise<string> {
   return res.headers.get("x-abgate-variant")!;
 }
 
-test("changes need the admin token: 401 without it or with a wrong one", async () => {
-  for (const token of [null, "wrong", "ingest-token"]) {
+test("changes need the admin token: 401 without it or with a wrong one, 403 with the ingest token", async () => {
+  for (const token of [null, "wrong"]) {
     const res = await admin(gw, "PUT", "/v1/weights", { control: 1, treatment: 1 }, token);
     assert.equal(res.status, 401, String(token));
     assert.match(res.headers.get("www-authenticate") ?? "", /Bearer/);
   }
   assert.equal((await admin(gw, "POST", "/v1/promote", { variant: "treatment" }, null)).status, 401);
   assert.equal((await admin(gw, "POST", "/v1/rollback", undefined, null)).status, 401);
+  // The ingest token is known, only not for changes (RFC 6750's insufficient_scope): a 401 would say it is not.
+  for (const [method, path, body] of [["PUT", "/v1/weights", { control: 1, treatment: 1 }], ["POST", "/v1/promote", { variant: "treatment" }], ["POST", "/v1/rollback", undefined]] as const) {
+    const res = await admin(gw, method, path, body, "ingest-token");
+    assert.equal(res.status, 403, path);
+    assert.deepEqual(await res.json(), { error: "the ingest token may only post events; this change needs the admin token", code: "ABGATE_ERR_FORBIDDEN" });
+  }
+  const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  assert.deepEqual(view.variants.map((v) => v.weight), [50, 50], "nothing changed");
+});
+
+test("two Authorization headers are refused (400), whichever of them holds the token", async () => {
+  // (a raw request: fetch and http.request join or refuse repeated headers)
+  const { connect } = await import("node:net");
+  const port = Number(new URL(gw.adminUrl).port);
+  const send = (authorizations: string[]) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const body = JSON.stringify({ control: 1, treatment: 99 });
+      const socket = connect(port, "127.0.0.1");
+      let text = "";
+      socket.setEncoding("latin1").on("data", (d: string) => (text += d)).on("error", reject);
+      socket.on("end", () => resolve({ status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) }));
+      socket.write(`PUT /v1/weights HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${authorizations.map((a) => `authorization: ${a}\r\n`).join("")}\r\n${body}`);
+    });
+  for (const pair of [["Bearer test-admin-token", "Bearer wrong"], ["Bearer wrong", "Bearer test-admin-token"]]) {
+    const res = await send(pair);
+    assert.equal(res.status, 400, pair.join(" / "));
+    assert.match(res.body, /more than one Authorization header/);
+  }
+  const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { weight: number }[] };
+  assert.deepEqual(view.variants.map((v) => v.weight), [50, 50], "nothing changed");
+  assert.equal((await send(["Bearer test-admin-token"])).status, 200, "one is fine");
+  assert.equal((await admin(gw, "PUT", "/v1/weights", { control: 50, treatment: 50 })).status, 200);
+});
+
+test("events: a compressed body is a 415 that names the coding, a body that is not UTF-8 a 400; neither stores anything", async () => {
+  const before = (await gw.store.counts("test")).events;
+  const json = JSON.stringify({ unit: "gz", event: "watched" });
+  const post = (body: Buffer | string, headers: Record<string, string> = {}) =>
+    fetch(`${gw.adminUrl}/v1/events`, { method: "POST", headers: { "content-type": "application/json", authorization: "Bearer ingest-token", ...headers }, body: typeof body === "string" ? body : new Uint8Array(body) });
+  const gzipped = await post(gzipSync(json), { "content-encoding": "gzip" });
+  assert.equal(gzipped.status, 415);
+  assert.equal(gzipped.headers.get("accept-encoding"), "identity");
+  assert.deepEqual(await gzipped.json(), { error: 'content-encoding "gzip" is not accepted: send the body uncompressed', code: "ABGATE_ERR_MEDIA_TYPE" });
+  assert.equal((await post(json, { "content-encoding": "identity" })).status, 200, "identity is no coding");
+  // 0xFF is no UTF-8: decoded leniently, "u\xFF" and "u\xFE" were both stored as "u\uFFFD", one unit
+  for (const bad of [0xff, 0xfe, 0xc0]) {
+    const bytes = Buffer.concat([Buffer.from('{"unit":"u'), Buffer.from([bad]), Buffer.from('","event":"watched"}')]);
+    const res = await post(bytes);
+    assert.equal(res.status, 400);
+    assert.deepEqual(await res.json(), { error: "body is not valid UTF-8 (RFC 8259 §8.1: JSON is UTF-8)", code: "ABGATE_ERR_BAD_JSON" });
+  }
+  const withBom = await post(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify({ unit: "bom", event: "watched" }))]));
+  assert.equal(withBom.status, 200, "a byte order mark is allowed");
+  assert.equal((await post(JSON.stringify({ unit: "ü-ñ-日本", event: "watched" }))).status, 200);
+  assert.equal((await gw.store.counts("test")).events, before + 3);
 });
 
 test("GET /v1/experiment shows variants, weights, replicas with health, ranges and counts", async () => {
@@ -66,6 +122,7 @@ test("a weight change moves only the units it must, and survives a restart", asy
   const changedAt = Date.now();
   const res = await admin(gw, "PUT", "/v1/weights", { control: 20, treatment: 80 });
   assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), { weights: { control: 20, treatment: 80 } }, "a map, as the request and promote's answer are");
   // when, for the report's sample-ratio check
   const recorded = JSON.parse((await gw.store.getState("test", "report-weights"))!) as { shares: Record<string, number>; since: number };
   assert.deepEqual(recorded.shares, { control: 0.2, treatment: 0.8 });

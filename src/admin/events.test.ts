@@ -110,6 +110,11 @@ test("eventsBodyProblem refuses, without parsing, more items than allowed, neste
   assert.deepEqual(problem('{"unit":"u","event":"x","value":{"a":1}}'), { status: 400, message: "body: an event's fields are strings, numbers or null (found a nested object)" });
   assert.deepEqual(problem('[{"a":0,"a":0,"a":0,"a":0,"a":0,"a":0}]'), { status: 400, message: "events[0]: more fields than an event has (unit, event, value, ts, requestId)" });
   assert.equal(problem("not json"), undefined);
+  // A trailing comma after the last allowed item is bad JSON (JSON.parse's 400), not one item too many.
+  assert.equal(problem("[1,2,3,]"), undefined);
+  assert.equal(problem("[1,2,3, \n ]"), undefined);
+  assert.equal(problem("[1,2,3,"), undefined);
+  assert.equal(problem("[1,2,3, 4]")?.status, 413);
   // the bodies that held the event loop for 0.5-1 s each: refused after a few bytes or 10,000 commas
   for (const junk of [`[${"0,".repeat(8_000_000)}0]`, `[[${"0,".repeat(7_000_000)}0]]`, `{"unit":"u","event":"w","value":[${"0,".repeat(7_000_000)}0]}`, `[{${'"a":0,'.repeat(1_400_000)}"a":0}]`]) {
     const bytes = Buffer.from(junk);

@@ -45,6 +45,10 @@ export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400
         return { status: 400, message: `${where()}: more fields than an event has (unit, event, value, ts, requestId)` };
       }
       if (depth === 1 && first === 0x5b && ++items >= maxItems) {
+        // (a comma with no item after it is bad JSON, which JSON.parse refuses with a 400 soon enough)
+        let j = i + 1;
+        while (j < body.length && (body[j] === 0x20 || body[j] === 0x0a || body[j] === 0x0d || body[j] === 0x09)) j++;
+        if (j === body.length || body[j] === 0x5d /* ] */) return undefined;
         return { status: 413, message: `more than ${maxItems} events in one request; at most ${maxItems}` };
       }
     }

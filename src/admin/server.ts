@@ -18,8 +18,8 @@ export interface AdminServerContext extends AdminContext {
   log: Logger;
   /** failed requests' lines, a burst of each kind per second and then a count (see LogThrottle) */
   throttledLog: LogThrottle;
-  /** true when the request may post events (ingest token, admin token, or no ingest token configured) */
-  mayIngest(authorization: string | undefined): boolean;
+  /** true when the request carries the configured ingest token (false when none is configured) */
+  isIngestToken(authorization: string | undefined): boolean;
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
@@ -28,6 +28,9 @@ function sendJson(res: ServerResponse, status: number, body: unknown, extra: Rec
   res.end(text);
 }
 
+/** Strict: a byte sequence that is not UTF-8 throws instead of becoming U+FFFD. (A BOM is skipped, RFC 8259 §8.1 allows it.) */
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
 /** `check`: what makes a body refused before it is parsed (see eventsBodyProblem). */
 function readJson(req: IncomingMessage, check?: (body: Buffer) => { status: number; message: string } | undefined): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -35,6 +38,13 @@ function readJson(req: IncomingMessage, check?: (body: Buffer) => { status: numb
     if (ct && !/^application\/(.+\+)?json\b/i.test(ct)) {
       req.resume();
       return reject(new RequestError(`content-type must be application/json (got ${ct})`, 415, "ABGATE_ERR_MEDIA_TYPE"));
+    }
+    // RFC 9110 §15.5.16: a content coding the server does not decode is a 415. Read as JSON, a gzip body was a 400
+    // "invalid JSON", which sends the client looking for a bug in its JSON.
+    const coding = req.headers["content-encoding"];
+    if (coding !== undefined && !/^\s*(identity\s*)?$/i.test(coding)) {
+      req.resume();
+      return reject(Object.assign(new RequestError(`content-encoding ${shown(coding)} is not accepted: send the body uncompressed`, 415, "ABGATE_ERR_MEDIA_TYPE"), { acceptEncoding: "identity" }));
     }
     const declared = Number(req.headers["content-length"] ?? 0);
     if (declared > MAX_JSON_BYTES) {
@@ -64,7 +74,13 @@ function readJson(req: IncomingMessage, check?: (body: Buffer) => { status: numb
       const body = Buffer.concat(chunks);
       const problem = check?.(body);
       if (problem) return reject(new RequestError(problem.message, problem.status, "ABGATE_ERR_EVENT_INVALID"));
-      const text = body.toString("utf8");
+      let text: string;
+      try {
+        text = utf8.decode(body);
+      } catch (err) {
+        // Decoded leniently, each bad byte became U+FFFD: two units that differ only there would be stored as one.
+        return reject(new RequestError("body is not valid UTF-8 (RFC 8259 §8.1: JSON is UTF-8)", 400, "ABGATE_ERR_BAD_JSON", { cause: err }));
+      }
       if (!text.trim()) return reject(new RequestError("empty body: expected JSON", 400, "ABGATE_ERR_BAD_JSON"));
       try {
         resolve(JSON.parse(text));
@@ -162,10 +178,15 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
   /** Why `path` refuses a request with this Authorization header (401), or undefined: one rule for the routes and for Expect: 100-continue. */
   const tokenRefusal = (path: string, authorization: string | undefined): RequestError | undefined => {
     if (path === "/v1/events") {
-      return ctx.mayIngest(authorization) ? undefined : new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+      const mayIngest = !ctx.config.admin.ingestToken || ctx.isIngestToken(authorization) || ctx.isAdmin(authorization);
+      return mayIngest ? undefined : new RequestError("posting events needs the ingest token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
     }
     if (path !== "/v1/weights" && path !== "/v1/promote" && path !== "/v1/rollback") return undefined;
-    return ctx.isAdmin(authorization) ? undefined : new RequestError("this change needs the admin token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
+    if (ctx.isAdmin(authorization)) return undefined;
+    // The ingest token is a credential, only not one for this (RFC 6750 §3.1, insufficient_scope): a 401 would say
+    // it was not recognised, and a client would be right to ask for a new one.
+    if (ctx.isIngestToken(authorization)) return new RequestError("the ingest token may only post events; this change needs the admin token", 403, "ABGATE_ERR_FORBIDDEN");
+    return new RequestError("this change needs the admin token: authorization: Bearer <token>", 401, "ABGATE_ERR_UNAUTHORIZED");
   };
   const requireToken = (path: string, req: IncomingMessage) => {
     const refusal = tokenRefusal(path, req.headers.authorization);
@@ -176,6 +197,11 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const url = req.url ?? "/";
     const path = url.split("?", 1)[0];
     const method = req.method ?? "GET";
+    // Node keeps the first of several Authorization headers and drops the rest; a proxy in front may keep the last.
+    // Which credentials such a request carries is ambiguous, so it has none (as Go's and nginx's auth modules do).
+    if ((req.headersDistinct.authorization?.length ?? 0) > 1) {
+      throw new RequestError("more than one Authorization header: send one", 400, "ABGATE_ERR_BAD_REQUEST");
+    }
     if (await dashboard(req, res)) return;
     if (method !== "GET" && method !== "HEAD") {
       const foreign = crossSiteOrigin(req);
@@ -212,7 +238,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         const weights = Object.fromEntries(numberMap(await readJson(req)));
         await ctx.setWeights(weights);
         ctx.log.info({ weights }, "weights changed");
-        return sendJson(res, 200, { weights: (await ctx.experimentView()).variants.map((v) => ({ name: v.name, weight: v.weight })) });
+        // A map, as the request and promote's and rollback's answers are.
+        return sendJson(res, 200, { weights: Object.fromEntries((await ctx.experimentView()).variants.map((v) => [v.name, v.weight])) });
       }
       case "/v1/promote": {
         allow("POST");
@@ -291,6 +318,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
       const extra: Record<string, string> = status === 401 ? { "www-authenticate": 'Bearer realm="abgate"' } : status === 503 ? { "retry-after": "5" } : {};
       const allowHeader = (err as { allow?: unknown } | null | undefined)?.allow;
       if (status === 405 && typeof allowHeader === "string") extra.allow = allowHeader;
+      const acceptEncoding = (err as { acceptEncoding?: unknown } | null | undefined)?.acceptEncoding;
+      if (status === 415 && typeof acceptEncoding === "string") extra["accept-encoding"] = acceptEncoding;
       if (code === BODY_TOO_LARGE) Object.assign(extra, closeAfterAnswer(req));
       sendJson(res, status, { error: message, code }, extra);
     });

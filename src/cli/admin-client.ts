@@ -58,8 +58,7 @@ export interface ExperimentAnswer {
 }
 
 export const answers = {
-  weights: (j: unknown): j is { weights: { name: string; weight: number }[] } =>
-    isObject(j) && Array.isArray(j.weights) && j.weights.every((w) => isObject(w) && typeof w.name === "string" && typeof w.weight === "number"),
+  weights: (j: unknown): j is { weights: Record<string, number> } => isObject(j) && isNumberMap(j.weights),
   promote: (j: unknown): j is { promoted: string; weights: Record<string, number> } => isObject(j) && typeof j.promoted === "string" && isNumberMap(j.weights),
   rollback: (j: unknown): j is { rolledBackTo: string; weights: Record<string, number> } => isObject(j) && typeof j.rolledBackTo === "string" && isNumberMap(j.weights),
   experiment: (j: unknown): j is ExperimentAnswer =>

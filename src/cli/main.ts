@@ -446,8 +446,9 @@ adminOptions(program.command("weights <assignments...>").description("set weight
     const target = adminTarget(config, opts);
     const view = await runningExperiment(target, config);
     const res = await adminCall(target, "PUT", "/v1/weights", answers.weights, weights);
-    out(`weights: ${res.weights.map((w) => `${w.name}=${w.weight}`).join(" ")}`);
-    warnUnservable(view, res.weights.filter((w) => w.weight > 0).map((w) => w.name));
+    const set = Object.entries(res.weights);
+    out(`weights: ${set.map(([name, weight]) => `${name}=${weight}`).join(" ")}`);
+    warnUnservable(view, set.filter(([, weight]) => weight > 0).map(([name]) => name));
   },
 );
 
