@@ -7,6 +7,15 @@ import type { Range } from "../types.ts";
  */
 const EPSILON = 1e-12;
 
+/**
+ * A cut point on a decimal grid of 1e-12: `0.1 + 0.1 + 0.1` is 0.30000000000000004, and the table is shown to
+ * users (GET /v1/experiment's `ranges`, for predicting a unit's variant) with such residue in it. A cut is what is
+ * shown, so rounding it where it is made changes no unit's variant; the grid is 1/4,300 of a bucket step (2^-32).
+ */
+function cutAt(x: number): number {
+  return Math.round(x * 1e12) / 1e12;
+}
+
 interface Segment {
   /** null while a freed piece waits for its new owner during `rebalance` */
   owner: string | null;
@@ -62,7 +71,7 @@ export class RangeTable {
       if (!(shares[i] > 0)) continue;
       cumulative += shares[i];
       // the last owner ends at exactly 1 so float rounding never leaves a gap at the top
-      const to = i === last ? 1 : Math.min(1, cumulative);
+      const to = i === last ? 1 : Math.min(1, cutAt(cumulative));
       if (to > from) segments.push({ owner: names[i], from, to });
       from = to;
     }
@@ -156,12 +165,12 @@ export class RangeTable {
           s.owner = null;
           excess -= len;
         } else if (rank(s) === 0) {
-          const cut = s.from + excess;
+          const cut = cutAt(s.from + excess);
           segments.splice(segments.indexOf(s), 0, { owner: null, from: s.from, to: cut });
           s.from = cut;
           excess = 0;
         } else {
-          const cut = s.to - excess;
+          const cut = cutAt(s.to - excess);
           segments.splice(segments.indexOf(s) + 1, 0, { owner: null, from: cut, to: s.to });
           s.to = cut;
           excess = 0;
@@ -181,7 +190,7 @@ export class RangeTable {
         s.owner = owner;
         deficit.set(owner, d - len);
       } else {
-        const cut = s.from + d;
+        const cut = cutAt(s.from + d);
         pieces.splice(i, 1, { owner, from: s.from, to: cut }, { owner: null, from: cut, to: s.to });
         deficit.set(owner, 0);
       }

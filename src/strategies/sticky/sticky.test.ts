@@ -126,6 +126,8 @@ describe("sticky: range table under any sequence of weight changes (fast-check)"
           const after = s.ranges();
           const next = normalise(change);
           assertWellFormed(after);
+          // no float residue (0.19999999999999996) in what users read to predict a unit's variant
+          for (const r of after) for (const x of [r.from, r.to]) assert.equal(Math.round(x * 1e12) / 1e12, x, `bound ${x}`);
           const len = lengths(after);
           for (const [i, n] of NAMES.entries()) assert.ok(Math.abs((len.get(n) ?? 0) - next[i]) < TOL, `${n}: ${len.get(n)} vs ${next[i]}`);
           const tv = NAMES.reduce((sum, _, i) => sum + Math.max(0, shares[i] - next[i]), 0);
