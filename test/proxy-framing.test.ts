@@ -4,7 +4,7 @@ import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { admin, testGateway } from "./helpers/gateway.ts";
+import { admin, selectFromStore, testGateway } from "./helpers/gateway.ts";
 import { rawRequest } from "./helpers/raw.ts";
 
 /** A replica written on raw TCP: `answer` gets each request head (and whatever body bytes came with it). */
@@ -391,19 +391,34 @@ test("CONNECT is answered 405 and the connection closed", async () => {
   assert.match(got, /^HTTP\/1\.1 405 /);
 });
 
-test("a pipelined request over maxBodyBytes is refused in its turn, after the answer before it", async () => {
+test("a pipelined request over maxBodyBytes is refused in its turn, after the answer before it, and is neither assigned nor recorded", async () => {
   const limited = await testGateway({ variants: [{ name: "control", weight: 1, url: backend.url }], limits: { maxBodyBytes: 100 } });
+  const calls: string[] = [];
+  const assign = limited.strategy.assign.bind(limited.strategy);
+  limited.strategy.assign = (unit, madeUp) => {
+    calls.push(unit);
+    return assign(unit, madeUp);
+  };
   try {
     const big = "x".repeat(200);
     const reply = await rawRequest(
       limited.proxyUrl,
-      "GET /slow HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n" +
-        `POST /upload HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ntransfer-encoding: chunked\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
+      "GET /slow HTTP/1.1\r\nhost: x\r\nx-user-id: first\r\n\r\n" +
+        `POST /upload HTTP/1.1\r\nhost: x\r\nx-user-id: too-big\r\ntransfer-encoding: chunked\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
       1500,
     );
     const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
     assert.deepEqual(statuses, ["200", "413"], "answers in request order");
+    // Its whole body came while it waited, so no variant ever saw it: the 413 names none, and nothing records it.
+    assert.doesNotMatch(reply.slice(reply.lastIndexOf("HTTP/1.1 413")), /x-abgate-variant/i);
+    assert.deepEqual(calls, ["first"]);
+    // (the batcher writes within 100 ms of a row; both answers are out, so both rows would be waiting by now)
+    const query = "SELECT unit, status FROM exposures ORDER BY ts";
+    for (let i = 0; i < 100 && selectFromStore(limited, query).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 250));
+    assert.deepEqual(selectFromStore(limited, query), [{ unit: "first", status: 200 }]);
   } finally {
+    limited.strategy.assign = assign;
     await limited.close();
   }
 });

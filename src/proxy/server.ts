@@ -209,7 +209,8 @@ class Exchange implements UpstreamSink, ClientExchange {
   readonly conn: ClientConnection;
   readonly request: ClientRequest;
   readonly unit: string;
-  readonly assigned: string;
+  /** the forced variant from the start; else the strategy's choice, made when the exchange's turn comes (start) */
+  assigned: string;
   served: string;
   readonly forced: boolean;
   readonly requestId: string;
@@ -283,10 +284,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       }
     }
     this.forced = force !== undefined;
-    // A request refused on its head alone is not assigned, and no exposure records it: no variant sees it. The
-    // strategy never sees its unit either: round-robin would give its turn to nobody, the bandit would remember a
-    // unit that was never exposed (and a refused one may be 500 characters or a NUL).
-    this.assigned = force ?? (this.refusal === null ? ctx.strategy.assign(this.unit, unit === undefined) : "");
+    this.assigned = force ?? "";
     this.served = this.assigned;
   }
 
@@ -298,6 +296,12 @@ class Exchange implements UpstreamSink, ClientExchange {
       else this.recorded = true;
       return this.respondError(refusal.status, refusal.code, refusal.message, refusal.close);
     }
+    // Assigned only now, when no refusal came first: not when the head arrived, since a request pipelined behind
+    // another may be refused before its turn (a chunked body past maxBodyBytes). A refused request is not assigned
+    // and no exposure records it, as no variant sees it; the strategy never sees its unit either: round-robin would
+    // give its turn to nobody, the bandit would remember a unit that was never exposed (and a refused one may be
+    // 500 characters or a NUL).
+    if (!this.forced) this.assigned = this.served = this.ctx.strategy.assign(this.unit, this.setCookie !== undefined);
     this.ctx.counters.inFlight++;
     if (!this.ctx.balancer.hasHealthy(this.assigned) && !this.fallBack()) {
       return this.fail(new UpstreamError("no_replica", `no healthy replica of variant ${this.assigned}${this.forced ? " (forced: no fallback)" : ""}`));
@@ -372,9 +376,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     if (maxBody !== undefined && this.bodyBytes > maxBody) {
       if (this.conn.current !== this) {
         // Pipelined behind a request not yet answered: its 413 must wait its turn (start() gives it), or the client
-        // would pair it with the earlier request; and nothing is counted in flight for it yet.
+        // would pair it with the earlier request; and nothing is counted in flight for it yet. Not assigned yet
+        // either, and now never: no variant sees it.
         this.pendingBody = null;
-        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body exceeds ${maxBody} bytes`, close: true, record: true };
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body exceeds ${maxBody} bytes`, close: true, record: false };
         return;
       }
       this.upstream?.abort();
