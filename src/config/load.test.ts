@@ -47,6 +47,25 @@ test("${ENV} and ${ENV:-default} expand; $${ is literal", () => {
   assert.equal(unquoted.admin.ingestToken, undefined);
 });
 
+test("an unquoted reference to an empty or unset variable reads as the empty string, as in docker compose, not as null", () => {
+  const text =
+    "experiment: exp\nengine: process\nstrategy: { salt: ${SALT_UNSET} }\nvariants:\n" +
+    "  - { name: control, command: [node, a.js, ${ARG_UNSET}], env: { MODEL: ${MODEL_UNSET}, DASH: ${EMPTY-d}, ASK: ${EMPTY?needed} } }\n" +
+    "  - { name: treatment, command: [node, b.js] }\n";
+  const c = parseConfig(text, "/tmp", { EMPTY: "" });
+  assert.deepEqual(c.variants[0]!.env, { MODEL: "", DASH: "", ASK: "" }, "${A-d} and ${A?msg} with A set but empty are empty too");
+  assert.deepEqual(c.variants[0]!.command, ["node", "a.js", ""]);
+  assert.equal(c.strategy.salt, "");
+  assert.equal(c.salt, "", "the empty salt written, not the default");
+});
+
+test("unit: each key keeps its default when the block names others; null turns a source off", () => {
+  assert.deepEqual(parseConfig(`${base}unit: { cookie: sid }\n`, "/tmp", {}).unit, { header: "x-user-id", query: "user", cookie: "sid" });
+  assert.deepEqual(parseConfig(`${base}unit: {}\n`, "/tmp", {}).unit, { header: "x-user-id", query: "user", cookie: "abgate_uid" });
+  assert.deepEqual(parseConfig(`${base}unit: { header: X-Account, query: null }\n`, "/tmp", {}).unit, { header: "x-account", query: null, cookie: "abgate_uid" });
+  assert.deepEqual(parseConfig(`${base}unit:\n  header:\n  query: ~\n`, "/tmp", {}).unit, { header: null, query: null, cookie: "abgate_uid" });
+});
+
 test("every error names its key path and what was expected", () => {
   const got = issues(
     "experiment: Bad Name\nengine: static\nlisten: 8080\nunit: { header: x-user, colour: 1 }\nvariants:\n  - { name: control, weight: -1, url: 'http://127.0.0.1:1' }\n  - { name: control, url: 'not a url' }\nmetrics:\n  - { name: w, kind: conversion }\n  - { name: l, kind: latency, guardrail: {} }\nanalysis: { correction: bonferroni }\n",
@@ -201,7 +220,7 @@ test("abgate validate exits 2 with the key path for overflowing weights, an alia
 });
 
 test("errors a newcomer meets say what is wrong: an empty variable by name, a duplicate key by its line, replicas of urls", () => {
-  assert.deepEqual(issues(base + "listen: ${NU_LISTEN}\n", {}), ["listen: Invalid input: expected string, received null (it is ${NU_LISTEN}, which is empty or not set)"]);
+  assert.deepEqual(issues(base + "listen: ${NU_LISTEN}\n", {}), ["listen: host:port, e.g. 127.0.0.1:8080 (it is ${NU_LISTEN}, which is empty or not set)"]);
   assert.deepEqual(issues(base + "experiment: again\n"), ['line 6: duplicate key "experiment" (a key may appear once in a mapping)']);
   // Other YAML errors do not echo the line: it may hold a token.
   assert.deepEqual(issues('experiment: x\nadmin: { token: "hunter2-secret }\nengine: static\n').filter((i) => i.includes("hunter2")), []);

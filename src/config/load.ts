@@ -264,8 +264,9 @@ class EnvValue {
  * `#` or `: ` in it, or one made of digits, is the string it was (pasted into the text, `#2024` became a comment
  * and `0123` a number). Each reference becomes a placeholder of plain letters before parsing (so that
  * `{ MODEL: ${MODEL} }` still parses), then the placeholders are replaced in the parsed scalars. A scalar that was
- * exactly one unquoted reference to an empty or unset variable is null, as the text `token: ` would be; where such a
- * scalar meets a key that wants a number or a boolean, its text is read as one (`weight: ${W}`).
+ * exactly one unquoted reference is the variable's text, the empty string for an empty or unset one (as docker
+ * compose reads it); where such a scalar meets a key that wants a number or a boolean, its text is read as one
+ * (`weight: ${W}`).
  */
 export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.ProcessEnv = process.env, warnUnset?: (name: string) => void): Config {
   /** what each placeholder stands for: a variable's value, or the literal `${...}` of a `$${...}` escape */
@@ -437,10 +438,11 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
 /** Replaces EnvValues by their text, noting where each was (key path -> text). */
 function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>): unknown {
   if (value instanceof EnvValue) {
-    // An empty or unset variable is null, as the text `token: ` would be.
+    // An empty or unset variable is the empty string, as docker compose reads it (and as the README says), not the
+    // null of the text `key: `: `env: { MODEL: ${MODEL} }` is then MODEL="" for the replica, not a config error.
     if (value.text === "") {
       if (value.name !== undefined) empty.set(pathOf(path), value.name);
-      return null;
+      return "";
     }
     found.set(pathOf(path), value.text);
     if (value.name !== undefined) from.set(pathOf(path), value.name);

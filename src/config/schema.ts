@@ -110,13 +110,15 @@ export const configSchema = z.strictObject({
   engine: z.enum(["docker", "swarm", "process", "static"]),
   network: z.enum(["host", "bridge"]).default("host"),
   ports: z.strictObject({ base: z.number().int().min(1024).max(65000).default(9100) }).prefault({}),
+  // Each key has its default on its own: `unit: { cookie: sid }` keeps reading x-user-id and ?user= (a block that
+  // replaced all three dropped them without a word, and every request got a made-up unit). null turns a source off.
   unit: z
     .strictObject({
-      header: token("a header name").toLowerCase().optional(),
-      query: z.string().min(1).optional(),
+      header: token("a header name").toLowerCase().nullable().default("x-user-id"),
+      query: z.string().min(1).nullable().default("user"),
       cookie: token("a cookie name").default("abgate_uid"),
     })
-    .prefault({ header: "x-user-id", query: "user" }),
+    .prefault({}),
   strategy: z
     .strictObject({
       kind: z.enum(["random", "sticky", "round-robin", "bandit"]).default("sticky"),
