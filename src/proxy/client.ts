@@ -18,7 +18,21 @@ import { expireAfterReads } from "./deadlines.ts";
 
 const require = createRequire(import.meta.url);
 // `_http_common` is Node's own module (stable since Node 0.x); it exposes the parser http.Server is built on.
-const { HTTPParser, methods } = require("_http_common") as { HTTPParser: HTTPParserConstructor; methods: string[] };
+const { HTTPParser } = require("_http_common") as { HTTPParser: HTTPParserConstructor };
+
+/**
+ * Method names by llhttp's method number (llhttp's HTTP_METHOD_MAP and RTSP_METHOD_MAP; Node's own table is the
+ * http_parser binding's `allMethods`, which process.binding only gives with a deprecation warning). Not
+ * `_http_common.methods`: that list is shorter and ordered otherwise past index 33, so QUERY (46) was read as
+ * missing and sent on as GET. client.test.ts checks this table against Node's.
+ */
+export const LLHTTP_METHODS: readonly string[] = [
+  "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND",
+  "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE",
+  "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "PRI",
+  "DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER", "SET_PARAMETER", "REDIRECT", "RECORD",
+  "FLUSH", "QUERY",
+];
 
 interface HTTPParserConstructor {
   new (): NodeHttpParser;
@@ -363,7 +377,14 @@ export class ClientConnection {
       this.#fault(505, `HTTP/${major}.${minor} is not supported`);
       return 0;
     }
-    const req: ClientRequest = { method: methods[method] ?? "GET", url: url ?? "/", headers: headers ?? [], httpMinor: minor, keepAlive };
+    const name = LLHTTP_METHODS[method];
+    if (name === undefined) {
+      // A method this table does not know (a newer llhttp's): refused, never forwarded as another one.
+      this.pauseReading();
+      this.#fault(501, `method number ${method} is not supported`);
+      return 0;
+    }
+    const req: ClientRequest = { method: name, url: url ?? "/", headers: headers ?? [], httpMinor: minor, keepAlive };
     this.deadline = Deadline.Body;
     this.deadlineMs = this.#requestDeadlineMs;
     if (upgrade) {
