@@ -96,6 +96,13 @@ before(async () => {
         return ok(socket, "", "no upgrade");
       case "/slow":
         return void setTimeout(() => ok(socket, "", "slow"), 300);
+      case "/event-stream":
+        // A stream's head, then its first event 600 ms later, then its end.
+        socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+        return void setTimeout(() => socket.write("d\r\ndata: first\n\n\r\n0\r\n\r\n"), 600);
+      case "/silent-stream":
+        // A head, then nothing: the stream stays silent past responseTimeoutMs.
+        return void socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
       case "/own-abgate-headers":
         return ok(socket, "X-Abgate-Variant: treatment\r\nx-abgate-request-id: forged\r\nx-abgate-other: kept\r\n");
       case "/upgrade-split":
@@ -389,6 +396,30 @@ test("CONNECT is answered 405 and the connection closed", async () => {
   // The default timeouts are long (10 s and more): only closing after the answer ends it this soon.
   await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error("still open after 3 s")), 3000))]);
   assert.match(got, /^HTTP\/1\.1 405 /);
+});
+
+test("a response head that comes alone reaches the client at once (a stream's first event may be seconds away); a stream then silent past responseTimeoutMs is cut, not turned into a 504", async () => {
+  const u = new URL(gw.proxyUrl);
+  const sock = connect(Number(u.port), u.hostname);
+  const arrivals: { ms: number; text: string }[] = [];
+  const t0 = performance.now();
+  sock.on("data", (d: Buffer) => arrivals.push({ ms: performance.now() - t0, text: d.toString("latin1") }));
+  const closed = new Promise((r) => sock.on("close", r));
+  sock.write("GET /event-stream HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: close\r\n\r\n");
+  await closed;
+  assert.match(arrivals[0]!.text, /^HTTP\/1\.1 200 OK\r\n[^]*content-type: text\/event-stream\r\n[^]*\r\n\r\n$/, "the head, alone");
+  assert.ok(arrivals[0]!.ms < 400, `the head came ${arrivals[0]!.ms.toFixed(0)} ms after the request; the event 600 ms after`);
+  assert.match(arrivals.map((a) => a.text).join(""), /data: first\n\n\r\n0\r\n\r\n$/);
+
+  const short = await testGateway({ variants: [{ name: "control", weight: 1, url: backend.url }], limits: { responseTimeoutMs: 300 } });
+  try {
+    const reply = await rawRequest(short.proxyUrl, "GET /silent-stream HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n", 1500);
+    assert.match(reply, /^HTTP\/1\.1 200 OK\r\n/, "the 200 the replica sent, not a 504 after it");
+    assert.equal((reply.match(/HTTP\/1\.1 /g) ?? []).length, 1, reply);
+    assert.doesNotMatch(reply, /\r\n0\r\n\r\n$/, "cut, not ended as if whole");
+  } finally {
+    await short.close();
+  }
 });
 
 test("a pipelined request over maxBodyBytes is refused in its turn, after the answer before it, and is neither assigned nor recorded", async () => {

@@ -486,6 +486,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     }
   }
 
+  onReadEnd(): void {
+    this.flushHead();
+  }
+
   onClientDrain(): void {
     if (this.waitingClientDrain) {
       this.waitingClientDrain = false;

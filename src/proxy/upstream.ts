@@ -19,6 +19,12 @@ export interface UpstreamSink {
   onData(chunk: Buffer): boolean;
   /** the response is complete; `last` is its final body piece when it had not been passed to onData */
   onEnd(last?: Buffer): void;
+  /**
+   * A read ended after the head, with the response not complete: a head held back to go out with the first body
+   * piece must go now, or a stream (server-sent events, tokens of a language model) that sends its head and then
+   * waits would reach the client only with its first event.
+   */
+  onReadEnd?(): void;
   /** `beforeResponse`: no byte of the response had arrived; `connected`: the TCP connection had been established */
   onError(err: UpstreamError, beforeResponse: boolean, connected: boolean): void;
   /** the client speaks HTTP/1.0, and so cannot be sent a transfer coding (RFC 9112 §6.1); read only when one comes */
@@ -311,6 +317,8 @@ export class UpstreamConnection {
           return;
       }
     }
+    // (not reached on the usual path, where head and body came in one read and #finish let go of the sink)
+    if (this.#sink !== null && this.#state !== State.Head) this.#sink.onReadEnd?.();
   }
 
   /** Returns the offset after the head, or -1 when more bytes are needed or the exchange ended. */
