@@ -100,6 +100,10 @@ before(async () => {
         // A stream's head, then its first event 600 ms later, then its end.
         socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
         return void setTimeout(() => socket.write("d\r\ndata: first\n\n\r\n0\r\n\r\n"), 600);
+      case "/early-hints":
+        // interim answers: a 103 with a hop-by-hop field, a 100 nobody asked this client about, then the answer
+        socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nkeep-alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n");
+        return void setTimeout(() => ok(socket), 100);
       case "/silent-stream":
         // A head, then nothing: the stream stays silent past responseTimeoutMs.
         return void socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
@@ -420,6 +424,14 @@ test("a response head that comes alone reaches the client at once (a stream's fi
   } finally {
     await short.close();
   }
+});
+
+test("interim answers (103 Early Hints) reach an HTTP/1.1 client before the answer, without hop-by-hop fields; not a 100, and nothing for HTTP/1.0", async () => {
+  const reply = await rawRequest(gw.proxyUrl, "GET /early-hints HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n", 1000);
+  assert.match(reply, /^HTTP\/1\.1 103 Early Hints\r\nlink: <\/a\.css>; rel=preload\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+  assert.doesNotMatch(reply, /keep-alive: timeout|100 Continue/);
+  const old = await rawRequest(gw.proxyUrl, "GET /early-hints HTTP/1.0\r\nhost: x\r\nx-user-id: u1\r\n\r\n", 1000);
+  assert.match(old, /^HTTP\/1\.1 200 OK\r\n/, "RFC 9110 §15.2: no 1xx to an HTTP/1.0 client");
 });
 
 test("a pipelined request over maxBodyBytes is refused in its turn, after the answer before it, and is neither assigned nor recorded", async () => {

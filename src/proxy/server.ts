@@ -490,6 +490,12 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.flushHead();
   }
 
+  onInterim(head: string): void {
+    // (before the final head only; a pipelined request's replica is not asked before its turn, so this client's
+    // answer in progress is this exchange's)
+    if (!this.conn.responseStarted && this.responseHead === "") this.conn.write(head);
+  }
+
   onClientDrain(): void {
     if (this.waitingClientDrain) {
       this.waitingClientDrain = false;

@@ -25,6 +25,11 @@ export interface UpstreamSink {
    * waits would reach the client only with its first event.
    */
   onReadEnd?(): void;
+  /**
+   * An interim (1xx) answer other than 100 and 101, as HTTP/1.1 head text without hop-by-hop fields (103 Early
+   * Hints, 102 Processing): RFC 9110 §15.2 has a proxy forward those it did not ask for. Not for an HTTP/1.0 client.
+   */
+  onInterim?(head: string): void;
   /** `beforeResponse`: no byte of the response had arrived; `connected`: the TCP connection had been established */
   onError(err: UpstreamError, beforeResponse: boolean, connected: boolean): void;
   /** the client speaks HTTP/1.0, and so cannot be sent a transfer coding (RFC 9112 §6.1); read only when one comes */
@@ -396,7 +401,18 @@ export class UpstreamConnection {
       return -1;
     }
     if (status < 200) {
-      // 100 Continue, 103 Early Hints: interim; the real head follows.
+      // Interim; the real head follows. A 100 is not passed on: abgate answers the client's Expect itself and does
+      // not forward it, so a replica's 100 is for a question this client did not ask it.
+      if (status !== 100 && this.#sink!.http10Client !== true && this.#sink!.onInterim !== undefined) {
+        let interim = `HTTP/1.1 ${statusLine.slice(9)}\r\n`;
+        for (let i = 1; i < lines.length; i++) {
+          const colon = lines[i]!.indexOf(":");
+          // (only well-formed fields: a name that is a token, then the colon)
+          if (colon <= 0 || !onlyFrom(TCHAR, lines[i]!, colon) || HOP_BY_HOP.has(lines[i]!.slice(0, colon).toLowerCase())) continue;
+          interim += `${lines[i]}\r\n`;
+        }
+        this.#sink!.onInterim(`${interim}\r\n`);
+      }
       return usedOfBuf;
     }
     const http10 = statusLine.charCodeAt(7) === 48; // "0"
