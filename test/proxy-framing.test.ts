@@ -100,6 +100,8 @@ before(async () => {
         // A stream's head, then its first event 600 ms later, then its end.
         socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
         return void setTimeout(() => socket.write("d\r\ndata: first\n\n\r\n0\r\n\r\n"), 600);
+      case "/dated":
+        return ok(socket, "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n");
       case "/early-hints":
         // interim answers: a 103 with a hop-by-hop field, a 100 nobody asked this client about, then the answer
         socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nkeep-alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n");
@@ -424,6 +426,19 @@ test("a response head that comes alone reaches the client at once (a stream's fi
   } finally {
     await short.close();
   }
+});
+
+test("every answer has a Date: a replica's that lacks one gets abgate's, a replica's own is kept alone, abgate's own answers carry one", async () => {
+  const dateLines = (reply: string) => reply.slice(0, reply.indexOf("\r\n\r\n")).split("\r\n").filter((l) => /^date:/i.test(l));
+  const undated = await rawRequest(gw.proxyUrl, "GET /undated HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n");
+  const [line] = dateLines(undated);
+  assert.equal(dateLines(undated).length, 1, undated);
+  assert.ok(Math.abs(Date.parse(line!.slice(6)) - Date.now()) < 5000, line);
+  assert.match(line!, /^date: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/, "IMF-fixdate");
+  assert.deepEqual(dateLines(await rawRequest(gw.proxyUrl, "GET /dated HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n")), ["Date: Sun, 06 Nov 1994 08:49:37 GMT"]);
+  const refused = await rawRequest(gw.proxyUrl, `GET / HTTP/1.1\r\nhost: x\r\nx-user-id: ${"u".repeat(600)}\r\n\r\n`);
+  assert.match(refused, /^HTTP\/1\.1 400 /);
+  assert.equal(dateLines(refused).length, 1, refused);
 });
 
 test("interim answers (103 Early Hints) reach an HTTP/1.1 client before the answer, without hop-by-hop fields; not a 100, and nothing for HTTP/1.0", async () => {

@@ -176,6 +176,21 @@ const SMALL_BODY_BYTES = 2048;
 const OWNER = Symbol("abgate.clientConnection");
 type OwnedSocket = Socket & { [OWNER]?: ClientConnection; _handle?: { readStart(): number; readStop(): number; reading?: boolean } | null };
 
+let dateSecond = -1;
+let dateText = "";
+/**
+ * The Date field's value now (RFC 9110 §6.6.1, IMF-fixdate), made at most once a second. abgate's own answers carry
+ * one, and so does a replica's answer that has none: a proxy with a clock MUST add it.
+ */
+export function httpDate(nowMs = Date.now()): string {
+  const second = Math.floor(nowMs / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(second * 1000).toUTCString();
+  }
+  return dateText;
+}
+
 /** Reason phrases for the statuses abgate writes itself. */
 export function reasonPhrase(status: number): string {
   return STATUS_CODES[status] ?? "Unknown";
@@ -304,7 +319,7 @@ export class ClientConnection {
     if (close) this.closing = true;
     const keep = !this.closing && this.keepAlive;
     const head =
-      `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\n${headers}content-length: ${Buffer.byteLength(body)}\r\n` +
+      `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\ndate: ${httpDate()}\r\n${headers}content-length: ${Buffer.byteLength(body)}\r\n` +
       (keep ? (this.httpMinor === 0 ? "connection: keep-alive\r\n\r\n" : "\r\n") : "connection: close\r\n\r\n");
     this.responseStarted = true;
     // RFC 9110 §9.3.2: no content in an answer to HEAD (its Content-Length says what a GET would get); the client

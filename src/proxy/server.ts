@@ -10,7 +10,7 @@ import type { Strategy } from "../strategies/types.ts";
 import { MAX_UNIT_CHARS, type Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
-import { ClientServer, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
+import { ClientServer, httpDate, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
 import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
@@ -436,12 +436,15 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.status = status;
     const conn = this.conn;
     let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
+    let dated = false;
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i];
       // The replica's own copies of the two headers abgate sets would contradict them (by length first: cheap).
       if ((name.length === 16 || name.length === 19) && ABGATE_RESPONSE_HEADERS.has(name.toLowerCase())) continue;
+      if (name.length === 4 && name.toLowerCase() === "date") dated = true;
       head += `${name}: ${headers[i + 1]}\r\n`;
     }
+    if (!dated) head += `date: ${httpDate()}\r\n`;
     head += `x-abgate-variant: ${this.served}\r\nx-abgate-request-id: ${this.requestId}\r\n`;
     if (this.setCookie) head += `set-cookie: ${this.setCookie}\r\n`;
     const noBody = this.request.method === "HEAD" || status === 204 || status === 304 || status < 200;
@@ -826,7 +829,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const refuse = (status: number, code: string, why: string) => {
     ctx.log.debug({ requestId, err: why }, "upgrade refused");
     const body = JSON.stringify({ error: why, code, requestId });
-    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
+    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\ndate: ${httpDate()}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-abgate-request-id: ${requestId}\r\n\r\n${body}`);
   };
   // The checks a plain request gets, and one of its own: the handshake has no body (one would have been read by the
   // parser and lost, while its Content-Length went on to a replica left waiting).
@@ -875,7 +878,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     settled = true;
     const status = upstreamStatus(failure);
     ctx.throttledLog.warn(`upgrade ${failure} ${served}`, { requestId, variant: served, failure }, msg);
-    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
+    lingeringEnd(client, `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\ndate: ${httpDate()}\r\nconnection: close\r\ncontent-length: 0\r\n${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n\r\n`);
     record(status);
   };
   if (!replica) return reject("no_replica", `no healthy replica of variant ${served} for upgrade`);
