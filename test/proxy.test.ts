@@ -77,13 +77,33 @@ test("every method is forwarded with its body, and the response carries variant 
   assert.equal(await head.text(), "");
 });
 
+test("forwardedHeaders.trustedIPs: a trusted peer's x-forwarded-proto and -host reach the replica (a TLS terminator in front); malformed ones do not", async () => {
+  const behind = await testGateway({ forwardedHeaders: { trustedIPs: ["127.0.0.0/8"] }, variants: [{ name: "control", weight: 1, url: a.url }] });
+  const untrusting = await testGateway({ forwardedHeaders: { trustedIPs: ["10.0.0.0/8", "::1"] }, variants: [{ name: "control", weight: 1, url: a.url }] });
+  try {
+    const seen = async (gateway: typeof gw, extra: Record<string, string>) => {
+      const res = await fetch(`${gateway.proxyUrl}/echo`, { headers: { "x-user-id": "tls", ...extra } });
+      const { headers } = (await res.json()) as { headers: Record<string, string> };
+      return [headers["x-forwarded-proto"], headers["x-forwarded-host"]];
+    };
+    assert.deepEqual(await seen(behind, { "x-forwarded-proto": "HTTPS", "x-forwarded-host": "app.example.com" }), ["https", "app.example.com"]);
+    assert.deepEqual(await seen(behind, { "x-forwarded-proto": "https, http", "x-forwarded-host": "app.example.com, inner:8080" }), ["https", "app.example.com"], "the first of a list: the client's side");
+    assert.deepEqual(await seen(behind, {}), ["http", new URL(behind.proxyUrl).host], "none given: abgate's own");
+    assert.deepEqual(await seen(behind, { "x-forwarded-proto": "ht tp", "x-forwarded-host": "evil.example/path" }), ["http", new URL(behind.proxyUrl).host], "malformed: abgate's own");
+    assert.deepEqual(await seen(untrusting, { "x-forwarded-proto": "https", "x-forwarded-host": "app.example.com" }), ["http", new URL(untrusting.proxyUrl).host], "127.0.0.1 is not in the list");
+  } finally {
+    await behind.close();
+    await untrusting.close();
+  }
+});
+
 test("x-forwarded-* are set, hop-by-hop headers are dropped both ways", async () => {
   const res = await fetch(`${gw.proxyUrl}/echo`, {
-    headers: { "x-user-id": "bob", "x-forwarded-for": "10.9.9.9", "x-abgate-variant": "forged", "proxy-authorization": "secret", te: "trailers" },
+    headers: { "x-user-id": "bob", "x-forwarded-for": "10.9.9.9", "x-forwarded-proto": "https", "x-forwarded-host": "evil.example", "x-abgate-variant": "forged", "proxy-authorization": "secret", te: "trailers" },
   });
   const { headers } = (await res.json()) as { headers: Record<string, string> };
   assert.equal(headers["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
-  assert.equal(headers["x-forwarded-proto"], "http");
+  assert.equal(headers["x-forwarded-proto"], "http", "a client's own is replaced");
   assert.equal(headers["x-forwarded-host"], new URL(gw.proxyUrl).host);
   assert.equal(headers["x-abgate-variant"], "control");
   assert.equal(headers["proxy-authorization"], undefined);

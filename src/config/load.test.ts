@@ -59,6 +59,17 @@ test("an unquoted reference to an empty or unset variable reads as the empty str
   assert.equal(c.salt, "", "the empty salt written, not the default");
 });
 
+test("forwardedHeaders.trustedIPs: addresses and CIDR ranges; anything else is refused by its index", () => {
+  assert.deepEqual(parseConfig(`${base}forwardedHeaders: { trustedIPs: [127.0.0.1, 10.0.0.0/8, "::1", "fd00::/8"] }\n`, "/tmp", {}).forwardedHeaders.trustedIPs, ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]);
+  assert.deepEqual(parseConfig(base, "/tmp", {}).forwardedHeaders, { trustedIPs: [] });
+  assert.deepEqual(issues(`${base}forwardedHeaders: { trustedIPs: [10.0.0.0/33, localhost, "::1/129", 10.0.0.0/x] }\n`), [
+    "forwardedHeaders.trustedIPs[0]: an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)",
+    "forwardedHeaders.trustedIPs[1]: an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)",
+    "forwardedHeaders.trustedIPs[2]: an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)",
+    "forwardedHeaders.trustedIPs[3]: an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)",
+  ]);
+});
+
 test("unit: each key keeps its default when the block names others; null turns a source off", () => {
   assert.deepEqual(parseConfig(`${base}unit: { cookie: sid }\n`, "/tmp", {}).unit, { header: "x-user-id", query: "user", cookie: "sid" });
   assert.deepEqual(parseConfig(`${base}unit: {}\n`, "/tmp", {}).unit, { header: "x-user-id", query: "user", cookie: "abgate_uid" });

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { z } from "zod";
 
 const name = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a name of lowercase letters, digits and '-', starting with a letter or digit");
@@ -92,6 +93,15 @@ const bearerToken = z
   .trim()
   .regex(SENDABLE_TOKEN, "visible ASCII characters only (no spaces, no non-ASCII): a client sends it in an HTTP header");
 
+/** "127.0.0.1", "::1", "10.0.0.0/8", "fd00::/8": an address, or one with a prefix length its family allows. */
+export function isAddressOrRange(text: string): boolean {
+  const slash = text.indexOf("/");
+  if (slash === -1) return isIP(text) !== 0;
+  const family = isIP(text.slice(0, slash));
+  const bits = text.slice(slash + 1);
+  return family !== 0 && /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
 export const configSchema = z.strictObject({
   experiment: name,
   listen: listen.default("127.0.0.1:8080"),
@@ -112,6 +122,15 @@ export const configSchema = z.strictObject({
   ports: z.strictObject({ base: z.number().int().min(1024).max(65000).default(9100) }).prefault({}),
   // Each key has its default on its own: `unit: { cookie: sid }` keeps reading x-user-id and ?user= (a block that
   // replaced all three dropped them without a word, and every request got a made-up unit). null turns a source off.
+  forwardedHeaders: z
+    .strictObject({
+      /**
+       * Peers whose X-Forwarded-Proto and X-Forwarded-Host are passed on instead of replaced (a TLS terminator in
+       * front of abgate): addresses or CIDR ranges, as Traefik's forwardedHeaders.trustedIPs
+       */
+      trustedIPs: z.array(z.string().refine(isAddressOrRange, "an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)")).default([]),
+    })
+    .prefault({}),
   unit: z
     .strictObject({
       header: token("a header name").toLowerCase().nullable().default("x-user-id"),

@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, HOP_BY_HOP, TCHAR } from "./headers.ts";
+import { asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers, HOP_BY_HOP, TCHAR } from "./headers.ts";
 
 describe("cookieValue", () => {
   it("finds a cookie anywhere in the header", () => {
@@ -148,5 +148,14 @@ describe("onlyFrom", () => {
     assert.equal(onlyFrom(asciiSet("ab"), ""), true);
     assert.equal(onlyFrom(asciiSet("ab"), "abba"), true);
     assert.equal(onlyFrom(asciiSet("ab"), "abc"), false);
+  });
+});
+
+describe("trustedPeers", () => {
+  it("matches addresses and ranges of either family; an IPv4 peer of a dual-stack listener too", () => {
+    assert.equal(trustedPeers([]), undefined, "none configured: nothing to check per request");
+    const trusted = trustedPeers(["127.0.0.1", "10.0.0.0/8", "fd00::/8"])!;
+    for (const peer of ["127.0.0.1", "10.1.2.3", "::ffff:10.9.9.9", "::ffff:127.0.0.1", "fd00::1"]) assert.equal(trusted(peer), true, peer);
+    for (const peer of ["127.0.0.2", "11.0.0.1", "::1", "fe80::1", "", "garbage"]) assert.equal(trusted(peer), false, peer);
   });
 });

@@ -1,3 +1,5 @@
+import { BlockList, isIP } from "node:net";
+
 /**
  * Hop-by-hop headers (RFC 9110 §7.6.1) are meaningful for one connection only and are never forwarded. The
  * x-forwarded-* and x-abgate-* request headers are rewritten by abgate, so a client's own copies are dropped too.
@@ -104,3 +106,23 @@ export function onlyFrom(set: Uint8Array, s: string, end = s.length): boolean {
 
 /** RFC 9110 §5.6.2: the characters of a token (tchar), such as a field name. */
 export const TCHAR = asciiSet("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+
+/** Whether a peer address is in `ranges` (forwardedHeaders.trustedIPs); undefined when none are configured. */
+export function trustedPeers(ranges: readonly string[]): ((address: string) => boolean) | undefined {
+  if (ranges.length === 0) return undefined;
+  const list = new BlockList();
+  for (const range of ranges) {
+    const slash = range.indexOf("/");
+    const address = slash === -1 ? range : range.slice(0, slash);
+    const family = isIP(address) === 6 ? "ipv6" : "ipv4";
+    if (slash === -1) list.addAddress(address, family);
+    else list.addSubnet(address, Number(range.slice(slash + 1)), family);
+  }
+  return (address) => {
+    // (an IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d)
+    const v4 = address.startsWith("::ffff:") && isIP(address.slice(7)) === 4 ? address.slice(7) : undefined;
+    const family = isIP(address);
+    if (family === 0) return false;
+    return list.check(address, family === 6 ? "ipv6" : "ipv4") || (v4 !== undefined && list.check(v4, "ipv4"));
+  };
+}

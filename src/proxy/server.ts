@@ -11,7 +11,7 @@ import { MAX_UNIT_CHARS, type Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, httpDate, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
-import { HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue } from "./headers.ts";
+import { HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
 import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
@@ -77,7 +77,7 @@ interface ScannedRequest {
  * One pass over the raw header list. Hop-by-hop headers, `expect`, and the client's own x-forwarded-* and
  * x-abgate-* are not forwarded; x-forwarded-for is extended with the client's address.
  */
-function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: string | undefined): ScannedRequest {
+function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: string | undefined, trustedPeer = false): ScannedRequest {
   const h = req.headers;
   let target = req.url;
   /** the authority of an absolute-form target, which replaces Host (RFC 9112 §3.2.2) */
@@ -97,6 +97,9 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   let transferEncoding: string | undefined;
   let expect: string | undefined;
   let connection: string | undefined;
+  /** a trusted peer's (forwardedHeaders.trustedIPs) first X-Forwarded-Proto and -Host, passed on if well-formed */
+  let givenProto: string | undefined;
+  let givenHost: string | undefined;
   for (let i = 0; i < h.length; i += 2) {
     const name = h[i];
     const value = h[i + 1];
@@ -130,6 +133,8 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
         if (lower.charCodeAt(0) === 120 /* x */ && (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-"))) {
           if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${value}` : value;
           else if (lower === FORCE_HEADER) force ??= value;
+          else if (trustedPeer && lower === "x-forwarded-proto") givenProto ??= value.split(",", 1)[0]!.trim();
+          else if (trustedPeer && lower === "x-forwarded-host") givenHost ??= value.split(",", 1)[0]!.trim();
           continue;
         }
         if (HOP_BY_HOP.has(lower)) continue;
@@ -149,8 +154,11 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   }
   // (`host` stays the client's Host line, whose absence on HTTP/1.1 is still a 400, RFC 9112 §3.2)
   if (authority !== undefined) head += `host: ${authority}\r\n`;
-  head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: http\r\n`;
-  const forwardedHost = authority ?? host;
+  // A client's own X-Forwarded-Proto and -Host are replaced: a client could otherwise make an application build
+  // https:// or another site's links. A trusted peer's (a TLS terminator in front) are what the client used.
+  const proto = givenProto !== undefined && /^[A-Za-z][A-Za-z0-9+.-]{0,15}$/.test(givenProto) ? givenProto.toLowerCase() : "http";
+  head += `x-forwarded-for: ${xff ? `${xff}, ${remoteAddress}` : remoteAddress}\r\nx-forwarded-proto: ${proto}\r\n`;
+  const forwardedHost = givenHost !== undefined && givenHost !== "" && onlyFrom(HOST_CHARS, givenHost) ? givenHost : (authority ?? host);
   if (forwardedHost !== undefined) head += `x-forwarded-host: ${forwardedHost}\r\n`;
   // The body is re-chunked on its way up, so the framing stays chunked; any coding before it (gzip, chunked)
   // still applies to the bytes and is passed on.
@@ -784,15 +792,17 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
   const unitHeaderName = config.unit.header?.toLowerCase();
   const tunnels = new Set<Socket>();
   const known = new Set(config.variants.map((v) => v.name));
+  const trusted = trustedPeers(config.forwardedHeaders.trustedIPs);
   const clients = new ClientServer(
     { maxHeaderBytes: limits.maxHeaderBytes, headersTimeoutMs: limits.headersTimeoutMs, requestTimeoutMs: limits.requestTimeoutMs, idleTimeoutMs: limits.idleTimeoutMs },
     {
       request(conn, req) {
         const startMs = performance.now();
-        return new Exchange(ctx, conn, req, scanRequest(req, conn.remoteAddress, unitHeaderName), known, nextId(), startMs);
+        const scan = scanRequest(req, conn.remoteAddress, unitHeaderName, trusted !== undefined && trusted(conn.remoteAddress));
+        return new Exchange(ctx, conn, req, scan, known, nextId(), startMs);
       },
       upgrade(req, socket, head, remoteAddress) {
-        proxyUpgrade(ctx, req, socket, head, remoteAddress, nextId(), unitHeaderName, known, tunnels);
+        proxyUpgrade(ctx, req, socket, head, remoteAddress, nextId(), unitHeaderName, known, tunnels, trusted !== undefined && trusted(remoteAddress));
       },
       clientError(code, message) {
         ctx.log.debug({ code, err: message }, "client error");
@@ -812,10 +822,10 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
 }
 
 /** WebSocket (and other Upgrade) requests: one dedicated upstream connection, bytes piped both ways. */
-function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, headBytes: Buffer, remoteAddress: string, requestId: string, unitHeaderName: string | undefined, known: Set<string>, tunnels: Set<Socket>): void {
+function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, headBytes: Buffer, remoteAddress: string, requestId: string, unitHeaderName: string | undefined, known: Set<string>, tunnels: Set<Socket>, trustedPeer: boolean): void {
   const startMs = performance.now();
   const ts = Date.now();
-  const scan = scanRequest(req, remoteAddress, unitHeaderName);
+  const scan = scanRequest(req, remoteAddress, unitHeaderName, trustedPeer);
   const u = ctx.config.unit;
   const given = givenUnit(ctx.config, req, scan);
   const unit = given ?? randomUUID();
