@@ -5,7 +5,8 @@ import { join } from "node:path";
 import Docker from "dockerode";
 import { ManualClock } from "../src/clock.ts";
 import { BuildError, EngineUnavailableError } from "../src/errors.ts";
-import { DockerEngine, LABEL, listExperimentContainers } from "../src/engines/docker/index.ts";
+import { DockerEngine, LABEL, containerName, listExperimentContainers } from "../src/engines/docker/index.ts";
+import { engineConformance } from "../src/engines/conformance.ts";
 import type { Endpoint } from "../src/engines/types.ts";
 import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
@@ -368,3 +369,31 @@ test("containers removed while the events stream is down are seen as removed, an
   const why = await new Promise<string>((resolve) => engine.onRemoved(resolve));
   assert.equal(why, `every container of experiment ${experiment} was removed outside abgate (abgate down?)`);
 });
+
+// One experiment for every test of the suite: its images are built by the first and found by the others.
+const conformanceExperiment = uniqueExperiment("conf");
+
+engineConformance(
+  "docker",
+  async (t, variants) => {
+    const ready = await dockerTest(t);
+    if (!ready) return undefined;
+    const { docker, dir } = ready;
+    const { down } = await import("../src/cli/docker-commands.ts");
+    const config = testConfig({
+      experiment: conformanceExperiment,
+      listen: "127.0.0.1:26090",
+      admin: { listen: "127.0.0.1:26091" },
+      ports: { base: 26100 },
+      variants: variants.map((v) => ({ name: v.name, build: dir, buildArgs: { BASE_IMAGE }, replicas: v.replicas, env: { VARIANT: v.name } })),
+    });
+    const engine = new DockerEngine(config, { ...fast, log: quiet });
+    return {
+      engine,
+      kill: async (e) => void (await docker.getContainer(containerName(config.experiment, e.variant, e.replica)).kill()),
+      removeAll: async () => void (await down(config, { docker, stopTimeoutS: 0, out: quiet })),
+    };
+  },
+  // (fast: a dead replica is restarted after 100 ms)
+  { kind: "docker", startsReplicas: true, restartsReplicas: true, reportsRemoval: true, timeoutMs: 20_000, quietMs: 1_000 },
+);

@@ -20,9 +20,10 @@ const EXPECTED = [
 ];
 
 /**
- * What every replica a setup runs must be: an HTTP server on 127.0.0.1:$PORT that answers `GET /` with 200 and
- * `{"variant": $VARIANT, "port": $PORT}`, so that the suite can tell which replica answered. A setup passes
- * `VARIANT` through the variant's `env:`. (Docker's TEST_SERVER in docker/testing.ts answers the same.)
+ * What every replica a setup runs must be: an HTTP server on 127.0.0.1:$PORT that answers `GET /` with 200 and a
+ * JSON object with `"variant": $VARIANT, "port": $PORT` (other fields are not looked at), so that the suite can tell
+ * which replica answered. A setup passes `VARIANT` through the variant's `env:`. (Docker's TEST_SERVER in
+ * docker/testing.ts answers so too.)
  */
 export const REPLICA_SERVER = `
 const port = Number(process.env.PORT);
@@ -142,7 +143,8 @@ function assertRealChanges(heard: Endpoint[][], current: Endpoint[][], from: End
 async function assertAnswers(e: Endpoint, timeoutMs: number): Promise<void> {
   const res = await eventually(`${e.id} to answer on 127.0.0.1:${e.port}`, () => get(e.port), timeoutMs);
   assert.equal(res.status, 200, `${e.id}: status`);
-  assert.deepEqual(res.body, { variant: e.variant, port: e.port }, `${e.id} answered as another replica`);
+  const body = (typeof res.body === "object" && res.body !== null ? res.body : {}) as { variant?: unknown; port?: unknown };
+  assert.deepEqual({ variant: body.variant, port: body.port }, { variant: e.variant, port: e.port }, `${e.id} answered as another replica: ${JSON.stringify(res.body)}`);
 }
 
 /** Nothing answers on `e`'s port now (asked once: stop() resolves only when its replicas are gone). */
