@@ -391,6 +391,7 @@ engineConformance(
     return {
       engine,
       kill: async (e) => void (await docker.getContainer(containerName(config.experiment, e.variant, e.replica)).kill()),
+      remove: async (e) => void (await docker.getContainer(containerName(config.experiment, e.variant, e.replica)).remove({ force: true })),
       removeAll: async () => void (await down(config, { docker, stopTimeoutS: 0, out: quiet })),
     };
   },
