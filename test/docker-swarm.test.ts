@@ -4,7 +4,8 @@ import { rmSync } from "node:fs";
 import type Docker from "dockerode";
 import { SwarmEngine } from "../src/engines/swarm/index.ts";
 import { createEngine } from "../src/engines/index.ts";
-import { listExperimentContainers } from "../src/engines/docker/index.ts";
+import { LABEL, containerName, listExperimentContainers } from "../src/engines/docker/index.ts";
+import { engineConformance } from "../src/engines/conformance.ts";
 import { down, logs, ps } from "../src/cli/docker-commands.ts";
 import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
@@ -125,3 +126,44 @@ test("swarm: stop while start is creating the services (Ctrl-C during up) leaves
   await assert.rejects(starting, /stopped while starting/);
   assert.deepEqual(await services(), [], "no service created after stop began is left");
 });
+
+// One experiment for every test of the suite: its images are built by the first and found by the others.
+const conformanceExperiment = uniqueExperiment("swconf");
+
+engineConformance(
+  "swarm",
+  async (t, variants) => {
+    const ready = await swarmTest(t);
+    if (!ready) return undefined;
+    const { docker, dir } = ready;
+    const config = testConfig({
+      experiment: conformanceExperiment,
+      engine: "swarm",
+      listen: "127.0.0.1:26290",
+      admin: { listen: "127.0.0.1:26291" },
+      ports: { base: 26200 },
+      variants: variants.map((v) => ({ name: v.name, build: dir, buildArgs: { BASE_IMAGE }, replicas: v.replicas, env: { VARIANT: v.name } })),
+    });
+    const engine = new SwarmEngine(config, { restartDelayMs: 200, log: () => {} });
+    return {
+      engine,
+      // the running task's container (a killed task's stays beside its successor, exited)
+      async kill(e) {
+        const running = await listExperimentContainers(docker, config, false);
+        const task = running.find((c) => c.Labels[LABEL.variant] === e.variant && c.Labels[LABEL.replica] === String(e.replica));
+        if (task === undefined) throw new Error(`no running container of ${e.id}`);
+        await docker.getContainer(task.Id).kill();
+      },
+      // as abgate down does for every replica: the service, then its containers (swarm itself takes seconds to)
+      async remove(e) {
+        await docker.getService(containerName(config.experiment, e.variant, e.replica)).remove();
+        const containers = await listExperimentContainers(docker, config);
+        const its = containers.filter((c) => c.Labels[LABEL.variant] === e.variant && c.Labels[LABEL.replica] === String(e.replica));
+        await Promise.all(its.map((c) => docker.getContainer(c.Id).remove({ force: true }).catch(() => {})));
+      },
+      removeAll: async () => void (await down(config, { docker, stopTimeoutS: 0, out: () => {} })),
+    };
+  },
+  // (swarm restarts a dead task after restartDelayMs, 200 ms here)
+  { kind: "swarm", startsReplicas: true, restartsReplicas: true, reportsRemoval: true, timeoutMs: 30_000, quietMs: 1_000 },
+);
