@@ -236,7 +236,7 @@ export function engineConformance(name: string, setup: EngineSetup, capabilities
     });
 
     if (capabilities.restartsReplicas) {
-      test("a replica killed from outside leaves the list and comes back on its port, each told once through onChange; the others stay as they were", async (t) => {
+      test("a replica killed from outside leaves the list and comes back on its port, each told once through onChange, the others untouched; so do all killed at once", async (t) => {
         const fixture = await begin(t);
         if (fixture === undefined) return;
         const { engine, kill } = fixture;
@@ -268,6 +268,18 @@ export function engineConformance(name: string, setup: EngineSetup, capabilities
           assert.equal(engine.lastExit(others[0]!.id), undefined, "lastExit of a replica that never ended");
           assert.equal(engine.lastExit("nobody-0"), undefined, "lastExit of an id the engine does not have");
         }
+
+        // Every replica at once: a crash of all is not a removal (onRemoved says nothing), and all come back.
+        const reasons: string[] = [];
+        engine.onRemoved?.((why) => reasons.push(why));
+        const mark = heard.length;
+        await Promise.all(before.map((e) => kill(e)));
+        for (const e of before) await eventually(`${e.id} to leave the list`, () => heard.slice(mark).some((list) => !has(list, e.id)), timeoutMs);
+        await eventually("every replica back", () => heard.length > mark && JSON.stringify(heard.at(-1)) === JSON.stringify(before), timeoutMs);
+        assertRealChanges(heard, current, before);
+        assert.deepEqual(engine.endpoints(), before, "each on its port");
+        for (const e of before) await assertAnswers(e, timeoutMs);
+        assert.deepEqual(reasons, [], "onRemoved told of replicas that only died");
       });
     }
 
