@@ -115,6 +115,10 @@ test("eventsBodyProblem refuses, without parsing, more items than allowed, neste
   assert.equal(problem("[1,2,3, \n ]"), undefined);
   assert.equal(problem("[1,2,3,"), undefined);
   assert.equal(problem("[1,2,3, 4]")?.status, 413);
+  // A byte order mark in front is skipped, as the body's decoding drops it before JSON.parse: it hid a 16 MiB array
+  // from this check, and JSON.parse then held the event loop for a second.
+  assert.equal(eventsBodyProblem(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(" [1,2,3,4]")]), 3)?.status, 413);
+  assert.equal(eventsBodyProblem(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('[{"value":[0]}]')]), 3)?.status, 400);
   // the bodies that held the event loop for 0.5-1 s each: refused after a few bytes or 10,000 commas
   for (const junk of [`[${"0,".repeat(8_000_000)}0]`, `[[${"0,".repeat(7_000_000)}0]]`, `{"unit":"u","event":"w","value":[${"0,".repeat(7_000_000)}0]}`, `[{${'"a":0,'.repeat(1_400_000)}"a":0}]`]) {
     const bytes = Buffer.from(junk);

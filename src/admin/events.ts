@@ -16,7 +16,8 @@ const MAX_EVENT_COMMAS = 4;
  * an array nested in an event, or a field repeated a million times; an events body has none of those shapes.
  */
 export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400 | 413; message: string } | undefined {
-  let i = 0;
+  // (a byte order mark, which the body's UTF-8 decoding drops before JSON.parse, is no reason to stop looking)
+  let i = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0;
   while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
   const first = body[i];
   if (first !== 0x5b /* [ */ && first !== 0x7b /* { */) return undefined;
