@@ -106,6 +106,10 @@ before(async () => {
         // interim answers: a 103 with a hop-by-hop field, a 100 nobody asked this client about, then the answer
         socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nkeep-alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n");
         return void setTimeout(() => ok(socket), 100);
+      case "/split-sized":
+        // A sized answer's head and body in two writes, as uvicorn and h11 send them.
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n");
+        return void setTimeout(() => socket.write("ok"), 20);
       case "/silent-stream":
         // A head, then nothing: the stream stays silent past responseTimeoutMs.
         return void socket.write("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
@@ -416,6 +420,17 @@ test("a response head that comes alone reaches the client at once (a stream's fi
   assert.match(arrivals[0]!.text, /^HTTP\/1\.1 200 OK\r\n[^]*content-type: text\/event-stream\r\n[^]*\r\n\r\n$/, "the head, alone");
   assert.ok(arrivals[0]!.ms < 400, `the head came ${arrivals[0]!.ms.toFixed(0)} ms after the request; the event 600 ms after`);
   assert.match(arrivals.map((a) => a.text).join(""), /data: first\n\n\r\n0\r\n\r\n$/);
+
+  // A sized answer whose head came alone still goes out in one write, with its body: only a body without a length
+  // (chunked, or until close) is what a stream looks like.
+  const sized = connect(Number(u.port), u.hostname);
+  const reads: string[] = [];
+  sized.on("data", (d: Buffer) => reads.push(d.toString("latin1")));
+  const sizedClosed = new Promise((r) => sized.on("close", r));
+  sized.write("GET /split-sized HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: close\r\n\r\n");
+  await sizedClosed;
+  assert.equal(reads.length, 1, `head and body in one write: ${JSON.stringify(reads)}`);
+  assert.match(reads[0]!, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/);
 
   const short = await testGateway({ variants: [{ name: "control", weight: 1, url: backend.url }], limits: { responseTimeoutMs: 300 } });
   try {

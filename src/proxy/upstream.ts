@@ -20,9 +20,9 @@ export interface UpstreamSink {
   /** the response is complete; `last` is its final body piece when it had not been passed to onData */
   onEnd(last?: Buffer): void;
   /**
-   * A read ended after the head, with the response not complete: a head held back to go out with the first body
-   * piece must go now, or a stream (server-sent events, tokens of a language model) that sends its head and then
-   * waits would reach the client only with its first event.
+   * A read ended after the head of a body without a length (chunked, or until close), with the response not
+   * complete: a head held back to go out with the first body piece must go now, or a stream (server-sent events,
+   * tokens of a language model) that sends its head and then waits would reach the client only with its first event.
    */
   onReadEnd?(): void;
   /**
@@ -322,8 +322,10 @@ export class UpstreamConnection {
           return;
       }
     }
-    // (not reached on the usual path, where head and body came in one read and #finish let go of the sink)
-    if (this.#sink !== null && this.#state !== State.Head) this.#sink.onReadEnd?.();
+    // Only for bodies without a length, the shape of a stream: a replica that writes a sized answer's head and body
+    // in two writes (uvicorn, h11) would otherwise cost two writes to the client for every answer. (Not reached on
+    // the usual path either, where head and body came in one read and #finish let go of the sink.)
+    if (this.#sink !== null && (this.#state === State.BodyChunked || this.#state === State.BodyUntilClose)) this.#sink.onReadEnd?.();
   }
 
   /** Returns the offset after the head, or -1 when more bytes are needed or the exchange ended. */
