@@ -204,6 +204,8 @@ export class ClientConnection {
   readonly socket: OwnedSocket;
   readonly server: ClientServer;
   readonly remoteAddress: string;
+  /** whether the peer is in forwardedHeaders.trustedIPs: asked once per connection (undefined until asked) */
+  trustedPeer: boolean | undefined = undefined;
   #parser: NodeHttpParser | null;
   /** the exchange whose response is being written (the head of the pipeline) */
   current: ClientExchange | null = null;

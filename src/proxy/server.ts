@@ -97,7 +97,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
   let transferEncoding: string | undefined;
   let expect: string | undefined;
   let connection: string | undefined;
-  /** a trusted peer's (forwardedHeaders.trustedIPs) first X-Forwarded-Proto and -Host, passed on if well-formed */
+  /** a trusted peer's (forwardedHeaders.trustedIPs) last X-Forwarded-Proto and -Host, passed on if well-formed */
   let givenProto: string | undefined;
   let givenHost: string | undefined;
   for (let i = 0; i < h.length; i += 2) {
@@ -133,8 +133,9 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
         if (lower.charCodeAt(0) === 120 /* x */ && (lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-"))) {
           if (lower === "x-forwarded-for") xff = xff ? `${xff}, ${value}` : value;
           else if (lower === FORCE_HEADER) force ??= value;
-          else if (trustedPeer && lower === "x-forwarded-proto") givenProto ??= value.split(",", 1)[0]!.trim();
-          else if (trustedPeer && lower === "x-forwarded-host") givenHost ??= value.split(",", 1)[0]!.trim();
+          // (the last value: the one the nearest trusted peer set or added; earlier ones may be the client's own)
+          else if (trustedPeer && lower === "x-forwarded-proto") givenProto = lastListValue(value);
+          else if (trustedPeer && lower === "x-forwarded-host") givenHost = lastListValue(value);
           continue;
         }
         if (HOP_BY_HOP.has(lower)) continue;
@@ -449,7 +450,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       const name = headers[i];
       // The replica's own copies of the two headers abgate sets would contradict them (by length first: cheap).
       if ((name.length === 16 || name.length === 19) && ABGATE_RESPONSE_HEADERS.has(name.toLowerCase())) continue;
-      if (name.length === 4 && name.toLowerCase() === "date") dated = true;
+      if (name.length === 4 && (name === "Date" || name === "date" || name.toLowerCase() === "date")) dated = true;
       head += `${name}: ${headers[i + 1]}\r\n`;
     }
     if (!dated) head += `date: ${httpDate()}\r\n`;
@@ -715,6 +716,11 @@ function headRefusal(request: ClientRequest, scan: ScannedRequest, unit: string,
   return null;
 }
 
+/** The last element of a comma-separated field value, trimmed. */
+function lastListValue(value: string): string {
+  return value.slice(value.lastIndexOf(",") + 1).trim();
+}
+
 /**
  * The characters a Host value may hold: RFC 3986's reg-name (unreserved, sub-delims, "%"), ":" and "[]" (a port, an
  * IP literal). Not its full grammar: a lookup per character, cheap on every request.
@@ -798,7 +804,9 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
     {
       request(conn, req) {
         const startMs = performance.now();
-        const scan = scanRequest(req, conn.remoteAddress, unitHeaderName, trusted !== undefined && trusted(conn.remoteAddress));
+        // (once per connection: BlockList.check makes a SocketAddress each time, about 2 µs)
+        const trustedPeer = trusted !== undefined && (conn.trustedPeer ??= trusted(conn.remoteAddress));
+        const scan = scanRequest(req, conn.remoteAddress, unitHeaderName, trustedPeer);
         return new Exchange(ctx, conn, req, scan, known, nextId(), startMs);
       },
       upgrade(req, socket, head, remoteAddress) {
