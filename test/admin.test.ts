@@ -598,6 +598,12 @@ test("Expect: 100-continue: a request without the token is answered 401 at once,
   const events = await open(`POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 40\r\nexpect: 100-continue\r\n\r\n`);
   assert.match(await answer(events.got), /^HTTP\/1\.1 401 /, "events need the ingest token here");
   events.socket.destroy();
+  // Two Authorization headers, the first one the token: refused at once too, not after the body came.
+  const twice = await open(head("authorization: Bearer test-admin-token\r\nauthorization: Bearer other\r\n"));
+  const twiceText = await answer(twice.got);
+  assert.match(twiceText, /^HTTP\/1\.1 400 /, twiceText);
+  assert.doesNotMatch(twiceText, /100 Continue/);
+  twice.socket.destroy();
   const allowed = await open(head("authorization: Bearer test-admin-token\r\n"));
   assert.match(await answer(allowed.got), /^HTTP\/1\.1 100 Continue\r\n\r\n/);
   allowed.socket.write(body);

@@ -141,6 +141,14 @@ function crossSiteOrigin(req: IncomingMessage): string | undefined {
   return origin;
 }
 
+/**
+ * Node keeps the first of several Authorization headers and drops the rest; a proxy in front may keep the last.
+ * Which credentials such a request carries is ambiguous, so it has none: a 400 (as Go's and nginx's auth modules do).
+ */
+function ambiguousAuthorization(req: IncomingMessage): RequestError | undefined {
+  return (req.headersDistinct.authorization?.length ?? 0) > 1 ? new RequestError("more than one Authorization header: send one", 400, "ABGATE_ERR_BAD_REQUEST") : undefined;
+}
+
 function numberMap(body: unknown): Map<string, number> {
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
     throw new RequestError('expected an object of weights, e.g. {"control": 20, "treatment": 80}', 400, "ABGATE_ERR_WEIGHTS_INVALID");
@@ -197,11 +205,8 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const url = req.url ?? "/";
     const path = url.split("?", 1)[0];
     const method = req.method ?? "GET";
-    // Node keeps the first of several Authorization headers and drops the rest; a proxy in front may keep the last.
-    // Which credentials such a request carries is ambiguous, so it has none (as Go's and nginx's auth modules do).
-    if ((req.headersDistinct.authorization?.length ?? 0) > 1) {
-      throw new RequestError("more than one Authorization header: send one", 400, "ABGATE_ERR_BAD_REQUEST");
-    }
+    const ambiguous = ambiguousAuthorization(req);
+    if (ambiguous !== undefined) throw ambiguous;
     if (await dashboard(req, res)) return;
     if (method !== "GET" && method !== "HEAD") {
       const foreign = crossSiteOrigin(req);
@@ -284,7 +289,7 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
   // token sent its whole body (up to 16 MiB) to be refused. A request that will be refused for its token is answered
   // at once, without the 100, and its connection closed (the client may send the body anyway, RFC 9110 §10.1.1).
   server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
-    const refused = tokenRefusal((req.url ?? "/").split("?", 1)[0]!, req.headers.authorization) !== undefined;
+    const refused = ambiguousAuthorization(req) !== undefined || tokenRefusal((req.url ?? "/").split("?", 1)[0]!, req.headers.authorization) !== undefined;
     if (refused) res.shouldKeepAlive = false;
     else res.writeContinue();
     handle(req, res);
