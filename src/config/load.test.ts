@@ -56,7 +56,7 @@ test("an unquoted reference to an empty or unset variable reads as the empty str
   assert.deepEqual(c.variants[0]!.env, { MODEL: "", DASH: "", ASK: "" }, "${A-d} and ${A?msg} with A set but empty are empty too");
   assert.deepEqual(c.variants[0]!.command, ["node", "a.js", ""]);
   assert.equal(c.strategy.salt, "");
-  assert.equal(c.salt, "", "the empty salt written, not the default");
+  assert.equal(c.salt, "exp", "an empty salt is the default one, the experiment's name: experiments with the variable unset would otherwise hash units alike");
 });
 
 test("forwardedHeaders.trustedIPs: addresses and CIDR ranges; anything else is refused by its index", () => {
@@ -294,7 +294,7 @@ test("values that would misbehave at run time are refused by name: long timers, 
 });
 
 test("${...} forms: compose's defaults and required variables work; others are refused, never kept as literal text", () => {
-  const salt = (ref: string, env: NodeJS.ProcessEnv) => parseConfig(`${base}strategy: { salt: "${ref}" }\n`, "/tmp", env).salt;
+  const salt = (ref: string, env: NodeJS.ProcessEnv) => parseConfig(`${base}strategy: { salt: "${ref}" }\n`, "/tmp", env).strategy.salt;
   assert.equal(salt("${S-dflt}", {}), "dflt");
   assert.equal(salt("${S-dflt}", { S: "" }), "", "'-' only when unset");
   assert.equal(salt("${S:-dflt}", { S: "" }), "dflt");

@@ -237,7 +237,9 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
       cwd: v.cwd !== undefined ? resolve(baseDir, v.cwd) : v.command ? baseDir : undefined,
     })),
     baseDir,
-    salt: cfg.strategy.salt ?? cfg.experiment,
+    // An empty salt (an unset ${SALT}) is the default too: else every experiment whose variable is unset would hash
+    // units alike, their splits correlated.
+    salt: cfg.strategy.salt || cfg.experiment,
     fallback: cfg.fallback ?? cfg.variants[0].name,
     control: cfg.variants[0].name,
   };

@@ -108,7 +108,8 @@ export const configSchema = z.strictObject({
   admin: z
     .strictObject({
       listen: listen.default("127.0.0.1:8081"),
-      // `token: ${ABGATE_ADMIN_TOKEN}` with the variable unset is YAML null: that means "none", as in the spec's example
+      // `token: ${ABGATE_ADMIN_TOKEN}` with the variable unset is empty: that means "none", as in the spec's example
+      // (null, `token:` with nothing after it, too)
       token: bearerToken.nullish(),
       ingestToken: bearerToken.nullish(),
     })

@@ -9,8 +9,9 @@ const EPSILON = 1e-12;
 
 /**
  * A cut point on a decimal grid of 1e-12: `0.1 + 0.1 + 0.1` is 0.30000000000000004, and the table is shown to
- * users (GET /v1/experiment's `ranges`, for predicting a unit's variant) with such residue in it. A cut is what is
- * shown, so rounding it where it is made changes no unit's variant; the grid is 1/4,300 of a bucket step (2^-32).
+ * users (GET /v1/experiment's `ranges`, for predicting a unit's variant) with such residue in it. The cut is rounded
+ * where it is made, before any lookup uses it, so what is shown is what decides a unit's variant; the grid is 1/233
+ * of a bucket step (2^-32), so a moved share is the weight shifted within 1e-12.
  */
 function cutAt(x: number): number {
   return Math.round(x * 1e12) / 1e12;
