@@ -15,7 +15,8 @@ export interface Config extends Omit<ParsedConfig, "listen" | "admin" | "fallbac
   /** a variant name, or "reject" (503) */
   fallback: string;
   listen: HostPort;
-  admin: { listen: HostPort; token?: string; ingestToken?: string };
+  /** tokenVariables: the environment variables the tokens were read from (`token: ${MY_TOKEN}`), kept from replicas */
+  admin: { listen: HostPort; token?: string; ingestToken?: string; tokenVariables: string[] };
   /** folder of the config file: relative `build`, `cwd` and `sqlite:` paths are resolved against it */
   baseDir: string;
   /** the sticky salt, defaulted to the experiment name */
@@ -226,7 +227,7 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
   return {
     ...cfg,
     listen: parseHostPort(cfg.listen),
-    admin: { ...cfg.admin, listen: parseHostPort(cfg.admin.listen), token: cfg.admin.token || undefined, ingestToken: cfg.admin.ingestToken || undefined },
+    admin: { ...cfg.admin, listen: parseHostPort(cfg.admin.listen), token: cfg.admin.token || undefined, ingestToken: cfg.admin.ingestToken || undefined, tokenVariables: [] },
     // (sqlite::memory: is SQLite's name for a throwaway database, not a file beside the config)
     store: cfg.store.startsWith("sqlite:") && cfg.store !== "sqlite::memory:" ? `sqlite:${resolve(baseDir, cfg.store.slice("sqlite:".length))}` : cfg.store,
     variants: cfg.variants.map((v) => ({
@@ -331,6 +332,8 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   if (duplicates.length > 0) throw new ConfigError(duplicates);
   /** variables used without a default that are not set: as docker compose does, said once each (`warnUnset`) */
   const unset = new Set<string>();
+  /** variables the admin and ingest tokens are read from: process replicas do not inherit them, whatever their name */
+  const tokenVariables = new Set<string>();
   /** references in values that cannot be expanded: a `?` one whose variable is missing, a form abgate does not read */
   const refused: { path: string; message: string }[] = [];
   const whole = new RegExp(`^${tag}(\\d+)x$`);
@@ -362,9 +365,11 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       const parent = path[path.length - 1];
       const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
       const counted = field !== "token" && field !== "ingestToken";
+      const ofToken = !counted && path.some((p) => isPair(p) && isScalar(p.key) && p.key.value === "admin");
       for (const [, i] of node.value.matchAll(placeholder)) {
         const v = values[Number(i)]!;
         if (v.unset && counted) unset.add(v.name!);
+        if (ofToken && !v.literal) tokenVariables.add(v.name!);
         if (v.error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: v.error });
       }
       const only = whole.exec(node.value);
@@ -400,7 +405,9 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
   }
   try {
-    return validateConfig(raw, baseDir, envPaths);
+    const config = validateConfig(raw, baseDir, envPaths);
+    config.admin.tokenVariables = [...tokenVariables];
+    return config;
   } catch (err) {
     // "listen: expected string, received null" does not say why: name the variable that was empty or unset, or
     // whose value was refused (not the value: it may be a token).

@@ -255,6 +255,21 @@ test("process engine: replicas inherit abgate's environment but not its admin or
   }
 });
 
+test("process engine: the variables the tokens were read from are not inherited, whatever their name and length", () => {
+  const added = { MY_ADMIN: "short-admin", MY_INGEST: "ing", OTHER_SHORT: "short-admin" };
+  Object.assign(process.env, added);
+  try {
+    const config = parseConfig(`experiment: procs\nengine: process\nadmin: { token: \${MY_ADMIN}, ingestToken: "\${MY_INGEST}" }\nvariants:\n  - { name: control, command: [node, x.js], env: { token: \${OTHER_SHORT} } }\n`, "/tmp", process.env);
+    assert.deepEqual(config.admin.tokenVariables.sort(), ["MY_ADMIN", "MY_INGEST"]);
+    const env = inheritedEnv(config);
+    assert.equal(env.MY_ADMIN, undefined);
+    assert.equal(env.MY_INGEST, undefined);
+    assert.equal(env.OTHER_SHORT, "short-admin", "a variable only an env key named token reads is not a token's");
+  } finally {
+    for (const k of Object.keys(added)) delete process.env[k];
+  }
+});
+
 test("process engine: a short token is not looked for by value (token: \"1\" stripped CI=1 and the like)", () => {
   process.env.ABGATE_TEST_FLAG = "1";
   try {

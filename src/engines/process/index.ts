@@ -43,16 +43,16 @@ export interface ProcessEngineOptions extends EngineOptions {
 const TAIL_LINES = 20;
 /**
  * abgate's environment, as a replica inherits it, without abgate's own secrets: the admin and ingest tokens, by
- * their usual names and (when at least MIN_SECRET_CHARS long) by value, as a config may take them from any
- * variable. A model server has no use for the token that changes the experiment's weights. A variant's `env:` can
- * still pass anything on explicitly.
+ * their usual names, by the names the config read them from (`token: ${MY_TOKEN}`), and (when at least
+ * MIN_SECRET_CHARS long) by value, which also covers a token copied into another variable. A model server has no
+ * use for the token that changes the experiment's weights. A variant's `env:` can still pass anything on explicitly.
  */
 export function inheritedEnv(config: Config): NodeJS.ProcessEnv {
   // By value only for tokens long enough to be secrets: `token: "1"` stripped PYTHONUNBUFFERED=1, CI=1 and the like.
   const secrets = new Set([config.admin.token, config.admin.ingestToken].filter((t): t is string => typeof t === "string" && t.length >= MIN_SECRET_CHARS));
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (k === "ABGATE_ADMIN_TOKEN" || k === "ABGATE_INGEST_TOKEN" || (v !== undefined && secrets.has(v))) continue;
+    if (k === "ABGATE_ADMIN_TOKEN" || k === "ABGATE_INGEST_TOKEN" || config.admin.tokenVariables.includes(k) || (v !== undefined && secrets.has(v))) continue;
     env[k] = v;
   }
   return env;
