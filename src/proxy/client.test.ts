@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type AddressInfo, type Socket } from "node:net";
-import { ClientServer, LLHTTP_METHODS, parserPool, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
+import { ClientServer, LLHTTP_METHODS, parserPool, unknownMethod, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 
 /** A ClientServer whose exchanges answer with the request line, after `delayMs` for paths starting /slow. */
 async function echoServer(limits: Partial<ConstructorParameters<typeof ClientServer>[0]> = {}) {
@@ -89,6 +89,28 @@ test("every method llhttp reads is the method sent (QUERY was read as GET); the 
   } finally {
     await srv.close();
   }
+});
+
+test("a well-formed request with a method llhttp does not know gets 501 (RFC 9110 §9.1); garbage still gets 400", async () => {
+  const srv = await echoServer();
+  try {
+    for (const [payload, status] of [
+      ["FOO / HTTP/1.1\r\nhost: x\r\n\r\n", 501],
+      ["\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400],
+      ["FOO BAR\r\n\r\n", 400],
+    ] as const) {
+      const res = await exchange(srv.port, payload);
+      const statuses = [...res.text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+      assert.equal(statuses.at(-1), status, JSON.stringify(payload));
+      assert.ok(res.closed, "and the connection closed");
+    }
+  } finally {
+    await srv.close();
+  }
+  // (pipelined behind an answered request, the bad line is found where llhttp stopped, not at the buffer's start)
+  const pipelined = Buffer.from("GET /a HTTP/1.1\r\nhost: x\r\n\r\nFROBNICATE /b HTTP/1.1\r\nhost: x\r\n\r\n");
+  assert.equal(unknownMethod(pipelined, pipelined.indexOf("FROB") + 2), "FROBNICATE");
+  assert.equal(unknownMethod(pipelined, pipelined.length + 5), undefined, "past the end: the empty last line");
 });
 
 test("parse errors: garbage gets 400 and a close, oversized headers 431, CONNECT 405", async () => {

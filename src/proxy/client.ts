@@ -176,6 +176,19 @@ const SMALL_BODY_BYTES = 2048;
 const OWNER = Symbol("abgate.clientConnection");
 type OwnedSocket = Socket & { [OWNER]?: ClientConnection; _handle?: { readStart(): number; readStop(): number; reading?: boolean } | null };
 
+/**
+ * The method of the request line around `at` in `buffer` when that line is a well-formed request line whose method
+ * llhttp does not know (`FOO / HTTP/1.1`); undefined for anything else (TLS bytes, garbage), which stays a 400.
+ */
+export function unknownMethod(buffer: Buffer | undefined, at: number): string | undefined {
+  if (buffer === undefined) return undefined;
+  const start = buffer.lastIndexOf(0x0a, Math.min(at, buffer.length - 1)) + 1;
+  let end = buffer.indexOf(0x0a, start);
+  if (end === -1) end = buffer.length;
+  const line = buffer.toString("latin1", start, Math.min(end, start + 8192));
+  return /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP\/1\.[01]\r?$/.exec(line)?.[1];
+}
+
 let dateSecond = -1;
 let dateText = "";
 /**
@@ -502,6 +515,11 @@ export class ClientConnection {
   #parseError(err: Error & { code?: string }): void {
     const code = err.code ?? "HPE_UNKNOWN";
     this.server.handlers.clientError(code, err.message);
+    if (code === "HPE_INVALID_METHOD") {
+      const method = unknownMethod(this.#parser?.getCurrentBuffer(), (err as { bytesParsed?: number }).bytesParsed ?? 0);
+      // RFC 9110 §9.1: a method the server does not implement is a 501; not a 400, which says the request is malformed.
+      if (method !== undefined) return this.#fault(501, `method ${method.slice(0, 40)} is not supported`);
+    }
     const status = code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
     this.#fault(status, err.message);
   }
