@@ -20,6 +20,9 @@ import type { AdminContext, ExperimentView, ReplicaView } from "./admin/context.
 import { createAdminServer } from "./admin/server.ts";
 import { experimentReport, recordWeightChange } from "./admin/report.ts";
 
+/** How long GET /v1/experiment (and the dashboard's live view) waits for the store's counts. */
+const COUNTS_WAIT_MS = 1_000;
+
 export interface GatewayOptions {
   /** an engine whose `start()` the caller already awaited; without one, the gateway creates and starts its own */
   engine?: Engine;
@@ -247,6 +250,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
     let setWeightsChain: Promise<void> = Promise.resolve();
     let lastCounts = { exposures: 0, events: 0 };
+    let countsInFlight: Promise<{ exposures: number; events: number; storeError?: string }> | null = null;
     const startedAt = new Date(clock.now()).toISOString();
     const adminCtx: AdminContext = {
       config,
@@ -277,12 +281,18 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         const liveByVariant = new Map(live.snapshot().map((l) => [l.variant, l]));
         // The view is how an operator sees replicas and health, which matter most while the database is down:
         // then it shows the counts read last, and says why they are not current.
+        // A store that hangs (a database stopped, a network partition) must not hold the view either: after
+        // COUNTS_WAIT_MS the counts read last are shown, and the one query in flight goes on for the next view.
         let counts: { exposures: number; events: number; storeError?: string };
-        try {
-          counts = lastCounts = await store.counts(config.experiment);
-        } catch (err) {
-          counts = { ...lastCounts, storeError: err instanceof Error ? err.message : String(err) };
-        }
+        countsInFlight ??= store.counts(config.experiment).then(
+          (c) => ((lastCounts = c), c),
+          (err: unknown) => ({ ...lastCounts, storeError: err instanceof Error ? err.message : String(err) }),
+        ).finally(() => (countsInFlight = null));
+        let timer: TimerHandle | undefined;
+        const waited = new Promise<"timeout">((resolve) => (timer = clock.setTimeout(() => resolve("timeout"), COUNTS_WAIT_MS)));
+        const got = await Promise.race([countsInFlight, waited]);
+        timer?.cancel();
+        counts = got === "timeout" ? { ...lastCounts, storeError: `the store did not answer within ${COUNTS_WAIT_MS} ms` } : got;
         let requests = 0;
         return {
           experiment: config.experiment,

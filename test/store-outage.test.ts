@@ -52,3 +52,55 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("with the store hanging: the experiment view answers within a second with the counts read last, and one query waits, not one per view", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
+  const real = new SqliteStore(join(dir, "hang.db"));
+  // A database that stopped answering (SIGSTOP, a partition): counts() neither resolves nor fails until released.
+  let hang = false;
+  let asked = 0;
+  const released: (() => void)[] = [];
+  const store = new Proxy(real, {
+    get(target, key) {
+      if (key === "counts") {
+        return async (experiment: string) => {
+          if (!hang) return target.counts(experiment);
+          asked++;
+          await new Promise<void>((r) => released.push(r));
+          return target.counts(experiment);
+        };
+      }
+      const value = Reflect.get(target, key, target) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const backend = createServer((_req, res) => res.end("x"));
+  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
+  try {
+    assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }])).status, 200);
+    assert.equal(((await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number } }).counts.events, 1);
+    hang = true;
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: unknown[]; counts: { events: number; storeError?: string } };
+      const ms = performance.now() - t0;
+      assert.ok(ms >= 900 && ms < 2500, `answered after ${ms.toFixed(0)} ms`);
+      assert.equal(view.counts.events, 1, "the counts read last");
+      assert.equal(view.counts.storeError, "the store did not answer within 1000 ms");
+      assert.equal(view.variants.length, 1, "replicas and health are shown");
+    }
+    assert.equal(asked, 1, "the views share the one query in flight");
+    hang = false;
+    for (const r of released) r();
+    await new Promise((r) => setTimeout(r, 50));
+    const after = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number; storeError?: string } };
+    assert.equal(after.counts.storeError, undefined, "answering again, the view is current again");
+  } finally {
+    for (const r of released) r();
+    await gw.close();
+    await new Promise<void>((r) => backend.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
