@@ -2,7 +2,7 @@ import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/ho
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
 import { describeStatsError } from "../../stats/error-text.ts";
-import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, waldInterval } from "./format.ts";
+import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, significance, waldInterval } from "./format.ts";
 import { ReportHistory, Timeline } from "./timeline.ts";
 import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
 
@@ -310,11 +310,13 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
 }
 
 function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; variants: string[]; version: number }) {
-  const xs = useMemo(() => timeline.xs(), [version]);
-  const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v) })), [version, variants.join()]);
+  // Without the minute still filling: its count so far made steady traffic look as if it were falling off, every time.
+  const shown = useMemo(() => timeline.minutes.length - (timeline.minutes.length > 1 && timeline.minutes.at(-1)! + timeline.stepMs > Date.now() ? 1 : 0), [version]);
+  const xs = useMemo(() => timeline.xs().slice(0, shown), [version]);
+  const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v).slice(0, shown) })), [version, variants.join()]);
   return (
     <div class="charts" data-testid="traffic-charts">
-      <Chart title="Requests per minute" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} integer dataKey={version} />
+      <Chart title="Requests per minute (whole minutes)" yLabel="requests" xs={xs} series={requests} format={(v) => fmtNum(v)} yMinMax={10} integer dataKey={version} />
     </div>
   );
 }
@@ -440,7 +442,7 @@ function MetricTable(props: {
               p adjusted
             </th>
             <th scope="col" class="num">
-              p (sequential)
+              p (sequential, adjusted)
             </th>
             <th scope="col" class="num">
               Chance to win
@@ -455,12 +457,19 @@ function MetricTable(props: {
             const n = nOf(v, isControl ? metric.control?.units : c?.units);
             const ci = kind === "conversion" || kind === "error_rate" ? waldInterval(value, n, alpha) : null;
             const f = (x: number | null) => fmtValue(kind, x);
+            const verdict = significance(kind, c);
             return (
-              <tr key={v} data-variant={v} class={c?.significant ? "significant" : ""}>
+              <tr key={v} data-variant={v} class={verdict ?? ""}>
                 <th scope="row">
                   {v}
                   {isControl && <span class="tag">control</span>}
-                  {c?.significant && <span class="tag sig">significant</span>}
+                  {verdict === "better" && <span class="tag sig-better">significantly better</span>}
+                  {verdict === "worse" && <span class="tag sig-worse">significantly worse</span>}
+                  {c?.sequentialError === "NON_STATIONARY" && (
+                    <span class="tag" title="the always-valid intervals of successive reports no longer overlap: the effect moved, so no verdict">
+                      unstable
+                    </span>
+                  )}
                 </th>
                 <td class="num">{f(value ?? null)}</td>
                 <td>{fmtCi(ci, f)}</td>
@@ -476,8 +485,8 @@ function MetricTable(props: {
                     <td>{fmtCi(c?.relative?.ci, (x) => fmtSignedPct(x))}</td>
                     <td class="num">{fmtP(c?.pValue)}</td>
                     <td class="num">{fmtP(c?.pValueAdjusted)}</td>
-                    <td class="num" title={`adjusted for multiple comparisons: ${fmtP(c?.pValueSequentialAdjusted)}`}>
-                      {fmtP(c?.pValueSequential)}
+                    <td class="num" title={`before the adjustment for multiple comparisons: ${fmtP(c?.pValueSequential)}`}>
+                      {fmtP(c?.pValueSequentialAdjusted ?? c?.pValueSequential)}
                     </td>
                     <td class="num">{fmtPct(c?.chanceToWin, 1)}</td>
                   </>
@@ -503,12 +512,16 @@ function Guardrails({ report }: { report: Report | null }) {
     <>
       <h3>Guardrails</h3>
       <ul class="guardrails">
-        {guardrails.map((g) => (
-          <li key={`${g.name}-${g.variant}`} class={g.ok ? "good" : "bad"}>
-            <b>{g.ok ? "OK" : "BREACHED"}</b> {g.name} · {g.variant}
+        {guardrails.map((g) => {
+          // (ok until judged: not a green OK that nothing was measured for)
+          const unjudged = g.ok && /^not enough data/.test(g.detail ?? "");
+          return (
+          <li key={`${g.name}-${g.variant}`} class={unjudged ? "muted" : g.ok ? "good" : "bad"}>
+            <b>{unjudged ? "NOT JUDGED YET" : g.ok ? "OK" : "BREACHED"}</b> {g.name} · {g.variant}
             {g.detail ? <span class="muted"> — {g.detail}</span> : null}
           </li>
-        ))}
+          );
+        })}
       </ul>
     </>
   );
@@ -562,8 +575,19 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
       setMessage({ ok: false, text: "At least one weight must be above 0." });
       return;
     }
-    if (await run("Weights", (t) => putWeights(t, weights))) setDraft(null);
+    let answered: Record<string, number> | undefined;
+    if (await run("Weights", async (t) => void (answered = ((await putWeights(t, weights)) as { weights?: Record<string, number> }).weights))) {
+      setDraft(null);
+      // The answer is the weights now in force: under the bandit only a 0 (pause) takes, the rest follows the
+      // posterior, and "done" alone would say the shares typed are in force.
+      const total = Object.values(weights).reduce((a, b) => a + b, 0);
+      const totalNow = Object.values(answered ?? {}).reduce((a, b) => a + b, 0);
+      const differs = answered !== undefined && totalNow > 0 && variants.some((v) => Math.abs((answered![v] ?? 0) / totalNow - weights[v]! / total) > 0.005);
+      if (differs) setMessage({ ok: true, text: `Weights: sent; the shares in force are ${variants.map((v) => `${v} ${fmtPct((answered![v] ?? 0) / totalNow, 1)}`).join(", ")}${bandit ? " (the bandit sets shares from the data; a weight of 0 pauses a variant)" : ""}.` });
+    }
   };
+  const bandit = live?.experiment.strategy === "bandit";
+  const changed = draft !== null && variants.some((v) => Number(shown(v)) !== current[v]);
 
   const target = promoteTo || variants.find((v) => v !== control) || variants[0] || "";
   const disabledWhy = locked ? "controls-locked" : undefined;
@@ -600,7 +624,8 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
           <p class="muted total" aria-live="polite">
             {variants.map((v) => `${v} ${fmtPct(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null, 0)}`).join(" · ")}
           </p>
-          <button type="submit" aria-describedby={disabledWhy}>
+          {bandit && <p class="muted">Bandit: shares follow the data. A weight of 0 pauses a variant; other weights do not set its share.</p>}
+          <button type="submit" aria-describedby={disabledWhy} disabled={!changed} title={changed ? undefined : "change a weight first"}>
             Apply weights
           </button>
           {draft && (
@@ -659,13 +684,14 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
 
 /**
  * A second step for changes that move all traffic at once: one stray Enter must not promote a variant. Focus goes
- * to the confirming button; Escape or Cancel backs out.
+ * to Cancel, the safe choice (as desktop dialogs do for destructive actions): with it on the confirming button, a
+ * second Enter 40 ms after the first (a key repeat) promoted. Escape or Cancel backs out.
  */
 function Confirm({ label, yes, act, done }: { label: string; yes: string; act: () => void; done: () => void }) {
-  const button = useRef<HTMLButtonElement>(null);
+  const cancel = useRef<HTMLButtonElement>(null);
   // A layout effect: focus lands before the browser paints the prompt. After paint (useEffect), an Enter typed at
   // once on a busy machine went to the button that opened it, and the prompt then waited for ever.
-  useLayoutEffect(() => button.current?.focus(), [label]);
+  useLayoutEffect(() => cancel.current?.focus(), [label]);
   return (
     <div
       class="confirm"
@@ -677,7 +703,6 @@ function Confirm({ label, yes, act, done }: { label: string; yes: string; act: (
     >
       <p id="confirm-label">{label}</p>
       <button
-        ref={button}
         type="button"
         class="danger"
         onClick={() => {
@@ -687,7 +712,7 @@ function Confirm({ label, yes, act, done }: { label: string; yes: string; act: (
       >
         {yes}
       </button>
-      <button type="button" class="secondary" onClick={done}>
+      <button ref={cancel} type="button" class="secondary" onClick={done}>
         Cancel
       </button>
     </div>

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, normalQuantile, waldInterval } from "./format.ts";
+import { fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, normalQuantile, significance, waldInterval } from "./format.ts";
 
 test("differences carry a sign, in the metric's unit, and never read -0", () => {
   assert.equal(fmtDiff("conversion", 0.019), "+1.90 pp");
@@ -33,4 +33,18 @@ test("the per-variant Wald interval uses the normal quantile of 1 - alpha/2", ()
   assert.ok(Math.abs(lo - (0.112 - half)) < 1e-5 && Math.abs(hi - (0.112 + half)) < 1e-5);
   assert.deepEqual(waldInterval(0, 10, 0.05), [0, 0]);
   assert.equal(waldInterval(0.5, 0, 0.05), null);
+});
+
+test("a significant difference is better or worse by the metric's direction: up for conversions and means, down for latency and errors", () => {
+  const up = { significant: true, sequentialCi: [0.01, 0.03] as [number, number] };
+  const down = { significant: true, sequentialCi: [-0.03, -0.01] as [number, number] };
+  assert.equal(significance("conversion", up), "better");
+  assert.equal(significance("mean", down), "worse");
+  // A treatment significantly slower, or with more errors, was shown in green as "significant".
+  assert.equal(significance("latency", up), "worse");
+  assert.equal(significance("error_rate", up), "worse");
+  assert.equal(significance("latency", down), "better");
+  assert.equal(significance("conversion", { significant: false, sequentialCi: [0.01, 0.03] }), undefined);
+  assert.equal(significance("conversion", { significant: true, sequentialCi: null }), undefined);
+  assert.equal(significance("conversion", undefined), undefined);
 });

@@ -1,4 +1,6 @@
 /** Display helpers: every figure on the page goes through one of these so that missing data reads "—". */
+import type { Comparison } from "./types.ts";
+
 const DASH = "—";
 
 const finite = (x: number | null | undefined): x is number => typeof x === "number" && Number.isFinite(x);
@@ -79,4 +81,16 @@ export function normalQuantile(q: number): number {
   const t = Math.sqrt(-2 * Math.log(pp));
   const x = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
   return upper ? x : -x;
+}
+
+/**
+ * Which way a significant difference goes for the user: higher is better for conversions and means, lower for
+ * latency and errors. The report's `significant` says only that the always-valid interval excludes 0 (green for a
+ * treatment significantly slower read as good news).
+ */
+export function significance(kind: string, c: Pick<Comparison, "significant" | "sequentialCi"> | undefined): "better" | "worse" | undefined {
+  if (!c?.significant || !c.sequentialCi) return undefined;
+  const higher = c.sequentialCi[0] > 0;
+  const lowerIsBetter = kind === "latency" || kind === "error_rate";
+  return higher !== lowerIsBetter ? "better" : "worse";
 }

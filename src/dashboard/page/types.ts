@@ -43,6 +43,8 @@ export interface Comparison {
   sequentialCi?: [number, number] | null;
   chanceToWin?: number | null;
   significant?: boolean;
+  /** NON_STATIONARY: the always-valid intervals no longer overlap (the effect moved); no verdict then */
+  sequentialError?: string | null;
   error?: string;
 }
 
