@@ -177,6 +177,12 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     assert.equal(await trafficChart.locator("canvas").count(), 1);
     assert.match((await trafficChart.getAttribute("aria-label")) ?? "", /latest: control \d+, treatment \d+/);
 
+    // The report says how old it is (one replayed on joining, or the last while new ones fail, is not the present).
+    await page.locator('[data-testid="report-age"]').waitFor({ timeout: 30_000 });
+    assert.match(await page.locator('[data-testid="report-age"]').innerText(), /^report of .+, \d+ (s|min) ago$/);
+    // Every replica is up: no variant says its requests go elsewhere.
+    assert.equal(await page.locator('[data-testid="no-healthy"]').count(), 0);
+
     // Updates as traffic flows, without a reload.
     const requestsCell = page.locator('table.variants tr[data-variant="control"] td[data-testid="requests"]');
     const before = Number((await requestsCell.innerText()).replace(/,/g, ""));
@@ -391,6 +397,21 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
     guardrails: [{ name: "latency", variant: "treatment", ok: false, detail: "p99 up 31%" }],
     decision: { action: "promote", variant: "treatment", reason: "watched improved by 17% (p = 0.004)" },
   };
+  // The treatment's replicas all down, and the store not answering.
+  const replica = (variant: string, health: string) => ({ id: `${variant}-0`, variant, replica: 0, address: "127.0.0.1:1", health, checks: "active", outstanding: 0 });
+  const live = {
+    ts: Date.now(),
+    experiment: {
+      experiment: "dashboard-e2e", engine: "static", strategy: "sticky", control: "control", fallback: "control", allowForce: false, listen: "http://127.0.0.1:1", startedAt: new Date().toISOString(),
+      variants: [
+        { name: "control", weight: 50, replicas: [replica("control", "healthy")], requests: 10, healthyReplicas: 1 },
+        { name: "treatment", weight: 50, replicas: [replica("treatment", "unhealthy")], requests: 0, healthyReplicas: 0 },
+      ],
+      counts: { exposures: 5, events: 1, requests: 10, storeError: "the store did not answer within 1000 ms" },
+      metrics: [{ name: "watched", kind: "conversion" }],
+    },
+    live: [],
+  };
   const meta = {
     experiment: "dashboard-e2e",
     control: "control",
@@ -404,7 +425,7 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
     route.fulfill({
       status: 200,
       headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
-      body: `retry: 60000\n\nevent: meta\ndata: ${JSON.stringify(meta)}\n\nevent: report\ndata: ${JSON.stringify(report)}\n\n`,
+      body: `retry: 60000\n\nevent: meta\ndata: ${JSON.stringify(meta)}\n\nevent: report\ndata: ${JSON.stringify(report)}\n\nevent: live\ndata: ${JSON.stringify(live)}\n\n`,
     }),
   );
   await page.goto(gw.adminUrl + "/");
@@ -420,6 +441,9 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   assert.match(await page.getByText("watched improved by 17%").innerText(), /p = 0\.004/);
   assert.match(await page.locator('[data-testid="srm"]').innerText(), /Mismatch \(p < 0\.001\)/);
   await page.getByText("BREACHED").waitFor();
+  assert.equal(await page.locator('[data-testid="no-healthy"]').innerText(), "No healthy replica: its requests are served by control (the report still counts them as treatment's).");
+  assert.match(await page.locator('[data-testid="store-error"]').innerText(), /counts as last read; the store: the store did not answer within 1000 ms/);
+  assert.match(await page.locator('[data-testid="report-age"]').innerText(), /^report of .+, \d+ s ago$/);
   if (process.env.DASH_REPORT_SHOT) await page.screenshot({ path: process.env.DASH_REPORT_SHOT, fullPage: true });
   // The stream was replaced, so the live table waits; nothing else may complain.
   assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);

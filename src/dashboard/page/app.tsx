@@ -119,6 +119,12 @@ export function App() {
             engine <b>{live.experiment.engine}</b> · strategy <b>{live.experiment.strategy}</b> · fallback{" "}
             <b>{live.experiment.fallback}</b> · since <b>{fmtTime(live.experiment.startedAt)}</b> · {fmtNum(live.experiment.counts.requests)} requests,{" "}
             {fmtNum(live.experiment.counts.exposures)} exposures, {fmtNum(live.experiment.counts.events)} events
+            {live.experiment.counts.storeError && (
+              <span class="bad" data-testid="store-error">
+                {" "}
+                (counts as last read; the store: {live.experiment.counts.storeError})
+              </span>
+            )}
           </p>
         )}
       </header>
@@ -136,7 +142,7 @@ export function App() {
           <h2 id="variants-h">Variants</h2>
           <VariantsTable live={live} report={report} stale={connection !== "live"} />
         </section>
-        <Decision report={report} />
+        <Decision report={report} reportIntervalMs={meta?.reportIntervalMs} now={live?.ts} />
         <Controls token={token} setToken={setToken} live={live} variants={variants} control={control} />
         <section aria-labelledby="traffic-h" class="card wide">
           <h2 id="traffic-h">Traffic</h2>
@@ -161,12 +167,21 @@ function ConnectionBadge({ connection }: { connection: Connection }) {
   );
 }
 
-function Decision({ report }: { report: Report | null }) {
+function Decision({ report, reportIntervalMs, now }: { report: Report | null; reportIntervalMs?: number; now?: number }) {
   const decision = report?.decision;
   const srm = report?.srm;
+  // A report replayed on joining, or the last one while new ones fail, is not the present: say how old it is.
+  const generatedMs = report?.generatedAt ? Date.parse(report.generatedAt) : NaN;
+  const ageS = now !== undefined && Number.isFinite(generatedMs) ? Math.max(0, Math.round((now - generatedMs) / 1000)) : undefined;
+  const old = ageS !== undefined && reportIntervalMs !== undefined && ageS * 1000 > 3 * reportIntervalMs;
   return (
     <section aria-labelledby="decision-h" class="card decision">
       <h2 id="decision-h">Decision</h2>
+      {ageS !== undefined && (
+        <p class={old ? "bad" : "muted"} data-testid="report-age">
+          {old ? "Out of date: " : ""}report of {fmtTime(report!.generatedAt!)}, {ageS < 120 ? `${ageS} s` : `${Math.round(ageS / 60)} min`} ago
+        </p>
+      )}
       {decision ? (
         <p class={`action action-${decision.action}`} data-testid="decision">
           <b>{decision.action}</b>
@@ -278,6 +293,13 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                   <span class="muted">
                     {v.healthyReplicas}/{v.replicas.length} healthy
                   </span>
+                  {v.healthyReplicas === 0 && v.replicas.length > 0 && (
+                    <p class="bad" data-testid="no-healthy">
+                      {live.experiment.fallback === "reject" || live.experiment.fallback === v.name
+                        ? "No healthy replica: its requests get 503."
+                        : `No healthy replica: its requests are served by ${live.experiment.fallback} (the report still counts them as ${v.name}'s).`}
+                    </p>
+                  )}
                   <ul class="replicas">
                     {v.replicas.map((r) => (
                       <li key={r.id} class={`health-${r.health.replace(/ /g, "-")}`} title={`${r.address}, ${r.outstanding} in flight`}>
@@ -640,7 +662,9 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
         aria-label="Promote a variant"
         onSubmit={(e) => {
           e.preventDefault();
-          setConfirming({ label: `Send all new traffic to ${target}?`, yes: `Yes, promote ${target}`, act: () => void run(`Promote ${target}`, (t) => promote(t, target)) });
+          const unhealthy = live?.experiment.variants.find((v) => v.name === target)?.healthyReplicas === 0;
+          const warning = unhealthy ? ` It has no healthy replica now: its requests ${live?.experiment.fallback === "reject" || live?.experiment.fallback === target ? "get 503" : `go to ${live?.experiment.fallback}`} until one is.` : "";
+          setConfirming({ label: `Send all new traffic to ${target}?${warning}`, yes: `Yes, promote ${target}`, act: () => void run(`Promote ${target}`, (t) => promote(t, target)) });
         }}
       >
         <fieldset disabled={locked || busy}>
