@@ -133,6 +133,18 @@ describe("significance and direction from the running intersection of always-val
   });
 });
 
+describe("guardrail wording", () => {
+  it("a breach remembered from an earlier report says so when the value is within the limit now", () => {
+    const metrics: MetricConfig[] = [{ name: "watched", kind: "conversion", event: "watched", guardrail: { maxRelativeIncrease: 0.2 } } as MetricConfig];
+    const look: Arms = { control: [4000, 480], treatment: [4000, 300] };
+    const key = "watched/treatment#guardrail-relative=0.2";
+    const { report } = buildReport(input(look, HALF, { metrics, previousSequential: { [key]: 0.001 } }));
+    const g = report.guardrails.find((x) => x.name === "watched")!;
+    assert.equal(g.ok, false, "the always-valid breach stands");
+    assert.match(g.detail, /-37\.5%\): limit \+20(\.0)?% relative, within it now but significantly above it at an earlier report \(always-valid one-sided p = 0\.001/);
+  });
+});
+
 describe("SRM under weight changes", () => {
   // burn-in 50/50, then Thompson sampling; the bandit now sits at its floor, 1/99
   const BANDIT: Arms = { control: [3000, 300], treatment: [9000, 1170] };

@@ -579,11 +579,14 @@ function guardrail(
   const observed = `${what} ${show(t.value)} vs ${show(c.value)} for the control${change}`;
   const limits = tests.map((x) => x.label).join(" and ");
   if (worst && worst.pValueSequential! < alpha) {
+    // The p is a running minimum: the breach may have been seen at an earlier report while the value now is within
+    // the limit ("-63.4%: significantly above the limit +20%" read as a contradiction).
+    const when = worst.estimate !== null && worst.estimate > 0 ? "" : ", within it now but significantly above it at an earlier report";
     return {
       ...base,
       ok: false,
       ...pValues,
-      detail: `${observed}: significantly above the limit ${worst.label} (always-valid one-sided p = ${fmtP(worst.pValueSequential)} < ${alpha}, valid however often the report is read)`,
+      detail: `${observed}: ${when ? `limit ${worst.label}${when}` : `significantly above the limit ${worst.label}`} (always-valid one-sided p = ${fmtP(worst.pValueSequential)} < ${alpha}, valid however often the report is read)`,
     };
   }
   const over = tests.some((x) => x.estimate !== null && x.estimate > 0);
