@@ -223,6 +223,11 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     assert.equal(await apply.isDisabled(), true);
 
     await page.getByLabel("control", { exact: true }).fill("0");
+    // Another operator changes the weights meanwhile: the page says its draft would replace them.
+    const put = (weights: Record<string, number>) => fetch(`${gw.adminUrl}/v1/weights`, { method: "PUT", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: JSON.stringify(weights) });
+    assert.equal((await put({ control: 1, treatment: 1 })).status, 200);
+    await page.locator('[data-testid="draft-stale"]').waitFor({ timeout: 10_000 });
+    assert.match(await page.locator('[data-testid="draft-stale"]').innerText(), /now control 1, treatment 1\. Apply would replace them/);
     await page.getByLabel("treatment", { exact: true }).fill("100");
     assert.equal(await apply.isDisabled(), false);
     await apply.click();
@@ -359,6 +364,18 @@ test("a week of per-minute data renders and updates without blocking the page", 
   assert.ok(longestTaskMs < 1_000, `longest task ${longestTaskMs} ms`);
   assert.ok(roundTripMs < 500, `page answered in ${roundTripMs} ms`);
   assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("a token kept in the tab from before is checked again on load: a refused one locks the controls", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  await page.addInitScript(() => {
+    if (sessionStorage.getItem("abgate.adminToken") === null) sessionStorage.setItem("abgate.adminToken", "a-token-from-an-earlier-run");
+  });
+  await page.goto(gw.adminUrl + "/");
+  await page.locator("#controls-locked").waitFor({ timeout: 10_000 });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("abgate.adminToken")), null);
+  assert.deepEqual(errors.filter((e) => !e.includes("/v1/dashboard/session")), []);
   await page.close();
 });
 

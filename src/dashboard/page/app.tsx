@@ -21,6 +21,20 @@ export function App() {
   const [connection, setConnection] = useState<Connection>("connecting");
   const [failures, setFailures] = useState<Record<string, string>>({});
   const [token, setToken] = useState<string | null>(() => loadToken());
+  // A token kept from earlier in this tab is checked again: abgate may have restarted with another one, and the page
+  // said "unlocked" until the first change failed.
+  useEffect(() => {
+    const saved = loadToken();
+    if (saved === null) return;
+    checkToken(saved)
+      .then((ok) => {
+        if (!ok) {
+          saveToken(null);
+          setToken((t) => (t === saved ? null : t));
+        }
+      })
+      .catch(() => undefined);
+  }, []);
   const timeline = useRef(new Timeline()).current;
   const history = useRef(new ReportHistory()).current;
   const [seriesVersion, setSeriesVersion] = useState(0);
@@ -554,6 +568,8 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
   const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const [busy, setBusy] = useState(false);
   const [draft, setDraft] = useState<Record<string, string> | null>(null);
+  /** the weights in force when the draft was started: if they change meanwhile (another operator), the draft is stale */
+  const [draftBase, setDraftBase] = useState<string>("");
   const [promoteTo, setPromoteTo] = useState<string>("");
   const [confirming, setConfirming] = useState<{ label: string; yes: string; act: () => void } | null>(null);
   const locked = !token;
@@ -639,13 +655,21 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
                 inputMode="decimal"
                 value={shown(v)}
                 aria-describedby={disabledWhy}
-                onInput={(e) => setDraft({ ...Object.fromEntries(variants.map((x) => [x, shown(x)])), [v]: (e.currentTarget as HTMLInputElement).value })}
+                onInput={(e) => {
+                  if (draft === null) setDraftBase(JSON.stringify(current));
+                  setDraft({ ...Object.fromEntries(variants.map((x) => [x, shown(x)])), [v]: (e.currentTarget as HTMLInputElement).value });
+                }}
               />
             </div>
           ))}
           <p class="muted total" aria-live="polite">
             {variants.map((v) => `${v} ${fmtPct(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null, 0)}`).join(" · ")}
           </p>
+          {!bandit && draft !== null && draftBase !== "" && draftBase !== JSON.stringify(current) && (
+            <p class="bad" data-testid="draft-stale">
+              The weights changed while you edited: now {variants.map((v) => `${v} ${current[v] ?? 0}`).join(", ")}. Apply would replace them; Reset starts from them.
+            </p>
+          )}
           {bandit && <p class="muted">Bandit: shares follow the data. A weight of 0 pauses a variant; other weights do not set its share.</p>}
           <button type="submit" aria-describedby={disabledWhy} disabled={!changed} title={changed ? undefined : "change a weight first"}>
             Apply weights
