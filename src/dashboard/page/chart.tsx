@@ -2,7 +2,11 @@ import { useEffect, useRef } from "preact/hooks";
 import uPlot from "uplot";
 
 /** Colours that stay distinct for the common colour-vision deficiencies (Okabe & Ito palette). */
-export const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+/**
+ * Line colours: the Okabe-Ito hues, darkened where a line on white fell below WCAG's 3:1 for graphics (its yellow was
+ * 1.3:1, its orange 2.2:1), and three more so that eleven variants get a colour each. Every one is 3.8:1 or more.
+ */
+export const PALETTE = ["#0072B2", "#B26B00", "#00876A", "#B0508F", "#332288", "#D55E00", "#7B6800", "#000000", "#882255", "#0E7C86", "#5A5A5A"];
 
 export interface ChartProps {
   title: string;

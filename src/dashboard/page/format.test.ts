@@ -48,3 +48,14 @@ test("a significant difference is better or worse by the metric's direction: up 
   assert.equal(significance("conversion", { significant: true, sequentialCi: null }), undefined);
   assert.equal(significance("conversion", undefined), undefined);
 });
+
+test("every line colour has at least 3:1 contrast on white (WCAG 1.4.11), and no two are the same", async () => {
+  const { PALETTE } = await import("./chart.tsx");
+  const luminance = (hex: string) => {
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r! + 0.7152 * g! + 0.0722 * b!;
+  };
+  for (const colour of PALETTE) assert.ok(1.05 / (luminance(colour) + 0.05) >= 3, `${colour}: ${(1.05 / (luminance(colour) + 0.05)).toFixed(2)}:1`);
+  assert.equal(new Set(PALETTE).size, PALETTE.length);
+  assert.ok(PALETTE.length >= 10);
+});
