@@ -367,6 +367,17 @@ test("a week of per-minute data renders and updates without blocking the page", 
   await page.close();
 });
 
+test("on a narrow phone (320 px) the page does not scroll sideways: wide tables and charts scroll in their own boxes", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  await page.setViewportSize({ width: 320, height: 800 });
+  await page.goto(gw.adminUrl + "/");
+  await page.locator('[data-testid="traffic-charts"] .chart-canvas').waitFor();
+  await page.locator("#promote-variant").waitFor();
+  assert.ok((await page.evaluate(() => document.documentElement.scrollWidth)) <= 320, `the page is ${await page.evaluate(() => document.documentElement.scrollWidth)} px wide`);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test("a token kept in the tab from before is checked again on load: a refused one locks the controls", { skip, timeout: 60_000 }, async () => {
   const { page, errors } = await openPage();
   await page.addInitScript(() => {
