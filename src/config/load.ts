@@ -260,6 +260,14 @@ class EnvValue {
   ) {}
 }
 
+/** A scalar with references in it that is not one whole unquoted reference: its expanded text, and the variables used. */
+class EnvText {
+  constructor(
+    readonly text: string,
+    readonly names: string[],
+  ) {}
+}
+
 /**
  * Parse YAML text, expand `${ENV}` references, and validate.
  *
@@ -332,8 +340,6 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   if (duplicates.length > 0) throw new ConfigError(duplicates);
   /** variables used without a default that are not set: as docker compose does, said once each (`warnUnset`) */
   const unset = new Set<string>();
-  /** variables the admin and ingest tokens are read from: process replicas do not inherit them, whatever their name */
-  const tokenVariables = new Set<string>();
   /** references in values that cannot be expanded: a `?` one whose variable is missing, a form abgate does not read */
   const refused: { path: string; message: string }[] = [];
   const whole = new RegExp(`^${tag}(\\d+)x$`);
@@ -365,17 +371,20 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       const parent = path[path.length - 1];
       const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
       const counted = field !== "token" && field !== "ingestToken";
-      const ofToken = !counted && path.some((p) => isPair(p) && isScalar(p.key) && p.key.value === "admin");
+      const names: string[] = [];
       for (const [, i] of node.value.matchAll(placeholder)) {
         const v = values[Number(i)]!;
         if (v.unset && counted) unset.add(v.name!);
-        if (ofToken && !v.literal) tokenVariables.add(v.name!);
+        if (!v.literal) names.push(v.name!);
         if (v.error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: v.error });
       }
       const only = whole.exec(node.value);
       const value = only !== null ? values[Number(only[1])]! : undefined;
       if (value !== undefined && !value.literal && key !== "key" && node.type === "PLAIN") {
         node.value = new EnvValue(value.text, value.name);
+      } else if (key !== "key" && names.length > 0) {
+        // (the variables it was made of, told where the value lands: under an alias or a merge key, too)
+        node.value = new EnvText(expanded(node.value), names);
       } else node.value = expanded(node.value);
     },
   });
@@ -399,14 +408,18 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   const emptyVars = new Map<string, string>();
   /** key path -> the variable whose value the key is (named when the schema refuses it) */
   const fromVars = new Map<string, string>();
-  const raw = unwrapEnv(js, [], envPaths, emptyVars, fromVars);
+  /** key path -> the variables its value was made of, whatever the YAML form (quoted, an alias, a merge key) */
+  const varsAt = new Map<string, string[]>();
+  const raw = unwrapEnv(js, [], envPaths, emptyVars, fromVars, varsAt);
   // Top-level keys starting with x- hold YAML anchors for merge keys, as docker compose's extension fields do.
   if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
     for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
   }
   try {
     const config = validateConfig(raw, baseDir, envPaths);
-    config.admin.tokenVariables = [...tokenVariables];
+    // The variables the admin and ingest tokens were read from: process replicas do not inherit them, whatever
+    // their name and length.
+    config.admin.tokenVariables = [...new Set([...(varsAt.get("admin.token") ?? []), ...(varsAt.get("admin.ingestToken") ?? [])])];
     return config;
   } catch (err) {
     // "listen: expected string, received null" does not say why: name the variable that was empty or unset, or
@@ -445,8 +458,13 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
 }
 
 /** Replaces EnvValues by their text, noting where each was (key path -> text). */
-function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>): unknown {
+function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>, varsAt: Map<string, string[]>): unknown {
+  if (value instanceof EnvText) {
+    varsAt.set(pathOf(path), value.names);
+    return value.text;
+  }
   if (value instanceof EnvValue) {
+    if (value.name !== undefined) varsAt.set(pathOf(path), [value.name]);
     // An empty or unset variable is the empty string, as docker compose reads it (and as the README says), not the
     // null of the text `key: `: `env: { MODEL: ${MODEL} }` is then MODEL="" for the replica, not a config error.
     if (value.text === "") {
@@ -457,10 +475,10 @@ function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, strin
     if (value.name !== undefined) from.set(pathOf(path), value.name);
     return value.text;
   }
-  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found, empty, from));
+  if (Array.isArray(value)) return value.map((v, i) => unwrapEnv(v, [...path, i], found, empty, from, varsAt));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found, empty, from);
+    for (const [k, v] of Object.entries(value)) out[k] = unwrapEnv(v, [...path, k], found, empty, from, varsAt);
     return out;
   }
   return value;

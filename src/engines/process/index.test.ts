@@ -265,6 +265,13 @@ test("process engine: the variables the tokens were read from are not inherited,
     assert.equal(env.MY_ADMIN, undefined);
     assert.equal(env.MY_INGEST, undefined);
     assert.equal(env.OTHER_SHORT, "short-admin", "a variable only an env key named token reads is not a token's");
+    // The token written once under an x- anchor, and used through an alias, or through a merge key.
+    for (const admin of ["x-tok: &tok ${MY_ADMIN}\nadmin: { token: *tok }\n", "x-adm: &adm { token: \"${MY_ADMIN}\" }\nadmin: { <<: *adm }\n"]) {
+      const aliased = parseConfig(`experiment: procs\nengine: process\n${admin}variants:\n  - { name: control, command: [node, x.js] }\n`, "/tmp", process.env);
+      assert.equal(aliased.admin.token, "short-admin", admin);
+      assert.deepEqual(aliased.admin.tokenVariables, ["MY_ADMIN"], admin);
+      assert.equal(inheritedEnv(aliased).MY_ADMIN, undefined, admin);
+    }
   } finally {
     for (const k of Object.keys(added)) delete process.env[k];
   }
