@@ -29,7 +29,8 @@ export function App() {
     checkToken(saved)
       .then((ok) => {
         if (!ok) {
-          saveToken(null);
+          // (only the token checked: one entered meanwhile stays)
+          if (loadToken() === saved) saveToken(null);
           setToken((t) => (t === saved ? null : t));
         }
       })
@@ -309,7 +310,7 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                   </span>
                   {v.healthyReplicas === 0 && v.replicas.length > 0 && (
                     <p class="bad" data-testid="no-healthy">
-                      {live.experiment.fallback === "reject" || live.experiment.fallback === v.name
+                      {!fallbackServes(live, v.name)
                         ? "No healthy replica: its requests get 503."
                         : `No healthy replica: its requests are served by ${live.experiment.fallback} (the report still counts them as ${v.name}'s).`}
                     </p>
@@ -345,9 +346,16 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
   );
 }
 
+/** Whether the fallback takes the requests of `variant` now: it is another variant, with a healthy replica (as the proxy's fallbackFor). */
+function fallbackServes(live: LiveEvent, variant: string): boolean {
+  const fb = live.experiment.fallback;
+  return fb !== "reject" && fb !== variant && (live.experiment.variants.find((v) => v.name === fb)?.healthyReplicas ?? 0) > 0;
+}
+
 function TrafficCharts({ timeline, variants, version }: { timeline: Timeline; variants: string[]; version: number }) {
   // Without the minute still filling: its count so far made steady traffic look as if it were falling off, every time.
-  const shown = useMemo(() => timeline.minutes.length - (timeline.minutes.length > 1 && timeline.minutes.at(-1)! + timeline.stepMs > Date.now() ? 1 : 0), [version]);
+  // (by the server's clock, which made the minutes: a browser's clock a few seconds off would pick the wrong one)
+  const shown = useMemo(() => timeline.minutes.length - (timeline.minutes.length > 1 && timeline.minutes.at(-1)! + timeline.stepMs > (timeline.serverNowMs ?? Date.now()) ? 1 : 0), [version]);
   const xs = useMemo(() => timeline.xs().slice(0, shown), [version]);
   const requests = useMemo(() => variants.map((v) => ({ label: v, values: timeline.requests(v).slice(0, shown) })), [version, variants.join()]);
   return (
@@ -393,7 +401,7 @@ function Metrics(props: {
               <h2 id={`metric-${name}-h`}>
                 {name} <span class="kind">mean{m?.role ? ` · ${m.role}` : ""}</span>
               </h2>
-              <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
+              <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={(report?.guardrails ?? []).some((g) => g.name === name)} />
               <Chart
                 title={`${name}: value per unit, since this page opened`}
                 yLabel="mean"
@@ -417,7 +425,7 @@ function Metrics(props: {
             <h2 id={`metric-${name}-h`}>
               {name} <span class="kind">{kind.replace("_", " ")}{m?.role ? ` · ${m.role}` : ""}</span>
             </h2>
-            <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} />
+            <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={(report?.guardrails ?? []).some((g) => g.name === name)} />
             <Chart
               title={`${name}: ${chart.title}`}
               yLabel={chart.yLabel}
@@ -441,8 +449,9 @@ function MetricTable(props: {
   control: string;
   alpha: number;
   units: Map<string, { units?: number; requests?: number }>;
+  guardrailed: boolean;
 }) {
-  const { metric, kind, variants, control, alpha, units } = props;
+  const { metric, kind, variants, control, alpha, units, guardrailed } = props;
   if (!metric) return <p class="muted">Not in the report yet.</p>;
   if (metric.error) return <p class="bad">{describeStatsError(metric.error)}</p>;
   const byVariant = new Map<string, Comparison>((metric.comparisons ?? []).map((c) => [c.variant, c]));
@@ -493,7 +502,7 @@ function MetricTable(props: {
             const n = nOf(v, isControl ? metric.control?.units : c?.units);
             const ci = kind === "conversion" || kind === "error_rate" ? waldInterval(value, n, alpha) : null;
             const f = (x: number | null) => fmtValue(kind, x);
-            const verdict = significance(kind, c);
+            const verdict = significance(kind, c, guardrailed);
             return (
               <tr key={v} data-variant={v} class={verdict ?? ""}>
                 <th scope="row">
@@ -550,7 +559,7 @@ function Guardrails({ report }: { report: Report | null }) {
       <ul class="guardrails">
         {guardrails.map((g) => {
           // (ok until judged: not a green OK that nothing was measured for)
-          const unjudged = g.ok && /^not enough data/.test(g.detail ?? "");
+          const unjudged = g.ok && (g.pValueSequential === null || /^not enough data/.test(g.detail ?? ""));
           return (
           <li key={`${g.name}-${g.variant}`} class={unjudged ? "muted" : g.ok ? "good" : "bad"}>
             <b>{unjudged ? "NOT JUDGED YET" : g.ok ? "OK" : "BREACHED"}</b> {g.name} · {g.variant}
@@ -625,7 +634,8 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
     }
   };
   const bandit = live?.experiment.strategy === "bandit";
-  const changed = draft !== null && variants.some((v) => Number(shown(v)) !== current[v]);
+  // (as typed: a field cleared is a change, which the check on Apply then names)
+  const changed = draft !== null && variants.some((v) => shown(v).trim() === "" || Number(shown(v)) !== current[v]);
 
   const target = promoteTo || variants.find((v) => v !== control) || variants[0] || "";
   const disabledWhy = locked ? "controls-locked" : undefined;
@@ -670,7 +680,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
               The weights changed while you edited: now {variants.map((v) => `${v} ${current[v] ?? 0}`).join(", ")}. Apply would replace them; Reset starts from them.
             </p>
           )}
-          {bandit && <p class="muted">Bandit: shares follow the data. A weight of 0 pauses a variant; other weights do not set its share.</p>}
+          {bandit && <p class="muted">Bandit: after the burn-in, shares follow the data. A weight of 0 pauses a variant; other weights do not set its share then.</p>}
           <button type="submit" aria-describedby={disabledWhy} disabled={!changed} title={changed ? undefined : "change a weight first"}>
             Apply weights
           </button>
@@ -687,7 +697,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
         onSubmit={(e) => {
           e.preventDefault();
           const unhealthy = live?.experiment.variants.find((v) => v.name === target)?.healthyReplicas === 0;
-          const warning = unhealthy ? ` It has no healthy replica now: its requests ${live?.experiment.fallback === "reject" || live?.experiment.fallback === target ? "get 503" : `go to ${live?.experiment.fallback}`} until one is.` : "";
+          const warning = unhealthy ? ` It has no healthy replica now: its requests ${live === null || !fallbackServes(live, target) ? "get 503" : `go to ${live.experiment.fallback}`} until one is.` : "";
           setConfirming({ label: `Send all new traffic to ${target}?${warning}`, yes: `Yes, promote ${target}`, act: () => void run(`Promote ${target}`, (t) => promote(t, target)) });
         }}
       >

@@ -47,6 +47,9 @@ test("a significant difference is better or worse by the metric's direction: up 
   assert.equal(significance("conversion", { significant: false, sequentialCi: [0.01, 0.03] }), undefined);
   assert.equal(significance("conversion", { significant: true, sequentialCi: null }), undefined);
   assert.equal(significance("conversion", undefined), undefined);
+  // A conversion with a guardrail (say unsubscribes, at most +10%) is watched for going up: a rise is worse.
+  assert.equal(significance("conversion", up, true), "worse");
+  assert.equal(significance("mean", down, true), "better");
 });
 
 test("every line colour has at least 3:1 contrast on white (WCAG 1.4.11), and no two are the same", async () => {

@@ -85,12 +85,13 @@ export function normalQuantile(q: number): number {
 
 /**
  * Which way a significant difference goes for the user: higher is better for conversions and means, lower for
- * latency and errors. The report's `significant` says only that the always-valid interval excludes 0 (green for a
+ * latency and errors, and for any metric with a guardrail. The report's `significant` says only that the always-valid interval excludes 0 (green for a
  * treatment significantly slower read as good news).
  */
-export function significance(kind: string, c: Pick<Comparison, "significant" | "sequentialCi"> | undefined): "better" | "worse" | undefined {
+export function significance(kind: string, c: Pick<Comparison, "significant" | "sequentialCi"> | undefined, guardrailed = false): "better" | "worse" | undefined {
   if (!c?.significant || !c.sequentialCi) return undefined;
   const higher = c.sequentialCi[0] > 0;
-  const lowerIsBetter = kind === "latency" || kind === "error_rate";
+  // (a guardrail's limits are on increases: a metric with one is watched for going up, whatever its kind)
+  const lowerIsBetter = guardrailed || kind === "latency" || kind === "error_rate";
   return higher !== lowerIsBetter ? "better" : "worse";
 }

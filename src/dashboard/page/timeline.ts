@@ -13,6 +13,11 @@ export class Timeline {
   stepMs = 60_000;
   minutes: number[] = [];
   variants = new Map<string, VariantSeries>();
+  /** the server's clock at the last fetch (its `nowMs`), plus the time since by this page's clock */
+  #serverNow: { serverMs: number; pageMs: number } | null = null;
+  get serverNowMs(): number | undefined {
+    return this.#serverNow === null ? undefined : this.#serverNow.serverMs + (Date.now() - this.#serverNow.pageMs);
+  }
   /**
    * Per variant, new units and conversions (by metric) of the minutes dropped off the front, so the cumulative
    * rates go on from where they were rather than restart at the first minute kept.
@@ -39,6 +44,7 @@ export class Timeline {
    */
   merge(body: SeriesBody): void {
     this.stepMs = body.stepMs;
+    if (body.nowMs !== undefined) this.#serverNow = { serverMs: body.nowMs, pageMs: Date.now() };
     for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, emptyVariant(v.name, Object.keys(v.conversions), this.minutes.length));
     this.#splice(body);
     if (body.nowMs !== undefined && this.minutes.length > 0) {

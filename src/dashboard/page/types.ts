@@ -64,7 +64,8 @@ export interface Report {
   variants?: { name: string; weight?: number; units?: number; requests?: number }[];
   srm?: { pValue?: number | null; mismatch?: boolean; judged?: boolean; note?: string; error?: string };
   metrics?: ReportMetric[];
-  guardrails?: { name: string; variant: string; ok: boolean; detail?: string }[];
+  /** pValueSequential null: the always-valid test has not run yet (too few units): not judged */
+  guardrails?: { name: string; variant: string; ok: boolean; detail?: string; pValueSequential?: number | null }[];
   decision?: { action: string; variant?: string | null; reason?: string; unitsNeeded?: number | null };
   dataQuality?: { notes?: string[] };
 }
