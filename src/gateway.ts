@@ -20,8 +20,12 @@ import type { AdminContext, ExperimentView, ReplicaView } from "./admin/context.
 import { createAdminServer } from "./admin/server.ts";
 import { experimentReport, recordWeightChange } from "./admin/report.ts";
 
-/** How long GET /v1/experiment (and the dashboard's live view) waits for the store's counts. */
-const COUNTS_WAIT_MS = 1_000;
+/**
+ * How long GET /v1/experiment (and the dashboard's live view) waits for the store's counts. Not shorter: the SQLite
+ * store's reads queue on one reader thread, behind a big report's queries (about 1.4 s over 400,000 exposures), and
+ * a busy store is not a failed one.
+ */
+const COUNTS_WAIT_MS = 3_000;
 
 export interface GatewayOptions {
   /** an engine whose `start()` the caller already awaited; without one, the gateway creates and starts its own */
@@ -103,6 +107,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         },
       });
     if (!options.store) cleanups.push(() => store.close());
+    if (config.strategy.salt === "") {
+      // An empty salt means the default now; an experiment that ran with "" (an unset ${SALT}) hashes its units anew.
+      log.warn({ salt: config.salt }, "strategy.salt is empty: the experiment's name is the salt (sticky units of a run with an empty salt move)");
+    }
     await store.init();
 
     const variantNames = config.variants.map((v) => v.name);

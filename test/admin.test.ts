@@ -621,3 +621,18 @@ test("bandit: the first update runs at start, and a stop right after waits for i
     assert.deepEqual(lines.filter((l) => /bandit update failed/.test(l.msg)), []);
   }
 });
+
+test("an empty strategy.salt is the experiment's name, and the gateway says so at start (units of a run with an empty salt move)", async () => {
+  const { pino } = await import("pino");
+  const lines: { level: number; msg: string; salt?: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const own = await testGateway({ strategy: { kind: "sticky", salt: "" }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] }, { log });
+  try {
+    assert.equal(own.config.salt, "test");
+    const warning = lines.find((l) => l.level === 40 && /strategy\.salt is empty/.test(l.msg));
+    assert.ok(warning, JSON.stringify(lines.slice(0, 5)));
+    assert.equal(warning.salt, "test");
+  } finally {
+    await own.close();
+  }
+});

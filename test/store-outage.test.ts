@@ -53,7 +53,7 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
   }
 });
 
-test("with the store hanging: the experiment view answers within a second with the counts read last, and one query waits, not one per view", async () => {
+test("with the store hanging: the experiment view answers within 3 s with the counts read last, and one query waits, not one per view", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
   const real = new SqliteStore(join(dir, "hang.db"));
   // A database that stopped answering (SIGSTOP, a partition): counts() neither resolves nor fails until released.
@@ -86,9 +86,9 @@ test("with the store hanging: the experiment view answers within a second with t
       const t0 = performance.now();
       const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: unknown[]; counts: { events: number; storeError?: string } };
       const ms = performance.now() - t0;
-      assert.ok(ms >= 900 && ms < 2500, `answered after ${ms.toFixed(0)} ms`);
+      assert.ok(ms >= 2900 && ms < 4500, `answered after ${ms.toFixed(0)} ms`);
       assert.equal(view.counts.events, 1, "the counts read last");
-      assert.equal(view.counts.storeError, "the store did not answer within 1000 ms");
+      assert.equal(view.counts.storeError, "the store did not answer within 3000 ms");
       assert.equal(view.variants.length, 1, "replicas and health are shown");
     }
     assert.equal(asked, 1, "the views share the one query in flight");

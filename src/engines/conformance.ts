@@ -260,6 +260,8 @@ export function engineConformance(name: string, setup: EngineSetup, capabilities
           assert.deepEqual(list.filter((e) => e.id !== victim.id), others, `notification ${i + 1} changed another replica: ${JSON.stringify(list)}`);
         }
         assert.deepEqual(heard.at(-1), before, `${victim.id} is back on its port`);
+        // (and still twice a moment later: a flap right after the return would show only now)
+        await delay(quietMs);
         assert.equal(heard.length, 2, `told once that it left and once that it came back: ${heard.map((list) => ids(list).join(",")).join(" | ")}`);
         assert.deepEqual(engine.endpoints(), before);
         assert.deepEqual(dropped.heard, [], "an unsubscribed listener hears neither change");
