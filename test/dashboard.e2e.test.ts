@@ -254,6 +254,8 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     await page.waitForFunction((el) => el === document.activeElement, await cancel.elementHandle());
     await page.keyboard.press("Escape");
     await confirm.waitFor({ state: "detached" });
+    // Focus is back on the button that opened the prompt, not at the top of the page.
+    await page.waitForFunction((el) => el === document.activeElement, await page.getByRole("button", { name: "Roll back to control" }).elementHandle(), { timeout: 5_000 });
     assert.deepEqual([...(await freshUnits(10, "escaped"))], [["treatment", 10]]);
     // Confirmed from the keyboard (Shift+Tab from Cancel to the confirming button, then Enter), it sends new units
     // back to the control.

@@ -747,11 +747,23 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
  */
 function Confirm({ label, yes, act, done }: { label: string; yes: string; act: () => void; done: () => void }) {
   const cancel = useRef<HTMLButtonElement>(null);
+  const root = useRef<HTMLDivElement>(null);
   // A layout effect: focus lands before the browser paints the prompt. After paint (useEffect), an Enter typed at
-  // once on a busy machine went to the button that opened it, and the prompt then waited for ever.
-  useLayoutEffect(() => cancel.current?.focus(), [label]);
+  // once on a busy machine went to the button that opened it, and the prompt then waited for ever. When the prompt
+  // goes, focus goes back to what opened it, not to the top of the page (a keyboard user lost their place).
+  useLayoutEffect(() => {
+    const opener = document.activeElement instanceof HTMLElement ? document.activeElement : null;
+    const prompt = root.current;
+    cancel.current?.focus();
+    return () => {
+      const now = document.activeElement;
+      const lost = now === null || now === document.body || (prompt !== null && prompt.contains(now));
+      if (lost && opener !== null && opener.isConnected) requestAnimationFrame(() => opener.focus());
+    };
+  }, [label]);
   return (
     <div
+      ref={root}
       class="confirm"
       role="group"
       aria-labelledby="confirm-label"
