@@ -205,8 +205,6 @@ interface Refusal {
   message: string;
   /** end the connection afterwards (the request body will not be read) */
   close: boolean;
-  /** record an exposure (a request that was assigned) */
-  record: boolean;
 }
 
 /**
@@ -287,9 +285,9 @@ class Exchange implements UpstreamSink, ClientExchange {
     if (this.refusal === null) {
       const maxBody = config.limits.maxBodyBytes;
       if (scan.expect !== undefined && scan.expect.toLowerCase() !== "100-continue") {
-        this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true, record: false };
+        this.refusal = { status: 417, code: "ABGATE_ERR_BAD_REQUEST", message: `unsupported expectation "${scan.expect}"`, close: true };
       } else if (maxBody !== undefined && cl !== undefined && Number(cl) > maxBody) {
-        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true, record: false };
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body of ${cl} bytes exceeds ${maxBody}`, close: true };
       }
     }
     this.forced = force !== undefined;
@@ -301,8 +299,8 @@ class Exchange implements UpstreamSink, ClientExchange {
     const refusal = this.refusal;
     if (refusal !== null) {
       this.upstreamDone = true;
-      if (refusal.record) this.ctx.counters.inFlight++;
-      else this.recorded = true;
+      // (never assigned, so never recorded: no variant sees it)
+      this.recorded = true;
       return this.respondError(refusal.status, refusal.code, refusal.message, refusal.close);
     }
     // Assigned only now, when no refusal came first: not when the head arrived, since a request pipelined behind
@@ -388,7 +386,7 @@ class Exchange implements UpstreamSink, ClientExchange {
         // would pair it with the earlier request; and nothing is counted in flight for it yet. Not assigned yet
         // either, and now never: no variant sees it.
         this.pendingBody = null;
-        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body exceeds ${maxBody} bytes`, close: true, record: false };
+        this.refusal = { status: 413, code: "ABGATE_ERR_BODY_TOO_LARGE", message: `request body exceeds ${maxBody} bytes`, close: true };
         return;
       }
       this.upstream?.abort();
@@ -608,7 +606,7 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.record(status);
       return conn.reset();
     }
-    const assigned = this.refusal === null || this.refusal.record;
+    const assigned = this.refusal === null;
     const body = JSON.stringify(assigned ? { error: message, code, requestId: this.requestId, variant: this.served } : { error: message, code, requestId: this.requestId });
     let headers = `content-type: application/json\r\nx-abgate-request-id: ${this.requestId}\r\n`;
     if (assigned) headers += `x-abgate-variant: ${this.served}\r\n`;
@@ -693,25 +691,25 @@ function forcedVariant(config: ProxyContext["config"], scan: ScannedRequest): st
  */
 function headRefusal(request: ClientRequest, scan: ScannedRequest, unit: string, force: string | undefined, known: Set<string>): Refusal | null {
   if (force !== undefined && !known.has(force)) {
-    return { status: 400, code: "ABGATE_ERR_UNKNOWN_VARIANT", message: `unknown variant "${force}" in ${FORCE_HEADER}`, close: false, record: false };
+    return { status: 400, code: "ABGATE_ERR_UNKNOWN_VARIANT", message: `unknown variant "${force}" in ${FORCE_HEADER}`, close: false };
   }
   if (request.httpMinor === 1 && scan.host === undefined) {
-    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true, record: false };
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "HTTP/1.1 request without a Host header", close: true };
   }
   const unitRefused = unitProblem(unit);
-  if (unitRefused !== null) return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: unitRefused, close: false, record: false };
+  if (unitRefused !== null) return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: unitRefused, close: false };
   if (scan.duplicateHost) {
-    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true, record: false };
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "request with more than one Host header", close: true };
   }
   if (scan.host !== undefined && !onlyFrom(HOST_CHARS, scan.host)) {
     // RFC 9112 §3.2: a Host with an invalid value MUST get a 400. It would go on to the replica and into
     // x-forwarded-host, where an application building URLs from it would take "evil.example/" or "a b@c" as given.
-    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "invalid Host header", close: true, record: false };
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: "invalid Host header", close: true };
   }
   if (scan.transferEncoding !== undefined && !chunkedLast(scan.transferEncoding)) {
     // RFC 9112 §6.1: the body's length cannot be known: 400 and close. llhttp finds it too, but only after the head
     // was handed over, and the exchange would already have sent it to a replica.
-    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `transfer-encoding "${scan.transferEncoding}" does not end with chunked`, close: true, record: false };
+    return { status: 400, code: "ABGATE_ERR_BAD_REQUEST", message: `transfer-encoding "${scan.transferEncoding}" does not end with chunked`, close: true };
   }
   return null;
 }
