@@ -17,8 +17,7 @@ const MAX_EVENT_COMMAS = 4;
  */
 export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400 | 413; message: string } | undefined {
   // (a byte order mark, which the body's UTF-8 decoding drops before JSON.parse, is no reason to stop looking)
-  let i = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0;
-  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  let i = skipJsonSpace(body, body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? 3 : 0);
   const first = body[i];
   if (first !== 0x5b /* [ */ && first !== 0x7b /* { */) return undefined;
   // depth at which an event's fields are: 2 in an array of events, 1 in a single event
@@ -47,8 +46,7 @@ export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400
       }
       if (depth === 1 && first === 0x5b && ++items >= maxItems) {
         // (a comma with no item after it is bad JSON, which JSON.parse refuses with a 400 soon enough)
-        let j = i + 1;
-        while (j < body.length && (body[j] === 0x20 || body[j] === 0x0a || body[j] === 0x0d || body[j] === 0x09)) j++;
+        const j = skipJsonSpace(body, i + 1);
         if (j === body.length || body[j] === 0x5d /* ] */) return undefined;
         return { status: 413, message: `more than ${maxItems} events in one request; at most ${maxItems}` };
       }
@@ -56,6 +54,12 @@ export function eventsBodyProblem(body: Buffer, maxItems: number): { status: 400
   }
   return undefined;
 }
+/** The index of the first byte at or after `i` that is not JSON whitespace (RFC 8259 §2: space, tab, LF, CR). */
+function skipJsonSpace(body: Buffer, i: number): number {
+  while (i < body.length && (body[i] === 0x20 || body[i] === 0x0a || body[i] === 0x0d || body[i] === 0x09)) i++;
+  return i;
+}
+
 /** Longest request id, in UTF-16 code units: the same bound as a unit; a request id is an identifier, not a payload. */
 export const MAX_REQUEST_ID_CHARS = 512;
 /**
