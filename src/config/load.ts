@@ -253,7 +253,7 @@ function inProgramText(path: readonly unknown[]): boolean {
 
 /** A whole scalar that was one `${NAME}`: its text, typed by the schema where the key expects a number or boolean. */
 class EnvValue {
-  /** `name`: the variable, to name it when its value (empty: null) is what the schema refuses */
+  /** `name`: the variable, to name it when its value (empty: "") is what the schema refuses */
   constructor(
     readonly text: string,
     readonly name?: string,
@@ -457,7 +457,7 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
   return def ?? "";
 }
 
-/** Replaces EnvValues by their text, noting where each was (key path -> text). */
+/** Replaces EnvValues and EnvTexts by their text, noting where each was (key path -> text, variables). */
 function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>, varsAt: Map<string, string[]>): unknown {
   if (value instanceof EnvText) {
     varsAt.set(pathOf(path), value.names);

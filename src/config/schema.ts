@@ -121,8 +121,6 @@ export const configSchema = z.strictObject({
   engine: z.enum(["docker", "swarm", "process", "static"]),
   network: z.enum(["host", "bridge"]).default("host"),
   ports: z.strictObject({ base: z.number().int().min(1024).max(65000).default(9100) }).prefault({}),
-  // Each key has its default on its own: `unit: { cookie: sid }` keeps reading x-user-id and ?user= (a block that
-  // replaced all three dropped them without a word, and every request got a made-up unit). null turns a source off.
   forwardedHeaders: z
     .strictObject({
       /**
@@ -132,6 +130,8 @@ export const configSchema = z.strictObject({
       trustedIPs: z.array(z.string().refine(isAddressOrRange, "an IP address or a CIDR range (127.0.0.1, 10.0.0.0/8, ::1)")).default([]),
     })
     .prefault({}),
+  // Each key has its default on its own: `unit: { cookie: sid }` keeps reading x-user-id and ?user= (a block that
+  // replaced all three dropped them without a word, and every request got a made-up unit). null turns a source off.
   unit: z
     .strictObject({
       header: token("a header name").toLowerCase().nullable().default("x-user-id"),

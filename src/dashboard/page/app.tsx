@@ -393,6 +393,7 @@ function Metrics(props: {
     <>
       {names.map(({ name, kind }) => {
         const m = reported.get(name);
+        const guardrailed = (report?.guardrails ?? []).some((g) => g.name === name);
         if (kind === "mean") {
           // The store keeps no per-minute sums of event values, so this chart follows the report's value from
           // the moment the page opened.
@@ -401,7 +402,7 @@ function Metrics(props: {
               <h2 id={`metric-${name}-h`}>
                 {name} <span class="kind">mean{m?.role ? ` · ${m.role}` : ""}</span>
               </h2>
-              <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={(report?.guardrails ?? []).some((g) => g.name === name)} />
+              <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={guardrailed} />
               <Chart
                 title={`${name}: value per unit, since this page opened`}
                 yLabel="mean"
@@ -425,7 +426,7 @@ function Metrics(props: {
             <h2 id={`metric-${name}-h`}>
               {name} <span class="kind">{kind.replace("_", " ")}{m?.role ? ` · ${m.role}` : ""}</span>
             </h2>
-            <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={(report?.guardrails ?? []).some((g) => g.name === name)} />
+            <MetricTable metric={m} kind={kind} variants={variants} control={control} alpha={alpha} units={units} guardrailed={guardrailed} />
             <Chart
               title={`${name}: ${chart.title}`}
               yLabel={chart.yLabel}
