@@ -175,7 +175,7 @@ test("the dashboard shows a live experiment, and a weight change made in the pag
     const trafficChart = page.locator('[data-testid="traffic-charts"] .chart-canvas');
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="traffic-charts"] .chart-canvas')?.getAttribute("data-points")) > 0, null, { timeout: 30_000 });
     assert.equal(await trafficChart.locator("canvas").count(), 1);
-    assert.match((await trafficChart.getAttribute("aria-label")) ?? "", /latest: control \d+, treatment \d+/);
+    assert.match((await trafficChart.getAttribute("aria-label")) ?? "", /, (1 point, at|\d+ points from) .*; latest: control \d+, treatment \d+/);
 
     // The report says how old it is (one replayed on joining, or the last while new ones fail, is not the present).
     await page.locator('[data-testid="report-age"]').waitFor({ timeout: 30_000 });
@@ -376,6 +376,16 @@ test("on a narrow phone (320 px) the page does not scroll sideways: wide tables 
   await page.locator('[data-testid="traffic-charts"] .chart-canvas').waitFor();
   await page.locator("#promote-variant").waitFor();
   assert.ok((await page.evaluate(() => document.documentElement.scrollWidth)) <= 320, `the page is ${await page.evaluate(() => document.documentElement.scrollWidth)} px wide`);
+  // The boxes that do scroll can be scrolled from the keyboard too: focusable, and named for a screen reader.
+  const boxes = await page.evaluate(() =>
+    Array.from(document.querySelectorAll<HTMLElement>(".scroll")).filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => ((e.dataset.overflows = "1"), { tabIndex: e.tabIndex, role: e.getAttribute("role"), name: e.getAttribute("aria-label") })),
+  );
+  assert.ok(boxes.length >= 1, "at 320 px some table is wider than its box");
+  for (const box of boxes) assert.ok(box.tabIndex === 0 && box.role === "region" && box.name, JSON.stringify(box));
+  const box = page.locator(".scroll[data-overflows='1']").first();
+  await box.focus();
+  await page.keyboard.press("ArrowRight");
+  await page.waitForFunction(() => (document.activeElement as HTMLElement | null)?.scrollLeft! > 0);
   assert.deepEqual(errors, []);
   await page.close();
 });
@@ -462,11 +472,11 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   const row = page.locator('section[data-metric="watched"] tr[data-variant="treatment"]');
   await row.waitFor();
   const cells = await row.locator("th, td").allInnerTexts();
-  // value, its 95% Wald interval from the variant's units, Δ, its CI, lift, its CI, p, p adjusted, p sequential, chance to win
-  assert.deepEqual(cells.slice(1), ["13.10%", "[12.16%, 14.04%]", "+1.90 pp", "[+0.70 pp, +3.10 pp]", "+17.0%", "[+6.0%, +28.0%]", "0.002", "0.004", "0.010", "99.9%"]);
+  // value, its 95% Wilson interval from the variant's units, Δ, its CI, lift, its CI, p, p adjusted, p sequential, chance to win
+  assert.deepEqual(cells.slice(1), ["13.10%", "[12.19%, 14.06%]", "+1.90 pp", "[+0.70 pp, +3.10 pp]", "+17.0%", "[+6.0%, +28.0%]", "0.002", "0.004", "0.010", "99.9%"]);
   assert.match(cells[0]!, /treatment.*significantly better/);
   const controlCells = await page.locator('section[data-metric="watched"] tr[data-variant="control"] td').allInnerTexts();
-  assert.deepEqual(controlCells, ["11.20%", "[10.33%, 12.07%]", "baseline"]);
+  assert.deepEqual(controlCells, ["11.20%", "[10.36%, 12.10%]", "baseline"]);
   assert.match(await page.locator('[data-testid="decision"]').innerText(), /promote treatment/i);
   assert.match(await page.getByText("watched improved by 17%").innerText(), /p = 0\.004/);
   assert.match(await page.locator('[data-testid="srm"]').innerText(), /Mismatch \(p < 0\.001\)/);

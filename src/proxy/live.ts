@@ -1,8 +1,12 @@
 import type { LiveVariantStats } from "../admin/context.ts";
 
 const SLOTS = 10;
-/** latency buckets in ms, roughly log-spaced: p50/p99 estimates within one bucket */
-const BOUNDS = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, Infinity];
+/**
+ * Latency buckets in ms, roughly log-spaced: p50/p99 are given as the upper edge of their bucket, and past the last
+ * finite edge as that edge (the dashboard reads them so; it imports this list).
+ */
+export const LIVE_LATENCY_BOUNDS_MS: readonly number[] = [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000, Infinity];
+const BOUNDS = LIVE_LATENCY_BOUNDS_MS;
 
 class Slot {
   second = -1;

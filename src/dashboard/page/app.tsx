@@ -1,8 +1,9 @@
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
+import type { ComponentChildren } from "preact";
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
 import { describeStatsError } from "../../stats/error-text.ts";
-import { fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, significance, waldInterval } from "./format.ts";
+import { fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, significance, wilsonInterval } from "./format.ts";
 import { ReportHistory, Timeline } from "./timeline.ts";
 import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
 
@@ -249,6 +250,19 @@ function pText(p: number | null | undefined): string {
 }
 
 /**
+ * A box that scrolls sideways when its table is wider than the screen. Focusable and named (role region), so that
+ * keyboard users can scroll it too: a box that only a mouse or a finger can scroll hides the columns past its edge
+ * from everyone else (WCAG 2.1.1; axe's scrollable-region-focusable).
+ */
+function ScrollBox({ label, stale = false, children }: { label: string; stale?: boolean; children: ComponentChildren }) {
+  return (
+    <div class={stale ? "scroll stale" : "scroll"} data-stale={stale ? "true" : undefined} role="region" aria-label={label} tabIndex={0}>
+      {children}
+    </div>
+  );
+}
+
+/**
  * `stale`: the event stream is down (abgate stopped or unreachable). The last numbers stay on screen, greyed and
  * dated, rather than passing for the present: a replica shown healthy may be gone by now.
  */
@@ -258,7 +272,7 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
   const units = new Map((report?.variants ?? []).map((v) => [v.name, v.units]));
   const totalWeight = live.experiment.variants.reduce((sum, v) => sum + v.weight, 0);
   return (
-    <div class={stale ? "scroll stale" : "scroll"} data-stale={stale ? "true" : undefined}>
+    <ScrollBox label="Variants table" stale={stale}>
       {stale && (
         <p class="stale-note" data-testid="stale">
           Not live: as of {fmtTime(live.ts)}. Health, rates and counts are from then, until abgate answers again.
@@ -274,10 +288,10 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
             <th scope="col" class="num">
               Req/s
             </th>
-            <th scope="col" class="num">
+            <th scope="col" class="num" title="over the last 10 s, as the upper edge of a latency bucket">
               p50
             </th>
-            <th scope="col" class="num">
+            <th scope="col" class="num" title="over the last 10 s, as the upper edge of a latency bucket">
               p99
             </th>
             <th scope="col" class="num">
@@ -330,8 +344,8 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                 <td class="num" data-testid="rps">
                   {fmtNum(s?.requestsPerSecond, 1)}
                 </td>
-                <td class="num">{fmtMs(s?.p50Ms)}</td>
-                <td class="num">{fmtMs(s?.p99Ms)}</td>
+                <td class="num">{fmtBucketMs(s?.p50Ms)}</td>
+                <td class="num">{fmtBucketMs(s?.p99Ms)}</td>
                 <td class="num">{fmtPct(s?.errorRate, 2)}</td>
                 <td class="num" data-testid="requests">
                   {fmtNum(s?.requests ?? v.requests)}
@@ -342,7 +356,7 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
           })}
         </tbody>
       </table>
-    </div>
+    </ScrollBox>
   );
 }
 
@@ -461,7 +475,7 @@ function MetricTable(props: {
   const level = `${Math.round((1 - alpha) * 100)}%`;
   const rows = variants.filter((v) => v === control || byVariant.has(v));
   return (
-    <div class="scroll">
+    <ScrollBox label={`${metric.name} table`}>
       <table class="metric-table">
         <caption class="sr-only">
           {metric.name}: value per variant with its {level} interval, and each variant against {control}
@@ -501,7 +515,7 @@ function MetricTable(props: {
             const c = byVariant.get(v);
             const value = isControl ? metric.control?.value : c?.value;
             const n = nOf(v, isControl ? metric.control?.units : c?.units);
-            const ci = kind === "conversion" || kind === "error_rate" ? waldInterval(value, n, alpha) : null;
+            const ci = kind === "conversion" || kind === "error_rate" ? wilsonInterval(value, n, alpha) : null;
             const f = (x: number | null) => fmtValue(kind, x);
             const verdict = significance(kind, c, guardrailed);
             return (
@@ -547,7 +561,7 @@ function MetricTable(props: {
           {c.variant}: {describeStatsError(c.error!)}
         </p>
       ))}
-    </div>
+    </ScrollBox>
   );
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, normalQuantile, significance, waldInterval } from "./format.ts";
+import { fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, significance, wilsonInterval } from "./format.ts";
 
 test("differences carry a sign, in the metric's unit, and never read -0", () => {
   assert.equal(fmtDiff("conversion", 0.019), "+1.90 pp");
@@ -24,15 +24,21 @@ test("values, p-values and intervals", () => {
   assert.equal(fmtCi([null, 0.1], (x) => String(x)), "—");
 });
 
-test("the per-variant Wald interval uses the normal quantile of 1 - alpha/2", () => {
-  // A&S 26.2.23 is good to 4.5e-4
-  assert.ok(Math.abs(normalQuantile(0.975) - 1.959964) < 5e-4);
-  assert.ok(Math.abs(normalQuantile(0.025) + 1.959964) < 5e-4);
-  const [lo, hi] = waldInterval(0.112, 5012, 0.05)!;
-  const half = 1.959964 * Math.sqrt((0.112 * 0.888) / 5012);
-  assert.ok(Math.abs(lo - (0.112 - half)) < 1e-5 && Math.abs(hi - (0.112 + half)) < 1e-5);
-  assert.deepEqual(waldInterval(0, 10, 0.05), [0, 0]);
-  assert.equal(waldInterval(0.5, 0, 0.05), null);
+test("the per-variant interval is Wilson's, with the normal quantile of 1 - alpha/2", () => {
+  // Agresti & Coull 1998, Table 1's kind of check, by hand: p = 0.112, n = 5012, z = 1.96
+  const z = 1.959964;
+  const [lo, hi] = wilsonInterval(0.112, 5012, 0.05)!;
+  const c = (0.112 + (z * z) / (2 * 5012)) / (1 + (z * z) / 5012);
+  const h = (z * Math.sqrt((0.112 * 0.888) / 5012 + (z * z) / (4 * 5012 * 5012))) / (1 + (z * z) / 5012);
+  assert.ok(Math.abs(lo - (c - h)) < 1e-5 && Math.abs(hi - (c + h)) < 1e-5);
+  // A rate of 0 is not known to be exactly 0: [0, z²/(n + z²)], not Wald's [0, 0]
+  const [lo0, hi0] = wilsonInterval(0, 10, 0.05)!;
+  assert.equal(lo0, 0);
+  assert.ok(Math.abs(hi0 - (z * z) / (10 + z * z)) < 1e-4, String(hi0));
+  const [lo1, hi1] = wilsonInterval(1, 10, 0.05)!;
+  assert.ok(Math.abs(lo1 - 10 / (10 + z * z)) < 1e-4 && hi1 === 1, `${lo1} ${hi1}`);
+  assert.equal(wilsonInterval(0.5, 0, 0.05), null);
+  assert.equal(wilsonInterval(1.5, 10, 0.05), null);
 });
 
 test("a significant difference is better or worse by the metric's direction: up for conversions and means, down for latency and errors", () => {
@@ -61,4 +67,13 @@ test("every line colour has at least 3:1 contrast on white (WCAG 1.4.11), and no
   for (const colour of PALETTE) assert.ok(1.05 / (luminance(colour) + 0.05) >= 3, `${colour}: ${(1.05 / (luminance(colour) + 0.05)).toFixed(2)}:1`);
   assert.equal(new Set(PALETTE).size, PALETTE.length);
   assert.ok(PALETTE.length >= 10);
+});
+
+test("a live percentile reads as the bucket edge it is: at most that, or past the last finite edge", () => {
+  assert.equal(fmtBucketMs(5), "≤ 5.0 ms");
+  assert.equal(fmtBucketMs(750), "≤ 750 ms");
+  assert.equal(fmtBucketMs(5000), "≤ 5000 ms");
+  // 10,000 is both "in (5000, 10000]" and "past 10,000": only "> 5000 ms" is true of both
+  assert.equal(fmtBucketMs(10_000), "> 5000 ms");
+  assert.equal(fmtBucketMs(null), "—");
 });

@@ -1,4 +1,6 @@
 /** Display helpers: every figure on the page goes through one of these so that missing data reads "—". */
+import { LIVE_LATENCY_BOUNDS_MS } from "../../proxy/live.ts";
+import { normalQuantile } from "../../stats/distributions.ts";
 import type { Comparison } from "./types.ts";
 
 const DASH = "—";
@@ -17,6 +19,19 @@ export function fmtSignedPct(x: number | null | undefined, digits = 1): string {
 export function fmtMs(x: number | null | undefined): string {
   if (!finite(x)) return DASH;
   return x >= 100 ? `${Math.round(x)} ms` : `${x.toFixed(1)} ms`;
+}
+
+/** The live histogram's last finite edge, and the one before it. */
+const LIVE_LAST_BOUND_MS = LIVE_LATENCY_BOUNDS_MS.at(-2)!;
+const LIVE_BOUND_BEFORE_LAST_MS = LIVE_LATENCY_BOUNDS_MS.at(-3)!;
+
+/**
+ * A live percentile, which is the upper edge of a histogram bucket (src/proxy/live.ts), not a measured time: "≤ 5.0 ms".
+ * The last finite edge is also what a percentile past it reads as, so there the honest text is "> 5000 ms".
+ */
+export function fmtBucketMs(x: number | null | undefined): string {
+  if (!finite(x)) return DASH;
+  return x >= LIVE_LAST_BOUND_MS ? `> ${fmtMs(LIVE_BOUND_BEFORE_LAST_MS)}` : `≤ ${fmtMs(x)}`;
 }
 
 export function fmtNum(x: number | null | undefined, digits = 0): string {
@@ -62,25 +77,19 @@ export function fmtTime(ms: number | string | null | undefined): string {
 }
 
 /**
- * The (1 − alpha) Wald interval of a proportion, p ± z·sqrt(p(1 − p)/n): the per-variant interval for rate
- * metrics, which the report gives only for differences (Agresti & Coull 1998, eq. 1; fine for display at the
- * sample sizes of an A/B test).
+ * The (1 − alpha) Wilson score interval of a proportion: the per-variant interval for rate metrics, which the report
+ * gives only for differences. Wilson (1927); Agresti & Coull 1998, eq. 2:
+ *   (p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n).
+ * Not the Wald interval p ± z·sqrt(p(1 − p)/n), which collapses to [0, 0] for a rate of 0 (no errors yet is not
+ * proof of an error rate of exactly 0) and undercovers near 0 and 1, where error rates live.
  */
-export function waldInterval(p: number | null | undefined, n: number | null | undefined, alpha: number): [number, number] | null {
-  if (!finite(p) || !finite(n) || n <= 0) return null;
+export function wilsonInterval(p: number | null | undefined, n: number | null | undefined, alpha: number): [number, number] | null {
+  if (!finite(p) || !finite(n) || n <= 0 || p < 0 || p > 1) return null;
   const z = -normalQuantile(alpha / 2);
-  const half = z * Math.sqrt((p * (1 - p)) / n);
-  return [Math.max(0, p - half), Math.min(1, p + half)];
-}
-
-/** Inverse standard normal CDF, Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), enough for a displayed interval. */
-export function normalQuantile(q: number): number {
-  if (q <= 0 || q >= 1) return NaN;
-  const upper = q > 0.5;
-  const pp = upper ? 1 - q : q;
-  const t = Math.sqrt(-2 * Math.log(pp));
-  const x = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
-  return upper ? x : -x;
+  const z2n = (z * z) / n;
+  const center = (p + z2n / 2) / (1 + z2n);
+  const half = (z * Math.sqrt((p * (1 - p)) / n + z2n / (4 * n))) / (1 + z2n);
+  return [Math.max(0, center - half), Math.min(1, center + half)];
 }
 
 /**
