@@ -244,6 +244,9 @@ export class ClientConnection {
   #plainUpgrade = false;
   #headerParts: string[] | null = null;
   #urlParts = "";
+  /** reads the parser has finished (one execute() each), and the one in which the current message began */
+  #reads = 0;
+  #messageRead = -1;
   deadline = Deadline.None;
   deadlineMs = 0;
   #requestDeadlineMs = 0;
@@ -380,6 +383,7 @@ export class ClientConnection {
   // --- parser events (called through the shared functions below) ---
 
   messageBegin(): void {
+    this.#messageRead = this.#reads;
     const limits = this.server.limits;
     this.setDeadline(Deadline.Headers, limits.headersTimeoutMs);
     this.#requestDeadlineMs = Date.now() + limits.requestTimeoutMs;
@@ -471,6 +475,7 @@ export class ClientConnection {
   }
 
   execute(ret: number | Error): void {
+    this.#reads++;
     const waiting = this.#startAfterHead;
     this.#startAfterHead = null;
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
@@ -520,8 +525,14 @@ export class ClientConnection {
       // RFC 9110 §9.1: a method the server does not implement is a 501; not a 400, which says the request is malformed.
       if (method !== undefined) return this.#fault(501, `method ${method.slice(0, 40)} is not supported`);
     }
-    const status = code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
-    this.#fault(status, err.message);
+    if (code === "HPE_HEADER_OVERFLOW") {
+      // Node counts the request line toward the header limit, so a long URL overflows it too. RFC 9110 §15.5.15 has
+      // 414 for that, and a client that gets 431 looks for a big cookie. Said only when sure: the message began in
+      // this read (the error's read, #reads - 1 now), and no line ended in it before the overflow.
+      const lineOpen = this.#messageRead === this.#reads - 1 && !this.#parser?.getCurrentBuffer().subarray(0, (err as { bytesParsed?: number }).bytesParsed ?? 0).includes(10);
+      return this.#fault(lineOpen ? 414 : 431, lineOpen ? "request line too long" : err.message);
+    }
+    this.#fault(400, err.message);
   }
 
   /** A fatal client error or timeout: answer `status` if nothing is being answered yet, then end the connection. */
