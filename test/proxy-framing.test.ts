@@ -252,6 +252,7 @@ test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client
   assert.match(refused, /^HTTP\/1\.1 200/);
   assert.match(refused, /\r\nconnection: close\r\n/i, "the client is told the connection ends with the refusal");
   assert.match(refused, /no upgrade/);
+  assert.match(refused, /\r\ndate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n/, "a replica's answer without a Date gets abgate's (RFC 9110 §6.6.1), as on plain requests");
   assert.equal(backend.heads.length, before + 1, "the bytes after the refused upgrade never reached the replica");
   assert.deepEqual(sentEarly, [], "nothing was sent behind the handshake before the replica's answer");
 

@@ -1019,6 +1019,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       const close = status === 101 ? "" : "connection: close\r\n";
       const [statusLine, ...fields] = head.split("\r\n");
       const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
+      // RFC 9110 §6.6.1, as for a plain request's answer: a final answer without a Date gets abgate's (not a 101).
+      if (status !== 101 && !kept.some((line) => /^date[ \t]*:/i.test(line))) kept.unshift(`date: ${httpDate()}`);
       client.write(`${statusLine}\r\n${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n${kept.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
       if (rest.length > 0) client.write(rest);
       record(status);
