@@ -450,7 +450,11 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
       counts: { exposures: 5, events: 1, requests: 10, storeError: "the store did not answer within 3000 ms" },
       metrics: [{ name: "watched", kind: "conversion" }],
     },
-    live: [],
+    // The fallback served 4.5 of the treatment's requests per second: they show in its row, not as nothing.
+    live: [
+      { variant: "control", requestsPerSecond: 9, fallbackPerSecond: 0, p50Ms: 5, p99Ms: 20, errorRate: 0, requests: 10 },
+      { variant: "treatment", requestsPerSecond: 0, fallbackPerSecond: 4.5, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
+    ],
   };
   const meta = {
     experiment: "dashboard-e2e",
@@ -482,6 +486,8 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   assert.match(await page.locator('[data-testid="srm"]').innerText(), /Mismatch \(p < 0\.001\)/);
   await page.getByText("BREACHED").waitFor();
   assert.equal(await page.locator('[data-testid="no-healthy"]').innerText(), "No healthy replica: its requests are served by control (the report still counts them as treatment's).");
+  assert.equal(await page.locator('table.variants tr[data-variant="treatment"] [data-testid="fallback-rps"]').innerText(), "+ 4.5 via control");
+  assert.equal(await page.locator('table.variants tr[data-variant="control"] [data-testid="fallback-rps"]').count(), 0);
   assert.match(await page.locator('[data-testid="store-error"]').innerText(), /counts as last read; the store: the store did not answer within 3000 ms/);
   assert.match(await page.locator('[data-testid="report-age"]').innerText(), /^report of .+, \d+ s ago$/);
   if (process.env.DASH_REPORT_SHOT) await page.screenshot({ path: process.env.DASH_REPORT_SHOT, fullPage: true });

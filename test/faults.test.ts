@@ -113,6 +113,29 @@ test("no reachable replica: the fallback variant answers and the exposure record
       assert.equal(res.headers.get("x-abgate-variant"), "control");
       await res.arrayBuffer();
     }
+    // The dashboard's live table: served by control, and the treatment's own row says where its requests went.
+    // (Its rates cover whole seconds before the current one: the stream is read until the requests' second is in.)
+    const stream = await fetch(`${gw.adminUrl}/v1/stream`);
+    const reader = stream.body!.getReader();
+    let text = "";
+    let live: { variant: string; requestsPerSecond: number; fallbackPerSecond: number }[] = [];
+    const deadline = Date.now() + 5_000;
+    while (!live.some((s) => s.variant === "treatment" && s.fallbackPerSecond > 0) && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString();
+      const frames = [...text.matchAll(/event: live\ndata: (.*)\n/g)];
+      if (frames.length > 0) live = JSON.parse(frames.at(-1)![1]!).live;
+    }
+    await reader.cancel();
+    const byVariant = new Map(live.map((s) => [s.variant, s]));
+    assert.equal(byVariant.get("treatment")?.fallbackPerSecond, 10 / 9, JSON.stringify(live));
+    assert.equal(byVariant.get("treatment")?.requestsPerSecond, 0);
+    assert.equal(byVariant.get("control")?.requestsPerSecond, 10 / 9);
+    assert.equal(byVariant.get("control")?.fallbackPerSecond, 0);
+  } catch (err) {
+    await control.close(); // (else its server keeps the test process alive)
+    throw err;
   } finally {
     await gw.stop();
   }

@@ -21,6 +21,8 @@ export interface ReplicaView {
 export interface LiveVariantStats {
   variant: string;
   requestsPerSecond: number;
+  /** requests per second assigned to this variant and served by the fallback (it had no healthy replica) */
+  fallbackPerSecond: number;
   /** null without requests in the window: no latency was measured (0 would read as an instant answer) */
   p50Ms: number | null;
   p99Ms: number | null;

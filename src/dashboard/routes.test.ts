@@ -66,7 +66,7 @@ const ctx: AdminContext = {
   config,
   store,
   experimentView: async () => view,
-  liveStats: () => [{ variant: "control", requestsPerSecond: 1, p50Ms: 2, p99Ms: 3, errorRate: 0, requests: 1 }],
+  liveStats: () => [{ variant: "control", requestsPerSecond: 1, fallbackPerSecond: 0, p50Ms: 2, p99Ms: 3, errorRate: 0, requests: 1 }],
   report: async () => {
     reportCalls++;
     if (reportFails) throw new Error("analysis exploded");

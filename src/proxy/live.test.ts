@@ -19,8 +19,8 @@ describe("LiveStats", () => {
   it("is all zero before any traffic, one entry per variant in order", () => {
     const { stats } = setup();
     assert.deepEqual(stats.snapshot(), [
-      { variant: "control", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
-      { variant: "treatment", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
+      { variant: "control", requestsPerSecond: 0, fallbackPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
+      { variant: "treatment", requestsPerSecond: 0, fallbackPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 0 },
     ]);
   });
 
@@ -51,9 +51,28 @@ describe("LiveStats", () => {
     t.at(1009 * 1000); // 1000 is exactly 9 seconds back: still in the window
     assert.equal(t.get("control").requestsPerSecond, 10 / 9);
     t.at(1010 * 1000); // now 10 seconds back: out
-    assert.deepEqual(t.get("control"), { variant: "control", requestsPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 10 });
+    assert.deepEqual(t.get("control"), { variant: "control", requestsPerSecond: 0, fallbackPerSecond: 0, p50Ms: null, p99Ms: null, errorRate: null, requests: 10 });
     t.at(5000 * 1000);
     assert.equal(t.get("control").requestsPerSecond, 0);
+  });
+
+  it("a request the fallback served counts under the variant that served it, and as served elsewhere under its own", () => {
+    const t = setup();
+    t.at(1000 * 1000);
+    for (let k = 0; k < 18; k++) t.stats.record("control", 3, false, "treatment");
+    t.stats.record("treatment", 3, false);
+    t.stats.record("control", 3, false, "gone"); // an assigned variant no longer in the config: counted where served only
+    t.at(1001 * 1000);
+    assert.equal(t.get("control").requestsPerSecond, 19 / 9);
+    assert.equal(t.get("control").fallbackPerSecond, 0);
+    assert.equal(t.get("treatment").requestsPerSecond, 1 / 9);
+    assert.equal(t.get("treatment").fallbackPerSecond, 18 / 9);
+    assert.equal(t.get("treatment").requests, 1, "requests since start are the ones it served");
+    // the window moves on for the served-elsewhere count too, and a reused slot starts it from zero
+    t.at(1010 * 1000);
+    t.stats.record("control", 3, false, "treatment");
+    t.at(1011 * 1000);
+    assert.equal(t.get("treatment").fallbackPerSecond, 1 / 9);
   });
 
   it("a reused ring slot starts from zero", () => {

@@ -12,11 +12,14 @@ class Slot {
   second = -1;
   count = 0;
   errors = 0;
+  /** requests assigned to this variant that another one served (the fallback) */
+  elsewhere = 0;
   hist = new Uint32Array(BOUNDS.length);
   reset(second: number) {
     this.second = second;
     this.count = 0;
     this.errors = 0;
+    this.elsewhere = 0;
     this.hist.fill(0);
   }
 }
@@ -33,18 +36,31 @@ export class LiveStats {
     for (const v of variants) this.#byVariant.set(v, { slots: Array.from({ length: SLOTS }, () => new Slot()), total: 0 });
   }
 
-  record(variant: string, latencyMs: number, error: boolean): void {
+  /**
+   * One answered request, under the variant that served it; `assigned`, when another (the fallback served it),
+   * also counts it as served elsewhere under its own.
+   */
+  record(variant: string, latencyMs: number, error: boolean, assigned: string = variant): void {
     const entry = this.#byVariant.get(variant);
     if (!entry) return;
     const second = Math.floor(this.#nowMs() / 1000);
-    const slot = entry.slots[second % SLOTS];
-    if (slot.second !== second) slot.reset(second);
+    const slot = this.#slot(entry, second);
     slot.count++;
     if (error) slot.errors++;
     let b = 0;
     while (latencyMs > BOUNDS[b]) b++;
     slot.hist[b]++;
     entry.total++;
+    if (assigned !== variant) {
+      const own = this.#byVariant.get(assigned);
+      if (own) this.#slot(own, second).elsewhere++;
+    }
+  }
+
+  #slot(entry: { slots: Slot[] }, second: number): Slot {
+    const slot = entry.slots[second % SLOTS];
+    if (slot.second !== second) slot.reset(second);
+    return slot;
   }
 
   snapshot(): LiveVariantStats[] {
@@ -53,12 +69,14 @@ export class LiveStats {
     for (const [variant, entry] of this.#byVariant) {
       let count = 0;
       let errors = 0;
+      let elsewhere = 0;
       const hist = new Array<number>(BOUNDS.length).fill(0);
       // the current second is partial: use the SLOTS-1 complete seconds before it
       for (const s of entry.slots) {
         if (s.second < nowSecond - (SLOTS - 1) || s.second >= nowSecond) continue;
         count += s.count;
         errors += s.errors;
+        elsewhere += s.elsewhere;
         for (let i = 0; i < BOUNDS.length; i++) hist[i] += s.hist[i];
       }
       const q = (p: number) => {
@@ -74,6 +92,7 @@ export class LiveStats {
       out.push({
         variant,
         requestsPerSecond: count / (SLOTS - 1),
+        fallbackPerSecond: elsewhere / (SLOTS - 1),
         p50Ms: q(0.5),
         p99Ms: q(0.99),
         errorRate: count ? errors / count : null,

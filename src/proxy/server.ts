@@ -645,7 +645,7 @@ class Exchange implements UpstreamSink, ClientExchange {
     const latencyMs = Math.round((performance.now() - this.startMs) * 1000) / 1000;
     const { ctx } = this;
     ctx.metrics.request(this.served, status, latencyMs);
-    ctx.live.record(this.served, latencyMs, status >= 500);
+    ctx.live.record(this.served, latencyMs, status >= 500, this.assigned);
     ctx.exposures?.push({
       experiment: ctx.config.experiment,
       ts: this.ts,
@@ -867,7 +867,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     ctx.counters.inFlight--;
     const latencyMs = performance.now() - startMs;
     ctx.metrics.request(served, status, latencyMs);
-    ctx.live.record(served, latencyMs, status >= 500);
+    ctx.live.record(served, latencyMs, status >= 500, assigned);
     ctx.exposures?.push({ experiment: ctx.config.experiment, ts, requestId, unit, assigned, served, replica: replica?.id ?? "", status, latencyMs, forced });
   };
   /** the connection to the replica that has the handshake now */

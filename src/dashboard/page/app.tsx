@@ -343,6 +343,11 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                 </td>
                 <td class="num" data-testid="rps">
                   {fmtNum(s?.requestsPerSecond, 1)}
+                  {s !== undefined && s.fallbackPerSecond > 0 && (
+                    <div class="muted" data-testid="fallback-rps" title={`assigned to ${v.name}, served by ${live.experiment.fallback} (the report counts them as ${v.name}'s)`}>
+                      + {fmtNum(s.fallbackPerSecond, 1)} via {live.experiment.fallback}
+                    </div>
+                  )}
                 </td>
                 <td class="num">{fmtBucketMs(s?.p50Ms)}</td>
                 <td class="num">{fmtBucketMs(s?.p99Ms)}</td>
