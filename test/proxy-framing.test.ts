@@ -102,6 +102,8 @@ before(async () => {
         return void setTimeout(() => socket.write("d\r\ndata: first\n\n\r\n0\r\n\r\n"), 600);
       case "/dated":
         return ok(socket, "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n");
+      case "/dated-caps":
+        return ok(socket, "Vary: x\r\nDATE: Sun, 06 Nov 1994 08:49:37 GMT\r\nLink: </a>\r\n");
       case "/early-hints":
         // interim answers: a 103 with a hop-by-hop field, a 100 nobody asked this client about, then the answer
         socket.write("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nkeep-alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n");
@@ -452,6 +454,7 @@ test("every answer has a Date: a replica's that lacks one gets abgate's, a repli
   assert.ok(Math.abs(Date.parse(line!.slice(6)) - Date.now()) < 5000, line);
   assert.match(line!, /^date: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/, "IMF-fixdate");
   assert.deepEqual(dateLines(await rawRequest(gw.proxyUrl, "GET /dated HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n")), ["Date: Sun, 06 Nov 1994 08:49:37 GMT"]);
+  assert.deepEqual(dateLines(await rawRequest(gw.proxyUrl, "GET /dated-caps HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n")), ["DATE: Sun, 06 Nov 1994 08:49:37 GMT"]);
   const refused = await rawRequest(gw.proxyUrl, `GET / HTTP/1.1\r\nhost: x\r\nx-user-id: ${"u".repeat(600)}\r\n\r\n`);
   assert.match(refused, /^HTTP\/1\.1 400 /);
   assert.equal(dateLines(refused).length, 1, refused);

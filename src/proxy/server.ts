@@ -448,7 +448,8 @@ class Exchange implements UpstreamSink, ClientExchange {
       const name = headers[i];
       // The replica's own copies of the two headers abgate sets would contradict them (by length first: cheap).
       if ((name.length === 16 || name.length === 19) && ABGATE_RESPONSE_HEADERS.has(name.toLowerCase())) continue;
-      if (name.length === 4 && (name === "Date" || name === "date" || name.toLowerCase() === "date")) dated = true;
+      // (a first letter other than d or D decides without lower-casing: Vary, ETag and Link are four letters too)
+      if (name.length === 4 && (name.charCodeAt(0) | 32) === 100 && (name === "Date" || name === "date" || name.toLowerCase() === "date")) dated = true;
       head += `${name}: ${headers[i + 1]}\r\n`;
     }
     if (!dated) head += `date: ${httpDate()}\r\n`;
