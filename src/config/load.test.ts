@@ -258,6 +258,19 @@ test("a variable used without a default that is not set is warned about once; no
   const warned: string[] = [];
   parseConfig(text, "/tmp", { SET_B: "1", EMPTY_E: "" }, (name) => warned.push(name));
   assert.deepEqual(warned, ["UNSET_A"]);
+  // A token written under an x- anchor is a token where it lands (a merge key, an alias); a variable that also lands
+  // elsewhere is warned about, and so is one that lands nowhere (an anchor never used), as before.
+  const variants = "variants:\n  - { name: control, url: 'http://127.0.0.1:9001' }\n  - { name: t, url: 'http://127.0.0.1:9002' }\n";
+  const merged: string[] = [];
+  parseConfig(
+    "x-secrets: &secrets { token: '${UNSET_T1}', ingestToken: ${BOTH} }\nx-unused: ${UNSET_X}\nexperiment: e${BOTH}\nengine: static\n" +
+      "admin: { <<: *secrets, listen: '127.0.0.1:9100' }\n" + variants,
+    "/tmp", {}, (name) => merged.push(name),
+  );
+  assert.deepEqual(merged.sort(), ["BOTH", "UNSET_X"]);
+  const aliased: string[] = [];
+  parseConfig("x-t: &t ${UNSET_T3}\nexperiment: e\nengine: static\nadmin: { token: *t }\n" + variants, "/tmp", {}, (name) => aliased.push(name));
+  assert.deepEqual(aliased, []);
 });
 
 test("values that would misbehave at run time are refused by name: long timers, header and cookie names, health paths, env, tokens, store and url", () => {

@@ -366,15 +366,13 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
         return;
       }
       if (!node.value.includes(tag)) return;
-      // (only references in the document's values count, not those in comments; and not the tokens', whose
-      // unset variable is the documented way to have one generated, or none)
+      // (only references in the document's values count, not those in comments)
       const parent = path[path.length - 1];
       const field = isPair(parent) && isScalar(parent.key) ? String(parent.key.value) : "";
-      const counted = field !== "token" && field !== "ingestToken";
       const names: string[] = [];
       for (const [, i] of node.value.matchAll(placeholder)) {
         const v = values[Number(i)]!;
-        if (v.unset && counted) unset.add(v.name!);
+        if (v.unset) unset.add(v.name!);
         if (!v.literal) names.push(v.name!);
         if (v.error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: v.error });
       }
@@ -389,7 +387,6 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     },
   });
   if (refused.length > 0) throw new ConfigError(refused);
-  for (const name of unset) warnUnset?.(name);
   const envPaths = new Map<string, string>();
   let js: unknown;
   try {
@@ -411,6 +408,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   /** key path -> the variables its value was made of, whatever the YAML form (quoted, an alias, a merge key) */
   const varsAt = new Map<string, string[]>();
   const raw = unwrapEnv(js, [], envPaths, emptyVars, fromVars, varsAt);
+  warnUnsetVariables(unset, varsAt, warnUnset);
   // Top-level keys starting with x- hold YAML anchors for merge keys, as docker compose's extension fields do.
   if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
     for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
@@ -458,6 +456,23 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
 }
 
 /** Replaces EnvValues and EnvTexts by their text, noting where each was (key path -> text, variables). */
+/**
+ * Warns about each unset variable once, unless all its values land in the tokens (an unset token variable is the
+ * documented way to have a token generated, or none), told by where the values land: a token written under an x-
+ * anchor and used through an alias or a merge key is a token too. (Values under the x- keys themselves are dropped.)
+ */
+function warnUnsetVariables(unset: Set<string>, varsAt: Map<string, string[]>, warnUnset: ((name: string) => void) | undefined): void {
+  if (unset.size === 0 || warnUnset === undefined) return;
+  const elsewhere = new Set<string>();
+  const inTokens = new Set<string>();
+  for (const [path, names] of varsAt) {
+    if (path.startsWith("x-")) continue;
+    const token = path === "admin.token" || path === "admin.ingestToken";
+    for (const name of names) (token ? inTokens : elsewhere).add(name);
+  }
+  for (const name of unset) if (elsewhere.has(name) || !inTokens.has(name)) warnUnset(name);
+}
+
 function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>, varsAt: Map<string, string[]>): unknown {
   if (value instanceof EnvText) {
     varsAt.set(pathOf(path), value.names);
