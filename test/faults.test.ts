@@ -114,18 +114,20 @@ test("no reachable replica: the fallback variant answers and the exposure record
       await res.arrayBuffer();
     }
     // The dashboard's live table: served by control, and the treatment's own row says where its requests went.
-    // (Its rates cover whole seconds before the current one: the stream is read until the requests' second is in.)
+    // (Its rates cover the whole seconds before the current one: the stream is read until a frame made after the
+    // second of the last request, which then has them all.)
+    const lastSecond = Math.floor(Date.now() / 1000);
     const stream = await fetch(`${gw.adminUrl}/v1/stream`);
     const reader = stream.body!.getReader();
     let text = "";
     let live: { variant: string; requestsPerSecond: number; fallbackPerSecond: number }[] = [];
     const deadline = Date.now() + 5_000;
-    while (!live.some((s) => s.variant === "treatment" && s.fallbackPerSecond > 0) && Date.now() < deadline) {
+    for (let ts = 0; Math.floor(ts / 1000) <= lastSecond && Date.now() < deadline; ) {
       const { value, done } = await reader.read();
       if (done) break;
       text += Buffer.from(value).toString();
       const frames = [...text.matchAll(/event: live\ndata: (.*)\n/g)];
-      if (frames.length > 0) live = JSON.parse(frames.at(-1)![1]!).live;
+      if (frames.length > 0) ({ ts, live } = JSON.parse(frames.at(-1)![1]!));
     }
     await reader.cancel();
     const byVariant = new Map(live.map((s) => [s.variant, s]));

@@ -271,6 +271,14 @@ test("a variable used without a default that is not set is warned about once; no
   const aliased: string[] = [];
   parseConfig("x-t: &t ${UNSET_T3}\nexperiment: e\nengine: static\nadmin: { token: *t }\n" + variants, "/tmp", {}, (name) => aliased.push(name));
   assert.deepEqual(aliased, []);
+  // used in a token and in a mapping key: the key is no token
+  const keyed: string[] = [];
+  parseConfig(
+    "experiment: e\nengine: process\nadmin: { token: '${T}' }\nvariants:\n" +
+      "  - { name: control, command: [node, a.js], env: { '${T}_X': '1' } }\n  - { name: t, command: [node, b.js] }\n",
+    "/tmp", {}, (name) => keyed.push(name),
+  );
+  assert.deepEqual(keyed, ["T"]);
 });
 
 test("values that would misbehave at run time are refused by name: long timers, header and cookie names, health paths, env, tokens, store and url", () => {

@@ -340,6 +340,8 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   if (duplicates.length > 0) throw new ConfigError(duplicates);
   /** variables used without a default that are not set: as docker compose does, said once each (`warnUnset`) */
   const unset = new Set<string>();
+  /** variables used in mapping keys (told apart from values, which land in varsAt) */
+  const inKeys = new Set<string>();
   /** references in values that cannot be expanded: a `?` one whose variable is missing, a form abgate does not read */
   const refused: { path: string; message: string }[] = [];
   const whole = new RegExp(`^${tag}(\\d+)x$`);
@@ -373,6 +375,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
       for (const [, i] of node.value.matchAll(placeholder)) {
         const v = values[Number(i)]!;
         if (v.unset) unset.add(v.name!);
+        if (key === "key" && !v.literal) inKeys.add(v.name!);
         if (!v.literal) names.push(v.name!);
         if (v.error !== undefined) refused.push({ path: `${lineOf(node)}${field ? ` (${field})` : ""}`, message: v.error });
       }
@@ -408,7 +411,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   /** key path -> the variables its value was made of, whatever the YAML form (quoted, an alias, a merge key) */
   const varsAt = new Map<string, string[]>();
   const raw = unwrapEnv(js, [], envPaths, emptyVars, fromVars, varsAt);
-  warnUnsetVariables(unset, varsAt, warnUnset);
+  warnUnsetVariables(unset, varsAt, inKeys, warnUnset);
   // Top-level keys starting with x- hold YAML anchors for merge keys, as docker compose's extension fields do.
   if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
     for (const key of Object.keys(raw)) if (key.startsWith("x-")) delete (raw as Record<string, unknown>)[key];
@@ -455,15 +458,15 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
   return def ?? "";
 }
 
-/** Replaces EnvValues and EnvTexts by their text, noting where each was (key path -> text, variables). */
 /**
  * Warns about each unset variable once, unless all its values land in the tokens (an unset token variable is the
  * documented way to have a token generated, or none), told by where the values land: a token written under an x-
  * anchor and used through an alias or a merge key is a token too. (Values under the x- keys themselves are dropped.)
  */
-function warnUnsetVariables(unset: Set<string>, varsAt: Map<string, string[]>, warnUnset: ((name: string) => void) | undefined): void {
+function warnUnsetVariables(unset: Set<string>, varsAt: Map<string, string[]>, inKeys: Set<string>, warnUnset: ((name: string) => void) | undefined): void {
   if (unset.size === 0 || warnUnset === undefined) return;
-  const elsewhere = new Set<string>();
+  // (a mapping key is no token: its variables count as used elsewhere; varsAt has values only)
+  const elsewhere = new Set<string>(inKeys);
   const inTokens = new Set<string>();
   for (const [path, names] of varsAt) {
     if (path.startsWith("x-")) continue;
@@ -472,6 +475,8 @@ function warnUnsetVariables(unset: Set<string>, varsAt: Map<string, string[]>, w
   }
   for (const name of unset) if (elsewhere.has(name) || !inTokens.has(name)) warnUnset(name);
 }
+
+/** Replaces EnvValues and EnvTexts by their text, noting where each was (key path -> text, variables). */
 
 function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>, varsAt: Map<string, string[]>): unknown {
   if (value instanceof EnvText) {

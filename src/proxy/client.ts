@@ -13,7 +13,7 @@ import { expireAfterReads } from "./deadlines.ts";
  * (reads go straight from libuv into llhttp, as in `http.Server`), hands us the raw header list, and responses
  * are written as one string plus the body. Everything HTTP-ish that `http.Server` did for us is done here:
  * keep-alive and `Connection: close`, HTTP/1.0 clients, pipelining in order, `Expect: 100-continue`, header size
- * (431), parse errors (400), header/request/idle timeouts (408 or a silent close), half-closed clients, upgrades.
+ * (431, or 414 for a URL that alone passes it), parse errors (400), header/request/idle timeouts (408 or a silent close), half-closed clients, upgrades.
  */
 
 const require = createRequire(import.meta.url);
@@ -526,11 +526,12 @@ export class ClientConnection {
       if (method !== undefined) return this.#fault(501, `method ${method.slice(0, 40)} is not supported`);
     }
     if (code === "HPE_HEADER_OVERFLOW") {
-      // Node counts the request line toward the header limit, so a long URL overflows it too. RFC 9110 §15.5.15 has
-      // 414 for that, and a client that gets 431 looks for a big cookie. Said only when sure: the message began in
-      // this read (the error's read, #reads - 1 now), and no line ended in it before the overflow.
+      // Node counts the URL toward the header limit (with header names and values), so a long URL overflows it too.
+      // RFC 9110 §15.5.15 has 414 for that, and a client that gets 431 looks for a big cookie. Said only when sure:
+      // the message began in this read (the error's read, #reads - 1 now), and no line ended in it before the
+      // overflow, so the URL alone reached the limit. A URL spread over several reads gets 431.
       const lineOpen = this.#messageRead === this.#reads - 1 && !this.#parser?.getCurrentBuffer().subarray(0, (err as { bytesParsed?: number }).bytesParsed ?? 0).includes(10);
-      return this.#fault(lineOpen ? 414 : 431, lineOpen ? "request line too long" : err.message);
+      return this.#fault(lineOpen ? 414 : 431, lineOpen ? "URL too long" : err.message);
     }
     this.#fault(400, err.message);
   }

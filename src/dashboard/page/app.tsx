@@ -288,10 +288,10 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
             <th scope="col" class="num">
               Req/s
             </th>
-            <th scope="col" class="num" title="over the last 10 s, as the upper edge of a latency bucket">
+            <th scope="col" class="num" title="over the 9 whole seconds before now; a latency bucket's upper edge (past the last bucket, a lower bound)">
               p50
             </th>
-            <th scope="col" class="num" title="over the last 10 s, as the upper edge of a latency bucket">
+            <th scope="col" class="num" title="over the 9 whole seconds before now; a latency bucket's upper edge (past the last bucket, a lower bound)">
               p99
             </th>
             <th scope="col" class="num">

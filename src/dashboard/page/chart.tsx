@@ -1,5 +1,6 @@
 import { useEffect, useRef } from "preact/hooks";
 import uPlot from "uplot";
+import { spanText } from "./format.ts";
 
 /** Colours that stay distinct for the common colour-vision deficiencies (Okabe & Ito palette). */
 /**
@@ -119,16 +120,4 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
       {xs.length === 0 && <p class="muted chart-empty">No traffic recorded yet.</p>}
     </figure>
   );
-}
-
-/**
- * What the x axis covers, for screen readers: the points and the clock times of the first and last. Not "over N
- * minutes": a chart of the report's values has a point per report, not per minute.
- */
-export function spanText(xs: readonly number[]): string {
-  if (xs.length === 0) return "no points yet";
-  const at = (s: number) => new Date(s * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
-  const first = xs[0]!;
-  const last = xs[xs.length - 1]!;
-  return xs.length === 1 ? `1 point, at ${at(first)}` : `${xs.length} points from ${at(first)} to ${at(last)}`;
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, significance, wilsonInterval } from "./format.ts";
+import { spanText, fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, significance, wilsonInterval } from "./format.ts";
 
 test("differences carry a sign, in the metric's unit, and never read -0", () => {
   assert.equal(fmtDiff("conversion", 0.019), "+1.90 pp");
@@ -71,9 +71,22 @@ test("every line colour has at least 3:1 contrast on white (WCAG 1.4.11), and no
 
 test("a live percentile reads as the bucket edge it is: at most that, or past the last finite edge", () => {
   assert.equal(fmtBucketMs(5), "≤ 5.0 ms");
+  assert.equal(fmtBucketMs(0.25), "≤ 0.25 ms");
+  assert.equal(fmtBucketMs(7.5), "≤ 7.5 ms");
   assert.equal(fmtBucketMs(750), "≤ 750 ms");
   assert.equal(fmtBucketMs(5000), "≤ 5000 ms");
   // 10,000 is both "in (5000, 10000]" and "past 10,000": only "> 5000 ms" is true of both
   assert.equal(fmtBucketMs(10_000), "> 5000 ms");
   assert.equal(fmtBucketMs(null), "—");
+});
+
+test("a chart's span for screen readers: its points and the times of the first and last, with the day when it crosses one", () => {
+  assert.equal(spanText([]), "no points yet");
+  const noon = Date.UTC(2026, 10, 29, 12, 0) / 1000;
+  assert.match(spanText([noon]), /^1 point, at \S+/);
+  const hour = spanText([noon, noon + 1800, noon + 3600]);
+  assert.match(hour, /^3 points from .+ to .+$/);
+  assert.doesNotMatch(hour, /Nov/, "same day: times only");
+  const week = spanText([noon - 7 * 86400, noon]);
+  assert.match(week, /^2 points from Nov \d+.* to Nov \d+/);
 });

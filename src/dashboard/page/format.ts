@@ -31,7 +31,9 @@ const LIVE_BOUND_BEFORE_LAST_MS = LIVE_LATENCY_BOUNDS_MS.at(-3)!;
  */
 export function fmtBucketMs(x: number | null | undefined): string {
   if (!finite(x)) return DASH;
-  return x >= LIVE_LAST_BOUND_MS ? `> ${fmtMs(LIVE_BOUND_BEFORE_LAST_MS)}` : `≤ ${fmtMs(x)}`;
+  if (x >= LIVE_LAST_BOUND_MS) return `> ${fmtMs(LIVE_BOUND_BEFORE_LAST_MS)}`;
+  // (the edges under 1 ms are 0.25 and 0.5: two decimals, or 0.25 would read as 0.3)
+  return x < 1 ? `≤ ${x.toFixed(2)} ms` : `≤ ${fmtMs(x)}`;
 }
 
 export function fmtNum(x: number | null | undefined, digits = 0): string {
@@ -103,4 +105,21 @@ export function significance(kind: string, c: Pick<Comparison, "significant" | "
   // (a guardrail's limits are on increases: a metric with one is watched for going up, whatever its kind)
   const lowerIsBetter = guardrailed || kind === "latency" || kind === "error_rate";
   return higher !== lowerIsBetter ? "better" : "worse";
+}
+
+/**
+ * What the x axis covers, for screen readers: the points and the clock times of the first and last. Not "over N
+ * minutes": a chart of the report's values has a point per report, not per minute.
+ */
+export function spanText(xs: readonly number[]): string {
+  if (xs.length === 0) return "no points yet";
+  const first = xs[0]!;
+  const last = xs[xs.length - 1]!;
+  // (with the day when the span crosses one: a week of minutes would otherwise read "from 10:13 to 10:12")
+  const days = new Date(first * 1000).toDateString() !== new Date(last * 1000).toDateString();
+  const at = (s: number) =>
+    days
+      ? new Date(s * 1000).toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })
+      : new Date(s * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  return xs.length === 1 ? `1 point, at ${at(first)}` : `${xs.length} points from ${at(first)} to ${at(last)}`;
 }
