@@ -149,6 +149,19 @@ test("a request line past the header limit gets 414, a header past it 431, also 
       s.on("close", () => resolve(text));
     });
     assert.match(pieces, /^HTTP\/1\.1 431 /);
+    // A URL over several reads, as over a real network: still 414.
+    const split = await new Promise<string>((resolve) => {
+      const s = connect(srv.port, "127.0.0.1", () => {
+        s.write(`GET /${"a".repeat(500)}`);
+        setTimeout(() => s.write("a".repeat(300)), 50);
+        setTimeout(() => s.write(`${"a".repeat(1500)} HTTP/1.1\r\nhost: x\r\n\r\n`), 100);
+      });
+      let text = "";
+      s.on("data", (d) => (text += d.toString("latin1")));
+      s.on("error", () => {});
+      s.on("close", () => resolve(text));
+    });
+    assert.match(split, /^HTTP\/1\.1 414 /);
   } finally {
     await srv.close();
   }

@@ -244,9 +244,12 @@ export class ClientConnection {
   #plainUpgrade = false;
   #headerParts: string[] | null = null;
   #urlParts = "";
-  /** reads the parser has finished (one execute() each), and the one in which the current message began */
+  /** reads the parser has finished (one execute() each), and the one in which the message whose head is being read
+   * began (-1 once its head is complete) */
   #reads = 0;
   #messageRead = -1;
+  /** the head being read has had no line end in the reads before this one: its URL is still going (see #parseError) */
+  #lineOpen = false;
   deadline = Deadline.None;
   deadlineMs = 0;
   #requestDeadlineMs = 0;
@@ -395,6 +398,8 @@ export class ClientConnection {
   }
 
   headersComplete(major: number, minor: number, headers: string[] | undefined, method: number, url: string | undefined, upgrade: boolean, keepAlive: boolean): number {
+    this.#messageRead = -1;
+    this.#lineOpen = false;
     if (this.closing) return 0;
     if (this.#headerParts) {
       headers = headers ? this.#headerParts.concat(headers) : this.#headerParts;
@@ -479,6 +484,12 @@ export class ClientConnection {
     const waiting = this.#startAfterHead;
     this.#startAfterHead = null;
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
+    if (this.#messageRead !== -1) {
+      // A head goes on into the next read (rare: most come whole). Whether its request line is still open then: no
+      // line end in this read, and none in the ones before. (A message that began in this read behind another one
+      // sees that one's line ends: taken as ended, so such a URL gets 431, never a wrong 414.)
+      this.#lineOpen = (this.#messageRead === this.#reads - 1 || this.#lineOpen) && !this.#parser!.getCurrentBuffer().includes(10);
+    }
     if (waiting !== null) this.#begin(waiting);
     if (this.#plainUpgrade) {
       // The parser goes on with the next read, but bytes after the upgrade-offering request in this read were not
@@ -528,9 +539,12 @@ export class ClientConnection {
     if (code === "HPE_HEADER_OVERFLOW") {
       // Node counts the URL toward the header limit (with header names and values), so a long URL overflows it too.
       // RFC 9110 §15.5.15 has 414 for that, and a client that gets 431 looks for a big cookie. Said only when sure:
-      // the message began in this read (the error's read, #reads - 1 now), and no line ended in it before the
-      // overflow, so the URL alone reached the limit. A URL spread over several reads gets 431.
-      const lineOpen = this.#messageRead === this.#reads - 1 && !this.#parser?.getCurrentBuffer().subarray(0, (err as { bytesParsed?: number }).bytesParsed ?? 0).includes(10);
+      // no line of the head ended before the overflow, in this read (the error's, #reads - 1 now) nor in the
+      // earlier ones of the message (#lineOpen), so the URL alone reached the limit.
+      const beganHere = this.#messageRead === this.#reads - 1;
+      const lineOpen =
+        (beganHere || (this.#messageRead !== -1 && this.#lineOpen)) &&
+        !this.#parser?.getCurrentBuffer().subarray(0, (err as { bytesParsed?: number }).bytesParsed ?? 0).includes(10);
       return this.#fault(lineOpen ? 414 : 431, lineOpen ? "URL too long" : err.message);
     }
     this.#fault(400, err.message);
