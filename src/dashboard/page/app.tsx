@@ -3,7 +3,7 @@ import type { ComponentChildren } from "preact";
 import { ApiError, checkToken, fetchSeries, loadToken, promote, putWeights, rollback, saveToken } from "./api.ts";
 import { Chart, PALETTE } from "./chart.tsx";
 import { describeStatsError } from "../../stats/error-text.ts";
-import { fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, significance, wilsonInterval } from "./format.ts";
+import { fmtBucketMs, fmtShare, fmtCi, fmtDiff, fmtMs, fmtNum, fmtP, fmtPct, fmtSignedPct, fmtTime, fmtValue, significance, wilsonInterval } from "./format.ts";
 import { ReportHistory, Timeline } from "./timeline.ts";
 import type { Comparison, LiveEvent, LiveVariantStats, Report, ReportMetric, StreamMeta } from "./types.ts";
 
@@ -316,7 +316,7 @@ function VariantsTable({ live, report, stale }: { live: LiveEvent | null; report
                   {v.name === live.experiment.control && <span class="tag">control</span>}
                 </th>
                 <td data-testid="weight">
-                  {fmtPct(totalWeight > 0 ? v.weight / totalWeight : null, 0)} <span class="muted">({fmtNum(v.weight, 2)})</span>
+                  {fmtShare(totalWeight > 0 ? v.weight / totalWeight : null)} <span class="muted">({fmtNum(v.weight, 2)})</span>
                 </td>
                 <td>
                   <span class="muted">
@@ -693,7 +693,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
             </div>
           ))}
           <p class="muted total" aria-live="polite">
-            {variants.map((v) => `${v} ${fmtPct(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null, 0)}`).join(" · ")}
+            {variants.map((v) => `${v} ${fmtShare(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null)}`).join(" · ")}
           </p>
           {!bandit && draft !== null && draftBase !== "" && draftBase !== JSON.stringify(current) && (
             <p class="bad" data-testid="draft-stale">

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { spanText, fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, significance, wilsonInterval } from "./format.ts";
+import { spanText, fmtShare, fmtBucketMs, fmtCi, fmtDiff, fmtMs, fmtP, fmtPct, fmtSignedPct, fmtValue, significance, wilsonInterval } from "./format.ts";
 
 test("differences carry a sign, in the metric's unit, and never read -0", () => {
   assert.equal(fmtDiff("conversion", 0.019), "+1.90 pp");
@@ -89,4 +89,14 @@ test("a chart's span for screen readers: its points and the times of the first a
   assert.doesNotMatch(hour, /Nov/, "same day: times only");
   const week = spanText([noon - 7 * 86400, noon]);
   assert.match(week, /^2 points from Nov \d+.* to Nov \d+/);
+});
+
+test("a traffic share is whole percents when exact, else one decimal: nine tenths of 90 are 11.1%, not 11%", () => {
+  assert.equal(fmtShare(0.5), "50%");
+  assert.equal(fmtShare(1), "100%");
+  assert.equal(fmtShare(0), "0%");
+  assert.equal(fmtShare(10 / 90), "11.1%");
+  assert.equal(fmtShare(1 / 3), "33.3%");
+  assert.equal(fmtShare(0.2), "20%", "0.2 * 100 is 20.000000000000004: still whole");
+  assert.equal(fmtShare(null), "—");
 });

@@ -11,6 +11,16 @@ export function fmtPct(x: number | null | undefined, digits = 1): string {
   return finite(x) ? `${(x * 100).toFixed(digits)}%` : DASH;
 }
 
+/**
+ * A traffic share: whole percents when exact ("50%"), else one decimal ("11.1%", "33.3%"), so that nine shares of
+ * 11.1% do not read as 11% each, summing to 99.
+ */
+export function fmtShare(x: number | null | undefined): string {
+  if (!finite(x)) return DASH;
+  const pct = x * 100;
+  return Math.abs(pct - Math.round(pct)) < 1e-9 ? `${Math.round(pct)}%` : `${pct.toFixed(1)}%`;
+}
+
 /** A signed percentage, for lifts and differences. */
 export function fmtSignedPct(x: number | null | undefined, digits = 1): string {
   return finite(x) ? `${signed(x * 100, digits)}%` : DASH;
