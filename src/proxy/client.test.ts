@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type AddressInfo, type Socket } from "node:net";
+import fc from "fast-check";
 import { ClientServer, LLHTTP_METHODS, parserPool, unknownMethod, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 
 /** A ClientServer whose exchanges answer with the request line, after `delayMs` for paths starting /slow. */
@@ -162,6 +163,48 @@ test("a request line past the header limit gets 414, a header past it 431, also 
       s.on("close", () => resolve(text));
     });
     assert.match(split, /^HTTP\/1\.1 414 /);
+  } finally {
+    await srv.close();
+  }
+});
+
+test("property: however a request is split into reads, a URL past the limit gets 414, a header past it 431, the rest 200", async () => {
+  const srv = await echoServer(); // maxHeaderBytes 1024, counted over the URL, header names and values
+  /** the request's bytes written in pieces, 10 ms apart (so that they arrive as separate reads); the first status */
+  const send = (request: string, cuts: number[]) =>
+    new Promise<string>((resolve) => {
+      const at = [...new Set(cuts)].filter((c) => c > 0 && c < request.length).sort((a, b) => a - b);
+      const pieces = [0, ...at].map((from, i) => request.slice(from, [...at, request.length][i]));
+      let text = "";
+      const s = connect(srv.port, "127.0.0.1", () => {
+        s.setNoDelay(true);
+        pieces.forEach((piece, i) => setTimeout(() => s.writable && s.write(piece), i * 10));
+      });
+      const done = () => resolve(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? `no answer: ${JSON.stringify(text.slice(0, 40))}`);
+      const timer = setTimeout(() => (s.destroy(), done()), 2_000);
+      s.on("data", (d) => {
+        text += d.toString("latin1");
+        if (text.includes("\r\n\r\n")) (clearTimeout(timer), s.destroy(), done());
+      });
+      s.on("error", () => {});
+      s.on("close", () => (clearTimeout(timer), done()));
+    });
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(fc.integer({ min: 1, max: 900 }), fc.integer({ min: 1100, max: 3000 })),
+        fc.oneof(fc.integer({ min: 0, max: 50 }), fc.integer({ min: 1100, max: 3000 })),
+        // (byte offsets where a read ends: most fall in the first 1,100 bytes, where the limit is reached)
+        fc.array(fc.integer({ min: 1, max: 1400 }), { maxLength: 4 }),
+        async (urlLength, headerLength, cuts) => {
+          const request = `GET /${"u".repeat(urlLength - 1)} HTTP/1.1\r\nhost: x\r\nx-h: ${"h".repeat(headerLength)}\r\n\r\n`;
+          const counted = urlLength + "host".length + 1 + "x-h".length + headerLength;
+          const expected = urlLength >= 1100 ? "414" : counted >= 1100 ? "431" : "200";
+          assert.equal(await send(request, cuts), expected, JSON.stringify({ urlLength, headerLength, cuts }));
+        },
+      ),
+      { numRuns: 40, examples: [[1500, 0, [300]], [50, 2000, [20, 600]]] },
+    );
   } finally {
     await srv.close();
   }
