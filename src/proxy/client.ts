@@ -484,12 +484,8 @@ export class ClientConnection {
     const waiting = this.#startAfterHead;
     this.#startAfterHead = null;
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
-    if (this.#messageRead !== -1) {
-      // A head goes on into the next read (rare: most come whole). Whether its request line is still open then: no
-      // line end in this read, and none in the ones before. (A message that began in this read behind another one
-      // sees that one's line ends: taken as ended, so such a URL gets 431, never a wrong 414.)
-      this.#lineOpen = (this.#messageRead === this.#reads - 1 || this.#lineOpen) && !this.#parser!.getCurrentBuffer().includes(10);
-    }
+    // A head goes on into the next read (rare: most come whole): carry whether its request line is still open.
+    if (this.#messageRead !== -1) this.#lineOpen = this.#urlOnlySoFar(this.#parser!.getCurrentBuffer().length);
     if (waiting !== null) this.#begin(waiting);
     if (this.#plainUpgrade) {
       // The parser goes on with the next read, but bytes after the upgrade-offering request in this read were not
@@ -528,24 +524,32 @@ export class ClientConnection {
     this.server.handlers.upgrade(req, socket, head, this.remoteAddress);
   }
 
+  /**
+   * Whether the head being read has had no line end yet, up to byte `end` of this read (the one execute() just
+   * counted): none in this read before `end`, and none in the earlier reads of its message. A message that began in
+   * this read behind another one sees that one's line ends: taken as ended, so such a URL gets 431, never a wrong 414.
+   */
+  #urlOnlySoFar(end: number): boolean {
+    const beganHere = this.#messageRead === this.#reads - 1;
+    return (beganHere || this.#lineOpen) && !this.#parser!.getCurrentBuffer().subarray(0, end).includes(10);
+  }
+
   #parseError(err: Error & { code?: string }): void {
     const code = err.code ?? "HPE_UNKNOWN";
+    const at = (err as { bytesParsed?: number }).bytesParsed ?? 0;
     this.server.handlers.clientError(code, err.message);
     if (code === "HPE_INVALID_METHOD") {
-      const method = unknownMethod(this.#parser?.getCurrentBuffer(), (err as { bytesParsed?: number }).bytesParsed ?? 0);
+      const method = unknownMethod(this.#parser?.getCurrentBuffer(), at);
       // RFC 9110 §9.1: a method the server does not implement is a 501; not a 400, which says the request is malformed.
       if (method !== undefined) return this.#fault(501, `method ${method.slice(0, 40)} is not supported`);
     }
     if (code === "HPE_HEADER_OVERFLOW") {
       // Node counts the URL toward the header limit (with header names and values), so a long URL overflows it too.
       // RFC 9110 §15.5.15 has 414 for that, and a client that gets 431 looks for a big cookie. Said only when sure:
-      // no line of the head ended before the overflow, in this read (the error's, #reads - 1 now) nor in the
-      // earlier ones of the message (#lineOpen), so the URL alone reached the limit.
-      const beganHere = this.#messageRead === this.#reads - 1;
-      const lineOpen =
-        (beganHere || (this.#messageRead !== -1 && this.#lineOpen)) &&
-        !this.#parser?.getCurrentBuffer().subarray(0, (err as { bytesParsed?: number }).bytesParsed ?? 0).includes(10);
-      return this.#fault(lineOpen ? 414 : 431, lineOpen ? "URL too long" : err.message);
+      // no line of the head ended before the overflow, so the URL alone reached the limit. (#lineOpen is false
+      // outside a head, as in a chunked body's trailers.)
+      const urlOnly = this.#parser !== null && this.#urlOnlySoFar(at);
+      return this.#fault(urlOnly ? 414 : 431, urlOnly ? "URL too long" : err.message);
     }
     this.#fault(400, err.message);
   }
