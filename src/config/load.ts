@@ -420,7 +420,7 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
     const config = validateConfig(raw, baseDir, envPaths);
     // The variables the admin and ingest tokens were read from: process replicas do not inherit them, whatever
     // their name and length.
-    config.admin.tokenVariables = [...new Set([...(varsAt.get("admin.token") ?? []), ...(varsAt.get("admin.ingestToken") ?? [])])];
+    config.admin.tokenVariables = [...new Set(TOKEN_PATHS.flatMap((path) => varsAt.get(path) ?? []))];
     return config;
   } catch (err) {
     // "listen: expected string, received null" does not say why: name the variable that was empty or unset, or
@@ -458,6 +458,9 @@ function envValue(env: NodeJS.ProcessEnv, key: string, op: string | undefined, d
   return def ?? "";
 }
 
+/** The key paths of the admin and ingest tokens, as `varsAt` names them. */
+const TOKEN_PATHS = ["admin.token", "admin.ingestToken"];
+
 /**
  * Warns about each unset variable once, unless all its values land in the tokens (an unset token variable is the
  * documented way to have a token generated, or none), told by where the values land: a token written under an x-
@@ -470,14 +473,13 @@ function warnUnsetVariables(unset: Set<string>, varsAt: Map<string, string[]>, i
   const inTokens = new Set<string>();
   for (const [path, names] of varsAt) {
     if (path.startsWith("x-")) continue;
-    const token = path === "admin.token" || path === "admin.ingestToken";
+    const token = TOKEN_PATHS.includes(path);
     for (const name of names) (token ? inTokens : elsewhere).add(name);
   }
   for (const name of unset) if (elsewhere.has(name) || !inTokens.has(name)) warnUnset(name);
 }
 
 /** Replaces EnvValues and EnvTexts by their text, noting where each was (key path -> text, variables). */
-
 function unwrapEnv(value: unknown, path: PropertyKey[], found: Map<string, string>, empty: Map<string, string>, from: Map<string, string>, varsAt: Map<string, string[]>): unknown {
   if (value instanceof EnvText) {
     varsAt.set(pathOf(path), value.names);
