@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
-import { writeLatin1 } from "./direct-write.ts";
+import fc from "fast-check";
+import { allowDeferredWrites, flushDeferredWrites, writeLatin1, writeLatin1Soon } from "./direct-write.ts";
 
 /** A connected pair: `client` is ours to write on, `peer` the server side, paused so the kernel buffers fill. */
 async function pair(servers: Server[]): Promise<{ client: Socket; peer: Socket }> {
@@ -101,5 +102,109 @@ describe("writeLatin1", () => {
     }
     client.destroy();
     await closed;
+  });
+});
+
+/** Everything the peer gets until the connection ends. */
+async function readToEnd(peer: Socket): Promise<string> {
+  let got = "";
+  peer.setEncoding("latin1");
+  peer.resume();
+  for await (const chunk of peer) got += chunk;
+  return got;
+}
+
+const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe("writeLatin1Soon", () => {
+  const servers: Server[] = [];
+  after(() => {
+    for (const s of servers) s.close();
+  });
+
+  it("sends at the end of the event loop's turn, not before", async () => {
+    const { client, peer } = await pair(servers);
+    allowDeferredWrites(client);
+    writeLatin1Soon(client, "one");
+    writeLatin1Soon(client, "two");
+    // Nothing reached the kernel yet: the bytes written so far are none.
+    assert.equal(client.bytesWritten, 0);
+    await turn();
+    assert.equal(client.bytesWritten, 6);
+    assert.equal(await readAll(peer, 6), "onetwo");
+    client.destroy();
+    peer.destroy();
+  });
+
+  it("sends what waits before a later write or end of the same socket, so the bytes keep their order", async () => {
+    const { client, peer } = await pair(servers);
+    allowDeferredWrites(client);
+    writeLatin1Soon(client, "head;");
+    client.write("body;", "latin1");
+    writeLatin1Soon(client, "next;");
+    client.end("last");
+    assert.equal(await readToEnd(peer), "head;body;next;last");
+    peer.destroy();
+  });
+
+  it("sends what waits before the FIN of destroySoon", async () => {
+    const { client, peer } = await pair(servers);
+    allowDeferredWrites(client);
+    writeLatin1Soon(client, "answer");
+    client.destroySoon();
+    assert.equal(await readToEnd(peer), "answer");
+    peer.destroy();
+  });
+
+  it("drops what waits for a socket destroyed before the turn ends, without an error", async () => {
+    const { client, peer } = await pair(servers);
+    allowDeferredWrites(client);
+    const errors: Error[] = [];
+    client.on("error", (e) => errors.push(e));
+    writeLatin1Soon(client, "lost");
+    client.destroy();
+    flushDeferredWrites();
+    await turn();
+    assert.deepEqual(errors, []);
+    assert.equal(await readToEnd(peer), "");
+    peer.destroy();
+  });
+
+  it("keeps each socket's bytes in order whatever the mix of deferred, direct, stream and corked writes and turns", async () => {
+    // Each step is one write to one of two sockets, or a turn of the event loop.
+    const step = fc.oneof(
+      fc.record({ socket: fc.integer({ min: 0, max: 1 }), way: fc.constantFrom("soon", "direct", "stream", "corked") }),
+      fc.constant("turn" as const),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 60 }), async (steps) => {
+        const pairs = [await pair(servers), await pair(servers)];
+        for (const p of pairs) allowDeferredWrites(p.client);
+        const expected = ["", ""];
+        let n = 0;
+        for (const st of steps) {
+          if (st === "turn") {
+            await turn();
+            continue;
+          }
+          const { client } = pairs[st.socket]!;
+          const piece = `<${n++}${"é".repeat(n % 3)}>`;
+          expected[st.socket] += piece;
+          if (st.way === "soon") writeLatin1Soon(client, piece);
+          else if (st.way === "direct") writeLatin1(client, piece);
+          else if (st.way === "stream") client.write(piece, "latin1");
+          else {
+            client.cork();
+            client.write(piece, "latin1");
+            client.uncork();
+          }
+        }
+        for (const p of pairs) p.client.end();
+        const got = await Promise.all(pairs.map((p) => readToEnd(p.peer)));
+        for (const p of pairs) p.peer.destroy();
+        assert.deepEqual(got, expected);
+      }),
+      { numRuns: 40 },
+    );
   });
 });

@@ -1,7 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
 import { HOP_BY_HOP, TCHAR, connectionTokens, onlyFrom } from "./headers.ts";
-import { writeLatin1 } from "./direct-write.ts";
+import { allowDeferredWrites, writeLatin1Soon } from "./direct-write.ts";
 import { expireAfterReads } from "./deadlines.ts";
 
 /**
@@ -155,6 +155,7 @@ export class UpstreamConnection {
       },
     });
     this.socket = socket;
+    allowDeferredWrites(socket);
     socket.on("connect", () => {
       this.#connected = true;
       if (this.#sink) this.deadlineMs = Date.now() + opts.responseTimeoutMs;
@@ -183,7 +184,7 @@ export class UpstreamConnection {
     this.deadlineMs = Date.now() + (this.#connected ? this.#opts.responseTimeoutMs : this.#opts.connectTimeoutMs);
     busy.add(this);
     ensureSweeper();
-    writeLatin1(this.socket, head);
+    writeLatin1Soon(this.socket, head);
   }
 
   /** Request body bytes went out: the replica is not silent, we are still talking. */
