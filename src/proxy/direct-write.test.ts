@@ -3,6 +3,7 @@ import { once } from "node:events";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
 import fc from "fast-check";
+import { nextTurn } from "../turn.ts";
 import { allowDeferredWrites, flushDeferredWrites, writeLatin1, writeLatin1Soon } from "./direct-write.ts";
 
 /** A connected pair: `client` is ours to write on, `peer` the server side, paused so the kernel buffers fill. */
@@ -132,6 +133,35 @@ describe("writeLatin1Soon", () => {
     await turn();
     assert.equal(client.bytesWritten, 6);
     assert.equal(await readAll(peer, 6), "onetwo");
+    client.destroy();
+    peer.destroy();
+  });
+
+  it("sends at once when 16 sockets wait, so a long turn does not hold the first answers to its end", async () => {
+    const pairs = await Promise.all(Array.from({ length: 16 }, () => pair(servers)));
+    for (const p of pairs) allowDeferredWrites(p.client);
+    for (let i = 0; i < 15; i++) writeLatin1Soon(pairs[i]!.client, "x");
+    assert.deepEqual(pairs.map((p) => p.client.bytesWritten), new Array(16).fill(0));
+    writeLatin1Soon(pairs[15]!.client, "x");
+    assert.deepEqual(pairs.map((p) => p.client.bytesWritten), new Array(16).fill(1));
+    // What comes after in the same turn waits for the turn's end as before.
+    writeLatin1Soon(pairs[0]!.client, "y");
+    assert.equal(pairs[0]!.client.bytesWritten, 1);
+    await turn();
+    assert.equal(pairs[0]!.client.bytesWritten, 2);
+    for (const p of pairs) {
+      p.client.destroy();
+      p.peer.destroy();
+    }
+  });
+
+  it("sends what waits before a slice of a long job queued earlier in the turn (src/turn.ts)", async () => {
+    const { client, peer } = await pair(servers);
+    allowDeferredWrites(client);
+    // The slice's turn was asked for first, as a store's next slice is, in the turn before.
+    const seenBySlice = nextTurn().then(() => client.bytesWritten);
+    writeLatin1Soon(client, "answer");
+    assert.equal(await seenBySlice, 6);
     client.destroy();
     peer.destroy();
   });

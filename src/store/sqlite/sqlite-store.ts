@@ -7,6 +7,7 @@ import { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
+import { nextTurn } from "../../turn.ts";
 import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, type Query } from "../aggregate.ts";
 import { checkSchemaReadOnly, latestSchemaVersion, migrations } from "../migrations.ts";
 import {
@@ -383,7 +384,6 @@ const MIN_SLICE_ROWS = 50;
 const SLOWER_WEIGHT = 0.5;
 const FASTER_WEIGHT = 0.25;
 
-const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** Events inserted per turn of the event loop: about half a millisecond of inserts. */
 const EVENT_SLICE_ROWS = 250;
 
