@@ -10,6 +10,7 @@
 # $TMPDIR/abgate-ab-<sha>/), optionally followed by `:off` for exposure logging off. Examples:
 #   bash bench/proxy/ab.sh work HEAD~1          # what the uncommitted change is worth
 #   bash bench/proxy/ab.sh work work:off        # what exposure logging costs
+# A_NODEFLAGS / B_NODEFLAGS add node flags to one side, e.g. A_NODEFLAGS=--max-semi-space-size=64 ... work work
 # Both run from their sources through tsx (the same loader for both). Each is a sticky experiment over two nginx
 # backends (`return 200`), with exposures in a fresh SQLite file, under bench/proxy/users.lua (10,000 users).
 set -euo pipefail
@@ -44,12 +45,12 @@ logging_of() { case $1 in *:off) echo off;; *) echo on;; esac; }
 
 start_backends "$D" 21801 21802
 
-start_abgate() { # name spec port
+start_abgate() { # name spec port nodeflags
   local dir="$D/$1"; mkdir -p "$dir"
   rm -f "$dir"/abgate.db*
   write_abgate_config "$dir/abgate.yaml" "$3" "$dir/abgate.db" 21801 21802
   local src; src=$(src_of "$2")
-  (cd "$src" && ABGATE_EXPOSURES=$(logging_of "$2") exec taskset -c 0 node --import "$TSX" src/cli/main.ts serve -c "$dir/abgate.yaml" >"$dir/out.log" 2>&1) &
+  (cd "$src" && ABGATE_EXPOSURES=$(logging_of "$2") exec taskset -c 0 node $4 --import "$TSX" src/cli/main.ts serve -c "$dir/abgate.yaml" >"$dir/out.log" 2>&1) &
   echo $!
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -61,9 +62,9 @@ ratios="$D/ratios"; : > "$ratios"
 for r in $(seq "$ROUNDS"); do
   # Alternate ports and start order between the two.
   if [ $((r % 2)) -eq 1 ]; then
-    pa=21810; pb=21820; PA=$(start_abgate a "$A" $pa); PB=$(start_abgate b "$B" $pb)
+    pa=21810; pb=21820; PA=$(start_abgate a "$A" $pa "${A_NODEFLAGS:-}"); PB=$(start_abgate b "$B" $pb "${B_NODEFLAGS:-}")
   else
-    pa=21820; pb=21810; PB=$(start_abgate b "$B" $pb); PA=$(start_abgate a "$A" $pa)
+    pa=21820; pb=21810; PB=$(start_abgate b "$B" $pb "${B_NODEFLAGS:-}"); PA=$(start_abgate a "$A" $pa "${A_NODEFLAGS:-}")
   fi
   PIDS+=("$PA" "$PB")
   wait_up $pa; wait_up $pb
