@@ -166,6 +166,25 @@ describe("writeLatin1Soon", () => {
     peer.destroy();
   });
 
+  it("a write that throws at the turn's end destroys its socket only; the others' answers still leave", async () => {
+    const a = await pair(servers);
+    const b = await pair(servers);
+    allowDeferredWrites(a.client);
+    allowDeferredWrites(b.client);
+    const handle = (a.client as unknown as { _handle: { writeLatin1String(): number } })._handle;
+    handle.writeLatin1String = () => {
+      throw new Error("broken handle");
+    };
+    const failure = once(a.client, "error");
+    writeLatin1Soon(a.client, "lost");
+    writeLatin1Soon(b.client, "kept");
+    assert.equal(((await failure) as [Error])[0].message, "broken handle");
+    b.client.end();
+    assert.equal(await readToEnd(b.peer), "kept");
+    a.peer.destroy();
+    b.peer.destroy();
+  });
+
   it("sends what waits before a later write or end of the same socket, so the bytes keep their order", async () => {
     const { client, peer } = await pair(servers);
     allowDeferredWrites(client);

@@ -187,7 +187,14 @@ export function flushDeferredWrites(): void {
   // (a write here is never deferred, so the list does not grow while it is walked)
   for (let i = 0; i < waiting.length; i++) {
     const s = waiting[i]!;
-    if (s[PENDING] !== undefined) sendPending(s);
+    if (s[PENDING] === undefined) continue;
+    try {
+      sendPending(s);
+    } catch (err) {
+      // (not known to happen: a write that fails reports it on the socket) One socket's failure must not keep
+      // the others' answers, nor escape into the event loop.
+      s.destroy(err as Error);
+    }
   }
   waiting.length = 0;
 }
