@@ -30,12 +30,13 @@ async function readAll(peer: Socket, bytes: number): Promise<string> {
   return got;
 }
 
-describe("writeLatin1", () => {
-  const servers: Server[] = [];
-  after(() => {
-    for (const s of servers) s.close();
-  });
+/** Every listening server of this file, closed at its end. */
+const servers: Server[] = [];
+after(() => {
+  for (const s of servers) s.close();
+});
 
+describe("writeLatin1", () => {
   it("keeps byte order when direct writes and stream writes mix, corked or not", async () => {
     const { client, peer } = await pair(servers);
     const parts: string[] = [];
@@ -118,11 +119,6 @@ async function readToEnd(peer: Socket): Promise<string> {
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 describe("writeLatin1Soon", () => {
-  const servers: Server[] = [];
-  after(() => {
-    for (const s of servers) s.close();
-  });
-
   it("sends at the end of the event loop's turn, not before", async () => {
     const { client, peer } = await pair(servers);
     allowDeferredWrites(client);
