@@ -260,6 +260,29 @@ describe("HealthTracker: active checks", () => {
 });
 
 describe("HealthTracker: passive ejection", () => {
+  test("an ejection is reported for as long as it was decided, even when the clock moves while it is decided", () => {
+    // A real clock may tick between the decision and the report: the gateway's log line once said "1999 ms" for a
+    // 2,000 ms ejection. Here every read of the clock moves it by 1 ms.
+    const clock = new (class extends ManualClock {
+      override now(): number {
+        const t = super.now();
+        this.advance(1);
+        return t;
+      }
+    })(1_000_000);
+    const changes: HealthChange[] = [];
+    const tracker = new HealthTracker({ clock, probe: scriptedProbe().probe, ejectAfterFailures: 2, ejectionMs: 1000 });
+    tracker.onChange((c) => changes.push(c));
+    tracker.setEndpoints([ep("control-0")], {});
+    tracker.reportFailure("control-0", "answered 500");
+    tracker.reportFailure("control-0", "answered 500");
+    assert.deepEqual(
+      changes.filter((c) => c.to === "ejected").map((c) => c.ejectionMs),
+      [1000],
+    );
+    tracker.stop();
+  });
+
   test("ejectAfterFailures consecutive failures eject for ejectionMs, then the endpoint returns", async () => {
     const { tracker, changes, advance, clock } = setup({ ejectAfterFailures: 3, ejectionMs: 10_000 });
     tracker.setEndpoints([ep("control-0")], {});

@@ -109,6 +109,8 @@ interface Entry {
   lastCheckMs: number | null;
   lastError: string | null;
   ejectedUntilMs: number | null;
+  /** how long the current ejection lasts, as decided (the change reports this, not a difference of clock reads) */
+  ejectionForMs: number;
   ejectionTimer: TimerHandle | null;
   /** ejections in a row (see reportFailure), and when the last one ended */
   ejections: number;
@@ -234,6 +236,7 @@ export class HealthTracker {
     entry.ejections = Math.min(most, Math.max(0, entry.ejections - backFor) + 1);
     const ms = Math.min(this.#ejectionMs * entry.ejections, this.#maxEjectionMs);
     entry.ejectedUntilMs = now + ms;
+    entry.ejectionForMs = ms;
     entry.ejectionTimer = this.#clock.setTimeout(() => this.#uneject(entry), ms);
     this.#update(entry);
   }
@@ -314,6 +317,7 @@ export class HealthTracker {
       lastCheckMs: null,
       lastError: null,
       ejectedUntilMs: null,
+      ejectionForMs: 0,
       ejectionTimer: null,
       ejections: 0,
       unejectedAtMs: 0,
@@ -424,7 +428,7 @@ export class HealthTracker {
     entry.state = state;
     this.#healthy.set(entry.endpoint.id, state === "healthy");
     const out = state === "unhealthy" || state === "ejected";
-    const ejection = state === "ejected" ? { ejectionMs: entry.ejectedUntilMs! - this.#clock.now(), ejections: entry.ejections } : {};
+    const ejection = state === "ejected" ? { ejectionMs: entry.ejectionForMs, ejections: entry.ejections } : {};
     this.#emit({ id: entry.endpoint.id, variant: entry.endpoint.variant, from, to: state, ...(out ? { lastError: entry.lastError } : {}), ...ejection });
   }
 
