@@ -529,10 +529,16 @@ export class ClientConnection {
    * Whether the head being read has had no line end yet, up to byte `end` of this read (the one execute() just
    * counted): none in this read before `end`, and none in the earlier reads of its message. A message that began in
    * this read behind another one sees that one's line ends: taken as ended, so such a URL gets 431, never a wrong 414.
+   * Empty lines at the start of the read, which llhttp skips before a request line (RFC 9112 §2.2), end no line of
+   * a message that began in it: its first byte comes after them.
    */
   #urlOnlySoFar(end: number): boolean {
     const beganHere = this.#messageRead === this.#reads - 1;
-    return (beganHere || this.#lineOpen) && !this.#parser!.getCurrentBuffer().subarray(0, end).includes(10);
+    if (!beganHere && !this.#lineOpen) return false;
+    const read = this.#parser!.getCurrentBuffer();
+    let from = 0;
+    if (beganHere) while (from < end && (read[from] === 10 || read[from] === 13)) from++;
+    return !read.subarray(from, end).includes(10);
   }
 
   #parseError(err: Error & { code?: string }): void {
