@@ -13,7 +13,8 @@ import { expireAfterReads } from "./deadlines.ts";
  * (reads go straight from libuv into llhttp, as in `http.Server`), hands us the raw header list, and responses
  * are written as one string plus the body. Everything HTTP-ish that `http.Server` did for us is done here:
  * keep-alive and `Connection: close`, HTTP/1.0 clients, pipelining in order, `Expect: 100-continue`, header size
- * (431, or 414 for a URL that alone passes it), parse errors (400), header/request/idle timeouts (408 or a silent close), half-closed clients, upgrades.
+ * (431, or 414 for a URL that alone passes it), parse errors (400), header/request/idle timeouts (408 or a silent
+ * close), half-closed clients, upgrades.
  */
 
 const require = createRequire(import.meta.url);
@@ -486,7 +487,7 @@ export class ClientConnection {
     this.#startAfterHead = null;
     if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
     // A head goes on into the next read (rare: most come whole): carry whether its request line is still open.
-    if (this.#messageRead !== -1) this.#lineOpen = this.#urlOnlySoFar(this.#parser!.getCurrentBuffer().length);
+    if (this.#messageRead !== -1) this.#lineOpen = this.#urlOnlySoFar();
     if (waiting !== null) this.#begin(waiting);
     if (this.#plainUpgrade) {
       // The parser goes on with the next read, but bytes after the upgrade-offering request in this read were not
@@ -527,15 +528,16 @@ export class ClientConnection {
 
   /**
    * Whether the head being read has had no line end yet, up to byte `end` of this read (the one execute() just
-   * counted): none in this read before `end`, and none in the earlier reads of its message. A message that began in
+   * counted; by default its end): none in this read before `end`, and none in the earlier reads of its message. A message that began in
    * this read behind another one sees that one's line ends: taken as ended, so such a URL gets 431, never a wrong 414.
    * Empty lines at the start of the read, which llhttp skips before a request line (RFC 9112 §2.2), end no line of
    * a message that began in it: its first byte comes after them.
    */
-  #urlOnlySoFar(end: number): boolean {
+  #urlOnlySoFar(end?: number): boolean {
     const beganHere = this.#messageRead === this.#reads - 1;
     if (!beganHere && !this.#lineOpen) return false;
     const read = this.#parser!.getCurrentBuffer();
+    end ??= read.length;
     let from = 0;
     if (beganHere) while (from < end && (read[from] === 10 || read[from] === 13)) from++;
     return !read.subarray(from, end).includes(10);
