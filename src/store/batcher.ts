@@ -260,6 +260,10 @@ export class ExposureBatcher {
       this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
     }
     this.#size -= n;
+    // An empty ring starts again at its first slot: otherwise its ten columns are written at ever new places over
+    // the whole capacity (about 6 MB at 100,000 rows), each row on cache lines that are cold again, and they push the
+    // proxy's own data out of the caches. Same-core pairs (bench/proxy/ab.sh -r 8), this against without: 1.012 and 1.008 req/s.
+    if (this.#size === 0) this.#head = 0;
     return rows;
   }
 
