@@ -207,6 +207,8 @@ const responseArb = fc.record({
   upperHex: fc.boolean(),
   chunkExt: fc.boolean(),
   trailers: fc.boolean(),
+  /** trailer lines, and the empty line that ends them, end in a lone LF (RFC 9112 §2.2 lets a recipient take it) */
+  trailerLf: fc.boolean(),
   seed: fc.integer(),
   splitProb: fc.constantFrom(0, 0.01, 0.1, 1),
 });
@@ -252,7 +254,8 @@ function build(g: Gen, rng: RandomSource): Built {
         parts.push(Buffer.from(`${hex(size)}${g.chunkExt ? ";a=b" : ""}\r\n`), body.subarray(at, at + size), Buffer.from("\r\n"));
         at += size;
       }
-      parts.push(Buffer.from(`0${g.chunkExt ? ";last=1" : ""}\r\n${g.trailers ? "X-Trailer: 1\r\nx-t2: abc\r\n" : ""}\r\n`));
+      const eol = g.trailerLf ? "\n" : "\r\n";
+      parts.push(Buffer.from(`0${g.chunkExt ? ";last=1" : ""}\r\n${g.trailers ? `X-Trailer: 1${eol}x-t2: abc${eol}` : ""}${eol}`));
       payload = Buffer.concat(parts);
     } else {
       payload = body;

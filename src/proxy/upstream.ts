@@ -607,7 +607,15 @@ export class UpstreamConnection {
           i++;
           break;
         case Chunk.TrailerLineStart:
-          // Trailers are dropped (Node re-frames the body for the client); an empty line ends the message.
+          // Trailers are dropped (Node re-frames the body for the client); an empty line ends the message. A lone LF
+          // ends a trailer line (Chunk.Trailer), so it ends the empty one too (RFC 9112 §2.2, as nginx reads it): the
+          // message ends there, rather than waiting for a line that never comes until the response timeout.
+          if (buf[i] === 10) {
+            i++;
+            if (i < buf.length) this.#keepAlive = false;
+            this.#finish(true);
+            return -1;
+          }
           if (buf[i] === 13) this.#chunkState = Chunk.TrailerLf;
           else this.#chunkState = Chunk.Trailer;
           i++;
