@@ -94,6 +94,9 @@ before(async () => {
       case "/upgrade-refused":
         if (body) sentEarly.push(body);
         return ok(socket, "", "no upgrade");
+      case "/upgrade-refused-kept":
+        // A refusal that keeps its connection open, with connection fields of its own (and a body even for HEAD).
+        return socket.write("HTTP/1.1 401 Unauthorized\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\nx-end-to-end: 1\r\ncontent-length: 4\r\n\r\nnope");
       case "/slow":
         return void setTimeout(() => ok(socket, "", "slow"), 300);
       case "/event-stream":
@@ -260,6 +263,25 @@ test("a WebSocket upgrade is tunnelled only after 101; a refusal ends the client
 
   const garbage = await rawRequest(gw.proxyUrl, "GET /upgrade-garbage HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
   assert.match(garbage, /^HTTP\/1\.1 502/);
+});
+
+test("a refused handshake's answer loses the replica's connection fields and ends the client's connection at its end, HEAD's with its head", async () => {
+  const handshake = (method: string) =>
+    `${method} /upgrade-refused-kept HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`;
+  for (const method of ["GET", "HEAD"]) {
+    const startedMs = Date.now();
+    // (rawRequest returns when abgate closes, or after 3 s of silence)
+    const answer = await rawRequest(gw.proxyUrl, handshake(method), 3000);
+    assert.ok(Date.now() - startedMs < 2000, `${method}: the connection ended with the answer, not when the replica or a timeout closed it`);
+    const [head, body] = answer.split("\r\n\r\n");
+    assert.match(head!, /^HTTP\/1\.1 401/);
+    assert.equal(head!.match(/^connection:/gim)?.length, 1, `${method}: one Connection field, abgate's: ${head}`);
+    assert.match(head!, /\r\nconnection: close\r\n/);
+    assert.doesNotMatch(head!, /keep-alive|x-hop/i, "hop-by-hop fields, and those the replica's Connection names, are the replica's own (RFC 9110 §7.6.1)");
+    assert.match(head!, /\r\nx-end-to-end: 1(\r\n|$)/);
+    assert.match(head!, /\r\ncontent-length: 4(\r\n|$)/);
+    assert.equal(body, method === "HEAD" ? "" : "nope", "an answer to HEAD has no content (RFC 9110 §9.3.2)");
+  }
 });
 
 test("an absolute-form target goes on as origin-form, with its authority as Host (RFC 9112 §3.2.2)", async () => {

@@ -979,6 +979,8 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
     socket.write(head, "latin1");
     // The answer's head may come in several reads, and after interim 1xx heads (100, 103), which are dropped.
     let pending: Buffer | null = null;
+    /** a refusal of known length was passed on whole */
+    let refusalDone = false;
     const refuseAnswer = (what: string) => {
       socket.removeListener("data", onData);
       socket.destroy();
@@ -1019,24 +1021,50 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       // it (below).
       const close = status === 101 ? "" : "connection: close\r\n";
       const [statusLine, ...fields] = head.split("\r\n");
-      const kept = fields.filter((line) => !ABGATE_RESPONSE_HEADERS.has(line.slice(0, line.indexOf(":")).trim().toLowerCase()));
+      const dropped = status === 101 ? ABGATE_RESPONSE_HEADERS : refusalDroppedFields(fields);
+      const kept = fields.filter((line) => !dropped.has(fieldName(line)));
       // RFC 9110 §6.6.1, as for a plain request's answer: a final answer without a Date gets abgate's (not a 101).
       if (status !== 101 && !kept.some((line) => /^date[ \t]*:/i.test(line))) kept.unshift(`date: ${httpDate()}`);
       client.write(`${statusLine}\r\n${close}${cookie}x-abgate-variant: ${served}\r\nx-abgate-request-id: ${requestId}\r\n${kept.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
-      if (rest.length > 0) client.write(rest);
       record(status);
       if (status !== 101) {
         // Not switched: the replica's answer is passed on, but nothing more from the client goes to that connection,
         // which abgate does not frame: a tunnel opened on a refusal would carry the client's next requests to the
         // replica unassigned, unrecorded and with forged x-forwarded-* headers. The client's bytes held back since the
-        // handshake (headBytes) are dropped for the same reason. The connection ends with the answer (the client was
-        // told), or after the idle timeout if the replica keeps its side open.
+        // handshake (headBytes) are dropped for the same reason. The connection ends with the answer (RFC 9112 §9.6:
+        // it said close): at its end when its length is known (no body, or a Content-Length), else when the replica
+        // closes, or after the idle timeout if the replica keeps its side open.
         socket.removeAllListeners("timeout");
         socket.setTimeout(ctx.config.limits.idleTimeoutMs, () => socket.destroy());
         client.resume();
-        socket.pipe(client);
+        const length = refusalBodyLength(req.method, status, kept);
+        if (length === undefined) {
+          if (rest.length > 0) client.write(rest);
+          socket.pipe(client);
+          return;
+        }
+        let left = length;
+        const pass = (piece: Buffer): void => {
+          const n = Math.min(left, piece.length);
+          left -= n;
+          if (n > 0 && !client.write(n === piece.length ? piece : piece.subarray(0, n))) {
+            socket.pause();
+            client.once("drain", () => socket.resume());
+          }
+          if (left === 0) {
+            socket.removeListener("data", pass);
+            // The answer is whole: the replica's connection goes, and the client's ends once its bytes are out (not
+            // cut by that close, below).
+            refusalDone = true;
+            socket.destroy();
+            client.destroySoon();
+          }
+        };
+        socket.on("data", pass);
+        pass(rest);
         return;
       }
+      if (rest.length > 0) client.write(rest);
       socket.setTimeout(0);
       // Switched: what the client sent after its handshake belongs to the new protocol, and goes first.
       if (headBytes.length) socket.write(headBytes);
@@ -1061,7 +1089,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
       return true;
     };
     socket.on("close", () => {
-      if (!closedUnanswered()) client.destroy();
+      if (!closedUnanswered() && !refusalDone) client.destroy();
     });
     socket.on("end", () => {
       if (closedUnanswered()) socket.destroy();
@@ -1118,6 +1146,46 @@ function headEnd(data: Buffer): { end: number; consumed: number } | null {
 
 /** The headers abgate sets on every answer (16 and 19 characters long). */
 const ABGATE_RESPONSE_HEADERS = new Set(["x-abgate-variant", "x-abgate-request-id"]);
+
+/** A head line's field name, lower-cased. */
+function fieldName(line: string): string {
+  return line.slice(0, line.indexOf(":")).trim().toLowerCase();
+}
+
+/**
+ * The fields of a replica's refusal of a handshake that are not passed on: abgate's own, and the hop-by-hop ones
+ * (RFC 9110 §7.6.1), with those its Connection names, since the client's connection is abgate's and ends with the
+ * answer: a replica's `Connection: keep-alive` and `Keep-Alive` beside abgate's `connection: close` contradicted it.
+ * Transfer-Encoding stays: the body goes on as the replica framed it.
+ */
+function refusalDroppedFields(fields: readonly string[]): Set<string> {
+  const dropped = new Set([...ABGATE_RESPONSE_HEADERS, ...HOP_BY_HOP]);
+  dropped.delete("transfer-encoding");
+  for (const line of fields) {
+    if (fieldName(line) !== "connection") continue;
+    for (const name of connectionTokens(line.slice(line.indexOf(":") + 1).trim()) ?? []) dropped.add(name);
+  }
+  return dropped;
+}
+
+/**
+ * How many body bytes follow a refusal's head (RFC 9112 §6.3): none for a HEAD handshake, a 1xx, 204 or 304; its
+ * Content-Length when that is its only framing; undefined when the body ends only with the connection (chunked, or
+ * close-delimited), which is then passed on until the replica closes.
+ */
+function refusalBodyLength(method: string, status: number, fields: readonly string[]): number | undefined {
+  if (method === "HEAD" || status < 200 || status === 204 || status === 304) return 0;
+  let length: number | undefined;
+  for (const line of fields) {
+    const name = fieldName(line);
+    if (name === "transfer-encoding") return undefined;
+    if (name !== "content-length") continue;
+    const value = line.slice(line.indexOf(":") + 1).trim();
+    if (!/^\d{1,15}$/.test(value) || (length !== undefined && length !== Number(value))) return undefined;
+    length = Number(value);
+  }
+  return length;
+}
 
 /** The first value of a header in a raw [name, value, ...] list, by lower-case name. */
 function headerValue(raw: string[], lowerName: string): string | undefined {
