@@ -68,7 +68,10 @@ const sentEarly: string[] = [];
 
 before(async () => {
   backend = await rawBackend((head, socket, body) => {
-    const [, method, path] = /^(\S+) (\S+)/.exec(head)!;
+    // (this replica reads bodies by Content-Length only: a chunked body's bytes come here as a "head", not answered)
+    const line = /^(\S+) (\S+)/.exec(head);
+    if (line === null) return;
+    const [, method, path] = line;
     if (method === "POST") actedOn.set(path, (actedOn.get(path) ?? 0) + 1);
     switch (path) {
       case "/drop":
@@ -431,6 +434,38 @@ test("CONNECT is answered 405 and the connection closed", async () => {
   // The default timeouts are long (10 s and more): only closing after the answer ends it this soon.
   await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error("still open after 3 s")), 3000))]);
   assert.match(got, /^HTTP\/1\.1 405 /);
+});
+
+test("a chunked request llhttp refuses in the read of its head is answered with its request id; a whole one before bad bytes is served", async () => {
+  const chunked = (path: string, body: string) => `POST ${path} HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\ntransfer-encoding: chunked\r\n\r\n${body}`;
+  const served = await rawRequest(gw.proxyUrl, `${chunked("/whole-then-garbage", "3\r\nabc\r\n0\r\n\r\n")}GARBAGE\r\n\r\n`, 1000);
+  assert.match(served, /^HTTP\/1\.1 200 /, "the whole request before the garbage is answered (it was dropped, with a bare 400)");
+  assert.match(served, /"head":"POST \/whole-then-garbage /);
+
+  const refused = await rawRequest(gw.proxyUrl, chunked("/bad-chunk", "zz\r\n"), 1000);
+  assert.match(refused, /^HTTP\/1\.1 400 /);
+  assert.match(refused, /\r\nx-abgate-request-id: \S+\r\n/, "as when the bad chunk comes in a later read");
+  assert.match(refused, /"code":"ABGATE_ERR_BAD_REQUEST"/);
+  assert.match(refused, /\r\nconnection: close\r\n/);
+  assert.ok(!backend.heads.some((h) => h.startsWith("POST /bad-chunk ")), "nothing of it reached a replica");
+});
+
+test("an upgrade or CONNECT behind pipelined requests waits for their answers, then goes as it would alone (RFC 9112 §9.3.2)", async () => {
+  const plain = (path: string) => `GET ${path} HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\n\r\n`;
+  const upgrade = "GET /upgrade HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+  // In one write: two requests (the first slow: still being answered when the upgrade is read), the upgrade, and
+  // the new protocol's first bytes.
+  const tunnelled = await rawRequest(gw.proxyUrl, `${plain("/slow")}${plain("/second")}${upgrade}ping`, 1500);
+  const answers = tunnelled.split(/(?=HTTP\/1\.1 )/);
+  assert.deepEqual(answers.map((a) => a.slice(0, 12)), ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 101"], tunnelled);
+  assert.match(answers[0]!, /\r\n\r\nslow$/);
+  assert.match(answers[1]!, /GET \/second /);
+  assert.match(answers[2]!, /\r\n\r\necho:ping$/, "the bytes behind the handshake reach the replica after its 101");
+  // CONNECT behind a request: that one's answer, then the 405, then the end of the connection.
+  const startedMs = Date.now();
+  const refused = await rawRequest(gw.proxyUrl, `${plain("/slow")}CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n`, 3000);
+  assert.deepEqual(refused.split(/(?=HTTP\/1\.1 )/).map((a) => a.slice(0, 12)), ["HTTP/1.1 200", "HTTP/1.1 405"]);
+  assert.ok(Date.now() - startedMs < 2500, "the connection ended after the 405");
 });
 
 test("a response head that comes alone reaches the client at once (a stream's first event may be seconds away); a stream then silent past responseTimeoutMs is cut, not turned into a 504", async () => {

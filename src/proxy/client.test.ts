@@ -17,6 +17,7 @@ async function echoServer(limits: Partial<ConstructorParameters<typeof ClientSer
         let body = "";
         let started = false;
         let complete = false;
+        let refused = 0;
         const answer = () => {
           const text = `${req.method} ${req.url} ${body}`;
           conn.respondNow(200, "", text, false);
@@ -26,6 +27,10 @@ async function echoServer(limits: Partial<ConstructorParameters<typeof ClientSer
           request: req,
           start() {
             started = true;
+            if (refused !== 0) {
+              conn.respondNow(refused, "", "refused", true);
+              return conn.responseDone(ex);
+            }
             if (complete) setTimeout(answer, req.url.startsWith("/slow") ? 50 : 0);
           },
           onBody: (c) => (body += c.toString()),
@@ -39,6 +44,9 @@ async function echoServer(limits: Partial<ConstructorParameters<typeof ClientSer
             conn.responseDone(ex);
           },
           onClientDrain() {},
+          refuse(status) {
+            refused = status;
+          },
         };
         return ex;
       },

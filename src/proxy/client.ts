@@ -82,6 +82,8 @@ export interface ClientExchange {
   onClientClose(): void;
   /** the client sent something invalid, or too slowly, after the head: answer `status` if the response has not begun */
   onClientFault(status: number, reason: string): void;
+  /** Not started yet, and to be refused with `status` when it starts (llhttp refused its head or its body). */
+  refuse(status: number, reason: string): void;
   /** the client's socket took everything written so far (after a write returned false) */
   onClientDrain(): void;
   /**
@@ -243,6 +245,8 @@ export class ClientConnection {
   #startAfterHead: ClientExchange | null = null;
   /** an Upgrade request whose head was just parsed; handed over once the parser returns (`execute`) */
   #upgrade: ClientRequest | null = null;
+  /** an Upgrade request that came behind requests still being answered, and the bytes read after its head */
+  #upgradeAfter: { req: ClientRequest; head: Buffer } | null = null;
   /** the request being read offered an Upgrade abgate does not tunnel (not websocket): proxied as plain HTTP */
   #plainUpgrade = false;
   #headerParts: string[] | null = null;
@@ -307,7 +311,8 @@ export class ClientConnection {
   }
 
   resumeReading(): void {
-    if (!this.#readPaused || this.#queue.length > 0) return;
+    // (after an upgrade's head the parser reads nothing more: the bytes after it are the new protocol's)
+    if (!this.#readPaused || this.#queue.length > 0 || this.#upgradeAfter !== null) return;
     this.#readPaused = false;
     const h = this.socket._handle;
     if (h && !h.reading && !this.socket.destroyed) {
@@ -360,6 +365,7 @@ export class ClientConnection {
     if (this.closing || !this.keepAlive || this.server.draining || this.#ended) {
       this.closing = true;
       this.#queue.length = 0;
+      this.#upgradeAfter = null;
       // destroySoon, not end: unread request bytes would otherwise keep a half-closed socket open; nothing more will
       // be answered. (It ends our side first and destroys once the answer is flushed.)
       this.socket.destroySoon();
@@ -367,6 +373,11 @@ export class ClientConnection {
     }
     const next = this.#queue.shift();
     if (next) this.#begin(next);
+    else if (this.#upgradeAfter !== null) {
+      const { req, head } = this.#upgradeAfter;
+      this.#upgradeAfter = null;
+      return this.#upgradeNow(req, head);
+    }
     // Resume: the next request may come, or the rest of an answered request's body is to be read and dropped.
     this.resumeReading();
     if (this.current === null && this.#reading === null) this.setDeadline(Deadline.Idle, this.server.limits.idleTimeoutMs);
@@ -487,7 +498,7 @@ export class ClientConnection {
     this.#reads++;
     const waiting = this.#startAfterHead;
     this.#startAfterHead = null;
-    if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string });
+    if (ret instanceof Error) return this.#parseError(ret as Error & { code?: string }, waiting);
     // A head goes on into the next read (rare: most come whole): carry whether its request line is still open.
     if (this.#messageRead !== -1) this.#lineOpen = this.#urlOnlySoFar();
     if (waiting !== null) this.#begin(waiting);
@@ -505,17 +516,28 @@ export class ClientConnection {
     const req = this.#upgrade;
     if (req === null) return;
     this.#upgrade = null;
-    if (req.method === "CONNECT" || this.current !== null) {
-      // abgate is not a forward proxy; and an upgrade behind a pipelined request is not worth the complexity.
-      this.closing = true;
-      if (this.current === null) {
-        this.respondNow(req.method === "CONNECT" ? 405 : 400, "", "", true);
-        this.socket.destroySoon();
-      } else this.socket.destroy();
+    const head = Buffer.from(this.#parser!.getCurrentBuffer().subarray(ret));
+    if (this.current !== null || this.#queue.length > 0) {
+      // Behind pipelined requests still being answered: its turn comes after theirs (RFC 9112 §9.3.2), as in nginx.
+      // Cutting the connection here lost an answer under way, of a request that may have changed something. The
+      // parser stopped at this head; reading waits for the handover (responseDone).
+      this.#upgradeAfter = { req, head };
+      this.deadline = Deadline.None;
+      this.pauseReading();
       return;
     }
-    const parser = this.#parser!;
-    const head = Buffer.from(parser.getCurrentBuffer().subarray(ret));
+    this.#upgradeNow(req, head);
+  }
+
+  /** Hand the connection over for an upgrade (or refuse a CONNECT); `head` has the bytes read after its head. */
+  #upgradeNow(req: ClientRequest, head: Buffer): void {
+    if (req.method === "CONNECT") {
+      // abgate is not a forward proxy.
+      this.closing = true;
+      this.respondNow(405, "", "", true);
+      this.socket.destroySoon();
+      return;
+    }
     this.#release();
     const socket = this.socket;
     socket.removeListener("close", onSocketClose);
@@ -545,14 +567,39 @@ export class ClientConnection {
     return !read.subarray(from, end).includes(10);
   }
 
-  #parseError(err: Error & { code?: string }): void {
+  /**
+   * llhttp refused the bytes of this read. `waiting` is a request whose head came in it and that has not started
+   * (see ClientExchange.startAfterHead).
+   */
+  #parseError(err: Error & { code?: string }, waiting: ClientExchange | null): void {
     const code = err.code ?? "HPE_UNKNOWN";
-    const at = (err as { bytesParsed?: number }).bytesParsed ?? 0;
     this.server.handlers.clientError(code, err.message);
+    const [status, reason] = this.#parseErrorAnswer(err, code);
+    if (waiting !== null) {
+      if (this.#reading === waiting) {
+        // It is the request llhttp refused (its head, judged after the head callback, or its body in the same read):
+        // refused before it starts, as a refusal of its head is, with its request id; never assigned, nothing sent
+        // to a replica. (It used to get a bare 400, as for bytes that were no request.)
+        this.#reading = null;
+        this.closing = true;
+        this.#queue.length = 0;
+        this.deadline = Deadline.None;
+        waiting.refuse(status, reason);
+        return this.#begin(waiting);
+      }
+      // Whole before the bytes llhttp refused: answered first, then the connection ends (#fault). It was dropped
+      // with a bare 400 before.
+      this.#begin(waiting);
+    }
+    this.#fault(status, reason);
+  }
+
+  #parseErrorAnswer(err: Error & { bytesParsed?: number }, code: string): [status: number, reason: string] {
+    const at = err.bytesParsed ?? 0;
     if (code === "HPE_INVALID_METHOD") {
       const method = unknownMethod(this.#parser?.getCurrentBuffer(), at);
       // RFC 9110 §9.1: a method the server does not implement is a 501; not a 400, which says the request is malformed.
-      if (method !== undefined) return this.#fault(501, `method ${method.slice(0, 40)} is not supported`);
+      if (method !== undefined) return [501, `method ${method.slice(0, 40)} is not supported`];
     }
     if (code === "HPE_HEADER_OVERFLOW") {
       // Node counts the URL toward the header limit (with header names and values), so a long URL overflows it too.
@@ -560,9 +607,9 @@ export class ClientConnection {
       // no line of the head ended before the overflow, so the URL alone reached the limit. (#lineOpen is false
       // outside a head, as in a chunked body's trailers.)
       const urlOnly = this.#parser !== null && this.#urlOnlySoFar(at);
-      return this.#fault(urlOnly ? 414 : 431, urlOnly ? "URL too long" : err.message);
+      return urlOnly ? [414, "URL too long"] : [431, err.message];
     }
-    this.#fault(400, err.message);
+    return [400, err.message];
   }
 
   /** A fatal client error or timeout: answer `status` if nothing is being answered yet, then end the connection. */
@@ -630,6 +677,7 @@ export class ClientConnection {
     this.current = null;
     this.#queue = [];
     this.#reading = null;
+    this.#upgradeAfter = null;
     ex?.onClientClose();
     this.#release();
   }

@@ -630,6 +630,10 @@ class Exchange implements UpstreamSink, ClientExchange {
     this.record(CLIENT_CLOSED);
   }
 
+  refuse(status: number, reason: string): void {
+    this.refusal = { status, code: "ABGATE_ERR_BAD_REQUEST", message: reason, close: true };
+  }
+
   onClientFault(status: number, reason: string): void {
     if (this.upstreamDone) return this.conn.destroy();
     if (this.upstream) {
