@@ -1,7 +1,7 @@
 import { createRequire } from "node:module";
 import { STATUS_CODES } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
-import { allowDeferredWrites, type DeferredWrites, writeLatin1Soon } from "./direct-write.ts";
+import { allowDeferredWrites, writeLatin1Soon } from "./direct-write.ts";
 import { expireAfterReads } from "./deadlines.ts";
 
 /**
@@ -223,8 +223,6 @@ export class ClientConnection {
   /** whether the peer is in forwardedHeaders.trustedIPs: asked once per connection (undefined until asked) */
   trustedPeer: boolean | undefined = undefined;
   #parser: NodeHttpParser | null;
-  /** the socket's deferred write (writeHead) */
-  readonly #out: DeferredWrites;
   /** the exchange whose response is being written (the head of the pipeline) */
   current: ClientExchange | null = null;
   /** pipelined exchanges that wait for `current` to be answered */
@@ -273,7 +271,7 @@ export class ClientConnection {
     this.socket = socket;
     this.remoteAddress = socket.remoteAddress ?? "";
     socket[OWNER] = this;
-    this.#out = allowDeferredWrites(socket);
+    allowDeferredWrites(socket);
     const parser = takeParser();
     parser.initialize(HTTPParser.REQUEST, this, server.limits.maxHeaderBytes, 0);
     parser.conn = this;
@@ -325,9 +323,9 @@ export class ClientConnection {
   writeHead(head: string, body?: Buffer): boolean {
     this.responseStarted = true;
     const s = this.socket;
-    if (body === undefined || body.length === 0) return writeLatin1Soon(this.#out, head);
+    if (body === undefined || body.length === 0) return writeLatin1Soon(s, head);
     // A small body joins the head in one string: one plain write instead of cork/writev and its bookkeeping.
-    if (body.length <= SMALL_BODY_BYTES) return writeLatin1Soon(this.#out, head + body.toString("latin1"));
+    if (body.length <= SMALL_BODY_BYTES) return writeLatin1Soon(s, head + body.toString("latin1"));
     s.cork();
     s.write(head, "latin1");
     const ok = s.write(body);

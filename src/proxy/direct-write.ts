@@ -67,8 +67,7 @@ function onComplete(this: WriteReq, status: number): void {
  * writes follow that would need to wait.
  */
 export function writeLatin1(socket: Socket, data: string): boolean {
-  const d = (socket as Deferring)[DEFERRED];
-  if (d !== undefined && d.pending !== undefined) sendPending(d);
+  if ((socket as Deferring)[PENDING] !== undefined) sendPending(socket as Deferring);
   return writeNow(socket, data);
 }
 
@@ -136,53 +135,34 @@ function newReq(b: StreamBinding): WriteReq {
  * and `end` are wrapped), and several deferred writes to one socket join in call order. A socket destroyed before
  * the turn ends drops what waits for it, as a destroyed socket drops its queued writes.
  */
-const DEFERRED = Symbol("abgate.deferredWrites");
-type Deferring = Socket & { [DEFERRED]?: DeferredWrites };
-
-/**
- * A socket's deferred write: made once per socket by `allowDeferredWrites`, kept by the socket's owner and given to
- * `writeLatin1Soon`. An object of its own, of one shape, because sockets come in many shapes (accepted, connected,
- * with the properties each stage adds): the turn's flush read a symbol property of the sockets themselves through
- * V8's megamorphic lookup, about half a percent of the proxy's CPU in `perf`.
- */
-export class DeferredWrites {
-  readonly socket: Socket;
-  /** what waits for the end of the turn */
-  pending: string | undefined = undefined;
-
-  constructor(socket: Socket) {
-    this.socket = socket;
-  }
-}
+const PENDING = Symbol("abgate.pendingWrite");
+type Deferring = Socket & { [PENDING]: string | undefined };
 
 const streamWrite = Socket.prototype.write;
 const streamEnd = Socket.prototype.end;
 
 /** `write` of a socket that may hold a deferred write: that one goes first. */
 function writeAfterPending(this: Deferring, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
-  const d = this[DEFERRED];
-  if (d !== undefined && d.pending !== undefined) sendPending(d);
+  if (this[PENDING] !== undefined) sendPending(this);
   return (streamWrite as (c: unknown, e?: unknown, cb?: unknown) => boolean).call(this, chunk, encoding, cb);
 }
 
 /** `end` of a socket that may hold a deferred write: that one goes before the FIN. */
 function endAfterPending(this: Deferring, chunk?: unknown, encoding?: unknown, cb?: unknown): Socket {
-  const d = this[DEFERRED];
-  if (d !== undefined && d.pending !== undefined) sendPending(d);
+  if (this[PENDING] !== undefined) sendPending(this);
   return (streamEnd as (c?: unknown, e?: unknown, cb?: unknown) => Socket).call(this, chunk, encoding, cb);
 }
 
-/** Lets `writeLatin1Soon` defer writes to `socket`; call once, when the socket is made, and keep what it returns. */
-export function allowDeferredWrites(socket: Socket): DeferredWrites {
-  const d = new DeferredWrites(socket);
-  (socket as Deferring)[DEFERRED] = d;
+/** Lets `writeLatin1Soon` defer writes to `socket`; call once, when the socket is made. */
+export function allowDeferredWrites(socket: Socket): void {
+  const s = socket as Deferring;
+  s[PENDING] = undefined;
   socket.write = writeAfterPending as Socket["write"];
   socket.end = endAfterPending as Socket["end"];
-  return d;
 }
 
 /** Sockets with a deferred write, in the order of their first one this turn (a socket may be listed twice). */
-const waiting: DeferredWrites[] = [];
+const waiting: Deferring[] = [];
 let flushScheduled = false;
 
 /**
@@ -193,10 +173,10 @@ let flushScheduled = false;
  */
 const MAX_WAITING = 16;
 
-function sendPending(d: DeferredWrites): void {
-  const data = d.pending!;
-  d.pending = undefined;
-  if (!d.socket.destroyed) writeNow(d.socket, data);
+function sendPending(s: Deferring): void {
+  const data = s[PENDING]!;
+  s[PENDING] = undefined;
+  if (!s.destroyed) writeNow(s, data);
 }
 
 /**
@@ -206,14 +186,14 @@ function sendPending(d: DeferredWrites): void {
 export function flushDeferredWrites(): void {
   // (a write here is never deferred, so the list does not grow while it is walked)
   for (let i = 0; i < waiting.length; i++) {
-    const d = waiting[i]!;
-    if (d.pending === undefined) continue;
+    const s = waiting[i]!;
+    if (s[PENDING] === undefined) continue;
     try {
-      sendPending(d);
+      sendPending(s);
     } catch (err) {
       // (not known to happen: a write that fails reports it on the socket) One socket's failure must not keep
       // the others' answers, nor escape into the event loop.
-      d.socket.destroy(err as Error);
+      s.destroy(err as Error);
     }
   }
   waiting.length = 0;
@@ -229,15 +209,16 @@ function atTurnEnd(): void {
  * `writeLatin1`, at the end of this turn of the event loop, for a socket prepared by `allowDeferredWrites`. For
  * whole messages only, as `writeLatin1`: it always reports no backpressure.
  */
-export function writeLatin1Soon(d: DeferredWrites, data: string): boolean {
-  const pending = d.pending;
+export function writeLatin1Soon(socket: Socket, data: string): boolean {
+  const s = socket as Deferring;
+  const pending = s[PENDING];
   if (pending !== undefined) {
-    d.pending = pending + data;
+    s[PENDING] = pending + data;
     return true;
   }
-  if (d.socket.destroyed) return writeNow(d.socket, data);
-  d.pending = data;
-  if (waiting.push(d) >= MAX_WAITING) {
+  if (socket.destroyed) return writeNow(socket, data);
+  s[PENDING] = data;
+  if (waiting.push(s) >= MAX_WAITING) {
     flushDeferredWrites();
     return true;
   }

@@ -1,7 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
 import { HOP_BY_HOP, TCHAR, connectionTokens, onlyFrom } from "./headers.ts";
-import { allowDeferredWrites, type DeferredWrites, writeLatin1Soon } from "./direct-write.ts";
+import { allowDeferredWrites, writeLatin1Soon } from "./direct-write.ts";
 import { expireAfterReads } from "./deadlines.ts";
 
 /**
@@ -135,8 +135,6 @@ export class UpstreamConnection {
   /** clock time after which the sweeper fails the exchange (connect or response timeout) */
   deadlineMs = 0;
   #opts: UpstreamPoolOptions;
-  /** the socket's deferred write (the request head) */
-  readonly #out: DeferredWrites;
 
   constructor(pool: UpstreamPool, host: string, port: number, opts: UpstreamPoolOptions) {
     this.pool = pool;
@@ -157,7 +155,7 @@ export class UpstreamConnection {
       },
     });
     this.socket = socket;
-    this.#out = allowDeferredWrites(socket);
+    allowDeferredWrites(socket);
     socket.on("connect", () => {
       this.#connected = true;
       if (this.#sink) this.deadlineMs = Date.now() + opts.responseTimeoutMs;
@@ -186,7 +184,7 @@ export class UpstreamConnection {
     this.deadlineMs = Date.now() + (this.#connected ? this.#opts.responseTimeoutMs : this.#opts.connectTimeoutMs);
     busy.add(this);
     ensureSweeper();
-    writeLatin1Soon(this.#out, head);
+    writeLatin1Soon(this.socket, head);
   }
 
   /** Request body bytes went out: the replica is not silent, we are still talking. */
