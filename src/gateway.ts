@@ -42,6 +42,12 @@ export interface GatewayOptions {
   onProgress?: (line: string) => void;
   /** longest wait for in-flight requests on stop (default 30 s) */
   drainTimeoutMs?: number;
+  /**
+   * Runs once everything but the proxy's listener is up (the admin listener included), and the proxy listens only
+   * when it resolves: `abgate up` waits there for its replicas to be healthy, so that no client is answered 503 (and
+   * recorded) meanwhile. When it rejects, the gateway is stopped and startGateway rejects with its error.
+   */
+  beforeServing?: (health: HealthTracker) => Promise<void>;
 }
 
 export interface Gateway {
@@ -352,9 +358,6 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       isIngestToken: (authorization) => config.admin.ingestToken !== undefined && bearerMatches(authorization, config.admin.ingestToken),
     });
     const { server: proxyServer, inFlight, closeTunnels } = proxy;
-    const proxyAddr = await listen(proxyServer, config.listen.host, config.listen.port);
-    cleanups.push(() => new Promise<void>((r) => proxyServer.close(() => r())));
-    const proxyUrl = urlOf(proxyAddr);
     const adminAddr = await listen(adminServer, config.admin.listen.host, config.admin.listen.port);
     // Ends the dashboard's event streams (they never finish by themselves), stops accepting and closes idle
     // connections; resolves once every connection is gone.
@@ -370,6 +373,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       return closed;
     });
     const adminUrl = urlOf(adminAddr);
+    if (options.beforeServing) await options.beforeServing(health);
+    const proxyAddr = await listen(proxyServer, config.listen.host, config.listen.port);
+    cleanups.push(() => new Promise<void>((r) => proxyServer.close(() => r())));
+    const proxyUrl = urlOf(proxyAddr);
 
     // Bandit: weights follow the posterior of the first (or chosen) conversion metric.
     let banditTimer: TimerHandle | null = null;

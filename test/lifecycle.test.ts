@@ -276,6 +276,47 @@ test("engine process without health: `up` waits until the replica accepts connec
   }
 });
 
+test("up opens the proxy only once its replicas are healthy: no client is answered 503 (and recorded) while they start", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  writeFileSync(
+    join(dir, "server.js"),
+    `setTimeout(() => require("node:http").createServer((req, res) => res.end("ok")).listen(Number(process.env.PORT), "127.0.0.1"), 1500);`,
+  );
+  const file = writeConfig(
+    dir,
+    `experiment: late\nlisten: 127.0.0.1:23150\nadmin: { listen: 127.0.0.1:23151, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: warn\nports: { base: 23152 }\n` +
+      `variants:\n  - { name: control, command: [node, server.js] }\n`,
+  );
+  // A client that keeps trying while abgate starts: before the replica is healthy it must find no proxy at all.
+  const answers: (number | string)[] = [];
+  let polling = true;
+  const poll = (async () => {
+    while (polling) {
+      try {
+        answers.push((await fetch("http://127.0.0.1:23150/", { headers: { "x-user-id": "u" } })).status);
+      } catch (err) {
+        answers.push(((err as Error).cause as NodeJS.ErrnoException | undefined)?.code ?? "error");
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  const cli = await startCli(["up", "-c", file], ready);
+  polling = false;
+  await poll;
+  try {
+    assert.ok(answers.length >= 5, `polled ${answers.length} times during the start`);
+    assert.deepEqual([...new Set(answers.filter((a) => a !== 200))], ["ECONNREFUSED"], `what the client got while abgate started: ${answers.join(",")}`);
+    const res = await fetch("http://127.0.0.1:23150/", { headers: { "x-user-id": "u" } });
+    assert.equal(res.status, 200);
+  } finally {
+    cli.child.kill("SIGTERM");
+    assert.equal(await cli.exited, 0);
+  }
+  const statuses = selectFromStore({ config: { store: `sqlite:${join(dir, "a.db")}` } } as never, "SELECT status, count(*) AS n FROM exposures GROUP BY status");
+  assert.deepEqual(statuses, [{ status: 200, n: 1 }], "one exposure, the request served after the start");
+  rmSync(dir, { recursive: true, force: true });
+});
+
 /** A real SQLite store whose event writes wait for `release()`: `started` resolves once one is in flight. */
 function heldEventsStore(path: string): { store: SqliteStore; started: Promise<void>; release: () => void } {
   let writeStarted!: () => void;

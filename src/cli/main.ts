@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError as CommanderArgumentError
 import { loadConfig, type Config } from "../config/index.ts";
 import { AbgateError, ConfigError, exitCodeFor, InvalidArgumentError } from "../errors.ts";
 import { fallbackOutcome, startGateway, type Gateway } from "../gateway.ts";
+import type { HealthTracker } from "../health/index.ts";
 import { configuredReplicas, createEngine } from "../engines/index.ts";
 import type { Engine } from "../engines/types.ts";
 import { createLogger } from "../log/index.ts";
@@ -132,39 +133,49 @@ program
       throw Object.assign(new Error(`interrupted by ${sig} while starting; replicas removed`), { code: "ABGATE_ERR_INTERRUPTED" });
     });
     let gw: Gateway | undefined;
+    /** the gateway's health tracker, once it has one (the wait below runs before the gateway is returned) */
+    let health: HealthTracker | undefined;
     try {
       const starting = engine.start((line) => out(line));
       // After an interrupt it goes on in the background until its next step sees the engine stopped, and rejects.
       starting.catch(() => undefined);
       await Promise.race([starting, interrupted]);
-      gw = await Promise.race([startGateway(config, { log, engine }), interrupted]);
-      // Every replica of the config, not only those running now: a variant whose command is missing, or a replica
-      // between two crashes, made the wait pass with "all 2 replicas healthy" out of 4.
-      const ids = [...new Set([...engine.endpoints().map((e) => e.id), ...configuredReplicas(config).map((r) => r.id)])];
-      out(`waiting for ${ids.length} replicas to become healthy...`);
-      // Progress while waiting (the SPEC's long work shows progress): a line each time the count changes.
-      const health = gw.health;
-      let healthy = -1;
-      const report = () => {
-        const now = ids.filter((id) => health.isHealthy(id)).length;
-        if (now !== healthy && now < ids.length) out(`${now}/${ids.length} replicas healthy`);
-        healthy = now;
-      };
-      report();
-      const unsubscribe = health.onChange(report);
-      try {
-        await Promise.race([health.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
-      } finally {
-        unsubscribe();
-      }
-      out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      // The proxy listens only once the replicas are healthy (beforeServing): before, every client got a 503, which
+      // was recorded as an exposure. (Not raced with the interrupt: the wait is, and the gateway then stops itself
+      // before this rejects, its store closed whole.)
+      gw = await startGateway(config, {
+        log,
+        engine,
+        beforeServing: async (tracker) => {
+          health = tracker;
+          // Every replica of the config, not only those running now: a variant whose command is missing, or a
+          // replica between two crashes, made the wait pass with "all 2 replicas healthy" out of 4.
+          const ids = [...new Set([...engine.endpoints().map((e) => e.id), ...configuredReplicas(config).map((r) => r.id)])];
+          out(`waiting for ${ids.length} replicas to become healthy...`);
+          // Progress while waiting (the SPEC's long work shows progress): a line each time the count changes.
+          let healthy = -1;
+          const report = () => {
+            const now = ids.filter((id) => tracker.isHealthy(id)).length;
+            if (now !== healthy && now < ids.length) out(`${now}/${ids.length} replicas healthy`);
+            healthy = now;
+          };
+          report();
+          const unsubscribe = tracker.onChange(report);
+          try {
+            await Promise.race([tracker.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
+          } finally {
+            unsubscribe();
+          }
+          out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        },
+      });
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
       interrupted.catch(() => undefined);
       // Not healthy in time: say how the replicas that do not run ended (read before they are stopped).
       if ((err as AbgateError).code === "ABGATE_ERR_HEALTH_TIMEOUT" && engine.lastExit) {
         const ended = configuredReplicas(config).flatMap((r) => {
-          const how = gw?.health.isHealthy(r.id) ? undefined : engine.lastExit!(r.id);
+          const how = health?.isHealthy(r.id) ? undefined : engine.lastExit!(r.id);
           return how !== undefined ? [`  ${r.id}: ${how}`] : [];
         });
         if (ended.length > 0) (err as Error).message += `\n${ended.join("\n")}`;
