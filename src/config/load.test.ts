@@ -375,3 +375,23 @@ test("env and buildArgs values may be written as numbers or booleans, as docker 
   assert.deepEqual(c.variants[0]!.env, { WORKERS: "4", DEBUG: "true", RATIO: "0.5" });
   assert.match(issues(processBase.replace("command: [node, a.js]", "command: [node, a.js], env: { A: [1] }")).join(), /^variants\[0\]\.env\.A:/);
 });
+
+test("a __proto__ key is refused by its path, not taken as the object's prototype (whose keys passed as inherited)", () => {
+  const said = "unknown key (and no name abgate can take, in env or buildArgs either)";
+  assert.deepEqual(issues(base.replace("experiment: exp\n", "__proto__: { experiment: qa }\n")), [`__proto__: ${said}`]);
+  assert.deepEqual(issues(base.replace("name: control,", "name: control, __proto__: { weight: 5 },")), [`variants[0].__proto__: ${said}`]);
+  assert.deepEqual(issues(processBase.replace("command: [node, b.js]", "command: [node, b.js], env: { __proto__: x }")), [`variants[1].env.__proto__: ${said}`]);
+});
+
+test("a static replica at abgate's own listen or admin address is refused: its requests would loop through abgate", () => {
+  assert.deepEqual(issues(`${base}listen: 127.0.0.1:9002\n`), [
+    "variants[1].url: an endpoint other than abgate's own listen (127.0.0.1:9002): requests sent there would come back to abgate",
+  ]);
+  // other spellings of the same listener: localhost, a wildcard listen, the admin listener, a urls entry
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "http://localhost:8080") + "listen: 0.0.0.0:8080\n").join(), /^variants\[0\]\.url: an endpoint other than abgate's own listen \(0\.0\.0\.0:8080\)/);
+  assert.match(issues(base.replace("http://127.0.0.1:9001", "http://127.0.0.1:8081") + "admin: { listen: 127.0.0.1:8081 }\n").join(), /^variants\[0\]\.url: an endpoint other than abgate's own admin\.listen/);
+  assert.match(issues(base.replace("url: 'http://127.0.0.1:9001'", "urls: ['http://127.0.0.1:9003', 'http://[::1]:8080']") + "listen: '[::]:8080'\n").join(), /^variants\[0\]\.urls\[1\]: an endpoint other than abgate's own listen/);
+  // another address on the same port is another listener; port 0 is never a clash
+  assert.doesNotThrow(() => parseConfig(`${base}listen: 127.0.0.2:9002\n`, "/tmp", {}));
+  assert.doesNotThrow(() => parseConfig(`${base}listen: 127.0.0.1:0\n`, "/tmp", {}));
+});

@@ -1,6 +1,6 @@
 import { closeSync, openSync, readSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { isPair, isScalar, parseDocument, type Scalar, visit } from "yaml";
+import { isPair, isScalar, isSeq, parseDocument, type Scalar, visit } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.ts";
 import { configSchema, type ParsedConfig, type VariantConfig } from "./schema.ts";
@@ -42,6 +42,18 @@ export function expandEnv(text: string, env: NodeJS.ProcessEnv = process.env): s
     if (typeof v !== "string") throw new ConfigError([{ path: "", message: v.error }]);
     return v;
   });
+}
+
+/** The key path (`variants[1].env.X`) of key `last` of the mapping at the end of a yaml visitor's `ancestors`. */
+function keyPathOf(ancestors: readonly unknown[], last: string): string {
+  const parts: (string | number)[] = [];
+  for (let i = 0; i < ancestors.length; i++) {
+    const node = ancestors[i];
+    if (isPair(node) && isScalar(node.key)) parts.push(String(node.key.value));
+    else if (isSeq(node)) parts.push(node.items.indexOf(ancestors[i + 1] as never));
+  }
+  parts.push(last);
+  return pathOf(parts);
 }
 
 function pathOf(path: PropertyKey[]): string {
@@ -111,6 +123,15 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
       else if (u.pathname !== "/" || u.search || u.hash) out.push({ path: key, message: "an origin without path or query (http://host:port)" });
       // (they would be dropped: the proxy forwards the client's own authorization, and adds none)
       else if (u.username || u.password) out.push({ path: key, message: "an origin without user or password (http://host:port): abgate does not send credentials to replicas" });
+      else {
+        // A replica at abgate's own address: each request came back through abgate, a loop until the head
+        // outgrew maxHeaderBytes (1,472 exposures for one request).
+        for (const [listenKey, value] of [["listen", cfg.listen], ["admin.listen", cfg.admin.listen]] as const) {
+          if (reachesListener(u, parseHostPort(value))) {
+            out.push({ path: key, message: `an endpoint other than abgate's own ${listenKey} (${value}): requests sent there would come back to abgate` });
+          }
+        }
+      }
     });
     if (v.urls && v.replicas !== 1 && v.replicas !== v.urls.length) {
       out.push({ path: `${at}.replicas`, message: `with urls the replica count is the number of urls (${v.urls.length})` });
@@ -207,6 +228,22 @@ function readBy(key: (typeof ENGINE_KEYS)[number][0], engine: string): boolean {
  * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
  * address), or two names of the same loopback address.
  */
+/** Whether a connection to `url` reaches a listener on `at` (loopback and wildcard addresses; port 0 is never). */
+function reachesListener(url: URL, at: HostPort): boolean {
+  const port = url.port === "" ? 80 : Number(url.port);
+  if (at.port === 0 || port !== at.port) return false;
+  // (a connection to 0.0.0.0 or :: goes to this host's loopback on Linux)
+  const canonical = (h: string) => {
+    const bare = h.replace(/^\[|\]$/g, "");
+    return bare === "localhost" || bare === "0.0.0.0" ? "127.0.0.1" : bare === "::" ? "::1" : bare;
+  };
+  const target = canonical(url.hostname);
+  const listener = at.host.replace(/^\[|\]$/g, "");
+  if (listener === "0.0.0.0") return target.startsWith("127.");
+  if (listener === "::") return target.startsWith("127.") || target === "::1";
+  return target === canonical(listener);
+}
+
 function listenersClash(a: string, b: string): boolean {
   const canonical = (h: string) => (h === "localhost" ? "127.0.0.1" : h.replace(/^\[|\]$/g, ""));
   const [x, y] = [canonical(a), canonical(b)];
@@ -325,13 +362,16 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
   const lineOf = (node: { range?: [number, number, number] | null }) => (node.range ? `line ${marked.slice(0, node.range[0]).split("\n").length}` : "(root)");
   const duplicates: { path: string; message: string }[] = [];
   visit(doc, {
-    Map(_, map) {
+    Map(_, map, path) {
       const seen = new Set<string>();
       for (const pair of map.items) {
         const key = isScalar(pair.key) ? pair.key.value : undefined;
         if ((typeof key !== "string" && typeof key !== "number") || key === "<<") continue;
         // (compared as they expand: `${K1}` and `${K2}` are two keys unless both variables hold the same name)
         const text = expanded(String(key));
+        // Building the values would make it the object's prototype, not a key: the schema then read its contents as
+        // inherited keys (`__proto__: { experiment: x }` passed as the experiment's name) and named none of them.
+        if (text === "__proto__") duplicates.push({ path: keyPathOf([...path, map], text), message: "unknown key (and no name abgate can take, in env or buildArgs either)" });
         if (seen.has(text)) duplicates.push({ path: lineOf(pair.key as Scalar), message: `duplicate key ${JSON.stringify(text)} (a key may appear once in a mapping)` });
         seen.add(text);
       }
