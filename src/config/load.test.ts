@@ -75,6 +75,8 @@ test("unit: each key keeps its default when the block names others; null turns a
   assert.deepEqual(parseConfig(`${base}unit: {}\n`, "/tmp", {}).unit, { header: "x-user-id", query: "user", cookie: "abgate_uid" });
   assert.deepEqual(parseConfig(`${base}unit: { header: X-Account, query: null }\n`, "/tmp", {}).unit, { header: "x-account", query: null, cookie: "abgate_uid" });
   assert.deepEqual(parseConfig(`${base}unit:\n  header:\n  query: ~\n`, "/tmp", {}).unit, { header: null, query: null, cookie: "abgate_uid" });
+  // the cookie cannot be turned off, and the error says why rather than "expected string, received null"
+  assert.deepEqual(issues(`${base}unit: { cookie: null }\n`), ["unit.cookie: a cookie name: unlike header and query it cannot be null, since it keeps the unit abgate makes up for a client that names none"]);
 });
 
 test("every error names its key path and what was expected", () => {
@@ -394,4 +396,13 @@ test("a static replica at abgate's own listen or admin address is refused: its r
   // another address on the same port is another listener; port 0 is never a clash
   assert.doesNotThrow(() => parseConfig(`${base}listen: 127.0.0.2:9002\n`, "/tmp", {}));
   assert.doesNotThrow(() => parseConfig(`${base}listen: 127.0.0.1:0\n`, "/tmp", {}));
+});
+
+test("a strategy key the chosen strategy does not read is refused, naming the strategies it is for", () => {
+  assert.deepEqual(issues(`${base}strategy: { kind: sticky, floor: 0.1, burnInUnits: 5 }\n`), [
+    "strategy.floor: not used by strategy sticky (it is for bandit)",
+    "strategy.burnInUnits: not used by strategy sticky (it is for bandit)",
+  ]);
+  assert.deepEqual(issues(`${base}strategy: { kind: round-robin, salt: s }\n`), ["strategy.salt: not used by strategy round-robin (it is for sticky and bandit)"]);
+  assert.doesNotThrow(() => parseConfig(`${base}strategy: { kind: sticky, salt: s, hash: fnv1a32-fmix }\n`, "/tmp", {}));
 });

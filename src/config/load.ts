@@ -202,6 +202,33 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
   return out;
 }
 
+/** The strategy keys that only some strategies read. */
+const STRATEGY_KEYS: Record<string, readonly string[]> = {
+  salt: ["sticky", "bandit"],
+  hash: ["sticky", "bandit"],
+  floor: ["bandit"],
+  burnInUnits: ["bandit"],
+  updateIntervalMs: ["bandit"],
+  metric: ["bandit"],
+};
+
+/**
+ * Strategy keys the chosen strategy does not read are refused, as another engine's variant keys are: a `floor:` left
+ * from a bandit would look as if it were in effect. (Read from the file, before the schema fills in defaults.)
+ */
+function strategyKeyChecks(raw: unknown, kind: string): { path: string; message: string }[] {
+  const given = typeof raw === "object" && raw !== null ? (raw as { strategy?: unknown }).strategy : undefined;
+  if (typeof given !== "object" || given === null) return [];
+  const out: { path: string; message: string }[] = [];
+  for (const key of Object.keys(given)) {
+    const kinds = STRATEGY_KEYS[key];
+    if (kinds !== undefined && !kinds.includes(kind)) {
+      out.push({ path: `strategy.${key}`, message: `not used by strategy ${kind} (it is for ${kinds.join(" and ")})` });
+    }
+  }
+  return out;
+}
+
 /** The variant keys that only some engines read. */
 const ENGINE_KEYS = [
   ["build", ["docker", "swarm"]],
@@ -259,7 +286,7 @@ export function validateConfig(raw: unknown, baseDir = process.cwd(), envPaths?:
   if (!parsed.success && envPaths !== undefined && envPaths.size > 0 && typedEnvValues(parsed.error, raw, envPaths)) parsed = configSchema.safeParse(raw);
   if (!parsed.success) throw new ConfigError(issuesOf(parsed.error));
   const cfg = parsed.data;
-  const problems = semanticChecks(cfg);
+  const problems = [...strategyKeyChecks(raw, cfg.strategy.kind), ...semanticChecks(cfg)];
   if (problems.length) throw new ConfigError(problems);
   return {
     ...cfg,

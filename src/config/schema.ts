@@ -136,7 +136,11 @@ export const configSchema = z.strictObject({
     .strictObject({
       header: token("a header name").toLowerCase().nullable().default("x-user-id"),
       query: z.string().min(1).nullable().default("user"),
-      cookie: token("a cookie name").default("abgate_uid"),
+      // (not nullable: the cookie is how a client that names no unit keeps the one abgate made up for it)
+      cookie: z
+        .string({ error: (issue) => (issue.input === null ? "a cookie name: unlike header and query it cannot be null, since it keeps the unit abgate makes up for a client that names none" : undefined) })
+        .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, "a cookie name: letters, digits and !#$%&'*+-.^_`|~, without spaces")
+        .default("abgate_uid"),
     })
     .prefault({}),
   strategy: z

@@ -413,3 +413,16 @@ test("process engine: a run that printed nothing is logged as such, not with an 
   assert.match(exits[0]!, /^replica control-0 exited with code 3 after \d+\.\d s; last output:\nfirst-run-output$/);
   assert.match(exits[1]!, /^replica control-0 exited with code 4 after \d+\.\d s \(no output\)$/);
 });
+
+test("process engine: a crash loop of runs that printed nothing says so, not an empty 'last output:'", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
+  const logged: string[] = [];
+  const engine = new ProcessEngine(configFor(dir, `  - { name: control, command: ${cmd("exit 5")} }\n`), { backoffMs: 10, log: (_level, msg) => logged.push(msg) });
+  await engine.start();
+  try {
+    await until("the crash-loop line", () => logged.find((m) => /crash-looping/.test(m)), 10_000);
+  } finally {
+    await engine.stop(300);
+  }
+  assert.equal(logged.find((m) => /crash-looping/.test(m)), "replica control-0 is crash-looping (no output)");
+});

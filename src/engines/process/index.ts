@@ -286,7 +286,7 @@ export class ProcessEngine implements Engine {
     r.restarts++;
     const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
-    if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping; last output:\n${r.tail.join("\n")}`, fields);
+    if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping${r.tail.length ? `; last output:\n${r.tail.join("\n")}` : " (no output)"}`, fields);
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
     // (with its own output: a replica that crashes now and then never reaches the crash-loop line that shows it)
     else this.#log("warn", `replica ${id} ${r.lastExit}${runTail.length ? `; last output:\n${runTail.join("\n")}` : " (no output)"}`, fields);
