@@ -362,7 +362,7 @@ test("process engine: each exit is logged with how it ended and the replica's la
   );
 });
 
-test("process engine: a restart whose port a daemon of the old run still holds is warned about", async () => {
+test("process engine: a restart whose port a daemon of the old run still holds waits, unlisted, and is warned about", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-proc-"));
   const pidFile = join(dir, "daemon.pid");
   const logged: { level: string; msg: string }[] = [];
@@ -381,7 +381,15 @@ test("process engine: a restart whose port a daemon of the old run still holds i
   try {
     const warning = await until("the warning", () => logged.find((l) => /still in use after its process group ended/.test(l.msg)), 10_000);
     assert.equal(warning.level, "warn");
-    assert.match(warning.msg, /^port \d+ of replica control-0 is still in use after its process group ended: a process it started outside its group \(a daemon, setsid\) holds it/);
+    assert.match(warning.msg, /^port \d+ of replica control-0 is still in use after its process group ended: a process it started outside its group \(a daemon, setsid\), or another program, holds it; the replica starts once the port is free/);
+    // Not started, so not listed: its health checks would find the daemon and send it the replica's requests.
+    for (let i = 0; i < 6; i++) {
+      assert.deepEqual(engine.endpoints(), [], "no endpoint while another process holds the port");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Once the port is free, the replica starts again.
+    process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
+    await until("the replica listed again", () => (engine.endpoints().length > 0 ? true : undefined), 10_000);
   } finally {
     await engine.stop(300);
     // (the warning comes once the daemon listens, after it wrote its pid)

@@ -290,16 +290,28 @@ export class ProcessEngine implements Engine {
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
     // (with its own output: a replica that crashes now and then never reaches the crash-loop line that shows it)
     else this.#log("warn", `replica ${id} ${r.lastExit}${runTail.length ? `; last output:\n${runTail.join("\n")}` : " (no output)"}`, fields);
+    this.#restartLater(r, id, delayMs);
+  }
+
+  #restartLater(r: Replica, id: string, delayMs: number): void {
     r.restartTimer = this.#clock.setTimeout(() => {
       r.restartTimer = undefined;
       if (this.#stopping) return;
       // Its whole group was killed at its exit: a port still held is held by a process that left the group (a
-      // daemon: setsid, a double fork), which abgate neither stops nor sees, and which its health checks then find
-      // "healthy" while the restarted replica cannot bind.
+      // daemon: setsid, a double fork) or by another program, which abgate neither stops nor sees. Started and
+      // listed anyway, the replica failed to bind, but for its short life its health checks found that process
+      // "healthy", and it was sent the replica's requests (recorded as the replica's). So it waits, unlisted.
       void portIsFree(r.port).then((free) => {
         if (this.#stopping || r.restartTimer !== undefined || r.running) return;
         if (!free) {
-          this.#log("warn", `port ${r.port} of replica ${id} is still in use after its process group ended: a process it started outside its group (a daemon, setsid) holds it, and may answer its requests; stop that process`, { replica: id, port: r.port });
+          r.restarts++;
+          const retryMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
+          this.#log(
+            "warn",
+            `port ${r.port} of replica ${id} is still in use after its process group ended: a process it started outside its group (a daemon, setsid), or another program, holds it; the replica starts once the port is free (next try in ${retryMs} ms): stop that process`,
+            { replica: id, port: r.port, restartInMs: retryMs },
+          );
+          return this.#restartLater(r, id, retryMs);
         }
         void this.#spawn(r);
         this.#publish();
