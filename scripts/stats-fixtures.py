@@ -91,6 +91,11 @@ def proportion_case(name, nc, cc, nt, ct, alpha=0.05):
     else:
         exp["relative"] = {"estimate": None, "ci": None}
         exp["error"] = "CONTROL_RATE_ZERO"
+    if var_c + var_t == 0 and diff != 0:
+        # each arm all-zero or all-one, and apart: the Wald interval has no width, and abgate gives none
+        exp["absolute"]["ci"] = None
+        exp["relative"]["ci"] = None
+        exp.setdefault("error", "ZERO_VARIANCE")
     if se0 == 0:
         exp.update({"z": 0, "pValue": 1})
         exp.setdefault("error", "ZERO_VARIANCE")

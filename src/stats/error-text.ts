@@ -4,7 +4,7 @@ import type { StatsErrorCode } from "./types.ts";
 const TEXT: Record<StatsErrorCode, string> = {
   ZERO_UNITS: "no units in one of the two arms yet",
   TOO_FEW_UNITS: "fewer than 2 units in an arm, so no variance to test with",
-  ZERO_VARIANCE: "every value is the same in both arms, so there is nothing to test",
+  ZERO_VARIANCE: "each arm has no spread (every value the same within it: all converted, or none), so no interval can be given",
   CONTROL_RATE_ZERO: "the control's rate is 0, so there is no relative lift",
   CONTROL_MEAN_ZERO: "the control's mean is 0, so there is no relative lift",
   SINGLE_ARM: "fewer than two arms with weight",

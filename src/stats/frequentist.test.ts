@@ -134,3 +134,31 @@ describe("numerical edges found by an audit (references: scipy)", () => {
     assert.equal(symmetricCi(0, Infinity), null);
   });
 });
+
+describe("arguments that are not samples, and samples with no spread", () => {
+  it("a missing sample is a data problem (INVALID_INPUT), not a TypeError; adjustPValues says what it needs", () => {
+    const bad = [null, undefined, 3, "x"] as unknown as { units: number; conversions: number; n: number; sum: number; sumSquares: number }[];
+    for (const b of bad) {
+      assert.equal(proportionTest(b, { units: 10, conversions: 1 }).error, "INVALID_INPUT");
+      assert.equal(proportionTest({ units: 10, conversions: 1 }, b).error, "INVALID_INPUT");
+      assert.equal(meanTest(b, { n: 3, sum: 3, sumSquares: 5 }).error, "INVALID_INPUT");
+      assert.equal(srmTest(b as unknown as number[], [1, 1]).error, "INVALID_INPUT");
+    }
+    assert.throws(() => adjustPValues(null as unknown as number[], "holm"), /pValues must be an array, got null/);
+  });
+
+  it("arms each all-zero or all-one but apart get no interval (a Wald interval of no width), and say so", () => {
+    const allVsNone = proportionTest({ units: 20, conversions: 20 }, { units: 20, conversions: 0 });
+    assert.equal(allVsNone.absolute.estimate, -1);
+    assert.equal(allVsNone.absolute.ci, null);
+    assert.equal(allVsNone.relative.ci, null);
+    assert.equal(allVsNone.error, "ZERO_VARIANCE");
+    // the pooled test has a variance: its p-value stands
+    assert.ok(allVsNone.pValue! < 1e-9);
+    const oneEach = proportionTest({ units: 1, conversions: 0 }, { units: 1, conversions: 1 });
+    assert.equal(oneEach.absolute.ci, null);
+    assert.equal(oneEach.error, "CONTROL_RATE_ZERO");
+    // equal arms keep their interval of [0, 0]
+    assert.deepEqual(proportionTest({ units: 5, conversions: 5 }, { units: 9, conversions: 9 }).absolute.ci, [0, 0]);
+  });
+});

@@ -3,6 +3,11 @@ import type { Interval, MeanSample, MeanTestResult, ProportionSample, Proportion
 
 const NO_INTERVAL: Interval = { estimate: null, ci: null };
 
+/** An argument that is not an object (null, a number): a data problem (INVALID_INPUT), not a TypeError. */
+function isObject(x: unknown): x is object {
+  return typeof x === "object" && x !== null;
+}
+
 /** Two-sided normal p-value 2·(1 - Φ(|z|)) = erfc(|z|/√2), from the tail. */
 export function twoSidedNormalP(z: number): number {
   return erfc(Math.abs(z) / Math.SQRT2);
@@ -47,7 +52,8 @@ function isCount(x: number): boolean {
  * Data problems give an `error` code and nulls (ZERO_UNITS, INVALID_INPUT, CONTROL_RATE_ZERO, ZERO_VARIANCE).
  */
 export function proportionTest(control: ProportionSample, treatment: ProportionSample, options: TestOptions = {}): ProportionTestResult {
-  const alpha = alphaOf(options.alpha);
+  const alpha = alphaOf(options?.alpha);
+  if (!isObject(control) || !isObject(treatment)) return { z: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL, error: "INVALID_INPUT" };
   const { units: nC, conversions: cC } = control;
   const { units: nT, conversions: cT } = treatment;
   if (alpha === null || ![nC, cC, nT, cT].every(isCount) || cC > nC || cT > nT) {
@@ -63,11 +69,19 @@ export function proportionTest(control: ProportionSample, treatment: ProportionS
   const q = -normalQuantile(alpha / 2);
   const varC = (pC * (1 - pC)) / nC;
   const varT = (pT * (1 - pT)) / nT;
-  const absolute = interval(diff, q * Math.sqrt(varC + varT));
+  let absolute = interval(diff, q * Math.sqrt(varC + varT));
   let error: StatsErrorCode | undefined;
   let relative: Interval = NO_INTERVAL;
   if (pC > 0) relative = interval(pT / pC - 1, q * Math.sqrt(varT / (pC * pC) + (pT * pT * varC) / (pC * pC * pC * pC)));
   else error = "CONTROL_RATE_ZERO";
+  if (!(varC + varT > 0) && diff !== 0) {
+    // Each arm all-zero or all-one, and apart (1 of 1 against 0 of 1): the Wald interval has no width (Agresti,
+    // Categorical Data Analysis, 2013, §3.1), a certainty no sample gives. No interval, as meanTest gives none for a
+    // difference with zero variance; the pooled test below still has a variance.
+    absolute = { estimate: diff, ci: null };
+    relative = { estimate: relative.estimate, ci: null };
+    error ??= "ZERO_VARIANCE";
+  }
   const pooled = (cC + cT) / (nC + nT);
   const se0 = Math.sqrt(pooled * (1 - pooled) * (1 / nC + 1 / nT));
   if (!(se0 > 0)) {
@@ -118,8 +132,9 @@ function welchDf(vC: number, vT: number, nC: number, nT: number): number {
  * the same quantile. Needs n ≥ 2 in both arms (TOO_FEW_UNITS otherwise).
  */
 export function meanTest(control: MeanSample, treatment: MeanSample, options: TestOptions = {}): MeanTestResult {
-  const alpha = alphaOf(options.alpha);
+  const alpha = alphaOf(options?.alpha);
   const empty = { t: null, df: null, pValue: null, absolute: NO_INTERVAL, relative: NO_INTERVAL };
+  if (!isObject(control) || !isObject(treatment)) return { ...empty, error: "INVALID_INPUT" };
   const all = [control.n, control.sum, control.sumSquares, treatment.n, treatment.sum, treatment.sumSquares];
   if (alpha === null || !all.every(Number.isFinite) || !Number.isInteger(control.n) || !Number.isInteger(treatment.n) || control.n < 0 || treatment.n < 0 || control.sumSquares < 0 || treatment.sumSquares < 0 || impossibleMeanSample(control) || impossibleMeanSample(treatment)) {
     return { ...empty, error: "INVALID_INPUT" };
@@ -269,7 +284,7 @@ export function restrictedMle(control: ProportionSample, treatment: ProportionSa
  * Arms with weight 0 are left out (their expected count is 0); df = arms - 1; p = Q(df/2, χ²/2).
  */
 export function srmTest(observed: number[], weights: number[]): SrmResult {
-  if (observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
+  if (!Array.isArray(observed) || !Array.isArray(weights) || observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
     return { chiSquare: null, df: null, pValue: null, error: "INVALID_INPUT" };
   }
   // Weights relative to the largest, so that their sum cannot overflow (only their shares matter).

@@ -14,6 +14,7 @@ import { InvalidArgumentError } from "../errors.ts";
 export function adjustPValues(pValues: readonly number[], method: "holm" | "bh" | "none"): number[];
 export function adjustPValues(pValues: readonly (number | null)[], method: "holm" | "bh" | "none"): (number | null)[];
 export function adjustPValues(pValues: readonly (number | null)[], method: "holm" | "bh" | "none"): (number | null)[] {
+  if (!Array.isArray(pValues)) throw new InvalidArgumentError(`adjustPValues: pValues must be an array, got ${pValues === null ? "null" : typeof pValues}`);
   if (method !== "holm" && method !== "bh" && method !== "none") {
     throw new InvalidArgumentError(`adjustPValues: method must be "holm", "bh" or "none", got ${JSON.stringify(method)}`);
   }
