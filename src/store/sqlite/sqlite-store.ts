@@ -318,6 +318,15 @@ function jsonString(s: string): string {
 /** What JSON.stringify escapes (quote, backslash, control characters), and surrogates, which may be lone. */
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
+/** Whether a store error came of another connection's lock (SQLITE_BUSY, SQLITE_LOCKED and their extended codes). */
+function lockedOut(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))) return true;
+  }
+  return false;
+}
+
 /** A write transaction that the store spreads over several turns of the event loop (exposures, events). */
 interface WriteTransaction {
   begin(): void;
@@ -636,6 +645,10 @@ export class SqliteStore implements Store {
   readonly #now: () => number;
   /** the last operation queued by #serial */
   #tail: Promise<unknown> = Promise.resolve();
+  /** busyTimeoutMs: how long a write waits for another connection's lock, while none has failed on one */
+  #lockWaitMs = 5000;
+  /** a write failed on a lock and none has succeeded since: writes do not wait for the lock (see #serial) */
+  #lockFailFast = false;
   #closing: Promise<void> | null = null;
 
   constructor(path: string, options: SqliteStoreOptions = {}) {
@@ -683,7 +696,8 @@ export class SqliteStore implements Store {
   /** What every connection of this store sets, read-only or not. */
   #tune(options: SqliteStoreOptions): void {
     // Another process (a second abgate, `abgate report --writable`) may hold the write lock briefly.
-    this.#db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
+    this.#lockWaitMs = options.busyTimeoutMs ?? 5000;
+    this.#db.pragma(`busy_timeout = ${this.#lockWaitMs}`);
     this.#db.pragma(`cache_size = ${-1024 * this.#cacheSizeMiB}`);
     this.#db.pragma("temp_store = MEMORY");
   }
@@ -807,9 +821,33 @@ export class SqliteStore implements Store {
    * need no turn: they see the committed rollups, and at most some raw exposure rows not yet committed.
    */
   #serial<T>(fn: () => T | Promise<T>): Promise<T> {
-    const run = this.#tail.then(fn);
+    const run = this.#tail.then(() => this.#lockAware(fn));
     this.#tail = run.catch(() => {});
     return run;
+  }
+
+  /**
+   * Runs a write; once one has failed on another connection's lock, the next ones fail at once instead of each
+   * waiting busyTimeoutMs, until one succeeds. SQLite waits for a lock by sleeping the calling thread, which is the
+   * proxy's: 30 events POSTs queued behind a lock held by another process held every proxied request for about 2 s,
+   * 100 ms each. Now a lock costs at most one wait per spell; the writes that fail meanwhile are retried by their
+   * callers (the exposure batcher with backoff; an events POST gets a 503).
+   */
+  async #lockAware<T>(fn: () => T | Promise<T>): Promise<T> {
+    try {
+      const result = await fn();
+      if (this.#lockFailFast && !this.#closed) {
+        this.#lockFailFast = false;
+        this.#db.pragma(`busy_timeout = ${this.#lockWaitMs}`);
+      }
+      return result;
+    } catch (err) {
+      if (!this.#lockFailFast && !this.#closed && this.#lockWaitMs > 0 && lockedOut(err)) {
+        this.#lockFailFast = true;
+        this.#db.pragma("busy_timeout = 0");
+      }
+      throw err;
+    }
   }
 
   /**

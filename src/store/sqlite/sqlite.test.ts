@@ -470,6 +470,38 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("after a write failed on another process's lock, queued writes fail at once (not busyTimeoutMs each) until one succeeds", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const store = new SqliteStore(path, { busyTimeoutMs: 100 });
+      await store.init();
+      const event = (i: number) => ({ experiment: "exp", unit: `u${i}`, event: "watched", value: null, ts: 1_700_000_000_000 + i, requestId: null });
+      const other = new Database(path);
+      other.exec("BEGIN IMMEDIATE");
+      // Five events POSTs at once, as clients retrying: SQLite's wait sleeps the thread, the proxy's.
+      const t0 = performance.now();
+      const results = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => store.writeEvents([event(i)])));
+      const waitedMs = performance.now() - t0;
+      assert.deepEqual(results.map((r) => r.status), new Array(5).fill("rejected"));
+      assert.ok(waitedMs < 250, `the five failed writes held the thread ${waitedMs.toFixed(0)} ms (one wait of 100 ms, not five)`);
+      other.exec("COMMIT");
+      await store.writeEvents([event(5)]);
+      // The wait is back after a success: a write under a new lock waits about busyTimeoutMs before it fails.
+      other.exec("BEGIN IMMEDIATE");
+      const t1 = performance.now();
+      await assert.rejects(store.writeEvents([event(6)]));
+      assert.ok(performance.now() - t1 >= 80, "waited for the lock again");
+      other.exec("ROLLBACK");
+      await store.writeExposures(rowsOf(3));
+      assert.equal((await store.counts("exp")).events, 1);
+      other.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("close() does not wait for another connection's readers to checkpoint (a live gateway's writer would wait with it)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
     try {
