@@ -233,16 +233,49 @@ describe("ExposureBatcher", () => {
     assert.equal(clock.pendingTimers(), 0);
   });
 
-  it("close() with a failing store reports the loss instead of throwing", async () => {
+  /** Runs `close()` while the manual clock moves `stepMs` a turn; resolves with the clock time it took. */
+  async function closeOnClock(b: ExposureBatcher, clock: ManualClock, stepMs: number, onTurn?: () => void): Promise<number> {
+    const startedMs = clock.now();
+    let done = false;
+    const closing = b.close().then(() => void (done = true));
+    for (let i = 0; i < 1000 && !done; i++) {
+      await settle();
+      onTurn?.();
+      if (!done) clock.advance(stepMs);
+    }
+    await closing;
+    return clock.now() - startedMs;
+  }
+
+  it("close() with a store that keeps failing retries for closeRetryMs, then reports the loss instead of throwing", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { clock, log, closeRetryMs: 3000 });
+    store.failing = true;
+    for (let i = 0; i < 3; i++) b.push(exposure(i));
+    const tookMs = await closeOnClock(b, clock, 50);
+    assert.ok(tookMs >= 3000 && tookMs <= 3100, `gave up after ${tookMs} ms`);
+    assert.equal(b.stats().dropped, 3);
+    assert.ok(logs.some(([level, msg]) => level === "warn" && /retrying before stopping/.test(msg)));
+    assert.ok(logs.some(([level, msg]) => level === "error" && /lost at shutdown/.test(msg)));
+    assert.equal(clock.pendingTimers(), 0);
+  });
+
+  it("close() with a store locked for a while writes every row once it takes them again (nothing lost)", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();
     logs.length = 0;
     const b = new ExposureBatcher(store, { clock, log });
     store.failing = true;
-    for (let i = 0; i < 3; i++) b.push(exposure(i));
-    await b.close();
-    assert.equal(b.stats().dropped, 3);
-    assert.ok(logs.some(([level, msg]) => level === "error" && /lost at shutdown/.test(msg)));
+    for (let i = 0; i < 5; i++) b.push(exposure(i));
+    // The lock goes after 1.5 s of the stop.
+    const tookMs = await closeOnClock(b, clock, 50, () => {
+      if (clock.now() >= 1500) store.failing = false;
+    });
+    assert.ok(tookMs < 5000, `stopped after ${tookMs} ms`);
+    assert.deepEqual(store.rows.map((r) => r.requestId), ["r0", "r1", "r2", "r3", "r4"]);
+    assert.equal(b.stats().dropped, 0);
     assert.equal(clock.pendingTimers(), 0);
   });
 
@@ -336,6 +369,7 @@ describe("ExposureBatcher", () => {
   it("rejects nonsensical options", () => {
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 0 }), /maxBatch must be a positive integer/);
     assert.throws(() => new ExposureBatcher(new RecordingStore(), { maxBatch: 10, maxBuffered: 5 }), /exceeds maxBuffered/);
+    assert.throws(() => new ExposureBatcher(new RecordingStore(), { closeRetryMs: -1 }), /closeRetryMs must be from 0/);
   });
 });
 

@@ -20,6 +20,11 @@ export interface ExposureBatcherOptions {
   maxWriteRows?: number;
   /** longest wait between retries while the store keeps failing (default 5,000) */
   maxRetryDelayMs?: number;
+  /**
+   * How long `close()` goes on retrying rows the store refuses (a lock another process holds, a full disk) before it
+   * gives them up as lost (default 5,000; 0: one attempt)
+   */
+  closeRetryMs?: number;
   log?: BatcherLog;
 }
 
@@ -62,6 +67,7 @@ export class ExposureBatcher {
   readonly #cap: number;
   readonly #maxWriteRows: number;
   readonly #maxRetryDelayMs: number;
+  readonly #closeRetryMs: number;
   readonly #log: BatcherLog;
 
   #buf: ExposureColumns;
@@ -88,6 +94,7 @@ export class ExposureBatcher {
     this.#cap = options.maxBuffered ?? 100_000;
     this.#maxWriteRows = options.maxWriteRows ?? 2000;
     this.#maxRetryDelayMs = options.maxRetryDelayMs ?? 5000;
+    this.#closeRetryMs = options.closeRetryMs ?? 5000;
     this.#log = options.log ?? defaultLog;
     for (const [k, v] of [
       ["flushIntervalMs", this.#intervalMs],
@@ -97,6 +104,7 @@ export class ExposureBatcher {
     ] as const) {
       if (!Number.isInteger(v) || v <= 0) throw new InvalidArgumentError(`ExposureBatcher: ${k} must be a positive integer, got ${v}`);
     }
+    if (!(this.#closeRetryMs >= 0 && this.#closeRetryMs <= 3_600_000)) throw new InvalidArgumentError(`ExposureBatcher: closeRetryMs must be from 0 to 3,600,000, got ${this.#closeRetryMs}`);
     if (this.#maxBatch > this.#cap) throw new InvalidArgumentError(`ExposureBatcher: maxBatch (${this.#maxBatch}) exceeds maxBuffered (${this.#cap})`);
     this.#buf = new ExposureColumns(this.#cap);
   }
@@ -143,11 +151,26 @@ export class ExposureBatcher {
     return run;
   }
 
-  /** Stop accepting rows, write what is buffered (one attempt), and report anything that could not be written. */
+  /**
+   * Stop accepting rows, write what is buffered, and report anything that could not be written. Rows the store
+   * refuses are retried for closeRetryMs (with backoff from flushIntervalMs up to 1 s): a lock that lasts a few seconds
+   * (a report run with --writable, another writer) lost every buffered row of a stop that tried once.
+   */
   async close(): Promise<void> {
     if (this.#closed) return this.#chain;
     this.#closed = true;
     await this.flush();
+    const deadline = this.#clock.now() + this.#closeRetryMs;
+    let waitMs = this.#intervalMs;
+    if (this.#size > 0 && this.#clock.now() < deadline) {
+      this.#log("warn", "the store does not take the exposures still buffered; retrying before stopping", { rows: this.#size, retryForMs: this.#closeRetryMs, error: this.#lastError });
+    }
+    while (this.#size > 0 && this.#clock.now() < deadline) {
+      const delayMs = Math.min(waitMs, deadline - this.#clock.now());
+      await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delayMs));
+      waitMs = Math.min(waitMs * 2, 1000);
+      await this.flush();
+    }
     this.#cancelTimer();
     if (this.#size > 0) {
       this.#log("error", "exposures lost at shutdown: the store did not accept them", { rows: this.#size, error: this.#lastError });
