@@ -71,7 +71,7 @@ async function upExperiment(
   prefix: string,
   portsBase: number,
   listenPort: number,
-  context: { files?: Record<string, string>; dockerfile?: string } = {},
+  context: { files?: Record<string, string>; dockerfile?: string; variantExtra?: string } = {},
 ): Promise<{ file: string; config: ReturnType<typeof testConfig>; experiment: string }> {
   const { mkdtempSync, writeFileSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
@@ -97,7 +97,7 @@ async function upExperiment(
       "logLevel: warn",
       `ports: { base: ${portsBase} }`,
       "variants:",
-      ...variants.map((v) => `  - { name: ${v.name}, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" } }`),
+      ...variants.map((v) => `  - { name: ${v.name}, build: ${dir}, buildArgs: { BASE_IMAGE: "${BASE_IMAGE}" }${context.variantExtra ?? ""} }`),
     ].join("\n"),
   );
   return { file, config, experiment };
@@ -147,6 +147,21 @@ test("up: a second Ctrl-C while the replicas stop kills them at once, and none i
   const left = async () => (await listExperimentContainers(docker, config)).filter((c) => c.Labels["abgate.replica"] !== undefined);
   await waitFor("no replica left", async () => (await left()).length === 0, 10_000).catch(() => undefined);
   assert.deepEqual((await left()).map((c) => c.State), [], "no replica is left");
+});
+
+test("up stops by itself, exit 0, when abgate down removes its containers during its health wait, not after --wait-timeout", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { startCli } = await import("./helpers/cli.ts");
+  // Replicas that never become healthy: up waits for them (up to --wait-timeout, 120 s).
+  const { file, config } = await upExperiment(t, "downwait", 19460, 0, { variantExtra: ", health: { path: /never-healthy, intervalMs: 200 }" });
+  t.after(() => down(config, { docker, stopTimeoutS: 0, out: () => {} }));
+  const cli = await startCli(["up", "-c", file, "--wait-timeout", "120000"], /waiting for 2 replicas to become healthy/, { timeoutMs: 120_000 });
+  assert.equal(await down(config, { docker, stopTimeoutS: 1, out: () => {} }), 2);
+  const code = await Promise.race([cli.exited, new Promise((r) => setTimeout(() => r("still running after 15 s"), 15_000))]);
+  if (code !== 0) cli.child.kill("SIGKILL");
+  assert.equal(code, 0, `${cli.stdout()}\n${cli.stderr()}`);
+  assert.match(cli.stdout(), /the experiment's replicas were removed outside abgate; abgate stopped/);
 });
 
 test("up stops by itself, exit 0, when abgate down removes its containers, instead of answering 503s", async (t) => {

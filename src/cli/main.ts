@@ -135,6 +135,8 @@ program
     let gw: Gateway | undefined;
     /** the gateway's health tracker, once it has one (the wait below runs before the gateway is returned) */
     let health: HealthTracker | undefined;
+    /** why the replicas went during the health wait, when they were removed from outside (`abgate down`) */
+    let removedWhileStarting: string | undefined;
     try {
       const starting = engine.start((line) => out(line));
       // After an interrupt it goes on in the background until its next step sees the engine stopped, and rejects.
@@ -161,17 +163,34 @@ program
           };
           report();
           const unsubscribe = tracker.onChange(report);
+          // `abgate down` meanwhile: nothing is left to wait for (it waited out --wait-timeout, then exited 1).
+          let unsubscribeRemoved = () => {};
+          const removed = new Promise<void>((resolve) => {
+            unsubscribeRemoved = engine.onRemoved?.((why) => {
+              removedWhileStarting = why;
+              resolve();
+            }) ?? unsubscribeRemoved;
+          });
           try {
-            await Promise.race([tracker.waitHealthy(ids, Number(opts.waitTimeout)), interrupted]);
+            await Promise.race([tracker.waitHealthy(ids, Number(opts.waitTimeout)), interrupted, removed]);
           } finally {
             unsubscribe();
+            unsubscribeRemoved();
           }
+          if (removedWhileStarting !== undefined) throw new Error(removedWhileStarting);
           out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);
         },
       });
       out(`abgate: experiment ${config.experiment} — proxy ${gw.proxyUrl}, admin ${gw.adminUrl}`);
     } catch (err) {
       interrupted.catch(() => undefined);
+      if (removedWhileStarting !== undefined) {
+        // As when they are removed while it serves: it stops, exit 0 (the gateway already stopped itself).
+        log.warn(`${removedWhileStarting}: stopping`);
+        await engine.stop();
+        out("the experiment's replicas were removed outside abgate; abgate stopped");
+        return;
+      }
       // Not healthy in time: say how the replicas that do not run ended (read before they are stopped).
       if ((err as AbgateError).code === "ABGATE_ERR_HEALTH_TIMEOUT" && engine.lastExit) {
         const ended = configuredReplicas(config).flatMap((r) => {
