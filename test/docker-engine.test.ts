@@ -200,6 +200,39 @@ test("a replica that dies leaves the endpoints at once, is restarted with backof
   await waitFor("back after crash", () => engine.endpoints().some((e) => e.id === "control-1"), 10_000);
 });
 
+test("a replica whose port another process took while it was down waits unlisted, and starts once the port is free", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("taken");
+  const config = testConfig({ experiment, ports: { base: 19470 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 1 }] });
+  const logs: string[] = [];
+  const engine = new DockerEngine(config, { ...fast, log: (level, msg) => logs.push(`${level} ${msg}`) });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  const port = engine.endpoints()[0]!.port;
+  await waitFor("replica up", () => get(`http://127.0.0.1:${port}/health`));
+  await docker.getContainer(`abgate-${experiment}-control-0`).kill();
+  // Another server takes the port as soon as the container lets it go.
+  const { createServer } = await import("node:http");
+  const foreign = createServer((_req, res) => res.end("foreign"));
+  t.after(() => foreign.close());
+  const listening = () =>
+    new Promise<boolean>((resolve) => {
+      foreign.once("error", () => resolve(false));
+      foreign.listen(port, "127.0.0.1", () => resolve(true));
+    });
+  await waitFor("the port taken by another server", listening, 10_000);
+  await waitFor("the warning", () => logs.some((l) => l.startsWith("warn port") && l.includes("in use by another process")), 10_000);
+  for (let i = 0; i < 10; i++) {
+    assert.deepEqual(engine.endpoints(), [], "not listed while another process has its port (its health checks would find that one)");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise<void>((r) => foreign.close(() => r()));
+  await waitFor("listed again once the port is free", () => engine.endpoints().length === 1, 15_000);
+  await waitFor("the replica itself answers", () => get(`http://127.0.0.1:${port}/health`));
+});
+
 test("a crash-looping replica is reported with its last log lines", async (t) => {
   const ready = await dockerTest(t);
   if (!ready) return;
