@@ -251,29 +251,30 @@ function readBy(key: (typeof ENGINE_KEYS)[number][0], engine: string): boolean {
   return (ENGINE_KEYS.find(([k]) => k === key)![1] as readonly string[]).includes(engine);
 }
 
-/**
- * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
- * address), or two names of the same loopback address.
- */
+/** A host as an address: without IPv6 brackets, and localhost as 127.0.0.1. */
+function canonicalHost(h: string): string {
+  return h === "localhost" ? "127.0.0.1" : h.replace(/^\[|\]$/g, "");
+}
+
 /** Whether a connection to `url` reaches a listener on `at` (loopback and wildcard addresses; port 0 is never). */
 function reachesListener(url: URL, at: HostPort): boolean {
   const port = url.port === "" ? 80 : Number(url.port);
   if (at.port === 0 || port !== at.port) return false;
   // (a connection to 0.0.0.0 or :: goes to this host's loopback on Linux)
-  const canonical = (h: string) => {
-    const bare = h.replace(/^\[|\]$/g, "");
-    return bare === "localhost" || bare === "0.0.0.0" ? "127.0.0.1" : bare === "::" ? "::1" : bare;
-  };
-  const target = canonical(url.hostname);
-  const listener = at.host.replace(/^\[|\]$/g, "");
+  const host = canonicalHost(url.hostname);
+  const target = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  const listener = canonicalHost(at.host);
   if (listener === "0.0.0.0") return target.startsWith("127.");
   if (listener === "::") return target.startsWith("127.") || target === "::1";
-  return target === canonical(listener);
+  return target === listener;
 }
 
+/**
+ * Whether two listeners on one port would fight over it: the same host, a wildcard (which takes the port on every
+ * address), or two names of the same loopback address.
+ */
 function listenersClash(a: string, b: string): boolean {
-  const canonical = (h: string) => (h === "localhost" ? "127.0.0.1" : h.replace(/^\[|\]$/g, ""));
-  const [x, y] = [canonical(a), canonical(b)];
+  const [x, y] = [canonicalHost(a), canonicalHost(b)];
   const v6 = (h: string) => h.includes(":");
   // `::` takes the port on every address (IPv4 too, unless the host sets bindv6only); 0.0.0.0 on every IPv4 one.
   if (x === y || x === "::" || y === "::") return true;

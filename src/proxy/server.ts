@@ -1156,6 +1156,11 @@ function fieldName(line: string): string {
   return line.slice(0, line.indexOf(":")).trim().toLowerCase();
 }
 
+/** A head line's field value, without the whitespace around it. */
+function fieldValue(line: string): string {
+  return line.slice(line.indexOf(":") + 1).trim();
+}
+
 /**
  * The fields of a replica's refusal of a handshake that are not passed on: abgate's own, and the hop-by-hop ones
  * (RFC 9110 §7.6.1), with those its Connection names, since the client's connection is abgate's and ends with the
@@ -1167,7 +1172,7 @@ function refusalDroppedFields(fields: readonly string[]): Set<string> {
   dropped.delete("transfer-encoding");
   for (const line of fields) {
     if (fieldName(line) !== "connection") continue;
-    for (const name of connectionTokens(line.slice(line.indexOf(":") + 1).trim()) ?? []) dropped.add(name);
+    for (const name of connectionTokens(fieldValue(line)) ?? []) dropped.add(name);
   }
   return dropped;
 }
@@ -1184,7 +1189,7 @@ function refusalBodyLength(method: string, status: number, fields: readonly stri
     const name = fieldName(line);
     if (name === "transfer-encoding") return undefined;
     if (name !== "content-length") continue;
-    const value = line.slice(line.indexOf(":") + 1).trim();
+    const value = fieldValue(line);
     if (!/^\d{1,15}$/.test(value) || (length !== undefined && length !== Number(value))) return undefined;
     length = Number(value);
   }

@@ -377,12 +377,12 @@ export class DockerEngine implements Engine {
     // Another process on the replica's port (it took it while the container was down): started and listed anyway,
     // the container failed to bind, but for its short life the health checks found that process healthy and it was
     // sent the variant's requests, recorded as the replica's. So the replica waits, unlisted, until the port is free.
-    if (!(await portIsFree(r.port))) {
-      if (this.#stopping || r.running || r.gone) return;
+    const free = await portIsFree(r.port);
+    if (this.#stopping || r.running || r.gone) return;
+    if (!free) {
       this.#log("warn", `port ${r.port} of replica ${key(r.variant, r.replica)} is in use by another process; the replica starts once it is free`, { port: r.port });
       return this.#scheduleRestart(r);
     }
-    if (this.#stopping || r.running || r.gone) return;
     try {
       await this.#docker.getContainer(r.containerId ?? r.name).start();
       this.#log("info", `replica ${key(r.variant, r.replica)} restarted`, { port: r.port });

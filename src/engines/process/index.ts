@@ -284,13 +284,18 @@ export class ProcessEngine implements Engine {
     r.lastExitOutput = runTail.at(-1);
     if (ranMs >= this.#opts.stableAfterMs) r.restarts = 0;
     r.restarts++;
-    const delayMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
+    const delayMs = this.#backoffMs(r);
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
     if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping${r.tail.length ? `; last output:\n${r.tail.join("\n")}` : " (no output)"}`, fields);
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
     // (with its own output: a replica that crashes now and then never reaches the crash-loop line that shows it)
     else this.#log("warn", `replica ${id} ${r.lastExit}${runTail.length ? `; last output:\n${runTail.join("\n")}` : " (no output)"}`, fields);
     this.#restartLater(r, id, delayMs);
+  }
+
+  /** The wait before the next start: backoffMs, doubling per consecutive failed run, up to maxBackoffMs. */
+  #backoffMs(r: Replica): number {
+    return Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
   }
 
   #restartLater(r: Replica, id: string, delayMs: number): void {
@@ -305,7 +310,7 @@ export class ProcessEngine implements Engine {
         if (this.#stopping || r.restartTimer !== undefined || r.running) return;
         if (!free) {
           r.restarts++;
-          const retryMs = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
+          const retryMs = this.#backoffMs(r);
           this.#log(
             "warn",
             `port ${r.port} of replica ${id} is still in use after its process group ended: a process it started outside its group (a daemon, setsid), or another program, holds it; the replica starts once the port is free (next try in ${retryMs} ms): stop that process`,
