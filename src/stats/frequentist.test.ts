@@ -147,6 +147,16 @@ describe("arguments that are not samples, and samples with no spread", () => {
     assert.throws(() => adjustPValues(null as unknown as number[], "holm"), /pValues must be an array, got null/);
   });
 
+  it("fractional counts are INVALID_INPUT (as chanceToWin has them); fractional weights and sums are not counts", () => {
+    assert.equal(proportionTest({ units: 10.5, conversions: 1 }, { units: 10, conversions: 2 }).error, "INVALID_INPUT");
+    assert.equal(proportionTest({ units: 10, conversions: 1 }, { units: 10, conversions: 2.5 }).error, "INVALID_INPUT");
+    assert.equal(proportionOneSidedIncrease(arm(100, 1.5), arm(100, 2), 1.2, 0).error, "INVALID_INPUT");
+    assert.equal(srmTest([100.5, 100], [1, 1]).error, "INVALID_INPUT");
+    assert.equal(srmTest([100, 100], [0.25, 0.75]).error, undefined);
+    assert.equal(meanTest({ n: 3.5, sum: 3, sumSquares: 5 }, { n: 3, sum: 3, sumSquares: 5 }).error, "INVALID_INPUT");
+    assert.equal(meanTest({ n: 3, sum: 3.5, sumSquares: 5.25 }, { n: 3, sum: 3, sumSquares: 5 }).error, undefined);
+  });
+
   it("arms each all-zero or all-one but apart get no interval (a Wald interval of no width), and say so", () => {
     const allVsNone = proportionTest({ units: 20, conversions: 20 }, { units: 20, conversions: 0 });
     assert.equal(allVsNone.absolute.estimate, -1);

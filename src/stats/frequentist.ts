@@ -38,8 +38,12 @@ export function alphaOf(alpha: number | undefined): number | null {
   return typeof alpha === "number" && alpha > 0 && alpha < 1 ? alpha : null;
 }
 
+/**
+ * A count of units, conversions or errors: a whole number. A fraction (say 10.5 units) is not a sample these tests
+ * are defined on, and most often comes from a caller's arithmetic error, so it is INVALID_INPUT, as chanceToWin has it.
+ */
 function isCount(x: number): boolean {
-  return Number.isFinite(x) && x >= 0;
+  return Number.isInteger(x) && x >= 0;
 }
 
 /**
@@ -284,7 +288,7 @@ export function restrictedMle(control: ProportionSample, treatment: ProportionSa
  * Arms with weight 0 are left out (their expected count is 0); df = arms - 1; p = Q(df/2, χ²/2).
  */
 export function srmTest(observed: number[], weights: number[]): SrmResult {
-  if (!Array.isArray(observed) || !Array.isArray(weights) || observed.length !== weights.length || !observed.every(isCount) || !weights.every(isCount)) {
+  if (!Array.isArray(observed) || !Array.isArray(weights) || observed.length !== weights.length || !observed.every(isCount) || !weights.every((w) => Number.isFinite(w) && w >= 0)) {
     return { chiSquare: null, df: null, pValue: null, error: "INVALID_INPUT" };
   }
   // Weights relative to the largest, so that their sum cannot overflow (only their shares matter).
