@@ -387,9 +387,16 @@ test("process engine: a restart whose port a daemon of the old run still holds w
       assert.deepEqual(engine.endpoints(), [], "no endpoint while another process holds the port");
       await new Promise((r) => setTimeout(r, 50));
     }
+    // Tries that found the port held are not crashes: after five of them, the replica's next exit (its second) is
+    // not called a crash loop.
+    await until("five tries", () => (logged.filter((l) => /still in use after its process group ended/.test(l.msg)).length >= 5 ? true : undefined), 10_000);
     // Once the port is free, the replica starts again.
     process.kill(Number(readFileSync(pidFile, "utf8")), "SIGKILL");
     await until("the replica listed again", () => (engine.endpoints().length > 0 ? true : undefined), 10_000);
+    const exits = () => logged.filter((l) => /^replica control-0 (exited|is crash-looping)/.test(l.msg));
+    await until("its second exit", () => (exits().length >= 2 ? true : undefined), 10_000);
+    assert.equal(exits()[1]!.level, "warn", exits()[1]!.msg);
+    assert.match(exits()[1]!.msg, /^replica control-0 exited with code 1/);
   } finally {
     await engine.stop(300);
     // (the warning comes once the daemon listens, after it wrote its pid)

@@ -15,6 +15,8 @@ interface Replica {
   child?: ChildProcess;
   running: boolean;
   restarts: number;
+  /** tries since the last run ended that found its port held by another process (they grow the backoff, but are not crashes) */
+  portWaits: number;
   startedAtMs: number;
   restartTimer?: TimerHandle;
   /** why the last spawn failed (a command that does not exist, no permission), until the next spawn */
@@ -177,7 +179,7 @@ export class ProcessEngine implements Engine {
         await new Promise((resolve) => setImmediate(resolve));
         if (this.#stopping) return;
         const port = fixed.get(v.name)?.[i] ?? (await ports.allocate(`${v.name}-${i}`));
-        const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, startedAtMs: 0, tail: [], runLines: 0 };
+        const r: Replica = { variant: v, index: i, port, running: false, restarts: 0, portWaits: 0, startedAtMs: 0, tail: [], runLines: 0 };
         this.#replicas.push(r);
         // Wait for the outcome of the spawn so that a missing command is reported as such, not as a pid
         const err = await this.#spawn(r);
@@ -293,9 +295,9 @@ export class ProcessEngine implements Engine {
     this.#restartLater(r, id, delayMs);
   }
 
-  /** The wait before the next start: backoffMs, doubling per consecutive failed run, up to maxBackoffMs. */
+  /** The wait before the next start: backoffMs, doubling per consecutive failed run or try, up to maxBackoffMs. */
   #backoffMs(r: Replica): number {
-    return Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1));
+    return Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** (r.restarts - 1 + r.portWaits));
   }
 
   #restartLater(r: Replica, id: string, delayMs: number): void {
@@ -309,7 +311,8 @@ export class ProcessEngine implements Engine {
       void portIsFree(r.port).then((free) => {
         if (this.#stopping || r.restartTimer !== undefined || r.running) return;
         if (!free) {
-          r.restarts++;
+          // Not a crash: counted apart, so that a replica kept waiting is not called crash-looping at its next exit.
+          r.portWaits++;
           const retryMs = this.#backoffMs(r);
           this.#log(
             "warn",
@@ -318,6 +321,7 @@ export class ProcessEngine implements Engine {
           );
           return this.#restartLater(r, id, retryMs);
         }
+        r.portWaits = 0;
         void this.#spawn(r);
         this.#publish();
       });
