@@ -113,6 +113,19 @@ test("a well-formed request with a method llhttp does not know gets 501 (RFC 911
       assert.equal(statuses.at(-1), status, JSON.stringify(payload));
       assert.ok(res.closed, "and the connection closed");
     }
+    // The request line in two writes: llhttp refuses the method in the first read, before the line's end came.
+    const split = await new Promise<string>((resolve) => {
+      const s: Socket = connect(srv.port, "127.0.0.1", () => {
+        s.write("FOO /pa");
+        setTimeout(() => s.write("th HTTP/1.1\r\nhost: x\r\n\r\n"), 50);
+      });
+      let text = "";
+      s.on("data", (d) => (text += d.toString("latin1")));
+      s.on("error", () => {});
+      s.on("close", () => resolve(text));
+      setTimeout(() => s.destroy(), 2000);
+    });
+    assert.match(split, /^HTTP\/1\.1 501 /);
   } finally {
     await srv.close();
   }
@@ -120,6 +133,9 @@ test("a well-formed request with a method llhttp does not know gets 501 (RFC 911
   const pipelined = Buffer.from("GET /a HTTP/1.1\r\nhost: x\r\n\r\nFROBNICATE /b HTTP/1.1\r\nhost: x\r\n\r\n");
   assert.equal(unknownMethod(pipelined, pipelined.indexOf("FROB") + 2), "FROBNICATE");
   assert.equal(unknownMethod(pipelined, pipelined.length + 5), undefined, "past the end: the empty last line");
+  // A line still being read when llhttp refuses its method: the start of a well-formed line is enough.
+  for (const part of ["FOO ", "FOO /pa", "FOO /path HT", "FOO /path HTTP/1.1\r"]) assert.equal(unknownMethod(Buffer.from(part), 1), "FOO", part);
+  for (const part of ["FOO", "FOO  ", "FOO /path X", "FOO /path HTTP/2", "FOO /path HTTP/1.1 x", "\x16\x03\x01 x"]) assert.equal(unknownMethod(Buffer.from(part), 1), undefined, JSON.stringify(part));
 });
 
 test("parse errors: garbage gets 400 and a close, oversized headers 431, CONNECT 405", async () => {

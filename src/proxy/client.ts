@@ -182,15 +182,22 @@ type OwnedSocket = Socket & { [OWNER]?: ClientConnection; _handle?: { readStart(
 /**
  * The method of the request line around `at` in `buffer` when that line is a well-formed request line whose method
  * llhttp does not know (`FOO / HTTP/1.1`); undefined for anything else (TLS bytes, garbage), which stays a 400.
+ * llhttp refuses the method at its first byte, so the rest of the line may not have been read yet (a client that
+ * writes the line in pieces): a line cut short by the buffer's end counts when what there is of it is the start of
+ * a well-formed one, method and space at least (`FOO /pa`), as the parser cannot be asked to wait for the rest.
  */
 export function unknownMethod(buffer: Buffer | undefined, at: number): string | undefined {
   if (buffer === undefined) return undefined;
   const start = buffer.lastIndexOf(0x0a, Math.min(at, buffer.length - 1)) + 1;
-  let end = buffer.indexOf(0x0a, start);
-  if (end === -1) end = buffer.length;
-  const line = buffer.toString("latin1", start, Math.min(end, start + 8192));
-  return /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP\/1\.[01]\r?$/.exec(line)?.[1];
+  const end = buffer.indexOf(0x0a, start);
+  const line = buffer.toString("latin1", start, Math.min(end === -1 ? buffer.length : end, start + 8192));
+  const whole = end === -1 ? PARTIAL_REQUEST_LINE : REQUEST_LINE;
+  return whole.exec(line)?.[1];
 }
+
+const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP\/1\.[01]\r?$/;
+/** The start of a request line: method and space, then as much of the target and the version as there is. */
+const PARTIAL_REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (?:[^ \r\n]+(?: (?:H(?:T(?:T(?:P(?:\/(?:1(?:\.(?:[01]\r?)?)?)?)?)?)?)?)?)?)?$/;
 
 let dateSecond = -1;
 let dateText = "";
