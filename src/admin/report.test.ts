@@ -17,17 +17,18 @@ import { experimentReport, recordWeightChange } from "./report.ts";
 const START = Date.parse("2026-11-28T00:00:00Z");
 const HOUR = 3_600_000;
 
-function config(kind: string): Config {
+function config(kind: string, strategyKeys = ""): Config {
   return parseConfig(
     [
       "experiment: exp",
       "engine: static",
-      `strategy: { kind: ${kind} }`,
+      `strategy: { kind: ${kind}${strategyKeys} }`,
       "variants:",
       "  - { name: control, weight: 90, url: 'http://127.0.0.1:9001' }",
       "  - { name: treatment, weight: 10, url: 'http://127.0.0.1:9002' }",
       "metrics:",
       "  - { name: watched, kind: conversion, event: watched }",
+      "  - { name: clicked, kind: conversion, event: clicked }",
       "analysis: { alpha: 0.05, srmThreshold: 0.001, correction: holm }",
     ].join("\n"),
     tmpdir(),
@@ -129,5 +130,11 @@ describe("experimentReport: SRM across weight changes", () => {
     assert.equal(report.srm.pValue, null);
     assert.equal(report.srm.reason, "ADAPTIVE_ALLOCATION");
     assert.equal(report.srm.mismatch, false);
+  });
+
+  it("bandit: the report decides on the metric the bandit follows (strategy.metric), not on the first one", async () => {
+    const report = (await experimentReport(config("bandit", ", metric: clicked"), store, { control: 0.01, treatment: 0.99 }, START + 146 * HOUR)) as Report;
+    assert.equal(report.analysis.primaryMetric, "clicked");
+    assert.equal((await experimentReport(config("bandit"), store, { control: 0.01, treatment: 0.99 }, START + 146 * HOUR, { save: false }) as Report).analysis.primaryMetric, "watched");
   });
 });

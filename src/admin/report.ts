@@ -64,6 +64,7 @@ export async function experimentReport(
     previousSequential,
     strategy: config.strategy.kind,
     ...(srmWindow ? { srmWindow } : {}),
+    ...(config.strategy.kind === "bandit" && config.strategy.metric !== undefined ? { primaryMetric: config.strategy.metric } : {}),
   });
   if (save) await record(() => store.setState(config.experiment, SEQUENTIAL_STATE_KEY, JSON.stringify(sequentialState)));
   return report;

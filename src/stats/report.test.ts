@@ -284,3 +284,21 @@ describe("events of units that were never exposed", () => {
     assert.ok(!report.dataQuality.notes.some((n) => n.includes("never exposed")), report.dataQuality.notes.join("\n"));
   });
 });
+
+describe("the primary metric", () => {
+  it("is the bandit's metric when given (its weights follow that one), else the first conversion or mean metric", () => {
+    const two: MetricConfig[] = [
+      { name: "watched", kind: "conversion", event: "watched" },
+      { name: "clicked", kind: "conversion", event: "clicked" },
+    ];
+    const base = input(WORSE, HALF, { metrics: two });
+    const watched = base.aggregates.metrics[0]!;
+    base.aggregates.metrics = [watched, { ...watched, name: "clicked" } as MetricAggregate];
+    assert.equal(buildReport(base).report.analysis.primaryMetric, "watched");
+    const bandit = buildReport({ ...base, strategy: "bandit", primaryMetric: "clicked" }).report;
+    assert.equal(bandit.analysis.primaryMetric, "clicked");
+    assert.deepEqual(bandit.metrics.map((m) => [m.name, m.role]), [["watched", "secondary"], ["clicked", "primary"]]);
+    // a name that is no decidable metric is ignored, not an error
+    assert.equal(buildReport({ ...base, primaryMetric: "nope" }).report.analysis.primaryMetric, "watched");
+  });
+});

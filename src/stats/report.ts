@@ -56,6 +56,11 @@ export interface ReportInput {
    * weights, so a weight change earlier in the experiment (a ramp-up) is not mistaken for a sample ratio mismatch.
    */
   srmWindow?: { since: number; units: Record<string, number> };
+  /**
+   * The metric to decide on, when not the first conversion or mean metric: the bandit's `strategy.metric`, which its
+   * weights follow (a report deciding on another metric would contradict the weights it shows).
+   */
+  primaryMetric?: string;
 }
 
 /** The running intersection of the always-valid intervals of one comparison; `ci` null: the intersection is empty. */
@@ -269,7 +274,8 @@ export function buildReport(input: ReportInput): ReportOutput {
 
   // Metrics, in config order. The aggregate list is in config order too, but match by name to be safe.
   const aggByName = new Map(agg.metrics.map((m) => [m.name, m]));
-  const primaryConfig = input.metrics.find((m) => m.kind === "conversion" || m.kind === "mean");
+  const decidable = (m: MetricConfig) => m.kind === "conversion" || m.kind === "mean";
+  const primaryConfig = input.metrics.find((m) => m.name === input.primaryMetric && decidable(m)) ?? input.metrics.find(decidable);
   const primaryName = primaryConfig?.name ?? null;
   // Carry every finite entry over (also of metrics no longer configured); the state may come from JSON in the store.
   const sequentialState: Record<string, number> = {};
