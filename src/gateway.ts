@@ -150,6 +150,20 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         seenUnits: seen,
         onWarning: (message) => log.warn(message),
       });
+    const hashing = { salt: config.salt, hash: config.strategy.hash };
+    const savedHashing = restore?.hashing;
+    if (savedHashing && typeof savedHashing === "object" && (savedHashing.salt !== hashing.salt || savedHashing.hash !== hashing.hash) && config.strategy.kind === "sticky") {
+      // As with edited weights: said at start, not found later as units seen in more than one variant. (The bandit
+      // keeps the units it has seen where they were, whatever their new bucket.)
+      const what = [
+        ...(savedHashing.salt !== hashing.salt ? [`strategy.salt ${JSON.stringify(savedHashing.salt)} -> ${JSON.stringify(hashing.salt)}`] : []),
+        ...(savedHashing.hash !== hashing.hash ? [`strategy.hash ${savedHashing.hash} -> ${hashing.hash}`] : []),
+      ];
+      log.warn(
+        { savedHashing, hashing },
+        `${what.join(", ")} since the last run: every unit gets a new bucket, so about as many units as the variants' shares put elsewhere (half, at 50/50) now go to another variant, and the report counts them as seen in more than one variant. Keep the old value to keep units in place; use a new experiment name (or store) to start afresh`,
+      );
+    }
     const strategy = strategyFrom(restore, config.strategy.kind === "bandit" ? await loadSeenUnits() : undefined);
     if (restore) log.info({ weights: strategy.weights() }, "assignment state restored from the store");
     // A strategy without a range table (random, round-robin) saves the one a sticky or bandit run left, so that a
@@ -159,6 +173,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const saveStrategy = (from = strategy) => {
       const snapshot = from.snapshot();
       if (snapshot.ranges === undefined && keptRanges !== undefined) snapshot.ranges = keptRanges;
+      // (kept as it was by a strategy that hashes nothing, as the ranges are: a switch back is then compared to it)
+      snapshot.hashing = config.strategy.kind === "sticky" || config.strategy.kind === "bandit" ? hashing : (savedHashing ?? undefined);
+      if (snapshot.hashing === undefined) delete snapshot.hashing;
       return store.setState(config.experiment, STRATEGY_STATE_KEY, JSON.stringify(snapshot));
     };
     await saveStrategy();

@@ -2,8 +2,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { gzipSync } from "node:zlib";
+import { rmSync } from "node:fs";
 import { startBackend, type Backend } from "./helpers/backends.ts";
-import { admin, testGateway } from "./helpers/gateway.ts";
+import { admin, testConfig, testGateway } from "./helpers/gateway.ts";
 
 let a: Backend;
 let b: Backend;
@@ -619,6 +620,36 @@ test("bandit: the first update runs at start, and a stop right after waits for i
     const own = await testGateway({ experiment: "bandit-stop", strategy: { kind: "bandit" }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] }, { log });
     await own.close();
     assert.deepEqual(lines.filter((l) => /bandit update failed/.test(l.msg)), []);
+  }
+});
+
+test("a salt or hash changed between runs is warned about at start (every sticky unit gets a new bucket); an unchanged one is not", async () => {
+  const { pino } = await import("pino");
+  const { startGateway } = await import("../src/gateway.ts");
+  const variants = [{ name: "control", url: a.url }, { name: "treatment", url: b.url }];
+  const first = await testGateway({ strategy: { kind: "sticky", salt: "one" }, variants });
+  const store = first.config.store;
+  await first.stop();
+  const runWith = async (strategy: Record<string, unknown>) => {
+    const lines: { level: number; msg: string }[] = [];
+    const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const { config, dir } = testConfig({ store, strategy, variants });
+    const gw = await startGateway(config, { log });
+    await gw.stop();
+    rmSync(dir, { recursive: true, force: true });
+    return lines.filter((l) => l.level === 40 && /since the last run: every unit gets a new bucket/.test(l.msg)).map((l) => l.msg);
+  };
+  try {
+    assert.deepEqual(await runWith({ kind: "sticky", salt: "one" }), []);
+    const salt = await runWith({ kind: "sticky", salt: "two" });
+    assert.equal(salt.length, 1);
+    assert.match(salt[0]!, /^strategy\.salt "one" -> "two" since the last run/);
+    // a run with random keeps the hashing it found, so that a switch back is still compared with it
+    assert.deepEqual(await runWith({ kind: "random" }), []);
+    const hash = await runWith({ kind: "sticky", salt: "two", hash: "fnv1a32-fmix" });
+    assert.match(hash[0]!, /^strategy\.hash fnv1a32 -> fnv1a32-fmix since the last run/);
+  } finally {
+    rmSync(first.dir, { recursive: true, force: true });
   }
 });
 

@@ -28,6 +28,11 @@ export interface StrategyState {
    * Absent in snapshots from before it was saved: treated as unchanged.
    */
   configFileWeights?: Record<string, number>;
+  /**
+   * The salt and hash function the units were hashed with when this was saved (kept by the gateway, for every
+   * strategy): a run with others puts every unit in a new bucket, so it is warned about. Absent in older snapshots.
+   */
+  hashing?: { salt: string; hash: string };
 }
 
 /**
