@@ -82,7 +82,10 @@ describe("experimentReport: SRM across weight changes", () => {
     const second = (await experimentReport(cfg, store, { control: 50, treatment: 50 }, START + 120 * HOUR)) as Report;
     assert.equal(second.srm.mismatch, false, second.srm.note);
     assert.equal(second.srm.reason, "SINCE_WEIGHT_CHANGE");
-    assert.equal(second.srm.judged, false, "no unit is known yet to have been assigned under 50/50");
+    // No unit is known yet to have been assigned under 50/50; the day at 90/10 is tested against 90/10.
+    assert.equal(second.srm.judged, true);
+    assert.deepEqual(second.srm.periods?.map((p) => [p.since, p.until, p.judged]), [[null, new Date(START + 24 * HOUR).toISOString(), true]]);
+    assert.match(second.srm.note, /^units match the weights over 1 weight period, against the weights then in force \(p = .*\); the current weights not judged until every variant has 8 units first exposed from/);
     assert.equal(second.decision.action, "promote", second.decision.reason);
 
     // more units at 50/50: now tested, against 50/50
@@ -93,7 +96,13 @@ describe("experimentReport: SRM across weight changes", () => {
     const minutes = await store.minutes("exp", [], START + 120 * HOUR);
     const since = (v: string) => minutes.filter((b) => b.variant === v).reduce((s, b) => s + b.newUnits, 0);
     assert.equal(since("control") + since("treatment"), 2000);
-    assert.equal(third.srm.pValue, srmTest([since("control"), since("treatment")], [50, 50]).pValue);
+    // the two periods' χ² add up: the day at 90/10 against 90/10, the units since the change against 50/50
+    const before = await store.minutes("exp", [], START);
+    const upTo = (v: string) => before.filter((b) => b.variant === v && b.minute < START + 24 * HOUR).reduce((s, b) => s + b.newUnits, 0);
+    const chiSquare = srmTest([upTo("control"), upTo("treatment")], [90, 10]).chiSquare! + srmTest([since("control"), since("treatment")], [50, 50]).chiSquare!;
+    assert.equal(third.srm.df, 2);
+    assert.ok(Math.abs(third.srm.chiSquare! - chiSquare) < 1e-9, `${third.srm.chiSquare} vs ${chiSquare}`);
+    assert.ok(Math.abs(third.srm.pValue! - Math.exp(-chiSquare / 2)) < 1e-12, "χ² with 2 df: p = e^(-χ²/2)");
     assert.equal(third.srm.mismatch, false);
     assert.equal(third.decision.action, "promote", third.decision.reason);
 
@@ -119,6 +128,36 @@ describe("experimentReport: SRM across weight changes", () => {
       assert.equal(report.srm.since, new Date(START + 25 * HOUR).toISOString());
       assert.equal(report.srm.judged, true, "the 4,000 units since the change are tested at once");
       assert.equal(report.srm.mismatch, false, report.srm.note);
+    } finally {
+      store = saved;
+      await own.close();
+    }
+  });
+
+  it("a mismatch before a weight change is not hidden by it, nor by a change to the same weights", async () => {
+    const own = openStore(`sqlite:${join(dir, "hidden.db")}`);
+    await own.init();
+    const cfg = config("sticky");
+    const saved = store;
+    store = own;
+    try {
+      // 90/10 configured, but units come 80/20: a mismatch
+      await traffic(START, 3000, 10_000, 0.2);
+      const first = (await experimentReport(cfg, own, { control: 90, treatment: 10 }, START + 10 * HOUR)) as Report;
+      assert.equal(first.srm.mismatch, true, first.srm.note);
+      // the same weights again, then a real change; a few units under the new ones
+      await recordWeightChange(own, cfg, { control: 90, treatment: 10 }, START + 10 * HOUR + 1000);
+      const same = (await experimentReport(cfg, own, { control: 90, treatment: 10 }, START + 10 * HOUR + 2000)) as Report;
+      assert.equal(same.srm.mismatch, true, "a PUT of the weights in force starts no new period");
+      assert.equal(same.srm.reason, undefined);
+      await recordWeightChange(own, cfg, { control: 50, treatment: 50 }, START + 11 * HOUR);
+      await traffic(START + 11 * HOUR, 300, 10_000, 0.5);
+      const after = (await experimentReport(cfg, own, { control: 50, treatment: 50 }, START + 13 * HOUR)) as Report;
+      assert.equal(after.srm.mismatch, true, after.srm.note);
+      assert.equal(after.srm.periods?.length, 1);
+      assert.match(after.srm.note, /among them the units first exposed from the start to 2026-11-28T11:00:00\.000Z/);
+      assert.equal(after.decision.action, "continue");
+      assert.match(after.decision.reason, /^Sample ratio mismatch: units are not split as the weights say, over 2 weight periods/);
     } finally {
       store = saved;
       await own.close();

@@ -1,4 +1,5 @@
 import type { Config } from "../config/index.ts";
+import type { ReportInput } from "../stats/report.ts";
 import type { Store } from "../store/types.ts";
 
 const SEQUENTIAL_STATE_KEY = "sequential";
@@ -11,7 +12,21 @@ interface WeightsSeen {
   shares: Record<string, number>;
   /** ms since epoch from which these weights are known to be in force; null: since the start of the experiment */
   since: number | null;
+  /** the last time (ms since epoch, to a minute) a report found these weights still in force */
+  confirmedAt?: number;
+  /** the periods before, oldest first, each with the weights in force from `since` to `until` (at most MAX_PERIODS) */
+  earlier?: WeightPeriod[];
 }
+
+/** Weights known to have been in force from `since` (null: the start) to `until`, both ms since epoch. */
+interface WeightPeriod {
+  shares: Record<string, number>;
+  since: number | null;
+  until: number;
+}
+
+/** Earlier weight periods kept for the SRM check; older ones are no longer tested. */
+const MAX_PERIODS = 20;
 
 /**
  * The report of the spec: sufficient statistics from the store, the verdict from the stats engine. The running
@@ -76,7 +91,48 @@ export async function experimentReport(
  */
 export async function recordWeightChange(store: Store, config: Config, weights: Record<string, number>, nowMs: number): Promise<void> {
   const shares = sharesOf(weights);
-  if (shares !== null) await saveWeightsSeen(store, config, { shares, since: nowMs });
+  if (shares === null) return;
+  const seen = await readWeightsSeen(store, config);
+  // The same shares again (a PUT of the weights in force) change nothing: their period goes on. Starting a new one
+  // hid a mismatch found in the units before it.
+  if (seen !== null && sameShares(seen.shares, shares)) return;
+  // Without a record, the configured weights are the only history there is (as for the first report).
+  const before = seen ?? { shares: sharesOf(configuredWeights(config)), since: null };
+  const earlier = closePeriod(seen?.earlier ?? [], before.shares, before.since, nowMs);
+  await saveWeightsSeen(store, config, { shares, since: nowMs, earlier });
+}
+
+/** `earlier` with the period of `shares` from `since` to `until` added last, when it is one (at most MAX_PERIODS). */
+function closePeriod(earlier: WeightPeriod[], shares: Record<string, number> | null, since: number | null, until: number | undefined): WeightPeriod[] {
+  if (shares === null || until === undefined || (since !== null && until <= since)) return earlier;
+  return [...earlier, { shares, since, until }].slice(-MAX_PERIODS);
+}
+
+function configuredWeights(config: Config): Record<string, number> {
+  return Object.fromEntries(config.variants.map((v) => [v.name, v.weight]));
+}
+
+async function readWeightsSeen(store: Store, config: Config): Promise<WeightsSeen | null> {
+  try {
+    const raw = await store.getState(config.experiment, REPORT_WEIGHTS_STATE_KEY);
+    if (!raw) return null;
+    const parsed = JSON.parse(raw) as Partial<WeightsSeen>;
+    if (!parsed || typeof parsed.shares !== "object" || parsed.shares === null || !(parsed.since === null || typeof parsed.since === "number")) return null;
+    const earlier = Array.isArray(parsed.earlier)
+      ? parsed.earlier.filter(
+          (p): p is WeightPeriod =>
+            typeof p === "object" && p !== null && typeof p.shares === "object" && p.shares !== null && (p.since === null || typeof p.since === "number") && typeof p.until === "number",
+        )
+      : [];
+    return {
+      shares: parsed.shares,
+      since: parsed.since,
+      ...(typeof parsed.confirmedAt === "number" ? { confirmedAt: parsed.confirmedAt } : {}),
+      earlier,
+    };
+  } catch {
+    return null;
+  }
 }
 
 function saveWeightsSeen(store: Store, config: Config, seen: WeightsSeen): Promise<void> {
@@ -97,18 +153,19 @@ function sameShares(a: Record<string, number>, b: Record<string, number>): boole
 
 /**
  * For the SRM check under manual weight changes (ramp-ups): the units whose first exposure came after the current
- * weights are known to have been in force, or undefined to test the cumulative units (no change seen).
+ * weights are known to have been in force, and those of each earlier period under the weights then in force; or
+ * undefined to test the cumulative units (no change seen).
  *
- * The store keeps no history of weights, so one state key holds the weights last known and the time from which
- * they are known to hold: the gateway sets it when it applies a change (recordWeightChange), and this sets it when it
- * finds weights that differ from the ones recorded (or, at the first report, from the configured ones), which
- * changed at some unknown time before now (a config edit between runs, or a store that missed the gateway's note).
- * Only units first exposed from the next full minute after that time on (the store counts new units per minute)
- * are known to have been assigned under the current weights; those are what the SRM check then tests. Units from
- * before are left out rather than compared with weights that did not apply to them. Under sticky assignment new
- * units hash into the current ranges, so their split follows the current weights whatever came before.
- * Limits, for changes found this way: one undone before a report sees it (A → B → A) is not noticed, and the
- * window starts at the report, not at the change, so the check stays unjudged until each arm has a few units since.
+ * One state key holds the weights last known, the time from which they are known to hold, and the periods before:
+ * the gateway closes a period when it applies a change (recordWeightChange), and this closes one when it finds
+ * weights that differ from the ones recorded (or, at the first report, from the configured ones), which changed at
+ * some unknown time before now (a config edit between runs, or a store that missed the gateway's note). Such a
+ * period ends at the last report that found its weights still in force (`confirmedAt`, noted at most once a
+ * minute); the time between is left out. Only units first exposed in whole minutes within a period (the store counts
+ * new units per minute) are known to have been assigned under its weights; each period's units are tested against
+ * its own weights, so a ramp-up is not a mismatch, and a mismatch before a change is not hidden by it. Under sticky
+ * assignment new units hash into the current ranges, so their split follows the current weights whatever came before.
+ * Limit: a change undone before a report sees it (A → B → A), made outside a gateway, is not noticed.
  */
 async function weightsInForce(
   config: Config,
@@ -117,34 +174,42 @@ async function weightsInForce(
   nowMs: number,
   save: boolean,
   record: (write: () => Promise<void>) => Promise<void>,
-): Promise<{ since: number; units: Record<string, number> } | undefined> {
+): Promise<SrmWindow | undefined> {
   const shares = sharesOf(weights);
   if (shares === null) return undefined;
-  let seen: WeightsSeen | null = null;
-  try {
-    const raw = await store.getState(config.experiment, REPORT_WEIGHTS_STATE_KEY);
-    if (raw) {
-      const parsed = JSON.parse(raw) as Partial<WeightsSeen>;
-      if (parsed && typeof parsed.shares === "object" && parsed.shares !== null && (parsed.since === null || typeof parsed.since === "number")) {
-        seen = { shares: parsed.shares, since: parsed.since };
-      }
-    }
-  } catch {
-    seen = null;
-  }
-  let since: number | null;
-  if (seen !== null && sameShares(seen.shares, shares)) since = seen.since;
-  else if (seen === null) {
-    const configured = sharesOf(Object.fromEntries(config.variants.map((v) => [v.name, v.weight])));
+  const seen = await readWeightsSeen(store, config);
+  const nowMinute = Math.floor(nowMs / MINUTE_MS) * MINUTE_MS;
+  let next: WeightsSeen;
+  if (seen !== null && sameShares(seen.shares, shares)) {
+    next = { ...seen, confirmedAt: Math.max(seen.confirmedAt ?? nowMinute, nowMinute) };
+  } else if (seen === null) {
+    const configured = sharesOf(configuredWeights(config));
     // First report: the configured weights are the only history there is.
-    since = configured !== null && sameShares(configured, shares) ? null : nowMs;
-  } else since = nowMs;
-  if (save && (seen === null || seen.since !== since || !sameShares(seen.shares, shares))) await record(() => saveWeightsSeen(store, config, { shares, since }));
-  if (since === null) return undefined;
-  // Whole minutes from `since` on: every unit counted there was first exposed after the weights were seen in force.
-  const from = Math.ceil(since / MINUTE_MS) * MINUTE_MS;
-  const buckets = await store.minutes(config.experiment, [], from);
-  const units: Record<string, number> = Object.fromEntries(config.variants.map((v) => [v.name, 0]));
-  for (const b of buckets) if (b.minute >= from && b.variant in units) units[b.variant]! += b.newUnits;
-  return { since: from, units };
+    next = configured !== null && sameShares(configured, shares) ? { shares, since: null, confirmedAt: nowMinute, earlier: [] } : { shares, since: nowMs, confirmedAt: nowMinute, earlier: [] };
+  } else {
+    next = { shares, since: nowMs, confirmedAt: nowMinute, earlier: closePeriod(seen.earlier ?? [], seen.shares, seen.since, seen.confirmedAt) };
+  }
+  const changed = seen === null || seen.since !== next.since || !sameShares(seen.shares, next.shares) || (seen.earlier?.length ?? 0) !== (next.earlier?.length ?? 0);
+  if (save && (changed || seen?.confirmedAt !== next.confirmedAt)) await record(() => saveWeightsSeen(store, config, next));
+  const earlier = next.earlier ?? [];
+  if (next.since === null && earlier.length === 0) return undefined;
+  // Whole minutes within each period: every unit counted there was first exposed while its weights were in force.
+  const from = next.since === null ? null : Math.ceil(next.since / MINUTE_MS) * MINUTE_MS;
+  const periods = earlier.map((p) => ({ from: p.since === null ? -Infinity : Math.ceil(p.since / MINUTE_MS) * MINUTE_MS, until: Math.floor(p.until / MINUTE_MS) * MINUTE_MS, p }));
+  const first = Math.min(from ?? -Infinity, ...periods.map((p) => p.from));
+  const buckets = await store.minutes(config.experiment, [], Number.isFinite(first) ? first : 0);
+  const names = config.variants.map((v) => v.name);
+  const unitsIn = (lo: number, hi: number) => {
+    const units: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+    for (const b of buckets) if (b.minute >= lo && b.minute < hi && b.variant in units) units[b.variant]! += b.newUnits;
+    return units;
+  };
+  return {
+    since: from ?? Number.NEGATIVE_INFINITY,
+    units: unitsIn(from ?? -Infinity, Infinity),
+    earlier: periods.filter((q) => q.until > q.from).map((q) => ({ since: q.p.since === null ? null : q.from, until: q.until, weights: q.p.shares, units: unitsIn(q.from, q.until) })),
+  };
 }
+
+/** What the SRM check tests: the units of the current period, from `since` (-Infinity: the start), and of earlier ones. */
+type SrmWindow = NonNullable<ReportInput["srmWindow"]>;

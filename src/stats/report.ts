@@ -2,6 +2,7 @@ import type { MetricConfig } from "../config/index.ts";
 import type { ExperimentAggregates, MeanStats, MetricAggregate, ProportionStats } from "../store/types.ts";
 import { fnv1a32 } from "../strategies/fnv.ts";
 import { chanceToWin } from "./bayes.ts";
+import { chiSquareSf } from "./distributions.ts";
 import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
 import { adjustPValues } from "./multiple.ts";
 import { sequentialUnits } from "./power.ts";
@@ -55,7 +56,16 @@ export interface ReportInput {
    * to have been in force. When given, the SRM check compares these units, not the cumulative ones, with the current
    * weights, so a weight change earlier in the experiment (a ramp-up) is not mistaken for a sample ratio mismatch.
    */
-  srmWindow?: { since: number; units: Record<string, number> };
+  srmWindow?: {
+    since: number;
+    units: Record<string, number>;
+    /**
+     * Earlier weight periods, each with the weights then in force (any scale) and the units first exposed from
+     * `since` (null: the start) to `until` (ms since epoch): each is tested against its own weights too, and the
+     * periods' χ² add up (independent units), so a mismatch before a weight change is not hidden by the change.
+     */
+    earlier?: { since: number | null; until: number; weights: Record<string, number>; units: Record<string, number> }[];
+  };
   /**
    * The metric to decide on, when not the first conversion or mean metric: the bandit's `strategy.metric`, which its
    * weights follow (a report deciding on another metric would contradict the weights it shows).
@@ -91,6 +101,8 @@ export interface SrmSummary {
   reason?: "ADAPTIVE_ALLOCATION" | "SINCE_WEIGHT_CHANGE";
   /** SINCE_WEIGHT_CHANGE: the start of the units tested */
   since?: string;
+  /** earlier weight periods that were tested too (their units against their weights), oldest first */
+  periods?: { since: string | null; until: string; pValue: number | null; judged: boolean }[];
 }
 
 export type MetricRole = "primary" | "secondary" | "guardrail";
@@ -412,7 +424,7 @@ function intersect(previous: SequentialIntervalState | undefined, look: [number,
  *   ran at (a 90/10 → 50/50 ramp-up fails the test for good); units since the weights took effect do not.
  * - without `window`: cumulative units, so a weight change during the experiment shows up as a mismatch.
  */
-function srmSummary(variants: VariantSummary[], threshold: number, adaptive = false, window?: { since: number; units: Record<string, number> }): SrmSummary {
+function srmSummary(variants: VariantSummary[], threshold: number, adaptive = false, window?: NonNullable<ReportInput["srmWindow"]>): SrmSummary {
   if (adaptive) {
     return {
       pValue: null,
@@ -425,35 +437,67 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
       note: "not checked: the bandit strategy moves the weights with the data, so units are not expected to follow any fixed weights",
     };
   }
-  const useWindow = window !== undefined && Number.isFinite(window.since);
+  const useWindow = window !== undefined && !Number.isNaN(window.since);
   const counted = useWindow ? variants.map((v) => ({ ...v, units: Math.max(0, window.units[v.name] ?? 0) })) : variants;
   const since = useWindow ? isoOrNull(window.since) : null;
   // `since` is the first whole minute after the weights were first seen in force (the store counts new units per
   // minute), so for a report made within a minute of a change it is still ahead of `generatedAt`.
   const scope = since !== null ? ` first exposed from ${since} on (the first whole minute under the current weights)` : "";
   const weighted = counted.filter((v) => v.weight > 0);
-  const result = srmTest(
+  const current = srmTest(
     counted.map((v) => v.units),
     counted.map((v) => Math.max(0, v.weight)),
   );
-  const extra = since !== null ? { reason: "SINCE_WEIGHT_CHANGE" as const, since } : {};
-  const base = { pValue: finite(result.pValue), chiSquare: finite(result.chiSquare), df: result.df, threshold, ...extra };
-  if (weighted.length < 2) return { ...base, mismatch: false, judged: false, note: "fewer than two variants with weight > 0: nothing to check" };
   const small = weighted.filter((v) => v.units < SRM_MIN_UNITS_PER_VARIANT);
-  if (small.length > 0) {
-    return {
-      ...base,
-      mismatch: false,
-      judged: false,
-      note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope} (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
-    };
+  const currentJudged = weighted.length >= 2 && small.length === 0 && current.chiSquare !== null && current.df !== null;
+  // Earlier periods: each judged as the current one is (two weighted arms, enough units each); the judged ones' χ²
+  // and df add to the current period's (Pearson's statistics of independent samples), one test over all of them.
+  const periods = (useWindow ? (window.earlier ?? []) : []).map((p) => {
+    const names = variants.map((v) => v.name);
+    const units = names.map((n) => Math.max(0, p.units[n] ?? 0));
+    const weights = names.map((n) => Math.max(0, p.weights[n] ?? 0));
+    const armsOn = names.filter((_, i) => weights[i]! > 0);
+    const result = srmTest(units, weights);
+    const judged = armsOn.length >= 2 && armsOn.every((n) => (p.units[n] ?? 0) >= SRM_MIN_UNITS_PER_VARIANT) && result.chiSquare !== null && result.df !== null;
+    return { since: p.since === null ? null : isoOrNull(p.since), until: isoOrNull(p.until) ?? "", pValue: finite(result.pValue), judged, chiSquare: result.chiSquare, df: result.df };
+  });
+  const judgedEarlier = periods.filter((p) => p.judged);
+  const periodsField = periods.length > 0 ? { periods: periods.map(({ since: s, until, pValue, judged }) => ({ since: s, until, pValue, judged })) } : {};
+  const extra = since !== null ? { reason: "SINCE_WEIGHT_CHANGE" as const, since } : {};
+  if (judgedEarlier.length === 0) {
+    const base = { pValue: finite(current.pValue), chiSquare: finite(current.chiSquare), df: current.df, threshold, ...extra, ...periodsField };
+    if (weighted.length < 2) return { ...base, mismatch: false, judged: false, note: "fewer than two variants with weight > 0: nothing to check" };
+    if (small.length > 0) {
+      return {
+        ...base,
+        mismatch: false,
+        judged: false,
+        note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope} (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
+      };
+    }
   }
-  const mismatch = result.pValue !== null && result.pValue < threshold;
+  const tested = [...judgedEarlier.map((p) => ({ chiSquare: p.chiSquare!, df: p.df! })), ...(currentJudged ? [{ chiSquare: current.chiSquare!, df: current.df! }] : [])];
+  const chiSquare = tested.reduce((sum, t) => sum + t.chiSquare, 0);
+  const df = tested.reduce((sum, t) => sum + t.df, 0);
+  const pValue = tested.length === 1 && currentJudged ? current.pValue : finite(chiSquareSf(chiSquare, df));
+  const base = { pValue, chiSquare: finite(chiSquare), df, threshold, ...extra, ...periodsField };
+  const mismatch = pValue !== null && pValue < threshold;
   const zeroWeightUnits = counted.filter((v) => v.weight <= 0 && v.units > 0);
-  let note = mismatch
-    ? `units${scope} are not split as the weights say (χ² = ${fmt(result.chiSquare)}, p = ${fmtP(result.pValue)} < ${threshold})`
-    : `units${scope} match the weights (p = ${fmtP(result.pValue)})`;
-  if (since === null) note += "; compared with the current weights, so a weight change during the experiment shows up here too";
+  let note: string;
+  if (judgedEarlier.length === 0) {
+    note = mismatch
+      ? `units${scope} are not split as the weights say (χ² = ${fmt(chiSquare)}, p = ${fmtP(pValue)} < ${threshold})`
+      : `units${scope} match the weights (p = ${fmtP(pValue)})`;
+    if (since === null) note += "; compared with the current weights, so a weight change during the experiment shows up here too";
+  } else {
+    const bad = judgedEarlier.filter((p) => p.pValue !== null && p.pValue < threshold);
+    const span = (p: (typeof periods)[number]) => `${p.since ?? "the start"} to ${p.until} (p = ${fmtP(p.pValue)})`;
+    const what = tested.length === 1 ? "1 weight period, against the weights then in force" : `${tested.length} weight periods, each against the weights then in force`;
+    note = mismatch
+      ? `units are not split as the weights say, over ${what} (χ² = ${fmt(chiSquare)}, df = ${df}, p = ${fmtP(pValue)} < ${threshold}${bad.length > 0 ? `, among them the units first exposed from ${bad.map(span).join(", and from ")}` : ""})`
+      : `units match the weights over ${what} (p = ${fmtP(pValue)})`;
+    if (!currentJudged && weighted.length >= 2) note += `; the current weights not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope}`;
+  }
   if (zeroWeightUnits.length > 0) note += `; variants at weight 0 left out: ${zeroWeightUnits.map((v) => v.name).join(", ")}`;
   return { ...base, mismatch, judged: true, note };
 }
