@@ -164,6 +164,53 @@ describe("experimentReport: SRM across weight changes", () => {
     }
   });
 
+  it("a ramp of identical arms is no rollback: comparisons are post-stratified by weight period (Simpson's paradox)", async () => {
+    const own = openStore(`sqlite:${join(dir, "ramp.db")}`);
+    await own.init();
+    const cfg = config("sticky");
+    const rng = seededRandom(30);
+    /** `count` units from `from`, a second apart, treatment with probability `share`; each converts at 30% when `convert` */
+    const cohort = async (prefix: string, from: number, count: number, share: number, convert: boolean) => {
+      const exposures: Exposure[] = [];
+      const later: OutcomeEvent[] = [];
+      for (let i = 0; i < count; i++) {
+        const id = `${prefix}${i}`;
+        const variant = rng() < share ? "treatment" : "control";
+        const ts = from + i * 1000;
+        exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 5, forced: false });
+        if (rng() < 0.3) later.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 60_000, requestId: null });
+      }
+      await own.writeExposures(exposures);
+      if (convert) await own.writeEvents(later);
+      return later;
+    };
+    try {
+      await cohort("a", START, 1000, 0.5, true);
+      await recordWeightChange(own, cfg, { control: 10, treatment: 90 }, START + 2 * HOUR);
+      // the ramp's new units, whose conversions have not come in yet
+      const pending = await cohort("b", START + 2 * HOUR + 1000, 1000, 0.9, false);
+      const report = (await experimentReport(cfg, own, { control: 10, treatment: 90 }, START + 3 * HOUR)) as Report;
+      const watched = report.metrics.find((m) => m.name === "watched")!;
+      const cmp = watched.comparisons[0]!;
+      // pooled, the treatment looks far worse
+      const agg = await own.aggregate("exp", ["control", "treatment"], cfg.metrics);
+      const pooled = agg.metrics[0]!.byVariant as Record<string, { units: number; conversions: number }>;
+      const { proportionTest } = await import("../stats/frequentist.ts");
+      assert.ok(proportionTest(pooled.control!, pooled.treatment!).pValue! < 1e-6, "the scenario misleads a pooled test");
+      assert.equal(cmp.adjusted?.periods, 2);
+      assert.ok(cmp.pValue! > 0.05, `post-stratified p = ${cmp.pValue}`);
+      assert.equal(cmp.significant, false);
+      assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+      // once they convert too, still nothing (and the always-valid state kept no misleading look)
+      await own.writeEvents(pending);
+      const later = (await experimentReport(cfg, own, { control: 10, treatment: 90 }, START + 4 * HOUR)) as Report;
+      assert.notEqual(later.decision.action, "rollback", later.decision.reason);
+      assert.equal(later.metrics.find((m) => m.name === "watched")!.comparisons[0]!.significant, false);
+    } finally {
+      await own.close();
+    }
+  });
+
   it("bandit: the SRM check is skipped and the report says why", async () => {
     const report = (await experimentReport(config("bandit"), store, { control: 0.01, treatment: 0.99 }, START + 146 * HOUR)) as Report;
     assert.equal(report.srm.pValue, null);

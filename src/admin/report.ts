@@ -1,5 +1,6 @@
 import type { Config } from "../config/index.ts";
 import type { ReportInput } from "../stats/report.ts";
+import { MAX_PERIOD_STARTS } from "../store/aggregate.ts";
 import type { Store } from "../store/types.ts";
 
 const SEQUENTIAL_STATE_KEY = "sequential";
@@ -56,7 +57,6 @@ export async function experimentReport(
     }
   };
   const variants = config.variants.map((v) => v.name);
-  const aggregates = await store.aggregate(config.experiment, variants, config.metrics);
   const saved = await store.getState(config.experiment, SEQUENTIAL_STATE_KEY);
   let previousSequential: Record<string, number> = {};
   try {
@@ -66,7 +66,11 @@ export async function experimentReport(
   }
   const current = Object.fromEntries(variants.map((name) => [name, weights[name] ?? 0]));
   const bandit = config.strategy.kind === "bandit";
-  const srmWindow = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save, record);
+  const window = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save, record);
+  // Comparisons across weight changes are post-stratified by period of first exposure (stats/stratified.ts).
+  const periodStarts = window?.periodStarts ?? [];
+  const aggregates = await store.aggregate(config.experiment, variants, config.metrics, periodStarts.length > 0 ? { periodStarts } : {});
+  const srmWindow = window ? { since: window.since, units: window.units, earlier: window.earlier } : undefined;
   // Loaded on first use: the proxy starts without the statistics code.
   const { buildReport } = await import("../stats/index.ts");
   const { report, sequentialState } = buildReport({
@@ -193,6 +197,10 @@ async function weightsInForce(
   if (save && (changed || seen?.confirmedAt !== next.confirmedAt)) await record(() => saveWeightsSeen(store, config, next));
   const earlier = next.earlier ?? [];
   if (next.since === null && earlier.length === 0) return undefined;
+  // The times that cut the experiment into periods, to the millisecond: each period's start and end (a change a
+  // report found leaves a period between, of unknown weights, of its own).
+  const cuts = [...earlier.flatMap((p) => [p.since, p.until]), next.since].filter((t): t is number => t !== null && Number.isSafeInteger(t));
+  const periodStarts = [...new Set(cuts)].sort((a, b) => a - b).slice(-MAX_PERIOD_STARTS);
   // Whole minutes within each period: every unit counted there was first exposed while its weights were in force.
   const from = next.since === null ? null : Math.ceil(next.since / MINUTE_MS) * MINUTE_MS;
   const periods = earlier.map((p) => ({ from: p.since === null ? -Infinity : Math.ceil(p.since / MINUTE_MS) * MINUTE_MS, until: Math.floor(p.until / MINUTE_MS) * MINUTE_MS, p }));
@@ -205,11 +213,15 @@ async function weightsInForce(
     return units;
   };
   return {
+    periodStarts,
     since: from ?? Number.NEGATIVE_INFINITY,
     units: unitsIn(from ?? -Infinity, Infinity),
     earlier: periods.filter((q) => q.until > q.from).map((q) => ({ since: q.p.since === null ? null : q.from, until: q.until, weights: q.p.shares, units: unitsIn(q.from, q.until) })),
   };
 }
 
-/** What the SRM check tests: the units of the current period, from `since` (-Infinity: the start), and of earlier ones. */
-type SrmWindow = NonNullable<ReportInput["srmWindow"]>;
+/**
+ * What the SRM check tests: the units of the current period, from `since` (-Infinity: the start), and of earlier
+ * ones; and the times that start the periods, for the comparisons (post-stratified over them).
+ */
+type SrmWindow = NonNullable<ReportInput["srmWindow"]> & { periodStarts: number[] };

@@ -6,6 +6,8 @@ export { proportionTest, meanTest, srmTest, meanAndVariance, welchOneSidedIncrea
 export { mixtureSprt, runningMinimum, DEFAULT_TAU2_STANDARDIZED, oneSidedMixtureSprt, meanIncreaseSequential, proportionIncreaseSequential } from "./sequential.ts";
 export { chanceToWin } from "./bayes.ts";
 export { adjustPValues } from "./multiple.ts";
+export { stratifiedDifference, MIN_STRATUM_UNITS } from "./stratified.ts";
+export type { Stratum, StratifiedResult } from "./stratified.ts";
 export { fixedHorizonUnits, sequentialUnits } from "./power.ts";
 export type { SampleSizeInput } from "./power.ts";
 export {

@@ -2,9 +2,10 @@ import type { MetricConfig } from "../config/index.ts";
 import type { ExperimentAggregates, MeanStats, MetricAggregate, ProportionStats } from "../store/types.ts";
 import { fnv1a32 } from "../strategies/fnv.ts";
 import { chanceToWin } from "./bayes.ts";
-import { chiSquareSf } from "./distributions.ts";
+import { chiSquareSf, normalCdf } from "./distributions.ts";
 import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
 import { adjustPValues } from "./multiple.ts";
+import { MIN_STRATUM_UNITS, stratifiedDifference, type StratifiedResult, type Stratum } from "./stratified.ts";
 import { sequentialUnits } from "./power.ts";
 import { DEFAULT_TAU2_STANDARDIZED, meanIncreaseSequential, mixtureSprt, proportionIncreaseSequential, runningMinimum } from "./sequential.ts";
 import type { Correction, Interval, StatsErrorCode } from "./types.ts";
@@ -136,6 +137,12 @@ export interface Comparison {
    */
   significant: boolean;
   error?: string;
+  /**
+   * When the weights changed during the experiment (periods of first exposure, from the store): the estimates and
+   * tests above are post-stratified over the periods that have both arms (stats/stratified.ts), and these are the
+   * arms' period-weighted means they compare, with the periods used and the units of periods left out.
+   */
+  adjusted?: { control: number | null; value: number | null; periods: number; excludedUnits: number };
 }
 
 export interface MetricReport {
@@ -252,7 +259,7 @@ interface ArmStats {
 
 function armStats(metric: MetricAggregate, variant: string): ArmStats {
   if (metric.kind === "conversion" || metric.kind === "error_rate") {
-    const p = metric.byVariant[variant] ?? EMPTY_PROPORTION;
+    const p = (metric.byVariant[variant] as ProportionStats | undefined) ?? EMPTY_PROPORTION;
     const rate = p.units > 0 ? p.conversions / p.units : null;
     return { units: p.units, value: rate, proportion: p, variance: rate === null ? 0 : rate * (1 - rate) };
   }
@@ -311,9 +318,12 @@ export function buildReport(input: ReportInput): ReportOutput {
     sequentialState[definitionKey] = definition;
     const c = armStats(metric, control);
     const comparisons: Comparison[] = [];
+    // The metric's periods of first exposure (conversion and mean metrics, when the weights changed)
+    const periods = (agg.strata ?? []).flatMap((p) => p.metrics.filter((m) => m.name === config.name && m.kind === metric.kind));
     for (const variant of treatments) {
       const t = armStats(metric, variant);
-      const comparison = compare(metric, variant, c, t, alpha, tau2Standardized);
+      const strata = periods.length >= 2 ? periods.map((m) => ({ control: armStats(m, control), treatment: armStats(m, variant) })) : undefined;
+      const comparison = compare(metric, variant, c, t, alpha, tau2Standardized, strata);
       const key = `${config.name}/${variant}`;
       comparison.pValueSequential = runningMinimum(storedP(prior, key), comparison.pValueSequential);
       if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
@@ -502,7 +512,34 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
   return { ...base, mismatch, judged: true, note };
 }
 
-function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, alpha: number, tau2Standardized: number): Comparison {
+function compare(
+  metric: MetricAggregate,
+  variant: string,
+  totalControl: ArmStats,
+  totalTreatment: ArmStats,
+  alpha: number,
+  tau2Standardized: number,
+  strata?: { control: ArmStats; treatment: ArmStats }[],
+): Comparison {
+  let c = totalControl;
+  let t = totalTreatment;
+  if (strata !== undefined) {
+    const samples = strata.flatMap((s): Stratum[] =>
+      s.control.proportion && s.treatment.proportion
+        ? [{ control: s.control.proportion, treatment: s.treatment.proportion }]
+        : s.control.mean && s.treatment.mean
+          ? [{ control: s.control.mean, treatment: s.treatment.mean }]
+          : [],
+    );
+    const r = stratifiedDifference(samples, { alpha });
+    if (r.periods >= 2) return stratifiedComparison(metric, variant, totalControl, totalTreatment, r, alpha, tau2Standardized);
+    // One period with both arms: its plain comparison (the units of the others carry no contrast)
+    const only = strata.find((s) => s.control.units >= MIN_STRATUM_UNITS && s.treatment.units >= MIN_STRATUM_UNITS);
+    if (only !== undefined && r.excludedUnits > 0) {
+      const plain = compare(metric, variant, only.control, only.treatment, alpha, tau2Standardized);
+      return { ...plain, units: t.units, value: t.value, adjusted: { control: only.control.value, value: only.treatment.value, periods: 1, excludedUnits: r.excludedUnits } };
+    }
+  }
   const out: Comparison = {
     variant,
     units: t.units,
@@ -549,6 +586,46 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
       tau2: tau2Standardized * pooledVariance,
       alpha,
     });
+    out.pValueSequential = s.pValue;
+    out.sequentialCi = s.ci;
+  }
+  return out;
+}
+
+/**
+ * A comparison post-stratified over periods of first exposure (stats/stratified.ts): its estimates, tests and mSPRT
+ * look use the period-weighted difference and variance; the sequential test's τ² still scales with the pooled
+ * variance of all units, as the plain comparison's does. Chance to win, for rates, is then the normal approximation
+ * Φ(d / se) of P(p_T > p_C), the Beta posteriors having no closed form over weighted periods.
+ */
+function stratifiedComparison(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, r: StratifiedResult, alpha: number, tau2Standardized: number): Comparison {
+  const out: Comparison = {
+    variant,
+    units: t.units,
+    value: t.value,
+    absolute: r.absolute,
+    relative: r.relative,
+    pValue: r.pValue,
+    pValueAdjusted: null,
+    pValueSequential: null,
+    pValueSequentialAdjusted: null,
+    sequentialCi: null,
+    chanceToWin: null,
+    significant: false,
+    adjusted: { control: r.control, value: r.treatment, periods: r.periods, excludedUnits: r.excludedUnits },
+  };
+  if (r.error) out.error = r.error;
+  const n = c.units + t.units;
+  let pooledVariance = 0;
+  if (c.proportion && t.proportion) {
+    const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
+    pooledVariance = pooled * (1 - pooled);
+    if (metric.kind === "conversion" && r.diff !== null && r.varDiff !== null && r.varDiff > 0) out.chanceToWin = normalCdf(r.diff / Math.sqrt(r.varDiff));
+  } else if (n > 2) {
+    pooledVariance = ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / (n - 2);
+  }
+  if (c.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && t.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && r.diff !== null && r.varDiff !== null && pooledVariance > 0) {
+    const s = mixtureSprt({ diff: r.diff, varDiff: r.varDiff, tau2: tau2Standardized * pooledVariance, alpha });
     out.pValueSequential = s.pValue;
     out.sequentialCi = s.ci;
   }
@@ -781,7 +858,7 @@ function decide(d: DecisionInput): Decision {
       action: "promote",
       variant: best.variant,
       reason:
-        `${best.variant} beats ${d.control} on ${primary.name}: ${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}` +
+        `${best.variant} beats ${d.control} on ${primary.name}: ${versus(primary, best)}` +
         `${describeLift(best)}, always-valid p = ${fmtP(best.pValueSequentialAdjusted)}${corrected} < ${d.alpha}. ` +
         `Guardrails hold${guardBroken.size > 0 ? ` for the variants in the split (${[...guardBroken].join(", ")}, at weight 0, broke one)` : ""}${splitClause(d)}.` +
         (others.length > 0 ? ` ${others.join(", ")} also beat${others.length === 1 ? "s" : ""} the control; ${best.variant} has the larger difference.` : ""),
@@ -793,10 +870,20 @@ function decide(d: DecisionInput): Decision {
     return {
       action: "rollback",
       variant: d.control,
-      reason: `Roll back to ${d.control}: ${losers.map((c) => `${c.variant} is significantly worse on ${primary.name} (${describeValue(primary, c.value)} vs ${describeValue(primary, primary.control.value)}, always-valid p = ${fmtP(c.pValueSequentialAdjusted)})`).join("; ")}.`,
+      reason: `Roll back to ${d.control}: ${losers.map((c) => `${c.variant} is significantly worse on ${primary.name} (${versus(primary, c)}, always-valid p = ${fmtP(c.pValueSequentialAdjusted)})`).join("; ")}.`,
     };
   }
   return continueWithEstimate(d, primary, guardBroken);
+}
+
+/**
+ * "treatment's value vs the control's", as the comparison compares them: the period-weighted means when it is
+ * post-stratified (the plain rates of arms whose periods differ are what misled), else the plain ones.
+ */
+function versus(primary: MetricReport, c: Comparison): string {
+  if (c.adjusted === undefined) return `${describeValue(primary, c.value)} vs ${describeValue(primary, primary.control.value)}`;
+  const over = c.adjusted.periods === 1 ? "in the one weight period that has both" : `weighted over ${c.adjusted.periods} weight periods`;
+  return `${describeValue(primary, c.adjusted.value)} vs ${describeValue(primary, c.adjusted.control)} (${over})`;
 }
 
 /** What a promotion's reason says of the split, after "Guardrails hold". */
@@ -819,7 +906,7 @@ function continueWithEstimate(d: DecisionInput, primary: MetricReport, guardBrok
   }
   const best = ahead.reduce((a, b) => ((b.absolute.estimate ?? 0) > (a.absolute.estimate ?? 0) ? b : a));
   const needed = unitsStillNeeded(d, primary, best);
-  const lift = `${describeValue(primary, best.value)} vs ${describeValue(primary, primary.control.value)}${describeLift(best)}`;
+  const lift = `${versus(primary, best)}${describeLift(best)}`;
   const p = best.pValueSequentialAdjusted === null ? "no sequential p-value yet" : `always-valid p = ${fmtP(best.pValueSequentialAdjusted)}`;
   const more =
     needed === null

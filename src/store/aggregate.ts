@@ -1,7 +1,7 @@
 import type { MetricConfig } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { histogramQuantile, MINUTE_MS, minuteOf } from "./rollup.ts";
-import type { ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats } from "./types.ts";
+import type { AggregateOptions, ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats } from "./types.ts";
 
 /**
  * The report's and the dashboard's queries, written once in the SQL both SQLite and PostgreSQL accept (`?`
@@ -85,15 +85,38 @@ function sumOfSquares(r: Record<string, unknown> | undefined, alias: string): nu
 
 type EventMetric = Extract<MetricConfig, { kind: "conversion" | "mean" }>;
 
+/** Most period starts an aggregate takes (the report keeps 20 weight periods; each adds at most two starts). */
+export const MAX_PERIOD_STARTS = 64;
+
+/**
+ * The period of a first-exposure time column, as SQL both databases run: 0 before the first start, i from the i-th
+ * on. The starts are inlined as integer literals, as the windows are (checked: sorted, distinct, safe integers).
+ */
+function periodSql(column: string, starts: readonly number[]): string {
+  if (starts.length === 0) return "0";
+  return `CASE ${starts.map((t, i) => `WHEN ${column} < ${t} THEN ${i}`).join(" ")} ELSE ${starts.length} END`;
+}
+
+function checkPeriodStarts(starts: readonly number[]): void {
+  if (starts.length > MAX_PERIOD_STARTS) throw new InvalidArgumentError(`periodStarts: at most ${MAX_PERIOD_STARTS}, got ${starts.length}`);
+  starts.forEach((t, i) => {
+    if (!Number.isSafeInteger(t) || (i > 0 && t <= starts[i - 1]!)) throw new InvalidArgumentError(`periodStarts must be sorted, distinct safe integers; got ${starts.join(", ")}`);
+  });
+}
+
 /** Sufficient statistics for the report (see the module comment for what counts). */
 export async function aggregateExperiment(
   query: Query,
   experiment: string,
   variants: string[],
   metrics: MetricConfig[],
+  options: AggregateOptions = {},
 ): Promise<ExperimentAggregates> {
+  const starts = options.periodStarts ?? [];
+  checkPeriodStarts(starts);
+  const stratified = starts.length > 0;
   const unitRows = await query(
-    `SELECT first_variant AS variant, COUNT(*) AS units, SUM(multi) AS multi FROM units WHERE experiment = ? GROUP BY first_variant`,
+    `SELECT first_variant AS variant, ${periodSql("first_ts", starts)} AS period, COUNT(*) AS units, SUM(multi) AS multi FROM units WHERE experiment = ? GROUP BY 1, 2`,
     [experiment],
   );
   const reqRows = await query(
@@ -104,9 +127,13 @@ export async function aggregateExperiment(
     [experiment],
   );
   const units = new Map<string, number>();
+  /** units by period, then variant */
+  const periodUnits = starts.map(() => new Map<string, number>()).concat([new Map<string, number>()]);
   let multiVariantUnits = 0;
   for (const r of unitRows) {
-    units.set(String(r.variant), num(r.units));
+    const v = String(r.variant);
+    units.set(v, (units.get(v) ?? 0) + num(r.units));
+    periodUnits[num(r.period)]!.set(v, num(r.units));
     multiVariantUnits += num(r.multi);
   }
   const req = new Map<string, Record<string, unknown>>();
@@ -127,7 +154,7 @@ export async function aggregateExperiment(
   }
 
   const out: MetricAggregate[] = [];
-  const eventResults = await eventMetricStats(query, experiment, metrics);
+  const eventResults = await eventMetricStats(query, experiment, metrics, starts);
   let histByVariant: Map<string, { bucket: number; count: number }[]> | null = null;
   for (const m of metrics) {
     switch (m.kind) {
@@ -188,6 +215,24 @@ export async function aggregateExperiment(
   const totals = (v: string) => ({ variant: v, units: units.get(v) ?? 0, requests: num(req.get(v)?.requests), fallbackRequests: num(req.get(v)?.fallback) });
   const named = new Set(variants);
   const others = [...new Set([...units.keys(), ...req.keys()])].filter((v) => !named.has(v)).sort();
+  // Per period: the conversion and mean metrics over the units first exposed in it (the per-request metrics have no
+  // unit to place in a period).
+  const strata = stratified
+    ? periodUnits.map((inPeriod, period) => ({
+        from: period === 0 ? null : starts[period - 1]!,
+        metrics: metrics.flatMap((m): MetricAggregate[] => {
+          if (m.kind !== "conversion" && m.kind !== "mean") return [];
+          const res = eventResults.get(m.name)!;
+          const stats = (v: string) => res.byPeriod[period]?.get(v);
+          if (m.kind === "conversion") {
+            const byVariant = Object.fromEntries(variants.map((v) => [v, { units: inPeriod.get(v) ?? 0, conversions: stats(v)?.sum ?? 0 }]));
+            return [{ name: m.name, kind: "conversion", byVariant, unexposedUnits: 0, earlyEventUnits: 0 }];
+          }
+          const byVariant = Object.fromEntries(variants.map((v) => [v, { n: inPeriod.get(v) ?? 0, sum: stats(v)?.sum ?? 0, sumSquares: stats(v)?.sumSquares ?? 0 }]));
+          return [{ name: m.name, kind: "mean", byVariant, unexposedUnits: 0, earlyEventUnits: 0 }];
+        }),
+      }))
+    : undefined;
   return {
     experiment,
     variants: variants.map(totals),
@@ -198,6 +243,7 @@ export async function aggregateExperiment(
     metrics: out,
     firstExposureTs,
     lastExposureTs,
+    ...(strata ? { strata } : {}),
   };
 }
 
@@ -218,6 +264,8 @@ async function latencyHistograms(query: Query, experiment: string): Promise<Map<
 
 interface EventMetricStats {
   byVariant: Map<string, { sum: number; sumSquares: number }>;
+  /** the same by period of first exposure (one map when not stratified) */
+  byPeriod: Map<string, { sum: number; sumSquares: number }>[];
   /** units that sent the metric's event but have no non-forced exposure */
   unexposedUnits: number;
   /** exposed units that sent the event before their first exposure: those events count nowhere */
@@ -234,6 +282,7 @@ async function eventMetricStats(
   query: Query,
   experiment: string,
   metrics: MetricConfig[],
+  starts: readonly number[],
 ): Promise<Map<string, EventMetricStats>> {
   const byEvent = new Map<string, EventMetric[]>();
   for (const m of metrics) {
@@ -265,12 +314,13 @@ async function eventMetricStats(
       // units that were never exposed, as one row of variant NULL: each of their columns is 0 (e.ts >= NULL is not
       // true), and its count is what dataQuality reports. It visits no more events than the inner join did, which
       // had to look every event's unit up too.
-      `SELECT variant, COUNT(*) AS units, SUM(early) AS early_units, ${outer.join(", ")} FROM (
-         SELECT MAX(u.first_variant) AS variant, MAX(CASE WHEN e.ts < u.first_ts THEN 1 ELSE 0 END) AS early, ${inner.join(", ")}
+      // (the period, from the unit's first exposure: one group per variant when there are no period starts)
+      `SELECT variant, ${periodSql("first_ts", starts)} AS period, COUNT(*) AS units, SUM(early) AS early_units, ${outer.join(", ")} FROM (
+         SELECT MAX(u.first_variant) AS variant, MAX(u.first_ts) AS first_ts, MAX(CASE WHEN e.ts < u.first_ts THEN 1 ELSE 0 END) AS early, ${inner.join(", ")}
            FROM events e LEFT JOIN units u ON u.experiment = ? AND u.unit = e.unit
           WHERE e.experiment = ? AND e.event = ?
           GROUP BY e.unit
-       ) pu GROUP BY variant`,
+       ) pu GROUP BY 1, 2`,
       [experiment, experiment, event],
     );
     const unexposed = num(rows.find((r) => r.variant === null || r.variant === undefined)?.units);
@@ -278,11 +328,16 @@ async function eventMetricStats(
     const early = rows.reduce((sum, r) => sum + (r.variant === null || r.variant === undefined ? 0 : num(r.early_units)), 0);
     list.forEach((m, i) => {
       const perVariant = new Map<string, { sum: number; sumSquares: number }>();
+      const byPeriod = starts.map(() => new Map<string, { sum: number; sumSquares: number }>()).concat([new Map()]);
       for (const r of rows) {
         if (r.variant === null || r.variant === undefined) continue;
-        perVariant.set(String(r.variant), { sum: num(r[`s${i}`]), sumSquares: m.kind === "mean" ? sumOfSquares(r, `q${i}`) : 0 });
+        const v = String(r.variant);
+        const stats = { sum: num(r[`s${i}`]), sumSquares: m.kind === "mean" ? sumOfSquares(r, `q${i}`) : 0 };
+        byPeriod[num(r.period)]!.set(v, stats);
+        const total = perVariant.get(v);
+        perVariant.set(v, total === undefined ? { ...stats } : { sum: total.sum + stats.sum, sumSquares: total.sumSquares + stats.sumSquares });
       }
-      result.set(m.name, { byVariant: perVariant, unexposedUnits: unexposed, earlyEventUnits: early });
+      result.set(m.name, { byVariant: perVariant, byPeriod, unexposedUnits: unexposed, earlyEventUnits: early });
     });
   }
   return result;

@@ -283,6 +283,37 @@ export function storeConformance(factory: StoreFactory): void {
       assert.deepEqual(await store.minutes("exp", metrics, T0 + 3_600_000), []);
     });
 
+    it("gives the conversion and mean metrics per period of first exposure, and the same totals", async () => {
+      const store = await open(await fresh());
+      await load(store);
+      const plain = await store.aggregate("exp", ["control", "treatment"], metrics);
+      // Between u4 (+4s) and u3 (+5s): period 0 has control u1, u4 and treatment u2; period 1 control u3, u6, u7 and
+      // treatment u5 (see the data set's comments for who converts).
+      const cut = await store.aggregate("exp", ["control", "treatment"], metrics, { periodStarts: [T0 + 4_500] });
+      const { strata, ...totals } = cut;
+      assert.deepEqual(totals, plain);
+      assert.deepEqual(strata?.map((p) => p.from), [null, T0 + 4_500]);
+      const [p0, p1] = strata!;
+      const of = (period: typeof p0, name: string) => period!.metrics.find((m) => m.name === name)!.byVariant;
+      assert.deepEqual(of(p0, "watched"), { control: { units: 2, conversions: 2 }, treatment: { units: 1, conversions: 1 } });
+      assert.deepEqual(of(p1, "watched"), { control: { units: 3, conversions: 0 }, treatment: { units: 1, conversions: 0 } });
+      assert.deepEqual(of(p0, "watched-any"), { control: { units: 2, conversions: 2 }, treatment: { units: 1, conversions: 1 } });
+      assert.deepEqual(of(p1, "watched-any"), { control: { units: 3, conversions: 1 }, treatment: { units: 1, conversions: 0 } });
+      assert.deepEqual(of(p0, "minutes"), { control: { n: 2, sum: 7, sumSquares: 29 }, treatment: { n: 1, sum: 1.5, sumSquares: 2.25 } });
+      assert.deepEqual(of(p1, "minutes"), { control: { n: 3, sum: 0, sumSquares: 0 }, treatment: { n: 1, sum: 0, sumSquares: 0 } });
+      assert.deepEqual(of(p1, "minutes-all"), { control: { n: 3, sum: 4, sumSquares: 16 }, treatment: { n: 1, sum: 0, sumSquares: 0 } });
+      assert.deepEqual(of(p0, "buys"), { control: { units: 2, conversions: 0 }, treatment: { units: 1, conversions: 1 } });
+      assert.deepEqual(p0!.metrics.map((m) => m.name), ["watched", "watched-any", "minutes", "minutes-all", "buys"], "per-request metrics have no period");
+      // starts before and after every unit: empty periods around the whole experiment
+      const wide = await store.aggregate("exp", ["control", "treatment"], metrics, { periodStarts: [T0 - 1, T0 + 3_600_000] });
+      assert.deepEqual(wide.strata!.map((p) => p.metrics[0]!.byVariant), [
+        { control: { units: 0, conversions: 0 }, treatment: { units: 0, conversions: 0 } },
+        { control: { units: 5, conversions: 2 }, treatment: { units: 2, conversions: 1 } },
+        { control: { units: 0, conversions: 0 }, treatment: { units: 0, conversions: 0 } },
+      ]);
+      await assert.rejects(store.aggregate("exp", ["control"], metrics, { periodStarts: [T0 + 2, T0 + 1] }), /sorted, distinct safe integers/);
+    });
+
     it("an empty experiment aggregates to zeros and nulls", async () => {
       const store = await open(await fresh());
       const agg = await store.aggregate("exp", ["control", "treatment"], metrics);

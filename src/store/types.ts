@@ -72,6 +72,16 @@ export interface ExperimentAggregates {
   metrics: MetricAggregate[];
   firstExposureTs: number | null;
   lastExposureTs: number | null;
+  /**
+   * With `periodStarts`: per period of first exposure, oldest first, from `from` (null: the start) to the next
+   * period's `from`, the conversion and mean metrics (config order) over the units first exposed in it.
+   */
+  strata?: { from: number | null; metrics: MetricAggregate[] }[];
+}
+
+export interface AggregateOptions {
+  /** sorted, distinct, safe integers (ms since epoch); at most MAX_PERIOD_STARTS */
+  periodStarts?: readonly number[];
 }
 
 /** Conversion and mean aggregates also carry `unexposedUnits`: units that sent the metric's event but have no non-forced
@@ -112,7 +122,11 @@ export interface Store {
   getState(experiment: string, key: string): Promise<string | null>;
   setState(experiment: string, key: string, value: string): Promise<void>;
   /** Sufficient statistics for the report. */
-  aggregate(experiment: string, variants: string[], metrics: MetricConfig[]): Promise<ExperimentAggregates>;
+  /**
+   * `periodStarts`: times (ms since epoch) that cut the experiment into periods by the units' first exposure (a weight
+   * change starts one); the conversion and mean metrics then come per period too, in `strata`.
+   */
+  aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates>;
   /** Per-minute series for the dashboard, from `sinceMs` on. */
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]>;
   /** Counts so far for GET /v1/experiment. */

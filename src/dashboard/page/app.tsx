@@ -561,6 +561,14 @@ function MetricTable(props: {
           })}
         </tbody>
       </table>
+      {(metric.comparisons ?? []).filter((c) => c.adjusted).map((c) => (
+        <p key={`${c.variant}-adjusted`} class="muted" data-adjusted={c.variant}>
+          {c.variant}: the weights changed during the experiment, so Δ, lift, p and chance to win compare it with {control}{" "}
+          {c.adjusted!.periods === 1 ? "within the one weight period that has both" : `within each of ${c.adjusted!.periods} weight periods, weighted by their units`}:{" "}
+          {fmtValue(kind, c.adjusted!.value)} vs {fmtValue(kind, c.adjusted!.control)}
+          {c.adjusted!.excludedUnits > 0 ? ` (${c.adjusted!.excludedUnits} units of periods without both left out)` : ""}. The values above pool every period.
+        </p>
+      ))}
       {(metric.comparisons ?? []).filter((c) => c.error).map((c) => (
         <p key={c.variant} class="muted">
           {c.variant}: {describeStatsError(c.error!)}

@@ -15,7 +15,7 @@ import {
   UNIT_UPSERT,
 } from "../rollup.ts";
 import { UnitCache } from "../unit-cache.ts";
-import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 /**
  * One statement for all of a batch's rows of a rollup: each column's values as one array parameter, zipped back
@@ -432,8 +432,8 @@ export class PostgresStore implements Store {
     }
   };
 
-  aggregate(experiment: string, variants: string[], metrics: MetricConfig[]): Promise<ExperimentAggregates> {
-    return aggregateExperiment(this.#query, experiment, variants, metrics);
+  aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
+    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
   }
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {

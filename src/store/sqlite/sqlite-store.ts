@@ -21,7 +21,7 @@ import {
   UNIT_UPSERT,
 } from "../rollup.ts";
 import { UnitCache } from "../unit-cache.ts";
-import type { ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 /** What `close()` tells `onCloseCheckpoint` about its last checkpoint. */
 export type CloseCheckpointEvent =
@@ -1041,8 +1041,8 @@ export class SqliteStore implements Store {
     for (const p of pending) p.reject(new StoreError(`SQLite query failed on ${this.path}: ${why}`));
   }
 
-  aggregate(experiment: string, variants: string[], metrics: MetricConfig[]): Promise<ExperimentAggregates> {
-    return aggregateExperiment(this.#query, experiment, variants, metrics);
+  aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
+    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
   }
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {

@@ -1,0 +1,148 @@
+import { normalQuantile, normalSf, studentTQuantile, studentTSf } from "./distributions.ts";
+import { alphaOf, meanAndVariance } from "./frequentist.ts";
+import type { Interval, MeanSample, ProportionSample, StatsErrorCode } from "./types.ts";
+
+/** One period's two arms (the units first exposed in it), as proportions or as per-unit sums. */
+export type Stratum = { control: ProportionSample; treatment: ProportionSample } | { control: MeanSample; treatment: MeanSample };
+
+export interface StratifiedResult {
+  /** the arms' means, each weighted over the periods used (Σ W_k·m_k) */
+  control: number | null;
+  treatment: number | null;
+  /** treatment − control, with its variance Σ W_k²·(v_T,k/n_T,k + v_C,k/n_C,k), and that of each arm's mean */
+  diff: number | null;
+  varDiff: number | null;
+  varControl: number | null;
+  varTreatment: number | null;
+  /** z (proportions) or t (means) and its two-sided p */
+  statistic: number | null;
+  df: number | null;
+  pValue: number | null;
+  absolute: Interval;
+  relative: Interval;
+  /** the periods that had at least MIN_STRATUM_UNITS units in each arm, and the units of those that did not */
+  periods: number;
+  excludedUnits: number;
+  error?: StatsErrorCode;
+}
+
+/** Fewest units per arm for a period to be used: one unit gives no variance of its own. */
+export const MIN_STRATUM_UNITS = 2;
+
+/**
+ * The post-stratified difference of two arms over periods of first exposure: each period's difference, weighted by
+ * its share of the units, W_k = (n_C,k + n_T,k) / N (Miratrix, Sekhon & Yu, "Adjusting treatment effect estimates by
+ * post-stratification in randomized experiments", JRSS-B 75(2), 2013, eq. 3; the same per-epoch weighting as
+ * Optimizely's Stats Engine across traffic allocation changes).
+ *
+ * Why: when the weights change during an experiment, units of different periods differ in more than their variant
+ * (a time trend, and later units having had less time to convert), and the pooled rates then mix periods in
+ * different proportions per arm: Simpson's paradox. Two identical arms ramped from 50/50 to 10/90 just before a batch
+ * of new units made the treatment look worse (p = 0.002), and the always-valid p kept that look for good. Within a
+ * period the split is random at fixed weights, so each period's difference is unbiased, and so is their weighted sum.
+ *
+ * Variances are each period's own (p(1−p) for rates, the unbiased sample variance for means), so the interval is the
+ * unpooled Wald (rates, normal quantile) or Welch's (means, t quantile at the Welch–Satterthwaite df summed over the
+ * arm-periods: (Σ a)² / Σ a²/(n−1), a = W²·v/n). Relative lift by the delta method on the two weighted means, whose
+ * covariance is 0 (independent arms). Periods with fewer than MIN_STRATUM_UNITS units in an arm carry no contrast and
+ * are left out (their units counted in `excludedUnits`). Data problems give an `error`, as elsewhere.
+ */
+export function stratifiedDifference(strata: readonly Stratum[], options: { alpha?: number } = {}): StratifiedResult {
+  const alpha = alphaOf(options.alpha);
+  const empty: StratifiedResult = {
+    control: null,
+    treatment: null,
+    diff: null,
+    varDiff: null,
+    varControl: null,
+    varTreatment: null,
+    statistic: null,
+    df: null,
+    pValue: null,
+    absolute: { estimate: null, ci: null },
+    relative: { estimate: null, ci: null },
+    periods: 0,
+    excludedUnits: 0,
+  };
+  if (alpha === null || !Array.isArray(strata)) return { ...empty, error: "INVALID_INPUT" };
+  const arms = strata.map((s) => ({ c: armOf(s.control), t: armOf(s.treatment) }));
+  if (arms.some((a) => a.c === null || a.t === null)) return { ...empty, error: "INVALID_INPUT" };
+  const valid = arms as { c: Arm; t: Arm }[];
+  const kind = valid[0]?.c.kind;
+  if (valid.some((a) => a.c.kind !== kind || a.t.kind !== kind)) return { ...empty, error: "INVALID_INPUT" };
+  const used = valid.filter((a) => a.c.n >= MIN_STRATUM_UNITS && a.t.n >= MIN_STRATUM_UNITS);
+  const excludedUnits = valid.reduce((s, a) => s + a.c.n + a.t.n, 0) - used.reduce((s, a) => s + a.c.n + a.t.n, 0);
+  if (used.length === 0) return { ...empty, excludedUnits, error: "ZERO_UNITS" };
+  const total = used.reduce((s, a) => s + a.c.n + a.t.n, 0);
+  let mC = 0;
+  let mT = 0;
+  let vC = 0;
+  let vT = 0;
+  // Welch–Satterthwaite over every arm-period: Σ a and Σ a²/(n−1), a = W²·v/n
+  let sumA = 0;
+  let sumA2 = 0;
+  for (const { c, t } of used) {
+    const w = (c.n + t.n) / total;
+    mC += w * c.mean;
+    mT += w * t.mean;
+    const aC = (w * w * c.variance) / c.n;
+    const aT = (w * w * t.variance) / t.n;
+    vC += aC;
+    vT += aT;
+    sumA += aC + aT;
+    sumA2 += (aC * aC) / (c.n - 1) + (aT * aT) / (t.n - 1);
+  }
+  const diff = mT - mC;
+  const varDiff = vC + vT;
+  const rates = kind === "proportion";
+  const base = { ...empty, control: mC, treatment: mT, diff, varDiff, varControl: vC, varTreatment: vT, periods: used.length, excludedUnits };
+  if (!Number.isFinite(diff) || !Number.isFinite(varDiff)) return { ...base, error: "INVALID_INPUT" };
+  const relativeEstimate = mC !== 0 ? mT / mC - 1 : null;
+  const zeroControl: StatsErrorCode = rates ? "CONTROL_RATE_ZERO" : "CONTROL_MEAN_ZERO";
+  if (!(varDiff > 0)) {
+    return { ...base, absolute: { estimate: diff, ci: null }, relative: { estimate: relativeEstimate, ci: null }, error: "ZERO_VARIANCE" };
+  }
+  const se = Math.sqrt(varDiff);
+  const statistic = diff / se;
+  const df = rates ? null : sumA2 > 0 ? (sumA * sumA) / sumA2 : null;
+  const pValue = rates || df === null ? 2 * normalSf(Math.abs(statistic)) : 2 * studentTSf(Math.abs(statistic), df);
+  // From the lower tail, as the plain tests do (1 − α/2 loses a small α's digits).
+  const q = rates || df === null ? -normalQuantile(alpha / 2) : -studentTQuantile(alpha / 2, df);
+  const absolute: Interval = { estimate: diff, ci: interval(diff, q * se) };
+  let relative: Interval = { estimate: relativeEstimate, ci: null };
+  let error: StatsErrorCode | undefined;
+  if (mC === 0) error = zeroControl;
+  else {
+    const seRelative = Math.sqrt(vT / (mC * mC) + (mT * mT * vC) / (mC * mC * mC * mC));
+    relative = { estimate: relativeEstimate, ci: interval(relativeEstimate!, q * seRelative) };
+  }
+  return { ...base, statistic, df, pValue: Math.min(1, pValue), absolute, relative, ...(error ? { error } : {}) };
+}
+
+interface Arm {
+  kind: "proportion" | "mean";
+  n: number;
+  mean: number;
+  variance: number;
+}
+
+function armOf(s: ProportionSample | MeanSample | null | undefined): Arm | null {
+  if (typeof s !== "object" || s === null) return null;
+  if ("units" in s) {
+    const { units, conversions } = s;
+    if (!Number.isInteger(units) || !Number.isInteger(conversions) || units < 0 || conversions < 0 || conversions > units) return null;
+    const p = units > 0 ? conversions / units : 0;
+    return { kind: "proportion", n: units, mean: p, variance: p * (1 - p) };
+  }
+  const { n, sum, sumSquares } = s;
+  if (!Number.isInteger(n) || n < 0 || !Number.isFinite(sum) || !Number.isFinite(sumSquares) || sumSquares < 0) return null;
+  if (n === 0) return { kind: "mean", n: 0, mean: 0, variance: 0 };
+  const { mean, variance } = meanAndVariance(s);
+  return { kind: "mean", n, mean, variance };
+}
+
+function interval(estimate: number, halfWidth: number): [number, number] | null {
+  const lower = estimate - halfWidth;
+  const upper = estimate + halfWidth;
+  return Number.isFinite(lower) && Number.isFinite(upper) ? [lower, upper] : null;
+}
