@@ -173,13 +173,7 @@ export class PostgresStore implements Store {
 
   /** The URL without its password, for messages. */
   get #where(): string {
-    try {
-      const u = new URL(this.url);
-      u.password = "";
-      return u.toString();
-    } catch {
-      return "postgres";
-    }
+    return redactedUrl(this.url);
   }
 
   /**
@@ -500,5 +494,21 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
     return await Promise.race([p.then(() => true, () => true), timeout]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * A PostgreSQL URL for messages, which reach logs and unauthenticated answers (GET /v1/experiment's storeError): no
+ * password, neither in the userinfo nor as a `password` or `sslpassword` parameter (libpq takes both), nor any other
+ * parameter whose name says it is a secret.
+ */
+export function redactedUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.password = "";
+    for (const name of [...u.searchParams.keys()]) if (/pass|secret|token|key$/i.test(name) && !/^sslkey$/i.test(name)) u.searchParams.set(name, "***");
+    return u.toString();
+  } catch {
+    return "postgres";
   }
 }

@@ -123,6 +123,10 @@ if (!installed) {
       const s = new PostgresStore("postgres://someone:secret@127.0.0.1:1/nowhere");
       await assert.rejects(s.init(), (err: Error) => /cannot connect to postgres:\/\/someone@127\.0\.0\.1:1\/nowhere/.test(err.message) && !/secret/.test(err.message));
       await s.close();
+      // libpq also takes the password as a parameter: masked too, and so is any parameter named as a secret
+      const q = new PostgresStore("postgres://someone@127.0.0.1:1/nowhere?password=secret&sslpassword=s2&application_name=x");
+      await assert.rejects(q.init(), (err: Error) => /cannot connect to postgres:\/\/someone@127\.0\.0\.1:1\/nowhere\?password=\*\*\*&sslpassword=\*\*\*&application_name=x/.test(err.message) && !/secret|s2/.test(err.message));
+      await q.close();
     });
 
     it("fails writes and reads with a StoreError in bounded time when the server stops answering, and close() returns", async () => {
