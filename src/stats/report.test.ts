@@ -278,6 +278,20 @@ describe("events of units that were never exposed", () => {
     assert.match(notes[1]!, /^1 unit sent "played" events but was never exposed/);
   });
 
+  it("counts events named like Object's own properties too (constructor, toString, __proto__)", () => {
+    const names = ["constructor", "toString", "__proto__", "hasOwnProperty"];
+    const base = input({ control: [1000, 100], treatment: [1000, 110] }, HALF);
+    const conv = base.aggregates.metrics[0] as Extract<MetricAggregate, { kind: "conversion" }>;
+    const { report } = buildReport({
+      ...base,
+      metrics: names.map((n, i) => ({ name: `m${i}`, kind: "conversion", event: n })),
+      aggregates: { ...base.aggregates, metrics: names.map((_, i) => ({ ...conv, name: `m${i}`, unexposedUnits: i + 1, earlyEventUnits: 1 })) },
+    });
+    assert.deepEqual(JSON.parse(JSON.stringify(report.dataQuality.unexposedEventUnits)), JSON.parse('{"constructor":1,"toString":2,"__proto__":3,"hasOwnProperty":4}'));
+    assert.equal(Object.keys(report.dataQuality.earlyEventUnits).length, 4);
+    assert.equal(report.dataQuality.notes.filter((n) => n.includes("never exposed")).length, 4);
+  });
+
   it("says nothing when every unit with events was exposed, and leaves out events a store did not count", () => {
     const { report } = buildReport(withUnexposed(0, undefined));
     assert.deepEqual(report.dataQuality.unexposedEventUnits, { watched: 0 });

@@ -241,8 +241,9 @@ function jsonSafe<T>(value: T): T {
   if (typeof value === "number") return (Number.isFinite(value) ? value : null) as T;
   if (Array.isArray(value)) return value.map(jsonSafe) as T;
   if (value && typeof value === "object") {
+    // (defined, not assigned: a key "__proto__", an event's name, would set the copy's prototype)
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) if (v !== undefined) out[k] = jsonSafe(v);
+    for (const [k, v] of Object.entries(value)) if (v !== undefined) Object.defineProperty(out, k, { value: jsonSafe(v), enumerable: true, writable: true, configurable: true });
     return out as T;
   }
   return value;
@@ -724,13 +725,15 @@ function guardrail(
 
 /** Each configured event once (metrics on one event share its count), in config order; stores that do not count give none. */
 function countByEvent(agg: ExperimentAggregates, metrics: readonly MetricConfig[], which: "unexposedUnits" | "earlyEventUnits"): Record<string, number> {
-  const out: Record<string, number> = {};
+  // A Map, then own properties: event names are the config's strings, and `{}[event] ??=` skipped "constructor" or
+  // "toString" (inherited, so already set) and made "__proto__" the object's prototype.
+  const out = new Map<string, number>();
   for (const m of metrics) {
     if (m.kind !== "conversion" && m.kind !== "mean") continue;
     const a = agg.metrics.find((x) => x.name === m.name);
-    if ((a?.kind === "conversion" || a?.kind === "mean") && a[which] !== undefined) out[m.event] ??= a[which];
+    if ((a?.kind === "conversion" || a?.kind === "mean") && a[which] !== undefined && !out.has(m.event)) out.set(m.event, a[which]);
   }
-  return out;
+  return Object.fromEntries(out);
 }
 
 function dataQualityOf(agg: ExperimentAggregates, variants: VariantSummary[], metrics: readonly MetricConfig[]): DataQuality {
