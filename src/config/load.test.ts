@@ -406,3 +406,12 @@ test("a strategy key the chosen strategy does not read is refused, naming the st
   assert.deepEqual(issues(`${base}strategy: { kind: round-robin, salt: s }\n`), ["strategy.salt: not used by strategy round-robin (it is for sticky and bandit)"]);
   assert.doesNotThrow(() => parseConfig(`${base}strategy: { kind: sticky, salt: s, hash: fnv1a32-fmix }\n`, "/tmp", {}));
 });
+
+test("names are at most 63 characters (a DNS label): experiment, variants, metrics", () => {
+  const long = "a".repeat(64);
+  const fits = "b".repeat(63);
+  assert.deepEqual(
+    issues(`experiment: ${long}\nengine: static\nvariants:\n  - { name: ${long}, url: 'http://127.0.0.1:1' }\n  - { name: ${fits}, url: 'http://127.0.0.1:2' }\nmetrics:\n  - { name: ${long}, kind: latency }\n`),
+    ["experiment: at most 63 characters", "variants[0].name: at most 63 characters", "metrics[0].name: at most 63 characters"],
+  );
+});

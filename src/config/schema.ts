@@ -1,10 +1,22 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 
-const name = z.string().regex(/^[a-z0-9][a-z0-9-]*$/, "a name of lowercase letters, digits and '-', starting with a letter or digit");
+/**
+ * Names are at most 63 characters (a DNS label, as Docker's service names must be): they go into container, service
+ * and image names, labels, metrics and every stored row's keys, where a long one broke the dashboard's layout and
+ * made PostgreSQL refuse index rows (a 1,400-character experiment name with a long unit passed its 2,704 bytes).
+ */
+const MAX_NAME_CHARS = 63;
+const name = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]*$/, "a name of lowercase letters, digits and '-', starting with a letter or digit")
+  .max(MAX_NAME_CHARS, `at most ${MAX_NAME_CHARS} characters`);
 const listen = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, "host:port, e.g. 127.0.0.1:8080");
 /** variants and metrics may use '_' too (the spec's own example has `watch_minutes`) */
-const metricName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, "a name of lowercase letters, digits, '-' and '_', starting with a letter or digit");
+const metricName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9_-]*$/, "a name of lowercase letters, digits, '-' and '_', starting with a letter or digit")
+  .max(MAX_NAME_CHARS, `at most ${MAX_NAME_CHARS} characters`);
 const positiveMs = z.number().int().positive();
 /**
  * A duration abgate sets a timer for. Node's timers take at most 2^31 - 1 ms and turn anything longer into 1 ms
