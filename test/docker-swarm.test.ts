@@ -167,3 +167,38 @@ engineConformance(
   // (swarm restarts a dead task after restartDelayMs, 200 ms here)
   { kind: "swarm", startsReplicas: true, restartsReplicas: true, reportsRemoval: true, timeoutMs: 30_000, quietMs: 1_000 },
 );
+
+test("swarm: a replica whose port another process took when its task died is kept out until the port is free", async (t) => {
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("swtaken");
+  const config = testConfig({ experiment, engine: "swarm", ports: { base: 19880 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, env: { VARIANT: "control" } }] });
+  const logged: string[] = [];
+  const engine = new SwarmEngine(config, { restartDelayMs: 200, log: (level, msg) => logged.push(`${level} ${msg}`) });
+  t.after(() => engine.stop());
+  await engine.start();
+  const port = engine.endpoints()[0]!.port;
+  await waitFor("the replica answers", () => get(`http://127.0.0.1:${port}/health`));
+  const victim = (await listExperimentContainers(docker, config, false))[0]!;
+  await docker.getContainer(victim.Id).kill();
+  // Another server takes the port as soon as the task lets it go; swarm's next tasks then fail to bind.
+  const { createServer } = await import("node:http");
+  const foreign = createServer((_req, res) => res.end("foreign"));
+  t.after(() => foreign.close());
+  const listen = () =>
+    new Promise<boolean>((resolve) => {
+      foreign.once("error", () => resolve(false));
+      foreign.listen(port, "127.0.0.1", () => resolve(true));
+    });
+  await waitFor("the port taken by another server", listen, 10_000);
+  await waitFor("the warning", () => logged.some((l) => l.startsWith("warn port") && l.includes("in use by another process")), 20_000);
+  for (let i = 0; i < 15; i++) {
+    assert.deepEqual(engine.endpoints(), [], "not listed while another process has its port (its health checks would find that one)");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise<void>((r) => foreign.close(() => r()));
+  await waitFor("listed again once the port is free", () => engine.endpoints().length === 1, 30_000);
+  const { body } = await waitFor("the replica itself answers", () => get(`http://127.0.0.1:${port}/health`), 30_000);
+  assert.equal(JSON.parse(body).variant, "control");
+});

@@ -5,13 +5,15 @@ import type { Config } from "../../config/index.ts";
 import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
 import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
-import { allocatePorts } from "../ports.ts";
+import { allocatePorts, portIsFree } from "../ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
   docker?: Docker;
   clock?: Clock;
   /** swarm's own restart delay for a task that exited (default 500 ms) */
   restartDelayMs?: number;
+  /** whether a port is free (tests replace it) */
+  isPortFree?: (port: number) => Promise<boolean>;
   /** re-list even without events, in case one was missed (default 5 s) */
   resyncEveryMs?: number;
   /** delay before re-subscribing to events after the stream broke (default 250 ms .. 10 s, doubling) */
@@ -38,10 +40,17 @@ export class SwarmEngine implements Engine {
   readonly #log: NonNullable<EngineOptions["log"]>;
   readonly #opts: Required<Pick<SwarmEngineOptions, "restartDelayMs" | "resyncEveryMs" | "eventsBackoff" | "crashLoop" | "removeTimeoutMs">>;
   readonly #endpoints = new EndpointSet();
+  readonly #isPortFree: (port: number) => Promise<boolean>;
   readonly #deaths = new Map<string, number[]>();
   readonly #reported = new Set<string>();
   /** containers whose `die` we saw: the daemon may still list them as running for a moment */
   readonly #dead = new Set<string>();
+  /**
+   * Replicas (by id) whose port another process held when their task died: kept out of the list until the port is
+   * seen free. Swarm restarts a task without asking; the new one then fails to bind, but while it ran it was listed,
+   * its health checks found that other process healthy, and it was sent the variant's requests.
+   */
+  readonly #portHeld = new Map<string, { port: number; timer?: TimerHandle; delayMs: number }>();
   #images = new Map<string, string>();
   #stopping = false;
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
@@ -61,6 +70,7 @@ export class SwarmEngine implements Engine {
     this.#docker = options.docker ?? createDockerClient();
     this.#clock = options.clock ?? systemClock;
     this.#adopt = options.adopt ?? false;
+    this.#isPortFree = options.isPortFree ?? portIsFree;
     this.#log = options.log ?? ((level, msg) => void (level !== "info" && console.error(`[abgate] ${level}: ${msg}`)));
     this.#opts = {
       restartDelayMs: options.restartDelayMs ?? 500,
@@ -159,6 +169,8 @@ export class SwarmEngine implements Engine {
     this.#stopping = true;
     this.#timer?.cancel();
     this.#resync?.cancel();
+    for (const held of this.#portHeld.values()) held.timer?.cancel();
+    this.#portHeld.clear();
     this.#events?.destroy?.();
     this.#events = undefined;
     this.#endpoints.set([]);
@@ -238,6 +250,7 @@ export class SwarmEngine implements Engine {
             const id = `${variant}-${replica}`;
             // a restarting task may briefly overlap its predecessor: one endpoint per replica
             if (!variant || seen.has(id) || !this.#config.variants.some((v) => v.name === variant)) continue;
+            if (this.#portHeld.has(id)) continue;
             seen.add(id);
             list.push({ id, variant, replica, host: "127.0.0.1", port });
           }
@@ -270,6 +283,9 @@ export class SwarmEngine implements Engine {
     deaths.push(now);
     this.#deaths.set(id, deaths);
     this.#log("warn", `replica ${id} died; swarm restarts it`, { exitCode: attrs.exitCode, deathsInWindow: deaths.length });
+    const port = Number(attrs[LABEL.port]);
+    // At once, while the dead task's port is free and swarm has not yet started the next (restartDelayMs later).
+    if (Number.isInteger(port) && port > 0 && !this.#portHeld.has(id)) void this.#checkPort(id, port);
     if (deaths.length >= this.#opts.crashLoop.deaths && !this.#reported.has(id)) {
       this.#reported.add(id);
       void tailLogs(this.#docker, containerId, this.#opts.crashLoop.logLines).then((logs) =>
@@ -278,6 +294,31 @@ export class SwarmEngine implements Engine {
     } else if (deaths.length < this.#opts.crashLoop.deaths) {
       this.#reported.delete(id);
     }
+  }
+
+  /** After a death: if another process holds the replica's port, keep the replica out until the port is free. */
+  async #checkPort(id: string, port: number): Promise<void> {
+    if (await this.#isPortFree(port)) return;
+    if (this.#stopping || this.#portHeld.has(id)) return;
+    const held = { port, delayMs: 250 } as { port: number; timer?: TimerHandle; delayMs: number };
+    this.#portHeld.set(id, held);
+    this.#endpoints.set(this.#endpoints.get().filter((e) => e.id !== id));
+    this.#log("warn", `port ${port} of replica ${id} is in use by another process; the replica is kept out of rotation until the port is free: stop that process`, { replica: id, port });
+    const retry = (): void => {
+      held.timer = this.#clock.setTimeout(() => {
+        void this.#isPortFree(port).then((free) => {
+          if (this.#stopping || this.#portHeld.get(id) !== held) return;
+          if (!free) {
+            held.delayMs = Math.min(5_000, held.delayMs * 2);
+            return retry();
+          }
+          this.#portHeld.delete(id);
+          this.#log("info", `port ${port} of replica ${id} is free again; swarm's next task for it is listed`, { replica: id, port });
+          void this.#refresh();
+        });
+      }, held.delayMs);
+    };
+    retry();
   }
 
   #watchEvents(): void {
