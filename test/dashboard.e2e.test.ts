@@ -567,3 +567,94 @@ test("a stream that goes silent without closing is called not live after a few l
     silent.close();
   }
 });
+
+test("a hidden tab lets its stream go (six tabs held every connection the browser gives a host), and the report's age keeps growing", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  // Every EventSource the page makes, to see which are still open; and a way to hide the tab as a browser does.
+  // (a string: the function's compiled text could name helpers the page does not have)
+  await page.addInitScript(`
+    const made = [];
+    window.sources = made;
+    const Native = window.EventSource;
+    window.EventSource = class extends Native {
+      constructor(url, init) {
+        super(url, init);
+        made.push(this);
+      }
+    };
+    let hidden = false;
+    Object.defineProperty(document, "hidden", { get: () => hidden, configurable: true });
+    window.setHidden = (h) => {
+      hidden = h;
+      document.dispatchEvent(new Event("visibilitychange"));
+    };
+  `);
+  await page.goto(gw.adminUrl + "/");
+  await page.locator('[data-connection="live"]').waitFor({ timeout: 20_000 });
+  await page.locator('[data-testid="report-age"]').waitFor({ timeout: 30_000 });
+  const open = () => page.evaluate(() => (window as unknown as { sources: EventSource[] }).sources.filter((s) => s.readyState !== EventSource.CLOSED).length);
+  assert.equal(await open(), 1);
+  await page.evaluate(() => (window as unknown as { setHidden: (h: boolean) => void }).setHidden(true));
+  assert.equal(await open(), 0, "no stream while hidden");
+  assert.equal(await page.locator("[data-connection]").getAttribute("data-connection"), "paused");
+  // With no live numbers coming, the report still gets older by the page's clock.
+  const age = async () => Number(/, (\d+) s ago$/.exec(await page.locator('[data-testid="report-age"]').innerText())?.[1]);
+  const before = await age();
+  await new Promise((r) => setTimeout(r, 3_000));
+  assert.ok((await age()) >= before + 2, `the age went from ${before} to ${await age()} s`);
+  assert.equal(await open(), 0, "the watchdog does not reopen it while hidden");
+  await page.evaluate(() => (window as unknown as { setHidden: (h: boolean) => void }).setHidden(false));
+  await page.locator('[data-connection="live"]').waitFor({ timeout: 20_000 });
+  assert.equal(await open(), 1);
+  assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
+  await page.close();
+});
+
+test("after a restart on another experiment or store, the charts start over instead of keeping the old run's minutes", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  await page.addInitScript(`
+    const made = [];
+    window.sources = made;
+    const Native = window.EventSource;
+    window.EventSource = class extends Native {
+      constructor(url, init) {
+        super(url, init);
+        made.push(this);
+      }
+    };
+  `);
+  // some minutes of data, so that the page's later fetches are incremental
+  await freshUnits(5, "restart");
+  const view = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { experiment: string; startedAt: string };
+  const meta = { experiment: "other-run", control: "control", variants: ["control", "treatment"], metrics: [], alpha: 0.05, liveIntervalMs: 1000, reportIntervalMs: 5000 };
+  const seriesSince: number[] = [];
+  page.on("request", (r) => {
+    const m = /\/v1\/series\?sinceMs=(\d+)/.exec(r.url());
+    if (m) seriesSince.push(Number(m[1]));
+  });
+  let streams = 0;
+  // The first stream is the real one; the next says another run is being served (another experiment, started now).
+  await page.route("**/v1/stream", (route) => {
+    if (streams++ === 0) return route.continue();
+    const other = { ...view, experiment: "other-run", startedAt: new Date().toISOString() };
+    return route.fulfill({
+      status: 200,
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+      body: `retry: 60000\n\nevent: meta\ndata: ${JSON.stringify(meta)}\n\nevent: live\ndata: ${JSON.stringify({ ts: Date.now(), experiment: other, live: [] })}\n\n`,
+    });
+  });
+  await page.goto(gw.adminUrl + "/");
+  await page.locator('[data-connection="live"]').waitFor({ timeout: 20_000 });
+  const week = 7 * 24 * 3_600_000;
+  // the first fetch brings a week; the next ones only the last minutes
+  for (let i = 0; i < 100 && seriesSince.length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(seriesSince.length >= 2 && seriesSince.at(-1)! > Date.now() - week / 2, JSON.stringify(seriesSince));
+  const fetchesBefore = seriesSince.length;
+  // The stream goes (as when abgate stops): the watchdog opens another, which brings the other run.
+  await page.evaluate(() => (window as unknown as { sources: EventSource[] }).sources.forEach((s) => s.close()));
+  await page.waitForFunction(() => document.title === "abgate · other-run", null, { timeout: 20_000 });
+  for (let i = 0; i < 50 && !seriesSince.slice(fetchesBefore).some((t) => t < Date.now() - week / 2); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(seriesSince.slice(fetchesBefore).some((t) => t < Date.now() - week / 2), `a fetch from scratch after the new run: ${JSON.stringify(seriesSince.slice(fetchesBefore))}`);
+  assert.deepEqual(errors.filter((e) => !e.includes("/v1/stream")), []);
+  await page.close();
+});

@@ -11,7 +11,8 @@ const WEEK_MS = 7 * 24 * 3600_000;
 /** How often the charts ask for new minutes; a minute bucket changes slowly, the live table covers the seconds. */
 const SERIES_POLL_MS = 5_000;
 
-type Connection = "connecting" | "live" | "reconnecting";
+/** paused: the tab is hidden, and its stream closed until it is shown again */
+type Connection = "connecting" | "live" | "reconnecting" | "paused";
 /** Silence on the event stream past this (or three live intervals, if longer) means it is not live. */
 const MIN_STALE_AFTER_MS = 5_000;
 
@@ -40,6 +41,11 @@ export function App() {
   const timeline = useRef(new Timeline()).current;
   const history = useRef(new ReportHistory()).current;
   const [seriesVersion, setSeriesVersion] = useState(0);
+  /** a fetch of the series now (set by the series poll) */
+  const refetchSeries = useRef<(() => void) | null>(null);
+  /** when the last live numbers came (this page's clock): their age goes on growing while none come */
+  const liveReceivedAtMs = useRef(0);
+  const [, setTick] = useState(0);
 
   useEffect(() => {
     let source: EventSource | null = null;
@@ -49,6 +55,8 @@ export function App() {
     let lastEventAtMs = Date.now();
     /** the last live numbers' time (the server's clock): a new stream replays the last ones, maybe old */
     let lastLiveTs = -Infinity;
+    /** which gateway run the numbers come from: after a restart on another store or experiment, the charts start over */
+    let runOf: string | null = null;
     const open = () => {
       source?.close();
       const s = new EventSource("/v1/stream");
@@ -72,6 +80,16 @@ export function App() {
           lastLiveTs = data.ts;
           setConnection("live");
         }
+        const run = `${data.experiment.experiment}\u0000${data.experiment.startedAt}`;
+        if (runOf !== null && run !== runOf) {
+          // Another run: its series and reports replace this one's (incremental fetches would keep the old minutes).
+          timeline.reset();
+          history.reset();
+          refetchSeries.current?.();
+        }
+        runOf = run;
+        document.title = `abgate · ${data.experiment.experiment}`;
+        liveReceivedAtMs.current = Date.now();
         setLive(data);
         setFailures(({ live: _gone, ...rest }) => rest);
       });
@@ -82,15 +100,32 @@ export function App() {
       });
       on<{ source: string; message: string }>("failure", (f) => setFailures((all) => ({ ...all, [f.source]: f.message })));
     };
-    open();
+    // A hidden tab lets its stream go: a browser gives a host 6 connections, and each open tab's stream held one,
+    // so a sixth tab left every request of the others waiting (the report, the controls' changes).
+    const onVisibility = () => {
+      if (document.hidden) {
+        source?.close();
+        source = null;
+        setConnection("paused");
+      } else {
+        lastEventAtMs = Date.now();
+        setConnection("reconnecting");
+        open();
+      }
+    };
+    document.addEventListener("visibilitychange", onVisibility);
+    if (!document.hidden) open();
+    else setConnection("paused");
     const watchdog = setInterval(() => {
-      if (Date.now() - lastEventAtMs <= staleAfterMs) return;
+      setTick((t) => t + 1);
+      if (document.hidden || Date.now() - lastEventAtMs <= staleAfterMs) return;
       setConnection("reconnecting");
       lastEventAtMs = Date.now();
       open();
     }, 1000);
     return () => {
       clearInterval(watchdog);
+      document.removeEventListener("visibilitychange", onVisibility);
       source?.close();
     };
   }, []);
@@ -98,20 +133,33 @@ export function App() {
   useEffect(() => {
     let stopped = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let generation = 0;
     const poll = async () => {
+      const mine = generation;
       try {
         const since = timeline.resumeFromMs() ?? Date.now() - WEEK_MS;
-        timeline.merge(await fetchSeries(since));
-        setSeriesVersion((v) => v + 1);
+        const body = await fetchSeries(since);
+        // (a fetch begun before a reset belongs to the old run)
+        if (mine === generation) {
+          timeline.merge(body);
+          setSeriesVersion((v) => v + 1);
+        }
         setFailures(({ series: _gone, ...rest }) => rest);
       } catch (err) {
         setFailures((all) => ({ ...all, series: (err as Error).message }));
       }
-      if (!stopped) timer = setTimeout(poll, SERIES_POLL_MS);
+      if (!stopped && mine === generation) timer = setTimeout(poll, document.hidden ? SERIES_POLL_MS * 10 : SERIES_POLL_MS);
+    };
+    refetchSeries.current = () => {
+      generation++;
+      clearTimeout(timer);
+      setSeriesVersion((v) => v + 1);
+      void poll();
     };
     void poll();
     return () => {
       stopped = true;
+      refetchSeries.current = null;
       clearTimeout(timer);
     };
   }, []);
@@ -158,7 +206,7 @@ export function App() {
           <h2 id="variants-h">Variants</h2>
           <VariantsTable live={live} report={report} stale={connection !== "live"} />
         </section>
-        <Decision report={report} reportIntervalMs={meta?.reportIntervalMs} now={live?.ts} />
+        <Decision report={report} reportIntervalMs={meta?.reportIntervalMs} now={live === null ? undefined : live.ts + (Date.now() - liveReceivedAtMs.current)} />
         <Controls token={token} setToken={setToken} live={live} variants={variants} control={control} />
         <section aria-labelledby="traffic-h" class="card wide">
           <h2 id="traffic-h">Traffic</h2>
@@ -175,7 +223,7 @@ export function App() {
 }
 
 function ConnectionBadge({ connection }: { connection: Connection }) {
-  const text = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…" }[connection];
+  const text = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…", paused: "paused (tab hidden)" }[connection];
   return (
     <p class={`badge conn-${connection}`} role="status" aria-live="polite" data-connection={connection}>
       <span aria-hidden="true">●</span> {text}

@@ -27,6 +27,14 @@ export class Timeline {
   /** `maxMinutes`: the newest minutes kept (default a week, as much as the first fetch brings) */
   constructor(private readonly maxMinutes = 7 * 24 * 60) {}
 
+  /** Forgets everything: the gateway now serves another store or experiment, whose minutes must not mix with these. */
+  reset(): void {
+    this.minutes = [];
+    this.variants.clear();
+    this.#dropped.clear();
+    this.#serverNow = null;
+  }
+
   /**
    * Where the next incremental fetch should start (ms since epoch), or null before the first data: the last
    * REFETCH_MINUTES minutes again, because a minute's rows keep arriving after it ends (the store's batches,
@@ -163,6 +171,13 @@ export class ReportHistory {
       this.#ts.splice(0, drop);
       for (const column of this.#values.values()) column.splice(0, drop);
     }
+  }
+
+  /** Forgets the reports taken in (another store or experiment); `size` still grows, so views redraw. */
+  reset(): void {
+    this.#ts = [];
+    this.#values.clear();
+    this.#added++;
   }
 
   xs(): number[] {
