@@ -124,6 +124,28 @@ test("up refuses to start when the experiment's listen port is taken, before it 
   assert.deepEqual(running.map((c) => c.State), ["running", "running"], "the running experiment's replicas are untouched");
 });
 
+test("a second up of a running experiment refuses, and leaves the running one's replicas alone", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const { runCli, startCli } = await import("./helpers/cli.ts");
+  // listen port 0 for both: nothing else stops the second one (as with another ABGATE_LISTEN)
+  const { file, config } = await upExperiment(t, "second", 19530, 0);
+  t.after(() => down(config, { docker, stopTimeoutS: 0, out: () => {} }));
+  const first = await startCli(["up", "-c", file], /proxy http/, { timeoutMs: 120_000 });
+  t.after(() => first.child.kill("SIGKILL"));
+  const before = (await listExperimentContainers(docker, config)).map((c) => c.Id).sort();
+  assert.equal(before.length, 2);
+  const second = await runCli(["up", "-c", file]);
+  assert.equal(second.code, 1, second.stderr);
+  assert.match(second.stderr, new RegExp(`experiment ${config.experiment} is already running: its containers belong to another abgate \\(pid ${first.child.pid} on [^)]+\\); stop that one \\(Ctrl-C, or abgate down\\) first\\. Nothing was started or removed\\.`));
+  const after = await listExperimentContainers(docker, config);
+  assert.deepEqual(after.map((c) => c.Id).sort(), before, "the same containers");
+  assert.deepEqual(after.map((c) => c.State), ["running", "running"]);
+  // the first goes on: a Ctrl-C still stops it cleanly, and then a new up may start
+  first.child.kill("SIGINT");
+  assert.equal(await first.exited, 0, first.stderr());
+});
+
 test("up: a second Ctrl-C while the replicas stop kills them at once, and none is left behind", async (t) => {
   const docker = await requireDocker(t);
   if (!docker) return;

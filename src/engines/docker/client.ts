@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import Docker from "dockerode";
 import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
@@ -9,7 +11,54 @@ export const LABEL = {
   replica: "abgate.replica",
   port: "abgate.port",
   image: "abgate.image",
+  /** the abgate process that runs the replica (ownerLabel): another `up` must not remove it while that one lives */
+  owner: "abgate.owner",
 } as const;
+
+/** This process's start time since boot (clock ticks, /proc/self/stat field 22): with the pid, it names this process. */
+function startTicks(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // the command name (field 2) may hold spaces and parentheses: fields are counted after its closing ")"
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The owner label's value for replicas this process starts: host, pid and the pid's start time. */
+export function ownerLabel(): string {
+  return `${hostname()}/${process.pid}/${startTicks(process.pid) ?? "?"}`;
+}
+
+/**
+ * Whether the abgate that labelled a replica `owner` still runs: on this host, its pid alive with the same start time
+ * (a pid the system reused is another process). Another host's abgate cannot be checked from here: it counts as
+ * running, so `up` leaves it alone and says to use `abgate down`. No owner label (an older abgate): not running.
+ */
+export function ownerRunning(owner: string | undefined): boolean {
+  if (!owner) return false;
+  const [host, pidText, ticks] = owner.split("/");
+  if (host !== hostname()) return true;
+  const pid = Number(pidText);
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  const now = startTicks(pid);
+  return now !== null && now === ticks;
+}
+
+/**
+ * Refuses to start over replicas that another running abgate owns: removing them as leftovers (a second `up` of the
+ * same experiment, say with other listen ports) silently stopped the first one's experiment.
+ */
+export function refuseIfOwned(config: Pick<Config, "experiment">, found: { Labels?: Record<string, string> }[], what: string): void {
+  const owners = [...new Set(found.map((x) => x.Labels?.[LABEL.owner]).filter((o): o is string => ownerRunning(o)))];
+  if (owners.length === 0) return;
+  const [host, pid] = owners[0]!.split("/");
+  throw new AbgateError(
+    `experiment ${config.experiment} is already running: its ${what} belong to another abgate (pid ${pid} on ${host}); stop that one (Ctrl-C, or abgate down) first. Nothing was started or removed.`,
+    "ABGATE_ERR_ALREADY_RUNNING",
+  );
+}
 
 /** Where the Docker client connects: `DOCKER_HOST` when set, else the default socket. */
 export function dockerAddress(env: NodeJS.ProcessEnv = process.env): string {

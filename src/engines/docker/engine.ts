@@ -11,7 +11,9 @@ import {
   ensureReachable,
   experimentFilter,
   listExperimentContainers,
+  ownerLabel,
   portsOfOtherExperiments,
+  refuseIfOwned,
   statusOf,
   stoppedWhileStarting,
   tailLogs,
@@ -96,6 +98,9 @@ export class DockerEngine implements Engine {
   readonly #replicas = new Map<string, Replica>();
   #images = new Map<string, string>();
   #stopping = false;
+  /** start refused: another running abgate owns the experiment's containers, which stop must then leave alone */
+  #refused = false;
+  readonly #owner = ownerLabel();
   /** the replicas' creation while `start` runs it (settled, never rejecting): `stop` waits for it before removing */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -141,6 +146,13 @@ export class DockerEngine implements Engine {
       this.#throwIfStopped();
     }
     const stale = await listExperimentContainers(this.#docker, this.#config);
+    try {
+      refuseIfOwned(this.#config, stale, "containers");
+    } catch (err) {
+      // (and `stop`, which removes the experiment's containers by label, leaves that abgate's alone)
+      this.#refused = true;
+      throw err;
+    }
     if (stale.length) {
       onProgress(`removing ${stale.length} stale container(s) of experiment ${this.#config.experiment}`);
       await Promise.all(stale.map((c) => this.#remove(c.Id, 0)));
@@ -215,7 +227,7 @@ export class DockerEngine implements Engine {
       r.running = false;
     }
     this.#endpoints.set([]);
-    if (this.#adopt) return;
+    if (this.#adopt || this.#refused) return;
     // Containers being created now would be missed by the listing below and outlive the experiment.
     if (this.#creating) await this.#creating;
     // by label, not by what we remember: this also removes replicas a crashed earlier run left behind
@@ -251,6 +263,7 @@ export class DockerEngine implements Engine {
         [LABEL.replica]: String(r.replica),
         [LABEL.port]: String(r.port),
         [LABEL.image]: image,
+        [LABEL.owner]: this.#owner,
       },
       ExposedPorts: bridge ? { [portKey]: {} } : undefined,
       HostConfig: {

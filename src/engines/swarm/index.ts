@@ -4,7 +4,7 @@ import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
 import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
-import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, portsOfOtherExperiments, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
+import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, ownerLabel, portsOfOtherExperiments, refuseIfOwned, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
 import { allocatePorts, portIsFree } from "../ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
@@ -53,6 +53,9 @@ export class SwarmEngine implements Engine {
   readonly #portHeld = new Map<string, { port: number; timer?: TimerHandle; delayMs: number }>();
   #images = new Map<string, string>();
   #stopping = false;
+  /** start refused: another running abgate owns the experiment's services, which stop must then leave alone */
+  #refused = false;
+  readonly #owner = ownerLabel();
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -105,6 +108,14 @@ export class SwarmEngine implements Engine {
       for (const v of this.#config.variants) {
         this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
         this.#throwIfStopped();
+      }
+      try {
+        const services = (await this.#services()) as unknown as { Spec?: { Labels?: Record<string, string> } }[];
+        refuseIfOwned(this.#config, services.map((x) => ({ Labels: x.Spec?.Labels })), "services");
+      } catch (err) {
+        // (and `stop`, which removes the experiment's services by label, leaves that abgate's alone)
+        this.#refused = true;
+        throw err;
       }
       await this.#removeServices(onProgress);
       const held = await portsOfOtherExperiments(this.#docker, this.#config);
@@ -175,7 +186,7 @@ export class SwarmEngine implements Engine {
     this.#events = undefined;
     this.#endpoints.set([]);
     if (this.#creating) await this.#creating;
-    if (!this.#adopt) await this.#removeServices(() => {});
+    if (!this.#adopt && !this.#refused) await this.#removeServices(() => {});
   }
 
   /** `stop` during `start`: see stoppedWhileStarting. */
@@ -190,6 +201,7 @@ export class SwarmEngine implements Engine {
       [LABEL.variant]: variant,
       [LABEL.replica]: String(replica),
       [LABEL.port]: String(port),
+      [LABEL.owner]: this.#owner,
     };
     return {
       Name: containerName(this.#config.experiment, variant, replica),
