@@ -70,7 +70,7 @@ test("two Authorization headers are refused (400), whichever of them holds the t
       let text = "";
       socket.setEncoding("latin1").on("data", (d: string) => (text += d)).on("error", reject);
       socket.on("end", () => resolve({ status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) }));
-      socket.write(`PUT /v1/weights HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${authorizations.map((a) => `authorization: ${a}\r\n`).join("")}\r\n${body}`);
+      socket.write(`PUT /v1/weights HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${authorizations.map((a) => `authorization: ${a}\r\n`).join("")}\r\n${body}`);
     });
   for (const pair of [["Bearer test-admin-token", "Bearer wrong"], ["Bearer wrong", "Bearer test-admin-token"]]) {
     const res = await send(pair);
@@ -506,7 +506,7 @@ test("a client that closes the connection in the middle of its body is logged at
     const { connect } = await import("node:net");
     const socket = connect(Number(port), "127.0.0.1");
     await new Promise<void>((r) => socket.once("connect", () => r()));
-    socket.write("POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"unit\":");
+    socket.write("POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"unit\":");
     await new Promise((r) => setTimeout(r, 100));
     socket.destroy();
     const deadline = Date.now() + 3000;
@@ -590,13 +590,13 @@ test("Expect: 100-continue: a request without the token is answered 401 at once,
     return text;
   };
   const body = JSON.stringify({ control: 50, treatment: 50 });
-  const head = (auth: string) => `PUT /v1/weights HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nexpect: 100-continue\r\n${auth}\r\n`;
+  const head = (auth: string) => `PUT /v1/weights HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nexpect: 100-continue\r\n${auth}\r\n`;
   const refused = await open(head(""));
   const refusedText = await answer(refused.got);
   assert.match(refusedText, /^HTTP\/1\.1 401 /, refusedText);
   assert.match(refusedText, /connection: close/i);
   refused.socket.destroy();
-  const events = await open(`POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 40\r\nexpect: 100-continue\r\n\r\n`);
+  const events = await open(`POST /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 40\r\nexpect: 100-continue\r\n\r\n`);
   assert.match(await answer(events.got), /^HTTP\/1\.1 401 /, "events need the ingest token here");
   events.socket.destroy();
   // Two Authorization headers, the first one the token: refused at once too, not after the body came.
@@ -663,6 +663,38 @@ test("an empty strategy.salt is the experiment's name, and the gateway says so a
     const warning = lines.find((l) => l.level === 40 && /strategy\.salt is empty/.test(l.msg));
     assert.ok(warning, JSON.stringify(lines.slice(0, 5)));
     assert.equal(warning.salt, "test");
+  } finally {
+    await own.close();
+  }
+});
+
+test("a Host that is no name of the admin listener is refused (DNS rebinding), reads and events too; IPs, localhost and admin.allowedHosts pass", async () => {
+  const ask = (g: { adminUrl: string }, method: string, path: string, host: string, body?: string) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = httpRequest(`${g.adminUrl}${path}`, { method, agent: false, headers: { host, ...(body ? { "content-type": "application/json" } : {}) } });
+      req.on("error", reject);
+      req.on("response", (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => (text += c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.end(body);
+    });
+  const port = new URL(gw.adminUrl).port;
+  const evil = await ask(gw, "GET", "/v1/report", `evil.example:${port}`);
+  assert.equal(evil.status, 403);
+  assert.match(JSON.parse(evil.text).error, /^Host "evil\.example:\d+" is not a name of this listener .*DNS rebinding/);
+  assert.equal((await ask(gw, "GET", "/", `evil.example:${port}`)).status, 403, "nor the dashboard");
+  const event = JSON.stringify({ unit: "rebind", event: "watched" });
+  assert.equal((await ask(gw, "POST", "/v1/events", `evil.example:${port}`, event)).status, 403, "nor events");
+  for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `LOCALHOST:${port}`, `app.localhost:${port}`, `[::1]:${port}`]) {
+    assert.equal((await ask(gw, "GET", "/v1/experiment", host)).status, 200, host);
+  }
+  const own = await testGateway({ admin: { listen: "127.0.0.1:0", token: "test-admin-token", allowedHosts: ["abgate.example", ".corp.example"] }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] });
+  try {
+    for (const host of ["abgate.example", "ABGATE.example:80", "dash.corp.example", "corp.example"]) assert.equal((await ask(own, "GET", "/v1/experiment", host)).status, 200, host);
+    assert.equal((await ask(own, "GET", "/v1/experiment", "other.example")).status, 403);
   } finally {
     await own.close();
   }

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { Socket } from "node:net";
+import { isIP, type Socket } from "node:net";
 import { AbgateError, InvalidArgumentError, RequestError, shown, StoreError } from "../errors.ts";
 import type { Logger } from "../log/index.ts";
 import type { LogThrottle } from "../log/throttle.ts";
@@ -142,6 +142,30 @@ function crossSiteOrigin(req: IncomingMessage): string | undefined {
 }
 
 /**
+ * Whether the Host header names this listener, against DNS rebinding: a page on attacker.example whose name then
+ * resolves to 127.0.0.1 is same-origin to the browser, so it could read the report and, with no ingest token, post
+ * events (the Origin checks above pass). Such a request carries its own name in Host. Allowed: no Host (HTTP/1.0),
+ * IP addresses, localhost and its subdomains, the listen host, and `admin.allowedHosts` (a name a reverse proxy
+ * forwards; ".example.com" for subdomains, "*" for any), as Vite's and webpack-dev-server's allowedHosts do.
+ */
+export function hostAllowed(hostHeader: string | undefined, listenHost: string, allowed: readonly string[]): boolean {
+  if (hostHeader === undefined || hostHeader === "") return true;
+  let name: string;
+  try {
+    name = new URL(`http://${hostHeader}`).hostname.toLowerCase();
+  } catch {
+    return false;
+  }
+  const bare = name.startsWith("[") ? name.slice(1, -1) : name;
+  if (isIP(bare) !== 0 || name === "localhost" || name.endsWith(".localhost")) return true;
+  if (name === listenHost.toLowerCase()) return true;
+  return allowed.some((a) => {
+    const entry = a.toLowerCase();
+    return entry === "*" || entry === name || (entry.startsWith(".") && (name.endsWith(entry) || name === entry.slice(1)));
+  });
+}
+
+/**
  * Node keeps the first of several Authorization headers and drops the rest; a proxy in front may keep the last.
  * Which credentials such a request carries is ambiguous, so it has none: a 400 (as Go's and nginx's auth modules do).
  */
@@ -207,6 +231,13 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const method = req.method ?? "GET";
     const ambiguous = ambiguousAuthorization(req);
     if (ambiguous !== undefined) throw ambiguous;
+    if (!hostAllowed(req.headers.host, ctx.config.admin.listen.host, ctx.config.admin.allowedHosts)) {
+      throw new RequestError(
+        `Host ${shown(req.headers.host ?? "")} is not a name of this listener (IP addresses, localhost, ${ctx.config.admin.listen.host}, or admin.allowedHosts): refused, as a page on another name could read or post here (DNS rebinding)`,
+        403,
+        "ABGATE_ERR_HOST",
+      );
+    }
     if (await dashboard(req, res)) return;
     if (method !== "GET" && method !== "HEAD") {
       const foreign = crossSiteOrigin(req);

@@ -16,7 +16,7 @@ export interface Config extends Omit<ParsedConfig, "listen" | "admin" | "fallbac
   fallback: string;
   listen: HostPort;
   /** tokenVariables: the environment variables the tokens were read from (`token: ${MY_TOKEN}`), kept from replicas */
-  admin: { listen: HostPort; token?: string; ingestToken?: string; tokenVariables: string[] };
+  admin: { listen: HostPort; token?: string; ingestToken?: string; tokenVariables: string[]; allowedHosts: string[] };
   /** folder of the config file: relative `build`, `cwd` and `sqlite:` paths are resolved against it */
   baseDir: string;
   /** the sticky salt, defaulted to the experiment name */

@@ -124,6 +124,13 @@ export const configSchema = z.strictObject({
       // (null, `token:` with nothing after it, too)
       token: bearerToken.nullish(),
       ingestToken: bearerToken.nullish(),
+      /**
+       * Host names (besides IP addresses, localhost and the listen host) this listener answers to, e.g. the name a
+       * reverse proxy forwards; ".example.com" takes its subdomains too, "*" any name. Others get 403 (DNS rebinding).
+       */
+      allowedHosts: z
+        .array(z.string().regex(/^(\*|\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$/, "a host name (abgate.example.com), .example.com for its subdomains, or *"))
+        .default([]),
     })
     .prefault({}),
   store: z
