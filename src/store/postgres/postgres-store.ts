@@ -407,10 +407,18 @@ export class PostgresStore implements Store {
 
   async setState(experiment: string, key: string, value: string): Promise<void> {
     this.#writable(`save state ${experiment}/${key}`);
-    await this.#query(
-      `INSERT INTO state (experiment, key, value, updated_at) VALUES (?, ?, ?, ?)
-       ON CONFLICT (experiment, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
-      [experiment, key, value, Date.now()],
+    // A write like the others (the write timeout, and a COMMIT whose answer is lost settled): as a plain query, a
+    // weight change whose acknowledgement was lost was answered 503 but stored, and took effect at the next restart.
+    await this.#tx(
+      (c) =>
+        c.query(
+          `INSERT INTO state (experiment, key, value, updated_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (experiment, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
+          [experiment, key, value, Date.now()],
+        ),
+      `save state ${experiment}/${key}`,
+      this.#writeTimeoutMs,
+      true,
     );
   }
 

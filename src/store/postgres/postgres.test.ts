@@ -295,6 +295,11 @@ if (!installed) {
         relay.lose("answer");
         await s.writeExposures([x(1), x(2)]);
         assert.deepEqual(await s.counts("lost"), { exposures: 2, events: 3 });
+        // State (a weight change) too: a lost answer to a committed save is no error (it was answered 503, and the
+        // stored weights then took effect only at the next restart)
+        relay.lose("answer");
+        await s.setState("lost", "strategy", "saved");
+        assert.equal(await s.getState("lost", "strategy"), "saved");
 
         // A COMMIT that never reached the server: the write fails, nothing is stored, and a retry stores it once.
         relay.lose("commit");
