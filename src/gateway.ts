@@ -48,6 +48,8 @@ export interface GatewayOptions {
    * recorded) meanwhile. When it rejects, the gateway is stopped and startGateway rejects with its error.
    */
   beforeServing?: (health: HealthTracker) => Promise<void>;
+  /** how often a store's init that has not finished is logged (default STORE_INIT_NOTICE_MS) */
+  storeInitNoticeMs?: number;
 }
 
 export interface Gateway {
@@ -63,6 +65,8 @@ export interface Gateway {
 }
 
 const STRATEGY_STATE_KEY = "strategy";
+/** How often a store's init that has not finished is logged (see startGateway). */
+const STORE_INIT_NOTICE_MS = 5_000;
 /**
  * How long a stopping gateway waits for other readers of its SQLite store (an `abgate report` mid-read) so that its
  * last checkpoint can copy every commit into the file: a read-only report cannot finish that copy afterwards.
@@ -117,7 +121,18 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       // An empty salt means the default now; an experiment that ran with "" (an unset ${SALT}) hashes its units anew.
       log.warn({ salt: config.salt }, "strategy.salt is empty: the experiment's name is the salt (sticky units of a run with an empty salt move)");
     }
-    await store.init();
+    // Init may wait on another process (PostgreSQL: another abgate's migration holds the lock; it has no timeout, a
+    // migration may rewrite a big table): said every few seconds, not a silent hang at start.
+    const initStartedMs = Date.now();
+    const slowInit = setInterval(
+      () => log.warn({ waitedMs: Date.now() - initStartedMs }, "still opening the store: another abgate may be migrating it (its lock is waited for), or the database is slow to answer"),
+      options.storeInitNoticeMs ?? STORE_INIT_NOTICE_MS,
+    );
+    try {
+      await store.init();
+    } finally {
+      clearInterval(slowInit);
+    }
 
     const variantNames = config.variants.map((v) => v.name);
     const saved = await store.getState(config.experiment, STRATEGY_STATE_KEY);

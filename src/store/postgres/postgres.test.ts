@@ -236,6 +236,31 @@ if (!installed) {
       }
     });
 
+    it("a gateway whose store waits on another instance's migration lock says so while it waits", async () => {
+      const { startGateway } = await import("../../gateway.ts");
+      const { validateConfig } = await import("../../config/index.ts");
+      const { pino } = await import("pino");
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      const lines: { level: number; msg: string }[] = [];
+      try {
+        await holder.query(`SELECT pg_advisory_lock($1)`, [MIGRATION_LOCK_ID.toString()]);
+        const config = validateConfig(
+          { experiment: "waits", listen: "127.0.0.1:0", admin: { listen: "127.0.0.1:0", token: "t".repeat(12) }, store: url, engine: "static", variants: [{ name: "control", url: "http://127.0.0.1:9" }] },
+          "/tmp",
+        );
+        const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+        const starting = startGateway(config, { log, storeInitNoticeMs: 200 });
+        await new Promise((resolve) => setTimeout(resolve, 700));
+        assert.ok(lines.some((l) => l.level === 40 && /^still opening the store: another abgate may be migrating it/.test(l.msg)), JSON.stringify(lines));
+        await holder.query(`SELECT pg_advisory_unlock($1)`, [MIGRATION_LOCK_ID.toString()]);
+        const gw = await starting;
+        await gw.stop();
+      } finally {
+        await holder.end();
+      }
+    });
+
     /**
      * A TCP relay in front of the cluster that can lose one COMMIT: `lose("answer")` passes the next COMMIT to the
      * server and drops the connection before its answer comes back (it committed, the client cannot know);
