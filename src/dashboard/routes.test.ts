@@ -8,6 +8,7 @@ import { after, before, test } from "node:test";
 import { gunzipSync } from "node:zlib";
 import type { AdminContext, ExperimentView } from "../admin/context.ts";
 import { ManualClock } from "../clock.ts";
+import { StoreError } from "../errors.ts";
 import { validateConfig } from "../config/index.ts";
 import type { MinuteBucket, Store } from "../store/types.ts";
 import { createDashboardHandler, type DashboardHandler } from "./routes.ts";
@@ -36,6 +37,7 @@ const store = new Proxy({} as Store, {
       return async (experiment: string, _metrics: unknown, sinceMs: number) => {
         assert.equal(experiment, "exp");
         minutesCalls.push(sinceMs);
+        if (minutesFail !== null) throw minutesFail;
         return buckets.filter((b) => b.minute >= Math.floor(sinceMs / 60_000) * 60_000);
       };
     }
@@ -44,6 +46,8 @@ const store = new Proxy({} as Store, {
   },
 });
 
+/** what store.minutes throws, when set */
+let minutesFail: Error | null = null;
 let reportCalls = 0;
 let reportFails = false;
 const view: ExperimentView = {
@@ -202,6 +206,13 @@ test("GET /v1/series answers dense columns from store.minutes and validates sinc
     assert.equal(e.status, 400, bad);
     assert.match(JSON.parse(e.body.toString()).error, /sinceMs must be a non-negative integer/);
   }
+
+  // a store that cannot answer is a 503, as for the report; another failure a 500
+  minutesFail = new StoreError("PostgreSQL query failed on postgres://x: connection refused");
+  assert.equal((await get(`/v1/series?sinceMs=${T0}`)).status, 503);
+  minutesFail = new Error("a bug");
+  assert.equal((await get(`/v1/series?sinceMs=${T0}`)).status, 500);
+  minutesFail = null;
 });
 
 test("GET /v1/dashboard/session says whether the bearer token is the admin token", async () => {

@@ -3,6 +3,7 @@ import { promisify } from "node:util";
 import { gzip } from "node:zlib";
 import type { AdminContext } from "../admin/context.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
+import { StoreError } from "../errors.ts";
 import { loadAssets, type AssetBundle } from "./assets.ts";
 import { MINUTE_MS, toSeries } from "./series.ts";
 
@@ -177,7 +178,8 @@ async function serveSeries(req: IncomingMessage, res: ServerResponse, ctx: Admin
   try {
     buckets = await ctx.store.minutes(experiment, metrics, sinceMs);
   } catch (err) {
-    sendJson(res, 500, { error: `could not read the per-minute series: ${(err as Error).message}`, code: "ABGATE_ERR_STORE" });
+    // A store that cannot answer now is a 503, as for the report and events; anything else is abgate's own fault.
+    sendJson(res, err instanceof StoreError ? 503 : 500, { error: `could not read the per-minute series: ${(err as Error).message}`, code: "ABGATE_ERR_STORE" });
     return;
   }
   const body = toSeries(experiment, variants.map((v) => v.name), metrics, buckets, { nowMs: clock.now() });
