@@ -415,3 +415,10 @@ test("names are at most 63 characters (a DNS label): experiment, variants, metri
     ["experiment: at most 63 characters", "variants[0].name: at most 63 characters", "metrics[0].name: at most 63 characters"],
   );
 });
+
+test("build keys beside an image are refused: an image is run as it is", () => {
+  assert.deepEqual(
+    issues("experiment: exp\nengine: docker\nvariants:\n  - { name: control, image: 'm:1', buildArgs: { A: b }, dockerfile: D }\n"),
+    ["variants[0].buildArgs: only with build: an image is run as it is, not built", "variants[0].dockerfile: only with build: an image is run as it is, not built"],
+  );
+});

@@ -104,6 +104,11 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     if (ok.length !== 1) {
       out.push({ path: at, message: `engine ${cfg.engine} needs exactly one of ${allowed.join(" or ")} (found ${sources.join(", ") || "none"})` });
     }
+    // An image is run as it is: build keys beside it would look as if they were in effect.
+    if (v.image !== undefined && v.build === undefined && readBy("image", cfg.engine)) {
+      if (Object.keys(v.buildArgs).length > 0) out.push({ path: `${at}.buildArgs`, message: "only with build: an image is run as it is, not built" });
+      if (v.dockerfile !== undefined) out.push({ path: `${at}.dockerfile`, message: "only with build: an image is run as it is, not built" });
+    }
     // Keys another engine reads are refused, not silently ignored: a `cwd:` or `url:` left from an engine change
     // would otherwise look as if it were in effect.
     const present = (key: (typeof ENGINE_KEYS)[number][0]) =>

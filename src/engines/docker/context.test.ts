@@ -88,4 +88,10 @@ test("validate's check of a build context agrees with the build's: Dockerfile na
   t.after(() => rmSync(link, { force: true }));
   assert.throws(() => readBuildContext(link), /is not a directory/);
   assert.deepEqual(buildContextIssues([{ build: link }]).map((i) => i.path), ["variants[0].build"]);
+  // A Dockerfile outside the context: the daemon refuses it ("forbidden path outside the build context"), so validate does.
+  for (const dockerfile of ["../other/Dockerfile", "sub/../../Dockerfile", "/etc/Dockerfile"]) {
+    assert.deepEqual(buildContextIssues([{ build: dir, dockerfile }]), [{ path: "variants[0].dockerfile", message: `a path inside the build context ${dir} (relative to it); ${dockerfile} is outside it` }], dockerfile);
+    assert.throws(() => readBuildContext(dir, { dockerfile }), /is outside build context/);
+  }
+  assert.deepEqual(buildContextIssues([{ build: dir, dockerfile: "sub/../Dockerfile" }]), [], "inside after all");
 });

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
-import { join } from "node:path";
+import { join, posix } from "node:path";
 import { InvalidArgumentError } from "../../errors.ts";
 
 /**
@@ -204,7 +204,11 @@ function dockerfileIn(dockerfile: string | undefined): string {
  * Why a build context cannot be read, or null: the one check behind both `readBuildContext` (when it builds) and
  * `buildContextIssues` (`validate` and `up`, before anything runs), so that the two cannot disagree.
  */
-function contextProblem(dir: string, dockerfile: string): { kind: "missing" | "not-folder" | "no-dockerfile"; cause?: unknown } | null {
+function contextProblem(dir: string, dockerfile: string): { kind: "missing" | "not-folder" | "no-dockerfile" | "outside"; cause?: unknown } | null {
+  // The daemon reads the Dockerfile from the context it is sent ("forbidden path outside the build context"):
+  // `docker build -f` outside it works only because the CLI sends such a file specially.
+  const inside = posix.normalize(dockerfile);
+  if (posix.isAbsolute(inside) || inside === ".." || inside.startsWith("../")) return { kind: "outside" };
   let st;
   try {
     st = lstatSync(dir);
@@ -232,6 +236,7 @@ export function buildContextIssues(variants: readonly { build?: string; dockerfi
     const problem = contextProblem(v.build, dockerfile);
     if (problem?.kind === "missing") issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} does not exist` });
     else if (problem?.kind === "not-folder") issues.push({ path: `variants[${i}].build`, message: `a folder with a ${dockerfile}; ${v.build} is not a folder` });
+    else if (problem?.kind === "outside") issues.push({ path: `variants[${i}].dockerfile`, message: `a path inside the build context ${v.build} (relative to it); ${v.dockerfile} is outside it` });
     else if (problem?.kind === "no-dockerfile") {
       issues.push({ path: v.dockerfile === undefined ? `variants[${i}].build` : `variants[${i}].dockerfile`, message: `a ${dockerfile} in ${v.build}; there is none` });
     }
@@ -250,6 +255,7 @@ export function readBuildContext(dir: string, opts: { dockerfile?: string; build
   if (problem?.kind === "missing") throw new InvalidArgumentError(`build context ${dir} does not exist`, { cause: problem.cause });
   if (problem?.kind === "not-folder") throw new InvalidArgumentError(`build context ${dir} is not a directory`);
   if (problem?.kind === "no-dockerfile") throw new InvalidArgumentError(`no ${dockerfile} in build context ${dir}`, { cause: problem.cause });
+  if (problem?.kind === "outside") throw new InvalidArgumentError(`the Dockerfile ${dockerfile} is outside build context ${dir}: give its path inside the context`);
   let ignoreText = "";
   try {
     ignoreText = readFileSync(join(dir, ".dockerignore"), "utf8");
