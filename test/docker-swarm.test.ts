@@ -42,6 +42,18 @@ after(async () => {
   await removeTestImages();
 });
 
+test("swarm: on a node outside a swarm, start says to init one, and stop after it does not replace that with the daemon's error", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const info = (await docker.info()) as { Swarm?: { LocalNodeState?: string } };
+  // (first in this file, before the tests below join the swarm; a swarm someone else made is left alone)
+  if (info.Swarm?.LocalNodeState === "active") return t.skip("this Docker engine is already in a swarm");
+  const config = testConfig({ experiment: uniqueExperiment("noswarm"), engine: "swarm", ports: { base: 19890 }, variants: [{ name: "control", image: BASE_IMAGE }] });
+  const engine = new SwarmEngine(config, { log: () => {} });
+  await assert.rejects(engine.start(), /is not a swarm manager \(swarm state: inactive\); run `docker swarm init --advertise-addr 127\.0\.0\.1` \(or use engine: docker\)/);
+  await engine.stop(); // (up's clean-up after a failed start: it threw "This node is not a swarm manager" from the daemon)
+});
+
 test("swarm: one-task services on host networking, endpoints follow the tasks, a killed task comes back, stop and down leave nothing", async (t) => {
   const ready = await swarmTest(t);
   if (!ready) return;

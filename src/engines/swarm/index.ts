@@ -53,7 +53,7 @@ export class SwarmEngine implements Engine {
   readonly #portHeld = new Map<string, { port: number; timer?: TimerHandle; delayMs: number }>();
   #images = new Map<string, string>();
   #stopping = false;
-  /** start refused: another running abgate owns the experiment's services, which stop must then leave alone */
+  /** start refused (another running abgate owns the experiment's services, or no swarm): stop leaves services alone */
   #refused = false;
   readonly #owner = ownerLabel();
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
@@ -92,6 +92,8 @@ export class SwarmEngine implements Engine {
     await ensureReachable(this.#docker);
     const info = (await this.#docker.info()) as { Swarm?: { LocalNodeState?: string; ControlAvailable?: boolean } };
     if (info.Swarm?.LocalNodeState !== "active" || !info.Swarm.ControlAvailable) {
+      // (and `stop` lists no services: on a node outside a swarm that fails, and its raw daemon error replaced this)
+      this.#refused = true;
       throw new EngineUnavailableError(
         `the Docker engine on ${dockerAddress()} is not a swarm manager (swarm state: ${info.Swarm?.LocalNodeState ?? "unknown"}); ` +
           "run `docker swarm init --advertise-addr 127.0.0.1` (or use engine: docker)",
