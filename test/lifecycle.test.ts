@@ -229,6 +229,23 @@ test("up waits for every replica of the config: a variant whose command cannot s
   rmSync(dir, { recursive: true, force: true });
 });
 
+test("up stops waiting once a replica is found crash-looping, and says what it printed (not after --wait-timeout)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  writeFileSync(join(dir, "server.js"), `require("node:http").createServer((q, s) => s.end("ok")).listen(Number(process.env.PORT), "127.0.0.1");`);
+  const file = writeConfig(
+    dir,
+    `experiment: looping\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: process\nlogLevel: error\nports: { base: 23170 }\n` +
+      `variants:\n  - { name: control, command: [node, server.js] }\n  - { name: treatment, command: [node, -e, "console.error('fatal: cannot load model'); process.exit(3)"] }\n`,
+  );
+  const t0 = Date.now();
+  const res = await runCli(["up", "-c", file, "--wait-timeout", "120000"], { timeoutMs: 60_000 });
+  const tookMs = Date.now() - t0;
+  assert.equal(res.code, 1, res.stdout + res.stderr);
+  assert.ok(tookMs < 30_000, `exited after ${tookMs} ms`);
+  assert.match(res.stderr, /replica treatment-0 is crash-looping, so it cannot become healthy: 5 quick exits in a row, the last exited with code 3 after \d+\.\d s; last output:\n(.*\n)*fatal: cannot load model/);
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test("serve refuses a listen address in use before it starts any process replica", async () => {
   const { createServer } = await import("node:net");
   const { existsSync } = await import("node:fs");

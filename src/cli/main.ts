@@ -171,11 +171,23 @@ program
               resolve();
             }) ?? unsubscribeRemoved;
           });
+          // A replica found crash-looping will not turn healthy by waiting: say so now, with what it printed, rather
+          // than after --wait-timeout (120 s of "died" lines, then only "not running").
+          let unsubscribeCrashLoop = () => {};
+          const crashLooping = new Promise<never>((_resolve, reject) => {
+            unsubscribeCrashLoop =
+              engine.onCrashLoop?.((replica, detail) => {
+                if (tracker.isHealthy(replica)) return;
+                reject(new AbgateError(`replica ${replica} is crash-looping, so it cannot become healthy: ${detail}`, "ABGATE_ERR_CRASH_LOOP"));
+              }) ?? unsubscribeCrashLoop;
+          });
+          crashLooping.catch(() => undefined);
           try {
-            await Promise.race([tracker.waitHealthy(ids, Number(opts.waitTimeout)), interrupted, removed]);
+            await Promise.race([tracker.waitHealthy(ids, Number(opts.waitTimeout)), interrupted, removed, crashLooping]);
           } finally {
             unsubscribe();
             unsubscribeRemoved();
+            unsubscribeCrashLoop();
           }
           if (removedWhileStarting !== undefined) throw new Error(removedWhileStarting);
           out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -36,6 +36,11 @@ export interface Engine {
    * none. Returns an unsubscribe function.
    */
   onRemoved?(listener: (why: string) => void): () => void;
+  /**
+   * Called each time a replica is found crash-looping (the engine's own crash-loop rule), with what it said last:
+   * `up` then stops waiting for it to become healthy. Returns an unsubscribe function.
+   */
+  onCrashLoop?(listener: (replica: string, detail: string) => void): () => void;
   /** How a replica's last run ended (exit code, last output line), for error messages; optional. */
   lastExit?(id: string): string | undefined;
 }
@@ -92,6 +97,18 @@ export class RemovalSignal {
       queueMicrotask(() => listener(why));
       return () => {};
     }
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
+  }
+}
+
+/** The listeners of an engine's onCrashLoop. */
+export class CrashLoopSignal {
+  #listeners = new Set<(replica: string, detail: string) => void>();
+  fire(replica: string, detail: string): void {
+    for (const l of this.#listeners) l(replica, detail);
+  }
+  on(listener: (replica: string, detail: string) => void): () => void {
     this.#listeners.add(listener);
     return () => void this.#listeners.delete(listener);
   }

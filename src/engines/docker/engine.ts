@@ -2,7 +2,7 @@ import type Docker from "dockerode";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import { AbgateError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
-import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { CrashLoopSignal, EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "./build.ts";
 import {
   LABEL,
@@ -101,6 +101,7 @@ export class DockerEngine implements Engine {
   /** start refused: another running abgate owns the experiment's containers, which stop must then leave alone */
   #refused = false;
   readonly #owner = ownerLabel();
+  readonly #crashLoops = new CrashLoopSignal();
   /** the replicas' creation while `start` runs it (settled, never rejecting): `stop` waits for it before removing */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -361,12 +362,17 @@ export class DockerEngine implements Engine {
 
   async #reportCrashLoop(r: Replica): Promise<void> {
     const logs = r.containerId ? await tailLogs(this.#docker, r.containerId, this.#crashLoop.logLines) : "(no container)";
+    const what = `${r.deathsMs.length} deaths within ${Math.round(this.#crashLoop.windowMs / 1000)} s`;
     this.#log(
       "error",
-      `replica ${key(r.variant, r.replica)} (${r.name}) is crash-looping: ${r.deathsMs.length} deaths within ${Math.round(this.#crashLoop.windowMs / 1000)} s; ` +
-        `last ${this.#crashLoop.logLines} log lines:\n${logs}`,
+      `replica ${key(r.variant, r.replica)} (${r.name}) is crash-looping: ${what}; ` + `last ${this.#crashLoop.logLines} log lines:\n${logs}`,
       { variant: r.variant, replica: r.replica, logs },
     );
+    this.#crashLoops.fire(key(r.variant, r.replica), `${what}; last log lines:\n${logs}`);
+  }
+
+  onCrashLoop(listener: (replica: string, detail: string) => void): () => void {
+    return this.#crashLoops.on(listener);
   }
 
   /** Exponential backoff: initial * 2^attempt, capped. */

@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { StringDecoder } from "node:string_decoder";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import type { Config, VariantConfig } from "../../config/index.ts";
-import { EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { CrashLoopSignal, EndpointSet, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { PortAllocator, portIsFree } from "../ports.ts";
 import { resolveCommand } from "./command.ts";
 import { ProcessReaper, REGISTER_AND_EXEC } from "./reaper.ts";
@@ -138,6 +138,7 @@ export class ProcessEngine implements Engine {
   #opts: Required<Pick<ProcessEngineOptions, "backoffMs" | "maxBackoffMs" | "stableAfterMs">> & ProcessEngineOptions;
   #clock: Clock;
   #set = new EndpointSet();
+  readonly #crashLoops = new CrashLoopSignal();
   #replicas: Replica[] = [];
   #stopping = false;
   /** start()'s run, which stop() lets finish (it ends at the next replica) before it collects the replicas */
@@ -288,7 +289,11 @@ export class ProcessEngine implements Engine {
     r.restarts++;
     const delayMs = this.#backoffMs(r);
     const fields = { replica: id, code, signal, restartInMs: delayMs, restarts: r.restarts, ...(r.spawnError ? { error: r.spawnError.message } : {}) };
-    if (r.restarts >= 5) this.#log("error", `replica ${id} is crash-looping${r.tail.length ? `; last output:\n${r.tail.join("\n")}` : " (no output)"}`, fields);
+    if (r.restarts >= 5) {
+      const output = r.tail.length ? `last output:\n${r.tail.join("\n")}` : "no output";
+      this.#log("error", `replica ${id} is crash-looping${r.tail.length ? `; ${output}` : ` (${output})`}`, fields);
+      this.#crashLoops.fire(id, `${r.restarts} quick exits in a row, the last ${r.lastExit}; ${output}`);
+    }
     else if (r.spawnError) this.#log("warn", `replica ${id} could not start: ${r.spawnError.message}`, fields);
     // (with its own output: a replica that crashes now and then never reaches the crash-loop line that shows it)
     else this.#log("warn", `replica ${id} ${r.lastExit}${runTail.length ? `; last output:\n${runTail.join("\n")}` : " (no output)"}`, fields);
@@ -341,6 +346,10 @@ export class ProcessEngine implements Engine {
    * load weights" is usually there); also while a crash-looping replica is between two runs. Undefined before it
    * ever ended.
    */
+  onCrashLoop(listener: (replica: string, detail: string) => void): () => void {
+    return this.#crashLoops.on(listener);
+  }
+
   lastExit(id: string): string | undefined {
     const r = this.#replicas.find((x) => `${x.variant.name}-${x.index}` === id);
     if (r === undefined || r.lastExit === undefined) return undefined;

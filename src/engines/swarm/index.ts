@@ -2,7 +2,7 @@ import type Docker from "dockerode";
 import { systemClock, type Clock, type TimerHandle } from "../../clock.ts";
 import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
-import { EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
+import { CrashLoopSignal, EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
 import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, ownerLabel, portsOfOtherExperiments, refuseIfOwned, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
 import { allocatePorts, portIsFree } from "../ports.ts";
@@ -56,6 +56,7 @@ export class SwarmEngine implements Engine {
   /** start refused (another running abgate owns the experiment's services, or no swarm): stop leaves services alone */
   #refused = false;
   readonly #owner = ownerLabel();
+  readonly #crashLoops = new CrashLoopSignal();
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -154,6 +155,10 @@ export class SwarmEngine implements Engine {
       await new Promise((r) => setTimeout(r, 100));
     }
     this.#started = true;
+  }
+
+  onCrashLoop(listener: (replica: string, detail: string) => void): () => void {
+    return this.#crashLoops.on(listener);
   }
 
   onRemoved(listener: (why: string) => void): () => void {
@@ -302,9 +307,11 @@ export class SwarmEngine implements Engine {
     if (Number.isInteger(port) && port > 0 && !this.#portHeld.has(id)) void this.#checkPort(id, port);
     if (deaths.length >= this.#opts.crashLoop.deaths && !this.#reported.has(id)) {
       this.#reported.add(id);
-      void tailLogs(this.#docker, containerId, this.#opts.crashLoop.logLines).then((logs) =>
-        this.#log("error", `replica ${id} is crash-looping: ${deaths.length} deaths within ${Math.round(this.#opts.crashLoop.windowMs / 1000)} s; last log lines:\n${logs}`, { logs }),
-      );
+      void tailLogs(this.#docker, containerId, this.#opts.crashLoop.logLines).then((logs) => {
+        const what = `${deaths.length} deaths within ${Math.round(this.#opts.crashLoop.windowMs / 1000)} s`;
+        this.#log("error", `replica ${id} is crash-looping: ${what}; last log lines:\n${logs}`, { logs });
+        this.#crashLoops.fire(id, `${what}; last log lines:\n${logs}`);
+      });
     } else if (deaths.length < this.#opts.crashLoop.deaths) {
       this.#reported.delete(id);
     }
