@@ -454,7 +454,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         // its connection is closed, and a client that saw no {"accepted": N} would retry it and store it twice.
         proxy.close();
         void closeAdmin();
-        const deadline = Date.now() + (options.drainTimeoutMs ?? 30_000);
+        const deadline = Date.now() + (options.drainTimeoutMs ?? config.limits.drainTimeoutMs);
         while ((inFlight() > 0 || adminInFlight() > 0) && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, 20));
           proxy.closeIdleConnections();

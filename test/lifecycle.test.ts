@@ -61,6 +61,27 @@ test("SIGTERM drains: in-flight requests finish, exposures are flushed, exit 0",
   await slow.close();
 });
 
+test("a second SIGTERM during the drain exits 1 at once, and says what it gave up", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
+  const slow = await startBackend("slow", (req, res) => setTimeout(() => res.end("done"), 10_000));
+  const file = writeConfig(
+    dir,
+    `experiment: twice\nlisten: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: t }\nstore: sqlite:./a.db\nengine: static\nlogLevel: warn\nvariants:\n  - { name: control, url: '${slow.url}' }\n`,
+  );
+  const cli = await startCli(["serve", "-c", file], ready);
+  const proxyUrl = ready.exec(cli.stdout())![1];
+  const inflight = fetch(`${proxyUrl}/x`, { headers: { "x-user-id": "u" } }).catch(() => "cut");
+  await new Promise((r) => setTimeout(r, 300));
+  cli.child.kill("SIGTERM");
+  await new Promise((r) => setTimeout(r, 300));
+  cli.child.kill("SIGTERM");
+  assert.equal(await cli.exited, 1);
+  assert.match(cli.stderr() + cli.stdout(), /second signal: exiting now, without finishing the drain/);
+  assert.equal(await inflight, "cut");
+  await slow.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test("SIGKILL right after {accepted: N}: all N events are in the store on restart", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-cli-"));
   const backend = await startBackend("b");
@@ -408,7 +429,7 @@ test("an answer still coming at the drain deadline is cut with a reset, so an HT
     s.once("data", () => s.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"));
   });
   await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
-  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }] }, { drainTimeoutMs: 300 });
+  const gw = await testGateway({ limits: { drainTimeoutMs: 300 }, variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }] });
   const u = new URL(gw.proxyUrl);
   const client = connect(Number(u.port), u.hostname);
   let got = "";
@@ -421,7 +442,9 @@ test("an answer still coming at the drain deadline is cut with a reset, so an HT
   const deadline = Date.now() + 5_000;
   while (!got.includes("hello") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   assert.match(got, /^HTTP\/1\.1 200 [^]*\r\n\r\nhello$/);
+  const stopping = Date.now();
   await gw.stop();
+  assert.ok(Date.now() - stopping < 5_000, `drained in ${Date.now() - stopping} ms: limits.drainTimeoutMs (300) from the config, not 30 s`);
   assert.equal(await ended, "ECONNRESET");
   client.destroy();
   replica.close();

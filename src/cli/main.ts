@@ -70,7 +70,15 @@ function guardServing(log: ReturnType<typeof createLogger>): void {
 async function serveUntilSignal(
   gw: Gateway,
   log: ReturnType<typeof createLogger>,
-  { signalled = untilSignal(), hard = () => process.exit(1), engine }: { signalled?: Promise<NodeJS.Signals>; hard?: () => void; engine?: Engine } = {},
+  {
+    signalled = untilSignal(),
+    hard = () => {
+      // (said, not a silent exit 1: what the second signal gives up is what the drain was for)
+      log.warn("second signal: exiting now, without finishing the drain: requests in flight are cut, and exposures not yet written are lost");
+      process.exit(1);
+    },
+    engine,
+  }: { signalled?: Promise<NodeJS.Signals>; hard?: () => void; engine?: Engine } = {},
 ): Promise<"signal" | "removed"> {
   guardServing(log);
   // The replicas removed from outside (`abgate down` in another terminal): serving on would only answer 503s.

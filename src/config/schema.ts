@@ -196,6 +196,8 @@ export const configSchema = z.strictObject({
       ejectionMs: timerMs.default(10_000),
       /** each ejection in a row lasts ejectionMs longer, up to this (default: 300,000 or ejectionMs if longer) */
       maxEjectionMs: timerMs.optional(),
+      /** SIGTERM: how long in-flight requests (streams, long uploads) may take to finish before they are cut */
+      drainTimeoutMs: timerMs.default(30_000),
     })
     .prefault({}),
   variants: z.array(variantSchema).min(1, "at least one variant"),
