@@ -207,7 +207,9 @@ export class BanditStrategy implements Strategy {
     const k = active.length;
     const floor = Math.min(this.#floor, 1 / k);
     const next = new Array<number>(this.#names.length).fill(0);
-    for (const i of active) next[i] = floor + (1 - k * floor) * this.#probabilities![i]!;
+    // To 9 decimals (and never below the floor): the weights are shown (GET /v1/experiment, the report, /metrics), and
+    // the sum's rounding showed as 0.9500000000000001.
+    for (const i of active) next[i] = Math.max(floor, Math.round((floor + (1 - k * floor) * this.#probabilities![i]!) * 1e9) / 1e9);
     this.#apply(next);
   }
 
