@@ -136,6 +136,10 @@ export class PostgresStore implements Store {
   #closed = false;
   readonly #writeTimeoutMs: number;
   readonly #readTimeoutMs: number;
+  /** reads running, at most #maxReads (one connection is always left for writes), and those waiting for a turn */
+  #readsRunning = 0;
+  readonly #maxReads: number;
+  readonly #readWaiters = new Set<{ go: () => void }>();
   /** every socket the pool opened and that has not closed yet, each with a promise of its 'close' */
   readonly #sockets = new Map<Socket, Promise<void>>();
 
@@ -146,9 +150,11 @@ export class PostgresStore implements Store {
     const connectTimeoutMs = timeoutOption(options, "connectTimeoutMs", CONNECT_TIMEOUT_MS);
     this.#writeTimeoutMs = timeoutOption(options, "writeTimeoutMs", WRITE_TIMEOUT_MS);
     this.#readTimeoutMs = timeoutOption(options, "readTimeoutMs", READ_TIMEOUT_MS);
+    const maxConnections = options.maxConnections ?? 4;
+    this.#maxReads = Math.max(1, maxConnections - 1);
     this.#pool = new (pgLib().Pool)({
       connectionString: url,
-      max: options.maxConnections ?? 4,
+      max: maxConnections,
       types,
       connectionTimeoutMillis: connectTimeoutMs,
       // The connection's statement_timeout is the read timeout (reads go through pool.query, one statement each);
@@ -424,6 +430,10 @@ export class PostgresStore implements Store {
 
   #query: Query = async (sql, params) => {
     this.#ready();
+    // Reads take at most all connections but one: reports hung on a lock (GET /v1/report needs no token, and an open
+    // dashboard asks every 5 s) took all four, and the exposures' and events' writes then failed on tables that were
+    // free. A read waits for its turn here, within the read timeout, holding no connection.
+    await this.#readSlot();
     try {
       // The server's statement_timeout is the connection's default, the read timeout. pool.query discards a
       // connection whose query failed, so one that timed out on the client is not reused.
@@ -431,8 +441,43 @@ export class PostgresStore implements Store {
       return res.rows as Record<string, unknown>[];
     } catch (err) {
       throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
+    } finally {
+      this.#releaseReadSlot();
     }
   };
+
+  /** Waits until fewer than #maxReads reads run, at most the read timeout (then a StoreError). */
+  #readSlot(): Promise<void> {
+    if (this.#readsRunning < this.#maxReads) {
+      this.#readsRunning++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const waiter = {
+        go: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#readWaiters.delete(waiter);
+        reject(new StoreError(`PostgreSQL store ${this.#where}: ${this.#maxReads} reads already running for ${this.#readTimeoutMs} ms (the database is slow or locked)`));
+      }, this.#readTimeoutMs);
+      timer.unref?.();
+      this.#readWaiters.add(waiter);
+    });
+  }
+
+  #releaseReadSlot(): void {
+    const next = this.#readWaiters.values().next();
+    if (next.done) {
+      this.#readsRunning--;
+      return;
+    }
+    // (the slot passes on: the count stays)
+    this.#readWaiters.delete(next.value);
+    next.value.go();
+  }
 
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
     return aggregateExperiment(this.#query, experiment, variants, metrics, options);

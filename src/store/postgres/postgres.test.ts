@@ -236,6 +236,30 @@ if (!installed) {
       }
     });
 
+    it("reads hung on a lock leave a connection for writes: events to a free table are stored at once", async () => {
+      await admin((c) => c.query(`CREATE DATABASE abgate_starve`));
+      const s = new PostgresStore(cluster.urlFor("abgate_starve"), { maxConnections: 4, readTimeoutMs: 3_000, writeTimeoutMs: 2_000 });
+      await s.init();
+      const holder = new pg.Client({ connectionString: cluster.urlFor("abgate_starve") });
+      await holder.connect();
+      try {
+        await holder.query("BEGIN");
+        await holder.query("LOCK TABLE state IN ACCESS EXCLUSIVE MODE");
+        // as many reads as there are connections, each hung on the lock (reports, dashboards)
+        const reads = Array.from({ length: 4 }, () => s.getState("starve", "k").then(() => "read", () => "failed"));
+        await new Promise((r) => setTimeout(r, 200));
+        const t0 = Date.now();
+        await s.writeEvents([{ experiment: "starve", unit: "u", event: "e", value: 1, ts: 1e12, requestId: null }]);
+        assert.ok(Date.now() - t0 < 1_500, `the write took ${Date.now() - t0} ms`);
+        await holder.query("ROLLBACK");
+        assert.deepEqual(await Promise.all(reads), ["read", "read", "read", "read"], "the waiting read ran once a slot was free");
+        assert.equal((await s.counts("starve")).events, 1);
+      } finally {
+        await holder.end();
+        await s.close();
+      }
+    });
+
     it("a gateway whose store waits on another instance's migration lock says so while it waits", async () => {
       const { startGateway } = await import("../../gateway.ts");
       const { validateConfig } = await import("../../config/index.ts");
