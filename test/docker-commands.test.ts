@@ -137,7 +137,7 @@ test("a second up of a running experiment refuses, and leaves the running one's 
   assert.equal(before.length, 2);
   const second = await runCli(["up", "-c", file]);
   assert.equal(second.code, 1, second.stderr);
-  assert.match(second.stderr, new RegExp(`experiment ${config.experiment} is already running: its containers belong to another abgate \\(pid ${first.child.pid} on [^)]+\\); stop that one \\(Ctrl-C, or abgate down\\) first\\. Nothing was started or removed\\.`));
+  assert.match(second.stderr, new RegExp(`experiment ${config.experiment} is already running: its containers or services belong to another abgate \\(pid ${first.child.pid} on [^)]+\\); stop that one \\(Ctrl-C, or abgate down\\) first\\. Nothing was started or removed\\.`));
   const after = await listExperimentContainers(docker, config);
   assert.deepEqual(after.map((c) => c.Id).sort(), before, "the same containers");
   assert.deepEqual(after.map((c) => c.State), ["running", "running"]);

@@ -214,3 +214,34 @@ test("swarm: a replica whose port another process took when its task died is kep
   const { body } = await waitFor("the replica itself answers", () => get(`http://127.0.0.1:${port}/health`), 30_000);
   assert.equal(JSON.parse(body).variant, "control");
 });
+
+test("swarm: up after an engine: docker run of the experiment removes that run's containers at once, not after 30 s", async (t) => {
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("switch");
+  const variants = [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, env: { VARIANT: "control" } }];
+  // What a killed `up` with engine: docker leaves: a running container with the experiment's labels, of no service
+  const leftover = await docker.createContainer({
+    name: `abgate-${experiment}-control-0`,
+    Image: BASE_IMAGE,
+    Cmd: ["node", "-e", "setInterval(() => {}, 1e9)"],
+    Labels: { "abgate.experiment": experiment, "abgate.variant": "control", "abgate.replica": "0", "abgate.port": "19895" },
+    HostConfig: { NetworkMode: "host" },
+  });
+  await leftover.start();
+  t.after(() => leftover.remove({ force: true }).catch(() => {}));
+  assert.equal((await listExperimentContainers(docker, { experiment })).length, 1);
+  const progress: string[] = [];
+  const engine = new SwarmEngine(testConfig({ experiment, engine: "swarm", ports: { base: 19895 }, variants }), { log: () => {} });
+  t.after(() => engine.stop());
+  const t0 = Date.now();
+  await engine.start((line) => progress.push(line));
+  assert.ok(Date.now() - t0 < 25_000, `started in ${Date.now() - t0} ms`);
+  assert.ok(progress.some((l) => /removing 1 container\(s\) of experiment .* not run by swarm/.test(l)), progress.join("\n"));
+  const containers = await listExperimentContainers(docker, { experiment });
+  assert.ok(containers.every((c) => c.Labels["com.docker.swarm.service.id"] !== undefined), "only swarm's task containers are left");
+  const port = engine.endpoints()[0]!.port;
+  const { body } = await waitFor("the swarm replica answers", () => get(`http://127.0.0.1:${port}/health`));
+  assert.equal(JSON.parse(body).variant, "control");
+});

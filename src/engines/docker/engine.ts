@@ -146,14 +146,21 @@ export class DockerEngine implements Engine {
       this.#images.set(v.name, (await resolveImage(this.#docker, this.#config.experiment, v, onProgress)).image);
       this.#throwIfStopped();
     }
-    const stale = await listExperimentContainers(this.#docker, this.#config);
+    // An `up` with engine: swarm may have left services (killed): swarm would restart their tasks on the replicas'
+    // ports. (No swarm here: none.)
+    const services = ((await this.#docker.listServices({ filters: experimentFilter(this.#config) }).catch(() => [])) as unknown as { ID: string; Spec?: { Labels?: Record<string, string> } }[]);
     try {
-      refuseIfOwned(this.#config, stale, "containers");
+      refuseIfOwned(this.#config, [...(await listExperimentContainers(this.#docker, this.#config)), ...services.map((x) => ({ Labels: x.Spec?.Labels }))], "containers or services");
     } catch (err) {
       // (and `stop`, which removes the experiment's containers by label, leaves that abgate's alone)
       this.#refused = true;
       throw err;
     }
+    if (services.length) {
+      onProgress(`removing ${services.length} swarm service(s) of experiment ${this.#config.experiment} (left by engine: swarm)`);
+      await Promise.all(services.map((x) => this.#docker.getService(x.ID).remove().catch(() => {})));
+    }
+    const stale = await listExperimentContainers(this.#docker, this.#config);
     if (stale.length) {
       onProgress(`removing ${stale.length} stale container(s) of experiment ${this.#config.experiment}`);
       await Promise.all(stale.map((c) => this.#remove(c.Id, 0)));

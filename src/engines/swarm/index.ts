@@ -114,7 +114,8 @@ export class SwarmEngine implements Engine {
       }
       try {
         const services = (await this.#services()) as unknown as { Spec?: { Labels?: Record<string, string> } }[];
-        refuseIfOwned(this.#config, services.map((x) => ({ Labels: x.Spec?.Labels })), "services");
+        const containers = await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) });
+        refuseIfOwned(this.#config, [...services.map((x) => ({ Labels: x.Spec?.Labels })), ...containers], "services or containers");
       } catch (err) {
         // (and `stop`, which removes the experiment's services by label, leaves that abgate's alone)
         this.#refused = true;
@@ -236,6 +237,11 @@ export class SwarmEngine implements Engine {
     const services = (await this.#services()) as unknown as { ID: string }[];
     if (services.length) onProgress(`removing ${services.length} service(s) of experiment ${this.#config.experiment}`);
     await Promise.all(services.map((s) => this.#docker.getService(s.ID).remove().catch(() => {})));
+    // Containers of no service: an `up` with engine: docker left them (killed), and swarm removes only its tasks'.
+    // They held the replicas' ports, and this waited 30 s for swarm to remove them.
+    const plain = (await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) })).filter((c) => !c.Labels?.["com.docker.swarm.service.id"]);
+    if (plain.length) onProgress(`removing ${plain.length} container(s) of experiment ${this.#config.experiment} not run by swarm (left by engine: docker)`);
+    await Promise.all(plain.map((c) => this.#docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => {})));
     const until = Date.now() + this.#opts.removeTimeoutMs;
     while (Date.now() < until) {
       const left = await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) });
