@@ -245,3 +245,21 @@ test("swarm: up after an engine: docker run of the experiment removes that run's
   const { body } = await waitFor("the swarm replica answers", () => get(`http://127.0.0.1:${port}/health`));
   assert.equal(JSON.parse(body).variant, "control");
 });
+
+test("swarm: a replica whose service was removed by hand is said to be gone for good, not 'swarm restarts it'", async (t) => {
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("svcrm");
+  const config = testConfig({ experiment, engine: "swarm", ports: { base: 19905 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2, env: { VARIANT: "control" } }] });
+  const logged: string[] = [];
+  const engine = new SwarmEngine(config, { resyncEveryMs: 300, log: (level, msg) => logged.push(`${level} ${msg}`) });
+  t.after(() => engine.stop());
+  await engine.start();
+  await docker.getService(containerName(experiment, "control", 1)).remove();
+  await waitFor("the error", () => logged.some((l) => l === "error replica control-1: its service was removed outside abgate, and swarm does not bring it back (run abgate up again, or abgate down)"), 20_000);
+  assert.equal(engine.lastExit("control-1"), "replica control-1: its service was removed outside abgate, and swarm does not bring it back (run abgate up again, or abgate down)");
+  await new Promise((r) => setTimeout(r, 1_000));
+  assert.equal(logged.filter((l) => l.startsWith("error replica control-1")).length, 1, "said once");
+  assert.deepEqual(engine.endpoints().map((e) => e.id), ["control-0"]);
+});

@@ -57,6 +57,8 @@ export class SwarmEngine implements Engine {
   #refused = false;
   readonly #owner = ownerLabel();
   readonly #crashLoops = new CrashLoopSignal();
+  /** replicas without a running task, and why (see #diagnoseMissing) */
+  readonly #missingWhy = new Map<string, string>();
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -176,6 +178,44 @@ export class SwarmEngine implements Engine {
     this.#removed.fire(why);
   }
 
+  /**
+   * Says why replicas that have no running task have none, once per change of reason: swarm rejects a task without a
+   * container (an image missing on the node: no `die` event comes), and a service removed by hand is not brought back.
+   * Before, the one line was "died; swarm restarts it", also for those.
+   */
+  async #diagnoseMissing(running: ReadonlySet<string>): Promise<void> {
+    const services = (await this.#services().catch(() => undefined)) as unknown as { ID: string; Spec?: { Labels?: Record<string, string> } }[] | undefined;
+    if (services === undefined || this.#stopping) return;
+    for (const v of this.#config.variants) {
+      for (let i = 0; i < v.replicas; i++) {
+        const id = `${v.name}-${i}`;
+        if (running.has(id) || this.#portHeld.has(id)) {
+          this.#missingWhy.delete(id);
+          continue;
+        }
+        const service = services.find((x) => x.Spec?.Labels?.[LABEL.variant] === v.name && x.Spec?.Labels?.[LABEL.replica] === String(i));
+        let why: string | undefined;
+        if (service === undefined) {
+          why = `replica ${id}: its service was removed outside abgate, and swarm does not bring it back (run abgate up again, or abgate down)`;
+        } else {
+          const tasks = (await this.#docker.listTasks({ filters: { service: [service.ID] } }).catch(() => [])) as { CreatedAt?: string; Status?: { State?: string; Err?: string } }[];
+          const last = tasks.sort((a, b) => String(b.CreatedAt).localeCompare(String(a.CreatedAt)))[0];
+          if (last?.Status?.State === "rejected" || (last?.Status?.State === "failed" && last.Status.Err)) {
+            why = `replica ${id}: swarm cannot run its task (${last.Status.State}: ${last.Status.Err ?? "no reason given"})`;
+          }
+        }
+        if (why !== undefined && this.#missingWhy.get(id) !== why) this.#log("error", why, { replica: id });
+        if (why === undefined) this.#missingWhy.delete(id);
+        else this.#missingWhy.set(id, why);
+      }
+    }
+  }
+
+  /** Why a replica has no running task, as last said (see #diagnoseMissing): for up's health-wait failure. */
+  lastExit(id: string): string | undefined {
+    return this.#missingWhy.get(id);
+  }
+
   endpoints(): Endpoint[] {
     return this.#endpoints.get();
   }
@@ -281,6 +321,7 @@ export class SwarmEngine implements Engine {
           }
           this.#endpoints.set(list);
           if (list.length === 0) await this.#checkRemoved();
+          if (this.#started && !this.#adopt && list.length < this.#config.variants.reduce((n, v) => n + v.replicas, 0)) await this.#diagnoseMissing(seen);
         } catch (err) {
           this.#log("warn", `listing swarm containers failed: ${(err as Error).message}`);
         }
