@@ -422,3 +422,10 @@ test("build keys beside an image are refused: an image is run as it is", () => {
     ["variants[0].buildArgs: only with build: an image is run as it is, not built", "variants[0].dockerfile: only with build: an image is run as it is, not built"],
   );
 });
+
+test("event names without control or bidirectional-formatting characters (the notes quote them)", () => {
+  const metric = (event: string) => `${base}metrics:\n  - { name: m, kind: conversion, event: ${JSON.stringify(event)} }\n`;
+  assert.deepEqual(issues(metric("watched\u202Eevil")), ["metrics[0].event: an event name without control or bidirectional-formatting characters"]);
+  assert.deepEqual(issues(metric("a\tb")), ["metrics[0].event: an event name without control or bidirectional-formatting characters"]);
+  assert.doesNotThrow(() => parseConfig(metric("vidéo vue · 視聴"), "/tmp", process.env));
+});

@@ -86,9 +86,18 @@ const guardrailSchema = z
     message: "a guardrail needs maxRelativeIncrease or maxAbsoluteIncrease",
   });
 
+/**
+ * An event name: any text an application sends, but no control or bidirectional-formatting characters, which the
+ * report's and dashboard's notes quote (U+202E turned the rest of a note around) and a log line would carry raw.
+ */
+const eventName = z
+  .string()
+  .min(1)
+  .regex(/^[^\p{Cc}\u200e\u200f\u202a-\u202e\u2066-\u2069]+$/u, "an event name without control or bidirectional-formatting characters");
+
 export const metricSchema = z.discriminatedUnion("kind", [
-  z.strictObject({ name: metricName, kind: z.literal("conversion"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
-  z.strictObject({ name: metricName, kind: z.literal("mean"), event: z.string().min(1), windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("conversion"), event: eventName, windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
+  z.strictObject({ name: metricName, kind: z.literal("mean"), event: eventName, windowMs: positiveMs.optional(), guardrail: guardrailSchema.optional() }),
   z.strictObject({ name: metricName, kind: z.literal("latency"), guardrail: guardrailSchema.optional() }),
   z.strictObject({ name: metricName, kind: z.literal("error_rate"), guardrail: guardrailSchema.optional() }),
 ]);
