@@ -25,7 +25,7 @@ export function App() {
   const [token, setToken] = useState<string | null>(() => loadToken());
   // A token kept from earlier in this tab is checked again: abgate may have restarted with another one, and the page
   // said "unlocked" until the first change failed.
-  useEffect(() => {
+  const recheckToken = useRef(() => {
     const saved = loadToken();
     if (saved === null) return;
     checkToken(saved)
@@ -37,7 +37,8 @@ export function App() {
         }
       })
       .catch(() => undefined);
-  }, []);
+  });
+  useEffect(() => recheckToken.current(), []);
   const timeline = useRef(new Timeline()).current;
   const history = useRef(new ReportHistory()).current;
   const [seriesVersion, setSeriesVersion] = useState(0);
@@ -82,10 +83,12 @@ export function App() {
         }
         const run = `${data.experiment.experiment}\u0000${data.experiment.startedAt}`;
         if (runOf !== null && run !== runOf) {
-          // Another run: its series and reports replace this one's (incremental fetches would keep the old minutes).
+          // Another run: its series and reports replace this one's (incremental fetches would keep the old minutes),
+          // and a token kept in the tab is checked again (the new run may have another: the page said "unlocked").
           timeline.reset();
           history.reset();
           refetchSeries.current?.();
+          recheckToken.current();
         }
         runOf = run;
         document.title = `abgate · ${data.experiment.experiment}`;
@@ -715,7 +718,9 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
 
   const target = promoteTo || variants.find((v) => v !== control) || variants[0] || "";
   const disabledWhy = locked ? "controls-locked" : undefined;
-  const draftTotal = variants.reduce((sum, v) => sum + (Number(shown(v)) || 0), 0);
+  // (a negative weight made the preview show shares such as -11.1% and 66.7%, and Apply then said nothing in the page)
+  const negative = variants.filter((v) => Number(shown(v)) < 0);
+  const draftTotal = variants.reduce((sum, v) => sum + Math.max(0, Number(shown(v)) || 0), 0);
 
   return (
     <section id="controls" class="card controls" aria-labelledby="controls-h" tabIndex={-1}>
@@ -748,8 +753,10 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
               />
             </div>
           ))}
-          <p class="muted total" aria-live="polite">
-            {variants.map((v) => `${v} ${fmtShare(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null)}`).join(" · ")}
+          <p class={negative.length > 0 ? "bad total" : "muted total"} aria-live="polite">
+            {negative.length > 0
+              ? `A weight cannot be negative: ${negative.join(", ")}.`
+              : variants.map((v) => `${v} ${fmtShare(draftTotal > 0 ? (Number(shown(v)) || 0) / draftTotal : null)}`).join(" · ")}
           </p>
           {!bandit && draft !== null && draftBase !== "" && draftBase !== JSON.stringify(current) && (
             <p class="bad" data-testid="draft-stale">
@@ -802,7 +809,7 @@ function Controls(props: { token: string | null; setToken: (t: string | null) =>
       >
         <fieldset disabled={locked || busy}>
           <legend>Roll back</legend>
-          <p class="muted">Send 100% of traffic to the control, {control}.</p>
+          <p class="muted">Send 100% of traffic to {control}, the control.</p>
           <button type="submit" class="danger" aria-describedby={disabledWhy}>
             Roll back to {control}
           </button>
