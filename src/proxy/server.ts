@@ -31,6 +31,8 @@ export interface ProxyContext {
   throttledLog: LogThrottle;
   /** requests between arrival and their exposure record (what a drain waits for) */
   counters: { inFlight: number };
+  /** set when the drain's deadline cuts the connections still busy: their requests were cut by abgate, not the client */
+  cutByDrain?: boolean;
 }
 
 /**
@@ -54,6 +56,8 @@ function fallbackFor(ctx: ProxyContext, variant: string, forced: boolean): strin
 
 /** Status recorded for a request whose client went away before the response ended (nginx's convention). */
 const CLIENT_CLOSED = 499;
+/** Status recorded for a request still running when the drain's deadline cut it: abgate stopped serving it. */
+const CUT_BY_DRAIN = 503;
 
 /** What one pass over a request's headers finds: the values abgate acts on, and the head to send upstream. */
 interface ScannedRequest {
@@ -627,7 +631,8 @@ class Exchange implements UpstreamSink, ClientExchange {
       this.release();
     }
     this.upstreamDone = true;
-    this.record(CLIENT_CLOSED);
+    // (cut at the drain's deadline: abgate ended it, so not the client's 499)
+    this.record(this.ctx.cutByDrain === true ? CUT_BY_DRAIN : CLIENT_CLOSED);
   }
 
   refuse(status: number, reason: string): void {
@@ -825,7 +830,10 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
     inFlight: () => ctx.counters.inFlight,
     close: () => clients.close(),
     closeIdleConnections: () => clients.closeIdleConnections(),
-    closeAllConnections: () => clients.closeAllConnections(),
+    closeAllConnections: () => {
+      ctx.cutByDrain = true;
+      clients.closeAllConnections();
+    },
     closeTunnels: () => {
       for (const s of tunnels) s.destroy();
     },
@@ -886,7 +894,7 @@ function proxyUpgrade(ctx: ProxyContext, req: ClientRequest, client: Socket, hea
   const clientLeft = () => {
     if (answered || settled) return;
     settled = true;
-    record(CLIENT_CLOSED);
+    record(ctx.cutByDrain === true ? CUT_BY_DRAIN : CLIENT_CLOSED);
   };
   client.on("error", () => {
     // (before a replica is asked there is nothing to record: the upgrade was refused, or its 503 recorded)
