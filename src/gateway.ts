@@ -283,6 +283,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       },
       () => strategy.weights(),
       () => batcher?.stats().dropped ?? 0,
+      () => {
+        const stats = batcher?.stats();
+        return { buffered: stats?.buffered ?? 0, failures: stats?.failures ?? 0 };
+      },
     );
     if (batcher) cleanups.push(() => batcher.close());
 

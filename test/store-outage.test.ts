@@ -46,6 +46,16 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
     const served = new Set<string>();
     for (let i = 0; i < 40; i++) served.add((await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `unit-${i}` } })).headers.get("x-abgate-variant")!);
     assert.deepEqual([...served].sort(), ["control", "treatment"]);
+    // /metrics shows the outage before anything is dropped: exposures held, writes failing
+    let text = "";
+    for (let i = 0; i < 50 && !/abgate_store_write_failures\{experiment="test"\} [1-9]/.test(text); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      text = await (await admin(gw, "GET", "/metrics", undefined, null)).text();
+    }
+    assert.match(text, /abgate_store_write_failures\{experiment="test"\} [1-9]/);
+    const buffered = Number(/abgate_exposures_buffered\{experiment="test"\} (\d+)/.exec(text)?.[1]);
+    assert.ok(buffered >= 40, `buffered ${buffered}`);
+    assert.match(text, /abgate_exposures_dropped_total\{experiment="test"\} 0/);
   } finally {
     await gw.close();
     await new Promise<void>((r) => backend.close(() => r()));

@@ -27,6 +27,8 @@ export class GatewayMetrics {
     replicaHealth: () => { variant: string; replica: string; healthy: boolean }[],
     weights: () => Record<string, number>,
     exposuresDropped: () => number = () => 0,
+    /** the exposure batcher's buffer and its consecutive failed writes (a store outage shows before anything drops) */
+    exposureBuffer: () => { buffered: number; failures: number } = () => ({ buffered: 0, failures: 0 }),
   ) {
     this.registry.setDefaultLabels({ experiment });
     const variants = this.#variants;
@@ -68,6 +70,22 @@ export class GatewayMetrics {
         },
       });
     countedBy("abgate_exposures_dropped_total", "Exposures dropped because the store could not keep up", exposuresDropped);
+    new Gauge({
+      name: "abgate_exposures_buffered",
+      help: "Exposures recorded and not yet written to the store",
+      registers: [this.registry],
+      collect() {
+        this.set(exposureBuffer().buffered);
+      },
+    });
+    new Gauge({
+      name: "abgate_store_write_failures",
+      help: "Consecutive failed exposure writes (0 once one succeeds): above 0, the store is failing",
+      registers: [this.registry],
+      collect() {
+        this.set(exposureBuffer().failures);
+      },
+    });
     countedBy("abgate_log_lines_dropped_total", "Log lines dropped because stderr was not read as fast as they were written", logLinesDropped);
     new Gauge({
       name: "abgate_replica_healthy",
