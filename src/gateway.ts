@@ -65,6 +65,9 @@ export interface Gateway {
 }
 
 const STRATEGY_STATE_KEY = "strategy";
+/** Where a running gateway notes itself in the store (see the beat in startGateway), and how often. */
+const GATEWAY_STATE_KEY = "gateway";
+const GATEWAY_BEAT_MS = 30_000;
 /** How often a store's init that has not finished is logged (see startGateway). */
 const STORE_INIT_NOTICE_MS = 5_000;
 /**
@@ -447,6 +450,41 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     }
 
     log.info({ proxy: proxyUrl, admin: adminUrl, engine: engine.kind, strategy: strategy.kind, weights: strategy.weights() }, "abgate is serving");
+
+    // Another gateway of this experiment on this store: each keeps the weights and ranges it loaded, and a change
+    // made through one never reaches the other (units then served in two variants). Each running gateway notes
+    // itself in the store every GATEWAY_BEAT_MS; one that finds another's recent note says so, once.
+    const run = { id: randomBytes(8).toString("hex"), pid: process.pid, admin: adminUrl };
+    let beatTimer: TimerHandle | null = null;
+    let warnedOf: string | null = null;
+    const beat = async (): Promise<void> => {
+      try {
+        const raw = await store.getState(config.experiment, GATEWAY_STATE_KEY);
+        const other = raw ? (JSON.parse(raw) as { id?: string; pid?: number; admin?: string; at?: number; stopped?: boolean }) : null;
+        const now = clock.now();
+        if (other && other.id !== run.id && !other.stopped && typeof other.at === "number" && now - other.at < 2 * GATEWAY_BEAT_MS && warnedOf !== other.id) {
+          warnedOf = other.id ?? null;
+          log.warn(
+            { otherPid: other.pid, otherAdmin: other.admin, secondsAgo: Math.round((now - other.at) / 1000) },
+            "another abgate serves this experiment on this store: each keeps its own weights and sticky ranges, so a weight change made through one does not reach the other, and units are served in two variants; run one gateway per experiment and store",
+          );
+        }
+        await store.setState(config.experiment, GATEWAY_STATE_KEY, JSON.stringify({ ...run, at: now }));
+      } catch {
+        // (a store that cannot answer now: the exposures' and events' own errors say so)
+      }
+    };
+    await beat();
+    const nextBeat = (): void => {
+      beatTimer = clock.setTimeout(() => void beat().finally(() => !shuttingDown && nextBeat()), GATEWAY_BEAT_MS);
+      (beatTimer as { unref?: () => void }).unref?.();
+    };
+    nextBeat();
+    cleanups.push(async () => {
+      beatTimer?.cancel();
+      // (a clean stop: the next start, here or elsewhere, is not taken for a second gateway)
+      await store.setState(config.experiment, GATEWAY_STATE_KEY, JSON.stringify({ ...run, at: clock.now(), stopped: true })).catch(() => undefined);
+    });
 
     let stopping: Promise<void> | null = null;
     const stop = () =>

@@ -699,3 +699,30 @@ test("a Host that is no name of the admin listener is refused (DNS rebinding), r
     await own.close();
   }
 });
+
+test("a second gateway of the experiment on the same store says so at start (their weights would drift apart); a restart after a clean stop does not", async () => {
+  const { pino } = await import("pino");
+  const { startGateway } = await import("../src/gateway.ts");
+  const variants = [{ name: "control", url: a.url }, { name: "treatment", url: b.url }];
+  const first = await testGateway({ experiment: "shared", variants });
+  const warnings = async () => {
+    const lines: { level: number; msg: string; otherAdmin?: string }[] = [];
+    const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const { config, dir } = testConfig({ experiment: "shared", store: first.config.store, variants });
+    const gw = await startGateway(config, { log });
+    await gw.stop();
+    rmSync(dir, { recursive: true, force: true });
+    return lines.filter((l) => l.level === 40 && /^another abgate serves this experiment on this store/.test(l.msg));
+  };
+  try {
+    const second = await warnings();
+    assert.equal(second.length, 1);
+    assert.equal(second[0]!.otherAdmin, first.adminUrl);
+  } finally {
+    await first.close();
+  }
+  // (the first stopped cleanly, and so did the second: nothing to warn of)
+  const { config, dir } = testConfig({ experiment: "shared", variants });
+  rmSync(dir, { recursive: true, force: true });
+  void config;
+});
