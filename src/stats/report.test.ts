@@ -316,3 +316,37 @@ describe("the primary metric", () => {
     assert.equal(buildReport({ ...base, primaryMetric: "nope" }).report.analysis.primaryMetric, "watched");
   });
 });
+
+describe("comparisons across weight periods (post-stratified)", () => {
+  const period = (c: [number, number], t: [number, number]) => ({
+    metrics: [{ name: "watched", kind: "conversion" as const, byVariant: { control: { units: c[0], conversions: c[1] }, treatment: { units: t[0], conversions: t[1] } } }],
+  });
+
+  it("a ramp at 99/1 whose 20-unit treatment arm did not convert, then identical arms at 50/50: no rollback (the review's case)", () => {
+    const base = input({ control: [2080, 104], treatment: [120, 5] }, HALF);
+    const strata = [
+      { from: null, ...period([1980, 99], [20, 0]) },
+      { from: NOW - 3_600_000, ...period([100, 5], [100, 5]) },
+    ];
+    const { report } = buildReport({ ...base, aggregates: { ...base.aggregates, strata } });
+    const cmp = report.metrics[0]!.comparisons[0]!;
+    assert.equal(cmp.adjusted?.periods, 2);
+    assert.ok(cmp.pValue! > 0.2, `p = ${cmp.pValue}`);
+    assert.equal(cmp.significant, false);
+    assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+  });
+
+  it("the pooled looks' always-valid state does not carry over once comparisons are post-stratified", () => {
+    const base = input({ control: [2080, 104], treatment: [120, 5] }, HALF);
+    // a state saved by a pooled report: its misleading running minimum
+    const pooled = buildReport(base).sequentialState;
+    const previous = { ...pooled, "watched/treatment": 1e-9 };
+    const strata = [
+      { from: null, ...period([1980, 99], [20, 0]) },
+      { from: NOW - 3_600_000, ...period([100, 5], [100, 5]) },
+    ];
+    const { report, sequentialState } = buildReport({ ...base, aggregates: { ...base.aggregates, strata }, previousSequential: previous });
+    assert.ok(report.metrics[0]!.comparisons[0]!.pValueSequential! > 0.01, "not the pooled 1e-9");
+    assert.notEqual(sequentialState["watched#definition"], pooled["watched#definition"]);
+  });
+});

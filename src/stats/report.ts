@@ -312,7 +312,10 @@ export function buildReport(input: ReportInput): ReportOutput {
     // the old event's running minimum p and interval.
     const definitionKey = `${config.name}#definition`;
     const { event, windowMs } = config as { event?: string; windowMs?: number };
-    const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized]));
+    // Post-stratified comparisons (weights changed: see compare) test the period-weighted difference, not the pooled
+    // one: the pooled looks before (among them, after an upgrade, the misleading ones of a ramp) do not carry over.
+    const stratified = (agg.strata ?? []).filter((p) => p.metrics.some((m) => m.name === config.name)).length >= 2;
+    const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized, ...(stratified ? ["post-stratified"] : [])]));
     const redefined = typeof previous[definitionKey] === "number" && previous[definitionKey] !== definition;
     const prior = redefined ? {} : previous;
     if (redefined) for (const k of Object.keys(sequentialState)) if (k.startsWith(`${config.name}/`)) delete sequentialState[k];
@@ -621,12 +624,13 @@ function stratifiedComparison(metric: MetricAggregate, variant: string, c: ArmSt
   if (c.proportion && t.proportion) {
     const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
     pooledVariance = pooled * (1 - pooled);
-    if (metric.kind === "conversion" && r.diff !== null && r.varDiff !== null && r.varDiff > 0) out.chanceToWin = normalCdf(r.diff / Math.sqrt(r.varDiff));
+    if (metric.kind === "conversion" && r.diff !== null && r.varDiffNull !== null && r.varDiffNull > 0) out.chanceToWin = normalCdf(r.diff / Math.sqrt(r.varDiffNull));
   } else if (n > 2) {
     pooledVariance = ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / (n - 2);
   }
-  if (c.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && t.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && r.diff !== null && r.varDiff !== null && pooledVariance > 0) {
-    const s = mixtureSprt({ diff: r.diff, varDiff: r.varDiff, tau2: tau2Standardized * pooledVariance, alpha });
+  // (the look's variance is the one under H0, as the test's: a small arm with no spread of its own is no certainty)
+  if (c.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && t.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && r.diff !== null && r.varDiffNull !== null && r.varDiffNull > 0 && pooledVariance > 0) {
+    const s = mixtureSprt({ diff: r.diff, varDiff: r.varDiffNull, tau2: tau2Standardized * pooledVariance, alpha });
     out.pValueSequential = s.pValue;
     out.sequentialCi = s.ci;
   }

@@ -16,8 +16,10 @@ describe("stratifiedDifference (post-stratification by period)", () => {
     close(r.treatment, 0.26666666666666666, "treatment");
     close(r.diff, 0.1, "diff");
     close(r.varDiff, 0.001448148148148148, "variance");
-    close(r.statistic, 2.627807231132027, "z");
-    close(r.pValue, 0.008593719954516077, "p", 1e-9);
+    // the test, under H0: each period's pooled rate, Σ W²·p̄(1−p̄)(1/n_C + 1/n_T)
+    close(r.varDiffNull, 0.0013166666666666667, "variance under H0");
+    close(r.statistic, 2.7558912730477525, "z");
+    close(r.pValue, 0.005853245025574161, "p", 1e-9);
     close(r.absolute.ci![0], 0.025414468712922855, "lower", 1e-9);
     close(r.absolute.ci![1], 0.17458553128707716, "upper", 1e-9);
     close(r.relative.estimate, 0.6, "relative");
@@ -27,11 +29,13 @@ describe("stratifiedDifference (post-stratification by period)", () => {
     assert.equal(r.error, undefined);
   });
 
-  it("one period is the plain comparison: the unpooled Wald interval of proportionTest, and Welch's test of meanTest", () => {
+  it("one period is the plain comparison for rates (pooled z, unpooled Wald interval); for means, Welch's interval", () => {
     const c = { units: 1000, conversions: 112 };
     const t = { units: 950, conversions: 131 };
     const plain = proportionTest(c, t);
     const one = stratifiedDifference([{ control: c, treatment: t }]);
+    close(one.statistic, plain.z!, "z");
+    close(one.pValue, plain.pValue!, "p");
     close(one.absolute.ci![0], plain.absolute.ci![0], "lower");
     close(one.absolute.ci![1], plain.absolute.ci![1], "upper");
     close(one.relative.ci![0], plain.relative.ci![0], "relative lower");
@@ -39,9 +43,19 @@ describe("stratifiedDifference (post-stratification by period)", () => {
     const mt = { n: 35, sum: 61, sumSquares: 160 };
     const welch = meanTest(mc, mt);
     const oneMean = stratifiedDifference([{ control: mc, treatment: mt }]);
-    close(oneMean.df, welch.df!, "df", 1e-9);
-    close(oneMean.pValue, welch.pValue!, "p", 1e-9);
+    close(oneMean.absolute.ci![0], welch.absolute.ci![0], "lower", 1e-9);
     close(oneMean.absolute.ci![1], welch.absolute.ci![1], "upper", 1e-9);
+    assert.equal(oneMean.df, 73, "the test's df: the pooled variance's, n_C + n_T − 2");
+  });
+
+  it("a heavily weighted period whose small arm has no conversion is no certainty (the review's false rollback)", () => {
+    // 99/1 for most of the units, then 50/50; the arms are identical
+    const r = stratifiedDifference([
+      { control: { units: 1980, conversions: 99 }, treatment: { units: 20, conversions: 0 } },
+      { control: { units: 100, conversions: 5 }, treatment: { units: 100, conversions: 5 } },
+    ]);
+    assert.ok(r.pValue! > 0.2, `p = ${r.pValue}`);
+    assert.ok(r.varDiffNull! > 0);
   });
 
   it("Simpson's paradox: identical arms ramped from 50/50 to 10/90 before the new units converted are not apart", () => {

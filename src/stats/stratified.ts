@@ -12,6 +12,8 @@ export interface StratifiedResult {
   /** treatment − control, with its variance Σ W_k²·(v_T,k/n_T,k + v_C,k/n_C,k), and that of each arm's mean */
   diff: number | null;
   varDiff: number | null;
+  /** the difference's variance under H0, from each period's pooled variance: what z (or t) and p use */
+  varDiffNull: number | null;
   varControl: number | null;
   varTreatment: number | null;
   /** z (proportions) or t (means) and its two-sided p */
@@ -41,9 +43,11 @@ export const MIN_STRATUM_UNITS = 2;
  * of new units made the treatment look worse (p = 0.002), and the always-valid p kept that look for good. Within a
  * period the split is random at fixed weights, so each period's difference is unbiased, and so is their weighted sum.
  *
- * Variances are each period's own (p(1−p) for rates, the unbiased sample variance for means), so the interval is the
- * unpooled Wald (rates, normal quantile) or Welch's (means, t quantile at the Welch–Satterthwaite df summed over the
- * arm-periods: (Σ a)² / Σ a²/(n−1), a = W²·v/n). Relative lift by the delta method on the two weighted means, whose
+ * The test (z or t, and p) uses each period's pooled variance under H0, Σ W_k²·v̄_k·(1/n_C,k + 1/n_T,k), with
+ * v̄ = p̄(1−p̄) for rates (so one period is proportionTest's pooled z) and the pooled sample variance for means (t at
+ * Σ (n_k − 2) df). The interval uses the arms' own variances (p(1−p); the unbiased sample variance): the unpooled Wald
+ * (rates, normal quantile) or Welch's (means, t quantile at the Welch–Satterthwaite df summed over the arm-periods:
+ * (Σ a)² / Σ a²/(n−1), a = W²·v/n). Relative lift by the delta method on the two weighted means, whose
  * covariance is 0 (independent arms). Periods with fewer than MIN_STRATUM_UNITS units in an arm carry no contrast and
  * are left out (their units counted in `excludedUnits`). Data problems give an `error`, as elsewhere.
  */
@@ -54,6 +58,7 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
     treatment: null,
     diff: null,
     varDiff: null,
+    varDiffNull: null,
     varControl: null,
     varTreatment: null,
     statistic: null,
@@ -81,6 +86,10 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
   // Welch–Satterthwaite over every arm-period: Σ a and Σ a²/(n−1), a = W²·v/n
   let sumA = 0;
   let sumA2 = 0;
+  // Under H0 (no difference in any period): each period's pooled variance, Σ W²·v̄_k·(1/n_C + 1/n_T)
+  let varNull = 0;
+  let dfNull = 0;
+  const rates = kind === "proportion";
   for (const { c, t } of used) {
     const w = (c.n + t.n) / total;
     mC += w * c.mean;
@@ -91,23 +100,33 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
     vT += aT;
     sumA += aC + aT;
     sumA2 += (aC * aC) / (c.n - 1) + (aT * aT) / (t.n - 1);
+    const pooled = rates ? ((c.n * c.mean + t.n * t.mean) / (c.n + t.n)) * (1 - (c.n * c.mean + t.n * t.mean) / (c.n + t.n)) : ((c.n - 1) * c.variance + (t.n - 1) * t.variance) / (c.n + t.n - 2);
+    varNull += w * w * pooled * (1 / c.n + 1 / t.n);
+    dfNull += c.n + t.n - 2;
   }
   const diff = mT - mC;
   const varDiff = vC + vT;
-  const rates = kind === "proportion";
-  const base = { ...empty, control: mC, treatment: mT, diff, varDiff, varControl: vC, varTreatment: vT, periods: used.length, excludedUnits };
-  if (!Number.isFinite(diff) || !Number.isFinite(varDiff)) return { ...base, error: "INVALID_INPUT" };
+  const base = { ...empty, control: mC, treatment: mT, diff, varDiff, varDiffNull: varNull, varControl: vC, varTreatment: vT, periods: used.length, excludedUnits };
+  if (!Number.isFinite(diff) || !Number.isFinite(varDiff) || !Number.isFinite(varNull)) return { ...base, error: "INVALID_INPUT" };
   const relativeEstimate = mC !== 0 ? mT / mC - 1 : null;
   const zeroControl: StatsErrorCode = rates ? "CONTROL_RATE_ZERO" : "CONTROL_MEAN_ZERO";
-  if (!(varDiff > 0)) {
+  // The test uses each period's pooled variance (a Cochran–Mantel–Haenszel-style score test; for one period, the
+  // pooled z-test of proportionTest): with per-arm variances, a heavily weighted period whose small arm had no
+  // conversion counted as certain, and two identical arms were "significantly" apart (p = 5.6e-18 for 0 of 20).
+  if (!(varNull > 0)) {
     return { ...base, absolute: { estimate: diff, ci: null }, relative: { estimate: relativeEstimate, ci: null }, error: "ZERO_VARIANCE" };
   }
-  const se = Math.sqrt(varDiff);
-  const statistic = diff / se;
-  const df = rates ? null : sumA2 > 0 ? (sumA * sumA) / sumA2 : null;
-  const pValue = rates || df === null ? 2 * normalSf(Math.abs(statistic)) : 2 * studentTSf(Math.abs(statistic), df);
+  const statistic = diff / Math.sqrt(varNull);
+  const df = rates ? null : dfNull;
+  const pValue = rates || df === null || !(df > 0) ? 2 * normalSf(Math.abs(statistic)) : 2 * studentTSf(Math.abs(statistic), df);
+  // The interval, as the plain tests' intervals, from the arms' own variances (unpooled Wald; Welch's df)
+  const dfInterval = rates ? null : sumA2 > 0 ? (sumA * sumA) / sumA2 : null;
   // From the lower tail, as the plain tests do (1 − α/2 loses a small α's digits).
-  const q = rates || df === null ? -normalQuantile(alpha / 2) : -studentTQuantile(alpha / 2, df);
+  const q = rates || dfInterval === null ? -normalQuantile(alpha / 2) : -studentTQuantile(alpha / 2, dfInterval);
+  const se = Math.sqrt(varDiff);
+  if (!(varDiff > 0)) {
+    return { ...base, statistic, df, pValue: Math.min(1, pValue), absolute: { estimate: diff, ci: null }, relative: { estimate: relativeEstimate, ci: null }, error: "ZERO_VARIANCE" };
+  }
   const absolute: Interval = { estimate: diff, ci: interval(diff, q * se) };
   let relative: Interval = { estimate: relativeEstimate, ci: null };
   let error: StatsErrorCode | undefined;
