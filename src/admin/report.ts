@@ -27,7 +27,7 @@ interface WeightPeriod {
 }
 
 /** Earlier weight periods kept for the SRM check; older ones are no longer tested. */
-const MAX_PERIODS = 20;
+const MAX_PERIODS = 30;
 
 /**
  * The report of the spec: sufficient statistics from the store, the verdict from the stats engine. The running
@@ -100,8 +100,10 @@ export async function recordWeightChange(store: Store, config: Config, weights: 
   // The same shares again (a PUT of the weights in force) change nothing: their period goes on. Starting a new one
   // hid a mismatch found in the units before it.
   if (seen !== null && sameShares(seen.shares, shares)) return;
-  // Without a record, the configured weights are the only history there is (as for the first report).
+  // Without a record, the configured weights are the only history there is (as for the first report): a change to
+  // them is no change either.
   const before = seen ?? { shares: sharesOf(configuredWeights(config)), since: null };
+  if (seen === null && before.shares !== null && sameShares(before.shares, shares)) return;
   const earlier = closePeriod(seen?.earlier ?? [], before.shares, before.since, nowMs);
   await saveWeightsSeen(store, config, { shares, since: nowMs, earlier });
 }

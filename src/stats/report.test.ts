@@ -336,6 +336,21 @@ describe("comparisons across weight periods (post-stratified)", () => {
     assert.notEqual(report.decision.action, "rollback", report.decision.reason);
   });
 
+  it("a guardrail on a conversion metric judges the period-weighted arms too: identical arms diluted by a ramp are no breach", () => {
+    const metrics: MetricConfig[] = [{ name: "watched", kind: "conversion", event: "watched", guardrail: { maxRelativeIncrease: 0.05 } }];
+    // 50/50 with 5% each, then 90/10 before the new units converted: pooled, 1.8% vs 4.2% (+133%)
+    const base = input({ control: [2800, 50], treatment: [1200, 50] }, HALF, { metrics });
+    const strata = [
+      { from: null, ...period([1000, 50], [1000, 50]) },
+      { from: NOW - 3_600_000, ...period([1800, 0], [200, 0]) },
+    ];
+    const pooled = buildReport(base).report;
+    assert.equal(pooled.guardrails[0]!.ok, false, "pooled, it breaks");
+    const { report } = buildReport({ ...base, aggregates: { ...base.aggregates, strata } });
+    assert.equal(report.guardrails[0]!.ok, true, report.guardrails[0]!.detail);
+    assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+  });
+
   it("the pooled looks' always-valid state does not carry over once comparisons are post-stratified", () => {
     const base = input({ control: [2080, 104], treatment: [120, 5] }, HALF);
     // a state saved by a pooled report: its misleading running minimum

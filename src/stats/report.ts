@@ -344,7 +344,12 @@ export function buildReport(input: ReportInput): ReportOutput {
         if (running.ci === null) comparison.sequentialError = "NON_STATIONARY";
       }
       comparisons.push(comparison);
-      if (config.guardrail) guardrails.push(guardrail(metric, config.guardrail, variant, c, t, alpha, tau2Standardized, prior, sequentialState));
+      if (config.guardrail) {
+        // Across weight periods a guardrail judges the period-weighted arms too, not the pooled ones (the same Simpson's
+        // paradox rolled back identical arms on a guardrail): each arm as a sample of its weighted mean and variance.
+        const arms = strata !== undefined ? effectiveArms(strata, alpha) : undefined;
+        guardrails.push(guardrail(metric, config.guardrail, variant, arms?.control ?? c, arms?.treatment ?? t, alpha, tau2Standardized, prior, sequentialState));
+      }
     }
     metrics.push({ name: config.name, kind: metric.kind, role, control: { units: c.units, value: c.value }, comparisons });
   }
@@ -528,14 +533,7 @@ function compare(
   let c = totalControl;
   let t = totalTreatment;
   if (strata !== undefined) {
-    const samples = strata.flatMap((s): Stratum[] =>
-      s.control.proportion && s.treatment.proportion
-        ? [{ control: s.control.proportion, treatment: s.treatment.proportion }]
-        : s.control.mean && s.treatment.mean
-          ? [{ control: s.control.mean, treatment: s.treatment.mean }]
-          : [],
-    );
-    const r = stratifiedDifference(samples, { alpha });
+    const r = stratifiedDifference(strataSamples(strata), { alpha });
     if (r.periods >= 2) return stratifiedComparison(metric, variant, totalControl, totalTreatment, r, alpha, tau2Standardized);
     // One period with both arms: its plain comparison (the units of the others carry no contrast)
     const only = strata.find((s) => s.control.units >= MIN_STRATUM_UNITS && s.treatment.units >= MIN_STRATUM_UNITS);
@@ -594,6 +592,44 @@ function compare(
     out.sequentialCi = s.ci;
   }
   return out;
+}
+
+/** The strata's samples, for stratifiedDifference. */
+function strataSamples(strata: readonly { control: ArmStats; treatment: ArmStats }[]): Stratum[] {
+  return strata.flatMap((s): Stratum[] =>
+    s.control.proportion && s.treatment.proportion
+      ? [{ control: s.control.proportion, treatment: s.treatment.proportion }]
+      : s.control.mean && s.treatment.mean
+        ? [{ control: s.control.mean, treatment: s.treatment.mean }]
+        : [],
+  );
+}
+
+/**
+ * Each arm as one sample with its period-weighted mean and that mean's variance (an effective sample size n =
+ * v/Var(m̂), as in a design effect; a rate's counts rounded to whole units), for tests written for one sample per
+ * arm (the guardrails'). Undefined unless two or more periods have both arms, or when an arm has no variance.
+ */
+function effectiveArms(strata: readonly { control: ArmStats; treatment: ArmStats }[], alpha: number): { control: ArmStats; treatment: ArmStats } | undefined {
+  const r = stratifiedDifference(strataSamples(strata), { alpha });
+  if (r.periods < 2 || r.control === null || r.treatment === null || r.varControl === null || r.varTreatment === null) return undefined;
+  const rates = strata[0]!.control.proportion !== undefined;
+  const used = strata.filter((x) => x.control.units >= MIN_STRATUM_UNITS && x.treatment.units >= MIN_STRATUM_UNITS);
+  const arm = (mean: number, varMean: number, units: number): ArmStats | undefined => {
+    if (rates) {
+      const n = varMean > 0 && mean > 0 && mean < 1 ? Math.max(1, Math.round((mean * (1 - mean)) / varMean)) : units;
+      const p = { units: n, conversions: Math.min(n, Math.round(mean * n)) };
+      return { units: n, value: p.conversions / n, proportion: p, variance: (p.conversions / n) * (1 - p.conversions / n) };
+    }
+    if (!(varMean > 0) || units < 2) return undefined;
+    const n = units;
+    const variance = varMean * n;
+    const m: MeanStats = { n, sum: mean * n, sumSquares: (n - 1) * variance + n * mean * mean };
+    return { units: n, value: mean, mean: m, variance };
+  };
+  const control = arm(r.control, r.varControl, used.reduce((sum, x) => sum + x.control.units, 0));
+  const treatment = arm(r.treatment, r.varTreatment, used.reduce((sum, x) => sum + x.treatment.units, 0));
+  return control && treatment ? { control, treatment } : undefined;
 }
 
 /**

@@ -85,7 +85,7 @@ function sumOfSquares(r: Record<string, unknown> | undefined, alias: string): nu
 
 type EventMetric = Extract<MetricConfig, { kind: "conversion" | "mean" }>;
 
-/** Most period starts an aggregate takes (the report keeps 20 weight periods; each adds at most two starts). */
+/** Most period starts an aggregate takes (the report keeps 30 weight periods; each adds at most two starts, and the current one one). */
 export const MAX_PERIOD_STARTS = 64;
 
 /**
