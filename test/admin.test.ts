@@ -688,12 +688,28 @@ test("a Host that is no name of the admin listener is refused (DNS rebinding), r
   assert.equal((await ask(gw, "GET", "/", `evil.example:${port}`)).status, 403, "nor the dashboard");
   const event = JSON.stringify({ unit: "rebind", event: "watched" });
   assert.equal((await ask(gw, "POST", "/v1/events", `evil.example:${port}`, event)).status, 403, "nor events");
-  for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `LOCALHOST:${port}`, `app.localhost:${port}`, `[::1]:${port}`]) {
+  for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `LOCALHOST:${port}`, `app.localhost:${port}`, `[::1]:${port}`, `localhost.:${port}`]) {
     assert.equal((await ask(gw, "GET", "/v1/experiment", host)).status, 200, host);
+  }
+  // A request with the token is no rebinding page's (such a page cannot know it): any name
+  const withToken = await new Promise<number>((resolve, reject) => {
+    const req = httpRequest(`${gw.adminUrl}/v1/experiment`, { agent: false, headers: { host: `gw.internal:${port}`, authorization: "Bearer test-admin-token" } });
+    req.on("error", reject);
+    req.on("response", (res) => (res.resume(), resolve(res.statusCode ?? 0)));
+    req.end();
+  });
+  assert.equal(withToken, 200);
+  // A listener on all addresses is meant to be reached by name: not checked unless names are given
+  const wide = await testGateway({ admin: { listen: "0.0.0.0:0", token: "test-admin-token" }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] });
+  try {
+    const wideUrl = { adminUrl: `http://127.0.0.1:${new URL(wide.adminUrl).port}` };
+    assert.equal((await ask(wideUrl, "POST", "/v1/events", "abgate-service:8081", JSON.stringify({ unit: "u", event: "watched" }))).status, 200);
+  } finally {
+    await wide.close();
   }
   const own = await testGateway({ admin: { listen: "127.0.0.1:0", token: "test-admin-token", allowedHosts: ["abgate.example", ".corp.example"] }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] });
   try {
-    for (const host of ["abgate.example", "ABGATE.example:80", "dash.corp.example", "corp.example"]) assert.equal((await ask(own, "GET", "/v1/experiment", host)).status, 200, host);
+    for (const host of ["abgate.example", "ABGATE.example:80", "abgate.example.", "dash.corp.example", "corp.example"]) assert.equal((await ask(own, "GET", "/v1/experiment", host)).status, 200, host);
     assert.equal((await ask(own, "GET", "/v1/experiment", "other.example")).status, 403);
   } finally {
     await own.close();

@@ -150,9 +150,14 @@ function crossSiteOrigin(req: IncomingMessage): string | undefined {
  */
 export function hostAllowed(hostHeader: string | undefined, listenHost: string, allowed: readonly string[]): boolean {
   if (hostHeader === undefined || hostHeader === "") return true;
+  // Only a loopback listener is checked unless names are given: one on 0.0.0.0 or a LAN address is meant to be
+  // reached by whatever name leads there (a compose service, a cluster DNS name), and events from app servers by name
+  // were refused. A page that rebinds a name to the operator's machine reaches its loopback listeners.
+  if (allowed.length === 0 && !isLoopback(listenHost)) return true;
   let name: string;
   try {
-    name = new URL(`http://${hostHeader}`).hostname.toLowerCase();
+    // (a trailing dot is the same name, fully qualified)
+    name = new URL(`http://${hostHeader}`).hostname.toLowerCase().replace(/\.$/, "");
   } catch {
     return false;
   }
@@ -160,9 +165,14 @@ export function hostAllowed(hostHeader: string | undefined, listenHost: string, 
   if (isIP(bare) !== 0 || name === "localhost" || name.endsWith(".localhost")) return true;
   if (name === listenHost.toLowerCase()) return true;
   return allowed.some((a) => {
-    const entry = a.toLowerCase();
+    const entry = a.toLowerCase().replace(/\.$/, "");
     return entry === "*" || entry === name || (entry.startsWith(".") && (name.endsWith(entry) || name === entry.slice(1)));
   });
+}
+
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return h === "localhost" || h === "::1" || h.startsWith("127.") || h.endsWith(".localhost");
 }
 
 /**
@@ -231,7 +241,10 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
     const method = req.method ?? "GET";
     const ambiguous = ambiguousAuthorization(req);
     if (ambiguous !== undefined) throw ambiguous;
-    if (!hostAllowed(req.headers.host, ctx.config.admin.listen.host, ctx.config.admin.allowedHosts)) {
+    // (a request with a token is no rebinding page's: such a page cannot know it)
+    const authorization = req.headers.authorization;
+    const authenticated = authorization !== undefined && (ctx.isAdmin(authorization) || ctx.isIngestToken(authorization));
+    if (!authenticated && !hostAllowed(req.headers.host, ctx.config.admin.listen.host, ctx.config.admin.allowedHosts)) {
       throw new RequestError(
         `Host ${shown(req.headers.host ?? "")} is not a name of this listener (IP addresses, localhost, ${ctx.config.admin.listen.host}, or admin.allowedHosts): refused, as a page on another name could read or post here (DNS rebinding)`,
         403,

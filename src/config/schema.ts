@@ -135,10 +135,11 @@ export const configSchema = z.strictObject({
       ingestToken: bearerToken.nullish(),
       /**
        * Host names (besides IP addresses, localhost and the listen host) this listener answers to, e.g. the name a
-       * reverse proxy forwards; ".example.com" takes its subdomains too, "*" any name. Others get 403 (DNS rebinding).
+       * reverse proxy forwards; ".example.com" takes its subdomains too, "*" any name. Others get 403 (DNS rebinding),
+       * unless they carry a token. Without any, only a loopback listener is checked.
        */
       allowedHosts: z
-        .array(z.string().regex(/^(\*|\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$/, "a host name (abgate.example.com), .example.com for its subdomains, or *"))
+        .array(z.string().regex(/^(\*|\.?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?)$/, "a host name (abgate.example.com), .example.com for its subdomains, or *"))
         .default([]),
     })
     .prefault({}),
