@@ -12,6 +12,9 @@ import { adminCall, adminTarget, answers, type AdminTarget, type ExperimentAnswe
 import { textTable } from "./table.ts";
 
 const program = new Command();
+/** How far into up's health wait a crash-looping replica may still become healthy before the wait ends (see up). */
+const CRASH_LOOP_GRACE_MS = 30_000;
+
 program
   .name("abgate")
   .description("A/B experiments between containerised model services: build, run, route, measure, decide.")
@@ -179,14 +182,27 @@ program
               resolve();
             }) ?? unsubscribeRemoved;
           });
-          // A replica found crash-looping will not turn healthy by waiting: say so now, with what it printed, rather
-          // than after --wait-timeout (120 s of "died" lines, then only "not running").
+          // A replica found crash-looping is said so at once, with what it printed; if it is still not healthy
+          // CRASH_LOOP_GRACE_MS into the wait, the wait ends there rather than after --wait-timeout (120 s of "died"
+          // lines, then only "not running"). Not at once: a replica that exits until its database is up gets that long.
+          const waitStartedMs = Date.now();
+          const graceTimers: ReturnType<typeof setTimeout>[] = [];
+          /** the last crash-loop report of each replica that sent one */
+          const lastDetail = new Map<string, string>();
           let unsubscribeCrashLoop = () => {};
           const crashLooping = new Promise<never>((_resolve, reject) => {
             unsubscribeCrashLoop =
               engine.onCrashLoop?.((replica, detail) => {
                 if (tracker.isHealthy(replica)) return;
-                reject(new AbgateError(`replica ${replica} is crash-looping, so it cannot become healthy: ${detail}`, "ABGATE_ERR_CRASH_LOOP"));
+                const first = !lastDetail.has(replica);
+                lastDetail.set(replica, detail);
+                if (!first) return;
+                out(`replica ${replica} is crash-looping: ${detail}`);
+                const judge = () => {
+                  if (tracker.isHealthy(replica)) return;
+                  reject(new AbgateError(`replica ${replica} is crash-looping and not healthy ${Math.round((Date.now() - waitStartedMs) / 1000)} s into the health wait: ${lastDetail.get(replica)}`, "ABGATE_ERR_CRASH_LOOP"));
+                };
+                graceTimers.push(setTimeout(judge, Math.max(0, waitStartedMs + CRASH_LOOP_GRACE_MS - Date.now())));
               }) ?? unsubscribeCrashLoop;
           });
           crashLooping.catch(() => undefined);
@@ -196,6 +212,7 @@ program
             unsubscribe();
             unsubscribeRemoved();
             unsubscribeCrashLoop();
+            for (const t of graceTimers) clearTimeout(t);
           }
           if (removedWhileStarting !== undefined) throw new Error(removedWhileStarting);
           out(`all ${ids.length} replicas healthy in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -33,15 +33,25 @@ export function ownerLabel(): string {
 
 /**
  * Whether the abgate that labelled a replica `owner` still runs: on this host, its pid alive with the same start time
- * (a pid the system reused is another process). Another host's abgate cannot be checked from here: it counts as
- * running, so `up` leaves it alone and says to use `abgate down`. No owner label (an older abgate): not running.
+ * (a pid the system reused is another process; where there is no /proc to read it, the pid alive). Another host's
+ * cannot be checked from here, and counts as not running: most often it is this machine under another name (abgate
+ * in a container that was recreated), whose leftovers would otherwise block every `up` until `abgate down`.
+ * No owner label (an older abgate): not running.
  */
 export function ownerRunning(owner: string | undefined): boolean {
   if (!owner) return false;
   const [host, pidText, ticks] = owner.split("/");
-  if (host !== hostname()) return true;
+  if (host !== hostname()) return false;
   const pid = Number(pidText);
   if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  if (ticks === "?") {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === "EPERM";
+    }
+  }
   const now = startTicks(pid);
   return now !== null && now === ticks;
 }

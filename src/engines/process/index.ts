@@ -341,15 +341,15 @@ export class ProcessEngine implements Engine {
     );
   }
 
+  onCrashLoop(listener: (replica: string, detail: string) => void): () => void {
+    return this.#crashLoops.on(listener);
+  }
+
   /**
    * How a replica's last run ended, for `up`'s health-wait failure, and its last line of output (a model's "cannot
    * load weights" is usually there); also while a crash-looping replica is between two runs. Undefined before it
    * ever ended.
    */
-  onCrashLoop(listener: (replica: string, detail: string) => void): () => void {
-    return this.#crashLoops.on(listener);
-  }
-
   lastExit(id: string): string | undefined {
     const r = this.#replicas.find((x) => `${x.variant.name}-${x.index}` === id);
     if (r === undefined || r.lastExit === undefined) return undefined;

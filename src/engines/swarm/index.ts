@@ -31,6 +31,9 @@ export interface SwarmEngineOptions extends EngineOptions {
  * provider does) and every few seconds. Images are built locally, so this suits a single-node swarm (or
  * images that every node can pull).
  */
+/** How long a replica's task must have run to be taken for the holder of its port (see #ownTaskHolds). */
+const OWN_TASK_STABLE_S = 3;
+
 export class SwarmEngine implements Engine {
   readonly kind = "swarm" as const;
   readonly #config: Config;
@@ -374,9 +377,9 @@ export class SwarmEngine implements Engine {
     this.#log("warn", `port ${port} of replica ${id} is in use by another process; the replica is kept out of rotation until the port is free: stop that process`, { replica: id, port });
     const retry = (): void => {
       held.timer = this.#clock.setTimeout(() => {
-        void this.#isPortFree(port).then((free) => {
+        void this.#isPortFree(port).then(async (free) => {
           if (this.#stopping || this.#portHeld.get(id) !== held) return;
-          if (!free) {
+          if (!free && !(await this.#ownTaskHolds(id))) {
             held.delayMs = Math.min(5_000, held.delayMs * 2);
             return retry();
           }
@@ -387,6 +390,22 @@ export class SwarmEngine implements Engine {
       }, held.delayMs);
     };
     retry();
+  }
+
+  /**
+   * Whether the port is held by the replica's own task after all: one that has run OWN_TASK_STABLE_S (a task that
+   * finds its port taken dies within a second). The death may be handled late (a stalled event loop, a slow daemon),
+   * after swarm's next task bound the port; without this, that healthy task stayed out until it died.
+   */
+  async #ownTaskHolds(id: string): Promise<boolean> {
+    const [variant, replica] = [id.slice(0, id.lastIndexOf("-")), id.slice(id.lastIndexOf("-") + 1)];
+    const running = await this.#docker
+      .listContainers({ filters: { label: [`${LABEL.experiment}=${this.#config.experiment}`, `${LABEL.variant}=${variant}`, `${LABEL.replica}=${replica}`], status: ["running"] } })
+      .catch(() => []);
+    const nowS = this.#clock.now() / 1000;
+    const stable = running.some((c) => !this.#dead.has(c.Id) && nowS - c.Created >= OWN_TASK_STABLE_S);
+    if (stable) this.#log("info", `the port of replica ${id} is held by its own task, running for ${OWN_TASK_STABLE_S} s or more: listed again`, { replica: id });
+    return stable;
   }
 
   #watchEvents(): void {
