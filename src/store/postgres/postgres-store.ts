@@ -430,7 +430,7 @@ export class PostgresStore implements Store {
 
   #query: Query = async (sql, params) => {
     this.#ready();
-    // Reads take at most all connections but one: reports hung on a lock (GET /v1/report needs no token, and an open
+    // Reads take at most all connections but one (with two or more): reports hung on a lock (GET /v1/report needs no token, and an open
     // dashboard asks every 5 s) took all four, and the exposures' and events' writes then failed on tables that were
     // free. A read waits for its turn here, within the read timeout, holding no connection.
     await this.#readSlot();
