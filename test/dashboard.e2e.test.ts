@@ -568,11 +568,8 @@ test("a stream that goes silent without closing is called not live after a few l
   }
 });
 
-test("a hidden tab lets its stream go (six tabs held every connection the browser gives a host), and the report's age keeps growing", { skip, timeout: 60_000 }, async () => {
-  const { page, errors } = await openPage();
-  // Every EventSource the page makes, to see which are still open; and a way to hide the tab as a browser does.
-  // (a string: the function's compiled text could name helpers the page does not have)
-  await page.addInitScript(`
+/** A page init script that keeps every EventSource the page makes in window.sources (text: the page runs it as is). */
+const RECORD_EVENT_SOURCES = `
     const made = [];
     window.sources = made;
     const Native = window.EventSource;
@@ -582,6 +579,14 @@ test("a hidden tab lets its stream go (six tabs held every connection the browse
         made.push(this);
       }
     };
+`;
+
+test("a hidden tab lets its stream go (six tabs held every connection the browser gives a host), and the report's age keeps growing", { skip, timeout: 60_000 }, async () => {
+  const { page, errors } = await openPage();
+  // Every EventSource the page makes, to see which are still open; and a way to hide the tab as a browser does.
+  // (a string: the function's compiled text could name helpers the page does not have)
+  await page.addInitScript(`
+    ${RECORD_EVENT_SOURCES}
     let hidden = false;
     Object.defineProperty(document, "hidden", { get: () => hidden, configurable: true });
     window.setHidden = (h) => {
@@ -612,17 +617,7 @@ test("a hidden tab lets its stream go (six tabs held every connection the browse
 
 test("after a restart on another experiment or store, the charts start over instead of keeping the old run's minutes", { skip, timeout: 60_000 }, async () => {
   const { page, errors } = await openPage();
-  await page.addInitScript(`
-    const made = [];
-    window.sources = made;
-    const Native = window.EventSource;
-    window.EventSource = class extends Native {
-      constructor(url, init) {
-        super(url, init);
-        made.push(this);
-      }
-    };
-  `);
+  await page.addInitScript(RECORD_EVENT_SOURCES);
   // some minutes of data, so that the page's later fetches are incremental
   await freshUnits(5, "restart");
   const view = (await (await fetch(`${gw.adminUrl}/v1/experiment`)).json()) as { experiment: string; startedAt: string };

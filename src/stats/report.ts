@@ -542,20 +542,7 @@ function compare(
       return { ...plain, units: t.units, value: t.value, adjusted: { control: only.control.value, value: only.treatment.value, periods: 1, excludedUnits: r.excludedUnits } };
     }
   }
-  const out: Comparison = {
-    variant,
-    units: t.units,
-    value: t.value,
-    absolute: { estimate: null, ci: null },
-    relative: { estimate: null, ci: null },
-    pValue: null,
-    pValueAdjusted: null,
-    pValueSequential: null,
-    pValueSequentialAdjusted: null,
-    sequentialCi: null,
-    chanceToWin: null,
-    significant: false,
-  };
+  const out: Comparison = emptyComparison(variant, t);
   let pooledVariance = 0;
   if (c.proportion && t.proportion) {
     const r = proportionTest(c.proportion, t.proportion, { alpha });
@@ -592,6 +579,24 @@ function compare(
     out.sequentialCi = s.ci;
   }
   return out;
+}
+
+/** A comparison of `t` with nothing computed yet. */
+function emptyComparison(variant: string, t: ArmStats): Comparison {
+  return {
+    variant,
+    units: t.units,
+    value: t.value,
+    absolute: { estimate: null, ci: null },
+    relative: { estimate: null, ci: null },
+    pValue: null,
+    pValueAdjusted: null,
+    pValueSequential: null,
+    pValueSequentialAdjusted: null,
+    sequentialCi: null,
+    chanceToWin: null,
+    significant: false,
+  };
 }
 
 /** The strata's samples, for stratifiedDifference. */
@@ -640,18 +645,10 @@ function effectiveArms(strata: readonly { control: ArmStats; treatment: ArmStats
  */
 function stratifiedComparison(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, r: StratifiedResult, alpha: number, tau2Standardized: number): Comparison {
   const out: Comparison = {
-    variant,
-    units: t.units,
-    value: t.value,
+    ...emptyComparison(variant, t),
     absolute: r.absolute,
     relative: r.relative,
     pValue: r.pValue,
-    pValueAdjusted: null,
-    pValueSequential: null,
-    pValueSequentialAdjusted: null,
-    sequentialCi: null,
-    chanceToWin: null,
-    significant: false,
     adjusted: { control: r.control, value: r.treatment, periods: r.periods, excludedUnits: r.excludedUnits },
   };
   if (r.error) out.error = r.error;
