@@ -62,6 +62,8 @@ export class SwarmEngine implements Engine {
   readonly #crashLoops = new CrashLoopSignal();
   /** replicas without a running task, and why (see #diagnoseMissing) */
   readonly #missingWhy = new Map<string, string>();
+  /** how each replica's last task ended (its exit code), for lastExit */
+  readonly #lastDeath = new Map<string, string>();
   /** the services' creation while `start` runs it (settled, never rejecting): `stop` waits for it */
   #creating: Promise<void> | null = null;
   #events?: NodeJS.ReadableStream & { destroy?: () => void };
@@ -214,9 +216,12 @@ export class SwarmEngine implements Engine {
     }
   }
 
-  /** Why a replica has no running task, as last said (see #diagnoseMissing): for up's health-wait failure. */
+  /**
+   * How a replica's last run ended, or why it has none running (see #diagnoseMissing): for up's health-wait failure.
+   * Undefined before it ever ended.
+   */
   lastExit(id: string): string | undefined {
-    return this.#missingWhy.get(id);
+    return this.#missingWhy.get(id) ?? this.#lastDeath.get(id);
   }
 
   endpoints(): Endpoint[] {
@@ -352,6 +357,7 @@ export class SwarmEngine implements Engine {
     deaths.push(now);
     this.#deaths.set(id, deaths);
     this.#log("warn", `replica ${id} died; swarm restarts it`, { exitCode: attrs.exitCode, deathsInWindow: deaths.length });
+    this.#lastDeath.set(id, `its task exited with code ${attrs.exitCode ?? "unknown"}`);
     const port = Number(attrs[LABEL.port]);
     // At once, while the dead task's port is free and swarm has not yet started the next (restartDelayMs later).
     if (Number.isInteger(port) && port > 0 && !this.#portHeld.has(id)) void this.#checkPort(id, port);
