@@ -262,4 +262,10 @@ test("swarm: a replica whose service was removed by hand is said to be gone for 
   await new Promise((r) => setTimeout(r, 1_000));
   assert.equal(logged.filter((l) => l.startsWith("error replica control-1")).length, 1, "said once");
   assert.deepEqual(engine.endpoints().map((e) => e.id), ["control-0"]);
+  // abgate ps shows it too once swarm removed its task's container, not a config of one replica fewer
+  await waitFor("control-1's container gone", async () => !(await listExperimentContainers(docker, config)).some((c) => c.Labels["abgate.replica"] === "1"), 30_000);
+  const printed: string[] = [];
+  const rows = await ps(config, { docker, out: (l) => printed.push(l) });
+  assert.deepEqual(rows.map((r) => [r.replica, r.state]), [["control-0", "running"], ["control-1", "missing"]]);
+  assert.match(printed[0]!, /\ncontrol-1\s+-\s+-\s+missing\s+-\s+no container: removed outside abgate/);
 });

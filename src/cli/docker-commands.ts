@@ -3,6 +3,7 @@ import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, statusOf } from "../engines/docker/client.ts";
+import { configuredReplicas } from "../engines/index.ts";
 import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
 import { textTable } from "./table.ts";
 
@@ -75,7 +76,7 @@ async function probeReplica(variant: string, port: number, health: CheckConfig):
 /** Format rows as an aligned text table. */
 export function formatPsTable(rows: PsRow[]): string {
   const head = ["REPLICA", "CONTAINER", "PORT", "STATE", "HEALTH", "STATUS", "IMAGE"];
-  return textTable(head, rows.map((r) => [r.replica, r.container, String(r.port), r.state, r.health, r.status, r.image]));
+  return textTable(head, rows.map((r) => [r.replica, r.container, r.port > 0 ? String(r.port) : "-", r.state, r.health, r.status, r.image]));
 }
 
 /** `abgate ps`: the experiment's replicas with their ports, container state and a live health probe. */
@@ -100,8 +101,20 @@ export async function ps(config: Config, opts: DockerCommandOptions = {}): Promi
       };
     }),
   );
-  if (rows.length === 0) out(`no containers of experiment ${config.experiment}`);
-  else out(formatPsTable(rows));
+  if (rows.length === 0) {
+    out(`no containers of experiment ${config.experiment}`);
+    return rows;
+  }
+  // The experiment runs: a configured replica without a container is shown too (a service removed by hand, a task
+  // swarm rejected), not left out, as if the config had one replica fewer.
+  const shown = new Set(rows.map((r) => r.replica));
+  for (const r of configuredReplicas(config)) {
+    if (shown.has(r.id)) continue;
+    rows.push({ replica: r.id, variant: r.variant, container: "-", state: "missing", status: "no container: removed outside abgate, or not started (see abgate's log)", port: 0, image: "-", health: "-" });
+  }
+  const order = new Map(configuredReplicas(config).map((r, i) => [r.id, i]));
+  rows.sort((a, b) => (order.get(a.replica) ?? Infinity) - (order.get(b.replica) ?? Infinity));
+  out(formatPsTable(rows));
   return rows;
 }
 
