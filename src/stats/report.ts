@@ -327,7 +327,9 @@ export function buildReport(input: ReportInput): ReportOutput {
     for (const variant of treatments) {
       const t = armStats(metric, variant);
       const strata = periods.length >= 2 ? periods.map((m) => ({ control: armStats(m, control), treatment: armStats(m, variant) })) : undefined;
-      const comparison = compare(metric, variant, c, t, alpha, tau2Standardized, strata);
+      // (once, for the comparison and its guardrail)
+      const byPeriod = strata !== undefined ? { strata, result: stratifiedDifference(strataSamples(strata), { alpha }) } : undefined;
+      const comparison = compare(metric, variant, c, t, alpha, tau2Standardized, byPeriod);
       const key = `${config.name}/${variant}`;
       comparison.pValueSequential = runningMinimum(storedP(prior, key), comparison.pValueSequential);
       if (comparison.pValueSequential !== null) sequentialState[key] = comparison.pValueSequential;
@@ -347,7 +349,7 @@ export function buildReport(input: ReportInput): ReportOutput {
       if (config.guardrail) {
         // Across weight periods a guardrail judges the period-weighted arms too, not the pooled ones (the same Simpson's
         // paradox rolled back identical arms on a guardrail): each arm as a sample of its weighted mean and variance.
-        const arms = strata !== undefined ? effectiveArms(strata, alpha) : undefined;
+        const arms = byPeriod !== undefined ? effectiveArms(byPeriod) : undefined;
         guardrails.push(guardrail(metric, config.guardrail, variant, arms?.control ?? c, arms?.treatment ?? t, alpha, tau2Standardized, prior, sequentialState));
       }
     }
@@ -521,20 +523,16 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
   return { ...base, mismatch, judged: true, note };
 }
 
-function compare(
-  metric: MetricAggregate,
-  variant: string,
-  totalControl: ArmStats,
-  totalTreatment: ArmStats,
-  alpha: number,
-  tau2Standardized: number,
-  strata?: { control: ArmStats; treatment: ArmStats }[],
-): Comparison {
-  let c = totalControl;
-  let t = totalTreatment;
-  if (strata !== undefined) {
-    const r = stratifiedDifference(strataSamples(strata), { alpha });
-    if (r.periods >= 2) return stratifiedComparison(metric, variant, totalControl, totalTreatment, r, alpha, tau2Standardized);
+/** A comparison's arms per period of first exposure, and their post-stratified difference (stratifiedDifference). */
+interface ByPeriod {
+  strata: { control: ArmStats; treatment: ArmStats }[];
+  result: StratifiedResult;
+}
+
+function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, alpha: number, tau2Standardized: number, byPeriod?: ByPeriod): Comparison {
+  if (byPeriod !== undefined) {
+    const { strata, result: r } = byPeriod;
+    if (r.periods >= 2) return stratifiedComparison(metric, variant, c, t, r, alpha, tau2Standardized);
     // One period with both arms: its plain comparison (the units of the others carry no contrast)
     const only = strata.find((s) => s.control.units >= MIN_STRATUM_UNITS && s.treatment.units >= MIN_STRATUM_UNITS);
     if (only !== undefined && r.excludedUnits > 0) {
@@ -615,8 +613,7 @@ function strataSamples(strata: readonly { control: ArmStats; treatment: ArmStats
  * v/Var(m̂), as in a design effect; a rate's counts rounded to whole units), for tests written for one sample per
  * arm (the guardrails'). Undefined unless two or more periods have both arms, or when an arm has no variance.
  */
-function effectiveArms(strata: readonly { control: ArmStats; treatment: ArmStats }[], alpha: number): { control: ArmStats; treatment: ArmStats } | undefined {
-  const r = stratifiedDifference(strataSamples(strata), { alpha });
+function effectiveArms({ strata, result: r }: ByPeriod): { control: ArmStats; treatment: ArmStats } | undefined {
   if (r.periods < 2 || r.control === null || r.treatment === null || r.varControl === null || r.varTreatment === null) return undefined;
   const rates = strata[0]!.control.proportion !== undefined;
   const used = strata.filter((x) => x.control.units >= MIN_STRATUM_UNITS && x.treatment.units >= MIN_STRATUM_UNITS);
