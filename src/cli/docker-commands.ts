@@ -2,7 +2,7 @@ import { PassThrough } from "node:stream";
 import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, statusOf } from "../engines/docker/client.ts";
+import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, listExperimentServices, statusOf } from "../engines/docker/client.ts";
 import { configuredReplicas } from "../engines/index.ts";
 import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
 import { textTable } from "./table.ts";
@@ -107,12 +107,13 @@ export async function ps(config: Config, opts: DockerCommandOptions = {}): Promi
   }
   // The experiment runs: a configured replica without a container is shown too (a service removed by hand, a task
   // swarm rejected), not left out, as if the config had one replica fewer.
+  const configured = configuredReplicas(config);
   const shown = new Set(rows.map((r) => r.replica));
-  for (const r of configuredReplicas(config)) {
+  for (const r of configured) {
     if (shown.has(r.id)) continue;
     rows.push({ replica: r.id, variant: r.variant, container: "-", state: "missing", status: "no container: removed outside abgate, or not started (see abgate's log)", port: 0, image: "-", health: "-" });
   }
-  const order = new Map(configuredReplicas(config).map((r, i) => [r.id, i]));
+  const order = new Map(configured.map((r, i) => [r.id, i]));
   rows.sort((a, b) => (order.get(a.replica) ?? Infinity) - (order.get(b.replica) ?? Infinity));
   out(formatPsTable(rows));
   return rows;
@@ -123,7 +124,7 @@ export async function down(config: Config, opts: DockerCommandOptions & { stopTi
   const out = opts.out ?? stdout;
   const docker = await client(opts);
   // swarm would replace the task containers of a service that still exists: remove the services first
-  const services = (await docker.listServices({ filters: { label: [`${LABEL.experiment}=${config.experiment}`] } }).catch(() => [])) as unknown as { ID: string }[];
+  const services = await listExperimentServices(docker, config).catch(() => []);
   await Promise.all(services.map((s) => docker.getService(s.ID).remove().catch(() => {})));
   if (services.length) out(`removed ${services.length} swarm service(s) of experiment ${config.experiment}`);
   const containers = await listExperimentContainers(docker, config);

@@ -60,12 +60,13 @@ export function ownerRunning(owner: string | undefined): boolean {
  * Refuses to start over replicas that another running abgate owns: removing them as leftovers (a second `up` of the
  * same experiment, say with other listen ports) silently stopped the first one's experiment.
  */
-export function refuseIfOwned(config: Pick<Config, "experiment">, found: { Labels?: Record<string, string> }[], what: string): void {
-  const owners = [...new Set(found.map((x) => x.Labels?.[LABEL.owner]).filter((o): o is string => ownerRunning(o)))];
+export function refuseIfOwned(config: Pick<Config, "experiment">, containers: readonly { Labels?: Record<string, string> }[], services: readonly ServiceInfo[]): void {
+  const labels = [...containers.map((c) => c.Labels), ...services.map((x) => x.Spec?.Labels)];
+  const owners = [...new Set(labels.map((l) => l?.[LABEL.owner]).filter((o): o is string => ownerRunning(o)))];
   if (owners.length === 0) return;
   const [host, pid] = owners[0]!.split("/");
   throw new AbgateError(
-    `experiment ${config.experiment} is already running: its ${what} belong to another abgate (pid ${pid} on ${host}); stop that one (Ctrl-C, or abgate down) first. Nothing was started or removed.`,
+    `experiment ${config.experiment} is already running: its containers or services belong to another abgate (pid ${pid} on ${host}); stop that one (Ctrl-C, or abgate down) first. Nothing was started or removed.`,
     "ABGATE_ERR_ALREADY_RUNNING",
   );
 }
@@ -132,6 +133,17 @@ export function containerName(experiment: string, variant: string, replica: numb
 }
 
 /** Every container of the experiment (running or not), found by label. */
+/** What abgate reads of a swarm service: its id and the labels it set. */
+export interface ServiceInfo {
+  ID: string;
+  Spec?: { Labels?: Record<string, string> };
+}
+
+/** The experiment's swarm services (found by label); the daemon's error when it is no swarm manager. */
+export async function listExperimentServices(docker: Docker, config: Pick<Config, "experiment">): Promise<ServiceInfo[]> {
+  return (await docker.listServices({ filters: experimentFilter(config) })) as unknown as ServiceInfo[];
+}
+
 export async function listExperimentContainers(docker: Docker, config: Pick<Config, "experiment">, all = true): Promise<Docker.ContainerInfo[]> {
   return docker.listContainers({ all, filters: experimentFilter(config) });
 }

@@ -11,6 +11,7 @@ import {
   ensureReachable,
   experimentFilter,
   listExperimentContainers,
+  listExperimentServices,
   ownerLabel,
   portsOfOtherExperiments,
   refuseIfOwned,
@@ -148,9 +149,9 @@ export class DockerEngine implements Engine {
     }
     // An `up` with engine: swarm may have left services (killed): swarm would restart their tasks on the replicas'
     // ports. (No swarm here: none.)
-    const services = ((await this.#docker.listServices({ filters: experimentFilter(this.#config) }).catch(() => [])) as unknown as { ID: string; Spec?: { Labels?: Record<string, string> } }[]);
+    const services = await listExperimentServices(this.#docker, this.#config).catch(() => []);
     try {
-      refuseIfOwned(this.#config, [...(await listExperimentContainers(this.#docker, this.#config)), ...services.map((x) => ({ Labels: x.Spec?.Labels }))], "containers or services");
+      refuseIfOwned(this.#config, await listExperimentContainers(this.#docker, this.#config), services);
     } catch (err) {
       // (and `stop`, which removes the experiment's containers by label, leaves that abgate's alone)
       this.#refused = true;

@@ -4,7 +4,22 @@ import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
 import { CrashLoopSignal, EndpointSet, RemovalSignal, type Endpoint, type Engine, type EngineOptions } from "../types.ts";
 import { resolveImage } from "../docker/build.ts";
-import { LABEL, containerName, createDockerClient, dockerAddress, ensureReachable, experimentFilter, ownerLabel, portsOfOtherExperiments, refuseIfOwned, stoppedWhileStarting, tailLogs } from "../docker/client.ts";
+import {
+  LABEL,
+  containerName,
+  createDockerClient,
+  dockerAddress,
+  ensureReachable,
+  experimentFilter,
+  listExperimentContainers,
+  listExperimentServices,
+  ownerLabel,
+  portsOfOtherExperiments,
+  refuseIfOwned,
+  stoppedWhileStarting,
+  tailLogs,
+  type ServiceInfo,
+} from "../docker/client.ts";
 import { allocatePorts, portIsFree } from "../ports.ts";
 
 export interface SwarmEngineOptions extends EngineOptions {
@@ -120,9 +135,7 @@ export class SwarmEngine implements Engine {
         this.#throwIfStopped();
       }
       try {
-        const services = (await this.#services()) as unknown as { Spec?: { Labels?: Record<string, string> } }[];
-        const containers = await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) });
-        refuseIfOwned(this.#config, [...services.map((x) => ({ Labels: x.Spec?.Labels })), ...containers], "services or containers");
+        refuseIfOwned(this.#config, await listExperimentContainers(this.#docker, this.#config), await this.#services());
       } catch (err) {
         // (and `stop`, which removes the experiment's services by label, leaves that abgate's alone)
         this.#refused = true;
@@ -189,7 +202,7 @@ export class SwarmEngine implements Engine {
    * Before, the one line was "died; swarm restarts it", also for those.
    */
   async #diagnoseMissing(running: ReadonlySet<string>): Promise<void> {
-    const services = (await this.#services().catch(() => undefined)) as unknown as { ID: string; Spec?: { Labels?: Record<string, string> } }[] | undefined;
+    const services = await this.#services().catch(() => undefined);
     if (services === undefined || this.#stopping) return;
     for (const v of this.#config.variants) {
       for (let i = 0; i < v.replicas; i++) {
@@ -276,18 +289,18 @@ export class SwarmEngine implements Engine {
     } as Docker.CreateServiceOptions;
   }
 
-  async #services(): Promise<Docker.Service[]> {
-    return (await this.#docker.listServices({ filters: experimentFilter(this.#config) })) as unknown as Docker.Service[];
+  #services(): Promise<ServiceInfo[]> {
+    return listExperimentServices(this.#docker, this.#config);
   }
 
   /** Remove the experiment's services and wait until swarm has removed their containers too. */
   async #removeServices(onProgress: (line: string) => void): Promise<void> {
-    const services = (await this.#services()) as unknown as { ID: string }[];
+    const services = await this.#services();
     if (services.length) onProgress(`removing ${services.length} service(s) of experiment ${this.#config.experiment}`);
     await Promise.all(services.map((s) => this.#docker.getService(s.ID).remove().catch(() => {})));
     // Containers of no service: an `up` with engine: docker left them (killed), and swarm removes only its tasks'.
     // They held the replicas' ports, and this waited 30 s for swarm to remove them.
-    const plain = (await this.#docker.listContainers({ all: true, filters: experimentFilter(this.#config) })).filter((c) => !c.Labels?.["com.docker.swarm.service.id"]);
+    const plain = (await listExperimentContainers(this.#docker, this.#config)).filter((c) => !c.Labels?.["com.docker.swarm.service.id"]);
     if (plain.length) onProgress(`removing ${plain.length} container(s) of experiment ${this.#config.experiment} not run by swarm (left by engine: docker)`);
     await Promise.all(plain.map((c) => this.#docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => {})));
     const until = Date.now() + this.#opts.removeTimeoutMs;
