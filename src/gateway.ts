@@ -40,8 +40,6 @@ export interface GatewayOptions {
   onGeneratedToken?: (token: string) => void;
   /** progress lines while the engine starts */
   onProgress?: (line: string) => void;
-  /** longest wait for in-flight requests on stop (default 30 s) */
-  drainTimeoutMs?: number;
   /**
    * Runs once everything but the proxy's listener is up (the admin listener included), and the proxy listens only
    * when it resolves: `abgate up` waits there for its replicas to be healthy, so that no client is answered 503 (and
@@ -477,7 +475,6 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     await beat();
     const nextBeat = (): void => {
       beatTimer = clock.setTimeout(() => void beat().finally(() => !shuttingDown && nextBeat()), GATEWAY_BEAT_MS);
-      (beatTimer as { unref?: () => void }).unref?.();
     };
     nextBeat();
     cleanups.push(async () => {
@@ -496,7 +493,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         // its connection is closed, and a client that saw no {"accepted": N} would retry it and store it twice.
         proxy.close();
         void closeAdmin();
-        const deadline = Date.now() + (options.drainTimeoutMs ?? config.limits.drainTimeoutMs);
+        const deadline = Date.now() + config.limits.drainTimeoutMs;
         while ((inFlight() > 0 || adminInFlight() > 0) && Date.now() < deadline) {
           await new Promise((r) => setTimeout(r, 20));
           proxy.closeIdleConnections();

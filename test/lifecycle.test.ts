@@ -376,7 +376,7 @@ test("stop drains the admin listener: a POST /v1/events whose write is in flight
   const backend = await startBackend("b");
   const dir = mkdtempSync(join(tmpdir(), "abgate-drain-"));
   const { store, started, release } = heldEventsStore(join(dir, "held.db"));
-  const gw = await testGateway({ variants: [{ name: "control", url: backend.url }] }, { store, drainTimeoutMs: 10_000 });
+  const gw = await testGateway({ limits: { drainTimeoutMs: 10_000 }, variants: [{ name: "control", url: backend.url }] }, { store });
   const events = Array.from({ length: 250 }, (_, i) => ({ unit: `u${i}`, event: "watched", value: i }));
   const answer = admin(gw, "POST", "/v1/events", events).then(
     async (r) => [r.status, await r.json()] as const,
@@ -404,7 +404,7 @@ test("stop waits for admin requests no longer than the drain deadline", async ()
   const backend = await startBackend("b");
   const dir = mkdtempSync(join(tmpdir(), "abgate-drain-"));
   const { store, started, release } = heldEventsStore(join(dir, "held.db"));
-  const gw = await testGateway({ variants: [{ name: "control", url: backend.url }] }, { store, drainTimeoutMs: 300 });
+  const gw = await testGateway({ limits: { drainTimeoutMs: 300 }, variants: [{ name: "control", url: backend.url }] }, { store });
   const answer = admin(gw, "POST", "/v1/events", [{ unit: "u", event: "watched" }]).then(
     (r) => r.status,
     () => "cut off",
@@ -461,7 +461,7 @@ test("requests and handshakes still waiting at the drain deadline are drained fi
     s.on("error", () => {});
   });
   await new Promise<void>((r) => replica.listen(0, "127.0.0.1", () => r()));
-  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }], limits: { responseTimeoutMs: 60_000 } }, { drainTimeoutMs: 300 });
+  const gw = await testGateway({ variants: [{ name: "control", url: `http://127.0.0.1:${(replica.address() as { port: number }).port}` }], limits: { responseTimeoutMs: 60_000, drainTimeoutMs: 300 } });
   const u = new URL(gw.proxyUrl);
   const send = (text: string) => {
     const c = connect(Number(u.port), u.hostname);

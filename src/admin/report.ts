@@ -186,8 +186,11 @@ async function weightsInForce(
   const seen = await readWeightsSeen(store, config);
   const nowMinute = Math.floor(nowMs / MINUTE_MS) * MINUTE_MS;
   let next: WeightsSeen;
+  // (only a confirmation once a minute when the weights are the same; every other case is a change to save)
+  let dirty = true;
   if (seen !== null && sameShares(seen.shares, shares)) {
     next = { ...seen, confirmedAt: Math.max(seen.confirmedAt ?? nowMinute, nowMinute) };
+    dirty = seen.confirmedAt !== next.confirmedAt;
   } else if (seen === null) {
     const configured = sharesOf(configuredWeights(config));
     // First report: the configured weights are the only history there is.
@@ -195,8 +198,7 @@ async function weightsInForce(
   } else {
     next = { shares, since: nowMs, confirmedAt: nowMinute, earlier: closePeriod(seen.earlier ?? [], seen.shares, seen.since, seen.confirmedAt) };
   }
-  const changed = seen === null || seen.since !== next.since || !sameShares(seen.shares, next.shares) || (seen.earlier?.length ?? 0) !== (next.earlier?.length ?? 0);
-  if (save && (changed || seen?.confirmedAt !== next.confirmedAt)) await record(() => saveWeightsSeen(store, config, next));
+  if (save && dirty) await record(() => saveWeightsSeen(store, config, next));
   const earlier = next.earlier ?? [];
   if (next.since === null && earlier.length === 0) return undefined;
   // The times that cut the experiment into periods, to the millisecond: each period's start and end (a change a
