@@ -300,8 +300,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const token = adminToken;
 
     let setWeightsChain: Promise<void> = Promise.resolve();
-    let lastCounts = { exposures: 0, events: 0 };
-    let countsInFlight: Promise<{ exposures: number; events: number; storeError?: string }> | null = null;
+    // readAt: when the store last answered (ISO time); null before it ever has. With storeError, the counts are that old.
+    let lastCounts: { exposures: number; events: number; readAt: string | null } = { exposures: 0, events: 0, readAt: null };
+    let countsInFlight: Promise<{ exposures: number; events: number; readAt: string | null; storeError?: string }> | null = null;
     const startedAt = new Date(clock.now()).toISOString();
     const adminCtx: AdminContext = {
       config,
@@ -334,9 +335,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         // then it shows the counts read last, and says why they are not current.
         // A store that hangs (a database stopped, a network partition) must not hold the view either: after
         // COUNTS_WAIT_MS the counts read last are shown, and the one query in flight goes on for the next view.
-        let counts: { exposures: number; events: number; storeError?: string };
+        let counts: { exposures: number; events: number; readAt: string | null; storeError?: string };
         countsInFlight ??= store.counts(config.experiment).then(
-          (c) => ((lastCounts = c), c),
+          (c) => (lastCounts = { exposures: c.exposures, events: c.events, readAt: new Date(clock.now()).toISOString() }),
           (err: unknown) => ({ ...lastCounts, storeError: err instanceof Error ? err.message : String(err) }),
         ).finally(() => (countsInFlight = null));
         let timer: TimerHandle | undefined;
@@ -374,7 +375,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
             return { name, weight: weights[name] ?? 0, replicas, requests: req, healthyReplicas: replicas.filter((r) => r.health === "healthy").length };
           }),
           ranges: strategy.ranges(),
-          counts: { exposures: counts.exposures, events: counts.events, requests, ...(counts.storeError !== undefined ? { storeError: counts.storeError } : {}) },
+          counts: { exposures: counts.exposures, events: counts.events, requests, readAt: counts.readAt, ...(counts.storeError !== undefined ? { storeError: counts.storeError } : {}) },
           metrics: config.metrics.map((m) => ({ name: m.name, kind: m.kind })),
         };
       },

@@ -20,8 +20,9 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
   );
   try {
     assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }])).status, 200);
-    const before = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number } };
+    const before = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number; readAt: string | null } };
     assert.equal(before.counts.events, 1);
+    assert.ok(before.counts.readAt !== null && !Number.isNaN(Date.parse(before.counts.readAt)), `readAt: ${before.counts.readAt}`);
 
     await store.close();
     const events = await admin(gw, "POST", "/v1/events", [{ unit: "u2", event: "watched" }]);
@@ -33,7 +34,7 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
     assert.equal(weights.status, 503);
     const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as {
       variants: { name: string; weight: number }[];
-      counts: { events: number; storeError?: string };
+      counts: { events: number; readAt: string | null; storeError?: string };
     };
     assert.deepEqual(
       view.variants.map((v) => v.weight),
@@ -41,6 +42,7 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
       "a change the store could not save is not applied",
     );
     assert.equal(view.counts.events, 1, "the counts read last");
+    assert.equal(view.counts.readAt, before.counts.readAt, "and when they were read");
     assert.match(view.counts.storeError ?? "", /closed/);
     // Assignment still follows the unchanged weights: both variants keep getting units.
     const served = new Set<string>();
@@ -90,23 +92,26 @@ test("with the store hanging: the experiment view answers within 3 s with the co
   const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
   try {
     assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }])).status, 200);
-    assert.equal(((await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number } }).counts.events, 1);
+    const fresh = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number; readAt: string } };
+    assert.equal(fresh.counts.events, 1);
     hang = true;
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now();
-      const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: unknown[]; counts: { events: number; storeError?: string } };
+      const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: unknown[]; counts: { events: number; readAt: string; storeError?: string } };
       const ms = performance.now() - t0;
       assert.ok(ms >= 2900 && ms < 4500, `answered after ${ms.toFixed(0)} ms`);
       assert.equal(view.counts.events, 1, "the counts read last");
       assert.equal(view.counts.storeError, "the store did not answer within 3000 ms");
+      assert.equal(view.counts.readAt, fresh.counts.readAt, "as old as the last answer");
       assert.equal(view.variants.length, 1, "replicas and health are shown");
     }
     assert.equal(asked, 1, "the views share the one query in flight");
     hang = false;
     for (const r of released) r();
     await new Promise((r) => setTimeout(r, 50));
-    const after = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number; storeError?: string } };
+    const after = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { events: number; readAt: string; storeError?: string } };
     assert.equal(after.counts.storeError, undefined, "answering again, the view is current again");
+    assert.ok(Date.parse(after.counts.readAt) > Date.parse(fresh.counts.readAt), "read again");
   } finally {
     for (const r of released) r();
     await gw.close();

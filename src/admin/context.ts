@@ -44,8 +44,12 @@ export interface ExperimentView {
   startedAt: string;
   variants: { name: string; weight: number; replicas: ReplicaView[]; requests: number; healthyReplicas: number }[];
   ranges?: Range[];
-  /** storeError: the store could not be read; exposures and events are then the counts read last */
-  counts: { exposures: number; events: number; requests: number; storeError?: string };
+  /**
+   * exposures and events as the store counted them at `readAt` (ISO time; null: the store has not answered yet);
+   * requests counted live by this gateway. storeError: the store could not be read just now, so exposures and events
+   * are the counts read last, as old as `readAt` says.
+   */
+  counts: { exposures: number; events: number; requests: number; readAt: string | null; storeError?: string };
   metrics: { name: string; kind: string }[];
 }
 

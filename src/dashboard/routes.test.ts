@@ -63,7 +63,7 @@ const view: ExperimentView = {
     { name: "control", weight: 50, replicas: [], requests: 1, healthyReplicas: 0 },
     { name: "treatment", weight: 50, replicas: [], requests: 2, healthyReplicas: 0 },
   ],
-  counts: { exposures: 3, events: 0, requests: 3 },
+  counts: { exposures: 3, events: 0, requests: 3, readAt: new Date(T0).toISOString() },
   metrics: [{ name: "watched", kind: "conversion" }],
 };
 const ctx: AdminContext = {

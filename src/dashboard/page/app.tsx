@@ -189,7 +189,7 @@ export function App() {
             {live.experiment.counts.storeError && (
               <span class="bad" data-testid="store-error">
                 {" "}
-                (counts as last read; the store: {live.experiment.counts.storeError})
+                ({live.experiment.counts.readAt ? `counts as read at ${fmtTime(live.experiment.counts.readAt)}` : "the store has not been read yet"}; the store: {live.experiment.counts.storeError})
               </span>
             )}
           </p>
