@@ -447,7 +447,7 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
         { name: "control", weight: 50, replicas: [replica("control", "healthy")], requests: 10, healthyReplicas: 1 },
         { name: "treatment", weight: 50, replicas: [replica("treatment", "unhealthy")], requests: 0, healthyReplicas: 0 },
       ],
-      counts: { exposures: 5, events: 1, requests: 10, storeError: "the store did not answer within 3000 ms" },
+      counts: { exposures: 5, events: 1, requests: 10, readAt: "2026-11-28T12:00:00.000Z", storeError: "the store did not answer within 3000 ms" },
       metrics: [{ name: "watched", kind: "conversion" }],
     },
     // The fallback served 4.5 of the treatment's requests per second: they show in its row, not as nothing.
@@ -488,7 +488,7 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   assert.equal(await page.locator('[data-testid="no-healthy"]').innerText(), "No healthy replica: its requests are served by control (the report still counts them as treatment's).");
   assert.equal(await page.locator('table.variants tr[data-variant="treatment"] [data-testid="fallback-rps"]').innerText(), "+ 4.5 via control");
   assert.equal(await page.locator('table.variants tr[data-variant="control"] [data-testid="fallback-rps"]').count(), 0);
-  assert.match(await page.locator('[data-testid="store-error"]').innerText(), /counts as last read; the store: the store did not answer within 3000 ms/);
+  assert.match(await page.locator('[data-testid="store-error"]').innerText(), /counts as read at .*2026.*; the store: the store did not answer within 3000 ms/);
   assert.match(await page.locator('[data-testid="report-age"]').innerText(), /^report of .+, \d+ s ago$/);
   if (process.env.DASH_REPORT_SHOT) await page.screenshot({ path: process.env.DASH_REPORT_SHOT, fullPage: true });
   // The stream was replaced, so the live table waits; nothing else may complain.
