@@ -18,7 +18,7 @@ import { GatewayMetrics } from "./admin/metrics.ts";
 import { bearerMatches } from "./admin/auth.ts";
 import type { AdminContext, ExperimentView, ReplicaView } from "./admin/context.ts";
 import { createAdminServer } from "./admin/server.ts";
-import { experimentReport, recordWeightChange } from "./admin/report.ts";
+import { experimentReport, recordBanditWeights, recordWeightChange } from "./admin/report.ts";
 
 /**
  * How long GET /v1/experiment (and the dashboard's live view) waits for the store's counts. Not shorter: the SQLite
@@ -319,9 +319,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           trial.setWeights(weights);
           await saveStrategy(trial);
           strategy.setWeights(weights);
-          // When, for the report's SRM check (which units were assigned under these weights). The change stands
-          // without it: the report then counts from the first report that sees the new weights.
-          await recordWeightChange(store, config, strategy.weights(), clock.now()).catch((err: unknown) =>
+          // When, for the report's SRM check and its periods (which units were assigned under these weights). The
+          // change stands without it: the report then counts from the first report that sees the new weights.
+          const record = config.strategy.kind === "bandit" ? recordBanditWeights : recordWeightChange;
+          await record(store, config, strategy.weights(), clock.now()).catch((err: unknown) =>
             log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot record the time of the weight change"),
           );
         });
@@ -430,6 +431,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           if (m && m.kind === "conversion") {
             strategy.observe!(variantNames.map((v) => ({ variant: v, units: m.byVariant[v]?.units ?? 0, conversions: m.byVariant[v]?.conversions ?? 0 })));
             await saveStrategy();
+            // For the report, which compares the arms within periods of like weights. The update stands without it.
+            await recordBanditWeights(store, config, strategy.weights(), clock.now()).catch((err: unknown) =>
+              log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot record the bandit's weights for the report"),
+            );
           }
         } catch (err) {
           log.warn({ err }, "bandit update failed");

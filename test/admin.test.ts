@@ -5,6 +5,7 @@ import { gzipSync } from "node:zlib";
 import { rmSync } from "node:fs";
 import { startBackend, type Backend } from "./helpers/backends.ts";
 import { admin, testConfig, testGateway } from "./helpers/gateway.ts";
+import { openStore } from "../src/store/index.ts";
 
 let a: Backend;
 let b: Backend;
@@ -618,8 +619,15 @@ test("bandit: the first update runs at start, and a stop right after waits for i
     const lines: { level: number; msg: string }[] = [];
     const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
     const own = await testGateway({ experiment: "bandit-stop", strategy: { kind: "bandit" }, variants: [{ name: "control", url: a.url }, { name: "treatment", url: b.url }] }, { log });
-    await own.close();
-    assert.deepEqual(lines.filter((l) => /bandit update failed/.test(l.msg)), []);
+    await own.stop();
+    assert.deepEqual(lines.filter((l) => /bandit update failed|cannot record the bandit/.test(l.msg)), []);
+    // the update recorded its weights, the first period of the report's comparisons
+    const store = openStore(own.config.store);
+    await store.init();
+    const periods = JSON.parse((await store.getState("bandit-stop", "bandit-periods")) ?? "[]") as { shares: Record<string, number> }[];
+    await store.close();
+    rmSync(own.dir, { recursive: true, force: true });
+    assert.deepEqual(periods.map((p) => p.shares), [{ control: 0.5, treatment: 0.5 }]);
   }
 });
 

@@ -12,7 +12,7 @@ import { parseConfig, type Config } from "../config/index.ts";
 import { srmTest } from "../stats/frequentist.ts";
 import type { Report } from "../stats/index.ts";
 import { openStore, type Exposure, type OutcomeEvent, type Store } from "../store/index.ts";
-import { experimentReport, recordWeightChange } from "./report.ts";
+import { experimentReport, recordBanditWeights, recordWeightChange } from "./report.ts";
 
 const START = Date.parse("2026-11-28T00:00:00Z");
 const HOUR = 3_600_000;
@@ -206,6 +206,81 @@ describe("experimentReport: SRM across weight changes", () => {
       const later = (await experimentReport(cfg, own, { control: 10, treatment: 90 }, START + 4 * HOUR)) as Report;
       assert.notEqual(later.decision.action, "rollback", later.decision.reason);
       assert.equal(later.metrics.find((m) => m.name === "watched")!.comparisons[0]!.significant, false);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("bandit: identical arms are compared within periods of like weights, not pooled over the bandit's moves", async () => {
+    const own = openStore(`sqlite:${join(dir, "bandit.db")}`);
+    await own.init();
+    const cfg = config("bandit");
+    const rng = seededRandom(31);
+    const cohort = async (prefix: string, from: number, count: number, share: number, convert: boolean) => {
+      const exposures: Exposure[] = [];
+      const later: OutcomeEvent[] = [];
+      for (let i = 0; i < count; i++) {
+        const id = `${prefix}${i}`;
+        const variant = rng() < share ? "treatment" : "control";
+        const ts = from + i * 1000;
+        exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 5, forced: false });
+        if (rng() < 0.3) later.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 60_000, requestId: null });
+      }
+      await own.writeExposures(exposures);
+      if (convert) await own.writeEvents(later);
+      return later;
+    };
+    try {
+      // the bandit's first update, then moves too small to start a period
+      await recordBanditWeights(own, cfg, { control: 0.5, treatment: 0.5 }, START);
+      await recordBanditWeights(own, cfg, { control: 0.45, treatment: 0.55 }, START + 10_000);
+      await recordBanditWeights(own, cfg, { control: 0.55, treatment: 0.45 }, START + 20_000);
+      await cohort("a", START + 30_000, 2000, 0.5, true);
+      // it then favours the treatment (by chance: both convert 30%); the new units' conversions have not come in yet
+      await recordBanditWeights(own, cfg, { control: 0.1, treatment: 0.9 }, START + 2 * HOUR);
+      const pending = await cohort("b", START + 2 * HOUR + 1000, 1000, 0.9, false);
+      const agg = await own.aggregate("exp", ["control", "treatment"], cfg.metrics);
+      const pooled = agg.metrics[0]!.byVariant as Record<string, { units: number; conversions: number }>;
+      const { proportionTest } = await import("../stats/frequentist.ts");
+      assert.ok(proportionTest(pooled.control!, pooled.treatment!).pValue! < 1e-6, "the scenario misleads a pooled test");
+      const report = (await experimentReport(cfg, own, { control: 0.1, treatment: 0.9 }, START + 3 * HOUR)) as Report;
+      const cmp = report.metrics.find((m) => m.name === "watched")!.comparisons[0]!;
+      assert.equal(cmp.adjusted?.periods, 2, "the small moves started no period");
+      assert.ok(cmp.pValue! > 0.05, `post-stratified p = ${cmp.pValue}`);
+      assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+      assert.equal(report.srm.reason, "ADAPTIVE_ALLOCATION", "the SRM check stays skipped under the bandit");
+      await own.writeEvents(pending);
+      const later = (await experimentReport(cfg, own, { control: 0.1, treatment: 0.9 }, START + 4 * HOUR)) as Report;
+      assert.equal(later.metrics.find((m) => m.name === "watched")!.comparisons[0]!.significant, false);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("bandit periods: a new one when a share moves by more than a fifth, the last 64 kept, none from a clock that went back", async () => {
+    const own = openStore(`sqlite:${join(dir, "bandit-periods.db")}`);
+    await own.init();
+    const cfg = config("bandit");
+    const periods = async () => JSON.parse((await own.getState("exp", "bandit-periods"))!) as { since: number; shares: Record<string, number> }[];
+    try {
+      await recordBanditWeights(own, cfg, { control: 1, treatment: 1 }, START);
+      // 0.5 → 0.41 is a move of 18% of 0.5, and 0.5 → 0.59 of 15% of 0.59: the same period
+      await recordBanditWeights(own, cfg, { control: 0.41, treatment: 0.59 }, START + 1);
+      assert.equal((await periods()).length, 1);
+      // the floor's arm: 0.01 → 0.0125 is a fifth of 0.0125, not more; → 0.013 is
+      await recordBanditWeights(own, cfg, { control: 0.01, treatment: 0.99 }, START + 2);
+      await recordBanditWeights(own, cfg, { control: 0.0125, treatment: 0.9875 }, START + 3);
+      await recordBanditWeights(own, cfg, { control: 0.013, treatment: 0.987 }, START + 4);
+      assert.deepEqual((await periods()).map((p) => p.since), [START, START + 2, START + 4]);
+      await recordBanditWeights(own, cfg, { control: 0.5, treatment: 0.5 }, START + 3);
+      assert.equal((await periods()).length, 3, "a time before the current period's start changes nothing");
+      for (let i = 0; i < 70; i++) await recordBanditWeights(own, cfg, i % 2 ? { control: 0.2, treatment: 0.8 } : { control: 0.8, treatment: 0.2 }, START + 10 + i);
+      const kept = await periods();
+      assert.equal(kept.length, 64);
+      assert.equal(kept[63]!.since, START + 79);
+      // the report cuts the run at each kept period's start but the first
+      const report = (await experimentReport(cfg, own, { control: 0.2, treatment: 0.8 }, START + HOUR)) as Report;
+      assert.ok(report);
     } finally {
       await own.close();
     }

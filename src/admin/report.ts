@@ -29,6 +29,22 @@ interface WeightPeriod {
 /** Earlier weight periods kept for the SRM check; older ones are no longer tested. */
 const MAX_PERIODS = 30;
 
+/** The bandit's weights over time (see `recordBanditWeights`). */
+const BANDIT_PERIODS_STATE_KEY = "bandit-periods";
+/**
+ * A bandit period ends when some variant's share has moved by more than this fraction of the larger of its share at
+ * the period's start and now. Within a period the allocation then stays within ±20% of where it began, which bounds
+ * what is left of the bias that pooling would have (Simpson's paradox) to a fraction of it; a bandit that goes from
+ * an even split to a 1% floor makes about 18 periods (ln 50 / ln 1.25), within MAX_PERIOD_STARTS.
+ */
+const BANDIT_PERIOD_SHIFT = 0.2;
+
+interface BanditPeriod {
+  /** ms since epoch: the first update that set weights like these */
+  since: number;
+  shares: Record<string, number>;
+}
+
 /**
  * The report of the spec: sufficient statistics from the store, the verdict from the stats engine. The running
  * minimum of the sequential p-values is kept in the store, so that the always-valid p-value survives restarts
@@ -67,8 +83,9 @@ export async function experimentReport(
   const current = Object.fromEntries(variants.map((name) => [name, weights[name] ?? 0]));
   const bandit = config.strategy.kind === "bandit";
   const window = bandit ? undefined : await weightsInForce(config, store, current, nowMs, save, record);
-  // Comparisons across weight changes are post-stratified by period of first exposure (stats/stratified.ts).
-  const periodStarts = window?.periodStarts ?? [];
+  // Comparisons across weight changes are post-stratified by period of first exposure (stats/stratified.ts); under the
+  // bandit the periods are those its updates recorded, and the SRM check stays skipped (its weights move within them).
+  const periodStarts = bandit ? banditPeriodStarts(await readBanditPeriods(store, config)) : (window?.periodStarts ?? []);
   const aggregates = await store.aggregate(config.experiment, variants, config.metrics, periodStarts.length > 0 ? { periodStarts } : {});
   const srmWindow = window ? { since: window.since, units: window.units, earlier: window.earlier } : undefined;
   // Loaded on first use: the proxy starts without the statistics code.
@@ -106,6 +123,51 @@ export async function recordWeightChange(store: Store, config: Config, weights: 
   if (seen === null && before.shares !== null && sameShares(before.shares, shares)) return;
   const earlier = closePeriod(seen?.earlier ?? [], before.shares, before.since, nowMs);
   await saveWeightsSeen(store, config, { shares, since: nowMs, earlier });
+}
+
+/**
+ * Under the bandit, notes the weights an update (or a PUT) set at `nowMs`, so that the report can compare the arms
+ * within periods of like weights instead of pooled. A bandit moves its weights towards the arm that looks better, so
+ * later units, which have had less time to convert and come from a later population, go more to that arm: pooled, its
+ * rate mixes periods in other proportions than the other arm's (Simpson's paradox). Optimizely's Stats Accelerator
+ * compares within "epochs" of constant allocation for this reason. A new period starts when the shares have moved by
+ * more than BANDIT_PERIOD_SHIFT since the current one began; the last MAX_PERIOD_STARTS are kept.
+ */
+export async function recordBanditWeights(store: Store, config: Config, weights: Record<string, number>, nowMs: number): Promise<void> {
+  const shares = sharesOf(weights);
+  if (shares === null) return;
+  const periods = await readBanditPeriods(store, config);
+  const current = periods[periods.length - 1];
+  if (current !== undefined && (nowMs <= current.since || !movedApart(current.shares, shares))) return;
+  await store.setState(config.experiment, BANDIT_PERIODS_STATE_KEY, JSON.stringify([...periods, { since: nowMs, shares }].slice(-MAX_PERIOD_STARTS)));
+}
+
+function movedApart(a: Record<string, number>, b: Record<string, number>): boolean {
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    const x = a[k] ?? 0;
+    const y = b[k] ?? 0;
+    if (Math.abs(x - y) > BANDIT_PERIOD_SHIFT * Math.max(x, y)) return true;
+  }
+  return false;
+}
+
+async function readBanditPeriods(store: Store, config: Config): Promise<BanditPeriod[]> {
+  const raw = await store.getState(config.experiment, BANDIT_PERIODS_STATE_KEY);
+  if (!raw) return [];
+  try {
+    const parsed = JSON.parse(raw) as unknown;
+    if (!Array.isArray(parsed)) return [];
+    return parsed.filter(
+      (p): p is BanditPeriod => typeof p === "object" && p !== null && Number.isSafeInteger(p.since) && typeof p.shares === "object" && p.shares !== null,
+    );
+  } catch {
+    return [];
+  }
+}
+
+/** The times that cut a bandit's run into periods: every period's start but the first (units before it are its own). */
+function banditPeriodStarts(periods: readonly BanditPeriod[]): number[] {
+  return [...new Set(periods.slice(1).map((p) => p.since))].sort((a, b) => a - b);
 }
 
 /** `earlier` with the period of `shares` from `since` to `until` added last, when it is one (at most MAX_PERIODS). */
