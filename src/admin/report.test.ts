@@ -36,6 +36,27 @@ function config(kind: string, strategyKeys = ""): Config {
   );
 }
 
+/**
+ * A writer of cohorts into `store`: `count` units from `from`, a second apart, treatment with probability `share`; each
+ * converts at 30% a minute after its exposure, written now when `convert`, else returned to be written later.
+ */
+function cohorts(store: Store, rng: () => number) {
+  return async (prefix: string, from: number, count: number, share: number, convert: boolean): Promise<OutcomeEvent[]> => {
+    const exposures: Exposure[] = [];
+    const later: OutcomeEvent[] = [];
+    for (let i = 0; i < count; i++) {
+      const id = `${prefix}${i}`;
+      const variant = rng() < share ? "treatment" : "control";
+      const ts = from + i * 1000;
+      exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 5, forced: false });
+      if (rng() < 0.3) later.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 60_000, requestId: null });
+    }
+    await store.writeExposures(exposures);
+    if (convert) await store.writeEvents(later);
+    return later;
+  };
+}
+
 describe("experimentReport: SRM across weight changes", () => {
   let dir: string;
   let store: Store;
@@ -168,22 +189,7 @@ describe("experimentReport: SRM across weight changes", () => {
     const own = openStore(`sqlite:${join(dir, "ramp.db")}`);
     await own.init();
     const cfg = config("sticky");
-    const rng = seededRandom(30);
-    /** `count` units from `from`, a second apart, treatment with probability `share`; each converts at 30% when `convert` */
-    const cohort = async (prefix: string, from: number, count: number, share: number, convert: boolean) => {
-      const exposures: Exposure[] = [];
-      const later: OutcomeEvent[] = [];
-      for (let i = 0; i < count; i++) {
-        const id = `${prefix}${i}`;
-        const variant = rng() < share ? "treatment" : "control";
-        const ts = from + i * 1000;
-        exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 5, forced: false });
-        if (rng() < 0.3) later.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 60_000, requestId: null });
-      }
-      await own.writeExposures(exposures);
-      if (convert) await own.writeEvents(later);
-      return later;
-    };
+    const cohort = cohorts(own, seededRandom(30));
     try {
       await cohort("a", START, 1000, 0.5, true);
       await recordWeightChange(own, cfg, { control: 10, treatment: 90 }, START + 2 * HOUR);
@@ -215,21 +221,7 @@ describe("experimentReport: SRM across weight changes", () => {
     const own = openStore(`sqlite:${join(dir, "bandit.db")}`);
     await own.init();
     const cfg = config("bandit");
-    const rng = seededRandom(31);
-    const cohort = async (prefix: string, from: number, count: number, share: number, convert: boolean) => {
-      const exposures: Exposure[] = [];
-      const later: OutcomeEvent[] = [];
-      for (let i = 0; i < count; i++) {
-        const id = `${prefix}${i}`;
-        const variant = rng() < share ? "treatment" : "control";
-        const ts = from + i * 1000;
-        exposures.push({ experiment: "exp", ts, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 5, forced: false });
-        if (rng() < 0.3) later.push({ experiment: "exp", unit: id, event: "watched", value: null, ts: ts + 60_000, requestId: null });
-      }
-      await own.writeExposures(exposures);
-      if (convert) await own.writeEvents(later);
-      return later;
-    };
+    const cohort = cohorts(own, seededRandom(31));
     try {
       // the bandit's first update, then moves too small to start a period
       await recordBanditWeights(own, cfg, { control: 0.5, treatment: 0.5 }, START);
