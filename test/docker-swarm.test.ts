@@ -269,3 +269,27 @@ test("swarm: a replica whose service was removed by hand is said to be gone for 
   assert.deepEqual(rows.map((r) => [r.replica, r.state]), [["control-0", "running"], ["control-1", "missing"]]);
   assert.match(printed[0]!, /\ncontrol-1\s+-\s+-\s+missing\s+-\s+no container: removed outside abgate/);
 });
+
+test("swarm: a replica whose task swarm rejects (its image is missing on the node) is said to be unrunnable, with swarm's reason", async (t) => {
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("svcrej");
+  const config = testConfig({ experiment, engine: "swarm", ports: { base: 19915 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2, env: { VARIANT: "control" } }] });
+  const logged: string[] = [];
+  const engine = new SwarmEngine(config, { resyncEveryMs: 300, log: (level, msg) => logged.push(`${level} ${msg}`) });
+  t.after(() => engine.stop());
+  await engine.start();
+  // The image gone from the node (pruned, or a spec changed to one never built here, with no registry to pull from):
+  // swarm rejects the new task without making a container, so no die event says anything.
+  const service = docker.getService(containerName(experiment, "control", 1));
+  const info = (await service.inspect()) as { Version: { Index: number }; Spec: { TaskTemplate: { ContainerSpec: { Image: string } } } };
+  info.Spec.TaskTemplate.ContainerSpec.Image = `abgate-missing-${experiment}:none`;
+  await service.update({ ...info.Spec, version: info.Version.Index });
+  const said = () => logged.find((l) => l.startsWith("error replica control-1: swarm cannot run its task (rejected: "));
+  await waitFor("the error", () => said() !== undefined, 60_000);
+  assert.match(said()!, /No such image/i);
+  assert.match(engine.lastExit("control-1") ?? "", /^replica control-1: swarm cannot run its task \(rejected: /);
+  await waitFor("control-1 out of the endpoints", () => engine.endpoints().every((e) => e.id !== "control-1"), 30_000);
+  assert.deepEqual(engine.endpoints().map((e) => e.id), ["control-0"]);
+});
