@@ -431,3 +431,30 @@ engineConformance(
   // (fast: a dead replica is restarted after 100 ms)
   { kind: "docker", startsReplicas: true, restartsReplicas: true, reportsRemoval: true, timeoutMs: 20_000, quietMs: 1_000 },
 );
+
+test("a container name another experiment's replica holds (experiment x-a with variant b, x with a-b) is refused, and that replica left running", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("clash");
+  const other = `${experiment}-a`;
+  const first = new DockerEngine(testConfig({ experiment: other, ports: { base: 19480 }, variants: [{ name: "b", build: dir, buildArgs: { BASE_IMAGE } }] }), { ...fast, log: quiet });
+  t.after(async () => {
+    await first.stop();
+    for (const image of await docker.listImages({ filters: { reference: [`abgate/${other}-b`] } })) await docker.getImage(image.Id).remove({ force: true }).catch(() => {});
+  });
+  await first.start(quiet);
+  const name = containerName(experiment, "a-b", 0);
+  assert.equal(name, containerName(other, "b", 0), "the two names join to one");
+  const second = new DockerEngine(testConfig({ experiment, ports: { base: 19490 }, variants: [{ name: "a-b", build: dir, buildArgs: { BASE_IMAGE } }] }), { ...fast, log: quiet });
+  t.after(() => second.stop());
+  await assert.rejects(second.start(quiet), (err: Error & { code?: string }) => {
+    assert.equal(err.code, "ABGATE_ERR_NAME_TAKEN");
+    assert.equal(err.message, `the container name ${name} is taken by experiment ${other}'s replica b-0; abgate leaves it alone. Rename the experiment or the variant so that their names do not join to the same one`);
+    return true;
+  });
+  const info = await docker.getContainer(name).inspect();
+  assert.equal(info.State.Running, true, "the other experiment's replica still runs");
+  assert.equal(info.Config.Labels["abgate.experiment"], other);
+  await waitFor("it still answers", () => get(`http://127.0.0.1:${first.endpoints()[0]!.port}/health`));
+});

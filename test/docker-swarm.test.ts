@@ -293,3 +293,27 @@ test("swarm: a replica whose task swarm rejects (its image is missing on the nod
   await waitFor("control-1 out of the endpoints", () => engine.endpoints().every((e) => e.id !== "control-1"), 30_000);
   assert.deepEqual(engine.endpoints().map((e) => e.id), ["control-0"]);
 });
+
+test("swarm: a service name another experiment's replica holds is refused with whose it is, and that service left alone", async (t) => {
+  const ready = await swarmTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("swclash");
+  const other = `${experiment}-a`;
+  const first = new SwarmEngine(testConfig({ experiment: other, engine: "swarm", ports: { base: 19925 }, variants: [{ name: "b", build: dir, buildArgs: { BASE_IMAGE } }] }), { log: () => {} });
+  t.after(async () => {
+    await first.stop();
+    for (const image of await docker.listImages({ filters: { reference: [`abgate/${other}-b`] } })) await docker.getImage(image.Id).remove({ force: true }).catch(() => {});
+  });
+  await first.start();
+  const name = containerName(experiment, "a-b", 0);
+  const second = new SwarmEngine(testConfig({ experiment, engine: "swarm", ports: { base: 19935 }, variants: [{ name: "a-b", build: dir, buildArgs: { BASE_IMAGE } }] }), { log: () => {} });
+  t.after(() => second.stop());
+  await assert.rejects(second.start(), (err: Error & { code?: string }) => {
+    assert.equal(err.code, "ABGATE_ERR_NAME_TAKEN");
+    assert.match(err.message, new RegExp(`^the service name ${name} is taken by experiment ${other}'s replica b-0; abgate leaves it alone`));
+    return true;
+  });
+  const service = (await docker.getService(name).inspect()) as { Spec: { Labels: Record<string, string> } };
+  assert.equal(service.Spec.Labels["abgate.experiment"], other, "the other experiment's service is still there");
+});

@@ -174,6 +174,25 @@ export function stoppedWhileStarting(config: Pick<Config, "experiment">): Abgate
   return new AbgateError(`experiment ${config.experiment} was stopped while starting`, "ABGATE_ERR_INTERRUPTED");
 }
 
+/**
+ * Why a container or service name this experiment needs is taken by something that is not its own: another
+ * experiment's replica (names join experiment and variant with '-', which both may contain: experiment `x-a` with
+ * variant `b` and experiment `x` with variant `a-b` give the same names), or something abgate did not make. Those
+ * are left alone; undefined when the holder is this experiment's (a leftover, or one being removed: replace it).
+ */
+export function nameTakenBy(config: Pick<Config, "experiment">, kind: "container" | "service", name: string, labels: Record<string, string> | undefined): AbgateError | undefined {
+  const owner = labels?.[LABEL.experiment];
+  if (owner === config.experiment) return undefined;
+  const holder =
+    owner === undefined
+      ? `a ${kind} that abgate did not make`
+      : `experiment ${owner}'s replica ${labels?.[LABEL.variant] ?? "?"}-${labels?.[LABEL.replica] ?? "?"}`;
+  return new AbgateError(
+    `the ${kind} name ${name} is taken by ${holder}; abgate leaves it alone. Rename the experiment or the variant so that their names do not join to the same one${owner === undefined ? `, or remove that ${kind} yourself` : ""}`,
+    "ABGATE_ERR_NAME_TAKEN",
+  );
+}
+
 /** HTTP status of a dockerode error, when it has one. */
 export function statusOf(err: unknown): number | undefined {
   const s = (err as { statusCode?: unknown })?.statusCode;

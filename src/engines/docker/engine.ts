@@ -12,6 +12,7 @@ import {
   experimentFilter,
   listExperimentContainers,
   listExperimentServices,
+  nameTakenBy,
   ownerLabel,
   portsOfOtherExperiments,
   refuseIfOwned,
@@ -288,7 +289,11 @@ export class DockerEngine implements Engine {
       container = await this.#docker.createContainer(spec);
     } catch (err) {
       if (statusOf(err) !== 409) throw err;
-      // a container of that name without our label (or from a run that is still being removed): replace it
+      // A container of that name: this experiment's (from a run still being removed) is replaced; anything else is
+      // someone else's, and removing it stopped another experiment's replica.
+      const holder = (await this.#docker.getContainer(r.name).inspect().catch(() => undefined)) as { Config?: { Labels?: Record<string, string> } } | undefined;
+      const taken = holder === undefined ? undefined : nameTakenBy(this.#config, "container", r.name, holder.Config?.Labels ?? {});
+      if (taken) throw taken;
       await this.#remove(r.name, 0);
       container = await this.#docker.createContainer(spec);
     }

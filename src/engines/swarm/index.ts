@@ -13,9 +13,11 @@ import {
   experimentFilter,
   listExperimentContainers,
   listExperimentServices,
+  nameTakenBy,
   ownerLabel,
   portsOfOtherExperiments,
   refuseIfOwned,
+  statusOf,
   stoppedWhileStarting,
   tailLogs,
   type ServiceInfo,
@@ -151,8 +153,15 @@ export class SwarmEngine implements Engine {
           const list = ports.get(v.name)!;
           for (let i = 0; i < list.length; i++) {
             this.#throwIfStopped();
-            await this.#docker.createService(this.#serviceSpec(v.name, i, list[i]));
-            onProgress(`[${v.name}-${i}] created service ${containerName(this.#config.experiment, v.name, i)} on 127.0.0.1:${list[i]}`);
+            const spec = this.#serviceSpec(v.name, i, list[i]!);
+            const name = containerName(this.#config.experiment, v.name, i);
+            await this.#docker.createService(spec).catch(async (err: unknown) => {
+              // This experiment's services were all removed above: a service of that name is someone else's.
+              if (statusOf(err) !== 409) throw err;
+              const holder = (await this.#docker.getService(name).inspect().catch(() => undefined)) as { Spec?: { Labels?: Record<string, string> } } | undefined;
+              throw (holder && nameTakenBy(this.#config, "service", name, holder.Spec?.Labels ?? {})) ?? err;
+            });
+            onProgress(`[${v.name}-${i}] created service ${name} on 127.0.0.1:${list[i]}`);
           }
         }
       })();
