@@ -249,7 +249,7 @@ describe("experimentReport: SRM across weight changes", () => {
     }
   });
 
-  it("bandit periods: a new one when a share moves by more than a fifth, the last 64 kept, none from a clock that went back", async () => {
+  it("bandit periods: a new one when a share moves by more than a fifth, at most 64 (the closest neighbours merged), none from a clock that went back", async () => {
     const own = openStore(`sqlite:${join(dir, "bandit-periods.db")}`);
     await own.init();
     const cfg = config("bandit");
@@ -259,17 +259,20 @@ describe("experimentReport: SRM across weight changes", () => {
       // 0.5 → 0.41 is a move of 18% of 0.5, and 0.5 → 0.59 of 15% of 0.59: the same period
       await recordBanditWeights(own, cfg, { control: 0.41, treatment: 0.59 }, START + 1);
       assert.equal((await periods()).length, 1);
-      // the floor's arm: 0.01 → 0.0125 is a fifth of 0.0125, not more; → 0.013 is
+      // the floor's arm: 0.01 → 0.012 is a sixth of 0.012, within; → 0.013 is more than a fifth of 0.013
       await recordBanditWeights(own, cfg, { control: 0.01, treatment: 0.99 }, START + 2);
-      await recordBanditWeights(own, cfg, { control: 0.0125, treatment: 0.9875 }, START + 3);
+      await recordBanditWeights(own, cfg, { control: 0.012, treatment: 0.988 }, START + 3);
       await recordBanditWeights(own, cfg, { control: 0.013, treatment: 0.987 }, START + 4);
       assert.deepEqual((await periods()).map((p) => p.since), [START, START + 2, START + 4]);
       await recordBanditWeights(own, cfg, { control: 0.5, treatment: 0.5 }, START + 3);
       assert.equal((await periods()).length, 3, "a time before the current period's start changes nothing");
-      for (let i = 0; i < 70; i++) await recordBanditWeights(own, cfg, i % 2 ? { control: 0.2, treatment: 0.8 } : { control: 0.8, treatment: 0.2 }, START + 10 + i);
+      // weights that wander between 0.7 and 0.3 for a long time: past 64 periods the closest neighbours merge (first
+      // the floor's 0.01 and 0.013), and the early move from 0.5 to the floor stays a period of its own
+      for (let i = 0; i < 70; i++) await recordBanditWeights(own, cfg, i % 2 ? { control: 0.3, treatment: 0.7 } : { control: 0.7, treatment: 0.3 }, START + 10 + i);
       const kept = await periods();
       assert.equal(kept.length, 64);
-      assert.equal(kept[63]!.since, START + 79);
+      assert.deepEqual(kept.slice(0, 3).map((p) => p.since), [START, START + 2, START + 10], "the largest moves are kept");
+      assert.equal(kept[63]!.since, START + 79, "the newest period is kept");
       // the report cuts the run at each kept period's start but the first
       const report = (await experimentReport(cfg, own, { control: 0.2, treatment: 0.8 }, START + HOUR)) as Report;
       assert.ok(report);

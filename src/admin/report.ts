@@ -35,7 +35,7 @@ const BANDIT_PERIODS_STATE_KEY = "bandit-periods";
  * A bandit period ends when some variant's share has moved by more than this fraction of the larger of its share at
  * the period's start and now. Within a period the allocation then stays within ±20% of where it began, which bounds
  * what is left of the bias that pooling would have (Simpson's paradox) to a fraction of it; a bandit that goes from
- * an even split to a 1% floor makes about 18 periods (ln 50 / ln 1.25), within MAX_PERIOD_STARTS.
+ * an even split to a 1% floor makes about 18 periods (ln 50 / ln 1.25).
  */
 const BANDIT_PERIOD_SHIFT = 0.2;
 
@@ -131,24 +131,35 @@ export async function recordWeightChange(store: Store, config: Config, weights: 
  * later units, which have had less time to convert and come from a later population, go more to that arm: pooled, its
  * rate mixes periods in other proportions than the other arm's (Simpson's paradox). Optimizely's Stats Accelerator
  * compares within "epochs" of constant allocation for this reason. A new period starts when the shares have moved by
- * more than BANDIT_PERIOD_SHIFT since the current one began; the last MAX_PERIOD_STARTS are kept.
+ * more than BANDIT_PERIOD_SHIFT since the current one began; at most MAX_PERIOD_STARTS are kept.
  */
 export async function recordBanditWeights(store: Store, config: Config, weights: Record<string, number>, nowMs: number): Promise<void> {
   const shares = sharesOf(weights);
   if (shares === null) return;
   const periods = await readBanditPeriods(store, config);
   const current = periods[periods.length - 1];
-  if (current !== undefined && (nowMs <= current.since || !movedApart(current.shares, shares))) return;
-  await store.setState(config.experiment, BANDIT_PERIODS_STATE_KEY, JSON.stringify([...periods, { since: nowMs, shares }].slice(-MAX_PERIOD_STARTS)));
+  if (current !== undefined && (nowMs <= current.since || shift(current.shares, shares) <= BANDIT_PERIOD_SHIFT)) return;
+  const next = [...periods, { since: nowMs, shares }];
+  // Past the limit, the two neighbours whose weights differ least become one (the earlier's start and weights): a
+  // bandit whose weights wander (identical arms) would otherwise keep only its last few minutes apart, and pool
+  // everything before, where its largest moves may be.
+  while (next.length > MAX_PERIOD_STARTS) {
+    let closest = 1;
+    for (let i = 2; i < next.length; i++) if (shift(next[i - 1]!.shares, next[i]!.shares) < shift(next[closest - 1]!.shares, next[closest]!.shares)) closest = i;
+    next.splice(closest, 1);
+  }
+  await store.setState(config.experiment, BANDIT_PERIODS_STATE_KEY, JSON.stringify(next));
 }
 
-function movedApart(a: Record<string, number>, b: Record<string, number>): boolean {
+/** The largest move of one variant's share between `a` and `b`, as a fraction of the larger of the two shares. */
+function shift(a: Record<string, number>, b: Record<string, number>): number {
+  let most = 0;
   for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
     const x = a[k] ?? 0;
     const y = b[k] ?? 0;
-    if (Math.abs(x - y) > BANDIT_PERIOD_SHIFT * Math.max(x, y)) return true;
+    if (x !== y) most = Math.max(most, Math.abs(x - y) / Math.max(x, y));
   }
-  return false;
+  return most;
 }
 
 async function readBanditPeriods(store: Store, config: Config): Promise<BanditPeriod[]> {
