@@ -37,14 +37,14 @@ function input(arms: Arms, weights: Record<string, number>, over: Partial<Report
   };
 }
 
-/** The always-valid interval of one look, as the report computes it (plug-in variances, τ² = 1e-3 · pooled variance). */
+/** The always-valid interval of one look, as the report computes it (the pooled variance under H0, τ² = 1e-3 · it). */
 function lookInterval(control: [number, number], treatment: [number, number]): [number, number] {
   const pC = control[1] / control[0];
   const pT = treatment[1] / treatment[0];
   const pooled = (control[1] + treatment[1]) / (control[0] + treatment[0]);
   const s = mixtureSprt({
     diff: pT - pC,
-    varDiff: (pC * (1 - pC)) / control[0] + (pT * (1 - pT)) / treatment[0],
+    varDiff: pooled * (1 - pooled) * (1 / control[0] + 1 / treatment[0]),
     tau2: DEFAULT_TAU2_STANDARDIZED * pooled * (1 - pooled),
     alpha: 0.05,
   });
@@ -242,6 +242,30 @@ describe("a metric's definition", () => {
       aggregates: { ...base.aggregates, metrics: [{ name: "minutes", kind: "mean", byVariant: { control: zero, treatment: zero } }] },
     });
     assert.match(report.decision.reason, /no "watched" events with a value other than 0 have been attributed to them/);
+  });
+});
+
+describe("the always-valid p of a small arm with no conversions yet (a calibration audit's case)", () => {
+  // 90/10, read early: treatment 0 of 124, control 19 of 1,076. Fisher's exact test gives p = 0.25; with each arm's
+  // own variance (none for the treatment) the mSPRT said p = 0.012, and A/A runs rolled back 7-25% of the time.
+  const NINETY_TEN = { control: 90, treatment: 10 };
+  it("conversions: the look's variance is the pooled one under H0, so this is no rollback", () => {
+    const { report } = buildReport(input({ control: [1076, 19], treatment: [124, 0] }, NINETY_TEN));
+    const c = report.metrics[0]!.comparisons[0]!;
+    assert.ok(c.pValueSequential! > 0.5, `p = ${c.pValueSequential}`);
+    assert.equal(c.significant, false);
+    assert.equal(report.decision.action, "continue");
+  });
+
+  it("means: likewise, for a treatment whose units all have 0 so far", () => {
+    const metrics: MetricConfig[] = [{ name: "minutes", kind: "mean", event: "watched" }];
+    const base = input({ control: [1076, 19], treatment: [124, 0] }, NINETY_TEN, { metrics });
+    // 19 control units watched 30 minutes each
+    const byVariant = { control: { n: 1076, sum: 19 * 30, sumSquares: 19 * 900 }, treatment: { n: 124, sum: 0, sumSquares: 0 } };
+    const { report } = buildReport({ ...base, aggregates: { ...base.aggregates, metrics: [{ name: "minutes", kind: "mean", byVariant }] } });
+    const c = report.metrics[0]!.comparisons[0]!;
+    assert.ok(c.pValueSequential! > 0.5, `p = ${c.pValueSequential}`);
+    assert.equal(report.decision.action, "continue");
   });
 });
 
