@@ -262,6 +262,22 @@ describe("ExposureBatcher", () => {
     assert.equal(clock.pendingTimers(), 0);
   });
 
+  it("close() keeps the process alive while it retries: the system clock's timers do not (exit 13, no last line, before)", async () => {
+    const { execFileSync } = await import("node:child_process");
+    // A process with nothing else to do, as a gateway is once its listeners closed: the top-level await of close().
+    const script = [
+      `import { ExposureBatcher } from ${JSON.stringify(new URL("./batcher.ts", import.meta.url).href)};`,
+      `const store = { writeExposures: async () => { throw new Error("disk I/O error"); } };`,
+      `const b = new ExposureBatcher(store, { closeRetryMs: 300, log: (level, msg) => console.log(level, msg) });`,
+      `for (let i = 0; i < 3; i++) b.push({ experiment: "x", ts: 1, requestId: "r" + i, unit: "u", assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false });`,
+      `await b.close();`,
+      `console.log("closed");`,
+    ].join("\n");
+    const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", timeout: 20_000 });
+    assert.match(out, /error exposures lost at shutdown/);
+    assert.match(out, /closed\n$/);
+  });
+
   it("close() with a store locked for a while writes every row once it takes them again (nothing lost)", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();

@@ -165,11 +165,19 @@ export class ExposureBatcher {
     if (this.#size > 0 && this.#clock.now() < deadline) {
       this.#log("warn", "the store does not take the exposures still buffered; retrying before stopping", { rows: this.#size, retryForMs: this.#closeRetryMs, error: this.#lastError });
     }
-    while (this.#size > 0 && this.#clock.now() < deadline) {
-      const delayMs = Math.min(waitMs, deadline - this.#clock.now());
-      await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delayMs));
-      waitMs = Math.min(waitMs * 2, 1000);
-      await this.flush();
+    // The clock's timers do not keep the process alive (they are unref'd), and at a stop nothing else may: the
+    // listeners are closed. Without this the process ended in the middle of the retries, with exit code 13 (an
+    // unsettled top-level await) and without the line below.
+    const keepAlive = this.#size > 0 ? setInterval(() => {}, 1000) : undefined;
+    try {
+      while (this.#size > 0 && this.#clock.now() < deadline) {
+        const delayMs = Math.min(waitMs, deadline - this.#clock.now());
+        await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delayMs));
+        waitMs = Math.min(waitMs * 2, 1000);
+        await this.flush();
+      }
+    } finally {
+      clearInterval(keepAlive);
     }
     this.#cancelTimer();
     if (this.#size > 0) {
