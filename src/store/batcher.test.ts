@@ -262,6 +262,27 @@ describe("ExposureBatcher", () => {
     assert.equal(clock.pendingTimers(), 0);
   });
 
+  it("a failure streak is logged when it starts and then once a minute with the rows dropped so far, not once per 100 tries", async () => {
+    const clock = new ManualClock(0);
+    const store = new RecordingStore();
+    logs.length = 0;
+    const b = new ExposureBatcher(store, { clock, log, maxBatch: 10, maxBuffered: 20 });
+    store.failing = true;
+    const lines = () => logs.filter(([level, msg]) => level === "error" && /cannot write exposures/.test(msg));
+    for (let s = 0; s < 150; s++) {
+      // 10 rows a second, against room for 20: the rest are dropped
+      for (let i = 0; i < 10; i++) b.push(exposure(s * 10 + i));
+      clock.advance(1000);
+      await settle();
+    }
+    const said = lines();
+    assert.ok(said.length >= 3 && said.length <= 4, `${said.length} lines in 150 s`);
+    const last = said[said.length - 1]![2] as { dropped: number };
+    assert.ok(last.dropped > 1000, JSON.stringify(last));
+    store.failing = false;
+    await b.close();
+  });
+
   it("close() keeps the process alive while it retries: the system clock's timers do not (exit 13, no last line, before)", async () => {
     const { execFileSync } = await import("node:child_process");
     // A process with nothing else to do, as a gateway is once its listeners closed: the top-level await of close().

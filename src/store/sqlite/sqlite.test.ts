@@ -99,6 +99,28 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("refuses writes once its file was deleted or replaced under it (they went to a file no one could open)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    const path = join(dir, "a.db");
+    const event = (unit: string) => ({ experiment: "x", unit, event: "watched", value: null, ts: 1, requestId: null });
+    const exposure = { experiment: "x", ts: 1, requestId: "r", unit: "u", assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
+    const s = new SqliteStore(path);
+    try {
+      await s.init();
+      await s.writeEvents([event("u1")]);
+      for (const f of ["a.db", "a.db-wal", "a.db-shm"]) rmSync(join(dir, f), { force: true });
+      await assert.rejects(s.writeEvents([event("u2")]), (err: Error) => err instanceof StoreError && /^cannot write 1 events: the SQLite store .*a\.db was deleted while abgate had it open/.test(err.message));
+      await assert.rejects(s.writeExposures([exposure]), /was deleted while abgate had it open/);
+      await assert.rejects(s.setState("x", "k", "v"), /was deleted while abgate had it open/);
+      // another file in its place is no better
+      new Database(path).close();
+      await assert.rejects(s.writeEvents([event("u3")]), /was replaced by another file while abgate had it open/);
+    } finally {
+      await s.close().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("events acknowledged by writeEvents survive SIGKILL of the writing process (no close, no checkpoint)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
     try {
