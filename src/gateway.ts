@@ -346,6 +346,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         const got = await Promise.race([countsInFlight, waited]);
         timer?.cancel();
         counts = got === "timeout" ? { ...lastCounts, storeError: `the store did not answer within ${COUNTS_WAIT_MS} ms` } : got;
+        // A store that answers reads but refuses writes (a full disk) is an outage too: the counts then lag.
+        const writes = batcher?.stats();
+        if (counts.storeError === undefined && writes !== undefined && writes.failures > 0) {
+          counts = { ...counts, storeError: `exposure writes are failing (${writes.buffered} buffered, ${writes.dropped} dropped): ${writes.lastError}` };
+        }
         let requests = 0;
         return {
           experiment: config.experiment,

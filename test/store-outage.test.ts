@@ -119,3 +119,72 @@ test("with the store hanging: the experiment view answers within 3 s with the co
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("with the store's file deleted under the gateway: events get 503 saying so (not accepted and lost), and the view says why", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
+  const backend = createServer((_req, res) => res.end("x"));
+  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const path = join(dir, "gone.db");
+  const gw = await testGateway({ store: `sqlite:${path}`, variants: [{ name: "control", weight: 1, url }] });
+  try {
+    assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }])).status, 200);
+    for (const f of ["gone.db", "gone.db-wal", "gone.db-shm"]) rmSync(join(dir, f), { force: true });
+    const events = await admin(gw, "POST", "/v1/events", [{ unit: "u2", event: "watched" }]);
+    const body = (await events.json()) as { error: string };
+    assert.equal(events.status, 503, JSON.stringify(body));
+    assert.match(body.error, /gone\.db was deleted while abgate had it open/);
+    for (let i = 0; i < 5; i++) assert.equal((await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `unit-${i}` } })).status, 200);
+    let view = { counts: { storeError: undefined as string | undefined } };
+    for (let i = 0; i < 50 && !/while abgate had it open/.test(view.counts.storeError ?? ""); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as typeof view;
+    }
+    // the counts cannot be read either (the reader sees another file); both say why
+    assert.match(view.counts.storeError ?? "", /^cannot read the store: the SQLite store .*gone\.db was (deleted|replaced by another file) while abgate had it open/);
+    assert.match((await (await admin(gw, "GET", "/metrics", undefined, null)).text()), /abgate_store_write_failures\{experiment="test"\} [1-9]/);
+  } finally {
+    await gw.close();
+    await new Promise<void>((r) => backend.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("with writes failing but reads answering (a full disk): the view's storeError says exposure writes fail, with the rows buffered", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
+  const real = new SqliteStore(join(dir, "full.db"));
+  let full = false;
+  const store = new Proxy(real, {
+    get(target, key) {
+      if (key === "writeExposures") {
+        return async (rows: unknown[]) => {
+          if (full) throw new Error("cannot write exposures: database or disk is full");
+          return target.writeExposures(rows as Parameters<typeof target.writeExposures>[0]);
+        };
+      }
+      const value = Reflect.get(target, key, target) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const backend = createServer((_req, res) => res.end("x"));
+  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
+  try {
+    const before = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { storeError?: string } };
+    assert.equal(before.counts.storeError, undefined);
+    full = true;
+    for (let i = 0; i < 3; i++) assert.equal((await fetch(`${gw.proxyUrl}/`, { headers: { "x-user-id": `unit-${i}` } })).status, 200);
+    let view = { counts: { storeError: undefined as string | undefined } };
+    for (let i = 0; i < 50 && view.counts.storeError === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as typeof view;
+    }
+    assert.equal(view.counts.storeError, "exposure writes are failing (3 buffered, 0 dropped): cannot write exposures: database or disk is full");
+    full = false;
+  } finally {
+    await gw.close();
+    await new Promise<void>((r) => backend.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

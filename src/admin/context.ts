@@ -47,7 +47,7 @@ export interface ExperimentView {
   /**
    * exposures and events as the store counted them at `readAt` (ISO time; null: the store has not answered yet);
    * requests counted live by this gateway. storeError: the store could not be read just now, so exposures and events
-   * are the counts read last, as old as `readAt` says.
+   * are the counts read last, as old as `readAt` says; or exposure writes are failing, so the counts lag.
    */
   counts: { exposures: number; events: number; requests: number; readAt: string | null; storeError?: string };
   metrics: { name: string; kind: string }[];

@@ -1016,6 +1016,16 @@ export class SqliteStore implements Store {
   }
 
   #run: Query = async (sql, params) => {
+    try {
+      return await this.#runQuery(sql, params);
+    } catch (err) {
+      // A read that fails because the file went (its reader then sees a new, empty file) says so, as writes do.
+      this.#sameFile("read the store");
+      throw err;
+    }
+  };
+
+  #runQuery: Query = async (sql, params) => {
     this.#s();
     const reader = this.#readInThread ? null : this.#readerThread();
     if (reader === null) {
