@@ -382,6 +382,15 @@ function exposureWriter(db: Database.Database, transaction: WriteTransaction): E
   };
 }
 
+/** What to do about an SQLite error that says the file cannot be opened or is not a database (its code), or "". */
+function fileHint(err: unknown): string {
+  const code = (err as { code?: string }).code ?? "";
+  if (code.startsWith("SQLITE_CANTOPEN")) return " (abgate creates the file and its -wal and -shm beside it: the folder must exist and be writable)";
+  if (code === "SQLITE_NOTADB") return " (it is not an SQLite database: point store: at another file, or move this one away)";
+  if (code.startsWith("SQLITE_CORRUPT")) return " (the file is damaged: restore it from a copy, or move it away and start a new store)";
+  return "";
+}
+
 /** Slice size before any slice has been timed: about half a millisecond of this store's work (3 µs a row, cold). */
 const INITIAL_SLICE_ROWS = 150;
 /** Below this a slice is mostly the cost of a statement run and a turn of the event loop. */
@@ -695,7 +704,7 @@ export class SqliteStore implements Store {
         this.#fileId = { dev: st.dev, ino: st.ino };
       }
     } catch (err) {
-      throw new StoreError(`cannot open SQLite store ${path}: ${(err as Error).message}`, { cause: err });
+      throw new StoreError(`cannot open SQLite store ${path}: ${(err as Error).message}${fileHint(err)}`, { cause: err });
     }
   }
 
@@ -721,6 +730,17 @@ export class SqliteStore implements Store {
     }
     try {
       const db = this.#db;
+      // A database with tables but no abgate schema is another application's: abgate would add its tables beside
+      // them and write there (a typo in store: that names someone's data).
+      const foreign = db
+        .prepare(`SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+        .all()
+        .map((r) => (r as { name: string }).name);
+      if (foreign.length > 0 && !foreign.includes("schema_migrations")) {
+        throw new StoreError(
+          `${this.path} is not an abgate store: it has tables (${foreign.slice(0, 5).join(", ")}${foreign.length > 5 ? ", ..." : ""}) and no abgate schema; abgate leaves it alone. Point store: at a new file`,
+        );
+      }
       db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
       db.transaction(() => {
@@ -741,7 +761,7 @@ export class SqliteStore implements Store {
       }).immediate();
     } catch (err) {
       if (err instanceof StoreError) throw err;
-      throw new StoreError(`cannot migrate SQLite store ${this.path}: ${(err as Error).message}`, { cause: err });
+      throw new StoreError(`cannot migrate SQLite store ${this.path}: ${(err as Error).message}${fileHint(err)}`, { cause: err });
     }
     this.#prepare();
     this.#startCheckpointer();

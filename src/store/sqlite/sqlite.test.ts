@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -94,6 +94,30 @@ describe("SqliteStore specifics", () => {
       const t = new SqliteStore(path);
       await assert.rejects(t.init(), /newer than this abgate understands/);
       await t.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("leaves another application's database alone, and says what to do about a file it cannot open or that is no database", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "theirs.db");
+      const theirs = new Database(path);
+      theirs.exec("CREATE TABLE customers (id INTEGER, name TEXT); INSERT INTO customers VALUES (1, 'alice')");
+      theirs.close();
+      const s = new SqliteStore(path);
+      await assert.rejects(s.init(), /theirs\.db is not an abgate store: it has tables \(customers\) and no abgate schema; abgate leaves it alone\. Point store: at a new file$/);
+      await s.close().catch(() => {});
+      const after = new Database(path, { readonly: true });
+      const tables = after.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table'`).all().map((r) => (r as { name: string }).name);
+      after.close();
+      assert.deepEqual(tables, ["customers"], "nothing added");
+
+      const garbage = join(dir, "garbage.db");
+      writeFileSync(garbage, "x".repeat(8192));
+      assert.throws(() => new SqliteStore(garbage), /cannot open SQLite store .*garbage\.db: file is not a database \(it is not an SQLite database: point store: at another file, or move this one away\)/);
+      assert.throws(() => new SqliteStore(dir), /cannot open SQLite store .*: unable to open database file \(abgate creates the file and its -wal and -shm beside it: the folder must exist and be writable\)/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
