@@ -750,3 +750,30 @@ test("a second gateway of the experiment on the same store says so at start (the
   rmSync(dir, { recursive: true, force: true });
   void config;
 });
+
+test("a gateway killed on this host (its note recent, its pid gone) is not taken for a second one at the restart; a live one still is", async () => {
+  const { pino } = await import("pino");
+  const { startGateway } = await import("../src/gateway.ts");
+  const { hostname } = await import("node:os");
+  const { spawnSync } = await import("node:child_process");
+  const variants = [{ name: "control", url: a.url }, { name: "treatment", url: b.url }];
+  const { config, dir } = testConfig({ experiment: "killed", variants });
+  const deadPid = spawnSync(process.execPath, ["-e", ""]).pid!;
+  const warned = async (note: Record<string, unknown>) => {
+    const store = openStore(config.store);
+    await store.init();
+    await store.setState("killed", "gateway", JSON.stringify({ id: "earlier", admin: "http://127.0.0.1:1", at: Date.now() - 5_000, ...note }));
+    await store.close();
+    const lines: { level: number; msg: string }[] = [];
+    const gw = await startGateway(config, { log: pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) }) });
+    await gw.stop();
+    return lines.some((l) => l.level === 40 && /^another abgate serves this experiment/.test(l.msg));
+  };
+  try {
+    assert.equal(await warned({ pid: deadPid, host: hostname() }), false, "killed here: no warning");
+    assert.equal(await warned({ pid: process.pid, host: hostname() }), true, "its process runs: a second gateway");
+    assert.equal(await warned({ pid: deadPid, host: "another-host" }), true, "on another host its pid says nothing");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
