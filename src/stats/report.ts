@@ -328,7 +328,9 @@ export function buildReport(input: ReportInput): ReportOutput {
       const t = armStats(metric, variant);
       const strata = periods.length >= 2 ? periods.map((m) => ({ control: armStats(m, control), treatment: armStats(m, variant) })) : undefined;
       // (once, for the comparison and its guardrail)
-      const byPeriod = strata !== undefined ? { strata, result: stratifiedDifference(strataSamples(strata), { alpha }) } : undefined;
+      // (under the bandit, periods by precision: its later periods give the losing arm the floor; see StratumWeights)
+      const weights = input.strategy === "bandit" ? "precision" : "units";
+      const byPeriod = strata !== undefined ? { strata, result: stratifiedDifference(strataSamples(strata), { alpha, weights }) } : undefined;
       const comparison = compare(metric, variant, c, t, alpha, tau2Standardized, byPeriod);
       const key = `${config.name}/${variant}`;
       comparison.pValueSequential = runningMinimum(storedP(prior, key), comparison.pValueSequential);

@@ -29,6 +29,26 @@ describe("stratifiedDifference (post-stratification by period)", () => {
     assert.equal(r.error, undefined);
   });
 
+  it("precision weights (the bandit's): n_C·n_T/(n_C + n_T), worked by hand in Python; one period is the same either way", () => {
+    // a period at 50/50, then one where the control had the floor: 20 units against 1,980
+    const strata = [
+      { control: { units: 500, conversions: 50 }, treatment: { units: 500, conversions: 60 } },
+      { control: { units: 20, conversions: 2 }, treatment: { units: 1980, conversions: 250 } },
+    ];
+    const r = stratifiedDifference(strata, { weights: "precision" });
+    // weights 250 and 19.8 (of 269.8): 0.92661 and 0.07339, where by units they are 1/3 and 2/3
+    close(r.control, 0.09999999999999999, "control");
+    close(r.treatment, 0.12045959970348406, "treatment");
+    close(r.diff, 0.02045959970348407, "diff");
+    close(r.varDiffNull, 0.00036618640169996605, "variance under H0");
+    close(r.statistic, 1.0691681823711283, "z");
+    close(r.pValue, 0.28499389298581335, "p", 1e-9);
+    const byUnits = stratifiedDifference(strata);
+    assert.ok(byUnits.varDiffNull! > 5 * r.varDiffNull!, `by units ${byUnits.varDiffNull}, by precision ${r.varDiffNull}`);
+    const one = [strata[0]!];
+    assert.deepEqual(stratifiedDifference(one, { weights: "precision" }), stratifiedDifference(one));
+  });
+
   it("one period is the plain comparison for rates (pooled z, unpooled Wald interval); for means, Welch's interval", () => {
     const c = { units: 1000, conversions: 112 };
     const t = { units: 950, conversions: 131 };

@@ -28,6 +28,17 @@ export interface StratifiedResult {
   error?: StatsErrorCode;
 }
 
+/**
+ * How the periods are weighted: "units", W_k ∝ n_C,k + n_T,k (each period as much as its share of the units: the
+ * effect over the population; the default); or "precision", W_k ∝ n_C,k·n_T,k / (n_C,k + n_T,k), the inverse of the
+ * variance of a period's difference when the arms' variances are alike (Cochran–Mantel–Haenszel; the weights of
+ * Optimizely's Epoch Stats Engine under Stats Accelerator, whose bandits starve arms as abgate's does). With a bandit
+ * the later, larger periods give the losing arm its 1% floor, and weighting them by their units made their noisy
+ * differences the estimate: in a calibration audit by simulation a real +15% lift was found in 0.5% of runs; with
+ * precision weights, 6.5%. Both estimate the same difference when it is one for all periods; under H0 both are tests.
+ */
+export type StratumWeights = "units" | "precision";
+
 /** Fewest units per arm for a period to be used: one unit gives no variance of its own. */
 export const MIN_STRATUM_UNITS = 2;
 
@@ -51,7 +62,7 @@ export const MIN_STRATUM_UNITS = 2;
  * covariance is 0 (independent arms). Periods with fewer than MIN_STRATUM_UNITS units in an arm carry no contrast and
  * are left out (their units counted in `excludedUnits`). Data problems give an `error`, as elsewhere.
  */
-export function stratifiedDifference(strata: readonly Stratum[], options: { alpha?: number } = {}): StratifiedResult {
+export function stratifiedDifference(strata: readonly Stratum[], options: { alpha?: number; weights?: StratumWeights } = {}): StratifiedResult {
   const alpha = alphaOf(options.alpha);
   const empty: StratifiedResult = {
     control: null,
@@ -78,7 +89,9 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
   const used = valid.filter((a) => a.c.n >= MIN_STRATUM_UNITS && a.t.n >= MIN_STRATUM_UNITS);
   const excludedUnits = valid.reduce((s, a) => s + a.c.n + a.t.n, 0) - used.reduce((s, a) => s + a.c.n + a.t.n, 0);
   if (used.length === 0) return { ...empty, excludedUnits, error: "ZERO_UNITS" };
-  const total = used.reduce((s, a) => s + a.c.n + a.t.n, 0);
+  const precision = options.weights === "precision";
+  const sizeOf = (a: { c: Arm; t: Arm }) => (precision ? (a.c.n * a.t.n) / (a.c.n + a.t.n) : a.c.n + a.t.n);
+  const total = used.reduce((s, a) => s + sizeOf(a), 0);
   let mC = 0;
   let mT = 0;
   let vC = 0;
@@ -91,7 +104,7 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
   let dfNull = 0;
   const rates = kind === "proportion";
   for (const { c, t } of used) {
-    const w = (c.n + t.n) / total;
+    const w = sizeOf({ c, t }) / total;
     mC += w * c.mean;
     mT += w * t.mean;
     const aC = (w * w * c.variance) / c.n;
