@@ -37,14 +37,14 @@ function input(arms: Arms, weights: Record<string, number>, over: Partial<Report
   };
 }
 
-/** The always-valid interval of one look, as the report computes it (the pooled variance under H0, τ² = 1e-3 · it). */
+/** The always-valid interval of one look, as the report computes it (the larger of the pooled and the arms' own variances; τ² = 1e-3 · the pooled one). */
 function lookInterval(control: [number, number], treatment: [number, number]): [number, number] {
   const pC = control[1] / control[0];
   const pT = treatment[1] / treatment[0];
   const pooled = (control[1] + treatment[1]) / (control[0] + treatment[0]);
   const s = mixtureSprt({
     diff: pT - pC,
-    varDiff: pooled * (1 - pooled) * (1 / control[0] + 1 / treatment[0]),
+    varDiff: Math.max(pooled * (1 - pooled) * (1 / control[0] + 1 / treatment[0]), (pC * (1 - pC)) / control[0] + (pT * (1 - pT)) / treatment[0]),
     tau2: DEFAULT_TAU2_STANDARDIZED * pooled * (1 - pooled),
     alpha: 0.05,
   });
@@ -254,6 +254,20 @@ describe("the always-valid p of a small arm with no conversions yet (a calibrati
     const c = report.metrics[0]!.comparisons[0]!;
     assert.ok(c.pValueSequential! > 0.5, `p = ${c.pValueSequential}`);
     assert.equal(c.significant, false);
+    assert.equal(report.decision.action, "continue");
+  });
+
+  it("means with unequal variances: the small arm's larger spread counts (the pooled variance alone promoted on noise)", () => {
+    // a review's case: control 9,000 units, mean 1.0, variance 3; treatment 1,000, mean 1.3, variance 19. Welch's
+    // fixed-horizon p is 0.031; with the pooled variance alone the always-valid p was 0.021, and the report promoted.
+    const metrics: MetricConfig[] = [{ name: "minutes", kind: "mean", event: "watched" }];
+    const base = input({ control: [9000, 0], treatment: [1000, 0] }, NINETY_TEN, { metrics });
+    const arm = (n: number, mean: number, variance: number) => ({ n, sum: n * mean, sumSquares: (n - 1) * variance + n * mean * mean });
+    const byVariant = { control: arm(9000, 1, 3), treatment: arm(1000, 1.3, 19) };
+    const { report } = buildReport({ ...base, aggregates: { ...base.aggregates, metrics: [{ name: "minutes", kind: "mean", byVariant }] } });
+    const c = report.metrics[0]!.comparisons[0]!;
+    assert.ok(c.pValue! > 0.02 && c.pValue! < 0.04, `Welch p = ${c.pValue}`);
+    assert.ok(c.pValueSequential! > c.pValue!, `always-valid p = ${c.pValueSequential}, Welch p = ${c.pValue}`);
     assert.equal(report.decision.action, "continue");
   });
 

@@ -11,7 +11,7 @@ import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSp
  *
  * The always-valid p-value is p_n = min(1, 1/Λ_n) running-minimised over looks, and the
  * always-valid (1 - α) interval is D ± √( V(V + τ²)/τ² · (ln((V + τ²)/V) - 2 ln α) ), the set of θ whose shifted
- * ratio stays below 1/α. V is the plug-in variance at this look, as Optimizely's implementation does.
+ * ratio stays below 1/α. V is the variance of the difference estimated at this look (the report's: see compare).
  */
 export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
   const { diff, varDiff, tau2 } = input;
