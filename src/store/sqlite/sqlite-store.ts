@@ -100,11 +100,18 @@ db.pragma("busy_timeout = 1000");
 // A PASSIVE checkpoint copies what is in the WAL when it starts; under writes that never pause, some frames always
 // came after, the WAL is never all copied, so it never starts over, and it grew by 18 MB a second (75,000 new units a
 // second: 218 MB in 12 s). Past walCapBytes a TRUNCATE checkpoint waits for the writer's transaction to end, holds
-// off the next (the writer's retries wait meanwhile), copies everything and empties the WAL.
+// off the next (the writer's retries wait meanwhile), copies everything and empties the WAL. A reader mid-read (a
+// report) keeps it from finishing, and it holds the write lock while it waits for the reader (busy_timeout, 1 s): so
+// after one that did not finish it does not try again for 10 s. Tried back to back it held the lock nearly all the
+// time a reader read, and a writer that waits for the lock sleeps the proxy's thread (for at most its busyTimeoutMs).
+let truncateAfter = 0;
 setInterval(() => {
   try {
     db.pragma("wal_checkpoint(PASSIVE)");
-    if (statSync(workerData.path + "-wal").size > workerData.walCapBytes) db.pragma("wal_checkpoint(TRUNCATE)");
+    if (Date.now() >= truncateAfter && statSync(workerData.path + "-wal").size > workerData.walCapBytes) {
+      const [r] = db.pragma("wal_checkpoint(TRUNCATE)");
+      if (r && r.busy) truncateAfter = Date.now() + 10000;
+    }
   } catch {}
 }, workerData.intervalMs);
 `;
