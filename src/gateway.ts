@@ -1,8 +1,8 @@
 import type { AddressInfo } from "node:net";
 import type { Server } from "node:net";
 import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { systemClock, type Clock, type RandomSource, type TimerHandle } from "./clock.ts";
+import { ownerAliveHere, ownerLabel } from "./owner.ts";
 import type { Config } from "./config/index.ts";
 import { configuredReplicas, createEngine } from "./engines/index.ts";
 import type { Endpoint, Engine } from "./engines/types.ts";
@@ -464,16 +464,17 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     // Another gateway of this experiment on this store: each keeps the weights and ranges it loaded, and a change
     // made through one never reaches the other (units then served in two variants). Each running gateway notes
     // itself in the store every GATEWAY_BEAT_MS; one that finds another's recent note says so, once.
-    const run = { id: randomBytes(8).toString("hex"), pid: process.pid, host: hostname(), admin: adminUrl };
+    const run = { id: randomBytes(8).toString("hex"), pid: process.pid, owner: ownerLabel(), admin: adminUrl };
     let beatTimer: TimerHandle | null = null;
     let warnedOf: string | null = null;
     const beat = async (): Promise<void> => {
       try {
         const raw = await store.getState(config.experiment, GATEWAY_STATE_KEY);
-        const other = raw ? (JSON.parse(raw) as { id?: string; pid?: number; host?: string; admin?: string; at?: number; stopped?: boolean }) : null;
+        const other = raw ? (JSON.parse(raw) as { id?: string; pid?: number; owner?: string; admin?: string; at?: number; stopped?: boolean }) : null;
         const now = clock.now();
-        // (one on this host whose process is gone was killed, not stopped: a restart after kill -9 is no second one)
-        const gone = other?.host === run.host && typeof other.pid === "number" && !processRuns(other.pid);
+        // (one of this host whose process is gone, or whose pid is now another process's, was killed, not stopped:
+        // a restart after kill -9, or of its container, is no second gateway)
+        const gone = typeof other?.owner === "string" && ownerAliveHere(other.owner) === false;
         if (other && other.id !== run.id && !other.stopped && !gone && typeof other.at === "number" && now - other.at < 2 * GATEWAY_BEAT_MS && warnedOf !== other.id) {
           warnedOf = other.id ?? null;
           log.warn(
@@ -541,14 +542,4 @@ export function fallbackOutcome(variant: string, fallback: string, fallbackHealt
   return fallbackHealthy
     ? `its requests are served by ${fallback} (fallback), recorded as assigned ${variant}, served ${fallback}`
     : `its requests get 503 (the fallback ${fallback} has no healthy replica either)`;
-}
-
-/** Whether a process with this pid runs on this host (EPERM: it does, as another user's). */
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }

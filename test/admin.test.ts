@@ -751,11 +751,12 @@ test("a second gateway of the experiment on the same store says so at start (the
   void config;
 });
 
-test("a gateway killed on this host (its note recent, its pid gone) is not taken for a second one at the restart; a live one still is", async () => {
+test("a gateway killed on this host (its note recent, its process gone, or its pid another process's) is not taken for a second one at the restart; a live one still is", async () => {
   const { pino } = await import("pino");
   const { startGateway } = await import("../src/gateway.ts");
   const { hostname } = await import("node:os");
   const { spawnSync } = await import("node:child_process");
+  const { ownerLabel } = await import("../src/owner.ts");
   const variants = [{ name: "control", url: a.url }, { name: "treatment", url: b.url }];
   const { config, dir } = testConfig({ experiment: "killed", variants });
   const deadPid = spawnSync(process.execPath, ["-e", ""]).pid!;
@@ -770,9 +771,13 @@ test("a gateway killed on this host (its note recent, its pid gone) is not taken
     return lines.some((l) => l.level === 40 && /^another abgate serves this experiment/.test(l.msg));
   };
   try {
-    assert.equal(await warned({ pid: deadPid, host: hostname() }), false, "killed here: no warning");
-    assert.equal(await warned({ pid: process.pid, host: hostname() }), true, "its process runs: a second gateway");
-    assert.equal(await warned({ pid: deadPid, host: "another-host" }), true, "on another host its pid says nothing");
+    const [, , ticks] = ownerLabel().split("/");
+    assert.equal(await warned({ owner: `${hostname()}/${deadPid}/1` }), false, "killed here: no warning");
+    // a container's restart: pid 1 (here this process's pid) again, but started later
+    assert.equal(await warned({ owner: `${hostname()}/${process.pid}/${Number(ticks) - 1}` }), false, "its pid is now another process");
+    assert.equal(await warned({ owner: ownerLabel() }), true, "its process runs: a second gateway");
+    assert.equal(await warned({ owner: `another-host/${deadPid}/1` }), true, "on another host its pid says nothing");
+    assert.equal(await warned({ pid: deadPid }), true, "an older note without an owner: warned as before");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

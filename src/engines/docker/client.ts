@@ -1,8 +1,10 @@
-import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import Docker from "dockerode";
 import { AbgateError, EngineUnavailableError } from "../../errors.ts";
 import type { Config } from "../../config/index.ts";
+import { ownerAliveHere, ownerLabel } from "../../owner.ts";
+
+export { ownerLabel };
 
 /** Container labels abgate sets and selects by. */
 export const LABEL = {
@@ -15,45 +17,16 @@ export const LABEL = {
   owner: "abgate.owner",
 } as const;
 
-/** This process's start time since boot (clock ticks, /proc/self/stat field 22): with the pid, it names this process. */
-function startTicks(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // the command name (field 2) may hold spaces and parentheses: fields are counted after its closing ")"
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-/** The owner label's value for replicas this process starts: host, pid and the pid's start time. */
-export function ownerLabel(): string {
-  return `${hostname()}/${process.pid}/${startTicks(process.pid) ?? "?"}`;
-}
-
 /**
- * Whether the abgate that labelled a replica `owner` still runs: on this host, its pid alive with the same start time
- * (a pid the system reused is another process; where there is no /proc to read it, the pid alive). Another host's
- * cannot be checked from here, and counts as not running: most often it is this machine under another name (abgate
- * in a container that was recreated), whose leftovers would otherwise block every `up` until `abgate down`.
- * No owner label (an older abgate): not running.
+ * Whether the abgate that labelled a replica `owner` (ownerLabel) still runs: on this host, its pid alive with the
+ * same start time. Another host's cannot be checked from here, and counts as not running: most often it is this
+ * machine under another name (abgate in a container that was recreated), whose leftovers would otherwise block every
+ * `up` until `abgate down`. This process's own: not running (its leftovers are its to replace). No owner label (an
+ * older abgate): not running.
  */
 export function ownerRunning(owner: string | undefined): boolean {
-  if (!owner) return false;
-  const [host, pidText, ticks] = owner.split("/");
-  if (host !== hostname()) return false;
-  const pid = Number(pidText);
-  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
-  if (ticks === "?") {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === "EPERM";
-    }
-  }
-  const now = startTicks(pid);
-  return now !== null && now === ticks;
+  if (!owner || owner.split("/")[1] === String(process.pid) && owner.startsWith(`${hostname()}/`)) return false;
+  return ownerAliveHere(owner) === true;
 }
 
 /**
