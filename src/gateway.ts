@@ -436,9 +436,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           const m = agg.metrics[0];
           if (m && m.kind === "conversion") {
             strategy.observe!(variantNames.map((v) => ({ variant: v, units: m.byVariant[v]?.units ?? 0, conversions: m.byVariant[v]?.conversions ?? 0 })));
+            // (when they took effect: units exposed while the state is saved are assigned under them already)
+            const weights = strategy.weights();
+            const at = clock.now();
             await saveStrategy();
-            // For the report, which compares the arms within periods of like weights. The update stands without it.
-            await recordBanditWeights(store, config, strategy.weights(), clock.now()).catch((err: unknown) =>
+            // For the report, which compares the arms within periods of like weights; in turn with the changes made
+            // through the admin API, which record theirs too (each a read and a write of the same state). The update
+            // stands without it.
+            const recorded = setWeightsChain.then(() => recordBanditWeights(store, config, weights, at));
+            setWeightsChain = recorded.catch(() => undefined);
+            await recorded.catch((err: unknown) =>
               log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot record the bandit's weights for the report"),
             );
           }

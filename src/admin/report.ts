@@ -33,9 +33,9 @@ const MAX_PERIODS = 30;
 const BANDIT_PERIODS_STATE_KEY = "bandit-periods";
 /**
  * A bandit period ends when some variant's share has moved by more than this fraction of the larger of its share at
- * the period's start and now. Within a period the allocation then stays within ±20% of where it began, which bounds
- * what is left of the bias that pooling would have (Simpson's paradox) to a fraction of it; a bandit that goes from
- * an even split to a 1% floor makes about 18 periods (ln 50 / ln 1.25).
+ * the period's start and now. Within a period the allocation then stays within −20%/+25% of where it began, which bounds
+ * what is left of the bias that pooling would have (Simpson's paradox) to a fraction of it, until more than 64
+ * periods make neighbours merge; a bandit that goes from an even split to a 1% floor makes about 18 (ln 50 / ln 1.25).
  */
 const BANDIT_PERIOD_SHIFT = 0.2;
 
@@ -176,9 +176,12 @@ async function readBanditPeriods(store: Store, config: Config): Promise<BanditPe
   }
 }
 
-/** The times that cut a bandit's run into periods: every period's start but the first (units before it are its own). */
+/**
+ * The times that cut a bandit's run into periods: every period's start, the first too, so that units from before
+ * the bandit ran (a sticky ramp, before a switch of strategy) are a period of their own (none: it is left out).
+ */
 function banditPeriodStarts(periods: readonly BanditPeriod[]): number[] {
-  return [...new Set(periods.slice(1).map((p) => p.since))].sort((a, b) => a - b);
+  return [...new Set(periods.map((p) => p.since))].sort((a, b) => a - b);
 }
 
 /** `earlier` with the period of `shares` from `since` to `until` added last, when it is one (at most MAX_PERIODS). */
