@@ -761,7 +761,9 @@ export class SqliteStore implements Store {
         .prepare(`SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
         .all()
         .map((r) => (r as { name: string }).name);
-      if (foreign.length > 0 && !foreign.includes("schema_migrations")) {
+      // (Rails, golang-migrate and Ecto name their table schema_migrations too; abgate's has these columns)
+      const ours = foreign.includes("schema_migrations") && ["name", "applied_at"].every((c) => db.prepare(`SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = ?`).get(c) !== undefined);
+      if (foreign.length > 0 && !ours) {
         throw new StoreError(
           `${this.path} is not an abgate store: it has tables (${foreign.slice(0, 5).join(", ")}${foreign.length > 5 ? ", ..." : ""}) and no abgate schema; abgate leaves it alone. Point store: at a new file`,
         );

@@ -113,6 +113,14 @@ describe("SqliteStore specifics", () => {
       const tables = after.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table'`).all().map((r) => (r as { name: string }).name);
       after.close();
       assert.deepEqual(tables, ["customers"], "nothing added");
+      // another tool's migrations table of the same name (Rails: one column, version)
+      const rails = join(dir, "rails.db");
+      const r = new Database(rails);
+      r.exec("CREATE TABLE schema_migrations (version TEXT PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000'); CREATE TABLE users (id INTEGER)");
+      r.close();
+      const t = new SqliteStore(rails);
+      await assert.rejects(t.init(), /rails\.db is not an abgate store: it has tables \(schema_migrations, users\) and no abgate schema/);
+      await t.close().catch(() => {});
 
       const garbage = join(dir, "garbage.db");
       writeFileSync(garbage, "x".repeat(8192));
