@@ -249,6 +249,53 @@ describe("experimentReport: SRM across weight changes", () => {
     }
   });
 
+  it("bandit: a latency guardrail compares requests within periods too (slow hours while the bandit favoured one arm are no breach)", async () => {
+    const own = openStore(`sqlite:${join(dir, "bandit-latency.db")}`);
+    await own.init();
+    const cfg = parseConfig(
+      [
+        "experiment: exp",
+        "engine: static",
+        "strategy: { kind: bandit }",
+        "variants:",
+        "  - { name: control, url: 'http://127.0.0.1:9001' }",
+        "  - { name: treatment, url: 'http://127.0.0.1:9002' }",
+        "metrics:",
+        "  - { name: watched, kind: conversion, event: watched }",
+        "  - { name: latency, kind: latency, guardrail: { maxRelativeIncrease: 0.2 } }",
+      ].join("\n"),
+      tmpdir(),
+      {},
+    );
+    const rng = seededRandom(33);
+    /** `count` requests of new units from `from`, a second apart, treatment with probability `share`, all as slow */
+    const requests = async (prefix: string, from: number, count: number, share: number, latencyMs: number) => {
+      const rows: Exposure[] = [];
+      for (let i = 0; i < count; i++) {
+        const variant = rng() < share ? "treatment" : "control";
+        const id = `${prefix}${i}`;
+        rows.push({ experiment: "exp", ts: from + i * 1000, requestId: id, unit: id, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: latencyMs * (0.8 + 0.4 * rng()), forced: false });
+      }
+      await own.writeExposures(rows);
+    };
+    try {
+      await recordBanditWeights(own, cfg, { control: 0.5, treatment: 0.5 }, START);
+      await requests("a", START + 60_000, 2000, 0.5, 100);
+      // the busy hours: every request slower, in both arms alike, while the bandit sends 90% to the treatment
+      await recordBanditWeights(own, cfg, { control: 0.1, treatment: 0.9 }, START + 2 * HOUR);
+      await requests("b", START + 2 * HOUR + 60_000, 2000, 0.9, 200);
+      const agg = await own.aggregate("exp", ["control", "treatment"], cfg.metrics);
+      const pooled = agg.metrics.find((m) => m.name === "latency")!.byVariant as Record<string, { n: number; sum: number }>;
+      assert.ok(pooled.treatment!.sum / pooled.treatment!.n > 1.25 * (pooled.control!.sum / pooled.control!.n), "pooled, the treatment looks 25% slower");
+      const report = (await experimentReport(cfg, own, { control: 0.1, treatment: 0.9 }, START + 4 * HOUR)) as Report;
+      const latency = report.guardrails.find((g) => g.name === "latency")!;
+      assert.equal(latency.ok, true, latency.detail);
+      assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+    } finally {
+      await own.close();
+    }
+  });
+
   it("bandit: units from before the bandit ran (a sticky 10/90 start, then a switch of strategy) are a period of their own", async () => {
     const own = openStore(`sqlite:${join(dir, "bandit-switch.db")}`);
     await own.init();

@@ -126,6 +126,20 @@ export async function aggregateExperiment(
        FROM minute_stats WHERE experiment = ? GROUP BY variant`,
     [experiment],
   );
+  // Per period too, when asked: the per-request metrics by the minute of the request (a minute that a period starts
+  // within counts for the period before), since a request's latency and errors are of the time it was served.
+  const needRequestStrata = stratified && metrics.some((m) => m.kind === "latency" || m.kind === "error_rate");
+  const reqPeriodRows = needRequestStrata
+    ? await query(
+        `SELECT variant, ${periodSql("minute", starts)} AS period, SUM(requests) AS requests, SUM(errors) AS errors,
+                SUM(latency_n) AS latency_n, ${safeSumSql("latency_sum", "latency_sum")}, ${safeSumSql("latency_sum_sq", "latency_sum_sq")}
+           FROM minute_stats WHERE experiment = ? GROUP BY 1, 2`,
+        [experiment],
+      )
+    : [];
+  /** request rows by period, then variant */
+  const periodRequests = starts.map(() => new Map<string, Record<string, unknown>>()).concat([new Map<string, Record<string, unknown>>()]);
+  for (const r of reqPeriodRows) periodRequests[num(r.period)]!.set(String(r.variant), r);
   const units = new Map<string, number>();
   /** units by period, then variant */
   const periodUnits = starts.map(() => new Map<string, number>()).concat([new Map<string, number>()]);
@@ -215,13 +229,31 @@ export async function aggregateExperiment(
   const totals = (v: string) => ({ variant: v, units: units.get(v) ?? 0, requests: num(req.get(v)?.requests), fallbackRequests: num(req.get(v)?.fallback) });
   const named = new Set(variants);
   const others = [...new Set([...units.keys(), ...req.keys()])].filter((v) => !named.has(v)).sort();
-  // Per period: the conversion and mean metrics over the units first exposed in it (the per-request metrics have no
-  // unit to place in a period).
+  // Per period: the conversion and mean metrics over the units first exposed in it; latency and error rate over the
+  // requests served in it (by minute).
   const strata = stratified
     ? periodUnits.map((inPeriod, period) => ({
         from: period === 0 ? null : starts[period - 1]!,
         metrics: metrics.flatMap((m): MetricAggregate[] => {
-          if (m.kind !== "conversion" && m.kind !== "mean") return [];
+          if (m.kind === "latency") {
+            const byVariant = Object.fromEntries(
+              variants.map((v) => {
+                const r = periodRequests[period]!.get(v);
+                // (quantiles are kept for the whole run only; a period's are not asked for)
+                return [v, { n: num(r?.latency_n), sum: plainSum(r, "latency_sum"), sumSquares: plainSum(r, "latency_sum_sq"), p50: 0, p99: 0 }];
+              }),
+            );
+            return [{ name: m.name, kind: "latency", byVariant }];
+          }
+          if (m.kind === "error_rate") {
+            const byVariant = Object.fromEntries(
+              variants.map((v) => {
+                const r = periodRequests[period]!.get(v);
+                return [v, { units: num(r?.requests), conversions: num(r?.errors) }];
+              }),
+            );
+            return [{ name: m.name, kind: "error_rate", byVariant }];
+          }
           const res = eventResults.get(m.name)!;
           const stats = (v: string) => res.byPeriod[period]?.get(v);
           if (m.kind === "conversion") {

@@ -303,9 +303,28 @@ export function storeConformance(factory: StoreFactory): void {
       assert.deepEqual(of(p1, "minutes"), { control: { n: 3, sum: 0, sumSquares: 0 }, treatment: { n: 1, sum: 0, sumSquares: 0 } });
       assert.deepEqual(of(p1, "minutes-all"), { control: { n: 3, sum: 4, sumSquares: 16 }, treatment: { n: 1, sum: 0, sumSquares: 0 } });
       assert.deepEqual(of(p0, "buys"), { control: { units: 2, conversions: 0 }, treatment: { units: 1, conversions: 1 } });
-      assert.deepEqual(p0!.metrics.map((m) => m.name), ["watched", "watched-any", "minutes", "minutes-all", "buys"], "per-request metrics have no period");
+      assert.deepEqual(p0!.metrics.map((m) => m.name), ["watched", "watched-any", "minutes", "minutes-all", "buys", "latency", "errors"]);
+      // Per-request metrics by the minute of the request: T0 starts a minute, and the cut within it leaves that whole
+      // minute to period 0; the periods add up to the totals.
+      type Latency = { n: number; sum: number; sumSquares: number };
+      type Errors = { units: number; conversions: number };
+      const total = (name: string) => plain.metrics.find((m) => m.name === name)!.byVariant as Record<string, Latency & Errors>;
+      for (const v of ["control", "treatment"]) {
+        const lat = [p0, p1].map((p) => (of(p, "latency") as Record<string, Latency>)[v]!);
+        assert.equal(lat[0]!.n + lat[1]!.n, total("latency")[v]!.n);
+        assert.ok(Math.abs(lat[0]!.sum + lat[1]!.sum - total("latency")[v]!.sum) < 1e-9);
+        const err = [p0, p1].map((p) => (of(p, "errors") as Record<string, Errors>)[v]!);
+        assert.deepEqual([err[0]!.units + err[1]!.units, err[0]!.conversions + err[1]!.conversions], [total("errors")[v]!.units, total("errors")[v]!.conversions]);
+        const minuteOne = await store.aggregate("exp", ["control", "treatment"], metrics, { periodStarts: [T0 + 60_000] });
+        assert.deepEqual(
+          [0, 1].map((k) => (minuteOne.strata![k]!.metrics.find((m) => m.name === "errors")!.byVariant as Record<string, Errors>)[v]!.units),
+          [0, 1].map((k) => (of([p0, p1][k], "errors") as Record<string, Errors>)[v]!.units),
+          "a cut within a minute counts as at its end",
+        );
+      }
       // starts before and after every unit: empty periods around the whole experiment
       const wide = await store.aggregate("exp", ["control", "treatment"], metrics, { periodStarts: [T0 - 1, T0 + 3_600_000] });
+      assert.deepEqual((wide.strata![1]!.metrics.find((m) => m.name === "errors")!.byVariant as Record<string, unknown>), total("errors"), "all requests within");
       assert.deepEqual(wide.strata!.map((p) => p.metrics[0]!.byVariant), [
         { control: { units: 0, conversions: 0 }, treatment: { units: 0, conversions: 0 } },
         { control: { units: 5, conversions: 2 }, treatment: { units: 2, conversions: 1 } },

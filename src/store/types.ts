@@ -73,8 +73,9 @@ export interface ExperimentAggregates {
   firstExposureTs: number | null;
   lastExposureTs: number | null;
   /**
-   * With `periodStarts`: per period of first exposure, oldest first, from `from` (null: the start) to the next
-   * period's `from`, the conversion and mean metrics (config order) over the units first exposed in it.
+   * With `periodStarts`: per period, oldest first, from `from` (null: the start) to the next period's `from`, the
+   * metrics (config order): conversion and mean over the units first exposed in it, latency and error rate over the
+   * requests served in it (by minute; quantiles 0).
    */
   strata?: { from: number | null; metrics: MetricAggregate[] }[];
 }
