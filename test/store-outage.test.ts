@@ -8,6 +8,17 @@ import { createServer } from "node:http";
 import { SqliteStore } from "../src/store/index.ts";
 import { admin, testGateway } from "./helpers/gateway.ts";
 
+/** `target` with one method replaced (the others bound to it): a store that hangs or fails in one way only. */
+function overriding<T extends object, K extends keyof T>(target: T, key: K, replacement: T[K]): T {
+  return new Proxy(target, {
+    get(t, k) {
+      if (k === key) return replacement;
+      const value = Reflect.get(t, k, t) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(t) : value;
+    },
+  });
+}
+
 test("with the store gone: events get 503 with retry-after, a weight change is refused and not applied, the experiment view still answers", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
   const store = new SqliteStore(join(dir, "outage.db"));
@@ -72,19 +83,11 @@ test("with the store hanging: the experiment view answers within 3 s with the co
   let hang = false;
   let asked = 0;
   const released: (() => void)[] = [];
-  const store = new Proxy(real, {
-    get(target, key) {
-      if (key === "counts") {
-        return async (experiment: string) => {
-          if (!hang) return target.counts(experiment);
-          asked++;
-          await new Promise<void>((r) => released.push(r));
-          return target.counts(experiment);
-        };
-      }
-      const value = Reflect.get(target, key, target) as unknown;
-      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
+  const store = overriding(real, "counts", async (experiment: string) => {
+    if (!hang) return real.counts(experiment);
+    asked++;
+    await new Promise<void>((r) => released.push(r));
+    return real.counts(experiment);
   });
   const backend = createServer((_req, res) => res.end("x"));
   await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
@@ -154,17 +157,9 @@ test("with writes failing but reads answering (a full disk): the view's storeErr
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
   const real = new SqliteStore(join(dir, "full.db"));
   let full = false;
-  const store = new Proxy(real, {
-    get(target, key) {
-      if (key === "writeExposures") {
-        return async (rows: unknown[]) => {
-          if (full) throw new Error("cannot write exposures: database or disk is full");
-          return target.writeExposures(rows as Parameters<typeof target.writeExposures>[0]);
-        };
-      }
-      const value = Reflect.get(target, key, target) as unknown;
-      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
+  const store = overriding(real, "writeExposures", async (rows: Parameters<SqliteStore["writeExposures"]>[0]) => {
+    if (full) throw new Error("cannot write exposures: database or disk is full");
+    return real.writeExposures(rows);
   });
   const backend = createServer((_req, res) => res.end("x"));
   await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
