@@ -15,6 +15,7 @@ import { createProxyServer } from "./proxy/server.ts";
 import { createStrategy, DEFAULT_MAX_SEEN_UNITS, type Strategy, type StrategyState } from "./strategies/index.ts";
 import { ExposureBatcher, openStore } from "./store/index.ts";
 import type { Store } from "./store/types.ts";
+import { latestSchemaVersion } from "./store/migrations.ts";
 import { GatewayMetrics } from "./admin/metrics.ts";
 import { bearerMatches } from "./admin/auth.ts";
 import type { AdminContext, ExperimentView, ReplicaView } from "./admin/context.ts";
@@ -134,6 +135,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       await store.init();
     } finally {
       clearInterval(slowInit);
+    }
+    if (store.migratedFrom !== undefined) {
+      log.info({ from: store.migratedFrom, to: latestSchemaVersion }, "upgraded the store's schema; earlier abgate versions can no longer open it");
     }
 
     const variantNames = config.variants.map((v) => v.name);

@@ -115,6 +115,8 @@ export interface MinuteBucket {
 export interface Store {
   /** Create or upgrade the schema (versioned migrations). */
   init(): Promise<void>;
+  /** After an init that upgraded an existing store: the schema version it had (the gateway says so at start). */
+  readonly migratedFrom?: number;
   /** Append exposures; the caller batches. */
   writeExposures(rows: Exposure[]): Promise<void>;
   /** Append outcome events in one transaction; resolves only once they are durable (fsync'd / committed). */

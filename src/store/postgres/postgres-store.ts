@@ -130,6 +130,7 @@ export class PostgresStore implements Store {
   readonly url: string;
   /** opened with `readOnly`: no migration, writes refused */
   readonly readOnly: boolean;
+  migratedFrom?: number;
   #pool: pgModule.Pool;
   #cache: UnitCache;
   #initialised = false;
@@ -294,6 +295,7 @@ export class PostgresStore implements Store {
           `${this.#where} has schema version ${newest}, newer than this abgate understands (${latestSchemaVersion}); upgrade abgate`,
         );
       }
+      if (newest > 0 && newest < latestSchemaVersion) this.migratedFrom = newest;
       for (const m of migrations) {
         if (applied.has(m.version)) continue;
         for (const sql of m.postgres) await q(sql);

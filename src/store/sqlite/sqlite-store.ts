@@ -651,6 +651,7 @@ export class SqliteStore implements Store {
   readonly path: string;
   /** opened with `readOnly`: no migration, no checkpoint, writes refused */
   readonly readOnly: boolean;
+  migratedFrom?: number;
   #db: Database.Database;
   /** the name the connections open: the path, or an `immutable` URI for a read-only store (see openReadOnly) */
   #openName: string;
@@ -780,6 +781,7 @@ export class SqliteStore implements Store {
             `${this.path} has schema version ${newest}, newer than this abgate understands (${latestSchemaVersion}); upgrade abgate`,
           );
         }
+        if (newest > 0 && newest < latestSchemaVersion) this.migratedFrom = newest;
         for (const m of migrations) {
           if (applied.has(m.version)) continue;
           for (const sql of m.sqlite) db.exec(sql);

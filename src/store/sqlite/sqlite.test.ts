@@ -64,6 +64,7 @@ describe("SqliteStore specifics", () => {
       db.close();
       const store = new SqliteStore(path);
       await store.init();
+      assert.equal(store.migratedFrom, 1, "the gateway says it upgraded the store");
       await store.writeExposures([1, 2].map((i) => ({
         experiment: "exp", ts: 1e12 + 10 + i, requestId: `new-${i}`, unit: "u2", assigned: "treatment", served: "treatment",
         replica: "treatment-0", status: 200, latencyMs: 2.25, forced: false,
@@ -76,6 +77,21 @@ describe("SqliteStore specifics", () => {
       assert.deepEqual(rows.map((r) => r.ts), [1, 2, 3, 11, 12].map((d) => 1e12 + d));
       assert.ok(rows.every((r) => r.t === "real"));
       assert.ok(rows[3]!.id > rows[2]!.id);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a new store and a current one were not migrated (migratedFrom unset)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      for (let i = 0; i < 2; i++) {
+        const s = new SqliteStore(path);
+        await s.init();
+        assert.equal(s.migratedFrom, undefined);
+        await s.close();
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
