@@ -389,17 +389,43 @@ describe("comparisons across weight periods (post-stratified)", () => {
     assert.notEqual(report.decision.action, "rollback", report.decision.reason);
   });
 
-  it("the pooled looks' always-valid state does not carry over once comparisons are post-stratified", () => {
+  it("an older abgate's pooled looks do not carry over once comparisons are post-stratified; this version's one-period looks do", () => {
     const base = input({ control: [2080, 104], treatment: [120, 5] }, HALF);
-    // a state saved by a pooled report: its misleading running minimum
-    const pooled = buildReport(base).sequentialState;
-    const previous = { ...pooled, "watched/treatment": 1e-9 };
     const strata = [
       { from: null, ...period([1980, 99], [20, 0]) },
       { from: NOW - 3_600_000, ...period([100, 5], [100, 5]) },
     ];
-    const { report, sequentialState } = buildReport({ ...base, aggregates: { ...base.aggregates, strata }, previousSequential: previous });
+    // a state saved before the weights changed, with a running minimum (made small here, to be seen)
+    const onePeriod: Record<string, number> = { ...buildReport(base).sequentialState, "watched/treatment": 1e-9 };
+    assert.equal(onePeriod["watched#strata"], 1);
+    const kept = buildReport({ ...base, aggregates: { ...base.aggregates, strata }, previousSequential: onePeriod });
+    assert.equal(kept.report.metrics[0]!.comparisons[0]!.pValueSequential, 1e-9, "a one-period look is valid evidence: kept");
+    // the same from an older abgate (no mark): its looks may have pooled across the change, a misleading minimum
+    const { ["watched#strata"]: _, ...older } = onePeriod;
+    const { report, sequentialState } = buildReport({ ...base, aggregates: { ...base.aggregates, strata }, previousSequential: older });
     assert.ok(report.metrics[0]!.comparisons[0]!.pValueSequential! > 0.01, "not the pooled 1e-9");
-    assert.notEqual(sequentialState["watched#definition"], pooled["watched#definition"]);
+    assert.equal(sequentialState["watched#strata"], 1);
+  });
+
+  it("a guardrail breach found before the first weight change is kept after it (the change makes periods, not a new test)", () => {
+    const metrics: MetricConfig[] = [
+      { name: "watched", kind: "conversion", event: "watched" },
+      { name: "latency", kind: "latency", guardrail: { maxRelativeIncrease: 0.2 } },
+    ];
+    const arms = (n: number, mean: number) => ({ n, sum: n * mean, sumSquares: n * mean * mean + (n - 1) * 400, p50: mean, p99: mean * 2 });
+    const withLatency = (c: number, t: number, strata?: ReportInput["aggregates"]["strata"]) => {
+      const base = input({ control: [2000, 200], treatment: [2000, 200] }, HALF, { metrics });
+      return { ...base, aggregates: { ...base.aggregates, metrics: [...base.aggregates.metrics, { name: "latency", kind: "latency" as const, byVariant: { control: arms(2000, 100), treatment: arms(2000, t) } }], ...(strata ? { strata } : {}) } };
+    };
+    const first = buildReport(withLatency(100, 150));
+    assert.equal(first.report.guardrails[0]!.ok, false, "150 ms against 100 ms: breached");
+    // the rollback it asks for is a weight change: two periods, now within the limit
+    const latencyPeriod = (t: number) => ({ name: "latency", kind: "latency" as const, byVariant: { control: arms(1000, 100), treatment: arms(1000, t) } });
+    const strata = [
+      { from: null, metrics: [latencyPeriod(101)] },
+      { from: NOW - 3_600_000, metrics: [latencyPeriod(101)] },
+    ];
+    const second = buildReport({ ...withLatency(100, 101, strata), previousSequential: first.sequentialState });
+    assert.equal(second.report.guardrails[0]!.ok, false, second.report.guardrails[0]!.detail);
   });
 });

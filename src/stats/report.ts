@@ -312,14 +312,20 @@ export function buildReport(input: ReportInput): ReportOutput {
     // the old event's running minimum p and interval.
     const definitionKey = `${config.name}#definition`;
     const { event, windowMs } = config as { event?: string; windowMs?: number };
-    // Post-stratified comparisons (weights changed: see compare) test the period-weighted difference, not the pooled
-    // one: the pooled looks before (among them, after an upgrade, the misleading ones of a ramp) do not carry over.
+    // Post-stratified comparisons (weights changed: see compare) test the period-weighted difference. Every look of
+    // this version is of one period or post-stratified, so its evidence carries over when the first weight change
+    // makes periods (a guardrail's breach among it); `${metric}#strata` marks a state written so. A state without the
+    // mark is an older abgate's, which pooled across weight changes (the misleading looks of a ramp, or of latency
+    // under the bandit): once this metric is post-stratified, that evidence does not carry over.
     const stratified = (agg.strata ?? []).filter((p) => p.metrics.some((m) => m.name === config.name)).length >= 2;
-    const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized, ...(stratified ? ["post-stratified"] : [])]));
+    const strataKey = `${config.name}#strata`;
+    const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized]));
     const redefined = typeof previous[definitionKey] === "number" && previous[definitionKey] !== definition;
-    const prior = redefined ? {} : previous;
-    if (redefined) for (const k of Object.keys(sequentialState)) if (k.startsWith(`${config.name}/`)) delete sequentialState[k];
+    const pooledAcross = stratified && typeof previous[strataKey] !== "number" && Object.keys(previous).some((k) => k.startsWith(`${config.name}/`));
+    const prior = redefined || pooledAcross ? {} : previous;
+    if (redefined || pooledAcross) for (const k of Object.keys(sequentialState)) if (k.startsWith(`${config.name}/`)) delete sequentialState[k];
     sequentialState[definitionKey] = definition;
+    sequentialState[strataKey] = 1;
     const c = armStats(metric, control);
     const comparisons: Comparison[] = [];
     // The metric's periods of first exposure (conversion and mean metrics, when the weights changed)
