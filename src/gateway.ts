@@ -481,11 +481,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const beat = async (): Promise<void> => {
       try {
         const raw = await store.getState(config.experiment, GATEWAY_STATE_KEY);
-        const other = raw ? (JSON.parse(raw) as { id?: string; pid?: number; owner?: string; admin?: string; at?: number; stopped?: boolean }) : null;
+        const other = raw ? (JSON.parse(raw) as { id?: string; pid?: number; host?: string; owner?: string; admin?: string; at?: number; stopped?: boolean }) : null;
         const now = clock.now();
         // (one of this host whose process is gone, or whose pid is now another process's, was killed, not stopped:
-        // a restart after kill -9, or of its container, is no second gateway)
-        const gone = typeof other?.owner === "string" && ownerAliveHere(other.owner) === false;
+        // a restart after kill -9, or of its container, is no second gateway; a note of the version before has only
+        // host and pid)
+        const owner = other?.owner ?? (typeof other?.host === "string" && typeof other.pid === "number" ? `${other.host}/${other.pid}/?` : undefined);
+        const gone = owner !== undefined && ownerAliveHere(owner) === false;
         if (other && other.id !== run.id && !other.stopped && !gone && typeof other.at === "number" && now - other.at < 2 * GATEWAY_BEAT_MS && warnedOf !== other.id) {
           warnedOf = other.id ?? null;
           log.warn(

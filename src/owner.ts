@@ -24,14 +24,15 @@ export function ownerLabel(): string {
 
 /**
  * Whether `owner` (an ownerLabel) names a process of this host that runs: its pid alive with the same start time
- * (without the ticks, the pid alive). Undefined for another host's, which cannot be checked from here.
+ * (ticks "?": the pid alive). Undefined for another host's, which cannot be checked from here.
  */
 export function ownerAliveHere(owner: string): boolean | undefined {
   const [host, pidText, ticks] = owner.split("/");
   if (host !== hostname()) return undefined;
   const pid = Number(pidText);
   if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  if (ticks === undefined || ticks === "?") {
+  if (ticks === undefined) return false;
+  if (ticks === "?") {
     try {
       process.kill(pid, 0);
       return true;

@@ -777,7 +777,8 @@ test("a gateway killed on this host (its note recent, its process gone, or its p
     assert.equal(await warned({ owner: `${hostname()}/${process.pid}/${Number(ticks) - 1}` }), false, "its pid is now another process");
     assert.equal(await warned({ owner: ownerLabel() }), true, "its process runs: a second gateway");
     assert.equal(await warned({ owner: `another-host/${deadPid}/1` }), true, "on another host its pid says nothing");
-    assert.equal(await warned({ pid: deadPid }), true, "an older note without an owner: warned as before");
+    assert.equal(await warned({ pid: deadPid, host: hostname() }), false, "the version before's note (host and pid): killed here");
+    assert.equal(await warned({ pid: deadPid }), true, "a note without a host: warned as before");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

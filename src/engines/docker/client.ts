@@ -25,7 +25,9 @@ export const LABEL = {
  * older abgate): not running.
  */
 export function ownerRunning(owner: string | undefined): boolean {
-  if (!owner || owner.split("/")[1] === String(process.pid) && owner.startsWith(`${hostname()}/`)) return false;
+  if (!owner) return false;
+  const [host, pid] = owner.split("/");
+  if (host === hostname() && Number(pid) === process.pid) return false;
   return ownerAliveHere(owner) === true;
 }
 

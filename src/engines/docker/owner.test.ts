@@ -18,6 +18,8 @@ test("owner labels: a live abgate on this host owns its replicas; a dead one, a 
     assert.equal(ownerRunning(`another-host.example/${child.pid}/${ticks}`), false, "cannot be checked from here: most often this machine under another name");
     assert.equal(ownerRunning(`${hostname()}/${child.pid}/?`), true, "no start time known: the pid alive");
     assert.equal(ownerRunning(ownerLabel()), false, "this process's own replicas are its to replace");
+    assert.equal(ownerRunning(`${hostname()}/${child.pid}`), false, "a label cut short: not running, as before");
+    assert.equal(ownerRunning(`${hostname()}/0${process.pid}/${ownerLabel().split("/")[2]}`), false, "this process's pid written otherwise");
     assert.match(ownerLabel(), new RegExp(`^${hostname().replace(/[.]/g, "\\.")}/${process.pid}/\\d+$`));
   } finally {
     child.kill("SIGKILL");
