@@ -201,6 +201,18 @@ export const migrations: readonly Migration[] = [
 export const latestSchemaVersion = migrations[migrations.length - 1]!.version;
 
 /**
+ * Rails, golang-migrate and Ecto name their table of migrations `schema_migrations` too; abgate's has these columns.
+ * Given the columns of a `schema_migrations` table, whether it is another tool's (then the store is not abgate's).
+ */
+export function foreignMigrationsTable(columns: readonly string[]): boolean {
+  return !["name", "applied_at"].every((c) => columns.includes(c));
+}
+
+export function notAbgateStore(where: string): StoreError {
+  return new StoreError(`${where} is not an abgate store: its schema_migrations table is another tool's (no name and applied_at columns); abgate leaves it alone. Point store: at a new file or database`);
+}
+
+/**
  * For a store opened read-only, which cannot migrate: refuses a schema that is not exactly this abgate's, given
  * the versions recorded in `schema_migrations` (none: no such table). `where` names the store in messages.
  */

@@ -4,7 +4,7 @@ import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
-import { checkSchemaReadOnly, latestSchemaVersion, migrations } from "../migrations.ts";
+import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
   checkExposure,
@@ -126,6 +126,10 @@ function byKey<T>(key: (t: T) => string): (a: T, b: T) => number {
  * acknowledged even where the server or role defaults to asynchronous commit. Exposures keep the server's default.
  * Upserted rows are sorted by key so that concurrent writers lock rows in the same order and cannot deadlock.
  */
+/** The columns of the schema_migrations table that unqualified names reach (the search path's first schema that has one). */
+const MIGRATION_COLUMNS_SQL = `SELECT a.attname AS column_name FROM pg_attribute a
+  WHERE a.attrelid = to_regclass('schema_migrations') AND a.attnum > 0 AND NOT a.attisdropped`;
+
 export class PostgresStore implements Store {
   readonly url: string;
   /** opened with `readOnly`: no migration, writes refused */
@@ -285,6 +289,8 @@ export class PostgresStore implements Store {
       // first one's migration is done. A server that hangs before init() connects fails it in connectTimeoutMs.
       const q = (text: string, values: unknown[] = []) => c.query(withQueryTimeout(text, values, NO_CLIENT_TIMEOUT_MS));
       await q(`SELECT pg_advisory_xact_lock($1)`, [MIGRATION_LOCK_ID.toString()]);
+      const columns = (await q(MIGRATION_COLUMNS_SQL)).rows.map((r) => String(r.column_name));
+      if (columns.length > 0 && foreignMigrationsTable(columns)) throw notAbgateStore(this.#where);
       await q(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`);
       const res = await q(`SELECT version FROM schema_migrations`);
@@ -312,8 +318,10 @@ export class PostgresStore implements Store {
     try {
       const q = (text: string) => this.#pool.query(withQueryTimeout(text, [], this.#readTimeoutMs + CLIENT_GRACE_MS));
       const present = (await q(`SELECT to_regclass('schema_migrations') IS NOT NULL AS present`)).rows[0]?.present === true;
+      if (present && foreignMigrationsTable((await q(MIGRATION_COLUMNS_SQL)).rows.map((r) => String(r.column_name)))) throw notAbgateStore(this.#where);
       applied = new Set(present ? (await q(`SELECT version FROM schema_migrations`)).rows.map((r) => Number(r.version)) : []);
     } catch (err) {
+      if (err instanceof StoreError) throw err;
       throw new StoreError(`cannot read the schema version of ${this.#where}: ${reason(err)}`, { cause: err });
     }
     checkSchemaReadOnly(this.#where, applied);

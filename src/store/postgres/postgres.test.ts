@@ -366,6 +366,25 @@ if (!installed) {
       }
     });
 
+    it("leaves another tool's schema_migrations alone (Rails: one column), writable or read-only", async () => {
+      await admin((c) => c.query(`CREATE DATABASE abgate_rails`));
+      const theirs = cluster.urlFor("abgate_rails");
+      const c = new pg.Client({ connectionString: theirs });
+      await c.connect();
+      try {
+        await c.query(`CREATE TABLE schema_migrations (version TEXT PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000'); CREATE TABLE users (id INTEGER)`);
+        for (const readOnly of [false, true]) {
+          const s = new PostgresStore(theirs, { readOnly });
+          await assert.rejects(s.init(), (err: unknown) => err instanceof StoreError && /is not an abgate store: its schema_migrations table is another tool's/.test(err.message));
+          await s.close();
+        }
+        const tables = await c.query(`SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`);
+        assert.deepEqual(tables.rows.map((r) => r.tablename), ["schema_migrations", "users"], "nothing added");
+      } finally {
+        await c.end();
+      }
+    });
+
     it("readOnly: reads with SELECT rights alone (init() migrates nothing), refuses writes, and refuses a schema it would have to migrate", async () => {
       await admin((c) => c.query(`CREATE DATABASE abgate_readonly`));
       const owner = cluster.urlFor("abgate_readonly");

@@ -9,7 +9,7 @@ import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
 import { nextTurn } from "../../turn.ts";
 import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, type Query } from "../aggregate.ts";
-import { checkSchemaReadOnly, latestSchemaVersion, migrations } from "../migrations.ts";
+import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
   checkExposures,
@@ -402,6 +402,11 @@ function exposureWriter(db: Database.Database, transaction: WriteTransaction): E
   };
 }
 
+/** The columns of the database's schema_migrations table. */
+function migrationColumns(db: Database.Database): string[] {
+  return db.prepare(`SELECT name FROM pragma_table_info('schema_migrations')`).all().map((r) => (r as { name: string }).name);
+}
+
 /** What to do about an SQLite error that says the file cannot be opened or is not a database (its code), or "". */
 function fileHint(err: unknown): string {
   const code = (err as { code?: string }).code ?? "";
@@ -762,8 +767,7 @@ export class SqliteStore implements Store {
         .prepare(`SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
         .all()
         .map((r) => (r as { name: string }).name);
-      // (Rails, golang-migrate and Ecto name their table schema_migrations too; abgate's has these columns)
-      const ours = foreign.includes("schema_migrations") && ["name", "applied_at"].every((c) => db.prepare(`SELECT 1 FROM pragma_table_info('schema_migrations') WHERE name = ?`).get(c) !== undefined);
+      const ours = foreign.includes("schema_migrations") && !foreignMigrationsTable(migrationColumns(db));
       if (foreign.length > 0 && !ours) {
         throw new StoreError(
           `${this.path} is not an abgate store: it has tables (${foreign.slice(0, 5).join(", ")}${foreign.length > 5 ? ", ..." : ""}) and no abgate schema; abgate leaves it alone. Point store: at a new file`,
@@ -802,9 +806,11 @@ export class SqliteStore implements Store {
     let applied: Set<number>;
     try {
       const table = db.prepare(`SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_migrations'`).get();
+      if (table !== undefined && foreignMigrationsTable(migrationColumns(db))) throw notAbgateStore(this.path);
       const rows = table === undefined ? [] : (db.prepare(`SELECT version FROM schema_migrations`).all() as { version: number }[]);
       applied = new Set(rows.map((r) => r.version));
     } catch (err) {
+      if (err instanceof StoreError) throw err;
       const code = (err as { code?: string }).code;
       const hint = code === "SQLITE_CANTOPEN" || code === "SQLITE_READONLY_DIRECTORY"
         ? " (reading a WAL-mode store takes its -wal and -shm files, or a folder where SQLite may create them)"

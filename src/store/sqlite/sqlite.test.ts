@@ -137,6 +137,9 @@ describe("SqliteStore specifics", () => {
       const t = new SqliteStore(rails);
       await assert.rejects(t.init(), /rails\.db is not an abgate store: it has tables \(schema_migrations, users\) and no abgate schema/);
       await t.close().catch(() => {});
+      const ro = new SqliteStore(rails, { readOnly: true });
+      await assert.rejects(ro.init(), /rails\.db is not an abgate store: its schema_migrations table is another tool's/);
+      await ro.close().catch(() => {});
 
       const garbage = join(dir, "garbage.db");
       writeFileSync(garbage, "x".repeat(8192));
