@@ -430,6 +430,7 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
             sequentialCi: [0.004, 0.034],
             chanceToWin: 0.999,
             significant: true,
+            adjusted: { control: 0.111, value: 0.13, periods: 3, excludedUnits: 12, weights: "precision" },
           },
         ],
       },
@@ -489,6 +490,10 @@ test("a full report renders: values with intervals, lift, p-values, chance to wi
   assert.equal(await page.locator('table.variants tr[data-variant="treatment"] [data-testid="fallback-rps"]').innerText(), "+ 4.5 via control");
   assert.equal(await page.locator('table.variants tr[data-variant="control"] [data-testid="fallback-rps"]').count(), 0);
   assert.match(await page.locator('[data-testid="store-error"]').innerText(), /counts as read at .*2026.*; the store: the store did not answer within 3000 ms/);
+  assert.equal(
+    await page.locator('[data-adjusted="treatment"]').innerText(),
+    "treatment: the weights changed during the experiment, so Δ, lift, p and chance to win compare it with control within each of 3 weight periods, weighted by their precision: 13.00% vs 11.10% (12 units of periods without both left out). The values above pool every period.",
+  );
   assert.match(await page.locator('[data-testid="report-age"]').innerText(), /^report of .+, \d+ s ago$/);
   if (process.env.DASH_REPORT_SHOT) await page.screenshot({ path: process.env.DASH_REPORT_SHOT, fullPage: true });
   // The stream was replaced, so the live table waits; nothing else may complain.

@@ -291,6 +291,9 @@ describe("experimentReport: SRM across weight changes", () => {
       const latency = report.guardrails.find((g) => g.name === "latency")!;
       assert.equal(latency.ok, true, latency.detail);
       assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+      // abgate report's table says what its difference compares, beside values that pool every period
+      const { formatReportTable } = await import("../stats/format.ts");
+      assert.match(formatReportTable(report), /\n  note: treatment is compared with control within each of 2 weight periods, weighted by their precision: [\d.]+ ms vs [\d.]+ ms; the values above pool every period\n/);
     } finally {
       await own.close();
     }

@@ -79,6 +79,15 @@ export function formatReportTable(report: Report): string {
       ).map((l) => `  ${l}`),
     );
     if (m.role !== "guardrail") for (const c of m.comparisons) if (c.error) out.push(`  note: ${c.variant}: ${describeStatsError(c.error)}`);
+    // The table's values pool every period; its difference, p and chance to win do not, when the weights changed.
+    const counted = m.kind === "latency" || m.kind === "error_rate" ? "requests" : "units";
+    for (const c of m.comparisons) {
+      const a = c.adjusted;
+      if (!a) continue;
+      const within = a.periods === 1 ? "within the one weight period that has both" : `within each of ${a.periods} weight periods, weighted by their ${a.weights === "precision" ? "precision" : counted}`;
+      const left = a.excludedUnits > 0 ? ` (${a.excludedUnits} ${counted} of periods without both left out)` : "";
+      out.push(`  note: ${c.variant} is compared with ${report.control ?? "the control"} ${within}: ${valueOf(m, a.value)} vs ${valueOf(m, a.control)}${left}; the values above pool every period`);
+    }
   }
   if (report.guardrails.length > 0) {
     out.push("");

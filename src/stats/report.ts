@@ -140,9 +140,10 @@ export interface Comparison {
   /**
    * When the weights changed during the experiment (periods of first exposure, from the store): the estimates and
    * tests above are post-stratified over the periods that have both arms (stats/stratified.ts), and these are the
-   * arms' period-weighted means they compare, with the periods used and the units of periods left out.
+   * arms' period-weighted means they compare, with the periods used, the units (requests, for latency and error
+   * rate) of periods left out, and how the periods were weighted (by their units, or under the bandit by precision).
    */
-  adjusted?: { control: number | null; value: number | null; periods: number; excludedUnits: number };
+  adjusted?: { control: number | null; value: number | null; periods: number; excludedUnits: number; weights?: "units" | "precision" };
 }
 
 export interface MetricReport {
@@ -660,7 +661,7 @@ function stratifiedComparison(metric: MetricAggregate, variant: string, c: ArmSt
     absolute: r.absolute,
     relative: r.relative,
     pValue: r.pValue,
-    adjusted: { control: r.control, value: r.treatment, periods: r.periods, excludedUnits: r.excludedUnits },
+    adjusted: { control: r.control, value: r.treatment, periods: r.periods, excludedUnits: r.excludedUnits, weights: r.weights },
   };
   if (r.error) out.error = r.error;
   const n = c.units + t.units;

@@ -46,7 +46,7 @@ describe("stratifiedDifference (post-stratification by period)", () => {
     const byUnits = stratifiedDifference(strata);
     assert.ok(byUnits.varDiffNull! > 5 * r.varDiffNull!, `by units ${byUnits.varDiffNull}, by precision ${r.varDiffNull}`);
     const one = [strata[0]!];
-    assert.deepEqual(stratifiedDifference(one, { weights: "precision" }), stratifiedDifference(one));
+    assert.deepEqual({ ...stratifiedDifference(one, { weights: "precision" }), weights: "units" }, stratifiedDifference(one));
   });
 
   it("one period is the plain comparison for rates (pooled z, unpooled Wald interval); for means, Welch's interval", () => {

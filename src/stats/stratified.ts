@@ -25,6 +25,8 @@ export interface StratifiedResult {
   /** the periods that had at least MIN_STRATUM_UNITS units in each arm, and the units of those that did not */
   periods: number;
   excludedUnits: number;
+  /** how the periods were weighted (the option) */
+  weights: StratumWeights;
   error?: StatsErrorCode;
 }
 
@@ -79,6 +81,7 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
     relative: { estimate: null, ci: null },
     periods: 0,
     excludedUnits: 0,
+    weights: options.weights ?? "units",
   };
   if (alpha === null || !Array.isArray(strata)) return { ...empty, error: "INVALID_INPUT" };
   const arms = strata.map((s) => ({ c: armOf(s.control), t: armOf(s.treatment) }));

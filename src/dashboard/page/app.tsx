@@ -529,6 +529,8 @@ function MetricTable(props: {
   // Per-variant intervals exist for rates only: a proportion's variance follows from its value and its n.
   const nOf = (v: string, given?: number) => given ?? (kind === "error_rate" ? units.get(v)?.requests : units.get(v)?.units);
   const level = `${Math.round((1 - alpha) * 100)}%`;
+  // latency and error rate count requests, not units
+  const perRequest = kind === "latency" || kind === "error_rate";
   const rows = variants.filter((v) => v === control || byVariant.has(v));
   return (
     <ScrollBox label={`${metric.name} table`}>
@@ -615,9 +617,12 @@ function MetricTable(props: {
       {(metric.comparisons ?? []).filter((c) => c.adjusted).map((c) => (
         <p key={`${c.variant}-adjusted`} class="muted" data-adjusted={c.variant}>
           {c.variant}: the weights changed during the experiment, so Δ, lift, p and chance to win compare it with {control}{" "}
-          {c.adjusted!.periods === 1 ? "within the one weight period that has both" : `within each of ${c.adjusted!.periods} weight periods, weighted by their units`}:{" "}
+          {c.adjusted!.periods === 1
+            ? "within the one weight period that has both"
+            : `within each of ${c.adjusted!.periods} weight periods, weighted by their ${c.adjusted!.weights === "precision" ? "precision" : perRequest ? "requests" : "units"}`}
+          :{" "}
           {fmtValue(kind, c.adjusted!.value)} vs {fmtValue(kind, c.adjusted!.control)}
-          {c.adjusted!.excludedUnits > 0 ? ` (${c.adjusted!.excludedUnits} units of periods without both left out)` : ""}. The values above pool every period.
+          {c.adjusted!.excludedUnits > 0 ? ` (${c.adjusted!.excludedUnits} ${perRequest ? "requests" : "units"} of periods without both left out)` : ""}. The values above pool every period.
         </p>
       ))}
       {(metric.comparisons ?? []).filter((c) => c.error).map((c) => (

@@ -46,7 +46,7 @@ export interface Comparison {
   /** NON_STATIONARY: the always-valid intervals no longer overlap (the effect moved); no verdict then */
   sequentialError?: string | null;
   /** post-stratified over weight periods: the period-weighted values compared */
-  adjusted?: { control: number | null; value: number | null; periods: number; excludedUnits: number };
+  adjusted?: { control: number | null; value: number | null; periods: number; excludedUnits: number; weights?: "units" | "precision" };
   error?: string;
 }
 
