@@ -2,7 +2,7 @@ import { PassThrough } from "node:stream";
 import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, listExperimentServices, statusOf } from "../engines/docker/client.ts";
+import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, listExperimentServices, removeServices, statusOf } from "../engines/docker/client.ts";
 import { configuredReplicas } from "../engines/index.ts";
 import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
 import { textTable } from "./table.ts";
@@ -125,7 +125,7 @@ export async function down(config: Config, opts: DockerCommandOptions & { stopTi
   const docker = await client(opts);
   // swarm would replace the task containers of a service that still exists: remove the services first
   const services = await listExperimentServices(docker, config).catch(() => []);
-  await Promise.all(services.map((s) => docker.getService(s.ID).remove().catch(() => {})));
+  await removeServices(docker, services);
   if (services.length) out(`removed ${services.length} swarm service(s) of experiment ${config.experiment}`);
   const containers = await listExperimentContainers(docker, config);
   await Promise.all(

@@ -107,7 +107,6 @@ export function containerName(experiment: string, variant: string, replica: numb
   return `abgate-${experiment}-${variant}-${replica}`;
 }
 
-/** Every container of the experiment (running or not), found by label. */
 /** What abgate reads of a swarm service: its id and the labels it set. */
 export interface ServiceInfo {
   ID: string;
@@ -119,6 +118,12 @@ export async function listExperimentServices(docker: Docker, config: Pick<Config
   return (await docker.listServices({ filters: experimentFilter(config) })) as unknown as ServiceInfo[];
 }
 
+/** Removes these services; one already gone (or going) is no error. */
+export async function removeServices(docker: Docker, services: readonly ServiceInfo[]): Promise<void> {
+  await Promise.all(services.map((s) => docker.getService(s.ID).remove().catch(() => {})));
+}
+
+/** Every container of the experiment (running or not), found by label. */
 export async function listExperimentContainers(docker: Docker, config: Pick<Config, "experiment">, all = true): Promise<Docker.ContainerInfo[]> {
   return docker.listContainers({ all, filters: experimentFilter(config) });
 }

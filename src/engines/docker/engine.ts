@@ -16,6 +16,7 @@ import {
   ownerLabel,
   portsOfOtherExperiments,
   refuseIfOwned,
+  removeServices,
   statusOf,
   stoppedWhileStarting,
   tailLogs,
@@ -160,7 +161,7 @@ export class DockerEngine implements Engine {
     }
     if (services.length) {
       onProgress(`removing ${services.length} swarm service(s) of experiment ${this.#config.experiment} (left by engine: swarm)`);
-      await Promise.all(services.map((x) => this.#docker.getService(x.ID).remove().catch(() => {})));
+      await removeServices(this.#docker, services);
     }
     const stale = await listExperimentContainers(this.#docker, this.#config);
     if (stale.length) {

@@ -17,6 +17,7 @@ import {
   ownerLabel,
   portsOfOtherExperiments,
   refuseIfOwned,
+  removeServices,
   statusOf,
   stoppedWhileStarting,
   tailLogs,
@@ -40,6 +41,9 @@ export interface SwarmEngineOptions extends EngineOptions {
   removeTimeoutMs?: number;
 }
 
+/** How long a replica's task must have run to be taken for the holder of its port (see #ownTaskHolds). */
+const OWN_TASK_STABLE_S = 3;
+
 /**
  * Docker Swarm: every replica is a one-task service (`abgate-<experiment>-<variant>-<n>`) on host networking
  * with its own PORT, so that the proxy, not the swarm's ingress, balances between replicas. Swarm restarts
@@ -48,9 +52,6 @@ export interface SwarmEngineOptions extends EngineOptions {
  * provider does) and every few seconds. Images are built locally, so this suits a single-node swarm (or
  * images that every node can pull).
  */
-/** How long a replica's task must have run to be taken for the holder of its port (see #ownTaskHolds). */
-const OWN_TASK_STABLE_S = 3;
-
 export class SwarmEngine implements Engine {
   readonly kind = "swarm" as const;
   readonly #config: Config;
@@ -306,7 +307,7 @@ export class SwarmEngine implements Engine {
   async #removeServices(onProgress: (line: string) => void): Promise<void> {
     const services = await this.#services();
     if (services.length) onProgress(`removing ${services.length} service(s) of experiment ${this.#config.experiment}`);
-    await Promise.all(services.map((s) => this.#docker.getService(s.ID).remove().catch(() => {})));
+    await removeServices(this.#docker, services);
     // Containers of no service: an `up` with engine: docker left them (killed), and swarm removes only its tasks'.
     // They held the replicas' ports, and this waited 30 s for swarm to remove them.
     const plain = (await listExperimentContainers(this.#docker, this.#config)).filter((c) => !c.Labels?.["com.docker.swarm.service.id"]);
