@@ -119,6 +119,10 @@ function byKey<T>(key: (t: T) => string): (a: T, b: T) => number {
   };
 }
 
+/** The columns of the schema_migrations table that unqualified names reach (the search path's first schema that has one). */
+const MIGRATION_COLUMNS_SQL = `SELECT a.attname AS column_name FROM pg_attribute a
+  WHERE a.attrelid = to_regclass('schema_migrations') AND a.attnum > 0 AND NOT a.attisdropped`;
+
 /**
  * The same store on PostgreSQL (`pg` pool). Each write is one transaction of a few array-parameter statements
  * (`unnest`), so a 1,000-row batch is a handful of round trips, not a thousand. Events are durable when COMMIT
@@ -126,10 +130,6 @@ function byKey<T>(key: (t: T) => string): (a: T, b: T) => number {
  * acknowledged even where the server or role defaults to asynchronous commit. Exposures keep the server's default.
  * Upserted rows are sorted by key so that concurrent writers lock rows in the same order and cannot deadlock.
  */
-/** The columns of the schema_migrations table that unqualified names reach (the search path's first schema that has one). */
-const MIGRATION_COLUMNS_SQL = `SELECT a.attname AS column_name FROM pg_attribute a
-  WHERE a.attrelid = to_regclass('schema_migrations') AND a.attnum > 0 AND NOT a.attisdropped`;
-
 export class PostgresStore implements Store {
   readonly url: string;
   /** opened with `readOnly`: no migration, writes refused */
