@@ -304,6 +304,8 @@ export function buildReport(input: ReportInput): ReportOutput {
 
   const metrics: MetricReport[] = [];
   const guardrails: GuardrailReport[] = [];
+  // (under the bandit, periods by precision: its later periods give the losing arm the floor; see StratumWeights)
+  const stratumWeights = input.strategy === "bandit" ? "precision" : "units";
   for (const config of input.metrics) {
     const metric = aggByName.get(config.name) ?? emptyAggregate(config);
     const role: MetricRole = config.name === primaryName ? "primary" : config.kind === "latency" || config.kind === "error_rate" ? "guardrail" : "secondary";
@@ -318,7 +320,10 @@ export function buildReport(input: ReportInput): ReportOutput {
     // makes periods (a guardrail's breach among it); `${metric}#strata` marks a state written so. A state without the
     // mark is an older abgate's, which pooled across weight changes (the misleading looks of a ramp, or of latency
     // under the bandit): once this metric is post-stratified, that evidence does not carry over.
-    const stratified = (agg.strata ?? []).filter((p) => p.metrics.some((m) => m.name === config.name)).length >= 2;
+    // The metric's periods (conversion and mean metrics by first exposure, request metrics by minute), when the
+    // weights changed
+    const periods = (agg.strata ?? []).flatMap((p) => p.metrics.filter((m) => m.name === config.name && m.kind === metric.kind));
+    const stratified = periods.length >= 2;
     const strataKey = `${config.name}#strata`;
     const definition = fnv1a32(JSON.stringify([config.kind, event ?? null, windowMs ?? null, tau2Standardized]));
     const redefined = typeof previous[definitionKey] === "number" && previous[definitionKey] !== definition;
@@ -329,15 +334,11 @@ export function buildReport(input: ReportInput): ReportOutput {
     sequentialState[strataKey] = 1;
     const c = armStats(metric, control);
     const comparisons: Comparison[] = [];
-    // The metric's periods of first exposure (conversion and mean metrics, when the weights changed)
-    const periods = (agg.strata ?? []).flatMap((p) => p.metrics.filter((m) => m.name === config.name && m.kind === metric.kind));
     for (const variant of treatments) {
       const t = armStats(metric, variant);
-      const strata = periods.length >= 2 ? periods.map((m) => ({ control: armStats(m, control), treatment: armStats(m, variant) })) : undefined;
+      const strata = stratified ? periods.map((m) => ({ control: armStats(m, control), treatment: armStats(m, variant) })) : undefined;
       // (once, for the comparison and its guardrail)
-      // (under the bandit, periods by precision: its later periods give the losing arm the floor; see StratumWeights)
-      const weights = input.strategy === "bandit" ? "precision" : "units";
-      const byPeriod = strata !== undefined ? { strata, result: stratifiedDifference(strataSamples(strata), { alpha, weights }) } : undefined;
+      const byPeriod = strata !== undefined ? { strata, result: stratifiedDifference(strataSamples(strata), { alpha, weights: stratumWeights }) } : undefined;
       const comparison = compare(metric, variant, c, t, alpha, tau2Standardized, byPeriod);
       const key = `${config.name}/${variant}`;
       comparison.pValueSequential = runningMinimum(storedP(prior, key), comparison.pValueSequential);
@@ -550,7 +551,7 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
     }
   }
   const out: Comparison = emptyComparison(variant, t);
-  let pooledVariance = 0;
+  const pooledVariance = pooledVarianceOf(c, t);
   if (c.proportion && t.proportion) {
     const r = proportionTest(c.proportion, t.proportion, { alpha });
     Object.assign(out, { absolute: r.absolute, relative: r.relative, pValue: r.pValue });
@@ -558,15 +559,10 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
     // With no units in an arm its posterior is the Beta(1,1) prior: a number, but no evidence (an empty arm "won"
     // 99.7% against 0 of 388 conversions).
     if (metric.kind === "conversion" && c.units > 0 && t.units > 0) out.chanceToWin = chanceToWin(c.proportion, t.proportion);
-    const n = c.proportion.units + t.proportion.units;
-    const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
-    pooledVariance = pooled * (1 - pooled);
   } else if (c.mean && t.mean) {
     const r = meanTest(c.mean, t.mean, { alpha });
     Object.assign(out, { absolute: r.absolute, relative: r.relative, pValue: r.pValue });
     if (r.error) out.error = r.error;
-    const dof = c.units + t.units - 2;
-    pooledVariance = dof > 0 ? ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / dof : 0;
   }
   // mSPRT on the absolute difference (see sequential.ts) with the larger of two variances of this look: the arms'
   // pooled one, times 1/n_C + 1/n_T, and the sum of each arm's own over its units. With each arm's own alone, a small
@@ -592,6 +588,20 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
     out.sequentialCi = s.ci;
   }
   return out;
+}
+
+/**
+ * The arms' pooled variance, what the mSPRT's τ² scales with and its look's variance under H0: p̄(1 − p̄) for rates,
+ * the pooled within-arm sample variance for means; 0 without the units to estimate it.
+ */
+function pooledVarianceOf(c: ArmStats, t: ArmStats): number {
+  if (c.proportion && t.proportion) {
+    const n = c.proportion.units + t.proportion.units;
+    const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
+    return pooled * (1 - pooled);
+  }
+  const dof = c.units + t.units - 2;
+  return dof > 0 ? ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / dof : 0;
 }
 
 /** A comparison of `t` with nothing computed yet. */
@@ -664,15 +674,8 @@ function stratifiedComparison(metric: MetricAggregate, variant: string, c: ArmSt
     adjusted: { control: r.control, value: r.treatment, periods: r.periods, excludedUnits: r.excludedUnits, weights: r.weights },
   };
   if (r.error) out.error = r.error;
-  const n = c.units + t.units;
-  let pooledVariance = 0;
-  if (c.proportion && t.proportion) {
-    const pooled = n > 0 ? (c.proportion.conversions + t.proportion.conversions) / n : 0;
-    pooledVariance = pooled * (1 - pooled);
-    if (metric.kind === "conversion" && r.diff !== null && r.varDiffNull !== null && r.varDiffNull > 0) out.chanceToWin = normalCdf(r.diff / Math.sqrt(r.varDiffNull));
-  } else if (n > 2) {
-    pooledVariance = ((c.units - 1) * c.variance + (t.units - 1) * t.variance) / (n - 2);
-  }
+  const pooledVariance = pooledVarianceOf(c, t);
+  if (metric.kind === "conversion" && r.diff !== null && r.varDiffNull !== null && r.varDiffNull > 0) out.chanceToWin = normalCdf(r.diff / Math.sqrt(r.varDiffNull));
   // (the look's variance: the larger of the pooled one and the arms' own, as in compare)
   if (c.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && t.units >= SEQUENTIAL_MIN_UNITS_PER_VARIANT && r.diff !== null && r.varDiffNull !== null && r.varDiffNull > 0 && pooledVariance > 0) {
     const s = mixtureSprt({ diff: r.diff, varDiff: Math.max(r.varDiffNull, r.varDiff ?? 0), tau2: tau2Standardized * pooledVariance, alpha });
