@@ -195,13 +195,7 @@ export async function aggregateExperiment(
         for (const v of variants) {
           const r = req.get(v);
           const hist = histByVariant.get(v) ?? [];
-          byVariant[v] = {
-            n: num(r?.latency_n),
-            sum: plainSum(r, "latency_sum"),
-            sumSquares: plainSum(r, "latency_sum_sq"),
-            p50: histogramQuantile(hist, 0.5),
-            p99: histogramQuantile(hist, 0.99),
-          };
+          byVariant[v] = { ...latencyStats(r), p50: histogramQuantile(hist, 0.5), p99: histogramQuantile(hist, 0.99) };
         }
         out.push({ name: m.name, kind: "latency", byVariant });
         break;
@@ -209,8 +203,7 @@ export async function aggregateExperiment(
       case "error_rate": {
         const byVariant: Record<string, ProportionStats> = {};
         for (const v of variants) {
-          const r = req.get(v);
-          byVariant[v] = { units: num(r?.requests), conversions: num(r?.errors) };
+          byVariant[v] = errorStats(req.get(v));
         }
         out.push({ name: m.name, kind: "error_rate", byVariant });
         break;
@@ -235,23 +228,14 @@ export async function aggregateExperiment(
     ? periodUnits.map((inPeriod, period) => ({
         from: period === 0 ? null : starts[period - 1]!,
         metrics: metrics.flatMap((m): MetricAggregate[] => {
+          const inPeriodRequests = periodRequests[period]!;
           if (m.kind === "latency") {
-            const byVariant = Object.fromEntries(
-              variants.map((v) => {
-                const r = periodRequests[period]!.get(v);
-                // (quantiles are kept for the whole run only; a period's are not asked for)
-                return [v, { n: num(r?.latency_n), sum: plainSum(r, "latency_sum"), sumSquares: plainSum(r, "latency_sum_sq"), p50: 0, p99: 0 }];
-              }),
-            );
+            // (quantiles are kept for the whole run only; a period's are not asked for)
+            const byVariant = Object.fromEntries(variants.map((v) => [v, { ...latencyStats(inPeriodRequests.get(v)), p50: 0, p99: 0 }]));
             return [{ name: m.name, kind: "latency", byVariant }];
           }
           if (m.kind === "error_rate") {
-            const byVariant = Object.fromEntries(
-              variants.map((v) => {
-                const r = periodRequests[period]!.get(v);
-                return [v, { units: num(r?.requests), conversions: num(r?.errors) }];
-              }),
-            );
+            const byVariant = Object.fromEntries(variants.map((v) => [v, errorStats(inPeriodRequests.get(v))]));
             return [{ name: m.name, kind: "error_rate", byVariant }];
           }
           const res = eventResults.get(m.name)!;
@@ -277,6 +261,16 @@ export async function aggregateExperiment(
     lastExposureTs,
     ...(strata ? { strata } : {}),
   };
+}
+
+/** A minute_stats sum's latency as MeanStats (over requests). */
+function latencyStats(r: Record<string, unknown> | undefined): MeanStats {
+  return { n: num(r?.latency_n), sum: plainSum(r, "latency_sum"), sumSquares: plainSum(r, "latency_sum_sq") };
+}
+
+/** A minute_stats sum's errors as ProportionStats (over requests). */
+function errorStats(r: Record<string, unknown> | undefined): ProportionStats {
+  return { units: num(r?.requests), conversions: num(r?.errors) };
 }
 
 async function latencyHistograms(query: Query, experiment: string): Promise<Map<string, { bucket: number; count: number }[]>> {
