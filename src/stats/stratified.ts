@@ -106,8 +106,9 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
   let varNull = 0;
   let dfNull = 0;
   const rates = kind === "proportion";
-  for (const { c, t } of used) {
-    const w = sizeOf({ c, t }) / total;
+  for (const arms of used) {
+    const { c, t } = arms;
+    const w = sizeOf(arms) / total;
     mC += w * c.mean;
     mT += w * t.mean;
     const aC = (w * w * c.variance) / c.n;
@@ -116,7 +117,8 @@ export function stratifiedDifference(strata: readonly Stratum[], options: { alph
     vT += aT;
     sumA += aC + aT;
     sumA2 += (aC * aC) / (c.n - 1) + (aT * aT) / (t.n - 1);
-    const pooled = rates ? ((c.n * c.mean + t.n * t.mean) / (c.n + t.n)) * (1 - (c.n * c.mean + t.n * t.mean) / (c.n + t.n)) : ((c.n - 1) * c.variance + (t.n - 1) * t.variance) / (c.n + t.n - 2);
+    const pooledRate = (c.n * c.mean + t.n * t.mean) / (c.n + t.n);
+    const pooled = rates ? pooledRate * (1 - pooledRate) : ((c.n - 1) * c.variance + (t.n - 1) * t.variance) / (c.n + t.n - 2);
     varNull += w * w * pooled * (1 / c.n + 1 / t.n);
     dfNull += c.n + t.n - 2;
   }
