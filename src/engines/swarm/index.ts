@@ -429,7 +429,7 @@ export class SwarmEngine implements Engine {
   async #ownTaskHolds(id: string): Promise<boolean> {
     const [variant, replica] = [id.slice(0, id.lastIndexOf("-")), id.slice(id.lastIndexOf("-") + 1)];
     const running = await this.#docker
-      .listContainers({ filters: { label: [`${LABEL.experiment}=${this.#config.experiment}`, `${LABEL.variant}=${variant}`, `${LABEL.replica}=${replica}`], status: ["running"] } })
+      .listContainers({ filters: { label: [...experimentFilter(this.#config).label, `${LABEL.variant}=${variant}`, `${LABEL.replica}=${replica}`], status: ["running"] } })
       .catch(() => []);
     const nowS = this.#clock.now() / 1000;
     const stable = running.some((c) => !this.#dead.has(c.Id) && nowS - c.Created >= OWN_TASK_STABLE_S);
