@@ -11,6 +11,9 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# test/store-stall.test.ts: a loop-mounted ext4 it freezes
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v fsfreeze >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing ${need[*]} and not root: install them with apt-get first" >&2
@@ -32,7 +35,7 @@ fi
 echo "== docker engine"
 bash scripts/start-dockerd.sh
 
-export ABGATE_REQUIRE_DOCKER=1 ABGATE_REQUIRE_POSTGRES=1 ABGATE_REQUIRE_BROWSER=1 ABGATE_REQUIRE_UNPRIVILEGED=1
+export ABGATE_REQUIRE_DOCKER=1 ABGATE_REQUIRE_POSTGRES=1 ABGATE_REQUIRE_BROWSER=1 ABGATE_REQUIRE_UNPRIVILEGED=1 ABGATE_REQUIRE_FREEZE=1
 if [ $# -eq 0 ]; then set -- npm test; fi
 echo "== $*"
 exec "$@"

@@ -13,7 +13,7 @@ import { Balancer } from "./proxy/balancer.ts";
 import { LiveStats } from "./proxy/live.ts";
 import { createProxyServer } from "./proxy/server.ts";
 import { createStrategy, DEFAULT_MAX_SEEN_UNITS, type Strategy, type StrategyState } from "./strategies/index.ts";
-import { ExposureBatcher, openStore } from "./store/index.ts";
+import { ExposureBatcher, openStore, type SqliteWriter } from "./store/index.ts";
 import type { Store } from "./store/types.ts";
 import { latestSchemaVersion } from "./store/migrations.ts";
 import { GatewayMetrics } from "./admin/metrics.ts";
@@ -36,6 +36,8 @@ export interface GatewayOptions {
   log?: Logger;
   clock?: Clock;
   random?: RandomSource;
+  /** where a SQLite store is written (default auto: on a thread of its own when there is a second core; see SqliteWriter) */
+  sqliteWriter?: SqliteWriter;
   /** record exposures (default: on, unless ABGATE_EXPOSURES=off) */
   exposures?: boolean;
   /** receives the generated admin token when the config has none (default: printed once on stderr) */
@@ -102,10 +104,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   };
 
   try {
-    // Writes run on the proxy's thread, which SQLite's wait for a lock would hold: see busyTimeoutMs.
+    // Writes may run on the proxy's thread (sqliteWriter), which SQLite's wait for a lock would hold: see busyTimeoutMs.
     const store =
       options.store ??
       openStore(config.store, {
+        sqliteWriter: options.sqliteWriter ?? "auto",
         busyTimeoutMs: 100,
         closeCheckpointWaitMs: CLOSE_CHECKPOINT_WAIT_MS,
         onCloseCheckpoint: (event) => {

@@ -198,7 +198,7 @@ let chosenBin: { path: string; note: string } | undefined;
 
 /**
  * Which abgate CLI the benchmarks run. ABGATE_BIN wins when set. Otherwise the sources are bundled with tsup
- * into bench/results/abgate-build/ (git-ignored; deliberately not dist/, because bin/abgate.js prefers a dist/
+ * (the CLI, and the SQLite writer thread's entry beside it, where the store looks for it) into bench/results/abgate-build/ (git-ignored; deliberately not dist/, because bin/abgate.js prefers a dist/
  * that exists and a stale one would change what everybody else's tests run). A failed build falls back to
  * bin/abgate.js, which runs the sources through tsx: same code, but more memory for the loader.
  */
@@ -218,7 +218,7 @@ export function abgateBin(): { path: string; note: string } {
     rmSync(outDir, { recursive: true, force: true });
     const build = spawnSync(
       "npx",
-      ["tsup", "src/cli/main.ts", "--no-config", "--format", "esm", "--target", "node20", "--out-dir", outDir, "--silent", ...external.flatMap((e) => ["--external", e])],
+      ["tsup", "--entry.main", "src/cli/main.ts", "--entry.sqlite-writer", "src/store/sqlite/writer-worker.ts", "--no-config", "--format", "esm", "--target", "node20", "--out-dir", outDir, "--silent", ...external.flatMap((e) => ["--external", e])],
       { cwd: repoRoot, encoding: "utf8", timeout: 120_000 },
     );
     if (build.status === 0 && existsSync(built)) {

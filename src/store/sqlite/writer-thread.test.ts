@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { StoreError } from "../../errors.ts";
+import { storeConformance } from "../conformance.ts";
+import { openStore } from "../index.ts";
+import type { Exposure } from "../types.ts";
+import { SqliteStore } from "./sqlite-store.ts";
+import { packExposures, packPairs, SqliteThreadStore, unpackExposures, unpackPairs } from "./writer-thread.ts";
+
+const root = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+let n = 0;
+
+storeConformance({
+  name: "SQLite written on a thread of its own",
+  async fresh() {
+    const path = join(root, `t${++n}`, "abgate.db");
+    return { open: () => new SqliteThreadStore(path), dispose: async () => {} };
+  },
+  async teardown() {
+    rmSync(root, { recursive: true, force: true });
+  },
+});
+
+const exposure = (i: number, over: Partial<Exposure> = {}): Exposure => ({
+  experiment: "exp",
+  ts: 1_700_000_000_000 + i,
+  requestId: `r${i}`,
+  unit: `u${i}`,
+  assigned: "control",
+  served: i % 3 === 0 ? "treatment" : "control",
+  replica: i % 2 === 0 ? "control-0" : "",
+  status: i % 7 === 0 ? 502 : 200,
+  latencyMs: i / 4,
+  forced: i % 5 === 0,
+  ...over,
+});
+
+describe("SqliteThreadStore", () => {
+  it("packs exposures losslessly, lone surrogates and empty strings too, and refuses to pack a NUL", () => {
+    const rows = [exposure(0), exposure(1, { unit: "\ud800x", requestId: "", replica: "" }), exposure(2, { latencyMs: -0.5, status: 0 })];
+    assert.deepEqual(unpackExposures(packExposures(rows)!), rows);
+    assert.deepEqual(unpackExposures(packExposures([])!), []);
+    assert.equal(packExposures([exposure(3, { unit: "a\0b" })]), null);
+    assert.equal(packExposures([exposure(3, { requestId: "\0" })]), null);
+    const pairs: [string, string][] = [["u1", "control"], ["", "treatment"]];
+    assert.deepEqual(unpackPairs(packPairs(pairs)), pairs);
+    assert.deepEqual(unpackPairs(packPairs([])), []);
+    assert.deepEqual(unpackPairs(packPairs([["a\0", "b"]])), [["a\0", "b"]]);
+  });
+
+  it("is what openStore gives a gateway with a second core, and never for reading or memory", () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    try {
+      const path = join(dir, "a.db");
+      assert.ok(openStore(`sqlite:${path}`, { sqliteWriter: "thread" }) instanceof SqliteThreadStore);
+      assert.ok(openStore(`sqlite:${path}`) instanceof SqliteStore);
+      assert.ok(openStore(`sqlite:${path}`, { sqliteWriter: "inline" }) instanceof SqliteStore);
+      assert.ok(openStore("sqlite::memory:", { sqliteWriter: "thread" }) instanceof SqliteStore);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a row with a NUL as the store on the caller's thread does, whole, and writes the next batch", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    const path = join(dir, "a.db");
+    const store = new SqliteThreadStore(path);
+    try {
+      await store.init();
+      await assert.rejects(store.writeExposures([exposure(1), exposure(2, { unit: "a\0b" })]), (err: unknown) => err instanceof StoreError && /exposure 1: unit and requestId must not contain NUL/.test(err.message));
+      await store.writeExposures([exposure(1), exposure(2)]);
+      assert.deepEqual(await store.counts("exp"), { exposures: 2, events: 0 });
+      await assert.rejects(store.recentUnits("exp", -1), /limit/);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("says why it cannot open a file, and opens once the cause is gone", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    const path = join(dir, "a.db");
+    try {
+      // another application's database
+      const foreign = new SqliteStore(path);
+      await foreign.init();
+      await foreign.close();
+      const db = new (await import("better-sqlite3")).default(path);
+      db.exec("DROP TABLE schema_migrations; CREATE TABLE schema_migrations (version TEXT PRIMARY KEY)");
+      db.close();
+      const store = new SqliteThreadStore(path);
+      await assert.rejects(store.init(), (err: unknown) => err instanceof StoreError && /is not an abgate store/.test(err.message));
+      rmSync(path);
+      rmSync(`${path}-wal`, { force: true });
+      rmSync(`${path}-shm`, { force: true });
+      await store.init();
+      await store.writeExposures([exposure(1)]);
+      assert.deepEqual(await store.counts("exp"), { exposures: 1, events: 0 });
+      await store.close();
+      await assert.rejects(store.writeExposures([exposure(2)]), /is closed/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,69 @@
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/**
+ * A small ext4 filesystem of its own, loop-mounted, that a test can freeze (fsfreeze): writes to it then block in
+ * the kernel until it is thawed, as on a stalled disk. Needs root and a loop device; undefined when either is
+ * missing, and with ABGATE_REQUIRE_FREEZE=1 (scripts/test-env.sh, so CI) that throws instead, as a skipped test
+ * would pass.
+ */
+export interface Freezable {
+  /** the mount point */
+  dir: string;
+  freeze(): void;
+  thaw(): void;
+  /** thaws, unmounts and removes everything (safe to call twice) */
+  dispose(): void;
+}
+
+const run = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+
+export function freezableFolder(): Freezable | undefined {
+  const root = mkdtempSync(join(tmpdir(), "abgate-freeze-"));
+  const image = join(root, "fs.img");
+  const dir = join(root, "mnt");
+  mkdirSync(dir);
+  let mounted = false;
+  let frozen = false;
+  const dispose = () => {
+    if (frozen) run("fsfreeze", ["-u", dir]);
+    frozen = false;
+    if (mounted) run("umount", [dir]);
+    mounted = false;
+    rmSync(root, { recursive: true, force: true });
+  };
+  const steps: [string, string[]][] = [
+    ["truncate", ["-s", "64M", image]],
+    ["mkfs.ext4", ["-q", image]],
+    ["mount", ["-o", "loop", image, dir]],
+  ];
+  for (const [cmd, args] of steps) {
+    const r = run(cmd, args);
+    if (r.status !== 0) {
+      dispose();
+      const why = `${cmd} ${args.join(" ")}: ${r.error?.message ?? r.stderr.trim()}`;
+      if (process.env.ABGATE_REQUIRE_FREEZE === "1") throw new Error(`ABGATE_REQUIRE_FREEZE=1 but no freezable filesystem can be made (${why})`);
+      return undefined;
+    }
+    if (cmd === "mount") mounted = true;
+  }
+  // A test that dies with the filesystem frozen must not leave it so: every later write to it would hang.
+  process.once("exit", dispose);
+  return {
+    dir,
+    freeze() {
+      const r = run("fsfreeze", ["-f", dir]);
+      if (r.status !== 0) throw new Error(`fsfreeze -f ${dir}: ${r.stderr.trim()}`);
+      frozen = true;
+    },
+    thaw() {
+      if (!frozen) return;
+      const r = run("fsfreeze", ["-u", dir]);
+      if (r.status !== 0) throw new Error(`fsfreeze -u ${dir}: ${r.stderr.trim()}`);
+      frozen = false;
+    },
+    dispose,
+  };
+}
