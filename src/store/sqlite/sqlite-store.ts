@@ -44,6 +44,12 @@ export interface SqliteStoreOptions {
    */
   walCapBytes?: number;
   /**
+   * Run those checkpoints on this store's own connection, between its writes, instead of on a thread (default
+   * false): for a store that itself runs on a thread of its own (SqliteThreadStore), where a checkpoint holds up only
+   * the writes, and another thread would cost memory (each one's heap: about 4 MB).
+   */
+  checkpointBetweenWrites?: boolean;
+  /**
    * How long `writeExposures` keeps the event loop busy at a time, on average (default 0.5): it writes a big batch
    * in slices of about that, with a turn of the event loop between them, all in one transaction. The slower slices
    * (cold caches, a GC pause, rows of new units) take up to about twice as long. Smaller slices cost next to no CPU
@@ -419,6 +425,15 @@ function fileHint(err: unknown): string {
 /** What the WAL is cut back to after a checkpoint, and the size past which the checkpointer empties it. */
 const WAL_CAP_BYTES = 64 * 2 ** 20;
 
+/** The size of a store's -wal file, 0 when there is none. */
+function walBytes(path: string): number {
+  try {
+    return statSync(`${path}-wal`).size;
+  } catch {
+    return 0;
+  }
+}
+
 /** Slice size before any slice has been timed: about half a millisecond of this store's work (3 µs a row, cold). */
 const INITIAL_SLICE_ROWS = 150;
 /** Below this a slice is mostly the cost of a statement run and a turn of the event loop. */
@@ -668,6 +683,9 @@ export class SqliteStore implements Store {
   #transaction: WriteTransaction | null = null;
   #exposures: ExposureWriter | null = null;
   #checkpointer: Worker | null = null;
+  /** the checkpoints' timer when they run between writes (checkpointBetweenWrites) */
+  #checkpointTimer: NodeJS.Timeout | null = null;
+  readonly #checkpointBetweenWrites: boolean;
   #checkpointIntervalMs: number;
   readonly #walCapBytes: number;
   readonly #closeCheckpointWaitMs: number;
@@ -701,6 +719,7 @@ export class SqliteStore implements Store {
     this.#now = options.monotonicMs ?? (() => performance.now());
     this.#checkpointIntervalMs = path === ":memory:" ? 0 : (options.checkpointIntervalMs ?? 1000);
     this.#walCapBytes = options.walCapBytes ?? WAL_CAP_BYTES;
+    this.#checkpointBetweenWrites = options.checkpointBetweenWrites ?? false;
     this.#readInThread = path === ":memory:";
     this.#cacheSizeMiB = options.cacheSizeMiB ?? 32;
     this.#closeCheckpointWaitMs = options.closeCheckpointWaitMs ?? 0;
@@ -821,8 +840,29 @@ export class SqliteStore implements Store {
   }
 
   #startCheckpointer(): void {
-    if (this.#checkpointIntervalMs <= 0 || this.#checkpointer !== null) return;
+    if (this.#checkpointIntervalMs <= 0 || this.#checkpointer !== null || this.#checkpointTimer !== null) return;
     this.#db.pragma("wal_autocheckpoint = 0");
+    if (this.#checkpointBetweenWrites) {
+      // What CHECKPOINTER does, on this connection, in the writes' queue (a TRUNCATE would otherwise wait, on this
+      // thread, for a transaction this thread holds open between slices).
+      let truncateAfter = 0;
+      this.#checkpointTimer = setInterval(() => {
+        void this.#serial(() => {
+          if (this.#closed) return;
+          this.#db.pragma("wal_checkpoint(PASSIVE)");
+          if (Date.now() < truncateAfter || walBytes(this.path) <= this.#walCapBytes) return;
+          this.#db.pragma(`busy_timeout = ${Math.min(this.#lockWaitMs, 1000)}`);
+          try {
+            const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[];
+            if (r?.busy) truncateAfter = Date.now() + 10_000;
+          } finally {
+            this.#db.pragma(`busy_timeout = ${this.#lockFailFast ? 0 : this.#lockWaitMs}`);
+          }
+        }).catch(() => {});
+      }, this.#checkpointIntervalMs);
+      this.#checkpointTimer.unref();
+      return;
+    }
     const worker = new Worker(CHECKPOINTER, {
       eval: true,
       workerData: { driver: driverPath, path: this.path, intervalMs: this.#checkpointIntervalMs, walCapBytes: this.#walCapBytes },
@@ -1183,6 +1223,8 @@ export class SqliteStore implements Store {
     const worker = this.#checkpointer;
     this.#checkpointer = null;
     if (worker !== null) await worker.terminate();
+    if (this.#checkpointTimer !== null) clearInterval(this.#checkpointTimer);
+    this.#checkpointTimer = null;
     try {
       if (this.#db.open) {
         // A read-only store leaves the WAL as it found it (it cannot checkpoint anyway). Otherwise without a busy

@@ -172,91 +172,95 @@ describe("SqliteStore specifics", () => {
     }
   });
 
-  it("under writes that never pause the WAL is emptied once past walCapBytes, instead of growing without end", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
-    const path = join(dir, "a.db");
-    // (a PASSIVE checkpoint never finishes while writes go on, so the WAL never started over: 218 MB in 12 s)
-    const s = new SqliteStore(path, { busyTimeoutMs: 100, checkpointIntervalMs: 20, walCapBytes: 2 ** 20 });
-    const walSize = () => {
+  // The checkpoints run on a thread of their own, or between the writes of a store that is itself on one.
+  for (const checkpointBetweenWrites of [false, true]) {
+    const how = checkpointBetweenWrites ? " (checkpoints between writes)" : "";
+    it(`under writes that never pause the WAL is emptied once past walCapBytes, instead of growing without end${how}`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      const path = join(dir, "a.db");
+      // (a PASSIVE checkpoint never finishes while writes go on, so the WAL never started over: 218 MB in 12 s)
+      const s = new SqliteStore(path, { busyTimeoutMs: 100, checkpointIntervalMs: 20, walCapBytes: 2 ** 20, checkpointBetweenWrites });
+      const walSize = () => {
+        try {
+          return statSync(`${path}-wal`).size;
+        } catch {
+          return 0;
+        }
+      };
       try {
-        return statSync(`${path}-wal`).size;
-      } catch {
-        return 0;
+        await s.init();
+        let unit = 0;
+        let largest = 0;
+        let emptied = false;
+        const t0 = Date.now();
+        // (until it was emptied once, at most 10 s: the checkpointer runs at nice 19, slower on a busy machine)
+        while (!emptied && Date.now() - t0 < 10_000) {
+          const rows: Exposure[] = Array.from({ length: 1000 }, () => {
+            const id = `user-${unit++}`;
+            return { experiment: "x", ts: 1e12 + unit, requestId: id, unit: id, assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
+          });
+          // (a write refused while the checkpoint holds the lock is retried, as the exposure batcher does)
+          for (let tries = 0; ; tries++) {
+            try {
+              await s.writeExposures(rows);
+              break;
+            } catch (err) {
+              assert.match((err as Error).message, /locked|busy/i);
+              assert.ok(tries < 100, "a write got through within 100 tries");
+              await new Promise((r) => setTimeout(r, 10));
+            }
+          }
+          const size = walSize();
+          if (size < largest / 2) emptied = true;
+          largest = Math.max(largest, size);
+        }
+        assert.ok(emptied, `the WAL was never emptied in 10 s of writes (largest ${largest} bytes)`);
+        assert.equal((await s.counts("x")).exposures, unit, "every row written");
+      } finally {
+        await s.close();
+        rmSync(dir, { recursive: true, force: true });
       }
-    };
-    try {
-      await s.init();
+    });
+
+    it(`past walCapBytes, a reader mid-read does not make the emptying checkpoint hold the write lock all the while${how}`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      const path = join(dir, "a.db");
+      const s = new SqliteStore(path, { busyTimeoutMs: 100, checkpointIntervalMs: 20, walCapBytes: 2 ** 20, checkpointBetweenWrites });
       let unit = 0;
-      let largest = 0;
-      let emptied = false;
-      const t0 = Date.now();
-      // (until it was emptied once, at most 10 s: the checkpointer runs at nice 19, slower on a busy machine)
-      while (!emptied && Date.now() - t0 < 10_000) {
-        const rows: Exposure[] = Array.from({ length: 1000 }, () => {
+      const batch = (): Exposure[] =>
+        Array.from({ length: 1000 }, () => {
           const id = `user-${unit++}`;
           return { experiment: "x", ts: 1e12 + unit, requestId: id, unit: id, assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
         });
-        // (a write refused while the checkpoint holds the lock is retried, as the exposure batcher does)
-        for (let tries = 0; ; tries++) {
+      try {
+        await s.init();
+        for (let i = 0; i < 30; i++) await s.writeExposures(batch()).catch(() => {});
+        // a report mid-read, for 2 s, while the WAL is past the cap
+        const reader = new Database(path, { readonly: true });
+        reader.prepare("BEGIN").run();
+        reader.prepare("SELECT count(*) FROM exposure_chunks").get();
+        let ok = 0;
+        let failed = 0;
+        const t0 = Date.now();
+        while (Date.now() - t0 < 2000) {
           try {
-            await s.writeExposures(rows);
-            break;
-          } catch (err) {
-            assert.match((err as Error).message, /locked|busy/i);
-            assert.ok(tries < 100, "a write got through within 100 tries");
+            await s.writeExposures(batch());
+            ok++;
+          } catch {
+            failed++;
             await new Promise((r) => setTimeout(r, 10));
           }
         }
-        const size = walSize();
-        if (size < largest / 2) emptied = true;
-        largest = Math.max(largest, size);
+        reader.prepare("COMMIT").run();
+        reader.close();
+        // (tried back to back, the TRUNCATE checkpoint kept the lock: 0 writes of 244 went through in 3 s)
+        assert.ok(ok > failed, `${ok} writes went through, ${failed} failed`);
+      } finally {
+        await s.close();
+        rmSync(dir, { recursive: true, force: true });
       }
-      assert.ok(emptied, `the WAL was never emptied in 10 s of writes (largest ${largest} bytes)`);
-      assert.equal((await s.counts("x")).exposures, unit, "every row written");
-    } finally {
-      await s.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
-
-  it("past walCapBytes, a reader mid-read does not make the emptying checkpoint hold the write lock all the while", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
-    const path = join(dir, "a.db");
-    const s = new SqliteStore(path, { busyTimeoutMs: 100, checkpointIntervalMs: 20, walCapBytes: 2 ** 20 });
-    let unit = 0;
-    const batch = (): Exposure[] =>
-      Array.from({ length: 1000 }, () => {
-        const id = `user-${unit++}`;
-        return { experiment: "x", ts: 1e12 + unit, requestId: id, unit: id, assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
-      });
-    try {
-      await s.init();
-      for (let i = 0; i < 30; i++) await s.writeExposures(batch()).catch(() => {});
-      // a report mid-read, for 2 s, while the WAL is past the cap
-      const reader = new Database(path, { readonly: true });
-      reader.prepare("BEGIN").run();
-      reader.prepare("SELECT count(*) FROM exposure_chunks").get();
-      let ok = 0;
-      let failed = 0;
-      const t0 = Date.now();
-      while (Date.now() - t0 < 2000) {
-        try {
-          await s.writeExposures(batch());
-          ok++;
-        } catch {
-          failed++;
-          await new Promise((r) => setTimeout(r, 10));
-        }
-      }
-      reader.prepare("COMMIT").run();
-      reader.close();
-      // (tried back to back, the TRUNCATE checkpoint kept the lock: 0 writes of 244 went through in 3 s)
-      assert.ok(ok > failed, `${ok} writes went through, ${failed} failed`);
-    } finally {
-      await s.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    });
+  }
 
   it("events acknowledged by writeEvents survive SIGKILL of the writing process (no close, no checkpoint)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));

@@ -23,6 +23,7 @@ const ops: Record<string, (...args: never[]) => unknown> = {
       ...options,
       // Nothing else runs on this thread: a batch need not be cut into slices to let requests through.
       writeSliceMs: 20,
+      checkpointBetweenWrites: true,
       onCloseCheckpoint: (event) => reply({ closeCheckpoint: event }),
     });
     await store.init();
