@@ -352,7 +352,9 @@ test("up opens the proxy only once its replicas are healthy: no client is answer
     assert.equal(await cli.exited, 0);
   }
   const statuses = selectFromStore({ config: { store: `sqlite:${join(dir, "a.db")}` } } as never, "SELECT status, count(*) AS n FROM exposures GROUP BY status");
-  assert.deepEqual(statuses, [{ status: 200, n: 1 }], "one exposure, the request served after the start");
+  // (the poller's last request may have met the proxy just opened, before the ready line stopped it: answered 200)
+  const servedToPoller = answers.filter((a) => a === 200).length;
+  assert.deepEqual(statuses, [{ status: 200, n: 1 + servedToPoller }], "an exposure for each request served after the start, none before");
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -43,6 +43,13 @@ test("with the store's disk frozen, requests are answered at once, events wait f
     assert.ok(slowestMs < 500, `the slowest request while the disk was frozen took ${slowestMs.toFixed(0)} ms`);
     assert.ok(requests > 50, `only ${requests} requests in 1.5 s`);
     assert.equal(eventAnswered, false, "events are answered only once durable, which a frozen disk cannot make them");
+    // Reads go on too, on a thread of their own: the counts are read afresh, not the last ones shown.
+    const t0 = performance.now();
+    const view = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { exposures: number; readAt: string } };
+    const viewMs = performance.now() - t0;
+    assert.ok(viewMs < 1000, `GET /v1/experiment took ${viewMs.toFixed(0)} ms while the disk was frozen`);
+    assert.ok(Date.parse(view.counts.readAt) >= Date.now() - 1000, `counts read at ${view.counts.readAt}`);
+    assert.equal(view.counts.exposures, 20);
 
     disk.thaw();
     const answer = await eventPost;

@@ -1,4 +1,4 @@
-import { spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,6 +18,9 @@ export interface Freezable {
   dispose(): void;
 }
 
+/** The longest a filesystem stays frozen, whatever the test does. */
+const FREEZE_WATCHDOG_S = 60;
+
 const run = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
 
 export function freezableFolder(): Freezable | undefined {
@@ -27,10 +30,22 @@ export function freezableFolder(): Freezable | undefined {
   mkdirSync(dir);
   let mounted = false;
   let frozen = false;
+  /** a process that thaws the filesystem after a while, whatever becomes of this one (see freeze) */
+  let watchdog: ChildProcess | null = null;
+  const stopWatchdog = () => {
+    watchdog?.kill("SIGKILL");
+    watchdog = null;
+  };
   const dispose = () => {
-    if (frozen) run("fsfreeze", ["-u", dir]);
+    stopWatchdog();
+    // (unconditionally: a thaw of a filesystem that is not frozen fails harmlessly)
+    if (mounted) run("fsfreeze", ["-u", dir]);
     frozen = false;
-    if (mounted) run("umount", [dir]);
+    if (mounted) {
+      // Busy (a process still has a file open there): detached now, unmounted when the last file closes.
+      const r = run("umount", [dir]);
+      if (r.status !== 0 && run("umount", ["-l", dir]).status !== 0) process.stderr.write(`freezableFolder: cannot unmount ${dir}: ${r.stderr.trim()}\n`);
+    }
     mounted = false;
     rmSync(root, { recursive: true, force: true });
   };
@@ -54,11 +69,16 @@ export function freezableFolder(): Freezable | undefined {
   return {
     dir,
     freeze() {
+      // A test killed while the filesystem is frozen (a timeout's SIGKILL) runs no exit handler, and every process
+      // that then touches the filesystem hangs (ps too, reading their /proc): this thaws it within a minute anyway.
+      watchdog = spawn("sh", ["-c", `sleep ${FREEZE_WATCHDOG_S}; fsfreeze -u "$0"`, dir], { detached: true, stdio: "ignore" });
+      watchdog.unref();
       const r = run("fsfreeze", ["-f", dir]);
       if (r.status !== 0) throw new Error(`fsfreeze -f ${dir}: ${r.stderr.trim()}`);
       frozen = true;
     },
     thaw() {
+      stopWatchdog();
       if (!frozen) return;
       const r = run("fsfreeze", ["-u", dir]);
       if (r.status !== 0) throw new Error(`fsfreeze -u ${dir}: ${r.stderr.trim()}`);

@@ -157,6 +157,82 @@ interface PendingQuery {
   reject(err: Error): void;
 }
 
+/**
+ * A READER thread and the queries it has: started on the first query (a proxy never asked for a report does not pay
+ * for the thread), referenced only while it has work (an idle reader never keeps the process alive). When the thread
+ * stops, its pending queries fail and `onStopped` is told, once; the caller decides where later queries go.
+ */
+export class ReaderThread {
+  readonly #path: string;
+  readonly #workerData: Record<string, unknown>;
+  readonly #onStopped: () => void;
+  #worker: Worker | null = null;
+  #stopped = false;
+  readonly #pending = new Map<number, PendingQuery>();
+  #lastId = 0;
+
+  /** `path`: for messages; `openName`: what the connection opens (see SqliteStore's #openName) */
+  constructor(options: { path: string; openName: string; readOnly: boolean; cacheSizeMiB: number; onStopped?: () => void }) {
+    this.#path = options.path;
+    this.#workerData = { driver: driverPath, path: options.openName, readOnly: options.readOnly, cacheSizeMiB: options.cacheSizeMiB };
+    this.#onStopped = options.onStopped ?? (() => {});
+  }
+
+  /** The thread stopped (an error, or close): queries are refused. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  query: Query = (sql, params) => {
+    if (this.#stopped) return Promise.reject(new StoreError(`SQLite query failed on ${this.#path}: the reader thread stopped`));
+    const worker = this.#start();
+    return new Promise((resolve, reject) => {
+      const id = ++this.#lastId;
+      this.#pending.set(id, { resolve, reject });
+      if (this.#pending.size === 1) worker.ref();
+      worker.postMessage({ id, sql, params });
+    });
+  };
+
+  #start(): Worker {
+    if (this.#worker !== null) return this.#worker;
+    const worker = new Worker(READER, { eval: true, workerData: this.#workerData });
+    worker.unref();
+    worker.on("message", (m: { id: number; rows?: Record<string, unknown>[]; error?: string }) => {
+      const pending = this.#pending.get(m.id);
+      if (pending === undefined) return;
+      this.#pending.delete(m.id);
+      if (this.#pending.size === 0) worker.unref();
+      if (m.error !== undefined) pending.reject(new StoreError(`SQLite query failed on ${this.#path}: ${m.error}`));
+      else pending.resolve(m.rows!);
+    });
+    const failed = (why: string) => {
+      if (this.#stopped) return;
+      this.#stopped = true;
+      this.#failPending(`the reader thread stopped (${why})`);
+      this.#onStopped();
+    };
+    worker.on("error", (err) => failed(err.message));
+    worker.on("exit", (code) => failed(`exit code ${code}`));
+    this.#worker = worker;
+    return worker;
+  }
+
+  #failPending(why: string): void {
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) p.reject(new StoreError(`SQLite query failed on ${this.#path}: ${why}`));
+  }
+
+  async close(): Promise<void> {
+    const worker = this.#worker;
+    this.#stopped = true;
+    this.#failPending("the store is closing");
+    this.#worker = null;
+    if (worker !== null) await worker.terminate();
+  }
+}
+
 type Statement = Database.Statement<unknown[], unknown>;
 type Statements = Record<"event" | "countEvents" | "getState" | "setState", Statement>;
 
@@ -425,6 +501,30 @@ function fileHint(err: unknown): string {
 /** What the WAL is cut back to after a checkpoint, and the size past which the checkpointer empties it. */
 const WAL_CAP_BYTES = 64 * 2 ** 20;
 
+export interface FileId {
+  dev: number;
+  ino: number;
+}
+
+/**
+ * Throws when the file at `path` is no longer the one opened (`fileId`): deleted, or replaced by another. SQLite goes
+ * on writing to the file it has open, which no one can open any more: events were answered `accepted` and lost with
+ * it (a storage audit deleted abgate.db with its -wal and -shm; nothing said so). A stat: a few µs, per batch.
+ */
+export function checkSameFile(path: string, fileId: FileId, what: string): void {
+  let now: FileId | undefined;
+  try {
+    now = statSync(path);
+  } catch {
+    now = undefined;
+  }
+  if (now !== undefined && now.dev === fileId.dev && now.ino === fileId.ino) return;
+  throw new StoreError(
+    `cannot ${what}: the SQLite store ${path} was ${now === undefined ? "deleted" : "replaced by another file"} while abgate had it open, ` +
+      "and what is written to the open file would be lost with it; stop abgate (and restore the file, if it was not meant to go)",
+  );
+}
+
 /** The size of a store's -wal file, 0 when there is none. */
 function walBytes(path: string): number {
   try {
@@ -678,7 +778,7 @@ export class SqliteStore implements Store {
   #cache: UnitCache;
   #closed = false;
   /** the file's device and inode when it was opened for writing (see #sameFile); null: in memory or read-only */
-  #fileId: { dev: number; ino: number } | null = null;
+  #fileId: FileId | null = null;
   #stmts: Statements | null = null;
   #transaction: WriteTransaction | null = null;
   #exposures: ExposureWriter | null = null;
@@ -692,14 +792,12 @@ export class SqliteStore implements Store {
   readonly #onCloseCheckpoint: ((event: CloseCheckpointEvent) => void) | undefined;
   /** a store read as immutable: whether it is as it was when opened (see openReadOnly); null otherwise */
   #unchanged: (() => boolean) | null = null;
-  /** started on the first query (a proxy never asked for a report does not pay for the thread); null: not yet */
-  #reader: Worker | null = null;
+  /** the report's queries' thread (see ReaderThread); null: none yet */
+  #reader: ReaderThread | null = null;
   /** queries run on this thread instead: an in-memory database (a second connection would see another one), or
    * a reader thread that failed */
   #readInThread: boolean;
   readonly #cacheSizeMiB: number;
-  readonly #pendingQueries = new Map<number, PendingQuery>();
-  #lastQueryId = 0;
   readonly #pacer: WritePacer;
   readonly #now: () => number;
   /** the last operation queued by #serial */
@@ -891,23 +989,15 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Refuses a write once the file was deleted or replaced under this store. SQLite goes on writing to the file it
-   * has open, which no one can open any more: events were answered `accepted` and lost at the stop (a storage audit
-   * deleted abgate.db with its -wal and -shm; nothing said so). A stat per write call: a few µs, per batch.
+   * Refuses a write once the file was deleted or replaced under this store (see checkSameFile).
    */
   #sameFile(what: string): void {
-    if (this.#fileId === null) return;
-    let now: { dev: number; ino: number } | undefined;
-    try {
-      now = statSync(this.path);
-    } catch {
-      now = undefined;
-    }
-    if (now !== undefined && now.dev === this.#fileId.dev && now.ino === this.#fileId.ino) return;
-    throw new StoreError(
-      `cannot ${what}: the SQLite store ${this.path} was ${now === undefined ? "deleted" : "replaced by another file"} while abgate had it open, ` +
-        "and what is written to the open file would be lost with it; stop abgate (and restore the file, if it was not meant to go)",
-    );
+    if (this.#fileId !== null) checkSameFile(this.path, this.#fileId, what);
+  }
+
+  /** The file's identity when it was opened for writing (see #sameFile); null: in memory or read-only. */
+  get fileId(): FileId | null {
+    return this.#fileId;
   }
 
   #prepare(): void {
@@ -1122,56 +1212,25 @@ export class SqliteStore implements Store {
 
   #runQuery: Query = async (sql, params) => {
     this.#s();
-    const reader = this.#readInThread ? null : this.#readerThread();
-    if (reader === null) {
+    if (this.#readInThread) {
       try {
         return this.#db.prepare(sql).all(...params) as Record<string, unknown>[];
       } catch (err) {
         throw new StoreError(`SQLite query failed on ${this.path}: ${(err as Error).message}`, { cause: err });
       }
     }
-    return new Promise((resolve, reject) => {
-      const id = ++this.#lastQueryId;
-      this.#pendingQueries.set(id, { resolve, reject });
-      // Referenced only while it has work, so that an idle reader never keeps the process alive.
-      if (this.#pendingQueries.size === 1) reader.ref();
-      reader.postMessage({ id, sql, params });
-    });
-  };
-
-  #readerThread(): Worker {
-    if (this.#reader !== null) return this.#reader;
-    const reader = new Worker(READER, {
-      eval: true,
-      workerData: { driver: driverPath, path: this.#openName, readOnly: this.readOnly, cacheSizeMiB: this.#cacheSizeMiB },
-    });
-    reader.unref();
-    reader.on("message", (m: { id: number; rows?: Record<string, unknown>[]; error?: string }) => {
-      const pending = this.#pendingQueries.get(m.id);
-      if (pending === undefined) return;
-      this.#pendingQueries.delete(m.id);
-      if (this.#pendingQueries.size === 0) reader.unref();
-      if (m.error !== undefined) pending.reject(new StoreError(`SQLite query failed on ${this.path}: ${m.error}`));
-      else pending.resolve(m.rows!);
-    });
-    const failed = (why: string) => {
-      if (this.#reader !== reader) return;
-      this.#reader = null;
+    this.#reader ??= new ReaderThread({
+      path: this.path,
+      openName: this.#openName,
+      readOnly: this.readOnly,
+      cacheSizeMiB: this.#cacheSizeMiB,
       // Queries go on, on this thread: slower for the proxy, but the report still answers.
-      this.#readInThread = true;
-      this.#failPendingQueries(`the reader thread stopped (${why})`);
-    };
-    reader.on("error", (err) => failed(err.message));
-    reader.on("exit", (code) => failed(`exit code ${code}`));
-    this.#reader = reader;
-    return reader;
-  }
-
-  #failPendingQueries(why: string): void {
-    const pending = [...this.#pendingQueries.values()];
-    this.#pendingQueries.clear();
-    for (const p of pending) p.reject(new StoreError(`SQLite query failed on ${this.path}: ${why}`));
-  }
+      onStopped: () => {
+        if (!this.#closed) this.#readInThread = true;
+      },
+    });
+    return this.#reader.query(sql, params);
+  };
 
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
     return aggregateExperiment(this.#query, experiment, variants, metrics, options);
@@ -1216,10 +1275,7 @@ export class SqliteStore implements Store {
     this.#exposures = null;
     const reader = this.#reader;
     this.#reader = null;
-    if (reader !== null) {
-      this.#failPendingQueries("the store is closing");
-      await reader.terminate();
-    }
+    if (reader !== null) await reader.close();
     const worker = this.#checkpointer;
     this.#checkpointer = null;
     if (worker !== null) await worker.terminate();

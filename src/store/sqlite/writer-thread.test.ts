@@ -80,6 +80,61 @@ describe("SqliteThreadStore", () => {
     }
   });
 
+  it("a thread that dies during a write: the write's outcome is unknown (it may have committed), a read's is a plain failure, and the next call starts a new thread", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    // A heap small enough that a big batch of events runs the thread out of memory: a real death mid-write.
+    const store = new SqliteThreadStore(join(dir, "a.db"), { threadResourceLimits: { maxOldGenerationSizeMb: 16, maxYoungGenerationSizeMb: 4 } });
+    try {
+      await store.init();
+      const unit = "u".repeat(500);
+      const huge = Array.from({ length: 200_000 }, (_, i) => ({ experiment: "exp", unit: `${unit}${i}`, event: "watched", value: i, ts: 1e12 + i, requestId: `${unit}${i}` }));
+      const getState = store.getState("exp", "k");
+      await assert.rejects(store.writeEvents(huge), (err: unknown) => err instanceof StoreError && err.code === "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" && /may or may not have been stored/.test(err.message));
+      // (the read sent before the write was answered before it, or failed plainly with it)
+      await getState.then(
+        (v) => assert.equal(v, null),
+        (err: unknown) => assert.ok(err instanceof StoreError && err.code === "ABGATE_ERR_STORE", String(err)),
+      );
+      await store.writeExposures([exposure(1)]);
+      assert.deepEqual(await store.counts("exp"), { exposures: 1, events: 0 });
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("keeps the class of errors that are not the store's, refuses arguments a thread cannot take, and judges rows that do not pack as the store on this thread does", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    const inline = new SqliteStore(join(dir, "inline.db"));
+    const thread = new SqliteThreadStore(join(dir, "thread.db"));
+    try {
+      await inline.init();
+      await thread.init();
+      const outcome = (p: Promise<unknown>) =>
+        p.then(
+          () => "ok",
+          (err: Error & { code?: string }) => `${err.constructor.name} ${err.name} ${err.code ?? "-"} ${err.message}`,
+        );
+      const notAString = [exposure(1, { experiment: 5 as unknown as string })];
+      assert.equal(await outcome(thread.writeExposures(notAString)), await outcome(inline.writeExposures(notAString)));
+      const tsAsString = [exposure(1, { ts: "1700000000000" as unknown as number })];
+      assert.equal(await outcome(thread.writeExposures(tsAsString)), await outcome(inline.writeExposures(tsAsString)));
+      const nulInName = [exposure(1, { assigned: "a\0b" })];
+      assert.equal(await outcome(thread.writeExposures(nulInName)), await outcome(inline.writeExposures(nulInName)));
+      assert.deepEqual(await thread.counts("exp"), await inline.counts("exp"));
+      // a bug's TypeError stays one (the admin API answers 500, not a 503 that says to retry)
+      const badVariants = null as unknown as string[];
+      assert.match(await outcome(thread.aggregate("exp", badVariants, [])), /^TypeError TypeError - /);
+      // a function cannot be copied to the thread: refused as the store's error, and nothing is left pending
+      const withFunction = [{ experiment: "exp", unit: "u", event: "watched", value: null, ts: 1e12, requestId: null, extra: () => 1 }];
+      assert.match(await outcome(thread.writeEvents(withFunction)), /^StoreError StoreError ABGATE_ERR_STORE .*cannot pass writeEvents's arguments to the writer thread/);
+    } finally {
+      await inline.close();
+      await thread.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("says why it cannot open a file, and opens once the cause is gone", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
     const path = join(dir, "a.db");

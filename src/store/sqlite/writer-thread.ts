@@ -1,11 +1,12 @@
 import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
-import { Worker } from "node:worker_threads";
+import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
 import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
-import type { CloseCheckpointEvent, SqliteStoreOptions } from "./sqlite-store.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
+import { checkSameFile, type CloseCheckpointEvent, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
 
 /**
  * Where a writable SQLite store writes: on a thread of its own (`thread`), on the caller's (`inline`), or `auto`:
@@ -50,13 +51,35 @@ export interface PackedExposures {
 
 const STRINGS_PER_ROW = 6;
 
-/** Null when a unit or request id holds a NUL: the rows then cross as objects, for the store to refuse them. */
+/**
+ * Whether packing keeps the row as it is: strings without NUL (the separator), numbers, a boolean. Other rows cross
+ * as objects, for the thread's store to judge them as the store on this thread would (exposureProblem: the batcher
+ * has checked the gateway's rows already; the ranges it checks survive packing).
+ */
+function packable(r: Exposure): boolean {
+  return (
+    typeof r.ts === "number" &&
+    typeof r.latencyMs === "number" &&
+    typeof r.status === "number" &&
+    typeof r.forced === "boolean" &&
+    noNul(r.experiment) &&
+    noNul(r.requestId) &&
+    noNul(r.unit) &&
+    noNul(r.assigned) &&
+    noNul(r.served) &&
+    noNul(r.replica)
+  );
+}
+
+const noNul = (x: unknown): boolean => typeof x === "string" && !x.includes("\0");
+
+/** Null when a row is not packable: the rows then cross as objects. */
 export function packExposures(rows: readonly Exposure[]): PackedExposures | null {
   const strings = new Array<string>(rows.length * STRINGS_PER_ROW);
   const numbers = new Float64Array(rows.length * 4);
   for (let i = 0, s = 0, n = 0; i < rows.length; i++) {
     const r = rows[i]!;
-    if (typeof r.unit !== "string" || typeof r.requestId !== "string" || r.unit.includes("\0") || r.requestId.includes("\0")) return null;
+    if (!packable(r)) return null;
     strings[s++] = r.experiment;
     strings[s++] = r.requestId;
     strings[s++] = r.unit;
@@ -128,10 +151,17 @@ export function toWire(err: unknown): WireError {
   return { name: "Error", message: String(err) };
 }
 
+/** The store's errors as their classes; anything else (a bug: a TypeError) as a plain error, not as a store outage. */
 function fromWire(e: WireError): Error {
   if (e.name === "InvalidArgumentError") return new InvalidArgumentError(e.message);
-  return new StoreError(e.message, { code: e.code === "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" ? e.code : undefined });
+  if (e.name === "StoreError") return new StoreError(e.message, { code: e.code === "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" ? e.code : undefined });
+  const err = e.name === "TypeError" ? new TypeError(e.message) : e.name === "RangeError" ? new RangeError(e.message) : new Error(e.message);
+  if (err.name !== e.name) err.name = e.name;
+  return err;
 }
+
+/** Calls whose effect may have happened when the thread stopped before answering them. */
+const WRITES = new Set(["exposuresPacked", "writeExposures", "writeEvents", "setState", "close"]);
 
 /** What the thread is asked: `op` names a Store method (or `exposuresPacked`), `args` its arguments. */
 export interface WriterRequest {
@@ -148,16 +178,22 @@ export type WriterReply =
 /** What the thread's store is opened with: the options that cross a thread (no functions). */
 export type ThreadStoreOptions = Omit<SqliteStoreOptions, "monotonicMs" | "onCloseCheckpoint" | "readOnly">;
 
+export interface SqliteThreadStoreOptions extends SqliteStoreOptions {
+  /** the writer thread's heap limits (Node's Worker resourceLimits; default none): past them the thread stops */
+  threadResourceLimits?: ResourceLimits;
+}
+
 /**
  * Runs the thread's entry, compiled (dist/sqlite-writer.js) or as TypeScript: a process started from the sources by
  * bin/abgate.js, or by node --import tsx, has tsx on its own thread only (an eval'd thread does not get it), so the
- * thread registers it when Node cannot load a .ts file, and loads the entry again under another URL (the failed load
- * is remembered under the first). Kept as source text, like the store's other threads.
+ * thread registers it when Node cannot load the .ts entry (Node 20: an unknown extension; a Node that strips types:
+ * syntax it does not strip), and loads the entry again under another URL (the failed load is remembered under the
+ * first). Kept as source text, like the store's other threads.
  */
 const BOOT = `
 const { workerData } = require("node:worker_threads");
 import(workerData.entry).catch(async (err) => {
-  if (workerData.tsxApi === null || err === null || typeof err !== "object" || err.code !== "ERR_UNKNOWN_FILE_EXTENSION") throw err;
+  if (workerData.tsxApi === null) throw err;
   (await import(workerData.tsxApi)).register();
   await import(workerData.entry + "?tsx");
 });
@@ -174,6 +210,7 @@ function tsxApi(): string | null {
 }
 
 interface Pending {
+  op: string;
   resolve(value: unknown): void;
   reject(err: Error): void;
 }
@@ -188,8 +225,13 @@ export class SqliteThreadStore implements Store {
   readonly readOnly = false;
   migratedFrom?: number;
   readonly #options: ThreadStoreOptions;
+  readonly #resourceLimits: ResourceLimits | undefined;
   readonly #onCloseCheckpoint: ((event: CloseCheckpointEvent) => void) | undefined;
   #worker: Worker | null = null;
+  /** the report's queries' thread (see #query); null: none yet */
+  #reader: ReaderThread | null = null;
+  /** the file the thread's store opened (see checkSameFile); null until it is open */
+  #fileId: FileId | null = null;
   /** resolves once the current thread's store is open (init), for calls made meanwhile */
   #ready: Promise<void> | null = null;
   readonly #pending = new Map<number, Pending>();
@@ -199,12 +241,13 @@ export class SqliteThreadStore implements Store {
   #closed = false;
   #closing: Promise<void> | null = null;
 
-  constructor(path: string, options: SqliteStoreOptions = {}) {
+  constructor(path: string, options: SqliteThreadStoreOptions = {}) {
     if (path === ":memory:") throw new InvalidArgumentError("SqliteThreadStore: an in-memory database cannot be shared with a thread");
     if (options.readOnly) throw new InvalidArgumentError("SqliteThreadStore: a read-only store writes nothing; open a SqliteStore");
     this.path = path;
-    const { monotonicMs: _clock, onCloseCheckpoint, readOnly: _readOnly, ...rest } = options;
+    const { monotonicMs: _clock, onCloseCheckpoint, readOnly: _readOnly, threadResourceLimits, ...rest } = options;
     this.#options = rest;
+    this.#resourceLimits = threadResourceLimits;
     this.#onCloseCheckpoint = onCloseCheckpoint;
   }
 
@@ -221,7 +264,7 @@ export class SqliteThreadStore implements Store {
 
   /** Starts the thread and opens its store; `#ready` settles with that. */
   #start(): void {
-    const worker = new Worker(BOOT, { eval: true, workerData: { entry: ENTRY, tsxApi: tsxApi(), path: this.path, options: this.#options } });
+    const worker = new Worker(BOOT, { eval: true, workerData: { entry: ENTRY, tsxApi: tsxApi(), path: this.path, options: this.#options }, resourceLimits: this.#resourceLimits });
     worker.unref();
     this.#worker = worker;
     worker.on("message", (m: WriterReply) => {
@@ -242,12 +285,22 @@ export class SqliteThreadStore implements Store {
       this.#ready = null;
       const pending = [...this.#pending.values()];
       this.#pending.clear();
-      for (const p of pending) p.reject(new StoreError(`SQLite store ${this.path}: its writer thread stopped (${why})`));
+      // A write the thread had may have committed before it stopped: its caller must not take it as refused (an
+      // events POST answered 503 is retried by its client, and its events would then be stored twice).
+      for (const p of pending) {
+        p.reject(
+          WRITES.has(p.op)
+            ? new StoreError(`SQLite store ${this.path}: its writer thread stopped (${why}) during a write, which may or may not have been stored`, { code: "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" })
+            : new StoreError(`SQLite store ${this.path}: its writer thread stopped (${why})`),
+        );
+      }
     };
     worker.on("error", (err) => stopped(err.message));
     worker.on("exit", (code) => stopped(`exit code ${code}`));
-    const ready = this.#send(worker, "init", []).then((migratedFrom) => {
-      if (typeof migratedFrom === "number") this.migratedFrom = migratedFrom;
+    const ready = this.#send(worker, "init", []).then((opened) => {
+      const { migratedFrom, fileId } = opened as { migratedFrom: number | null; fileId: FileId | null };
+      if (migratedFrom !== null) this.migratedFrom = migratedFrom;
+      this.#fileId = fileId;
     });
     // A failed open ends the thread: a later call starts afresh (the file may have been fixed meanwhile).
     ready.catch(() => {
@@ -263,10 +316,15 @@ export class SqliteThreadStore implements Store {
   #send(worker: Worker, op: string, args: unknown[], transfer?: ArrayBuffer[]): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const id = ++this.#lastId;
-      this.#pending.set(id, { resolve, reject });
+      try {
+        worker.postMessage({ id, op, args } satisfies WriterRequest, transfer);
+      } catch (err) {
+        // (arguments that cannot be copied to a thread: a function in a row; the thread never saw the call)
+        return reject(new StoreError(`SQLite store ${this.path}: cannot pass ${op}'s arguments to the writer thread: ${(err as Error).message}`, { cause: err }));
+      }
+      this.#pending.set(id, { op, resolve, reject });
       // Referenced only while it has work (an idle store must not keep the process alive; a pending write must).
       if (this.#pending.size === 1) worker.ref();
-      worker.postMessage({ id, op, args } satisfies WriterRequest, transfer);
     });
   }
 
@@ -299,16 +357,38 @@ export class SqliteThreadStore implements Store {
     await this.#call("setState", [experiment, key, value]);
   }
 
-  async aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
-    return (await this.#call("aggregate", [experiment, variants, metrics, options])) as ExperimentAggregates;
+  /**
+   * The report's queries go to a reader thread of this side's, as SqliteStore's do, not through the writer: a write
+   * stuck on a stalled disk holds the writer thread, and the counts, the dashboard and the report would wait behind it.
+   */
+  #query: Query = async (sql, params) => {
+    this.#open();
+    if (!this.#initCalled) throw new StoreError(`SQLite store ${this.path} is not initialised: call init() first`);
+    if (this.#ready === null) this.#start();
+    // (the schema is there once the thread's store is open)
+    await this.#ready;
+    if (this.#reader === null || this.#reader.stopped) {
+      this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? 32 });
+    }
+    try {
+      return await this.#reader.query(sql, params);
+    } catch (err) {
+      // A read that fails because the file went (its reader then sees a new, empty file) says so, as writes do.
+      if (this.#fileId !== null) checkSameFile(this.path, this.#fileId, "read the store");
+      throw err;
+    }
+  };
+
+  aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
+    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
   }
 
-  async minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
-    return (await this.#call("minutes", [experiment, metrics, sinceMs])) as MinuteBucket[];
+  minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
+    return minuteSeries(this.#query, experiment, metrics, sinceMs);
   }
 
-  async counts(experiment: string): Promise<{ exposures: number; events: number }> {
-    return (await this.#call("counts", [experiment])) as { exposures: number; events: number };
+  counts(experiment: string): Promise<{ exposures: number; events: number }> {
+    return experimentCounts(this.#query, experiment);
   }
 
   async recentUnits(experiment: string, limit: number): Promise<[string, string][]> {
@@ -321,6 +401,9 @@ export class SqliteThreadStore implements Store {
       const worker = this.#worker;
       const ready = this.#ready;
       this.#closed = true;
+      const reader = this.#reader;
+      this.#reader = null;
+      await reader?.close();
       if (worker === null || ready === null) return;
       try {
         await ready;

@@ -27,16 +27,13 @@ const ops: Record<string, (...args: never[]) => unknown> = {
       onCloseCheckpoint: (event) => reply({ closeCheckpoint: event }),
     });
     await store.init();
-    return store.migratedFrom ?? null;
+    return { migratedFrom: store.migratedFrom ?? null, fileId: store.fileId };
   },
   exposuresPacked: (packed: PackedExposures) => opened().writeExposures(unpackExposures(packed)),
   writeExposures: (rows: Parameters<SqliteStore["writeExposures"]>[0]) => opened().writeExposures(rows),
   writeEvents: (rows: Parameters<SqliteStore["writeEvents"]>[0]) => opened().writeEvents(rows),
   getState: (experiment: string, key: string) => opened().getState(experiment, key),
   setState: (experiment: string, key: string, value: string) => opened().setState(experiment, key, value),
-  aggregate: (...args: Parameters<SqliteStore["aggregate"]>) => opened().aggregate(...args),
-  minutes: (...args: Parameters<SqliteStore["minutes"]>) => opened().minutes(...args),
-  counts: (experiment: string) => opened().counts(experiment),
   recentUnits: async (experiment: string, limit: number) => packPairs(await opened().recentUnits(experiment, limit)),
   close: () => store?.close(),
 };
