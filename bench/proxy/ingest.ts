@@ -44,7 +44,7 @@ function wrk(port: number): Promise<number> {
 const body = JSON.stringify(Array.from({ length: batch }, (_, i) => ({ unit: `u${i}`, event: "watched" })));
 
 /** The posters: autocannon's CLI in a process of its own (so its work is not the harness's). */
-function post(gw: AbgateHandle): Promise<{ events: number; errors: number }> {
+function post(gw: AbgateHandle): Promise<{ events: number; errors: number; failed: string }> {
   return new Promise((resolve, reject) => {
     const args = ["-c", String(posters), "-d", String(seconds), "-m", "POST", "-H", "authorization=Bearer bench-token", "-H", "content-type=application/json", "-b", body, "--json", `http://127.0.0.1:${gw.adminPort}/v1/events`];
     const child = spawn("node_modules/.bin/autocannon", args, { stdio: ["ignore", "pipe", "ignore"] });
@@ -53,8 +53,12 @@ function post(gw: AbgateHandle): Promise<{ events: number; errors: number }> {
     child.on("error", reject);
     child.on("close", () => {
       try {
-        const r = JSON.parse(out) as Record<string, number>;
-        resolve({ events: r["2xx"]! * batch, errors: r.non2xx! + r.errors! + r.timeouts! });
+        const r = JSON.parse(out) as Record<string, number> & { statusCodeStats?: Record<string, { count: number }> };
+        const failed = Object.entries(r.statusCodeStats ?? {})
+          .filter(([code]) => !code.startsWith("2"))
+          .map(([code, { count }]) => `${count} x ${code}`);
+        if (r.errors! + r.timeouts! > 0) failed.push(`${r.errors} errors, ${r.timeouts} timeouts`);
+        resolve({ events: r["2xx"]! * batch, errors: r.non2xx! + r.errors! + r.timeouts!, failed: failed.join(", ") || "none" });
       } catch (err) {
         reject(new Error(`autocannon's output is not JSON: ${out.slice(0, 200)}`, { cause: err }));
       }
@@ -84,7 +88,7 @@ try {
       const alone = await wrk(gw.port);
       const [withPosters, posted] = await Promise.all([wrk(gw.port), post(gw)]);
       rows.push({ round, mode, alone, withPosters, eventsPerS: Math.round(posted.events / seconds), errors: posted.errors });
-      console.log(`round ${round} ${mode}: ${Math.round(alone)} req/s alone, ${Math.round(withPosters)} with ${posters} posters (${Math.round(posted.events / seconds)} events/s stored, ${posted.errors} failed posts)`);
+      console.log(`round ${round} ${mode}: ${Math.round(alone)} req/s alone, ${Math.round(withPosters)} with ${posters} posters (${Math.round(posted.events / seconds)} events/s stored; failed posts: ${posted.failed})`);
     }
   }
 } finally {
