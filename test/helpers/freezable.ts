@@ -33,7 +33,14 @@ export function freezableFolder(): Freezable | undefined {
   /** a process that thaws the filesystem after a while, whatever becomes of this one (see freeze) */
   let watchdog: ChildProcess | null = null;
   const stopWatchdog = () => {
-    watchdog?.kill("SIGKILL");
+    // (its group: the sh and its sleep; detached, it leads a group of its own)
+    if (watchdog?.pid !== undefined) {
+      try {
+        process.kill(-watchdog.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
     watchdog = null;
   };
   const dispose = () => {
