@@ -352,8 +352,10 @@ test("up opens the proxy only once its replicas are healthy: no client is answer
     assert.equal(await cli.exited, 0);
   }
   const statuses = selectFromStore({ config: { store: `sqlite:${join(dir, "a.db")}` } } as never, "SELECT status, count(*) AS n FROM exposures GROUP BY status");
-  // (the poller's last request may have met the proxy just opened, before the ready line stopped it: answered 200)
+  // (the poller's last request may have met the proxy just opened, before the ready line stopped it: answered 200;
+  // never one before a refusal)
   const servedToPoller = answers.filter((a) => a === 200).length;
+  assert.ok(answers.slice(answers.length - servedToPoller).every((a) => a === 200), `200s only at the end: ${answers.join(",")}`);
   assert.deepEqual(statuses, [{ status: 200, n: 1 + servedToPoller }], "an exposure for each request served after the start, none before");
   rmSync(dir, { recursive: true, force: true });
 });

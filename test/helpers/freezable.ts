@@ -76,6 +76,7 @@ export function freezableFolder(): Freezable | undefined {
   return {
     dir,
     freeze() {
+      stopWatchdog();
       // A test killed while the filesystem is frozen (a timeout's SIGKILL) runs no exit handler, and every process
       // that then touches the filesystem hangs (ps too, reading their /proc): this thaws it within a minute anyway.
       watchdog = spawn("sh", ["-c", `sleep ${FREEZE_WATCHDOG_S}; fsfreeze -u "$0"`, dir], { detached: true, stdio: "ignore" });

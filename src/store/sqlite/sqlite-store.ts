@@ -188,9 +188,14 @@ export class ReaderThread {
     const worker = this.#start();
     return new Promise((resolve, reject) => {
       const id = ++this.#lastId;
+      try {
+        worker.postMessage({ id, sql, params });
+      } catch (err) {
+        // (parameters a thread cannot take; the thread never saw the query)
+        return reject(new StoreError(`SQLite query failed on ${this.#path}: cannot pass its parameters to the reader thread: ${(err as Error).message}`, { cause: err }));
+      }
       this.#pending.set(id, { resolve, reject });
       if (this.#pending.size === 1) worker.ref();
-      worker.postMessage({ id, sql, params });
     });
   };
 

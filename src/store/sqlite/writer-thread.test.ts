@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -131,6 +131,33 @@ describe("SqliteThreadStore", () => {
     } finally {
       await inline.close();
       await thread.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a read made as the store closes is refused, and leaves no reader thread with the file open", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-thread-"));
+    const path = join(dir, "a.db");
+    try {
+      for (const readDuringInit of [false, true]) {
+        const store = new SqliteThreadStore(path);
+        const init = store.init();
+        if (!readDuringInit) await init;
+        const read = store.counts("exp");
+        read.catch(() => {}); // (judged below, after the close)
+        await store.close();
+        await init;
+        await assert.rejects(read, /is closed/);
+      }
+      // every connection closed: the last close folded the WAL into the file and removed it
+      assert.deepEqual(readdirSync(dir), ["a.db"]);
+      // a query whose parameters a thread cannot take is refused, and leaves nothing pending (the test ends)
+      const store = new SqliteThreadStore(path);
+      await store.init();
+      await assert.rejects(store.counts((() => 1) as unknown as string), (err: unknown) => err instanceof StoreError && /cannot pass its parameters to the reader thread/.test(err.message));
+      assert.deepEqual(await store.counts("exp"), { exposures: 0, events: 0 });
+      await store.close();
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -367,6 +367,8 @@ export class SqliteThreadStore implements Store {
     if (this.#ready === null) this.#start();
     // (the schema is there once the thread's store is open)
     await this.#ready;
+    // (a close() meanwhile has closed the reader: a new one would be left open)
+    this.#open();
     if (this.#reader === null || this.#reader.stopped) {
       this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? 32 });
     }
