@@ -174,7 +174,7 @@ describe("SqliteStore specifics", () => {
 
   // The checkpoints run on a thread of their own, or between the writes of a store that is itself on one.
   for (const checkpointBetweenWrites of [false, true]) {
-    const how = checkpointBetweenWrites ? " (checkpoints between writes)" : "";
+    const how = checkpointBetweenWrites ? " (checkpoints between writes, which may also keep it under the cap)" : "";
     it(`under writes that never pause the WAL is emptied once past walCapBytes, instead of growing without end${how}`, async () => {
       const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
       const path = join(dir, "a.db");
@@ -194,7 +194,12 @@ describe("SqliteStore specifics", () => {
         let emptied = false;
         const t0 = Date.now();
         // (until it was emptied once, at most 10 s: the checkpointer runs at nice 19, slower on a busy machine)
-        while (!emptied && Date.now() - t0 < 10_000) {
+        let batches = 0;
+        // Between writes a PASSIVE checkpoint has no writer to race and copies the whole WAL, which then starts over
+        // from its beginning: on a slow machine it may never reach the cap, and need not be emptied to stay small.
+        const bounded = () => checkpointBetweenWrites && batches >= 200 && largest <= 2 * 2 ** 20;
+        while (!emptied && !bounded() && Date.now() - t0 < 10_000) {
+          batches++;
           const rows: Exposure[] = Array.from({ length: 1000 }, () => {
             const id = `user-${unit++}`;
             return { experiment: "x", ts: 1e12 + unit, requestId: id, unit: id, assigned: "a", served: "a", replica: "a-0", status: 200, latencyMs: 1, forced: false };
@@ -214,7 +219,7 @@ describe("SqliteStore specifics", () => {
           if (size < largest / 2) emptied = true;
           largest = Math.max(largest, size);
         }
-        assert.ok(emptied, `the WAL was never emptied in 10 s of writes (largest ${largest} bytes)`);
+        assert.ok(emptied || bounded(), `the WAL was never emptied in 10 s of writes (largest ${largest} bytes, ${batches} batches)`);
         assert.equal((await s.counts("x")).exposures, unit, "every row written");
       } finally {
         await s.close();
