@@ -280,8 +280,10 @@ export class HealthTracker {
         if (ids.every((id) => this.isHealthy(id))) finish();
       });
       const timer = this.#clock.setTimeout(() => {
+        // (by id, numbers as numbers: the ids come in the order replicas registered, which varies from run to run)
         const bad = ids
           .filter((id) => !this.isHealthy(id))
+          .sort((a, b) => a.localeCompare(b, "en", { numeric: true }))
           .map((id) => {
             const e = this.#entries.get(id);
             return e ? `${id} (${e.state}${e.lastError ? `: ${e.lastError}` : ""})` : `${id} (not running: it exited, or never started)`;
