@@ -197,9 +197,10 @@ export function scratchDir(prefix: string): string {
 let chosenBin: { path: string; note: string } | undefined;
 
 /**
- * Which abgate CLI the benchmarks run. ABGATE_BIN wins when set. Otherwise the sources are bundled with tsup
- * (the CLI, and the SQLite writer thread's entry beside it, where the store looks for it) into bench/results/abgate-build/ (git-ignored; deliberately not dist/, because bin/abgate.js prefers a dist/
- * that exists and a stale one would change what everybody else's tests run). A failed build falls back to
+ * Which abgate CLI the benchmarks run. ABGATE_BIN wins when set. Otherwise the sources are bundled with tsup (the
+ * CLI, and the SQLite writer thread's entry beside it, where the store looks for it) into bench/results/abgate-build/
+ * (git-ignored; deliberately not dist/, because bin/abgate.js prefers a dist/ that exists and a stale one would change
+ * what everybody else's tests run). A failed build falls back to
  * bin/abgate.js, which runs the sources through tsx: same code, but more memory for the loader.
  */
 export function abgateBin(): { path: string; note: string } {

@@ -102,7 +102,7 @@ try {
 const Database = require(workerData.driver);
 const { statSync } = require("node:fs");
 const db = new Database(workerData.path);
-db.pragma("busy_timeout = 1000");
+db.pragma("busy_timeout = " + workerData.truncateWaitMs);
 // A PASSIVE checkpoint copies what is in the WAL when it starts; under writes that never pause, some frames always
 // came after, the WAL is never all copied, so it never starts over, and it grew by 18 MB a second (75,000 new units a
 // second: 218 MB in 12 s). Past walCapBytes a TRUNCATE checkpoint waits for the writer's transaction to end, holds
@@ -116,7 +116,7 @@ setInterval(() => {
     db.pragma("wal_checkpoint(PASSIVE)");
     if (Date.now() >= truncateAfter && statSync(workerData.path + "-wal").size > workerData.walCapBytes) {
       const [r] = db.pragma("wal_checkpoint(TRUNCATE)");
-      if (r && r.busy) truncateAfter = Date.now() + 10000;
+      if (r && r.busy) truncateAfter = Date.now() + workerData.truncateRetryMs;
     }
   } catch {}
 }, workerData.intervalMs);
@@ -505,6 +505,12 @@ function fileHint(err: unknown): string {
 
 /** What the WAL is cut back to after a checkpoint, and the size past which the checkpointer empties it. */
 const WAL_CAP_BYTES = 64 * 2 ** 20;
+/** How long an emptying (TRUNCATE) checkpoint waits for a lock, and how long after one that could not finish the next
+ * is tried (see CHECKPOINTER, and checkpointBetweenWrites, which do the same). */
+const TRUNCATE_WAIT_MS = 1000;
+const TRUNCATE_RETRY_MS = 10_000;
+/** SqliteStoreOptions.cacheSizeMiB's default, for this store's connections and a SqliteThreadStore's reader. */
+export const DEFAULT_CACHE_SIZE_MIB = 32;
 
 export interface FileId {
   dev: number;
@@ -824,7 +830,7 @@ export class SqliteStore implements Store {
     this.#walCapBytes = options.walCapBytes ?? WAL_CAP_BYTES;
     this.#checkpointBetweenWrites = options.checkpointBetweenWrites ?? false;
     this.#readInThread = path === ":memory:";
-    this.#cacheSizeMiB = options.cacheSizeMiB ?? 32;
+    this.#cacheSizeMiB = options.cacheSizeMiB ?? DEFAULT_CACHE_SIZE_MIB;
     this.#closeCheckpointWaitMs = options.closeCheckpointWaitMs ?? 0;
     this.#onCloseCheckpoint = options.onCloseCheckpoint;
     this.readOnly = options.readOnly ?? false;
@@ -954,10 +960,10 @@ export class SqliteStore implements Store {
           if (this.#closed) return;
           this.#db.pragma("wal_checkpoint(PASSIVE)");
           if (Date.now() < truncateAfter || walBytes(this.path) <= this.#walCapBytes) return;
-          this.#db.pragma(`busy_timeout = ${Math.min(this.#lockWaitMs, 1000)}`);
+          this.#db.pragma(`busy_timeout = ${Math.min(this.#lockWaitMs, TRUNCATE_WAIT_MS)}`);
           try {
             const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[];
-            if (r?.busy) truncateAfter = Date.now() + 10_000;
+            if (r?.busy) truncateAfter = Date.now() + TRUNCATE_RETRY_MS;
           } finally {
             this.#db.pragma(`busy_timeout = ${this.#lockFailFast ? 0 : this.#lockWaitMs}`);
           }
@@ -968,7 +974,14 @@ export class SqliteStore implements Store {
     }
     const worker = new Worker(CHECKPOINTER, {
       eval: true,
-      workerData: { driver: driverPath, path: this.path, intervalMs: this.#checkpointIntervalMs, walCapBytes: this.#walCapBytes },
+      workerData: {
+        driver: driverPath,
+        path: this.path,
+        intervalMs: this.#checkpointIntervalMs,
+        walCapBytes: this.#walCapBytes,
+        truncateWaitMs: TRUNCATE_WAIT_MS,
+        truncateRetryMs: TRUNCATE_RETRY_MS,
+      },
     });
     worker.unref();
     // Without the thread the WAL would grow without bound: fall back to SQLite's own checkpoints.

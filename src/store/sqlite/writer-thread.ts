@@ -6,7 +6,7 @@ import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
 import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
-import { checkSameFile, type CloseCheckpointEvent, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
+import { checkSameFile, type CloseCheckpointEvent, DEFAULT_CACHE_SIZE_MIB, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
 
 /**
  * Where a writable SQLite store writes: on a thread of its own (`thread`), on the caller's (`inline`), or `auto`:
@@ -328,11 +328,16 @@ export class SqliteThreadStore implements Store {
     });
   }
 
-  async #call(op: string, args: unknown[], transfer?: ArrayBuffer[]): Promise<unknown> {
+  /** Waits for the thread's store to be open (starting a thread if the last one stopped); refused before init(). */
+  async #opened(): Promise<void> {
     this.#open();
     if (!this.#initCalled) throw new StoreError(`SQLite store ${this.path} is not initialised: call init() first`);
     if (this.#ready === null) this.#start();
     await this.#ready;
+  }
+
+  async #call(op: string, args: unknown[], transfer?: ArrayBuffer[]): Promise<unknown> {
+    await this.#opened();
     const worker = this.#worker;
     if (worker === null) throw new StoreError(`SQLite store ${this.path}: its writer thread stopped`);
     return this.#send(worker, op, args, transfer);
@@ -362,15 +367,12 @@ export class SqliteThreadStore implements Store {
    * stuck on a stalled disk holds the writer thread, and the counts, the dashboard and the report would wait behind it.
    */
   #query: Query = async (sql, params) => {
-    this.#open();
-    if (!this.#initCalled) throw new StoreError(`SQLite store ${this.path} is not initialised: call init() first`);
-    if (this.#ready === null) this.#start();
     // (the schema is there once the thread's store is open)
-    await this.#ready;
+    await this.#opened();
     // (a close() meanwhile has closed the reader: a new one would be left open)
     this.#open();
     if (this.#reader === null || this.#reader.stopped) {
-      this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? 32 });
+      this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? DEFAULT_CACHE_SIZE_MIB });
     }
     try {
       return await this.#reader.query(sql, params);
