@@ -210,6 +210,8 @@ export async function demo(opts: DemoOptions = {}): Promise<DemoResult> {
     engine = await createEngine(config, { log: engineLog });
   }
   const { startGateway } = await import("../gateway.ts");
+  const { capYoungGeneration } = await import("./young-generation.ts");
+  capYoungGeneration();
   let gateway: Awaited<ReturnType<typeof startGateway>> | undefined;
   try {
     out(`\n== 1. ${kind === "docker" ? "build the two model images and start" : "start"} 2 replicas of each (engine: ${kind})`);
