@@ -1,5 +1,6 @@
 import { PerformanceObserver } from "node:perf_hooks";
 import { getHeapSpaceStatistics, setFlagsFromString } from "node:v8";
+import type { Worker } from "node:worker_threads";
 
 /**
  * The most V8's young generation (its "new space": two semi-spaces) may grow to in a gateway process: 16 MB, where
@@ -29,9 +30,10 @@ export type YoungGenerationCap = "watching" | "user-sized";
  * and a bin script cannot pass node flags portably), but V8 reads its growth factor each time it grows the space.
  * So after every collection this looks at the space's size: at the cap, it sets that factor to 1 (the space then no
  * longer grows), below it back to V8's 2 (V8 shrinks the space when allocation slows down, and it may grow again).
- * It sets the factor again after every collection at the cap, because every new isolate sets it back to 2 (V8's
- * Heap::ConfigureHeap): a worker thread started later (the store's reader) would otherwise lift the cap for good;
- * this way at most the one collection that follows the worker's start may grow the space, by one step.
+ * It sets the factor again after every collection at the cap, and when a worker thread comes online, because every
+ * new isolate sets it back to 2 (V8's Heap::ConfigureHeap): a worker started later (the store's reader) would
+ * otherwise lift the cap for good. A collection between the worker's start and either of those may still grow the
+ * space, by one step (to 32 MB, Node's own maximum).
  *
  * A collection that grows the space is seen in the next turn of the event loop at the latest, and one growth step
  * needs as many surviving bytes as the space holds, so the cap is not passed by more than one step. The cost: a
@@ -49,6 +51,9 @@ export function capYoungGeneration(capBytes = YOUNG_GENERATION_CAP_BYTES, nodeOp
   };
   check();
   new PerformanceObserver(check).observe({ entryTypes: ["gc"] });
+  // A worker's isolate exists once it runs JavaScript ("online"): the factor it set back is set again then, if no
+  // collection came first.
+  process.on("worker", (worker: Worker) => worker.once("online", check));
   return "watching";
 }
 
