@@ -55,6 +55,16 @@ describe("capYoungGeneration", () => {
     assert.ok(Math.max(...sizes) <= 8 * MiB, `sizes ${sizes.map((s) => s / MiB).join(", ")} MiB`);
   });
 
+  it("watches once per process, however often it is called (the demo runs twice in one test process)", () => {
+    const script = [
+      `import { capYoungGeneration } from ${JSON.stringify(new URL("./young-generation.ts", import.meta.url).href)};`,
+      `const said = [capYoungGeneration(), capYoungGeneration(), capYoungGeneration()];`,
+      `console.log(JSON.stringify({ said, workerListeners: process.listenerCount("worker") }));`,
+    ].join("\n");
+    const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000 });
+    assert.deepEqual(JSON.parse(out), { said: ["watching", "watching", "watching"], workerListeners: 1 });
+  });
+
   it("leaves the young generation alone when node was given flags that size it", () => {
     assert.equal(capYoungGeneration(MiB, "--max-semi-space-size=64"), "user-sized");
     assert.equal(capYoungGeneration(MiB, "--inspect --min_semi_space_size=4"), "user-sized");

@@ -39,10 +39,14 @@ export type YoungGenerationCap = "watching" | "user-sized";
  * needs as many surviving bytes as the space holds, so the cap is not passed by more than one step. The cost: a
  * look at the heap's spaces and a flag parsed, about 10 µs, once per collection (every few tens of ms under load).
  *
- * Returns "watching", or "user-sized" when the process was started with flags of its own for this (kept as given).
+ * Watches once per process: later calls change nothing. Returns "watching", or "user-sized" when the process was
+ * started with flags of its own for this (kept as given).
  */
 export function capYoungGeneration(capBytes = YOUNG_GENERATION_CAP_BYTES, nodeOptions = `${process.execArgv.join(" ")} ${process.env.NODE_OPTIONS ?? ""}`): YoungGenerationCap {
   if (USER_SIZING.test(nodeOptions)) return "user-sized";
+  // Once per process (the tests run the demo twice in one): a second watcher would only repeat the first.
+  if (watching) return "watching";
+  watching = true;
   let stopped = false;
   const check = () => {
     const atCap = youngGenerationBytes() >= capBytes;
@@ -56,6 +60,8 @@ export function capYoungGeneration(capBytes = YOUNG_GENERATION_CAP_BYTES, nodeOp
   process.on("worker", (worker: Worker) => worker.once("online", check));
   return "watching";
 }
+
+let watching = false;
 
 /** V8's default growth factor of the young generation (its flag's default, and the least Heap::ConfigureHeap allows). */
 const V8_GROWTH_FACTOR = 2;
