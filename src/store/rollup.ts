@@ -337,11 +337,22 @@ function variantGroup(groups: VariantGroup[], experiment: string, variant: strin
   return g;
 }
 
-/** ON CONFLICT clauses shared by both dialects, so both stores apply exactly the same rule. */
+/**
+ * ON CONFLICT clauses shared by both dialects, so both stores apply exactly the same rule.
+ *
+ * The units upsert changes a row only when the exposure changes it (an earlier first exposure, or a second variant
+ * of a unit not yet multi), and its WHERE says so: without it every upsert of a known unit rewrote the row as it
+ * was, and with it the page (SQLite), or made a new row version (PostgreSQL). Those are most of the upserts once an
+ * experiment has more units than the unit cache remembers, each on a page of its own in a table keyed by unit: over
+ * 300,000 units seen before, 1,061 KiB of WAL per 1,000 exposures instead of 105 KiB, and 7.9 µs of CPU per exposure
+ * instead of 4.0 (bench/store/many-units.ts).
+ */
 const UNIT_UPSERT_SET = `
   multi = CASE WHEN units.multi = 1 OR excluded.multi = 1 OR excluded.first_variant <> units.first_variant THEN 1 ELSE 0 END,
   first_variant = CASE WHEN excluded.first_ts < units.first_ts THEN excluded.first_variant ELSE units.first_variant END,
-  first_ts = CASE WHEN excluded.first_ts < units.first_ts THEN excluded.first_ts ELSE units.first_ts END`;
+  first_ts = CASE WHEN excluded.first_ts < units.first_ts THEN excluded.first_ts ELSE units.first_ts END
+  WHERE excluded.first_ts < units.first_ts
+     OR (units.multi = 0 AND (excluded.multi = 1 OR excluded.first_variant <> units.first_variant))`;
 
 const MINUTE_UPSERT_SET = `
   requests = minute_stats.requests + excluded.requests,

@@ -8,6 +8,7 @@ import { postgresInstalled, postgresRequired, startPostgres, type PostgresCluste
 import { storeConformance } from "../conformance.ts";
 import { openStore } from "../index.ts";
 import { latestSchemaVersion } from "../migrations.ts";
+import type { Exposure } from "../types.ts";
 import { PostgresStore, toPgPlaceholders } from "./postgres-store.ts";
 
 /**
@@ -102,6 +103,33 @@ if (!installed) {
         res.rows.map((r) => r.version),
         Array.from({ length: latestSchemaVersion }, (_, i) => i + 1),
       );
+    });
+
+    it("a unit seen again with nothing new for its row leaves the row as it is (no new row version)", async () => {
+      const s = new PostgresStore(url, { unitCacheSize: 0 });
+      await s.init();
+      const seen = (unit: string, ts: number, variant: string): Exposure => ({
+        experiment: "untouched", ts, requestId: `r${ts}`, unit, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 1, forced: false,
+      });
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      // xmin: the transaction that wrote the row's current version; an UPDATE makes a new version.
+      const version = async () => (await c.query(`SELECT xmin::text AS v, multi, first_ts FROM units WHERE experiment = 'untouched' AND unit = 'u1'`)).rows[0];
+      try {
+        await s.writeExposures([seen("u1", 1000, "a")]);
+        const first = await version();
+        await s.writeExposures([seen("u1", 2000, "a")]);
+        assert.deepEqual(await version(), first, "the same variant later: nothing to change");
+        await s.writeExposures([seen("u1", 3000, "b")]);
+        const multi = await version();
+        assert.notEqual(multi.v, first.v);
+        assert.equal(multi.multi, 1);
+        await s.writeExposures([seen("u1", 4000, "a")]);
+        assert.deepEqual(await version(), multi, "multi already: nothing to change");
+      } finally {
+        await c.end();
+        await s.close();
+      }
     });
 
     it("acknowledged events survive a server crash (immediate stop, WAL recovery)", async () => {
