@@ -531,6 +531,28 @@ describe("SqliteStore specifics", () => {
       }
     });
 
+    it("upserts new units in slices too (a batch of units new to the database held the loop 4-7 ms in one go)", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+      try {
+        const store = new SqliteStore(join(dir, "a.db"), { monotonicMs: slowClock() });
+        await store.init();
+        // 1,000 units, each new: 1,000 upserts besides the rows, 16 per look at the (slow) clock
+        const fresh = (tag: string) => Array.from({ length: 1000 }, (_, i) => ({ ...x(i), unit: `${tag}-${i}` }));
+        const turnsOf = async (rows: Exposure[]) => {
+          const loop = countTurns();
+          await store.writeExposures(rows);
+          return loop.stop();
+        };
+        const known = await turnsOf(rowsOf(1000)); // 300 units, none known yet: a few slices of them
+        const allNew = await turnsOf(fresh("new"));
+        assert.ok(allNew >= known + 1000 / 16 - 300 / 16 - 5, `new units took ${allNew} turns, against ${known} for 300 of them`);
+        assert.deepEqual((await store.aggregate("exp", ["control", "treatment"], [])).variants.map((v) => v.units), [650, 650]);
+        await store.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it("an events batch too goes in slices, all or nothing: a failure in a late slice leaves no event, and the counter as it was", async () => {
       const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
       try {
