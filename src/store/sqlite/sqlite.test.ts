@@ -695,6 +695,44 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("a write waits for another connection's lock without sleeping the thread, and goes through once it is free", async () => {
+    // The lock's holder is on this very thread: a write that slept the thread for the lock (SQLite's busy_timeout)
+    // would keep it from ever letting go, and fail after busyTimeoutMs. A checkpointer's TRUNCATE, which holds the
+    // lock while it copies the WAL, held a gateway's proxy this way up to 100 ms at a time.
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const store = new SqliteStore(path, { busyTimeoutMs: 1000 });
+      await store.init();
+      const other = new Database(path);
+      other.exec("BEGIN IMMEDIATE");
+      const loop = countTurns();
+      const released = new Promise<void>((resolve) =>
+        setTimeout(() => {
+          other.exec("COMMIT");
+          resolve();
+        }, 60),
+      );
+      const t0 = performance.now();
+      await store.writeExposures(rowsOf(10));
+      const waitedMs = performance.now() - t0;
+      const turns = loop.stop();
+      await released;
+      assert.ok(waitedMs >= 50 && waitedMs < 900, `waited ${waitedMs.toFixed(0)} ms for the lock`);
+      assert.ok(turns >= 4, `the loop turned ${turns} times while the write waited`);
+      assert.equal((await store.counts("exp")).exposures, 10);
+      // An events batch waits the same way.
+      other.exec("BEGIN IMMEDIATE");
+      setTimeout(() => other.exec("COMMIT"), 30);
+      await store.writeEvents([{ experiment: "exp", unit: "u1", event: "watched", value: 1, ts: 1e12, requestId: null }]);
+      assert.equal((await store.counts("exp")).events, 1);
+      other.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("after a write failed on another process's lock, queued writes fail at once (not busyTimeoutMs each) until one succeeds", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
     try {
