@@ -9,12 +9,13 @@ import type { Worker } from "node:worker_threads";
  * Why: V8 doubles the young generation each time as many bytes as it holds have survived collections since it last
  * grew. A burst of connections is exactly that: each keeps about 2 KB of objects (its socket, their streams' states,
  * abgate's connection), so 5,000 clients arriving at once took it from 16 to 32 MB, and it stays there while they idle.
- * With the SQLite writer thread's heap beside it, 5,000 idle connections then held 149.8-150.8 MB RSS (three runs of
- * bench/memory/idle-connections.ts), against the 150 MB that issue 2 allows.
+ * With the SQLite writer thread beside it, 5,000 idle connections then held 149.8-150.8 MB RSS (three runs of
+ * bench/memory/idle-connections.ts), against the 150 MB that issue 2 allows; with the cap, 136.6-137.2 MB.
  *
- * What it costs: nothing measurable. Proxying at saturation (bench/proxy/rounds.sh -r 8, medians) with the limit set
- * on the command line: default 26,231 req/s (p99 7.72 ms), 16 MB (`--max-semi-space-size=8`) 26,648 (7.78 ms), 8 MB
- * 26,890 (7.96 ms); 4 MB was worse (p99 10.27 ms): there, requests still in flight are promoted to the old generation.
+ * What it costs: about 1% of CPU per request, within the noise of the harness (same-core pairs against Node's own
+ * sizing, bench/proxy/ab.sh -r 8: 0.992 req/s, 0.990 per CPU-second). Proxying at saturation with the limit set on
+ * the command line (bench/proxy/rounds.sh -r 8, medians): default 26,231 req/s (p99 7.72 ms), 16 MB
+ * (`--max-semi-space-size=8`) 26,648 (7.78 ms), 8 MB 26,890 (7.96 ms); 4 MB had a worse p99 (10.27 ms).
  */
 export const YOUNG_GENERATION_CAP_BYTES = 16 * 2 ** 20;
 
