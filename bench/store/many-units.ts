@@ -15,10 +15,10 @@
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import type { Exposure } from "../../src/store/types.ts";
-import { refSourcesOf } from "./ref-sources.ts";
+import { refAndWorkStores, refSourcesOf } from "./ref-sources.ts";
 
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const { values: opts } = parseArgs({
@@ -34,26 +34,10 @@ const { values: opts } = parseArgs({
 const users = Number(opts.users);
 const BATCH_ROWS = 1000;
 
-interface StoreLike {
-  init(): Promise<void>;
-  writeExposures(rows: Exposure[]): Promise<void>;
-  close(): Promise<void>;
-}
-
 const dir = mkdtempSync(join(tmpdir(), "abgate-bench-many-units-"));
 try {
   const ref = refSourcesOf(opts.ref, opts["ref-dir"]);
-  const stores: { name: string; path: string; store: StoreLike; cpuUsPerRow: number[]; walKiBPerBatch: number[] }[] = [];
-  for (const [name, root] of [["ref", ref.dir], ["work", repo]] as const) {
-    const mod = (await import(pathToFileURL(join(root, "src/store/sqlite/sqlite-store.ts")).href)) as {
-      SqliteStore: new (path: string, options?: object) => StoreLike;
-    };
-    const path = join(dir, `${name}.db`);
-    // No checkpoints during the run (see write-cpu.ts): the WAL then grows by exactly what the writes append.
-    const store = new mod.SqliteStore(path, { checkpointIntervalMs: 3_600_000 });
-    await store.init();
-    stores.push({ name, path, store, cpuUsPerRow: [], walKiBPerBatch: [] });
-  }
+  const stores = (await refAndWorkStores(ref.dir, dir)).map((s) => ({ ...s, cpuUsPerRow: [] as number[], walKiBPerBatch: [] as number[] }));
   console.log(`SqliteStore exposure writes over ${users.toLocaleString("en")} units, ${BATCH_ROWS}-row batches; ref = ${ref.label}, work = ${repo}`);
 
   let seq = 0;

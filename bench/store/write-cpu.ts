@@ -16,10 +16,10 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import type { Exposure } from "../../src/store/types.ts";
-import { refSourcesOf } from "./ref-sources.ts";
+import { refAndWorkStores, refSourcesOf } from "./ref-sources.ts";
 
 const gc = (globalThis as { gc?: () => void }).gc;
 const repo = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -37,28 +37,10 @@ const BATCH_ROWS = 1000;
 const USERS = 10_000;
 const WARMUP_ROUNDS = 4;
 
-interface StoreLike {
-  init(): Promise<void>;
-  writeExposures(rows: Exposure[]): Promise<void>;
-  close(): Promise<void>;
-}
-
 const dir = mkdtempSync(join(tmpdir(), "abgate-bench-write-cpu-"));
 try {
   const ref = refSourcesOf(opts.ref, opts["ref-dir"]);
-  const stores: { name: string; store: StoreLike; cpuUsPerRow: number[] }[] = [];
-  for (const [name, root] of [["ref", ref.dir], ["work", repo]] as const) {
-    const mod = (await import(pathToFileURL(join(root, "src/store/sqlite/sqlite-store.ts")).href)) as {
-      SqliteStore: new (path: string, options?: object) => StoreLike;
-    };
-    // Checkpoints, the background thread's job, are left out: its CPU (process.cpuUsage counts every thread) would
-    // land in whichever store's round it ran in. With a checkpointer thread (the writer's automatic checkpoints
-    // are then off) on an interval longer than the run, none runs. Both stores checkpoint alike, so this changes
-    // no comparison; the WAL grows instead, by about 100 MB in a default run.
-    const store = new mod.SqliteStore(join(dir, `${name}.db`), { checkpointIntervalMs: 3_600_000 });
-    await store.init();
-    stores.push({ name, store, cpuUsPerRow: [] });
-  }
+  const stores = (await refAndWorkStores(ref.dir, dir)).map((s) => ({ ...s, cpuUsPerRow: [] as number[] }));
   if (gc === undefined) console.log("(run with node --expose-gc for steadier numbers: a full GC before each measurement)");
   console.log(`SqliteStore.writeExposures CPU per row, ${BATCH_ROWS}-row batches back to back; ref = ${ref.label}, work = ${repo}`);
 
