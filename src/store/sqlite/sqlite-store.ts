@@ -1072,9 +1072,10 @@ export class SqliteStore implements Store {
    * Begins a write transaction, waiting for another connection's write lock without sleeping this thread: SQLite
    * waits for a lock (busyTimeoutMs) by sleeping the calling thread, and inline that is the proxy's. The lock is
    * tried with no wait, then again after timers of 1, 2, 4... up to 16 ms, until busyTimeoutMs has passed, and the
-   * loop runs meanwhile. The checkpointer's emptying (TRUNCATE) checkpoint holds that lock while it copies the WAL:
-   * with a million users, mostly new, the WAL grew by 3 MiB per 1,000 exposures, reached its cap about once a
-   * second, and each exposure write that met the checkpoint held the proxy up to 100 ms (a p99 of 62-87 ms).
+   * loop runs meanwhile. The checkpointer's emptying (TRUNCATE) checkpoint holds that lock while it copies the WAL
+   * (with inline writes it is the only other connection of a gateway that takes it): with a million users, mostly
+   * new, the WAL grew by 3 MiB per 1,000 exposures, enough to reach its cap about once a second, and BEGIN took up to
+   * 102 ms with the proxy's thread asleep (a p99 of 62-87 ms at the proxy).
    */
   async #begin(transaction: WriteTransaction): Promise<void> {
     // (once writes fail fast, busy_timeout is 0 already, and the first try is the only one: see #lockAware)
