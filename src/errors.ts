@@ -71,9 +71,15 @@ export class PortTakenError extends AbgateError {
   }
 }
 
+export type StoreErrorCode = "ABGATE_ERR_STORE" | "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" | "ABGATE_ERR_STORE_INVALID_EXPOSURE";
+
 export class StoreError extends AbgateError {
-  /** `code`: ABGATE_ERR_STORE, or ABGATE_ERR_STORE_OUTCOME_UNKNOWN when a write's COMMIT failed and may have committed */
-  constructor(message: string, options?: { cause?: unknown; code?: "ABGATE_ERR_STORE" | "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" }) {
+  /**
+   * `code`: ABGATE_ERR_STORE; ABGATE_ERR_STORE_OUTCOME_UNKNOWN when a write's COMMIT failed and may have committed;
+   * ABGATE_ERR_STORE_INVALID_EXPOSURE when writeExposures refused its batch, before writing any of it, for a row no
+   * store can take (exposureProblem says which)
+   */
+  constructor(message: string, options?: { cause?: unknown; code?: StoreErrorCode }) {
     super(message, options?.code ?? "ABGATE_ERR_STORE", options);
     this.name = "StoreError";
   }

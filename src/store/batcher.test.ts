@@ -8,6 +8,7 @@ import { postgresInstalled, postgresRequired, startPostgres, type PostgresCluste
 import { ManualClock } from "../clock.ts";
 import { ExposureBatcher, type BatcherLog } from "./batcher.ts";
 import { PostgresStore } from "./postgres/index.ts";
+import { checkExposures } from "./rollup.ts";
 import { SqliteStore } from "./sqlite/index.ts";
 import type { Exposure } from "./types.ts";
 
@@ -27,11 +28,15 @@ function exposure(i: number): Exposure {
 }
 
 /** A store that records each write and fails while `failing` is set (the real stores cannot be made to fail on cue). */
+/** Refuses what the stores refuse (checkExposures), as they do; records the batches it takes. */
 class RecordingStore {
   writes: Exposure[][] = [];
   failing = false;
+  attempts = 0;
   async writeExposures(rows: Exposure[]): Promise<void> {
+    this.attempts++;
     if (this.failing) throw new Error("database is locked");
+    checkExposures(rows);
     this.writes.push(rows);
   }
   get rows(): Exposure[] {
@@ -351,8 +356,30 @@ describe("ExposureBatcher", () => {
     b.push(exposure(2));
     await b.flush();
     assert.deepEqual(store.rows.map((r) => r.requestId), ["r0", "r2"]);
-    assert.equal(b.stats().dropped, 1);
+    assert.equal(store.attempts, 2, "refused once, then the rest written at once");
+    assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 1, failures: 0, lastError: null });
     assert.ok(logs.some(([level, msg]) => level === "error" && /malformed/.test(msg)));
+  });
+
+  it("drops malformed rows refused by a real SQLite store too, and writes the rest", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-batcher-"));
+    const store = new SqliteStore(join(dir, "x.db"));
+    await store.init();
+    try {
+      logs.length = 0;
+      const b = new ExposureBatcher(store, { log, maxRetryDelayMs: 50 });
+      b.push(exposure(0));
+      b.push({ ...exposure(1), unit: "u\u0000" });
+      b.push({ ...exposure(2), ts: Number.POSITIVE_INFINITY });
+      b.push(exposure(3));
+      await b.flush();
+      assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 2, failures: 0, lastError: null });
+      assert.equal((await store.counts("exp")).exposures, 2);
+      await b.close();
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("keeps push order through any mix of pushes, timed and full-batch writes, failures and flushes (property)", async () => {

@@ -406,7 +406,7 @@ export function storeConformance(factory: StoreFactory): void {
       const store = await open(await fresh());
       await assert.rejects(
         store.writeExposures([x("u1", 0, "control"), { ...x("u2", 0, "control"), latencyMs: Number.NaN }]),
-        StoreError,
+        (err: unknown) => err instanceof StoreError && err.code === "ABGATE_ERR_STORE_INVALID_EXPOSURE" && /exposure 1: ts, latencyMs/.test(err.message),
       );
       assert.deepEqual(await store.counts("exp"), { exposures: 0, events: 0 });
       assert.deepEqual((await store.aggregate("exp", ["control"], [])).variants[0], {

@@ -160,7 +160,7 @@ export function exposureProblem(e: Exposure): string | null {
 
 export function checkExposure(e: Exposure, index: number): void {
   const problem = exposureProblem(e);
-  if (problem !== null) throw new StoreError(`exposure ${index}: ${problem}`);
+  if (problem !== null) throw new StoreError(`exposure ${index}: ${problem}`, { code: "ABGATE_ERR_STORE_INVALID_EXPOSURE" });
 }
 
 /** The checks of `exposureProblem`, for events: POST /v1/events refuses all of these first, with a 400. */
@@ -181,7 +181,7 @@ export function checkEvent(e: OutcomeEvent, index: number): void {
 export function checkExposures(rows: Exposure[]): void {
   for (let i = 0; i < rows.length; i++) {
     const problem = exposureProblem(rows[i]!);
-    if (problem !== null) throw new StoreError(`exposure ${i}: ${problem}`);
+    if (problem !== null) throw new StoreError(`exposure ${i}: ${problem}`, { code: "ABGATE_ERR_STORE_INVALID_EXPOSURE" });
   }
 }
 

@@ -117,7 +117,11 @@ export interface Store {
   init(): Promise<void>;
   /** After an init that upgraded an existing store: the schema version it had (the gateway says so at start). */
   readonly migratedFrom?: number;
-  /** Append exposures; the caller batches. */
+  /**
+   * Append exposures, all or nothing; the caller batches. A batch with a row `exposureProblem` refuses is refused
+   * whole, before anything is written, with a StoreError coded ABGATE_ERR_STORE_INVALID_EXPOSURE (the batcher then
+   * drops that row and writes the rest).
+   */
   writeExposures(rows: Exposure[]): Promise<void>;
   /** Append outcome events in one transaction; resolves only once they are durable (fsync'd / committed). */
   writeEvents(rows: OutcomeEvent[]): Promise<void>;

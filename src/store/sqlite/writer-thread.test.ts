@@ -70,7 +70,7 @@ describe("SqliteThreadStore", () => {
     const store = new SqliteThreadStore(path);
     try {
       await store.init();
-      await assert.rejects(store.writeExposures([exposure(1), exposure(2, { unit: "a\0b" })]), (err: unknown) => err instanceof StoreError && /exposure 1: unit and requestId must not contain NUL/.test(err.message));
+      await assert.rejects(store.writeExposures([exposure(1), exposure(2, { unit: "a\0b" })]), (err: unknown) => err instanceof StoreError && err.code === "ABGATE_ERR_STORE_INVALID_EXPOSURE" && /exposure 1: unit and requestId must not contain NUL/.test(err.message));
       await store.writeExposures([exposure(1), exposure(2)]);
       assert.deepEqual(await store.counts("exp"), { exposures: 2, events: 0 });
       await assert.rejects(store.recentUnits("exp", -1), /limit/);
