@@ -936,6 +936,11 @@ export class SqliteStore implements Store {
       if (err instanceof StoreError) throw err;
       throw new StoreError(`cannot migrate SQLite store ${this.path}: ${(err as Error).message}${fileHint(err)}`, { cause: err });
     }
+    // From here on no statement of this connection sleeps for a lock: the writes wait for one in #waitForLock,
+    // with timers, and the reads of a WAL database take none (SQLite's busy handler sleeps the calling thread, and
+    // with inline writes that is the proxy's). Setting the wait once, rather than around each write, also saves the
+    // two PRAGMA statements each one cost (prepared anew each time: a PRAGMA takes effect when it is prepared).
+    if (this.#lockWaitMs > 0) this.#db.pragma("busy_timeout = 0");
     this.#prepare();
     this.#startCheckpointer();
   }
@@ -977,7 +982,7 @@ export class SqliteStore implements Store {
             const [r] = this.#db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[];
             if (r?.busy) truncateAfter = Date.now() + TRUNCATE_RETRY_MS;
           } finally {
-            this.#db.pragma(`busy_timeout = ${this.#lockFailFast ? 0 : this.#lockWaitMs}`);
+            this.#db.pragma("busy_timeout = 0");
           }
         }).catch(() => {});
       }, this.#checkpointIntervalMs);
@@ -1071,26 +1076,27 @@ export class SqliteStore implements Store {
   /**
    * Begins a write transaction, waiting for another connection's write lock without sleeping this thread: SQLite
    * waits for a lock (busyTimeoutMs) by sleeping the calling thread, and inline that is the proxy's. The lock is
-   * tried with no wait, then again after timers of 1, 2, 4... up to 16 ms, until busyTimeoutMs has passed, and the
-   * loop runs meanwhile. The checkpointer's emptying (TRUNCATE) checkpoint holds that lock while it copies the WAL
-   * (with inline writes it is the only other connection of a gateway that takes it): with a million users, mostly
-   * new, the WAL grew by 3 MiB per 1,000 exposures, enough to reach its cap about once a second, and BEGIN took up to
-   * 102 ms with the proxy's thread asleep (a p99 of 62-87 ms at the proxy).
+   * tried with no wait (busy_timeout is 0 once the store is open), then again after timers of 1, 2, 4... up to 16 ms,
+   * until busyTimeoutMs has passed, and the loop runs meanwhile. The checkpointer's emptying (TRUNCATE) checkpoint
+   * holds that lock while it copies the WAL (with inline writes it is the only other connection of a gateway that
+   * takes it): with a million users, mostly new, the WAL grew by 3 MiB per 1,000 exposures, enough to reach its cap
+   * about once a second, and BEGIN took up to 102 ms with the proxy's thread asleep (a p99 of 62-87 ms at the proxy).
    */
   async #begin(transaction: WriteTransaction): Promise<void> {
-    // (once writes fail fast, busy_timeout is 0 already, and the first try is the only one: see #lockAware)
-    if (this.#lockWaitMs <= 0 || this.#lockFailFast) return transaction.begin();
+    return this.#waitForLock(() => transaction.begin());
+  }
+
+  /**
+   * Runs `take` (a statement that may find another connection's lock) until it does not fail on a lock, with timers
+   * in between (see #begin), for at most busyTimeoutMs; once writes fail fast (see #lockAware), once.
+   */
+  async #waitForLock<T>(take: () => T): Promise<T> {
     const deadline = this.#now() + this.#lockWaitMs;
     for (let delayMs = 1; ; delayMs = Math.min(delayMs * 2, MAX_LOCK_RETRY_MS)) {
-      // (a PRAGMA takes effect when it is prepared: a prepared one run again changes nothing)
-      this.#db.pragma("busy_timeout = 0");
       try {
-        transaction.begin();
-        return;
+        return take();
       } catch (err) {
-        if (!lockedOut(err) || this.#now() >= deadline) throw err;
-      } finally {
-        this.#db.pragma(`busy_timeout = ${this.#lockWaitMs}`);
+        if (!lockedOut(err) || this.#lockFailFast || this.#now() >= deadline) throw err;
       }
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(delayMs, deadline - this.#now()))));
     }
@@ -1098,24 +1104,19 @@ export class SqliteStore implements Store {
 
   /**
    * Runs a write; once one has failed on another connection's lock, the next ones fail at once instead of each
-   * waiting busyTimeoutMs, until one succeeds. SQLite waits for a lock by sleeping the calling thread, which is the
-   * proxy's: 30 events POSTs queued behind a lock held by another process held every proxied request for about 2 s,
-   * 100 ms each. Now a lock costs at most one wait per spell; the writes that fail meanwhile are retried by their
-   * callers (the exposure batcher with backoff; an events POST gets a 503).
+   * waiting busyTimeoutMs, until one succeeds. A lock that another process holds for long (a report run with
+   * --writable) would otherwise hold every queued write for busyTimeoutMs in turn: 30 events POSTs queued behind one
+   * took about 2 s to be answered, 100 ms each, when the wait still slept the proxy's thread. Now a lock costs at
+   * most one wait per spell; the writes that fail meanwhile are retried by their callers (the exposure batcher with
+   * backoff; an events POST gets a 503).
    */
   async #lockAware<T>(fn: () => T | Promise<T>): Promise<T> {
     try {
       const result = await fn();
-      if (this.#lockFailFast && !this.#closed) {
-        this.#lockFailFast = false;
-        this.#db.pragma(`busy_timeout = ${this.#lockWaitMs}`);
-      }
+      if (this.#lockFailFast && !this.#closed) this.#lockFailFast = false;
       return result;
     } catch (err) {
-      if (!this.#lockFailFast && !this.#closed && this.#lockWaitMs > 0 && lockedOut(err)) {
-        this.#lockFailFast = true;
-        this.#db.pragma("busy_timeout = 0");
-      }
+      if (!this.#lockFailFast && !this.#closed && this.#lockWaitMs > 0 && lockedOut(err)) this.#lockFailFast = true;
       throw err;
     }
   }
@@ -1234,16 +1235,18 @@ export class SqliteStore implements Store {
   }
 
   async getState(experiment: string, key: string): Promise<string | null> {
-    const row = await this.#readUnchanged(() => this.#s().getState.get(experiment, key) as { value: string } | undefined);
+    // (a read of a WAL database waits for no lock, but for another connection's recovery of the WAL after a crash)
+    const row = await this.#readUnchanged(() => this.#waitForLock(() => this.#s().getState.get(experiment, key) as { value: string } | undefined));
     return row?.value ?? null;
   }
 
   async setState(experiment: string, key: string, value: string): Promise<void> {
     this.#writable(`save state ${experiment}/${key}`);
     this.#s();
-    return this.#serial(() => {
+    return this.#serial(async () => {
       try {
-        this.#s().setState.run(experiment, key, value, Date.now());
+        // (a statement of its own would take the write lock with no wait, as every statement here: see init)
+        await this.#waitForLock(() => this.#s().setState.run(experiment, key, value, Date.now()));
       } catch (err) {
         if (err instanceof StoreError) throw err;
         throw new StoreError(`cannot save state ${experiment}/${key}: ${(err as Error).message}`, { cause: err });

@@ -726,6 +726,16 @@ describe("SqliteStore specifics", () => {
       setTimeout(() => other.exec("COMMIT"), 30);
       await store.writeEvents([{ experiment: "exp", unit: "u1", event: "watched", value: 1, ts: 1e12, requestId: null }]);
       assert.equal((await store.counts("exp")).events, 1);
+      // And a report's saved state (an UPSERT of its own), which slept the thread up to busyTimeoutMs before.
+      other.exec("BEGIN IMMEDIATE");
+      const stateLoop = countTurns();
+      setTimeout(() => other.exec("COMMIT"), 30);
+      const t1 = performance.now();
+      await store.setState("exp", "k", "v");
+      const stateWaitedMs = performance.now() - t1;
+      const stateTurns = stateLoop.stop();
+      assert.ok(stateWaitedMs >= 20 && stateTurns >= 3, `setState waited ${stateWaitedMs.toFixed(0)} ms, ${stateTurns} turns`);
+      assert.equal(await store.getState("exp", "k"), "v");
       other.close();
       await store.close();
     } finally {
