@@ -901,6 +901,9 @@ export class SqliteStore implements Store {
     }
     try {
       const db = this.#db;
+      // Two processes starting at once take turns here, the second one asleep until the first has migrated (before
+      // the gateway listens: nothing else waits on this thread). A second init() finds the wait set to 0 below.
+      db.pragma(`busy_timeout = ${this.#lockWaitMs}`);
       // A database with tables but no abgate schema is another application's: abgate would add its tables beside
       // them and write there (a typo in store: that names someone's data).
       const foreign = db

@@ -743,6 +743,30 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("init() waits for another process's lock (two gateways starting), the second call too", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
+    try {
+      const path = join(dir, "a.db");
+      const store = new SqliteStore(path, { busyTimeoutMs: 5000 });
+      await store.init();
+      // Another process holds the write lock for 300 ms; init's migration transaction needs it.
+      const holder = spawn(process.execPath, [
+        "-e",
+        `const D = require("better-sqlite3"); const db = new D(${JSON.stringify(path)}); db.exec("BEGIN IMMEDIATE"); console.log("held"); setTimeout(() => { db.exec("COMMIT"); db.close(); }, 300);`,
+      ], { stdio: ["ignore", "pipe", "inherit"] });
+      await new Promise<void>((resolve) => holder.stdout!.once("data", () => resolve()));
+      const t0 = performance.now();
+      await store.init();
+      const waitedMs = performance.now() - t0;
+      assert.ok(waitedMs >= 100, `init() went on after ${waitedMs.toFixed(0)} ms, with the lock held for 300`);
+      await new Promise((resolve) => holder.once("exit", resolve));
+      await store.writeExposures(rowsOf(3));
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("after a write failed on another process's lock, queued writes fail at once (not busyTimeoutMs each) until one succeeds", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
     try {
