@@ -71,7 +71,12 @@ export class PortTakenError extends AbgateError {
   }
 }
 
-export type StoreErrorCode = "ABGATE_ERR_STORE" | "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" | "ABGATE_ERR_STORE_INVALID_EXPOSURE";
+export const STORE_ERROR_CODES = ["ABGATE_ERR_STORE", "ABGATE_ERR_STORE_OUTCOME_UNKNOWN", "ABGATE_ERR_STORE_INVALID_EXPOSURE"] as const;
+export type StoreErrorCode = (typeof STORE_ERROR_CODES)[number];
+
+export function isStoreErrorCode(code: unknown): code is StoreErrorCode {
+  return (STORE_ERROR_CODES as readonly unknown[]).includes(code);
+}
 
 export class StoreError extends AbgateError {
   /**

@@ -158,7 +158,7 @@ export function exposureProblem(e: Exposure): string | null {
   return null;
 }
 
-export function checkExposure(e: Exposure, index: number): void {
+function checkExposure(e: Exposure, index: number): void {
   const problem = exposureProblem(e);
   if (problem !== null) throw new StoreError(`exposure ${index}: ${problem}`, { code: "ABGATE_ERR_STORE_INVALID_EXPOSURE" });
 }
@@ -179,10 +179,7 @@ export function checkEvent(e: OutcomeEvent, index: number): void {
 
 /** Checks a whole batch, naming the first bad row; the stores call it before touching the database. */
 export function checkExposures(rows: Exposure[]): void {
-  for (let i = 0; i < rows.length; i++) {
-    const problem = exposureProblem(rows[i]!);
-    if (problem !== null) throw new StoreError(`exposure ${i}: ${problem}`, { code: "ABGATE_ERR_STORE_INVALID_EXPOSURE" });
-  }
+  for (let i = 0; i < rows.length; i++) checkExposure(rows[i]!, i);
 }
 
 /** The rows of one (experiment, assigned variant) within a batch: its minutes and its latency buckets. */

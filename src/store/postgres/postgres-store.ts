@@ -7,7 +7,7 @@ import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type 
 import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
-  checkExposure,
+  checkExposures,
   HIST_UPSERT,
   MINUTE_UPSERT,
   type RollupUpsert,
@@ -342,7 +342,7 @@ export class PostgresStore implements Store {
     this.#writable(`write ${rows.length} exposures`);
     if (rows.length === 0) return;
     this.#ready();
-    rows.forEach(checkExposure);
+    checkExposures(rows);
     const roll = rollupExposures(rows, this.#cache);
     roll.units.sort(byKey((u) => `${u.experiment}\u0000${u.unit}`));
     roll.minutes.sort(byKey((m) => `${m.experiment}\u0000${m.minute}\u0000${m.variant}`));

@@ -3,7 +3,7 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { MetricConfig } from "../../config/index.ts";
-import { InvalidArgumentError, StoreError, type StoreErrorCode } from "../../errors.ts";
+import { InvalidArgumentError, isStoreErrorCode, StoreError } from "../../errors.ts";
 import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
 import { checkSameFile, type CloseCheckpointEvent, DEFAULT_CACHE_SIZE_MIB, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
@@ -151,12 +151,10 @@ export function toWire(err: unknown): WireError {
   return { name: "Error", message: String(err) };
 }
 
-const STORE_ERROR_CODES: ReadonlySet<string> = new Set<StoreErrorCode>(["ABGATE_ERR_STORE", "ABGATE_ERR_STORE_OUTCOME_UNKNOWN", "ABGATE_ERR_STORE_INVALID_EXPOSURE"]);
-
 /** The store's errors as their classes; anything else (a bug: a TypeError) as a plain error, not as a store outage. */
 function fromWire(e: WireError): Error {
   if (e.name === "InvalidArgumentError") return new InvalidArgumentError(e.message);
-  if (e.name === "StoreError") return new StoreError(e.message, { code: STORE_ERROR_CODES.has(e.code!) ? (e.code as StoreErrorCode) : undefined });
+  if (e.name === "StoreError") return new StoreError(e.message, { code: isStoreErrorCode(e.code) ? e.code : undefined });
   const err = e.name === "TypeError" ? new TypeError(e.message) : e.name === "RangeError" ? new RangeError(e.message) : new Error(e.message);
   if (err.name !== e.name) err.name = e.name;
   return err;
