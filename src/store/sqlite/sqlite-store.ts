@@ -1116,10 +1116,10 @@ export class SqliteStore implements Store {
   async #lockAware<T>(fn: () => T | Promise<T>): Promise<T> {
     try {
       const result = await fn();
-      if (this.#lockFailFast && !this.#closed) this.#lockFailFast = false;
+      this.#lockFailFast = false;
       return result;
     } catch (err) {
-      if (!this.#lockFailFast && !this.#closed && this.#lockWaitMs > 0 && lockedOut(err)) this.#lockFailFast = true;
+      if (this.#lockWaitMs > 0 && lockedOut(err)) this.#lockFailFast = true;
       throw err;
     }
   }
