@@ -16,6 +16,9 @@ export const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
+/** The headers abgate sets on every answer, and so never passes on from a replica. */
+export const ABGATE_RESPONSE_HEADERS: ReadonlySet<string> = new Set(["x-abgate-variant", "x-abgate-request-id"]);
+
 /**
  * Headers a Connection header cannot make hop-by-hop: the body's framing and Host. Dropping a listed
  * Content-Length while still relaying the body would leave its bytes unframed, for the next hop to read as another
@@ -96,8 +99,8 @@ export function asciiSet(chars: string): Uint8Array {
 }
 
 /** Whether s[0, end) holds only characters of `set`: a table lookup each, cheap enough for every request. */
-export function onlyFrom(set: Uint8Array, s: string, end = s.length): boolean {
-  for (let i = 0; i < end; i++) {
+export function onlyFrom(set: Uint8Array, s: string, end = s.length, start = 0): boolean {
+  for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);
     if (c > 127 || set[c] === 0) return false;
   }

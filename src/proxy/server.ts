@@ -11,7 +11,7 @@ import { MAX_UNIT_CHARS, type Exposure } from "../store/types.ts";
 import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, httpDate, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
-import { HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers } from "./headers.ts";
+import { ABGATE_RESPONSE_HEADERS, HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers } from "./headers.ts";
 import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
 import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
@@ -440,22 +440,13 @@ class Exchange implements UpstreamSink, ClientExchange {
     return this.conn.httpMinor === 0;
   }
 
-  onHead(status: number, statusText: string, headers: string[], contentLength: number): void {
+  onHead(status: number, statusText: string, fields: string, contentLength: number, dated: boolean): void {
     // A 5xx counts against the replica now; a success only once the body is whole (onEnd): a replica that cuts off
     // every body must not end its failure streak with each head.
     if (status >= 500) this.ctx.balancer.failed(this.replica!, `answered ${status}`);
     this.status = status;
     const conn = this.conn;
-    let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n`;
-    let dated = false;
-    for (let i = 0; i < headers.length; i += 2) {
-      const name = headers[i];
-      // The replica's own copies of the two headers abgate sets would contradict them (by length first: cheap).
-      if ((name.length === 16 || name.length === 19) && ABGATE_RESPONSE_HEADERS.has(name.toLowerCase())) continue;
-      // (a first letter other than d or D decides without lower-casing: Vary, ETag and Link are four letters too)
-      if (name.length === 4 && (name.charCodeAt(0) | 32) === 100 && (name === "Date" || name === "date" || name.toLowerCase() === "date")) dated = true;
-      head += `${name}: ${headers[i + 1]}\r\n`;
-    }
+    let head = `HTTP/1.1 ${status} ${statusText || reasonPhrase(status)}\r\n${fields}`;
     if (!dated) head += `date: ${httpDate()}\r\n`;
     head += `x-abgate-variant: ${this.served}\r\nx-abgate-request-id: ${this.requestId}\r\n`;
     if (this.setCookie) head += `set-cookie: ${this.setCookie}\r\n`;
@@ -1156,8 +1147,6 @@ function headEnd(data: Buffer): { end: number; consumed: number } | null {
   return end === -1 ? null : { end, consumed: end + 4 };
 }
 
-/** The headers abgate sets on every answer (16 and 19 characters long). */
-const ABGATE_RESPONSE_HEADERS = new Set(["x-abgate-variant", "x-abgate-request-id"]);
 
 /** A head line's field name, lower-cased. */
 function fieldName(line: string): string {

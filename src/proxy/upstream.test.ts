@@ -87,8 +87,22 @@ function pause(ms: number): Promise<void> {
 /** Let late events (a FIN after the end, a stray error) arrive before counting calls. */
 const settle = () => pause(5);
 
+/** Header lines as [name, value, ...]; each line must end in CRLF and have a colon. */
+function fieldPairs(fields: string): string[] {
+  if (fields === "") return [];
+  assert.ok(fields.endsWith("\r\n"), `fields end in CRLF: ${JSON.stringify(fields)}`);
+  const pairs: string[] = [];
+  for (const line of fields.slice(0, -2).split("\r\n")) {
+    const colon = line.indexOf(":");
+    assert.ok(colon > 0, `a field line: ${JSON.stringify(line)}`);
+    pairs.push(line.slice(0, colon), line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, ""));
+  }
+  return pairs;
+}
+
 interface Outcome {
-  heads: { status: number; statusText: string; headers: string[]; contentLength: number }[];
+  /** `headers`: `fields` as [name, value, ...], values without the whitespace around them */
+  heads: { status: number; statusText: string; fields: string; headers: string[]; contentLength: number; dated: boolean }[];
   data: Buffer[];
   ends: (Buffer | undefined)[];
   errors: { err: UpstreamError; beforeResponse: boolean; connected: boolean }[];
@@ -118,7 +132,8 @@ function exchange(
   conn.send(
     `${method} / HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`,
     {
-      onHead: (status, statusText, headers, contentLength) => out.heads.push({ status, statusText, headers: [...headers], contentLength }),
+      onHead: (status, statusText, fields, contentLength, dated) =>
+        out.heads.push({ status, statusText, fields, headers: fieldPairs(fields), contentLength, dated }),
       onData: (chunk) => {
         out.data.push(Buffer.from(chunk));
         return opts.onData ? opts.onData(chunk) : true;
@@ -166,6 +181,8 @@ function assertFailure(o: Outcome, failure: string, beforeResponse: boolean, con
 // Response generation for the property test
 
 const HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"]);
+/** not passed on either: abgate sets them itself */
+const ABGATE_OWN = new Set(["x-abgate-variant", "x-abgate-request-id"]);
 const REASONS: Record<number, string> = { 200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 404: "Not Found", 500: "Internal Server Error" };
 
 const nameArb = fc
@@ -186,6 +203,9 @@ const nameArb = fc
       "upgrade",
       "proxy-authenticate",
       "proxy-connection",
+      "date",
+      "x-abgate-variant",
+      "x-abgate-request-id",
     ),
     fc.constantFrom("lower", "upper", "title"),
   )
@@ -199,7 +219,7 @@ const responseArb = fc.record({
   http10: fc.constantFrom(false, false, false, true),
   method: fc.constantFrom("GET", "GET", "HEAD"),
   framing: fc.constantFrom("length", "chunked", "close"),
-  connection: fc.constantFrom(undefined, "close", "keep-alive", "X-Hop", "keep-alive, X-Hop", "x-hop, Close", "x-hop , x-other", "Keep-Alive"),
+  connection: fc.constantFrom(undefined, "close", "keep-alive", "X-Hop", "keep-alive, X-Hop", "x-hop, Close", "x-hop , x-other", "Keep-Alive", "Date, x-other"),
   connectionAt: fc.nat(),
   headers: fc.array(fc.record({ name: nameArb, value: valueArb, ows: fc.constantFrom("", " ", "  ", "\t") }), { maxLength: 10 }),
   interim: fc.array(fc.constantFrom(100, 103), { maxLength: 2 }),
@@ -219,6 +239,10 @@ interface Built {
   expectStatus: number;
   expectText: string;
   expectHeaders: string[];
+  /** the lines passed on, exactly as written */
+  expectFields: string;
+  /** a Date line is among them */
+  expectDated: boolean;
   expectContentLength: number;
   expectBody: Buffer;
   reusable: boolean;
@@ -265,10 +289,14 @@ function build(g: Gen, rng: RandomSource): Built {
   const listed = new Set<string>();
   if (g.connection) for (const t of g.connection.split(",")) listed.add(t.trim().toLowerCase());
   const expectHeaders: string[] = [];
+  let expectFields = "";
+  let expectDated = false;
   for (const [n, v] of wire) {
     const l = n.toLowerCase();
-    if (HOP.has(l) || listed.has(l)) continue;
+    if (HOP.has(l) || ABGATE_OWN.has(l) || listed.has(l)) continue;
     expectHeaders.push(n, v.trim());
+    expectFields += `${n}:${v}\r\n`;
+    if (l === "date") expectDated = true;
   }
   const c = (g.connection ?? "").toLowerCase();
   let reusable = c.includes("close") ? false : c.includes("keep-alive") ? true : !g.http10;
@@ -283,6 +311,8 @@ function build(g: Gen, rng: RandomSource): Built {
     expectStatus: g.status,
     expectText: REASONS[g.status],
     expectHeaders,
+    expectFields,
+    expectDated,
     expectContentLength,
     expectBody: noBody ? Buffer.alloc(0) : body,
     reusable,
@@ -325,7 +355,10 @@ describe("UpstreamConnection response parsing (property)", () => {
           await o.done;
           await settle();
           assertSuccess(o, b.expectBody);
-          assert.deepEqual(o.heads[0], { status: b.expectStatus, statusText: b.expectText, headers: b.expectHeaders, contentLength: b.expectContentLength });
+          const { status, statusText, headers, fields, contentLength, dated } = o.heads[0]!;
+          assert.equal(dated, b.expectDated, "dated");
+          assert.deepEqual({ status, statusText, headers, contentLength }, { status: b.expectStatus, statusText: b.expectText, headers: b.expectHeaders, contentLength: b.expectContentLength });
+          assert.equal(fields, b.expectFields, "lines passed on as written");
 
           if (b.reusable) {
             assert.equal(pool.idleCount, 1, "keep-alive socket back in the pool");

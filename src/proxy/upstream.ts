@@ -1,6 +1,6 @@
 import { connect, type Socket } from "node:net";
 import { UpstreamError, type UpstreamFailure } from "../errors.ts";
-import { HOP_BY_HOP, TCHAR, connectionTokens, onlyFrom } from "./headers.ts";
+import { ABGATE_RESPONSE_HEADERS, HOP_BY_HOP, TCHAR, connectionTokens, onlyFrom } from "./headers.ts";
 import { allowDeferredWrites, writeLatin1Soon } from "./direct-write.ts";
 import { expireAfterReads } from "./deadlines.ts";
 
@@ -13,8 +13,12 @@ import { expireAfterReads } from "./deadlines.ts";
 
 /** Receives one response. Every call happens at most once per exchange, except onData. */
 export interface UpstreamSink {
-  /** `headers` is a flat [name, value, ...] list without hop-by-hop headers; `contentLength` is -1 when unknown */
-  onHead(status: number, statusText: string, headers: string[], contentLength: number): void;
+  /**
+   * `fields` are the header lines to pass on, each ending in CRLF, as the replica wrote them: without hop-by-hop ones
+   * (RFC 9110 §7.6.1) and without abgate's own (ABGATE_RESPONSE_HEADERS); `dated` says whether one of them is Date.
+   * `contentLength` is -1 when unknown.
+   */
+  onHead(status: number, statusText: string, fields: string, contentLength: number, dated: boolean): void;
   /** a body chunk; return false when the receiver is full (call `conn.resume()` when it drains) */
   onData(chunk: Buffer): boolean;
   /** the response is complete; `last` is its final body piece when it had not been passed to onData */
@@ -82,9 +86,59 @@ export function bareLfHeadEnd(data: Buffer): { end: number; consumed: number } |
   return null;
 }
 
-/** 1 at the index of each length of content-length, transfer-encoding, connection and the HOP_BY_HOP names. */
-const HEADER_LENGTHS_OF_INTEREST = new Uint8Array(32);
-for (const name of ["content-length", "transfer-encoding", "connection", ...HOP_BY_HOP]) HEADER_LENGTHS_OF_INTEREST[name.length] = 1;
+/** What a response header line is to the parser. */
+const enum Field {
+  /** passed on, and nothing to act on */
+  Other,
+  Date,
+  ContentLength,
+  TransferEncoding,
+  Connection,
+  /** not passed on: the other hop-by-hop fields, and abgate's own */
+  Dropped,
+}
+
+/** The names the parser acts on (lower case), by length: most names (Server, Content-Type...) have no entry. */
+const FIELDS_BY_LENGTH: { name: string; kind: Field }[][] = [];
+for (const [name, kind] of [
+  ["date", Field.Date],
+  ["content-length", Field.ContentLength],
+  ["transfer-encoding", Field.TransferEncoding],
+  ["connection", Field.Connection],
+  ...[...HOP_BY_HOP, ...ABGATE_RESPONSE_HEADERS].map((n) => [n, Field.Dropped] as const),
+] as const) {
+  if (FIELDS_BY_LENGTH[name.length]?.some((f) => f.name === name)) continue;
+  (FIELDS_BY_LENGTH[name.length] ??= []).push({ name, kind });
+}
+
+/** What the field named by `head[start, start + length)` is, in any letter case, without slicing the name out. */
+function fieldKind(head: string, start: number, length: number): Field {
+  const candidates = FIELDS_BY_LENGTH[length];
+  if (candidates === undefined) return Field.Other;
+  for (let k = 0; k < candidates.length; k++) {
+    const name = candidates[k]!.name;
+    let i = 0;
+    for (; i < length; i++) {
+      const c = head.charCodeAt(start + i);
+      const n = name.charCodeAt(i);
+      // (a letter of `name` also matches its upper case; "-" only itself)
+      if (c !== n && (n < 97 || n > 122 || (c | 32) !== n)) break;
+    }
+    if (i === length) return candidates[k]!.kind;
+  }
+  return Field.Other;
+}
+
+/** Header lines (each ending in CRLF) without those whose lower-cased name is in `names`. */
+function withoutFields(fields: string, names: ReadonlySet<string>): string {
+  let kept = "";
+  for (let start = 0; start < fields.length; ) {
+    const end = fields.indexOf("\r\n", start) + 2;
+    if (!names.has(fields.slice(start, fields.indexOf(":", start)).toLowerCase())) kept += fields.slice(start, end);
+    start = end;
+  }
+  return kept;
+}
 
 /** 1 to `maxDigits` ASCII digits and nothing else. */
 function isDigits(value: string, maxDigits: number): boolean {
@@ -344,7 +398,7 @@ export class UpstreamConnection {
     let head = "";
     let malformed = false;
     if (end !== -1 && end <= MAX_HEAD_BYTES) {
-      head = data.toString("latin1", 0, end);
+      head = data.toString("latin1", 0, end + 2);
       malformed = hasBareCrOrLf(head);
     }
     if (end === -1 || malformed || end > MAX_HEAD_BYTES) {
@@ -354,7 +408,7 @@ export class UpstreamConnection {
       if (lf !== null && (end === -1 || lf.end < end) && lf.end <= MAX_HEAD_BYTES) {
         end = lf.end;
         consumed = lf.consumed;
-        head = data.toString("latin1", 0, end).replace(/\r?\n/g, "\r\n");
+        head = `${data.toString("latin1", 0, end).replace(/\r?\n/g, "\r\n")}\r\n`;
         malformed = hasBareCrOrLf(head);
       }
     }
@@ -381,20 +435,19 @@ export class UpstreamConnection {
     // bytes of `buf` used: the head may have started in an earlier packet
     const usedOfBuf = offset + consumed - (data.length - (buf.length - offset));
 
-    const lines = head.split("\r\n");
-    const statusLine = lines[0];
-    // "HTTP/1.1 200 OK"
-    if (statusLine.length < 12 || !statusLine.startsWith("HTTP/1.") || statusLine.charCodeAt(8) !== 32) {
-      this.#fail("protocol", new Error(`${this.pool.address} did not answer HTTP/1.x: ${JSON.stringify(statusLine.slice(0, 40))}`));
+    // "HTTP/1.1 200 OK"; `head` ends with its last line's CRLF, so every line does
+    const statusEnd = head.indexOf("\r\n");
+    if (statusEnd < 12 || !head.startsWith("HTTP/1.") || head.charCodeAt(8) !== 32) {
+      this.#fail("protocol", new Error(`${this.pool.address} did not answer HTTP/1.x: ${JSON.stringify(head.slice(0, Math.min(statusEnd, 40)))}`));
       return -1;
     }
-    const d0 = statusLine.charCodeAt(9) - 48;
-    const d1 = statusLine.charCodeAt(10) - 48;
-    const d2 = statusLine.charCodeAt(11) - 48;
+    const d0 = head.charCodeAt(9) - 48;
+    const d1 = head.charCodeAt(10) - 48;
+    const d2 = head.charCodeAt(11) - 48;
     const status =
-      d0 >= 1 && d0 <= 5 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9 && (statusLine.length === 12 || statusLine.charCodeAt(12) === 32) ? d0 * 100 + d1 * 10 + d2 : NaN;
+      d0 >= 1 && d0 <= 5 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9 && (statusEnd === 12 || head.charCodeAt(12) === 32) ? d0 * 100 + d1 * 10 + d2 : NaN;
     if (!(status >= 100 && status <= 599)) {
-      this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(statusLine.slice(9, 12))}`));
+      this.#fail("protocol", new Error(`${this.pool.address} answered status ${JSON.stringify(head.slice(9, 12))}`));
       return -1;
     }
     if (status === 101) {
@@ -407,18 +460,19 @@ export class UpstreamConnection {
       // Interim; the real head follows. A 100 is not passed on: abgate answers the client's Expect itself and does
       // not forward it, so a replica's 100 is for a question this client did not ask it.
       if (status !== 100 && this.#sink!.http10Client !== true && this.#sink!.onInterim !== undefined) {
-        let interim = `HTTP/1.1 ${statusLine.slice(9)}\r\n`;
-        for (let i = 1; i < lines.length; i++) {
-          const colon = lines[i]!.indexOf(":");
+        let interim = `HTTP/1.1 ${head.slice(9, statusEnd)}\r\n`;
+        const lines = head.slice(statusEnd + 2, -2).split("\r\n");
+        for (const line of lines) {
+          const colon = line.indexOf(":");
           // (only well-formed fields: a name that is a token, then the colon)
-          if (colon <= 0 || !onlyFrom(TCHAR, lines[i]!, colon) || HOP_BY_HOP.has(lines[i]!.slice(0, colon).toLowerCase())) continue;
-          interim += `${lines[i]}\r\n`;
+          if (colon <= 0 || !onlyFrom(TCHAR, line, colon) || HOP_BY_HOP.has(line.slice(0, colon).toLowerCase())) continue;
+          interim += `${line}\r\n`;
         }
         this.#sink!.onInterim(`${interim}\r\n`);
       }
       return usedOfBuf;
     }
-    const http10 = statusLine.charCodeAt(7) === 48; // "0"
+    const http10 = head.charCodeAt(7) === 48; // "0"
     let keepAlive = !http10;
     let contentLength = -1;
     let chunked = false;
@@ -427,58 +481,78 @@ export class UpstreamConnection {
     /** the Transfer-Encoding lines' values, joined, and the first line's name as written */
     let transferCodings: string | undefined;
     let transferName: string | undefined;
-    let headers: string[] = [];
     let listed: Set<string> | undefined;
     let closeSeen = false;
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i];
-      const colon = line.indexOf(":");
+    let dated = false;
+    // The lines passed on go as the replica wrote them: runs of them are slices of `head`, and only a line left out
+    // (Connection, usually) ends a run. Splitting the head into lines, and each line into a name and a value to be
+    // joined again, was a third of what the proxy allocated per request.
+    let fields = "";
+    /** where the run of lines not yet added to `fields` starts */
+    let runStart = statusEnd + 2;
+    for (let lineStart = statusEnd + 2; lineStart < head.length; ) {
+      const lineEnd = head.indexOf("\r\n", lineStart);
+      const colon = head.indexOf(":", lineStart);
       // No colon, an obs-fold continuation line (leading whitespace), or whitespace before the colon: relaying
       // these would let the client read the fields differently from abgate (a "content-length : 5" abgate did not
       // see as one); RFC 9112 §5.1-5.2 allow a proxy to refuse the message with a 502, as HAProxy does.
       // A name is a token (RFC 9110 §5.1): one with a space, a control character or a separator ("Content-Ty pe",
       // "Content-Length\v") would reach the client as abgate did not read it; clients refuse it or, worse, guess.
-      if (colon <= 0 || !onlyFrom(TCHAR, line, colon)) {
+      if (colon <= lineStart || colon > lineEnd || !onlyFrom(TCHAR, head, colon, lineStart)) {
         this.#fail("protocol", new Error(`${this.pool.address} sent a malformed header line`));
         return -1;
       }
-      const name = line.slice(0, colon);
-      const value = line.slice(colon + 1).trim();
-      // Only names as long as one abgate acts on need lower-casing (content-length, connection, the hop-by-hop
-      // ones): most response headers (Date, Server, Content-Type...) are passed on without it.
-      const lower = HEADER_LENGTHS_OF_INTEREST[colon] === 1 ? name.toLowerCase() : "";
-      if (lower === "content-length") {
-        // RFC 9112 §6.3: 1*DIGIT; repeated identical values collapse to one, differing ones are an error.
-        const n = isDigits(value, 15) ? Number(value) : NaN;
-        if (!Number.isSafeInteger(n) || (contentLength !== -1 && contentLength !== n)) {
-          this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
-          return -1;
+      let passed = true;
+      switch (fieldKind(head, lineStart, colon - lineStart)) {
+        case Field.Other:
+          break;
+        case Field.Date:
+          dated = true;
+          break;
+        case Field.ContentLength: {
+          // RFC 9112 §6.3: 1*DIGIT; repeated identical values collapse to one, differing ones are an error.
+          const value = head.slice(colon + 1, lineEnd).trim();
+          const n = isDigits(value, 15) ? Number(value) : NaN;
+          if (!Number.isSafeInteger(n) || (contentLength !== -1 && contentLength !== n)) {
+            this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
+            return -1;
+          }
+          passed = contentLength === -1;
+          contentLength = n;
+          break;
         }
-        if (contentLength === -1) headers.push(name, value);
-        contentLength = n;
-        continue;
-      }
-      if (lower === "transfer-encoding") {
-        // Several lines are one list (RFC 9110 §5.3), judged once the head is read.
-        transferCodings = transferCodings === undefined ? value : `${transferCodings}, ${value}`;
-        transferName ??= name;
-        continue;
-      }
-      if (lower === "connection") {
-        const v = value.toLowerCase();
-        // close wins over keep-alive, whichever line comes last
-        if (v.includes("close")) closeSeen = true;
-        else if (v.includes("keep-alive")) keepAlive = true;
-        const tokens = connectionTokens(v);
-        if (tokens) {
-          listed ??= new Set();
-          for (const t of tokens) listed.add(t);
+        case Field.TransferEncoding: {
+          // Several lines are one list (RFC 9110 §5.3), judged once the head is read.
+          const value = head.slice(colon + 1, lineEnd).trim();
+          transferCodings = transferCodings === undefined ? value : `${transferCodings}, ${value}`;
+          transferName ??= head.slice(lineStart, colon);
+          passed = false;
+          break;
         }
-        continue;
+        case Field.Connection: {
+          const v = head.slice(colon + 1, lineEnd).trim().toLowerCase();
+          // close wins over keep-alive, whichever line comes last
+          if (v.includes("close")) closeSeen = true;
+          else if (v.includes("keep-alive")) keepAlive = true;
+          const tokens = connectionTokens(v);
+          if (tokens) {
+            listed ??= new Set();
+            for (const t of tokens) listed.add(t);
+          }
+          passed = false;
+          break;
+        }
+        case Field.Dropped:
+          passed = false;
+          break;
       }
-      if (HOP_BY_HOP.has(lower)) continue;
-      headers.push(name, value);
+      if (!passed) {
+        if (runStart < lineStart) fields += head.slice(runStart, lineStart);
+        runStart = lineEnd + 2;
+      }
+      lineStart = lineEnd + 2;
     }
+    if (runStart < head.length) fields += head.slice(runStart);
     if (transferCodings !== undefined) {
       // By token: "xchunked" is not chunked (it is close-delimited, RFC 9112 §6.3), and chunked anywhere but last, or
       // twice, is not a framing a recipient can trust (§6.1): 502, as nginx answers.
@@ -494,7 +568,7 @@ export class UpstreamConnection {
       // bytes, so they are passed on, and the client's framing line completes them.
       const rest = chunked ? codings.slice(0, -1).join(", ") : transferCodings;
       if (rest !== "") {
-        if (this.#sink!.http10Client !== true) headers.push(transferName!, rest);
+        if (this.#sink!.http10Client !== true) fields += `${transferName!}: ${rest}\r\n`;
         else if (!this.#noBody && status !== 204 && status !== 304) {
           // An HTTP/1.0 client knows no Transfer-Encoding (RFC 9112 §6.1: a server MUST NOT send it one), so a gzip
           // coding would reach it as a body it takes for the resource itself. abgate does not decode codings; nginx
@@ -517,17 +591,17 @@ export class UpstreamConnection {
       contentLength = -1;
       keepAlive = false;
     }
+    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     if (listed) {
-      // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-      const kept: string[] = [];
-      for (let i = 0; i < headers.length; i += 2) if (!listed.has(headers[i].toLowerCase())) kept.push(headers[i], headers[i + 1]);
-      headers = kept;
+      fields = withoutFields(fields, listed);
+      if (listed.has("date")) dated = false;
     }
     this.#keepAlive = keepAlive;
     const sink = this.#sink!;
+    const statusText = head.slice(13, statusEnd);
     if (chunked) contentLength = -1;
     if (this.#noBody || status === 204 || status === 304) {
-      sink.onHead(status, statusLine.slice(13), headers, contentLength === -1 ? 0 : contentLength);
+      sink.onHead(status, statusText, fields, contentLength === -1 ? 0 : contentLength, dated);
       if (usedOfBuf < buf.length) this.#keepAlive = false;
       if (this.#sink) this.#finish(true);
       return -1;
@@ -544,7 +618,7 @@ export class UpstreamConnection {
       this.#state = State.BodyUntilClose;
       this.#keepAlive = false;
     }
-    sink.onHead(status, statusLine.slice(13), headers, contentLength);
+    sink.onHead(status, statusText, fields, contentLength, dated);
     if (!this.#sink) return -1;
     if (this.#state === State.BodyLength && contentLength === 0) {
       if (usedOfBuf < buf.length) this.#keepAlive = false;
