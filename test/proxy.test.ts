@@ -241,6 +241,11 @@ test("a UTF-8 unit in a header or cookie is the same unit as in the query string
   // Bytes that are not UTF-8 are kept as they came, one character per byte.
   await rawRequest(gw.proxyUrl, Buffer.concat([Buffer.from("GET /echo HTTP/1.1\r\nhost: x\r\nx-user-id: a"), Buffer.from([0xff]), Buffer.from("\r\n\r\n")]));
   assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], encodeURIComponent("a\u00ff"));
+  // The characters encodeURIComponent keeps go as they are; one more of any other kind, and the unit is escaped.
+  for (const unit of ["AZaz09-_.!~*'()", "a b", "a%b", "a/b", "a+b", "a;b", "a\"b"]) {
+    await (await fetch(`${gw.proxyUrl}/echo`, { headers: { "x-user-id": unit } })).arrayBuffer();
+    assert.equal(a.requests.at(-1)!.headers["x-abgate-unit"], encodeURIComponent(unit), unit);
+  }
 });
 
 test("a unit longer than events accept, or with a NUL, is refused with 400, not recorded", async () => {

@@ -345,3 +345,71 @@ test("parsers of ended connections are reused, and closed beyond the pool's size
     await srv.close();
   }
 });
+
+test("writeHead with a body that is a view copies it when the client's socket cannot take it at once", async () => {
+  // The upstream side hands over a body's last piece as a view of its shared read buffer (UpstreamSink.onEnd), which
+  // the next read overwrites: a body that has to wait in the socket's queue must be a copy by then.
+  const big = Buffer.alloc(32 * 2 ** 20, 0x61);
+  const scratch = Buffer.alloc(10_000);
+  for (let i = 0; i < scratch.length; i++) scratch[i] = i % 251;
+  const expected = Buffer.from(scratch.subarray(1000, 9000));
+  let queuedBehind = -1;
+  const cs = new ClientServer(
+    { maxHeaderBytes: 1024, headersTimeoutMs: 5000, requestTimeoutMs: 5000, idleTimeoutMs: 5000 },
+    {
+      request(conn: ClientConnection, req: ClientRequest): ClientExchange {
+        const ex: ClientExchange = {
+          request: req,
+          start() {
+            if (req.url === "/big") {
+              // more than the kernel takes from a client that does not read: the rest waits in the socket's queue
+              conn.writeHead(`HTTP/1.1 200 OK\r\ncontent-length: ${big.length}\r\n\r\n`, big);
+            } else {
+              queuedBehind = conn.socket.writableLength;
+              conn.writeHead(`HTTP/1.1 200 OK\r\ncontent-length: ${expected.length}\r\nconnection: close\r\n\r\n`, scratch.subarray(1000, 9000), true);
+              scratch.fill(0); // the next read into the shared buffer
+            }
+            conn.responseDone(ex);
+          },
+          onBody() {},
+          onBodyEnd() {},
+          onClientClose() {},
+          onClientFault(status) {
+            conn.respondNow(status, "", "", true);
+            conn.responseDone(ex);
+          },
+          onClientDrain() {},
+          refuse() {},
+        };
+        return ex;
+      },
+      upgrade() {},
+      clientError() {},
+    },
+  );
+  await new Promise<void>((r) => cs.server.listen(0, "127.0.0.1", r));
+  try {
+    const port = (cs.server.address() as AddressInfo).port;
+    const s = connect(port, "127.0.0.1");
+    s.pause();
+    s.write("GET /big HTTP/1.1\r\nhost: x\r\n\r\nGET /view HTTP/1.1\r\nhost: x\r\n\r\n");
+    // (the second request is answered while the first answer still waits for this client to read)
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(queuedBehind > 0, `the view's answer waited behind ${queuedBehind} queued bytes`);
+    const chunks: Buffer[] = [];
+    await new Promise<void>((resolve, reject) => {
+      s.on("data", (c: Buffer) => chunks.push(c));
+      s.on("end", resolve);
+      s.on("error", reject);
+      s.resume();
+    });
+    const all = Buffer.concat(chunks);
+    const second = all.subarray(all.lastIndexOf("\r\n\r\n") + 4);
+    assert.equal(second.length, expected.length);
+    assert.ok(second.equals(expected), "the body as it was when writeHead was called");
+    s.destroy();
+  } finally {
+    cs.closeAllConnections();
+    await new Promise<void>((r) => cs.server.close(() => r()));
+  }
+});

@@ -326,8 +326,11 @@ export class ClientConnection {
     }
   }
 
-  /** Write a whole response head and, optionally, a body piece in one system call. */
-  writeHead(head: string, body?: Buffer): boolean {
+  /**
+   * Write a whole response head and, optionally, a body piece in one system call. `bodyIsView`: `body` may be
+   * overwritten once this returns (see UpstreamSink.onEnd), so a body that has to be kept is copied.
+   */
+  writeHead(head: string, body?: Buffer, bodyIsView = false): boolean {
     this.responseStarted = true;
     const s = this.socket;
     if (body === undefined || body.length === 0) return writeLatin1Soon(s, head);
@@ -335,7 +338,7 @@ export class ClientConnection {
     if (body.length <= SMALL_BODY_BYTES) return writeLatin1Soon(s, head + body.toString("latin1"));
     s.cork();
     s.write(head, "latin1");
-    const ok = s.write(body);
+    const ok = s.write(bodyIsView ? Buffer.from(body) : body);
     s.uncork();
     return ok;
   }

@@ -35,12 +35,17 @@ export interface ProxyContext {
   cutByDrain?: boolean;
 }
 
+/** The characters encodeURIComponent leaves as they are (ECMA-262 uriUnreserved). */
+const URI_COMPONENT_CHARS = asciiSet("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()");
+
 /**
  * The end of every head abgate forwards to a replica, a request's or a handshake's: what it tells the replica of the
  * request (its id, the variant serving it, its unit), and the blank line.
  */
 function forwardedFields(requestId: string, variant: string, unit: string): string {
-  return `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encodeURIComponent(unit)}\r\n\r\n`;
+  // (most units need no escaping: encodeURIComponent would still make a copy of each)
+  const encoded = onlyFrom(URI_COMPONENT_CHARS, unit) ? unit : encodeURIComponent(unit);
+  return `x-abgate-request-id: ${requestId}\r\nx-abgate-variant: ${variant}\r\nx-abgate-unit: ${encoded}\r\n\r\n`;
 }
 
 /**
@@ -518,13 +523,13 @@ class Exchange implements UpstreamSink, ClientExchange {
       const socket = conn.socket;
       socket.cork();
       this.flushHead();
-      if (last && last.length > 0) writeChunk(socket, last, "\r\n0\r\n\r\n");
+      if (last && last.length > 0) writeChunk(socket, Buffer.from(last), "\r\n0\r\n\r\n");
       else socket.write("0\r\n\r\n", "latin1");
       socket.uncork();
     } else if (this.responseHead) {
-      conn.writeHead(this.responseHead, last);
+      conn.writeHead(this.responseHead, last, true);
       this.responseHead = "";
-    } else if (last) conn.write(last);
+    } else if (last) conn.write(Buffer.from(last));
     this.record(this.status);
     conn.responseDone(this);
   }

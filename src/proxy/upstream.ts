@@ -21,7 +21,10 @@ export interface UpstreamSink {
   onHead(status: number, statusText: string, fields: string, contentLength: number, dated: boolean): void;
   /** a body chunk; return false when the receiver is full (call `conn.resume()` when it drains) */
   onData(chunk: Buffer): boolean;
-  /** the response is complete; `last` is its final body piece when it had not been passed to onData */
+  /**
+   * The response is complete; `last` is its final body piece when it had not been passed to onData. `last` is a view
+   * of the read buffer, which the next read overwrites: copy it to keep it past the call.
+   */
   onEnd(last?: Buffer): void;
   /**
    * A read ended after the head of a body without a length (chunked, or until close), with the response not
@@ -350,16 +353,17 @@ export class UpstreamConnection {
           break;
         case State.BodyLength: {
           const n = Math.min(this.#remaining, buf.length - offset);
-          const piece = Buffer.from(buf.subarray(offset, offset + n));
+          const start = offset;
           offset += n;
           this.#remaining -= n;
           if (this.#remaining === 0) {
             if (offset < buf.length) this.#keepAlive = false; // more bytes than announced: do not trust the socket
-            // The last piece goes with the end: one write to the client instead of two.
-            this.#finish(true, piece);
+            // The last piece goes with the end: one write to the client instead of two. Not copied: a small one
+            // (the usual whole body) goes out as text, and the receiver copies what it keeps.
+            this.#finish(true, buf.subarray(start, offset));
             return;
           }
-          if (!this.#sink.onData(piece)) this.pause();
+          if (!this.#sink.onData(Buffer.from(buf.subarray(start, offset)))) this.pause();
           break;
         }
         case State.BodyChunked:
