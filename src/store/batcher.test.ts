@@ -103,6 +103,40 @@ describe("ExposureBatcher", () => {
     assert.deepEqual(store.rows, rows);
   });
 
+  it("gives back any unit and request id exactly, whether the ring kept it as characters, as a number or as a string (property)", async () => {
+    // The ring keeps a short latin1 unit as bytes and an id `<prefix>-<base 36>` as its number; everything else must
+    // fall back to the string, and nothing may come back different (a leading zero, upper case, a lone surrogate).
+    const idArb = fc.oneof(
+      fc.string({ maxLength: 14 }),
+      fc.string({ unit: fc.constantFrom(..."pq-0129azAZ".split("")), maxLength: 16 }),
+      fc.tuple(fc.constantFrom("pq", "pq-x", "PQ", ""), fc.constantFrom("-", "_"), fc.string({ unit: fc.constantFrom(..."00019azZ".split("")), maxLength: 12 })).map(([a, b, c]) => a + b + c),
+      fc.nat({ max: Number.MAX_SAFE_INTEGER }).map((n) => `pq-${n.toString(36)}`),
+    );
+    const unitArb = fc.oneof(
+      fc.string({ maxLength: 45 }),
+      fc.string({ unit: "binary", maxLength: 45 }),
+      fc.string({ unit: fc.constantFrom("a", "\u00ff", "\u0100", "\ud800", "\udc00", "\0"), maxLength: 45 }),
+      fc.uuid(),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.tuple(idArb, unitArb), { minLength: 1, maxLength: 30 }), async (pairs) => {
+        // (no checks: the stores refuse a NUL or a lone surrogate, but the ring must not change them either)
+        const written: Exposure[] = [];
+        const store = { writeExposures: async (rows: Exposure[]) => void written.push(...rows) };
+        const b = new ExposureBatcher(store, { clock: new ManualClock(0), log, maxBatch: 1000, maxBuffered: 1000 });
+        const rows = pairs.map(([requestId, unit], i) => ({ ...exposure(i), requestId, unit }));
+        for (const r of rows) b.push(r);
+        await b.flush();
+        assert.deepEqual(
+          written.map((r) => [r.requestId, r.unit]),
+          rows.map((r) => [r.requestId, r.unit]),
+        );
+        await b.close();
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it("writes nothing before 100 ms, then everything within 100 ms of the first row", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();
