@@ -56,6 +56,13 @@ function rawBackend(answer: (head: string, socket: Socket, body: string) => void
   });
 }
 
+/** Bytes that differ from one seed to another at every offset. */
+function patterned(length: number, seed: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) b[i] = (i % 251) + seed;
+  return b;
+}
+
 const ok = (socket: Socket, extra = "", body = "ok") =>
   socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n${extra}\r\n${body}`);
 
@@ -73,6 +80,12 @@ before(async () => {
     if (line === null) return;
     const [, method, path] = line;
     if (method === "POST") actedOn.set(path, (actedOn.get(path) ?? 0) + 1);
+    const pattern = /^\/pattern\/(\d+)\/(\d+)$/.exec(path!);
+    if (pattern !== null) {
+      // a sized body of `length` bytes made from `seed`, head and body in one write
+      const body = patterned(Number(pattern[1]), Number(pattern[2]));
+      return socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n`), body]));
+    }
     switch (path) {
       case "/drop":
         // Acts on the request, then drops the connection without answering (a crash, an idle-timeout race).
@@ -637,5 +650,46 @@ test("an answer cut off mid-body ends the client's connection with a reset, so t
     assert.equal(await ending, "ECONNRESET", `HTTP/${version}: ${JSON.stringify(got)}`);
     assert.match(got, /^HTTP\/1\.1 200 [^]*hello/);
     sock.destroy();
+  }
+});
+
+test("a body streamed to a slow client arrives intact while other answers flow through the same process", async () => {
+  // Body pieces of 16 KiB and more are copied into pooled buffers that the upstream side reads into again once the
+  // client's socket has written them: one given back early would be overwritten by another replica's bytes.
+  const big = 8_000_000;
+  const slow = connect({ host: "127.0.0.1", port: Number(new URL(gw.proxyUrl).port) });
+  await new Promise<void>((resolve) => slow.once("connect", () => resolve()));
+  slow.pause();
+  slow.write(`GET /pattern/${big}/1 HTTP/1.1\r\nhost: x\r\nx-user-id: slow\r\nconnection: close\r\n\r\n`);
+  const chunks: Buffer[] = [];
+  const whole = new Promise<Buffer>((resolve, reject) => {
+    slow.on("data", (c: Buffer) => {
+      chunks.push(c);
+      slow.pause(); // one read at a time (see `reading`)
+    });
+    slow.on("end", () => resolve(Buffer.concat(chunks)));
+    slow.on("error", reject);
+  });
+  let busy = true;
+  const others = (async () => {
+    for (let i = 0; busy; i++) {
+      const seed = 5 + (i % 50);
+      // (bigger than one read: its first pieces are pooled too, and take the buffers given back)
+      const res = await fetch(`${gw.proxyUrl}/pattern/200000/${seed}`, { headers: { "x-user-id": `fast-${i}` } });
+      assert.ok(Buffer.from(await res.arrayBuffer()).equals(patterned(200000, seed)), `fast body ${i}`);
+    }
+  })();
+  const reading = setInterval(() => slow.resume(), 2);
+  try {
+    const got = await whole;
+    const bodyAt = got.indexOf("\r\n\r\n") + 4;
+    assert.match(got.subarray(0, bodyAt).toString("latin1"), /^HTTP\/1\.1 200 /);
+    assert.equal(got.length - bodyAt, big);
+    assert.ok(got.subarray(bodyAt).equals(patterned(big, 1)), "the slow client's body is intact");
+  } finally {
+    clearInterval(reading);
+    busy = false;
+    await others;
+    slow.destroy();
   }
 });

@@ -328,17 +328,25 @@ export class ClientConnection {
 
   /**
    * Write a whole response head and, optionally, a body piece in one system call. `bodyIsView`: `body` may be
-   * overwritten once this returns (see UpstreamSink.onEnd), so a body that has to be kept is copied.
+   * overwritten once this returns (see UpstreamSink.onEnd), so a body that has to be kept is copied. `written` is
+   * called once the socket no longer needs `body`'s bytes.
    */
-  writeHead(head: string, body?: Buffer, bodyIsView = false): boolean {
+  writeHead(head: string, body?: Buffer, bodyIsView = false, written?: () => void): boolean {
     this.responseStarted = true;
     const s = this.socket;
-    if (body === undefined || body.length === 0) return writeLatin1Soon(s, head);
+    if (body === undefined || body.length === 0) {
+      written?.();
+      return writeLatin1Soon(s, head);
+    }
     // A small body joins the head in one string: one plain write instead of cork/writev and its bookkeeping.
-    if (body.length <= SMALL_BODY_BYTES) return writeLatin1Soon(s, head + body.toString("latin1"));
+    if (body.length <= SMALL_BODY_BYTES) {
+      const ok = writeLatin1Soon(s, head + body.toString("latin1"));
+      written?.();
+      return ok;
+    }
     s.cork();
     s.write(head, "latin1");
-    const ok = s.write(bodyIsView ? Buffer.from(body) : body);
+    const ok = s.write(bodyIsView ? Buffer.from(body) : body, written);
     s.uncork();
     return ok;
   }
@@ -348,8 +356,9 @@ export class ClientConnection {
     if (this.#sendDeadlineMs === 0) this.#sendDeadlineMs = Date.now() + this.server.limits.idleTimeoutMs;
   }
 
-  write(chunk: Buffer | string): boolean {
-    return typeof chunk === "string" ? this.socket.write(chunk, "latin1") : this.socket.write(chunk);
+  /** `written` is called once the socket no longer needs `chunk`'s bytes (written, or the socket failed). */
+  write(chunk: Buffer | string, written?: () => void): boolean {
+    return typeof chunk === "string" ? this.socket.write(chunk, "latin1", written) : this.socket.write(chunk, written);
   }
 
   /** A short answer written by the connection itself (error or refusal), ending the connection if `close`. */

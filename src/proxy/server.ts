@@ -12,7 +12,7 @@ import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, httpDate, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { ABGATE_RESPONSE_HEADERS, HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers } from "./headers.ts";
-import type { UpstreamConnection, UpstreamSink } from "./upstream.ts";
+import { isPooledPiece, releaseBodyPiece, type UpstreamConnection, type UpstreamSink } from "./upstream.ts";
 import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
 
@@ -198,10 +198,10 @@ function originForm(method: string, target: string): { target: string; authority
  * One piece of a chunked body (RFC 9112 §7.1), size line, data and `after` (the piece's CRLF, or with the last piece
  * the CRLF and the terminating zero chunk) corked into one write. Returns the socket's backpressure verdict.
  */
-function writeChunk(socket: Socket, chunk: Buffer, after = "\r\n"): boolean {
+function writeChunk(socket: Socket, chunk: Buffer, after = "\r\n", written?: () => void): boolean {
   socket.cork();
   socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-  socket.write(chunk);
+  socket.write(chunk, written);
   const ok = socket.write(after, "latin1");
   socket.uncork();
   return ok;
@@ -472,17 +472,19 @@ class Exchange implements UpstreamSink, ClientExchange {
 
   onData(chunk: Buffer): boolean {
     const conn = this.conn;
+    // (called once the socket is done with the piece's bytes, written or failed; then the upstream side reuses them)
+    const written = isPooledPiece(chunk) ? () => releaseBodyPiece(chunk) : undefined;
     let ok: boolean;
     if (this.chunkedOut) {
       const socket = conn.socket;
       socket.cork();
       this.flushHead();
-      ok = writeChunk(socket, chunk);
+      ok = writeChunk(socket, chunk, "\r\n", written);
       socket.uncork();
     } else if (this.responseHead) {
-      ok = conn.writeHead(this.responseHead, chunk);
+      ok = conn.writeHead(this.responseHead, chunk, false, written);
       this.responseHead = "";
-    } else ok = conn.write(chunk);
+    } else ok = conn.write(chunk, written);
     if (!ok) {
       this.waitingClientDrain = true;
       conn.sendBlocked();

@@ -19,7 +19,10 @@ export interface UpstreamSink {
    * `contentLength` is -1 when unknown.
    */
   onHead(status: number, statusText: string, fields: string, contentLength: number, dated: boolean): void;
-  /** a body chunk; return false when the receiver is full (call `conn.resume()` when it drains) */
+  /**
+   * A body chunk; return false when the receiver is full (call `conn.resume()` when it drains). A big chunk may be
+   * one of a pool's buffers (isPooledPiece): give it to releaseBodyPiece once its write has completed or failed.
+   */
   onData(chunk: Buffer): boolean;
   /**
    * The response is complete; `last` is its final body piece when it had not been passed to onData. `last` is a view
@@ -363,7 +366,7 @@ export class UpstreamConnection {
             this.#finish(true, buf.subarray(start, offset));
             return;
           }
-          if (!this.#sink.onData(Buffer.from(buf.subarray(start, offset)))) this.pause();
+          if (!this.#sink.onData(bodyPiece(buf, start, offset))) this.pause();
           break;
         }
         case State.BodyChunked:
@@ -371,7 +374,7 @@ export class UpstreamConnection {
           if (offset < 0) return;
           break;
         case State.BodyUntilClose: {
-          const piece = Buffer.from(buf.subarray(offset));
+          const piece = bodyPiece(buf, offset, buf.length);
           offset = buf.length;
           if (!this.#sink.onData(piece)) this.pause();
           break;
@@ -663,7 +666,7 @@ export class UpstreamConnection {
           break;
         case Chunk.Data: {
           const n = Math.min(this.#remaining, buf.length - i);
-          const ok = sink.onData(Buffer.from(buf.subarray(i, i + n)));
+          const ok = sink.onData(bodyPiece(buf, i, i + n));
           i += n;
           this.#remaining -= n;
           if (this.#remaining === 0) this.#chunkState = Chunk.DataCr;
@@ -717,8 +720,50 @@ export class UpstreamConnection {
   }
 }
 
+const READ_BUFFER_BYTES = 64 * 1024;
 /** The one buffer every upstream socket reads into (see `onread` in the constructor). */
-const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+const READ_BUFFER = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+
+/**
+ * Body pieces this big or bigger are copied out of READ_BUFFER into buffers that are used again once the client's
+ * socket has written them (releaseBodyPiece), instead of into a new allocation each. A fresh 64 KiB buffer per read
+ * is freed only by the next GC: streaming 1 GiB through at about 400 MB/s, they piled up between scavenges (60 ms
+ * apart) to 30-35 MB, and abgate's RSS with them (bench/memory/upload.ts). Smaller pieces (a stream's events) come
+ * from Node's own small-buffer pool, and a piece never given back is simply left to the GC.
+ */
+const POOLED_PIECE_BYTES = 16 * 1024;
+/** Spare piece buffers kept: 4 MiB at most. */
+const MAX_SPARE_PIECES = 64;
+const sparePieces: ArrayBuffer[] = [];
+/** Piece buffers handed out and not given back yet: a piece given back twice must not be lent twice. */
+const lentPieces = new WeakSet<ArrayBuffer>();
+
+/** A copy of buf[start, end) that outlives the next read: a body piece for `onData`. */
+function bodyPiece(buf: Buffer, start: number, end: number): Buffer {
+  const n = end - start;
+  if (n < POOLED_PIECE_BYTES || n > READ_BUFFER_BYTES) return Buffer.from(buf.subarray(start, end));
+  const backing = sparePieces.pop() ?? new ArrayBuffer(READ_BUFFER_BYTES);
+  lentPieces.add(backing);
+  const piece = Buffer.from(backing, 0, n);
+  buf.copy(piece, 0, start, end);
+  return piece;
+}
+
+/** Whether `piece` (from `onData`) should be given back to `releaseBodyPiece` once written. */
+export function isPooledPiece(piece: Buffer): boolean {
+  return lentPieces.has(piece.buffer as ArrayBuffer);
+}
+
+/**
+ * Gives a piece from `onData` back for a later read, once nothing refers to its bytes any more: its write to the
+ * client completed or failed. Any other buffer, or a piece given back already, is ignored.
+ */
+export function releaseBodyPiece(piece: Buffer): void {
+  const backing = piece.buffer as ArrayBuffer;
+  if (!lentPieces.has(backing)) return;
+  lentPieces.delete(backing);
+  if (sparePieces.length < MAX_SPARE_PIECES) sparePieces.push(backing);
+}
 
 /** Connections with an exchange in flight; the sweeper fails those past their deadline. */
 const busy = new Set<UpstreamConnection>();
