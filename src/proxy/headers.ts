@@ -98,7 +98,7 @@ export function asciiSet(chars: string): Uint8Array {
   return set;
 }
 
-/** Whether s[0, end) holds only characters of `set`: a table lookup each, cheap enough for every request. */
+/** Whether s[start, end) holds only characters of `set`: a table lookup each, cheap enough for every request. */
 export function onlyFrom(set: Uint8Array, s: string, end = s.length, start = 0): boolean {
   for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);

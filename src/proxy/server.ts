@@ -12,8 +12,7 @@ import type { GatewayMetrics } from "../admin/metrics.ts";
 import type { Balancer, Replica } from "./balancer.ts";
 import { ClientServer, httpDate, reasonPhrase, type ClientConnection, type ClientExchange, type ClientRequest } from "./client.ts";
 import { ABGATE_RESPONSE_HEADERS, HOP_BY_HOP, asciiSet, connectionTokens, cookieValue, onlyFrom, queryValue, trustedPeers } from "./headers.ts";
-import { isPooledPiece, releaseBodyPiece, type UpstreamConnection, type UpstreamSink } from "./upstream.ts";
-import { bareLfHeadEnd, hasBareCrOrLf, MAX_HEAD_BYTES } from "./upstream.ts";
+import { bareLfHeadEnd, hasBareCrOrLf, isPooledPiece, MAX_HEAD_BYTES, releaseBodyPiece, type UpstreamConnection, type UpstreamSink } from "./upstream.ts";
 import type { LiveStats } from "./live.ts";
 
 export const FORCE_HEADER = "x-abgate-force-variant";
@@ -1153,7 +1152,6 @@ function headEnd(data: Buffer): { end: number; consumed: number } | null {
   if (lf !== null && (end === -1 || lf.end < end)) return lf;
   return end === -1 ? null : { end, consumed: end + 4 };
 }
-
 
 /** A head line's field name, lower-cased. */
 function fieldName(line: string): string {

@@ -493,7 +493,7 @@ export class UpstreamConnection {
     let dated = false;
     // The lines passed on go as the replica wrote them: runs of them are slices of `head`, and only a line left out
     // (Connection, usually) ends a run. Splitting the head into lines, and each line into a name and a value to be
-    // joined again, was a third of what the proxy allocated per request.
+    // joined again, was about 40% of what the proxy allocated per request (a sampling heap profile under wrk).
     let fields = "";
     /** where the run of lines not yet added to `fields` starts */
     let runStart = statusEnd + 2;
