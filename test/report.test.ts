@@ -196,12 +196,12 @@ describe("buildReport", () => {
     assert.match(report.decision.reason, /^Sample ratio mismatch/);
   });
 
-  it("SRM is not judged below 8 units per variant, and says so", () => {
+  it("SRM is not judged below 8 expected units per variant, and says so", () => {
     const { report } = buildReport(input({ control: { units: 2, conversions: 0 }, treatment: { units: 9, conversions: 1 } }));
     assertJsonClean(report);
     assert.equal(report.srm.judged, false);
     assert.equal(report.srm.mismatch, false);
-    assert.match(report.srm.note, /not judged until every variant has 8 units \(control: 2\)/);
+    assert.match(report.srm.note, /not judged until every variant is expected to have 8 units \(control: 2 of 5\.5 expected, treatment: 9 of 5\.5 expected\)/);
   });
 
   it("an arm of weight 0 is left out of the SRM check", () => {

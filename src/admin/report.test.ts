@@ -106,7 +106,7 @@ describe("experimentReport: SRM across weight changes", () => {
     // No unit is known yet to have been assigned under 50/50; the day at 90/10 is tested against 90/10.
     assert.equal(second.srm.judged, true);
     assert.deepEqual(second.srm.periods?.map((p) => [p.since, p.until, p.judged]), [[null, new Date(START + 24 * HOUR).toISOString(), true]]);
-    assert.match(second.srm.note, /^units match the weights over 1 weight period, against the weights then in force \(p = .*\); the current weights not judged until every variant has 8 units first exposed from/);
+    assert.match(second.srm.note, /^units match the weights over 1 weight period, against the weights then in force \(p = .*\); the current weights not judged until every variant is expected to have 8 units first exposed from/);
     assert.equal(second.decision.action, "promote", second.decision.reason);
 
     // more units at 50/50: now tested, against 50/50

@@ -55,17 +55,37 @@ export function fixedHorizonUnits(input: SampleSizeInput): number | null {
  * of the difference. Found by doubling, then bisection (the condition is monotone in N).
  */
 export function sequentialUnits(input: SampleSizeInput & { tau2: number }): number | null {
-  if (!usable(input) || !(input.tau2 > 0)) return null;
+  return sequentialUnitsMore({ ...input, unitsControl: 0, unitsTreatment: 0 });
+}
+
+/**
+ * Like sequentialUnits, for an experiment that already has `unitsControl` and `unitsTreatment` units: the smallest
+ * number N of further units (all arms together, spread by the current shares) with enough power at the boundary,
+ * where now V_N = σ_C²/(n_C + s_C·N) + σ_T²/(n_T + s_T·N). Subtracting the units so far from sequentialUnits' answer
+ * instead assumed they were split by the current shares, and counted the units of arms outside the comparison: after
+ * a ramp, or beside a retired arm, it said far too few. 0 when the units so far are enough.
+ */
+export function sequentialUnitsMore(input: SampleSizeInput & { tau2: number; unitsControl: number; unitsTreatment: number }): number | null {
+  const nC = input.unitsControl;
+  const nT = input.unitsTreatment;
+  if (!usable(input) || !(input.tau2 > 0) || !(nC >= 0) || !(nT >= 0) || !Number.isFinite(nC + nT)) return null;
   const alpha = input.alpha ?? 0.05;
   const zPower = normalQuantile(input.power ?? 0.8);
-  const k = varianceFactor(input);
   const tau2 = input.tau2;
   const effect = Math.abs(input.effect);
+  const variance = (n: number): number => {
+    // An arm with no units yet and no share of new ones never gets a variance: that is "never enough".
+    const c = input.varianceControl === 0 ? 0 : input.varianceControl / (nC + input.shareControl * n);
+    const t = input.varianceTreatment === 0 ? 0 : input.varianceTreatment / (nT + input.shareTreatment * n);
+    return c + t;
+  };
   const enough = (n: number): boolean => {
-    const v = k / n;
+    const v = variance(n);
+    if (!(v > 0)) return false;
     const boundary = Math.sqrt(((v * (v + tau2)) / tau2) * (Math.log((v + tau2) / v) - 2 * Math.log(alpha)));
     return effect - zPower * Math.sqrt(v) >= boundary;
   };
+  if (nC + nT > 0 && enough(0)) return 0;
   let hi = 2;
   while (!enough(hi)) {
     hi *= 2;

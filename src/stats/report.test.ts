@@ -184,7 +184,34 @@ describe("SRM under weight changes", () => {
     assert.match(bad.decision.reason, /^Sample ratio mismatch/);
     const young = buildReport(input(RAMP, HALF, { srmWindow: { since: NOW - 60_000, units: { control: 3 } } })).report;
     assert.equal(young.srm.judged, false);
-    assert.match(young.srm.note, /not judged until every variant has 8 units first exposed from .* on \(the first whole minute under the current weights\) \(control: 3, treatment: 0\)/);
+    assert.match(young.srm.note, /not judged until every variant is expected to have 8 units first exposed from .* on \(the first whole minute under the current weights\) \(control: 3 of 1\.5 expected, treatment: 0 of 1\.5 expected\)/);
+  });
+
+  it("an arm the split starves is a mismatch: units are judged by those expected, not those received (the review's case)", () => {
+    // 34/33/33, and t2 got 5 units where about 3,960 were due: before, "not judged until t2 has 8 units", and t1 promoted
+    const starved = buildReport(input({ control: [6000, 600], t1: [6000, 780], t2: [5, 0] }, { control: 34, t1: 33, t2: 33 })).report;
+    assert.equal(starved.srm.judged, true, starved.srm.note);
+    assert.equal(starved.srm.mismatch, true);
+    assert.equal(starved.srm.pValue, srmTest([6000, 6000, 5], [34, 33, 33]).pValue);
+    assert.equal(starved.decision.action, "continue");
+    assert.match(starved.decision.reason, /^Sample ratio mismatch/);
+    for (const got of [0, 7]) {
+      const two = buildReport(input({ control: [10_000, 1000], treatment: [got, 0] }, HALF)).report;
+      assert.equal(two.srm.mismatch, true, `treatment with ${got} units: ${two.srm.note}`);
+    }
+    // few units in all: still too few expected to judge
+    const early = buildReport(input({ control: [9, 1], treatment: [3, 0] }, { control: 90, treatment: 10 })).report;
+    assert.equal(early.srm.judged, false);
+    assert.match(early.srm.note, /treatment: 3 of 1\.2 expected/);
+  });
+
+  it("counts no test can be made of are not judged, rather than said to match", () => {
+    for (const units of [Infinity, Number.NaN]) {
+      const { report } = buildReport(input({ control: [units, 100], treatment: [1000, 120] }, HALF));
+      assert.equal(report.srm.judged, false, String(units));
+      assert.equal(report.srm.mismatch, false);
+      assert.match(report.srm.note, /^not judged: the unit counts give no test \(INVALID_INPUT\)/);
+    }
   });
 });
 
@@ -427,5 +454,94 @@ describe("comparisons across weight periods (post-stratified)", () => {
     ];
     const second = buildReport({ ...withLatency(100, 101, strata), previousSequential: first.sequentialState });
     assert.equal(second.report.guardrails[0]!.ok, false, second.report.guardrails[0]!.detail);
+  });
+});
+
+describe("after a promotion or beside a retired treatment (the second review's cases)", () => {
+  it("a guardrail compares the one period that has both arms, as the comparison does, not the pooled arms", () => {
+    const metrics: MetricConfig[] = [
+      { name: "watched", kind: "conversion", event: "watched" },
+      { name: "latency", kind: "latency", guardrail: { maxRelativeIncrease: 0.2 } },
+    ];
+    const latency = (n: number, mean: number) => ({ n, sum: n * mean, sumSquares: n * mean * mean + (n - 1) * 400, p50: mean, p99: mean * 2 });
+    const none = { n: 0, sum: 0, sumSquares: 0, p50: 0, p99: 0 };
+    const conversions = (c: [number, number], t: [number, number]) => ({ name: "watched", kind: "conversion" as const, byVariant: { control: { units: c[0], conversions: c[1] }, treatment: { units: t[0], conversions: t[1] } } });
+    // 50/50 at 100 ms each; then promoted (0/100), and the treatment alone takes the whole load at 140 ms
+    const base = input({ control: [3000, 300], treatment: [5000, 600] }, { control: 0, treatment: 100 }, { metrics });
+    const strata = [
+      { from: null, metrics: [conversions([3000, 300], [3000, 360]), { name: "latency", kind: "latency" as const, byVariant: { control: latency(3000, 100), treatment: latency(3000, 100) } }] },
+      { from: NOW - 3_600_000, metrics: [conversions([0, 0], [2000, 240]), { name: "latency", kind: "latency" as const, byVariant: { control: none, treatment: latency(6000, 140) } }] },
+    ];
+    const pooledLatency = { name: "latency", kind: "latency" as const, byVariant: { control: latency(3000, 100), treatment: { n: 9000, sum: 3000 * 100 + 6000 * 140, sumSquares: latency(3000, 100).sumSquares + latency(6000, 140).sumSquares, p50: 0, p99: 0 } } };
+    const { report } = buildReport({ ...base, aggregates: { ...base.aggregates, metrics: [...base.aggregates.metrics, pooledLatency], strata } });
+    assert.deepEqual(report.metrics[1]!.comparisons[0]!.adjusted, { control: 100, value: 100, periods: 1, excludedUnits: 6000 });
+    assert.equal(report.guardrails[0]!.ok, true, report.guardrails[0]!.detail);
+    assert.match(report.guardrails[0]!.detail, /100 ms vs 100 ms/);
+    assert.notEqual(report.decision.action, "rollback", report.decision.reason);
+  });
+
+  it("the multiple-comparison family has the config's size: a metric without data yet counts as p = 1", () => {
+    const metrics: MetricConfig[] = [
+      { name: "watched", kind: "conversion", event: "watched" },
+      { name: "bought", kind: "conversion", event: "bought" },
+    ];
+    const decide = (bought: number) => {
+      const base = input({ control: [4000, 400], treatment: [4000, 497] }, HALF, { metrics });
+      base.aggregates.metrics.push({ name: "bought", kind: "conversion", byVariant: { control: { units: 4000, conversions: bought }, treatment: { units: 4000, conversions: bought } } });
+      return buildReport(base).report;
+    };
+    const none = decide(0);
+    const one = decide(1);
+    const watched = (r: ReturnType<typeof decide>) => r.metrics[0]!.comparisons[0]!;
+    assert.equal(none.metrics[1]!.comparisons[0]!.pValueSequential, null, "no events: no p");
+    assert.equal(none.metrics[1]!.comparisons[0]!.pValueSequentialAdjusted, null);
+    // before, the metric without events was left out: watched's p went unadjusted (0.034), a promotion that one
+    // event in each arm of the other metric turned back into "continue"
+    assert.equal(watched(none).pValueSequentialAdjusted, Math.min(1, 2 * watched(none).pValueSequential!));
+    assert.equal(watched(none).pValueSequentialAdjusted, watched(one).pValueSequentialAdjusted);
+    assert.equal(none.decision.action, one.decision.action);
+    assert.equal(none.decision.action, "continue", none.decision.reason);
+  });
+
+  it("a NON_STATIONARY treatment set to weight 0 no longer holds up the decision on the others", () => {
+    const first = buildReport(input({ control: [3000, 300], t1: [3000, 300], t2: [3000, 450] }, { control: 34, t1: 33, t2: 33 }));
+    const later = buildReport(
+      input({ control: [30000, 3000], t1: [30000, 3600], t2: [30000, 2700] }, { control: 50, t1: 50, t2: 0 }, {
+        previousSequential: first.sequentialState,
+        srmWindow: { since: NOW - 3_600_000, units: { control: 1000, t1: 1000, t2: 0 } },
+      }),
+    ).report;
+    const t2 = later.metrics[0]!.comparisons.find((c) => c.variant === "t2")!;
+    assert.equal(t2.sequentialError, "NON_STATIONARY");
+    assert.equal(later.decision.action, "promote", later.decision.reason);
+    assert.equal(later.decision.variant, "t1");
+    // while t2 is in the split, it still stops everything
+    const inSplit = buildReport(input({ control: [30000, 3000], t1: [30000, 3600], t2: [30000, 2700] }, { control: 1, t1: 1, t2: 1 }, { previousSequential: first.sequentialState })).report;
+    assert.equal(inSplit.decision.action, "continue");
+    assert.match(inSplit.decision.reason, /NON_STATIONARY/);
+  });
+
+  it("units still needed count each arm's units so far, not the total split by today's weights", () => {
+    // control and t1 at 50/50 now; t2 had 30,000 units and is at weight 0
+    const { report } = buildReport(
+      input({ control: [20000, 2000], t1: [5000, 540], t2: [30000, 3000] }, { control: 50, t1: 50, t2: 0 }, {
+        srmWindow: { since: NOW - 3_600_000, units: { control: 2000, t1: 2000, t2: 0 } },
+      }),
+    );
+    assert.equal(report.decision.action, "continue", report.decision.reason);
+    // The same condition solved directly: N more units, half to each arm, until |d| - z_0.8·√V ≥ the mSPRT boundary
+    // at alpha / 2 (Holm over two comparisons), V = p_C(1-p_C)/(20000 + N/2) + p_T(1-p_T)/(5000 + N/2).
+    const pC = 0.1;
+    const pT = 0.108;
+    const variancePooled = ((20000 - 1) * pC * (1 - pC) + (5000 - 1) * pT * (1 - pT)) / (25000 - 2);
+    const tau2 = DEFAULT_TAU2_STANDARDIZED * variancePooled;
+    const enough = (n: number) => {
+      const v = (pC * (1 - pC)) / (20000 + n / 2) + (pT * (1 - pT)) / (5000 + n / 2);
+      const boundary = Math.sqrt(((v * (v + tau2)) / tau2) * (Math.log((v + tau2) / v) - 2 * Math.log(0.025)));
+      return pT - pC - 0.8416212335729143 * Math.sqrt(v) >= boundary;
+    };
+    const needed = report.decision.unitsNeeded!;
+    assert.ok(enough(needed) && !enough(needed - 1), `unitsNeeded ${needed}`);
+    assert.ok(needed > 70_000, "before: 46,093");
   });
 });

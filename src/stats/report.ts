@@ -6,7 +6,7 @@ import { chiSquareSf, normalCdf } from "./distributions.ts";
 import { meanAndVariance, meanTest, proportionOneSidedIncrease, proportionTest, srmTest, welchOneSidedIncrease } from "./frequentist.ts";
 import { adjustPValues } from "./multiple.ts";
 import { MIN_STRATUM_UNITS, stratifiedDifference, type StratifiedResult, type Stratum } from "./stratified.ts";
-import { sequentialUnits } from "./power.ts";
+import { sequentialUnitsMore } from "./power.ts";
 import { DEFAULT_TAU2_STANDARDIZED, meanIncreaseSequential, mixtureSprt, proportionIncreaseSequential, runningMinimum } from "./sequential.ts";
 import type { Correction, Interval, StatsErrorCode } from "./types.ts";
 
@@ -92,7 +92,7 @@ export interface VariantSummary {
 export interface SrmSummary {
   pValue: number | null;
   mismatch: boolean;
-  /** false while some arm has fewer than SRM_MIN_UNITS_PER_VARIANT units, or there is one arm */
+  /** false while some weighted arm is expected (by its weight) to have fewer than SRM_MIN_UNITS_PER_VARIANT units, or there is one arm */
   judged: boolean;
   chiSquare: number | null;
   df: number | null;
@@ -359,7 +359,9 @@ export function buildReport(input: ReportInput): ReportOutput {
       if (config.guardrail) {
         // Across weight periods a guardrail judges the period-weighted arms too, not the pooled ones (the same Simpson's
         // paradox rolled back identical arms on a guardrail): each arm as a sample of its weighted mean and variance.
-        const arms = byPeriod !== undefined ? effectiveArms(byPeriod) : undefined;
+        // With one period that has both arms, that period's arms, as the comparison uses: the pooled ones rolled back
+        // a promoted treatment whose latency rose with the whole load it then took, against the control's at half.
+        const arms = byPeriod !== undefined ? (effectiveArms(byPeriod) ?? onlySharedPeriod(byPeriod)) : undefined;
         guardrails.push(guardrail(metric, config.guardrail, variant, arms?.control ?? c, arms?.treatment ?? t, alpha, tau2Standardized, prior, sequentialState));
       }
     }
@@ -369,11 +371,14 @@ export function buildReport(input: ReportInput): ReportOutput {
   // One family for the correction: every treatment on every primary and secondary metric.
   const family = metrics.filter((m) => m.role !== "guardrail").flatMap((m) => m.comparisons);
   const method = correction === "none" ? "none" : correction;
-  const fixed = adjustPValues(family.map((c) => c.pValue), method);
-  const sequential = adjustPValues(family.map((c) => c.pValueSequential), method);
+  // The family's size is the config's, whatever has data yet: a comparison without a p-value counts as p = 1. Left
+  // out (as R's p.adjust leaves out NA), it shrank m, and a metric's first events could turn a promotion back into
+  // "continue" (Holm 1979 bounds the family-wise error for a fixed m).
+  const fixed = adjustPValues(family.map((c) => c.pValue ?? 1), method);
+  const sequential = adjustPValues(family.map((c) => c.pValueSequential ?? 1), method);
   family.forEach((c, i) => {
-    c.pValueAdjusted = fixed[i] ?? null;
-    c.pValueSequentialAdjusted = sequential[i] ?? null;
+    c.pValueAdjusted = c.pValue === null ? null : (fixed[i] ?? null);
+    c.pValueSequentialAdjusted = c.pValueSequential === null ? null : (sequential[i] ?? null);
   });
   for (const m of metrics) {
     for (const c of m.comparisons) {
@@ -479,7 +484,13 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
     counted.map((v) => v.units),
     counted.map((v) => Math.max(0, v.weight)),
   );
-  const small = weighted.filter((v) => v.units < SRM_MIN_UNITS_PER_VARIANT);
+  const expected = expectedUnits(
+    counted.map((v) => v.units),
+    counted.map((v) => Math.max(0, v.weight)),
+  );
+  // By the units each arm should have had, not those it got (Cochran's rule for the χ² approximation is on expected
+  // counts): gating on the observed ones exempted the worst failure, an arm the split starves.
+  const small = counted.map((v, i) => ({ ...v, expected: expected[i]! })).filter((v) => v.weight > 0 && v.expected < SRM_MIN_UNITS_PER_VARIANT);
   const currentJudged = weighted.length >= 2 && small.length === 0 && current.chiSquare !== null && current.df !== null;
   // Earlier periods: each judged as the current one is (two weighted arms, enough units each); the judged ones' χ²
   // and df add to the current period's (Pearson's statistics of independent samples), one test over all of them.
@@ -489,7 +500,7 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
     const weights = names.map((n) => Math.max(0, p.weights[n] ?? 0));
     const armsOn = names.filter((_, i) => weights[i]! > 0);
     const result = srmTest(units, weights);
-    const judged = armsOn.length >= 2 && armsOn.every((n) => (p.units[n] ?? 0) >= SRM_MIN_UNITS_PER_VARIANT) && result.chiSquare !== null && result.df !== null;
+    const judged = armsOn.length >= 2 && expectedUnits(units, weights).every((e, i) => weights[i]! <= 0 || e >= SRM_MIN_UNITS_PER_VARIANT) && result.chiSquare !== null && result.df !== null;
     return { since: p.since === null ? null : isoOrNull(p.since), until: isoOrNull(p.until) ?? "", pValue: finite(result.pValue), judged, chiSquare: result.chiSquare, df: result.df };
   });
   const judgedEarlier = periods.filter((p) => p.judged);
@@ -503,11 +514,16 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
         ...base,
         mismatch: false,
         judged: false,
-        note: `not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope} (${small.map((v) => `${v.name}: ${v.units}`).join(", ")})`,
+        note: `not judged until every variant is expected to have ${SRM_MIN_UNITS_PER_VARIANT} units${scope} (${small.map((v) => `${v.name}: ${v.units} of ${fmt(v.expected)} expected`).join(", ")})`,
       };
     }
   }
   const tested = [...judgedEarlier.map((p) => ({ chiSquare: p.chiSquare!, df: p.df! })), ...(currentJudged ? [{ chiSquare: current.chiSquare!, df: current.df! }] : [])];
+  // No test ran (counts srmTest refuses, such as Infinity): nothing was judged, so nothing may be said to match.
+  if (tested.length === 0) {
+    const why = current.error !== undefined ? ` (${current.error})` : "";
+    return { pValue: null, chiSquare: null, df: null, threshold, ...extra, ...periodsField, mismatch: false, judged: false, note: `not judged: the unit counts give no test${why}` };
+  }
   const chiSquare = tested.reduce((sum, t) => sum + t.chiSquare, 0);
   const df = tested.reduce((sum, t) => sum + t.df, 0);
   const pValue = tested.length === 1 && currentJudged ? current.pValue : finite(chiSquareSf(chiSquare, df));
@@ -527,10 +543,20 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
     note = mismatch
       ? `units are not split as the weights say, over ${what} (χ² = ${fmt(chiSquare)}, df = ${df}, p = ${fmtP(pValue)} < ${threshold}${bad.length > 0 ? `, among them the units first exposed from ${bad.map(span).join(", and from ")}` : ""})`
       : `units match the weights over ${what} (p = ${fmtP(pValue)})`;
-    if (!currentJudged && weighted.length >= 2) note += `; the current weights not judged until every variant has ${SRM_MIN_UNITS_PER_VARIANT} units${scope}`;
+    if (!currentJudged && weighted.length >= 2) note += `; the current weights not judged until every variant is expected to have ${SRM_MIN_UNITS_PER_VARIANT} units${scope}`;
   }
   if (zeroWeightUnits.length > 0) note += `; variants at weight 0 left out: ${zeroWeightUnits.map((v) => v.name).join(", ")}`;
   return { ...base, mismatch, judged: true, note };
+}
+
+/**
+ * The units each arm should have had under its weight: the total of the weighted arms times its share, as srmTest
+ * counts them (0 for an arm of weight 0, and for all when no counts are usable).
+ */
+function expectedUnits(units: readonly number[], weights: readonly number[]): number[] {
+  const weightSum = weights.reduce((s, w) => s + (w > 0 ? w : 0), 0);
+  const total = units.reduce((s, u, i) => s + (weights[i]! > 0 && Number.isFinite(u) && u >= 0 ? u : 0), 0);
+  return weights.map((w) => (w > 0 && weightSum > 0 && Number.isFinite(weightSum) ? (total * w) / weightSum : 0));
 }
 
 /** A comparison's arms per period of first exposure, and their post-stratified difference (stratifiedDifference). */
@@ -544,8 +570,8 @@ function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmSt
     const { strata, result: r } = byPeriod;
     if (r.periods >= 2) return stratifiedComparison(metric, variant, c, t, r, alpha, tau2Standardized);
     // One period with both arms: its plain comparison (the units of the others carry no contrast)
-    const only = strata.find((s) => s.control.units >= MIN_STRATUM_UNITS && s.treatment.units >= MIN_STRATUM_UNITS);
-    if (only !== undefined && r.excludedUnits > 0) {
+    const only = onlySharedPeriod(byPeriod);
+    if (only !== undefined) {
       const plain = compare(metric, variant, only.control, only.treatment, alpha, tau2Standardized);
       return { ...plain, units: t.units, value: t.value, adjusted: { control: only.control.value, value: only.treatment.value, periods: 1, excludedUnits: r.excludedUnits } };
     }
@@ -631,6 +657,15 @@ function strataSamples(strata: readonly { control: ArmStats; treatment: ArmStats
         ? [{ control: s.control.mean, treatment: s.treatment.mean }]
         : [],
   );
+}
+
+/**
+ * The one period with both arms, when the others hold units of one arm only (a promotion, a ramp from 0): then that
+ * period alone compares the arms, since pooling the others in would compare different times.
+ */
+function onlySharedPeriod({ strata, result: r }: ByPeriod): { control: ArmStats; treatment: ArmStats } | undefined {
+  if (r.periods >= 2 || r.excludedUnits <= 0) return undefined;
+  return strata.find((s) => s.control.units >= MIN_STRATUM_UNITS && s.treatment.units >= MIN_STRATUM_UNITS);
 }
 
 /**
@@ -894,7 +929,7 @@ function decide(d: DecisionInput): Decision {
     const what = primary.kind === "mean" ? `no "${d.primaryEvent}" events with a value other than 0` : `no "${d.primaryEvent}" events`;
     return cont(`No outcomes for the primary metric "${d.primaryName}" yet: units are being exposed, but ${what} have been attributed to them.`);
   }
-  const drifting = primary.comparisons.filter((c) => c.sequentialError === "NON_STATIONARY");
+  const drifting = primary.comparisons.filter((c) => c.sequentialError === "NON_STATIONARY" && decides(c.variant));
   if (drifting.length > 0) {
     return cont(
       `The effect on ${primary.name} is not stable over time: the always-valid intervals of earlier reports and of now do not overlap for ${drifting.map((c) => c.variant).join(", ")} (NON_STATIONARY), so no single difference describes the data. Nothing is decided; find out what changed (a novelty effect, a deployment, a shift in traffic) and restart the experiment to measure the current effect.`,
@@ -994,7 +1029,7 @@ function unitsStillNeeded(d: DecisionInput, primary: MetricReport, best: Compari
   const varianceControl = c.variance > 0 ? c.variance : pooledVariance;
   const varianceTreatment = t.variance > 0 ? t.variance : pooledVariance;
   const alpha = d.correction === "none" ? d.alpha : d.alpha / Math.max(1, d.familySize);
-  const total = sequentialUnits({
+  const more = sequentialUnitsMore({
     effect: best.absolute.estimate,
     varianceControl,
     varianceTreatment,
@@ -1003,8 +1038,10 @@ function unitsStillNeeded(d: DecisionInput, primary: MetricReport, best: Compari
     alpha,
     power: PLANNING_POWER,
     tau2: d.tau2Standardized * (pooledVariance > 0 ? pooledVariance : Math.max(varianceControl, varianceTreatment)),
+    unitsControl: c.units,
+    unitsTreatment: t.units,
   });
-  return total === null ? null : Math.max(0, total - d.totalUnits);
+  return more;
 }
 
 function hasOutcomes(metric: MetricAggregate | undefined): boolean {
