@@ -4,23 +4,32 @@ import { mergeWeights } from "./weights.ts";
 
 /**
  * Whether the config's weights were edited since the run that saved `restore`: some variant that both the config
- * and the snapshot's `configFileWeights` name has a different weight now. Variants new in the config or gone from
- * it do not count (a new one starts at its configured weight anyway, a gone one is dropped). A snapshot from
+ * and the snapshot's `configFileWeights` name has a different weight now, or the config names other variants (one
+ * added, renamed or removed). A changed set of variants counts because the weights set at run time cannot be
+ * mixed with it: a promotion's 0 for the control beside a renamed treatment's configured 50 sent all traffic to a
+ * variant nobody promoted, and a rollback's control=100 beside a new variant's 50 sent it a third. A snapshot from
  * before `configFileWeights` was saved counts as unchanged, so its run-time weights are kept as they always were.
- * When edited, `warn` is told what changed and what is given up.
+ * When edited, `warn` is told what changed and what is given up. The bandit passes `variantsCount: false`: its
+ * weights in force come from the data (the next update recomputes them), and it fits a new arm in by its own rule.
  */
 export function configWeightsEdited(
   names: readonly string[],
   configured: readonly number[],
   restore: StrategyState | undefined,
   warn: (message: string) => void = defaultWarn,
+  variantsCount = true,
 ): boolean {
   if (!restore) return false;
   checkSnapshot(restore);
   const saved = restore.configFileWeights;
   if (saved === undefined || saved === null) return false;
   if (typeof saved !== "object" || Array.isArray(saved)) throw new InvalidArgumentError("a strategy snapshot's configFileWeights must be an object of variant name to number");
-  const changes = names.flatMap((name, i) => (Object.hasOwn(saved, name) && saved[name] !== configured[i] ? [`${name} ${saved[name]} -> ${configured[i]}`] : []));
+  const changes = [
+    ...names.flatMap((name, i) =>
+      Object.hasOwn(saved, name) ? (saved[name] !== configured[i] ? [`${name} ${saved[name]} -> ${configured[i]}`] : []) : variantsCount ? [`${name} new at ${configured[i]}`] : [],
+    ),
+    ...(variantsCount ? Object.keys(saved).filter((name) => !names.includes(name)).map((name) => `${name} gone`) : []),
+  ];
   if (changes.length === 0) return false;
   const runTime = Object.entries(restore.weights)
     .map(([name, w]) => `${name}=${w}`)

@@ -5,7 +5,7 @@ import { runConformance } from "../conformance.ts";
 import { BanditStrategy } from "./bandit.ts";
 import { beta, gamma } from "./beta.ts";
 
-runConformance("bandit", (o) => new BanditStrategy({ draws: 2000, ...o }), { deterministicByUnit: true });
+runConformance("bandit", (o) => new BanditStrategy({ draws: 2000, ...o }), { deterministicByUnit: true, learnedWeights: true });
 
 function make(extra: Partial<ConstructorParameters<typeof BanditStrategy>[0]> = {}): BanditStrategy {
   return new BanditStrategy({

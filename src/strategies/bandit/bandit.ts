@@ -93,7 +93,7 @@ export class BanditStrategy implements Strategy {
     this.#configFile = weights;
     // An edited config replaces both the configured weights saved at run time and the bandit's weights in force
     // (the next `observe` recomputes them from the data).
-    const edited = configWeightsEdited(names, weights, restore, options.onWarning);
+    const edited = configWeightsEdited(names, weights, restore, options.onWarning, false);
     this.#configured = restore && !edited
       ? restoreWeights(names, weights, { weights: restore.configuredWeights ?? restore.weights })
       : weights;
