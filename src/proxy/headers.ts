@@ -83,7 +83,9 @@ export function queryValue(url: string, name: string): string | undefined {
       try {
         return decodeURIComponent(raw.replace(/\+/g, " "));
       } catch {
-        return raw;
+        // Malformed escapes (%FF, %E2%82, %zz): decoded as URLSearchParams does (invalid UTF-8 becomes U+FFFD, a
+        // % that starts no escape stays), the way the application reads the same parameter to post its events.
+        return new URLSearchParams(`u=${raw}`).get("u") || undefined;
       }
     }
     i = url.indexOf(name, i + 1);
