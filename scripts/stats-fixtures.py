@@ -91,8 +91,8 @@ def proportion_case(name, nc, cc, nt, ct, alpha=0.05):
     else:
         exp["relative"] = {"estimate": None, "ci": None}
         exp["error"] = "CONTROL_RATE_ZERO"
-    if var_c + var_t == 0 and diff != 0:
-        # each arm all-zero or all-one, and apart: the Wald interval has no width, and abgate gives none
+    if var_c + var_t == 0:
+        # each arm all-zero or all-one: the Wald interval has no width, and abgate gives none (equal arms too)
         exp["absolute"]["ci"] = None
         exp["relative"]["ci"] = None
         exp.setdefault("error", "ZERO_VARIANCE")

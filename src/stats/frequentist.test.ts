@@ -168,7 +168,14 @@ describe("arguments that are not samples, and samples with no spread", () => {
     const oneEach = proportionTest({ units: 1, conversions: 0 }, { units: 1, conversions: 1 });
     assert.equal(oneEach.absolute.ci, null);
     assert.equal(oneEach.error, "CONTROL_RATE_ZERO");
-    // equal arms keep their interval of [0, 0]
-    assert.deepEqual(proportionTest({ units: 5, conversions: 5 }, { units: 9, conversions: 9 }).absolute.ci, [0, 0]);
+    // equal arms too: [0, 0] claimed a certainty 5 of 5 against 9 of 9 cannot give
+    const equal = proportionTest({ units: 5, conversions: 5 }, { units: 9, conversions: 9 });
+    assert.equal(equal.absolute.ci, null);
+    assert.equal(equal.relative.ci, null);
+    assert.equal(equal.error, "ZERO_VARIANCE");
+    assert.equal(equal.pValue, 1);
+    const none = proportionTest({ units: 10, conversions: 0 }, { units: 10, conversions: 0 });
+    assert.equal(none.absolute.ci, null);
+    assert.equal(none.pValue, 1);
   });
 });

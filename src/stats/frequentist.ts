@@ -78,10 +78,10 @@ export function proportionTest(control: ProportionSample, treatment: ProportionS
   let relative: Interval = NO_INTERVAL;
   if (pC > 0) relative = interval(pT / pC - 1, q * Math.sqrt(varT / (pC * pC) + (pT * pT * varC) / (pC * pC * pC * pC)));
   else error = "CONTROL_RATE_ZERO";
-  if (!(varC + varT > 0) && diff !== 0) {
-    // Each arm all-zero or all-one, and apart (1 of 1 against 0 of 1): the Wald interval has no width (Agresti,
-    // Categorical Data Analysis, 2013, §3.1), a certainty no sample gives. No interval, as meanTest gives none for a
-    // difference with zero variance; the pooled test below still has a variance.
+  if (!(varC + varT > 0)) {
+    // Each arm all-zero or all-one (1 of 1 against 0 of 1, or 5 of 5 against 9 of 9): the Wald interval has no width
+    // (Agresti, Categorical Data Analysis, 2013, §3.1), a certainty no sample gives, equal arms included (their true
+    // rates may well differ). No interval, as meanTest gives none; the pooled test below may still have a variance.
     absolute = { estimate: diff, ci: null };
     relative = { estimate: relative.estimate, ci: null };
     error ??= "ZERO_VARIANCE";
@@ -165,7 +165,8 @@ export function meanTest(control: MeanSample, treatment: MeanSample, options: Te
       t: same ? 0 : null,
       df: null,
       pValue: same ? 1 : null,
-      absolute: { estimate: diff, ci: same ? [0, 0] : null },
+      // No interval even for equal arms: constant samples make the Welch interval [0, 0], which no sample can show.
+      absolute: { estimate: diff, ci: null },
       relative: { estimate: finiteOrNull(relativeEstimate), ci: null },
       error: "ZERO_VARIANCE",
     };
