@@ -4,7 +4,8 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
+import { lookup } from "node:dns/promises";
 import { join } from "node:path";
 import { runCli, startCli } from "../../test/helpers/cli.ts";
 import { parseConfig } from "../config/index.ts";
@@ -143,12 +144,31 @@ test("promote, rollback, weights: the real admin API's answers are accepted and 
   assert.match(unknown.stderr, /POST \/v1\/promote: 400 variant: one of control, treatment/, "abgate's own errors still come through");
 });
 
+test("through a name the admin listener does not know (a reverse proxy's), a change with the token passes, check included", async () => {
+  // the same listener, reached by this machine's name (127.0.0.1 in its /etc/hosts): a Host outside
+  // admin.allowedHosts, which only a token passes
+  const name = hostname();
+  const { address } = await lookup(name, { family: 4 });
+  assert.match(address, /^127\./, `this test needs the machine's name (${name}) to resolve to a loopback address`);
+  const mapped = adminUrl.replace("127.0.0.1", name);
+  assert.notEqual(mapped, adminUrl);
+  const env = { env: noEnvToken };
+  const bare = await fetch(new URL("/v1/experiment", mapped));
+  assert.equal(bare.status, 403, "without the token this Host is refused");
+  const rollback = await runCli(["rollback", "-c", configFile, "--admin", mapped], env);
+  assert.equal(rollback.code, 0, rollback.stderr);
+  assert.equal(rollback.stdout, "rolled back: all traffic to control\n");
+});
+
 test("an empty ABGATE_ADMIN_TOKEN does not hide the config's token", async () => {
   const config = parseConfig("experiment: cli\nengine: static\nadmin: { token: config-token }\nvariants:\n  - { name: control, url: 'http://127.0.0.1:9' }\n", "/tmp", {});
   assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "" }).token, "config-token");
   assert.equal(adminTarget(config, { token: "" }, { ABGATE_ADMIN_TOKEN: "" }).token, "config-token");
   assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "env-token" }).token, "env-token", "a set variable still wins over the config");
   assert.equal(adminTarget(undefined, {}, { ABGATE_ADMIN_TOKEN: "" }).token, undefined);
+  // blank once trimmed is empty too (it hid the config's token, and no token was sent: a 401)
+  assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: " " }).token, "config-token");
+  assert.equal(adminTarget(config, { token: "\n" }, { ABGATE_ADMIN_TOKEN: " \t" }).token, "config-token");
   // A secret file's newline is no part of the token (the server and the config loader drop it too); what cannot be
   // sent in a header is a usage error naming where the token came from, not "no admin API answers".
   assert.equal(adminTarget(config, {}, { ABGATE_ADMIN_TOKEN: "env-token\n" }).token, "env-token");

@@ -16,7 +16,12 @@ export function adminTarget(config: Config | undefined, opts: { admin?: string; 
   // CI variable that exists but is blank) must not hide the config's token and turn into a 401.
   // Spaces and line ends around it (a secret file's newline) are no part of it, as the config loader and the server
   // read it; what is left must be sendable in a header.
-  const [from, given] = opts.token ? ["--token", opts.token] : env.ABGATE_ADMIN_TOKEN ? ["ABGATE_ADMIN_TOKEN", env.ABGATE_ADMIN_TOKEN] : ["admin.token", config?.admin.token ?? ""];
+  // Blank after trimming counts as not set too (`ABGATE_ADMIN_TOKEN=' '`), so the trim comes before the choice.
+  const [from, given] = opts.token?.trim()
+    ? ["--token", opts.token]
+    : env.ABGATE_ADMIN_TOKEN?.trim()
+      ? ["ABGATE_ADMIN_TOKEN", env.ABGATE_ADMIN_TOKEN]
+      : ["admin.token", config?.admin.token ?? ""];
   const token = given.trim();
   if (!SENDABLE_TOKEN.test(token)) throw new InvalidArgumentError(`the admin token (${from}) has spaces or characters that are not ASCII inside it, which cannot be sent in an HTTP header`);
   return { adminUrl, token: token || undefined };
@@ -41,6 +46,12 @@ export function checkHttpUrl(option: string, value: string, of: string, example:
   if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
     throw new InvalidArgumentError(`${option} ${JSON.stringify(value)}: expected an http(s) URL of ${of}, e.g. ${example}`);
   }
+}
+
+/** Whether `err` is abgate's admin API refusing a request's Host (403 ABGATE_ERR_HOST), which a token passes. */
+export function refusedHost(err: unknown): boolean {
+  const cause = err instanceof AbgateError ? (err.cause as { status?: unknown; code?: unknown } | undefined) : undefined;
+  return cause?.status === 403 && cause.code === "ABGATE_ERR_HOST";
 }
 
 /** Checks that a 2xx answer has the shape abgate's admin API gives for that endpoint. */
@@ -225,7 +236,7 @@ export async function adminCall<T>(target: AdminTarget, method: string, path: st
     const message = `${method} ${path}: ${res.status} ${json.error}${hint}`;
     // A 400 refused the command's own arguments (an unknown variant, weights summing to 0): a usage error, exit 2.
     if (res.status === 400) throw new InvalidArgumentError(message);
-    throw new AbgateError(message, "ABGATE_ERR_ADMIN_CALL");
+    throw new AbgateError(message, "ABGATE_ERR_ADMIN_CALL", { cause: { status: res.status, code: json.code } });
   }
   if (!isJson || !check(json)) throw notAdmin();
   return json;

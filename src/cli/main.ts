@@ -8,7 +8,7 @@ import type { Engine } from "../engines/types.ts";
 import { createLogger } from "../log/index.ts";
 import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
-import { adminCall, adminTarget, answers, type AdminTarget, type ExperimentAnswer } from "./admin-client.ts";
+import { adminCall, adminTarget, answers, refusedHost, type AdminTarget, type ExperimentAnswer } from "./admin-client.ts";
 import { textTable } from "./table.ts";
 import { capYoungGeneration } from "./young-generation.ts";
 
@@ -482,7 +482,15 @@ function adminOptions(cmd: Command): Command {
  * that it runs the config's experiment, not another one a mistyped --admin or a shared port leads to.
  */
 async function runningExperiment(target: AdminTarget, config: Config | undefined): Promise<ExperimentAnswer> {
-  const view = await adminCall({ adminUrl: target.adminUrl }, "GET", "/v1/experiment", answers.experiment);
+  // Without the token first: it goes only to a server that answered as abgate's admin API. One that refuses the Host
+  // (a name outside admin.allowedHosts, such as a reverse proxy's) answered so, and passes requests with the token.
+  let view: ExperimentAnswer;
+  try {
+    view = await adminCall({ adminUrl: target.adminUrl }, "GET", "/v1/experiment", answers.experiment);
+  } catch (err) {
+    if (!refusedHost(err) || target.token === undefined) throw err;
+    view = await adminCall(target, "GET", "/v1/experiment", answers.experiment);
+  }
   if (config !== undefined && view.experiment !== config.experiment) {
     throw new AbgateError(`the abgate at ${target.adminUrl} runs experiment ${view.experiment}, not ${config.experiment}: nothing was changed`, "ABGATE_ERR_WRONG_EXPERIMENT");
   }
