@@ -343,6 +343,21 @@ test("${...} forms: compose's defaults and required variables work; others are r
   assert.doesNotMatch(leaked, /secret/);
 });
 
+test("an unbraced $NAME is refused as a token or salt (it was used as that public text), and kept in a command", () => {
+  const env = { MYTOK: "realtoken-1234567890" };
+  assert.deepEqual(issues(`${base}admin: { token: $MYTOK, ingestToken: "$ING" }\n`, env), [
+    'admin.token: "$MYTOK" is not expanded (abgate reads only ${...} forms): write ${MYTOK} to read the variable',
+    'admin.ingestToken: "$ING" is not expanded (abgate reads only ${...} forms): write ${ING} to read the variable',
+  ]);
+  assert.deepEqual(issues(`${base}strategy: { salt: $SALT }\n`, {}), ['strategy.salt: "$SALT" is not expanded (abgate reads only ${...} forms): write ${SALT} to read the variable']);
+  assert.equal(parseConfig(`${base}admin: { token: \${MYTOK} }\n`, "/tmp", env).admin.token, "realtoken-1234567890");
+  // a token that only contains a $ is a token
+  assert.equal(parseConfig(`${base}admin: { token: "a$MYTOK" }\n`, "/tmp", env).admin.token, "a$MYTOK");
+  // a command's $PORT is the shell's, at the replica's start
+  const shell = parseConfig(processBase.replace("command: [node, a.js]", () => "command: [sh, -c, 'exec node a.js --port $PORT']"), "/tmp", {});
+  assert.deepEqual(shell.variants[0]!.command, ["sh", "-c", "exec node a.js --port $PORT"]);
+});
+
 test("duplicate keys are named with their line, in block and flow mappings; a big file is parsed in linear time", () => {
   assert.deepEqual(issues(base.replace("url: 'http://127.0.0.1:9002' }", "url: 'http://127.0.0.1:9002', url: 'http://127.0.0.1:9003' }")), ['line 5: duplicate key "url" (a key may appear once in a mapping)']);
   // Keys are compared as they expand.

@@ -44,6 +44,11 @@ export function expandEnv(text: string, env: NodeJS.ProcessEnv = process.env): s
   });
 }
 
+/** A whole value written as docker compose's unbraced reference, `$NAME`. */
+const UNBRACED_REFERENCE = /^\$[A-Za-z_][A-Za-z0-9_]*$/;
+/** Keys whose value is a secret: one that reads as an unexpanded `$NAME` is refused rather than used as that text. */
+const SECRET_KEYS = new Set(["admin.token", "admin.ingestToken", "strategy.salt"]);
+
 /** The key path (`variants[1].env.X`) of key `last` of the mapping at the end of a yaml visitor's `ancestors`. */
 function keyPathOf(ancestors: readonly unknown[], last: string): string {
   const parts: (string | number)[] = [];
@@ -439,6 +444,16 @@ export function parseConfig(text: string, baseDir = process.cwd(), env: NodeJS.P
           message: `${JSON.stringify(shown)}... is not a reference abgate expands: write \${NAME}, \${NAME:-default}, \${NAME-default}, \${NAME:?message} or \${NAME?message} (NAME: letters, digits and _, no nesting), or $\${ for a literal \${`,
         });
         return;
+      }
+      // `token: $MY_TOKEN` (docker compose's unbraced form, which abgate does not expand, so that a command's `$PORT`
+      // stays the shell's) made the token the public text "$MY_TOKEN". For the secrets, such a value is refused.
+      const pair = path[path.length - 1];
+      if (key === "value" && isPair(pair) && isScalar(pair.key) && UNBRACED_REFERENCE.test(node.value)) {
+        const at = keyPathOf(path.slice(0, -1), String(pair.key.value));
+        if (SECRET_KEYS.has(at)) {
+          refused.push({ path: at, message: `${JSON.stringify(node.value)} is not expanded (abgate reads only \${...} forms): write \${${node.value.slice(1)}} to read the variable` });
+          return;
+        }
       }
       if (!node.value.includes(tag)) return;
       // (only references in the document's values count, not those in comments)
