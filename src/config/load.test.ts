@@ -444,3 +444,31 @@ test("event names without control or bidirectional-formatting characters (the no
   assert.deepEqual(issues(metric("a\tb")), ["metrics[0].event: an event name without control or bidirectional-formatting characters"]);
   assert.doesNotThrow(() => parseConfig(metric("vidéo vue · 視聴"), "/tmp", process.env));
 });
+
+test("names and addresses Docker or the network would refuse later are refused by validate", () => {
+  const problems = (text: string) => {
+    try {
+      parseConfig(text, "/tmp", {});
+      return [];
+    } catch {
+      return issues(text, {});
+    }
+  };
+  const built = (experiment: string, variant: string, engine = "docker") =>
+    problems(`experiment: ${experiment}\nengine: ${engine}\nvariants:\n  - { name: ${variant}, build: ./m }\n`);
+  for (const variant of ["knn-", "v2_", "a___b", "a_-b"]) {
+    assert.deepEqual(built("exp", variant), [`variants[0].name: a name Docker can use in the image abgate builds (abgate/exp-${variant}): end it with a letter or digit, with at most two '_' in a row and none next to '-'`], variant);
+  }
+  for (const variant of ["knn", "v2_b", "a__b", "a--b", "a_b"]) assert.deepEqual(built("exp", variant), [], variant);
+  // an image given is run as it is: its name is not made from the variant's
+  assert.deepEqual(problems("experiment: exp\nengine: docker\nvariants:\n  - { name: v2_, image: 'm:1' }\n"), []);
+  // swarm: the service of the last replica, abgate-<experiment>-<variant>-<replica>, at most 63 characters
+  const experiment = "recommender-v2-holiday-campaign";
+  assert.deepEqual(built(experiment, "collaborative-filtering-v3", "swarm"), [
+    `variants[0].name: a shorter name: with experiment ${experiment} the swarm service of its replicas (abgate-${experiment}-collaborative-filtering-v3-0) has 67 characters, and Docker takes at most 63`,
+  ]);
+  assert.deepEqual(built(experiment, "cf-v3", "swarm"), []);
+  assert.deepEqual(issues(base.replace("http://127.0.0.1:9001", "http://127.0.0.1:0")), ['variants[0].url: a port from 1 to 65535 (got "http://127.0.0.1:0": port 0 cannot be connected to)']);
+  assert.deepEqual(issues(`${base}listen: "999.1.1.1:8080"\n`), ["listen: host:port with an IPv4 address of four numbers from 0 to 255 (got 999.1.1.1:8080)"]);
+  assert.deepEqual(problems(`${base}listen: "localhost:8080"\n`), []);
+});

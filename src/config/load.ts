@@ -1,4 +1,5 @@
 import { closeSync, openSync, readSync } from "node:fs";
+import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { isPair, isScalar, isSeq, parseDocument, type Scalar, visit } from "yaml";
 import { z } from "zod";
@@ -43,6 +44,11 @@ export function expandEnv(text: string, env: NodeJS.ProcessEnv = process.env): s
     return v;
   });
 }
+
+/** A path component of a Docker image name (distribution's reference grammar): separators between alphanumerics only. */
+const DOCKER_PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+/** Docker's limit on a swarm service's name (a DNS label). */
+const MAX_SERVICE_NAME_CHARS = 63;
 
 /** A whole value written as docker compose's unbraced reference, `$NAME`. */
 const UNBRACED_REFERENCE = /^\$[A-Za-z_][A-Za-z0-9_]*$/;
@@ -133,6 +139,7 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
       else if (u.pathname !== "/" || u.search || u.hash) out.push({ path: key, message: "an origin without path or query (http://host:port)" });
       // (they would be dropped: the proxy forwards the client's own authorization, and adds none)
       else if (u.username || u.password) out.push({ path: key, message: "an origin without user or password (http://host:port): abgate does not send credentials to replicas" });
+      else if (u.port === "0") out.push({ path: key, message: `a port from 1 to 65535 (got ${JSON.stringify(raw)}: port 0 cannot be connected to)` });
       else {
         // A replica at abgate's own address: each request came back through abgate, a loop until the head
         // outgrew maxHeaderBytes (1,472 exposures for one request).
@@ -150,9 +157,29 @@ function semanticChecks(cfg: ParsedConfig): { path: string; message: string }[] 
     if (v.url !== undefined && v.urls === undefined && v.replicas !== 1) {
       out.push({ path: `${at}.replicas`, message: `1 with url (one endpoint); list several endpoints with urls (got ${v.replicas})` });
     }
+    // Names Docker itself would refuse at `up`, after a build ("invalid reference format"), said here instead.
+    if (v.build !== undefined && readBy("build", cfg.engine) && !DOCKER_PATH_COMPONENT.test(`${cfg.experiment}-${v.name}`)) {
+      out.push({
+        path: `${at}.name`,
+        message: `a name Docker can use in the image abgate builds (abgate/${cfg.experiment}-${v.name}): end it with a letter or digit, with at most two '_' in a row and none next to '-'`,
+      });
+    }
+    if (cfg.engine === "swarm") {
+      // (the service name of its last replica, as engines/docker's containerName makes it)
+      const service = `abgate-${cfg.experiment}-${v.name}-${v.replicas - 1}`;
+      if (service.length > MAX_SERVICE_NAME_CHARS) {
+        out.push({
+          path: `${at}.name`,
+          message: `a shorter name: with experiment ${cfg.experiment} the swarm service of its replicas (${service}) has ${service.length} characters, and Docker takes at most ${MAX_SERVICE_NAME_CHARS}`,
+        });
+      }
+    }
   });
   for (const [key, value] of [["listen", cfg.listen], ["admin.listen", cfg.admin.listen]] as const) {
-    if (parseHostPort(value).port > 65535) out.push({ path: key, message: `host:port with a port from 0 to 65535 (got ${value})` });
+    const at = parseHostPort(value);
+    if (at.port > 65535) out.push({ path: key, message: `host:port with a port from 0 to 65535 (got ${value})` });
+    // (a name may be anything the resolver knows, but four numbers are an IPv4 address or nothing)
+    else if (/^\d+(\.\d+){3}$/.test(at.host) && isIP(at.host) === 0) out.push({ path: key, message: `host:port with an IPv4 address of four numbers from 0 to 255 (got ${value})` });
   }
   const proxyAt = parseHostPort(cfg.listen);
   const adminAt = parseHostPort(cfg.admin.listen);
