@@ -92,6 +92,28 @@ test("simulate: failed requests are counted, not thrown; the time bound stops it
   assert.ok(timed.requests < 10_000_000 && timed.elapsedMs < 5_000, `${timed.requests} in ${timed.elapsedMs} ms`);
 });
 
+test("simulate: another service's answers (not a recommender's JSON) are successes without events", async (t) => {
+  let posted = 0;
+  let answered = 0;
+  const server: Server = createServer((req, res) => {
+    if (req.method === "POST") {
+      posted++;
+      return void res.end('{"accepted":0}');
+    }
+    // plain text, JSON of another shape, JSON with items that are not movies
+    const n = answered++ % 3;
+    res.end(n === 0 ? "hello from a model" : n === 1 ? '{"prediction": 0.7}' : '{"items": [1, null, {"id": 7}]}');
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => new Promise<void>((r) => server.close(() => r())));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const r = await simulate({ proxyUrl: url, adminUrl: url, users: 30, requests: 60, durationMs: 60_000, concurrency: 2, seed: 1 });
+  assert.equal(r.failed, 0, r.failures[0]);
+  assert.equal(r.ok, 60);
+  assert.equal(r.watched, 0);
+  assert.equal(posted, 0);
+});
+
 test("simulate: a --proxy ending in / asks for /recommend, not //recommend", async (t) => {
   const fake = await fakeAbgate();
   t.after(fake.close);
