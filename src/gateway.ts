@@ -294,7 +294,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       () => batcher?.stats().dropped ?? 0,
       () => {
         const stats = batcher?.stats();
-        return { buffered: stats?.buffered ?? 0, failures: stats?.failures ?? 0 };
+        return { buffered: stats?.buffered ?? 0, failures: stats?.failures ?? 0, uncertain: stats?.uncertain ?? 0 };
       },
     );
     if (batcher) cleanups.push(() => batcher.close());

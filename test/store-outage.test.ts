@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:http";
+import { StoreError } from "../src/errors.ts";
 import { SqliteStore } from "../src/store/index.ts";
 import { admin, testGateway } from "./helpers/gateway.ts";
 
@@ -177,6 +178,33 @@ test("with writes failing but reads answering (a full disk): the view's storeErr
     }
     assert.equal(view.counts.storeError, "exposure writes are failing (3 buffered, 0 dropped): cannot write exposures: database or disk is full");
     full = false;
+  } finally {
+    await gw.close();
+    await new Promise<void>((r) => backend.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("an events write whose commit answer was lost: 500 saying the events may be stored, no retry-after (a resend counted them twice)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
+  const real = new SqliteStore(join(dir, "unknown.db"));
+  // The events are stored, then the answer is lost, as when a PostgreSQL COMMIT's reply never comes
+  const store = overriding(real, "writeEvents", async (rows: Parameters<SqliteStore["writeEvents"]>[0]) => {
+    await real.writeEvents(rows);
+    throw new StoreError("the answer to COMMIT was lost and its outcome could not be learnt", { code: "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" });
+  });
+  const backend = createServer((_req, res) => res.end("x"));
+  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
+  try {
+    const events = await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }]);
+    assert.equal(events.status, 500);
+    assert.equal(events.headers.get("retry-after"), null);
+    const body = (await events.json()) as { code: string; error: string };
+    assert.equal(body.code, "ABGATE_ERR_STORE_OUTCOME_UNKNOWN");
+    assert.match(body.error, /outcome could not be learnt/);
+    assert.equal((await real.counts("test")).events, 1);
   } finally {
     await gw.close();
     await new Promise<void>((r) => backend.close(() => r()));

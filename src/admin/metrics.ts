@@ -28,7 +28,7 @@ export class GatewayMetrics {
     weights: () => Record<string, number>,
     exposuresDropped: () => number = () => 0,
     /** the exposure batcher's buffer and its consecutive failed writes (a store outage shows before anything drops) */
-    exposureBuffer: () => { buffered: number; failures: number } = () => ({ buffered: 0, failures: 0 }),
+    exposureBuffer: () => { buffered: number; failures: number; uncertain?: number } = () => ({ buffered: 0, failures: 0 }),
   ) {
     this.registry.setDefaultLabels({ experiment });
     const variants = this.#variants;
@@ -70,6 +70,7 @@ export class GatewayMetrics {
         },
       });
     countedBy("abgate_exposures_dropped_total", "Exposures dropped because the store could not keep up", exposuresDropped);
+    countedBy("abgate_exposures_uncertain_total", "Exposures of writes whose outcome the store could not learn (maybe stored), not retried", () => exposureBuffer().uncertain ?? 0);
     new Gauge({
       name: "abgate_exposures_buffered",
       help: "Exposures recorded and not yet written to the store",

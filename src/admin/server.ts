@@ -356,8 +356,9 @@ export function createAdminServer(ctx: AdminServerContext): AdminServer {
         code = err.code;
         // The database is down or refused the write: a condition of the service, not of the request, which the
         // client can retry (POST /v1/events is all or nothing, so nothing of it was stored), unless the code is
-        // ABGATE_ERR_STORE_OUTCOME_UNKNOWN: the COMMIT's answer was lost and its outcome could not be learnt.
-        if (err instanceof StoreError) status = 503;
+        // ABGATE_ERR_STORE_OUTCOME_UNKNOWN: the COMMIT's answer was lost and its outcome could not be learnt, so the
+        // events may be stored. That is a 500 without Retry-After: a client that resent on the 503 stored them twice.
+        if (err instanceof StoreError) status = err.code === "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" ? 500 : 503;
       }
       const message = err instanceof Error ? err.message : String(err);
       // Keyed by what failed, not by the path: a path is the client's to vary.

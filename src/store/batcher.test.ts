@@ -6,6 +6,7 @@ import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { postgresInstalled, postgresRequired, startPostgres, type PostgresCluster } from "../../test/helpers/postgres.ts";
 import { ManualClock } from "../clock.ts";
+import { StoreError } from "../errors.ts";
 import { ExposureBatcher, type BatcherLog } from "./batcher.ts";
 import { PostgresStore } from "./postgres/index.ts";
 import { checkExposures } from "./rollup.ts";
@@ -380,6 +381,40 @@ describe("ExposureBatcher", () => {
     }
   });
 
+  it("a write whose outcome the store cannot learn is not retried (it may have been stored): counted as uncertain", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "abgate-batcher-"));
+    // A real store whose first write commits and then loses its answer, as a PostgreSQL COMMIT whose reply is lost
+    // (the real stores cannot be made to lose one on cue).
+    const store = new SqliteStore(join(dir, "a.db"));
+    try {
+      await store.init();
+      const write = store.writeExposures.bind(store);
+      let lost = 0;
+      store.writeExposures = async (rows) => {
+        await write(rows);
+        if (lost++ === 0) throw new StoreError("the answer to COMMIT was lost", { code: "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" });
+      };
+      logs.length = 0;
+      const clock = new ManualClock(0);
+      const b = new ExposureBatcher(store, { clock, log });
+      for (let i = 0; i < 3; i++) b.push(exposure(i));
+      await b.flush();
+      assert.deepEqual(b.stats(), { buffered: 0, written: 0, dropped: 0, uncertain: 3, failures: 0, lastError: null });
+      assert.ok(logs.some(([level, msg]) => level === "error" && /may or may not have been stored/.test(msg)));
+      b.push(exposure(3));
+      await b.flush();
+      clock.advance(60_000);
+      await settleAll();
+      // before, the batch was put back and written again: 3 rows pushed, 6 stored, and counted twice in the rollups
+      assert.equal((await store.counts("exp")).exposures, 4);
+      assert.equal(b.stats().written, 1);
+      await b.close();
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("drops malformed rows (counted, logged) instead of failing their batch forever", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();
@@ -391,7 +426,7 @@ describe("ExposureBatcher", () => {
     await b.flush();
     assert.deepEqual(store.rows.map((r) => r.requestId), ["r0", "r2"]);
     assert.equal(store.attempts, 2, "refused once, then the rest written at once");
-    assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 1, failures: 0, lastError: null });
+    assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 1, uncertain: 0, failures: 0, lastError: null });
     assert.ok(logs.some(([level, msg]) => level === "error" && /malformed/.test(msg)));
   });
 
@@ -407,7 +442,7 @@ describe("ExposureBatcher", () => {
       b.push({ ...exposure(2), ts: Number.POSITIVE_INFINITY });
       b.push(exposure(3));
       await b.flush();
-      assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 2, failures: 0, lastError: null });
+      assert.deepEqual(b.stats(), { buffered: 0, written: 2, dropped: 2, uncertain: 0, failures: 0, lastError: null });
       assert.equal((await store.counts("exp")).exposures, 2);
       await b.close();
     } finally {
@@ -497,7 +532,7 @@ describe("ExposureBatcher on a real PostgreSQL", { skip: postgresInstalled() || 
       b.push({ ...exposure(5), requestId: "r\udfff" });
       for (let i = 6; i < 16; i++) b.push(exposure(i));
       await b.flush();
-      assert.deepEqual(b.stats(), { buffered: 0, written: 10, dropped: 6, failures: 0, lastError: null });
+      assert.deepEqual(b.stats(), { buffered: 0, written: 10, dropped: 6, uncertain: 0, failures: 0, lastError: null });
       assert.equal((await store.counts("exp")).exposures, 10);
       assert.ok(logs.some(([level, msg]) => level === "error" && /malformed/.test(msg)));
     } finally {

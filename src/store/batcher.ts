@@ -36,6 +36,12 @@ export interface BatcherStats {
   written: number;
   /** rows lost: pushed out of a full buffer, or still buffered when `close()` gave up */
   dropped: number;
+  /**
+   * rows of writes whose outcome the store could not learn (ABGATE_ERR_STORE_OUTCOME_UNKNOWN: a lost COMMIT answer, a
+   * writer thread that died mid-write): maybe stored, maybe not, and not retried, since a retry of a stored batch
+   * counts every row twice
+   */
+  uncertain: number;
   /** consecutive failed writes (0 once a write succeeds) */
   failures: number;
   lastError: string | null;
@@ -43,6 +49,10 @@ export interface BatcherStats {
 
 function isInvalidExposure(err: unknown): boolean {
   return err instanceof StoreError && err.code === "ABGATE_ERR_STORE_INVALID_EXPOSURE";
+}
+
+function isOutcomeUnknown(err: unknown): boolean {
+  return err instanceof StoreError && err.code === "ABGATE_ERR_STORE_OUTCOME_UNKNOWN";
 }
 
 const defaultLog: BatcherLog = (level, msg, fields) => {
@@ -90,6 +100,7 @@ export class ExposureBatcher {
 
   #written = 0;
   #dropped = 0;
+  #uncertain = 0;
   #failures = 0;
   #lastError: string | null = null;
   /** when the failure streak was last logged (clock ms) */
@@ -203,6 +214,7 @@ export class ExposureBatcher {
       buffered: this.#size,
       written: this.#written,
       dropped: this.#dropped,
+      uncertain: this.#uncertain,
       failures: this.#failures,
       lastError: this.#lastError,
     };
@@ -253,6 +265,15 @@ export class ExposureBatcher {
             await this.#store.writeExposures(rows);
           }
         } catch (err) {
+          if (isOutcomeUnknown(err)) {
+            this.#uncertain += rows.length;
+            this.#log("error", "exposures may or may not have been stored (the store could not tell); not retried, so that none is counted twice", {
+              rows: rows.length,
+              uncertain: this.#uncertain,
+              error: err instanceof Error ? err.message : String(err),
+            });
+            continue;
+          }
           this.#putBack(rows);
           this.#failures++;
           this.#lastError = err instanceof Error ? err.message : String(err);
