@@ -1,7 +1,7 @@
 import type { MetricConfig } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { histogramQuantile, MINUTE_MS, minuteOf } from "./rollup.ts";
-import type { AggregateOptions, ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats } from "./types.ts";
+import type { AggregateOptions, ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats, Query } from "./types.ts";
 
 /**
  * The report's and the dashboard's queries, written once in the SQL both SQLite and PostgreSQL accept (`?`
@@ -19,7 +19,7 @@ import type { AggregateOptions, ExperimentAggregates, MeanStats, MetricAggregate
  * - latency is over non-forced requests that the assigned variant answered itself (not fallbacks); error rate is
  *   over all non-forced requests assigned to the variant, an error being status 0 (no answer) or >= 500.
  */
-export type Query = (sql: string, params: unknown[]) => Promise<Record<string, unknown>[]>;
+export type { Query } from "./types.ts";
 
 /** Stands in for "no window" in `e.ts <= u.first_ts + W`: 10^15 ms is about 31,700 years. */
 const NO_WINDOW_MS = 1_000_000_000_000_000;
@@ -458,18 +458,23 @@ export async function experimentCounts(query: Query, experiment: string): Promis
   return { exposures: num(rows[0]?.exposures), events: num(rows[0]?.events) };
 }
 
-/** Store.recentUnits' query: newest first from the (experiment, first_ts) index, which covers the unit too. */
+/**
+ * Store.recentUnits' query: newest first from the (experiment, first_ts) index, which covers the unit too. Ties on
+ * first_ts go by the unit's bytes, as SQLite compares text; PostgreSQL compares by the database's collation unless
+ * told `COLLATE "C"` (RECENT_UNITS_SQL_PG), and picked other units than SQLite at the limit (en_US puts "a" before "B").
+ */
 export const RECENT_UNITS_SQL = `SELECT unit, first_variant FROM units WHERE experiment = ? ORDER BY first_ts DESC, unit DESC LIMIT ?`;
+export const RECENT_UNITS_SQL_PG = `SELECT unit, first_variant FROM units WHERE experiment = ? ORDER BY first_ts DESC, unit COLLATE "C" DESC LIMIT ?`;
 
 export function checkRecentUnitsLimit(limit: number): void {
   if (!(Number.isSafeInteger(limit) && limit >= 0)) throw new InvalidArgumentError(`recentUnits: limit must be an integer >= 0, got ${limit}`);
 }
 
 /** Store.recentUnits through a Query: the rows, oldest first, as [unit, variant]. */
-export async function recentUnits(query: Query, experiment: string, limit: number): Promise<[string, string][]> {
+export async function recentUnits(query: Query, experiment: string, limit: number, sql = RECENT_UNITS_SQL): Promise<[string, string][]> {
   checkRecentUnitsLimit(limit);
   if (limit === 0) return [];
-  const rows = await query(RECENT_UNITS_SQL, [experiment, limit]);
+  const rows = await query(sql, [experiment, limit]);
   return rows.reverse().map((r) => [String(r.unit), String(r.first_variant)]);
 }
 

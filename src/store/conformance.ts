@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import type { MetricConfig } from "../config/index.ts";
 import { StoreError } from "../errors.ts";
 import { meanTest } from "../stats/frequentist.ts";
-import type { Exposure, OutcomeEvent, Store } from "./types.ts";
+import type { Exposure, OutcomeEvent, Query, Store } from "./types.ts";
 
 /** One empty database; `open()` may be called several times (reopen after close, two instances at once). */
 export interface StoreFixture {
@@ -475,6 +475,32 @@ export function storeConformance(factory: StoreFactory): void {
       assert.deepEqual([lt.n, lt.sum, lt.sumSquares], [3, 6, 14]);
       assert.equal(meanTest(lc, lt).error, undefined);
       assert.deepEqual((await store.minutes("exp", [mean, latency], 0)).map((b) => b.latencySumMs), [1e150 + 3, 6, 1e150]);
+    });
+
+    it("a snapshot sees one state: a write that commits during it is in none of its queries (aggregate's figures agree)", async () => {
+      const store = await open(await fresh());
+      await store.writeExposures([x("s1", 0, "control")]);
+      await store.writeEvents([ev("s1", "watched", 1_000, null)]);
+      const units = (q: Query) => q(`SELECT COUNT(*) AS n FROM units WHERE experiment = ?`, ["exp"]).then((r) => Number(r[0]!.n));
+      const events = (q: Query) => q(`SELECT COUNT(*) AS n FROM events WHERE experiment = ?`, ["exp"]).then((r) => Number(r[0]!.n));
+      let writing: Promise<void> | undefined;
+      const seen = await store.snapshot(async (q) => {
+        const first = await units(q);
+        // a new unit and its conversion, committed between the snapshot's statements where writes run meanwhile (a
+        // file store, PostgreSQL); a store that holds them back writes them after
+        writing = (async () => {
+          await store.writeExposures([x("s2", 2_000, "treatment")]);
+          await store.writeEvents([ev("s2", "watched", 3_000, null)]);
+        })();
+        await Promise.race([writing, new Promise((r) => setTimeout(r, 500))]);
+        return { first, units: await units(q), events: await events(q) };
+      });
+      await writing;
+      assert.deepEqual(seen, { first: 1, units: 1, events: 1 });
+      assert.deepEqual(await store.snapshot(async (q) => [await units(q), await events(q)]), [2, 2]);
+      const watched: MetricConfig = { name: "watched", kind: "conversion", event: "watched" };
+      const agg = await store.aggregate("exp", ["control", "treatment"], [watched]);
+      assert.deepEqual(agg.metrics[0]!.byVariant, { control: { units: 1, conversions: 1 }, treatment: { units: 1, conversions: 1 } });
     });
 
     it("stores state per experiment and key, last write wins", async () => {

@@ -112,6 +112,9 @@ export interface MinuteBucket {
   conversions: Record<string, number>;
 }
 
+/** A read in the stores' shared SQL (`?` placeholders), as the report's aggregation runs them: the result's rows. */
+export type Query = (sql: string, params: unknown[]) => Promise<Record<string, unknown>[]>;
+
 export interface Store {
   /** Create or upgrade the schema (versioned migrations). */
   init(): Promise<void>;
@@ -136,6 +139,12 @@ export interface Store {
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates>;
   /** Per-minute series for the dashboard, from `sinceMs` on. */
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]>;
+  /**
+   * Runs `fn`'s queries on one snapshot of the store, as `aggregate` and `minutes` do theirs: a write that commits
+   * meanwhile is seen by none of them (so their figures agree: no variant with more conversions than units). `fn`
+   * must not wait for a write of this store: on some stores the snapshot holds the writes back.
+   */
+  snapshot<T>(fn: (query: Query) => Promise<T>): Promise<T>;
   /** Counts so far for GET /v1/experiment. */
   counts(experiment: string): Promise<{ exposures: number; events: number }>;
   /**

@@ -3,7 +3,7 @@ import { Socket } from "node:net";
 import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, recentUnits, type Query } from "../aggregate.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, RECENT_UNITS_SQL_PG, recentUnits, type Query } from "../aggregate.ts";
 import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
@@ -490,11 +490,40 @@ export class PostgresStore implements Store {
   }
 
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
-    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
+    return this.snapshot((query) => aggregateExperiment(query, experiment, variants, metrics, options));
   }
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
-    return minuteSeries(this.#query, experiment, metrics, sinceMs);
+    return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  /**
+   * Runs `fn`'s queries on one snapshot (a REPEATABLE READ, READ ONLY transaction on one connection, in one read slot):
+   * each pool.query had a snapshot of its own, so a batch committed between the report's statements showed in some
+   * of its figures and not in others (a treatment with 1 unit and 2 conversions).
+   */
+  async snapshot<T>(fn: (query: Query) => Promise<T>): Promise<T> {
+    this.#ready();
+    await this.#readSlot();
+    try {
+      return await this.#tx(
+        async (client) => {
+          await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+          return fn(async (sql, params) => {
+            try {
+              const res = await client.query(withQueryTimeout(toPgPlaceholders(sql), params, this.#readTimeoutMs + CLIENT_GRACE_MS));
+              return res.rows as Record<string, unknown>[];
+            } catch (err) {
+              throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
+            }
+          });
+        },
+        "read a snapshot",
+        this.#readTimeoutMs,
+      );
+    } finally {
+      this.#releaseReadSlot();
+    }
   }
 
   counts(experiment: string): Promise<{ exposures: number; events: number }> {
@@ -502,7 +531,7 @@ export class PostgresStore implements Store {
   }
 
   recentUnits(experiment: string, limit: number): Promise<[string, string][]> {
-    return recentUnits(this.#query, experiment, limit);
+    return recentUnits(this.#query, experiment, limit, RECENT_UNITS_SQL_PG);
   }
 
   /**

@@ -89,6 +89,21 @@ if (!installed) {
       url = cluster.urlFor("abgate_specifics");
     });
 
+    it("recentUnits breaks ties on first exposure by the unit's bytes, as SQLite does, whatever the database's collation", async () => {
+      // en-US sorts "a" before "B"; bytes (and SQLite) the other way round
+      await admin((c) => c.query(`CREATE DATABASE abgate_icu TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.utf8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'`));
+      const s = new PostgresStore(cluster.urlFor("abgate_icu"));
+      await s.init();
+      try {
+        const at = (unit: string, variant: string) => ({ experiment: "exp", ts: 1_700_000_000_000, requestId: unit, unit, assigned: variant, served: variant, replica: `${variant}-0`, status: 200, latencyMs: 1, forced: false });
+        await s.writeExposures([at("B", "control"), at("a", "treatment")]);
+        assert.deepEqual(await s.recentUnits("exp", 1), [["a", "treatment"]]);
+        assert.deepEqual(await s.recentUnits("exp", 2), [["B", "control"], ["a", "treatment"]]);
+      } finally {
+        await s.close();
+      }
+    });
+
     it("records each migration once, through openStore", async () => {
       for (let i = 0; i < 2; i++) {
         const s = openStore(url);

@@ -146,7 +146,8 @@ parentPort.on("message", ({ id, sql, params }) => {
       statement = db.prepare(sql);
       if (prepared.size < 200) prepared.set(sql, statement);
     }
-    parentPort.postMessage({ id, rows: statement.all(...params) });
+    // (BEGIN and COMMIT of a snapshot return no rows)
+    parentPort.postMessage({ id, rows: statement.reader ? statement.all(...params) : (statement.run(...params), []) });
   } catch (err) {
     parentPort.postMessage({ id, error: err instanceof Error ? err.message : String(err) });
   }
@@ -171,6 +172,8 @@ export class ReaderThread {
   #stopped = false;
   readonly #pending = new Map<number, PendingQuery>();
   #lastId = 0;
+  /** snapshots under way, which share one read transaction */
+  #snapshots = 0;
 
   /** `path`: for messages; `openName`: what the connection opens (see SqliteStore's #openName) */
   constructor(options: { path: string; openName: string; readOnly: boolean; cacheSizeMiB: number; onStopped?: () => void }) {
@@ -199,6 +202,28 @@ export class ReaderThread {
       if (this.#pending.size === 1) worker.ref();
     });
   };
+
+  /**
+   * Runs `fn` inside one read transaction of this thread, so that its queries see one state of the store; snapshots
+   * that overlap share it (a later one sees the same, slightly older, state). BEGIN and COMMIT go to this thread
+   * only: sent the way the caller's queries go, they could land on a writing connection once this thread stopped.
+   */
+  async snapshot<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#snapshots++ === 0) {
+      try {
+        await this.query("BEGIN", []);
+      } catch (err) {
+        this.#snapshots--;
+        throw err;
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      // (a thread that stopped meanwhile took its transaction with it)
+      if (--this.#snapshots === 0 && !this.#stopped) await this.query("COMMIT", []).catch(() => {});
+    }
+  }
 
   #start(): Worker {
     if (this.#worker !== null) return this.#worker;
@@ -1291,12 +1316,19 @@ export class SqliteStore implements Store {
   #runQuery: Query = async (sql, params) => {
     this.#s();
     if (this.#readInThread) {
+      // On the writing connection a read between the slices of a write would see its uncommitted rows (units
+      // upserted, minutes not yet): it waits for the writes under way to end.
+      if (this.#db.inTransaction) return this.#serial(() => this.#runQuery(sql, params));
       try {
         return this.#db.prepare(sql).all(...params) as Record<string, unknown>[];
       } catch (err) {
         throw new StoreError(`SQLite query failed on ${this.path}: ${(err as Error).message}`, { cause: err });
       }
     }
+    return this.#readerThread().query(sql, params);
+  };
+
+  #readerThread(): ReaderThread {
     this.#reader ??= new ReaderThread({
       path: this.path,
       openName: this.#openName,
@@ -1307,15 +1339,28 @@ export class SqliteStore implements Store {
         if (!this.#closed) this.#readInThread = true;
       },
     });
-    return this.#reader.query(sql, params);
-  };
+    return this.#reader;
+  }
 
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
-    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
+    return this.snapshot((query) => aggregateExperiment(query, experiment, variants, metrics, options));
   }
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
-    return minuteSeries(this.#query, experiment, metrics, sinceMs);
+    return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  /**
+   * Runs `fn`'s queries on one snapshot of the store: a write that commits meanwhile is seen by none of them. The
+   * report's figures come from several statements (units, minutes, events, the latency histogram), and a batch that
+   * committed between them gave a treatment 1 unit and 2 conversions, a comparison dropped as invalid input.
+   * On the reader thread, one read transaction (ReaderThread.snapshot); on this thread (a memory store, or once the
+   * reader stopped), after the writes under way and before the next, so `fn` must not wait for a write.
+   */
+  async snapshot<T>(fn: (query: Query) => Promise<T>): Promise<T> {
+    this.#s();
+    if (this.#readInThread) return this.#serial(() => fn(this.#query));
+    return this.#readerThread().snapshot(() => fn(this.#query));
   }
 
   counts(experiment: string): Promise<{ exposures: number; events: number }> {

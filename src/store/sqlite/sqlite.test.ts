@@ -673,6 +673,27 @@ describe("SqliteStore specifics", () => {
     }
   });
 
+  it("reads on the writing connection (a memory store) wait for a write under way: none sees its uncommitted rows", async () => {
+    const store = new SqliteStore(":memory:");
+    await store.init();
+    const T0 = 1_700_000_000_000;
+    const rows = Array.from({ length: 3000 }, (_, k): Exposure => ({ experiment: "exp", ts: T0 + k, requestId: `r${k}`, unit: `u${k}`, assigned: "control", served: "control", replica: "control-0", status: 200, latencyMs: 5, forced: false }));
+    let done = false;
+    const writing = store.writeExposures(rows).then(() => void (done = true));
+    // a read at every turn of the loop while the write runs in slices (its rollups, counters included, come a turn
+    // before its commit)
+    const seen: [number, boolean][] = [];
+    while (!done) {
+      seen.push([(await store.counts("exp")).exposures, done]);
+      await new Promise((r) => setImmediate(r));
+    }
+    await writing;
+    assert.ok(seen.length > 0);
+    assert.deepEqual(seen.filter(([n, finished]) => n > 0 && !finished), [], "a count of the write's rows before it committed");
+    assert.deepEqual(await store.counts("exp"), { exposures: 3000, events: 0 });
+    await store.close();
+  });
+
   it("with a short busyTimeoutMs, a write blocked by another process's lock fails soon instead of holding the thread", async () => {
     const dir = mkdtempSync(join(tmpdir(), "abgate-sqlite-"));
     try {

@@ -367,15 +367,9 @@ export class SqliteThreadStore implements Store {
    * stuck on a stalled disk holds the writer thread, and the counts, the dashboard and the report would wait behind it.
    */
   #query: Query = async (sql, params) => {
-    // (the schema is there once the thread's store is open)
-    await this.#opened();
-    // (a close() meanwhile has closed the reader: a new one would be left open)
-    this.#open();
-    if (this.#reader === null || this.#reader.stopped) {
-      this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? DEFAULT_CACHE_SIZE_MIB });
-    }
+    const reader = await this.#readerThread();
     try {
-      return await this.#reader.query(sql, params);
+      return await reader.query(sql, params);
     } catch (err) {
       // A read that fails because the file went (its reader then sees a new, empty file) says so, as writes do.
       if (this.#fileId !== null) checkSameFile(this.path, this.#fileId, "read the store");
@@ -383,12 +377,28 @@ export class SqliteThreadStore implements Store {
     }
   };
 
+  async #readerThread(): Promise<ReaderThread> {
+    // (the schema is there once the thread's store is open)
+    await this.#opened();
+    // (a close() meanwhile has closed the reader: a new one would be left open)
+    this.#open();
+    if (this.#reader === null || this.#reader.stopped) {
+      this.#reader = new ReaderThread({ path: this.path, openName: this.path, readOnly: false, cacheSizeMiB: this.#options.cacheSizeMiB ?? DEFAULT_CACHE_SIZE_MIB });
+    }
+    return this.#reader;
+  }
+
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates> {
-    return aggregateExperiment(this.#query, experiment, variants, metrics, options);
+    return this.snapshot((query) => aggregateExperiment(query, experiment, variants, metrics, options));
   }
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
-    return minuteSeries(this.#query, experiment, metrics, sinceMs);
+    return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  /** `fn`'s queries on one snapshot, in one read transaction of the reader thread (see SqliteStore.snapshot). */
+  async snapshot<T>(fn: (query: Query) => Promise<T>): Promise<T> {
+    return (await this.#readerThread()).snapshot(() => fn(this.#query));
   }
 
   counts(experiment: string): Promise<{ exposures: number; events: number }> {
