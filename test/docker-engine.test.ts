@@ -356,6 +356,121 @@ test("a broken events stream is re-subscribed, and deaths it missed are still se
   await waitFor("back", () => engine.endpoints().length === 2, 10_000);
 });
 
+/** Parses a Docker events stream's lines as they come, for a test to watch beside the engine. */
+function onEventLines(stream: NodeJS.ReadableStream, each: (ev: { Action?: string; status?: string; Actor?: { ID?: string } }) => void): void {
+  let pending = "";
+  stream.on("data", (chunk: Buffer) => {
+    pending += chunk.toString();
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      if (line) each(JSON.parse(line));
+    }
+  });
+}
+
+test("a replica whose death the events stream reports before the start call's answer is restarted, not listed dead for good", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const config = testConfig({
+    experiment: uniqueExperiment("early"),
+    ports: { base: 19300 },
+    variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, env: { CRASH_AT_START: "1" } }],
+  });
+  // The real client, but every start call answers only once the container's death came through the events stream
+  // (two connections: the order the daemon's answers arrive in is not the order of what happened).
+  const deaths = new Map<string, number>();
+  const spy = Object.create(docker) as Docker;
+  spy.getEvents = (async (opts: object) => {
+    const stream = await docker.getEvents(opts);
+    onEventLines(stream, (ev) => {
+      if ((ev.Action ?? ev.status) === "die" && ev.Actor?.ID) deaths.set(ev.Actor.ID, (deaths.get(ev.Actor.ID) ?? 0) + 1);
+    });
+    return stream;
+  }) as Docker["getEvents"];
+  const answerAfterDeath = (container: Docker.Container): Docker.Container => {
+    const start = container.start.bind(container);
+    container.start = (async () => {
+      const id = (await container.inspect()).Id;
+      const before = deaths.get(id) ?? 0;
+      await start();
+      await waitFor("its death reported", () => (deaths.get(id) ?? 0) > before, 15_000);
+    }) as Docker.Container["start"];
+    return container;
+  };
+  spy.createContainer = (async (spec: Docker.ContainerCreateOptions) => answerAfterDeath(await docker.createContainer(spec))) as Docker["createContainer"];
+  spy.getContainer = ((id: string) => answerAfterDeath(docker.getContainer(id))) as Docker["getContainer"];
+  const errors: string[] = [];
+  const engine = new DockerEngine(config, {
+    docker: spy,
+    restartBackoff: { initialMs: 50, maxMs: 200 },
+    crashLoop: { deaths: 3, windowMs: 60_000, logLines: 5 },
+    stopTimeoutS: 1,
+    log: (level, msg) => void (level === "error" && errors.push(msg)),
+  });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  // Before, the late answer listed the dead replica and cancelled its restart: no further death, no report, ever.
+  await waitFor("restarted until reported as crash-looping", () => errors.find((m) => /control-0 .* is crash-looping: 3 deaths/.test(m)), 30_000);
+  assert.deepEqual(engine.endpoints(), [], "a dead replica is not listed");
+});
+
+test("events replayed after the stream is re-subscribed are not handled twice (no second death, no unlisting)", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("replay");
+  const config = testConfig({ experiment, ports: { base: 19310 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
+  const streams: NodeJS.ReadableStream[] = [];
+  const spy = Object.create(docker) as Docker;
+  spy.getEvents = (async (opts: object) => {
+    const stream = await docker.getEvents(opts);
+    streams.push(stream);
+    return stream;
+  }) as Docker["getEvents"];
+  const warnings: string[] = [];
+  const engine = new DockerEngine(config, { docker: spy, ...fast, eventsBackoff: { initialMs: 200, maxMs: 200 }, log: (level, msg) => void (level === "warn" && warnings.push(msg)) });
+  t.after(() => engine.stop());
+  await engine.start(quiet);
+  await waitFor("subscribed", () => streams.length === 1);
+  await docker.getContainer(`abgate-${experiment}-control-0`).kill();
+  await waitFor("died", () => warnings.some((w) => /control-0 .* died/.test(w)), 10_000);
+  await waitFor("restarted", () => engine.endpoints().length === 1, 10_000);
+  const changes: number[] = [];
+  engine.onChange((list) => changes.push(list.length));
+  // re-subscribed since the second of the last event: the daemon sends that second's die and start again
+  (streams[0] as unknown as { destroy(): void }).destroy();
+  await waitFor("re-subscribed", () => streams.length === 2, 5_000);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(warnings.filter((w) => /control-0 .* died/.test(w)).length, 1, warnings.join("\n"));
+  assert.deepEqual(changes.filter((n) => n === 0), [], "never unlisted");
+  assert.equal(engine.endpoints().length, 1);
+});
+
+test("a stop() while start() pings the daemon stands: nothing is created", async (t) => {
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
+  const experiment = uniqueExperiment("pingstop");
+  const config = testConfig({ experiment, ports: { base: 19320 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
+  let answer: (() => void) | undefined;
+  const spy = Object.create(docker) as Docker;
+  spy.ping = (async () => {
+    await new Promise<void>((r) => (answer = r));
+    return docker.ping();
+  }) as Docker["ping"];
+  const engine = new DockerEngine(config, { docker: spy, ...fast, log: quiet });
+  const starting = engine.start(quiet).then(() => "resolved", (err: Error) => err.message);
+  await waitFor("pinging", () => answer !== undefined);
+  await engine.stop();
+  answer!();
+  await starting;
+  assert.deepEqual(await docker.listContainers({ all: true, filters: { label: [`${LABEL.experiment}=${experiment}`] } }), [], "no container created after stop()");
+  assert.deepEqual(engine.endpoints(), []);
+});
+
 test("image: runs an existing image as it is, without building", async (t) => {
   const ready = await dockerTest(t);
   if (!ready) return;

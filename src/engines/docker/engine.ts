@@ -58,6 +58,12 @@ interface Replica {
   attempt: number;
   crashLoopReported: boolean;
   restartTimer?: TimerHandle;
+  /**
+   * deaths seen so far: a start call marks the replica running only if none came while it waited for the daemon's
+   * reply (the events stream and the start call are two connections, so a container that dies at once can report its
+   * death first; the late reply then listed a dead replica and cancelled its restart, for good)
+   */
+  deathsSeen: number;
 }
 
 const key = (variant: string, replica: number): string => `${variant}-${replica}`;
@@ -76,6 +82,7 @@ function newReplica(variant: string, replica: number, port: number, name: string
     deathsMs: [],
     attempt: 0,
     crashLoopReported: false,
+    deathsSeen: 0,
   };
 }
 
@@ -111,6 +118,8 @@ export class DockerEngine implements Engine {
   #eventsAttempt = 0;
   #eventsTimer?: TimerHandle;
   #lastEventS = 0;
+  /** the newest event handled, by the daemon's timeNano */
+  #lastEventNs = 0;
   readonly #removed = new RemovalSignal();
 
   constructor(config: Config, options: DockerEngineOptions = {}) {
@@ -136,8 +145,11 @@ export class DockerEngine implements Engine {
   }
 
   async start(onProgress: (line: string) => void = () => {}): Promise<void> {
-    await ensureReachable(this.#docker);
+    // Before the first await: a stop() while the daemon is pinged must stand (cleared after it, the start went on to
+    // create every container).
     this.#stopping = false;
+    await ensureReachable(this.#docker);
+    if (this.#stopping) return;
     if (this.#adopt) {
       await this.#adoptRunning(onProgress);
       this.#watchEvents();
@@ -299,8 +311,9 @@ export class DockerEngine implements Engine {
       container = await this.#docker.createContainer(spec);
     }
     r.containerId = container.id;
+    const deaths = r.deathsSeen;
     await container.start();
-    this.#markRunning(r);
+    if (r.deathsSeen === deaths) this.#markRunning(r);
     onProgress(`[${key(r.variant, r.replica)}] started ${r.name} on 127.0.0.1:${r.port}`);
   }
 
@@ -354,6 +367,7 @@ export class DockerEngine implements Engine {
 
   #onDie(r: Replica, exitCode: string | undefined): void {
     if (this.#stopping) return;
+    r.deathsSeen++;
     const wasRunning = r.running;
     r.running = false;
     this.#publish();
@@ -417,9 +431,10 @@ export class DockerEngine implements Engine {
       return this.#scheduleRestart(r);
     }
     try {
+      const deaths = r.deathsSeen;
       await this.#docker.getContainer(r.containerId ?? r.name).start();
       this.#log("info", `replica ${key(r.variant, r.replica)} restarted`, { port: r.port });
-      this.#markRunning(r);
+      if (r.deathsSeen === deaths) this.#markRunning(r);
     } catch (err) {
       const status = statusOf(err);
       if (status === 304) {
@@ -505,11 +520,17 @@ export class DockerEngine implements Engine {
   }
 
   #onEvent(line: string): void {
-    let ev: { Action?: string; status?: string; time?: number; Actor?: { ID?: string; Attributes?: Record<string, string> } };
+    let ev: { Action?: string; status?: string; time?: number; timeNano?: number; Actor?: { ID?: string; Attributes?: Record<string, string> } };
     try {
       ev = JSON.parse(line);
     } catch {
       return;
+    }
+    // A re-subscription asks for events since a whole second, so the daemon sends that second's again: those already
+    // handled are skipped (a replayed die unlisted a running replica and counted a death that never happened).
+    if (typeof ev.timeNano === "number") {
+      if (ev.timeNano <= this.#lastEventNs) return;
+      this.#lastEventNs = ev.timeNano;
     }
     if (ev.time) this.#lastEventS = ev.time;
     const r = this.#replicaOf(ev.Actor?.Attributes);

@@ -115,6 +115,8 @@ export class SwarmEngine implements Engine {
   }
 
   async start(onProgress: (line: string) => void = () => {}): Promise<void> {
+    // Before the first await: a stop() while the daemon is asked must stand (cleared after, the start went on).
+    this.#stopping = false;
     await ensureReachable(this.#docker);
     const info = (await this.#docker.info()) as { Swarm?: { LocalNodeState?: string; ControlAvailable?: boolean } };
     if (info.Swarm?.LocalNodeState !== "active" || !info.Swarm.ControlAvailable) {
@@ -125,7 +127,7 @@ export class SwarmEngine implements Engine {
           "run `docker swarm init --advertise-addr 127.0.0.1` (or use engine: docker)",
       );
     }
-    this.#stopping = false;
+    if (this.#stopping) return;
     if (this.#adopt) {
       const found = await this.#services();
       if (found.length === 0) {
