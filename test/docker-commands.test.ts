@@ -103,6 +103,35 @@ async function upExperiment(
   return { file, config, experiment };
 }
 
+test("logs --follow of a replica waiting for its restart (stopped when listed) follows it once it runs again", async (t) => {
+  const docker = await requireDocker(t);
+  if (!docker) return;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = testConfig({
+    experiment: uniqueExperiment("logwait"),
+    ports: { base: 19330 },
+    variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, env: { CRASH_AT_START: "1" } }],
+  });
+  // crash-looping, with a restart 2 s after each death: the container is listed stopped between runs
+  const engine = new DockerEngine(config, { restartBackoff: { initialMs: 2000, maxMs: 2000 }, stopTimeoutS: 1, log: () => {} });
+  t.after(() => engine.stop());
+  await engine.start();
+  const [listed] = await listExperimentContainers(docker, config);
+  await waitFor("stopped, waiting for its restart", async () => !(await docker.getContainer(listed!.Id).inspect()).State.Running, 10_000);
+  const followed: string[] = [];
+  let ended = false;
+  const following = logs(config, "control", { docker, follow: true, out: (l) => followed.push(l) }).finally(() => (ended = true));
+  const fatal = () => followed.filter((l) => l === "control-0 | fatal: cannot load model weights").length;
+  // before, the follow ended at once with the stopped run's lines (its owner, this process, restarts it)
+  await waitFor("the next run's lines", () => fatal() >= 2 || ended, 20_000).catch((err: Error) => {
+    throw new Error(`${err.message}: ${followed.join(" / ")}`);
+  });
+  assert.equal(ended, false, followed.join("\n"));
+  await engine.stop();
+  await following;
+});
+
 test("up refuses to start when the experiment's listen port is taken, before it removes any container", async (t) => {
   const docker = await requireDocker(t);
   if (!docker) return;

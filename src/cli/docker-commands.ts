@@ -2,6 +2,7 @@ import { PassThrough } from "node:stream";
 import type Docker from "dockerode";
 import type { Config } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
+import { ownerAliveHere } from "../owner.ts";
 import { LABEL, createDockerClient, demuxLogs, ensureReachable, listExperimentContainers, listExperimentServices, removeServices, statusOf } from "../engines/docker/client.ts";
 import { configuredReplicas } from "../engines/index.ts";
 import { check, CONNECT_CHECK, type CheckConfig } from "../health/index.ts";
@@ -209,10 +210,13 @@ export async function logs(
       let c: Docker.ContainerInfo | undefined = first;
       let since: string | undefined;
       while (c !== undefined) {
+        const startedAt = await startedAtOf(docker, c);
         const last = await followOnce(docker, c, since === undefined ? { tail } : { since }, (l) => out(prefix(first) + l));
         if (last !== undefined) since = justAfter(last);
-        if (c.State !== "running") break; // not running when followed: nothing to wait for
-        c = await nextRun(docker, config, replicaId(first), c.Created);
+        // Not running when followed: something to wait for only while a live abgate owns it (it restarts crashed
+        // replicas, after a backoff of up to 30 s): a crash loop is when its logs are followed.
+        if (c.State !== "running" && !restartedByOwner(c)) break;
+        c = await nextRun(docker, config, replicaId(first), c.Created, startedAt);
       }
     }),
   );
@@ -270,17 +274,34 @@ function justAfter(timestamp: string): string | undefined {
  */
 const RESTART_WAIT_MS = 45_000;
 
+/** Whether a stopped container's owner (the abgate that started it, this process too) runs, or may: another host's. */
+function restartedByOwner(c: Docker.ContainerInfo): boolean {
+  const owner = c.Labels[LABEL.owner];
+  return owner !== undefined && ownerAliveHere(owner) !== false;
+}
+
 /**
- * The replica's container once it runs again: the same one restarted, or a newer one (swarm). Undefined once the
- * replica has no container left (removed: `down`, or the experiment stopped), or none ran within RESTART_WAIT_MS.
+ * The replica's container once it ran again: the same one restarted (another start time than `startedAt`), or a newer
+ * one (swarm), running or already stopped again (a crash-looping replica's runs are shorter than the polls, and
+ * waiting to see one running missed them). Undefined once the replica has no container left (removed: `down`, or
+ * the experiment stopped), or none ran within RESTART_WAIT_MS.
  */
-async function nextRun(docker: Docker, config: Config, replica: string, afterCreated: number): Promise<Docker.ContainerInfo | undefined> {
+async function nextRun(docker: Docker, config: Config, replica: string, afterCreated: number, startedAt: string | undefined): Promise<Docker.ContainerInfo | undefined> {
   const until = Date.now() + RESTART_WAIT_MS;
   while (Date.now() < until) {
     const current = currentReplicas(await listExperimentContainers(docker, config)).find((x) => replicaId(x) === replica);
     if (current === undefined) return undefined;
-    if (current.State === "running" && current.Created >= afterCreated) return current;
+    if (current.Created > afterCreated) return current;
+    if (current.Created === afterCreated) {
+      const now = await startedAtOf(docker, current);
+      if (now !== undefined && now !== startedAt) return current;
+    }
     await new Promise((r) => setTimeout(r, 250));
   }
   return undefined;
+}
+
+/** When the container's latest run started (Docker's State.StartedAt); undefined if it cannot be inspected. */
+async function startedAtOf(docker: Docker, c: Docker.ContainerInfo): Promise<string | undefined> {
+  return ((await docker.getContainer(c.Id).inspect().catch(() => undefined)) as { State?: { StartedAt?: string } } | undefined)?.State?.StartedAt;
 }
