@@ -28,8 +28,8 @@ const config = validateConfig({
 // The store is another engineer's part; the handler uses only `minutes`, so the rest refuses loudly.
 const minutesCalls: number[] = [];
 const buckets: MinuteBucket[] = [
-  { minute: T0, variant: "control", requests: 600, errors: 0, latencySumMs: 6000, newUnits: 50, conversions: { watched: 5 } },
-  { minute: T0 + 120_000, variant: "treatment", requests: 700, errors: 7, latencySumMs: 7700, newUnits: 60, conversions: { watched: 9 } },
+  { minute: T0, variant: "control", requests: 600, errors: 0, latencySumMs: 6000, latencyCount: 600, newUnits: 50, conversions: { watched: 5 } },
+  { minute: T0 + 120_000, variant: "treatment", requests: 700, errors: 7, latencySumMs: 7700, latencyCount: 700, newUnits: 60, conversions: { watched: 9 } },
 ];
 const store = new Proxy({} as Store, {
   get(_t, key) {

@@ -25,6 +25,7 @@ const bucket = (minute: number, variant: string, requests: number, conversions =
   requests,
   errors: requests > 5 ? 1 : 0,
   latencySumMs: requests * 10,
+  latencyCount: requests,
   newUnits: requests,
   conversions: { watched: conversions },
 });
@@ -47,8 +48,11 @@ test("toSeries runs the zeros on to the current minute, so a chart shows traffic
   const body = toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 + 4 * 60_000 + 30_000 });
   assert.deepEqual(body.minutes, [0, 1, 2, 3, 4].map((m) => T0 + m * 60_000));
   assert.deepEqual(body.variants[0]!.requests, [10, 12, 0, 0, 0]);
-  // A clock behind the newest bucket (events stamped by another machine) cuts nothing off.
-  assert.deepEqual(toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 }).variants[0]!.requests, [10, 12]);
+  // A bucket after the server's now (an event stamped by a client clock that runs ahead) waits until now reaches
+  // it: drawn at once, it stretched the axis past now, and the page's later fetches, resuming from its last minute,
+  // never asked for the minutes up to it again (flat charts for up to an hour).
+  assert.deepEqual(toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 }).variants[0]!.requests, [10]);
+  assert.deepEqual(toSeries("exp", ["control"], config.metrics, buckets, { nowMs: T0 + 60_000 }).variants[0]!.requests, [10, 12]);
   // No traffic yet: nothing to draw, now or not.
   assert.deepEqual(toSeries("exp", ["control"], config.metrics, [], { nowMs: T0 }).minutes, []);
 });
@@ -146,6 +150,28 @@ test("Timeline: rows a minute gets after the next minute began still reach the c
   assert.deepEqual(t.requests("control"), [70, 90]);
 });
 
+test("Timeline: rows that come much later (a store outage, events with an earlier ts) reach the chart within a minute of polls", () => {
+  const t = new Timeline();
+  const store = Array.from({ length: 30 }, (_, m) => bucket(m, "control", 10));
+  t.merge(toSeries("exp", ["control"], config.metrics, store, { nowMs: T0 + 29 * 60_000 }));
+  // minute 5 gets 7 more requests, written half an hour late
+  store[5] = bucket(5, "control", 17);
+  for (let poll = 0; poll < 12; poll++) {
+    const since = t.resumeFromMs()!;
+    t.merge(toSeries("exp", ["control"], config.metrics, store.filter((b) => b.minute >= since), { nowMs: T0 + 29 * 60_000 + poll * 5_000 }));
+  }
+  assert.equal(t.requests("control")[5], 17);
+});
+
+test("Timeline: mean latency is over the requests the variant answered itself, as the report's (not fallbacks)", () => {
+  const t = new Timeline();
+  // 20 requests assigned to treatment, 5 answered by it at 200 ms, 15 by the fallback while its replicas were down
+  t.merge(toSeries("exp", ["treatment"], config.metrics, [{ ...bucket(0, "treatment", 20), latencySumMs: 1000, latencyCount: 5 }], { nowMs: T0 }));
+  assert.deepEqual(t.meanLatencyMs("treatment"), [200]);
+  t.merge(toSeries("exp", ["treatment"], config.metrics, [{ ...bucket(1, "treatment", 15), latencySumMs: 0, latencyCount: 0 }], { nowMs: T0 + 60_000 }));
+  assert.deepEqual(t.meanLatencyMs("treatment"), [200, null], "no request answered by it: a gap, not 0 ms");
+});
+
 test("toSeries zero-fills towards now only as far as maxMinutes allows: minutes with data are never cut for it", () => {
   const body = toSeries("exp", ["control"], config.metrics, [bucket(0, "control", 500)], { maxMinutes: 10, nowMs: T0 + 30 * 60_000 });
   assert.equal(body.truncated, false);
@@ -169,4 +195,15 @@ test("ReportHistory keeps each metric's value per variant report after report, b
   assert.deepEqual(h.xs(), [2, 3, 4]);
   assert.deepEqual(h.values("minutes", "treatment"), [null, null, 5]);
   assert.deepEqual(h.values("other", "control"), [null, null, null]);
+});
+
+test("ReportHistory plots a report at its generatedAt, and skips one not newer (a stream's replay on reconnect)", () => {
+  const h = new ReportHistory();
+  const report = (at: string, value: number) => ({ experiment: "exp", generatedAt: at, variants: [{ name: "control" }], metrics: [{ name: "m", kind: "mean", control: { units: 1, value } }] });
+  h.add(Date.parse("2026-11-30T12:00:10Z"), report("2026-11-30T12:00:05Z", 1));
+  h.add(Date.parse("2026-11-30T15:00:00Z"), report("2026-11-30T12:00:05Z", 1));
+  h.add(Date.parse("2026-11-30T15:00:06Z"), report("2026-11-30T15:00:05Z", 2));
+  assert.deepEqual(h.xs(), [Date.parse("2026-11-30T12:00:05Z") / 1000, Date.parse("2026-11-30T15:00:05Z") / 1000]);
+  assert.deepEqual(h.values("m", "control"), [1, 2]);
+  assert.equal(h.size(), 2);
 });

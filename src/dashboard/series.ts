@@ -9,6 +9,8 @@ export interface VariantSeries {
   requests: number[];
   errors: number[];
   latencySumMs: number[];
+  /** the requests latencySumMs is over (fallbacks answered for the variant are in `requests`, not here) */
+  latencyCount: number[];
   newUnits: number[];
   /** conversions by conversion metric name: units whose first counting event fell in the minute */
   conversions: Record<string, number[]>;
@@ -58,6 +60,13 @@ export function toSeries(
     truncated: false,
     ...(nowMs !== undefined ? { nowMs } : {}),
   };
+  // Minutes after the server's now (an event stamped by a client clock that runs ahead, up to an hour) are left for
+  // later: on the axis they zero-filled the minutes up to them, and the page's next fetches, resuming from its last
+  // minute, never asked for those minutes again (the charts looked as if traffic had stopped).
+  if (nowMs !== undefined) {
+    const nowMinute = floorMinute(nowMs);
+    buckets = buckets.filter((b) => floorMinute(b.minute) <= nowMinute);
+  }
   const names = [...variantNames];
   for (const b of buckets) if (!names.includes(b.variant)) names.push(b.variant);
   if (buckets.length === 0) {
@@ -90,6 +99,7 @@ export function toSeries(
     v.requests[i] += b.requests;
     v.errors[i] += b.errors;
     v.latencySumMs[i] += b.latencySumMs;
+    v.latencyCount[i] += b.latencyCount;
     v.newUnits[i] += b.newUnits;
     for (const metric of eventMetrics) v.conversions[metric]![i] += b.conversions[metric] ?? 0;
   }
@@ -105,6 +115,7 @@ export function emptyVariant(name: string, eventMetrics: readonly string[], leng
     requests: zeros(),
     errors: zeros(),
     latencySumMs: zeros(),
+    latencyCount: zeros(),
     newUnits: zeros(),
     conversions: Object.fromEntries(eventMetrics.map((m) => [m, zeros()])),
   };

@@ -391,14 +391,14 @@ export async function minuteSeries(
     if (b === undefined) {
       const conversions: Record<string, number> = {};
       for (const m of conversionMetrics) conversions[m.name] = 0;
-      b = { minute, variant, requests: 0, errors: 0, latencySumMs: 0, newUnits: 0, conversions };
+      b = { minute, variant, requests: 0, errors: 0, latencySumMs: 0, latencyCount: 0, newUnits: 0, conversions };
       buckets.set(key, b);
     }
     return b;
   };
 
   const reqRows = await query(
-    `SELECT minute, variant, requests, errors, latency_sum FROM minute_stats
+    `SELECT minute, variant, requests, errors, latency_n, latency_sum FROM minute_stats
       WHERE experiment = ? AND minute >= ? AND requests > 0`,
     [experiment, since],
   );
@@ -407,6 +407,7 @@ export async function minuteSeries(
     b.requests += num(r.requests);
     b.errors += num(r.errors);
     b.latencySumMs += num(r.latency_sum);
+    b.latencyCount += num(r.latency_n);
   }
   const unitRows = await query(
     `SELECT (first_ts / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, first_variant AS variant, COUNT(*) AS n

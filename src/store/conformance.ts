@@ -214,10 +214,10 @@ async function checkAggregates(store: Store): Promise<void> {
 const conv0 = { watched: 0, "watched-any": 0, buys: 0 };
 
 const allMinutes = [
-  { minute: M0, variant: "control", requests: 6, errors: 1, latencySumMs: 290, newUnits: 5, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
-  { minute: M0, variant: "treatment", requests: 3, errors: 1, latencySumMs: 90, newUnits: 2, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
-  { minute: M1, variant: "control", requests: 0, errors: 0, latencySumMs: 0, newUnits: 0, conversions: { ...conv0, watched: 1, "watched-any": 2 } },
-  { minute: M1, variant: "treatment", requests: 1, errors: 0, latencySumMs: 100, newUnits: 0, conversions: { ...conv0, buys: 1 } },
+  { minute: M0, variant: "control", requests: 6, errors: 1, latencySumMs: 290, latencyCount: 6, newUnits: 5, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
+  { minute: M0, variant: "treatment", requests: 3, errors: 1, latencySumMs: 90, latencyCount: 2, newUnits: 2, conversions: { ...conv0, watched: 1, "watched-any": 1 } },
+  { minute: M1, variant: "control", requests: 0, errors: 0, latencySumMs: 0, latencyCount: 0, newUnits: 0, conversions: { ...conv0, watched: 1, "watched-any": 2 } },
+  { minute: M1, variant: "treatment", requests: 1, errors: 0, latencySumMs: 100, latencyCount: 1, newUnits: 0, conversions: { ...conv0, buys: 1 } },
 ];
 
 /** Registers the shared behaviour every Store must have, as node:test tests. */

@@ -106,6 +106,8 @@ export interface MinuteBucket {
   requests: number;
   errors: number;
   latencySumMs: number;
+  /** the requests latencySumMs is over: those the assigned variant answered itself (not fallbacks, not forced) */
+  latencyCount: number;
   /** new units (first exposure in this minute) */
   newUnits: number;
   /** conversions by metric name (units converting in this minute, attributed to their first variant) */

@@ -3,6 +3,9 @@ import type { Report, SeriesBody, VariantSeries } from "./types.ts";
 
 /** Minutes fetched again on every poll (see resumeFromMs). */
 const REFETCH_MINUTES = 3;
+/** Every so many fetches the last hour is fetched again, and every so many more all the minutes kept. */
+const HOUR_EVERY_FETCHES = 12;
+const ALL_EVERY_FETCHES = 120;
 
 /**
  * The page's copy of the per-minute series. The first fetch brings up to a week; later fetches ask only from the
@@ -23,6 +26,8 @@ export class Timeline {
    * rates go on from where they were rather than restart at the first minute kept.
    */
   #dropped = new Map<string, { newUnits: number; conversions: Record<string, number> }>();
+  /** incremental fetches asked for (resumeFromMs) */
+  #fetches = 0;
 
   /** `maxMinutes`: the newest minutes kept (default a week, as much as the first fetch brings) */
   constructor(private readonly maxMinutes = 7 * 24 * 60) {}
@@ -36,14 +41,19 @@ export class Timeline {
   }
 
   /**
-   * Where the next incremental fetch should start (ms since epoch), or null before the first data: the last
-   * REFETCH_MINUTES minutes again, because a minute's rows keep arriving after it ends (the store's batches,
+   * Where the next incremental fetch should start (ms since epoch), or null before the first data; called once per
+   * fetch. The last REFETCH_MINUTES minutes again, because a minute's rows keep arriving after it ends (the store's batches,
    * requests that finish later); with the series zero-filled up to the server's now, the last minute alone missed
    * them for good.
    */
   resumeFromMs(): number | null {
     if (this.minutes.length === 0) return null;
-    return this.minutes[Math.max(0, this.minutes.length - REFETCH_MINUTES)]!;
+    // Rows can come much later than that: exposures kept in the batcher through a store outage, events a client
+    // posts with an earlier ts. So now and then more is fetched again (every minute the last hour, every ten minutes
+    // everything kept, at a 5 s poll), and the page comes to agree with the store, where before it never did.
+    this.#fetches++;
+    const back = this.#fetches % ALL_EVERY_FETCHES === 0 ? this.minutes.length : this.#fetches % HOUR_EVERY_FETCHES === 0 ? 60 : REFETCH_MINUTES;
+    return this.minutes[Math.max(0, this.minutes.length - back)]!;
   }
 
   /**
@@ -75,6 +85,7 @@ export class Timeline {
       v.requests.splice(0, drop);
       v.errors.splice(0, drop);
       v.latencySumMs.splice(0, drop);
+      v.latencyCount.splice(0, drop);
       carried.newUnits += sum(v.newUnits);
       for (const [metric, column] of Object.entries(v.conversions)) carried.conversions[metric] = (carried.conversions[metric] ?? 0) + sum(column);
     }
@@ -96,6 +107,7 @@ export class Timeline {
       mine.requests = splice(mine.requests, theirs.requests);
       mine.errors = splice(mine.errors, theirs.errors);
       mine.latencySumMs = splice(mine.latencySumMs, theirs.latencySumMs);
+      mine.latencyCount = splice(mine.latencyCount ?? [], theirs.latencyCount ?? new Array<number>(body.minutes.length).fill(0));
       mine.newUnits = splice(mine.newUnits, theirs.newUnits);
       for (const metric of new Set([...Object.keys(mine.conversions), ...Object.keys(theirs.conversions)])) {
         const a = mine.conversions[metric] ?? new Array<number>(keep).fill(0);
@@ -115,10 +127,13 @@ export class Timeline {
     return this.variants.get(variant)?.requests ?? [];
   }
 
-  /** Mean latency per minute; null in minutes without requests (a gap, not a zero). */
+  /**
+   * Mean latency per minute, over the requests the variant answered itself, as the report's (divided by all requests,
+   * fallbacks included, it showed about 0 ms while a variant's replicas were down); null in minutes without any.
+   */
   meanLatencyMs(variant: string): (number | null)[] {
     const v = this.variants.get(variant);
-    return v ? v.latencySumMs.map((sum, i) => (v.requests[i]! > 0 ? sum / v.requests[i]! : null)) : [];
+    return v ? v.latencySumMs.map((sum, i) => (v.latencyCount[i]! > 0 ? sum / v.latencyCount[i]! : null)) : [];
   }
 
   /** Share of failed requests per minute; null in minutes without requests. */
@@ -156,10 +171,18 @@ export class ReportHistory {
   #values = new Map<string, (number | null)[]>();
   constructor(private readonly maxPoints = 5_000) {}
 
+  /**
+   * Takes a report in at its `generatedAt` (else `nowMs`). One not newer than the last taken in is skipped: a stream
+   * that reconnects replays its last report, which may be hours old (plotted at the time it arrived, it showed old
+   * values as the latest).
+   */
   add(nowMs: number, report: Report): void {
+    const generated = typeof report.generatedAt === "string" ? Date.parse(report.generatedAt) : Number.NaN;
+    const atS = (Number.isFinite(generated) ? generated : nowMs) / 1000;
+    if (this.#ts.length > 0 && atS <= this.#ts[this.#ts.length - 1]!) return;
     this.#added++;
     const i = this.#ts.length;
-    this.#ts.push(nowMs / 1000);
+    this.#ts.push(atS);
     for (const m of report.metrics ?? []) {
       const control = report.variants?.[0]?.name;
       if (control !== undefined) this.#set(m.name, m.control?.variant ?? control, i, m.control?.value);
