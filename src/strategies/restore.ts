@@ -9,15 +9,17 @@ import { mergeWeights } from "./weights.ts";
  * mixed with it: a promotion's 0 for the control beside a renamed treatment's configured 50 sent all traffic to a
  * variant nobody promoted, and a rollback's control=100 beside a new variant's 50 sent it a third. A snapshot from
  * before `configFileWeights` was saved counts as unchanged, so its run-time weights are kept as they always were.
- * When edited, `warn` is told what changed and what is given up. The bandit passes `variantsCount: false`: its
- * weights in force come from the data (the next update recomputes them), and it fits a new arm in by its own rule.
+ * When edited, `warn` is told what changed and what is given up. The bandit passes `newVariantsCount: false`: its
+ * weights in force come from the data (the next update recomputes them), and it fits a new arm in by its own rule;
+ * a removed one counts for it too (its saved weights of the others could all be 0 after a promotion of the removed
+ * one, and the gateway then could not start).
  */
 export function configWeightsEdited(
   names: readonly string[],
   configured: readonly number[],
   restore: StrategyState | undefined,
   warn: (message: string) => void = defaultWarn,
-  variantsCount = true,
+  newVariantsCount = true,
 ): boolean {
   if (!restore) return false;
   checkSnapshot(restore);
@@ -26,9 +28,9 @@ export function configWeightsEdited(
   if (typeof saved !== "object" || Array.isArray(saved)) throw new InvalidArgumentError("a strategy snapshot's configFileWeights must be an object of variant name to number");
   const changes = [
     ...names.flatMap((name, i) =>
-      Object.hasOwn(saved, name) ? (saved[name] !== configured[i] ? [`${name} ${saved[name]} -> ${configured[i]}`] : []) : variantsCount ? [`${name} new at ${configured[i]}`] : [],
+      Object.hasOwn(saved, name) ? (saved[name] !== configured[i] ? [`${name} ${saved[name]} -> ${configured[i]}`] : []) : newVariantsCount ? [`${name} new at ${configured[i]}`] : [],
     ),
-    ...(variantsCount ? Object.keys(saved).filter((name) => !names.includes(name)).map((name) => `${name} gone`) : []),
+    ...Object.keys(saved).filter((name) => !names.includes(name)).map((name) => `${name} gone`),
   ];
   if (changes.length === 0) return false;
   const runTime = Object.entries(restore.weights)

@@ -276,6 +276,54 @@ describe("bandit: weight changes and new arms", () => {
     assert.ok(Math.abs(owned("treatment") - without.treatment!) < 1e-9);
   });
 
+  test("an arm without its part of the burn-in (new in the config, or set back above 0) is held at its configured share, not given most traffic", () => {
+    const s = make({ variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }, { name: "t2", weight: 1 }], burnInUnits: 100, floor: 0.01, draws: 4000 });
+    // 20,000 units per old arm at 2%; t2 just added: before, Beta(1,1) beat them in 98% of draws and t2 took 96%
+    const old = [
+      { variant: "control", units: 20_000, conversions: 400 },
+      { variant: "treatment", units: 20_000, conversions: 420 },
+    ];
+    s.observe([...old, { variant: "t2", units: 0, conversions: 0 }]);
+    let w = s.weights();
+    assert.ok(Math.abs(w.t2! - (0.01 + 0.97 / 3)) < 1e-6, JSON.stringify(w));
+    assert.ok(Math.abs(sum(w) - 1) < 1e-6);
+    // 30 units without a conversion: still short of its part (100 / 3), still held (it took 50% before)
+    s.observe([...old, { variant: "t2", units: 30, conversions: 0 }]);
+    assert.ok(Math.abs(s.weights().t2! - (0.01 + 0.97 / 3)) < 1e-6, JSON.stringify(s.weights()));
+    // with its part, it competes on its data
+    s.observe([...old, { variant: "t2", units: 2_000, conversions: 10 }]);
+    w = s.weights();
+    assert.ok(w.t2! < 0.05, JSON.stringify(w));
+    // an arm switched off and back on, with no units of its own
+    const back = make({ variants: [{ name: "control", weight: 1 }, { name: "treatment", weight: 0 }], burnInUnits: 100 });
+    back.observe([{ variant: "control", units: 5_000, conversions: 100 }]);
+    back.setWeights({ treatment: 1 });
+    back.observe([{ variant: "control", units: 5_000, conversions: 100 }, { variant: "treatment", units: 0, conversions: 0 }]);
+    assert.ok(Math.abs(back.weights().treatment! - 0.5) < 1e-6, JSON.stringify(back.weights()));
+  });
+
+  test("counts that are not finite change nothing: the update is refused and the weights stay", () => {
+    const s = make({ burnInUnits: 100 });
+    s.observe(clearWinner);
+    const before = s.weights();
+    for (const bad of [Infinity, Number.NaN]) {
+      assert.throws(() => s.observe([{ variant: "control", units: bad, conversions: 1 }, clearWinner[1]!]), /counts must be finite/);
+      assert.throws(() => s.observe([clearWinner[0]!, { variant: "treatment", units: 500, conversions: bad }]), /counts must be finite/);
+    }
+    assert.deepEqual(s.weights(), before);
+  });
+
+  test("a restart after the promoted arm was removed from the config starts, on the config's weights, with a warning", () => {
+    const three = [{ name: "control", weight: 1 }, { name: "treatment", weight: 1 }, { name: "t2", weight: 1 }];
+    const s = make({ variants: three, burnInUnits: 100 });
+    s.setWeights({ control: 0, treatment: 0, t2: 100 });
+    const warnings: string[] = [];
+    // before: "weights must sum to a positive number, got 0", and the gateway could not start
+    const restored = make({ variants: three.slice(0, 2), burnInUnits: 100, restore: JSON.parse(JSON.stringify(s.snapshot())), onWarning: (m) => warnings.push(m) });
+    assert.deepEqual(restored.weights(), { control: 1, treatment: 1 });
+    assert.match(warnings[0]!, /t2 gone/);
+  });
+
   test("before any counts, a PUT of the weights applies the configured weights (burn-in)", () => {
     const s = make({ burnInUnits: 100 });
     s.setWeights({ control: 3 });

@@ -33,7 +33,11 @@ const MADE_UP_SHARE = 4;
  *   active arms, so a variant that looks bad early keeps collecting data and can recover. If k * floor >= 1 the
  *   arms get equal shares.
  * - Burn-in: until the active arms have `burnInUnits` units in total, the configured weights stay in force; a
- *   posterior from a handful of units would swing traffic on noise.
+ *   posterior from a handful of units would swing traffic on noise. Past it, an arm with fewer than its part of
+ *   them (burnInUnits / active arms: one added, or set back above 0) is held at its configured share of the active
+ *   arms, and the others share the rest by P(best) among themselves: drawn from Beta(1,1), an arm with no data beat
+ *   a 2% arm in 98% of draws and took 96% of new units, each of them for good.
+ * - Counts that are not finite (a store's overflow) change nothing: the weights stay, and the update says why.
  * - Active arms: the variants whose configured weight is > 0. `setWeights` changes the configured weights, and the
  *   weights in force are recomputed at once from the last counts `observe` saw (before any, they are the configured
  *   ones): setting a variant to 0 takes it out of the bandit for good (promote and rollback rely on this), any
@@ -161,6 +165,10 @@ export class BanditStrategy implements Strategy {
    * count as no data; unknown variants are ignored (a variant removed from the config may still have history).
    */
   observe(stats: ArmStats[]): void {
+    // (two arms at Infinity drew NaN, no arm won, and the weights summed to 0.02)
+    if (stats.some((s) => !Number.isFinite(Number(s.units)) || !Number.isFinite(Number(s.conversions)))) {
+      throw new InvalidArgumentError(`bandit: counts must be finite numbers, got ${JSON.stringify(stats.map((s) => [s.variant, s.units, s.conversions]))}`);
+    }
     this.#lastStats = stats;
     const units = new Array<number>(this.#names.length).fill(0);
     const conversions = new Array<number>(this.#names.length).fill(0);
@@ -178,11 +186,15 @@ export class BanditStrategy implements Strategy {
       this.#apply([...this.#configured]);
       return;
     }
+    const young = active.filter((i) => units[i] < this.#burnInUnits / active.length);
+    const grown = active.filter((i) => units[i] >= this.#burnInUnits / active.length);
+    const configuredActive = active.reduce((sum, i) => sum + this.#configured[i], 0);
+    const youngShare = young.reduce((sum, i) => sum + this.#configured[i] / configuredActive, 0);
     const wins = new Array<number>(this.#names.length).fill(0);
     for (let d = 0; d < this.#draws; d++) {
       let best = -1;
       let bestDraw = -Infinity;
-      for (const i of active) {
+      for (const i of grown) {
         const draw = beta(1 + conversions[i], 1 + units[i] - conversions[i], this.#random);
         if (draw > bestDraw) {
           bestDraw = draw;
@@ -191,7 +203,7 @@ export class BanditStrategy implements Strategy {
       }
       wins[best]++;
     }
-    this.#probabilities = wins.map((w) => w / this.#draws);
+    this.#probabilities = wins.map((w, i) => (young.includes(i) ? this.#configured[i] / configuredActive : ((1 - youngShare) * w) / this.#draws));
     this.#drawnFor = this.#activeKey();
     this.#applyProbabilities();
   }
