@@ -327,6 +327,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
           trial.setWeights(weights);
           await saveStrategy(trial);
           strategy.setWeights(weights);
+          // Not so for the bandit: its snapshot keeps no counts, so its trial applied the configured weights (a change
+          // of nothing saved 50/50 beside a live 3/97, and a restart then went back to it). The state in force is
+          // saved once more.
+          if (config.strategy.kind === "bandit") {
+            await saveStrategy().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot save the bandit's weights after a change"));
+          }
           // When, for the report's SRM check and its periods (which units were assigned under these weights). The
           // change stands without it: the report then counts from the first report that sees the new weights.
           const record = config.strategy.kind === "bandit" ? recordBanditWeights : recordWeightChange;

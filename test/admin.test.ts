@@ -783,3 +783,41 @@ test("a gateway killed on this host (its note recent, its process gone, or its p
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("bandit: a weight change saves the weights in force, not the configured ones (a restart then resumes them)", async () => {
+  const { startGateway } = await import("../src/gateway.ts");
+  const variants = [{ name: "control", url: a.url }, { name: "treatment", url: b.url }];
+  const { config, dir } = testConfig({ experiment: "bandit-put", strategy: { kind: "bandit", burnInUnits: 10 }, variants, metrics: [{ name: "watched", kind: "conversion", event: "watched" }] });
+  // the history the first update reads: treatment converts 10 times as often
+  const store = openStore(config.store);
+  await store.init();
+  const T = Date.now() - 60_000;
+  const rows = Array.from({ length: 1000 }, (_, i) => {
+    const v = i % 2 ? "treatment" : "control";
+    return { experiment: "bandit-put", ts: T + i, requestId: `r${i}`, unit: `u${i}`, assigned: v, served: v, replica: `${v}-0`, status: 200, latencyMs: 1, forced: false };
+  });
+  await store.writeExposures(rows);
+  await store.writeEvents(rows.filter((r, i) => (r.assigned === "treatment" ? i % 5 === 1 : i % 50 === 0)).map((r) => ({ experiment: "bandit-put", unit: r.unit, event: "watched", value: null, ts: T + 30_000, requestId: null })));
+  await store.close();
+  const gw = await startGateway(config, { log: (await import("../src/log/index.ts")).silentLogger });
+  try {
+    const live = async () => ((await (await admin(gw, "GET", "/v1/experiment")).json()) as { variants: { name: string; weight: number }[] }).variants;
+    let before: { name: string; weight: number }[] = [];
+    // the first update (at start) moved the split towards treatment; the configured weights are 1 and 1
+    const moved = (vs: { name: string; weight: number }[]) => (vs.find((v) => v.name === "control")?.weight ?? 1) < 0.1;
+    for (let i = 0; i < 100 && !moved(before); i++) {
+      before = await live();
+      if (!moved(before)) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(moved(before), JSON.stringify(before));
+    // a change of nothing: the configured weights again
+    assert.equal((await admin(gw, "PUT", "/v1/weights", { control: 1, treatment: 1 })).status, 200);
+    assert.deepEqual(await live(), before, "the split in force stays");
+    const saved = JSON.parse((await gw.store.getState("bandit-put", "strategy"))!) as { weights: Record<string, number> };
+    // before: { control: 1, treatment: 1 }, which a restart then put in force until the first update
+    assert.deepEqual(saved.weights, Object.fromEntries(before.map((v) => [v.name, v.weight])));
+  } finally {
+    await gw.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
