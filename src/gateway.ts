@@ -452,7 +452,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
             // (when they took effect: units exposed while the state is saved are assigned under them already)
             const weights = strategy.weights();
             const at = clock.now();
-            await saveStrategy();
+            // The new weights are in force whether or not they are saved: their period is recorded either way (units
+            // exposed from now on are assigned under them, and the report must not pool them with the last period's).
+            const saved = saveStrategy().then(
+              () => undefined,
+              (err: unknown) => err,
+            );
             // For the report, which compares the arms within periods of like weights; in turn with the changes made
             // through the admin API, which record theirs too (each a read and a write of the same state). The update
             // stands without it.
@@ -461,6 +466,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
             await recorded.catch((err: unknown) =>
               log.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot record the bandit's weights for the report"),
             );
+            const saveFailed = await saved;
+            if (saveFailed !== undefined) throw saveFailed;
           }
         } catch (err) {
           log.warn({ err }, "bandit update failed");

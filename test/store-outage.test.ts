@@ -211,3 +211,34 @@ test("an events write whose commit answer was lost: 500 saying the events may be
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("bandit: an update whose weights cannot be saved still records their period for the report (they are in force)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
+  const real = new SqliteStore(join(dir, "bandit.db"));
+  // the strategy's state cannot be saved (one key refused); everything else works
+  const store = overriding(real, "setState", async (experiment: string, key: string, value: string) => {
+    if (key === "strategy") throw new StoreError("disk full");
+    return real.setState(experiment, key, value);
+  });
+  const backend = createServer((_req, res) => res.end("x"));
+  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const { pino } = await import("pino");
+  const lines: { msg: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  // (the gateway saves the state once at start too: that save may go through)
+  let started = false;
+  const startingStore = overriding(store, "setState", async (experiment: string, key: string, value: string) => (started ? store.setState(experiment, key, value) : real.setState(experiment, key, value)));
+  const gw = await testGateway({ strategy: { kind: "bandit", updateIntervalMs: 100 }, variants: [{ name: "control", weight: 1, url }, { name: "treatment", weight: 1, url }] }, { store: startingStore, log });
+  started = true;
+  try {
+    await new Promise((r) => setTimeout(r, 400));
+    assert.ok(lines.some((l) => l.msg === "bandit update failed"), "the save failed");
+    const periods = JSON.parse((await real.getState("test", "bandit-periods")) ?? "[]") as unknown[];
+    assert.equal(periods.length, 1, "its period recorded all the same");
+  } finally {
+    await gw.close();
+    await new Promise<void>((r) => backend.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
