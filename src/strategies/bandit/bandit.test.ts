@@ -229,6 +229,19 @@ describe("bandit: already-seen units keep their variant", () => {
     assert.throws(() => make({ maxSeenUnits: -1 }), /maxSeenUnits must be an integer >= 0/);
   });
 
+  test("a unit seen again is remembered as recently seen: loyal returning units outlast one-off visitors", () => {
+    const s = make({ maxSeenUnits: 1000 });
+    const loyal = ids(200, "loyal");
+    const first = new Map(loyal.map((u) => [u, s.assign(u)]));
+    s.observe(clearWinner);
+    for (let round = 0; round < 10; round++) {
+      for (const u of loyal) s.assign(u);
+      for (const u of ids(200, `once${round}-`)) s.assign(u);
+    }
+    // before, forgotten in first-seen order: every loyal unit first in control ended in treatment
+    assert.deepEqual(loyal.filter((u) => s.assign(u) !== first.get(u)), []);
+  });
+
   test("units the proxy made up are remembered apart: never-returning clients do not push out real users", () => {
     const probe = make({ maxSeenUnits: 0 });
     probe.observe(clearWinner);

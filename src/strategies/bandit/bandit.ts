@@ -52,7 +52,7 @@ const MADE_UP_SHARE = 4;
  *   weights in force. An already-seen unit keeps the variant it was first given while the bandit moves the weights
  *   (GrowthBook's sticky bucketing for bandits): by the range table alone, a shift from 50/50 to 1/99 moved half of
  *   all seen units to the other arm, which made them multi-variant units and mixed two treatments in one unit's
- *   outcomes. So the strategy remembers each unit's variant, up to `maxSeenUnits` (oldest forgotten first; a
+ *   outcomes. So the strategy remembers each unit's variant, up to `maxSeenUnits` (least recently seen forgotten first; a
  *   forgotten unit goes by the range table again; units the proxy made up are kept apart, see `assign`), seeded at
  *   start with the units the store saw (`seenUnits`).
  *   While a unit's first variant is set to weight 0 (promote, rollback) it goes by the range table; it returns to
@@ -260,9 +260,12 @@ function withNewArms(names: readonly string[], configured: readonly number[], re
   return { ...restore, weights };
 }
 
-/** Units and the index of the variant each was first given, bounded in count and characters, oldest forgotten first. */
+/** Units and the index of the variant each was first given, bounded in count and characters, least recently seen forgotten first. */
 class UnitMemory {
-  /** in first-seen order: a Map iterates in insertion order */
+  /**
+   * in order of last use (a Map iterates in insertion order; a unit seen again moves to the end): forgotten by first
+   * sight, a loyal unit that came back every day went before one-off visitors, and then changed variant
+   */
   readonly #variants = new Map<string, number>();
   #chars = 0;
   readonly #maxUnits: number;
@@ -274,7 +277,12 @@ class UnitMemory {
   }
 
   get(unit: string): number | undefined {
-    return this.#variants.get(unit);
+    const variant = this.#variants.get(unit);
+    if (variant !== undefined) {
+      this.#variants.delete(unit);
+      this.#variants.set(unit, variant);
+    }
+    return variant;
   }
 
   /** The unit's variant, forgetting the unit. */
