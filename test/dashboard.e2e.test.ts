@@ -319,6 +319,7 @@ test("a week of per-minute data renders and updates without blocking the page", 
     requests: column((i) => 50 + (i % 60)),
     errors: column((i) => (i % 97 === 0 ? 1 : 0)),
     latencySumMs: column((i) => (50 + (i % 60)) * (20 + (i % 7))),
+    latencyCount: column((i) => 50 + (i % 60)),
     newUnits: column(() => 20),
     conversions: { watched: column((i) => Math.round(20 * rate + (i % 3) - 1)), "watch-minutes": column(() => 2) },
   });
@@ -355,8 +356,21 @@ test("a week of per-minute data renders and updates without blocking the page", 
     { timeout: 30_000 },
   );
   const renderedMs = Date.now() - started;
+  // Zoom into the traffic chart by dragging across its middle: the polls' new data must not undo it (uPlot's
+  // setData rescaled to all the data every 5 s).
+  const traffic = page.locator('[data-testid="traffic-charts"] .chart-canvas').first();
+  // the whole week on the axis (before, uPlot's x range was always the last 30 minutes: "zoomed" from the start)
+  assert.equal(await traffic.getAttribute("data-zoomed"), "0", "the whole week shown");
+  await traffic.scrollIntoViewIfNeeded();
+  const box = (await traffic.locator(".u-over").boundingBox())!;
+  await page.mouse.move(box.x + box.width * 0.4, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForFunction(() => document.querySelector('[data-testid="traffic-charts"] .chart-canvas')?.getAttribute("data-zoomed") === "1", null, { timeout: 5_000 });
   // A few more live events and series polls on top of the week.
   await page.waitForTimeout(6_000);
+  assert.equal(await traffic.getAttribute("data-zoomed"), "1", "still zoomed after a poll's new data");
   const roundTrip = Date.now();
   await page.evaluate(() => 1);
   const roundTripMs = Date.now() - roundTrip;

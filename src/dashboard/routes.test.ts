@@ -41,6 +41,12 @@ const store = new Proxy({} as Store, {
         return buckets.filter((b) => b.minute >= Math.floor(sinceMs / 60_000) * 60_000);
       };
     }
+    if (key === "totalsBefore") {
+      return async (experiment: string, _metrics: unknown, beforeMs: number) => {
+        assert.equal(experiment, "exp");
+        return { control: { newUnits: 40, conversions: { watched: 3 } }, at: beforeMs };
+      };
+    }
     if (key === "then") return undefined;
     throw new Error(`the dashboard must not call store.${String(key)}`);
   },
@@ -196,6 +202,10 @@ test("GET /v1/series answers dense columns from store.minutes and validates sinc
   ]);
   assert.deepEqual(body.variants[1].conversions, { watched: [0, 0, 9, 0, 0, 0] });
   assert.equal(minutesCalls.at(-1), T0);
+  assert.equal(body.carried, undefined, "only when asked for");
+  // a page's first fetch asks for what came before too
+  const first = JSON.parse((await get(`/v1/series?sinceMs=${T0}&carried=1`)).body.toString());
+  assert.deepEqual(first.carried, { control: { newUnits: 40, conversions: { watched: 3 } }, at: T0 });
 
   // without sinceMs: the last week, by the injected clock
   await get("/v1/series");

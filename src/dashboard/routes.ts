@@ -175,14 +175,18 @@ async function serveSeries(req: IncomingMessage, res: ServerResponse, ctx: Admin
   }
   const { experiment, metrics, variants } = ctx.config;
   let buckets;
+  // `carried=1` (a page's first fetch): also what came before sinceMs, which its cumulative rates start from
+  let carried;
   try {
     buckets = await ctx.store.minutes(experiment, metrics, sinceMs);
+    if (url.searchParams.get("carried") === "1") carried = await ctx.store.totalsBefore(experiment, metrics, sinceMs);
   } catch (err) {
     // A store that cannot answer now is a 503, as for the report and events; anything else is abgate's own fault.
     sendJson(res, err instanceof StoreError ? 503 : 500, { error: `could not read the per-minute series: ${(err as Error).message}`, code: "ABGATE_ERR_STORE" });
     return;
   }
   const body = toSeries(experiment, variants.map((v) => v.name), metrics, buckets, { nowMs: clock.now() });
+  if (carried !== undefined) body.carried = carried;
   const json = Buffer.from(JSON.stringify(body));
   const headers: Record<string, string> = {
     "content-type": "application/json; charset=utf-8",

@@ -178,6 +178,19 @@ test("toSeries zero-fills towards now only as far as maxMinutes allows: minutes 
   assert.deepEqual(body.variants[0]!.requests, [500, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 });
 
+test("Timeline: a first fetch's carried totals start the cumulative rates where the experiment was (older than the window)", () => {
+  const t = new Timeline();
+  // 100 units first exposed before the window, none converted then; in it 10 new units, and 50 of the older convert
+  const body = toSeries("exp", ["control"], config.metrics, [{ ...bucket(0, "control", 10, 50), newUnits: 10 }], { nowMs: T0 });
+  body.carried = { control: { newUnits: 100, conversions: { watched: 0 } } };
+  t.merge(body);
+  // before: 50 conversions over the 10 units of the window, 500%
+  assert.deepEqual(t.cumulativeRate("control", "watched"), [50 / 110]);
+  // later fetches carry nothing: what was carried stays
+  t.merge(toSeries("exp", ["control"], config.metrics, [{ ...bucket(1, "control", 5, 5), newUnits: 0 }], { nowMs: T0 + 60_000 }));
+  assert.deepEqual(t.cumulativeRate("control", "watched"), [50 / 110, 55 / 110]);
+});
+
 test("ReportHistory keeps each metric's value per variant report after report, bounded", () => {
   const h = new ReportHistory(3);
   const report = (c: number, t: number | null) => ({

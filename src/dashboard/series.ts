@@ -32,6 +32,8 @@ export interface SeriesBody {
   truncated: boolean;
   /** the server's clock when it answered: minutes up to this one without a bucket had no traffic */
   nowMs?: number;
+  /** asked for with `carried=1`: per variant, the new units and conversions before the first minute asked for */
+  carried?: Record<string, { newUnits: number; conversions: Record<string, number> }>;
 }
 
 /** Metric kinds whose per-minute `conversions` the store reports (see Store.minutes). */

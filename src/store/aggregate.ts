@@ -1,7 +1,7 @@
 import type { MetricConfig } from "../config/index.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { histogramQuantile, MINUTE_MS, minuteOf } from "./rollup.ts";
-import type { AggregateOptions, ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats, Query } from "./types.ts";
+import type { AggregateOptions, CarriedTotals, ExperimentAggregates, MeanStats, MetricAggregate, MinuteBucket, ProportionStats, Query } from "./types.ts";
 
 /**
  * The report's and the dashboard's queries, written once in the SQL both SQLite and PostgreSQL accept (`?`
@@ -451,6 +451,38 @@ export async function minuteSeries(
   }
 
   return [...buckets.values()].sort((a, b) => a.minute - b.minute || (a.variant < b.variant ? -1 : a.variant > b.variant ? 1 : 0));
+}
+
+/** Store.totalsBefore through a Query: the complement of minuteSeries(since = beforeMs), by the same rules. */
+export async function totalsBefore(query: Query, experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>> {
+  const before = minuteOf(beforeMs);
+  const conversionMetrics = metrics.filter((m): m is Extract<MetricConfig, { kind: "conversion" }> => m.kind === "conversion");
+  const out: Record<string, CarriedTotals> = {};
+  const of = (variant: string): CarriedTotals => {
+    let t = out[variant];
+    if (t === undefined) {
+      t = { newUnits: 0, conversions: Object.fromEntries(conversionMetrics.map((m) => [m.name, 0])) };
+      Object.defineProperty(out, variant, { value: t, enumerable: true, writable: true, configurable: true });
+    }
+    return t;
+  };
+  const units = await query(`SELECT first_variant AS variant, COUNT(*) AS n FROM units WHERE experiment = ? AND first_ts < ? GROUP BY 1`, [experiment, before]);
+  for (const r of units) of(String(r.variant)).newUnits += num(r.n);
+  for (const m of conversionMetrics) {
+    const w = windowOf(m);
+    // (minuteSeries' whole-experiment query, the other side of its cut)
+    const rows = await query(
+      `SELECT variant, COUNT(*) AS n FROM (
+         SELECT MAX(u.first_variant) AS variant, MIN(e.ts) AS t
+           FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
+          WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
+          GROUP BY e.unit
+       ) x WHERE t < ? GROUP BY 1`,
+      [experiment, experiment, m.event, before],
+    );
+    for (const r of rows) of(String(r.variant)).conversions[m.name]! += num(r.n);
+  }
+  return out;
 }
 
 /** Counts for GET /v1/experiment, from the counters maintained on write. */

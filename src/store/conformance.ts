@@ -283,6 +283,31 @@ export function storeConformance(factory: StoreFactory): void {
       assert.deepEqual(await store.minutes("exp", metrics, T0 + 3_600_000), []);
     });
 
+    it("totalsBefore a minute and the buckets from it add up to the whole experiment's (the dashboard's cumulative rates)", async () => {
+      const store = await open(await fresh());
+      await load(store);
+      const sum = (buckets: Awaited<ReturnType<Store["minutes"]>>, carried: Awaited<ReturnType<Store["totalsBefore"]>>) => {
+        const out: Record<string, { newUnits: number; conversions: Record<string, number> }> = {};
+        for (const [v, t] of Object.entries(carried)) out[v] = { newUnits: t.newUnits, conversions: { ...t.conversions } };
+        for (const b of buckets) {
+          const t = (out[b.variant] ??= { newUnits: 0, conversions: {} });
+          t.newUnits += b.newUnits;
+          for (const [m, n] of Object.entries(b.conversions)) t.conversions[m] = (t.conversions[m] ?? 0) + n;
+        }
+        return out;
+      };
+      const whole = sum(await store.minutes("exp", metrics, 0), {});
+      assert.deepEqual(await store.totalsBefore("exp", metrics, T0 - 60_000), {}, "nothing before the first exposure");
+      for (const cut of [T0 + 1, M1, M1 + 30_000, T0 + 3_600_000]) {
+        // (within M0 the cut is its minute: nothing before it)
+        assert.deepEqual(sum(await store.minutes("exp", metrics, cut), await store.totalsBefore("exp", metrics, cut)), whole, `cut at ${cut - T0} ms`);
+      }
+      // before M1: control's units u1, u4, u3, u6, u7 and treatment's u2, u5; u1's watched-any conversion at +30 s
+      const carried = await store.totalsBefore("exp", metrics, M1);
+      assert.equal(carried.control!.newUnits, 5);
+      assert.equal(carried.treatment!.newUnits, 2);
+    });
+
     it("gives the conversion and mean metrics per period of first exposure, and the same totals", async () => {
       const store = await open(await fresh());
       await load(store);

@@ -98,6 +98,12 @@ export type MetricAggregate =
   /** per request: 1 when status >= 500 (or the request failed), else 0 */
   | { name: string; kind: "error_rate"; byVariant: Record<string, ProportionStats> };
 
+/** A variant's new units and conversions (by metric) before some minute: see Store.totalsBefore. */
+export interface CarriedTotals {
+  newUnits: number;
+  conversions: Record<string, number>;
+}
+
 /** One minute of one variant, for the dashboard's charts. */
 export interface MinuteBucket {
   /** ms since epoch, start of the minute */
@@ -141,6 +147,12 @@ export interface Store {
   aggregate(experiment: string, variants: string[], metrics: MetricConfig[], options?: AggregateOptions): Promise<ExperimentAggregates>;
   /** Per-minute series for the dashboard, from `sinceMs` on. */
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]>;
+  /**
+   * Per variant, what `minutes` leaves out before `beforeMs` (its minute): the units first exposed before it, and
+   * for each conversion metric the units whose first counting event came before it. With a window's buckets they add
+   * up to the whole experiment's, so the dashboard's cumulative rates start where the experiment was.
+   */
+  totalsBefore(experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>>;
   /**
    * Runs `fn`'s queries on one snapshot of the store, as `aggregate` and `minutes` do theirs: a write that commits
    * meanwhile is seen by none of them (so their figures agree: no variant with more conversions than units). `fn`

@@ -58,8 +58,9 @@ export async function checkToken(token: string): Promise<boolean> {
   return body.admin === true;
 }
 
-export function fetchSeries(sinceMs: number): Promise<SeriesBody> {
-  return call("GET", `/v1/series?sinceMs=${Math.max(0, Math.floor(sinceMs))}`, null) as Promise<SeriesBody>;
+/** `carried`: also the totals before sinceMs (a first fetch, whose cumulative rates start from them). */
+export function fetchSeries(sinceMs: number, carried = false): Promise<SeriesBody> {
+  return call("GET", `/v1/series?sinceMs=${Math.max(0, Math.floor(sinceMs))}${carried ? "&carried=1" : ""}`, null) as Promise<SeriesBody>;
 }
 
 export function putWeights(token: string, weights: Record<string, number>): Promise<unknown> {

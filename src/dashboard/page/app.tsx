@@ -140,8 +140,8 @@ export function App() {
     const poll = async () => {
       const mine = generation;
       try {
-        const since = timeline.resumeFromMs() ?? Date.now() - WEEK_MS;
-        const body = await fetchSeries(since);
+        const resume = timeline.resumeFromMs();
+        const body = await fetchSeries(resume ?? Date.now() - WEEK_MS, resume === null);
         // (a fetch begun before a reset belongs to the old run)
         if (mine === generation) {
           timeline.merge(body);

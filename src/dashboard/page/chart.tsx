@@ -49,6 +49,8 @@ function fitX(u: uPlot): void {
 export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200, yMinMax = 0, integer = false }: ChartProps) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
+  /** the user dragged to zoom into part of the data: the polls' new data must not reset it (a double click does) */
+  const zoomed = useRef(false);
   const labels = series.map((s) => s.label).join("\u0000");
   const data = [xs, ...series.map((s) => s.values)] as uPlot.AlignedData;
 
@@ -59,12 +61,27 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
       width: Math.max(200, el.clientWidth),
       height,
       cursor: { drag: { x: true, y: false } },
+      hooks: {
+        // Zoomed: the x scale shows less than the data spans (fitX's short-series window shows more).
+        setScale: [
+          (u: uPlot, key: string) => {
+            if (key !== "x") return;
+            const xs = u.data[0];
+            const min = u.scales.x!.min;
+            const max = u.scales.x!.max;
+            zoomed.current = xs.length > 1 && min != null && max != null && (min > xs[0]! || max < xs[xs.length - 1]!);
+            host.current?.setAttribute("data-zoomed", zoomed.current ? "1" : "0");
+          },
+        ],
+      },
       legend: { live: true },
       scales: {
         x: {
           time: true,
-          // Used by uPlot only while there is no data; fitX handles the short series.
-          range: () => [Date.now() / 1000 - MIN_SPAN_S, Date.now() / 1000],
+          // The data's own span; a window up to now while there is none (fitX widens a short series). uPlot calls this
+          // whenever it scales, data or not: returning the last 30 minutes always, it showed a week of data as its
+          // last half hour.
+          range: (_u, min, max) => (min != null && max != null && Number.isFinite(min) && Number.isFinite(max) ? [min, max] : [Date.now() / 1000 - MIN_SPAN_S, Date.now() / 1000]),
         },
         // Every quantity charted here is non-negative; starting at zero keeps differences between variants honest.
         y: { range: (_u, _min, max) => [0, Math.max(yMinMax, (max ?? 0) * 1.1) || 1] },
@@ -97,6 +114,11 @@ export function Chart({ title, yLabel, xs, series, format, dataKey, height = 200
   useEffect(() => {
     const u = plot.current;
     if (!u) return;
+    // (while zoomed, uPlot's setData would rescale to all the data every 5 s, and the user's zoom was lost)
+    if (zoomed.current) {
+      u.setData(data, false);
+      return;
+    }
     u.setData(data);
     fitX(u);
   }, [dataKey, labels]);

@@ -62,6 +62,13 @@ export class Timeline {
    */
   merge(body: SeriesBody): void {
     this.stepMs = body.stepMs;
+    // What came before a first fetch's window (an experiment older than it): the cumulative rates start from it, as
+    // from minutes dropped off the front. Without it they started at 0 in the window, and conversions there of
+    // older units took a rate past 100%.
+    if (body.carried !== undefined && this.minutes.length === 0) {
+      this.#dropped.clear();
+      for (const [name, t] of Object.entries(body.carried)) this.#dropped.set(name, { newUnits: t.newUnits, conversions: { ...t.conversions } });
+    }
     if (body.nowMs !== undefined) this.#serverNow = { serverMs: body.nowMs, pageMs: Date.now() };
     for (const v of body.variants) if (!this.variants.has(v.name)) this.variants.set(v.name, emptyVariant(v.name, Object.keys(v.conversions), this.minutes.length));
     this.#splice(body);

@@ -3,7 +3,7 @@ import { Socket } from "node:net";
 import type pgModule from "pg";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, StoreError } from "../../errors.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, RECENT_UNITS_SQL_PG, recentUnits, type Query } from "../aggregate.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, RECENT_UNITS_SQL_PG, recentUnits, totalsBefore, type Query } from "../aggregate.ts";
 import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
@@ -15,7 +15,7 @@ import {
   UNIT_UPSERT,
 } from "../rollup.ts";
 import { UnitCache } from "../unit-cache.ts";
-import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+import type { AggregateOptions, CarriedTotals, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 /**
  * One statement for all of a batch's rows of a rollup: each column's values as one array parameter, zipped back
@@ -495,6 +495,10 @@ export class PostgresStore implements Store {
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
     return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  totalsBefore(experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>> {
+    return this.snapshot((query) => totalsBefore(query, experiment, metrics, beforeMs));
   }
 
   /**

@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import type { MetricConfig } from "../../config/index.ts";
 import { StoreError } from "../../errors.ts";
 import { nextTurn } from "../../turn.ts";
-import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, type Query } from "../aggregate.ts";
+import { aggregateExperiment, checkRecentUnitsLimit, experimentCounts, minuteSeries, RECENT_UNITS_SQL, totalsBefore, type Query } from "../aggregate.ts";
 import { checkSchemaReadOnly, foreignMigrationsTable, latestSchemaVersion, migrations, notAbgateStore } from "../migrations.ts";
 import {
   checkEvent,
@@ -22,7 +22,7 @@ import {
   type UnitDelta,
 } from "../rollup.ts";
 import { UnitCache } from "../unit-cache.ts";
-import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+import type { AggregateOptions, CarriedTotals, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 
 /** What `close()` tells `onCloseCheckpoint` about its last checkpoint. */
 export type CloseCheckpointEvent =
@@ -1348,6 +1348,10 @@ export class SqliteStore implements Store {
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
     return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  totalsBefore(experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>> {
+    return this.snapshot((query) => totalsBefore(query, experiment, metrics, beforeMs));
   }
 
   /**

@@ -4,8 +4,8 @@ import { fileURLToPath } from "node:url";
 import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, isStoreErrorCode, StoreError } from "../../errors.ts";
-import type { AggregateOptions, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
-import { aggregateExperiment, experimentCounts, minuteSeries, type Query } from "../aggregate.ts";
+import type { AggregateOptions, CarriedTotals, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
+import { aggregateExperiment, experimentCounts, minuteSeries, totalsBefore, type Query } from "../aggregate.ts";
 import { checkSameFile, type CloseCheckpointEvent, DEFAULT_CACHE_SIZE_MIB, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
 
 /**
@@ -394,6 +394,10 @@ export class SqliteThreadStore implements Store {
 
   minutes(experiment: string, metrics: MetricConfig[], sinceMs: number): Promise<MinuteBucket[]> {
     return this.snapshot((query) => minuteSeries(query, experiment, metrics, sinceMs));
+  }
+
+  totalsBefore(experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>> {
+    return this.snapshot((query) => totalsBefore(query, experiment, metrics, beforeMs));
   }
 
   /** `fn`'s queries on one snapshot, in one read transaction of the reader thread (see SqliteStore.snapshot). */
