@@ -64,6 +64,8 @@ export const MAX_CHANCE_TO_WIN_TERMS = 2_000_000;
  * (over the treatment's successes) whenever it is cheap.
  */
 export function chanceToWinDetail(control: ProportionSample, treatment: ProportionSample): ChanceToWinDetail | null {
+  // (what is not a sample, null included, is a data problem too: null, never a throw)
+  if (typeof control !== "object" || control === null || typeof treatment !== "object" || treatment === null) return null;
   const counts = [control.units, control.conversions, treatment.units, treatment.conversions];
   if (!counts.every((c) => Number.isInteger(c) && c >= 0) || control.conversions > control.units || treatment.conversions > treatment.units) {
     return null;

@@ -10,6 +10,7 @@ import { meanTest, proportionOneSidedIncrease, proportionTest, restrictedMle, sr
 import { studentTQuantile } from "./distributions.ts";
 import { meanIncreaseSequential } from "./sequential.ts";
 import { adjustPValues } from "./multiple.ts";
+import { chanceToWin } from "./bayes.ts";
 import { mixtureSprt } from "./sequential.ts";
 
 function close(actual: number | null | undefined, expected: number, what: string, tol = 1e-12): void {
@@ -143,6 +144,10 @@ describe("arguments that are not samples, and samples with no spread", () => {
       assert.equal(proportionTest({ units: 10, conversions: 1 }, b).error, "INVALID_INPUT");
       assert.equal(meanTest(b, { n: 3, sum: 3, sumSquares: 5 }).error, "INVALID_INPUT");
       assert.equal(srmTest(b as unknown as number[], [1, 1]).error, "INVALID_INPUT");
+      // (these two threw a TypeError: "Cannot read properties of null", "Cannot destructure property 'diff'")
+      assert.equal(chanceToWin(b, { units: 10, conversions: 1 }), null);
+      assert.equal(chanceToWin({ units: 10, conversions: 1 }, b), null);
+      assert.equal(mixtureSprt(b as unknown as Parameters<typeof mixtureSprt>[0]).error, "INVALID_INPUT");
     }
     assert.throws(() => adjustPValues(null as unknown as number[], "holm"), /pValues must be an array, got null/);
   });

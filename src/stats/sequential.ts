@@ -14,6 +14,7 @@ import type { GuardrailSequentialResult, MeanSample, MixtureSprtInput, MixtureSp
  * ratio stays below 1/α. V is the variance of the difference estimated at this look (the report's: see compare).
  */
 export function mixtureSprt(input: MixtureSprtInput): MixtureSprtResult {
+  if (typeof input !== "object" || input === null) return { logLambda: null, pValue: null, ci: null, error: "INVALID_INPUT" };
   const { diff, varDiff, tau2 } = input;
   const alpha = alphaOf(input.alpha);
   if (alpha === null || !Number.isFinite(diff) || !Number.isFinite(varDiff) || varDiff < 0 || !(tau2 > 0) || !Number.isFinite(tau2)) {
