@@ -693,3 +693,58 @@ test("a body streamed to a slow client arrives intact while other answers flow t
     slow.destroy();
   }
 });
+
+test("2,400 pipelined requests answered at once behind one in flight are all answered, in order (no stack overflow)", async () => {
+  const down = await testGateway({
+    allowForce: true,
+    fallback: "reject",
+    variants: [
+      { name: "control", weight: 0, url: backend.url },
+      // nothing listens there: unhealthy after its first check, so its requests get 503 at once
+      { name: "down", weight: 1, url: "http://127.0.0.1:9", health: { path: "/health", intervalMs: 50, timeoutMs: 50, rise: 1, fall: 1 } },
+    ],
+  });
+  try {
+    for (let i = 0; i < 100; i++) {
+      const view = (await (await admin(down, "GET", "/v1/experiment")).json()) as { variants: { name: string; replicas: { health: string }[] }[] };
+      if (view.variants.find((v) => v.name === "down")!.replicas.every((r) => r.health !== "healthy")) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // one read's worth (26 bytes each): each answered while the one before it finished, which recursed before
+    const first = "GET /slow HTTP/1.1\r\nhost: x\r\nx-abgate-force-variant: control\r\n\r\n";
+    const reply = await rawRequest(down.proxyUrl, first + "GET / HTTP/1.1\r\nHost:a\r\n\r\n".repeat(2400), 2000);
+    const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
+    assert.equal(statuses.length, 2401);
+    assert.equal(statuses[0], "200");
+    assert.deepEqual([...new Set(statuses.slice(1))], ["503"]);
+  } finally {
+    await down.close();
+  }
+});
+
+test("a client that pipelines and never reads is not read from once its answers back up, and is cut after idleTimeoutMs", async () => {
+  const idle = await testGateway({ variants: [{ name: "control", weight: 1, url: backend.url }], limits: { idleTimeoutMs: 1500 } });
+  try {
+    const socket = connect(Number(new URL(idle.proxyUrl).port), "127.0.0.1");
+    await new Promise<void>((r) => socket.once("connect", () => r()));
+    socket.pause(); // reads nothing
+    // refused at once (a unit with a NUL: 400), as many as it will take, for 3 s
+    const chunk = "GET /?user=%00 HTTP/1.1\r\nhost: a\r\n\r\n".repeat(2000);
+    let sent = 0;
+    let closed = false;
+    socket.on("close", () => (closed = true));
+    socket.on("error", () => {});
+    const until = Date.now() + 3_000;
+    while (Date.now() < until && !closed) {
+      if (socket.write(chunk)) sent += chunk.length;
+      else await Promise.race([new Promise((r) => socket.once("drain", r)), new Promise((r) => setTimeout(r, 100))]);
+    }
+    // before: it read all it was sent (27 MB in 4.5 s in a review) and kept every answer
+    assert.ok(sent < 20_000_000, `${sent} bytes of requests taken`);
+    for (let i = 0; i < 60 && !closed; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(closed, "cut once it had not read for idleTimeoutMs");
+    socket.destroy();
+  } finally {
+    await idle.close();
+  }
+});
