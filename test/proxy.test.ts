@@ -92,6 +92,14 @@ test("forwardedHeaders.trustedIPs: a trusted peer's x-forwarded-proto and -host 
     assert.deepEqual(await seen(behind, {}), ["http", new URL(behind.proxyUrl).host], "none given: abgate's own");
     assert.deepEqual(await seen(behind, { "x-forwarded-proto": "ht tp", "x-forwarded-host": "evil.example/path" }), ["http", new URL(behind.proxyUrl).host], "malformed: abgate's own");
     assert.deepEqual(await seen(untrusting, { "x-forwarded-proto": "https", "x-forwarded-host": "app.example.com" }), ["http", new URL(untrusting.proxyUrl).host], "127.0.0.1 is not in the list");
+    // RFC 7239's Forwarded and X-Real-IP say the same things: a trusted peer's reach the replica, a client's own do not
+    const other = async (gateway: typeof gw) => {
+      const res = await fetch(`${gateway.proxyUrl}/echo`, { headers: { "x-user-id": "tls", forwarded: "for=1.2.3.4;proto=https;host=evil.example", "x-real-ip": "1.2.3.4" } });
+      const { headers } = (await res.json()) as { headers: Record<string, string> };
+      return [headers.forwarded, headers["x-real-ip"]];
+    };
+    assert.deepEqual(await other(behind), ["for=1.2.3.4;proto=https;host=evil.example", "1.2.3.4"]);
+    assert.deepEqual(await other(untrusting), [undefined, undefined], "before, a client's Forwarded reached the replica");
   } finally {
     await behind.close();
     await untrusting.close();

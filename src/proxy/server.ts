@@ -133,6 +133,12 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
       case "cookie":
         cookie = cookie === undefined ? value : `${cookie}; ${value}`;
         break;
+      case "forwarded":
+      case "x-real-ip":
+        // RFC 7239's Forwarded and X-Real-IP say what X-Forwarded-* say (Rack 3 reads Forwarded first): a client's
+        // own could make an application build https:// or another site's links. Passed on from a trusted peer only.
+        if (!trustedPeer) continue;
+        break;
       default:
         if (lower === unitHeaderName) {
           unitHeader ??= value;
@@ -157,6 +163,7 @@ function scanRequest(req: ClientRequest, remoteAddress: string, unitHeaderName: 
     for (let i = 0; i < h.length; i += 2) {
       const lower = h[i].toLowerCase();
       if (listed.has(lower) || HOP_BY_HOP.has(lower) || lower === "expect" || lower.startsWith("x-forwarded-") || lower.startsWith("x-abgate-")) continue;
+      if (!trustedPeer && (lower === "forwarded" || lower === "x-real-ip")) continue;
       if (lower === "host" && authority !== undefined) continue;
       head += `${h[i]}: ${h[i + 1]}\r\n`;
     }

@@ -147,6 +147,19 @@ function withoutFields(fields: string, names: ReadonlySet<string>): string {
 }
 
 /** 1 to `maxDigits` ASCII digits and nothing else. */
+/**
+ * `s` without the optional whitespace around a field value: spaces and tabs only (RFC 9110 §5.5). String.prototype.trim
+ * also takes \v, \f and U+00A0 away, so `Content-Length: 5\v` framed 5 bytes here while the line, passed on as written,
+ * was refused or read otherwise by the client.
+ */
+function trimOws(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && (s.charCodeAt(start) === 32 || s.charCodeAt(start) === 9)) start++;
+  while (end > start && (s.charCodeAt(end - 1) === 32 || s.charCodeAt(end - 1) === 9)) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
+}
+
 function isDigits(value: string, maxDigits: number): boolean {
   if (value.length === 0 || value.length > maxDigits) return false;
   for (let i = 0; i < value.length; i++) {
@@ -518,7 +531,7 @@ export class UpstreamConnection {
           break;
         case Field.ContentLength: {
           // RFC 9112 §6.3: 1*DIGIT; repeated identical values collapse to one, differing ones are an error.
-          const value = head.slice(colon + 1, lineEnd).trim();
+          const value = trimOws(head.slice(colon + 1, lineEnd));
           const n = isDigits(value, 15) ? Number(value) : NaN;
           if (!Number.isSafeInteger(n) || (contentLength !== -1 && contentLength !== n)) {
             this.#fail("protocol", new Error(`${this.pool.address} sent an invalid content-length`));
@@ -530,14 +543,14 @@ export class UpstreamConnection {
         }
         case Field.TransferEncoding: {
           // Several lines are one list (RFC 9110 §5.3), judged once the head is read.
-          const value = head.slice(colon + 1, lineEnd).trim();
+          const value = trimOws(head.slice(colon + 1, lineEnd));
           transferCodings = transferCodings === undefined ? value : `${transferCodings}, ${value}`;
           transferName ??= head.slice(lineStart, colon);
           passed = false;
           break;
         }
         case Field.Connection: {
-          const v = head.slice(colon + 1, lineEnd).trim().toLowerCase();
+          const v = trimOws(head.slice(colon + 1, lineEnd)).toLowerCase();
           // close wins over keep-alive, whichever line comes last
           if (v.includes("close")) closeSeen = true;
           else if (v.includes("keep-alive")) keepAlive = true;
