@@ -402,7 +402,6 @@ export class ClientConnection {
     }
     this.#startingNext = true;
     try {
-      let started = false;
       for (;;) {
         if (this.closing || !this.keepAlive || this.server.draining || this.#ended) {
           this.closing = true;
@@ -416,12 +415,11 @@ export class ClientConnection {
         const next = this.#queue.shift();
         if (next === undefined) break;
         this.#answeredAtOnce = false;
-        started = true;
         this.#begin(next);
         if (!this.#answeredAtOnce) break;
-        started = false;
       }
-      if (!started && this.#upgradeAfter !== null) {
+      // (an upgrade waits for every answer before it: none in flight)
+      if (this.current === null && this.#upgradeAfter !== null) {
         const { req, head } = this.#upgradeAfter;
         this.#upgradeAfter = null;
         return this.#upgradeNow(req, head);

@@ -146,7 +146,6 @@ function withoutFields(fields: string, names: ReadonlySet<string>): string {
   return kept;
 }
 
-/** 1 to `maxDigits` ASCII digits and nothing else. */
 /**
  * `s` without the optional whitespace around a field value: spaces and tabs only (RFC 9110 §5.5). String.prototype.trim
  * also takes \v, \f and U+00A0 away, so `Content-Length: 5\v` framed 5 bytes here while the line, passed on as written,
@@ -160,6 +159,7 @@ function trimOws(s: string): string {
   return start === 0 && end === s.length ? s : s.slice(start, end);
 }
 
+/** 1 to `maxDigits` ASCII digits and nothing else. */
 function isDigits(value: string, maxDigits: number): boolean {
   if (value.length === 0 || value.length > maxDigits) return false;
   for (let i = 0; i < value.length; i++) {

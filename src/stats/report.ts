@@ -480,14 +480,10 @@ function srmSummary(variants: VariantSummary[], threshold: number, adaptive = fa
   // minute), so for a report made within a minute of a change it is still ahead of `generatedAt`.
   const scope = since !== null ? ` first exposed from ${since} on (the first whole minute under the current weights)` : "";
   const weighted = counted.filter((v) => v.weight > 0);
-  const current = srmTest(
-    counted.map((v) => v.units),
-    counted.map((v) => Math.max(0, v.weight)),
-  );
-  const expected = expectedUnits(
-    counted.map((v) => v.units),
-    counted.map((v) => Math.max(0, v.weight)),
-  );
+  const countedUnits = counted.map((v) => v.units);
+  const countedWeights = counted.map((v) => Math.max(0, v.weight));
+  const current = srmTest(countedUnits, countedWeights);
+  const expected = expectedUnits(countedUnits, countedWeights);
   // By the units each arm should have had, not those it got (Cochran's rule for the χ² approximation is on expected
   // counts): gating on the observed ones exempted the worst failure, an arm the split starves.
   const small = counted.map((v, i) => ({ ...v, expected: expected[i]! })).filter((v) => v.weight > 0 && v.expected < SRM_MIN_UNITS_PER_VARIANT);
@@ -567,7 +563,7 @@ interface ByPeriod {
 
 function compare(metric: MetricAggregate, variant: string, c: ArmStats, t: ArmStats, alpha: number, tau2Standardized: number, byPeriod?: ByPeriod): Comparison {
   if (byPeriod !== undefined) {
-    const { strata, result: r } = byPeriod;
+    const r = byPeriod.result;
     if (r.periods >= 2) return stratifiedComparison(metric, variant, c, t, r, alpha, tau2Standardized);
     // One period with both arms: its plain comparison (the units of the others carry no contrast)
     const only = onlySharedPeriod(byPeriod);
@@ -1029,7 +1025,7 @@ function unitsStillNeeded(d: DecisionInput, primary: MetricReport, best: Compari
   const varianceControl = c.variance > 0 ? c.variance : pooledVariance;
   const varianceTreatment = t.variance > 0 ? t.variance : pooledVariance;
   const alpha = d.correction === "none" ? d.alpha : d.alpha / Math.max(1, d.familySize);
-  const more = sequentialUnitsMore({
+  return sequentialUnitsMore({
     effect: best.absolute.estimate,
     varianceControl,
     varianceTreatment,
@@ -1041,7 +1037,6 @@ function unitsStillNeeded(d: DecisionInput, primary: MetricReport, best: Compari
     unitsControl: c.units,
     unitsTreatment: t.units,
   });
-  return more;
 }
 
 function hasOutcomes(metric: MetricAggregate | undefined): boolean {

@@ -428,12 +428,7 @@ export async function minuteSeries(
     const w = windowOf(m);
     const rows = wholeExperiment
       ? await query(
-          `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (
-             SELECT MAX(u.first_variant) AS variant, MIN(e.ts) AS t
-               FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
-              WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
-              GROUP BY e.unit
-           ) x WHERE t >= ? GROUP BY 1, 2`,
+          `SELECT (t / ${MINUTE_MS}) * ${MINUTE_MS} AS minute, variant, COUNT(*) AS n FROM (${firstConversionsSql(w)}) x WHERE t >= ? GROUP BY 1, 2`,
           [experiment, experiment, m.event, since],
         )
       : await query(
@@ -453,33 +448,32 @@ export async function minuteSeries(
   return [...buckets.values()].sort((a, b) => a.minute - b.minute || (a.variant < b.variant ? -1 : a.variant > b.variant ? 1 : 0));
 }
 
+/**
+ * Each converting unit's first counting event (within `windowMs` of its first exposure) and its first variant, as
+ * `variant, t`; parameters: experiment, experiment, event. Shared by minuteSeries and totalsBefore, whose counts must
+ * add up.
+ */
+function firstConversionsSql(windowMs: number): string {
+  return `SELECT MAX(u.first_variant) AS variant, MIN(e.ts) AS t
+            FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
+           WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${windowMs}
+           GROUP BY e.unit`;
+}
+
 /** Store.totalsBefore through a Query: the complement of minuteSeries(since = beforeMs), by the same rules. */
 export async function totalsBefore(query: Query, experiment: string, metrics: MetricConfig[], beforeMs: number): Promise<Record<string, CarriedTotals>> {
   const before = minuteOf(beforeMs);
   const conversionMetrics = metrics.filter((m): m is Extract<MetricConfig, { kind: "conversion" }> => m.kind === "conversion");
   const out: Record<string, CarriedTotals> = {};
-  const of = (variant: string): CarriedTotals => {
-    let t = out[variant];
-    if (t === undefined) {
-      t = { newUnits: 0, conversions: Object.fromEntries(conversionMetrics.map((m) => [m.name, 0])) };
-      Object.defineProperty(out, variant, { value: t, enumerable: true, writable: true, configurable: true });
-    }
-    return t;
-  };
+  // (own keys only: a variant may be named "constructor"; none can be "__proto__", which starts with "_")
+  const of = (variant: string): CarriedTotals =>
+    Object.hasOwn(out, variant) ? out[variant]! : (out[variant] = { newUnits: 0, conversions: Object.fromEntries(conversionMetrics.map((m) => [m.name, 0])) });
   const units = await query(`SELECT first_variant AS variant, COUNT(*) AS n FROM units WHERE experiment = ? AND first_ts < ? GROUP BY 1`, [experiment, before]);
   for (const r of units) of(String(r.variant)).newUnits += num(r.n);
   for (const m of conversionMetrics) {
     const w = windowOf(m);
     // (minuteSeries' whole-experiment query, the other side of its cut)
-    const rows = await query(
-      `SELECT variant, COUNT(*) AS n FROM (
-         SELECT MAX(u.first_variant) AS variant, MIN(e.ts) AS t
-           FROM events e JOIN units u ON u.experiment = ? AND u.unit = e.unit
-          WHERE e.experiment = ? AND e.event = ? AND e.ts >= u.first_ts AND e.ts <= u.first_ts + ${w}
-          GROUP BY e.unit
-       ) x WHERE t < ? GROUP BY 1`,
-      [experiment, experiment, m.event, before],
-    );
+    const rows = await query(`SELECT variant, COUNT(*) AS n FROM (${firstConversionsSql(w)}) x WHERE t < ? GROUP BY 1`, [experiment, experiment, m.event, before]);
     for (const r of rows) of(String(r.variant)).conversions[m.name]! += num(r.n);
   }
   return out;

@@ -114,7 +114,7 @@ export class Timeline {
       mine.requests = splice(mine.requests, theirs.requests);
       mine.errors = splice(mine.errors, theirs.errors);
       mine.latencySumMs = splice(mine.latencySumMs, theirs.latencySumMs);
-      mine.latencyCount = splice(mine.latencyCount ?? [], theirs.latencyCount ?? new Array<number>(body.minutes.length).fill(0));
+      mine.latencyCount = splice(mine.latencyCount, theirs.latencyCount);
       mine.newUnits = splice(mine.newUnits, theirs.newUnits);
       for (const metric of new Set([...Object.keys(mine.conversions), ...Object.keys(theirs.conversions)])) {
         const a = mine.conversions[metric] ?? new Array<number>(keep).fill(0);
