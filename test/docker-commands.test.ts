@@ -4,15 +4,14 @@ import { rmSync } from "node:fs";
 import { DockerEngine, listExperimentContainers } from "../src/engines/docker/index.ts";
 import { down, logs, ps } from "../src/cli/docker-commands.ts";
 import { InvalidArgumentError } from "../src/errors.ts";
-import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
+import { BASE_IMAGE, dockerTest, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
 after(removeTestImages);
 
 test("ps, logs (merged and followed, prefixed by replica) and down", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const config = testConfig({
     experiment: uniqueExperiment("cmd"),
     ports: { base: 19170 },
@@ -104,10 +103,9 @@ async function upExperiment(
 }
 
 test("logs --follow of a replica waiting for its restart (stopped when listed) follows it once it runs again", async (t) => {
-  const docker = await requireDocker(t);
-  if (!docker) return;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const ready = await dockerTest(t);
+  if (!ready) return;
+  const { docker, dir } = ready;
   const config = testConfig({
     experiment: uniqueExperiment("logwait"),
     ports: { base: 19330 },

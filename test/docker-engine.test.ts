@@ -1,4 +1,4 @@
-import { after, test, type TestContext } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -8,21 +8,12 @@ import { BuildError, EngineUnavailableError } from "../src/errors.ts";
 import { DockerEngine, LABEL, containerName, listExperimentContainers } from "../src/engines/docker/index.ts";
 import { engineConformance } from "../src/engines/conformance.ts";
 import type { Endpoint } from "../src/engines/types.ts";
-import { BASE_IMAGE, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
+import { BASE_IMAGE, dockerTest, get, removeTestImages, requireDocker, testConfig, uniqueExperiment, waitFor, writeServiceContext } from "../src/engines/docker/testing.ts";
 
 const fast = { restartBackoff: { initialMs: 100, maxMs: 1000 }, stopTimeoutS: 1 };
 const quiet = () => {};
 
 after(removeTestImages);
-
-/** A Docker test's start: Docker (or a skip, which CI makes a failure) and a build context removed after the test. */
-async function dockerTest(t: TestContext): Promise<{ docker: Docker; dir: string } | undefined> {
-  const docker = await requireDocker(t);
-  if (!docker) return undefined;
-  const dir = writeServiceContext();
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return { docker, dir };
-}
 
 test("build: the image is tagged by content hash, built once, rebuilt when the context changes", async (t) => {
   const docker = await requireDocker(t);
@@ -323,6 +314,21 @@ test("restart backoff doubles per consecutive death, on the injected clock", asy
   await waitFor("restarted after 500 ms again", () => engine.endpoints().length === 1);
 });
 
+/**
+ * The real client, but with every events stream it opens kept in `streams` (for a test to break one); `ask` may
+ * change what each subscription asks the daemon for.
+ */
+function keepingEventStreams(docker: Docker, ask: (opts: { since?: number }) => object = (opts) => opts): { spy: Docker; streams: NodeJS.ReadableStream[] } {
+  const streams: NodeJS.ReadableStream[] = [];
+  const spy = Object.create(docker) as Docker;
+  spy.getEvents = (async (opts: { since?: number }) => {
+    const stream = await docker.getEvents(ask(opts));
+    streams.push(stream);
+    return stream;
+  }) as Docker["getEvents"];
+  return { spy, streams };
+}
+
 test("a broken events stream is re-subscribed, and deaths it missed are still seen", async (t) => {
   const ready = await dockerTest(t);
   if (!ready) return;
@@ -330,13 +336,7 @@ test("a broken events stream is re-subscribed, and deaths it missed are still se
   const experiment = uniqueExperiment("events");
   const config = testConfig({ experiment, ports: { base: 19190 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
   // the real client, with every events stream it opens kept so that the test can break one
-  const streams: NodeJS.ReadableStream[] = [];
-  const spy = Object.create(docker) as Docker;
-  spy.getEvents = (async (opts: object) => {
-    const s = await docker.getEvents(opts);
-    streams.push(s);
-    return s;
-  }) as Docker["getEvents"];
+  const { spy, streams } = keepingEventStreams(docker);
   const warnings: string[] = [];
   const engine = new DockerEngine(config, {
     docker: spy,
@@ -423,13 +423,7 @@ test("events replayed after the stream is re-subscribed are not handled twice (n
   const { docker, dir } = ready;
   const experiment = uniqueExperiment("replay");
   const config = testConfig({ experiment, ports: { base: 19310 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE } }] });
-  const streams: NodeJS.ReadableStream[] = [];
-  const spy = Object.create(docker) as Docker;
-  spy.getEvents = (async (opts: object) => {
-    const stream = await docker.getEvents(opts);
-    streams.push(stream);
-    return stream;
-  }) as Docker["getEvents"];
+  const { spy, streams } = keepingEventStreams(docker);
   const warnings: string[] = [];
   const engine = new DockerEngine(config, { docker: spy, ...fast, eventsBackoff: { initialMs: 200, maxMs: 200 }, log: (level, msg) => void (level === "warn" && warnings.push(msg)) });
   t.after(() => engine.stop());
@@ -499,13 +493,7 @@ test("containers removed while the events stream is down are seen as removed, an
   const experiment = uniqueExperiment("gone");
   const config = testConfig({ experiment, ports: { base: 19240 }, variants: [{ name: "control", build: dir, buildArgs: { BASE_IMAGE }, replicas: 2 }] });
   // The real client, but the re-subscription asks for no replay (the daemon's is bounded: a destroy may be lost).
-  const streams: NodeJS.ReadableStream[] = [];
-  const spy = Object.create(docker) as Docker;
-  spy.getEvents = (async (opts: { since?: number }) => {
-    const s = await docker.getEvents({ ...opts, since: undefined });
-    streams.push(s);
-    return s;
-  }) as Docker["getEvents"];
+  const { spy, streams } = keepingEventStreams(docker, (opts) => ({ ...opts, since: undefined }));
   const engine = new DockerEngine(config, { docker: spy, ...fast, eventsBackoff: { initialMs: 1000, maxMs: 1000 }, log: quiet });
   t.after(() => engine.stop());
   await engine.start(quiet);

@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer } from "node:http";
 import { StoreError } from "../src/errors.ts";
 import { SqliteStore } from "../src/store/index.ts";
+import { startBackend } from "./helpers/backends.ts";
 import { admin, testGateway } from "./helpers/gateway.ts";
 
 /** `target` with one method replaced (the others bound to it): a store that hangs or fails in one way only. */
@@ -23,9 +23,8 @@ function overriding<T extends object, K extends keyof T>(target: T, key: K, repl
 test("with the store gone: events get 503 with retry-after, a weight change is refused and not applied, the experiment view still answers", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
   const store = new SqliteStore(join(dir, "outage.db"));
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const gw = await testGateway(
     { variants: [{ name: "control", weight: 1, url }, { name: "treatment", weight: 1, url }] },
     { store },
@@ -72,7 +71,7 @@ test("with the store gone: events get 503 with retry-after, a weight change is r
     assert.match(text, /abgate_exposures_dropped_total\{experiment="test"\} 0/);
   } finally {
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -90,9 +89,8 @@ test("with the store hanging: the experiment view answers within 3 s with the co
     await new Promise<void>((r) => released.push(r));
     return real.counts(experiment);
   });
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
   try {
     assert.equal((await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }])).status, 200);
@@ -119,16 +117,15 @@ test("with the store hanging: the experiment view answers within 3 s with the co
   } finally {
     for (const r of released) r();
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
 test("with the store's file deleted under the gateway: events get 503 saying so (not accepted and lost), and the view says why", async () => {
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const path = join(dir, "gone.db");
   const gw = await testGateway({ store: `sqlite:${path}`, variants: [{ name: "control", weight: 1, url }] });
   try {
@@ -149,7 +146,7 @@ test("with the store's file deleted under the gateway: events get 503 saying so 
     assert.match((await (await admin(gw, "GET", "/metrics", undefined, null)).text()), /abgate_store_write_failures\{experiment="test"\} [1-9]/);
   } finally {
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -162,9 +159,8 @@ test("with writes failing but reads answering (a full disk): the view's storeErr
     if (full) throw new Error("cannot write exposures: database or disk is full");
     return real.writeExposures(rows);
   });
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
   try {
     const before = (await (await admin(gw, "GET", "/v1/experiment")).json()) as { counts: { storeError?: string } };
@@ -180,7 +176,7 @@ test("with writes failing but reads answering (a full disk): the view's storeErr
     full = false;
   } finally {
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -193,9 +189,8 @@ test("an events write whose commit answer was lost: 500 saying the events may be
     await real.writeEvents(rows);
     throw new StoreError("the answer to COMMIT was lost and its outcome could not be learnt", { code: "ABGATE_ERR_STORE_OUTCOME_UNKNOWN" });
   });
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });
   try {
     const events = await admin(gw, "POST", "/v1/events", [{ unit: "u1", event: "watched" }]);
@@ -207,7 +202,7 @@ test("an events write whose commit answer was lost: 500 saying the events may be
     assert.equal((await real.counts("test")).events, 1);
   } finally {
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -220,9 +215,8 @@ test("bandit: an update whose weights cannot be saved still records their period
     if (key === "strategy") throw new StoreError("disk full");
     return real.setState(experiment, key, value);
   });
-  const backend = createServer((_req, res) => res.end("x"));
-  await new Promise<void>((r) => backend.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const backend = await startBackend("x", (_req, res) => res.end("x"));
+  const url = backend.url;
   const { pino } = await import("pino");
   const lines: { msg: string }[] = [];
   const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
@@ -238,7 +232,7 @@ test("bandit: an update whose weights cannot be saved still records their period
     assert.equal(periods.length, 1, "its period recorded all the same");
   } finally {
     await gw.close();
-    await new Promise<void>((r) => backend.close(() => r()));
+    await backend.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -38,6 +38,15 @@ export async function requireDocker(t: TestContext): Promise<Docker | undefined>
   if (process.env.ABGATE_REQUIRE_DOCKER === "1") throw new Error("ABGATE_REQUIRE_DOCKER=1 but no Docker engine answers (run scripts/start-dockerd.sh)");
   t.skip("no Docker engine (set ABGATE_REQUIRE_DOCKER=1 to fail instead)");
   return undefined;
+}
+
+/** A Docker test's start: Docker (or a skip, which CI makes a failure) and a build context removed after the test. */
+export async function dockerTest(t: TestContext): Promise<{ docker: Docker; dir: string } | undefined> {
+  const docker = await requireDocker(t);
+  if (!docker) return undefined;
+  const dir = writeServiceContext();
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return { docker, dir };
 }
 
 let seq = 0;
