@@ -11,6 +11,7 @@ import { experimentReport } from "../admin/report.ts";
 import { adminCall, adminTarget, answers, refusedHost, type AdminTarget, type ExperimentAnswer } from "./admin-client.ts";
 import { textTable } from "./table.ts";
 import { capYoungGeneration } from "./young-generation.ts";
+import { collectOnMainThreadWhenOneCore } from "./gc-threads.ts";
 
 const program = new Command();
 /** How far into up's health wait a crash-looping replica may still become healthy before the wait ends (see up). */
@@ -105,6 +106,7 @@ program
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
     capYoungGeneration();
+    collectOnMainThreadWhenOneCore();
     // (serve builds nothing: it adopts containers that run)
     await assertLocalPaths(config, { builds: false });
     // Before any replica is started (process engine) or adopted: a second serve of a running experiment.
@@ -131,6 +133,7 @@ program
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     capYoungGeneration();
+    collectOnMainThreadWhenOneCore();
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     await assertLocalPaths(config);
     // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
