@@ -1,5 +1,6 @@
 import { availableParallelism } from "node:os";
 import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 
 /**
  * V8's garbage collector does much of its work on helper threads: it marks the old generation concurrently with
@@ -23,13 +24,18 @@ export const MAIN_THREAD_GC_FLAGS = ["--no-concurrent-marking", "--no-concurrent
 /** Node flags by which a user chose how V8 collects on threads; when given, theirs stand. */
 const USER_CHOICE = /--(no[-_])?(single[-_]threaded[-_]gc|single[-_]threaded|concurrent[-_]marking|concurrent[-_]sweeping|parallel[-_]scavenge|parallel[-_]compaction|parallel[-_]pointer[-_]update|parallel[-_]marking)\b/;
 
-export type GcThreads = "main-thread" | "parallel" | "user-set";
+export type GcThreads = "main-thread" | "parallel" | "user-set" | "unavailable";
 
 /**
  * When this process may run on one core only, has V8 collect garbage on the JavaScript thread (see
  * MAIN_THREAD_GC_FLAGS). Returns what it did: "main-thread"; "parallel" when more cores are available (nothing
- * changed); "user-set" when node was started with flags of its own for this (kept as given). Call it early, before
- * the process has much of a heap: the flags apply from the next collection on.
+ * changed); "user-set" when node was started with flags of its own for this (kept as given); "unavailable" when
+ * no full collection could be run first (nothing changed). The flags apply from the next collection on.
+ *
+ * A full collection runs first, because a collection's marking may be under way (loading abgate's modules makes a
+ * heap that starts one within the first 300 ms) and its concurrent marker must not run on while its flag changes:
+ * a scavenge pauses that marker only when `concurrent_marking` says one runs. The collection ends the marking and
+ * joins the marker. It costs a few ms, once.
  */
 export function collectOnMainThreadWhenOneCore(
   cores = availableParallelism(),
@@ -37,6 +43,23 @@ export function collectOnMainThreadWhenOneCore(
 ): GcThreads {
   if (USER_CHOICE.test(nodeOptions)) return "user-set";
   if (cores > 1) return "parallel";
+  const collect = fullCollection(/--expose[-_]gc\b/.test(nodeOptions));
+  if (collect === null) return "unavailable";
+  collect();
   setFlagsFromString(MAIN_THREAD_GC_FLAGS.join(" "));
   return "main-thread";
+}
+
+/**
+ * V8's `gc()` without `--expose-gc` on the command line: the flag gives each context made after it a `gc` global.
+ * Set back afterwards unless the process had it (contexts made later, a `vm` user's, get none).
+ */
+function fullCollection(exposedAlready: boolean): (() => void) | null {
+  setFlagsFromString("--expose-gc");
+  try {
+    const gc: unknown = runInNewContext("typeof gc === 'function' ? gc : null");
+    return typeof gc === "function" ? (gc as () => void) : null;
+  } finally {
+    if (!exposedAlready) setFlagsFromString("--no-expose-gc");
+  }
 }
