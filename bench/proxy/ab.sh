@@ -57,7 +57,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null -H 'x-user-id: w' "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "abgate on port $1 did not start" >&2; exit 1; }
 
 A=$1; B=$2
-echo "same-core A/B: A = $A, B = $B; $ROUNDS rounds of ${SECONDS_PER_ROUND} s (+2 s warm-up), both on core 0, two wrk -c64 on core 1"
+echo "same-core A/B: A = $A, B = $B; $ROUNDS rounds of ${SECONDS_PER_ROUND} s (+2 × 1 s warm-up), both on core 0, two wrk -c64 on core 1"
 ratios="$D/ratios"; : > "$ratios"
 for r in $(seq "$ROUNDS"); do
   # Alternate ports and start order between the two.
@@ -70,9 +70,12 @@ for r in $(seq "$ROUNDS"); do
   wait_up $pa; wait_up $pb
   # (the subshell execs taskset, which execs node: $! is node's pid)
   NA=$PA; NB=$PB
-  taskset -c 1 wrk -t1 -c64 -d2s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pa/" >/dev/null &
-  WA=$!
-  taskset -c 1 wrk -t1 -c64 -d2s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pb/" >/dev/null; wait $WA
+  # Warm-up in two spells on fresh connections, as bench/proxy/run.ts does (why: there).
+  for _ in 1 2; do
+    taskset -c 1 wrk -t1 -c64 -d1s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pa/" >/dev/null &
+    WA=$!
+    taskset -c 1 wrk -t1 -c64 -d1s -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pb/" >/dev/null; wait $WA
+  done
   a0=$(cpu_ticks "$NA"); b0=$(cpu_ticks "$NB")
   taskset -c 1 wrk -t1 -c64 -d"${SECONDS_PER_ROUND}s" -s "$REPO/bench/proxy/users.lua" "http://127.0.0.1:$pa/" > "$D/wa" &
   WA=$!

@@ -229,10 +229,10 @@ function toMs(text: string): number {
  * The load before a measurement, not counted: two spells of BENCH_WARMUP seconds, each on connections of its own, so
  * that the proxy has seen connections close and others open before the measured run opens its own. A JIT-compiled
  * proxy first meets those paths there otherwise: abgate's optimized request path was dropped (deoptimized) when the
- * warm-up's connections closed and compiled again in the measured run's first few hundred ms, with requests of up to
- * 20 ms meanwhile. Measured with wrk as here, exposure logging off, three runs each: after one spell of 2 s, p99
- * 4.6 ms and p99.9 19-24 ms; after a second spell of 1 s on new connections, p99 2.8 ms and p99.9 6-7 ms. The
- * measurement is of a proxy that has run a while, as in service; every proxy gets the same warm-up.
+ * warm-up's connections closed and compiled again during the measured run's first few hundred ms. Measured with wrk
+ * as here, exposure logging off, 9 runs each (two batches): after one spell of 2 s, p99 3.8-6.0 ms (median 4.6);
+ * after two of 1 s, 2.8-5.7 ms (median 3.4). The measurement is of a proxy that has run a while, as in service;
+ * every proxy gets the same warm-up.
  */
 async function warmUp(port: number): Promise<number> {
   let requests = 0;
@@ -326,8 +326,9 @@ async function sameCorePair(backends: string[], onFirst: boolean): Promise<SameC
   try {
     for (const exposures of onFirst ? [true, false] : [false, true]) started.push(await startAbgateProxy(backends, exposures));
     const [on, off] = onFirst ? [started[0]!, started[1]!] : [started[1]!, started[0]!];
-    // Both warm up at once, each with about half the core: they see about as many users (whose first exposures cost
-    // a units upsert each) before the measurement as a proxy warmed up alone for half the time.
+    // Both warm up at once, each with about half the core, so each serves about half the requests (and sees fewer
+    // of the users whose first exposures cost a units upsert each) of a proxy warmed up alone; the same for both, and
+    // the connections still close and open once before the measurement.
     if (warmupS > 0) await Promise.all([warmUp(on.port), warmUp(off.port)]);
     const before = [groupCpuSeconds(on.proc.pid), groupCpuSeconds(off.proc.pid)];
     const wrkCoreBefore = coreTicks(WRK_CORE);

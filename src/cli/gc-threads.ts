@@ -10,27 +10,34 @@ import { runInNewContext } from "node:vm";
  * waits meanwhile. In `perf` with abgate pinned to one core under wrk, concurrent marking took the core for 12, 6 and
  * 6 ms in a row, sweeping for 3 ms more, and such gaps made most of abgate's p99 after the JIT had settled.
  *
- * On the proxy's thread the same work comes in V8's incremental steps instead, about a millisecond each, between
- * requests. Measured as bench/proxy/run.sh does (proxy on core 0, wrk -c64 and the backends on core 1, two warm-up
- * spells, exposure logging on), by hand with these flags given by a preload: p99 4.05-4.99 ms, median 4.24 (9 runs),
- * against 3.89-7.31 ms, median 5.7 (6 runs), without; p99.9 6.7-19 ms against 14-26 ms; req/s within the noise.
+ * Without the helpers, marking comes in V8's incremental steps of about a millisecond between requests, and
+ * scavenges, compaction and sweeping run on the JavaScript thread in the pauses (and allocations) where V8 would
+ * otherwise wait for its helpers: on one core the same work, without the scheduler's slices in the middle of it.
+ * Measured in bench/README.md ("Garbage collection on one core").
  *
  * These are the flags of V8's `--single-threaded-gc` that can change once V8 runs: that flag itself, and
- * `--no-parallel-marking`, fail a CHECK at the next full collection when set at run time (Node 20, V8 11.3), so
- * marking inside the final pause may still use helpers. Each of these is read when a collection starts.
+ * `--no-parallel-marking`, fail a CHECK at the next full collection when set at run time (Node 20, V8 11.3; cppgc's
+ * marker reads them when the heap is set up), so marking inside the final pause may still use helpers. V8 reads
+ * each of these when a collection starts.
  */
 export const MAIN_THREAD_GC_FLAGS = ["--no-concurrent-marking", "--no-concurrent-sweeping", "--no-parallel-scavenge", "--no-parallel-compaction", "--no-parallel-pointer-update"];
 
-/** Node flags by which a user chose how V8 collects on threads; when given, theirs stand. */
-const USER_CHOICE = /--(no[-_])?(single[-_]threaded[-_]gc|single[-_]threaded|concurrent[-_]marking|concurrent[-_]sweeping|parallel[-_]scavenge|parallel[-_]compaction|parallel[-_]pointer[-_]update|parallel[-_]marking)\b/;
+/**
+ * A node flag by which a user chose how V8 collects on threads (theirs then stand), in any of V8's spellings:
+ * `--no-foo`, `--no_foo`, `--nofoo`, with or without a value.
+ */
+const USER_GC_THREAD_FLAG =
+  /^--?(no[-_]?)?(single[-_]threaded[-_]gc|single[-_]threaded|concurrent[-_]marking|concurrent[-_]sweeping|parallel[-_]scavenge|parallel[-_]compaction|parallel[-_]pointer[-_]update|parallel[-_]marking)(=.*)?$/;
 
 export type GcThreads = "main-thread" | "parallel" | "user-set" | "unavailable";
 
 /**
  * When this process may run on one core only, has V8 collect garbage on the JavaScript thread (see
- * MAIN_THREAD_GC_FLAGS). Returns what it did: "main-thread"; "parallel" when more cores are available (nothing
- * changed); "user-set" when node was started with flags of its own for this (kept as given); "unavailable" when
- * no full collection could be run first (nothing changed). The flags apply from the next collection on.
+ * MAIN_THREAD_GC_FLAGS). Returns what it did: "main-thread"; "parallel" when more cores are available or
+ * `ABGATE_GC_THREADS=parallel` asks to keep V8's helpers (nothing changed: Node 20 refuses these V8 flags in
+ * NODE_OPTIONS, so a container's user has no other way to say so); "user-set" when node was started with flags of
+ * its own for this (kept as given); "unavailable" when no full collection could be run first (nothing changed).
+ * The flags apply from the next collection on; call it before any worker thread starts.
  *
  * A full collection runs first, because a collection's marking may be under way (loading abgate's modules makes a
  * heap that starts one within the first 300 ms) and its concurrent marker must not run on while its flag changes:
@@ -39,13 +46,14 @@ export type GcThreads = "main-thread" | "parallel" | "user-set" | "unavailable";
  */
 export function collectOnMainThreadWhenOneCore(
   cores = availableParallelism(),
-  nodeOptions = `${process.execArgv.join(" ")} ${process.env.NODE_OPTIONS ?? ""}`,
+  nodeFlags: readonly string[] = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)],
+  choice = process.env.ABGATE_GC_THREADS,
 ): GcThreads {
-  if (USER_CHOICE.test(nodeOptions)) return "user-set";
-  if (cores > 1) return "parallel";
-  const collect = fullCollection(/--expose[-_]gc\b/.test(nodeOptions));
-  if (collect === null) return "unavailable";
-  collect();
+  if (nodeFlags.some((f) => USER_GC_THREAD_FLAG.test(f))) return "user-set";
+  if (cores > 1 || choice === "parallel") return "parallel";
+  const gc = exposedGc(nodeFlags.some((f) => /^--expose[-_]gc$/.test(f)));
+  if (gc === null) return "unavailable";
+  gc();
   setFlagsFromString(MAIN_THREAD_GC_FLAGS.join(" "));
   return "main-thread";
 }
@@ -54,7 +62,7 @@ export function collectOnMainThreadWhenOneCore(
  * V8's `gc()` without `--expose-gc` on the command line: the flag gives each context made after it a `gc` global.
  * Set back afterwards unless the process had it (contexts made later, a `vm` user's, get none).
  */
-function fullCollection(exposedAlready: boolean): (() => void) | null {
+function exposedGc(exposedAlready: boolean): (() => void) | null {
   setFlagsFromString("--expose-gc");
   try {
     const gc: unknown = runInNewContext("typeof gc === 'function' ? gc : null");

@@ -13,9 +13,6 @@ import { textTable } from "./table.ts";
 import { capYoungGeneration } from "./young-generation.ts";
 import { collectOnMainThreadWhenOneCore } from "./gc-threads.ts";
 
-// For every command, first: the collection it runs to change the flags safely is cheapest while the heap is small.
-collectOnMainThreadWhenOneCore();
-
 const program = new Command();
 /** How far into up's health wait a crash-looping replica may still become healthy before the wait ends (see up). */
 const CRASH_LOOP_GRACE_MS = 30_000;
@@ -109,6 +106,8 @@ program
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
     capYoungGeneration();
+    // (before the store starts its threads)
+    collectOnMainThreadWhenOneCore();
     // (serve builds nothing: it adopts containers that run)
     await assertLocalPaths(config, { builds: false });
     // Before any replica is started (process engine) or adopted: a second serve of a running experiment.
@@ -135,6 +134,8 @@ program
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
     capYoungGeneration();
+    // (before the store starts its threads)
+    collectOnMainThreadWhenOneCore();
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     await assertLocalPaths(config);
     // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
