@@ -445,16 +445,23 @@ export class PostgresStore implements Store {
     // free. A read waits for its turn here, within the read timeout, holding no connection.
     await this.#readSlot();
     try {
-      // The server's statement_timeout is the connection's default, the read timeout. pool.query discards a
-      // connection whose query failed, so one that timed out on the client is not reused.
-      const res = await this.#pool.query(withQueryTimeout(toPgPlaceholders(sql), params, this.#readTimeoutMs + CLIENT_GRACE_MS));
-      return res.rows as Record<string, unknown>[];
-    } catch (err) {
-      throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
+      // pool.query discards a connection whose query failed, so one that timed out on the client is not reused.
+      return await this.#read(this.#pool, sql, params);
     } finally {
       this.#releaseReadSlot();
     }
   };
+
+  /** A read in the shared SQL on `on` (the pool, or a snapshot's connection), within the read timeout. */
+  async #read(on: pgModule.Pool | pgModule.PoolClient, sql: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    try {
+      // The server's statement_timeout is the connection's default, the read timeout.
+      const res = await on.query(withQueryTimeout(toPgPlaceholders(sql), params, this.#readTimeoutMs + CLIENT_GRACE_MS));
+      return res.rows as Record<string, unknown>[];
+    } catch (err) {
+      throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
+    }
+  }
 
   /** Waits until fewer than #maxReads reads run, at most the read timeout (then a StoreError). */
   #readSlot(): Promise<void> {
@@ -513,14 +520,7 @@ export class PostgresStore implements Store {
       return await this.#tx(
         async (client) => {
           await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
-          return fn(async (sql, params) => {
-            try {
-              const res = await client.query(withQueryTimeout(toPgPlaceholders(sql), params, this.#readTimeoutMs + CLIENT_GRACE_MS));
-              return res.rows as Record<string, unknown>[];
-            } catch (err) {
-              throw new StoreError(`PostgreSQL query failed on ${this.#where}: ${reason(err)}`, { cause: err });
-            }
-          });
+          return fn((sql, params) => this.#read(client, sql, params));
         },
         "read a snapshot",
         this.#readTimeoutMs,
