@@ -210,11 +210,9 @@ export async function demo(opts: DemoOptions = {}): Promise<DemoResult> {
     engine = await createEngine(config, { log: engineLog });
   }
   const { startGateway } = await import("../gateway.ts");
-  const { capYoungGeneration } = await import("./young-generation.ts");
-  capYoungGeneration();
   // (before the gateway's store starts its threads)
-  const { collectOnMainThreadWhenOneCore } = await import("./gc-threads.ts");
-  collectOnMainThreadWhenOneCore();
+  const { tuneGcForServing } = await import("./gc-threads.ts");
+  tuneGcForServing();
   let gateway: Awaited<ReturnType<typeof startGateway>> | undefined;
   try {
     out(`\n== 1. ${kind === "docker" ? "build the two model images and start" : "start"} 2 replicas of each (engine: ${kind})`);

@@ -1,6 +1,7 @@
 import { availableParallelism } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import { capYoungGeneration } from "./young-generation.ts";
 
 /**
  * V8's garbage collector does much of its work on helper threads: it marks the old generation concurrently with
@@ -70,4 +71,13 @@ function exposedGc(exposedAlready: boolean): (() => void) | null {
   } finally {
     if (!exposedAlready) setFlagsFromString("--no-expose-gc");
   }
+}
+
+/**
+ * The collector's settings of a serving process (serve, up, demo): the young generation's cap, and collection on the
+ * proxy's thread on one core. Call it before the store starts its threads.
+ */
+export function tuneGcForServing(): void {
+  capYoungGeneration();
+  collectOnMainThreadWhenOneCore();
 }

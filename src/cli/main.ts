@@ -10,8 +10,7 @@ import { openStore } from "../store/index.ts";
 import { experimentReport } from "../admin/report.ts";
 import { adminCall, adminTarget, answers, refusedHost, type AdminTarget, type ExperimentAnswer } from "./admin-client.ts";
 import { textTable } from "./table.ts";
-import { capYoungGeneration } from "./young-generation.ts";
-import { collectOnMainThreadWhenOneCore } from "./gc-threads.ts";
+import { tuneGcForServing } from "./gc-threads.ts";
 
 const program = new Command();
 /** How far into up's health wait a crash-looping replica may still become healthy before the wait ends (see up). */
@@ -105,9 +104,7 @@ program
   .addOption(configOption())
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
-    capYoungGeneration();
-    // (before the store starts its threads)
-    collectOnMainThreadWhenOneCore();
+    tuneGcForServing();
     // (serve builds nothing: it adopts containers that run)
     await assertLocalPaths(config, { builds: false });
     // Before any replica is started (process engine) or adopted: a second serve of a running experiment.
@@ -133,9 +130,7 @@ program
   .option("--wait-timeout <ms>", "how long to wait for replicas to become healthy", wholeNumber(1), "120000")
   .action(async (opts: { config: string; waitTimeout: string }) => {
     const config = loadConfig(opts.config);
-    capYoungGeneration();
-    // (before the store starts its threads)
-    collectOnMainThreadWhenOneCore();
+    tuneGcForServing();
     const log = createLogger(config.logLevel, { experiment: config.experiment });
     await assertLocalPaths(config);
     // Before anything is built or removed: starting removes the experiment's stale containers, and when the ports
