@@ -32,7 +32,7 @@ function unnestUpsert<T>(upsert: RollupUpsert<T>, rows: readonly T[], returning 
 export interface PostgresStoreOptions {
   /** pool size (default 4) */
   maxConnections?: number;
-  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
+  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000: at most 4 MiB); 0 disables */
   unitCacheSize?: number;
   /** how long opening a connection may take, TCP and start-up handshake (default 5,000 ms) */
   connectTimeoutMs?: number;

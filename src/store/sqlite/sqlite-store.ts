@@ -30,7 +30,7 @@ export type CloseCheckpointEvent =
   | { kind: "incomplete"; waitedMs: number; framesLeft: number | null };
 
 export interface SqliteStoreOptions {
-  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000, at most 16 MiB for ids of up to 44 characters); 0 disables */
+  /** units remembered per experiment to skip redundant `units` upserts (see UnitCache; default 100,000: at most 4 MiB); 0 disables */
   unitCacheSize?: number;
   /** SQLite page cache in MiB (default 32; the report's joins like a warm cache, the proxy likes a small RSS) */
   cacheSizeMiB?: number;
