@@ -243,7 +243,8 @@ class UnitTable {
   #write(at: number, a: number, b: number, ts: number, variantId: number, multi: boolean): void {
     const w = this.#words;
     const first = at - (at % BUCKET_WORDS);
-    w.copyWithin(first + WORDS, first, at);
+    // (by hand: copyWithin is a call into the runtime, for at most twelve words)
+    for (let j = at - 1; j >= first; j--) w[j + WORDS] = w[j]!;
     w[first] = a;
     w[first + 1] = b;
     w[first + 2] = ts % 2 ** 32; // (stored as int32: read back with >>> 0)
@@ -260,8 +261,8 @@ class UnitTable {
       for (let at = bucket + BUCKET_WORDS - WORDS; at >= bucket; at -= WORDS) {
         if (old[at + 3] === 0) continue;
         const first = this.#bucketAt(old[at]!);
-        w.copyWithin(first + WORDS, first, first + BUCKET_WORDS - WORDS);
-        w.set(old.subarray(at, at + WORDS), first);
+        for (let j = first + BUCKET_WORDS - WORDS - 1; j >= first; j--) w[j + WORDS] = w[j]!;
+        for (let j = 0; j < WORDS; j++) w[first + j] = old[at + j]!;
       }
     }
   }
