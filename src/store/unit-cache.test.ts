@@ -40,8 +40,14 @@ describe("UnitCache", () => {
     remember: fc.boolean(),
     experiment: fc.constantFrom("e1", "e2"),
     unit: units,
-    // times of the 1970s and of today: an entry keeps a time in two words
-    ts: fc.oneof(fc.integer({ min: 0, max: 100 }), fc.integer({ min: 1_764_547_200_000, max: 1_764_547_200_100 })),
+    // times of the 1970s, around 2^32 ms (where the entry's high word starts to count), of today, and just under its
+    // limit of 2^44: an entry keeps a time in two words
+    ts: fc.oneof(
+      fc.integer({ min: 0, max: 100 }),
+      fc.integer({ min: 2 ** 32 - 50, max: 2 ** 32 + 50 }),
+      fc.integer({ min: 1_764_547_200_000, max: 1_764_547_200_100 }),
+      fc.integer({ min: 2 ** 44 - 50, max: 2 ** 44 - 1 }),
+    ),
     variant: fc.constantFrom("c", "t", "u"),
     multi: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
   });
@@ -140,11 +146,58 @@ describe("UnitCache", () => {
     }
   });
 
+  it("keeps to its rule while it grows and evicts: a small table, many units", () => {
+    // maxEntries 300: the table starts with 1,024 entries, doubles at 256 units, and evicts once at its maximum.
+    const manyUnits = fc.record({
+      remember: fc.boolean(),
+      experiment: fc.constant("e"),
+      unit: fc.integer({ min: 0, max: 700 }).map((n) => `u${n}`),
+      ts: fc.integer({ min: 0, max: 50 }),
+      variant: fc.constantFrom("c", "t"),
+      multi: fc.constant(false),
+    });
+    fc.assert(
+      fc.property(fc.array(manyUnits, { minLength: 500, maxLength: 1500 }), (ops) => {
+        const cache = new UnitCache(300);
+        const truth = new Truth();
+        for (const o of ops) {
+          if (o.remember) {
+            cache.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
+            truth.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
+          } else if (cache.covers(o.experiment, o.unit, o.ts, o.variant)) {
+            assert.ok(truth.unchanged(o.experiment, o.unit, o.ts, o.variant), JSON.stringify(o));
+          }
+        }
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  it("tells many variants apart", () => {
+    // Ids past 8 bits, up to the 15 the entry keeps them in: v1 and v257 (and v32767) share their low bits.
+    const cache = new UnitCache(100);
+    // Ids are given in the order variants are first remembered, in any experiment.
+    for (let v = 0; v < 0x7fff; v++) cache.remember("ids", "u", 1, `v${v}`, false);
+    for (const v of [1, 256, 257, 0x4001, 0x7ffe]) cache.remember("e", `unit-of-v${v}`, 1, `v${v}`, false);
+    for (const v of [1, 256, 257, 0x4001, 0x7ffe]) {
+      assert.ok(cache.covers("e", `unit-of-v${v}`, 2, `v${v}`), `v${v}`);
+      for (const other of [v ^ 0x100, v ^ 0x4000, v + 1]) assert.ok(!cache.covers("e", `unit-of-v${v}`, 2, `v${other}`), `v${v} as v${other}`);
+    }
+    // One more variant than an entry can name: its units are not remembered.
+    cache.remember("e", "unit-of-one-too-many", 1, "v32767", false);
+    assert.ok(!cache.covers("e", "unit-of-one-too-many", 2, "v32767"));
+  });
+
   it("does not remember a time it cannot hold", () => {
     const cache = new UnitCache(10);
     cache.remember("e", "before-1970", -5, "c", false);
     cache.remember("e", "far-future", 2 ** 50, "c", false);
+    // (rounded up to 2^44, one past the last time an entry holds)
+    cache.remember("e", "just-past", 2 ** 44 - 0.5, "c", false);
     assert.equal(cache.size, 0);
+    assert.ok(!cache.covers("e", "just-past", 0, "c"));
+    cache.remember("e", "last", 2 ** 44 - 1, "c", false);
+    assert.ok(cache.covers("e", "last", 2 ** 44 - 1, "c") && !cache.covers("e", "last", 2 ** 44 - 2, "c"));
     cache.remember("e", "fraction", 10.2, "c", false);
     assert.ok(!cache.covers("e", "fraction", 10.5, "c"), "the entry's time is rounded up, to stay an upper bound");
     assert.ok(cache.covers("e", "fraction", 11, "c"));

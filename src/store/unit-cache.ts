@@ -1,5 +1,5 @@
 import { randomFillSync } from "node:crypto";
-import { fmix32 } from "../strategies/fnv.ts";
+import { halfSipHash64 } from "./halfsiphash.ts";
 
 /**
  * Remembers, for recently seen units, what the database is known to hold (an upper bound of the first exposure time,
@@ -23,12 +23,13 @@ import { fmix32 } from "../strategies/fnv.ts";
  * 1 MiB. The table of 64-byte slots it replaces, which held the units' characters, took 4 MiB for them, and
  * stubbing its lookup out still gained 4.7% (req/s; 5.2% per CPU-second). This one gained 1.1% over it (0.8% per
  * CPU-second; median of 12 pairs, `bash bench/proxy/ab.sh -r 12 -s 5`), and its maximum is 4 MiB instead of 16;
- * stubbed out, it still gains 2.7% (3.1%).
+ * stubbed out, it still gains 1.7% (1.2%; 10 pairs).
  *
  * A fingerprint stands for its unit, so two units with the same one would be taken for each other: the second's
- * exposures skipped as if its row were there. The fingerprint is two 32-bit hashes keyed by seeds drawn at random for
- * each cache, so no one can pick units that collide, and the chance that a new unit matches one of the four in its
- * bucket by accident is 4 / 2^64 (about 2e-19): over a billion new units, 2e-10.
+ * exposures skipped as if its row were there. The fingerprint is HalfSipHash-1-3, a keyed pseudo-random function,
+ * keyed by 64 bits drawn at random for each cache, so a client cannot choose a unit that passes for another, and the
+ * chance that a new unit matches one of the four in its bucket by accident is 4 / 2^64 (about 2e-19): over a billion
+ * new units, 2e-10.
  */
 export class UnitCache {
   readonly #maxEntries: number;
@@ -80,23 +81,9 @@ export class UnitCache {
     return n;
   }
 
-  /**
-   * Sets #fp to the unit's fingerprint: two hashes of its UTF-16 code units in one pass, of different
-   * kinds (FNV-1a's xor-multiply; a multiply-rotate as in FxHash) so that they do not fail together, each keyed by
-   * its seed and finished with MurmurHash3's fmix32 so that every bit depends on every character.
-   */
+  /** Sets #fp to the unit's fingerprint: its HalfSipHash-1-3, keyed by the two seeds (see halfsiphash.ts for why). */
   #fingerprint(unit: string): void {
-    const n = unit.length;
-    let a = this.#seedA;
-    let b = this.#seedB;
-    for (let i = 0; i < n; i++) {
-      const c = unit.charCodeAt(i);
-      a = Math.imul(a ^ c, 0x01000193);
-      b = Math.imul(b + c, 0x9e3779b1);
-      b = (b << 13) | (b >>> 19);
-    }
-    this.#fp[0] = fmix32(a ^ n);
-    this.#fp[1] = fmix32(b ^ n);
+    halfSipHash64(this.#seedA, this.#seedB, unit, 1, 3, this.#fp);
   }
 
   #table(experiment: string, create: boolean): UnitTable | undefined {
@@ -127,7 +114,7 @@ export class UnitCache {
 /** Experiments remembered at once; remembering units of one more forgets the one used least recently. */
 const MAX_EXPERIMENTS = 4;
 /** Variant ids fit in 15 bits of an entry, stored plus one so that 0 marks a free entry. */
-const MAX_VARIANTS = 0x7fff - 1;
+const MAX_VARIANTS = 0x7fff;
 
 /**
  * An experiment's entry of `byExperiment`, made the most recently used (Maps iterate in insertion order), or made
@@ -217,9 +204,9 @@ class UnitTable {
 
   remember(a: number, b: number, ts: number, variantId: number, multi: boolean): void {
     // A time an entry cannot hold (a clock set before 1970, or past 2527) is not remembered: forgetting is safe.
-    if (!(ts >= 0 && ts < MAX_TS)) return;
-    // (an upper bound, as an entry's time must be)
+    // (rounded up first: an entry's time is an upper bound, and 2^44 - 0.5 would round up out of range)
     ts = Math.ceil(ts);
+    if (!(ts >= 0 && ts < MAX_TS)) return;
     const w = this.#words;
     let at = this.#find(a, b);
     if (at >= 0) {
