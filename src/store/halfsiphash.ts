@@ -18,10 +18,23 @@ export function halfSipHash64(k0: number, k1: number, text: string, cRounds: num
   let v3 = (k1 ^ 0x74656462) | 0;
   const n = text.length;
   const end = n & ~1;
-  for (let i = 0; i < end; i += 2) {
-    const m = text.charCodeAt(i) | (text.charCodeAt(i + 1) << 16);
+  // Steps 0 to words - 1 take the message's 32-bit words, each two code units; step `words` the last block, the
+  // bytes left over (none, or one code unit's two) under the length in bytes (mod 256); the two after it each
+  // finish one half of the output. One loop, so that the round is written once.
+  const words = end >> 1;
+  for (let step = 0; step <= words + 2; step++) {
+    let m = 0;
+    let rounds = cRounds;
+    if (step < words) {
+      m = text.charCodeAt(2 * step) | (text.charCodeAt(2 * step + 1) << 16);
+    } else if (step === words) {
+      m = ((2 * n) << 24) | (end < n ? text.charCodeAt(end) : 0);
+    } else {
+      if (step === words + 1) v2 ^= 0xee;
+      rounds = dRounds;
+    }
     v3 ^= m;
-    for (let r = 0; r < cRounds; r++) {
+    for (let r = 0; r < rounds; r++) {
       v0 = (v0 + v1) | 0;
       v1 = (v1 << 5) | (v1 >>> 27);
       v1 ^= v0;
@@ -37,47 +50,11 @@ export function halfSipHash64(k0: number, k1: number, text: string, cRounds: num
       v1 ^= v2;
       v2 = (v2 << 16) | (v2 >>> 16);
     }
-    v0 ^= m;
-  }
-  // The last block: the bytes left over (none, or one code unit's two) and the length in bytes, mod 256, on top.
-  const b = ((2 * n) << 24) | (end < n ? text.charCodeAt(end) : 0);
-  v3 ^= b;
-  for (let r = 0; r < cRounds; r++) {
-    v0 = (v0 + v1) | 0;
-    v1 = (v1 << 5) | (v1 >>> 27);
-    v1 ^= v0;
-    v0 = (v0 << 16) | (v0 >>> 16);
-    v2 = (v2 + v3) | 0;
-    v3 = (v3 << 8) | (v3 >>> 24);
-    v3 ^= v2;
-    v0 = (v0 + v3) | 0;
-    v3 = (v3 << 7) | (v3 >>> 25);
-    v3 ^= v0;
-    v2 = (v2 + v1) | 0;
-    v1 = (v1 << 13) | (v1 >>> 19);
-    v1 ^= v2;
-    v2 = (v2 << 16) | (v2 >>> 16);
-  }
-  v0 ^= b;
-  v2 ^= 0xee;
-  for (let half = 0; half < 2; half++) {
-    for (let r = 0; r < dRounds; r++) {
-      v0 = (v0 + v1) | 0;
-      v1 = (v1 << 5) | (v1 >>> 27);
-      v1 ^= v0;
-      v0 = (v0 << 16) | (v0 >>> 16);
-      v2 = (v2 + v3) | 0;
-      v3 = (v3 << 8) | (v3 >>> 24);
-      v3 ^= v2;
-      v0 = (v0 + v3) | 0;
-      v3 = (v3 << 7) | (v3 >>> 25);
-      v3 ^= v0;
-      v2 = (v2 + v1) | 0;
-      v1 = (v1 << 13) | (v1 >>> 19);
-      v1 ^= v2;
-      v2 = (v2 << 16) | (v2 >>> 16);
+    if (step <= words) {
+      v0 ^= m;
+    } else {
+      out[step - words - 1] = v1 ^ v3;
+      v1 ^= 0xdd;
     }
-    out[half] = v1 ^ v3;
-    v1 ^= 0xdd;
   }
 }

@@ -29,6 +29,28 @@ class Truth {
   }
 }
 
+interface Op {
+  remember: boolean;
+  experiment: string;
+  unit: string;
+  ts: number;
+  variant: string;
+  multi: boolean;
+}
+
+/** Runs the ops (remember, or ask whether an exposure is covered), checking that the cache never claims more than the truth. */
+function neverOverclaims(cache: UnitCache, ops: readonly Op[]): void {
+  const truth = new Truth();
+  for (const o of ops) {
+    if (o.remember) {
+      cache.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
+      truth.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
+    } else if (cache.covers(o.experiment, o.unit, o.ts, o.variant)) {
+      assert.ok(truth.unchanged(o.experiment, o.unit, o.ts, o.variant), JSON.stringify(o));
+    }
+  }
+}
+
 describe("UnitCache", () => {
   // Units of every kind: short, UUID-long, long, non-Latin-1, lone surrogates, empty.
   const units = fc.oneof(
@@ -55,16 +77,7 @@ describe("UnitCache", () => {
   it("never claims an exposure leaves a row unchanged when it would change it, whatever it evicts", () => {
     fc.assert(
       fc.property(fc.array(op, { maxLength: 300 }), fc.constantFrom(1, 2, 3, 8, 1000), (ops, max) => {
-        const cache = new UnitCache(max);
-        const truth = new Truth();
-        for (const o of ops) {
-          if (o.remember) {
-            cache.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
-            truth.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
-          } else if (cache.covers(o.experiment, o.unit, o.ts, o.variant)) {
-            assert.ok(truth.unchanged(o.experiment, o.unit, o.ts, o.variant), JSON.stringify(o));
-          }
-        }
+        neverOverclaims(new UnitCache(max), ops);
       }),
     );
   });
@@ -158,16 +171,7 @@ describe("UnitCache", () => {
     });
     fc.assert(
       fc.property(fc.array(manyUnits, { minLength: 500, maxLength: 1500 }), (ops) => {
-        const cache = new UnitCache(300);
-        const truth = new Truth();
-        for (const o of ops) {
-          if (o.remember) {
-            cache.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
-            truth.remember(o.experiment, o.unit, o.ts, o.variant, o.multi);
-          } else if (cache.covers(o.experiment, o.unit, o.ts, o.variant)) {
-            assert.ok(truth.unchanged(o.experiment, o.unit, o.ts, o.variant), JSON.stringify(o));
-          }
-        }
+        neverOverclaims(new UnitCache(300), ops);
       }),
       { numRuns: 30 },
     );
