@@ -20,10 +20,12 @@ import { halfSipHash64 } from "./halfsiphash.ts";
  * memory, and for the page tables too when the units are spread over many pages. Stubbing the lookup out raised a
  * loaded proxy's throughput by 2-10% (same-core A/B pairs, bench/proxy/ab.sh). So a unit is known here by a 64-bit
  * fingerprint, and its entry is 16 bytes: a bucket of four entries is one 64-byte cache line, and 10,000 units take
- * 1 MiB. The table of 64-byte slots it replaces, which held the units' characters, took 4 MiB for them, and
- * stubbing its lookup out still gained 4.7% (req/s; 5.2% per CPU-second). This one gained 1.1% over it (0.8% per
- * CPU-second; median of 12 pairs, `bash bench/proxy/ab.sh -r 12 -s 5`), and its maximum is 4 MiB instead of 16;
- * stubbed out, it still gains 1.7% (1.2%; 10 pairs).
+ * 1 MiB. The table of 64-byte slots it replaces, which held the units' characters, took 4 MiB for them (16 at most,
+ * against 4 now), and kept longer units and other characters in a Map, an object per unit for the collector to mark.
+ * Stubbing that table's lookup out gained 4.7% (req/s; 5.2% per CPU-second, same-core pairs, bench/proxy/ab.sh).
+ * Against it, this table with a fast seeded hash gained 1.1% (0.8%; 12 pairs); with the keyed hash below, 0.1%
+ * (0.4%; 10 pairs), within the pairs' noise. So its gain is memory and one structure for every unit; the lookup, now
+ * mostly the hash, still costs about 2% of a loaded proxy (stubbed out: 1.7% req/s with the fast hash).
  *
  * A fingerprint stands for its unit, so two units with the same one would be taken for each other: the second's
  * exposures skipped as if its row were there. The fingerprint is HalfSipHash-1-3, a keyed pseudo-random function,
