@@ -21,7 +21,7 @@ import { capYoungGeneration } from "./young-generation.ts";
  * marker reads them when the heap is set up), so marking inside the final pause may still use helpers. V8 reads
  * each of these when a collection starts.
  */
-export const MAIN_THREAD_GC_FLAGS = ["--no-concurrent-marking", "--no-concurrent-sweeping", "--no-parallel-scavenge", "--no-parallel-compaction", "--no-parallel-pointer-update"];
+const MAIN_THREAD_GC_FLAGS = ["--no-concurrent-marking", "--no-concurrent-sweeping", "--no-parallel-scavenge", "--no-parallel-compaction", "--no-parallel-pointer-update"];
 
 /**
  * A node flag by which a user chose how V8 collects on threads (theirs then stand), in any of V8's spellings:

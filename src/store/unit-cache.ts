@@ -147,6 +147,7 @@ const WORDS = 4;
 const TS_HIGH_BITS = 12;
 const MAX_TS = 2 ** (32 + TS_HIGH_BITS);
 const VARIANT_SHIFT = TS_HIGH_BITS;
+const VARIANT_MASK = 0x7fff;
 const MULTI_BIT = 1 << 27;
 const TS_HIGH_MASK = (1 << TS_HIGH_BITS) - 1;
 /** Entries per bucket: 64 bytes, one cache line. */
@@ -196,12 +197,23 @@ class UnitTable {
     return -1;
   }
 
+  /** The time of the entry at `at`, from its two words. */
+  #tsAt(at: number): number {
+    return (this.#words[at + 3]! & TS_HIGH_MASK) * 2 ** 32 + (this.#words[at + 2]! >>> 0);
+  }
+
+  #isMulti(at: number): boolean {
+    return (this.#words[at + 3]! & MULTI_BIT) !== 0;
+  }
+
+  /** The variant id of the entry at `at`, plus one (0: a free entry). */
+  #variantAt(at: number): number {
+    return (this.#words[at + 3]! >>> VARIANT_SHIFT) & VARIANT_MASK;
+  }
+
   covers(a: number, b: number, ts: number, variantId: number): boolean {
     const at = this.#find(a, b);
-    if (at < 0) return false;
-    const w = this.#words;
-    const last = w[at + 3]!;
-    return ts >= (last & TS_HIGH_MASK) * 2 ** 32 + (w[at + 2]! >>> 0) && ((last & MULTI_BIT) !== 0 || ((last >>> VARIANT_SHIFT) & 0x7fff) === variantId + 1);
+    return at >= 0 && ts >= this.#tsAt(at) && (this.#isMulti(at) || this.#variantAt(at) === variantId + 1);
   }
 
   remember(a: number, b: number, ts: number, variantId: number, multi: boolean): void {
@@ -209,13 +221,10 @@ class UnitTable {
     // (rounded up first: an entry's time is an upper bound, and 2^44 - 0.5 would round up out of range)
     ts = Math.ceil(ts);
     if (!(ts >= 0 && ts < MAX_TS)) return;
-    const w = this.#words;
     let at = this.#find(a, b);
     if (at >= 0) {
-      const last = w[at + 3]!;
-      const knownTs = (last & TS_HIGH_MASK) * 2 ** 32 + (w[at + 2]! >>> 0);
-      multi ||= (last & MULTI_BIT) !== 0 || ((last >>> VARIANT_SHIFT) & 0x7fff) !== variantId + 1;
-      this.#write(at, a, b, Math.min(knownTs, ts), variantId, multi);
+      multi ||= this.#isMulti(at) || this.#variantAt(at) !== variantId + 1;
+      this.#write(at, a, b, Math.min(this.#tsAt(at), ts), variantId, multi);
       return;
     }
     // A quarter full: double (below the maximum), so that buckets average at most one unit and few overflow.
@@ -228,12 +237,22 @@ class UnitTable {
     this.#write(at, a, b, ts, variantId, multi);
   }
 
-  /** Writes the entry at `at` and moves it to the front of its bucket (the entries before it move back one). */
-  #write(at: number, a: number, b: number, ts: number, variantId: number, multi: boolean): void {
+  /**
+   * Makes room at the front of the bucket of the entry at `at`, moving the entries before it back one (over it);
+   * returns the front's first word.
+   */
+  #toFront(at: number): number {
     const w = this.#words;
     const first = at - (at % BUCKET_WORDS);
     // (by hand: copyWithin is a call into the runtime, for at most twelve words)
     for (let j = at - 1; j >= first; j--) w[j + WORDS] = w[j]!;
+    return first;
+  }
+
+  /** Writes the entry at `at`, moved to the front of its bucket. */
+  #write(at: number, a: number, b: number, ts: number, variantId: number, multi: boolean): void {
+    const w = this.#words;
+    const first = this.#toFront(at);
     w[first] = a;
     w[first + 1] = b;
     w[first + 2] = ts % 2 ** 32; // (stored as int32: read back with >>> 0)
@@ -249,8 +268,7 @@ class UnitTable {
     for (let bucket = 0; bucket < old.length; bucket += BUCKET_WORDS) {
       for (let at = bucket + BUCKET_WORDS - WORDS; at >= bucket; at -= WORDS) {
         if (old[at + 3] === 0) continue;
-        const first = this.#bucketAt(old[at]!);
-        for (let j = first + BUCKET_WORDS - WORDS - 1; j >= first; j--) w[j + WORDS] = w[j]!;
+        const first = this.#toFront(this.#bucketAt(old[at]!) + BUCKET_WORDS - WORDS);
         for (let j = 0; j < WORDS; j++) w[first + j] = old[at + j]!;
       }
     }
