@@ -113,6 +113,15 @@ describe("UnitCache", () => {
     assert.ok(!cache.covers("e", "user-1", 5, "t"), "another variant");
   });
 
+  it("takes a unit remembered in a second variant for multi, as the units upsert does", () => {
+    const cache = new UnitCache(10);
+    cache.remember("e", "u", 5, "c", false);
+    assert.ok(cache.covers("e", "u", 6, "c") && !cache.covers("e", "u", 6, "t"));
+    cache.remember("e", "u", 7, "t", false);
+    for (const variant of ["c", "t", "never-seen"]) assert.ok(cache.covers("e", "u", 6, variant), variant);
+    assert.ok(!cache.covers("e", "u", 4, "c"), "still its first exposure's time");
+  });
+
   it("evicts the unit of a full bucket written least recently", () => {
     // A size of 2 gives the smallest table: one bucket of four slots.
     const cache = new UnitCache(2);
