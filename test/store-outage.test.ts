@@ -155,10 +155,21 @@ test("with writes failing but reads answering (a full disk): the view's storeErr
   const dir = mkdtempSync(join(tmpdir(), "abgate-outage-"));
   const real = new SqliteStore(join(dir, "full.db"));
   let full = false;
-  const store = overriding(real, "writeExposures", async (rows: Parameters<SqliteStore["writeExposures"]>[0]) => {
+  // (both ways a batch of exposures may come: as objects, or as a block)
+  const diskFull = () => {
     if (full) throw new Error("cannot write exposures: database or disk is full");
-    return real.writeExposures(rows);
-  });
+  };
+  const store = overriding(
+    overriding(real, "writeExposures", async (rows: Parameters<SqliteStore["writeExposures"]>[0]) => {
+      diskFull();
+      return real.writeExposures(rows);
+    }),
+    "writeExposureBlock",
+    async (block: Parameters<SqliteStore["writeExposureBlock"]>[0]) => {
+      diskFull();
+      return real.writeExposureBlock(block);
+    },
+  );
   const backend = await startBackend("x", (_req, res) => res.end("x"));
   const url = backend.url;
   const gw = await testGateway({ variants: [{ name: "control", weight: 1, url }] }, { store });

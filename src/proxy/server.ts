@@ -236,6 +236,9 @@ class Exchange implements UpstreamSink, ClientExchange {
   served: string;
   readonly forced: boolean;
   readonly requestId: string;
+  /** requestId is requestIdPrefix + requestSeq in base 36: the exposure passes both, so the batcher need not read it */
+  readonly requestSeq: number;
+  readonly requestIdPrefix: string;
   readonly startMs: number;
   readonly ts: number;
   readonly setCookie: string | undefined;
@@ -272,11 +275,13 @@ class Exchange implements UpstreamSink, ClientExchange {
   /** retries after stale pooled sockets (each drops that replica's idle pool, so a few suffice) */
   staleRetries = 0;
 
-  constructor(ctx: ProxyContext, conn: ClientConnection, request: ClientRequest, scan: ScannedRequest, known: Set<string>, requestId: string, startMs: number) {
+  constructor(ctx: ProxyContext, conn: ClientConnection, request: ClientRequest, scan: ScannedRequest, known: Set<string>, ids: RequestIds, startMs: number) {
     this.ctx = ctx;
     this.conn = conn;
     this.request = request;
-    this.requestId = requestId;
+    this.requestId = ids.next();
+    this.requestSeq = ids.seq;
+    this.requestIdPrefix = ids.prefix;
     this.startMs = startMs;
     this.ts = Date.now();
     this.baseHead = scan.baseHead;
@@ -664,6 +669,8 @@ class Exchange implements UpstreamSink, ClientExchange {
       experiment: ctx.config.experiment,
       ts: this.ts,
       requestId: this.requestId,
+      requestSeq: this.requestSeq,
+      requestIdPrefix: this.requestIdPrefix,
       unit: this.unit,
       assigned: this.assigned,
       served: this.served,
@@ -781,10 +788,15 @@ function headerText(value: string | undefined): string | undefined {
 const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
 
 /** Request ids: a per-process random prefix and a counter; unique, short, and cheap on the hot path. */
-function requestIds(): () => string {
-  const prefix = randomBytes(6).toString("base64url");
-  let seq = 0;
-  return () => `${prefix}-${(++seq).toString(36)}`;
+class RequestIds {
+  /** "<8 random characters>-" */
+  readonly prefix = `${randomBytes(6).toString("base64url")}-`;
+  /** the number of the last id made */
+  seq = 0;
+
+  next(): string {
+    return this.prefix + (++this.seq).toString(36);
+  }
 }
 
 function unitCookie(name: string, id: string): string {
@@ -806,7 +818,7 @@ export interface ProxyServer {
 export function createProxyServer(ctx: ProxyContext): ProxyServer {
   const { config } = ctx;
   const limits = config.limits;
-  const nextId = requestIds();
+  const ids = new RequestIds();
   const unitHeaderName = config.unit.header?.toLowerCase();
   const tunnels = new Set<Socket>();
   const known = new Set(config.variants.map((v) => v.name));
@@ -819,10 +831,10 @@ export function createProxyServer(ctx: ProxyContext): ProxyServer {
         // (once per connection: BlockList.check makes a SocketAddress each time, about 2 µs)
         const trustedPeer = trusted !== undefined && (conn.trustedPeer ??= trusted(conn.remoteAddress));
         const scan = scanRequest(req, conn.remoteAddress, unitHeaderName, trustedPeer);
-        return new Exchange(ctx, conn, req, scan, known, nextId(), startMs);
+        return new Exchange(ctx, conn, req, scan, known, ids, startMs);
       },
       upgrade(req, socket, head, remoteAddress) {
-        proxyUpgrade(ctx, req, socket, head, remoteAddress, nextId(), unitHeaderName, known, tunnels, trusted !== undefined && trusted(remoteAddress));
+        proxyUpgrade(ctx, req, socket, head, remoteAddress, ids.next(), unitHeaderName, known, tunnels, trusted !== undefined && trusted(remoteAddress));
       },
       clientError(code, message) {
         ctx.log.debug({ code, err: message }, "client error");

@@ -138,6 +138,30 @@ describe("ExposureBatcher", () => {
     );
   });
 
+  it("takes a request id's number from the exposure when it gives the prefix the first id set, else reads the id", async () => {
+    const written: Exposure[] = [];
+    const store = { writeExposures: async (rows: Exposure[]) => void written.push(...rows) };
+    const b = new ExposureBatcher(store, { clock: new ManualClock(0), log });
+    const proxy = (i: number, seq: number, prefix: string): Exposure => ({ ...exposure(i), requestId: `${prefix}${seq.toString(36)}`, requestSeq: seq, requestIdPrefix: prefix });
+    const rows = [
+      proxy(0, 7, "ab-"), // the first: read, and it sets the prefix
+      proxy(1, 36 ** 4, "ab-"),
+      proxy(2, Number.MAX_SAFE_INTEGER, "ab-"),
+      proxy(3, 5, "other-"), // another prefix: read from the id (kept as a string)
+      { ...exposure(4), requestId: "ab-zz" },
+      proxy(5, 0, "ab-"),
+      // (an exposure that breaks the type's promise: the number is what is kept, which shows it was not read)
+      { ...proxy(6, 5, "ab-"), requestId: "ab-999" },
+    ];
+    for (const r of rows) b.push(r);
+    await b.flush();
+    assert.deepEqual(
+      written.map((r) => r.requestId),
+      ["ab-7", "ab-10000", `ab-${Number.MAX_SAFE_INTEGER.toString(36)}`, "other-5", "ab-zz", "ab-0", "ab-5"],
+    );
+    await b.close();
+  });
+
   it("writes nothing before 100 ms, then everything within 100 ms of the first row", async () => {
     const clock = new ManualClock(0);
     const store = new RecordingStore();

@@ -1,5 +1,6 @@
 import { type Clock, systemClock, type TimerHandle } from "../clock.ts";
 import { InvalidArgumentError, StoreError } from "../errors.ts";
+import { ExposureBlock, isPlainAscii, UNIT_SLOT_CHARS } from "./exposure-block.ts";
 import { exposureProblem } from "./rollup.ts";
 import type { Exposure, Store } from "./types.ts";
 
@@ -77,7 +78,9 @@ const defaultLog: BatcherLog = (level, msg, fields) => {
  * out the oldest, and `stats().dropped` counts them. Errors are logged, never thrown at the proxy.
  */
 export class ExposureBatcher {
-  readonly #store: Pick<Store, "writeExposures">;
+  readonly #store: Pick<Store, "writeExposures" | "writeExposureBlock">;
+  /** the rows of a write to a store that takes them by column (made at the first such write, reused after) */
+  #block: ExposureBlock | null = null;
   readonly #clock: Clock;
   readonly #intervalMs: number;
   readonly #maxBatch: number;
@@ -106,7 +109,7 @@ export class ExposureBatcher {
   /** when the failure streak was last logged (clock ms) */
   #failureLoggedMs = 0;
 
-  constructor(store: Pick<Store, "writeExposures">, options: ExposureBatcherOptions = {}) {
+  constructor(store: Pick<Store, "writeExposures" | "writeExposureBlock">, options: ExposureBatcherOptions = {}) {
     this.#store = store;
     this.#clock = options.clock ?? systemClock;
     this.#intervalMs = options.flushIntervalMs ?? 100;
@@ -248,16 +251,20 @@ export class ExposureBatcher {
       while (this.#size > 0 && (untilEmpty || due > 0)) {
         const n = Math.min(this.#size, this.#maxWriteRows, untilEmpty ? Infinity : due);
         due -= n;
-        let rows = this.#take(n);
+        const block = this.#takeBlock(n);
+        // (made of the block only when a write of it failed: to put back, or to drop a row no store can take)
+        let rows = block === null ? this.#take(n) : null;
         try {
           try {
-            await this.#store.writeExposures(rows);
+            if (block !== null) await this.#store.writeExposureBlock!(block);
+            else await this.#store.writeExposures(rows!);
           } catch (err) {
             // A row no store can take (NaN latency, a unit with a NUL) fails the whole batch before anything is
             // written: drop it and write the rest at once, or it would fail every retry forever. The store's own
             // check is the only one on the way: when every row was checked here first, the two checks took 0.8% of
             // the proxy's busy CPU samples (--cpu-prof, pinned to one core under bench/proxy's wrk and users.lua).
             if (!isInvalidExposure(err)) throw err;
+            rows ??= block!.toExposures();
             const valid = this.#validRows(rows);
             if (valid.length === rows.length) throw err;
             rows = valid;
@@ -265,6 +272,7 @@ export class ExposureBatcher {
             await this.#store.writeExposures(rows);
           }
         } catch (err) {
+          rows ??= block!.toExposures();
           if (isOutcomeUnknown(err)) {
             this.#uncertain += rows.length;
             this.#log("error", "exposures may or may not have been stored (the store could not tell); not retried, so that none is counted twice", {
@@ -297,7 +305,7 @@ export class ExposureBatcher {
           }
           return;
         }
-        this.#written += rows.length;
+        this.#written += rows === null ? n : rows.length;
         if (this.#failures > 0) {
           this.#log("info", "exposure writes recovered", { failures: this.#failures, dropped: this.#dropped });
           this.#failures = 0;
@@ -336,12 +344,34 @@ export class ExposureBatcher {
       rows[i] = this.#buf.take(this.#head);
       this.#head = this.#head + 1 === this.#cap ? 0 : this.#head + 1;
     }
+    this.#taken(n);
+    return rows;
+  }
+
+  /**
+   * The next n rows as a block, taken out of the buffer, when the store takes blocks and every one of them fits in
+   * one (see ExposureBlock); else null, and nothing is taken.
+   */
+  #takeBlock(n: number): ExposureBlock | null {
+    if (this.#store.writeExposureBlock === undefined) return null;
+    const firstPart = Math.min(n, this.#cap - this.#head);
+    if (!this.#buf.packed(this.#head, firstPart) || !this.#buf.packed(0, n - firstPart)) return null;
+    const block = (this.#block ??= new ExposureBlock(this.#maxWriteRows));
+    this.#buf.copyTo(block, 0, this.#head, firstPart);
+    this.#buf.copyTo(block, firstPart, 0, n - firstPart);
+    this.#buf.describe(block);
+    block.rows = n;
+    this.#head = (this.#head + n) % this.#cap;
+    this.#taken(n);
+    return block;
+  }
+
+  #taken(n: number): void {
     this.#size -= n;
     // An empty ring starts again at its first slot: otherwise its ten columns are written at ever new places over
     // the whole capacity (about 6 MB at 100,000 rows), each row on cache lines that are cold again, and they push the
     // proxy's own data out of the caches. Same-core pairs (bench/proxy/ab.sh -r 8), this against without: 1.012 and 1.008 req/s.
     if (this.#size === 0) this.#head = 0;
-    return rows;
   }
 
   /** Returns failed rows to the front, oldest first out; rows that no longer fit are the oldest, so they are dropped. */
@@ -358,8 +388,6 @@ export class ExposureBatcher {
   }
 }
 
-/** A unit this long or shorter, of characters below U+0100, is kept as bytes (a UUID is 36). */
-const UNIT_SLOT_CHARS = 40;
 /** #unitLength's mark for a unit kept as a string */
 const UNIT_AS_STRING = 255;
 /** Base-36 digits, at most this many: 36^10 < 2^53, so every such number is exact in a double. */
@@ -395,7 +423,7 @@ function base36(s: string, from: number): number {
  * a row (an id as the proxy builds it is a concatenation of two strings), and at 30,000 requests/s still made the
  * median scavenge 0.9 ms against 0.55 with logging off. With a constant stored in their place, scavenges took
  * 0.51-0.64 ms (median of each of four 10 s runs, against 0.87-0.99) and their total time fell by a third.
- * A unit of up to UNIT_SLOT_CHARS characters below U+0100 (user ids, UUIDs) is kept as bytes in the row's slot, and
+ * A unit of up to UNIT_SLOT_CHARS ASCII characters other than NUL (user ids, UUIDs) is kept as bytes in the row's slot, and
  * an id `<prefix>-<n in base 36>` as n, once a first such id gave the prefix; the strings the store is given are made
  * again when a slice is taken (exactly: the forms are checked when a row is stored) and die young. Anything else
  * stays a string.
@@ -419,6 +447,7 @@ class ExposureColumns {
   readonly #requestSeq: Float64Array;
   /** "<prefix>-" of the proxy's request ids, from the first id of that form */
   #idPrefix: string | undefined;
+  #idPrefixAscii = false;
   /** names by index; an index stays valid for the batcher's life (replica and variant names are few) */
   readonly #names: string[] = [];
   readonly #nameIds = new Map<string, number>();
@@ -466,7 +495,13 @@ class ExposureColumns {
     this.#served[i] = e.served === e.assigned ? this.#assigned[i]! : this.#id(2, e.served);
     this.#replica[i] = this.#id(3, e.replica);
     this.#setUnit(i, e.unit);
-    this.#setRequestId(i, e.requestId);
+    // (the prefix, as the first id of the proxy's form set it: then requestSeq is the id's number, as the type says)
+    if (e.requestSeq !== undefined && e.requestIdPrefix === this.#idPrefix && this.#idPrefix !== undefined && Number.isSafeInteger(e.requestSeq) && e.requestSeq >= 0) {
+      this.#requestSeq[i] = e.requestSeq;
+      this.#requestId[i] = undefined;
+    } else {
+      this.#setRequestId(i, e.requestId);
+    }
   }
 
   #setUnit(i: number, unit: string): void {
@@ -478,7 +513,7 @@ class ExposureColumns {
       let k = 0;
       for (; k < n; k++) {
         const c = unit.charCodeAt(k);
-        if (c > 0xff) break;
+        if (c === 0 || c > 0x7f) break;
         bytes[at + k] = c;
       }
       if (k === n) {
@@ -510,6 +545,7 @@ class ExposureColumns {
       if (base36(id, prefix.length) === -1) return -1;
       // (a copy: a slice would keep the whole first id alive)
       this.#idPrefix = prefix = (" " + prefix).slice(1);
+      this.#idPrefixAscii = isPlainAscii(prefix);
     }
     if (id.length <= prefix.length || !id.startsWith(prefix)) return -1;
     return base36(id, prefix.length);
@@ -533,6 +569,38 @@ class ExposureColumns {
     this.#unit[i] = undefined;
     this.#requestId[i] = undefined;
     return e;
+  }
+
+  /** Whether rows from..from + n - 1 can go in an ExposureBlock: each unit in its slot, each request id as its n. */
+  packed(from: number, n: number): boolean {
+    if (n > 0 && !this.#idPrefixAscii) return false;
+    const unitLength = this.#unitLength;
+    const requestSeq = this.#requestSeq;
+    for (let i = from; i < from + n; i++) if (unitLength[i] === UNIT_AS_STRING || requestSeq[i] === -1) return false;
+    return true;
+  }
+
+  /** Copies rows from..from + n - 1 to the block's rows at..at + n - 1. */
+  copyTo(block: ExposureBlock, at: number, from: number, n: number): void {
+    if (n === 0) return;
+    const to = from + n;
+    block.ts.set(this.#ts.subarray(from, to), at);
+    block.latencyMs.set(this.#latencyMs.subarray(from, to), at);
+    block.status.set(this.#status.subarray(from, to), at);
+    block.forced.set(this.#forced.subarray(from, to), at);
+    block.experiment.set(this.#experiment.subarray(from, to), at);
+    block.assigned.set(this.#assigned.subarray(from, to), at);
+    block.served.set(this.#served.subarray(from, to), at);
+    block.replica.set(this.#replica.subarray(from, to), at);
+    block.unitLength.set(this.#unitLength.subarray(from, to), at);
+    block.requestSeq.set(this.#requestSeq.subarray(from, to), at);
+    this.#unitBytes.copy(block.unitBytes, at * UNIT_SLOT_CHARS, from * UNIT_SLOT_CHARS, to * UNIT_SLOT_CHARS);
+  }
+
+  /** Gives the block what its rows' indexes and numbers refer to. */
+  describe(block: ExposureBlock): void {
+    block.names = this.#names;
+    block.idPrefix = this.#idPrefix ?? "";
   }
 
   clearAll(): void {

@@ -10,13 +10,16 @@
  * hash tables with HalfSipHash-1-3 for the same reason; abgate uses that round count too (`c` = 1, `d` = 3).
  *
  * Sets out[0] and out[1] to the output's two 32-bit words (int32), in the order the reference writes them.
+ *
+ * `text` may also be bytes, text[start] to text[start + length - 1], each taken as the code unit of that value: the
+ * hash of an ASCII or Latin-1 string's bytes is that of the string.
  */
-export function halfSipHash64(k0: number, k1: number, text: string, cRounds: number, dRounds: number, out: Int32Array): void {
+export function halfSipHash64(k0: number, k1: number, text: string | Uint8Array, cRounds: number, dRounds: number, out: Int32Array, start = 0, length = text.length): void {
   let v0 = k0 | 0;
   let v1 = (k1 ^ 0xee) | 0; // (0xee: the 64-bit output's domain separation)
   let v2 = (k0 ^ 0x6c796765) | 0;
   let v3 = (k1 ^ 0x74656462) | 0;
-  const n = text.length;
+  const n = length;
   const end = n & ~1;
   // Steps 0 to words - 1 take the message's 32-bit words, each two code units; step `words` the last block, the
   // bytes left over (none, or one code unit's two) under the length in bytes (mod 256); the two after it each
@@ -26,9 +29,9 @@ export function halfSipHash64(k0: number, k1: number, text: string, cRounds: num
     let m = 0;
     let rounds = cRounds;
     if (step < words) {
-      m = text.charCodeAt(2 * step) | (text.charCodeAt(2 * step + 1) << 16);
+      m = codeUnit(text, start + 2 * step) | (codeUnit(text, start + 2 * step + 1) << 16);
     } else if (step === words) {
-      m = ((2 * n) << 24) | (end < n ? text.charCodeAt(end) : 0);
+      m = ((2 * n) << 24) | (end < n ? codeUnit(text, start + end) : 0);
     } else {
       if (step === words + 1) v2 ^= 0xee;
       rounds = dRounds;
@@ -57,4 +60,8 @@ export function halfSipHash64(k0: number, k1: number, text: string, cRounds: num
       v1 ^= 0xdd;
     }
   }
+}
+
+function codeUnit(text: string | Uint8Array, i: number): number {
+  return typeof text === "string" ? text.charCodeAt(i) : text[i]!;
 }

@@ -26,6 +26,25 @@ export interface Migration {
   postgres: string[];
 }
 
+/** The columns of version 1's exposures table, which the `exposures` view of later versions keeps. */
+const EXPOSURE_COLUMNS = "id, experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced";
+
+/** The rows of the JSON chunks (version 2) in `chunks`, a JSON text per row of exposure_chunks c. */
+function jsonChunkRows(chunks: string): string {
+  return `SELECT c.id * 65536 + j.key + (SELECT coalesce(max(id), 0) FROM exposure_rows),
+           c.experiment, c.base_ts + (j.value ->> 0), j.value ->> 1, j.value ->> 2,
+           c.triples ->> ((j.value ->> 3) * 3), c.triples ->> ((j.value ->> 3) * 3 + 1), c.triples ->> ((j.value ->> 3) * 3 + 2),
+           j.value ->> 4, CASE typeof(j.value ->> 5) WHEN 'integer' THEN (j.value ->> 5) / 1000.0 ELSE j.value ->> 5 END,
+           j.value ->> 6
+    FROM exposure_chunks c, json_each(${chunks}) j`;
+}
+
+/** Bytes of a binary chunk's header (its row count) and of each row's fixed part: see ExposureBlockInsert. */
+export const BLOCK_HEADER_BYTES = 2;
+export const BLOCK_ROW_BYTES = 16;
+/** Most rows in a binary chunk: the view counts rows up to it. */
+export const BLOCK_MAX_ROWS = 256;
+
 export const migrations: readonly Migration[] = [
   {
     version: 1,
@@ -183,19 +202,53 @@ export const migrations: readonly Migration[] = [
         triples TEXT NOT NULL,
         rows TEXT NOT NULL
       )`,
-      `CREATE VIEW exposures (id, experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced) AS
-        SELECT id, experiment, ts, request_id, unit, assigned, served, replica, status, latency_ms, forced FROM exposure_rows
+      `CREATE VIEW exposures (${EXPOSURE_COLUMNS}) AS
+        SELECT ${EXPOSURE_COLUMNS} FROM exposure_rows
         UNION ALL
-        SELECT c.id * 65536 + j.key + (SELECT coalesce(max(id), 0) FROM exposure_rows),
-               c.experiment, c.base_ts + (j.value ->> 0), j.value ->> 1, j.value ->> 2,
-               c.triples ->> ((j.value ->> 3) * 3), c.triples ->> ((j.value ->> 3) * 3 + 1), c.triples ->> ((j.value ->> 3) * 3 + 2),
-               j.value ->> 4, CASE typeof(j.value ->> 5) WHEN 'integer' THEN (j.value ->> 5) / 1000.0 ELSE j.value ->> 5 END,
-               j.value ->> 6
-        FROM exposure_chunks c, json_each(c.rows) j`,
+        ${jsonChunkRows("c.rows")}`,
     ],
     postgres: [],
   },
+  {
+    version: 3,
+    name: "SQLite: raw exposures also as binary chunks, which the `exposures` view unpacks too",
+    // Why: see ExposureBlockInsert in sqlite/sqlite-store.ts. The chunks go in the same table, their `rows` a BLOB
+    // where the JSON chunks' is TEXT; the view shows both, with the same ids, columns and types.
+    sqlite: [`DROP VIEW exposures`, exposuresView()],
+    postgres: [],
+  },
 ];
+
+/**
+ * The `exposures` view of schema version 3: the rows of version 1's table, of JSON chunks (version 2) and of binary
+ * chunks. SQL has no function that reads a number out of a BLOB, so a byte is read as its position in a BLOB of all
+ * 256 byte values (`instr` compares BLOBs byte by byte), and the binary chunk's numbers are big-endian.
+ */
+function exposuresView(): string {
+  const byteAt = (p: string) => `(instr(b.v, substr(c.rows, ${p}, 1)) - 1)`;
+  const uint = (p: string, bytes: number) =>
+    Array.from({ length: bytes }, (_, i) => `${byteAt(`${p} + ${i}`)} * ${2 ** (8 * (bytes - 1 - i))}`).join(" + ");
+  const row = `(${BLOCK_HEADER_BYTES + 1} + k.n * ${BLOCK_ROW_BYTES})`;
+  const rowCount = `(${uint("1", BLOCK_HEADER_BYTES)})`;
+  const text = `(${BLOCK_HEADER_BYTES + 1} + ${rowCount} * ${BLOCK_ROW_BYTES} + ${uint(`${row} + 12`, 2)})`;
+  const requestIdBytes = byteAt(`${row} + 11`);
+  const flags = byteAt(`${row} + 10`);
+  const triple = `(${flags} % 128) * 3`;
+  const allBytes = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0")).join("");
+  return `CREATE VIEW exposures (${EXPOSURE_COLUMNS}) AS
+    WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < ${BLOCK_MAX_ROWS - 1}), b(v) AS (SELECT X'${allBytes}')
+    SELECT ${EXPOSURE_COLUMNS} FROM exposure_rows
+    UNION ALL
+    ${jsonChunkRows("CASE WHEN typeof(c.rows) = 'text' THEN c.rows ELSE '[]' END")}
+    UNION ALL
+    SELECT c.id * 65536 + k.n + (SELECT coalesce(max(id), 0) FROM exposure_rows),
+           c.experiment, c.base_ts + ${uint(row, 4)} - 2147483648,
+           CAST(substr(c.rows, ${text}, ${requestIdBytes}) AS TEXT),
+           CAST(substr(c.rows, ${text} + ${requestIdBytes}, ${byteAt(`${row} + 14`)}) AS TEXT),
+           c.triples ->> (${triple}), c.triples ->> (${triple} + 1), c.triples ->> (${triple} + 2),
+           ${uint(`${row} + 8`, 2)}, (${uint(`${row} + 4`, 4)}) / 1000.0, ${flags} / 128
+    FROM exposure_chunks c JOIN b JOIN k ON typeof(c.rows) = 'blob' AND k.n < ${rowCount}`;
+}
 
 /** The schema version this build of abgate writes. */
 export const latestSchemaVersion = migrations[migrations.length - 1]!.version;

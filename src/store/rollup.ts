@@ -1,4 +1,5 @@
 import { StoreError } from "../errors.ts";
+import { type ExposureBlock, UNIT_SLOT_CHARS } from "./exposure-block.ts";
 import type { Exposure, OutcomeEvent } from "./types.ts";
 import type { UnitCache } from "./unit-cache.ts";
 
@@ -226,95 +227,119 @@ export class ExposureRollupBuilder {
     this.#cache = cache;
   }
 
+  /** the group of the previous row: consecutive rows nearly always share it */
+  #group: VariantGroup | null = null;
+  #unitExperiment: string | null = null;
+  #unitMap: Map<string, UnitDelta> | null = null;
+
   /** Folds rows[from] to rows[to - 1] in. */
   add(rows: readonly Exposure[], from: number, to: number): void {
     const cache = this.#cache;
-    const groups = this.#groups;
-    const minutes = this.#minutes;
-    const hist = this.#hist;
-    const units = this.#units;
-    const unitsByExperiment = this.#unitsByExperiment;
-    let g: VariantGroup | null = null;
-    let unitExperiment: string | null = null;
-    let unitMap: Map<string, UnitDelta> | null = null;
     for (let i = from; i < to; i++) {
       const e = rows[i]!;
       const ts = Math.trunc(e.ts);
-      if (g === null || g.variant !== e.assigned || g.experiment !== e.experiment) g = variantGroup(groups, e.experiment, e.assigned);
-      const minute = minuteOf(ts);
-      let m = g.lastMinute;
-      if (m === null || m.minute !== minute) {
-        m = g.minutes.get(minute) ?? null;
-        if (m === null) {
-          m = {
-            experiment: e.experiment,
-            minute,
-            variant: e.assigned,
-            requests: 0,
-            fallback: 0,
-            forced: 0,
-            errors: 0,
-            latencyN: 0,
-            latencySum: 0,
-            latencySumSq: 0,
-            minTs: null,
-            maxTs: null,
-          };
-          g.minutes.set(minute, m);
-          minutes.push(m);
-        }
-        g.lastMinute = m;
-      }
-      if (e.forced) {
-        m.forced++;
-        continue;
-      }
-      m.requests++;
-      if (e.served !== e.assigned) m.fallback++;
-      if (isError(e.status)) m.errors++;
-      if (m.minTs === null || ts < m.minTs) m.minTs = ts;
-      if (m.maxTs === null || ts > m.maxTs) m.maxTs = ts;
-      // Latency describes the assigned variant only when it answered itself; a fallback's latency is another model's.
-      if (e.served === e.assigned) {
-        m.latencyN++;
-        m.latencySum += e.latencyMs;
-        m.latencySumSq += e.latencyMs * e.latencyMs;
-        const bucket = latencyBucket(e.latencyMs);
-        const h = g.hist[bucket];
-        if (h === undefined) {
-          const nh = { experiment: e.experiment, variant: e.assigned, bucket, count: 1 };
-          g.hist[bucket] = nh;
-          hist.push(nh);
-        } else {
-          h.count++;
-        }
-      }
-
+      if (!this.#count(e.experiment, e.assigned, e.served, ts, e.status, e.latencyMs, e.forced)) continue;
       // A row the cache covers changes nothing, whether or not the batch already has a delta for its unit: the
       // database row it was checked against only moves its first exposure earlier and multi to 1, and the delta's
       // upsert is applied on top of that row. So the one map lookup most rows need is this one.
       if (cache.covers(e.experiment, e.unit, ts, e.assigned)) continue;
-      if (unitMap === null || unitExperiment !== e.experiment) {
-        unitExperiment = e.experiment;
-        unitMap = unitsByExperiment.get(unitExperiment) ?? null;
-        if (unitMap === null) {
-          unitMap = new Map();
-          unitsByExperiment.set(unitExperiment, unitMap);
-        }
+      this.#unit(e.experiment, e.unit, ts, e.assigned);
+    }
+  }
+
+  /** `add` of a block's rows from to to - 1; a unit's string is made only when the cache does not cover it. */
+  addBlock(block: ExposureBlock, from: number, to: number): void {
+    const cache = this.#cache;
+    const names = block.names;
+    for (let i = from; i < to; i++) {
+      const experiment = names[block.experiment[i]!]!;
+      const assigned = names[block.assigned[i]!]!;
+      const ts = Math.trunc(block.ts[i]!);
+      if (!this.#count(experiment, assigned, names[block.served[i]!]!, ts, block.status[i]!, block.latencyMs[i]!, block.forced[i] === 1)) continue;
+      if (cache.coversBytes(experiment, block.unitBytes, i * UNIT_SLOT_CHARS, block.unitLength[i]!, ts, assigned)) continue;
+      this.#unit(experiment, block.unit(i), ts, assigned);
+    }
+  }
+
+  /** Counts a row in its minute and latency bucket; whether it is one whose unit counts (not forced). */
+  #count(experiment: string, assigned: string, served: string, ts: number, status: number, latencyMs: number, forced: boolean): boolean {
+    let g = this.#group;
+    if (g === null || g.variant !== assigned || g.experiment !== experiment) this.#group = g = variantGroup(this.#groups, experiment, assigned);
+    const minute = minuteOf(ts);
+    let m = g.lastMinute;
+    if (m === null || m.minute !== minute) {
+      m = g.minutes.get(minute) ?? null;
+      if (m === null) {
+        m = {
+          experiment,
+          minute,
+          variant: assigned,
+          requests: 0,
+          fallback: 0,
+          forced: 0,
+          errors: 0,
+          latencyN: 0,
+          latencySum: 0,
+          latencySumSq: 0,
+          minTs: null,
+          maxTs: null,
+        };
+        g.minutes.set(minute, m);
+        this.#minutes.push(m);
       }
-      const u = unitMap.get(e.unit);
-      if (u === undefined) {
-        const nu = { experiment: e.experiment, unit: e.unit, firstTs: ts, firstVariant: e.assigned, multi: 0 };
-        unitMap.set(e.unit, nu);
-        units.push(nu);
+      g.lastMinute = m;
+    }
+    if (forced) {
+      m.forced++;
+      return false;
+    }
+    m.requests++;
+    if (served !== assigned) m.fallback++;
+    if (isError(status)) m.errors++;
+    if (m.minTs === null || ts < m.minTs) m.minTs = ts;
+    if (m.maxTs === null || ts > m.maxTs) m.maxTs = ts;
+    // Latency describes the assigned variant only when it answered itself; a fallback's latency is another model's.
+    if (served === assigned) {
+      m.latencyN++;
+      m.latencySum += latencyMs;
+      m.latencySumSq += latencyMs * latencyMs;
+      const bucket = latencyBucket(latencyMs);
+      const h = g.hist[bucket];
+      if (h === undefined) {
+        const nh = { experiment, variant: assigned, bucket, count: 1 };
+        g.hist[bucket] = nh;
+        this.#hist.push(nh);
       } else {
-        // Same rule as the SQL upsert: compare with the current first variant, then move "first" only when strictly
-        // earlier, so ties keep the exposure that arrived first.
-        if (e.assigned !== u.firstVariant) u.multi = 1;
-        if (ts < u.firstTs) {
-          u.firstTs = ts;
-          u.firstVariant = e.assigned;
-        }
+        h.count++;
+      }
+    }
+    return true;
+  }
+
+  /** Folds in an exposure of a unit the cache does not cover. */
+  #unit(experiment: string, unit: string, ts: number, assigned: string): void {
+    let unitMap = this.#unitMap;
+    if (unitMap === null || this.#unitExperiment !== experiment) {
+      this.#unitExperiment = experiment;
+      unitMap = this.#unitsByExperiment.get(experiment) ?? null;
+      if (unitMap === null) {
+        unitMap = new Map();
+        this.#unitsByExperiment.set(experiment, unitMap);
+      }
+      this.#unitMap = unitMap;
+    }
+    const u = unitMap.get(unit);
+    if (u === undefined) {
+      const nu = { experiment, unit, firstTs: ts, firstVariant: assigned, multi: 0 };
+      unitMap.set(unit, nu);
+      this.#units.push(nu);
+    } else {
+      // Same rule as the SQL upsert: compare with the current first variant, then move "first" only when strictly
+      // earlier, so ties keep the exposure that arrived first.
+      if (assigned !== u.firstVariant) u.multi = 1;
+      if (ts < u.firstTs) {
+        u.firstTs = ts;
+        u.firstVariant = assigned;
       }
     }
   }

@@ -1,4 +1,5 @@
 import type { MetricConfig } from "../config/index.ts";
+import type { ExposureBlock } from "./exposure-block.ts";
 
 /** Longest unit id, in UTF-16 code units; the proxy refuses longer units too, so every exposed unit can report outcomes. */
 export const MAX_UNIT_CHARS = 512;
@@ -9,6 +10,13 @@ export interface Exposure {
   /** ms since epoch, when the request arrived */
   ts: number;
   requestId: string;
+  /**
+   * Optional, and only together: requestId is exactly `${requestIdPrefix}${requestSeq.toString(36)}`. The proxy,
+   * which makes its ids so, says it, and the batcher then keeps the number without reading the id (which, made by
+   * concatenation, it would first have to copy into one string).
+   */
+  requestSeq?: number;
+  requestIdPrefix?: string;
   unit: string;
   /** variant the strategy chose */
   assigned: string;
@@ -134,6 +142,11 @@ export interface Store {
    * drops that row and writes the rest).
    */
   writeExposures(rows: Exposure[]): Promise<void>;
+  /**
+   * `writeExposures` for rows by column, without an object each (optional: a store without it is handed objects).
+   * The block is the caller's again once the promise settles.
+   */
+  writeExposureBlock?(block: ExposureBlock): Promise<void>;
   /** Append outcome events in one transaction; resolves only once they are durable (fsync'd / committed). */
   writeEvents(rows: OutcomeEvent[]): Promise<void>;
   /** Small key/value state per experiment (strategy ranges and weights) that must survive restarts. */

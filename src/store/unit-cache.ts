@@ -68,6 +68,16 @@ export class UnitCache {
     return table.covers(this.#fp[0]!, this.#fp[1]!, ts, id);
   }
 
+  /** `covers` of the unit whose ASCII characters are bytes[start] to bytes[start + length - 1] (same fingerprint). */
+  coversBytes(experiment: string, bytes: Uint8Array, start: number, length: number, ts: number, variant: string): boolean {
+    if (this.#maxEntries <= 0) return false;
+    const table = this.#table(experiment, false);
+    if (table === undefined) return false;
+    const id = this.#variantId(variant, false);
+    halfSipHash64(this.#seedA, this.#seedB, bytes, 1, 3, this.#fp, start, length);
+    return table.covers(this.#fp[0]!, this.#fp[1]!, ts, id);
+  }
+
   remember(experiment: string, unit: string, firstTs: number, firstVariant: string, multi: boolean): void {
     if (this.#maxEntries <= 0) return;
     const id = this.#variantId(firstVariant, true);
