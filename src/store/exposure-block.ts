@@ -38,18 +38,48 @@ export class ExposureBlock {
   /** the request ids' common start, ASCII */
   idPrefix = "";
 
-  constructor(capacity: number) {
-    this.ts = new Float64Array(capacity);
-    this.latencyMs = new Float64Array(capacity);
-    this.status = new Float64Array(capacity);
-    this.forced = new Uint8Array(capacity);
-    this.experiment = new Uint32Array(capacity);
-    this.assigned = new Uint32Array(capacity);
-    this.served = new Uint32Array(capacity);
-    this.replica = new Uint32Array(capacity);
-    this.unitBytes = Buffer.alloc(capacity * UNIT_SLOT_CHARS);
-    this.unitLength = new Uint8Array(capacity);
-    this.requestSeq = new Float64Array(capacity);
+  constructor(capacity: number, columns?: ExposureBlockColumns) {
+    this.ts = columns?.ts ?? new Float64Array(capacity);
+    this.latencyMs = columns?.latencyMs ?? new Float64Array(capacity);
+    this.status = columns?.status ?? new Float64Array(capacity);
+    this.forced = columns?.forced ?? new Uint8Array(capacity);
+    this.experiment = columns?.experiment ?? new Uint32Array(capacity);
+    this.assigned = columns?.assigned ?? new Uint32Array(capacity);
+    this.served = columns?.served ?? new Uint32Array(capacity);
+    this.replica = columns?.replica ?? new Uint32Array(capacity);
+    const bytes = columns?.unitBytes;
+    this.unitBytes = bytes === undefined ? Buffer.alloc(capacity * UNIT_SLOT_CHARS) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.unitLength = columns?.unitLength ?? new Uint8Array(capacity);
+    this.requestSeq = columns?.requestSeq ?? new Float64Array(capacity);
+  }
+
+  /** A copy of the block's rows, to post to another thread: every column its own buffer, to transfer. */
+  toParts(): ExposureBlockParts {
+    const n = this.rows;
+    return {
+      rows: n,
+      names: [...this.names],
+      idPrefix: this.idPrefix,
+      ts: this.ts.slice(0, n),
+      latencyMs: this.latencyMs.slice(0, n),
+      status: this.status.slice(0, n),
+      forced: this.forced.slice(0, n),
+      experiment: this.experiment.slice(0, n),
+      assigned: this.assigned.slice(0, n),
+      served: this.served.slice(0, n),
+      replica: this.replica.slice(0, n),
+      unitBytes: new Uint8Array(this.unitBytes.subarray(0, n * UNIT_SLOT_CHARS)),
+      unitLength: this.unitLength.slice(0, n),
+      requestSeq: this.requestSeq.slice(0, n),
+    };
+  }
+
+  static fromParts(parts: ExposureBlockParts): ExposureBlock {
+    const block = new ExposureBlock(parts.rows, parts);
+    block.rows = parts.rows;
+    block.names = parts.names;
+    block.idPrefix = parts.idPrefix;
+    return block;
   }
 
   get capacity(): number {
@@ -86,6 +116,33 @@ export class ExposureBlock {
     for (let i = 0; i < this.rows; i++) rows[i] = this.exposure(i);
     return rows;
   }
+}
+
+export interface ExposureBlockColumns {
+  ts: Float64Array;
+  latencyMs: Float64Array;
+  status: Float64Array;
+  forced: Uint8Array;
+  experiment: Uint32Array;
+  assigned: Uint32Array;
+  served: Uint32Array;
+  replica: Uint32Array;
+  unitBytes: Uint8Array;
+  unitLength: Uint8Array;
+  requestSeq: Float64Array;
+}
+
+/** A block as it crosses to another thread (structured clone). */
+export interface ExposureBlockParts extends ExposureBlockColumns {
+  rows: number;
+  names: string[];
+  idPrefix: string;
+}
+
+/** The buffers of a block's parts, to transfer rather than copy. */
+export function partsBuffers(parts: ExposureBlockParts): ArrayBuffer[] {
+  const { ts, latencyMs, status, forced, experiment, assigned, served, replica, unitBytes, unitLength, requestSeq } = parts;
+  return [ts, latencyMs, status, forced, experiment, assigned, served, replica, unitBytes, unitLength, requestSeq].map((a) => a.buffer as ArrayBuffer);
 }
 
 /** Whether every character of `s` is ASCII other than NUL: text that reads back the same from its bytes. */

@@ -9,6 +9,7 @@ import { ExposureBatcher } from "../batcher.ts";
 import { migrations } from "../migrations.ts";
 import type { Exposure, Store } from "../types.ts";
 import { SqliteStore } from "./sqlite-store.ts";
+import { SqliteThreadStore } from "./writer-thread.ts";
 
 const root = mkdtempSync(join(tmpdir(), "abgate-block-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -184,6 +185,32 @@ describe("exposures written by block (SqliteStore.writeExposureBlock)", () => {
       after.slice(400).map((r) => (r as unknown[]).slice(1, 11)),
       contents((await written([rows, more], false)).path).exposures!.slice(400).map((r) => (r as unknown[]).slice(1, 11)),
     );
+  });
+
+  it("crosses to the writer thread as a block, and reads back as the same rows written as objects on this one", async () => {
+    const rows = Array.from({ length: 900 }, (_, i) => row(i, i === 899 ? { forced: true, status: 503 } : {}));
+    const path = join(root, `s${++n}.db`);
+    const store = new SqliteThreadStore(path);
+    await store.init();
+    let blocks = 0;
+    const counting: Pick<Store, "writeExposures" | "writeExposureBlock"> = {
+      writeExposures: (r) => store.writeExposures(r),
+      writeExposureBlock: (block) => {
+        blocks++;
+        return store.writeExposureBlock(block);
+      },
+    };
+    const batcher = new ExposureBatcher(counting, { maxWriteRows: 300, maxBatch: 300, log: () => {} });
+    for (const e of rows) batcher.push(e);
+    await batcher.close();
+    await store.close();
+    assert.equal(blocks, 3);
+    // (the thread's write slices follow its own clock, so its chunks, and the ids, may be cut elsewhere)
+    const withoutIds = (c: Record<string, unknown[]>) => ({ ...c, exposures: c.exposures!.map((r) => (r as unknown[]).slice(1)) });
+    assert.deepEqual(withoutIds(contents(path)), withoutIds(contents((await written([rows.slice(0, 300), rows.slice(300, 600), rows.slice(600)], false)).path)));
+    const check = new Database(path, { readonly: true });
+    assert.deepEqual(check.prepare("SELECT DISTINCT typeof(rows) FROM exposure_chunks").pluck().all(), ["blob"]);
+    check.close();
   });
 
   it("drops a row no store can take and writes the rest, as with objects", async () => {

@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { MetricConfig } from "../../config/index.ts";
 import { InvalidArgumentError, isStoreErrorCode, StoreError } from "../../errors.ts";
+import { type ExposureBlock, partsBuffers } from "../exposure-block.ts";
 import type { AggregateOptions, CarriedTotals, ExperimentAggregates, Exposure, MinuteBucket, OutcomeEvent, Store } from "../types.ts";
 import { aggregateExperiment, experimentCounts, minuteSeries, totalsBefore, type Query } from "../aggregate.ts";
 import { checkSameFile, type CloseCheckpointEvent, DEFAULT_CACHE_SIZE_MIB, type FileId, ReaderThread, type SqliteStoreOptions } from "./sqlite-store.ts";
@@ -161,7 +162,7 @@ function fromWire(e: WireError): Error {
 }
 
 /** Calls whose effect may have happened when the thread stopped before answering them. */
-const WRITES = new Set(["exposuresPacked", "writeExposures", "writeEvents", "setState", "close"]);
+const WRITES = new Set(["exposuresPacked", "exposureBlock", "writeExposures", "writeEvents", "setState", "close"]);
 
 /** What the thread is asked: `op` names a Store method (or `exposuresPacked`), `args` its arguments. */
 export interface WriterRequest {
@@ -348,6 +349,13 @@ export class SqliteThreadStore implements Store {
     const packed = packExposures(rows);
     if (packed === null) await this.#call("writeExposures", [rows]);
     else await this.#call("exposuresPacked", [packed], [packed.numbers.buffer as ArrayBuffer]);
+  }
+
+  /** The block's rows cross as copies of its columns (transferred), to the thread's SqliteStore.writeExposureBlock. */
+  async writeExposureBlock(block: ExposureBlock): Promise<void> {
+    if (block.rows === 0) return void this.#open();
+    const parts = block.toParts();
+    await this.#call("exposureBlock", [parts], partsBuffers(parts));
   }
 
   async writeEvents(rows: OutcomeEvent[]): Promise<void> {

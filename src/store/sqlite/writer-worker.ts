@@ -3,6 +3,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { StoreError } from "../../errors.ts";
+import { ExposureBlock, type ExposureBlockParts } from "../exposure-block.ts";
 import { SqliteStore } from "./sqlite-store.ts";
 import { packPairs, type PackedExposures, type ThreadStoreOptions, toWire, unpackExposures, type WriterReply, type WriterRequest } from "./writer-thread.ts";
 
@@ -30,6 +31,7 @@ const ops: Record<string, (...args: never[]) => unknown> = {
     return { migratedFrom: store.migratedFrom ?? null, fileId: store.fileId };
   },
   exposuresPacked: (packed: PackedExposures) => opened().writeExposures(unpackExposures(packed)),
+  exposureBlock: (parts: ExposureBlockParts) => opened().writeExposureBlock(ExposureBlock.fromParts(parts)),
   writeExposures: (rows: Parameters<SqliteStore["writeExposures"]>[0]) => opened().writeExposures(rows),
   writeEvents: (rows: Parameters<SqliteStore["writeEvents"]>[0]) => opened().writeEvents(rows),
   getState: (experiment: string, key: string) => opened().getState(experiment, key),
