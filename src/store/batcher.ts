@@ -495,13 +495,7 @@ class ExposureColumns {
     this.#served[i] = e.served === e.assigned ? this.#assigned[i]! : this.#id(2, e.served);
     this.#replica[i] = this.#id(3, e.replica);
     this.#setUnit(i, e.unit);
-    // (the prefix, as the first id of the proxy's form set it: then requestSeq is the id's number, as the type says)
-    if (e.requestSeq !== undefined && e.requestIdPrefix === this.#idPrefix && this.#idPrefix !== undefined && Number.isSafeInteger(e.requestSeq) && e.requestSeq >= 0) {
-      this.#requestSeq[i] = e.requestSeq;
-      this.#requestId[i] = undefined;
-    } else {
-      this.#setRequestId(i, e.requestId);
-    }
+    this.#setRequestId(i, e);
   }
 
   #setUnit(i: number, unit: string): void {
@@ -526,8 +520,16 @@ class ExposureColumns {
     this.#unit[i] = unit;
   }
 
-  #setRequestId(i: number, id: string): void {
-    const seq = typeof id === "string" ? this.#idNumber(id) : -1;
+  #setRequestId(i: number, e: Exposure): void {
+    const id = e.requestId;
+    const given = e.requestSeq;
+    // A number given with the prefix the first id of the proxy's form set is the id's number, as the type says.
+    const seq =
+      given !== undefined && this.#idPrefix !== undefined && e.requestIdPrefix === this.#idPrefix && Number.isSafeInteger(given) && given >= 0
+        ? given
+        : typeof id === "string"
+          ? this.#idNumber(id)
+          : -1;
     this.#requestSeq[i] = seq;
     this.#requestId[i] = seq === -1 ? id : undefined;
   }

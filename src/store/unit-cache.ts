@@ -59,22 +59,21 @@ export class UnitCache {
   }
 
   covers(experiment: string, unit: string, ts: number, variant: string): boolean {
+    return this.#covers(experiment, unit, 0, unit.length, ts, variant);
+  }
+
+  /** `covers` of the unit whose ASCII characters are bytes[start] to bytes[start + length - 1] (same fingerprint). */
+  coversBytes(experiment: string, bytes: Uint8Array, start: number, length: number, ts: number, variant: string): boolean {
+    return this.#covers(experiment, bytes, start, length, ts, variant);
+  }
+
+  #covers(experiment: string, unit: string | Uint8Array, start: number, length: number, ts: number, variant: string): boolean {
     if (this.#maxEntries <= 0) return false;
     const table = this.#table(experiment, false);
     if (table === undefined) return false;
     // A variant never remembered (-1): the unit cannot have been seen in it, though it may be multi.
     const id = this.#variantId(variant, false);
-    this.#fingerprint(unit);
-    return table.covers(this.#fp[0]!, this.#fp[1]!, ts, id);
-  }
-
-  /** `covers` of the unit whose ASCII characters are bytes[start] to bytes[start + length - 1] (same fingerprint). */
-  coversBytes(experiment: string, bytes: Uint8Array, start: number, length: number, ts: number, variant: string): boolean {
-    if (this.#maxEntries <= 0) return false;
-    const table = this.#table(experiment, false);
-    if (table === undefined) return false;
-    const id = this.#variantId(variant, false);
-    halfSipHash64(this.#seedA, this.#seedB, bytes, 1, 3, this.#fp, start, length);
+    this.#fingerprint(unit, start, length);
     return table.covers(this.#fp[0]!, this.#fp[1]!, ts, id);
   }
 
@@ -94,8 +93,8 @@ export class UnitCache {
   }
 
   /** Sets #fp to the unit's fingerprint: its HalfSipHash-1-3, keyed by the two seeds (see halfsiphash.ts for why). */
-  #fingerprint(unit: string): void {
-    halfSipHash64(this.#seedA, this.#seedB, unit, 1, 3, this.#fp);
+  #fingerprint(unit: string | Uint8Array, start = 0, length = unit.length): void {
+    halfSipHash64(this.#seedA, this.#seedB, unit, 1, 3, this.#fp, start, length);
   }
 
   #table(experiment: string, create: boolean): UnitTable | undefined {

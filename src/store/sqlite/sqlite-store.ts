@@ -391,16 +391,10 @@ class ExposureChunkInsert {
     for (; i < to; i++) {
       const e = rows[i]!;
       const dt = Math.trunc(e.ts) - baseTs;
-      if (i > from && (e.experiment !== experiment || !smallDeltas || !(dt < MAX_TS_DELTA_MS && dt > -MAX_TS_DELTA_MS))) break;
-      let k = 0;
-      while (k < triples && !(assigned[k] === e.assigned && served[k] === e.served && replica[k] === e.replica)) k++;
-      if (k === triples) {
-        if (triples === DICTIONARY_SIZE) break;
-        assigned[k] = e.assigned;
-        served[k] = e.served;
-        replica[k] = e.replica;
-        triples++;
-      }
+      if (i > from && (e.experiment !== experiment || !smallDeltas || !withinChunk(dt))) break;
+      const k = tripleIndex(assigned, served, replica, triples, e.assigned, e.served, e.replica);
+      if (k === -1) break;
+      if (k === triples) triples++;
       // The proxy's latencies are whole µs: written as that integer (formatting a fraction costs several times more),
       // any other as itself, which then has a fraction, so the view tells the two apart by type; but a whole number
       // of ms too big to count in µs must be written with a ".0", which only the text path below does.
@@ -427,6 +421,27 @@ class ExposureChunkInsert {
     this.#insert.run(experiment, baseTs, JSON.stringify(dictionary), json);
     return i;
   }
+}
+
+/** Whether a row `dt` ms from its chunk's first may share that chunk (both kinds of chunk). */
+function withinChunk(dt: number): boolean {
+  return dt < MAX_TS_DELTA_MS && dt > -MAX_TS_DELTA_MS;
+}
+
+/**
+ * The index of (a, s, r) among a chunk's first `size` (assigned, served, replica) triples; a new triple is written at
+ * `size` (the caller counts it), or is -1 when the dictionary is full and the row must start a new chunk.
+ */
+function tripleIndex<T>(assigned: { [k: number]: T }, served: { [k: number]: T }, replica: { [k: number]: T }, size: number, a: T, s: T, r: T): number {
+  let k = 0;
+  while (k < size && !(assigned[k] === a && served[k] === s && replica[k] === r)) k++;
+  if (k === size) {
+    if (size === DICTIONARY_SIZE) return -1;
+    assigned[k] = a;
+    served[k] = s;
+    replica[k] = r;
+  }
+  return k;
 }
 
 /**
@@ -536,20 +551,11 @@ class ExposureBlockInsert {
     let i = from;
     for (; i < to; i++) {
       const dt = Math.trunc(block.ts[i]!) - baseTs;
-      // (the JSON chunks' bounds, so that a row has the same id whichever way it is written)
-      if (i > from && (block.experiment[i] !== experiment || !(dt < MAX_TS_DELTA_MS && dt > -MAX_TS_DELTA_MS))) break;
-      const a = block.assigned[i]!;
-      const s = block.served[i]!;
-      const r = block.replica[i]!;
-      let k = 0;
-      while (k < triples && !(assigned[k] === a && served[k] === s && replica[k] === r)) k++;
-      if (k === triples) {
-        if (triples === DICTIONARY_SIZE) break;
-        assigned[k] = a;
-        served[k] = s;
-        replica[k] = r;
-        triples++;
-      }
+      // (the JSON chunks' bounds and dictionary, so that a row has the same id whichever way it is written)
+      if (i > from && (block.experiment[i] !== experiment || !withinChunk(dt))) break;
+      const k = tripleIndex(assigned, served, replica, triples, block.assigned[i]!, block.served[i]!, block.replica[i]!);
+      if (k === -1) break;
+      if (k === triples) triples++;
       const nDigits = base36Digits(block.requestSeq[i]!, digits);
       const unitLength = block.unitLength[i]!;
       const idLength = prefix.length + nDigits;
